@@ -1,0 +1,1 @@
+//! kiln-cache: see ../../DESIGN.md (shared) for this crate's job.

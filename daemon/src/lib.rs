@@ -1,0 +1,1 @@
+//! kiln-daemon: see ../../DESIGN.md (shared) for this crate's job.

@@ -1,0 +1,2 @@
+//! kiln-exec
+pub fn sandbox_main_if_requested() {}

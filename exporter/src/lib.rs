@@ -1,0 +1,1 @@
+//! kiln-exporter: see ../../DESIGN.md (shared) for this crate's job.

@@ -1,0 +1,1 @@
+//! kiln-frontend: see ../../DESIGN.md (shared) for this crate's job.

@@ -1,0 +1,1 @@
+//! kiln-registry: see ../../DESIGN.md (shared) for this crate's job.

@@ -1,0 +1,1 @@
+//! kiln-solver: see ../../DESIGN.md (shared) for this crate's job.
