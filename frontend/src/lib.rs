@@ -1,1 +1,35 @@
-//! kiln-frontend: see ../../DESIGN.md (shared) for this crate's job.
+//! kiln-frontend: turns a Dockerfile into an LLB definition plus the image config the build
+//! produces. No I/O beyond the Dockerfile text it is given; base image configs come through the
+//! [`ImageResolver`] the caller provides.
+//!
+//! Modules: `ast` (the parsed form), `parser` (text → ast, BuildKit-conformant), `shell` (word
+//! expansion), `dockerignore` (moby's matcher), `compile` (ast → LLB + image config).
+
+pub mod ast;
+mod compile;
+mod dockerignore;
+mod parser;
+mod shell;
+
+pub use ast::{Directive, Dockerfile, Heredoc, Instruction};
+pub use compile::{compile, BuildOptions, Compiled, ImageResolver, ResolvedImage, Warning};
+pub use dockerignore::{parse_dockerignore, IgnoreMatcher};
+pub use parser::{parse, ParseError};
+pub use shell::{expand_word, expand_words, ExpandError};
+
+/// Errors from compiling a Dockerfile. Each names `Dockerfile:LINE` where it can.
+#[derive(Debug, thiserror::Error)]
+pub enum FrontendError {
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    /// An error tied to one instruction: `file:line: message`, quoting the instruction.
+    #[error("{file}:{line}: {message}\n  {line} | {instruction}")]
+    Instruction {
+        file: String,
+        line: usize,
+        instruction: String,
+        message: String,
+    },
+    #[error("{0}")]
+    Other(String),
+}
