@@ -1,1 +1,213 @@
-fn main() {}
+//! kiln's automation: `cargo xtask setup|demo|test|bench`. Everything a fresh machine needs is
+//! installed here, so the README's two commands work with nothing but the Rust toolchain.
+
+use anyhow::{bail, Context, Result};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Debian packages the demo and the tests use, with a file each installs.
+const PACKAGES: &[(&str, &str)] = &[
+    ("busybox-static", "/bin/busybox"),
+    ("docker-registry", "/usr/bin/docker-registry"),
+    ("skopeo", "/usr/bin/skopeo"),
+    ("umoci", "/usr/bin/umoci"),
+    ("runc", "/usr/sbin/runc"),
+];
+
+/// The test registry's address. Not 5000, which `../shared/peers` uses.
+const TEST_REGISTRY: &str = "127.0.0.1:5050";
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let root = workspace_root();
+    match args.first().map(String::as_str) {
+        Some("setup") => setup(),
+        Some("demo") => demo(&root),
+        Some("test") => test(&root, &args[1..]),
+        Some("bench") => bench(&root, &args[1..]),
+        _ => {
+            eprintln!("usage: cargo xtask <setup|demo|test|bench>");
+            eprintln!("  setup   install the Debian packages kiln's demo and tests use");
+            eprintln!("  demo    set up, build kiln, build and run testdata/examples/hello");
+            eprintln!("  test    set up, start a registry on {TEST_REGISTRY}, run every test");
+            eprintln!("  bench   run the whole-build benchmarks in benches/");
+            std::process::exit(2);
+        }
+    }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+fn run(cmd: &mut Command) -> Result<()> {
+    let status = cmd
+        .status()
+        .with_context(|| format!("cannot start `{cmd:?}`"))?;
+    if !status.success() {
+        bail!("`{cmd:?}` failed with {status}");
+    }
+    Ok(())
+}
+
+fn setup() -> Result<()> {
+    if !is_root() {
+        bail!("`cargo xtask setup` installs Debian packages and kiln's tests need namespaces: run it as root");
+    }
+    let missing: Vec<&str> = PACKAGES
+        .iter()
+        .filter(|(_, file)| !Path::new(file).exists())
+        .map(|(pkg, _)| *pkg)
+        .collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    println!("xtask: installing {}", missing.join(" "));
+    run(Command::new("apt-get").args(["update", "-qq"]))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    // Debian's package may start its own registry on :5000; ours runs on its own port.
+    Ok(())
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+fn target_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| root.join("target"))
+}
+
+fn demo(root: &Path) -> Result<()> {
+    setup()?;
+    println!("xtask: building kiln (release)");
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "--package", "kiln"]))?;
+    let target = target_dir(root);
+    let kiln = target.join("release/kiln");
+    let work = target.join("demo");
+    let store = work.join("store");
+    let rootfs = work.join("busybox-rootfs");
+    std::fs::create_dir_all(&work)?;
+    run(Command::new("sh")
+        .arg(root.join("testdata/make-busybox-rootfs.sh"))
+        .arg(&rootfs))?;
+    let kiln_cmd = |args: &[&str]| {
+        let mut c = Command::new(&kiln);
+        c.env("KILN_ROOT", &store).args(args);
+        c
+    };
+    println!("\n$ kiln import {} busybox:latest", rootfs.display());
+    run(&mut kiln_cmd(&[
+        "import",
+        "--change",
+        "CMD [\"sh\"]",
+        rootfs.to_str().context("non-UTF-8 path")?,
+        "busybox:latest",
+    ]))?;
+    let example = root.join("testdata/examples/hello");
+    println!("\n$ kiln build -t hello testdata/examples/hello");
+    run(&mut kiln_cmd(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "hello",
+        example.to_str().context("non-UTF-8 path")?,
+    ]))?;
+    println!("\n$ kiln images");
+    run(&mut kiln_cmd(&["images"]))?;
+    println!("\n$ kiln run --rm hello");
+    run(&mut kiln_cmd(&["run", "--rm", "hello"]))?;
+    Ok(())
+}
+
+/// A registry for the tests, stopped when dropped.
+struct Registry {
+    child: Child,
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_registry(work: &Path) -> Result<Registry> {
+    let storage = work.join("registry-storage");
+    let _ = std::fs::remove_dir_all(&storage);
+    std::fs::create_dir_all(&storage)?;
+    let config = work.join("registry.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: {TEST_REGISTRY}\n",
+            storage.display()
+        ),
+    )?;
+    let log = std::fs::File::create(work.join("registry.log"))?;
+    let child = Command::new("docker-registry")
+        .arg("serve")
+        .arg(&config)
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .context("cannot start `docker-registry`: run `cargo xtask setup`")?;
+    let registry = Registry { child };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while TcpStream::connect(TEST_REGISTRY).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "the test registry did not listen on {TEST_REGISTRY} within 20 s: see {}",
+                work.join("registry.log").display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(registry)
+}
+
+fn test(root: &Path, extra: &[String]) -> Result<()> {
+    setup()?;
+    let work = target_dir(root).join("xtask-test");
+    std::fs::create_dir_all(&work)?;
+    let _registry = start_registry(&work)?;
+    let conformance = root.join("../shared/conformance");
+    let mut cmd = Command::new("cargo");
+    cmd.current_dir(root)
+        .args(["test", "--workspace"])
+        .args(extra)
+        .env("KILN_TEST_REGISTRY", TEST_REGISTRY)
+        .env("KILN_CONFORMANCE_DIR", &conformance);
+    run(&mut cmd)
+}
+
+fn bench(root: &Path, extra: &[String]) -> Result<()> {
+    setup()?;
+    run(Command::new("cargo")
+        .current_dir(root)
+        .args(["build", "--release", "--package", "kiln"]))?;
+    let script = root.join("benches/run.sh");
+    if !script.exists() {
+        bail!("no benchmark script at {}", script.display());
+    }
+    run(Command::new("bash")
+        .arg(script)
+        .args(extra)
+        .env("KILN", target_dir(root).join("release/kiln")))
+}
