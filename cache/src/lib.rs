@@ -1,1 +1,251 @@
-//! kiln-cache: see ../../DESIGN.md (shared) for this crate's job.
+//! kiln-cache owns all state on disk under a store root (`$KILN_ROOT`): the content store,
+//! snapshots, the cache index (redb) and the local image store (an OCI layout).
+//!
+//! ```text
+//! root/lock              exclusive owner lock (flock), holding the owner's pid
+//! root/index.redb        cache keys → results, snapshot records, layer info, memo, meta
+//! root/blobs/sha256/<hex> content store
+//! root/snapshots/<id>/fs one directory per snapshot (overlay whiteout form); work/ beside it
+//! root/images/           OCI image layout; images/blobs -> ../blobs
+//! root/containers/<id>/  kiln run
+//! root/tmp/              staging for atomic writes (emptied on open)
+//! ```
+
+mod content;
+mod digest;
+mod error;
+mod images;
+mod index;
+mod mount;
+mod snapshots;
+mod unpack;
+
+use std::fmt;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nix::errno::Errno;
+use nix::fcntl::{Flock, FlockArg};
+
+pub use content::{BlobWriter, ContentStore};
+pub use digest::{validate_digest, Digest};
+pub use error::CacheError;
+pub use images::{ImageRecord, ImageStore, CREATED_ANNOTATION, REF_NAME_ANNOTATION};
+pub use index::{CacheIndex, CachedResult};
+pub use mount::MountGuard;
+pub use snapshots::{LayerInfo, SnapshotId, Snapshots};
+
+use mount::{Mounter, RealMounter};
+
+/// An open store. Cheap to clone; all clones share one lock, one database and one image index.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    root: PathBuf,
+    content: ContentStore,
+    snapshots: Snapshots,
+    index: CacheIndex,
+    images: ImageStore,
+    // Last field, so dropped last: the database is closed before the root is released.
+    _lock: Flock<File>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("root", &self.inner.root)
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `root`. Fails at once with the holder's pid if
+    /// another process (or another `Store` in this one) has it open.
+    pub fn open(root: &Path) -> Result<Store, CacheError> {
+        Self::open_with(root, false, Arc::new(RealMounter))
+    }
+
+    /// Like [`Store::open`] but waits for the current owner to let go.
+    pub fn open_wait(root: &Path) -> Result<Store, CacheError> {
+        Self::open_with(root, true, Arc::new(RealMounter))
+    }
+
+    pub(crate) fn open_with(
+        root: &Path,
+        wait: bool,
+        mounter: Arc<dyn Mounter>,
+    ) -> Result<Store, CacheError> {
+        fs::create_dir_all(root).map_err(CacheError::io("create store root", root))?;
+        let root = fs::canonicalize(root).map_err(CacheError::io("resolve store root", root))?;
+        let lock = take_lock(&root, wait)?;
+        for dir in ["blobs/sha256", "snapshots", "containers", "tmp"] {
+            let p = root.join(dir);
+            fs::create_dir_all(&p).map_err(CacheError::io("create directory", &p))?;
+        }
+        // We own the root now: anything in tmp/ is left from a crash.
+        let tmp = root.join("tmp");
+        for entry in fs::read_dir(&tmp).map_err(CacheError::io("list", &tmp))? {
+            let entry = entry.map_err(CacheError::io("list", &tmp))?;
+            let p = entry.path();
+            let _ = if entry.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                fs::remove_dir_all(&p)
+            } else {
+                fs::remove_file(&p)
+            };
+        }
+        let db = Arc::new(index::Db::open(&root.join("index.redb"))?);
+        let images = ImageStore::init(&root)?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                content: ContentStore::new(&root),
+                snapshots: Snapshots::new(&root, db.clone(), mounter),
+                index: CacheIndex::new(db),
+                images,
+                _lock: lock,
+                root,
+            }),
+        })
+    }
+
+    /// The store root (absolute).
+    pub fn root(&self) -> &Path {
+        &self.inner.root
+    }
+
+    /// Staging directory for atomic writes; same file system as the store.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.inner.root.join("tmp")
+    }
+
+    /// Where `kiln run` keeps its containers.
+    pub fn containers_dir(&self) -> PathBuf {
+        self.inner.root.join("containers")
+    }
+
+    pub fn content(&self) -> &ContentStore {
+        &self.inner.content
+    }
+
+    pub fn snapshots(&self) -> &Snapshots {
+        &self.inner.snapshots
+    }
+
+    pub fn index(&self) -> &CacheIndex {
+        &self.inner.index
+    }
+
+    pub fn images(&self) -> &ImageStore {
+        &self.inner.images
+    }
+}
+
+fn take_lock(root: &Path, wait: bool) -> Result<Flock<File>, CacheError> {
+    let path = root.join("lock");
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(CacheError::io("open lock file", &path))?;
+    let arg = if wait {
+        FlockArg::LockExclusive
+    } else {
+        FlockArg::LockExclusiveNonblock
+    };
+    let mut lock = match Flock::lock(file, arg) {
+        Ok(l) => l,
+        Err((mut file, Errno::EWOULDBLOCK)) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(CacheError::Locked {
+                root: root.to_path_buf(),
+                holder: if pid.is_empty() {
+                    "(unknown pid)".to_string()
+                } else {
+                    pid.to_string()
+                },
+            });
+        }
+        Err((_, e)) => {
+            return Err(CacheError::io("lock", &path)(std::io::Error::from(e)));
+        }
+    };
+    lock.set_len(0)
+        .and_then(|_| lock.seek(SeekFrom::Start(0)))
+        .and_then(|_| write!(&mut *lock, "{}", std::process::id()))
+        .and_then(|_| lock.sync_all())
+        .map_err(CacheError::io("write pid to", &path))?;
+    Ok(lock)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync + Clone>() {}
+
+    #[test]
+    fn store_is_shareable() {
+        assert_send_sync::<Store>();
+    }
+
+    #[test]
+    fn second_open_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        match &err {
+            CacheError::Locked { holder, .. } => {
+                assert_eq!(holder, &std::process::id().to_string())
+            }
+            other => panic!("expected Locked, got {other}"),
+        }
+        assert!(err.to_string().contains(&std::process::id().to_string()));
+        drop(store);
+        Store::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn open_wait_waits_for_the_owner() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let path = dir.path().to_path_buf();
+        let t = std::thread::spawn(move || Store::open_wait(&path).map(|s| s.root().to_path_buf()));
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(!t.is_finished());
+        drop(store);
+        let reopened = t.join().unwrap();
+        assert!(reopened.is_ok(), "{reopened:?}");
+    }
+
+    #[test]
+    fn layout_is_created_and_tmp_is_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            fs::write(store.tmp_dir().join("leftover"), b"x").unwrap();
+            assert!(store.containers_dir().is_dir());
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+        let root = store.root();
+        assert!(root.join("index.redb").is_file());
+        assert!(root.join("images/oci-layout").is_file());
+        assert!(root.join("images/index.json").is_file());
+        assert_eq!(
+            fs::read_link(root.join("images/blobs")).unwrap(),
+            PathBuf::from("../blobs")
+        );
+        assert_eq!(
+            fs::read_to_string(root.join("lock")).unwrap(),
+            std::process::id().to_string()
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! The redb index: cache keys → results, snapshot records, layer info, checksum memo and small
+//! metadata, each in its own table. Every write transaction commits durably.
+
+use std::path::{Path, PathBuf};
+
+use redb::{Database, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::snapshots::{SnapshotId, SnapshotRecord};
+use crate::CacheError;
+
+pub(crate) const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("results");
+pub(crate) const SNAPSHOTS: TableDefinition<u64, &[u8]> = TableDefinition::new("snapshots");
+pub(crate) const LAYERS: TableDefinition<u64, &[u8]> = TableDefinition::new("layers");
+pub(crate) const MEMO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("memo");
+pub(crate) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
+pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+
+/// The one `Database` of a store, shared by the index and the snapshots.
+#[derive(Debug)]
+pub(crate) struct Db {
+    pub(crate) db: Database,
+    pub(crate) path: PathBuf,
+}
+
+impl Db {
+    pub(crate) fn open(path: &Path) -> Result<Db, CacheError> {
+        let db = Database::create(path).map_err(CacheError::db("open the database", path))?;
+        let this = Db {
+            db,
+            path: path.to_path_buf(),
+        };
+        // Create every table up front so read transactions never meet a missing one.
+        let txn = this.begin_write()?;
+        {
+            let err = CacheError::db("create tables", path);
+            txn.open_table(RESULTS).map_err(err)?;
+            txn.open_table(SNAPSHOTS)
+                .map_err(CacheError::db("create tables", path))?;
+            txn.open_table(LAYERS)
+                .map_err(CacheError::db("create tables", path))?;
+            txn.open_table(MEMO)
+                .map_err(CacheError::db("create tables", path))?;
+            txn.open_table(META)
+                .map_err(CacheError::db("create tables", path))?;
+            txn.open_table(COUNTERS)
+                .map_err(CacheError::db("create tables", path))?;
+        }
+        this.commit(txn)?;
+        Ok(this)
+    }
+
+    pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, CacheError> {
+        self.db
+            .begin_write()
+            .map_err(CacheError::db("begin a write transaction", &self.path))
+    }
+
+    pub(crate) fn begin_read(&self) -> Result<redb::ReadTransaction, CacheError> {
+        self.db
+            .begin_read()
+            .map_err(CacheError::db("begin a read transaction", &self.path))
+    }
+
+    pub(crate) fn commit(&self, txn: redb::WriteTransaction) -> Result<(), CacheError> {
+        txn.commit()
+            .map_err(CacheError::db("commit a transaction", &self.path))
+    }
+
+    pub(crate) fn err<E: Into<redb::Error>>(
+        &self,
+        action: &'static str,
+    ) -> impl FnOnce(E) -> CacheError {
+        CacheError::db(action, &self.path)
+    }
+}
+
+/// What a cache key resolved to. `snapshot == None` is the empty file system (scratch).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CachedResult {
+    pub snapshot: Option<SnapshotId>,
+    pub created_unix: u64,
+}
+
+/// The cache index. Obtained from [`crate::Store::index`].
+#[derive(Debug)]
+pub struct CacheIndex {
+    db: std::sync::Arc<Db>,
+}
+
+impl CacheIndex {
+    pub(crate) fn new(db: std::sync::Arc<Db>) -> Self {
+        CacheIndex { db }
+    }
+
+    /// The result recorded for a cache key.
+    pub fn get(&self, key: &str) -> Result<Option<CachedResult>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let table = txn
+            .open_table(RESULTS)
+            .map_err(self.db.err("open results"))?;
+        let Some(value) = table.get(key).map_err(self.db.err("read a result"))? else {
+            return Ok(None);
+        };
+        let result = serde_json::from_slice(value.value()).map_err(|e| CacheError::Corrupt {
+            what: "cache result",
+            location: format!("{} (key `{key}`)", self.db.path.display()),
+            detail: e.to_string(),
+        })?;
+        Ok(Some(result))
+    }
+
+    /// Records a result. Its snapshot must already exist (and be durable): a result never points
+    /// at a snapshot the store does not have.
+    pub fn put(&self, key: &str, result: &CachedResult) -> Result<(), CacheError> {
+        let bytes = serde_json::to_vec(result).map_err(|e| CacheError::Corrupt {
+            what: "cache result",
+            location: key.to_string(),
+            detail: e.to_string(),
+        })?;
+        let txn = self.db.begin_write()?;
+        {
+            if let Some(id) = result.snapshot {
+                let snaps = txn
+                    .open_table(SNAPSHOTS)
+                    .map_err(self.db.err("open snapshots"))?;
+                if snaps
+                    .get(id.0)
+                    .map_err(self.db.err("read a snapshot"))?
+                    .is_none()
+                {
+                    return Err(CacheError::SnapshotNotFound(id.0));
+                }
+            }
+            let mut table = txn
+                .open_table(RESULTS)
+                .map_err(self.db.err("open results"))?;
+            table
+                .insert(key, bytes.as_slice())
+                .map_err(self.db.err("write a result"))?;
+        }
+        self.db.commit(txn)
+    }
+
+    /// Forgets a cache key (no error when it was not there).
+    pub fn remove(&self, key: &str) -> Result<(), CacheError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn
+                .open_table(RESULTS)
+                .map_err(self.db.err("open results"))?;
+            table.remove(key).map_err(self.db.err("remove a result"))?;
+        }
+        self.db.commit(txn)
+    }
+
+    /// All recorded results, for garbage collection and `kiln cache ls`.
+    pub fn list(&self) -> Result<Vec<(String, CachedResult)>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let table = txn
+            .open_table(RESULTS)
+            .map_err(self.db.err("open results"))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(self.db.err("list results"))? {
+            let (k, v) = item.map_err(self.db.err("list results"))?;
+            let key = k.value().to_string();
+            let result = serde_json::from_slice(v.value()).map_err(|e| CacheError::Corrupt {
+                what: "cache result",
+                location: format!("{} (key `{key}`)", self.db.path.display()),
+                detail: e.to_string(),
+            })?;
+            out.push((key, result));
+        }
+        Ok(out)
+    }
+
+    /// Looks up content checksums memoised by (path, size, mtime, ctime, inode) keys.
+    /// A malformed stored value reads as a miss.
+    pub fn memo_get_many(&self, keys: &[Vec<u8>]) -> Result<Vec<Option<[u8; 32]>>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(MEMO).map_err(self.db.err("open memo"))?;
+        keys.iter()
+            .map(|k| {
+                let v = table.get(k.as_slice()).map_err(self.db.err("read memo"))?;
+                Ok(v.and_then(|v| <[u8; 32]>::try_from(v.value()).ok()))
+            })
+            .collect()
+    }
+
+    /// Stores content checksums, all in one transaction.
+    pub fn memo_put_many(&self, entries: &[(Vec<u8>, [u8; 32])]) -> Result<(), CacheError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(MEMO).map_err(self.db.err("open memo"))?;
+            for (k, v) in entries {
+                table
+                    .insert(k.as_slice(), v.as_slice())
+                    .map_err(self.db.err("write memo"))?;
+            }
+        }
+        self.db.commit(txn)
+    }
+
+    /// Reads a small string value.
+    pub fn meta_get(&self, key: &str) -> Result<Option<String>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META).map_err(self.db.err("open meta"))?;
+        let v = table.get(key).map_err(self.db.err("read meta"))?;
+        Ok(v.map(|v| v.value().to_string()))
+    }
+
+    /// Writes a small string value, replacing any old one.
+    pub fn meta_put(&self, key: &str, value: &str) -> Result<(), CacheError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(META).map_err(self.db.err("open meta"))?;
+            table
+                .insert(key, value)
+                .map_err(self.db.err("write meta"))?;
+        }
+        self.db.commit(txn)
+    }
+
+    /// Removes a small string value (no error when it was not there).
+    pub fn meta_remove(&self, key: &str) -> Result<(), CacheError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(META).map_err(self.db.err("open meta"))?;
+            table.remove(key).map_err(self.db.err("remove meta"))?;
+        }
+        self.db.commit(txn)
+    }
+}
+
+/// Parses a stored snapshot record.
+pub(crate) fn decode_record(db: &Db, id: u64, bytes: &[u8]) -> Result<SnapshotRecord, CacheError> {
+    serde_json::from_slice(bytes).map_err(|e| CacheError::Corrupt {
+        what: "snapshot record",
+        location: format!("{} (snapshot `{id}`)", db.path.display()),
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn index() -> (tempfile::TempDir, CacheIndex) {
+        let dir = tempfile::tempdir().unwrap();
+        let db = Arc::new(Db::open(&dir.path().join("index.redb")).unwrap());
+        (dir, CacheIndex::new(db))
+    }
+
+    #[test]
+    fn results_round_trip() {
+        let (_d, idx) = index();
+        assert_eq!(idx.get("k").unwrap(), None);
+        let r = CachedResult {
+            snapshot: None,
+            created_unix: 42,
+        };
+        idx.put("k", &r).unwrap();
+        assert_eq!(idx.get("k").unwrap(), Some(r.clone()));
+        assert_eq!(idx.list().unwrap(), vec![("k".to_string(), r)]);
+        idx.remove("k").unwrap();
+        assert_eq!(idx.get("k").unwrap(), None);
+    }
+
+    #[test]
+    fn result_must_point_at_an_existing_snapshot() {
+        let (_d, idx) = index();
+        let r = CachedResult {
+            snapshot: Some(SnapshotId(7)),
+            created_unix: 1,
+        };
+        let err = idx.put("k", &r).unwrap_err();
+        assert!(matches!(err, CacheError::SnapshotNotFound(7)), "{err}");
+        assert_eq!(idx.get("k").unwrap(), None);
+    }
+
+    #[test]
+    fn memo_many() {
+        let (_d, idx) = index();
+        idx.memo_put_many(&[(b"a".to_vec(), [1; 32]), (b"b".to_vec(), [2; 32])])
+            .unwrap();
+        let got = idx
+            .memo_get_many(&[b"a".to_vec(), b"x".to_vec(), b"b".to_vec()])
+            .unwrap();
+        assert_eq!(got, vec![Some([1; 32]), None, Some([2; 32])]);
+        idx.memo_put_many(&[]).unwrap();
+    }
+
+    #[test]
+    fn meta_round_trip() {
+        let (_d, idx) = index();
+        assert_eq!(idx.meta_get("image:alpine").unwrap(), None);
+        idx.meta_put("image:alpine", "sha256:x").unwrap();
+        idx.meta_put("image:alpine", "sha256:y").unwrap();
+        assert_eq!(
+            idx.meta_get("image:alpine").unwrap().as_deref(),
+            Some("sha256:y")
+        );
+        idx.meta_remove("image:alpine").unwrap();
+        assert_eq!(idx.meta_get("image:alpine").unwrap(), None);
+    }
+
+    #[test]
+    fn survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("index.redb");
+        {
+            let idx = CacheIndex::new(Arc::new(Db::open(&path).unwrap()));
+            idx.meta_put("a", "b").unwrap();
+        }
+        let idx = CacheIndex::new(Arc::new(Db::open(&path).unwrap()));
+        assert_eq!(idx.meta_get("a").unwrap().as_deref(), Some("b"));
+    }
+}

@@ -1,0 +1,501 @@
+//! Snapshots: one directory of changes per snapshot (`snapshots/<id>/fs`, overlay whiteout
+//! form) plus a parent recorded in the index; chains, mounts, layer info and merged reads.
+
+use std::fmt;
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+
+use crate::digest::{validate_digest, Digest};
+use crate::index::{decode_record, Db, COUNTERS, LAYERS, RESULTS, SNAPSHOTS};
+use crate::mount::{self, MountGuard, Mounter};
+use crate::CacheError;
+
+/// The xattr overlayfs reads to hide a lower directory's contents.
+pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// Deepest chain followed before the index is declared corrupt (a parent cycle).
+const MAX_CHAIN: usize = 100_000;
+
+/// A snapshot's number; small so overlay option strings stay short.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Ord, PartialOrd, Serialize, Deserialize)]
+pub struct SnapshotId(pub u64);
+
+impl fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How a snapshot is stored in the index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SnapshotRecord {
+    pub(crate) parent: Option<u64>,
+    pub(crate) created_unix: u64,
+}
+
+/// A layer blob known for a snapshot (one per media type).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayerInfo {
+    pub diff_id: Digest,
+    pub digest: Digest,
+    pub size: u64,
+    pub media_type: String,
+}
+
+/// The snapshot store. Obtained from [`crate::Store::snapshots`].
+#[derive(Debug)]
+pub struct Snapshots {
+    dir: PathBuf,
+    db: Arc<Db>,
+    mounter: Arc<dyn Mounter>,
+}
+
+pub(crate) fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+impl Snapshots {
+    pub(crate) fn new(root: &Path, db: Arc<Db>, mounter: Arc<dyn Mounter>) -> Self {
+        Snapshots {
+            dir: root.join("snapshots"),
+            db,
+            mounter,
+        }
+    }
+
+    fn snapshot_dir(&self, id: SnapshotId) -> PathBuf {
+        self.dir.join(id.0.to_string())
+    }
+
+    /// The directory holding this snapshot's own changes.
+    pub fn fs_dir(&self, id: SnapshotId) -> PathBuf {
+        self.snapshot_dir(id).join("fs")
+    }
+
+    /// The overlay work dir of a snapshot used as an upper; beside `fs/`, same file system.
+    pub fn work_dir(&self, id: SnapshotId) -> PathBuf {
+        self.snapshot_dir(id).join("work")
+    }
+
+    /// Creates a new, empty snapshot on `parent` (which must exist).
+    pub fn create(&self, parent: Option<SnapshotId>) -> Result<SnapshotId, CacheError> {
+        let txn = self.db.begin_write()?;
+        let id;
+        {
+            let mut snaps = txn
+                .open_table(SNAPSHOTS)
+                .map_err(self.db.err("open snapshots"))?;
+            if let Some(p) = parent {
+                if snaps
+                    .get(p.0)
+                    .map_err(self.db.err("read a snapshot"))?
+                    .is_none()
+                {
+                    return Err(CacheError::SnapshotNotFound(p.0));
+                }
+            }
+            let mut counters = txn
+                .open_table(COUNTERS)
+                .map_err(self.db.err("open counters"))?;
+            let next = counters
+                .get("snapshot")
+                .map_err(self.db.err("read the snapshot counter"))?
+                .map(|v| v.value())
+                .unwrap_or(1);
+            id = SnapshotId(next);
+            counters
+                .insert("snapshot", next + 1)
+                .map_err(self.db.err("write the snapshot counter"))?;
+            // A directory left by a crash before an earlier commit may hold this number.
+            let dir = self.snapshot_dir(id);
+            if dir.exists() {
+                fs::remove_dir_all(&dir).map_err(CacheError::io("remove stale snapshot", &dir))?;
+            }
+            let fs_dir = self.fs_dir(id);
+            fs::create_dir_all(&fs_dir).map_err(CacheError::io("create snapshot", &fs_dir))?;
+            let record = SnapshotRecord {
+                parent: parent.map(|p| p.0),
+                created_unix: now_unix(),
+            };
+            let bytes = serde_json::to_vec(&record).map_err(|e| CacheError::Corrupt {
+                what: "snapshot record",
+                location: id.to_string(),
+                detail: e.to_string(),
+            })?;
+            snaps
+                .insert(id.0, bytes.as_slice())
+                .map_err(self.db.err("write a snapshot"))?;
+        }
+        self.db.commit(txn)?;
+        Ok(id)
+    }
+
+    fn record(&self, id: SnapshotId) -> Result<SnapshotRecord, CacheError> {
+        let txn = self.db.begin_read()?;
+        let snaps = txn
+            .open_table(SNAPSHOTS)
+            .map_err(self.db.err("open snapshots"))?;
+        let v = snaps
+            .get(id.0)
+            .map_err(self.db.err("read a snapshot"))?
+            .ok_or(CacheError::SnapshotNotFound(id.0))?;
+        decode_record(&self.db, id.0, v.value())
+    }
+
+    /// Whether the snapshot is recorded.
+    pub fn exists(&self, id: SnapshotId) -> Result<bool, CacheError> {
+        match self.record(id) {
+            Ok(_) => Ok(true),
+            Err(CacheError::SnapshotNotFound(_)) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The parent of a snapshot.
+    pub fn parent(&self, id: SnapshotId) -> Result<Option<SnapshotId>, CacheError> {
+        Ok(self.record(id)?.parent.map(SnapshotId))
+    }
+
+    /// `[id, parent, grandparent, …]`, top first.
+    pub fn chain(&self, id: SnapshotId) -> Result<Vec<SnapshotId>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let snaps = txn
+            .open_table(SNAPSHOTS)
+            .map_err(self.db.err("open snapshots"))?;
+        let mut out = vec![id];
+        let mut cur = id;
+        loop {
+            let v = snaps
+                .get(cur.0)
+                .map_err(self.db.err("read a snapshot"))?
+                .ok_or(CacheError::SnapshotNotFound(cur.0))?;
+            match decode_record(&self.db, cur.0, v.value())?.parent {
+                None => return Ok(out),
+                Some(p) => {
+                    if out.len() >= MAX_CHAIN {
+                        return Err(CacheError::Corrupt {
+                            what: "snapshot chain",
+                            location: format!("{} (snapshot `{id}`)", self.db.path.display()),
+                            detail: "the parents form a cycle".into(),
+                        });
+                    }
+                    cur = SnapshotId(p);
+                    out.push(cur);
+                }
+            }
+        }
+    }
+
+    /// All recorded snapshots with their parents, for garbage collection.
+    pub fn list(&self) -> Result<Vec<(SnapshotId, Option<SnapshotId>)>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let snaps = txn
+            .open_table(SNAPSHOTS)
+            .map_err(self.db.err("open snapshots"))?;
+        let mut out = Vec::new();
+        for item in snaps.iter().map_err(self.db.err("list snapshots"))? {
+            let (k, v) = item.map_err(self.db.err("list snapshots"))?;
+            let rec = decode_record(&self.db, k.value(), v.value())?;
+            out.push((SnapshotId(k.value()), rec.parent.map(SnapshotId)));
+        }
+        Ok(out)
+    }
+
+    /// Removes a snapshot with no children: its record, its layer info, the cache results that
+    /// point at it (so no result ever dangles), then its directory.
+    pub fn remove(&self, id: SnapshotId) -> Result<(), CacheError> {
+        let txn = self.db.begin_write()?;
+        {
+            let mut snaps = txn
+                .open_table(SNAPSHOTS)
+                .map_err(self.db.err("open snapshots"))?;
+            if snaps
+                .get(id.0)
+                .map_err(self.db.err("read a snapshot"))?
+                .is_none()
+            {
+                return Err(CacheError::SnapshotNotFound(id.0));
+            }
+            for item in snaps.iter().map_err(self.db.err("list snapshots"))? {
+                let (k, v) = item.map_err(self.db.err("list snapshots"))?;
+                if decode_record(&self.db, k.value(), v.value())?.parent == Some(id.0) {
+                    return Err(CacheError::SnapshotInUse {
+                        id: id.0,
+                        child: k.value(),
+                    });
+                }
+            }
+            snaps
+                .remove(id.0)
+                .map_err(self.db.err("remove a snapshot"))?;
+            let mut layers = txn.open_table(LAYERS).map_err(self.db.err("open layers"))?;
+            layers
+                .remove(id.0)
+                .map_err(self.db.err("remove layer info"))?;
+            let mut results = txn
+                .open_table(RESULTS)
+                .map_err(self.db.err("open results"))?;
+            let mut stale = Vec::new();
+            for item in results.iter().map_err(self.db.err("list results"))? {
+                let (k, v) = item.map_err(self.db.err("list results"))?;
+                let r: Result<crate::CachedResult, _> = serde_json::from_slice(v.value());
+                // An unreadable result is useless anyway; drop it with the snapshot.
+                if r.map(|r| r.snapshot == Some(id)).unwrap_or(true) {
+                    stale.push(k.value().to_string());
+                }
+            }
+            for k in stale {
+                results
+                    .remove(k.as_str())
+                    .map_err(self.db.err("remove a result"))?;
+            }
+        }
+        self.db.commit(txn)?;
+        let dir = self.snapshot_dir(id);
+        match fs::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(CacheError::io("remove snapshot directory", &dir)(e)),
+        }
+    }
+
+    /// Mounts `lower` (top first) at `target`, writable into `upper` when given.
+    pub fn mount(
+        &self,
+        lower: &[SnapshotId],
+        upper: Option<SnapshotId>,
+        target: &Path,
+    ) -> Result<MountGuard, CacheError> {
+        for id in lower.iter().chain(upper.iter()) {
+            if !self.fs_dir(*id).is_dir() {
+                return Err(CacheError::SnapshotNotFound(id.0));
+            }
+        }
+        let lower_dirs: Vec<PathBuf> = lower.iter().map(|id| self.fs_dir(*id)).collect();
+        let upper_dirs = upper.map(|id| (self.fs_dir(id), self.work_dir(id)));
+        if let Some((_, work)) = &upper_dirs {
+            if !lower.is_empty() {
+                fs::create_dir_all(work)
+                    .map_err(CacheError::io("create overlay work dir", work))?;
+            }
+        }
+        let req = mount::plan(
+            &lower_dirs,
+            upper_dirs.as_ref().map(|(f, w)| (f.as_path(), w.as_path())),
+            target,
+        )?;
+        MountGuard::mount(self.mounter.clone(), &req)
+    }
+
+    /// Unpacks an uncompressed layer tar into a new snapshot on `parent`.
+    /// On any error the new snapshot is removed again.
+    pub fn unpack_layer(
+        &self,
+        parent: Option<SnapshotId>,
+        tar: impl io::Read,
+    ) -> Result<SnapshotId, CacheError> {
+        let id = self.create(parent)?;
+        let fs_dir = self.fs_dir(id);
+        match crate::unpack::unpack(&fs_dir, tar).and_then(|_| sync_fs(&fs_dir)) {
+            Ok(()) => Ok(id),
+            Err(e) => {
+                let _ = self.remove(id);
+                Err(e)
+            }
+        }
+    }
+
+    /// Flushes a snapshot's file system to disk, so a result may be recorded for it.
+    pub fn sync(&self, id: SnapshotId) -> Result<(), CacheError> {
+        sync_fs(&self.fs_dir(id))
+    }
+
+    /// Reads a regular file through a chain (top first) as overlayfs would show it, following
+    /// symlinks inside the image. `Ok(None)` when absent.
+    pub fn read_file(
+        &self,
+        chain: &[SnapshotId],
+        path: &str,
+    ) -> Result<Option<Vec<u8>>, CacheError> {
+        let dirs: Vec<PathBuf> = chain.iter().map(|id| self.fs_dir(*id)).collect();
+        let Some(found) = resolve(&dirs, path)? else {
+            return Ok(None);
+        };
+        let meta = fs::symlink_metadata(&found).map_err(CacheError::io("stat", &found))?;
+        let ft = meta.file_type();
+        if !ft.is_file() {
+            let kind = if ft.is_dir() {
+                "a directory"
+            } else {
+                "a special file"
+            };
+            return Err(CacheError::NotAFile {
+                path: path.to_string(),
+                kind,
+            });
+        }
+        fs::read(&found)
+            .map(Some)
+            .map_err(CacheError::io("read", &found))
+    }
+
+    /// Records a layer blob for a snapshot, replacing the one of the same media type.
+    pub fn set_layer(&self, id: SnapshotId, layer: LayerInfo) -> Result<(), CacheError> {
+        validate_digest(&layer.diff_id)?;
+        validate_digest(&layer.digest)?;
+        let txn = self.db.begin_write()?;
+        {
+            let snaps = txn
+                .open_table(SNAPSHOTS)
+                .map_err(self.db.err("open snapshots"))?;
+            if snaps
+                .get(id.0)
+                .map_err(self.db.err("read a snapshot"))?
+                .is_none()
+            {
+                return Err(CacheError::SnapshotNotFound(id.0));
+            }
+            let mut table = txn.open_table(LAYERS).map_err(self.db.err("open layers"))?;
+            let mut list: Vec<LayerInfo> =
+                match table.get(id.0).map_err(self.db.err("read layer info"))? {
+                    Some(v) => decode_layers(&self.db, id, v.value())?,
+                    None => Vec::new(),
+                };
+            list.retain(|l| l.media_type != layer.media_type);
+            list.push(layer);
+            list.sort_by(|a, b| a.media_type.cmp(&b.media_type));
+            let bytes = serde_json::to_vec(&list).map_err(|e| CacheError::Corrupt {
+                what: "layer info",
+                location: id.to_string(),
+                detail: e.to_string(),
+            })?;
+            table
+                .insert(id.0, bytes.as_slice())
+                .map_err(self.db.err("write layer info"))?;
+        }
+        self.db.commit(txn)
+    }
+
+    /// The layer blobs known for a snapshot (empty when none).
+    pub fn layers(&self, id: SnapshotId) -> Result<Vec<LayerInfo>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(LAYERS).map_err(self.db.err("open layers"))?;
+        match table.get(id.0).map_err(self.db.err("read layer info"))? {
+            Some(v) => decode_layers(&self.db, id, v.value()),
+            None => Ok(Vec::new()),
+        }
+    }
+}
+
+fn decode_layers(db: &Db, id: SnapshotId, bytes: &[u8]) -> Result<Vec<LayerInfo>, CacheError> {
+    serde_json::from_slice(bytes).map_err(|e| CacheError::Corrupt {
+        what: "layer info",
+        location: format!("{} (snapshot `{id}`)", db.path.display()),
+        detail: e.to_string(),
+    })
+}
+
+fn sync_fs(dir: &Path) -> Result<(), CacheError> {
+    use std::os::fd::AsRawFd;
+    let f = fs::File::open(dir).map_err(CacheError::io("open", dir))?;
+    nix::unistd::syncfs(f.as_raw_fd())
+        .map_err(|e| CacheError::io("sync file system of", dir)(io::Error::from(e)))
+}
+
+/// Whether a file is an overlay whiteout (a 0/0 character device).
+pub(crate) fn is_whiteout(meta: &fs::Metadata) -> bool {
+    meta.file_type().is_char_device() && meta.rdev() == 0
+}
+
+fn is_opaque(path: &Path) -> bool {
+    matches!(xattr::get(path, OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
+}
+
+/// What the merged view holds at exactly `comps` (no symlink following): the real path in the
+/// top-most layer that has it.
+fn lookup(layers: &[PathBuf], comps: &[String]) -> Option<PathBuf> {
+    if comps.is_empty() {
+        return layers.first().cloned();
+    }
+    for layer in layers {
+        let mut p = layer.clone();
+        let mut hidden_below = false;
+        for (i, c) in comps.iter().enumerate() {
+            p.push(c);
+            let Ok(meta) = fs::symlink_metadata(&p) else {
+                break; // not in this layer: look lower, unless hidden
+            };
+            if is_whiteout(&meta) {
+                return None;
+            }
+            if i + 1 == comps.len() {
+                return Some(p);
+            }
+            if !meta.is_dir() {
+                // A non-directory hides whatever lower layers have below this name.
+                return None;
+            }
+            if is_opaque(&p) {
+                hidden_below = true;
+            }
+        }
+        if hidden_below {
+            return None;
+        }
+    }
+    None
+}
+
+/// Resolves `path` in the merged view, following symlinks (relative and absolute, confined to
+/// the image root) in every component.
+fn resolve(layers: &[PathBuf], path: &str) -> Result<Option<PathBuf>, CacheError> {
+    let mut pending: Vec<String> = split(path).into_iter().rev().collect();
+    let mut resolved: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = pending.pop() {
+        if c == ".." {
+            resolved.pop();
+            continue;
+        }
+        resolved.push(c);
+        let Some(real) = lookup(layers, &resolved) else {
+            return Ok(None);
+        };
+        let meta = fs::symlink_metadata(&real).map_err(CacheError::io("stat", &real))?;
+        if meta.file_type().is_symlink() {
+            hops += 1;
+            if hops > 40 {
+                return Err(CacheError::NotAFile {
+                    path: path.to_string(),
+                    kind: "a symlink loop",
+                });
+            }
+            let target = fs::read_link(&real).map_err(CacheError::io("read link", &real))?;
+            let target = target.to_string_lossy().into_owned();
+            resolved.pop();
+            if target.starts_with('/') {
+                resolved.clear();
+            }
+            pending.extend(split(&target).into_iter().rev());
+        }
+    }
+    Ok(lookup(layers, &resolved))
+}
+
+/// Splits a path into components, dropping empty ones and `.`; `..` is kept.
+fn split(path: &str) -> Vec<String> {
+    path.split('/')
+        .filter(|c| !c.is_empty() && *c != ".")
+        .map(str::to_string)
+        .collect()
+}
