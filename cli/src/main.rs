@@ -1,4 +1,312 @@
-//! The `kiln` command.
+//! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
+
+mod progress;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use kiln_daemon::{BuildRequest, Engine, EngineOptions, ImportRequest, Output, RunRequest};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+#[derive(Parser)]
+#[command(name = "kiln", version, about = "Build, run and push container images from Dockerfiles")]
+struct Cli {
+    /// The store directory (default: /var/lib/kiln as root, $XDG_DATA_HOME/kiln otherwise).
+    #[arg(long, env = "KILN_ROOT", global = true)]
+    root: Option<PathBuf>,
+    /// Registries that may be reached over plain http (loopback always may).
+    #[arg(long = "insecure-registry", global = true)]
+    insecure_registries: Vec<String>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Build an image from a Dockerfile.
+    Build(BuildArgs),
+    /// Run a command in a new container from an image.
+    Run(RunArgs),
+    /// Make a single-layer image from a root filesystem directory or tar.
+    Import {
+        /// Apply a Dockerfile instruction to the image config (CMD, ENTRYPOINT, ENV, ...).
+        #[arg(short = 'c', long = "change")]
+        changes: Vec<String>,
+        /// A directory or a tar file (plain, gzip or zstd).
+        source: PathBuf,
+        /// NAME[:TAG]
+        name: String,
+    },
+    /// List the images in the local store.
+    Images {
+        /// Only print image names.
+        #[arg(short, long)]
+        quiet: bool,
+    },
+    /// Pull an image from a registry into the local store.
+    Pull { reference: String },
+    /// Push a local image to a registry.
+    Push {
+        /// The local image.
+        name: String,
+        /// Where to push it (default: NAME).
+        reference: Option<String>,
+    },
+}
+
+#[derive(clap::Args)]
+struct BuildArgs {
+    /// Name (and tag) for the image; may be repeated.
+    #[arg(short = 't', long = "tag")]
+    tags: Vec<String>,
+    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    #[arg(short = 'f', long = "file")]
+    file: Option<PathBuf>,
+    /// A build argument, KEY=VALUE (or KEY to take it from the environment).
+    #[arg(long = "build-arg")]
+    build_args: Vec<String>,
+    /// The stage to build.
+    #[arg(long)]
+    target: Option<String>,
+    /// Progress output: auto, plain or tty.
+    #[arg(long, env = "KILN_PROGRESS", default_value = "auto")]
+    progress: String,
+    /// Where the image goes besides the local store: type=oci,dest=FILE[,tar=false].
+    #[arg(short = 'o', long = "output")]
+    outputs: Vec<String>,
+    /// Do not use the cache.
+    #[arg(long)]
+    no_cache: bool,
+    /// Exec steps to run at once (default: number of CPUs).
+    #[arg(long, default_value_t = 0)]
+    jobs: usize,
+    /// Write the image's manifest digest to this file.
+    #[arg(long)]
+    iidfile: Option<PathBuf>,
+    /// The build context directory.
+    context: PathBuf,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Remove the container when it exits.
+    #[arg(long)]
+    rm: bool,
+    /// Set an environment variable, KEY=VALUE (or KEY to pass the caller's).
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    /// User to run as: name|uid[:group|gid].
+    #[arg(short = 'u', long = "user")]
+    user: Option<String>,
+    /// Overwrite the image's ENTRYPOINT.
+    #[arg(long)]
+    entrypoint: Option<String>,
+    /// Network: host (default) or none.
+    #[arg(long, default_value = "host")]
+    network: String,
+    /// The image to run.
+    image: String,
+    /// Command and arguments (replace the image's CMD).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<String>,
+}
+
+fn default_root() -> PathBuf {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc_geteuid() };
+    if euid == 0 {
+        return PathBuf::from("/var/lib/kiln");
+    }
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
+        return PathBuf::from(d).join("kiln");
+    }
+    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    home.join(".local/share/kiln")
+}
+
+extern "C" {
+    #[link_name = "geteuid"]
+    fn libc_geteuid() -> u32;
+}
+
 fn main() {
+    // The sandbox is this same binary re-executed; it must not start any thread first.
     kiln_exec::sandbox_main_if_requested();
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = match runtime.block_on(real_main(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+async fn real_main(cli: Cli) -> Result<i32> {
+    let root = cli.root.clone().unwrap_or_else(default_root);
+    let jobs = match &cli.command {
+        Command::Build(b) => b.jobs,
+        _ => 0,
+    };
+    let engine = Engine::open(
+        &root,
+        EngineOptions {
+            jobs,
+            insecure_registries: cli.insecure_registries.clone(),
+        },
+    )?;
+    match cli.command {
+        Command::Build(b) => build(&engine, b).await,
+        Command::Run(r) => {
+            let network_none = match r.network.as_str() {
+                "host" | "default" => false,
+                "none" => true,
+                other => bail!("unknown network `{other}`: use `host` or `none`"),
+            };
+            engine
+                .run(RunRequest {
+                    image: r.image,
+                    command: r.command,
+                    entrypoint: r.entrypoint,
+                    env: r.env,
+                    workdir: r.workdir,
+                    user: r.user,
+                    network_none,
+                    remove: r.rm,
+                })
+                .await
+        }
+        Command::Import { changes, source, name } => {
+            let digest = engine
+                .import(ImportRequest {
+                    source,
+                    name,
+                    changes,
+                })
+                .await?;
+            println!("{digest}");
+            Ok(0)
+        }
+        Command::Images { quiet } => {
+            let images = engine.images()?;
+            if quiet {
+                for i in images {
+                    println!("{}", i.name);
+                }
+            } else {
+                println!("{:<50} {:<20} {:<25}", "NAME", "DIGEST", "CREATED");
+                for i in images {
+                    let short = i.digest.strip_prefix("sha256:").unwrap_or(&i.digest);
+                    println!(
+                        "{:<50} {:<20} {:<25}",
+                        i.name,
+                        &short[..short.len().min(12)],
+                        i.created.unwrap_or_default()
+                    );
+                }
+            }
+            Ok(0)
+        }
+        Command::Pull { reference } => {
+            let digest = engine.pull(&reference).await?;
+            println!("{digest}");
+            Ok(0)
+        }
+        Command::Push { name, reference } => {
+            let digest = engine.push(&name, reference.as_deref()).await?;
+            println!("{digest}");
+            Ok(0)
+        }
+    }
+}
+
+fn parse_output(spec: &str) -> Result<Output> {
+    let mut kind = None;
+    let mut dest = None;
+    let mut tar = true;
+    for part in spec.split(',') {
+        let (k, v) = part
+            .split_once('=')
+            .with_context(|| format!("`--output {spec}`: expected key=value pairs such as `type=oci,dest=out.tar`"))?;
+        match k {
+            "type" => kind = Some(v.to_string()),
+            "dest" => dest = Some(PathBuf::from(v)),
+            "tar" => tar = v != "false",
+            other => bail!("`--output {spec}`: unknown key `{other}`"),
+        }
+    }
+    let dest = dest.with_context(|| format!("`--output {spec}`: `dest=` is required"))?;
+    match kind.as_deref() {
+        Some("oci") if tar => Ok(Output::OciArchive(dest)),
+        Some("oci") => Ok(Output::OciDir(dest)),
+        Some(other) => bail!("`--output type={other}` is not supported yet: use `type=oci`"),
+        None => bail!("`--output {spec}`: `type=` is required"),
+    }
+}
+
+async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
+    let mut build_args = BTreeMap::new();
+    for a in &b.build_args {
+        match a.split_once('=') {
+            Some((k, v)) => {
+                build_args.insert(k.to_string(), v.to_string());
+            }
+            None => {
+                if let Ok(v) = std::env::var(a) {
+                    build_args.insert(a.clone(), v);
+                }
+            }
+        }
+    }
+    let outputs = b.outputs.iter().map(|o| parse_output(o)).collect::<Result<Vec<_>>>()?;
+    let renderer = Arc::new(progress::Renderer::new(&b.progress)?);
+    let started = std::time::Instant::now();
+    let result = engine
+        .build(
+            BuildRequest {
+                context: b.context,
+                dockerfile: b.file,
+                build_args,
+                target: b.target,
+                tags: b.tags.clone(),
+                outputs,
+                no_cache: b.no_cache,
+            },
+            renderer.clone(),
+        )
+        .await;
+    renderer.finish();
+    let result = result?;
+    for w in &result.warnings {
+        eprintln!("warning: {w}");
+    }
+    eprintln!(
+        "built {} in {:.1}s ({} steps run, {} cached){}",
+        result.manifest_digest,
+        started.elapsed().as_secs_f64(),
+        result.executed,
+        result.cached,
+        if b.tags.is_empty() { String::new() } else { format!(", tagged {}", b.tags.join(", ")) }
+    );
+    if let Some(f) = b.iidfile {
+        std::fs::write(&f, &result.manifest_digest)
+            .with_context(|| format!("cannot write `{}`", f.display()))?;
+    }
+    Ok(0)
 }

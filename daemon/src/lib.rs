@@ -1,1 +1,289 @@
-//! kiln-daemon: see ../../DESIGN.md (shared) for this crate's job.
+//! kiln-daemon: the [`Engine`], which owns a store and wires the frontend, solver, exporter and
+//! registry together into builds, runs, imports, pulls and pushes. The CLI embeds it; a gRPC
+//! service will wrap the same type.
+
+mod changes;
+mod context;
+mod export;
+mod run;
+
+pub use kiln_cache::ImageRecord;
+pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
+pub use run::RunRequest;
+
+use anyhow::{bail, Context, Result};
+use kiln_cache::Store;
+use kiln_registry::{ClientOptions, Platform, Reference, RegistryClient};
+use kiln_solver::{images, Solver};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Engine settings.
+#[derive(Clone, Debug, Default)]
+pub struct EngineOptions {
+    /// Exec steps run at once (0: number of CPUs).
+    pub jobs: usize,
+    /// Registries reachable over plain http besides loopback.
+    pub insecure_registries: Vec<String>,
+}
+
+/// The build engine. One per store root (the store holds an exclusive lock).
+pub struct Engine {
+    store: Store,
+    solver: Solver,
+}
+
+/// Where a build's image goes besides the local store.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// An OCI image layout as a tar file (`type=oci,dest=FILE`).
+    OciArchive(PathBuf),
+    /// An OCI image layout directory (`type=oci,dest=DIR,tar=false`).
+    OciDir(PathBuf),
+}
+
+/// One `kiln build`.
+#[derive(Clone, Debug, Default)]
+pub struct BuildRequest {
+    pub context: PathBuf,
+    /// Defaults to `CONTEXT/Dockerfile`.
+    pub dockerfile: Option<PathBuf>,
+    pub build_args: BTreeMap<String, String>,
+    pub target: Option<String>,
+    /// Names to tag the image with in the local store.
+    pub tags: Vec<String>,
+    pub outputs: Vec<Output>,
+    pub no_cache: bool,
+}
+
+/// What a build produced.
+#[derive(Clone, Debug)]
+pub struct BuildResult {
+    pub manifest_digest: String,
+    pub config_digest: String,
+    pub executed: usize,
+    pub cached: usize,
+    /// `Dockerfile:LINE: message` warnings from the frontend.
+    pub warnings: Vec<String>,
+}
+
+/// `kiln import`.
+#[derive(Clone, Debug, Default)]
+pub struct ImportRequest {
+    /// A directory or a (possibly compressed) tar file.
+    pub source: PathBuf,
+    pub name: String,
+    /// `--change` instructions.
+    pub changes: Vec<String>,
+}
+
+impl Engine {
+    /// Opens (creating if needed) the store at `root`.
+    pub fn open(root: &Path, opts: EngineOptions) -> Result<Engine> {
+        let store = Store::open(root)
+            .with_context(|| format!("cannot open the kiln store at `{}`", root.display()))?;
+        let registry = RegistryClient::new(ClientOptions {
+            insecure_registries: opts.insecure_registries.clone(),
+            user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+        })?;
+        let jobs = if opts.jobs == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            opts.jobs
+        };
+        let solver = Solver::new(store.clone(), registry, Platform::host(), jobs);
+        Ok(Engine { store, solver })
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// The images in the local store.
+    pub fn images(&self) -> Result<Vec<ImageRecord>> {
+        Ok(self.store.images().list()?)
+    }
+
+    /// Builds a Dockerfile: compile, solve, export to the local store and any outputs.
+    pub async fn build(&self, req: BuildRequest, progress: Arc<dyn ProgressSink>) -> Result<BuildResult> {
+        let context_dir = req.context.canonicalize().with_context(|| {
+            format!(
+                "build context `{}` does not exist: pass an existing directory",
+                req.context.display()
+            )
+        })?;
+        if !context_dir.is_dir() {
+            bail!("build context `{}` is not a directory", req.context.display());
+        }
+        let dockerfile = req
+            .dockerfile
+            .clone()
+            .unwrap_or_else(|| context_dir.join("Dockerfile"));
+        let text = std::fs::read_to_string(&dockerfile).with_context(|| {
+            format!(
+                "cannot read `{}`: pass the Dockerfile with `-f` or put one in the context",
+                dockerfile.display()
+            )
+        })?;
+        let dockerfile_name = dockerfile
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "Dockerfile".into());
+        let ignore_patterns = context::read_dockerignore(&context_dir, &dockerfile)?;
+        let local = Arc::new(context::ContextDir::new(context_dir.clone(), &ignore_patterns)?);
+        let platform = self.solver.platform().clone();
+        let opts = kiln_frontend::BuildOptions {
+            dockerfile_name: dockerfile_name.clone(),
+            build_args: req.build_args.clone(),
+            target: req.target.clone(),
+            platform: (platform.os.clone(), platform.architecture.clone()),
+            context_name: "context".into(),
+            exclude_patterns: ignore_patterns,
+            no_cache: req.no_cache,
+        };
+        let resolver = context::StoreResolver {
+            solver: self.solver.clone(),
+            handle: tokio::runtime::Handle::current(),
+        };
+        let compiled = tokio::task::spawn_blocking(move || {
+            kiln_frontend::compile(&text, &opts, &resolver)
+        })
+        .await??;
+        let warnings: Vec<String> = compiled
+            .warnings
+            .iter()
+            .map(|w| format!("{dockerfile_name}:{}: {}", w.line, w.message))
+            .collect();
+        let mut locals: std::collections::HashMap<String, Arc<dyn kiln_solver::LocalContext>> =
+            Default::default();
+        locals.insert("context".into(), local);
+        let solved = self
+            .solver
+            .solve(kiln_solver::SolveRequest {
+                definition: compiled.definition,
+                locals,
+                progress,
+            })
+            .await?;
+        let image = export::export_image(&self.store, &solved, compiled.image_config).await?;
+        for tag in &req.tags {
+            let name = normalize_name(tag)?;
+            self.store.images().put(&ImageRecord {
+                name,
+                digest: image.manifest_digest.clone(),
+                size: image.manifest_size,
+                media_type: image.media_type.clone(),
+                created: image.created.clone(),
+            })?;
+        }
+        for out in &req.outputs {
+            let desc = image.descriptor();
+            let name = req.tags.first().map(|t| normalize_name(t)).transpose()?;
+            let store = self.store.clone();
+            let out = out.clone();
+            tokio::task::spawn_blocking(move || match &out {
+                Output::OciArchive(dest) => {
+                    kiln_exporter::write_oci_archive(&store, &desc, name.as_deref(), dest)
+                        .with_context(|| format!("cannot write the OCI archive `{}`", dest.display()))
+                }
+                Output::OciDir(dest) => {
+                    kiln_exporter::write_oci_dir(&store, &desc, name.as_deref(), dest)
+                        .with_context(|| format!("cannot write the OCI layout `{}`", dest.display()))
+                }
+            })
+            .await??;
+        }
+        Ok(BuildResult {
+            manifest_digest: image.manifest_digest,
+            config_digest: image.config_digest,
+            executed: solved.executed,
+            cached: solved.cached,
+            warnings,
+        })
+    }
+
+    /// `kiln import`: a single-layer image from a directory or a tar.
+    pub async fn import(&self, req: ImportRequest) -> Result<String> {
+        let name = normalize_name(&req.name)?;
+        let store = self.store.clone();
+        let image = tokio::task::spawn_blocking(move || export::import(&store, &req)).await??;
+        self.store.images().put(&ImageRecord {
+            name,
+            digest: image.manifest_digest.clone(),
+            size: image.manifest_size,
+            media_type: image.media_type.clone(),
+            created: image.created.clone(),
+        })?;
+        Ok(image.manifest_digest)
+    }
+
+    /// `kiln pull`: fetches an image and its layers into the store.
+    pub async fn pull(&self, name: &str) -> Result<String> {
+        let image = images::resolve_image(
+            &self.store,
+            self.solver.registry(),
+            self.solver.platform(),
+            name,
+            true,
+        )
+        .await?;
+        images::ensure_layers(&self.store, self.solver.registry(), &image).await?;
+        Ok(image.manifest_digest)
+    }
+
+    /// `kiln push NAME [REF]`: uploads a local image's blobs (those the registry lacks) and then its
+    /// manifest, so the tag never points at an incomplete image.
+    pub async fn push(&self, name: &str, dest: Option<&str>) -> Result<String> {
+        let local = normalize_name(name)?;
+        let record = self.store.images().get(&local)?.with_context(|| {
+            format!("no image `{local}` in the local store: build, import or pull it first (see `kiln images`)")
+        })?;
+        let dest = Reference::parse(dest.unwrap_or(name))?;
+        let image = images::load(&self.store, &local, &record.digest)?;
+        let mut blobs = vec![(
+            image.manifest.config().digest().to_string(),
+            image.manifest.config().size() as u64,
+        )];
+        for l in image.manifest.layers() {
+            blobs.push((l.digest().to_string(), l.size() as u64));
+        }
+        use futures::stream::{self, StreamExt, TryStreamExt};
+        let registry = self.solver.registry().clone();
+        stream::iter(blobs)
+            .map(|(digest, size)| {
+                let registry = registry.clone();
+                let dest = dest.clone();
+                let path = self.store.content().path(&digest);
+                async move {
+                    let path = path?;
+                    registry
+                        .push_blob(&dest, &digest, size, &path)
+                        .await
+                        .with_context(|| format!("cannot push blob {digest} to `{dest}`"))?;
+                    anyhow::Ok(())
+                }
+            })
+            .buffer_unordered(4)
+            .try_collect::<Vec<()>>()
+            .await?;
+        let bytes = self.store.content().read(&record.digest)?;
+        let digest = registry
+            .push_manifest(&dest, &record.media_type, &bytes)
+            .await
+            .with_context(|| format!("cannot push the manifest to `{dest}`"))?;
+        Ok(digest)
+    }
+
+    /// `kiln run`: runs an image's command in a sandbox; returns its exit code.
+    pub async fn run(&self, req: RunRequest) -> Result<i32> {
+        run::run(&self.store, &self.solver, req).await
+    }
+}
+
+/// `app` → `docker.io/library/app:latest`, as Docker names images.
+pub fn normalize_name(name: &str) -> Result<String> {
+    Ok(Reference::parse(name)
+        .with_context(|| format!("`{name}` is not a valid image name"))?
+        .full_name())
+}

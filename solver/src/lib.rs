@@ -1,1 +1,733 @@
-//! kiln-solver: see ../../DESIGN.md (shared) for this crate's job.
+//! kiln-solver: walks an LLB [`Definition`], computes each vertex's content-based cache key,
+//! reuses cached results and runs the rest — in parallel where the graph allows, with exec steps
+//! bounded by `jobs` — while streaming [`progress`] events.
+//!
+//! Cache keys (see `docs/cache-keys.md`): `key(v) = blake3("kiln-cache-v1", digest(v),
+//! key(input)…, checksum(local parts)…)`. An op's digest covers everything it does; its inputs'
+//! keys cover everything it reads, except local contexts, whose key covers only the files that
+//! the op selects (a `COPY` keys on the checksum of its sources, an exec mount on the whole
+//! context after `.dockerignore`).
+
+mod context;
+mod fileops;
+mod glob;
+pub mod images;
+pub mod progress;
+
+pub use context::LocalContext;
+pub use images::ImageRef;
+pub use progress::{Event, NoProgress, ProgressSink, Stream};
+
+use futures::future::{BoxFuture, FutureExt, Shared};
+use kiln_cache::{CachedResult, SnapshotId, Store};
+use kiln_llb::{file_action::Action, op::Kind, Definition, MountType, NetworkMode, Op, OpMetadata};
+use kiln_registry::{Platform, RegistryClient};
+use std::collections::{HashMap, VecDeque};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tokio::sync::Semaphore;
+
+/// Errors from solving a graph. Step failures carry the step's name and Dockerfile location.
+#[derive(Debug, thiserror::Error)]
+pub enum SolveError {
+    #[error("store: {0}")]
+    Cache(String),
+    #[error("image `{image}`: {message}")]
+    Image { image: String, message: String },
+    #[error("build context: `{path}`: {message}")]
+    Context { path: String, message: String },
+    #[error("{0}")]
+    Op(String),
+    #[error("{0} is not supported yet")]
+    Unsupported(String),
+    #[error("process \"{command}\" did not complete successfully: exit code: {exit_code}{tail}")]
+    ExecFailed {
+        command: String,
+        exit_code: i32,
+        tail: String,
+    },
+    #[error("{location}{sep}{name}: {source}", sep = if location.is_empty() { "" } else { ": " })]
+    Step {
+        name: String,
+        location: String,
+        source: Arc<SolveError>,
+    },
+    #[error("invalid build graph: {0}")]
+    Graph(String),
+}
+
+impl SolveError {
+    pub(crate) fn cache(e: kiln_cache::CacheError) -> Self {
+        SolveError::Cache(e.to_string())
+    }
+}
+
+/// What a vertex produced.
+#[derive(Clone)]
+pub enum Output {
+    /// An empty filesystem.
+    Scratch,
+    /// A snapshot (with its parents).
+    Snapshot(SnapshotId),
+    /// A local directory, read in place.
+    Local(Arc<dyn LocalContext>),
+}
+
+impl std::fmt::Debug for Output {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Output::Scratch => write!(f, "Scratch"),
+            Output::Snapshot(s) => write!(f, "Snapshot({s})"),
+            Output::Local(l) => write!(f, "Local({})", l.root().display()),
+        }
+    }
+}
+
+/// A solve's inputs.
+pub struct SolveRequest {
+    pub definition: Definition,
+    /// `local://NAME` sources by name.
+    pub locals: HashMap<String, Arc<dyn LocalContext>>,
+    pub progress: Arc<dyn ProgressSink>,
+}
+
+/// A solve's result.
+#[derive(Debug)]
+pub struct SolveOutput {
+    pub root: Output,
+    /// Steps that ran.
+    pub executed: usize,
+    /// Steps whose result came from the cache.
+    pub cached: usize,
+    /// When the root's result was first produced (unix seconds).
+    pub created_unix: u64,
+}
+
+/// The scheduler. Cheap to clone; one per engine.
+#[derive(Clone)]
+pub struct Solver {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    registry: RegistryClient,
+    platform: Platform,
+    exec_slots: Semaphore,
+}
+
+struct VertexResult {
+    key: String,
+    output: Output,
+    /// When the result was first produced (unix seconds): a cached result keeps its time, so
+    /// rebuilding unchanged inputs gives the same image.
+    created_unix: u64,
+}
+
+type VertexFuture = Shared<BoxFuture<'static, Result<Arc<VertexResult>, Arc<SolveError>>>>;
+
+#[derive(Default)]
+struct Counters {
+    executed: usize,
+    cached: usize,
+}
+
+impl Solver {
+    /// `jobs` bounds how many exec steps run at once.
+    pub fn new(store: Store, registry: RegistryClient, platform: Platform, jobs: usize) -> Self {
+        Solver {
+            inner: Arc::new(Inner {
+                store,
+                registry,
+                platform,
+                exec_slots: Semaphore::new(jobs.max(1)),
+            }),
+        }
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.inner.store
+    }
+
+    pub fn registry(&self) -> &RegistryClient {
+        &self.inner.registry
+    }
+
+    pub fn platform(&self) -> &Platform {
+        &self.inner.platform
+    }
+
+    /// Solves the definition's root. Independent vertices run concurrently; the first failure
+    /// cancels the rest (their sandboxes are killed when their futures drop).
+    pub async fn solve(&self, req: SolveRequest) -> Result<SolveOutput, SolveError> {
+        let def = Arc::new(req.definition);
+        def.validate().map_err(|e| SolveError::Graph(e.to_string()))?;
+        let counters = Arc::new(Mutex::new(Counters::default()));
+        let mut futures: HashMap<String, VertexFuture> = HashMap::new();
+        let locals = Arc::new(req.locals);
+        for (idx, op) in def.ops.iter().enumerate() {
+            let digest = op.digest();
+            let inputs: Vec<(VertexFuture, i64)> = op
+                .inputs
+                .iter()
+                .map(|i| {
+                    futures
+                        .get(&i.digest)
+                        .cloned()
+                        .map(|f| (f, i.index))
+                        .ok_or_else(|| SolveError::Graph(format!("dangling input {}", i.digest)))
+                })
+                .collect::<Result<_, _>>()?;
+            let meta = def.metadata(&digest).cloned().unwrap_or_default();
+            let task = VertexTask {
+                solver: self.clone(),
+                vertex: idx + 1,
+                digest: digest.clone(),
+                op: op.clone(),
+                meta,
+                locals: locals.clone(),
+                progress: req.progress.clone(),
+                counters: counters.clone(),
+            };
+            let fut = async move {
+                let mut results = Vec::with_capacity(inputs.len());
+                for (f, _index) in inputs {
+                    results.push(f.await?);
+                }
+                task.run(results).await.map_err(Arc::new)
+            }
+            .boxed()
+            .shared();
+            futures.insert(digest, fut);
+        }
+        let root = def.root.clone().unwrap_or_default();
+        let mut created_unix = 0;
+        let output = if root.digest.is_empty() {
+            Output::Scratch
+        } else {
+            let f = futures
+                .get(&root.digest)
+                .cloned()
+                .ok_or_else(|| SolveError::Graph("root is not in the graph".into()))?;
+            // Drive every vertex the root needs; a shared future runs once however many wait.
+            let r = f.await.map_err(unwrap_arc)?;
+            created_unix = r.created_unix;
+            r.output.clone()
+        };
+        let c = counters.lock().map(|c| (c.executed, c.cached)).unwrap_or((0, 0));
+        Ok(SolveOutput {
+            root: output,
+            executed: c.0,
+            cached: c.1,
+            created_unix,
+        })
+    }
+}
+
+fn unwrap_arc(e: Arc<SolveError>) -> SolveError {
+    Arc::try_unwrap(e).unwrap_or_else(|e| SolveError::Op(e.to_string()))
+}
+
+struct VertexTask {
+    solver: Solver,
+    vertex: usize,
+    digest: String,
+    op: Op,
+    meta: OpMetadata,
+    locals: Arc<HashMap<String, Arc<dyn LocalContext>>>,
+    progress: Arc<dyn ProgressSink>,
+    counters: Arc<Mutex<Counters>>,
+}
+
+impl VertexTask {
+    fn name(&self) -> String {
+        if self.meta.name.is_empty() {
+            self.digest.clone()
+        } else {
+            self.meta.name.clone()
+        }
+    }
+
+    async fn run(self, inputs: Vec<Arc<VertexResult>>) -> Result<Arc<VertexResult>, SolveError> {
+        let store = &self.solver.inner.store;
+        let key = self.cache_key(&inputs).await?;
+        // Local sources are read in place; they have nothing to cache.
+        if let Some(Kind::Source(s)) = &self.op.kind {
+            if let Some(name) = s.identifier.strip_prefix("local://") {
+                let ctx = self.locals.get(name).cloned().ok_or_else(|| {
+                    SolveError::Op(format!("build context `{name}` was not provided"))
+                })?;
+                return Ok(Arc::new(VertexResult {
+                    key,
+                    output: Output::Local(ctx),
+                    created_unix: 0,
+                }));
+            }
+        }
+        if !self.meta.ignore_cache {
+            if let Some(hit) = store.index().get(&key).map_err(SolveError::cache)? {
+                let usable = match hit.snapshot {
+                    None => true,
+                    Some(s) => store.snapshots().fs_dir(s).is_dir(),
+                };
+                if usable {
+                    self.progress.event(Event::Cached {
+                        vertex: self.vertex,
+                        name: self.name(),
+                    });
+                    if let Ok(mut c) = self.counters.lock() {
+                        c.cached += 1;
+                    }
+                    let output = hit.snapshot.map_or(Output::Scratch, Output::Snapshot);
+                    return Ok(Arc::new(VertexResult {
+                        key,
+                        output,
+                        created_unix: hit.created_unix,
+                    }));
+                }
+            }
+        }
+        let started = Instant::now();
+        self.progress.event(Event::Started {
+            vertex: self.vertex,
+            name: self.name(),
+        });
+        let result = self.execute(&inputs).await;
+        match result {
+            Ok(output) => {
+                let snapshot = match &output {
+                    Output::Snapshot(s) => Some(*s),
+                    _ => None,
+                };
+                let created_unix = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                store
+                    .index()
+                    .put(&key, &CachedResult { snapshot, created_unix })
+                    .map_err(SolveError::cache)?;
+                self.progress.event(Event::Done {
+                    vertex: self.vertex,
+                    name: self.name(),
+                    elapsed: started.elapsed(),
+                });
+                if let Ok(mut c) = self.counters.lock() {
+                    c.executed += 1;
+                }
+                Ok(Arc::new(VertexResult {
+                    key,
+                    output,
+                    created_unix,
+                }))
+            }
+            Err(e) => {
+                self.progress.event(Event::Failed {
+                    vertex: self.vertex,
+                    name: self.name(),
+                    error: e.to_string(),
+                });
+                Err(SolveError::Step {
+                    name: self.name(),
+                    location: self.meta.location.clone(),
+                    source: Arc::new(e),
+                })
+            }
+        }
+    }
+
+    /// The vertex's cache key: its op digest, its inputs' keys, and for local inputs the
+    /// checksum of exactly what this op reads from them.
+    async fn cache_key(&self, inputs: &[Arc<VertexResult>]) -> Result<String, SolveError> {
+        let mut h = blake3::Hasher::new();
+        h.update(b"kiln-cache-v1\0");
+        h.update(self.digest.as_bytes());
+        for (i, input) in inputs.iter().enumerate() {
+            h.update(b"\0input\0");
+            h.update(input.key.as_bytes());
+            if let Output::Local(ctx) = &input.output {
+                let selectors = self.local_selectors(i as i64);
+                let ctx = ctx.clone();
+                let store = self.solver.inner.store.clone();
+                let sum = tokio::task::spawn_blocking(move || {
+                    let mut sources = Vec::new();
+                    for s in &selectors {
+                        sources.extend(context::resolve_sources(ctx.as_ref(), s)?);
+                    }
+                    sources.sort();
+                    sources.dedup();
+                    context::checksum(ctx.as_ref(), &sources, store.index())
+                })
+                .await
+                .map_err(|e| SolveError::Op(e.to_string()))??;
+                h.update(b"\0local\0");
+                h.update(sum.as_bytes());
+            }
+        }
+        Ok(h.finalize().to_hex().to_string())
+    }
+
+    /// The paths this op reads from input `index` when it is a local context.
+    fn local_selectors(&self, index: i64) -> Vec<String> {
+        match &self.op.kind {
+            Some(Kind::File(f)) => {
+                let srcs: Vec<String> = f
+                    .actions
+                    .iter()
+                    .filter_map(|a| match &a.action {
+                        Some(Action::Copy(c)) if c.src_input == index => Some(c.src.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                srcs
+            }
+            _ => vec![String::new()],
+        }
+    }
+
+    async fn execute(&self, inputs: &[Arc<VertexResult>]) -> Result<Output, SolveError> {
+        match &self.op.kind {
+            Some(Kind::Source(s)) => self.source(&s.identifier).await,
+            Some(Kind::Exec(e)) => self.exec(e, inputs).await,
+            Some(Kind::File(f)) => {
+                let f = f.clone();
+                let store = self.solver.inner.store.clone();
+                let outputs: Vec<Output> = inputs.iter().map(|r| r.output.clone()).collect();
+                tokio::task::spawn_blocking(move || file_op(&store, &f, &outputs))
+                    .await
+                    .map_err(|e| SolveError::Op(e.to_string()))?
+            }
+            Some(Kind::Merge(_)) => Err(SolveError::Unsupported("merge (`COPY --link`)".into())),
+            Some(Kind::Diff(_)) => Err(SolveError::Unsupported("diff".into())),
+            None => Err(SolveError::Graph(format!("op {} has no kind", self.digest))),
+        }
+    }
+
+    async fn source(&self, identifier: &str) -> Result<Output, SolveError> {
+        let Some(name) = identifier.strip_prefix("docker-image://") else {
+            return Err(SolveError::Unsupported(format!("source `{identifier}`")));
+        };
+        let inner = &self.solver.inner;
+        let image =
+            images::resolve_image(&inner.store, &inner.registry, &inner.platform, name, false)
+                .await?;
+        images::ensure_layers(&inner.store, &inner.registry, &image).await?;
+        let store = inner.store.clone();
+        let top = tokio::task::spawn_blocking(move || images::unpack(&store, &image))
+            .await
+            .map_err(|e| SolveError::Op(e.to_string()))??;
+        Ok(top.map_or(Output::Scratch, Output::Snapshot))
+    }
+
+    async fn exec(
+        &self,
+        e: &kiln_llb::ExecOp,
+        inputs: &[Arc<VertexResult>],
+    ) -> Result<Output, SolveError> {
+        let store = &self.solver.inner.store;
+        let meta = e.meta.clone().unwrap_or_default();
+        let mut rootfs_input: Option<Output> = None;
+        for m in &e.mounts {
+            if m.dest == "/" && m.mount_type == MountType::Bind as i32 {
+                rootfs_input = Some(if m.input < 0 {
+                    Output::Scratch
+                } else {
+                    input_output(inputs, m.input)?
+                });
+            } else {
+                return Err(SolveError::Unsupported(format!(
+                    "`RUN --mount` ({} at {})",
+                    mount_type_name(m.mount_type),
+                    m.dest
+                )));
+            }
+        }
+        let parent = match rootfs_input {
+            Some(Output::Snapshot(s)) => Some(s),
+            Some(Output::Scratch) | None => None,
+            Some(Output::Local(_)) => {
+                return Err(SolveError::Unsupported("a local context as the root filesystem".into()))
+            }
+        };
+        let snaps = store.snapshots();
+        let chain = match parent {
+            Some(p) => snaps.chain(p).map_err(SolveError::cache)?,
+            None => vec![],
+        };
+        let passwd = read_text(store, &chain, "/etc/passwd")?;
+        let group = read_text(store, &chain, "/etc/group")?;
+        let user_spec = if meta.user.is_empty() { "0" } else { &meta.user };
+        let user = kiln_exec::resolve_user(user_spec, passwd.as_deref(), group.as_deref())
+            .map_err(|e| SolveError::Op(e.to_string()))?;
+        let network = if e.network == NetworkMode::None as i32 {
+            kiln_exec::Network::None
+        } else {
+            kiln_exec::Network::Host
+        };
+        let spec = kiln_exec::default_spec(&kiln_exec::ProcessSpec {
+            args: meta.args.clone(),
+            env: meta.env.clone(),
+            cwd: if meta.cwd.is_empty() { "/".into() } else { meta.cwd.clone() },
+            user,
+            hostname: if meta.hostname.is_empty() { "kiln".into() } else { meta.hostname.clone() },
+            network,
+            terminal: false,
+        })
+        .map_err(|e| SolveError::Op(e.to_string()))?;
+        let snap = snaps.create(parent).map_err(SolveError::cache)?;
+        let scratch = tempfile::Builder::new()
+            .prefix("exec-")
+            .tempdir_in(store.tmp_dir())
+            .map_err(|e| SolveError::Op(format!("cannot make a temp dir: {e}")))?;
+        let mut lower: Vec<PathBuf> = chain.iter().map(|s| snaps.fs_dir(*s)).collect();
+        if lower.is_empty() {
+            let empty = scratch.path().join("empty");
+            std::fs::create_dir_all(&empty).map_err(|e| SolveError::Op(e.to_string()))?;
+            lower.push(empty);
+        }
+        let upper = snaps.fs_dir(snap);
+        let work = snap_work_dir(store, snap)?;
+        let target = scratch.path().join("rootfs");
+        let state = scratch.path().join("state");
+        for d in [&target, &state] {
+            std::fs::create_dir_all(d).map_err(|e| SolveError::Op(e.to_string()))?;
+        }
+        let config = kiln_exec::SandboxConfig {
+            spec,
+            rootfs: kiln_exec::RootFs {
+                lower,
+                upper: Some(upper.clone()),
+                work: Some(work),
+                target,
+            },
+            network,
+            stdio: kiln_exec::Stdio::Piped,
+            state_dir: state,
+        };
+        let tail = Arc::new(Mutex::new(Tail::default()));
+        let sink = LogSink {
+            vertex: self.vertex,
+            progress: self.progress.clone(),
+            tail: tail.clone(),
+        };
+        let permit = self
+            .solver
+            .inner
+            .exec_slots
+            .acquire()
+            .await
+            .map_err(|e| SolveError::Op(e.to_string()))?;
+        let outcome = kiln_exec::run(config, Some(Box::new(sink))).await;
+        drop(permit);
+        let outcome = match outcome {
+            Ok(o) => o,
+            Err(err) => {
+                let _ = snaps.remove(snap);
+                return Err(SolveError::Op(err.to_string()));
+            }
+        };
+        if outcome.exit_code != 0 {
+            let _ = snaps.remove(snap);
+            let lines = tail.lock().map(|t| t.render()).unwrap_or_default();
+            return Err(SolveError::ExecFailed {
+                command: meta.args.join(" "),
+                exit_code: outcome.exit_code,
+                tail: lines,
+            });
+        }
+        // Mount points the sandbox had to create are not part of the step's changes.
+        let mut created = outcome.created_mountpoints;
+        created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+        for p in created {
+            let rel = p.strip_prefix("/").unwrap_or(&p);
+            let _ = std::fs::remove_dir(upper.join(rel));
+        }
+        Ok(Output::Snapshot(snap))
+    }
+}
+
+fn mount_type_name(t: i32) -> &'static str {
+    match MountType::try_from(t) {
+        Ok(MountType::Bind) => "bind",
+        Ok(MountType::Cache) => "cache",
+        Ok(MountType::Tmpfs) => "tmpfs",
+        Ok(MountType::Secret) => "secret",
+        Ok(MountType::Ssh) => "ssh",
+        Err(_) => "unknown",
+    }
+}
+
+fn input_output(inputs: &[Arc<VertexResult>], index: i64) -> Result<Output, SolveError> {
+    usize::try_from(index)
+        .ok()
+        .and_then(|i| inputs.get(i))
+        .map(|r| r.output.clone())
+        .ok_or_else(|| SolveError::Graph(format!("input index {index} out of range")))
+}
+
+fn read_text(store: &Store, chain: &[SnapshotId], path: &str) -> Result<Option<String>, SolveError> {
+    Ok(store
+        .snapshots()
+        .read_file(chain, path)
+        .map_err(SolveError::cache)?
+        .map(|b| String::from_utf8_lossy(&b).into_owned()))
+}
+
+/// The overlay work dir of a snapshot: beside its `fs` dir, on the same filesystem.
+fn snap_work_dir(store: &Store, snap: SnapshotId) -> Result<PathBuf, SolveError> {
+    let fs = store.snapshots().fs_dir(snap);
+    let work = fs
+        .parent()
+        .map(|p| p.join("work"))
+        .ok_or_else(|| SolveError::Op("snapshot dir has no parent".into()))?;
+    std::fs::create_dir_all(&work).map_err(|e| SolveError::Op(e.to_string()))?;
+    Ok(work)
+}
+
+/// The last lines of a step's output, for its error message.
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    partial: String,
+}
+
+const TAIL_LINES: usize = 10;
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        self.partial.push_str(&String::from_utf8_lossy(data));
+        while let Some(pos) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=pos).collect();
+            self.lines.push_back(line.trim_end().to_string());
+            if self.lines.len() > TAIL_LINES {
+                self.lines.pop_front();
+            }
+        }
+    }
+
+    fn render(&self) -> String {
+        let mut out = String::new();
+        for l in self.lines.iter().chain(
+            Some(&self.partial)
+                .filter(|p| !p.is_empty())
+                .into_iter(),
+        ) {
+            out.push_str("\n  > ");
+            out.push_str(l);
+        }
+        out
+    }
+}
+
+struct LogSink {
+    vertex: usize,
+    progress: Arc<dyn ProgressSink>,
+    tail: Arc<Mutex<Tail>>,
+}
+
+impl kiln_exec::OutputSink for LogSink {
+    fn output(&mut self, stream: kiln_exec::OutputStream, data: &[u8]) {
+        if let Ok(mut t) = self.tail.lock() {
+            t.push(data);
+        }
+        self.progress.event(Event::Log {
+            vertex: self.vertex,
+            stream: match stream {
+                kiln_exec::OutputStream::Stdout => Stream::Stdout,
+                kiln_exec::OutputStream::Stderr => Stream::Stderr,
+            },
+            data: data.to_vec(),
+        });
+    }
+}
+
+/// Runs a file op: mounts the base with a new snapshot on top, applies the actions, commits.
+fn file_op(store: &Store, f: &kiln_llb::FileOp, inputs: &[Output]) -> Result<Output, SolveError> {
+    let base = if f.base < 0 {
+        Output::Scratch
+    } else {
+        inputs
+            .get(f.base as usize)
+            .cloned()
+            .ok_or_else(|| SolveError::Graph(format!("file op base {} out of range", f.base)))?
+    };
+    let parent = match base {
+        Output::Snapshot(s) => Some(s),
+        Output::Scratch => None,
+        Output::Local(_) => {
+            return Err(SolveError::Unsupported("a file op on a local context".into()))
+        }
+    };
+    let snaps = store.snapshots();
+    let chain = match parent {
+        Some(p) => snaps.chain(p).map_err(SolveError::cache)?,
+        None => vec![],
+    };
+    let passwd = read_text(store, &chain, "/etc/passwd")?;
+    let group = read_text(store, &chain, "/etc/group")?;
+    let snap = snaps.create(parent).map_err(SolveError::cache)?;
+    let result = (|| {
+        let tmp = tempfile::Builder::new()
+            .prefix("fileop-")
+            .tempdir_in(store.tmp_dir())
+            .map_err(|e| SolveError::Op(format!("cannot make a temp dir: {e}")))?;
+        let target = tmp.path().join("root");
+        std::fs::create_dir_all(&target).map_err(|e| SolveError::Op(e.to_string()))?;
+        let _work = snap_work_dir(store, snap)?;
+        let guard = snaps.mount(&chain, Some(snap), &target).map_err(SolveError::cache)?;
+        let root = guard.path().to_path_buf();
+        for (n, action) in f.actions.iter().enumerate() {
+            let Some(action) = &action.action else { continue };
+            let owner_opt = match action {
+                Action::Copy(c) => c.owner.as_ref(),
+                Action::Mkdir(m) => m.owner.as_ref(),
+                Action::Mkfile(m) => m.owner.as_ref(),
+                Action::Rm(_) => None,
+            };
+            let owner = fileops::resolve_owner(owner_opt, passwd.as_deref(), group.as_deref())?;
+            match action {
+                Action::Copy(c) => {
+                    let src = if c.src_input < 0 {
+                        Output::Scratch
+                    } else {
+                        inputs.get(c.src_input as usize).cloned().ok_or_else(|| {
+                            SolveError::Graph(format!("copy source {} out of range", c.src_input))
+                        })?
+                    };
+                    match src {
+                        Output::Local(ctx) => {
+                            let source = fileops::CopySource::Local(ctx.as_ref());
+                            fileops::apply(&root, action, Some(&source), owner)?;
+                        }
+                        Output::Snapshot(s) => {
+                            let src_chain = snaps.chain(s).map_err(SolveError::cache)?;
+                            let mnt = tmp.path().join(format!("src-{n}"));
+                            std::fs::create_dir_all(&mnt).map_err(|e| SolveError::Op(e.to_string()))?;
+                            let g = snaps.mount(&src_chain, None, &mnt).map_err(SolveError::cache)?;
+                            let source = fileops::CopySource::Dir(g.path());
+                            fileops::apply(&root, action, Some(&source), owner)?;
+                            drop(g);
+                        }
+                        Output::Scratch => {
+                            let empty = tmp.path().join(format!("empty-{n}"));
+                            std::fs::create_dir_all(&empty).map_err(|e| SolveError::Op(e.to_string()))?;
+                            let source = fileops::CopySource::Dir(&empty);
+                            fileops::apply(&root, action, Some(&source), owner)?;
+                        }
+                    }
+                }
+                _ => fileops::apply(&root, action, None, owner)?,
+            }
+        }
+        drop(guard);
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Ok(Output::Snapshot(snap)),
+        Err(e) => {
+            let _ = snaps.remove(snap);
+            Err(e)
+        }
+    }
+}

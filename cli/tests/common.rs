@@ -1,0 +1,162 @@
+//! Shared set-up for the end-to-end tests: a busybox rootfs from the host's `busybox-static`,
+//! a private store per test, and the test registry.
+
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The busybox root filesystem, made once per test binary.
+pub fn busybox_rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("kiln-e2e-rootfs-{}", std::process::id()));
+        let status = Command::new("sh")
+            .arg(workspace().join("testdata/make-busybox-rootfs.sh"))
+            .arg(&dir)
+            .status()
+            .expect("run make-busybox-rootfs.sh");
+        assert!(status.success(), "make-busybox-rootfs.sh failed: install busybox-static (`cargo xtask setup`)");
+        dir
+    })
+}
+
+/// A private kiln store, removed when dropped.
+pub struct Kiln {
+    pub root: tempfile::TempDir,
+}
+
+impl Kiln {
+    pub fn new() -> Self {
+        Kiln { root: tempfile::Builder::new().prefix("kiln-e2e-").tempdir().expect("temp store") }
+    }
+
+    /// A store with `busybox:latest` imported.
+    pub fn with_busybox() -> Self {
+        let k = Kiln::new();
+        let out = k.run(&["import", "--change", "CMD [\"sh\"]", busybox_rootfs().to_str().unwrap(), "busybox:latest"]);
+        assert_ok(&out, "kiln import busybox");
+        k
+    }
+
+    pub fn cmd(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.env("KILN_ROOT", self.root.path()).env_remove("KILN_PROGRESS").stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd().args(args).output().expect("run kiln")
+    }
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Copies a directory tree (the example contexts), so a test may change files in it.
+pub fn copy_dir(src: &Path, dst: &Path) {
+    std::fs::create_dir_all(dst).unwrap();
+    for e in std::fs::read_dir(src).unwrap() {
+        let e = e.unwrap();
+        let to = dst.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &to);
+        } else {
+            std::fs::copy(e.path(), &to).unwrap();
+        }
+    }
+}
+
+/// A registry on 127.0.0.1: the one `cargo xtask test` started (`KILN_TEST_REGISTRY`), or one
+/// started for this test from Debian's `docker-registry` (keep the guard alive while using it).
+pub fn registry() -> (String, Option<RegistryGuard>) {
+    if let Ok(addr) = std::env::var("KILN_TEST_REGISTRY") {
+        return (addr, None);
+    }
+    let guard = RegistryGuard::start();
+    (guard.addr.clone(), Some(guard))
+}
+
+/// A name unique to this test run, so tests sharing a registry do not collide.
+pub fn unique(prefix: &str) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!("{prefix}-{}-{nanos}", std::process::id())
+}
+
+pub struct RegistryGuard {
+    pub addr: String,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl RegistryGuard {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let addr = format!("127.0.0.1:{port}");
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                dir.path().join("data").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry: install it with `cargo xtask setup`");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start on {addr}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        RegistryGuard { addr, child, _dir: dir }
+    }
+}
+
+impl Drop for RegistryGuard {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs an external checker (`skopeo`, `umoci`) and asserts it succeeds.
+pub fn tool(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}): install it with `cargo xtask setup`"));
+    assert_ok(&out, &format!("{program} {}", args.join(" ")));
+    stdout(&out)
+}

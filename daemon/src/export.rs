@@ -1,0 +1,268 @@
+//! From a solved build (or an imported rootfs) to an image in the store: layers for each snapshot
+//! of the result's chain, the config with its history and diff IDs, and the manifest.
+
+use crate::ImportRequest;
+use anyhow::{bail, Context, Result};
+use kiln_cache::{LayerInfo, SnapshotId, Store};
+use kiln_exporter::{Compression, LayerBlob, LayerOptions};
+use kiln_solver::{Output, SolveOutput};
+use oci_spec::image::{ConfigBuilder, History, HistoryBuilder, ImageConfiguration, RootFsBuilder};
+use std::io::Read;
+
+/// An image written to the content store.
+pub(crate) struct ExportedImage {
+    pub manifest_digest: String,
+    pub manifest_size: u64,
+    pub config_digest: String,
+    pub media_type: String,
+    pub created: Option<String>,
+}
+
+impl ExportedImage {
+    pub(crate) fn descriptor(&self) -> kiln_exporter::ImageDescriptor {
+        kiln_exporter::ImageDescriptor {
+            manifest_digest: self.manifest_digest.clone(),
+            manifest_size: self.manifest_size,
+            config_digest: self.config_digest.clone(),
+            media_type: self.media_type.clone(),
+        }
+    }
+}
+
+/// `SOURCE_DATE_EPOCH` from the environment, when set.
+fn source_date_epoch() -> Option<i64> {
+    std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
+}
+
+fn rfc3339(unix: i64) -> String {
+    // Civil-from-days (Howard Hinnant's algorithm): no date crate needed for one format.
+    let days = unix.div_euclid(86_400);
+    let secs = unix.rem_euclid(86_400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = if m <= 2 { y + 1 } else { y };
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3600,
+        (secs % 3600) / 60,
+        secs % 60
+    )
+}
+
+/// The layer of one snapshot: the blob recorded for it (a pulled layer keeps its original
+/// digest; an exported one is not compressed twice) or a new gzip blob.
+fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<(LayerBlob, bool)> {
+    let known = store.snapshots().layers(snap)?;
+    if let Some(l) = known.first() {
+        return Ok((
+            LayerBlob {
+                diff_id: l.diff_id.clone(),
+                digest: l.digest.clone(),
+                size: l.size,
+                media_type: l.media_type.clone(),
+                empty: false,
+            },
+            true,
+        ));
+    }
+    let opts = LayerOptions {
+        compression: Compression::Gzip,
+        source_date_epoch: epoch,
+        level: None,
+    };
+    let blob = kiln_exporter::export_layer(store, snap, &opts)
+        .with_context(|| format!("cannot export the layer of snapshot {snap}"))?;
+    Ok((blob, false))
+}
+
+/// Exports the solve's result as an image: layers bottom-up, paired with the history entries the
+/// frontend marked as creating a layer.
+pub(crate) async fn export_image(
+    store: &Store,
+    solved: &SolveOutput,
+    mut config: ImageConfiguration,
+) -> Result<ExportedImage> {
+    let chain: Vec<SnapshotId> = match &solved.root {
+        Output::Scratch => vec![],
+        Output::Snapshot(s) => {
+            let mut c = store.snapshots().chain(*s)?;
+            c.reverse();
+            c
+        }
+        Output::Local(_) => bail!("the build's result is a local directory, not an image"),
+    };
+    let epoch = source_date_epoch();
+    let store2 = store.clone();
+    let layers: Vec<(LayerBlob, bool)> = tokio::task::spawn_blocking(move || {
+        chain
+            .iter()
+            .map(|s| layer_of(&store2, *s, epoch))
+            .collect::<Result<Vec<_>>>()
+    })
+    .await??;
+    let created_unix = epoch.unwrap_or(solved.created_unix as i64);
+    let created = rfc3339(created_unix);
+
+    // Pair layers with the history entries that create one; empty new layers are dropped and
+    // their entry marked `empty_layer`, as Docker does.
+    let mut history: Vec<History> = config.history().clone().unwrap_or_default();
+    let mut kept: Vec<LayerBlob> = Vec::new();
+    let mut hi = 0usize;
+    for (blob, known) in layers {
+        while hi < history.len() && history[hi].empty_layer().unwrap_or(false) {
+            hi += 1;
+        }
+        let drop_it = blob.empty && !known;
+        if hi < history.len() {
+            if drop_it {
+                history[hi].set_empty_layer(Some(true));
+            }
+            hi += 1;
+        } else if !drop_it {
+            // More layers than history: describe them rather than leave the image inconsistent.
+            history.push(
+                HistoryBuilder::default()
+                    .created_by("kiln build".to_string())
+                    .build()
+                    .context("cannot build a history entry")?,
+            );
+            hi = history.len();
+        }
+        if !drop_it {
+            kept.push(blob);
+        }
+    }
+    for h in history.iter_mut() {
+        if h.created().is_none() {
+            h.set_created(Some(created.clone()));
+        }
+    }
+    config.set_history(Some(history));
+    config.set_created(Some(created.clone()));
+    let rootfs = RootFsBuilder::default()
+        .typ("layers".to_string())
+        .diff_ids(kept.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>())
+        .build()
+        .context("cannot build the image rootfs")?;
+    config.set_rootfs(rootfs);
+    let desc = kiln_exporter::write_image(store, &config, &kept)?;
+    Ok(ExportedImage {
+        manifest_digest: desc.manifest_digest,
+        manifest_size: desc.manifest_size,
+        config_digest: desc.config_digest,
+        media_type: desc.media_type,
+        created: Some(created),
+    })
+}
+
+/// `kiln import`: the source (directory or tar, possibly compressed) becomes one layer.
+pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage> {
+    let src = &req.source;
+    let meta = std::fs::metadata(src).with_context(|| {
+        format!("cannot read `{}`: pass a root filesystem directory or tar file", src.display())
+    })?;
+    let snap = if meta.is_dir() {
+        // Tar the directory through a pipe into the extractor: one code path for both forms.
+        let (reader, writer) = std::io::pipe().context("cannot make a pipe")?;
+        let dir = src.clone();
+        let tarrer = std::thread::spawn(move || {
+            kiln_exporter::write_layer_tar(
+                &dir,
+                writer,
+                &LayerOptions {
+                    compression: Compression::Uncompressed,
+                    source_date_epoch: None,
+                    level: None,
+                },
+            )
+        });
+        let snap = store.snapshots().unpack_layer(None, reader);
+        tarrer
+            .join()
+            .map_err(|_| anyhow::anyhow!("the tar writer panicked"))?
+            .with_context(|| format!("cannot read `{}`", src.display()))?;
+        snap?
+    } else {
+        let file = std::fs::File::open(src).with_context(|| format!("cannot open `{}`", src.display()))?;
+        let mut r = std::io::BufReader::new(file);
+        let mut magic = [0u8; 4];
+        let n = r.read(&mut magic)?;
+        let head = std::io::Cursor::new(magic[..n].to_vec()).chain(r);
+        let reader: Box<dyn Read> = if magic[..2] == [0x1f, 0x8b] {
+            Box::new(flate2::read::GzDecoder::new(head))
+        } else if magic == [0x28, 0xb5, 0x2f, 0xfd] {
+            Box::new(zstd::stream::read::Decoder::new(head)?)
+        } else {
+            Box::new(head)
+        };
+        store
+            .snapshots()
+            .unpack_layer(None, reader)
+            .with_context(|| format!("`{}` is not a valid tar archive", src.display()))?
+    };
+    let epoch = source_date_epoch();
+    let (blob, _) = layer_of(store, snap, epoch)?;
+    store.snapshots().set_layer(
+        snap,
+        LayerInfo {
+            diff_id: blob.diff_id.clone(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            media_type: blob.media_type.clone(),
+        },
+    )?;
+    let platform = kiln_registry::Platform::host();
+    let created = rfc3339(epoch.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0)
+    }));
+    let mut cfg = ConfigBuilder::default()
+        .env(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()])
+        .build()
+        .context("cannot build the image config")?;
+    crate::changes::apply_changes(&mut cfg, &req.changes)?;
+    let mut config = ImageConfiguration::default();
+    config.set_config(Some(cfg));
+    config.set_os(platform.os.as_str().into());
+    config.set_architecture(platform.architecture.as_str().into());
+    config.set_history(Some(vec![HistoryBuilder::default()
+        .created(created.clone())
+        .created_by(format!("kiln import {}", src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+        .comment("Imported from rootfs".to_string())
+        .build()
+        .context("cannot build a history entry")?]));
+    config.set_created(Some(created.clone()));
+    let rootfs = RootFsBuilder::default()
+        .typ("layers".to_string())
+        .diff_ids(vec![blob.diff_id.clone()])
+        .build()
+        .context("cannot build the image rootfs")?;
+    config.set_rootfs(rootfs);
+    let desc = kiln_exporter::write_image(store, &config, std::slice::from_ref(&blob))?;
+    Ok(ExportedImage {
+        manifest_digest: desc.manifest_digest,
+        manifest_size: desc.manifest_size,
+        config_digest: desc.config_digest,
+        media_type: desc.media_type,
+        created: Some(created),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_formats_known_instants() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(1_700_000_000), "2023-11-14T22:13:20Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+    }
+}

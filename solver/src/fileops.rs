@@ -1,0 +1,405 @@
+//! File operations (`COPY`, `WORKDIR`'s mkdir, heredoc files, `rm`) applied to a mounted
+//! snapshot. Every path is resolved inside the root it belongs to, so a symlink in an image or a
+//! context can never make a copy write or read outside it.
+
+use crate::context::{self, LocalContext};
+use crate::glob;
+use crate::SolveError;
+use kiln_llb::{file_action::Action, Chown, FileCopy};
+use std::collections::VecDeque;
+use std::io;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// Where a copy reads from.
+pub(crate) enum CopySource<'a> {
+    /// A local context (its `.dockerignore` applies).
+    Local(&'a dyn LocalContext),
+    /// A mounted snapshot chain, or an empty directory for scratch.
+    Dir(&'a Path),
+}
+
+/// Numeric owner for created files.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Resolves a `--chown` against the base's `/etc/passwd` and `/etc/group`. As Docker does, a user
+/// without a group uses the same number as its gid.
+pub(crate) fn resolve_owner(
+    chown: Option<&Chown>,
+    passwd: Option<&str>,
+    group: Option<&str>,
+) -> Result<Option<Owner>, SolveError> {
+    let Some(c) = chown else { return Ok(None) };
+    if c.user.is_empty() && c.group.is_empty() {
+        return Ok(None);
+    }
+    let user = if c.user.is_empty() { "0" } else { &c.user };
+    let uid = kiln_exec::resolve_user(user, passwd, group)
+        .map_err(|e| SolveError::Op(e.to_string()))?
+        .uid;
+    let gid = if c.group.is_empty() {
+        uid
+    } else {
+        kiln_exec::resolve_user(&format!("0:{}", c.group), passwd, group)
+            .map_err(|e| SolveError::Op(e.to_string()))?
+            .gid
+    };
+    Ok(Some(Owner { uid, gid }))
+}
+
+/// Resolves `path` inside `root` the way the kernel would if `root` were `/`: `..` stops at the
+/// root and absolute symlinks restart from it.
+pub(crate) fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> io::Result<PathBuf> {
+    let mut todo: VecDeque<String> = path.split('/').map(str::to_string).collect();
+    let mut done: Vec<String> = Vec::new();
+    let mut hops = 0;
+    while let Some(c) = todo.pop_front() {
+        match c.as_str() {
+            "" | "." => continue,
+            ".." => {
+                done.pop();
+                continue;
+            }
+            _ => {}
+        }
+        let mut candidate = root.to_path_buf();
+        candidate.extend(&done);
+        candidate.push(&c);
+        let last = todo.iter().all(|s| s.is_empty() || s == ".");
+        match std::fs::symlink_metadata(&candidate) {
+            Ok(m) if m.file_type().is_symlink() && (!last || follow_last) => {
+                hops += 1;
+                if hops > 40 {
+                    return Err(io::Error::other(format!(
+                        "too many levels of symbolic links resolving `{path}`"
+                    )));
+                }
+                let target = std::fs::read_link(&candidate)?;
+                let t = target.to_string_lossy();
+                if t.starts_with('/') {
+                    done.clear();
+                }
+                for part in t.split('/').rev() {
+                    todo.push_front(part.to_string());
+                }
+            }
+            _ => done.push(c),
+        }
+    }
+    let mut out = root.to_path_buf();
+    out.extend(&done);
+    Ok(out)
+}
+
+/// Applies one action to the mounted `root`.
+pub(crate) fn apply(
+    root: &Path,
+    action: &Action,
+    source: Option<&CopySource<'_>>,
+    owner: Option<Owner>,
+) -> Result<(), SolveError> {
+    match action {
+        Action::Mkdir(m) => {
+            let dst = resolve_in_root(root, &m.path, true).map_err(|e| op_err(&m.path, e))?;
+            if dst.is_dir() {
+                return Ok(());
+            }
+            if m.make_parents {
+                mkdir_parents(root, &dst, owner)?;
+            }
+            std::fs::create_dir(&dst).map_err(|e| op_err(&m.path, e))?;
+            set_meta(&dst, mode_of(m.mode, 0o755), owner, None)?;
+            Ok(())
+        }
+        Action::Mkfile(m) => {
+            let dst = resolve_in_root(root, &m.path, false).map_err(|e| op_err(&m.path, e))?;
+            if let Some(parent) = dst.parent() {
+                mkdir_parents(root, &parent.join("x"), None)?;
+            }
+            std::fs::write(&dst, &m.data).map_err(|e| op_err(&m.path, e))?;
+            set_meta(&dst, mode_of(m.mode, 0o644), owner, None)
+        }
+        Action::Rm(r) => {
+            let dst = resolve_in_root(root, &r.path, false).map_err(|e| op_err(&r.path, e))?;
+            match std::fs::symlink_metadata(&dst) {
+                Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dst),
+                Ok(_) => std::fs::remove_file(&dst),
+                Err(e) if e.kind() == io::ErrorKind::NotFound && r.allow_not_found => Ok(()),
+                Err(e) => Err(e),
+            }
+            .map_err(|e| op_err(&r.path, e))
+        }
+        Action::Copy(c) => {
+            let source = source.ok_or_else(|| SolveError::Op("copy has no source".into()))?;
+            copy(root, c, source, owner)
+        }
+    }
+}
+
+fn copy(root: &Path, c: &FileCopy, source: &CopySource<'_>, owner: Option<Owner>) -> Result<(), SolveError> {
+    // Sources: (absolute path on the host, name used under a directory destination).
+    let sources: Vec<(PathBuf, String, String)> = match source {
+        CopySource::Local(ctx) => context::resolve_sources(*ctx, &c.src)?
+            .into_iter()
+            .map(|rel| {
+                let name = rel.rsplit('/').next().unwrap_or("").to_string();
+                (ctx.root().join(&rel), name, rel)
+            })
+            .collect(),
+        CopySource::Dir(dir) => resolve_dir_sources(dir, &c.src, c.follow_symlinks)?,
+    };
+    if sources.is_empty() {
+        if c.allow_empty_wildcard && glob::has_wildcard(&c.src) {
+            return Ok(());
+        }
+        return Err(SolveError::Op(format!(
+            "`{}` not found: check the path is inside the build context (or the source stage) and not excluded by `.dockerignore`",
+            c.src
+        )));
+    }
+    let dest_is_dir = c.dest.ends_with('/') || sources.len() > 1 || glob::has_wildcard(&c.src);
+    let dest = resolve_in_root(root, &c.dest, true).map_err(|e| op_err(&c.dest, e))?;
+    let mode = if c.mode >= 0 { Some(c.mode as u32) } else { None };
+    for (abs, name, rel) in &sources {
+        let meta = std::fs::symlink_metadata(abs).map_err(|e| op_err(&c.src, e))?;
+        let excluded = |r: &str| match source {
+            CopySource::Local(ctx) => ctx.excluded(r),
+            CopySource::Dir(_) => false,
+        };
+        if meta.is_dir() {
+            // COPY dir/ dest copies the directory's contents.
+            mkdir_parents(root, &dest.join("x"), owner)?;
+            if !dest.exists() {
+                std::fs::create_dir(&dest).map_err(|e| op_err(&c.dest, e))?;
+                set_meta(&dest, meta.mode() & 0o7777, owner, None)?;
+            }
+            copy_dir_contents(root, abs, rel, &dest, &excluded, owner, mode)?;
+        } else {
+            let target = if dest_is_dir || dest.is_dir() {
+                mkdir_parents(root, &dest.join("x"), owner)?;
+                if !dest.exists() {
+                    std::fs::create_dir(&dest).map_err(|e| op_err(&c.dest, e))?;
+                    set_meta(&dest, 0o755, owner, None)?;
+                }
+                dest.join(name)
+            } else {
+                mkdir_parents(root, &dest, None)?;
+                dest.clone()
+            };
+            copy_entry(abs, &meta, &target, owner, mode)?;
+        }
+    }
+    Ok(())
+}
+
+/// Sources in a mounted snapshot: the path resolved inside it, with wildcards in the last
+/// component.
+fn resolve_dir_sources(
+    dir: &Path,
+    src: &str,
+    follow: bool,
+) -> Result<Vec<(PathBuf, String, String)>, SolveError> {
+    let clean = context::clean_rel(src);
+    let (parent, last) = match clean.rsplit_once('/') {
+        Some((p, l)) => (p.to_string(), l.to_string()),
+        None => (String::new(), clean.clone()),
+    };
+    if last.is_empty() {
+        return Ok(vec![(dir.to_path_buf(), String::new(), String::new())]);
+    }
+    let pdir = resolve_in_root(dir, &parent, true).map_err(|e| op_err(src, e))?;
+    let mut out = Vec::new();
+    if glob::has_wildcard(&last) {
+        if let Ok(rd) = std::fs::read_dir(&pdir) {
+            for e in rd.flatten() {
+                let name = e.file_name().to_string_lossy().into_owned();
+                if glob::matches(&last, &name) {
+                    let p = resolve_in_root(dir, &format!("{parent}/{name}"), follow)
+                        .map_err(|e| op_err(src, e))?;
+                    out.push((p, name.clone(), context::join_rel(&parent, &name)));
+                }
+            }
+        }
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+    } else {
+        let p = resolve_in_root(dir, &clean, follow).map_err(|e| op_err(src, e))?;
+        if std::fs::symlink_metadata(&p).is_ok() {
+            out.push((p, last.clone(), clean.clone()));
+        }
+    }
+    Ok(out)
+}
+
+fn copy_dir_contents(
+    root: &Path,
+    src: &Path,
+    rel: &str,
+    dest: &Path,
+    excluded: &dyn Fn(&str) -> bool,
+    owner: Option<Owner>,
+    mode: Option<u32>,
+) -> Result<(), SolveError> {
+    let rd = std::fs::read_dir(src).map_err(|e| op_err(&src.display().to_string(), e))?;
+    let mut names: Vec<_> = rd.filter_map(Result::ok).map(|e| e.file_name()).collect();
+    names.sort();
+    for name in names {
+        let name_s = name.to_string_lossy().into_owned();
+        let child_rel = context::join_rel(rel, &name_s);
+        let child = src.join(&name);
+        let Ok(meta) = std::fs::symlink_metadata(&child) else { continue };
+        let is_excluded = excluded(&child_rel);
+        let mut target = dest.join(&name);
+        if meta.is_dir() {
+            // An existing symlink to a directory in the destination is followed, inside the root.
+            if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+                let rel_t = target.strip_prefix(root).unwrap_or(&target).to_string_lossy().into_owned();
+                target = resolve_in_root(root, &rel_t, true).map_err(|e| op_err(&rel_t, e))?;
+            }
+            if !is_excluded && !target.is_dir() {
+                let _ = std::fs::remove_file(&target);
+                std::fs::create_dir(&target).map_err(|e| op_err(&child_rel, e))?;
+                set_meta(&target, mode.unwrap_or(meta.mode() & 0o7777), owner, Some(&meta))?;
+            }
+            if is_excluded {
+                // Only re-included files inside; create the directory lazily.
+                if !target.is_dir() {
+                    std::fs::create_dir(&target).map_err(|e| op_err(&child_rel, e))?;
+                    set_meta(&target, meta.mode() & 0o7777, owner, Some(&meta))?;
+                }
+            }
+            copy_dir_contents(root, &child, &child_rel, &target, excluded, owner, mode)?;
+        } else if !is_excluded {
+            copy_entry(&child, &meta, &target, owner, mode)?;
+        }
+    }
+    Ok(())
+}
+
+fn copy_entry(
+    src: &Path,
+    meta: &std::fs::Metadata,
+    dst: &Path,
+    owner: Option<Owner>,
+    mode: Option<u32>,
+) -> Result<(), SolveError> {
+    let err = |e| op_err(&dst.display().to_string(), e);
+    if let Ok(m) = std::fs::symlink_metadata(dst) {
+        if m.is_dir() && !meta.is_dir() {
+            std::fs::remove_dir_all(dst).map_err(err)?;
+        } else if !m.is_dir() {
+            std::fs::remove_file(dst).map_err(err)?;
+        }
+    }
+    let ft = meta.file_type();
+    if ft.is_symlink() {
+        let target = std::fs::read_link(src).map_err(err)?;
+        std::os::unix::fs::symlink(&target, dst).map_err(err)?;
+        let o = owner.unwrap_or_default();
+        std::os::unix::fs::lchown(dst, Some(o.uid), Some(o.gid)).map_err(err)?;
+        let mtime = filetime::FileTime::from_last_modification_time(meta);
+        filetime::set_symlink_file_times(dst, mtime, mtime).map_err(err)?;
+        return Ok(());
+    }
+    if ft.is_file() {
+        std::fs::copy(src, dst).map_err(err)?;
+    } else {
+        // Devices, fifos and sockets are recreated, not read.
+        let c = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes()).map_err(|_| {
+            SolveError::Op(format!("path `{}` contains a NUL byte", dst.display()))
+        })?;
+        // SAFETY: `c` is a valid NUL-terminated path; mknod does not retain the pointer.
+        let rc = unsafe { libc::mknod(c.as_ptr(), meta.mode(), meta.rdev() as libc::dev_t) };
+        if rc != 0 {
+            return Err(err(io::Error::last_os_error()));
+        }
+    }
+    set_meta(dst, mode.unwrap_or(meta.mode() & 0o7777), owner, Some(meta))
+}
+
+/// Sets owner (root when none is given, as `COPY` does), permission bits and, when copying,
+/// the source's mtime.
+fn set_meta(
+    path: &Path,
+    mode: u32,
+    owner: Option<Owner>,
+    src: Option<&std::fs::Metadata>,
+) -> Result<(), SolveError> {
+    let err = |e| op_err(&path.display().to_string(), e);
+    let o = owner.unwrap_or_default();
+    std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid)).map_err(err)?;
+    // chown clears setuid bits, so permissions come after it.
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    if let Some(m) = src {
+        let mtime = filetime::FileTime::from_last_modification_time(m);
+        filetime::set_file_times(path, mtime, mtime).map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Creates the missing parents of `path` (not `path` itself), owned by `owner`, mode 0755.
+fn mkdir_parents(root: &Path, path: &Path, owner: Option<Owner>) -> Result<(), SolveError> {
+    let Some(parent) = path.parent() else { return Ok(()) };
+    if parent.is_dir() || parent == root {
+        return Ok(());
+    }
+    mkdir_parents(root, parent, owner)?;
+    if !parent.is_dir() {
+        std::fs::create_dir(parent).map_err(|e| op_err(&parent.display().to_string(), e))?;
+        set_meta(parent, 0o755, owner, None)?;
+    }
+    Ok(())
+}
+
+fn mode_of(mode: i32, default: u32) -> u32 {
+    if mode > 0 {
+        mode as u32
+    } else {
+        default
+    }
+}
+
+fn op_err(path: &str, e: io::Error) -> SolveError {
+    SolveError::Op(format!("`{path}`: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn symlinks_resolve_inside_the_root() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::os::unix::fs::symlink("/usr/bin", root.join("bin")).unwrap();
+        std::os::unix::fs::symlink("../../../../etc", root.join("escape")).unwrap();
+        assert_eq!(resolve_in_root(root, "/bin/sh", true).unwrap(), root.join("usr/bin/sh"));
+        assert_eq!(resolve_in_root(root, "escape/passwd", true).unwrap(), root.join("etc/passwd"));
+        assert_eq!(resolve_in_root(root, "../../x", true).unwrap(), root.join("x"));
+        assert_eq!(resolve_in_root(root, "bin", false).unwrap(), root.join("bin"));
+    }
+
+    #[test]
+    fn chown_without_group_uses_uid_as_gid() {
+        let passwd = "app:x:1000:1000::/home/app:/bin/sh\n";
+        let group = "staff:x:50:\n";
+        let o = resolve_owner(
+            Some(&Chown { user: "app".into(), group: String::new() }),
+            Some(passwd),
+            Some(group),
+        )
+        .unwrap();
+        assert_eq!(o, Some(Owner { uid: 1000, gid: 1000 }));
+        let o = resolve_owner(
+            Some(&Chown { user: "app".into(), group: "staff".into() }),
+            Some(passwd),
+            Some(group),
+        )
+        .unwrap();
+        assert_eq!(o, Some(Owner { uid: 1000, gid: 50 }));
+    }
+}

@@ -1,0 +1,258 @@
+//! Images as build inputs: find an image in the local store or pull it, and unpack its layers
+//! into snapshots (one per layer, memoised by chain ID so a base is unpacked once per store).
+
+use crate::SolveError;
+use futures::stream::{self, StreamExt, TryStreamExt};
+use kiln_cache::{ImageRecord, LayerInfo, SnapshotId, Store};
+use kiln_registry::{Platform, Reference, RegistryClient};
+use oci_spec::image::{ImageConfiguration, ImageManifest};
+use sha2::{Digest as _, Sha256};
+use std::io::Read;
+
+/// An image whose manifest and config are in the content store.
+#[derive(Clone, Debug)]
+pub struct ImageRef {
+    /// Full normalised name, e.g. `docker.io/library/busybox:latest`.
+    pub name: String,
+    pub manifest_digest: String,
+    pub manifest_size: u64,
+    pub manifest: ImageManifest,
+    pub config: ImageConfiguration,
+}
+
+/// How many layers are downloaded at once.
+const PARALLEL_LAYERS: usize = 4;
+
+/// Finds `name` in the local image store or, failing that, pulls its manifest and config from
+/// its registry (layers are fetched by [`ensure_layers`]). A digest-pinned name whose manifest is
+/// already stored needs no network at all. Pulled images are recorded in the image store.
+pub async fn resolve_image(
+    store: &Store,
+    registry: &RegistryClient,
+    platform: &Platform,
+    name: &str,
+    pull: bool,
+) -> Result<ImageRef, SolveError> {
+    let reference = Reference::parse(name).map_err(|e| SolveError::Image {
+        image: name.to_string(),
+        message: e.to_string(),
+    })?;
+    let full = reference.full_name();
+    if let Some(d) = &reference.digest {
+        if store.content().has(d) {
+            return load(store, &without_digest(&reference), d);
+        }
+    } else if !pull {
+        if let Some(rec) = store.images().get(&full).map_err(SolveError::cache)? {
+            return load(store, &full, &rec.digest);
+        }
+    }
+    let resolved = registry
+        .resolve(&reference, platform)
+        .await
+        .map_err(|e| SolveError::Image {
+            image: full.clone(),
+            message: format!("{e} (the image is not in the local store either: see `kiln images`)"),
+        })?;
+    let (digest, size) = store
+        .content()
+        .put_bytes(&resolved.bytes)
+        .map_err(SolveError::cache)?;
+    if !store.content().has(&resolved.config.digest) {
+        fetch_blob(store, registry, &reference, &resolved.config.digest).await?;
+    }
+    let tagged = without_digest(&reference);
+    if reference.digest.is_none() {
+        store
+            .images()
+            .put(&ImageRecord {
+                name: tagged.clone(),
+                digest: digest.clone(),
+                size,
+                media_type: resolved.media_type.clone(),
+                created: None,
+            })
+            .map_err(SolveError::cache)?;
+    }
+    load(store, &tagged, &digest)
+}
+
+fn without_digest(r: &Reference) -> String {
+    let mut r = r.clone();
+    r.digest = None;
+    r.full_name()
+}
+
+/// Reads a stored manifest and its config.
+pub fn load(store: &Store, name: &str, manifest_digest: &str) -> Result<ImageRef, SolveError> {
+    let bad = |m: String| SolveError::Image {
+        image: name.to_string(),
+        message: m,
+    };
+    let bytes = store.content().read(manifest_digest).map_err(SolveError::cache)?;
+    let manifest = ImageManifest::from_reader(bytes.as_slice())
+        .map_err(|e| bad(format!("manifest {manifest_digest} is not an image manifest: {e}")))?;
+    let config_digest = manifest.config().digest().to_string();
+    let cbytes = store.content().read(&config_digest).map_err(SolveError::cache)?;
+    let config = ImageConfiguration::from_reader(cbytes.as_slice())
+        .map_err(|e| bad(format!("config {config_digest} is not an image config: {e}")))?;
+    Ok(ImageRef {
+        name: name.to_string(),
+        manifest_digest: manifest_digest.to_string(),
+        manifest_size: bytes.len() as u64,
+        manifest,
+        config,
+    })
+}
+
+async fn fetch_blob(
+    store: &Store,
+    registry: &RegistryClient,
+    reference: &Reference,
+    digest: &str,
+) -> Result<(), SolveError> {
+    let mut writer = store.content().writer().map_err(SolveError::cache)?;
+    let (tx, mut rx) = tokio::io::duplex(1 << 20);
+    let reg = registry.clone();
+    let r = reference.clone();
+    let d = digest.to_string();
+    let fetch = tokio::spawn(async move {
+        let mut tx = tx;
+        reg.fetch_blob(&r, &d, &mut tx).await
+    });
+    // The blob writer is synchronous: feed it from a blocking task.
+    let write = tokio::task::spawn_blocking(move || -> Result<_, SolveError> {
+        use std::io::Write;
+        let rt = tokio::runtime::Handle::current();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = rt
+                .block_on(tokio::io::AsyncReadExt::read(&mut rx, &mut buf))
+                .map_err(|e| SolveError::Op(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            writer.write_all(&buf[..n]).map_err(|e| SolveError::Op(e.to_string()))?;
+        }
+        Ok(writer)
+    });
+    let fetched = fetch.await.map_err(|e| SolveError::Op(e.to_string()))?;
+    let writer = write.await.map_err(|e| SolveError::Op(e.to_string()))??;
+    fetched.map_err(|e| SolveError::Image {
+        image: reference.full_name(),
+        message: e.to_string(),
+    })?;
+    writer.commit(Some(digest)).map_err(SolveError::cache)?;
+    Ok(())
+}
+
+/// Downloads the image's layers that the content store lacks, several at a time.
+pub async fn ensure_layers(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+) -> Result<(), SolveError> {
+    let reference = Reference::parse(&image.name).map_err(|e| SolveError::Image {
+        image: image.name.clone(),
+        message: e.to_string(),
+    })?;
+    let missing: Vec<String> = image
+        .manifest
+        .layers()
+        .iter()
+        .map(|l| l.digest().to_string())
+        .filter(|d| !store.content().has(d))
+        .collect();
+    stream::iter(missing)
+        .map(|d| {
+            let reference = reference.clone();
+            async move { fetch_blob(store, registry, &reference, &d).await }
+        })
+        .buffer_unordered(PARALLEL_LAYERS)
+        .try_collect::<Vec<()>>()
+        .await?;
+    Ok(())
+}
+
+/// Unpacks the image's layers into snapshots and returns the top one (`None` for an image with
+/// no layers). Each layer's snapshot is found again by its chain ID, so shared bases are unpacked
+/// once.
+pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, SolveError> {
+    let diff_ids = image.config.rootfs().diff_ids();
+    let layers = image.manifest.layers();
+    if diff_ids.len() != layers.len() {
+        return Err(SolveError::Image {
+            image: image.name.clone(),
+            message: format!(
+                "manifest has {} layers but the config lists {} diff IDs",
+                layers.len(),
+                diff_ids.len()
+            ),
+        });
+    }
+    let mut parent: Option<SnapshotId> = None;
+    let mut chain_id = String::new();
+    for (layer, diff_id) in layers.iter().zip(diff_ids) {
+        chain_id = if chain_id.is_empty() {
+            diff_id.clone()
+        } else {
+            format!("sha256:{}", hex::encode(Sha256::digest(format!("{chain_id} {diff_id}"))))
+        };
+        let key = format!("layerchain:{chain_id}");
+        if let Some(id) = store.index().meta_get(&key).map_err(SolveError::cache)? {
+            if let Ok(n) = id.parse::<u64>() {
+                let snap = SnapshotId(n);
+                if store.snapshots().fs_dir(snap).is_dir() {
+                    parent = Some(snap);
+                    continue;
+                }
+            }
+        }
+        let digest = layer.digest().to_string();
+        let media_type = layer.media_type().to_string();
+        let file = store.content().open(&digest).map_err(SolveError::cache)?;
+        let reader = decompressor(&media_type, std::io::BufReader::new(file)).map_err(|m| {
+            SolveError::Image {
+                image: image.name.clone(),
+                message: m,
+            }
+        })?;
+        let snap = store
+            .snapshots()
+            .unpack_layer(parent, reader)
+            .map_err(SolveError::cache)?;
+        store
+            .snapshots()
+            .set_layer(
+                snap,
+                LayerInfo {
+                    diff_id: diff_id.clone(),
+                    digest,
+                    size: layer.size() as u64,
+                    media_type,
+                },
+            )
+            .map_err(SolveError::cache)?;
+        store
+            .index()
+            .meta_put(&key, &snap.0.to_string())
+            .map_err(SolveError::cache)?;
+        parent = Some(snap);
+    }
+    Ok(parent)
+}
+
+fn decompressor<'a>(
+    media_type: &str,
+    r: impl Read + 'a,
+) -> Result<Box<dyn Read + 'a>, String> {
+    if media_type.ends_with("gzip") {
+        Ok(Box::new(flate2::read::GzDecoder::new(r)))
+    } else if media_type.ends_with("zstd") {
+        Ok(Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| e.to_string())?))
+    } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
+        Ok(Box::new(r))
+    } else {
+        Err(format!("unsupported layer media type `{media_type}`"))
+    }
+}
