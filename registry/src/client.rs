@@ -1,0 +1,933 @@
+//! The distribution-protocol client: manifest resolution, streaming blob transfer, push, auth
+//! (anonymous, Bearer token challenge, Basic from the Docker config) and bounded retries.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::header::{
+    HeaderName, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
+    WWW_AUTHENTICATE,
+};
+use reqwest::{Method, Response, StatusCode};
+use serde::Deserialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+use url::Url;
+
+use crate::auth::{self, Challenge, Credentials};
+use crate::digest::{self, Hasher};
+use crate::manifest::{self, Kind, ACCEPT_ALL};
+use crate::{Platform, Reference, RegistryError, ResolvedManifest};
+
+const MAX_ATTEMPTS: u32 = 3;
+const MAX_MANIFEST_BYTES: usize = 4 << 20;
+const MAX_ERROR_BODY: usize = 64 << 10;
+const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Blob transfers have no overall limit (layers can be large); a stalled read still ends.
+const READ_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How a [`RegistryClient`] is set up.
+#[derive(Clone, Debug)]
+pub struct ClientOptions {
+    /// Hosts (`host` or `host:port`) that may be spoken to over plain http besides loopback.
+    pub insecure_registries: Vec<String>,
+    pub user_agent: String,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        ClientOptions {
+            insecure_registries: Vec::new(),
+            user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+/// What [`RegistryClient::push_blob`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PushedBlob {
+    Uploaded,
+    AlreadyPresent,
+}
+
+/// A client for OCI registries. Cheap to clone; clones share connections and auth tokens.
+#[derive(Clone)]
+pub struct RegistryClient {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    http: reqwest::Client,
+    insecure: Vec<String>,
+    credentials: HashMap<String, Credentials>,
+    /// `(registry, scope)` → `Authorization` value that worked last time.
+    auth_cache: Mutex<HashMap<(String, String), String>>,
+    retry_base: Duration,
+}
+
+impl fmt::Debug for RegistryClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut hosts: Vec<&String> = self.inner.credentials.keys().collect();
+        hosts.sort();
+        f.debug_struct("RegistryClient")
+            .field("insecure_registries", &self.inner.insecure)
+            .field("credentials_for", &hosts)
+            .finish()
+    }
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Access {
+    Pull,
+    Push,
+}
+
+enum ReqBody {
+    Empty,
+    Bytes(Bytes),
+    File { path: PathBuf, size: u64 },
+}
+
+struct Call<'a> {
+    action: &'static str,
+    reference: &'a Reference,
+    method: Method,
+    url: Url,
+    headers: Vec<(HeaderName, String)>,
+    body: ReqBody,
+    access: Access,
+    timeout: Option<Duration>,
+}
+
+impl<'a> Call<'a> {
+    fn new(
+        action: &'static str,
+        reference: &'a Reference,
+        method: Method,
+        url: Url,
+        access: Access,
+    ) -> Self {
+        Call {
+            action,
+            reference,
+            method,
+            url,
+            headers: Vec::new(),
+            body: ReqBody::Empty,
+            access,
+            timeout: Some(SMALL_REQUEST_TIMEOUT),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    #[serde(default)]
+    token: Option<String>,
+    #[serde(default)]
+    access_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct ErrorBody {
+    #[serde(default)]
+    errors: Vec<ErrorEntry>,
+}
+
+#[derive(Deserialize)]
+struct ErrorEntry {
+    #[serde(default)]
+    code: String,
+    #[serde(default)]
+    message: String,
+}
+
+impl RegistryClient {
+    /// Builds a client; credentials are read once from `$DOCKER_CONFIG/config.json` or
+    /// `~/.docker/config.json` when present.
+    pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
+        let credentials = auth::docker_config_path()
+            .map(|p| auth::load_credentials(&p))
+            .unwrap_or_default();
+        Self::build(opts, credentials)
+    }
+
+    fn build(
+        opts: ClientOptions,
+        credentials: HashMap<String, Credentials>,
+    ) -> Result<Self, RegistryError> {
+        let http = reqwest::Client::builder()
+            .user_agent(opts.user_agent.clone())
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|e| RegistryError::ClientSetup {
+                detail: error_chain(&e),
+            })?;
+        Ok(RegistryClient {
+            inner: Arc::new(Inner {
+                http,
+                insecure: opts.insecure_registries,
+                credentials,
+                auth_cache: Mutex::new(HashMap::new()),
+                retry_base: Duration::from_millis(400),
+            }),
+        })
+    }
+
+    /// Resolves a reference to one image manifest for `platform`, picking from an index when
+    /// the reference names one, and verifying every digest that is known in advance.
+    pub async fn resolve(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+    ) -> Result<ResolvedManifest, RegistryError> {
+        let (bytes, content_type) = self.get_manifest(r, r.manifest_ref()).await?;
+        if let Some(pinned) = &r.digest {
+            verify_digest(r, "manifest", pinned, &bytes)?;
+        }
+        let (kind, media_type) = manifest::classify(r, content_type.as_deref(), &bytes)?;
+        let (digest, media_type, bytes) = match kind {
+            Kind::Manifest => {
+                let d = r
+                    .digest
+                    .clone()
+                    .unwrap_or_else(|| digest::sha256_of(&bytes));
+                (d, media_type, bytes)
+            }
+            Kind::Index => {
+                let entry = manifest::select_platform(r, &bytes, platform)?;
+                let (child, child_type) = self.get_manifest(r, &entry.digest).await?;
+                verify_digest(
+                    r,
+                    &format!("manifest for `{platform}`"),
+                    &entry.digest,
+                    &child,
+                )?;
+                if child.len() as u64 != entry.size {
+                    return Err(RegistryError::SizeMismatch {
+                        reference: r.to_string(),
+                        digest: entry.digest,
+                        expected: entry.size,
+                        actual: child.len() as u64,
+                    });
+                }
+                match manifest::classify(r, child_type.as_deref(), &child)? {
+                    (Kind::Manifest, mt) => (entry.digest, mt, child),
+                    (Kind::Index, mt) => {
+                        return Err(RegistryError::UnsupportedMediaType {
+                            reference: r.to_string(),
+                            media_type: format!("{mt} nested inside an index"),
+                        })
+                    }
+                }
+            }
+        };
+        let (config, layers) = manifest::parse_manifest(r, &bytes)?;
+        Ok(ResolvedManifest {
+            digest,
+            media_type,
+            bytes,
+            config,
+            layers,
+        })
+    }
+
+    /// Streams a blob into `dest`, returning its size once length and digest are verified.
+    /// On error, whatever was written to `dest` must be discarded by the caller.
+    pub async fn fetch_blob(
+        &self,
+        r: &Reference,
+        digest: &str,
+        dest: &mut (dyn AsyncWrite + Unpin + Send),
+    ) -> Result<u64, RegistryError> {
+        digest::validate(digest)?;
+        let url = self.url(r, &format!("blobs/{digest}"))?;
+        let mut call = Call::new("pull", r, Method::GET, url, Access::Pull);
+        call.timeout = None;
+        let mut resp = self.execute(&call).await?;
+        if !resp.status().is_success() {
+            return Err(self.fail(&call, resp, &format!("blob `{digest}`")).await);
+        }
+        let announced = resp.content_length();
+        let mut hasher = Hasher::for_digest(digest);
+        let mut written: u64 = 0;
+        loop {
+            let chunk = resp
+                .chunk()
+                .await
+                .map_err(|e| connection_error(&call, 1, &e))?;
+            let Some(chunk) = chunk else { break };
+            hasher.update(&chunk);
+            dest.write_all(&chunk)
+                .await
+                .map_err(|source| RegistryError::WriteBlob {
+                    reference: r.to_string(),
+                    digest: digest.to_string(),
+                    source,
+                })?;
+            written += chunk.len() as u64;
+        }
+        dest.flush()
+            .await
+            .map_err(|source| RegistryError::WriteBlob {
+                reference: r.to_string(),
+                digest: digest.to_string(),
+                source,
+            })?;
+        if let Some(expected) = announced {
+            if expected != written {
+                return Err(RegistryError::SizeMismatch {
+                    reference: r.to_string(),
+                    digest: digest.to_string(),
+                    expected,
+                    actual: written,
+                });
+            }
+        }
+        let actual = hasher.finish();
+        if actual != digest {
+            return Err(RegistryError::DigestMismatch {
+                reference: r.to_string(),
+                what: "blob".to_string(),
+                expected: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(written)
+    }
+
+    /// Whether the repository of `r` has the blob (a HEAD request).
+    pub async fn blob_exists(&self, r: &Reference, digest: &str) -> Result<bool, RegistryError> {
+        self.head_blob(r, digest, Access::Pull, "pull").await
+    }
+
+    /// Uploads a blob from a file unless the registry has it already. Monolithic upload:
+    /// POST `/blobs/uploads/`, then PUT `<location>?digest=…` streaming the file.
+    pub async fn push_blob(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+        path: &Path,
+    ) -> Result<PushedBlob, RegistryError> {
+        digest::validate(digest)?;
+        let meta = tokio::fs::metadata(path)
+            .await
+            .map_err(|source| RegistryError::ReadFile {
+                action: "push".to_string(),
+                reference: r.to_string(),
+                path: path.to_path_buf(),
+                source,
+            })?;
+        if meta.len() != size {
+            return Err(RegistryError::FileSizeMismatch {
+                reference: r.to_string(),
+                path: path.to_path_buf(),
+                digest: digest.to_string(),
+                expected: size,
+                actual: meta.len(),
+            });
+        }
+        // Asking with push access up front gets a token good for the upload too.
+        if self.head_blob(r, digest, Access::Push, "push").await? {
+            return Ok(PushedBlob::AlreadyPresent);
+        }
+
+        let start = Call::new(
+            "push",
+            r,
+            Method::POST,
+            self.url(r, "blobs/uploads/")?,
+            Access::Push,
+        );
+        let resp = self.execute(&start).await?;
+        if resp.status() != StatusCode::ACCEPTED {
+            return Err(self.fail(&start, resp, "upload endpoint").await);
+        }
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let Some(location) = location else {
+            return Err(RegistryError::Http {
+                action: "push".to_string(),
+                reference: r.to_string(),
+                status: resp.status().as_u16(),
+                detail: String::new(),
+                hint: "the registry started an upload without a `Location` header: it does not follow the OCI distribution spec".to_string(),
+            });
+        };
+        let mut put_url = start.url.join(&location).map_err(|e| RegistryError::Http {
+            action: "push".to_string(),
+            reference: r.to_string(),
+            status: StatusCode::ACCEPTED.as_u16(),
+            detail: String::new(),
+            hint: format!("the registry sent an unusable upload location: {e}"),
+        })?;
+        put_url.query_pairs_mut().append_pair("digest", digest);
+
+        let mut put = Call::new("push", r, Method::PUT, put_url, Access::Push);
+        put.timeout = None;
+        put.headers
+            .push((CONTENT_TYPE, "application/octet-stream".to_string()));
+        put.body = ReqBody::File {
+            path: path.to_path_buf(),
+            size,
+        };
+        let resp = self.execute(&put).await?;
+        if !resp.status().is_success() {
+            return Err(self
+                .fail(&put, resp, &format!("upload of blob `{digest}`"))
+                .await);
+        }
+        Ok(PushedBlob::Uploaded)
+    }
+
+    /// PUTs a manifest under the reference's tag (or its digest when it has no tag) and
+    /// returns the manifest's digest.
+    pub async fn push_manifest(
+        &self,
+        r: &Reference,
+        media_type: &str,
+        bytes: &[u8],
+    ) -> Result<String, RegistryError> {
+        let digest = match &r.digest {
+            Some(pinned) => {
+                verify_digest(r, "manifest to push", pinned, bytes)?;
+                pinned.clone()
+            }
+            None => digest::sha256_of(bytes),
+        };
+        let target = r.tag.clone().unwrap_or_else(|| digest.clone());
+        let mut call = Call::new(
+            "push",
+            r,
+            Method::PUT,
+            self.url(r, &format!("manifests/{target}"))?,
+            Access::Push,
+        );
+        call.headers.push((CONTENT_TYPE, media_type.to_string()));
+        call.body = ReqBody::Bytes(Bytes::copy_from_slice(bytes));
+        let resp = self.execute(&call).await?;
+        if !resp.status().is_success() {
+            return Err(self
+                .fail(&call, resp, &format!("manifest `{target}`"))
+                .await);
+        }
+        if let Some(theirs) = resp
+            .headers()
+            .get("docker-content-digest")
+            .and_then(|v| v.to_str().ok())
+        {
+            if theirs.starts_with("sha256:") && digest.starts_with("sha256:") && theirs != digest {
+                tracing::warn!(reference = %r, ours = %digest, theirs, "registry reports another manifest digest than kiln computed");
+            }
+        }
+        Ok(digest)
+    }
+
+    async fn head_blob(
+        &self,
+        r: &Reference,
+        digest: &str,
+        access: Access,
+        action: &'static str,
+    ) -> Result<bool, RegistryError> {
+        digest::validate(digest)?;
+        let call = Call::new(
+            action,
+            r,
+            Method::HEAD,
+            self.url(r, &format!("blobs/{digest}"))?,
+            access,
+        );
+        let resp = self.execute(&call).await?;
+        match resp.status() {
+            s if s.is_success() => Ok(true),
+            StatusCode::NOT_FOUND => Ok(false),
+            _ => Err(self.fail(&call, resp, &format!("blob `{digest}`")).await),
+        }
+    }
+
+    async fn get_manifest(
+        &self,
+        r: &Reference,
+        which: &str,
+    ) -> Result<(Vec<u8>, Option<String>), RegistryError> {
+        let mut call = Call::new(
+            "resolve",
+            r,
+            Method::GET,
+            self.url(r, &format!("manifests/{which}"))?,
+            Access::Pull,
+        );
+        call.headers.push((ACCEPT, ACCEPT_ALL.to_string()));
+        let mut resp = self.execute(&call).await?;
+        if !resp.status().is_success() {
+            return Err(self.fail(&call, resp, &format!("manifest `{which}`")).await);
+        }
+        let content_type = resp
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| connection_error(&call, 1, &e))?
+        {
+            if bytes.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                return Err(RegistryError::InvalidManifest {
+                    reference: r.to_string(),
+                    what: "manifest".to_string(),
+                    reason: format!("it is larger than {} MiB", MAX_MANIFEST_BYTES >> 20),
+                });
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        Ok((bytes, content_type))
+    }
+
+    /// `http` only for loopback hosts and the configured insecure registries.
+    fn plain_http_allowed(&self, registry: &str) -> bool {
+        let host = host_of(registry);
+        let loopback = host == "localhost"
+            || host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback());
+        loopback
+            || self
+                .inner
+                .insecure
+                .iter()
+                .any(|i| i == registry || i == host)
+    }
+
+    fn url(&self, r: &Reference, tail: &str) -> Result<Url, RegistryError> {
+        let scheme = if self.plain_http_allowed(&r.registry) {
+            "http"
+        } else {
+            "https"
+        };
+        // Docker Hub's API does not live at its name.
+        let host = if r.registry == "docker.io" {
+            "registry-1.docker.io"
+        } else {
+            &r.registry
+        };
+        Url::parse(&format!("{scheme}://{host}/v2/{}/{tail}", r.repository)).map_err(|e| {
+            RegistryError::InvalidReference {
+                input: r.to_string(),
+                reason: format!("it does not make a valid URL ({e})"),
+            }
+        })
+    }
+
+    /// Sends with the cached authorisation, answering one auth challenge if the registry sends one.
+    async fn execute(&self, call: &Call<'_>) -> Result<Response, RegistryError> {
+        let r = call.reference;
+        let scope = match call.access {
+            Access::Pull => format!("repository:{}:pull", r.repository),
+            Access::Push => format!("repository:{}:pull,push", r.repository),
+        };
+        let key = (r.registry.clone(), scope.clone());
+        let cached = self
+            .inner
+            .auth_cache
+            .lock()
+            .ok()
+            .and_then(|m| m.get(&key).cloned());
+        let resp = self.send(call, cached.as_deref()).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return Ok(resp);
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::parse_challenge);
+        let header = match challenge {
+            Some(Challenge::Bearer {
+                realm,
+                service,
+                scope: asked,
+            }) => {
+                let mut scopes = vec![asked.unwrap_or_else(|| scope.clone())];
+                if call.access == Access::Push && !scopes.contains(&scope) {
+                    scopes.push(scope.clone());
+                }
+                let token = self
+                    .fetch_token(call, &realm, service.as_deref(), &scopes)
+                    .await?;
+                format!("Bearer {token}")
+            }
+            Some(Challenge::Basic) => match self.inner.credentials.get(&r.registry) {
+                Some(c) => c.basic_header(),
+                None => return Ok(resp),
+            },
+            None => return Ok(resp),
+        };
+        if cached.as_deref() == Some(header.as_str()) {
+            return Ok(resp);
+        }
+        if let Ok(mut m) = self.inner.auth_cache.lock() {
+            m.insert(key, header.clone());
+        }
+        self.send(call, Some(&header)).await
+    }
+
+    async fn fetch_token(
+        &self,
+        call: &Call<'_>,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[String],
+    ) -> Result<String, RegistryError> {
+        let r = call.reference;
+        let auth_err = |detail: String| RegistryError::Auth {
+            action: call.action.to_string(),
+            reference: r.to_string(),
+            registry: r.registry.clone(),
+            detail,
+        };
+        let mut url = Url::parse(realm)
+            .map_err(|e| auth_err(format!("the token realm `{realm}` is not a URL ({e})")))?;
+        {
+            let mut q = url.query_pairs_mut();
+            if let Some(s) = service {
+                q.append_pair("service", s);
+            }
+            for s in scopes {
+                q.append_pair("scope", s);
+            }
+        }
+        // Credentials go only where they cannot be read on the wire (or to an allowed host).
+        let realm_host = url.host_str().unwrap_or("");
+        let safe = url.scheme() == "https"
+            || self.plain_http_allowed(&match url.port() {
+                Some(p) => format!("{realm_host}:{p}"),
+                None => realm_host.to_string(),
+            });
+        let basic = self
+            .inner
+            .credentials
+            .get(&r.registry)
+            .filter(|_| safe)
+            .map(Credentials::basic_header);
+        let token_call = Call::new(call.action, r, Method::GET, url, call.access);
+        let mut resp = self.send(&token_call, basic.as_deref()).await?;
+        if !resp.status().is_success() {
+            let status = resp.status().as_u16();
+            return Err(auth_err(
+                if basic.is_some() && (status == 401 || status == 403) {
+                    format!(
+                    "the token service rejected the credentials for `{}` (HTTP {status}): log in again",
+                    r.registry
+                )
+                } else {
+                    format!("the token service at `{realm}` answered HTTP {status}; retry later")
+                },
+            ));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| connection_error(&token_call, 1, &e))?
+        {
+            if body.len() + chunk.len() > MAX_MANIFEST_BYTES {
+                return Err(auth_err("the token response is too large".to_string()));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let parsed: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|_| auth_err(format!("the token service at `{realm}` sent no JSON token")))?;
+        parsed
+            .token
+            .or(parsed.access_token)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| auth_err(format!("the token service at `{realm}` sent no token")))
+    }
+
+    /// One request with up to [`MAX_ATTEMPTS`] tries on connection errors, 5xx and 429.
+    async fn send(
+        &self,
+        call: &Call<'_>,
+        authorization: Option<&str>,
+    ) -> Result<Response, RegistryError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut rb = self
+                .inner
+                .http
+                .request(call.method.clone(), call.url.clone());
+            for (k, v) in &call.headers {
+                rb = rb.header(k, v);
+            }
+            if let Some(a) = authorization {
+                rb = rb.header(AUTHORIZATION, a);
+            }
+            if let Some(t) = call.timeout {
+                rb = rb.timeout(t);
+            }
+            rb = match &call.body {
+                ReqBody::Empty => rb,
+                ReqBody::Bytes(b) => rb.body(b.clone()),
+                ReqBody::File { path, size } => {
+                    let file = tokio::fs::File::open(path).await.map_err(|source| {
+                        RegistryError::ReadFile {
+                            action: call.action.to_string(),
+                            reference: call.reference.to_string(),
+                            path: path.clone(),
+                            source,
+                        }
+                    })?;
+                    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
+                    rb.header(CONTENT_LENGTH, *size)
+                        .body(reqwest::Body::wrap_stream(stream))
+                }
+            };
+            match rb.send().await {
+                Ok(resp) => {
+                    let s = resp.status();
+                    let transient = s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS;
+                    if transient && attempt < MAX_ATTEMPTS {
+                        let wait = retry_after(&resp).unwrap_or_else(|| self.backoff(attempt));
+                        tracing::debug!(url = %call.url, status = s.as_u16(), attempt, "retrying");
+                        tokio::time::sleep(wait).await;
+                        continue;
+                    }
+                    return Ok(resp);
+                }
+                Err(e) => {
+                    let transient = e.is_connect() || e.is_timeout() || e.is_request();
+                    if transient && attempt < MAX_ATTEMPTS {
+                        tracing::debug!(url = %call.url, error = %e, attempt, "retrying");
+                        tokio::time::sleep(self.backoff(attempt)).await;
+                        continue;
+                    }
+                    return Err(connection_error(call, attempt, &e));
+                }
+            }
+        }
+    }
+
+    fn backoff(&self, attempt: u32) -> Duration {
+        self.inner.retry_base * 2u32.saturating_pow(attempt.saturating_sub(1))
+    }
+
+    /// Turns an unexpected response into an error carrying the registry's own message.
+    async fn fail(&self, call: &Call<'_>, resp: Response, what: &str) -> RegistryError {
+        let status = resp.status();
+        let detail = error_detail(resp).await;
+        let r = call.reference;
+        let action = call.action.to_string();
+        let reference = r.to_string();
+        match status {
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Unauthorized {
+                action,
+                reference,
+                registry: r.registry.clone(),
+                status: status.as_u16(),
+                detail,
+            },
+            StatusCode::NOT_FOUND => RegistryError::NotFound {
+                action,
+                reference,
+                what: what.to_string(),
+                detail,
+            },
+            s => {
+                let hint = if s == StatusCode::TOO_MANY_REQUESTS {
+                    format!("the registry is rate-limiting (tried {MAX_ATTEMPTS} times): wait and retry, or log in for a higher limit")
+                } else if s.is_server_error() {
+                    format!("the registry failed (tried {MAX_ATTEMPTS} times): retry later or check the registry's logs")
+                } else {
+                    format!("the registry refused the request for {what}: see its message above")
+                };
+                RegistryError::Http {
+                    action,
+                    reference,
+                    status: s.as_u16(),
+                    detail,
+                    hint,
+                }
+            }
+        }
+    }
+}
+
+fn host_of(registry: &str) -> &str {
+    if registry.starts_with('[') {
+        return registry
+            .split_once(']')
+            .map_or(registry, |(h, _)| &registry[..h.len() + 1]);
+    }
+    registry.split(':').next().unwrap_or(registry)
+}
+
+fn verify_digest(
+    r: &Reference,
+    what: &str,
+    expected: &str,
+    bytes: &[u8],
+) -> Result<(), RegistryError> {
+    let actual = digest::digest_like(expected, bytes);
+    if actual != expected {
+        return Err(RegistryError::DigestMismatch {
+            reference: r.to_string(),
+            what: what.to_string(),
+            expected: expected.to_string(),
+            actual,
+        });
+    }
+    Ok(())
+}
+
+fn retry_after(resp: &Response) -> Option<Duration> {
+    let secs: u64 = resp
+        .headers()
+        .get(RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    Some(Duration::from_secs(secs.min(10)))
+}
+
+fn connection_error(call: &Call<'_>, attempts: u32, e: &reqwest::Error) -> RegistryError {
+    let host = match call.url.port() {
+        Some(p) => format!("{}:{p}", call.url.host_str().unwrap_or("")),
+        None => call.url.host_str().unwrap_or("").to_string(),
+    };
+    RegistryError::Connection {
+        action: call.action.to_string(),
+        reference: call.reference.to_string(),
+        host,
+        attempts,
+        detail: error_chain(e),
+    }
+}
+
+/// The error and its causes on one line (reqwest's own text hides the useful part in sources).
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut src = e.source();
+    while let Some(s) = src {
+        let text = s.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        src = s.source();
+    }
+    out
+}
+
+/// `: CODE: message; …` from an OCI error body, or a short excerpt of other text.
+async fn error_detail(mut resp: Response) -> String {
+    let mut body = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        body.extend_from_slice(&chunk);
+        if body.len() > MAX_ERROR_BODY {
+            break;
+        }
+    }
+    let text = match serde_json::from_slice::<ErrorBody>(&body) {
+        Ok(b) if !b.errors.is_empty() => b
+            .errors
+            .iter()
+            .map(|e| format!("{}: {}", e.code, e.message))
+            .collect::<Vec<_>>()
+            .join("; "),
+        _ => String::from_utf8_lossy(&body).trim().to_string(),
+    };
+    if text.is_empty() {
+        return String::new();
+    }
+    let mut short: String = text.chars().take(300).collect();
+    if short.len() < text.len() {
+        short.push('…');
+    }
+    format!(": {short}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn client(insecure: &[&str]) -> RegistryClient {
+        RegistryClient::build(
+            ClientOptions {
+                insecure_registries: insecure.iter().map(|s| s.to_string()).collect(),
+                ..ClientOptions::default()
+            },
+            HashMap::new(),
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn plain_http_only_for_loopback_and_listed_hosts() {
+        let c = client(&["reg.lan:5000", "other.lan"]);
+        for (reg, http) in [
+            ("127.0.0.1:5000", true),
+            ("127.3.4.5", true),
+            ("localhost:80", true),
+            ("localhost", true),
+            ("[::1]:5000", true),
+            ("reg.lan:5000", true),
+            ("reg.lan:6000", false),
+            ("other.lan:1234", true),
+            ("docker.io", false),
+            ("10.0.0.1:5000", false),
+            ("localhost.evil.com", false),
+        ] {
+            assert_eq!(c.plain_http_allowed(reg), http, "{reg}");
+        }
+        let r = Reference::parse("busybox").unwrap();
+        assert_eq!(
+            c.url(&r, "manifests/latest").unwrap().as_str(),
+            "https://registry-1.docker.io/v2/library/busybox/manifests/latest"
+        );
+        let r = Reference::parse("[::1]:5000/a/b").unwrap();
+        assert_eq!(
+            c.url(&r, "blobs/x").unwrap().as_str(),
+            "http://[::1]:5000/v2/a/b/blobs/x"
+        );
+    }
+
+    #[test]
+    fn backoff_grows_and_is_bounded() {
+        let c = client(&[]);
+        assert!(c.backoff(1) < c.backoff(2));
+        assert!(c.backoff(MAX_ATTEMPTS) <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn debug_shows_no_secrets() {
+        let mut creds = HashMap::new();
+        creds.insert(
+            "reg.io".to_string(),
+            Credentials {
+                username: "u".into(),
+                password: "hunter2".into(),
+            },
+        );
+        let c = RegistryClient::build(ClientOptions::default(), creds).unwrap();
+        let dbg = format!("{c:?}");
+        assert!(dbg.contains("reg.io") && !dbg.contains("hunter2"), "{dbg}");
+    }
+}
