@@ -1,1 +1,17 @@
-//! kiln-exporter: see ../../DESIGN.md (shared) for this crate's job.
+//! kiln-exporter: snapshot directories → deterministic layer blobs → OCI images, layouts and archives.
+//!
+//! Layers are built in one streaming pass (walk → tar → sha256 diffID → compressor → sha256
+//! digest → blob writer) and never buffered whole. The same tree gives the same bytes in any
+//! directory, at any time, on any machine.
+
+mod error;
+mod image;
+mod layer;
+mod layout;
+mod store;
+mod tarw;
+
+pub use error::ExportError;
+pub use image::{fill_rootfs, ImageDescriptor};
+pub use layer::{write_layer_blob, write_layer_tar, Compression, LayerBlob, LayerOptions};
+pub use store::{export_layer, tag_image, write_image, write_oci_archive, write_oci_dir};

@@ -1,0 +1,94 @@
+//! The one error type of the crate: each variant says what failed, where, and what to do next.
+
+use std::io;
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    #[error("snapshot directory `{path}` is missing or not a directory: {source}; check that the snapshot still exists (it may have been garbage-collected)")]
+    SnapshotDir { path: PathBuf, source: io::Error },
+
+    #[error("cannot {op} `{path}`: {source}; check that the path exists and is readable")]
+    Read {
+        op: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+
+    #[error("`{path}` changed while it was being archived ({expected} bytes expected, {got} read); export again when nothing writes to the snapshot")]
+    FileChanged {
+        path: PathBuf,
+        expected: u64,
+        got: u64,
+    },
+
+    #[error("device `{path}` has numbers {major}:{minor}, which a tar header cannot hold; remove the device node from the image")]
+    DeviceNumber {
+        path: PathBuf,
+        major: u64,
+        minor: u64,
+    },
+
+    #[error("cannot write {what}: {source}; check free space and permissions of the destination")]
+    Write { what: String, source: io::Error },
+
+    #[error("image config lists {config} diff_ids but {layers} layers were given; fill `rootfs` from the layers with `fill_rootfs`")]
+    LayerCount { config: usize, layers: usize },
+
+    #[error("image config rootfs.diff_ids[{index}] is `{config}` but layer {index} has diffID `{layer}`; fill `rootfs` from the layers with `fill_rootfs`")]
+    DiffIdMismatch {
+        index: usize,
+        config: String,
+        layer: String,
+    },
+
+    #[error("cannot encode {what} as JSON: {source}")]
+    Json {
+        what: &'static str,
+        source: serde_json::Error,
+    },
+
+    #[error("invalid OCI data in {what}: {detail}")]
+    Oci { what: String, detail: String },
+
+    #[error(
+        "`{digest}` is not a valid sha256 digest (expected `sha256:` and 64 lowercase hex digits)"
+    )]
+    BadDigest { digest: String },
+
+    #[error("blob `{digest}` is not in the content store; rebuild the image to recreate it")]
+    MissingBlob { digest: String },
+
+    #[error("blob `{digest}` in the content store is {actual} bytes but its descriptor says {expected}; the store is damaged: delete the blob and rebuild")]
+    BlobSize {
+        digest: String,
+        expected: u64,
+        actual: u64,
+    },
+
+    #[error("`{path}` is not a valid OCI layout index: {detail}; choose an empty directory or repair `index.json`")]
+    BadLayoutIndex { path: PathBuf, detail: String },
+
+    #[error("image name `{name}` is not usable as `org.opencontainers.image.ref.name`: {reason}")]
+    BadName { name: String, reason: &'static str },
+
+    #[error(transparent)]
+    Store(#[from] kiln_cache::CacheError),
+}
+
+impl ExportError {
+    pub(crate) fn read(op: &'static str, path: impl Into<PathBuf>, source: io::Error) -> Self {
+        ExportError::Read {
+            op,
+            path: path.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn write(what: impl Into<String>, source: io::Error) -> Self {
+        ExportError::Write {
+            what: what.into(),
+            source,
+        }
+    }
+}

@@ -1,0 +1,217 @@
+//! OCI image config and manifest documents, serialized canonically (sorted keys, compact) so
+//! the same image always has the same digests.
+
+use oci_spec::image::{
+    Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType, RootFsBuilder,
+};
+use serde::Serialize;
+
+use crate::error::ExportError;
+use crate::layer::LayerBlob;
+
+pub(crate) const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+pub(crate) const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+
+/// The stored manifest of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageDescriptor {
+    pub manifest_digest: String,
+    pub manifest_size: u64,
+    pub config_digest: String,
+    pub media_type: String,
+}
+
+/// Sets `config.rootfs` to the layers' diffIDs, in order.
+pub fn fill_rootfs(
+    config: &mut ImageConfiguration,
+    layers: &[LayerBlob],
+) -> Result<(), ExportError> {
+    let rootfs = RootFsBuilder::default()
+        .typ("layers")
+        .diff_ids(layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>())
+        .build()
+        .map_err(|e| ExportError::Oci {
+            what: "the image config rootfs".into(),
+            detail: e.to_string(),
+        })?;
+    config.set_rootfs(rootfs);
+    Ok(())
+}
+
+/// JSON with object keys sorted at every level and no whitespace, whatever serde_json's
+/// `preserve_order` feature says and however `HashMap` fields iterate.
+pub(crate) fn canonical_json(
+    value: &impl Serialize,
+    what: &'static str,
+) -> Result<Vec<u8>, ExportError> {
+    let v = serde_json::to_value(value).map_err(|source| ExportError::Json { what, source })?;
+    serde_json::to_vec(&sort_keys(v)).map_err(|source| ExportError::Json { what, source })
+}
+
+fn sort_keys(v: serde_json::Value) -> serde_json::Value {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_keys(v)))
+                    .collect(),
+            )
+        }
+        serde_json::Value::Array(items) => {
+            serde_json::Value::Array(items.into_iter().map(sort_keys).collect())
+        }
+        other => other,
+    }
+}
+
+/// Checks that the config's rootfs matches the layers and returns the config bytes.
+pub(crate) fn config_bytes(
+    config: &ImageConfiguration,
+    layers: &[LayerBlob],
+) -> Result<Vec<u8>, ExportError> {
+    let ids = config.rootfs().diff_ids();
+    if ids.len() != layers.len() {
+        return Err(ExportError::LayerCount {
+            config: ids.len(),
+            layers: layers.len(),
+        });
+    }
+    for (index, (id, layer)) in ids.iter().zip(layers).enumerate() {
+        if *id != layer.diff_id {
+            return Err(ExportError::DiffIdMismatch {
+                index,
+                config: id.clone(),
+                layer: layer.diff_id.clone(),
+            });
+        }
+    }
+    canonical_json(config, "the image config")
+}
+
+fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor, ExportError> {
+    let d: oci_spec::image::Digest = digest.parse().map_err(|_| ExportError::BadDigest {
+        digest: digest.to_string(),
+    })?;
+    Ok(Descriptor::new(MediaType::from(media_type), size, d))
+}
+
+/// The manifest bytes for a stored config and layers.
+pub(crate) fn manifest_bytes(
+    config_digest: &str,
+    config_size: u64,
+    layers: &[LayerBlob],
+) -> Result<Vec<u8>, ExportError> {
+    let layer_descs = layers
+        .iter()
+        .map(|l| descriptor(&l.media_type, &l.digest, l.size))
+        .collect::<Result<Vec<_>, _>>()?;
+    let manifest: ImageManifest = ImageManifestBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageManifest)
+        .config(descriptor(MEDIA_CONFIG, config_digest, config_size)?)
+        .layers(layer_descs)
+        .build()
+        .map_err(|e| ExportError::Oci {
+            what: "the image manifest".into(),
+            detail: e.to_string(),
+        })?;
+    canonical_json(&manifest, "the image manifest")
+}
+
+/// Parses a stored manifest: (config descriptor, layer descriptors) as (media type, digest, size).
+pub(crate) fn parse_manifest(
+    bytes: &[u8],
+    digest: &str,
+) -> Result<Vec<(String, String, u64)>, ExportError> {
+    let m: ImageManifest = serde_json::from_slice(bytes).map_err(|e| ExportError::Oci {
+        what: format!("manifest `{digest}`"),
+        detail: e.to_string(),
+    })?;
+    let mut out = vec![(
+        m.config().media_type().to_string(),
+        m.config().digest().to_string(),
+        m.config().size(),
+    )];
+    for l in m.layers() {
+        out.push((l.media_type().to_string(), l.digest().to_string(), l.size()));
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::image::ImageConfigurationBuilder;
+
+    fn blob(n: u8) -> LayerBlob {
+        LayerBlob {
+            diff_id: format!("sha256:{}", hex::encode([n; 32])),
+            digest: format!("sha256:{}", hex::encode([n + 100; 32])),
+            size: 100 + u64::from(n),
+            media_type: "application/vnd.oci.image.layer.v1.tar+gzip".into(),
+            empty: false,
+        }
+    }
+
+    #[test]
+    fn canonical_json_sorts_keys_everywhere() {
+        let v = serde_json::json!({"b": {"z": 1, "a": [ {"y": 1, "x": 2} ]}, "a": 0});
+        let s = String::from_utf8(canonical_json(&v, "t").unwrap()).unwrap();
+        assert_eq!(s, r#"{"a":0,"b":{"a":[{"x":2,"y":1}],"z":1}}"#);
+    }
+
+    #[test]
+    fn config_with_labels_is_stable_and_checked() {
+        let mut cfg = ImageConfigurationBuilder::default()
+            .architecture("amd64")
+            .os("linux")
+            .build()
+            .unwrap();
+        let mut c = oci_spec::image::Config::default();
+        let labels: std::collections::HashMap<String, String> =
+            (0..20).map(|i| (format!("l{i}"), format!("{i}"))).collect();
+        c.set_labels(Some(labels));
+        cfg.set_config(Some(c));
+        let layers = [blob(1), blob(2)];
+        assert!(matches!(
+            config_bytes(&cfg, &layers),
+            Err(ExportError::LayerCount {
+                config: 0,
+                layers: 2
+            })
+        ));
+        fill_rootfs(&mut cfg, &layers).unwrap();
+        let a = config_bytes(&cfg, &layers).unwrap();
+        let b = config_bytes(&cfg.clone(), &layers).unwrap();
+        assert_eq!(a, b);
+        let s = String::from_utf8(a).unwrap();
+        assert!(s.contains(r#""rootfs":{"diff_ids":["sha256:0101"#), "{s}");
+        let mut swapped = layers.clone();
+        swapped.swap(0, 1);
+        assert!(matches!(
+            config_bytes(&cfg, &swapped),
+            Err(ExportError::DiffIdMismatch { index: 0, .. })
+        ));
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let layers = [blob(1), blob(2)];
+        let cd = format!("sha256:{}", hex::encode([9u8; 32]));
+        let bytes = manifest_bytes(&cd, 42, &layers).unwrap();
+        let s = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            s.contains(r#""mediaType":"application/vnd.oci.image.manifest.v1+json""#),
+            "{s}"
+        );
+        assert!(s.contains(r#""schemaVersion":2"#), "{s}");
+        let parsed = parse_manifest(&bytes, "m").unwrap();
+        assert_eq!(parsed[0], (MEDIA_CONFIG.to_string(), cd, 42));
+        assert_eq!(parsed[2].1, layers[1].digest);
+        assert_eq!(parsed[2].2, layers[1].size);
+        assert!(manifest_bytes("sha256:nothex", 1, &layers).is_err());
+    }
+}

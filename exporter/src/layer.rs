@@ -1,0 +1,459 @@
+//! Snapshot directory (overlayfs upper-dir form) → deterministic layer tar → compressed blob,
+//! in one streaming pass that also computes the diffID and the blob digest.
+
+use std::collections::HashMap;
+use std::ffi::{OsStr, OsString};
+use std::fs::{self, File, Metadata};
+use std::io::{self, Write};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::Path;
+
+use sha2::{Digest as _, Sha256};
+
+use crate::error::ExportError;
+use crate::tarw::{Entry, Kind, TarError, TarWriter};
+
+pub(crate) const MEDIA_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
+pub(crate) const MEDIA_TAR_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+pub(crate) const MEDIA_TAR_ZSTD: &str = "application/vnd.oci.image.layer.v1.tar+zstd";
+
+const WHITEOUT_PREFIX: &[u8] = b".wh.";
+const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";
+
+/// How a layer blob is compressed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Compression {
+    #[default]
+    Gzip,
+    Zstd,
+    Uncompressed,
+}
+
+impl Compression {
+    /// The OCI layer media type of a blob compressed this way.
+    pub fn media_type(self) -> &'static str {
+        match self {
+            Compression::Gzip => MEDIA_TAR_GZIP,
+            Compression::Zstd => MEDIA_TAR_ZSTD,
+            Compression::Uncompressed => MEDIA_TAR,
+        }
+    }
+
+    /// The compression of an OCI (or Docker) layer media type, if it is one.
+    pub fn from_media_type(media_type: &str) -> Option<Compression> {
+        match media_type {
+            MEDIA_TAR | "application/vnd.docker.image.rootfs.diff.tar" => {
+                Some(Compression::Uncompressed)
+            }
+            MEDIA_TAR_GZIP | "application/vnd.docker.image.rootfs.diff.tar.gzip" => {
+                Some(Compression::Gzip)
+            }
+            MEDIA_TAR_ZSTD => Some(Compression::Zstd),
+            _ => None,
+        }
+    }
+}
+
+/// How to build a layer.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerOptions {
+    pub compression: Compression,
+    /// `SOURCE_DATE_EPOCH`: mtimes later than this are clamped to it.
+    pub source_date_epoch: Option<i64>,
+    /// Compression level; `None` is gzip 6 / zstd 3. Out-of-range values are clamped.
+    pub level: Option<i32>,
+}
+
+/// A layer blob as written: what a manifest and a config need to reference it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerBlob {
+    /// `sha256:` of the uncompressed tar.
+    pub diff_id: String,
+    /// `sha256:` of the blob as stored.
+    pub digest: String,
+    pub size: u64,
+    pub media_type: String,
+    /// The snapshot had no entries (the tar is only its end-of-archive blocks).
+    pub empty: bool,
+}
+
+/// Deterministic layer tar of a snapshot dir (its own changes only), uncompressed.
+///
+/// Entries are walked sorted by name bytes, parents before children. Overlayfs whiteouts (0/0
+/// character devices) become empty `.wh.NAME` files and opaque directories get a
+/// `DIR/.wh..wh..opq` entry right after the directory itself.
+pub fn write_layer_tar(
+    dir: &Path,
+    out: impl Write,
+    opts: &LayerOptions,
+) -> Result<(), ExportError> {
+    tar_dir(dir, out, opts.source_date_epoch).map(|_| ())
+}
+
+/// Tar, hash, compress and hash again in one pass into `out`; returns the blob's description
+/// and the sink (so a caller can commit it).
+pub fn write_layer_blob<W: Write>(
+    dir: &Path,
+    out: W,
+    opts: &LayerOptions,
+) -> Result<(LayerBlob, W), ExportError> {
+    let werr = |e| ExportError::write("the layer blob", e);
+    let digest_w = HashingWriter::new(out);
+    let comp = Compressor::new(opts, digest_w).map_err(werr)?;
+    let diff_w = HashingWriter::new(comp);
+    let (empty, diff_w) = tar_dir(dir, diff_w, opts.source_date_epoch)?;
+    let (diff_id, _, comp) = diff_w.finish();
+    let digest_w = comp.finish().map_err(werr)?;
+    let (digest, size, mut out) = digest_w.finish();
+    out.flush().map_err(werr)?;
+    Ok((
+        LayerBlob {
+            diff_id,
+            digest,
+            size,
+            media_type: opts.compression.media_type().to_string(),
+            empty,
+        },
+        out,
+    ))
+}
+
+/// Writes the tar; returns whether the directory had no entries, and the sink.
+fn tar_dir<W: Write>(dir: &Path, out: W, epoch: Option<i64>) -> Result<(bool, W), ExportError> {
+    let md = fs::symlink_metadata(dir).map_err(|source| ExportError::SnapshotDir {
+        path: dir.to_path_buf(),
+        source,
+    })?;
+    if !md.is_dir() {
+        return Err(ExportError::SnapshotDir {
+            path: dir.to_path_buf(),
+            source: io::Error::other("not a directory"),
+        });
+    }
+    let mut w = Walker {
+        root: dir,
+        tar: TarWriter::new(out),
+        links: HashMap::new(),
+        epoch,
+        entries: 0,
+    };
+    w.walk()?;
+    let empty = w.entries == 0;
+    let out = w
+        .tar
+        .finish()
+        .map_err(|e| ExportError::write("the layer tar", e))?;
+    Ok((empty, out))
+}
+
+struct Walker<'a, W: Write> {
+    root: &'a Path,
+    tar: TarWriter<W>,
+    /// First tar path of each multiply-linked inode, so later paths become hard links to it.
+    links: HashMap<(u64, u64), Vec<u8>>,
+    epoch: Option<i64>,
+    entries: u64,
+}
+
+impl<W: Write> Walker<'_, W> {
+    fn walk(&mut self) -> Result<(), ExportError> {
+        // An explicit stack, not recursion: snapshot trees can be arbitrarily deep.
+        let mut stack: Vec<(Vec<u8>, std::vec::IntoIter<OsString>)> =
+            vec![(Vec::new(), sorted_children(self.root)?.into_iter())];
+        while let Some((prefix, children)) = stack.last_mut() {
+            let Some(name) = children.next() else {
+                stack.pop();
+                continue;
+            };
+            let mut rel = prefix.clone();
+            rel.extend_from_slice(name.as_bytes());
+            let full = self.root.join(OsStr::from_bytes(&rel));
+            let md = fs::symlink_metadata(&full)
+                .map_err(|e| ExportError::read("stat", full.clone(), e))?;
+            if self.emit(&full, &rel, &md)? {
+                let children = sorted_children(&full)?;
+                rel.push(b'/');
+                stack.push((rel, children.into_iter()));
+            }
+        }
+        Ok(())
+    }
+
+    fn mtime(&self, md: &Metadata) -> i64 {
+        match self.epoch {
+            Some(e) if md.mtime() > e => e,
+            _ => md.mtime(),
+        }
+    }
+
+    fn base<'p>(&self, path: &'p [u8], kind: Kind, md: &Metadata) -> Entry<'p> {
+        let mut e = Entry::new(path, kind);
+        e.mode = md.mode() & 0o7777;
+        e.uid = u64::from(md.uid());
+        e.gid = u64::from(md.gid());
+        e.mtime = self.mtime(md);
+        e
+    }
+
+    /// Writes the entries for one path; returns true when it is a directory to descend into.
+    fn emit(&mut self, full: &Path, rel: &[u8], md: &Metadata) -> Result<bool, ExportError> {
+        let ft = md.file_type();
+        if ft.is_char_device() && md.rdev() == 0 {
+            // Checked before hard links: the kernel may link all whiteouts to one shared inode.
+            let (parent, name) = split_parent(rel);
+            let path = [parent, WHITEOUT_PREFIX, name].concat();
+            let mut e = self.base(&path, Kind::Regular, md);
+            e.mode = 0o600;
+            self.append(full, &e, None)?;
+            return Ok(false);
+        }
+        if ft.is_socket() {
+            // Sockets cannot be stored in a tar and are meaningless in an image.
+            return Ok(false);
+        }
+        if ft.is_dir() {
+            let (xattrs, opaque) = read_xattrs(full)?;
+            let path = [rel, b"/"].concat();
+            let mut e = self.base(&path, Kind::Dir, md);
+            e.xattrs = &xattrs;
+            self.append(full, &e, None)?;
+            if opaque {
+                let path = [rel, b"/", OPAQUE_MARKER].concat();
+                let mut e = self.base(&path, Kind::Regular, md);
+                e.mode = md.mode() & 0o777;
+                self.append(full, &e, None)?;
+            }
+            return Ok(true);
+        }
+        if md.nlink() > 1 {
+            let key = (md.dev(), md.ino());
+            if let Some(first) = self.links.get(&key) {
+                let first = first.clone();
+                let mut e = self.base(rel, Kind::HardLink, md);
+                e.link = &first;
+                self.append(full, &e, None)?;
+                return Ok(false);
+            }
+            self.links.insert(key, rel.to_vec());
+        }
+        let (xattrs, _) = read_xattrs(full)?;
+        if ft.is_file() {
+            let mut e = self.base(rel, Kind::Regular, md);
+            e.size = md.len();
+            e.xattrs = &xattrs;
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(full)
+                .map_err(|err| ExportError::read("open", full, err))?;
+            self.append(full, &e, Some(&mut f))?;
+        } else if ft.is_symlink() {
+            let target = fs::read_link(full)
+                .map_err(|err| ExportError::read("read the symlink", full, err))?
+                .into_os_string()
+                .into_vec();
+            let mut e = self.base(rel, Kind::Symlink, md);
+            e.link = &target;
+            e.xattrs = &xattrs;
+            self.append(full, &e, None)?;
+        } else if ft.is_char_device() || ft.is_block_device() {
+            let kind = if ft.is_char_device() {
+                Kind::Char
+            } else {
+                Kind::Block
+            };
+            let mut e = self.base(rel, kind, md);
+            e.dev_major = u64::from(libc::major(md.rdev()));
+            e.dev_minor = u64::from(libc::minor(md.rdev()));
+            e.xattrs = &xattrs;
+            self.append(full, &e, None)?;
+        } else if ft.is_fifo() {
+            let mut e = self.base(rel, Kind::Fifo, md);
+            e.xattrs = &xattrs;
+            self.append(full, &e, None)?;
+        }
+        Ok(false)
+    }
+
+    fn append(
+        &mut self,
+        full: &Path,
+        e: &Entry<'_>,
+        data: Option<&mut File>,
+    ) -> Result<(), ExportError> {
+        self.entries += 1;
+        let data = data.map(|f| f as &mut dyn io::Read);
+        self.tar.append(e, data).map_err(|err| match err {
+            TarError::Io(source) => ExportError::write("the layer tar", source),
+            TarError::Source(source) => ExportError::read("read", full, source),
+            TarError::DeviceNumber { major, minor } => ExportError::DeviceNumber {
+                path: full.to_path_buf(),
+                major,
+                minor,
+            },
+            TarError::ShortRead { expected, got } => ExportError::FileChanged {
+                path: full.to_path_buf(),
+                expected,
+                got,
+            },
+        })
+    }
+}
+
+fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
+    match rel.iter().rposition(|&b| b == b'/') {
+        Some(i) => (&rel[..=i], &rel[i + 1..]),
+        None => (&[], rel),
+    }
+}
+
+fn sorted_children(dir: &Path) -> Result<Vec<OsString>, ExportError> {
+    let rd = fs::read_dir(dir).map_err(|e| ExportError::read("list", dir, e))?;
+    let mut names = Vec::new();
+    for ent in rd {
+        let ent = ent.map_err(|e| ExportError::read("list", dir, e))?;
+        names.push(ent.file_name());
+    }
+    names.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    Ok(names)
+}
+
+/// (name, value) pairs, sorted by name.
+type Xattrs = Vec<(Vec<u8>, Vec<u8>)>;
+
+/// The xattrs that belong in a layer (sorted), and whether the dir is overlay-opaque.
+fn read_xattrs(path: &Path) -> Result<(Xattrs, bool), ExportError> {
+    let names = match xattr::list(path) {
+        Ok(n) => n,
+        Err(e) if is_unsupported(&e) => return Ok((Vec::new(), false)),
+        Err(e) => return Err(ExportError::read("list the xattrs of", path, e)),
+    };
+    let mut keep = Vec::new();
+    let mut opaque = false;
+    for name in names {
+        let n = name.as_bytes();
+        let is_opaque_attr = n == b"trusted.overlay.opaque" || n == b"user.overlay.opaque";
+        // `user.overlay.*` is overlayfs's own metadata when it runs with `userxattr`.
+        let wanted = n == b"security.capability"
+            || (n.starts_with(b"user.") && !n.starts_with(b"user.overlay."));
+        if !is_opaque_attr && !wanted {
+            continue;
+        }
+        let value = match xattr::get(path, &name) {
+            Ok(Some(v)) => v,
+            // Removed between list and get: it is not part of the snapshot any more.
+            Ok(None) => continue,
+            Err(e) if is_unsupported(&e) => continue,
+            Err(e) => return Err(ExportError::read("read the xattrs of", path, e)),
+        };
+        if is_opaque_attr {
+            opaque |= value == b"y";
+        } else {
+            keep.push((n.to_vec(), value));
+        }
+    }
+    keep.sort();
+    Ok((keep, opaque))
+}
+
+fn is_unsupported(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOTSUP) | Some(libc::ENODATA))
+}
+
+/// Passes bytes through while computing their sha256 and count.
+pub(crate) struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+    count: u64,
+}
+
+impl<W: Write> HashingWriter<W> {
+    pub(crate) fn new(inner: W) -> Self {
+        HashingWriter {
+            inner,
+            hasher: Sha256::new(),
+            count: 0,
+        }
+    }
+
+    /// (`sha256:hex`, byte count, sink)
+    pub(crate) fn finish(self) -> (String, u64, W) {
+        let digest = format!("sha256:{}", hex::encode(self.hasher.finalize()));
+        (digest, self.count, self.inner)
+    }
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+enum Compressor<W: Write> {
+    Gzip(flate2::write::GzEncoder<W>),
+    Zstd(zstd::stream::write::Encoder<'static, W>),
+    Plain(W),
+}
+
+impl<W: Write> Compressor<W> {
+    fn new(opts: &LayerOptions, out: W) -> io::Result<Self> {
+        Ok(match opts.compression {
+            Compression::Gzip => {
+                let level = opts.level.unwrap_or(6).clamp(0, 9) as u32;
+                Compressor::Gzip(flate2::write::GzEncoder::new(
+                    out,
+                    flate2::Compression::new(level),
+                ))
+            }
+            Compression::Zstd => {
+                let range = zstd::compression_level_range();
+                let level = opts.level.unwrap_or(3).clamp(*range.start(), *range.end());
+                let mut enc = zstd::stream::write::Encoder::new(out, level)?;
+                // Always at least one worker: zstd's output is the same for any worker count
+                // >= 1 but differs from single-threaded mode, and digests must not depend on
+                // the machine.
+                let workers = std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .max(1) as u32;
+                enc.multithread(workers)?;
+                Compressor::Zstd(enc)
+            }
+            Compression::Uncompressed => Compressor::Plain(out),
+        })
+    }
+
+    fn finish(self) -> io::Result<W> {
+        match self {
+            Compressor::Gzip(e) => e.finish(),
+            Compressor::Zstd(e) => e.finish(),
+            Compressor::Plain(w) => Ok(w),
+        }
+    }
+}
+
+impl<W: Write> Write for Compressor<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            Compressor::Gzip(e) => e.write(buf),
+            Compressor::Zstd(e) => e.write(buf),
+            Compressor::Plain(w) => w.write(buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            Compressor::Gzip(e) => e.flush(),
+            Compressor::Zstd(e) => e.flush(),
+            Compressor::Plain(w) => w.flush(),
+        }
+    }
+}

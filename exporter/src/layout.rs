@@ -1,0 +1,304 @@
+//! OCI image layouts (`oci-layout`, `index.json`, `blobs/sha256/…`) as a tar archive or a
+//! directory, from blobs found through a digest → path lookup.
+
+use std::collections::HashMap;
+use std::fs::{self, File};
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
+
+use crate::error::ExportError;
+use crate::image::{canonical_json, parse_manifest, ImageDescriptor, MEDIA_MANIFEST};
+use crate::tarw::{Entry, Kind, TarError, TarWriter};
+
+pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
+const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
+
+/// Finds the file of a stored blob, or says it is missing.
+pub(crate) type BlobPath<'a> = &'a dyn Fn(&str) -> Result<PathBuf, ExportError>;
+
+struct Blob {
+    digest: String,
+    size: u64,
+    path: PathBuf,
+}
+
+fn hex_of(digest: &str) -> Result<&str, ExportError> {
+    match digest.strip_prefix("sha256:") {
+        Some(h) if h.len() == 64 && h.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) => {
+            Ok(h)
+        }
+        _ => Err(ExportError::BadDigest {
+            digest: digest.chars().take(100).collect(),
+        }),
+    }
+}
+
+fn checked_blob(lookup: BlobPath<'_>, digest: &str, size: u64) -> Result<Blob, ExportError> {
+    hex_of(digest)?;
+    let path = lookup(digest)?;
+    let actual = match fs::metadata(&path) {
+        Ok(m) => m.len(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Err(ExportError::MissingBlob {
+                digest: digest.to_string(),
+            })
+        }
+        Err(e) => return Err(ExportError::read("stat", path, e)),
+    };
+    if actual != size {
+        return Err(ExportError::BlobSize {
+            digest: digest.to_string(),
+            expected: size,
+            actual,
+        });
+    }
+    Ok(Blob {
+        digest: digest.to_string(),
+        size,
+        path,
+    })
+}
+
+/// The manifest, config and layer blobs of an image, sorted by digest, each once.
+fn image_blobs(lookup: BlobPath<'_>, image: &ImageDescriptor) -> Result<Vec<Blob>, ExportError> {
+    let manifest = checked_blob(lookup, &image.manifest_digest, image.manifest_size)?;
+    let bytes =
+        fs::read(&manifest.path).map_err(|e| ExportError::read("read", &manifest.path, e))?;
+    let mut blobs = vec![manifest];
+    for (_, digest, size) in parse_manifest(&bytes, &image.manifest_digest)? {
+        blobs.push(checked_blob(lookup, &digest, size)?);
+    }
+    blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+    blobs.dedup_by(|a, b| a.digest == b.digest);
+    Ok(blobs)
+}
+
+fn check_name(name: &str) -> Result<(), ExportError> {
+    let bad = |reason| ExportError::BadName {
+        name: name.chars().take(200).collect(),
+        reason,
+    };
+    if name.is_empty() {
+        return Err(bad("it is empty"));
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"-._:@/+".contains(&b))
+    {
+        return Err(bad("use only letters, digits and `-._:@/+`"));
+    }
+    Ok(())
+}
+
+fn manifest_entry(image: &ImageDescriptor, name: Option<&str>) -> Result<Descriptor, ExportError> {
+    let digest: oci_spec::image::Digest =
+        image
+            .manifest_digest
+            .parse()
+            .map_err(|_| ExportError::BadDigest {
+                digest: image.manifest_digest.clone(),
+            })?;
+    let media = if image.media_type.is_empty() {
+        MEDIA_MANIFEST
+    } else {
+        &image.media_type
+    };
+    let mut d = Descriptor::new(MediaType::from(media), image.manifest_size, digest);
+    if let Some(n) = name {
+        d.set_annotations(Some(HashMap::from([(REF_NAME.to_string(), n.to_string())])));
+    }
+    Ok(d)
+}
+
+fn index_bytes(manifests: Vec<Descriptor>) -> Result<Vec<u8>, ExportError> {
+    let index: ImageIndex = ImageIndexBuilder::default()
+        .schema_version(2u32)
+        .media_type(MediaType::ImageIndex)
+        .manifests(manifests)
+        .build()
+        .map_err(|e| ExportError::Oci {
+            what: "the layout index".into(),
+            detail: e.to_string(),
+        })?;
+    canonical_json(&index, "the layout index")
+}
+
+/// Writes the layout of one image as a tar to `out`; returns the sink.
+pub(crate) fn archive_to<W: Write>(
+    lookup: BlobPath<'_>,
+    image: &ImageDescriptor,
+    name: Option<&str>,
+    out: W,
+) -> Result<W, ExportError> {
+    if let Some(n) = name {
+        check_name(n)?;
+    }
+    let blobs = image_blobs(lookup, image)?;
+    let index = index_bytes(vec![manifest_entry(image, name)?])?;
+    let mut tar = TarWriter::new(out);
+    let werr = |e: TarError, path: &Path| match e {
+        TarError::Source(source) => ExportError::read("read", path, source),
+        TarError::ShortRead { expected, got } => ExportError::FileChanged {
+            path: path.to_path_buf(),
+            expected,
+            got,
+        },
+        TarError::Io(source) => ExportError::write("the OCI archive", source),
+        TarError::DeviceNumber { .. } => ExportError::write(
+            "the OCI archive",
+            io::Error::other("unexpected device entry"),
+        ),
+    };
+    let here = Path::new("-");
+    for (path, data) in [(&b"oci-layout"[..], OCI_LAYOUT), (b"index.json", &index)] {
+        let mut e = Entry::new(path, Kind::Regular);
+        e.size = data.len() as u64;
+        let mut r = data;
+        tar.append(&e, Some(&mut r)).map_err(|e| werr(e, here))?;
+    }
+    for dir in [&b"blobs/"[..], b"blobs/sha256/"] {
+        let mut e = Entry::new(dir, Kind::Dir);
+        e.mode = 0o755;
+        tar.append(&e, None).map_err(|e| werr(e, here))?;
+    }
+    for b in &blobs {
+        let path = format!("blobs/sha256/{}", hex_of(&b.digest)?);
+        let mut e = Entry::new(path.as_bytes(), Kind::Regular);
+        e.size = b.size;
+        let mut f = File::open(&b.path).map_err(|err| ExportError::read("open", &b.path, err))?;
+        tar.append(&e, Some(&mut f)).map_err(|e| werr(e, &b.path))?;
+    }
+    tar.finish()
+        .map_err(|e| ExportError::write("the OCI archive", e))
+}
+
+/// Writes the archive to `dest` atomically, or to stdout when `dest` is `-`.
+pub(crate) fn write_archive(
+    lookup: BlobPath<'_>,
+    image: &ImageDescriptor,
+    name: Option<&str>,
+    dest: &Path,
+) -> Result<(), ExportError> {
+    if dest == Path::new("-") {
+        let stdout = io::stdout().lock();
+        let mut out = archive_to(lookup, image, name, BufWriter::new(stdout))?;
+        return out
+            .flush()
+            .map_err(|e| ExportError::write("the OCI archive to stdout", e));
+    }
+    let what = || format!("`{}`", dest.display());
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".kiln-oci-")
+        .tempfile_in(parent)
+        .map_err(|e| ExportError::write(what(), e))?;
+    let out = archive_to(lookup, image, name, BufWriter::new(tmp))?;
+    let tmp = out
+        .into_inner()
+        .map_err(|e| ExportError::write(what(), e.into_error()))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| ExportError::write(what(), e))?;
+    tmp.persist(dest)
+        .map_err(|e| ExportError::write(what(), e.error))?;
+    Ok(())
+}
+
+/// Adds the image to the layout directory `dest` (created if needed). An entry with the same
+/// `ref.name` is replaced; other images already in the layout are kept.
+pub(crate) fn write_dir(
+    lookup: BlobPath<'_>,
+    image: &ImageDescriptor,
+    name: Option<&str>,
+    dest: &Path,
+) -> Result<(), ExportError> {
+    if let Some(n) = name {
+        check_name(n)?;
+    }
+    let blobs = image_blobs(lookup, image)?;
+    let blob_dir = dest.join("blobs").join("sha256");
+    fs::create_dir_all(&blob_dir)
+        .map_err(|e| ExportError::write(format!("`{}`", blob_dir.display()), e))?;
+    for b in &blobs {
+        let target = blob_dir.join(hex_of(&b.digest)?);
+        if fs::metadata(&target)
+            .map(|m| m.len() == b.size)
+            .unwrap_or(false)
+        {
+            continue;
+        }
+        let tmp = blob_dir.join(format!(".tmp-{}", hex_of(&b.digest)?));
+        let werr = |e| ExportError::write(format!("`{}`", target.display()), e);
+        fs::copy(&b.path, &tmp).map_err(werr)?;
+        fs::rename(&tmp, &target).map_err(werr)?;
+    }
+    let layout = dest.join("oci-layout");
+    if !layout.exists() {
+        atomic_write(&layout, OCI_LAYOUT)?;
+    }
+    let index_path = dest.join("index.json");
+    let mut manifests = match fs::read(&index_path) {
+        Ok(bytes) => {
+            let idx: ImageIndex =
+                serde_json::from_slice(&bytes).map_err(|e| ExportError::BadLayoutIndex {
+                    path: index_path.clone(),
+                    detail: e.to_string(),
+                })?;
+            idx.manifests().clone()
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(ExportError::read("read", &index_path, e)),
+    };
+    let ref_of = |d: &Descriptor| {
+        d.annotations()
+            .as_ref()
+            .and_then(|a| a.get(REF_NAME).cloned())
+    };
+    let new = manifest_entry(image, name)?;
+    manifests.retain(|d| match name {
+        Some(n) => ref_of(d).as_deref() != Some(n),
+        None => !(ref_of(d).is_none() && d.digest() == new.digest()),
+    });
+    manifests.push(new);
+    atomic_write(&index_path, &index_bytes(manifests)?)
+}
+
+fn atomic_write(path: &Path, bytes: &[u8]) -> Result<(), ExportError> {
+    let werr = |e| ExportError::write(format!("`{}`", path.display()), e);
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".kiln-")
+        .tempfile_in(dir)
+        .map_err(werr)?;
+    tmp.write_all(bytes).map_err(werr)?;
+    tmp.as_file().sync_all().map_err(werr)?;
+    tmp.persist(path).map_err(|e| werr(e.error))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_checked() {
+        assert!(check_name("example.com/a/b:1.0").is_ok());
+        assert!(check_name("latest").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name("a b").is_err());
+        assert!(check_name("x\n").is_err());
+    }
+
+    #[test]
+    fn digests_are_checked_before_use_as_paths() {
+        assert!(hex_of(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        assert!(hex_of("sha256:../../etc/passwd").is_err());
+        assert!(hex_of(&format!("sha256:{}", "A".repeat(64))).is_err());
+        assert!(hex_of(&format!("sha512:{}", "a".repeat(64))).is_err());
+    }
+}
