@@ -15,7 +15,7 @@ pub use ast::{Directive, Dockerfile, Heredoc, Instruction};
 pub use compile::{compile, BuildOptions, Compiled, ImageResolver, ResolvedImage, Warning};
 pub use dockerignore::{parse_dockerignore, IgnoreMatcher};
 pub use parser::{parse, ParseError};
-pub use shell::{expand_word, expand_words, ExpandError};
+pub use shell::{expand_heredoc, expand_word, expand_words, ExpandError};
 
 /// Errors from compiling a Dockerfile. Each names `Dockerfile:LINE` where it can.
 #[derive(Debug, thiserror::Error)]

@@ -940,6 +940,87 @@ mod tests {
         assert_eq!(go_quote("\u{85}"), "\"\\u0085\"");
     }
 
+    /// A cheap fuzzer: random texts built from the characters and fragments the parser, the
+    /// lexer and the ignore matcher treat specially must never make them panic.
+    #[test]
+    fn random_inputs_do_not_panic() {
+        const PIECES: &[&str] = &[
+            "FROM ",
+            "RUN ",
+            "COPY ",
+            "ENV ",
+            "ARG ",
+            "LABEL ",
+            "ONBUILD ",
+            "HEALTHCHECK ",
+            "CMD ",
+            "# escape=`\n",
+            "# syntax=x\n",
+            "\\",
+            "`",
+            "\n",
+            "\r\n",
+            " ",
+            "\t",
+            "\"",
+            "'",
+            "$",
+            "{",
+            "}",
+            ":",
+            "-",
+            "+",
+            "?",
+            "#",
+            "%",
+            "/",
+            "*",
+            "[",
+            "]",
+            "!",
+            "^",
+            "<<",
+            "<<-",
+            "EOF",
+            "=",
+            "--",
+            "--from=",
+            "[\"a\"]",
+            "[1]",
+            "a",
+            "é",
+            "\u{a0}",
+            "\u{feff}",
+            "0",
+            "**",
+            ".",
+            "..",
+        ];
+        let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut rand = move || {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state
+        };
+        let env = |name: &str| (name.len() % 2 == 0).then(|| name.to_string());
+        for _ in 0..20_000 {
+            let len = (rand() % 24) as usize;
+            let text: String = (0..len)
+                .map(|_| PIECES[(rand() % PIECES.len() as u64) as usize])
+                .collect();
+            let _ = parse(&text);
+            let _ = crate::shell::expand_words(&text, &env, '\\');
+            let _ = crate::shell::expand_word(&text, &env, '`');
+            let _ = crate::shell::expand_heredoc(&text, &env, '\\');
+            let patterns = crate::dockerignore::parse_dockerignore(&text);
+            if let Ok(m) = crate::dockerignore::IgnoreMatcher::new(&patterns) {
+                let _ = m.matches(&text);
+                let _ = m.matches("a/b/c.txt");
+            }
+        }
+    }
+
     #[test]
     fn odd_inputs_do_not_panic() {
         let inputs = [

@@ -48,6 +48,51 @@ pub fn expand_words(
         })
 }
 
+/// Expands a heredoc body (`RUN <<EOF` / `COPY <<EOF` whose delimiter was not quoted) as a shell
+/// does: `$var` and `${...}` are expanded and the escape character escapes only `$`, itself and
+/// a newline; quotes are ordinary characters and stay in the text.
+pub fn expand_heredoc(
+    body: &str,
+    env: &dyn Fn(&str) -> Option<String>,
+    escape: char,
+) -> Result<String, ExpandError> {
+    let mut scan = Scan {
+        chars: body.chars().collect(),
+        pos: 0,
+        env,
+        lex: Lexer::new(escape),
+    };
+    let mut out = String::new();
+    while let Some(ch) = scan.peek() {
+        if ch == '$' {
+            let value = scan.dollar().map_err(|reason| ExpandError {
+                word: body.to_string(),
+                reason,
+            })?;
+            out.push_str(&value);
+            continue;
+        }
+        scan.next();
+        if ch == escape {
+            match scan.peek() {
+                // An escaped newline joins the lines.
+                Some('\n') => {
+                    scan.next();
+                    continue;
+                }
+                Some(c) if c == '$' || c == escape => {
+                    scan.next();
+                    out.push(c);
+                    continue;
+                }
+                _ => {}
+            }
+        }
+        out.push(ch);
+    }
+    Ok(out)
+}
+
 /// The lexer's settings. The parser uses the raw modes to find heredoc markers without
 /// disturbing quotes or escapes.
 #[derive(Clone, Copy, Debug)]
@@ -736,6 +781,18 @@ mod tests {
             .process("RUN <<\"EOF\" a\\ b $X ${Y}", &|_| None)
             .unwrap();
         assert_eq!(words, vec!["RUN", "<<\"EOF\"", "a\\ b", "$X", "${Y}"]);
+    }
+
+    #[test]
+    fn heredoc_bodies_keep_quotes() {
+        let out = expand_heredoc(
+            "echo \"$PWD\" '${PWD}' \\$PWD \\\\ \\n a\\\nb\n",
+            &env,
+            '\\',
+        )
+        .unwrap();
+        assert_eq!(out, "echo \"/home\" '/home' $PWD \\ \\n ab\n");
+        assert!(expand_heredoc("${PWD", &env, '\\').is_err());
     }
 
     #[test]
