@@ -1,29 +1,1662 @@
-//! AST → LLB compilation (placeholder so the crate builds; the compile engineer replaces it).
+//! Parsed Dockerfile → LLB definition plus the image config it produces, following BuildKit's
+//! dockerfile2llb: stages, ARG scoping, base images through an [`ImageResolver`], one op per
+//! filesystem-changing instruction and one history entry per instruction.
 
-use crate::ast::Dockerfile;
+mod config;
+mod flags;
+mod util;
+
+use crate::ast::{Dockerfile, Instruction};
 use crate::FrontendError;
+use config::{Healthcheck, ImageState, Platform, DEFAULT_PATH};
+use flags::Flags;
+use kiln_llb::{
+    file_action, op, Chown, Definition, DefinitionBuilder, ExecMeta, ExecOp, FileAction, FileCopy,
+    FileMkdir, FileMkfile, FileOp, KeyValue, Mount, NetworkMode, Op, OpMetadata, OutputRef,
+    SourceOp,
+};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use util::{clean_path, go_duration, go_list, go_quote_list, go_quote_rune, join_abs, suggestion};
 
-/// Build options (placeholder).
-#[derive(Clone, Debug, Default)]
-pub struct BuildOptions;
-
-/// Result of compilation (placeholder).
-#[derive(Clone, Debug, Default)]
-pub struct Compiled;
-
-/// A base image's resolved config (placeholder).
-#[derive(Clone, Debug, Default)]
-pub struct ResolvedImage;
-
-/// A compile warning (placeholder).
-#[derive(Clone, Debug, Default)]
-pub struct Warning;
-
-/// Resolves base images (placeholder).
-pub trait ImageResolver {}
-
-/// Compiles a Dockerfile (placeholder).
-pub fn compile(df: &Dockerfile, opts: &BuildOptions) -> Result<Compiled, FrontendError> {
-    let _ = (df, opts);
-    Err(FrontendError::Other("compile is not written yet".into()))
+/// What to build and with which inputs.
+#[derive(Clone, Debug)]
+pub struct BuildOptions {
+    /// The Dockerfile's name, for messages and op locations (`Dockerfile:12`).
+    pub dockerfile_name: String,
+    /// `--build-arg NAME=VALUE` overrides.
+    pub build_args: BTreeMap<String, String>,
+    /// The stage to build (`--target`); the last stage when `None`.
+    pub target: Option<String>,
+    /// `(os, arch)` of the image, e.g. `("linux", "amd64")`; `arch` may carry a variant
+    /// (`arm/v7`).
+    pub platform: (String, String),
+    /// The local source name: the context is `local://<context_name>`.
+    pub context_name: String,
+    /// `.dockerignore` patterns, put on the context source.
+    pub exclude_patterns: Vec<String>,
+    /// Ignore cached results for every op (`--no-cache`).
+    pub no_cache: bool,
 }
+
+impl Default for BuildOptions {
+    fn default() -> Self {
+        let host = Platform::host();
+        let arch = if host.variant.is_empty() {
+            host.arch
+        } else {
+            format!("{}/{}", host.arch, host.variant)
+        };
+        BuildOptions {
+            dockerfile_name: "Dockerfile".into(),
+            build_args: BTreeMap::new(),
+            target: None,
+            platform: (host.os, arch),
+            context_name: "context".into(),
+            exclude_patterns: Vec::new(),
+            no_cache: false,
+        }
+    }
+}
+
+/// Looks up base images: the caller decides how (registry, local store, a fake in tests).
+pub trait ImageResolver: Sync {
+    /// Resolves `reference` as written in the Dockerfile (`busybox`, `alpine:3.20`, ...). The
+    /// error is a message shown to the user after the Dockerfile location.
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, String>;
+}
+
+/// A resolved base image.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    /// The canonical, digest-pinned name, used as `docker-image://<reference>`.
+    pub reference: String,
+    /// The image's config: env, workdir, user, cmd, entrypoint, history, ... are inherited.
+    pub config: oci_spec::image::ImageConfiguration,
+}
+
+/// Something worth telling the user that does not stop the build.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Warning {
+    /// 1-based Dockerfile line, or 0 when the warning concerns no line.
+    pub line: usize,
+    pub message: String,
+}
+
+/// The result of compiling a Dockerfile.
+#[derive(Clone, Debug)]
+pub struct Compiled {
+    /// The build graph; its root is the target stage's filesystem.
+    pub definition: Definition,
+    /// The image config of the target stage. `rootfs.diff_ids` is empty: the exporter fills it.
+    /// History entries without `empty_layer` match the Exec/File ops of the target's chain in
+    /// order, after the base image's own entries.
+    pub image_config: oci_spec::image::ImageConfiguration,
+    pub warnings: Vec<Warning>,
+}
+
+/// Parses and compiles `dockerfile`.
+pub fn compile(
+    dockerfile: &str,
+    opts: &BuildOptions,
+    resolver: &dyn ImageResolver,
+) -> Result<Compiled, FrontendError> {
+    let df = crate::parse(dockerfile)?;
+    Compiler::new(&df, opts, resolver)?.run()
+}
+
+/// Build args BuildKit passes to `RUN` without an `ARG` and keeps out of the history.
+const PROXY_ARGS: &[&str] = &[
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "FTP_PROXY",
+    "ftp_proxy",
+    "NO_PROXY",
+    "no_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
+
+/// One `FROM` and the instructions under it.
+struct StageDef<'a> {
+    /// Lower-cased `AS` name.
+    name: Option<String>,
+    /// The base name after expansion with the global ARGs.
+    base: String,
+    /// `FROM --platform=...`, expanded.
+    platform: Option<Platform>,
+    from: &'a Instruction,
+    commands: &'a [Instruction],
+}
+
+/// A compiled stage, as later stages see it.
+#[derive(Clone)]
+struct StageOut {
+    state: Option<OutputRef>,
+    image: ImageState,
+    cmd_set: bool,
+    platform: Platform,
+}
+
+enum Status {
+    Pending,
+    InProgress,
+    Done(Box<StageOut>),
+}
+
+/// Where a COPY reads from.
+enum CopySource {
+    Context,
+    Stage(Option<OutputRef>),
+    Image(OutputRef),
+}
+
+/// The state of the stage being compiled.
+struct Dispatch {
+    /// Label in step names: `""` when the file has one stage, else the name or `stage-N`.
+    label: String,
+    /// Stage name recorded in op metadata.
+    meta_stage: String,
+    state: Option<OutputRef>,
+    image: ImageState,
+    /// ARGs in scope, in declaration order.
+    args: Vec<(String, Option<String>)>,
+    cmd_set: bool,
+    cmd_index: usize,
+    cmd_total: usize,
+    platform: Platform,
+}
+
+impl Dispatch {
+    /// A variable as expansion sees it: ENV wins over ARG of the same name.
+    fn lookup(&self, name: &str) -> Option<String> {
+        if let Some(v) = self.image.env_get(name) {
+            return Some(v.to_string());
+        }
+        self.args
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+    }
+
+    /// `[label i/n] text`, counting this step.
+    fn step_name(&mut self, text: &str) -> String {
+        self.cmd_index += 1;
+        let width = self.cmd_total.to_string().len();
+        let counter = format!("{:>width$}/{}", self.cmd_index, self.cmd_total);
+        if self.label.is_empty() {
+            format!("[{counter}] {text}")
+        } else {
+            format!("[{} {counter}] {text}", self.label)
+        }
+    }
+
+    fn shell(&self) -> Vec<String> {
+        self.image
+            .shell
+            .clone()
+            .unwrap_or_else(|| vec!["/bin/sh".into(), "-c".into()])
+    }
+
+    /// The environment of a `RUN`: the image's env, then ARGs with a value not shadowed by an
+    /// ENV, then proxy build args, then a default `PATH`.
+    fn exec_env(&self, build_args: &BTreeMap<String, String>) -> Vec<String> {
+        let mut env = self.image.env.clone();
+        let key_of = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
+        let env_keys: BTreeSet<String> = env.iter().map(|e| key_of(e)).collect();
+        let mut arg_slots: HashMap<String, usize> = HashMap::new();
+        for (k, v) in &self.args {
+            let Some(v) = v else { continue };
+            if env_keys.contains(k) {
+                continue;
+            }
+            let entry = format!("{k}={v}");
+            match arg_slots.get(k) {
+                Some(&i) => env[i] = entry,
+                None => {
+                    arg_slots.insert(k.clone(), env.len());
+                    env.push(entry);
+                }
+            }
+        }
+        for p in PROXY_ARGS {
+            if let Some(v) = build_args.get(*p) {
+                if !env.iter().any(|e| key_of(e) == *p) {
+                    env.push(format!("{p}={v}"));
+                }
+            }
+        }
+        if !env.iter().any(|e| key_of(e) == "PATH") {
+            env.push(format!("PATH={DEFAULT_PATH}"));
+        }
+        env
+    }
+
+    /// BuildKit's `runCommandString`: `|N A=1 B=2 args...` for the ARGs in scope.
+    fn run_command_string(&self, args: &[String]) -> String {
+        let mut pairs: Vec<String> = Vec::new();
+        let mut slots: HashMap<&str, usize> = HashMap::new();
+        for (k, v) in &self.args {
+            let value = self
+                .image
+                .env_get(k)
+                .map(str::to_string)
+                .or_else(|| v.clone())
+                .unwrap_or_default();
+            let entry = format!("{k}={value}");
+            match slots.get(k.as_str()) {
+                Some(&i) => pairs[i] = entry,
+                None => {
+                    slots.insert(k, pairs.len());
+                    pairs.push(entry);
+                }
+            }
+        }
+        let mut parts = Vec::new();
+        if !pairs.is_empty() {
+            parts.push(format!("|{}", pairs.len()));
+            parts.extend(pairs);
+        }
+        parts.extend(args.iter().cloned());
+        parts.join(" ")
+    }
+
+    /// The owner of directories WORKDIR creates: the current USER.
+    fn user_chown(&self) -> Option<Chown> {
+        if self.image.user.is_empty() {
+            None
+        } else {
+            Some(parse_chown(&self.image.user))
+        }
+    }
+
+    /// `(inputs, base index)` for an op on top of the current state.
+    fn base_inputs(&self) -> (Vec<kiln_llb::Input>, i64) {
+        match &self.state {
+            Some(s) => (vec![s.input()], 0),
+            None => (vec![], -1),
+        }
+    }
+}
+
+fn parse_chown(spec: &str) -> Chown {
+    let (user, group) = spec.split_once(':').unwrap_or((spec, ""));
+    Chown {
+        user: user.to_string(),
+        group: group.to_string(),
+    }
+}
+
+/// `run make` → `RUN make`: the instruction as written, keyword upper-cased.
+fn display(instr: &Instruction) -> String {
+    let text = instr.original.trim();
+    match text.split_once(char::is_whitespace) {
+        Some((kw, rest)) => format!("{} {}", kw.to_ascii_uppercase(), rest.trim_start()),
+        None => text.to_ascii_uppercase(),
+    }
+}
+
+/// `NAME=default` or `NAME` from an ARG word.
+fn split_arg(word: &str) -> (&str, Option<&str>) {
+    match word.split_once('=') {
+        Some((k, v)) => (k, Some(v)),
+        None => (word, None),
+    }
+}
+
+/// Whether a stage name is one BuildKit accepts: `[a-z][a-z0-9-_.]*`.
+fn valid_stage_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
+}
+
+/// File names ADD would unpack in BuildKit, which kiln does not do yet.
+fn looks_like_archive(src: &str) -> bool {
+    let lower = src.to_ascii_lowercase();
+    [
+        ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".tar.zst",
+        ".tzst", ".tar.lz4",
+    ]
+    .iter()
+    .any(|ext| lower.ends_with(ext))
+}
+
+struct Compiler<'a> {
+    df: &'a Dockerfile,
+    opts: &'a BuildOptions,
+    resolver: &'a dyn ImageResolver,
+    builder: DefinitionBuilder,
+    warnings: Vec<Warning>,
+    /// Global ARGs (before the first FROM) and the automatic platform args, with values.
+    globals: Vec<(String, Option<String>)>,
+    /// The automatic platform args, only visible in a stage once declared.
+    platform_args: Vec<(String, String)>,
+    stages: Vec<StageDef<'a>>,
+    status: Vec<Status>,
+    context: Option<OutputRef>,
+    images: HashMap<String, ResolvedImage>,
+    consumed_args: BTreeSet<String>,
+    target_platform: Platform,
+    multi_stage: bool,
+}
+
+impl<'a> Compiler<'a> {
+    fn new(
+        df: &'a Dockerfile,
+        opts: &'a BuildOptions,
+        resolver: &'a dyn ImageResolver,
+    ) -> Result<Self, FrontendError> {
+        let target_platform = Platform::new(&opts.platform.0, &opts.platform.1);
+        let build_platform = Platform::host();
+        let platform_args = vec![
+            ("TARGETPLATFORM".to_string(), target_platform.spec()),
+            ("TARGETOS".to_string(), target_platform.os.clone()),
+            ("TARGETARCH".to_string(), target_platform.arch.clone()),
+            ("TARGETVARIANT".to_string(), target_platform.variant.clone()),
+            ("BUILDPLATFORM".to_string(), build_platform.spec()),
+            ("BUILDOS".to_string(), build_platform.os.clone()),
+            ("BUILDARCH".to_string(), build_platform.arch.clone()),
+            ("BUILDVARIANT".to_string(), build_platform.variant.clone()),
+        ];
+        let mut c = Compiler {
+            df,
+            opts,
+            resolver,
+            builder: DefinitionBuilder::default(),
+            warnings: df
+                .warnings
+                .iter()
+                .map(|(line, message)| Warning {
+                    line: *line,
+                    message: message.clone(),
+                })
+                .collect(),
+            globals: platform_args
+                .iter()
+                .map(|(k, v)| (k.clone(), Some(v.clone())))
+                .collect(),
+            platform_args,
+            stages: Vec::new(),
+            status: Vec::new(),
+            context: None,
+            images: HashMap::new(),
+            consumed_args: BTreeSet::new(),
+            target_platform,
+            multi_stage: false,
+        };
+        c.split_stages()?;
+        Ok(c)
+    }
+
+    fn flag<T>(&self, instr: &Instruction, r: Result<T, String>) -> Result<T, FrontendError> {
+        r.map_err(|m| self.fail(instr, m))
+    }
+
+    fn fail(&self, instr: &Instruction, message: impl Into<String>) -> FrontendError {
+        FrontendError::Instruction {
+            file: self.opts.dockerfile_name.clone(),
+            line: instr.start_line,
+            instruction: instr.original.trim().to_string(),
+            message: message.into(),
+        }
+    }
+
+    fn warn(&mut self, line: usize, message: impl Into<String>) {
+        self.warnings.push(Warning {
+            line,
+            message: message.into(),
+        });
+    }
+
+    fn expand_with(
+        &self,
+        instr: &Instruction,
+        word: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<String, FrontendError> {
+        crate::expand_word(word, lookup, self.df.escape)
+            .map_err(|e| self.fail(instr, format!("cannot expand `{word}`: {e}")))
+    }
+
+    fn global_value(&self, name: &str) -> Option<String> {
+        self.globals
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .and_then(|(_, v)| v.clone())
+    }
+
+    /// Global ARGs, then one [`StageDef`] per FROM, with base names expanded.
+    fn split_stages(&mut self) -> Result<(), FrontendError> {
+        let instrs = &self.df.instructions;
+        let first_from = instrs.iter().position(|i| i.name == "from");
+        let Some(first_from) = first_from else {
+            return match instrs.first() {
+                Some(i) => Err(self.fail(
+                    i,
+                    "the Dockerfile has no `FROM`: start a build stage with `FROM <image>` \
+                     (only `ARG` may come before it)",
+                )),
+                None => Err(FrontendError::Other(format!(
+                    "`{}` is empty: write at least a `FROM <image>` line",
+                    self.opts.dockerfile_name
+                ))),
+            };
+        };
+        for instr in &instrs[..first_from] {
+            if instr.name != "arg" {
+                return Err(self.fail(
+                    instr,
+                    format!(
+                        "`{}` comes before the first `FROM`: only `ARG` may precede it; \
+                         move it into a build stage",
+                        instr.name.to_ascii_uppercase()
+                    ),
+                ));
+            }
+            Flags::parse("arg", &instr.flags, &[]).map_err(|m| self.fail(instr, m))?;
+            if instr.args.is_empty() {
+                return Err(self.fail(instr, "`ARG` needs a name: write `ARG NAME[=default]`"));
+            }
+            for word in &instr.args {
+                let (name, default) = split_arg(word);
+                if name.is_empty() {
+                    return Err(self.fail(instr, "`ARG` needs a name: write `ARG NAME[=default]`"));
+                }
+                self.consumed_args.insert(name.to_string());
+                let value = match self.opts.build_args.get(name) {
+                    Some(v) => Some(v.clone()),
+                    None => match default {
+                        Some(d) => {
+                            let globals = self.globals.clone();
+                            let lookup = move |n: &str| {
+                                globals
+                                    .iter()
+                                    .rev()
+                                    .find(|(k, _)| k == n)
+                                    .and_then(|(_, v)| v.clone())
+                            };
+                            Some(self.expand_with(instr, d, &lookup)?)
+                        }
+                        None => None,
+                    },
+                };
+                self.globals.push((name.to_string(), value));
+            }
+        }
+
+        let mut starts: Vec<usize> = instrs
+            .iter()
+            .enumerate()
+            .filter(|(_, i)| i.name == "from")
+            .map(|(n, _)| n)
+            .collect();
+        starts.push(instrs.len());
+        let globals = self.globals.clone();
+        let lookup = move |n: &str| {
+            globals
+                .iter()
+                .rev()
+                .find(|(k, _)| k == n)
+                .and_then(|(_, v)| v.clone())
+        };
+        for w in starts.windows(2) {
+            let from = &instrs[w[0]];
+            let commands = &instrs[w[0] + 1..w[1]];
+            let flags =
+                Flags::parse("from", &from.flags, &["platform"]).map_err(|m| self.fail(from, m))?;
+            let (base_raw, name) = match from.args.as_slice() {
+                [base] => (base, None),
+                [base, kw, name] if kw.eq_ignore_ascii_case("as") => {
+                    (base, Some(name.to_ascii_lowercase()))
+                }
+                _ => {
+                    return Err(self.fail(
+                        from,
+                        "`FROM` takes an image and an optional stage name: \
+                         write `FROM <image> [AS <name>]`",
+                    ))
+                }
+            };
+            let base = self.expand_with(from, base_raw, &lookup)?;
+            if base.is_empty() {
+                return Err(self.fail(
+                    from,
+                    format!(
+                        "the base image `{base_raw}` expands to nothing: \
+                         give the ARG a default or pass `--build-arg`"
+                    ),
+                ));
+            }
+            if let Some(n) = &name {
+                if !valid_stage_name(n) {
+                    return Err(self.fail(
+                        from,
+                        format!(
+                            "`{n}` is not a valid stage name: start with a letter and use only \
+                             letters, digits, `-`, `_` and `.`"
+                        ),
+                    ));
+                }
+                if self.stages.iter().any(|s| s.name.as_deref() == Some(n)) {
+                    return Err(self.fail(
+                        from,
+                        format!("a stage named `{n}` already exists: give this stage another name"),
+                    ));
+                }
+            }
+            let platform = match flags.string("platform").map_err(|m| self.fail(from, m))? {
+                Some(raw) => {
+                    let p = self.expand_with(from, raw, &lookup)?;
+                    Some(Platform::parse(&p).ok_or_else(|| {
+                        self.fail(
+                            from,
+                            format!("`{p}` is not a platform: write `os/arch[/variant]`, like `linux/amd64`"),
+                        )
+                    })?)
+                }
+                None => None,
+            };
+            self.stages.push(StageDef {
+                name,
+                base,
+                platform,
+                from,
+                commands,
+            });
+        }
+        self.status = self.stages.iter().map(|_| Status::Pending).collect();
+        self.multi_stage = self.stages.len() > 1;
+        Ok(())
+    }
+
+    fn stage_names(&self) -> Vec<&str> {
+        self.stages
+            .iter()
+            .filter_map(|s| s.name.as_deref())
+            .collect()
+    }
+
+    fn run(mut self) -> Result<Compiled, FrontendError> {
+        let target = match &self.opts.target {
+            None => self.stages.len() - 1,
+            Some(t) => {
+                let lower = t.to_ascii_lowercase();
+                match self
+                    .stages
+                    .iter()
+                    .position(|s| s.name.as_deref() == Some(&lower))
+                {
+                    Some(i) => i,
+                    None => {
+                        let names = self.stage_names();
+                        let hint = suggestion(&lower, names.iter().copied());
+                        let known = if names.is_empty() {
+                            "the Dockerfile names no stages (`FROM <image> AS <name>`)".to_string()
+                        } else {
+                            let list: Vec<String> =
+                                names.iter().map(|n| format!("`{n}`")).collect();
+                            format!("stages are {}", list.join(", "))
+                        };
+                        return Err(FrontendError::Other(format!(
+                            "{}: target stage `{t}` not found{hint}; {known}",
+                            self.opts.dockerfile_name
+                        )));
+                    }
+                }
+            }
+        };
+        let from = self.stages[target].from;
+        let out = self.stage(target, from)?;
+
+        let unused: Vec<&str> = self
+            .opts
+            .build_args
+            .keys()
+            .filter(|k| !self.consumed_args.contains(*k) && !PROXY_ARGS.contains(&k.as_str()))
+            .map(String::as_str)
+            .collect();
+        if !unused.is_empty() {
+            let list: Vec<String> = unused.iter().map(|k| format!("`{k}`")).collect();
+            let message = format!(
+                "build args {} were not consumed: no `ARG` of the built stages declares them",
+                list.join(", ")
+            );
+            self.warn(0, message);
+        }
+
+        let image_config = out.image.to_oci(&out.platform);
+        Ok(Compiled {
+            definition: self.builder.build(out.state),
+            image_config,
+            warnings: self.warnings,
+        })
+    }
+
+    /// The compiled stage `idx`, compiling it (and what it needs) on first use.
+    fn stage(&mut self, idx: usize, referrer: &Instruction) -> Result<StageOut, FrontendError> {
+        match &self.status[idx] {
+            Status::Done(out) => return Ok((**out).clone()),
+            Status::InProgress => {
+                let name = self.stage_label(idx);
+                return Err(self.fail(
+                    referrer,
+                    format!(
+                        "stage `{name}` depends on itself (a `FROM` or `COPY --from` cycle): \
+                         break the cycle"
+                    ),
+                ));
+            }
+            Status::Pending => {}
+        }
+        self.status[idx] = Status::InProgress;
+        let out = self.compile_stage(idx)?;
+        self.status[idx] = Status::Done(Box::new(out.clone()));
+        Ok(out)
+    }
+
+    fn stage_label(&self, idx: usize) -> String {
+        self.stages[idx]
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("stage-{idx}"))
+    }
+
+    fn compile_stage(&mut self, idx: usize) -> Result<StageOut, FrontendError> {
+        let def = &self.stages[idx];
+        let from = def.from;
+        let commands = def.commands;
+        let base = def.base.clone();
+        let base_lower = base.to_ascii_lowercase();
+        let meta_stage = self.stage_label(idx);
+        let label = if self.multi_stage {
+            meta_stage.clone()
+        } else {
+            String::new()
+        };
+        let ops_in_stage = commands
+            .iter()
+            .filter(|c| matches!(c.name.as_str(), "run" | "copy" | "add" | "workdir"))
+            .count();
+
+        let parent = self.stages[..idx]
+            .iter()
+            .position(|s| s.name.as_deref() == Some(base_lower.as_str()));
+        let mut d = if let Some(p) = parent {
+            let out = self.stage(p, from)?;
+            Dispatch {
+                label,
+                meta_stage,
+                state: out.state,
+                image: out.image,
+                args: Vec::new(),
+                cmd_set: out.cmd_set,
+                cmd_index: 0,
+                cmd_total: ops_in_stage,
+                platform: self.stages[idx].platform.clone().unwrap_or(out.platform),
+            }
+        } else {
+            let platform = self.stages[idx]
+                .platform
+                .clone()
+                .unwrap_or_else(|| self.target_platform.clone());
+            let mut d = Dispatch {
+                label,
+                meta_stage,
+                state: None,
+                image: ImageState::scratch(),
+                args: Vec::new(),
+                cmd_set: false,
+                cmd_index: 0,
+                cmd_total: ops_in_stage,
+                platform,
+            };
+            if base != "scratch" {
+                d.cmd_total += 1;
+                let resolved = self.resolve(&base, from)?;
+                d.image = ImageState::from_oci(&resolved.config);
+                let name = d.step_name(&format!("FROM {}", resolved.reference));
+                let source = image_source(&resolved.reference, &d.platform);
+                d.state = Some(self.add_op(source, name, from, &d.meta_stage));
+            }
+            d
+        };
+
+        for instr in commands {
+            self.dispatch(&mut d, instr)?;
+        }
+        Ok(StageOut {
+            state: d.state,
+            image: d.image,
+            cmd_set: d.cmd_set,
+            platform: d.platform,
+        })
+    }
+
+    fn resolve(&mut self, name: &str, instr: &Instruction) -> Result<ResolvedImage, FrontendError> {
+        if let Some(r) = self.images.get(name) {
+            return Ok(r.clone());
+        }
+        let r = self
+            .resolver
+            .resolve(name)
+            .map_err(|e| self.fail(instr, format!("cannot resolve image `{name}`: {e}")))?;
+        self.images.insert(name.to_string(), r.clone());
+        Ok(r)
+    }
+
+    fn add_op(&mut self, op: Op, name: String, instr: &Instruction, stage: &str) -> OutputRef {
+        let meta = OpMetadata {
+            digest: String::new(),
+            name,
+            location: format!("{}:{}", self.opts.dockerfile_name, instr.start_line),
+            ignore_cache: self.opts.no_cache,
+            stage: stage.to_string(),
+        };
+        self.builder.add(op, meta)
+    }
+
+    fn context_source(&mut self) -> OutputRef {
+        if let Some(c) = &self.context {
+            return c.clone();
+        }
+        let mut attrs = vec![KeyValue {
+            key: kiln_llb::attr::SHARED_KEY.into(),
+            value: self.opts.context_name.clone(),
+        }];
+        if !self.opts.exclude_patterns.is_empty() {
+            attrs.push(KeyValue {
+                key: kiln_llb::attr::EXCLUDE_PATTERNS.into(),
+                value: serde_json::Value::from(self.opts.exclude_patterns.clone()).to_string(),
+            });
+        }
+        attrs.sort();
+        let op = Op {
+            inputs: vec![],
+            kind: Some(op::Kind::Source(SourceOp {
+                identifier: format!("local://{}", self.opts.context_name),
+                attrs,
+            })),
+        };
+        let meta = OpMetadata {
+            digest: String::new(),
+            name: "[internal] load build context".into(),
+            location: String::new(),
+            ignore_cache: self.opts.no_cache,
+            stage: String::new(),
+        };
+        let out = self.builder.add(op, meta);
+        self.context = Some(out.clone());
+        out
+    }
+
+    fn expand(
+        &self,
+        d: &Dispatch,
+        instr: &Instruction,
+        word: &str,
+    ) -> Result<String, FrontendError> {
+        self.expand_with(instr, word, &|n| d.lookup(n))
+    }
+
+    fn one_arg<'i>(&self, instr: &'i Instruction, usage: &str) -> Result<&'i str, FrontendError> {
+        match instr.args.as_slice() {
+            [a] if !a.trim().is_empty() => Ok(a.as_str()),
+            _ => Err(self.fail(
+                instr,
+                format!(
+                    "`{}` takes exactly one argument: write `{usage}`",
+                    instr.name.to_ascii_uppercase()
+                ),
+            )),
+        }
+    }
+
+    fn dispatch(&mut self, d: &mut Dispatch, instr: &Instruction) -> Result<(), FrontendError> {
+        let no_flags =
+            |s: &Self| Flags::parse(&instr.name, &instr.flags, &[]).map_err(|m| s.fail(instr, m));
+        match instr.name.as_str() {
+            "arg" => {
+                no_flags(self)?;
+                self.dispatch_arg(d, instr)
+            }
+            "env" => {
+                no_flags(self)?;
+                self.dispatch_env(d, instr)
+            }
+            "label" => {
+                no_flags(self)?;
+                self.dispatch_label(d, instr)
+            }
+            "workdir" => {
+                no_flags(self)?;
+                self.dispatch_workdir(d, instr)
+            }
+            "run" => self.dispatch_run(d, instr),
+            "copy" | "add" => self.dispatch_copy(d, instr),
+            "user" => {
+                no_flags(self)?;
+                let raw = self.one_arg(instr, "USER <user>[:<group>]")?;
+                let user = self.expand(d, instr, raw)?;
+                d.image.user = user.clone();
+                d.image.add_history(format!("USER {user}"), true);
+                Ok(())
+            }
+            "cmd" | "entrypoint" => {
+                no_flags(self)?;
+                self.dispatch_cmd(d, instr)
+            }
+            "expose" => {
+                no_flags(self)?;
+                self.dispatch_expose(d, instr)
+            }
+            "volume" => {
+                no_flags(self)?;
+                self.dispatch_volume(d, instr)
+            }
+            "stopsignal" => {
+                no_flags(self)?;
+                let raw = self.one_arg(instr, "STOPSIGNAL <signal>")?;
+                let sig = self.expand(d, instr, raw)?;
+                let valid = !sig.is_empty()
+                    && sig
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-');
+                if !valid {
+                    return Err(self.fail(
+                        instr,
+                        format!("`{sig}` is not a signal: write a name like `SIGTERM` or a number"),
+                    ));
+                }
+                d.image.stop_signal = Some(sig.clone());
+                d.image.add_history(format!("STOPSIGNAL {sig}"), true);
+                Ok(())
+            }
+            "shell" => {
+                no_flags(self)?;
+                if !instr.json || instr.args.is_empty() {
+                    return Err(self.fail(
+                        instr,
+                        "`SHELL` takes a JSON array: write `SHELL [\"/bin/bash\", \"-c\"]`",
+                    ));
+                }
+                d.image.shell = Some(instr.args.clone());
+                d.image
+                    .add_history(format!("SHELL {}", go_list(&instr.args)), true);
+                Ok(())
+            }
+            "healthcheck" => self.dispatch_healthcheck(d, instr),
+            "maintainer" => {
+                no_flags(self)?;
+                let raw = self.one_arg(instr, "MAINTAINER <name>")?;
+                let who = self.expand(d, instr, raw)?;
+                d.image.author = Some(who.clone());
+                d.image.labels.insert("maintainer".into(), who.clone());
+                d.image.add_history(format!("MAINTAINER {who}"), true);
+                self.warn(
+                    instr.start_line,
+                    format!(
+                        "`MAINTAINER` is deprecated: write `LABEL maintainer=\"{who}\"` instead"
+                    ),
+                );
+                Ok(())
+            }
+            "onbuild" => {
+                no_flags(self)?;
+                let Some(next) = &instr.next else {
+                    return Err(self.fail(
+                        instr,
+                        "`ONBUILD` needs an instruction: write `ONBUILD RUN ...`",
+                    ));
+                };
+                if matches!(next.name.as_str(), "onbuild" | "from" | "maintainer") {
+                    return Err(self.fail(
+                        instr,
+                        format!(
+                            "`ONBUILD {}` is not allowed: ONBUILD cannot trigger `ONBUILD`, `FROM` or `MAINTAINER`",
+                            next.name.to_ascii_uppercase()
+                        ),
+                    ));
+                }
+                let expr = display(next);
+                d.image.onbuild.push(expr.clone());
+                d.image.add_history(format!("ONBUILD {expr}"), true);
+                Ok(())
+            }
+            "from" => Err(self.fail(instr, "internal: FROM inside a stage")),
+            other => Err(self.fail(
+                instr,
+                format!("unknown instruction `{}`", other.to_ascii_uppercase()),
+            )),
+        }
+    }
+
+    fn dispatch_arg(&mut self, d: &mut Dispatch, instr: &Instruction) -> Result<(), FrontendError> {
+        if instr.args.is_empty() {
+            return Err(self.fail(instr, "`ARG` needs a name: write `ARG NAME[=default]`"));
+        }
+        let mut commit = Vec::new();
+        for word in &instr.args {
+            let (name, default) = split_arg(word);
+            if name.is_empty() {
+                return Err(self.fail(instr, "`ARG` needs a name: write `ARG NAME[=default]`"));
+            }
+            let default = match default {
+                Some(raw) => Some(self.expand(d, instr, raw)?),
+                None => None,
+            };
+            commit.push(match &default {
+                Some(v) => format!("{name}={v}"),
+                None => name.to_string(),
+            });
+            self.consumed_args.insert(name.to_string());
+            let value = if let Some(v) = self.opts.build_args.get(name) {
+                Some(v.clone())
+            } else if default.is_some() {
+                default
+            } else if let Some((_, v)) = self.platform_args.iter().find(|(k, _)| k == name) {
+                Some(v.clone())
+            } else {
+                self.global_value(name)
+            };
+            d.args.push((name.to_string(), value));
+        }
+        d.image
+            .add_history(format!("ARG {}", commit.join(" ")), true);
+        Ok(())
+    }
+
+    /// Expanded key/value pairs of ENV or LABEL (triples in the AST).
+    fn pairs(
+        &self,
+        d: &Dispatch,
+        instr: &Instruction,
+        usage: &str,
+    ) -> Result<Vec<(String, String)>, FrontendError> {
+        let kw = instr.name.to_ascii_uppercase();
+        if instr.args.is_empty() || !instr.args.chunks_exact(3).remainder().is_empty() {
+            return Err(self.fail(
+                instr,
+                format!("`{kw}` needs `KEY=value` pairs: write `{usage}`"),
+            ));
+        }
+        let mut out = Vec::new();
+        for t in instr.args.chunks(3) {
+            let (key, value, sep) = (&t[0], &t[1], &t[2]);
+            if sep.is_empty() && value.is_empty() {
+                return Err(self.fail(
+                    instr,
+                    format!("`{kw} {key}` has no value: write `{kw} {key}=value`"),
+                ));
+            }
+            let key = self.expand(d, instr, key)?;
+            if key.is_empty() {
+                return Err(self.fail(instr, format!("`{kw}` has an empty name: write `{usage}`")));
+            }
+            let value = self.expand(d, instr, value)?;
+            out.push((key, value));
+        }
+        Ok(out)
+    }
+
+    fn dispatch_env(&mut self, d: &mut Dispatch, instr: &Instruction) -> Result<(), FrontendError> {
+        let mut commit = String::from("ENV");
+        // Each pair sees the ones before it (`ENV A=1 B=$A`) only from the next instruction on,
+        // as in Docker: expand all first, then set.
+        let pairs = self.pairs(d, instr, "ENV KEY=value")?;
+        for (k, v) in pairs {
+            commit.push_str(&format!(" {k}={v}"));
+            d.image.env_set(&k, &v);
+        }
+        d.image.add_history(commit, true);
+        Ok(())
+    }
+
+    fn dispatch_label(
+        &mut self,
+        d: &mut Dispatch,
+        instr: &Instruction,
+    ) -> Result<(), FrontendError> {
+        let mut commit = String::from("LABEL");
+        for (k, v) in self.pairs(d, instr, "LABEL key=value")? {
+            commit.push_str(&format!(" {k}={v}"));
+            d.image.labels.insert(k, v);
+        }
+        d.image.add_history(commit, true);
+        Ok(())
+    }
+
+    fn dispatch_workdir(
+        &mut self,
+        d: &mut Dispatch,
+        instr: &Instruction,
+    ) -> Result<(), FrontendError> {
+        let raw = self.one_arg(instr, "WORKDIR <path>")?;
+        let path = self.expand(d, instr, raw)?;
+        let current = if d.image.working_dir.is_empty() {
+            "/".to_string()
+        } else {
+            d.image.working_dir.clone()
+        };
+        let wd = join_abs(&current, &path);
+        d.image.working_dir = wd.clone();
+        let name = d.step_name(&format!("WORKDIR {path}"));
+        let with_layer = wd != "/";
+        if with_layer {
+            let (inputs, base) = d.base_inputs();
+            let op = Op {
+                inputs,
+                kind: Some(op::Kind::File(FileOp {
+                    base,
+                    actions: vec![FileAction {
+                        action: Some(file_action::Action::Mkdir(FileMkdir {
+                            path: wd.clone(),
+                            mode: 0o755,
+                            make_parents: true,
+                            owner: d.user_chown(),
+                        })),
+                    }],
+                })),
+            };
+            d.state = Some(self.add_op(op, name, instr, &d.meta_stage));
+        }
+        d.image.add_history(format!("WORKDIR {wd}"), !with_layer);
+        Ok(())
+    }
+
+    fn dispatch_run(&mut self, d: &mut Dispatch, instr: &Instruction) -> Result<(), FrontendError> {
+        let flags = Flags::parse("run", &instr.flags, &["network", "mount", "security"])
+            .map_err(|m| self.fail(instr, m))?;
+        if flags.has("mount") {
+            return Err(self.fail(
+                instr,
+                "`RUN --mount` is not supported by kiln yet: copy what the step needs with `COPY` \
+                 instead",
+            ));
+        }
+        let network = match flags.string("network").map_err(|m| self.fail(instr, m))? {
+            None | Some("default") | Some("host") => NetworkMode::Host,
+            Some("none") => NetworkMode::None,
+            Some(other) => {
+                return Err(self.fail(
+                    instr,
+                    format!("unknown network `{other}`: use `default`, `none` or `host`"),
+                ))
+            }
+        };
+        match flags.string("security").map_err(|m| self.fail(instr, m))? {
+            None | Some("sandbox") => {}
+            Some(other) => {
+                return Err(self.fail(
+                    instr,
+                    format!("`--security={other}` is not supported: kiln runs steps sandboxed"),
+                ))
+            }
+        }
+        let args = if instr.json {
+            instr.args.clone()
+        } else {
+            let cmd = instr.args.first().map(String::as_str).unwrap_or("");
+            let script = self.heredoc_script(instr, cmd)?;
+            let mut a = d.shell();
+            a.push(script);
+            a
+        };
+        if args.is_empty() || (instr.json && args.iter().all(|a| a.is_empty())) {
+            return Err(self.fail(instr, "`RUN` needs a command: write `RUN <command>`"));
+        }
+        let name = d.step_name(&display(instr));
+        let (inputs, base) = d.base_inputs();
+        let op = Op {
+            inputs,
+            kind: Some(op::Kind::Exec(ExecOp {
+                meta: Some(ExecMeta {
+                    args: args.clone(),
+                    env: d.exec_env(&self.opts.build_args),
+                    cwd: if d.image.working_dir.is_empty() {
+                        "/".into()
+                    } else {
+                        d.image.working_dir.clone()
+                    },
+                    user: d.image.user.clone(),
+                    hostname: String::new(),
+                }),
+                mounts: vec![Mount::rootfs(base)],
+                network: network as i32,
+            })),
+        };
+        d.state = Some(self.add_op(op, name, instr, &d.meta_stage));
+        let created_by = format!("RUN {} # buildkit", d.run_command_string(&args));
+        d.image.add_history(created_by, false);
+        Ok(())
+    }
+
+    /// The shell script of a shell-form RUN, with heredoc bodies put back in place (the shell
+    /// reads them itself) or, for a lone `RUN <<EOF`, the body alone, as BuildKit does.
+    fn heredoc_script(&self, instr: &Instruction, cmd: &str) -> Result<String, FrontendError> {
+        if instr.heredocs.is_empty() {
+            return Ok(cmd.to_string());
+        }
+        let lone = instr.heredocs.len() == 1 && {
+            let h = &instr.heredocs[0];
+            let t = cmd.trim();
+            let marker = t
+                .strip_prefix("<<")
+                .map(|m| m.strip_prefix('-').unwrap_or(m));
+            marker.is_some_and(|m| m.trim_matches(|c| c == '"' || c == '\'') == h.name)
+        };
+        if lone {
+            let h = &instr.heredocs[0];
+            if h.content.starts_with("#!") {
+                return Err(self.fail(
+                    instr,
+                    "a `RUN` heredoc with a `#!` interpreter line is not supported yet: \
+                     write the interpreter in the command (`RUN python3 <<EOF`)",
+                ));
+            }
+            let body = if h.chomp {
+                h.content
+                    .lines()
+                    .map(|l| l.trim_start_matches('\t'))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+                    + "\n"
+            } else {
+                h.content.clone()
+            };
+            return Ok(body);
+        }
+        let mut script = cmd.to_string();
+        script.push('\n');
+        for h in &instr.heredocs {
+            script.push_str(&h.content);
+            script.push_str(&h.name);
+            script.push('\n');
+        }
+        Ok(script)
+    }
+
+    fn dispatch_copy(
+        &mut self,
+        d: &mut Dispatch,
+        instr: &Instruction,
+    ) -> Result<(), FrontendError> {
+        let is_add = instr.name == "add";
+        let kw = if is_add { "ADD" } else { "COPY" };
+        let allowed: &[&str] = if is_add {
+            &[
+                "chown",
+                "chmod",
+                "link",
+                "exclude",
+                "checksum",
+                "keep-git-dir",
+            ]
+        } else {
+            &["from", "chown", "chmod", "link", "exclude", "parents"]
+        };
+        let flags =
+            Flags::parse(&instr.name, &instr.flags, allowed).map_err(|m| self.fail(instr, m))?;
+        if self.flag(instr, flags.bool("parents"))? {
+            return Err(self.fail(instr, "`COPY --parents` is not supported by kiln yet: copy each directory with its own `COPY`"));
+        }
+        if self.flag(instr, flags.string("checksum"))?.is_some() {
+            return Err(self.fail(
+                instr,
+                "`ADD --checksum` is not supported by kiln yet (ADD of URLs is not either)",
+            ));
+        }
+        // --link only changes how the layer can be reused, not the result: kiln copies in place.
+        let _link = self.flag(instr, flags.bool("link"))?;
+        let excludes: Vec<String> = self
+            .flag(instr, flags.all("exclude"))?
+            .into_iter()
+            .map(|e| self.expand(d, instr, e))
+            .collect::<Result<_, _>>()?;
+        let mode = match self.flag(instr, flags.string("chmod"))? {
+            None => -1,
+            Some(raw) => {
+                let m = self.expand(d, instr, raw)?;
+                match u32::from_str_radix(&m, 8) {
+                    Ok(v) if v <= 0o7777 && !m.is_empty() => v as i32,
+                    _ => {
+                        return Err(self.fail(
+                            instr,
+                            format!(
+                                "`--chmod={m}` is not an octal mode: write it like `--chmod=0755`"
+                            ),
+                        ))
+                    }
+                }
+            }
+        };
+        let owner = match self.flag(instr, flags.string("chown"))? {
+            None => None,
+            Some(raw) => {
+                let c = self.expand(d, instr, raw)?;
+                if c.is_empty() {
+                    return Err(
+                        self.fail(instr, "`--chown` is empty: write `--chown=user[:group]`")
+                    );
+                }
+                Some(parse_chown(&c))
+            }
+        };
+        let heredoc_names: BTreeSet<&str> =
+            instr.heredocs.iter().map(|h| h.name.as_str()).collect();
+        if instr.args.len() < 2 {
+            return Err(self.fail(
+                instr,
+                format!("`{kw}` needs a source and a destination: write `{kw} <src>... <dest>`"),
+            ));
+        }
+        let (dest_raw, srcs_raw) = match instr.args.split_last() {
+            Some((dest, srcs)) => (dest, srcs),
+            None => {
+                return Err(self.fail(instr, format!("`{kw}` needs a source and a destination")))
+            }
+        };
+        let dest_expanded = self.expand(d, instr, dest_raw)?;
+        let mut srcs = Vec::new();
+        for s in srcs_raw {
+            if !instr.json {
+                let marker = s
+                    .strip_prefix("<<")
+                    .map(|m| m.strip_prefix('-').unwrap_or(m));
+                if let Some(m) = marker {
+                    let m = m.trim_matches(|c| c == '"' || c == '\'');
+                    if heredoc_names.contains(m) {
+                        srcs.push((true, m.to_string()));
+                        continue;
+                    }
+                }
+            }
+            srcs.push((false, self.expand(d, instr, s)?));
+        }
+        if srcs.len() > 1 && !dest_expanded.ends_with('/') {
+            return Err(self.fail(
+                instr,
+                format!(
+                    "`{kw}` with more than one source needs a directory destination ending in `/`: \
+                     write `{dest_expanded}/`"
+                ),
+            ));
+        }
+        let current = if d.image.working_dir.is_empty() {
+            "/".to_string()
+        } else {
+            d.image.working_dir.clone()
+        };
+        let mut dest = join_abs(&current, &dest_expanded);
+        if (dest_expanded.is_empty() || dest_expanded == "." || dest_expanded.ends_with('/'))
+            && !dest.ends_with('/')
+        {
+            dest.push('/');
+        }
+
+        let source = match self.flag(instr, flags.string("from"))? {
+            None => CopySource::Context,
+            Some(raw) => self.copy_source(d, instr, raw)?,
+        };
+        let (mut inputs, base) = d.base_inputs();
+        let src_ref = match &source {
+            CopySource::Context => {
+                if srcs.iter().any(|(heredoc, _)| !heredoc) {
+                    Some(self.context_source())
+                } else {
+                    None
+                }
+            }
+            CopySource::Stage(s) => s.clone(),
+            CopySource::Image(s) => Some(s.clone()),
+        };
+        let src_input = match &src_ref {
+            None => -1,
+            Some(r) if d.state.as_ref() == Some(r) => 0,
+            Some(r) => {
+                inputs.push(r.input());
+                inputs.len() as i64 - 1
+            }
+        };
+
+        let mut actions = Vec::new();
+        for (heredoc, src) in &srcs {
+            if *heredoc {
+                let Some(h) = instr.heredocs.iter().find(|h| &h.name == src) else {
+                    return Err(self.fail(instr, format!("heredoc `{src}` has no body")));
+                };
+                let data = if h.expand {
+                    self.expand(d, instr, &h.content)?
+                } else {
+                    h.content.clone()
+                };
+                let path = if dest.ends_with('/') {
+                    format!("{dest}{}", h.name)
+                } else {
+                    dest.clone()
+                };
+                actions.push(FileAction {
+                    action: Some(file_action::Action::Mkfile(FileMkfile {
+                        path,
+                        mode: if mode >= 0 { mode } else { 0o644 },
+                        data: data.into_bytes(),
+                        owner: owner.clone(),
+                    })),
+                });
+                continue;
+            }
+            if is_add {
+                if src.contains("://") || src.starts_with("git@") {
+                    return Err(self.fail(
+                        instr,
+                        format!("`ADD {src}`: adding from a URL or git is not supported by kiln yet; download it in a `RUN` step"),
+                    ));
+                }
+                if looks_like_archive(src) {
+                    return Err(self.fail(
+                        instr,
+                        format!("`ADD {src}`: kiln does not unpack archives yet; use `COPY` and `RUN tar -xf`"),
+                    ));
+                }
+            }
+            actions.push(FileAction {
+                action: Some(file_action::Action::Copy(FileCopy {
+                    src_input,
+                    src: clean_path(&format!("/{src}")),
+                    dest: dest.clone(),
+                    owner: owner.clone(),
+                    mode,
+                    follow_symlinks: true,
+                    dir_contents_only: true,
+                    create_dest_path: true,
+                    allow_wildcard: true,
+                    allow_empty_wildcard: true,
+                    include_patterns: vec![],
+                    exclude_patterns: excludes.clone(),
+                    mtime: 0,
+                })),
+            });
+        }
+        let name = d.step_name(&display(instr));
+        let op = Op {
+            inputs,
+            kind: Some(op::Kind::File(FileOp { base, actions })),
+        };
+        d.state = Some(self.add_op(op, name, instr, &d.meta_stage));
+        let mut created_by = String::from(kw);
+        for (heredoc, s) in &srcs {
+            created_by.push(' ');
+            if *heredoc {
+                created_by.push_str("<<");
+            }
+            created_by.push_str(s);
+        }
+        created_by.push_str(&format!(" {dest_expanded} # buildkit"));
+        d.image.add_history(created_by, false);
+        Ok(())
+    }
+
+    /// Resolves `COPY --from=X`: a stage by name or index, else an image.
+    fn copy_source(
+        &mut self,
+        d: &Dispatch,
+        instr: &Instruction,
+        raw: &str,
+    ) -> Result<CopySource, FrontendError> {
+        let from = self.expand(d, instr, raw)?;
+        if from.is_empty() {
+            return Err(self.fail(
+                instr,
+                "`--from` is empty: name a stage, a stage index or an image",
+            ));
+        }
+        let lower = from.to_ascii_lowercase();
+        if let Some(i) = self
+            .stages
+            .iter()
+            .position(|s| s.name.as_deref() == Some(&lower))
+        {
+            let out = self.stage(i, instr)?;
+            return Ok(CopySource::Stage(out.state));
+        }
+        if !from.is_empty() && from.chars().all(|c| c.is_ascii_digit()) {
+            let idx: usize = from
+                .parse()
+                .map_err(|_| self.fail(instr, format!("stage index `{from}` is too large")))?;
+            if idx >= self.stages.len() {
+                return Err(self.fail(
+                    instr,
+                    format!(
+                        "no stage with index {idx}: the Dockerfile has {} stages, numbered from 0",
+                        self.stages.len()
+                    ),
+                ));
+            }
+            let out = self.stage(idx, instr)?;
+            return Ok(CopySource::Stage(out.state));
+        }
+        // A bare word close to a stage name is far more likely a typo than an image.
+        let plain = !from.contains(['/', ':', '@', '.']);
+        if plain {
+            let names = self.stage_names();
+            if let Some(best) = util::did_you_mean(&lower, names.iter().copied()) {
+                return Err(self.fail(
+                    instr,
+                    format!(
+                        "no stage named `{from}` (did you mean `{best}`?); to copy from an image \
+                         of that name, write its tag, like `--from={from}:latest`"
+                    ),
+                ));
+            }
+        }
+        let resolved = self.resolve(&from, instr)?;
+        let src = image_source(&resolved.reference, &d.platform);
+        let out = self.add_op(
+            src,
+            format!("FROM {}", resolved.reference),
+            instr,
+            &d.meta_stage,
+        );
+        Ok(CopySource::Image(out))
+    }
+
+    fn dispatch_cmd(&mut self, d: &mut Dispatch, instr: &Instruction) -> Result<(), FrontendError> {
+        let kw = instr.name.to_ascii_uppercase();
+        let args = if instr.json {
+            instr.args.clone()
+        } else {
+            let mut a = d.shell();
+            a.push(instr.args.first().cloned().unwrap_or_default());
+            a
+        };
+        d.image
+            .add_history(format!("{kw} {}", go_quote_list(&args)), true);
+        if instr.name == "cmd" {
+            d.image.cmd = Some(args);
+            d.cmd_set = true;
+        } else {
+            d.image.entrypoint = Some(args);
+            if !d.cmd_set {
+                d.image.cmd = None;
+            }
+        }
+        Ok(())
+    }
+
+    fn dispatch_expose(
+        &mut self,
+        d: &mut Dispatch,
+        instr: &Instruction,
+    ) -> Result<(), FrontendError> {
+        if instr.args.is_empty() {
+            return Err(self.fail(
+                instr,
+                "`EXPOSE` needs a port: write `EXPOSE 80` or `EXPOSE 53/udp`",
+            ));
+        }
+        let mut added = BTreeSet::new();
+        for raw in &instr.args {
+            let spec = self.expand(d, instr, raw)?;
+            for word in spec.split_whitespace() {
+                for port in util::parse_port_spec(word).map_err(|m| self.fail(instr, m))? {
+                    added.insert(port);
+                }
+            }
+        }
+        let listed: Vec<String> = added.iter().map(|p| format!("{p}:{{}}")).collect();
+        d.image
+            .add_history(format!("EXPOSE map[{}]", listed.join(" ")), true);
+        d.image.exposed_ports.extend(added);
+        Ok(())
+    }
+
+    fn dispatch_volume(
+        &mut self,
+        d: &mut Dispatch,
+        instr: &Instruction,
+    ) -> Result<(), FrontendError> {
+        if instr.args.is_empty() {
+            return Err(self.fail(instr, "`VOLUME` needs a path: write `VOLUME /data`"));
+        }
+        let mut vols = Vec::new();
+        for raw in &instr.args {
+            let v = self.expand(d, instr, raw)?;
+            if v.trim().is_empty() {
+                return Err(self.fail(instr, "`VOLUME` has an empty path: write `VOLUME /data`"));
+            }
+            vols.push(v);
+        }
+        d.image
+            .add_history(format!("VOLUME {}", go_list(&vols)), true);
+        d.image.volumes.extend(vols);
+        Ok(())
+    }
+
+    fn dispatch_healthcheck(
+        &mut self,
+        d: &mut Dispatch,
+        instr: &Instruction,
+    ) -> Result<(), FrontendError> {
+        let flags = Flags::parse(
+            "healthcheck",
+            &instr.flags,
+            &[
+                "interval",
+                "timeout",
+                "start-period",
+                "start-interval",
+                "retries",
+            ],
+        )
+        .map_err(|m| self.fail(instr, m))?;
+        let kind = instr
+            .args
+            .first()
+            .map(|k| k.to_ascii_uppercase())
+            .unwrap_or_default();
+        let hc = match kind.as_str() {
+            "NONE" => {
+                if instr.args.len() > 1 || !instr.flags.is_empty() {
+                    return Err(self.fail(instr, "`HEALTHCHECK NONE` takes no arguments or flags"));
+                }
+                Healthcheck {
+                    test: vec!["NONE".into()],
+                    interval: 0,
+                    timeout: 0,
+                    start_period: 0,
+                    start_interval: 0,
+                    retries: 0,
+                }
+            }
+            "CMD" => {
+                let test = if instr.json {
+                    let mut t = vec!["CMD".to_string()];
+                    t.extend(instr.args[1..].iter().cloned());
+                    t
+                } else {
+                    let cmd = instr.args[1..].join(" ");
+                    vec!["CMD-SHELL".to_string(), cmd]
+                };
+                if test.len() < 2 || test[1].trim().is_empty() {
+                    return Err(self.fail(
+                        instr,
+                        "`HEALTHCHECK CMD` needs a command: write `HEALTHCHECK CMD <command>`",
+                    ));
+                }
+                let dur = |name: &str| -> Result<i128, FrontendError> {
+                    let Some(v) = flags.string(name).map_err(|m| self.fail(instr, m))? else {
+                        return Ok(0);
+                    };
+                    let ns = util::parse_go_duration(v)
+                        .map_err(|m| self.fail(instr, format!("`--{name}`: {m}")))?;
+                    if ns != 0 && ns < 1_000_000 {
+                        return Err(self.fail(
+                            instr,
+                            format!("`--{name}={v}` is too short: use at least `1ms`, or `0` for the default"),
+                        ));
+                    }
+                    Ok(ns)
+                };
+                let retries = match flags.string("retries").map_err(|m| self.fail(instr, m))? {
+                    None => 0,
+                    Some(r) => match r.parse::<i64>() {
+                        Ok(n) if n >= 0 => n,
+                        _ => {
+                            return Err(self.fail(
+                                instr,
+                                format!("`--retries={r}` is not a count: write a whole number like `--retries=3`"),
+                            ))
+                        }
+                    },
+                };
+                Healthcheck {
+                    test,
+                    interval: dur("interval")?,
+                    timeout: dur("timeout")?,
+                    start_period: dur("start-period")?,
+                    start_interval: dur("start-interval")?,
+                    retries,
+                }
+            }
+            "" => return Err(self.fail(instr, "`HEALTHCHECK` needs `CMD <command>` or `NONE`")),
+            other => {
+                return Err(self.fail(
+                    instr,
+                    format!("unknown `HEALTHCHECK` type `{other}`: use `CMD <command>` or `NONE`"),
+                ))
+            }
+        };
+        let created_by = format!(
+            "HEALTHCHECK &{{{} {} {} {} {} {}}}",
+            go_quote_list(&hc.test),
+            util::go_quote(&go_duration(hc.interval)),
+            util::go_quote(&go_duration(hc.timeout)),
+            util::go_quote(&go_duration(hc.start_period)),
+            util::go_quote(&go_duration(hc.start_interval)),
+            go_quote_rune(hc.retries),
+        );
+        d.image.healthcheck = Some(hc);
+        d.image.add_history(created_by, true);
+        Ok(())
+    }
+}
+
+/// `docker-image://REF` pinned to a platform.
+fn image_source(reference: &str, platform: &Platform) -> Op {
+    Op {
+        inputs: vec![],
+        kind: Some(op::Kind::Source(SourceOp {
+            identifier: format!("docker-image://{reference}"),
+            attrs: vec![KeyValue {
+                key: kiln_llb::attr::IMAGE_PLATFORM.into(),
+                value: platform.spec(),
+            }],
+        })),
+    }
+}
+
+#[cfg(test)]
+mod tests;

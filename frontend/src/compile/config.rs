@@ -1,0 +1,260 @@
+//! The image config as a stage builds it up, and its conversion from and to oci-spec's
+//! `ImageConfiguration`. Kept in our own shape so fields oci-spec lacks (healthcheck, ONBUILD,
+//! SHELL) still flow from stage to stage.
+
+use oci_spec::image::{Arch, Config, History, ImageConfiguration, Os, RootFs};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// BuildKit's history comment for Dockerfile steps.
+pub(crate) const HISTORY_COMMENT: &str = "buildkit.dockerfile.v0";
+
+/// The `PATH` BuildKit gives a container whose image sets none.
+pub(crate) const DEFAULT_PATH: &str =
+    "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A `HEALTHCHECK`, in Docker's shape (durations in nanoseconds).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Healthcheck {
+    pub test: Vec<String>,
+    pub interval: i128,
+    pub timeout: i128,
+    pub start_period: i128,
+    pub start_interval: i128,
+    pub retries: i64,
+}
+
+/// Platform of a stage.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Platform {
+    pub os: String,
+    pub arch: String,
+    pub variant: String,
+}
+
+impl Platform {
+    /// From `os` and `arch[/variant]`.
+    pub(crate) fn new(os: &str, arch: &str) -> Self {
+        let (arch, variant) = arch.split_once('/').unwrap_or((arch, ""));
+        Platform {
+            os: os.to_string(),
+            arch: arch.to_string(),
+            variant: variant.to_string(),
+        }
+    }
+
+    /// Parses `os/arch[/variant]`.
+    pub(crate) fn parse(s: &str) -> Option<Self> {
+        let mut parts = s.split('/');
+        let os = parts.next().filter(|p| !p.is_empty())?;
+        let arch = parts.next().filter(|p| !p.is_empty())?;
+        let variant = parts.next().unwrap_or("");
+        if parts.next().is_some() {
+            return None;
+        }
+        Some(Platform {
+            os: os.to_string(),
+            arch: arch.to_string(),
+            variant: variant.to_string(),
+        })
+    }
+
+    /// The platform this process runs on, named as Go names it.
+    pub(crate) fn host() -> Self {
+        let arch = match std::env::consts::ARCH {
+            "x86_64" => "amd64",
+            "aarch64" => "arm64",
+            "x86" => "386",
+            "powerpc64" => "ppc64le",
+            "riscv64" => "riscv64",
+            "s390x" => "s390x",
+            other => other,
+        };
+        Platform::new(std::env::consts::OS, arch)
+    }
+
+    /// `os/arch[/variant]`.
+    pub(crate) fn spec(&self) -> String {
+        if self.variant.is_empty() {
+            format!("{}/{}", self.os, self.arch)
+        } else {
+            format!("{}/{}/{}", self.os, self.arch, self.variant)
+        }
+    }
+}
+
+/// The image config of a stage while it is compiled.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ImageState {
+    pub author: Option<String>,
+    /// `KEY=VALUE` entries in the order they were set.
+    pub env: Vec<String>,
+    pub user: String,
+    pub working_dir: String,
+    pub cmd: Option<Vec<String>>,
+    pub entrypoint: Option<Vec<String>>,
+    pub labels: BTreeMap<String, String>,
+    pub exposed_ports: BTreeSet<String>,
+    pub volumes: BTreeSet<String>,
+    pub stop_signal: Option<String>,
+    pub healthcheck: Option<Healthcheck>,
+    pub onbuild: Vec<String>,
+    pub shell: Option<Vec<String>>,
+    pub history: Vec<History>,
+}
+
+impl ImageState {
+    /// The config of `FROM scratch`: nothing but a default `PATH`, as BuildKit sets it.
+    pub(crate) fn scratch() -> Self {
+        ImageState {
+            env: vec![format!("PATH={DEFAULT_PATH}")],
+            ..Default::default()
+        }
+    }
+
+    /// Takes over a base image's config.
+    pub(crate) fn from_oci(img: &ImageConfiguration) -> Self {
+        let mut state = ImageState {
+            author: img.author().clone(),
+            history: img.history().clone().unwrap_or_default(),
+            ..Default::default()
+        };
+        if let Some(c) = img.config() {
+            state.env = c.env().clone().unwrap_or_default();
+            state.user = c.user().clone().unwrap_or_default();
+            state.working_dir = c.working_dir().clone().unwrap_or_default();
+            state.cmd = c.cmd().clone();
+            state.entrypoint = c.entrypoint().clone();
+            state.labels = c
+                .labels()
+                .as_ref()
+                .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default();
+            state.exposed_ports = c
+                .exposed_ports()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            state.volumes = c
+                .volumes()
+                .clone()
+                .unwrap_or_default()
+                .into_iter()
+                .collect();
+            state.stop_signal = c.stop_signal().clone();
+        }
+        state
+    }
+
+    /// The value of an environment variable set in the config.
+    pub(crate) fn env_get(&self, key: &str) -> Option<&str> {
+        self.env.iter().rev().find_map(|e| {
+            let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
+            (k == key).then_some(v)
+        })
+    }
+
+    /// Sets a variable, replacing it in place if already set (as Docker does).
+    pub(crate) fn env_set(&mut self, key: &str, value: &str) {
+        let entry = format!("{key}={value}");
+        match self
+            .env
+            .iter_mut()
+            .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
+        {
+            Some(slot) => *slot = entry,
+            None => self.env.push(entry),
+        }
+    }
+
+    /// Appends a history entry as BuildKit writes it.
+    pub(crate) fn add_history(&mut self, created_by: String, empty_layer: bool) {
+        let mut h = History::default();
+        h.set_created_by(Some(created_by));
+        h.set_comment(Some(HISTORY_COMMENT.to_string()));
+        if empty_layer {
+            h.set_empty_layer(Some(true));
+        }
+        self.history.push(h);
+    }
+
+    /// The OCI image config for this state. `rootfs.diff_ids` is left empty for the exporter.
+    pub(crate) fn to_oci(&self, platform: &Platform) -> ImageConfiguration {
+        let mut config = Config::default();
+        let opt_string = |s: &str| (!s.is_empty()).then(|| s.to_string());
+        config.set_user(opt_string(&self.user));
+        config.set_working_dir(opt_string(&self.working_dir));
+        config.set_env((!self.env.is_empty()).then(|| self.env.clone()));
+        config.set_cmd(self.cmd.clone());
+        config.set_entrypoint(self.entrypoint.clone());
+        config.set_exposed_ports(
+            (!self.exposed_ports.is_empty()).then(|| self.exposed_ports.iter().cloned().collect()),
+        );
+        config.set_volumes(
+            (!self.volumes.is_empty()).then(|| self.volumes.iter().cloned().collect()),
+        );
+        config.set_labels((!self.labels.is_empty()).then(|| {
+            self.labels
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect::<HashMap<_, _>>()
+        }));
+        config.set_stop_signal(self.stop_signal.clone());
+
+        let mut img = ImageConfiguration::default();
+        img.set_os(Os::from(platform.os.as_str()));
+        img.set_architecture(Arch::from(platform.arch.as_str()));
+        img.set_variant(opt_string(&platform.variant));
+        img.set_author(self.author.clone());
+        img.set_config(Some(config));
+        img.set_rootfs(RootFs::default());
+        img.set_history(Some(self.history.clone()));
+        img
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_set_replaces_in_place() {
+        let mut s = ImageState::scratch();
+        s.env_set("A", "1");
+        s.env_set("PATH", "/bin");
+        s.env_set("A", "2");
+        assert_eq!(s.env, vec!["PATH=/bin", "A=2"]);
+        assert_eq!(s.env_get("A"), Some("2"));
+        assert_eq!(s.env_get("B"), None);
+    }
+
+    #[test]
+    fn platform_parsing() {
+        let p = Platform::parse("linux/arm/v7").unwrap();
+        assert_eq!(
+            (p.os.as_str(), p.arch.as_str(), p.variant.as_str()),
+            ("linux", "arm", "v7")
+        );
+        assert_eq!(p.spec(), "linux/arm/v7");
+        assert!(Platform::parse("linux").is_none());
+        assert_eq!(Platform::new("linux", "arm64/v8").variant, "v8");
+    }
+
+    #[test]
+    fn oci_round_trip_keeps_fields() {
+        let mut s = ImageState::scratch();
+        s.user = "nobody".into();
+        s.cmd = Some(vec!["sh".into()]);
+        s.labels.insert("a".into(), "b".into());
+        s.exposed_ports.insert("80/tcp".into());
+        s.add_history("ENV A=b".into(), true);
+        let oci = s.to_oci(&Platform::new("linux", "amd64"));
+        let back = ImageState::from_oci(&oci);
+        assert_eq!(back.user, "nobody");
+        assert_eq!(back.cmd, s.cmd);
+        assert_eq!(back.labels, s.labels);
+        assert_eq!(back.exposed_ports, s.exposed_ports);
+        assert_eq!(back.history.len(), 1);
+        assert_eq!(back.history[0].empty_layer(), Some(true));
+    }
+}

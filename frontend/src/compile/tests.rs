@@ -1,0 +1,304 @@
+//! Unit tests of compilation rules: stage selection, ARG scoping, CMD/ENTRYPOINT, suggestions.
+
+use super::*;
+use oci_spec::image::ImageConfiguration;
+use std::sync::Mutex;
+
+#[derive(Default)]
+struct Resolver {
+    calls: Mutex<Vec<String>>,
+    config: Option<ImageConfiguration>,
+}
+
+impl ImageResolver for Resolver {
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, String> {
+        self.calls
+            .lock()
+            .map_err(|e| e.to_string())?
+            .push(reference.to_string());
+        Ok(ResolvedImage {
+            reference: format!("{reference}@sha256:{}", "0".repeat(64)),
+            config: self.config.clone().unwrap_or_default(),
+        })
+    }
+}
+
+fn opts() -> BuildOptions {
+    BuildOptions {
+        platform: ("linux".into(), "amd64".into()),
+        ..Default::default()
+    }
+}
+
+fn build(df: &str, o: &BuildOptions) -> Compiled {
+    match compile(df, o, &Resolver::default()) {
+        Ok(c) => c,
+        Err(e) => panic!("compile failed: {e}"),
+    }
+}
+
+fn exec_metas(c: &Compiled) -> Vec<ExecMeta> {
+    c.definition
+        .ops
+        .iter()
+        .filter_map(|op| match &op.kind {
+            Some(op::Kind::Exec(e)) => e.meta.clone(),
+            _ => None,
+        })
+        .collect()
+}
+
+fn env_of(meta: &ExecMeta, key: &str) -> Option<String> {
+    meta.env
+        .iter()
+        .find_map(|e| e.strip_prefix(&format!("{key}=")).map(str::to_string))
+}
+
+#[test]
+fn unused_stages_are_not_compiled_or_resolved() {
+    let df = "FROM alpine AS never\nRUN echo never\nFROM busybox AS used\nRUN echo used\nFROM used\nRUN echo last\n";
+    let resolver = Resolver::default();
+    let c = match compile(df, &opts(), &resolver) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let json = c.definition.to_json().to_string();
+    assert!(!json.contains("never"), "{json}");
+    assert!(json.contains("echo used") && json.contains("echo last"));
+    assert_eq!(
+        *resolver.calls.lock().unwrap_or_else(|e| e.into_inner()),
+        vec!["busybox"]
+    );
+}
+
+#[test]
+fn target_selects_a_stage_case_insensitively() {
+    let mut o = opts();
+    o.target = Some("FIRST".into());
+    let c = build(
+        "FROM busybox AS first\nRUN echo one\nFROM busybox\nRUN echo two\n",
+        &o,
+    );
+    let metas = exec_metas(&c);
+    assert_eq!(metas.len(), 1);
+    assert_eq!(metas[0].args[2], "echo one");
+}
+
+#[test]
+fn stage_names_label_steps_only_in_multi_stage_files() {
+    let c = build("FROM busybox\nRUN true\n", &opts());
+    let names: Vec<&str> = c
+        .definition
+        .metadata
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert_eq!(names[1], "[2/2] RUN true");
+    let c = build("FROM busybox AS a\nFROM busybox\nRUN true\n", &opts());
+    let run = c
+        .definition
+        .metadata
+        .iter()
+        .find(|m| m.name.contains("RUN"));
+    assert_eq!(run.map(|m| m.name.as_str()), Some("[stage-1 2/2] RUN true"));
+    assert_eq!(run.map(|m| m.stage.as_str()), Some("stage-1"));
+    assert_eq!(run.map(|m| m.location.as_str()), Some("Dockerfile:3"));
+}
+
+#[test]
+fn arg_scoping() {
+    let df = "ARG GLOBAL=g\nARG BOTH=outer\nFROM busybox\nRUN echo 1\nARG GLOBAL\nARG BOTH=inner\nARG LATE\nRUN echo 2\nFROM busybox\nRUN echo 3\n";
+    let mut o = opts();
+    o.target = None;
+    // The first stage is not the target: make it one through COPY --from.
+    let df = format!("{df}COPY --from=0 /x /x\n");
+    let c = build(&df, &o);
+    let metas = exec_metas(&c);
+    let by_cmd = |cmd: &str| {
+        metas
+            .iter()
+            .find(|m| m.args.last().map(String::as_str) == Some(cmd))
+            .cloned()
+            .unwrap_or_default()
+    };
+    // A global ARG is not visible in a stage until redeclared there.
+    let first = by_cmd("echo 1");
+    assert_eq!(env_of(&first, "GLOBAL"), None);
+    let second = by_cmd("echo 2");
+    assert_eq!(env_of(&second, "GLOBAL").as_deref(), Some("g"));
+    assert_eq!(env_of(&second, "BOTH").as_deref(), Some("inner"));
+    // Declared without a value anywhere: not in the environment.
+    assert_eq!(env_of(&second, "LATE"), None);
+    // Stage ARGs do not leak into the next stage.
+    let third = by_cmd("echo 3");
+    assert_eq!(env_of(&third, "GLOBAL"), None);
+    assert_eq!(env_of(&third, "BOTH"), None);
+}
+
+#[test]
+fn build_args_override_defaults_and_platform_args_need_declaring() {
+    let mut o = opts();
+    o.build_args.insert("V".into(), "override".into());
+    o.platform = ("linux".into(), "arm/v7".into());
+    let c = build(
+        "FROM busybox\nRUN echo before\nARG V=default\nARG TARGETPLATFORM\nARG TARGETVARIANT\nRUN echo after\n",
+        &o,
+    );
+    let metas = exec_metas(&c);
+    assert_eq!(env_of(&metas[0], "TARGETPLATFORM"), None);
+    assert_eq!(env_of(&metas[1], "V").as_deref(), Some("override"));
+    assert_eq!(
+        env_of(&metas[1], "TARGETPLATFORM").as_deref(),
+        Some("linux/arm/v7")
+    );
+    assert_eq!(env_of(&metas[1], "TARGETVARIANT").as_deref(), Some("v7"));
+    assert_eq!(c.image_config.architecture().to_string(), "arm");
+    assert_eq!(c.image_config.variant().as_deref(), Some("v7"));
+    // ARGs never reach the image's env.
+    let env = c
+        .image_config
+        .config()
+        .as_ref()
+        .and_then(|c| c.env().clone())
+        .unwrap_or_default();
+    assert!(!env.iter().any(|e| e.starts_with("V=")), "{env:?}");
+}
+
+#[test]
+fn global_args_expand_in_from() {
+    let resolver = Resolver::default();
+    let mut o = opts();
+    o.build_args.insert("TAG".into(), "1.36".into());
+    let r = compile(
+        "ARG NAME=busybox\nARG TAG=latest\nFROM ${NAME}:${TAG}\n",
+        &o,
+        &resolver,
+    );
+    assert!(r.is_ok(), "{:?}", r.err());
+    assert_eq!(
+        *resolver.calls.lock().unwrap_or_else(|e| e.into_inner()),
+        vec!["busybox:1.36"]
+    );
+}
+
+#[test]
+fn entrypoint_resets_inherited_cmd_but_not_its_own() {
+    let mut base = ImageConfiguration::default();
+    let mut cfg = oci_spec::image::Config::default();
+    cfg.set_cmd(Some(vec!["sh".into()]));
+    base.set_config(Some(cfg));
+    let resolver = Resolver {
+        config: Some(base),
+        ..Default::default()
+    };
+    let cmd_of = |df: &str| {
+        let c = compile(df, &opts(), &resolver).map_err(|e| e.to_string())?;
+        Ok::<_, String>(
+            c.image_config
+                .config()
+                .as_ref()
+                .and_then(|c| c.cmd().clone()),
+        )
+    };
+    assert_eq!(cmd_of("FROM busybox\nENTRYPOINT [\"app\"]\n"), Ok(None));
+    assert_eq!(
+        cmd_of("FROM busybox\nCMD [\"x\"]\nENTRYPOINT [\"app\"]\n"),
+        Ok(Some(vec!["x".to_string()]))
+    );
+    // A CMD set by a parent stage of the same Dockerfile counts as set here.
+    assert_eq!(
+        cmd_of("FROM busybox AS a\nCMD [\"y\"]\nFROM a\nENTRYPOINT [\"app\"]\n"),
+        Ok(Some(vec!["y".to_string()]))
+    );
+    assert_eq!(
+        cmd_of("FROM busybox\nCMD [\"x\"]\n"),
+        Ok(Some(vec!["x".to_string()]))
+    );
+}
+
+#[test]
+fn from_stage_inherits_state_and_config() {
+    let c = build(
+        "FROM busybox AS a\nENV X=1\nWORKDIR /w\nUSER u\nFROM a\nRUN pwd\n",
+        &opts(),
+    );
+    let metas = exec_metas(&c);
+    assert_eq!(metas.len(), 1);
+    assert_eq!(metas[0].cwd, "/w");
+    assert_eq!(metas[0].user, "u");
+    assert_eq!(env_of(&metas[0], "X").as_deref(), Some("1"));
+    // The RUN runs on top of the WORKDIR mkdir of stage `a`.
+    let run = c
+        .definition
+        .ops
+        .last()
+        .map(|op| op.inputs.clone())
+        .unwrap_or_default();
+    let mkdir = c
+        .definition
+        .ops
+        .iter()
+        .find(|op| matches!(&op.kind, Some(op::Kind::File(_))));
+    assert_eq!(
+        run.first().map(|i| i.digest.clone()),
+        mkdir.map(|m| m.digest())
+    );
+}
+
+#[test]
+fn did_you_mean_for_stages_and_flags() {
+    let err = |df: &str| match compile(df, &opts(), &Resolver::default()) {
+        Ok(_) => panic!("expected an error for {df}"),
+        Err(e) => e.to_string(),
+    };
+    let e = err("FROM busybox AS builder\nFROM busybox\nCOPY --from=buidler /a /a\n");
+    assert!(e.contains("did you mean `builder`?"), "{e}");
+    assert!(e.starts_with("Dockerfile:3:"), "{e}");
+    let e = err("FROM busybox\nRUN --netwrok=none true\n");
+    assert!(e.contains("did you mean `network`?"), "{e}");
+}
+
+#[test]
+fn env_without_value_is_an_error_with_a_fix() {
+    let df = crate::Dockerfile {
+        directives: vec![],
+        escape: '\\',
+        warnings: vec![],
+        instructions: vec![
+            instr("from", &["scratch"], 1),
+            instr("env", &["KEY", "", ""], 2),
+        ],
+    };
+    let o = opts();
+    let r = Compiler::new(&df, &o, &Resolver::default()).and_then(|c| c.run());
+    match r {
+        Err(FrontendError::Instruction { line, message, .. }) => {
+            assert_eq!(line, 2);
+            assert!(message.contains("`ENV KEY=value`"), "{message}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("ENV without a value compiled"),
+    }
+}
+
+fn instr(name: &str, args: &[&str], line: usize) -> Instruction {
+    Instruction {
+        name: name.into(),
+        original: format!("{} {}", name.to_ascii_uppercase(), args.join(" ")),
+        flags: vec![],
+        args: args.iter().map(|a| a.to_string()).collect(),
+        json: false,
+        heredocs: vec![],
+        start_line: line,
+        end_line: line,
+        next: None,
+    }
+}
+
+#[test]
+fn no_cache_marks_every_op() {
+    let mut o = opts();
+    o.no_cache = true;
+    let c = build("FROM busybox\nCOPY a /a\nRUN true\n", &o);
+    assert!(c.definition.metadata.iter().all(|m| m.ignore_cache));
+}

@@ -1,0 +1,512 @@
+//! Compilation tests: golden files of the definition and image config for small Dockerfiles
+//! (regenerate with `KILN_BLESS=1`), plus checks of the invariants the exporter relies on.
+
+use kiln_frontend::{compile, BuildOptions, Compiled, FrontendError, ImageResolver, ResolvedImage};
+use kiln_llb::{file_action, op, Definition};
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+/// Resolves any name to a digest-pinned docker.io reference with a busybox-like config; names
+/// starting with `missing` fail.
+#[derive(Default)]
+struct FakeResolver {
+    calls: Mutex<Vec<String>>,
+}
+
+impl ImageResolver for FakeResolver {
+    fn resolve(&self, reference: &str) -> Result<ResolvedImage, String> {
+        self.calls
+            .lock()
+            .map_err(|e| e.to_string())?
+            .push(reference.to_string());
+        if reference.starts_with("missing") {
+            return Err("manifest unknown".into());
+        }
+        let mut name = reference.to_string();
+        if !name.contains('/') {
+            name = format!("library/{name}");
+        }
+        if !name.split('/').next().is_some_and(|h| h.contains('.')) {
+            name = format!("docker.io/{name}");
+        }
+        if !name
+            .rsplit('/')
+            .next()
+            .is_some_and(|last| last.contains(':'))
+        {
+            name.push_str(":latest");
+        }
+        let digest = kiln_llb::digest_bytes(name.as_bytes());
+        let config = serde_json::json!({
+            "architecture": "amd64",
+            "os": "linux",
+            "config": {
+                "Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+                "Cmd": ["sh"],
+                "Labels": {"base": name.clone()}
+            },
+            "rootfs": {"type": "layers", "diff_ids": ["sha256:1111111111111111111111111111111111111111111111111111111111111111"]},
+            "history": [
+                {"created_by": "ADD rootfs.tar / # base", "comment": "base layer"},
+                {"created_by": "CMD [\"sh\"]", "empty_layer": true}
+            ]
+        });
+        Ok(ResolvedImage {
+            reference: format!("{name}@{digest}"),
+            config: serde_json::from_value(config).map_err(|e| e.to_string())?,
+        })
+    }
+}
+
+fn opts() -> BuildOptions {
+    BuildOptions {
+        dockerfile_name: "Dockerfile".into(),
+        build_args: BTreeMap::new(),
+        target: None,
+        platform: ("linux".into(), "amd64".into()),
+        context_name: "context".into(),
+        exclude_patterns: vec![],
+        no_cache: false,
+    }
+}
+
+const HELLO: &str = r#"ARG BASE=busybox
+FROM ${BASE} AS build
+ARG GREETING=hello
+ENV APP=/app
+WORKDIR $APP
+COPY greet.sh .
+RUN chmod +x greet.sh && ./greet.sh "$GREETING" > out.txt
+RUN ["sh", "-c", "echo exec-form >> out.txt"]
+FROM build AS unused
+RUN exit 1
+FROM ${BASE}
+LABEL org.example.demo=true
+EXPOSE 8080/tcp
+COPY --from=build /app/out.txt /srv/out.txt
+USER nobody
+WORKDIR /srv
+ENTRYPOINT ["cat"]
+CMD ["/srv/out.txt"]
+"#;
+
+/// (golden name, Dockerfile, options).
+fn cases() -> Vec<(&'static str, &'static str, BuildOptions)> {
+    let mut v = Vec::new();
+    v.push(("hello", HELLO, opts()));
+
+    let mut o = opts();
+    o.build_args.insert("VERSION".into(), "2.0".into());
+    o.build_args.insert("UNUSED".into(), "x".into());
+    o.build_args
+        .insert("HTTP_PROXY".into(), "http://proxy:3128".into());
+    o.platform = ("linux".into(), "arm64".into());
+    v.push((
+        "args",
+        r#"ARG IMAGE=alpine
+ARG TAG=3.20
+ARG VERSION=1.0
+FROM ${IMAGE}:${TAG}
+ARG VERSION
+ARG TAG
+ARG TARGETARCH
+ARG TARGETPLATFORM
+ARG LOCAL="a b" EMPTY
+ENV VERSION_ENV=$VERSION
+ARG VERSION_ENV=shadowed
+RUN echo $VERSION $TAG $TARGETARCH $LOCAL $VERSION_ENV
+"#,
+        o,
+    ));
+
+    v.push((
+        "env_workdir_user",
+        r#"FROM busybox
+ENV A=1 B="two words"
+ENV C ${A}-legacy
+ENV PATH=/opt/bin:$PATH
+WORKDIR /srv
+WORKDIR app/../data
+USER 1000:1000
+WORKDIR sub
+RUN touch x
+USER nobody
+RUN ["id"]
+WORKDIR /
+"#,
+        opts(),
+    ));
+
+    let mut o = opts();
+    o.exclude_patterns = vec!["*.log".into(), "!keep.log".into()];
+    v.push((
+        "copy",
+        r#"FROM busybox AS base
+RUN echo base > /base.txt
+FROM busybox
+WORKDIR /app
+COPY a.txt b.txt ./
+COPY --chown=app:staff --chmod=0640 conf/ /etc/app/
+COPY src dest
+COPY *.go /go/
+COPY ["with space.txt", "/spaced/"]
+COPY --from=base /base.txt .
+COPY --from=0 /base.txt /again.txt
+COPY --from=alpine:3.20 /etc/os-release /os-release
+COPY --exclude=*.tmp --link data /data/
+ADD local.txt /added/
+"#,
+        o,
+    ));
+
+    v.push((
+        "cmd_entrypoint",
+        r#"FROM busybox AS base
+CMD ["echo", "base"]
+FROM base AS keeps
+ENTRYPOINT ["/entry"]
+FROM busybox AS resets
+ENTRYPOINT /entry.sh --flag
+FROM resets
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+RUN echo piped | cat
+CMD run this
+"#,
+        opts(),
+    ));
+
+    v.push((
+        "metadata",
+        r#"FROM busybox
+MAINTAINER Jane Doe <jane@example.com>
+LABEL version="1.0" description='a "quoted" thing' multi=a\ b
+EXPOSE 80 53/udp 8000-8002
+VOLUME ["/data", "/logs"]
+VOLUME /cache
+STOPSIGNAL SIGINT
+HEALTHCHECK --interval=30s --timeout=3s --retries=3 CMD wget -q -O- http://localhost/ || exit 1
+ONBUILD RUN echo triggered
+ONBUILD COPY . /src
+"#,
+        opts(),
+    ));
+
+    v.push((
+        "scratch",
+        r#"FROM scratch
+COPY hello /hello
+WORKDIR /data
+CMD ["/hello"]
+"#,
+        opts(),
+    ));
+
+    let mut o = opts();
+    o.target = Some("Build".into());
+    o.no_cache = true;
+    v.push((
+        "target_no_cache",
+        r#"FROM busybox AS build
+RUN echo build > /out
+FROM busybox AS test
+RUN exit 1
+FROM busybox
+COPY --from=build /out /out
+"#,
+        o,
+    ));
+
+    v.push((
+        "heredoc",
+        "FROM busybox\nRUN <<EOF\necho one\necho two\nEOF\nRUN cat > /f <<EOT\nline $HOME\nEOT\nCOPY <<EOF /etc/greeting\nhello\nEOF\n",
+        opts(),
+    ));
+
+    v.push((
+        "run_flags",
+        r#"FROM busybox
+RUN --network=none echo offline
+RUN --network=host ["echo", "online"]
+HEALTHCHECK NONE
+"#,
+        opts(),
+    ));
+    v
+}
+
+/// Recursively sorted JSON, so HashMap-backed fields compare stably.
+fn canonical(v: Value) -> Value {
+    match v {
+        Value::Object(map) => {
+            let sorted: BTreeMap<String, Value> =
+                map.into_iter().map(|(k, v)| (k, canonical(v))).collect();
+            Value::Object(sorted.into_iter().collect())
+        }
+        Value::Array(items) => Value::Array(items.into_iter().map(canonical).collect()),
+        other => other,
+    }
+}
+
+fn render(c: &Compiled) -> String {
+    let warnings: Vec<Value> = c
+        .warnings
+        .iter()
+        .map(|w| serde_json::json!({"line": w.line, "message": w.message}))
+        .collect();
+    let doc = serde_json::json!({
+        "definition": c.definition.to_json(),
+        "image_config": serde_json::to_value(&c.image_config).expect("config serializes"),
+        "warnings": warnings,
+    });
+    let mut text = serde_json::to_string_pretty(&canonical(doc)).expect("json renders");
+    text.push('\n');
+    text
+}
+
+#[test]
+fn golden_files_match() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/golden");
+    let bless = std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1");
+    let mut failures = Vec::new();
+    for (name, dockerfile, o) in cases() {
+        let compiled = match compile(dockerfile, &o, &FakeResolver::default()) {
+            Ok(c) => c,
+            Err(e) => {
+                failures.push(format!("{name}: compile failed: {e}"));
+                continue;
+            }
+        };
+        let got = render(&compiled);
+        let path = dir.join(format!("{name}.json"));
+        if bless {
+            std::fs::create_dir_all(&dir).expect("create golden dir");
+            std::fs::write(&path, &got).expect("write golden file");
+            continue;
+        }
+        match std::fs::read_to_string(&path) {
+            Ok(want) if want == got => {}
+            Ok(_) => failures.push(format!(
+                "{name}: output differs from {} (run with KILN_BLESS=1 to accept)\n{got}",
+                path.display()
+            )),
+            Err(e) => failures.push(format!("{name}: cannot read {}: {e}", path.display())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+/// Inputs of the op that produced `digest`'s filesystem chain, root first: (digest, kind).
+fn chain(def: &Definition) -> Vec<&'static str> {
+    let ops: BTreeMap<String, &kiln_llb::Op> = def.ops_with_digests().into_iter().collect();
+    let mut out = Vec::new();
+    let mut cur = def
+        .root
+        .as_ref()
+        .map(|r| r.digest.clone())
+        .unwrap_or_default();
+    while let Some(op) = ops.get(&cur) {
+        let next = match &op.kind {
+            Some(op::Kind::Exec(e)) => {
+                out.push("exec");
+                let rootfs = e.mounts.iter().find(|m| m.dest == "/");
+                rootfs.and_then(|m| usize::try_from(m.input).ok())
+            }
+            Some(op::Kind::File(f)) => {
+                out.push("file");
+                usize::try_from(f.base).ok()
+            }
+            _ => None,
+        };
+        cur = match next.and_then(|i| op.inputs.get(i)) {
+            Some(input) => input.digest.clone(),
+            None => break,
+        };
+    }
+    out.reverse();
+    out
+}
+
+#[test]
+fn history_matches_layer_producing_ops() {
+    for (name, dockerfile, o) in cases() {
+        let c = compile(dockerfile, &o, &FakeResolver::default())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        let history = c.image_config.history().clone().unwrap_or_default();
+        let from_scratch = !history
+            .first()
+            .and_then(|h| h.created_by().clone())
+            .is_some_and(|s| s.ends_with("# base"));
+        let base_layers = if from_scratch { 0 } else { 1 };
+        let layers = history
+            .iter()
+            .filter(|h| !h.empty_layer().unwrap_or(false))
+            .count();
+        assert_eq!(
+            layers - base_layers,
+            chain(&c.definition).len(),
+            "{name}: history {:#?}",
+            history
+        );
+        assert!(c.image_config.rootfs().diff_ids().is_empty(), "{name}");
+        c.definition
+            .validate()
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+}
+
+fn compile_err(dockerfile: &str, o: &BuildOptions) -> String {
+    match compile(dockerfile, o, &FakeResolver::default()) {
+        Ok(_) => panic!("expected an error for:\n{dockerfile}"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn hello_example_only_builds_what_the_target_needs() {
+    let resolver = FakeResolver::default();
+    let c = compile(HELLO, &opts(), &resolver).expect("compiles");
+    let json = c.definition.to_json().to_string();
+    assert!(!json.contains("exit 1"), "unused stage compiled: {json}");
+    // ${BASE} is resolved once and shared by both stages.
+    assert_eq!(
+        *resolver.calls.lock().expect("lock"),
+        vec!["busybox".to_string()]
+    );
+    let config = c.image_config.config().clone().expect("config");
+    assert_eq!(config.entrypoint().clone(), Some(vec!["cat".to_string()]));
+    assert_eq!(config.cmd().clone(), Some(vec!["/srv/out.txt".to_string()]));
+    assert_eq!(config.user().clone(), Some("nobody".to_string()));
+    assert_eq!(config.working_dir().clone(), Some("/srv".to_string()));
+    assert_eq!(
+        config.exposed_ports().clone(),
+        Some(vec!["8080/tcp".to_string()])
+    );
+    assert_eq!(chain(&c.definition), vec!["file", "file"]);
+}
+
+#[test]
+fn unknown_stage_suggests_a_name() {
+    let err = compile_err(
+        "FROM busybox AS build\nRUN true\nFROM busybox\nCOPY --from=bulid /a /a\n",
+        &opts(),
+    );
+    assert!(err.contains("Dockerfile:4"), "{err}");
+    assert!(
+        err.contains("no stage named `bulid` (did you mean `build`?)"),
+        "{err}"
+    );
+
+    let mut o = opts();
+    o.target = Some("buld".into());
+    let err = compile_err("FROM busybox AS build\nFROM busybox AS final\n", &o);
+    assert!(
+        err.contains("target stage `buld` not found (did you mean `build`?)"),
+        "{err}"
+    );
+}
+
+#[test]
+fn copy_from_unrelated_name_is_an_image() {
+    let resolver = FakeResolver::default();
+    let c = compile(
+        "FROM busybox AS build\nFROM busybox\nCOPY --from=nginx /etc/nginx /etc/nginx\n",
+        &opts(),
+        &resolver,
+    )
+    .expect("compiles");
+    assert!(c
+        .definition
+        .to_json()
+        .to_string()
+        .contains("docker-image://docker.io/library/nginx:latest@"));
+}
+
+#[test]
+fn cycles_are_errors() {
+    let err = compile_err(
+        "FROM busybox AS a\nCOPY --from=b /x /x\nFROM busybox AS b\nCOPY --from=a /y /y\n",
+        &opts(),
+    );
+    assert!(err.contains("depends on itself"), "{err}");
+}
+
+#[test]
+fn bad_input_gives_located_errors() {
+    for (dockerfile, want) in [
+        ("FROM busybox\nENV ONLYKEY\n", "Dockerfile:2"),
+        ("FROM busybox\nCOPY --form=x a b\n", "did you mean `from`"),
+        ("FROM busybox\nCOPY a b c\n", "ending in `/`"),
+        (
+            "FROM busybox\nRUN --mount=type=cache,target=/x true\n",
+            "--mount",
+        ),
+        ("FROM busybox\nADD https://example.com/x /x\n", "URL"),
+        ("FROM busybox\nADD app.tar.gz /x\n", "unpack"),
+        ("FROM busybox\nEXPOSE http\n", "invalid port"),
+        (
+            "FROM busybox\nHEALTHCHECK --interval=5 CMD true\n",
+            "duration",
+        ),
+        ("FROM busybox\nSHELL /bin/bash -c\n", "JSON"),
+        (
+            "FROM missing-image\n",
+            "cannot resolve image `missing-image`: manifest unknown",
+        ),
+        ("RUN true\n", "no `FROM`"),
+        ("FROM busybox AS 1bad\n", "not a valid stage name"),
+        ("FROM busybox AS x\nFROM busybox AS X\n", "already exists"),
+        ("FROM busybox\nCOPY --chmod=rwx a /a\n", "octal"),
+        (
+            "FROM busybox\nCOPY --from=7 /a /a\n",
+            "no stage with index 7",
+        ),
+        ("ARG B\nFROM ${B}\n", "expands to nothing"),
+    ] {
+        let err = compile_err(dockerfile, &opts());
+        assert!(err.contains(want), "{dockerfile:?}: {err}");
+    }
+    let err = compile_err("FROM busybox\nENV ONLYKEY\n", &opts());
+    assert!(
+        matches!(
+            compile(
+                "FROM busybox\nCOPY --form=x a b\n",
+                &opts(),
+                &FakeResolver::default()
+            ),
+            Err(FrontendError::Instruction { line: 2, .. })
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn copy_actions_follow_docker_rules() {
+    let c = compile(
+        "FROM busybox\nWORKDIR /app\nCOPY a.txt b.txt ./\nCOPY dir sub/\nCOPY f renamed\n",
+        &opts(),
+        &FakeResolver::default(),
+    )
+    .expect("compiles");
+    let mut dests = Vec::new();
+    for op in &c.definition.ops {
+        if let Some(op::Kind::File(f)) = &op.kind {
+            for a in &f.actions {
+                if let Some(file_action::Action::Copy(cp)) = &a.action {
+                    dests.push((cp.src.clone(), cp.dest.clone()));
+                    assert!(cp.allow_wildcard && cp.follow_symlinks && cp.create_dest_path);
+                }
+            }
+        }
+    }
+    assert_eq!(
+        dests,
+        vec![
+            ("/a.txt".to_string(), "/app/".to_string()),
+            ("/b.txt".to_string(), "/app/".to_string()),
+            ("/dir".to_string(), "/app/sub/".to_string()),
+            ("/f".to_string(), "/app/renamed".to_string()),
+        ]
+    );
+}
