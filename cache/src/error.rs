@@ -73,7 +73,7 @@ pub enum CacheError {
     MountRequest { target: PathBuf, reason: String },
 
     /// The mount or unmount syscall failed.
-    #[error("{action} at `{}` failed: {source}; kiln needs root (or CAP_SYS_ADMIN) and overlayfs", target.display())]
+    #[error("{action} at `{}` failed: {source}; kiln needs root (or CAP_SYS_ADMIN), overlayfs, and a `KILN_ROOT` that is not itself on overlayfs", target.display())]
     Mount {
         action: &'static str,
         target: PathBuf,

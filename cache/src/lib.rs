@@ -35,7 +35,7 @@ pub use error::CacheError;
 pub use images::{ImageRecord, ImageStore, CREATED_ANNOTATION, REF_NAME_ANNOTATION};
 pub use index::{CacheIndex, CachedResult};
 pub use mount::MountGuard;
-pub use snapshots::{LayerInfo, SnapshotId, Snapshots};
+pub use snapshots::{is_whiteout, LayerInfo, SnapshotId, Snapshots, OPAQUE_XATTR};
 
 use mount::{Mounter, RealMounter};
 

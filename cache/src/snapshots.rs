@@ -17,8 +17,8 @@ use crate::index::{decode_record, Db, COUNTERS, LAYERS, RESULTS, SNAPSHOTS};
 use crate::mount::{self, MountGuard, Mounter};
 use crate::CacheError;
 
-/// The xattr overlayfs reads to hide a lower directory's contents.
-pub(crate) const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+/// The xattr overlayfs reads to hide a lower directory's contents (value `y`).
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
 /// Deepest chain followed before the index is declared corrupt (a parent cycle).
 const MAX_CHAIN: usize = 100_000;
@@ -281,6 +281,20 @@ impl Snapshots {
                 return Err(CacheError::SnapshotNotFound(id.0));
             }
         }
+        if let Some(u) = upper {
+            if lower.contains(&u) {
+                return Err(CacheError::MountRequest {
+                    target: target.to_path_buf(),
+                    reason: format!("snapshot `{u}` is both a lower and the upper; pass a new snapshot as the upper"),
+                });
+            }
+        }
+        if !target.is_dir() {
+            return Err(CacheError::MountRequest {
+                target: target.to_path_buf(),
+                reason: "the mount point is not a directory; create it first".into(),
+            });
+        }
         let lower_dirs: Vec<PathBuf> = lower.iter().map(|id| self.fs_dir(*id)).collect();
         let upper_dirs = upper.map(|id| (self.fs_dir(id), self.work_dir(id)));
         if let Some((_, work)) = &upper_dirs {
@@ -297,7 +311,8 @@ impl Snapshots {
         MountGuard::mount(self.mounter.clone(), &req)
     }
 
-    /// Unpacks an uncompressed layer tar into a new snapshot on `parent`.
+    /// Unpacks an uncompressed layer tar into a new snapshot on `parent`, then syncs it to disk.
+    /// The reader is consumed to EOF, so a hashing wrapper around it yields the diff ID.
     /// On any error the new snapshot is removed again.
     pub fn unpack_layer(
         &self,
@@ -412,8 +427,8 @@ fn sync_fs(dir: &Path) -> Result<(), CacheError> {
         .map_err(|e| CacheError::io("sync file system of", dir)(io::Error::from(e)))
 }
 
-/// Whether a file is an overlay whiteout (a 0/0 character device).
-pub(crate) fn is_whiteout(meta: &fs::Metadata) -> bool {
+/// Whether a file in a snapshot's fs dir is an overlay whiteout (a 0/0 character device).
+pub fn is_whiteout(meta: &fs::Metadata) -> bool {
     meta.file_type().is_char_device() && meta.rdev() == 0
 }
 
@@ -498,4 +513,87 @@ fn split(path: &str) -> Vec<String> {
         .filter(|c| !c.is_empty() && *c != ".")
         .map(str::to_string)
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mount::tests::FakeMounter;
+    use crate::Store;
+
+    #[test]
+    fn mount_plans_with_snapshot_paths_without_root() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeMounter::default());
+        let store = Store::open_with(dir.path(), false, fake.clone()).unwrap();
+        let snaps = store.snapshots();
+        let a = snaps.create(None).unwrap();
+        let b = snaps.create(Some(a)).unwrap();
+        let c = snaps.create(Some(b)).unwrap();
+        let target = dir.path().join("mnt");
+        fs::create_dir(&target).unwrap();
+        let guard = snaps.mount(&[b, a], Some(c), &target).unwrap();
+        let r = store.root().display().to_string();
+        let expected = format!(
+            "mount Overlay {{ target: {target:?}, options: \"lowerdir={r}/snapshots/2/fs:{r}/snapshots/1/fs,upperdir={r}/snapshots/3/fs,workdir={r}/snapshots/3/work,index=off\" }}"
+        );
+        assert_eq!(fake.log.lock().unwrap().as_slice(), [expected]);
+        assert!(snaps.work_dir(c).is_dir(), "work dir is created beside fs/");
+        drop(guard);
+        assert_eq!(
+            fake.log.lock().unwrap().last().map(String::as_str),
+            Some(format!("unmount {}", target.display()).as_str())
+        );
+
+        // The upper may not also be a lower, and the target must exist.
+        assert!(matches!(
+            snaps.mount(&[b, a], Some(b), &target),
+            Err(CacheError::MountRequest { .. })
+        ));
+        assert!(matches!(
+            snaps.mount(&[b, a], None, &dir.path().join("missing")),
+            Err(CacheError::MountRequest { .. })
+        ));
+        assert_eq!(fake.log.lock().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn concurrent_creates_get_distinct_ids() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let threads: Vec<_> = (0..4)
+            .map(|_| {
+                let store = store.clone();
+                std::thread::spawn(move || {
+                    (0..25)
+                        .map(|_| store.snapshots().create(None).unwrap())
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let mut ids: Vec<SnapshotId> = threads
+            .into_iter()
+            .flat_map(|t| t.join().unwrap())
+            .collect();
+        ids.sort();
+        ids.dedup();
+        assert_eq!(ids.len(), 100);
+        assert_eq!(store.snapshots().list().unwrap().len(), 100);
+    }
+
+    #[test]
+    fn lookup_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let top = dir.path().join("top");
+        let low = dir.path().join("low");
+        fs::create_dir_all(top.join("d")).unwrap();
+        fs::create_dir_all(low.join("d/e")).unwrap();
+        fs::write(low.join("d/e/f"), b"x").unwrap();
+        let layers = [top.clone(), low.clone()];
+        let comps = |s: &str| split(s);
+        assert_eq!(lookup(&layers, &comps("d/e/f")), Some(low.join("d/e/f")));
+        xattr::set(top.join("d"), OPAQUE_XATTR, b"y").unwrap();
+        assert_eq!(lookup(&layers, &comps("d/e/f")), None);
+        assert_eq!(lookup(&layers, &comps("d")), Some(top.join("d")));
+    }
 }

@@ -335,6 +335,10 @@ pub(crate) fn unpack(root: &Path, reader: impl Read) -> Result<(), CacheError> {
             }
         }
     }
+    // Read to EOF: the tar crate stops at the first zero block, and a caller hashing the stream
+    // for the layer's diff ID must see every byte, trailing padding included.
+    io::copy(&mut archive.into_inner(), &mut io::sink())
+        .map_err(|e| CacheError::bad_layer("(archive)", format!("cannot read the tar: {e}")))?;
     for (comps, a) in &dirs {
         // A later entry may have replaced this directory (or a parent, with a symlink):
         // re-check the whole path so nothing outside the snapshot is touched.

@@ -498,3 +498,30 @@ fn real_overlay_mount() {
         Err(CacheError::SnapshotNotFound(4242))
     ));
 }
+
+/// Counts what passes through, like a hashing reader computing a diff ID would.
+struct Counting<'a> {
+    inner: &'a [u8],
+    seen: usize,
+}
+
+impl std::io::Read for Counting<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = std::io::Read::read(&mut self.inner, buf)?;
+        self.seen += n;
+        Ok(n)
+    }
+}
+
+#[test]
+fn unpack_reads_the_stream_to_the_end() {
+    let (_d, store) = store();
+    let mut layer = tar(&[file("a", b"x")]);
+    layer.extend_from_slice(&[0u8; 8192]); // tar's record padding after the end marker
+    let mut r = Counting {
+        inner: &layer,
+        seen: 0,
+    };
+    store.snapshots().unpack_layer(None, &mut r).unwrap();
+    assert_eq!(r.seen, layer.len());
+}
