@@ -1003,7 +1003,10 @@ mod tests {
             state ^= state << 17;
             state
         };
-        let env = |name: &str| (name.len() % 2 == 0).then(|| name.to_string());
+        let env = |name: &str| {
+            name.starts_with(|c: char| c.is_ascii_uppercase())
+                .then(|| name.to_string())
+        };
         for _ in 0..20_000 {
             let len = (rand() % 24) as usize;
             let text: String = (0..len)
