@@ -628,16 +628,20 @@ impl RegistryClient {
         let mut resp = self.send(&token_call, basic.as_deref()).await?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
-            return Err(auth_err(
-                if basic.is_some() && (status == 401 || status == 403) {
-                    format!(
-                    "the token service rejected the credentials for `{}` (HTTP {status}): log in again",
+            let denied = status == 401 || status == 403;
+            return Err(auth_err(if denied && basic.is_some() {
+                format!(
+                    "the token service rejected the credentials for `{}` (HTTP {status}): log in again (`docker login {}`)",
+                    r.registry, r.registry
+                )
+            } else if denied {
+                format!(
+                    "the token service refused anonymous access (HTTP {status}): log in with `docker login {}`",
                     r.registry
                 )
-                } else {
-                    format!("the token service at `{realm}` answered HTTP {status}; retry later")
-                },
-            ));
+            } else {
+                format!("the token service at `{realm}` answered HTTP {status}: retry later")
+            }));
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp
@@ -914,6 +918,23 @@ mod tests {
         let c = client(&[]);
         assert!(c.backoff(1) < c.backoff(2));
         assert!(c.backoff(MAX_ATTEMPTS) <= Duration::from_secs(5));
+    }
+
+    #[test]
+    fn client_and_its_futures_can_cross_threads() {
+        fn send_sync<T: Send + Sync + Clone + 'static>(_: &T) {}
+        fn send<T: Send>(_: T) {}
+        let c = client(&[]);
+        send_sync(&c);
+        let r = Reference::parse("a/b").unwrap();
+        let p = Platform::host();
+        let mut sink = Vec::new();
+        // Only constructed, never polled: this checks the types, not the network.
+        send(c.resolve(&r, &p));
+        send(c.fetch_blob(&r, "sha256:x", &mut sink));
+        send(c.push_blob(&r, "sha256:x", 0, Path::new("/nonexistent")));
+        send(c.push_manifest(&r, "x", b""));
+        send(c.blob_exists(&r, "sha256:x"));
     }
 
     #[test]
