@@ -14,11 +14,12 @@ pub struct Directive {
 pub struct Heredoc {
     /// The delimiter word, without quotes.
     pub name: String,
-    /// The body, including its final newline.
+    /// The body, including its final newline, not expanded (see `expand_heredoc`). For
+    /// `<<-EOF` the leading tabs are already stripped from every line.
     pub content: String,
     /// False when the delimiter was quoted (`<<"EOF"`): no variable expansion in the body.
     pub expand: bool,
-    /// True for `<<-EOF`: leading tabs are stripped.
+    /// True for `<<-EOF` (the parser has stripped the leading tabs from `content` already).
     pub chomp: bool,
 }
 
@@ -37,6 +38,8 @@ pub struct Instruction {
     pub args: Vec<String>,
     /// True when the arguments were written in JSON (exec) form.
     pub json: bool,
+    /// Heredoc bodies in the order of their `<<` markers on the line. For `ONBUILD RUN <<EOF`
+    /// they sit on the ONBUILD instruction, as in BuildKit.
     pub heredocs: Vec<Heredoc>,
     /// 1-based line of the instruction's first line.
     pub start_line: usize,
