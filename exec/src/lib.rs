@@ -1,2 +1,110 @@
-//! kiln-exec
-pub fn sandbox_main_if_requested() {}
+//! kiln-exec runs one process in a Linux-namespaced sandbox over stacked directories.
+//!
+//! It knows nothing of snapshots or caches: it is given an OCI runtime spec
+//! ([`oci_spec::runtime::Spec`]) and a [`RootFs`] (overlay lower/upper directories), and runs
+//! the spec's process with its own mount, pid, UTS, IPC (and, for [`Network::None`], network)
+//! namespaces.
+//!
+//! The engine is multi-threaded, so it never forks into namespaces itself: [`run`] re-executes
+//! the current binary with the hidden argument `__kiln-sandbox` and hands it the spec over a
+//! pipe. Every binary that calls [`run`] must therefore call [`sandbox_main_if_requested`] first
+//! thing in `main()` (or point `KILN_SANDBOX_EXE` at one that does).
+//!
+//! Process tree: helper (host pid ns, waits) → init (pid 1 of the new pid ns: mounts, pivots,
+//! reaps, forwards SIGTERM/SIGINT) → command. When the init exits the kernel kills everything
+//! left in the namespace; when the helper is killed (dropping the [`run`] future) the init gets
+//! SIGKILL through `PR_SET_PDEATHSIG`.
+
+mod error;
+mod run;
+mod sandbox;
+mod spec;
+mod user;
+mod wire;
+
+use std::path::PathBuf;
+
+pub use error::ExecError;
+pub use run::run;
+pub use spec::{default_spec, Network, ProcessSpec, DEFAULT_PATH};
+pub use user::{resolve_user, ResolvedUser};
+
+/// The directories stacked as the container's root filesystem.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct RootFs {
+    /// Read-only layers, top first. At least one.
+    pub lower: Vec<PathBuf>,
+    /// Where writes land (the new layer). `None`: the root is read-only and writes are refused.
+    pub upper: Option<PathBuf>,
+    /// overlayfs work directory, on the same filesystem as `upper`; required with `upper`.
+    pub work: Option<PathBuf>,
+    /// An empty directory used as the mount point of the root.
+    pub target: PathBuf,
+}
+
+/// Where the command's stdin/stdout/stderr go.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stdio {
+    /// The caller's own stdin, stdout and stderr.
+    Inherit,
+    /// `/dev/null` for all three.
+    Null,
+    /// stdin from `/dev/null`; stdout and stderr delivered to the [`OutputSink`].
+    Piped,
+}
+
+/// Which output stream a chunk came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputStream {
+    /// The command's stdout.
+    Stdout,
+    /// The command's stderr.
+    Stderr,
+}
+
+/// Receives the command's output with [`Stdio::Piped`], chunk by chunk, as it is produced.
+pub trait OutputSink: Send {
+    /// One chunk of output (not necessarily whole lines).
+    fn output(&mut self, stream: OutputStream, data: &[u8]);
+}
+
+/// Everything needed to run one sandboxed process.
+#[derive(Clone, Debug)]
+pub struct SandboxConfig {
+    /// The process, mounts, hostname, capabilities... `root.path` is ignored (see `rootfs`);
+    /// `mounts: None` means the default set (/proc, /dev, /sys...).
+    pub spec: oci_spec::runtime::Spec,
+    /// The root filesystem.
+    pub rootfs: RootFs,
+    /// Host network or a private one with only `lo`.
+    pub network: Network,
+    /// Standard streams of the command.
+    pub stdio: Stdio,
+    /// A private directory for the sandbox's bookkeeping (result file, scratch upper dir).
+    pub state_dir: PathBuf,
+}
+
+/// How a sandboxed command ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunOutcome {
+    /// The command's exit code, or 128 + signal number when it was killed.
+    pub exit_code: i32,
+    /// Paths (relative to the root, parents before children) that did not exist and were
+    /// created as mount points. They are empty directories or files that belong to no layer:
+    /// remove them from the upper directory in reverse order, each only if still empty.
+    pub created_mountpoints: Vec<PathBuf>,
+}
+
+/// Run the sandbox when this process was started as one, and never return then.
+///
+/// Call it first thing in `main()`: when `argv[1]` is the hidden `__kiln-sandbox` argument it
+/// runs the single-threaded sandbox and exits the process; otherwise it returns at once.
+pub fn sandbox_main_if_requested() {
+    let mut args = std::env::args_os();
+    if args.nth(1).as_deref() != Some(std::ffi::OsStr::new(wire::SANDBOX_ARG)) {
+        return;
+    }
+    let fd_arg = args.next();
+    let code = sandbox::main(fd_arg);
+    std::process::exit(code);
+}

@@ -1,0 +1,72 @@
+//! The error type of kiln-exec: every failure a caller or a user can cause, with what to do next.
+
+use std::path::PathBuf;
+
+/// Everything that can go wrong preparing or running a sandboxed process.
+///
+/// A command that runs and exits non-zero is not an error: see [`crate::RunOutcome::exit_code`].
+#[derive(Debug, thiserror::Error)]
+pub enum ExecError {
+    /// The [`crate::SandboxConfig`] or its spec cannot describe a runnable process.
+    #[error("invalid sandbox config: {0}")]
+    InvalidConfig(String),
+
+    /// `user[:group]` names a user or group the image does not define.
+    #[error("unknown {kind} `{name}`: not found in the image's `{file}`; add it to the image or use a numeric id")]
+    UnknownUser {
+        /// `user` or `group`.
+        kind: &'static str,
+        /// The name as written.
+        name: String,
+        /// The file that was searched (`/etc/passwd` or `/etc/group`).
+        file: &'static str,
+    },
+
+    /// `user[:group]` is not of that form.
+    #[error("invalid user `{spec}`: {reason}; write `user`, `user:group`, `uid` or `uid:gid`")]
+    InvalidUser {
+        /// The text as given.
+        spec: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+
+    /// The oci-spec builders rejected a value.
+    #[error("cannot build the OCI runtime spec: {0}")]
+    Spec(String),
+
+    /// A file or directory on the host could not be used.
+    #[error("{what} `{path}`: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The path concerned.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The sandbox helper process could not be started.
+    #[error("cannot start the sandbox helper `{exe}`: {source}; set `KILN_SANDBOX_EXE` to a kiln binary")]
+    Spawn {
+        /// The executable that was re-executed.
+        exe: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The sandbox could not set up the container (mounts, ids, working directory...).
+    #[error("sandbox setup failed: {0}")]
+    Setup(String),
+
+    /// The helper exited without reporting a result: it is probably not a kiln binary.
+    #[error("sandbox helper `{exe}` exited ({status}) without reporting a result; make sure its `main()` calls `kiln_exec::sandbox_main_if_requested()` first")]
+    NoResult {
+        /// The executable that was re-executed.
+        exe: PathBuf,
+        /// How it ended.
+        status: String,
+    },
+}

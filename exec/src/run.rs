@@ -1,0 +1,260 @@
+//! The engine side: re-executes the sandbox helper, feeds it the config and collects output and result.
+
+use std::io::Write;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::{Path, PathBuf};
+
+use tokio::io::AsyncReadExt;
+
+use crate::wire::{WireConfig, WireResult, RESULT_FILE, SANDBOX_ARG};
+use crate::{ExecError, OutputSink, OutputStream, RunOutcome, SandboxConfig, Stdio};
+
+/// Environment variable naming the binary to re-execute instead of the current one.
+const EXE_ENV: &str = "KILN_SANDBOX_EXE";
+
+fn sandbox_exe() -> Result<PathBuf, ExecError> {
+    if let Some(p) = std::env::var_os(EXE_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    std::env::current_exe().map_err(|source| ExecError::Io {
+        what: "cannot find the current executable",
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })
+}
+
+fn validate(config: &SandboxConfig) -> Result<(), ExecError> {
+    let invalid = |m: &str| Err(ExecError::InvalidConfig(m.to_string()));
+    let Some(process) = config.spec.process() else {
+        return invalid("the spec has no `process`; build it with `default_spec`");
+    };
+    match process.args() {
+        Some(a) if !a.is_empty() => {}
+        _ => return invalid("`process.args` is empty; give at least the program to run"),
+    }
+    if !process.cwd().is_absolute() {
+        return Err(ExecError::InvalidConfig(format!(
+            "`process.cwd` `{}` is not absolute; start it with `/`",
+            process.cwd().display()
+        )));
+    }
+    let rootfs = &config.rootfs;
+    if rootfs.lower.is_empty() {
+        return invalid("`rootfs.lower` is empty; give at least one layer directory");
+    }
+    if rootfs.upper.is_some() != rootfs.work.is_some() {
+        return invalid("`rootfs.upper` and `rootfs.work` must be given together");
+    }
+    if !rootfs.target.is_dir() {
+        return Err(ExecError::InvalidConfig(format!(
+            "`rootfs.target` `{}` is not a directory; create an empty one",
+            rootfs.target.display()
+        )));
+    }
+    for dir in rootfs
+        .lower
+        .iter()
+        .chain(rootfs.upper.iter())
+        .chain(rootfs.work.iter())
+    {
+        if !dir.is_dir() {
+            return Err(ExecError::InvalidConfig(format!(
+                "rootfs layer `{}` is not a directory",
+                dir.display()
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Run `config.spec`'s process in a sandbox and wait for it.
+///
+/// A command that exits non-zero is `Ok` with its code; `Err` means the sandbox itself could not
+/// be started or set up. Dropping the future kills the sandbox and everything in it. The helper
+/// is `std::env::current_exe()`, or `KILN_SANDBOX_EXE` when set; with [`Stdio::Piped`] and no
+/// sink, output is discarded.
+pub async fn run(
+    config: SandboxConfig,
+    mut sink: Option<Box<dyn OutputSink>>,
+) -> Result<RunOutcome, ExecError> {
+    validate(&config)?;
+    let exe = sandbox_exe()?;
+    tokio::fs::create_dir_all(&config.state_dir)
+        .await
+        .map_err(|source| ExecError::Io {
+            what: "cannot create the sandbox state directory",
+            path: config.state_dir.clone(),
+            source,
+        })?;
+    let result_path = config.state_dir.join(RESULT_FILE);
+    match tokio::fs::remove_file(&result_path).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(ExecError::Io {
+                what: "cannot remove the old sandbox result",
+                path: result_path,
+                source,
+            })
+        }
+    }
+
+    let wire = WireConfig {
+        spec: config.spec,
+        rootfs: config.rootfs,
+        network: config.network,
+        state_dir: config.state_dir,
+    };
+    let payload = serde_json::to_vec(&wire)
+        .map_err(|e| ExecError::InvalidConfig(format!("the spec cannot be encoded: {e}")))?;
+
+    // Both ends close-on-exec, so concurrent spawns elsewhere in the engine never inherit them;
+    // only our child clears the flag on its read end.
+    let (read_end, write_end) =
+        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Spawn {
+            exe: exe.clone(),
+            source: e.into(),
+        })?;
+    // Descriptors 0-2 are rewired in the child before our pre_exec runs: keep the pipe above them.
+    let read_end = if read_end.as_raw_fd() < 3 {
+        let dup = nix::fcntl::fcntl(
+            read_end.as_raw_fd(),
+            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
+        )
+        .map_err(|e| ExecError::Spawn {
+            exe: exe.clone(),
+            source: e.into(),
+        })?;
+        // SAFETY: not a syscall; `dup` is a fresh descriptor that nothing else owns.
+        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) }
+    } else {
+        read_end
+    };
+    let read_fd = read_end.as_raw_fd();
+
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.arg(SANDBOX_ARG).arg(read_fd.to_string());
+    match config.stdio {
+        Stdio::Inherit => {
+            cmd.stdin(std::process::Stdio::inherit())
+                .stdout(std::process::Stdio::inherit())
+                .stderr(std::process::Stdio::inherit());
+        }
+        Stdio::Null => {
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }
+        Stdio::Piped => {
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+        }
+    }
+    cmd.kill_on_drop(true);
+    // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches only
+    // the child's copy of the descriptor table.
+    unsafe {
+        cmd.as_std_mut().pre_exec(move || {
+            if libc::fcntl(read_fd, libc::F_SETFD, 0) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        exe: exe.clone(),
+        source,
+    })?;
+    drop(read_end);
+
+    let writer = tokio::task::spawn_blocking(move || write_config(write_end, &payload));
+
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    pump_output(stdout, stderr, &mut sink).await;
+
+    let status = child.wait().await.map_err(|source| ExecError::Io {
+        what: "cannot wait for the sandbox helper",
+        path: exe.clone(),
+        source,
+    })?;
+    // A write error only means the helper died early; its status and result tell why.
+    let _ = writer.await;
+
+    let exit_code = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 255,
+    };
+    let result = read_result(&result_path).await;
+    match result {
+        Some(WireResult {
+            error: Some(message),
+            ..
+        }) => Err(ExecError::Setup(message)),
+        Some(WireResult {
+            created_mountpoints,
+            error: None,
+        }) => Ok(RunOutcome {
+            exit_code,
+            created_mountpoints,
+        }),
+        None => Err(ExecError::NoResult {
+            exe,
+            status: status.to_string(),
+        }),
+    }
+}
+
+fn write_config(fd: OwnedFd, payload: &[u8]) -> std::io::Result<()> {
+    let mut f = std::fs::File::from(fd);
+    f.write_all(payload)
+}
+
+async fn read_result(path: &Path) -> Option<WireResult> {
+    let bytes = tokio::fs::read(path).await.ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+async fn pump_output(
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+    sink: &mut Option<Box<dyn OutputSink>>,
+) {
+    let mut out = stdout;
+    let mut err = stderr;
+    let mut out_buf = vec![0u8; 32 * 1024];
+    let mut err_buf = vec![0u8; 32 * 1024];
+    while out.is_some() || err.is_some() {
+        tokio::select! {
+            r = read_some(&mut out, &mut out_buf), if out.is_some() => match r {
+                Some(n) => deliver(sink, OutputStream::Stdout, &out_buf[..n]),
+                None => out = None,
+            },
+            r = read_some(&mut err, &mut err_buf), if err.is_some() => match r {
+                Some(n) => deliver(sink, OutputStream::Stderr, &err_buf[..n]),
+                None => err = None,
+            },
+        }
+    }
+}
+
+/// `None` at end of stream or on a read error (the helper is gone either way).
+async fn read_some<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut Option<R>,
+    buf: &mut [u8],
+) -> Option<usize> {
+    let reader = r.as_mut()?;
+    match reader.read(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(n),
+    }
+}
+
+fn deliver(sink: &mut Option<Box<dyn OutputSink>>, stream: OutputStream, data: &[u8]) {
+    if let Some(s) = sink.as_mut() {
+        s.output(stream, data);
+    }
+}

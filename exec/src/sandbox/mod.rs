@@ -1,0 +1,142 @@
+//! The sandbox helper (`kiln __kiln-sandbox FD`): reads the config, unshares the namespaces and
+//! waits for the init it forks into them.
+
+mod command;
+mod init;
+mod mounts;
+mod signals;
+
+use std::ffi::OsString;
+use std::fs::File;
+use std::io::Read;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use nix::sched::{unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult, Pid};
+
+use crate::wire::{WireConfig, WireResult, RESULT_FILE, SETUP_FAILED};
+use crate::Network;
+
+/// The result file, opened before any namespace or root change so that the init can still write
+/// it after `pivot_root`.
+pub(crate) struct ResultFile(File);
+
+impl ResultFile {
+    fn create(state_dir: &Path) -> Result<Self, String> {
+        let path = state_dir.join(RESULT_FILE);
+        File::create(&path)
+            .map(ResultFile)
+            .map_err(|e| format!("cannot create `{}`: {e}", path.display()))
+    }
+
+    pub(crate) fn write(&self, result: &WireResult) {
+        let Ok(bytes) = serde_json::to_vec(result) else {
+            return;
+        };
+        let written = self
+            .0
+            .set_len(0)
+            .and_then(|()| self.0.write_all_at(&bytes, 0));
+        if let Err(e) = written {
+            eprintln!("kiln sandbox: cannot write the result file: {e}");
+        }
+    }
+
+    pub(crate) fn fail(&self, created: Vec<std::path::PathBuf>, message: String) {
+        self.write(&WireResult {
+            created_mountpoints: created,
+            error: Some(message),
+        });
+    }
+}
+
+fn read_config(fd_arg: Option<OsString>) -> Result<WireConfig, String> {
+    let fd: i32 = fd_arg
+        .as_ref()
+        .and_then(|a| a.to_str())
+        .and_then(|a| a.parse().ok())
+        .filter(|fd| *fd >= 0)
+        .ok_or("expected a file descriptor number after `__kiln-sandbox`; this mode is internal to kiln")?;
+    // SAFETY: not a syscall; the engine passed this descriptor to us alone and nothing else in
+    // this process uses it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut bytes = Vec::new();
+    File::from(owned)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the config from fd {fd}: {e}"))?;
+    serde_json::from_slice(&bytes).map_err(|e| format!("invalid sandbox config: {e}"))
+}
+
+/// Entry point of the helper process; returns its exit code.
+pub(crate) fn main(fd_arg: Option<OsString>) -> i32 {
+    let config = match read_config(fd_arg) {
+        Ok(c) => c,
+        Err(msg) => {
+            eprintln!("kiln sandbox: {msg}");
+            return SETUP_FAILED;
+        }
+    };
+    let result = match ResultFile::create(&config.state_dir) {
+        Ok(r) => r,
+        Err(msg) => {
+            eprintln!("kiln sandbox: {msg}");
+            return SETUP_FAILED;
+        }
+    };
+    match helper(&config, &result) {
+        Ok(code) => code,
+        Err(msg) => {
+            result.fail(Vec::new(), msg);
+            SETUP_FAILED
+        }
+    }
+}
+
+fn helper(config: &WireConfig, result: &ResultFile) -> Result<i32, String> {
+    signals::install()?;
+    let mut flags = CloneFlags::CLONE_NEWNS
+        | CloneFlags::CLONE_NEWUTS
+        | CloneFlags::CLONE_NEWIPC
+        | CloneFlags::CLONE_NEWPID;
+    if config.network == Network::None {
+        flags |= CloneFlags::CLONE_NEWNET;
+    }
+    unshare(flags).map_err(|e| {
+        format!("cannot create namespaces (unshare): {e}; kiln must run as root on a kernel with namespaces")
+    })?;
+    // The init watches this pipe: when its write end (kept here) closes, we are gone.
+    let (alive_r, alive_w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| format!("cannot create a pipe: {e}"))?;
+    // SAFETY: this process is single-threaded (the helper never starts threads), so the child
+    // may run arbitrary code after fork.
+    match unsafe { fork() } {
+        Err(e) => Err(format!("cannot fork the container init: {e}")),
+        Ok(ForkResult::Child) => {
+            drop(alive_w);
+            let code = init::run(config, result, alive_r);
+            std::process::exit(code);
+        }
+        Ok(ForkResult::Parent { child }) => {
+            drop(alive_r);
+            signals::set_child(child);
+            let code = wait_exit_code(child);
+            drop(alive_w);
+            Ok(code)
+        }
+    }
+}
+
+/// Wait for `pid` and turn its end into a shell-style exit code.
+pub(crate) fn wait_exit_code(pid: Pid) -> i32 {
+    loop {
+        match waitpid(pid, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}

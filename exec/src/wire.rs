@@ -1,0 +1,30 @@
+//! What the engine and the sandbox helper say to each other: the config (over a pipe) and the result file.
+
+use std::path::PathBuf;
+
+use crate::{Network, RootFs};
+
+/// Hidden first argument that turns a kiln binary into the sandbox helper.
+pub(crate) const SANDBOX_ARG: &str = "__kiln-sandbox";
+
+/// Name of the result file the sandbox writes into the state directory.
+pub(crate) const RESULT_FILE: &str = "sandbox-result.json";
+
+/// Exit code of the helper when the sandbox could not be set up (as `docker run` uses it).
+pub(crate) const SETUP_FAILED: i32 = 125;
+
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct WireConfig {
+    pub spec: oci_spec::runtime::Spec,
+    pub rootfs: RootFs,
+    pub network: Network,
+    pub state_dir: PathBuf,
+}
+
+#[derive(Debug, Default, serde::Serialize, serde::Deserialize)]
+pub(crate) struct WireResult {
+    /// Rootfs-relative, parents first.
+    pub created_mountpoints: Vec<PathBuf>,
+    /// Set when the sandbox failed before the command could start.
+    pub error: Option<String>,
+}
