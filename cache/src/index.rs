@@ -224,6 +224,18 @@ impl CacheIndex {
         self.db.commit(txn)
     }
 
+    /// All small string values, sorted by key.
+    pub fn meta_list(&self) -> Result<Vec<(String, String)>, CacheError> {
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(META).map_err(self.db.err("open meta"))?;
+        let mut out = Vec::new();
+        for item in table.iter().map_err(self.db.err("list meta"))? {
+            let (k, v) = item.map_err(self.db.err("list meta"))?;
+            out.push((k.value().to_string(), v.value().to_string()));
+        }
+        Ok(out)
+    }
+
     /// Removes a small string value (no error when it was not there).
     pub fn meta_remove(&self, key: &str) -> Result<(), CacheError> {
         let txn = self.db.begin_write()?;

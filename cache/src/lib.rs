@@ -14,6 +14,7 @@
 mod content;
 mod digest;
 mod error;
+mod gc;
 mod images;
 mod index;
 mod mount;
@@ -32,6 +33,7 @@ use nix::fcntl::{Flock, FlockArg};
 pub use content::{BlobWriter, ContentStore};
 pub use digest::{validate_digest, Digest};
 pub use error::CacheError;
+pub use gc::{GcOptions, GcReport};
 pub use images::{ImageRecord, ImageStore, CREATED_ANNOTATION, REF_NAME_ANNOTATION};
 pub use index::{CacheIndex, CachedResult};
 pub use mount::MountGuard;
