@@ -1070,13 +1070,6 @@ impl<'a> Compiler<'a> {
     fn dispatch_run(&mut self, d: &mut Dispatch, instr: &Instruction) -> Result<(), FrontendError> {
         let flags = Flags::parse("run", &instr.flags, &["network", "mount", "security"])
             .map_err(|m| self.fail(instr, m))?;
-        if flags.has("mount") {
-            return Err(self.fail(
-                instr,
-                "`RUN --mount` is not supported by kiln yet: copy what the step needs with `COPY` \
-                 instead",
-            ));
-        }
         let network = match flags.string("network").map_err(|m| self.fail(instr, m))? {
             None | Some("default") | Some("host") => NetworkMode::Host,
             Some("none") => NetworkMode::None,
@@ -1108,23 +1101,38 @@ impl<'a> Compiler<'a> {
         if args.is_empty() || (instr.json && args.iter().all(|a| a.is_empty())) {
             return Err(self.fail(instr, "`RUN` needs a command: write `RUN <command>`"));
         }
+        let cwd = if d.image.working_dir.is_empty() {
+            "/".to_string()
+        } else {
+            d.image.working_dir.clone()
+        };
+        let (mut inputs, base) = d.base_inputs();
+        let mut mounts = vec![Mount::rootfs(base)];
+        for spec in self.flag(instr, flags.all("mount"))? {
+            let m = self.run_mount(d, instr, spec, &cwd, &mut inputs)?;
+            if mounts.iter().any(|x| x.dest == m.dest) {
+                return Err(self.fail(
+                    instr,
+                    format!(
+                        "two mounts target `{}`: give each `--mount` its own `target`",
+                        m.dest
+                    ),
+                ));
+            }
+            mounts.push(m);
+        }
         let name = d.step_name(&display(instr));
-        let (inputs, base) = d.base_inputs();
         let op = Op {
             inputs,
             kind: Some(op::Kind::Exec(ExecOp {
                 meta: Some(ExecMeta {
                     args: args.clone(),
                     env: d.exec_env(&self.opts.build_args),
-                    cwd: if d.image.working_dir.is_empty() {
-                        "/".into()
-                    } else {
-                        d.image.working_dir.clone()
-                    },
+                    cwd,
                     user: d.image.user.clone(),
                     hostname: String::new(),
                 }),
-                mounts: vec![Mount::rootfs(base)],
+                mounts,
                 network: network as i32,
             })),
         };
@@ -1132,6 +1140,272 @@ impl<'a> Compiler<'a> {
         let created_by = format!("RUN {} # buildkit", d.run_command_string(&args));
         d.image.add_history(created_by, false);
         Ok(())
+    }
+
+    /// One `RUN --mount=type=...,target=...` as an exec mount; `from=` sources are added to
+    /// `inputs`.
+    fn run_mount(
+        &mut self,
+        d: &Dispatch,
+        instr: &Instruction,
+        spec: &str,
+        cwd: &str,
+        inputs: &mut Vec<kiln_llb::Input>,
+    ) -> Result<Mount, FrontendError> {
+        let mut fields: Vec<(String, Option<String>)> = Vec::new();
+        for part in spec.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = match part.split_once('=') {
+                Some((k, v)) => (
+                    k.trim().to_ascii_lowercase(),
+                    Some(self.expand(d, instr, v)?),
+                ),
+                None => (part.trim().to_ascii_lowercase(), None),
+            };
+            fields.push((k, v));
+        }
+        let get = |key: &str| {
+            fields
+                .iter()
+                .rev()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone().unwrap_or_default())
+        };
+        let flag_on = |key: &str| {
+            fields.iter().rev().find(|(k, _)| k == key).map(|(_, v)| {
+                v.as_deref()
+                    .is_none_or(|v| v.eq_ignore_ascii_case("true") || v == "1")
+            })
+        };
+        let kind = get("type").unwrap_or_else(|| "bind".into());
+        let allowed: &[&str] = match kind.as_str() {
+            "bind" => &[
+                "type",
+                "target",
+                "dst",
+                "destination",
+                "source",
+                "src",
+                "from",
+                "rw",
+                "readwrite",
+                "readonly",
+                "ro",
+            ],
+            "cache" => &[
+                "type",
+                "target",
+                "dst",
+                "destination",
+                "id",
+                "sharing",
+                "from",
+                "source",
+                "src",
+                "mode",
+                "uid",
+                "gid",
+                "readonly",
+                "ro",
+            ],
+            "tmpfs" => &["type", "target", "dst", "destination", "size"],
+            "secret" => &[
+                "type",
+                "target",
+                "dst",
+                "destination",
+                "id",
+                "env",
+                "required",
+                "mode",
+                "uid",
+                "gid",
+            ],
+            "ssh" => &[
+                "type",
+                "target",
+                "dst",
+                "destination",
+                "id",
+                "required",
+                "mode",
+                "uid",
+                "gid",
+            ],
+            other => {
+                return Err(self.fail(
+                    instr,
+                    format!(
+                    "unknown mount type `{other}`: use `bind`, `cache`, `tmpfs`, `secret` or `ssh`"
+                ),
+                ))
+            }
+        };
+        for (k, _) in &fields {
+            if !allowed.contains(&k.as_str()) {
+                let hint = suggestion(k, allowed.iter().copied());
+                return Err(self.fail(
+                    instr,
+                    format!("unknown `--mount` option `{k}` for type `{kind}`{hint}"),
+                ));
+            }
+        }
+        let target = get("target")
+            .or_else(|| get("dst"))
+            .or_else(|| get("destination"));
+        let id = get("id");
+        let target = match (kind.as_str(), target) {
+            (_, Some(t)) if !t.is_empty() => join_abs(cwd, &t),
+            ("secret", None) => match &id {
+                Some(id) if !id.is_empty() => format!("/run/secrets/{id}"),
+                _ => {
+                    return Err(self.fail(
+                        instr,
+                        "a secret mount needs an `id` or a `target`: write `--mount=type=secret,id=NAME`",
+                    ))
+                }
+            },
+            ("ssh", None) => "/run/buildkit/ssh_agent.0".to_string(),
+            _ => {
+                return Err(self.fail(
+                    instr,
+                    format!("a `{kind}` mount needs a target: write `--mount=type={kind},target=/path`"),
+                ))
+            }
+        };
+        if target == "/" {
+            return Err(self.fail(
+                instr,
+                "a mount cannot target `/`: choose a directory below it",
+            ));
+        }
+        let source = get("source").or_else(|| get("src")).unwrap_or_default();
+        let mut from_input =
+            |this: &mut Self, default_context: bool| -> Result<i64, FrontendError> {
+                let src_ref = match get("from") {
+                    Some(f) if !f.is_empty() => match this.copy_source(d, instr, &f)? {
+                        CopySource::Context => Some(this.context_source()),
+                        CopySource::Stage(s) => s,
+                        CopySource::Image(s) => Some(s),
+                    },
+                    _ if default_context => Some(this.context_source()),
+                    _ => return Ok(-1),
+                };
+                Ok(match src_ref {
+                    None => -1,
+                    Some(r) => {
+                        let input = r.input();
+                        match inputs.iter().position(|i| *i == input) {
+                            Some(i) => i as i64,
+                            None => {
+                                inputs.push(input);
+                                inputs.len() as i64 - 1
+                            }
+                        }
+                    }
+                })
+            };
+        let mut options = Vec::new();
+        let mut opt = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                options.push(KeyValue {
+                    key: k.to_string(),
+                    value: v,
+                });
+            }
+        };
+        let mount = match kind.as_str() {
+            "bind" => {
+                let input = from_input(self, true)?;
+                let rw = flag_on("rw").or(flag_on("readwrite")).unwrap_or(false);
+                Mount {
+                    input,
+                    selector: clean_path(&format!("/{source}")),
+                    dest: target,
+                    output: -1,
+                    readonly: !rw,
+                    mount_type: kiln_llb::MountType::Bind as i32,
+                    options: vec![],
+                }
+            }
+            "cache" => {
+                let input = from_input(self, false)?;
+                let sharing = get("sharing").unwrap_or_else(|| "shared".into());
+                if !matches!(sharing.as_str(), "shared" | "private" | "locked") {
+                    return Err(self.fail(
+                        instr,
+                        format!("unknown cache sharing `{sharing}`: use `shared`, `private` or `locked`"),
+                    ));
+                }
+                opt(
+                    "id",
+                    Some(
+                        id.filter(|i| !i.is_empty())
+                            .unwrap_or_else(|| target.clone()),
+                    ),
+                );
+                opt("sharing", Some(sharing));
+                opt("mode", get("mode"));
+                opt("uid", get("uid"));
+                opt("gid", get("gid"));
+                Mount {
+                    input,
+                    selector: if input >= 0 {
+                        clean_path(&format!("/{source}"))
+                    } else {
+                        String::new()
+                    },
+                    dest: target,
+                    output: -1,
+                    readonly: flag_on("readonly").or(flag_on("ro")).unwrap_or(false),
+                    mount_type: kiln_llb::MountType::Cache as i32,
+                    options: vec![],
+                }
+            }
+            "tmpfs" => {
+                opt("size", get("size"));
+                Mount {
+                    input: -1,
+                    selector: String::new(),
+                    dest: target,
+                    output: -1,
+                    readonly: false,
+                    mount_type: kiln_llb::MountType::Tmpfs as i32,
+                    options: vec![],
+                }
+            }
+            other => {
+                let default_id = if other == "ssh" {
+                    Some("default".to_string())
+                } else {
+                    None
+                };
+                let id = id
+                    .filter(|i| !i.is_empty())
+                    .or(default_id)
+                    .unwrap_or_else(|| target.rsplit('/').next().unwrap_or_default().to_string());
+                opt("id", Some(id));
+                opt("env", get("env"));
+                opt("required", flag_on("required").map(|b| b.to_string()));
+                opt("mode", get("mode"));
+                opt("uid", get("uid"));
+                opt("gid", get("gid"));
+                Mount {
+                    input: -1,
+                    selector: String::new(),
+                    dest: target,
+                    output: -1,
+                    readonly: true,
+                    mount_type: if other == "ssh" {
+                        kiln_llb::MountType::Ssh as i32
+                    } else {
+                        kiln_llb::MountType::Secret as i32
+                    },
+                    options: vec![],
+                }
+            }
+        };
+        options.sort();
+        Ok(Mount { options, ..mount })
     }
 
     /// The shell script of a shell-form RUN, with heredoc bodies put back in place (the shell
@@ -1329,7 +1603,9 @@ impl<'a> Compiler<'a> {
                     return Err(self.fail(instr, format!("heredoc `{src}` has no body")));
                 };
                 let data = if h.expand {
-                    self.expand(d, instr, &h.content)?
+                    crate::expand_heredoc(&h.content, &|n| d.lookup(n), self.df.escape).map_err(
+                        |e| self.fail(instr, format!("cannot expand heredoc `{}`: {e}", h.name)),
+                    )?
                 } else {
                     h.content.clone()
                 };

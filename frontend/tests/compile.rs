@@ -220,7 +220,24 @@ COPY --from=build /out /out
 
     v.push((
         "heredoc",
-        "FROM busybox\nRUN <<EOF\necho one\necho two\nEOF\nRUN cat > /f <<EOT\nline $HOME\nEOT\nCOPY <<EOF /etc/greeting\nhello\nEOF\n",
+        "FROM busybox\nENV WHO=world\nRUN <<EOF\necho one\necho two\nEOF\nRUN cat > /f <<EOT\nline $HOME\nEOT\nCOPY <<EOF /etc/greeting\nhello \"$WHO\"\nEOF\nCOPY <<'RAW' /etc/raw\nkeep $WHO\nRAW\n",
+        opts(),
+    ));
+
+    v.push((
+        "run_mounts",
+        r#"FROM busybox AS deps
+RUN echo deps > /deps.txt
+FROM busybox
+WORKDIR /src
+RUN --mount=type=cache,target=/root/.cache,sharing=locked \
+    --mount=type=tmpfs,target=/tmp,size=64m \
+    --mount=type=bind,from=deps,source=/deps.txt,target=deps.txt \
+    --mount=type=bind,target=/ctx,rw \
+    --mount=type=secret,id=token \
+    --mount=type=ssh \
+    cat deps.txt
+"#,
         opts(),
     ));
 
@@ -439,8 +456,16 @@ fn bad_input_gives_located_errors() {
         ("FROM busybox\nCOPY --form=x a b\n", "did you mean `from`"),
         ("FROM busybox\nCOPY a b c\n", "ending in `/`"),
         (
-            "FROM busybox\nRUN --mount=type=cache,target=/x true\n",
-            "--mount",
+            "FROM busybox\nRUN --mount=type=cache true\n",
+            "needs a target",
+        ),
+        (
+            "FROM busybox\nRUN --mount=type=nfs,target=/x true\n",
+            "unknown mount type `nfs`",
+        ),
+        (
+            "FROM busybox\nRUN --mount=type=cache,target=/x,sharng=locked true\n",
+            "did you mean `sharing`",
         ),
         ("FROM busybox\nADD https://example.com/x /x\n", "URL"),
         ("FROM busybox\nADD app.tar.gz /x\n", "unpack"),

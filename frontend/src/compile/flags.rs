@@ -92,11 +92,6 @@ impl Flags {
             },
         }
     }
-
-    /// Whether the flag was written at all.
-    pub(crate) fn has(&self, name: &str) -> bool {
-        self.values.iter().any(|(n, _)| n == name)
-    }
 }
 
 #[cfg(test)]
@@ -118,8 +113,7 @@ mod tests {
         assert_eq!(f.string("from").unwrap(), Some("build"));
         assert!(f.bool("link").unwrap());
         assert_eq!(f.all("exclude").unwrap(), vec!["a", "b"]);
-        assert!(f.has("link"));
-        assert!(!f.has("chown"));
+        assert!(!f.bool("chown").unwrap());
     }
 
     #[test]
