@@ -535,3 +535,25 @@ fn copy_actions_follow_docker_rules() {
         ]
     );
 }
+
+#[test]
+fn repository_hello_example_compiles() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../testdata/examples/hello/Dockerfile");
+    let text = std::fs::read_to_string(&path).expect("the hello example is in the repository");
+    let c = compile(&text, &opts(), &FakeResolver::default()).unwrap_or_else(|e| panic!("{e}"));
+    assert!(!c.definition.to_json().to_string().contains("exit 1"));
+    let labels = c
+        .image_config
+        .config()
+        .as_ref()
+        .and_then(|c| c.labels().clone())
+        .unwrap_or_default();
+    assert_eq!(
+        labels
+            .get("org.opencontainers.image.title")
+            .map(String::as_str),
+        Some("kiln hello")
+    );
+    assert_eq!(chain(&c.definition), vec!["file", "file"]);
+}
