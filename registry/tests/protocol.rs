@@ -250,3 +250,31 @@ async fn schema1_and_garbage_manifests_are_refused() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn rate_limit_is_retried_after_the_announced_delay() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let srv = FakeServer::start(move |_| {
+            if n2.fetch_add(1, Ordering::SeqCst) == 0 {
+                Resp::new(
+                    429,
+                    r#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#,
+                )
+                .header("Retry-After", "1")
+            } else {
+                Resp::new(404, "")
+            }
+        })
+        .await;
+        let c = client();
+        let r = Reference::parse(&format!("127.0.0.1:{}/a/b", srv.port)).unwrap();
+        let started = std::time::Instant::now();
+        assert!(!c.blob_exists(&r, &sha256(b"x")).await.unwrap());
+        assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+        assert_eq!(srv.requests().len(), 2);
+    })
+    .await
+    .expect("test timed out");
+}
