@@ -1,5 +1,6 @@
 //! Mounting snapshot stacks: the option string is planned by a pure function and the syscalls
-//! sit behind the `Mounter` trait, so the planning is tested without root.
+//! sit behind the `Mounter` trait, so the planning is tested without root. Stacks too deep for
+//! one page of mount options go through the new mount API (`fsconfig` `lowerdir+`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -16,6 +17,12 @@ pub(crate) enum MountRequest {
     Overlay {
         target: PathBuf,
         options: String,
+    },
+    /// An overlay configured one layer at a time (`fsopen`/`fsconfig`), for deep stacks.
+    OverlayLayers {
+        target: PathBuf,
+        lower: Vec<PathBuf>,
+        upper: Option<(PathBuf, PathBuf)>,
     },
     Bind {
         source: PathBuf,
@@ -50,6 +57,11 @@ impl Mounter for RealMounter {
                 target: target.clone(),
                 source,
             }),
+            MountRequest::OverlayLayers {
+                target,
+                lower,
+                upper,
+            } => fsconfig_overlay(lower, upper.as_ref(), target),
             MountRequest::Bind {
                 source,
                 target,
@@ -93,6 +105,128 @@ impl Mounter for RealMounter {
             }
         })
     }
+}
+
+// From <linux/mount.h>; libc has the syscall numbers but not these flags.
+const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
+const FSCONFIG_SET_STRING: libc::c_uint = 1;
+const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
+const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+
+fn cpath(p: &Path, target: &Path) -> Result<std::ffi::CString, CacheError> {
+    use std::os::unix::ffi::OsStrExt;
+    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| CacheError::MountRequest {
+        target: target.to_path_buf(),
+        reason: format!("path `{}` holds a NUL byte", p.display()),
+    })
+}
+
+/// Takes ownership of a descriptor returned by a raw syscall, or reports its errno.
+fn owned_fd(
+    ret: libc::c_long,
+    action: &'static str,
+    target: &Path,
+) -> Result<std::os::fd::OwnedFd, CacheError> {
+    use std::os::fd::FromRawFd;
+    if ret < 0 {
+        return Err(CacheError::Mount {
+            action,
+            target: target.to_path_buf(),
+            source: nix::Error::last(),
+        });
+    }
+    let fd = libc::c_int::try_from(ret).map_err(|_| CacheError::Mount {
+        action,
+        target: target.to_path_buf(),
+        source: nix::Error::EBADF,
+    })?;
+    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// Mounts an overlay with one `lowerdir+` per layer, so the stack depth is not limited by the
+/// size of a mount option string (Linux 6.8+).
+fn fsconfig_overlay(
+    lower: &[PathBuf],
+    upper: Option<&(PathBuf, PathBuf)>,
+    target: &Path,
+) -> Result<(), CacheError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: fsopen reads a NUL-terminated name that outlives the call.
+    let ret = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) };
+    let fs_fd = owned_fd(ret, "fsopen(overlay)", target)?;
+    let set = |key: &std::ffi::CStr, value: &std::ffi::CStr| -> Result<(), CacheError> {
+        // SAFETY: a live fs context fd, NUL-terminated key and value that outlive the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs_fd.as_raw_fd(),
+                FSCONFIG_SET_STRING,
+                key.as_ptr(),
+                value.as_ptr(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(CacheError::Mount {
+                action: "fsconfig of the overlay",
+                target: target.to_path_buf(),
+                source: nix::Error::last(),
+            });
+        }
+        Ok(())
+    };
+    for l in lower {
+        set(c"lowerdir+", &cpath(l, target)?)?;
+    }
+    if let Some((fs, work)) = upper {
+        set(c"upperdir", &cpath(fs, target)?)?;
+        set(c"workdir", &cpath(work, target)?)?;
+    }
+    set(c"index", c"off")?;
+    // SAFETY: a live fs context fd; CMD_CREATE takes no key or value.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs_fd.as_raw_fd(),
+            FSCONFIG_CMD_CREATE,
+            std::ptr::null::<libc::c_char>(),
+            std::ptr::null::<libc::c_void>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(CacheError::Mount {
+            action: "creating the overlay",
+            target: target.to_path_buf(),
+            source: nix::Error::last(),
+        });
+    }
+    // SAFETY: a created fs context fd; no attribute flags.
+    let ret = unsafe { libc::syscall(libc::SYS_fsmount, fs_fd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+    let mnt_fd = owned_fd(ret, "fsmount of the overlay", target)?;
+    let target_c = cpath(target, target)?;
+    // SAFETY: a live mount fd, an empty NUL-terminated from-path (F_EMPTY_PATH) and a
+    // NUL-terminated target path, all outliving the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_move_mount,
+            mnt_fd.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_FDCWD,
+            target_c.as_ptr(),
+            MOVE_MOUNT_F_EMPTY_PATH,
+        )
+    };
+    if r < 0 {
+        return Err(CacheError::Mount {
+            action: "move_mount of the overlay",
+            target: target.to_path_buf(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
 }
 
 /// Checks a directory can be named inside overlay options (`,` and `:` are separators there).
@@ -152,13 +286,11 @@ pub(crate) fn plan(
             // No inode index: the same lower dirs are shared by many concurrent mounts.
             options.push_str(",index=off");
             if options.len() > MAX_OPTIONS_LEN {
-                return Err(CacheError::MountRequest {
+                // One page of options is not enough: hand the layers over one by one.
+                return Ok(MountRequest::OverlayLayers {
                     target: target.to_path_buf(),
-                    reason: format!(
-                        "the overlay options are {} bytes for {} lower layers, over the kernel's limit of about {MAX_OPTIONS_LEN}; use a shorter `KILN_ROOT` or flatten the image",
-                        options.len(),
-                        lower.len()
-                    ),
+                    lower: lower.to_vec(),
+                    upper: upper.map(|(f, w)| (f.to_path_buf(), w.to_path_buf())),
                 });
             }
             Ok(MountRequest::Overlay {
@@ -181,9 +313,9 @@ impl MountGuard {
     pub(crate) fn mount(mounter: Arc<dyn Mounter>, req: &MountRequest) -> Result<Self, CacheError> {
         mounter.mount(req)?;
         let target = match req {
-            MountRequest::Overlay { target, .. } | MountRequest::Bind { target, .. } => {
-                target.clone()
-            }
+            MountRequest::Overlay { target, .. }
+            | MountRequest::OverlayLayers { target, .. }
+            | MountRequest::Bind { target, .. } => target.clone(),
         };
         Ok(MountGuard {
             target,
@@ -297,12 +429,26 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn too_long_or_unsafe_options_are_refused() {
+    fn deep_stacks_use_the_new_mount_api_and_unsafe_paths_are_refused() {
         let many: Vec<PathBuf> = (0..200)
             .map(|i| p(&format!("/var/lib/kiln/snapshots/{i}/fs")))
             .collect();
-        let err = plan(&many, None, Path::new("/mnt")).unwrap_err();
-        assert!(err.to_string().contains("limit"), "{err}");
+        let upper = (p("/u/fs"), p("/u/work"));
+        let req = plan(&many, Some((&upper.0, &upper.1)), Path::new("/mnt")).unwrap();
+        assert_eq!(
+            req,
+            MountRequest::OverlayLayers {
+                target: p("/mnt"),
+                lower: many.clone(),
+                upper: Some(upper)
+            }
+        );
+        // Just under the limit still uses the option string.
+        let few = &many[..100];
+        assert!(matches!(
+            plan(few, None, Path::new("/mnt")).unwrap(),
+            MountRequest::Overlay { options, .. } if options.len() <= MAX_OPTIONS_LEN
+        ));
         assert!(plan(&[p("/a:b"), p("/c")], None, Path::new("/mnt")).is_err());
         assert!(plan(&[p("/a,b"), p("/c")], None, Path::new("/mnt")).is_err());
     }

@@ -269,7 +269,11 @@ impl Snapshots {
         }
     }
 
-    /// Mounts `lower` (top first) at `target`, writable into `upper` when given.
+    /// Mounts `lower` (top first) at `target`; with `upper` the mount is writable and changes
+    /// land in that snapshot's fs dir (overlay work dir: `snapshots/<id>/work`). One lower and
+    /// no upper is a read-only bind; no lower and an upper is a writable bind of the upper.
+    /// Stacks whose option string would pass one page use `fsconfig` `lowerdir+` (Linux 6.8+).
+    /// Unmounted (`MNT_DETACH`) when the guard drops.
     pub fn mount(
         &self,
         lower: &[SnapshotId],

@@ -525,3 +525,38 @@ fn unpack_reads_the_stream_to_the_end() {
     store.snapshots().unpack_layer(None, &mut r).unwrap();
     assert_eq!(r.seen, layer.len());
 }
+
+#[test]
+fn deep_chain_mounts_past_the_option_page_limit() {
+    let (d, store) = store();
+    let snaps = store.snapshots();
+    let mut parent = None;
+    let mut ids = Vec::new();
+    for i in 0..180u32 {
+        let id = snaps.create(parent).unwrap();
+        fs::write(snaps.fs_dir(id).join(format!("f{i}")), i.to_string()).unwrap();
+        fs::write(snaps.fs_dir(id).join("top"), i.to_string()).unwrap();
+        ids.push(id);
+        parent = Some(id);
+    }
+    let upper = snaps.create(parent).unwrap();
+    let chain = snaps.chain(ids[ids.len() - 1]).unwrap();
+    let option_bytes: usize = chain
+        .iter()
+        .map(|id| snaps.fs_dir(*id).as_os_str().len() + 1)
+        .sum();
+    assert!(
+        option_bytes > 4000,
+        "the chain must not fit one page ({option_bytes} bytes)"
+    );
+    let target = d.path().join("mnt");
+    fs::create_dir(&target).unwrap();
+    let guard = snaps.mount(&chain, Some(upper), &target).unwrap();
+    assert_eq!(fs::read_to_string(target.join("f0")).unwrap(), "0");
+    assert_eq!(fs::read_to_string(target.join("f179")).unwrap(), "179");
+    assert_eq!(fs::read_to_string(target.join("top")).unwrap(), "179");
+    fs::write(target.join("new"), b"x").unwrap();
+    drop(guard);
+    assert!(!is_mounted(&target));
+    assert!(snaps.fs_dir(upper).join("new").is_file());
+}
