@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use tokio::io::AsyncReadExt;
 
-use crate::wire::{WireConfig, WireResult, RESULT_FILE, SANDBOX_ARG};
+use crate::wire::{WireConfig, WireResult, RESULT_FILE, SANDBOX_ARG, SCRATCH_DIR};
 use crate::{ExecError, OutputSink, OutputStream, RunOutcome, SandboxConfig, Stdio};
 
 /// Environment variable naming the binary to re-execute instead of the current one.
@@ -100,12 +100,14 @@ pub async fn run(
         }
     }
 
+    let writable = config.rootfs.upper.is_some();
     let wire = WireConfig {
         spec: config.spec,
         rootfs: config.rootfs,
         network: config.network,
         state_dir: config.state_dir,
     };
+    let wire_state_dir = wire.state_dir.clone();
     let payload = serde_json::to_vec(&wire)
         .map_err(|e| ExecError::InvalidConfig(format!("the spec cannot be encoded: {e}")))?;
 
@@ -189,6 +191,9 @@ pub async fn run(
         (None, None) => 255,
     };
     let result = read_result(&result_path).await;
+    if !writable {
+        let _ = tokio::fs::remove_dir_all(wire_state_dir.join(SCRATCH_DIR)).await;
+    }
     match result {
         Some(WireResult {
             error: Some(message),
@@ -199,7 +204,12 @@ pub async fn run(
             error: None,
         }) => Ok(RunOutcome {
             exit_code,
-            created_mountpoints,
+            // Without an upper layer they were made in a scratch layer: nothing to clean up.
+            created_mountpoints: if writable {
+                created_mountpoints
+            } else {
+                Vec::new()
+            },
         }),
         None => Err(ExecError::NoResult {
             exe,

@@ -10,6 +10,9 @@ pub(crate) const SANDBOX_ARG: &str = "__kiln-sandbox";
 /// Name of the result file the sandbox writes into the state directory.
 pub(crate) const RESULT_FILE: &str = "sandbox-result.json";
 
+/// Directory in the state directory holding the throwaway upper layer of a read-only root.
+pub(crate) const SCRATCH_DIR: &str = "scratch";
+
 /// Exit code of the helper when the sandbox could not be set up (as `docker run` uses it).
 pub(crate) const SETUP_FAILED: i32 = 125;
 

@@ -360,6 +360,8 @@ async fn read_only_root_without_upper() {
     assert!(r.stderr.contains("Read-only"), "{}", r.stderr);
     assert!(!f.lower.join("tmp/x").exists());
     assert!(!f.lower.join("proc").exists());
+    assert!(r.outcome.created_mountpoints.is_empty());
+    assert!(!f.state.join("scratch").exists());
 }
 
 #[tokio::test]
@@ -539,4 +541,71 @@ async fn startup_time_of_true() {
         times[0], times[19]
     );
     assert!(median < Duration::from_secs(2), "{median:?}");
+}
+
+#[tokio::test]
+async fn deep_layer_chains_and_odd_paths_use_the_new_mount_api() {
+    let f = fixture();
+    let base = f
+        ._dir
+        .path()
+        .join("a-rather-long-directory-name-for-layers,with:odd chars");
+    let mut lower = Vec::new();
+    for i in 0..120 {
+        let layer = base.join(format!("layer-number-{i:04}-padding-padding-padding"));
+        std::fs::create_dir_all(layer.join("layers")).unwrap();
+        std::fs::write(layer.join("layers").join(i.to_string()), format!("{i}\n")).unwrap();
+        std::fs::write(layer.join("layers/top"), format!("{i}\n")).unwrap();
+        lower.push(layer);
+    }
+    let options_len: usize = lower.iter().map(|p| p.as_os_str().len() + 1).sum();
+    assert!(options_len > 4096);
+    lower.push(f.lower.clone());
+    let mut c = config(
+        &f,
+        &process(&["sh", "-c", "ls /layers | wc -l; cat /layers/top"]),
+    );
+    c.rootfs.lower = lower;
+    let r = capture(c).await.unwrap();
+    assert_eq!(r.outcome.exit_code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "121\n0\n");
+}
+
+/// Host pid of the parent of `pid`.
+fn parent_of(pid: u32) -> u32 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let after = &stat[stat.rfind(')').unwrap() + 2..];
+    after.split(' ').nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn sigterm_to_the_helper_reaches_the_command() {
+    let f = fixture();
+    let script = "trap 'echo got-term; exit 42' TERM; echo ready; sleep 5678 & wait";
+    let c = config(&f, &process(&["sh", "-c", script]));
+    let task = tokio::spawn(capture(c));
+    let mut sleeper = Vec::new();
+    for _ in 0..100 {
+        sleeper = processes_running(&["sleep", "5678"]);
+        if !sleeper.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sleeper.len(), 1, "sandboxed sleep not found");
+    // sleep → sh → init → helper
+    let helper = parent_of(parent_of(parent_of(sleeper[0])));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(helper as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let r = tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.stdout, "ready\ngot-term\n");
+    assert_eq!(r.outcome.exit_code, 42);
+    assert_eq!(wait_gone(&["sleep", "5678"]).await, Vec::<u32>::new());
 }

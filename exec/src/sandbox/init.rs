@@ -11,6 +11,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{chdir, fork, pivot_root, sethostname, ForkResult, Pid};
 
 use super::mounts::Mounter;
+use super::overlay::{mount_overlay, Layers};
 use super::{command, signals, ResultFile};
 use crate::wire::{WireConfig, WireResult, SETUP_FAILED};
 use crate::Network;
@@ -114,19 +115,6 @@ fn apply_mounts(config: &WireConfig, mounter: &mut Mounter<'_>) -> Result<(), St
     Ok(())
 }
 
-/// overlayfs splits its options on `,` and lower dirs on `:`.
-fn overlay_path(p: &Path) -> Result<String, String> {
-    let s = p
-        .to_str()
-        .ok_or_else(|| format!("layer path `{}` is not UTF-8", p.display()))?;
-    if s.contains([',', ':', '\\', '\n']) || !p.is_absolute() {
-        return Err(format!(
-            "layer path `{s}` cannot be given to overlayfs (it must be absolute, without `,` `:` or `\\`)"
-        ));
-    }
-    Ok(s.to_string())
-}
-
 /// Mount the root at the target; returns whether it must end read-only.
 fn mount_root(config: &WireConfig) -> Result<bool, String> {
     let rootfs = &config.rootfs;
@@ -135,7 +123,7 @@ fn mount_root(config: &WireConfig) -> Result<bool, String> {
         _ => {
             // No layer to write to: a throwaway upper still lets us create mount points, and
             // the root is made read-only once they exist.
-            let scratch = config.state_dir.join("scratch");
+            let scratch = config.state_dir.join(crate::wire::SCRATCH_DIR);
             if scratch.exists() {
                 std::fs::remove_dir_all(&scratch)
                     .map_err(|e| format!("cannot clear `{}`: {e}", scratch.display()))?;
@@ -148,45 +136,18 @@ fn mount_root(config: &WireConfig) -> Result<bool, String> {
             (u, w, true)
         }
     };
-    let lowers = rootfs
-        .lower
-        .iter()
-        .map(|p| overlay_path(p))
-        .collect::<Result<Vec<_>, _>>()?;
-    let data = format!(
-        "lowerdir={},upperdir={},workdir={},index=off,redirect_dir=off,metacopy=off",
-        lowers.join(":"),
-        overlay_path(&upper)?,
-        overlay_path(&work)?
-    );
-    // mount(2) takes at most one page of options.
-    if data.len() >= 4096 {
-        return Err(format!(
-            "{} layers are too many for one overlay mount (options are {} bytes, the limit is 4095); flatten the snapshot chain",
-            lowers.len(),
-            data.len()
-        ));
-    }
     let spec_ro = config
         .spec
         .root()
         .as_ref()
         .and_then(|r| r.readonly())
         .unwrap_or(false);
-    mount(
-        Some("overlay"),
-        &rootfs.target,
-        Some("overlay"),
-        MsFlags::empty(),
-        Some(data.as_str()),
-    )
-    .map_err(|e| {
-        format!(
-            "cannot mount the overlay root at `{}`: {e} (lowerdir={})",
-            rootfs.target.display(),
-            lowers.join(":")
-        )
-    })?;
+    let layers = Layers {
+        lower: &rootfs.lower,
+        upper: &upper,
+        work: &work,
+    };
+    mount_overlay(&layers, &rootfs.target)?;
     Ok(read_only || spec_ro)
 }
 

@@ -4,6 +4,7 @@
 mod command;
 mod init;
 mod mounts;
+mod overlay;
 mod signals;
 
 use std::ffi::OsString;
