@@ -102,7 +102,7 @@ impl Store {
             .map(|(id, _)| *id)
             .filter(|id| !keep_snaps.contains(id))
             .collect();
-        // A child always has a larger id than its parent: remove from the top down.
+        // Reported top down: a child always has a larger id than its parent.
         drop_snaps.sort_by(|a, b| b.cmp(a));
 
         // 3. Blobs reached from images, kept snapshots' layers, meta digests and kept roots.
@@ -160,9 +160,7 @@ impl Store {
         for key in &report.results_removed {
             self.index().remove(key)?;
         }
-        for id in &drop_snaps {
-            snaps.remove(*id)?;
-        }
+        snaps.remove_many(&drop_snaps)?;
         for d in &drop_blobs {
             self.content().remove(d)?;
         }

@@ -214,34 +214,53 @@ impl Snapshots {
     /// Removes a snapshot with no children: its record, its layer info, the cache results that
     /// point at it (so no result ever dangles), then its directory.
     pub fn remove(&self, id: SnapshotId) -> Result<(), CacheError> {
+        self.remove_many(&[id])
+    }
+
+    /// Removes several snapshots in one transaction. A snapshot may have children only among
+    /// those removed with it.
+    pub fn remove_many(&self, ids: &[SnapshotId]) -> Result<(), CacheError> {
+        let doomed: std::collections::HashSet<u64> = ids.iter().map(|id| id.0).collect();
+        if doomed.is_empty() {
+            return Ok(());
+        }
         let txn = self.db.begin_write()?;
         {
             let mut snaps = txn
                 .open_table(SNAPSHOTS)
                 .map_err(self.db.err("open snapshots"))?;
-            if snaps
-                .get(id.0)
-                .map_err(self.db.err("read a snapshot"))?
-                .is_none()
-            {
-                return Err(CacheError::SnapshotNotFound(id.0));
+            for id in ids {
+                if snaps
+                    .get(id.0)
+                    .map_err(self.db.err("read a snapshot"))?
+                    .is_none()
+                {
+                    return Err(CacheError::SnapshotNotFound(id.0));
+                }
             }
             for item in snaps.iter().map_err(self.db.err("list snapshots"))? {
                 let (k, v) = item.map_err(self.db.err("list snapshots"))?;
-                if decode_record(&self.db, k.value(), v.value())?.parent == Some(id.0) {
-                    return Err(CacheError::SnapshotInUse {
-                        id: id.0,
-                        child: k.value(),
-                    });
+                if doomed.contains(&k.value()) {
+                    continue;
+                }
+                if let Some(p) = decode_record(&self.db, k.value(), v.value())?.parent {
+                    if doomed.contains(&p) {
+                        return Err(CacheError::SnapshotInUse {
+                            id: p,
+                            child: k.value(),
+                        });
+                    }
                 }
             }
-            snaps
-                .remove(id.0)
-                .map_err(self.db.err("remove a snapshot"))?;
             let mut layers = txn.open_table(LAYERS).map_err(self.db.err("open layers"))?;
-            layers
-                .remove(id.0)
-                .map_err(self.db.err("remove layer info"))?;
+            for id in &doomed {
+                snaps
+                    .remove(*id)
+                    .map_err(self.db.err("remove a snapshot"))?;
+                layers
+                    .remove(*id)
+                    .map_err(self.db.err("remove layer info"))?;
+            }
             let mut results = txn
                 .open_table(RESULTS)
                 .map_err(self.db.err("open results"))?;
@@ -250,7 +269,10 @@ impl Snapshots {
                 let (k, v) = item.map_err(self.db.err("list results"))?;
                 let r: Result<crate::CachedResult, _> = serde_json::from_slice(v.value());
                 // An unreadable result is useless anyway; drop it with the snapshot.
-                if r.map(|r| r.snapshot == Some(id)).unwrap_or(true) {
+                let gone = r
+                    .map(|r| r.snapshot.is_some_and(|s| doomed.contains(&s.0)))
+                    .unwrap_or(true);
+                if gone {
                     stale.push(k.value().to_string());
                 }
             }
@@ -261,12 +283,15 @@ impl Snapshots {
             }
         }
         self.db.commit(txn)?;
-        let dir = self.snapshot_dir(id);
-        match fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(CacheError::io("remove snapshot directory", &dir)(e)),
+        for id in &doomed {
+            let dir = self.snapshot_dir(SnapshotId(*id));
+            match fs::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => return Err(CacheError::io("remove snapshot directory", &dir)(e)),
+            }
         }
+        Ok(())
     }
 
     /// Mounts `lower` (top first) at `target`; with `upper` the mount is writable and changes

@@ -75,6 +75,17 @@ fn chains_parents_and_removal() {
         Err(CacheError::SnapshotNotFound(_))
     ));
 
+    // A parent may go together with its children.
+    let x = snaps.create(Some(b)).unwrap();
+    let y = snaps.create(Some(x)).unwrap();
+    assert!(matches!(
+        snaps.remove_many(&[x]),
+        Err(CacheError::SnapshotInUse { .. })
+    ));
+    snaps.remove_many(&[x, y]).unwrap();
+    assert!(!snaps.exists(x).unwrap() && !snaps.exists(y).unwrap());
+    assert!(!snaps.fs_dir(y).exists());
+
     // Ids are never reused, even across reopen.
     let root = store.root().to_path_buf();
     drop(store);
