@@ -129,18 +129,22 @@ impl Store {
         self.inner.root.join("containers")
     }
 
+    /// The blob store (`blobs/sha256`).
     pub fn content(&self) -> &ContentStore {
         &self.inner.content
     }
 
+    /// Snapshot directories and their records.
     pub fn snapshots(&self) -> &Snapshots {
         &self.inner.snapshots
     }
 
+    /// Cache keys → results, checksum memo, small metadata.
     pub fn index(&self) -> &CacheIndex {
         &self.inner.index
     }
 
+    /// The local image store (an OCI layout).
     pub fn images(&self) -> &ImageStore {
         &self.inner.images
     }

@@ -587,6 +587,20 @@ mod tests {
     }
 
     #[test]
+    fn create_replaces_a_directory_left_by_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        // As if a crash hit between mkdir and commit: the dir exists, the record does not.
+        fs::create_dir_all(store.root().join("snapshots/1/fs/junk")).unwrap();
+        let id = store.snapshots().create(None).unwrap();
+        assert_eq!(id, SnapshotId(1));
+        assert_eq!(
+            fs::read_dir(store.snapshots().fs_dir(id)).unwrap().count(),
+            0
+        );
+    }
+
+    #[test]
     fn concurrent_creates_get_distinct_ids() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
