@@ -10,7 +10,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 #[derive(Parser)]
-#[command(name = "kiln", version, about = "Build, run and push container images from Dockerfiles")]
+#[command(
+    name = "kiln",
+    version,
+    about = "Build, run and push container images from Dockerfiles"
+)]
 struct Cli {
     /// The store directory (default: /var/lib/kiln as root, $XDG_DATA_HOME/kiln otherwise).
     #[arg(long, env = "KILN_ROOT", global = true)]
@@ -124,7 +128,9 @@ fn default_root() -> PathBuf {
     if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
         return PathBuf::from(d).join("kiln");
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("."));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("."));
     home.join(".local/share/kiln")
 }
 
@@ -141,7 +147,10 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))
         .with_writer(std::io::stderr)
         .init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(r) => r,
         Err(e) => {
             eprintln!("error: cannot start the runtime: {e}");
@@ -192,7 +201,11 @@ async fn real_main(cli: Cli) -> Result<i32> {
                 })
                 .await
         }
-        Command::Import { changes, source, name } => {
+        Command::Import {
+            changes,
+            source,
+            name,
+        } => {
             let digest = engine
                 .import(ImportRequest {
                     source,
@@ -241,9 +254,9 @@ fn parse_output(spec: &str) -> Result<Output> {
     let mut dest = None;
     let mut tar = true;
     for part in spec.split(',') {
-        let (k, v) = part
-            .split_once('=')
-            .with_context(|| format!("`--output {spec}`: expected key=value pairs such as `type=oci,dest=out.tar`"))?;
+        let (k, v) = part.split_once('=').with_context(|| {
+            format!("`--output {spec}`: expected key=value pairs such as `type=oci,dest=out.tar`")
+        })?;
         match k {
             "type" => kind = Some(v.to_string()),
             "dest" => dest = Some(PathBuf::from(v)),
@@ -274,7 +287,11 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
             }
         }
     }
-    let outputs = b.outputs.iter().map(|o| parse_output(o)).collect::<Result<Vec<_>>>()?;
+    let outputs = b
+        .outputs
+        .iter()
+        .map(|o| parse_output(o))
+        .collect::<Result<Vec<_>>>()?;
     let renderer = Arc::new(progress::Renderer::new(&b.progress)?);
     let started = std::time::Instant::now();
     let result = engine
@@ -302,7 +319,11 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
         started.elapsed().as_secs_f64(),
         result.executed,
         result.cached,
-        if b.tags.is_empty() { String::new() } else { format!(", tagged {}", b.tags.join(", ")) }
+        if b.tags.is_empty() {
+            String::new()
+        } else {
+            format!(", tagged {}", b.tags.join(", "))
+        }
     );
     if let Some(f) = b.iidfile {
         std::fs::write(&f, &result.manifest_digest)

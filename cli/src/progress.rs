@@ -65,14 +65,21 @@ impl ProgressSink for Renderer {
                 let mut err = std::io::stderr().lock();
                 let _ = match event {
                     Event::Started { vertex, name } => writeln!(err, "#{vertex} {name}"),
-                    Event::Cached { vertex, name } => {
-                        writeln!(err, "#{vertex} {name}").and_then(|_| writeln!(err, "#{vertex} CACHED"))
-                    }
-                    Event::Done { vertex, elapsed, .. } => {
+                    Event::Cached { vertex, name } => writeln!(err, "#{vertex} {name}")
+                        .and_then(|_| writeln!(err, "#{vertex} CACHED")),
+                    Event::Done {
+                        vertex, elapsed, ..
+                    } => {
                         writeln!(err, "#{vertex} DONE {:.1}s", elapsed.as_secs_f64())
                     }
-                    Event::Failed { vertex, error, .. } => writeln!(err, "#{vertex} ERROR: {error}"),
-                    Event::Log { vertex, data, stream } => {
+                    Event::Failed { vertex, error, .. } => {
+                        writeln!(err, "#{vertex} ERROR: {error}")
+                    }
+                    Event::Log {
+                        vertex,
+                        data,
+                        stream,
+                    } => {
                         let text = String::from_utf8_lossy(&data);
                         let tag = if stream == Stream::Stderr { "" } else { "" };
                         text.lines()
@@ -86,8 +93,10 @@ impl ProgressSink for Renderer {
                     Event::Started { vertex, name } => {
                         let bar = t.multi.add(ProgressBar::new_spinner());
                         bar.set_style(
-                            ProgressStyle::with_template("{spinner} [{elapsed:>3}] {prefix} {wide_msg}")
-                                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+                            ProgressStyle::with_template(
+                                "{spinner} [{elapsed:>3}] {prefix} {wide_msg}",
+                            )
+                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
                         );
                         bar.set_prefix(name);
                         bar.enable_steady_tick(Duration::from_millis(100));
@@ -99,11 +108,17 @@ impl ProgressSink for Renderer {
                         t.steps += 1;
                         t.cached += 1;
                     }
-                    Event::Done { vertex, name, elapsed } => {
+                    Event::Done {
+                        vertex,
+                        name,
+                        elapsed,
+                    } => {
                         if let Some(b) = t.bars.remove(&vertex) {
                             b.finish_and_clear();
                         }
-                        let _ = t.multi.println(format!("DONE {:>5.1}s {name}", elapsed.as_secs_f64()));
+                        let _ = t
+                            .multi
+                            .println(format!("DONE {:>5.1}s {name}", elapsed.as_secs_f64()));
                     }
                     Event::Failed { vertex, name, .. } => {
                         if let Some(b) = t.bars.remove(&vertex) {

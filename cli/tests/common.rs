@@ -23,7 +23,10 @@ pub fn busybox_rootfs() -> &'static Path {
             .arg(&dir)
             .status()
             .expect("run make-busybox-rootfs.sh");
-        assert!(status.success(), "make-busybox-rootfs.sh failed: install busybox-static (`cargo xtask setup`)");
+        assert!(
+            status.success(),
+            "make-busybox-rootfs.sh failed: install busybox-static (`cargo xtask setup`)"
+        );
         dir
     })
 }
@@ -35,20 +38,33 @@ pub struct Kiln {
 
 impl Kiln {
     pub fn new() -> Self {
-        Kiln { root: tempfile::Builder::new().prefix("kiln-e2e-").tempdir().expect("temp store") }
+        Kiln {
+            root: tempfile::Builder::new()
+                .prefix("kiln-e2e-")
+                .tempdir()
+                .expect("temp store"),
+        }
     }
 
     /// A store with `busybox:latest` imported.
     pub fn with_busybox() -> Self {
         let k = Kiln::new();
-        let out = k.run(&["import", "--change", "CMD [\"sh\"]", busybox_rootfs().to_str().unwrap(), "busybox:latest"]);
+        let out = k.run(&[
+            "import",
+            "--change",
+            "CMD [\"sh\"]",
+            busybox_rootfs().to_str().unwrap(),
+            "busybox:latest",
+        ]);
         assert_ok(&out, "kiln import busybox");
         k
     }
 
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
-        c.env("KILN_ROOT", self.root.path()).env_remove("KILN_PROGRESS").stdin(Stdio::null());
+        c.env("KILN_ROOT", self.root.path())
+            .env_remove("KILN_PROGRESS")
+            .stdin(Stdio::null());
         c
     }
 
@@ -116,7 +132,11 @@ pub struct RegistryGuard {
 
 impl RegistryGuard {
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let addr = format!("127.0.0.1:{port}");
         let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yml");
@@ -137,10 +157,17 @@ impl RegistryGuard {
             .expect("start docker-registry: install it with `cargo xtask setup`");
         let deadline = Instant::now() + Duration::from_secs(20);
         while TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start on {addr}");
+            assert!(
+                Instant::now() < deadline,
+                "docker-registry did not start on {addr}"
+            );
             std::thread::sleep(Duration::from_millis(50));
         }
-        RegistryGuard { addr, child, _dir: dir }
+        RegistryGuard {
+            addr,
+            child,
+            _dir: dir,
+        }
     }
 }
 
@@ -156,7 +183,9 @@ pub fn tool(program: &str, args: &[&str]) -> String {
     let out = Command::new(program)
         .args(args)
         .output()
-        .unwrap_or_else(|e| panic!("cannot run `{program}` ({e}): install it with `cargo xtask setup`"));
+        .unwrap_or_else(|e| {
+            panic!("cannot run `{program}` ({e}): install it with `cargo xtask setup`")
+        });
     assert_ok(&out, &format!("{program} {}", args.join(" ")));
     stdout(&out)
 }

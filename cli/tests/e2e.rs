@@ -24,11 +24,17 @@ fn import_makes_an_image_that_skopeo_reads() {
     let images = k.run(&["images", "--quiet"]);
     assert_ok(&images, "kiln images");
     assert_eq!(stdout(&images).trim(), "docker.io/library/busybox:latest");
-    let layout = format!("oci:{}/images:docker.io/library/busybox:latest", k.root.path().display());
+    let layout = format!(
+        "oci:{}/images:docker.io/library/busybox:latest",
+        k.root.path().display()
+    );
     let inspect = tool("skopeo", &["inspect", "--config", &layout]);
     let config: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(config["config"]["Cmd"], serde_json::json!(["sh"]));
-    assert_eq!(config["rootfs"]["diff_ids"].as_array().map(Vec::len), Some(1));
+    assert_eq!(
+        config["rootfs"]["diff_ids"].as_array().map(Vec::len),
+        Some(1)
+    );
     let out = k.run(&["run", "--rm", "busybox", "echo", "imported"]);
     assert_ok(&out, "kiln run busybox");
     assert_eq!(stdout(&out), "imported\n");
@@ -41,11 +47,21 @@ fn hello_example_builds_runs_and_rebuilds_from_cache() {
     let ctx = work.path().join("hello");
     copy_dir(&hello_context(), &ctx);
     let iid1 = work.path().join("iid1");
-    let out = build(&k, &ctx, &["-t", "hello", "--iidfile", iid1.to_str().unwrap()]);
+    let out = build(
+        &k,
+        &ctx,
+        &["-t", "hello", "--iidfile", iid1.to_str().unwrap()],
+    );
     assert_ok(&out, "kiln build hello");
     let log = stderr(&out);
-    assert!(log.contains("RUN chmod +x greet.sh"), "plain progress names the steps:\n{log}");
-    assert!(!log.contains("this stage is not needed"), "the unused stage must not run:\n{log}");
+    assert!(
+        log.contains("RUN chmod +x greet.sh"),
+        "plain progress names the steps:\n{log}"
+    );
+    assert!(
+        !log.contains("this stage is not needed"),
+        "the unused stage must not run:\n{log}"
+    );
 
     let run = k.run(&["run", "--rm", "hello"]);
     assert_ok(&run, "kiln run hello");
@@ -56,12 +72,22 @@ fn hello_example_builds_runs_and_rebuilds_from_cache() {
 
     // The same build again runs nothing and gives the same image.
     let iid2 = work.path().join("iid2");
-    let out = build(&k, &ctx, &["-t", "hello", "--iidfile", iid2.to_str().unwrap()]);
+    let out = build(
+        &k,
+        &ctx,
+        &["-t", "hello", "--iidfile", iid2.to_str().unwrap()],
+    );
     assert_ok(&out, "second kiln build");
     let log = stderr(&out);
-    assert!(log.contains("(0 steps run"), "a rebuild runs no step:\n{log}");
+    assert!(
+        log.contains("(0 steps run"),
+        "a rebuild runs no step:\n{log}"
+    );
     assert!(!log.contains(" DONE "), "a rebuild runs no step:\n{log}");
-    assert_eq!(std::fs::read_to_string(&iid1).unwrap(), std::fs::read_to_string(&iid2).unwrap());
+    assert_eq!(
+        std::fs::read_to_string(&iid1).unwrap(),
+        std::fs::read_to_string(&iid2).unwrap()
+    );
 
     // Changing the script re-runs what reads it, and nothing before it.
     std::fs::write(ctx.join("greet.sh"), "#!/bin/sh\necho \"$1, changed\"\n").unwrap();
@@ -70,7 +96,10 @@ fn hello_example_builds_runs_and_rebuilds_from_cache() {
     let log = stderr(&out);
     let done: Vec<&str> = log.lines().filter(|l| l.contains(" DONE ")).collect();
     assert!(!done.is_empty(), "changed steps must run:\n{log}");
-    assert!(log.contains("CACHED"), "steps before the change stay cached:\n{log}");
+    assert!(
+        log.contains("CACHED"),
+        "steps before the change stay cached:\n{log}"
+    );
     let run = k.run(&["run", "--rm", "hello"]);
     assert_eq!(stdout(&run), "hi, changed\nbuilt by kiln\n");
 }
@@ -94,23 +123,60 @@ fn run_follows_docker_rules() {
     let code = k.run(&["run", "--rm", "busybox", "sh", "-c", "exit 7"]);
     assert_eq!(code.status.code(), Some(7), "exit code is passed through");
 
-    let out = k.run(&["run", "--rm", "-e", "GREETING=hey", "-w", "/tmp", "-u", "nobody", "busybox", "sh", "-c", "echo $GREETING $(pwd) $(id -u)"]);
+    let out = k.run(&[
+        "run",
+        "--rm",
+        "-e",
+        "GREETING=hey",
+        "-w",
+        "/tmp",
+        "-u",
+        "nobody",
+        "busybox",
+        "sh",
+        "-c",
+        "echo $GREETING $(pwd) $(id -u)",
+    ]);
     assert_ok(&out, "run with -e -w -u");
     assert_eq!(stdout(&out), "hey /tmp 65534\n");
 
-    let out = k.run(&["run", "--rm", "--entrypoint", "echo", "busybox", "from", "entrypoint"]);
+    let out = k.run(&[
+        "run",
+        "--rm",
+        "--entrypoint",
+        "echo",
+        "busybox",
+        "from",
+        "entrypoint",
+    ]);
     assert_ok(&out, "run with --entrypoint");
     assert_eq!(stdout(&out), "from entrypoint\n");
 
-    let out = k.run(&["run", "--rm", "--network", "none", "busybox", "sh", "-c", "ls /sys/class/net"]);
+    let out = k.run(&[
+        "run",
+        "--rm",
+        "--network",
+        "none",
+        "busybox",
+        "sh",
+        "-c",
+        "ls /sys/class/net",
+    ]);
     assert_ok(&out, "run with --network none");
-    assert_eq!(stdout(&out).split_whitespace().collect::<Vec<_>>(), vec!["lo"]);
+    assert_eq!(
+        stdout(&out).split_whitespace().collect::<Vec<_>>(),
+        vec!["lo"]
+    );
 
     let out = k.run(&["run", "--rm", "busybox", "sh", "-c", "echo $$; hostname"]);
     assert_ok(&out, "pid and uts namespaces");
     let text = stdout(&out);
     let mut lines = text.lines();
-    assert_ne!(lines.next(), Some("1"), "the command is not pid 1: a minimal init is");
+    assert_ne!(
+        lines.next(),
+        Some("1"),
+        "the command is not pid 1: a minimal init is"
+    );
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
     assert_ne!(lines.next().map(str::trim), Some(host.trim()));
 
@@ -123,23 +189,48 @@ fn run_follows_docker_rules() {
 fn push_pull_and_interop_with_skopeo_and_umoci() {
     let (reg, _guard) = registry();
     let k = Kiln::with_busybox();
-    assert_ok(&build(&k, &hello_context(), &["-t", "hello"]), "build hello");
+    assert_ok(
+        &build(&k, &hello_context(), &["-t", "hello"]),
+        "build hello",
+    );
     let repo = unique("hello");
     let dest = format!("{reg}/{repo}:v1");
     let out = k.run(&["push", "hello", &dest]);
     assert_ok(&out, "kiln push");
 
     // skopeo reads what kiln pushed, and umoci unpacks it to the exact files.
-    let inspect = tool("skopeo", &["inspect", "--tls-verify=false", &format!("docker://{dest}")]);
+    let inspect = tool(
+        "skopeo",
+        &["inspect", "--tls-verify=false", &format!("docker://{dest}")],
+    );
     let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(v["Labels"]["org.opencontainers.image.title"], "kiln hello");
     let scratch = tempfile::tempdir().unwrap();
     let layout = scratch.path().join("layout");
-    tool("skopeo", &["copy", "--src-tls-verify=false", &format!("docker://{dest}"), &format!("oci:{}:v1", layout.display())]);
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--src-tls-verify=false",
+            &format!("docker://{dest}"),
+            &format!("oci:{}:v1", layout.display()),
+        ],
+    );
     let bundle = scratch.path().join("bundle");
-    tool("umoci", &["unpack", "--image", &format!("{}:v1", layout.display()), bundle.to_str().unwrap()]);
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:v1", layout.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
     let greeting = std::fs::read_to_string(bundle.join("rootfs/srv/greeting.txt")).unwrap();
-    assert_eq!(greeting, "hello from a kiln build (stage: build, user: 0)\nbuilt by kiln\n");
+    assert_eq!(
+        greeting,
+        "hello from a kiln build (stage: build, user: 0)\nbuilt by kiln\n"
+    );
     assert!(bundle.join("rootfs/bin/busybox").is_file());
 
     // A fresh store pulls it back and runs it.
@@ -151,12 +242,30 @@ fn push_pull_and_interop_with_skopeo_and_umoci() {
 
     // What skopeo pushed, kiln pulls and runs; a build can start FROM it.
     let bb = format!("{reg}/{}:latest", unique("busybox"));
-    let src = format!("oci:{}/images:docker.io/library/busybox:latest", k.root.path().display());
-    tool("skopeo", &["copy", "--dest-tls-verify=false", &src, &format!("docker://{bb}")]);
+    let src = format!(
+        "oci:{}/images:docker.io/library/busybox:latest",
+        k.root.path().display()
+    );
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--dest-tls-verify=false",
+            &src,
+            &format!("docker://{bb}"),
+        ],
+    );
     let k3 = Kiln::new();
     let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(ctx.path().join("Dockerfile"), format!("FROM {bb}\nRUN echo pulled > /note\nCMD [\"cat\", \"/note\"]\n")).unwrap();
-    assert_ok(&build(&k3, ctx.path(), &["-t", "frompull"]), "build FROM a registry image");
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {bb}\nRUN echo pulled > /note\nCMD [\"cat\", \"/note\"]\n"),
+    )
+    .unwrap();
+    assert_ok(
+        &build(&k3, ctx.path(), &["-t", "frompull"]),
+        "build FROM a registry image",
+    );
     let run = k3.run(&["run", "--rm", "frompull"]);
     assert_ok(&run, "run frompull");
     assert_eq!(stdout(&run), "pulled\n");
@@ -167,11 +276,34 @@ fn oci_archive_output_is_accepted_by_skopeo() {
     let k = Kiln::with_busybox();
     let dir = tempfile::tempdir().unwrap();
     let tar = dir.path().join("hello.tar");
-    let out = build(&k, &hello_context(), &["-t", "hello", "--output", &format!("type=oci,dest={}", tar.display())]);
+    let out = build(
+        &k,
+        &hello_context(),
+        &[
+            "-t",
+            "hello",
+            "--output",
+            &format!("type=oci,dest={}", tar.display()),
+        ],
+    );
     assert_ok(&out, "build with --output type=oci");
     let layout = dir.path().join("copy");
-    tool("skopeo", &["copy", &format!("oci-archive:{}", tar.display()), &format!("oci:{}:x", layout.display())]);
-    let inspect = tool("skopeo", &["inspect", "--config", &format!("oci:{}:x", layout.display())]);
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci-archive:{}", tar.display()),
+            &format!("oci:{}:x", layout.display()),
+        ],
+    );
+    let inspect = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            &format!("oci:{}:x", layout.display()),
+        ],
+    );
     let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
     assert_eq!(v["config"]["Entrypoint"], serde_json::json!(["cat"]));
     assert_eq!(v["config"]["User"], "nobody");
@@ -182,23 +314,41 @@ fn bad_input_gives_clear_errors() {
     let k = Kiln::with_busybox();
     let out = k.run(&["build", "/no/such/context"]);
     assert!(!out.status.success());
-    assert!(stderr(&out).contains("/no/such/context"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("/no/such/context"),
+        "{}",
+        stderr(&out)
+    );
 
     let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(ctx.path().join("Dockerfile"), "FROM busybox\nRUNN echo hi\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUNN echo hi\n",
+    )
+    .unwrap();
     let out = build(&k, ctx.path(), &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("Dockerfile:2"), "{err}");
-    assert!(err.contains("RUN"), "suggests the instruction it meant: {err}");
+    assert!(
+        err.contains("RUN"),
+        "suggests the instruction it meant: {err}"
+    );
 
-    std::fs::write(ctx.path().join("Dockerfile"), "FROM busybox\nRUN echo before\nRUN echo failing-step && exit 3\n").unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox\nRUN echo before\nRUN echo failing-step && exit 3\n",
+    )
+    .unwrap();
     let out = build(&k, ctx.path(), &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(err.contains("Dockerfile:3"), "{err}");
     assert!(err.contains("exit code: 3"), "{err}");
-    assert!(err.contains("failing-step"), "shows the step's output: {err}");
+    assert!(
+        err.contains("failing-step"),
+        "shows the step's output: {err}"
+    );
 
     let out = k.run(&["run", "--rm", "no-such-image-here:1"]);
     assert!(!out.status.success());

@@ -27,8 +27,12 @@ fn shell_or_exec(ins: &kiln_frontend::Instruction) -> Vec<String> {
 
 fn apply_one(config: &mut Config, ins: &kiln_frontend::Instruction) -> Result<()> {
     match ins.name.as_str() {
-        "cmd" => config.set_cmd(Some(shell_or_exec(ins))),
-        "entrypoint" => config.set_entrypoint(Some(shell_or_exec(ins))),
+        "cmd" => {
+            config.set_cmd(Some(shell_or_exec(ins)));
+        }
+        "entrypoint" => {
+            config.set_entrypoint(Some(shell_or_exec(ins)));
+        }
         "env" => {
             let mut env = config.env().clone().unwrap_or_default();
             for kv in ins.args.chunks(3) {
@@ -58,9 +62,15 @@ fn apply_one(config: &mut Config, ins: &kiln_frontend::Instruction) -> Result<()
             }
             config.set_exposed_ports(Some(ports));
         }
-        "user" => config.set_user(ins.args.first().cloned()),
-        "workdir" => config.set_working_dir(ins.args.first().cloned()),
-        "stopsignal" => config.set_stop_signal(ins.args.first().cloned()),
+        "user" => {
+            config.set_user(ins.args.first().cloned());
+        }
+        "workdir" => {
+            config.set_working_dir(ins.args.first().cloned());
+        }
+        "stopsignal" => {
+            config.set_stop_signal(ins.args.first().cloned());
+        }
         "volume" => {
             let mut vols = config.volumes().clone().unwrap_or_default();
             let list: Vec<String> = if ins.json {

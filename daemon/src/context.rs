@@ -14,8 +14,8 @@ pub(crate) struct ContextDir {
 
 impl ContextDir {
     pub(crate) fn new(root: PathBuf, patterns: &[String]) -> Result<Self> {
-        let matcher = IgnoreMatcher::new(patterns)
-            .map_err(|e| anyhow::anyhow!("`.dockerignore`: {e}"))?;
+        let matcher =
+            IgnoreMatcher::new(patterns).map_err(|e| anyhow::anyhow!("`.dockerignore`: {e}"))?;
         Ok(ContextDir { root, matcher })
     }
 }

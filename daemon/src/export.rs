@@ -56,21 +56,23 @@ fn rfc3339(unix: i64) -> String {
     )
 }
 
-/// The layer of one snapshot: the blob recorded for it (a pulled layer keeps its original
-/// digest; an exported one is not compressed twice) or a new gzip blob.
+/// The layer of one snapshot, and whether it is an image's own layer. An image layer (pulled or
+/// imported) keeps its original blob, even when empty; a built one is exported (once: the exporter
+/// records the blob per snapshot) and may turn out empty.
 fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<(LayerBlob, bool)> {
-    let known = store.snapshots().layers(snap)?;
-    if let Some(l) = known.first() {
-        return Ok((
-            LayerBlob {
-                diff_id: l.diff_id.clone(),
-                digest: l.digest.clone(),
-                size: l.size,
-                media_type: l.media_type.clone(),
-                empty: false,
-            },
-            true,
-        ));
+    if kiln_solver::images::is_image_layer(store, snap)? {
+        if let Some(l) = store.snapshots().layers(snap)?.into_iter().next() {
+            return Ok((
+                LayerBlob {
+                    diff_id: l.diff_id,
+                    digest: l.digest,
+                    size: l.size,
+                    media_type: l.media_type,
+                    empty: false,
+                },
+                true,
+            ));
+        }
     }
     let opts = LayerOptions {
         compression: Compression::Gzip,
@@ -166,7 +168,10 @@ pub(crate) async fn export_image(
 pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage> {
     let src = &req.source;
     let meta = std::fs::metadata(src).with_context(|| {
-        format!("cannot read `{}`: pass a root filesystem directory or tar file", src.display())
+        format!(
+            "cannot read `{}`: pass a root filesystem directory or tar file",
+            src.display()
+        )
     })?;
     let snap = if meta.is_dir() {
         // Tar the directory through a pipe into the extractor: one code path for both forms.
@@ -190,7 +195,8 @@ pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage
             .with_context(|| format!("cannot read `{}`", src.display()))?;
         snap?
     } else {
-        let file = std::fs::File::open(src).with_context(|| format!("cannot open `{}`", src.display()))?;
+        let file =
+            std::fs::File::open(src).with_context(|| format!("cannot open `{}`", src.display()))?;
         let mut r = std::io::BufReader::new(file);
         let mut magic = [0u8; 4];
         let n = r.read(&mut magic)?;
@@ -209,15 +215,19 @@ pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage
     };
     let epoch = source_date_epoch();
     let (blob, _) = layer_of(store, snap, epoch)?;
-    store.snapshots().set_layer(
-        snap,
-        LayerInfo {
-            diff_id: blob.diff_id.clone(),
-            digest: blob.digest.clone(),
-            size: blob.size,
-            media_type: blob.media_type.clone(),
-        },
-    )?;
+    if epoch.is_some() {
+        // The exporter records only unclamped layers; this one is the image's own from now on.
+        store.snapshots().set_layer(
+            snap,
+            LayerInfo {
+                diff_id: blob.diff_id.clone(),
+                digest: blob.digest.clone(),
+                size: blob.size,
+                media_type: blob.media_type.clone(),
+            },
+        )?;
+    }
+    kiln_solver::images::mark_image_layer(store, snap)?;
     let platform = kiln_registry::Platform::host();
     let created = rfc3339(epoch.unwrap_or_else(|| {
         std::time::SystemTime::now()
@@ -226,7 +236,9 @@ pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage
             .unwrap_or(0)
     }));
     let mut cfg = ConfigBuilder::default()
-        .env(vec!["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string()])
+        .env(vec![
+            "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ])
         .build()
         .context("cannot build the image config")?;
     crate::changes::apply_changes(&mut cfg, &req.changes)?;
@@ -236,7 +248,12 @@ pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage
     config.set_architecture(platform.architecture.as_str().into());
     config.set_history(Some(vec![HistoryBuilder::default()
         .created(created.clone())
-        .created_by(format!("kiln import {}", src.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()))
+        .created_by(format!(
+            "kiln import {}",
+            src.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ))
         .comment("Imported from rootfs".to_string())
         .build()
         .context("cannot build a history entry")?]));

@@ -88,7 +88,9 @@ impl Engine {
             user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
         })?;
         let jobs = if opts.jobs == 0 {
-            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
         } else {
             opts.jobs
         };
@@ -106,7 +108,11 @@ impl Engine {
     }
 
     /// Builds a Dockerfile: compile, solve, export to the local store and any outputs.
-    pub async fn build(&self, req: BuildRequest, progress: Arc<dyn ProgressSink>) -> Result<BuildResult> {
+    pub async fn build(
+        &self,
+        req: BuildRequest,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<BuildResult> {
         let context_dir = req.context.canonicalize().with_context(|| {
             format!(
                 "build context `{}` does not exist: pass an existing directory",
@@ -114,7 +120,10 @@ impl Engine {
             )
         })?;
         if !context_dir.is_dir() {
-            bail!("build context `{}` is not a directory", req.context.display());
+            bail!(
+                "build context `{}` is not a directory",
+                req.context.display()
+            );
         }
         let dockerfile = req
             .dockerfile
@@ -131,7 +140,10 @@ impl Engine {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_else(|| "Dockerfile".into());
         let ignore_patterns = context::read_dockerignore(&context_dir, &dockerfile)?;
-        let local = Arc::new(context::ContextDir::new(context_dir.clone(), &ignore_patterns)?);
+        let local = Arc::new(context::ContextDir::new(
+            context_dir.clone(),
+            &ignore_patterns,
+        )?);
         let platform = self.solver.platform().clone();
         let opts = kiln_frontend::BuildOptions {
             dockerfile_name: dockerfile_name.clone(),
@@ -146,10 +158,9 @@ impl Engine {
             solver: self.solver.clone(),
             handle: tokio::runtime::Handle::current(),
         };
-        let compiled = tokio::task::spawn_blocking(move || {
-            kiln_frontend::compile(&text, &opts, &resolver)
-        })
-        .await??;
+        let compiled =
+            tokio::task::spawn_blocking(move || kiln_frontend::compile(&text, &opts, &resolver))
+                .await??;
         let warnings: Vec<String> = compiled
             .warnings
             .iter()
@@ -185,11 +196,14 @@ impl Engine {
             tokio::task::spawn_blocking(move || match &out {
                 Output::OciArchive(dest) => {
                     kiln_exporter::write_oci_archive(&store, &desc, name.as_deref(), dest)
-                        .with_context(|| format!("cannot write the OCI archive `{}`", dest.display()))
+                        .with_context(|| {
+                            format!("cannot write the OCI archive `{}`", dest.display())
+                        })
                 }
                 Output::OciDir(dest) => {
-                    kiln_exporter::write_oci_dir(&store, &desc, name.as_deref(), dest)
-                        .with_context(|| format!("cannot write the OCI layout `{}`", dest.display()))
+                    kiln_exporter::write_oci_dir(&store, &desc, name.as_deref(), dest).with_context(
+                        || format!("cannot write the OCI layout `{}`", dest.display()),
+                    )
                 }
             })
             .await??;

@@ -37,7 +37,11 @@ pub(crate) fn command_line(
         Some(e) => (vec![e.to_string()], &[]),
         None => (image_entrypoint.to_vec(), image_cmd),
     };
-    let cmd = if command.is_empty() { default_cmd.to_vec() } else { command.to_vec() };
+    let cmd = if command.is_empty() {
+        default_cmd.to_vec()
+    } else {
+        command.to_vec()
+    };
     ep.into_iter().chain(cmd).collect()
 }
 
@@ -61,9 +65,15 @@ pub(crate) fn merge_env(image_env: &[String], overrides: &[String]) -> Vec<Strin
 }
 
 pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Result<i32> {
-    let image = images::resolve_image(store, solver.registry(), solver.platform(), &req.image, false)
-        .await
-        .with_context(|| format!("cannot find image `{}`", req.image))?;
+    let image = images::resolve_image(
+        store,
+        solver.registry(),
+        solver.platform(),
+        &req.image,
+        false,
+    )
+    .await
+    .with_context(|| format!("cannot find image `{}`", req.image))?;
     images::ensure_layers(store, solver.registry(), &image).await?;
     let store2 = store.clone();
     let image2 = image.clone();
@@ -76,7 +86,10 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
         &req.command,
     );
     if argv.is_empty() {
-        bail!("image `{}` has no command: pass one after the image name", image.name);
+        bail!(
+            "image `{}` has no command: pass one after the image name",
+            image.name
+        );
     }
     let chain = match top {
         Some(t) => store.snapshots().chain(t)?,
@@ -94,8 +107,16 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
         .or_else(|| cfg.user().clone())
         .filter(|u| !u.is_empty())
         .unwrap_or_else(|| "0".into());
-    let user = kiln_exec::resolve_user(&user_spec, read("/etc/passwd")?.as_deref(), read("/etc/group")?.as_deref())?;
-    let network = if req.network_none { kiln_exec::Network::None } else { kiln_exec::Network::Host };
+    let user = kiln_exec::resolve_user(
+        &user_spec,
+        read("/etc/passwd")?.as_deref(),
+        read("/etc/group")?.as_deref(),
+    )?;
+    let network = if req.network_none {
+        kiln_exec::Network::None
+    } else {
+        kiln_exec::Network::Host
+    };
     let env = merge_env(cfg.env().as_deref().unwrap_or(&[]), &req.env);
     let cwd = req
         .workdir
@@ -105,7 +126,12 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
         .unwrap_or_else(|| "/".into());
     let id = container_id();
     let dir = store.containers_dir().join(&id);
-    let (upper, work, target, state) = (dir.join("upper"), dir.join("work"), dir.join("rootfs"), dir.join("state"));
+    let (upper, work, target, state) = (
+        dir.join("upper"),
+        dir.join("work"),
+        dir.join("rootfs"),
+        dir.join("state"),
+    );
     for d in [&upper, &work, &target, &state] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create `{}`", d.display()))?;
     }
@@ -127,7 +153,12 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
     let outcome = kiln_exec::run(
         kiln_exec::SandboxConfig {
             spec,
-            rootfs: kiln_exec::RootFs { lower, upper: Some(upper), work: Some(work), target },
+            rootfs: kiln_exec::RootFs {
+                lower,
+                upper: Some(upper),
+                work: Some(work),
+                target,
+            },
             network,
             stdio: kiln_exec::Stdio::Inherit,
             state_dir: state,
@@ -144,7 +175,10 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
             "manifest": image.manifest_digest,
             "exit_code": outcome.as_ref().map(|o| o.exit_code).ok(),
         });
-        let _ = std::fs::write(dir.join("container.json"), serde_json::to_vec_pretty(&record)?);
+        let _ = std::fs::write(
+            dir.join("container.json"),
+            serde_json::to_vec_pretty(&record)?,
+        );
     }
     Ok(outcome?.exit_code)
 }
@@ -171,10 +205,19 @@ mod tests {
         let ep = v(&["cat"]);
         let cmd = v(&["/srv/a"]);
         assert_eq!(command_line(&ep, &cmd, None, &[]), v(&["cat", "/srv/a"]));
-        assert_eq!(command_line(&ep, &cmd, None, &v(&["/b"])), v(&["cat", "/b"]));
+        assert_eq!(
+            command_line(&ep, &cmd, None, &v(&["/b"])),
+            v(&["cat", "/b"])
+        );
         assert_eq!(command_line(&ep, &cmd, Some("ls"), &[]), v(&["ls"]));
-        assert_eq!(command_line(&ep, &cmd, Some("ls"), &v(&["-l"])), v(&["ls", "-l"]));
-        assert_eq!(command_line(&[], &v(&["sh"]), None, &v(&["echo", "x"])), v(&["echo", "x"]));
+        assert_eq!(
+            command_line(&ep, &cmd, Some("ls"), &v(&["-l"])),
+            v(&["ls", "-l"])
+        );
+        assert_eq!(
+            command_line(&[], &v(&["sh"]), None, &v(&["echo", "x"])),
+            v(&["echo", "x"])
+        );
     }
 
     #[test]

@@ -32,7 +32,10 @@ pub(crate) struct Entry {
 
 /// Resolves a `COPY` source path (possibly with wildcards in its last components) against the
 /// context: returns the relative paths of the matching top-level entries, sorted.
-pub(crate) fn resolve_sources(ctx: &dyn LocalContext, src: &str) -> Result<Vec<String>, SolveError> {
+pub(crate) fn resolve_sources(
+    ctx: &dyn LocalContext,
+    src: &str,
+) -> Result<Vec<String>, SolveError> {
     let clean = clean_rel(src);
     if clean.is_empty() {
         return Ok(vec![String::new()]);
@@ -44,7 +47,9 @@ pub(crate) fn resolve_sources(ctx: &dyn LocalContext, src: &str) -> Result<Vec<S
             let rel = join_rel(base, part);
             if glob::has_wildcard(part) {
                 let dir = ctx.root().join(base);
-                let Ok(rd) = std::fs::read_dir(&dir) else { continue };
+                let Ok(rd) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
                 for e in rd.flatten() {
                     let name = e.file_name().to_string_lossy().into_owned();
                     if glob::matches(part, &name) {
@@ -101,15 +106,14 @@ fn walk_into(
             path: rel.clone(),
             message: e.to_string(),
         })?;
-        let mut children: Vec<_> = rd
-            .filter_map(Result::ok)
-            .map(|e| e.file_name())
-            .collect();
+        let mut children: Vec<_> = rd.filter_map(Result::ok).map(|e| e.file_name()).collect();
         children.sort();
         for name in children {
             let name = name.to_string_lossy().into_owned();
             let child_abs = abs.join(&name);
-            let Ok(m) = std::fs::symlink_metadata(&child_abs) else { continue };
+            let Ok(m) = std::fs::symlink_metadata(&child_abs) else {
+                continue;
+            };
             walk_into(ctx, join_rel(&rel, &name), child_abs, m, out)?;
         }
     }
@@ -137,8 +141,10 @@ pub(crate) fn checksum(
         .map(|&i| hash_file(&files[i].abs).map(|h| (i, h)))
         .collect::<Result<_, _>>()?;
     if !computed.is_empty() {
-        let puts: Vec<(Vec<u8>, [u8; 32])> =
-            computed.iter().map(|(i, h)| (keys[*i].clone(), *h)).collect();
+        let puts: Vec<(Vec<u8>, [u8; 32])> = computed
+            .iter()
+            .map(|(i, h)| (keys[*i].clone(), *h))
+            .collect();
         index.memo_put_many(&puts).map_err(SolveError::cache)?;
     }
     let mut file_hashes: Vec<Option<[u8; 32]>> = memo;

@@ -140,7 +140,12 @@ pub(crate) fn apply(
     }
 }
 
-fn copy(root: &Path, c: &FileCopy, source: &CopySource<'_>, owner: Option<Owner>) -> Result<(), SolveError> {
+fn copy(
+    root: &Path,
+    c: &FileCopy,
+    source: &CopySource<'_>,
+    owner: Option<Owner>,
+) -> Result<(), SolveError> {
     // Sources: (absolute path on the host, name used under a directory destination).
     let sources: Vec<(PathBuf, String, String)> = match source {
         CopySource::Local(ctx) => context::resolve_sources(*ctx, &c.src)?
@@ -163,7 +168,11 @@ fn copy(root: &Path, c: &FileCopy, source: &CopySource<'_>, owner: Option<Owner>
     }
     let dest_is_dir = c.dest.ends_with('/') || sources.len() > 1 || glob::has_wildcard(&c.src);
     let dest = resolve_in_root(root, &c.dest, true).map_err(|e| op_err(&c.dest, e))?;
-    let mode = if c.mode >= 0 { Some(c.mode as u32) } else { None };
+    let mode = if c.mode >= 0 {
+        Some(c.mode as u32)
+    } else {
+        None
+    };
     for (abs, name, rel) in &sources {
         let meta = std::fs::symlink_metadata(abs).map_err(|e| op_err(&c.src, e))?;
         let excluded = |r: &str| match source {
@@ -250,19 +259,30 @@ fn copy_dir_contents(
         let name_s = name.to_string_lossy().into_owned();
         let child_rel = context::join_rel(rel, &name_s);
         let child = src.join(&name);
-        let Ok(meta) = std::fs::symlink_metadata(&child) else { continue };
+        let Ok(meta) = std::fs::symlink_metadata(&child) else {
+            continue;
+        };
         let is_excluded = excluded(&child_rel);
         let mut target = dest.join(&name);
         if meta.is_dir() {
             // An existing symlink to a directory in the destination is followed, inside the root.
             if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
-                let rel_t = target.strip_prefix(root).unwrap_or(&target).to_string_lossy().into_owned();
+                let rel_t = target
+                    .strip_prefix(root)
+                    .unwrap_or(&target)
+                    .to_string_lossy()
+                    .into_owned();
                 target = resolve_in_root(root, &rel_t, true).map_err(|e| op_err(&rel_t, e))?;
             }
             if !is_excluded && !target.is_dir() {
                 let _ = std::fs::remove_file(&target);
                 std::fs::create_dir(&target).map_err(|e| op_err(&child_rel, e))?;
-                set_meta(&target, mode.unwrap_or(meta.mode() & 0o7777), owner, Some(&meta))?;
+                set_meta(
+                    &target,
+                    mode.unwrap_or(meta.mode() & 0o7777),
+                    owner,
+                    Some(&meta),
+                )?;
             }
             if is_excluded {
                 // Only re-included files inside; create the directory lazily.
@@ -308,9 +328,8 @@ fn copy_entry(
         std::fs::copy(src, dst).map_err(err)?;
     } else {
         // Devices, fifos and sockets are recreated, not read.
-        let c = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes()).map_err(|_| {
-            SolveError::Op(format!("path `{}` contains a NUL byte", dst.display()))
-        })?;
+        let c = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes())
+            .map_err(|_| SolveError::Op(format!("path `{}` contains a NUL byte", dst.display())))?;
         // SAFETY: `c` is a valid NUL-terminated path; mknod does not retain the pointer.
         let rc = unsafe { libc::mknod(c.as_ptr(), meta.mode(), meta.rdev() as libc::dev_t) };
         if rc != 0 {
@@ -342,7 +361,9 @@ fn set_meta(
 
 /// Creates the missing parents of `path` (not `path` itself), owned by `owner`, mode 0755.
 fn mkdir_parents(root: &Path, path: &Path, owner: Option<Owner>) -> Result<(), SolveError> {
-    let Some(parent) = path.parent() else { return Ok(()) };
+    let Some(parent) = path.parent() else {
+        return Ok(());
+    };
     if parent.is_dir() || parent == root {
         return Ok(());
     }
@@ -377,10 +398,22 @@ mod tests {
         std::fs::create_dir_all(root.join("usr/bin")).unwrap();
         std::os::unix::fs::symlink("/usr/bin", root.join("bin")).unwrap();
         std::os::unix::fs::symlink("../../../../etc", root.join("escape")).unwrap();
-        assert_eq!(resolve_in_root(root, "/bin/sh", true).unwrap(), root.join("usr/bin/sh"));
-        assert_eq!(resolve_in_root(root, "escape/passwd", true).unwrap(), root.join("etc/passwd"));
-        assert_eq!(resolve_in_root(root, "../../x", true).unwrap(), root.join("x"));
-        assert_eq!(resolve_in_root(root, "bin", false).unwrap(), root.join("bin"));
+        assert_eq!(
+            resolve_in_root(root, "/bin/sh", true).unwrap(),
+            root.join("usr/bin/sh")
+        );
+        assert_eq!(
+            resolve_in_root(root, "escape/passwd", true).unwrap(),
+            root.join("etc/passwd")
+        );
+        assert_eq!(
+            resolve_in_root(root, "../../x", true).unwrap(),
+            root.join("x")
+        );
+        assert_eq!(
+            resolve_in_root(root, "bin", false).unwrap(),
+            root.join("bin")
+        );
     }
 
     #[test]
@@ -388,14 +421,26 @@ mod tests {
         let passwd = "app:x:1000:1000::/home/app:/bin/sh\n";
         let group = "staff:x:50:\n";
         let o = resolve_owner(
-            Some(&Chown { user: "app".into(), group: String::new() }),
+            Some(&Chown {
+                user: "app".into(),
+                group: String::new(),
+            }),
             Some(passwd),
             Some(group),
         )
         .unwrap();
-        assert_eq!(o, Some(Owner { uid: 1000, gid: 1000 }));
+        assert_eq!(
+            o,
+            Some(Owner {
+                uid: 1000,
+                gid: 1000
+            })
+        );
         let o = resolve_owner(
-            Some(&Chown { user: "app".into(), group: "staff".into() }),
+            Some(&Chown {
+                user: "app".into(),
+                group: "staff".into(),
+            }),
             Some(passwd),
             Some(group),
         )

@@ -89,13 +89,25 @@ pub fn load(store: &Store, name: &str, manifest_digest: &str) -> Result<ImageRef
         image: name.to_string(),
         message: m,
     };
-    let bytes = store.content().read(manifest_digest).map_err(SolveError::cache)?;
-    let manifest = ImageManifest::from_reader(bytes.as_slice())
-        .map_err(|e| bad(format!("manifest {manifest_digest} is not an image manifest: {e}")))?;
+    let bytes = store
+        .content()
+        .read(manifest_digest)
+        .map_err(SolveError::cache)?;
+    let manifest = ImageManifest::from_reader(bytes.as_slice()).map_err(|e| {
+        bad(format!(
+            "manifest {manifest_digest} is not an image manifest: {e}"
+        ))
+    })?;
     let config_digest = manifest.config().digest().to_string();
-    let cbytes = store.content().read(&config_digest).map_err(SolveError::cache)?;
-    let config = ImageConfiguration::from_reader(cbytes.as_slice())
-        .map_err(|e| bad(format!("config {config_digest} is not an image config: {e}")))?;
+    let cbytes = store
+        .content()
+        .read(&config_digest)
+        .map_err(SolveError::cache)?;
+    let config = ImageConfiguration::from_reader(cbytes.as_slice()).map_err(|e| {
+        bad(format!(
+            "config {config_digest} is not an image config: {e}"
+        ))
+    })?;
     Ok(ImageRef {
         name: name.to_string(),
         manifest_digest: manifest_digest.to_string(),
@@ -132,7 +144,9 @@ async fn fetch_blob(
             if n == 0 {
                 break;
             }
-            writer.write_all(&buf[..n]).map_err(|e| SolveError::Op(e.to_string()))?;
+            writer
+                .write_all(&buf[..n])
+                .map_err(|e| SolveError::Op(e.to_string()))?;
         }
         Ok(writer)
     });
@@ -196,7 +210,10 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
         chain_id = if chain_id.is_empty() {
             diff_id.clone()
         } else {
-            format!("sha256:{}", hex::encode(Sha256::digest(format!("{chain_id} {diff_id}"))))
+            format!(
+                "sha256:{}",
+                hex::encode(Sha256::digest(format!("{chain_id} {diff_id}")))
+            )
         };
         let key = format!("layerchain:{chain_id}");
         if let Some(id) = store.index().meta_get(&key).map_err(SolveError::cache)? {
@@ -237,22 +254,44 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
             .index()
             .meta_put(&key, &snap.0.to_string())
             .map_err(SolveError::cache)?;
+        mark_image_layer(store, snap)?;
         parent = Some(snap);
     }
     Ok(parent)
 }
 
-fn decompressor<'a>(
-    media_type: &str,
-    r: impl Read + 'a,
-) -> Result<Box<dyn Read + 'a>, String> {
+fn decompressor<'a>(media_type: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>, String> {
     if media_type.ends_with("gzip") {
         Ok(Box::new(flate2::read::GzDecoder::new(r)))
     } else if media_type.ends_with("zstd") {
-        Ok(Box::new(zstd::stream::read::Decoder::new(r).map_err(|e| e.to_string())?))
+        Ok(Box::new(
+            zstd::stream::read::Decoder::new(r).map_err(|e| e.to_string())?,
+        ))
     } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
         Ok(Box::new(r))
     } else {
         Err(format!("unsupported layer media type `{media_type}`"))
     }
+}
+
+fn image_layer_key(snap: SnapshotId) -> String {
+    format!("image-layer:{snap}")
+}
+
+/// Records that a snapshot holds a layer of an image (pulled or imported): exports reuse that
+/// layer's blob exactly, even when it is empty, instead of re-deriving it.
+pub fn mark_image_layer(store: &Store, snap: SnapshotId) -> Result<(), SolveError> {
+    store
+        .index()
+        .meta_put(&image_layer_key(snap), "1")
+        .map_err(SolveError::cache)
+}
+
+/// Whether [`mark_image_layer`] was called for this snapshot.
+pub fn is_image_layer(store: &Store, snap: SnapshotId) -> Result<bool, SolveError> {
+    Ok(store
+        .index()
+        .meta_get(&image_layer_key(snap))
+        .map_err(SolveError::cache)?
+        .is_some())
 }

@@ -162,7 +162,8 @@ impl Solver {
     /// cancels the rest (their sandboxes are killed when their futures drop).
     pub async fn solve(&self, req: SolveRequest) -> Result<SolveOutput, SolveError> {
         let def = Arc::new(req.definition);
-        def.validate().map_err(|e| SolveError::Graph(e.to_string()))?;
+        def.validate()
+            .map_err(|e| SolveError::Graph(e.to_string()))?;
         let counters = Arc::new(Mutex::new(Counters::default()));
         let mut futures: HashMap<String, VertexFuture> = HashMap::new();
         let locals = Arc::new(req.locals);
@@ -215,7 +216,10 @@ impl Solver {
             created_unix = r.created_unix;
             r.output.clone()
         };
-        let c = counters.lock().map(|c| (c.executed, c.cached)).unwrap_or((0, 0));
+        let c = counters
+            .lock()
+            .map(|c| (c.executed, c.cached))
+            .unwrap_or((0, 0));
         Ok(SolveOutput {
             root: output,
             executed: c.0,
@@ -306,7 +310,13 @@ impl VertexTask {
                     .unwrap_or(0);
                 store
                     .index()
-                    .put(&key, &CachedResult { snapshot, created_unix })
+                    .put(
+                        &key,
+                        &CachedResult {
+                            snapshot,
+                            created_unix,
+                        },
+                    )
                     .map_err(SolveError::cache)?;
                 self.progress.event(Event::Done {
                     vertex: self.vertex,
@@ -447,7 +457,9 @@ impl VertexTask {
             Some(Output::Snapshot(s)) => Some(s),
             Some(Output::Scratch) | None => None,
             Some(Output::Local(_)) => {
-                return Err(SolveError::Unsupported("a local context as the root filesystem".into()))
+                return Err(SolveError::Unsupported(
+                    "a local context as the root filesystem".into(),
+                ))
             }
         };
         let snaps = store.snapshots();
@@ -457,7 +469,11 @@ impl VertexTask {
         };
         let passwd = read_text(store, &chain, "/etc/passwd")?;
         let group = read_text(store, &chain, "/etc/group")?;
-        let user_spec = if meta.user.is_empty() { "0" } else { &meta.user };
+        let user_spec = if meta.user.is_empty() {
+            "0"
+        } else {
+            &meta.user
+        };
         let user = kiln_exec::resolve_user(user_spec, passwd.as_deref(), group.as_deref())
             .map_err(|e| SolveError::Op(e.to_string()))?;
         let network = if e.network == NetworkMode::None as i32 {
@@ -468,9 +484,17 @@ impl VertexTask {
         let spec = kiln_exec::default_spec(&kiln_exec::ProcessSpec {
             args: meta.args.clone(),
             env: meta.env.clone(),
-            cwd: if meta.cwd.is_empty() { "/".into() } else { meta.cwd.clone() },
+            cwd: if meta.cwd.is_empty() {
+                "/".into()
+            } else {
+                meta.cwd.clone()
+            },
             user,
-            hostname: if meta.hostname.is_empty() { "kiln".into() } else { meta.hostname.clone() },
+            hostname: if meta.hostname.is_empty() {
+                "kiln".into()
+            } else {
+                meta.hostname.clone()
+            },
             network,
             terminal: false,
         })
@@ -566,7 +590,11 @@ fn input_output(inputs: &[Arc<VertexResult>], index: i64) -> Result<Output, Solv
         .ok_or_else(|| SolveError::Graph(format!("input index {index} out of range")))
 }
 
-fn read_text(store: &Store, chain: &[SnapshotId], path: &str) -> Result<Option<String>, SolveError> {
+fn read_text(
+    store: &Store,
+    chain: &[SnapshotId],
+    path: &str,
+) -> Result<Option<String>, SolveError> {
     Ok(store
         .snapshots()
         .read_file(chain, path)
@@ -608,11 +636,11 @@ impl Tail {
 
     fn render(&self) -> String {
         let mut out = String::new();
-        for l in self.lines.iter().chain(
-            Some(&self.partial)
-                .filter(|p| !p.is_empty())
-                .into_iter(),
-        ) {
+        for l in self
+            .lines
+            .iter()
+            .chain(Some(&self.partial).filter(|p| !p.is_empty()).into_iter())
+        {
             out.push_str("\n  > ");
             out.push_str(l);
         }
@@ -656,7 +684,9 @@ fn file_op(store: &Store, f: &kiln_llb::FileOp, inputs: &[Output]) -> Result<Out
         Output::Snapshot(s) => Some(s),
         Output::Scratch => None,
         Output::Local(_) => {
-            return Err(SolveError::Unsupported("a file op on a local context".into()))
+            return Err(SolveError::Unsupported(
+                "a file op on a local context".into(),
+            ))
         }
     };
     let snaps = store.snapshots();
@@ -675,10 +705,14 @@ fn file_op(store: &Store, f: &kiln_llb::FileOp, inputs: &[Output]) -> Result<Out
         let target = tmp.path().join("root");
         std::fs::create_dir_all(&target).map_err(|e| SolveError::Op(e.to_string()))?;
         let _work = snap_work_dir(store, snap)?;
-        let guard = snaps.mount(&chain, Some(snap), &target).map_err(SolveError::cache)?;
+        let guard = snaps
+            .mount(&chain, Some(snap), &target)
+            .map_err(SolveError::cache)?;
         let root = guard.path().to_path_buf();
         for (n, action) in f.actions.iter().enumerate() {
-            let Some(action) = &action.action else { continue };
+            let Some(action) = &action.action else {
+                continue;
+            };
             let owner_opt = match action {
                 Action::Copy(c) => c.owner.as_ref(),
                 Action::Mkdir(m) => m.owner.as_ref(),
@@ -703,15 +737,19 @@ fn file_op(store: &Store, f: &kiln_llb::FileOp, inputs: &[Output]) -> Result<Out
                         Output::Snapshot(s) => {
                             let src_chain = snaps.chain(s).map_err(SolveError::cache)?;
                             let mnt = tmp.path().join(format!("src-{n}"));
-                            std::fs::create_dir_all(&mnt).map_err(|e| SolveError::Op(e.to_string()))?;
-                            let g = snaps.mount(&src_chain, None, &mnt).map_err(SolveError::cache)?;
+                            std::fs::create_dir_all(&mnt)
+                                .map_err(|e| SolveError::Op(e.to_string()))?;
+                            let g = snaps
+                                .mount(&src_chain, None, &mnt)
+                                .map_err(SolveError::cache)?;
                             let source = fileops::CopySource::Dir(g.path());
                             fileops::apply(&root, action, Some(&source), owner)?;
                             drop(g);
                         }
                         Output::Scratch => {
                             let empty = tmp.path().join(format!("empty-{n}"));
-                            std::fs::create_dir_all(&empty).map_err(|e| SolveError::Op(e.to_string()))?;
+                            std::fs::create_dir_all(&empty)
+                                .map_err(|e| SolveError::Op(e.to_string()))?;
                             let source = fileops::CopySource::Dir(&empty);
                             fileops::apply(&root, action, Some(&source), owner)?;
                         }
