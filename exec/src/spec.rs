@@ -194,7 +194,15 @@ pub fn default_spec(p: &ProcessSpec) -> Result<Spec, ExecError> {
                 .map_err(spec_err)?,
         );
     }
-    let linux = LinuxBuilder::default()
+    let mut linux = LinuxBuilder::default();
+    if p.network == Network::None {
+        // As Docker does with a private network: binding low ports needs no capability.
+        linux = linux.sysctl(std::collections::HashMap::from([(
+            "net.ipv4.ip_unprivileged_port_start".to_string(),
+            "0".to_string(),
+        )]));
+    }
+    let linux = linux
         .namespaces(namespaces)
         .masked_paths(oci_spec::runtime::get_default_maskedpaths())
         .readonly_paths(oci_spec::runtime::get_default_readonly_paths())

@@ -609,3 +609,36 @@ async fn sigterm_to_the_helper_reaches_the_command() {
     assert_eq!(r.outcome.exit_code, 42);
     assert_eq!(wait_gone(&["sleep", "5678"]).await, Vec::<u32>::new());
 }
+
+#[tokio::test]
+async fn sysctls_and_domainname_apply_inside_only() {
+    let f = fixture();
+    let host = std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap();
+    let mut c = config(
+        &f,
+        &process(&[
+            "cat",
+            "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+            "/proc/sys/kernel/domainname",
+        ]),
+    );
+    c.spec.set_domainname(Some("inside.test".into()));
+    let r = capture(c).await.unwrap();
+    assert_eq!(r.outcome.exit_code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "0\ninside.test\n");
+    assert_eq!(
+        std::fs::read_to_string("/proc/sys/net/ipv4/ip_unprivileged_port_start").unwrap(),
+        host
+    );
+    // A host-wide sysctl is refused before anything runs.
+    let mut c = config(&f, &process(&["true"]));
+    let linux = c.spec.linux_mut().as_mut().unwrap();
+    linux.set_sysctl(Some(std::collections::HashMap::from([(
+        "kernel.panic".to_string(),
+        "5".to_string(),
+    )])));
+    match run(c, None).await {
+        Err(ExecError::Setup(msg)) => assert!(msg.contains("`kernel.panic`"), "{msg}"),
+        other => panic!("expected a setup error, got {other:?}"),
+    }
+}

@@ -61,6 +61,16 @@ fn setup(config: &WireConfig, created: &mut Vec<PathBuf>) -> Result<(), String> 
     if let Some(name) = config.spec.hostname() {
         sethostname(name).map_err(|e| format!("cannot set hostname `{name}`: {e}"))?;
     }
+    if let Some(name) = config.spec.domainname() {
+        // SAFETY: setdomainname reads `len` bytes from a buffer that outlives the call.
+        let r = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+        if r < 0 {
+            return Err(format!(
+                "cannot set domain name `{name}`: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
     if config.network == Network::None {
         loopback_up()?;
     }
@@ -105,6 +115,11 @@ fn apply_mounts(config: &WireConfig, mounter: &mut Mounter<'_>) -> Result<(), St
         mounter.populate_dev()?;
     }
     if let Some(linux) = config.spec.linux() {
+        let mut sysctls: Vec<_> = linux.sysctl().iter().flatten().collect();
+        sysctls.sort();
+        for (key, value) in sysctls {
+            set_sysctl(key, value, config.network)?;
+        }
         for p in linux.masked_paths().iter().flatten() {
             mounter.mask(Path::new(p))?;
         }
@@ -113,6 +128,34 @@ fn apply_mounts(config: &WireConfig, mounter: &mut Mounter<'_>) -> Result<(), St
         }
     }
     Ok(())
+}
+
+/// Whether `key` is namespaced by what we unshare, so that writing it cannot touch the host.
+pub(crate) fn sysctl_is_namespaced(key: &str, network: Network) -> bool {
+    const IPC: [&str; 8] = [
+        "kernel.msgmax",
+        "kernel.msgmnb",
+        "kernel.msgmni",
+        "kernel.sem",
+        "kernel.shmall",
+        "kernel.shmmax",
+        "kernel.shmmni",
+        "kernel.shm_rmid_forced",
+    ];
+    IPC.contains(&key)
+        || key.starts_with("fs.mqueue.")
+        || (network == Network::None && key.starts_with("net."))
+}
+
+fn set_sysctl(key: &str, value: &str, network: Network) -> Result<(), String> {
+    if !sysctl_is_namespaced(key, network) || key.contains("..") || key.contains('/') {
+        return Err(format!(
+            "sysctl `{key}` is not isolated in the sandbox (it would change the host); remove it"
+        ));
+    }
+    // These files resolve against the writer's namespaces, which are already the container's.
+    let path = PathBuf::from("/proc/sys").join(key.replace('.', "/"));
+    std::fs::write(&path, value).map_err(|e| format!("cannot set sysctl `{key}` to `{value}`: {e}"))
 }
 
 /// Mount the root at the target; returns whether it must end read-only.
@@ -256,5 +299,20 @@ fn reap_until(command: Pid) -> i32 {
             Ok(_) | Err(nix::errno::Errno::EINTR) => continue,
             Err(_) => return super::wait_exit_code(command),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_namespaced_sysctls_are_allowed() {
+        assert!(sysctl_is_namespaced("kernel.shmmax", Network::Host));
+        assert!(sysctl_is_namespaced("fs.mqueue.msg_max", Network::Host));
+        assert!(sysctl_is_namespaced("net.ipv4.ip_forward", Network::None));
+        assert!(!sysctl_is_namespaced("net.ipv4.ip_forward", Network::Host));
+        assert!(!sysctl_is_namespaced("kernel.panic", Network::None));
+        assert!(!sysctl_is_namespaced("vm.swappiness", Network::None));
     }
 }

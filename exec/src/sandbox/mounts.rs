@@ -212,6 +212,13 @@ impl<'a> Mounter<'a> {
                     dest.display()
                 ));
             };
+            if !source.is_absolute() {
+                return Err(format!(
+                    "bind mount source `{}` for `{}` is not absolute; give a full host path",
+                    source.display(),
+                    dest.display()
+                ));
+            }
             let md = std::fs::metadata(source).map_err(|e| {
                 format!(
                     "bind mount source `{}` for `{}`: {e}",
