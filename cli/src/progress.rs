@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kiln_daemon::{Event, ProgressSink, Stream};
+use kiln_daemon::{Event, ProgressSink};
 use std::collections::HashMap;
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
@@ -75,15 +75,10 @@ impl ProgressSink for Renderer {
                     Event::Failed { vertex, error, .. } => {
                         writeln!(err, "#{vertex} ERROR: {error}")
                     }
-                    Event::Log {
-                        vertex,
-                        data,
-                        stream,
-                    } => {
+                    Event::Log { vertex, data, .. } => {
                         let text = String::from_utf8_lossy(&data);
-                        let tag = if stream == Stream::Stderr { "" } else { "" };
                         text.lines()
-                            .try_for_each(|l| writeln!(err, "#{vertex} {tag}{l}"))
+                            .try_for_each(|l| writeln!(err, "#{vertex} {l}"))
                     }
                 };
             }

@@ -37,6 +37,7 @@ pub struct Kiln {
 }
 
 impl Kiln {
+    #[allow(clippy::new_without_default)]
     pub fn new() -> Self {
         Kiln {
             root: tempfile::Builder::new()

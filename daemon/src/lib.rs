@@ -257,10 +257,10 @@ impl Engine {
         let image = images::load(&self.store, &local, &record.digest)?;
         let mut blobs = vec![(
             image.manifest.config().digest().to_string(),
-            image.manifest.config().size() as u64,
+            image.manifest.config().size(),
         )];
         for l in image.manifest.layers() {
-            blobs.push((l.digest().to_string(), l.size() as u64));
+            blobs.push((l.digest().to_string(), l.size()));
         }
         use futures::stream::{self, StreamExt, TryStreamExt};
         let registry = self.solver.registry().clone();

@@ -75,7 +75,9 @@ pub struct SourceOp {
 }
 
 /// Network mode of an exec.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration, Serialize,
+)]
 #[repr(i32)]
 pub enum NetworkMode {
     /// The host's network (BuildKit's default for builds).
@@ -85,7 +87,9 @@ pub enum NetworkMode {
 }
 
 /// Kind of an exec mount.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, prost::Enumeration, Serialize,
+)]
 #[repr(i32)]
 pub enum MountType {
     Bind = 0,

@@ -245,7 +245,7 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
                 LayerInfo {
                     diff_id: diff_id.clone(),
                     digest,
-                    size: layer.size() as u64,
+                    size: layer.size(),
                     media_type,
                 },
             )

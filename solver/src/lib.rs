@@ -639,7 +639,7 @@ impl Tail {
         for l in self
             .lines
             .iter()
-            .chain(Some(&self.partial).filter(|p| !p.is_empty()).into_iter())
+            .chain(Some(&self.partial).filter(|p| !p.is_empty()))
         {
             out.push_str("\n  > ");
             out.push_str(l);

@@ -4,7 +4,7 @@
 use anyhow::{bail, Context, Result};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 /// Debian packages the demo and the tests use, with a file each installs.
