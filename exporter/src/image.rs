@@ -68,8 +68,19 @@ fn sort_keys(v: serde_json::Value) -> serde_json::Value {
 }
 
 /// Checks that the config's rootfs matches the layers and returns the config bytes.
+#[cfg(test)]
 pub(crate) fn config_bytes(
     config: &ImageConfiguration,
+    layers: &[LayerBlob],
+) -> Result<Vec<u8>, ExportError> {
+    config_bytes_with_extras(config, &serde_json::Map::new(), layers)
+}
+
+/// Like [`config_bytes`], with fields oci-spec's `Config` cannot hold (`Healthcheck`, `OnBuild`,
+/// `Shell`, `ArgsEscaped`, as Docker writes them) merged into the config's `config` object.
+pub(crate) fn config_bytes_with_extras(
+    config: &ImageConfiguration,
+    extras: &serde_json::Map<String, serde_json::Value>,
     layers: &[LayerBlob],
 ) -> Result<Vec<u8>, ExportError> {
     let ids = config.rootfs().diff_ids();
@@ -88,7 +99,26 @@ pub(crate) fn config_bytes(
             });
         }
     }
-    canonical_json(config, "the image config")
+    if extras.is_empty() {
+        return canonical_json(config, "the image config");
+    }
+    let what = "the image config";
+    let mut v =
+        serde_json::to_value(config).map_err(|source| ExportError::Json { what, source })?;
+    if let Some(obj) = v.as_object_mut() {
+        let inner = obj
+            .entry("config")
+            .or_insert_with(|| serde_json::Value::Object(Default::default()));
+        if !inner.is_object() {
+            *inner = serde_json::Value::Object(Default::default());
+        }
+        if let Some(inner) = inner.as_object_mut() {
+            for (k, val) in extras {
+                inner.insert(k.clone(), val.clone());
+            }
+        }
+    }
+    canonical_json(&v, what)
 }
 
 fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor, ExportError> {

@@ -14,4 +14,6 @@ mod tarw;
 pub use error::ExportError;
 pub use image::{fill_rootfs, ImageDescriptor};
 pub use layer::{write_layer_blob, write_layer_tar, Compression, LayerBlob, LayerOptions};
-pub use store::{export_layer, tag_image, write_image, write_oci_archive, write_oci_dir};
+pub use store::{
+    export_layer, tag_image, write_image, write_image_with_extras, write_oci_archive, write_oci_dir,
+};

@@ -6,7 +6,7 @@ use kiln_cache::{ImageRecord, LayerInfo, SnapshotId, Store};
 use oci_spec::image::ImageConfiguration;
 
 use crate::error::ExportError;
-use crate::image::{config_bytes, manifest_bytes, ImageDescriptor, MEDIA_MANIFEST};
+use crate::image::{config_bytes_with_extras, manifest_bytes, ImageDescriptor, MEDIA_MANIFEST};
 use crate::layer::{write_layer_blob, LayerBlob, LayerOptions};
 use crate::layout;
 
@@ -72,7 +72,18 @@ pub fn write_image(
     config: &ImageConfiguration,
     layers: &[LayerBlob],
 ) -> Result<ImageDescriptor, ExportError> {
-    let config = config_bytes(config, layers)?;
+    write_image_with_extras(store, config, &serde_json::Map::new(), layers)
+}
+
+/// [`write_image`] with extra `config` fields that oci-spec cannot represent (`Healthcheck`,
+/// `OnBuild`, `Shell`, `ArgsEscaped`), merged in before the config is hashed.
+pub fn write_image_with_extras(
+    store: &Store,
+    config: &ImageConfiguration,
+    extras: &serde_json::Map<String, serde_json::Value>,
+    layers: &[LayerBlob],
+) -> Result<ImageDescriptor, ExportError> {
+    let config = config_bytes_with_extras(config, extras, layers)?;
     let (config_digest, config_size) = store.content().put_bytes(&config)?;
     let manifest = manifest_bytes(&config_digest, config_size, layers)?;
     let (manifest_digest, manifest_size) = store.content().put_bytes(&manifest)?;
