@@ -36,6 +36,18 @@ pub struct BuildOptions {
     pub exclude_patterns: Vec<String>,
     /// Ignore cached results for every op (`--no-cache`).
     pub no_cache: bool,
+    /// Named build contexts (`--build-context NAME=...`): they replace a stage of that name, an
+    /// image of that name in `FROM`, or the source of `COPY --from=NAME`.
+    pub named_contexts: BTreeMap<String, NamedContext>,
+}
+
+/// What a named build context is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum NamedContext {
+    /// A local directory, provided to the solver as `local://<name>` under this name.
+    Local(String),
+    /// An image reference, resolved like a `FROM` image.
+    Image(String),
 }
 
 impl Default for BuildOptions {
@@ -54,6 +66,7 @@ impl Default for BuildOptions {
             context_name: "context".into(),
             exclude_patterns: Vec::new(),
             no_cache: false,
+            named_contexts: BTreeMap::new(),
         }
     }
 }
@@ -72,6 +85,9 @@ pub struct ResolvedImage {
     pub reference: String,
     /// The image's config: env, workdir, user, cmd, entrypoint, history, ... are inherited.
     pub config: oci_spec::image::ImageConfiguration,
+    /// The config exactly as stored, for the fields oci-spec drops (`OnBuild`, `Healthcheck`,
+    /// `Shell`); `Null` when unknown.
+    pub raw_config: serde_json::Value,
 }
 
 /// Something worth telling the user that does not stop the build.
@@ -91,6 +107,9 @@ pub struct Compiled {
     /// History entries without `empty_layer` match the Exec/File ops of the target's chain in
     /// order, after the base image's own entries.
     pub image_config: oci_spec::image::ImageConfiguration,
+    /// Config fields oci-spec cannot hold (`Healthcheck`, `OnBuild`, `Shell`), to be merged into
+    /// the image config's `config` object by the exporter.
+    pub config_extras: serde_json::Map<String, serde_json::Value>,
     pub warnings: Vec<Warning>,
 }
 
@@ -632,6 +651,7 @@ impl<'a> Compiler<'a> {
         Ok(Compiled {
             definition: self.builder.build(out.state),
             image_config,
+            config_extras: out.image.extras(),
             warnings: self.warnings,
         })
     }
@@ -682,50 +702,67 @@ impl<'a> Compiler<'a> {
             .filter(|c| matches!(c.name.as_str(), "run" | "copy" | "add" | "workdir"))
             .count();
 
+        let platform = self.stages[idx]
+            .platform
+            .clone()
+            .unwrap_or_else(|| self.target_platform.clone());
+        let mut d = Dispatch {
+            label,
+            meta_stage,
+            state: None,
+            image: ImageState::scratch(),
+            args: Vec::new(),
+            cmd_set: false,
+            cmd_index: 0,
+            cmd_total: ops_in_stage,
+            platform,
+        };
+        // A named context of the stage's own name replaces the whole stage, as in BuildKit.
+        if let Some(own) = self.stages[idx].name.clone() {
+            if let Some(nc) = self.opts.named_contexts.get(&own).cloned() {
+                d.cmd_total = 1;
+                self.named_base(&mut d, &nc, &own, from)?;
+                return Ok(StageOut {
+                    state: d.state,
+                    image: d.image,
+                    cmd_set: d.cmd_set,
+                    platform: d.platform,
+                });
+            }
+        }
         let parent = self.stages[..idx]
             .iter()
             .position(|s| s.name.as_deref() == Some(base_lower.as_str()));
-        let mut d = if let Some(p) = parent {
+        let mut triggers = Vec::new();
+        if let Some(p) = parent {
             let out = self.stage(p, from)?;
-            Dispatch {
-                label,
-                meta_stage,
-                state: out.state,
-                image: out.image,
-                args: Vec::new(),
-                cmd_set: out.cmd_set,
-                cmd_index: 0,
-                cmd_total: ops_in_stage,
-                platform: self.stages[idx].platform.clone().unwrap_or(out.platform),
+            d.state = out.state;
+            d.image = out.image;
+            d.cmd_set = out.cmd_set;
+            if self.stages[idx].platform.is_none() {
+                d.platform = out.platform;
             }
-        } else {
-            let platform = self.stages[idx]
-                .platform
-                .clone()
-                .unwrap_or_else(|| self.target_platform.clone());
-            let mut d = Dispatch {
-                label,
-                meta_stage,
-                state: None,
-                image: ImageState::scratch(),
-                args: Vec::new(),
-                cmd_set: false,
-                cmd_index: 0,
-                cmd_total: ops_in_stage,
-                platform,
-            };
-            if base != "scratch" {
-                d.cmd_total += 1;
-                let resolved = self.resolve(&base, from)?;
-                d.image = ImageState::from_oci(&resolved.config);
-                let name = d.step_name(&format!("FROM {}", resolved.reference));
-                let source = image_source(&resolved.reference, &d.platform);
-                d.state = Some(self.add_op(source, name, from, &d.meta_stage));
-            }
-            d
-        };
+        } else if let Some(nc) = self.opts.named_contexts.get(&base).cloned() {
+            d.cmd_total += 1;
+            self.named_base(&mut d, &nc, &base, from)?;
+        } else if base != "scratch" {
+            d.cmd_total += 1;
+            let resolved = self.resolve(&base, from)?;
+            d.image = ImageState::from_oci(&resolved.config);
+            d.image.apply_raw_config(&resolved.raw_config);
+            let name = d.step_name(&format!("FROM {}", resolved.reference));
+            let source = image_source(&resolved.reference, &d.platform);
+            d.state = Some(self.add_op(source, name, from, &d.meta_stage));
+            // The base image's ONBUILD triggers run first, then are dropped from the config.
+            triggers = self.onbuild_triggers(&d.image.onbuild, from)?;
+            d.image.onbuild.clear();
+            d.cmd_total += triggers
+                .iter()
+                .filter(|c| matches!(c.name.as_str(), "run" | "copy" | "add" | "workdir"))
+                .count();
+        }
 
-        for instr in commands {
+        for instr in triggers.iter().chain(commands) {
             self.dispatch(&mut d, instr)?;
         }
         Ok(StageOut {
@@ -734,6 +771,119 @@ impl<'a> Compiler<'a> {
             cmd_set: d.cmd_set,
             platform: d.platform,
         })
+    }
+
+    /// Parses a base image's ONBUILD triggers into instructions located at the `FROM` line.
+    fn onbuild_triggers(
+        &self,
+        triggers: &[String],
+        from: &Instruction,
+    ) -> Result<Vec<Instruction>, FrontendError> {
+        if triggers.is_empty() {
+            return Ok(Vec::new());
+        }
+        let text = triggers.join("\n");
+        let parsed = crate::parse(&text).map_err(|e| {
+            self.fail(
+                from,
+                format!(
+                    "the base image's `ONBUILD` trigger cannot be parsed ({}): rebuild the base \
+                     image with a valid `ONBUILD` instruction",
+                    e.message
+                ),
+            )
+        })?;
+        let mut out = Vec::new();
+        for mut instr in parsed.instructions {
+            if matches!(instr.name.as_str(), "onbuild" | "from" | "maintainer") {
+                return Err(self.fail(
+                    from,
+                    format!(
+                        "the base image has an `ONBUILD {}` trigger, which is not allowed: \
+                         rebuild the base image without it",
+                        instr.name.to_ascii_uppercase()
+                    ),
+                ));
+            }
+            instr.original = format!("ONBUILD {}", instr.original);
+            instr.start_line = from.start_line;
+            instr.end_line = from.end_line;
+            out.push(instr);
+        }
+        Ok(out)
+    }
+
+    /// Starts a stage from a named build context.
+    fn named_base(
+        &mut self,
+        d: &mut Dispatch,
+        nc: &NamedContext,
+        name: &str,
+        from: &Instruction,
+    ) -> Result<(), FrontendError> {
+        match nc {
+            NamedContext::Image(reference) => {
+                let resolved = self.resolve(reference, from)?;
+                d.image = ImageState::from_oci(&resolved.config);
+                d.image.apply_raw_config(&resolved.raw_config);
+                let step = d.step_name(&format!("FROM {}", resolved.reference));
+                let source = image_source(&resolved.reference, &d.platform);
+                d.state = Some(self.add_op(source, step, from, &d.meta_stage));
+            }
+            NamedContext::Local(local) => {
+                // A local directory becomes a snapshot (a copy of it onto scratch), so that
+                // `RUN` and file ops can work on top of it.
+                let src = self.local_source(local);
+                let op = Op {
+                    inputs: vec![src.input()],
+                    kind: Some(op::Kind::File(FileOp {
+                        base: -1,
+                        actions: vec![FileAction {
+                            action: Some(file_action::Action::Copy(FileCopy {
+                                src_input: 0,
+                                src: "/".into(),
+                                dest: "/".into(),
+                                owner: None,
+                                mode: -1,
+                                follow_symlinks: false,
+                                dir_contents_only: true,
+                                create_dest_path: true,
+                                allow_wildcard: false,
+                                allow_empty_wildcard: false,
+                                include_patterns: vec![],
+                                exclude_patterns: vec![],
+                                mtime: 0,
+                            })),
+                        }],
+                    })),
+                };
+                let step = d.step_name(&format!("FROM context `{name}`"));
+                d.state = Some(self.add_op(op, step, from, &d.meta_stage));
+            }
+        }
+        Ok(())
+    }
+
+    /// The `local://NAME` source of a named build context.
+    fn local_source(&mut self, local: &str) -> OutputRef {
+        let op = Op {
+            inputs: vec![],
+            kind: Some(op::Kind::Source(SourceOp {
+                identifier: format!("local://{local}"),
+                attrs: vec![KeyValue {
+                    key: kiln_llb::attr::SHARED_KEY.into(),
+                    value: local.to_string(),
+                }],
+            })),
+        };
+        let meta = OpMetadata {
+            digest: String::new(),
+            name: format!("[internal] load build context `{local}`"),
+            location: String::new(),
+            ignore_cache: self.opts.no_cache,
+            stage: String::new(),
+        };
+        self.builder.add(op, meta)
     }
 
     fn resolve(&mut self, name: &str, instr: &Instruction) -> Result<ResolvedImage, FrontendError> {
@@ -1713,6 +1863,21 @@ impl<'a> Compiler<'a> {
             }
             let out = self.stage(idx, instr)?;
             return Ok(CopySource::Stage(out.state));
+        }
+        if let Some(nc) = self.opts.named_contexts.get(&from).cloned() {
+            return Ok(match nc {
+                NamedContext::Local(local) => CopySource::Image(self.local_source(&local)),
+                NamedContext::Image(reference) => {
+                    let resolved = self.resolve(&reference, instr)?;
+                    let src = image_source(&resolved.reference, &d.platform);
+                    CopySource::Image(self.add_op(
+                        src,
+                        format!("FROM {}", resolved.reference),
+                        instr,
+                        &d.meta_stage,
+                    ))
+                }
+            });
         }
         // A bare word close to a stage name is far more likely a typo than an image.
         let plain = !from.contains(['/', ':', '@', '.']);

@@ -12,7 +12,9 @@ mod parser;
 mod shell;
 
 pub use ast::{Directive, Dockerfile, Heredoc, Instruction};
-pub use compile::{compile, BuildOptions, Compiled, ImageResolver, ResolvedImage, Warning};
+pub use compile::{
+    compile, BuildOptions, Compiled, ImageResolver, NamedContext, ResolvedImage, Warning,
+};
 pub use dockerignore::{parse_dockerignore, IgnoreMatcher};
 pub use parser::{parse, ParseError};
 pub use shell::{expand_heredoc, expand_word, expand_words, ExpandError};

@@ -55,7 +55,8 @@ impl ImageResolver for FakeResolver {
         });
         Ok(ResolvedImage {
             reference: format!("{name}@{digest}"),
-            config: serde_json::from_value(config).map_err(|e| e.to_string())?,
+            config: serde_json::from_value(config.clone()).map_err(|e| e.to_string())?,
+            raw_config: config,
         })
     }
 }
@@ -69,6 +70,7 @@ fn opts() -> BuildOptions {
         context_name: "context".into(),
         exclude_patterns: vec![],
         no_cache: false,
+        named_contexts: BTreeMap::new(),
     }
 }
 
@@ -250,6 +252,33 @@ HEALTHCHECK NONE
 "#,
         opts(),
     ));
+
+    let mut o = opts();
+    o.named_contexts.insert(
+        "deps".into(),
+        kiln_frontend::NamedContext::Local("named:deps".into()),
+    );
+    o.named_contexts.insert(
+        "alpine".into(),
+        kiln_frontend::NamedContext::Image("alpine:3.20".into()),
+    );
+    o.named_contexts.insert(
+        "tools".into(),
+        kiln_frontend::NamedContext::Image("busybox:1.36".into()),
+    );
+    v.push((
+        "named_contexts",
+        r#"FROM busybox AS tools
+RUN exit 1
+FROM alpine
+COPY --from=deps /lock.json /app/
+COPY --from=tools /bin/busybox /bin/
+SHELL ["/bin/ash", "-eo", "pipefail", "-c"]
+HEALTHCHECK --interval=5s --retries=2 CMD wget -q localhost
+ONBUILD RUN echo child
+"#,
+        o,
+    ));
     v
 }
 
@@ -275,6 +304,7 @@ fn render(c: &Compiled) -> String {
     let doc = serde_json::json!({
         "definition": c.definition.to_json(),
         "image_config": serde_json::to_value(&c.image_config).expect("config serializes"),
+        "config_extras": c.config_extras,
         "warnings": warnings,
     });
     let mut text = serde_json::to_string_pretty(&canonical(doc)).expect("json renders");

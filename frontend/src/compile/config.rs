@@ -146,6 +146,73 @@ impl ImageState {
         state
     }
 
+    /// Takes over the config fields oci-spec cannot hold (`Healthcheck`, `OnBuild`, `Shell`) from
+    /// a base image's raw config JSON. Malformed fields are ignored, as Docker ignores them.
+    pub(crate) fn apply_raw_config(&mut self, raw: &serde_json::Value) {
+        let Some(c) = raw.get("config").and_then(|c| c.as_object()) else {
+            return;
+        };
+        let strings = |v: &serde_json::Value| -> Option<Vec<String>> {
+            v.as_array()?
+                .iter()
+                .map(|s| s.as_str().map(str::to_string))
+                .collect()
+        };
+        if let Some(list) = c.get("OnBuild").and_then(strings) {
+            self.onbuild = list;
+        }
+        if let Some(list) = c.get("Shell").and_then(strings) {
+            if !list.is_empty() {
+                self.shell = Some(list);
+            }
+        }
+        if let Some(h) = c.get("Healthcheck").and_then(|h| h.as_object()) {
+            let int = |k: &str| h.get(k).and_then(|v| v.as_i64()).unwrap_or(0);
+            if let Some(test) = h.get("Test").and_then(strings) {
+                self.healthcheck = Some(Healthcheck {
+                    test,
+                    interval: int("Interval").into(),
+                    timeout: int("Timeout").into(),
+                    start_period: int("StartPeriod").into(),
+                    start_interval: int("StartInterval").into(),
+                    retries: int("Retries"),
+                });
+            }
+        }
+    }
+
+    /// The config fields oci-spec cannot hold, as Docker writes them: `Healthcheck` (zero
+    /// durations and retries left out), `OnBuild` and `Shell`.
+    pub(crate) fn extras(&self) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut m = serde_json::Map::new();
+        if let Some(h) = &self.healthcheck {
+            let mut o = serde_json::Map::new();
+            o.insert("Test".into(), Value::from(h.test.clone()));
+            for (k, v) in [
+                ("Interval", h.interval),
+                ("Timeout", h.timeout),
+                ("StartPeriod", h.start_period),
+                ("StartInterval", h.start_interval),
+            ] {
+                if v != 0 {
+                    o.insert(k.into(), Value::from(i64::try_from(v).unwrap_or(i64::MAX)));
+                }
+            }
+            if h.retries != 0 {
+                o.insert("Retries".into(), Value::from(h.retries));
+            }
+            m.insert("Healthcheck".into(), Value::Object(o));
+        }
+        if !self.onbuild.is_empty() {
+            m.insert("OnBuild".into(), Value::from(self.onbuild.clone()));
+        }
+        if let Some(shell) = &self.shell {
+            m.insert("Shell".into(), Value::from(shell.clone()));
+        }
+        m
+    }
+
     /// The value of an environment variable set in the config.
     pub(crate) fn env_get(&self, key: &str) -> Option<&str> {
         self.env.iter().rev().find_map(|e| {
@@ -226,6 +293,35 @@ mod tests {
         assert_eq!(s.env, vec!["PATH=/bin", "A=2"]);
         assert_eq!(s.env_get("A"), Some("2"));
         assert_eq!(s.env_get("B"), None);
+    }
+
+    #[test]
+    fn extras_round_trip_through_raw_config() {
+        let mut s = ImageState::scratch();
+        s.onbuild = vec!["RUN echo hi".into()];
+        s.shell = Some(vec!["/bin/bash".into(), "-c".into()]);
+        s.healthcheck = Some(Healthcheck {
+            test: vec!["CMD-SHELL".into(), "true".into()],
+            interval: 30_000_000_000,
+            timeout: 0,
+            start_period: 0,
+            start_interval: 0,
+            retries: 3,
+        });
+        let extras = s.extras();
+        assert_eq!(
+            serde_json::Value::Object(extras["Healthcheck"].as_object().unwrap().clone()),
+            serde_json::json!({"Test": ["CMD-SHELL", "true"], "Interval": 30_000_000_000i64, "Retries": 3})
+        );
+        let raw = serde_json::json!({ "config": extras });
+        let mut back = ImageState::scratch();
+        back.apply_raw_config(&raw);
+        assert_eq!(back.onbuild, s.onbuild);
+        assert_eq!(back.shell, s.shell);
+        assert_eq!(back.healthcheck, s.healthcheck);
+        // Junk in a base image's config is ignored, not fatal.
+        back.apply_raw_config(&serde_json::json!({"config": {"OnBuild": [1], "Healthcheck": 2}}));
+        assert_eq!(back.onbuild, s.onbuild);
     }
 
     #[test]

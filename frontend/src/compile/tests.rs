@@ -8,6 +8,7 @@ use std::sync::Mutex;
 struct Resolver {
     calls: Mutex<Vec<String>>,
     config: Option<ImageConfiguration>,
+    raw: serde_json::Value,
 }
 
 impl ImageResolver for Resolver {
@@ -19,6 +20,7 @@ impl ImageResolver for Resolver {
         Ok(ResolvedImage {
             reference: format!("{reference}@sha256:{}", "0".repeat(64)),
             config: self.config.clone().unwrap_or_default(),
+            raw_config: self.raw.clone(),
         })
     }
 }
@@ -301,4 +303,91 @@ fn no_cache_marks_every_op() {
     o.no_cache = true;
     let c = build("FROM busybox\nCOPY a /a\nRUN true\n", &o);
     assert!(c.definition.metadata.iter().all(|m| m.ignore_cache));
+}
+
+#[test]
+fn base_image_onbuild_triggers_run_first_and_are_cleared() {
+    let raw = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {
+            "Env": ["PATH=/bin"],
+            "OnBuild": ["RUN echo from-trigger", "ENV TRIGGERED=yes"],
+            "Shell": ["/bin/ash", "-c"],
+            "Healthcheck": {"Test": ["CMD-SHELL", "true"], "Retries": 2}
+        },
+        "rootfs": {"type": "layers", "diff_ids": []}
+    });
+    let resolver = Resolver {
+        config: serde_json::from_value(raw.clone()).ok(),
+        raw,
+        ..Default::default()
+    };
+    let c = match compile("FROM base\nRUN echo child $TRIGGERED\n", &opts(), &resolver) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let metas = exec_metas(&c);
+    let args: Vec<String> = metas.iter().map(|m| m.args.join(" ")).collect();
+    // The inherited SHELL applies to the triggers and the child's own RUN.
+    assert_eq!(
+        args,
+        vec![
+            "/bin/ash -c echo from-trigger",
+            "/bin/ash -c echo child $TRIGGERED"
+        ]
+    );
+    assert_eq!(env_of(&metas[1], "TRIGGERED").as_deref(), Some("yes"));
+    assert!(
+        !c.config_extras.contains_key("OnBuild"),
+        "{:?}",
+        c.config_extras
+    );
+    assert_eq!(
+        c.config_extras["Shell"],
+        serde_json::json!(["/bin/ash", "-c"])
+    );
+    assert_eq!(
+        c.config_extras["Healthcheck"],
+        serde_json::json!({"Test": ["CMD-SHELL", "true"], "Retries": 2})
+    );
+    let names: Vec<&str> = c
+        .definition
+        .metadata
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect();
+    assert!(
+        names.contains(&"[2/3] ONBUILD RUN echo from-trigger"),
+        "{names:?}"
+    );
+}
+
+#[test]
+fn bad_onbuild_trigger_names_the_from_line() {
+    let raw = serde_json::json!({"config": {"OnBuild": ["RUNN oops"]}});
+    let resolver = Resolver {
+        raw,
+        ..Default::default()
+    };
+    let err = match compile("FROM base\n", &opts(), &resolver) {
+        Ok(_) => panic!("a bad trigger compiled"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.starts_with("Dockerfile:1: "), "{err}");
+    assert!(err.contains("ONBUILD"), "{err}");
+}
+
+#[test]
+fn onbuild_of_an_earlier_stage_is_inherited_not_run() {
+    let c = build(
+        "FROM busybox AS base\nONBUILD RUN echo later\nFROM base\nRUN echo mine\n",
+        &opts(),
+    );
+    let args: Vec<String> = exec_metas(&c).iter().map(|m| m.args.join(" ")).collect();
+    assert_eq!(args, vec!["/bin/sh -c echo mine"]);
+    assert_eq!(
+        c.config_extras["OnBuild"],
+        serde_json::json!(["RUN echo later"])
+    );
 }
