@@ -12,6 +12,7 @@ use std::path::Path;
 use sha2::{Digest as _, Sha256};
 
 use crate::error::ExportError;
+use crate::pargz::ParGzEncoder;
 use crate::tarw::{Entry, Kind, TarError, TarWriter};
 
 pub(crate) const MEDIA_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -397,21 +398,18 @@ impl<W: Write> Write for HashingWriter<W> {
     }
 }
 
-enum Compressor<W: Write> {
-    Gzip(flate2::write::GzEncoder<W>),
+pub(crate) enum Compressor<W: Write> {
+    Gzip(ParGzEncoder<W>),
     Zstd(zstd::stream::write::Encoder<'static, W>),
     Plain(W),
 }
 
 impl<W: Write> Compressor<W> {
-    fn new(opts: &LayerOptions, out: W) -> io::Result<Self> {
+    pub(crate) fn new(opts: &LayerOptions, out: W) -> io::Result<Self> {
         Ok(match opts.compression {
             Compression::Gzip => {
                 let level = opts.level.unwrap_or(6).clamp(0, 9) as u32;
-                Compressor::Gzip(flate2::write::GzEncoder::new(
-                    out,
-                    flate2::Compression::new(level),
-                ))
+                Compressor::Gzip(ParGzEncoder::new(out, level))
             }
             Compression::Zstd => {
                 let range = zstd::compression_level_range();
@@ -431,7 +429,7 @@ impl<W: Write> Compressor<W> {
         })
     }
 
-    fn finish(self) -> io::Result<W> {
+    pub(crate) fn finish(self) -> io::Result<W> {
         match self {
             Compressor::Gzip(e) => e.finish(),
             Compressor::Zstd(e) => e.finish(),

@@ -8,6 +8,7 @@ mod error;
 mod image;
 mod layer;
 mod layout;
+mod pargz;
 mod store;
 mod tarw;
 
