@@ -37,6 +37,21 @@ impl Credentials {
 struct DockerConfig {
     #[serde(default)]
     auths: HashMap<String, AuthEntry>,
+    #[serde(rename = "credsStore", default)]
+    creds_store: Option<String>,
+    #[serde(rename = "credHelpers", default)]
+    cred_helpers: HashMap<String, String>,
+}
+
+/// What a Docker config file says about credentials: inline `auths`, and the
+/// `docker-credential-*` helpers to ask for the registries it does not hold.
+#[derive(Debug, Default)]
+pub(crate) struct ConfigCredentials {
+    pub(crate) auths: HashMap<String, Credentials>,
+    /// The helper for every registry (`credsStore`), e.g. `pass` for `docker-credential-pass`.
+    pub(crate) creds_store: Option<String>,
+    /// Per-registry helpers (`credHelpers`), keyed by normalised host.
+    pub(crate) cred_helpers: HashMap<String, String>,
 }
 
 #[derive(Deserialize)]
@@ -59,28 +74,33 @@ pub(crate) fn docker_config_path() -> Option<PathBuf> {
 
 /// Reads the credentials per registry host. A missing file means anonymous access; an unreadable
 /// or broken one is reported in the log and ignored, so that anonymous pulls still work.
-pub(crate) fn load_credentials(path: &Path) -> HashMap<String, Credentials> {
+pub(crate) fn load_credentials(path: &Path) -> ConfigCredentials {
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HashMap::new(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return ConfigCredentials::default(),
         Err(e) => {
             tracing::warn!(
                 "cannot read `{}`: {e}; continuing without registry credentials",
                 path.display()
             );
-            return HashMap::new();
+            return ConfigCredentials::default();
         }
     };
-    parse_credentials(&text).unwrap_or_else(|reason| {
+    parse_config(&text).unwrap_or_else(|reason| {
         tracing::warn!(
             "ignoring `{}`: {reason}; fix the file to use its registry credentials",
             path.display()
         );
-        HashMap::new()
+        ConfigCredentials::default()
     })
 }
 
+#[cfg(test)]
 pub(crate) fn parse_credentials(text: &str) -> Result<HashMap<String, Credentials>, String> {
+    parse_config(text).map(|c| c.auths)
+}
+
+pub(crate) fn parse_config(text: &str) -> Result<ConfigCredentials, String> {
     // The serde error may quote file content, which may be a secret: report the position only.
     let cfg: DockerConfig = serde_json::from_str(text)
         .map_err(|e| format!("not valid JSON (line {}, column {})", e.line(), e.column()))?;
@@ -110,7 +130,15 @@ pub(crate) fn parse_credentials(text: &str) -> Result<HashMap<String, Credential
         };
         out.insert(host, creds);
     }
-    Ok(out)
+    Ok(ConfigCredentials {
+        auths: out,
+        creds_store: cfg.creds_store.filter(|s| !s.is_empty()),
+        cred_helpers: cfg
+            .cred_helpers
+            .into_iter()
+            .map(|(k, v)| (normalize_host(&k), v))
+            .collect(),
+    })
 }
 
 /// `https://index.docker.io/v1/` → `docker.io`; `http://reg:5000/x` → `reg:5000`.
@@ -243,6 +271,12 @@ mod tests {
         assert!(!c.contains_key("ghcr.io"));
         assert_eq!(c["docker.io"].basic_header(), "Basic dXNlcjpwYTpzcw==");
         assert!(!format!("{:?}", c["docker.io"]).contains("pa:ss"));
+        let full = parse_config(
+            r#"{"credsStore": "desktop", "credHelpers": {"https://gcr.io": "gcloud"}}"#,
+        )
+        .unwrap();
+        assert_eq!(full.creds_store.as_deref(), Some("desktop"));
+        assert_eq!(full.cred_helpers["gcr.io"], "gcloud");
     }
 
     #[test]

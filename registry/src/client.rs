@@ -5,25 +5,30 @@ use std::collections::HashMap;
 use std::fmt;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::StreamExt as _;
 use reqwest::header::{
-    HeaderName, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION, RETRY_AFTER,
-    WWW_AUTHENTICATE,
+    HeaderName, ACCEPT, AUTHORIZATION, CONTENT_LENGTH, CONTENT_RANGE, CONTENT_TYPE, LOCATION,
+    RANGE, RETRY_AFTER, WWW_AUTHENTICATE,
 };
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWrite, AsyncWriteExt};
 use url::Url;
 
 use crate::auth::{self, Challenge, Credentials};
+use crate::credentials::Keychain;
 use crate::digest::{self, Hasher};
 use crate::manifest::{self, Kind, ACCEPT_ALL};
 use crate::{Platform, Reference, RegistryError, ResolvedManifest};
 
-const MAX_ATTEMPTS: u32 = 3;
+/// Tries per request (connection errors, 5xx, 429), per blob body (a cut download resumes with
+/// a Range request) and per blob upload (a failed upload restarts that blob only).
+const MAX_ATTEMPTS: u32 = 4;
 const MAX_MANIFEST_BYTES: usize = 4 << 20;
 const MAX_ERROR_BODY: usize = 64 << 10;
 const SMALL_REQUEST_TIMEOUT: Duration = Duration::from_secs(60);
@@ -37,6 +42,9 @@ pub struct ClientOptions {
     /// Hosts (`host` or `host:port`) that may be spoken to over plain http besides loopback.
     pub insecure_registries: Vec<String>,
     pub user_agent: String,
+    /// Blobs larger than this are uploaded in chunks of this size (`PATCH`); smaller ones in
+    /// one `PUT`.
+    pub upload_chunk_size: u64,
 }
 
 impl Default for ClientOptions {
@@ -44,6 +52,7 @@ impl Default for ClientOptions {
         ClientOptions {
             insecure_registries: Vec::new(),
             user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+            upload_chunk_size: 128 << 20,
         }
     }
 }
@@ -53,6 +62,20 @@ impl Default for ClientOptions {
 pub enum PushedBlob {
     Uploaded,
     AlreadyPresent,
+    /// Mounted from another repository of the same registry, without uploading.
+    Mounted,
+}
+
+/// Reports the bytes of one blob transferred so far (it may go back when a transfer restarts).
+pub type Progress = Arc<dyn Fn(u64) + Send + Sync>;
+
+/// Extras for [`RegistryClient::push_blob_with`].
+#[derive(Clone, Default)]
+pub struct PushOptions {
+    /// Another repository of the same registry known to hold the blob: it is mounted from
+    /// there (`POST ?mount=&from=`) instead of uploaded when the registry allows it.
+    pub mount_from: Option<String>,
+    pub progress: Option<Progress>,
 }
 
 /// A client for OCI registries. Cheap to clone; clones share connections and auth tokens.
@@ -64,19 +87,18 @@ pub struct RegistryClient {
 struct Inner {
     http: reqwest::Client,
     insecure: Vec<String>,
-    credentials: HashMap<String, Credentials>,
+    credentials: Keychain,
     /// `(registry, scope)` → `Authorization` value that worked last time.
     auth_cache: Mutex<HashMap<(String, String), String>>,
     retry_base: Duration,
+    chunk_size: u64,
 }
 
 impl fmt::Debug for RegistryClient {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut hosts: Vec<&String> = self.inner.credentials.keys().collect();
-        hosts.sort();
         f.debug_struct("RegistryClient")
             .field("insecure_registries", &self.inner.insecure)
-            .field("credentials_for", &hosts)
+            .field("credentials_for", &self.inner.credentials.hosts())
             .finish()
     }
 }
@@ -90,7 +112,13 @@ enum Access {
 enum ReqBody {
     Empty,
     Bytes(Bytes),
-    File { path: PathBuf, size: u64 },
+    /// `len` bytes of a file from `offset`, reported to `progress` as `offset + sent`.
+    File {
+        path: PathBuf,
+        offset: u64,
+        len: u64,
+        progress: Option<Progress>,
+    },
 }
 
 struct Call<'a> {
@@ -101,7 +129,12 @@ struct Call<'a> {
     headers: Vec<(HeaderName, String)>,
     body: ReqBody,
     access: Access,
+    /// Scopes beyond this repository's (the source of a cross-repository mount).
+    extra_scopes: Vec<String>,
     timeout: Option<Duration>,
+    /// Whether the request may simply be sent again. Not for bodies sent to an upload
+    /// session: a partial first send would leave the session unusable.
+    retry: bool,
 }
 
 impl<'a> Call<'a> {
@@ -120,7 +153,9 @@ impl<'a> Call<'a> {
             headers: Vec::new(),
             body: ReqBody::Empty,
             access,
+            extra_scopes: Vec::new(),
             timeout: Some(SMALL_REQUEST_TIMEOUT),
+            retry: true,
         }
     }
 }
@@ -151,16 +186,10 @@ impl RegistryClient {
     /// Builds a client; credentials are read once from `$DOCKER_CONFIG/config.json` or
     /// `~/.docker/config.json` when present.
     pub fn new(opts: ClientOptions) -> Result<Self, RegistryError> {
-        let credentials = auth::docker_config_path()
-            .map(|p| auth::load_credentials(&p))
-            .unwrap_or_default();
-        Self::build(opts, credentials)
+        Self::build(opts, Keychain::load())
     }
 
-    fn build(
-        opts: ClientOptions,
-        credentials: HashMap<String, Credentials>,
-    ) -> Result<Self, RegistryError> {
+    fn build(opts: ClientOptions, credentials: Keychain) -> Result<Self, RegistryError> {
         let http = reqwest::Client::builder()
             .user_agent(opts.user_agent.clone())
             .connect_timeout(CONNECT_TIMEOUT)
@@ -176,6 +205,7 @@ impl RegistryClient {
                 credentials,
                 auth_cache: Mutex::new(HashMap::new()),
                 retry_base: Duration::from_millis(400),
+                chunk_size: opts.upload_chunk_size.max(1 << 10),
             }),
         })
     }
@@ -246,50 +276,124 @@ impl RegistryClient {
         digest: &str,
         dest: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<u64, RegistryError> {
+        self.fetch_blob_with(r, digest, None, dest, None).await
+    }
+
+    /// [`fetch_blob`](Self::fetch_blob) with the size the manifest declares (checked before and
+    /// while the bytes arrive) and a progress callback. A download cut mid-body resumes where it
+    /// stopped with an HTTP Range request; a registry that ignores the range sends the blob
+    /// again and the part already written is skipped. Only the bytes that hash to `digest` and
+    /// add up to `size` make an `Ok`.
+    pub async fn fetch_blob_with(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: Option<u64>,
+        dest: &mut (dyn AsyncWrite + Unpin + Send),
+        progress: Option<Progress>,
+    ) -> Result<u64, RegistryError> {
         digest::validate(digest)?;
         let url = self.url(r, &format!("blobs/{digest}"))?;
-        let mut call = Call::new("pull", r, Method::GET, url, Access::Pull);
-        call.timeout = None;
-        let mut resp = self.execute(&call).await?;
-        if !resp.status().is_success() {
-            return Err(self.fail(&call, resp, &format!("blob `{digest}`")).await);
-        }
-        let announced = resp.content_length();
         let mut hasher = Hasher::for_digest(digest);
         let mut written: u64 = 0;
+        let mut attempt = 0;
+        let write_err = |source| RegistryError::WriteBlob {
+            reference: r.to_string(),
+            digest: digest.to_string(),
+            source,
+        };
+        let too_long = |actual| RegistryError::SizeMismatch {
+            reference: r.to_string(),
+            digest: digest.to_string(),
+            expected: size.unwrap_or(0),
+            actual,
+        };
         loop {
-            let chunk = resp
-                .chunk()
-                .await
-                .map_err(|e| connection_error(&call, 1, &e))?;
-            let Some(chunk) = chunk else { break };
-            hasher.update(&chunk);
-            dest.write_all(&chunk)
-                .await
-                .map_err(|source| RegistryError::WriteBlob {
-                    reference: r.to_string(),
-                    digest: digest.to_string(),
-                    source,
-                })?;
-            written += chunk.len() as u64;
-        }
-        dest.flush()
-            .await
-            .map_err(|source| RegistryError::WriteBlob {
-                reference: r.to_string(),
-                digest: digest.to_string(),
-                source,
-            })?;
-        if let Some(expected) = announced {
-            if expected != written {
-                return Err(RegistryError::SizeMismatch {
-                    reference: r.to_string(),
-                    digest: digest.to_string(),
-                    expected,
-                    actual: written,
-                });
+            attempt += 1;
+            let mut call = Call::new("pull", r, Method::GET, url.clone(), Access::Pull);
+            call.timeout = None;
+            if written > 0 {
+                call.headers.push((RANGE, format!("bytes={written}-")));
+            }
+            let mut resp = self.execute(&call).await?;
+            if !resp.status().is_success() {
+                return Err(self.fail(&call, resp, &format!("blob `{digest}`")).await);
+            }
+            // The bytes at the start of this body that were written before.
+            let (mut skip, total) = if resp.status() == StatusCode::PARTIAL_CONTENT {
+                match content_range(&resp) {
+                    Some((start, total)) if start == written => (0, total),
+                    _ => {
+                        return Err(RegistryError::Http {
+                            action: "pull".to_string(),
+                            reference: r.to_string(),
+                            status: 206,
+                            detail: String::new(),
+                            hint: format!(
+                                "the registry answered a request for blob `{digest}` from byte {written} with another range: retry the pull"
+                            ),
+                        })
+                    }
+                }
+            } else {
+                (written, resp.content_length())
+            };
+            if let (Some(total), Some(size)) = (total, size) {
+                if total != size {
+                    return Err(RegistryError::SizeMismatch {
+                        reference: r.to_string(),
+                        digest: digest.to_string(),
+                        expected: size,
+                        actual: total,
+                    });
+                }
+            }
+            let expected = size.or(total);
+            let cut = loop {
+                let chunk = match resp.chunk().await {
+                    Ok(Some(c)) => c,
+                    Ok(None) => break None,
+                    Err(e) => break Some(connection_error(&call, attempt, &e)),
+                };
+                let mut chunk = &chunk[..];
+                if skip > 0 {
+                    let n = skip.min(chunk.len() as u64) as usize;
+                    chunk = &chunk[n..];
+                    skip -= n as u64;
+                }
+                if chunk.is_empty() {
+                    continue;
+                }
+                let now = written + chunk.len() as u64;
+                if expected.is_some_and(|e| now > e) {
+                    return Err(too_long(now));
+                }
+                hasher.update(chunk);
+                dest.write_all(chunk).await.map_err(write_err)?;
+                written = now;
+                if let Some(p) = &progress {
+                    p(written);
+                }
+            };
+            let short = expected.is_some_and(|e| written < e);
+            match cut {
+                None if !short => break,
+                Some(e) if attempt >= MAX_ATTEMPTS => return Err(e),
+                None if attempt >= MAX_ATTEMPTS => {
+                    return Err(RegistryError::SizeMismatch {
+                        reference: r.to_string(),
+                        digest: digest.to_string(),
+                        expected: expected.unwrap_or(0),
+                        actual: written,
+                    })
+                }
+                _ => {
+                    tracing::debug!(url = %url, written, attempt, "blob download cut; resuming");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
             }
         }
+        dest.flush().await.map_err(write_err)?;
         let actual = hasher.finish();
         if actual != digest {
             return Err(RegistryError::DigestMismatch {
@@ -307,14 +411,29 @@ impl RegistryClient {
         self.head_blob(r, digest, Access::Pull, "pull").await
     }
 
-    /// Uploads a blob from a file unless the registry has it already. Monolithic upload:
-    /// POST `/blobs/uploads/`, then PUT `<location>?digest=…` streaming the file.
+    /// Uploads a blob from a file unless the registry has it already.
     pub async fn push_blob(
         &self,
         r: &Reference,
         digest: &str,
         size: u64,
         path: &Path,
+    ) -> Result<PushedBlob, RegistryError> {
+        self.push_blob_with(r, digest, size, path, &PushOptions::default())
+            .await
+    }
+
+    /// Uploads a blob from a file unless the registry has it already (`HEAD`): mounted from
+    /// `opts.mount_from` when given and the registry agrees, else `POST /blobs/uploads/` and then
+    /// one `PUT` of the whole file, or `PATCH`es of [`ClientOptions::upload_chunk_size`] and a
+    /// closing `PUT` for larger files. A failed upload is started again (this blob only).
+    pub async fn push_blob_with(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+        path: &Path,
+        opts: &PushOptions,
     ) -> Result<PushedBlob, RegistryError> {
         digest::validate(digest)?;
         let meta = tokio::fs::metadata(path)
@@ -338,48 +457,101 @@ impl RegistryClient {
         if self.head_blob(r, digest, Access::Push, "push").await? {
             return Ok(PushedBlob::AlreadyPresent);
         }
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match self.upload_once(r, digest, size, path, opts).await {
+                Err(e) if attempt < MAX_ATTEMPTS && is_transient(&e) => {
+                    tracing::debug!(reference = %r, digest, attempt, error = %e, "blob upload failed; starting it again");
+                    tokio::time::sleep(self.backoff(attempt)).await;
+                }
+                done => return done,
+            }
+        }
+    }
 
-        let start = Call::new(
+    async fn upload_once(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: u64,
+        path: &Path,
+        opts: &PushOptions,
+    ) -> Result<PushedBlob, RegistryError> {
+        let mut start = Call::new(
             "push",
             r,
             Method::POST,
             self.url(r, "blobs/uploads/")?,
             Access::Push,
         );
+        let mounting = opts
+            .mount_from
+            .as_deref()
+            .filter(|from| *from != r.repository);
+        if let Some(from) = mounting {
+            start
+                .url
+                .query_pairs_mut()
+                .append_pair("mount", digest)
+                .append_pair("from", from);
+            start.extra_scopes.push(format!("repository:{from}:pull"));
+        }
         let resp = self.execute(&start).await?;
+        if mounting.is_some() && resp.status() == StatusCode::CREATED {
+            if let Some(p) = &opts.progress {
+                p(size);
+            }
+            return Ok(PushedBlob::Mounted);
+        }
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.fail(&start, resp, "upload endpoint").await);
         }
-        let location = resp
-            .headers()
-            .get(LOCATION)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string);
-        let Some(location) = location else {
-            return Err(RegistryError::Http {
-                action: "push".to_string(),
-                reference: r.to_string(),
-                status: resp.status().as_u16(),
-                detail: String::new(),
-                hint: "the registry started an upload without a `Location` header: it does not follow the OCI distribution spec".to_string(),
-            });
-        };
-        let mut put_url = start.url.join(&location).map_err(|e| RegistryError::Http {
-            action: "push".to_string(),
-            reference: r.to_string(),
-            status: StatusCode::ACCEPTED.as_u16(),
-            detail: String::new(),
-            hint: format!("the registry sent an unusable upload location: {e}"),
-        })?;
-        put_url.query_pairs_mut().append_pair("digest", digest);
-
-        let mut put = Call::new("push", r, Method::PUT, put_url, Access::Push);
+        let mut location = self.upload_location(&start, &resp)?;
+        let mut offset = 0;
+        if size > self.inner.chunk_size {
+            while offset < size {
+                let len = self.inner.chunk_size.min(size - offset);
+                let mut patch = Call::new("push", r, Method::PATCH, location.clone(), Access::Push);
+                patch.timeout = None;
+                patch.retry = false;
+                patch
+                    .headers
+                    .push((CONTENT_TYPE, "application/octet-stream".to_string()));
+                patch
+                    .headers
+                    .push((CONTENT_RANGE, format!("{offset}-{}", offset + len - 1)));
+                patch.body = ReqBody::File {
+                    path: path.to_path_buf(),
+                    offset,
+                    len,
+                    progress: opts.progress.clone(),
+                };
+                let resp = self.execute(&patch).await?;
+                if resp.status() != StatusCode::ACCEPTED {
+                    return Err(self
+                        .fail(&patch, resp, &format!("chunk of blob `{digest}`"))
+                        .await);
+                }
+                location = self.upload_location(&patch, &resp)?;
+                offset += len;
+            }
+        }
+        location.query_pairs_mut().append_pair("digest", digest);
+        let mut put = Call::new("push", r, Method::PUT, location, Access::Push);
         put.timeout = None;
+        put.retry = false;
         put.headers
             .push((CONTENT_TYPE, "application/octet-stream".to_string()));
-        put.body = ReqBody::File {
-            path: path.to_path_buf(),
-            size,
+        put.body = if offset < size {
+            ReqBody::File {
+                path: path.to_path_buf(),
+                offset,
+                len: size - offset,
+                progress: opts.progress.clone(),
+            }
+        } else {
+            ReqBody::Bytes(Bytes::new())
         };
         let resp = self.execute(&put).await?;
         if !resp.status().is_success() {
@@ -388,6 +560,77 @@ impl RegistryClient {
                 .await);
         }
         Ok(PushedBlob::Uploaded)
+    }
+
+    /// The `Location` of an upload session, resolved against the request's URL.
+    fn upload_location(&self, call: &Call<'_>, resp: &Response) -> Result<Url, RegistryError> {
+        let r = call.reference;
+        let bad = |hint: String| RegistryError::Http {
+            action: "push".to_string(),
+            reference: r.to_string(),
+            status: resp.status().as_u16(),
+            detail: String::new(),
+            hint,
+        };
+        let location = resp
+            .headers()
+            .get(LOCATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or_else(|| bad("the registry answered an upload step without a `Location` header: it does not follow the OCI distribution spec".to_string()))?;
+        call.url
+            .join(location)
+            .map_err(|e| bad(format!("the registry sent an unusable upload location: {e}")))
+    }
+
+    /// Checks credentials against `registry` (a host such as `ghcr.io` or `127.0.0.1:5000`) the
+    /// way `docker login` does: `GET /v2/`, answering a Basic or Bearer challenge with them.
+    pub async fn check_login(
+        &self,
+        registry: &str,
+        username: &str,
+        password: &str,
+    ) -> Result<(), RegistryError> {
+        let creds = Credentials {
+            username: username.to_string(),
+            password: password.to_string(),
+        };
+        let r = Reference {
+            registry: registry.to_string(),
+            repository: String::new(),
+            tag: None,
+            digest: None,
+        };
+        let mut url = self.url(&r, "")?;
+        url.set_path("/v2/");
+        let call = Call::new("log in to", &r, Method::GET, url, Access::Pull);
+        let resp = self.send(&call, None).await?;
+        if resp.status() != StatusCode::UNAUTHORIZED {
+            return if resp.status().is_success() {
+                Ok(())
+            } else {
+                Err(self.fail(&call, resp, "the API root `/v2/`").await)
+            };
+        }
+        let challenge = resp
+            .headers()
+            .get(WWW_AUTHENTICATE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(auth::parse_challenge);
+        let header = match challenge {
+            Some(Challenge::Bearer { realm, service, .. }) => {
+                let token = self
+                    .fetch_token(&call, &realm, service.as_deref(), &[], Some(&creds))
+                    .await?;
+                format!("Bearer {token}")
+            }
+            _ => creds.basic_header(),
+        };
+        let resp = self.send(&call, Some(&header)).await?;
+        if resp.status().is_success() {
+            Ok(())
+        } else {
+            Err(self.fail(&call, resp, "the API root `/v2/`").await)
+        }
     }
 
     /// PUTs a manifest under the reference's tag (or its digest when it has no tag) and
@@ -540,7 +783,12 @@ impl RegistryClient {
             Access::Pull => format!("repository:{}:pull", r.repository),
             Access::Push => format!("repository:{}:pull,push", r.repository),
         };
-        let key = (r.registry.clone(), scope.clone());
+        let mut key_scope = scope.clone();
+        for extra in &call.extra_scopes {
+            key_scope.push(' ');
+            key_scope.push_str(extra);
+        }
+        let key = (r.registry.clone(), key_scope);
         let cached = self
             .inner
             .auth_cache
@@ -566,12 +814,18 @@ impl RegistryClient {
                 if call.access == Access::Push && !scopes.contains(&scope) {
                     scopes.push(scope.clone());
                 }
+                for extra in &call.extra_scopes {
+                    if !scopes.contains(extra) {
+                        scopes.push(extra.clone());
+                    }
+                }
+                let creds = self.inner.credentials.get(&r.registry).await;
                 let token = self
-                    .fetch_token(call, &realm, service.as_deref(), &scopes)
+                    .fetch_token(call, &realm, service.as_deref(), &scopes, creds.as_ref())
                     .await?;
                 format!("Bearer {token}")
             }
-            Some(Challenge::Basic) => match self.inner.credentials.get(&r.registry) {
+            Some(Challenge::Basic) => match self.inner.credentials.get(&r.registry).await {
                 Some(c) => c.basic_header(),
                 None => return Ok(resp),
             },
@@ -592,6 +846,7 @@ impl RegistryClient {
         realm: &str,
         service: Option<&str>,
         scopes: &[String],
+        creds: Option<&Credentials>,
     ) -> Result<String, RegistryError> {
         let r = call.reference;
         let auth_err = |detail: String| RegistryError::Auth {
@@ -618,12 +873,7 @@ impl RegistryClient {
                 Some(p) => format!("{realm_host}:{p}"),
                 None => realm_host.to_string(),
             });
-        let basic = self
-            .inner
-            .credentials
-            .get(&r.registry)
-            .filter(|_| safe)
-            .map(Credentials::basic_header);
+        let basic = creds.filter(|_| safe).map(Credentials::basic_header);
         let token_call = Call::new(call.action, r, Method::GET, url, call.access);
         let mut resp = self.send(&token_call, basic.as_deref()).await?;
         if !resp.status().is_success() {
@@ -631,12 +881,12 @@ impl RegistryClient {
             let denied = status == 401 || status == 403;
             return Err(auth_err(if denied && basic.is_some() {
                 format!(
-                    "the token service rejected the credentials for `{}` (HTTP {status}): log in again (`docker login {}`)",
+                    "the token service rejected the credentials for `{}` (HTTP {status}): log in again (`kiln login {}`)",
                     r.registry, r.registry
                 )
             } else if denied {
                 format!(
-                    "the token service refused anonymous access (HTTP {status}): log in with `docker login {}`",
+                    "the token service refused anonymous access (HTTP {status}): log in with `kiln login {}`",
                     r.registry
                 )
             } else {
@@ -688,25 +938,45 @@ impl RegistryClient {
             rb = match &call.body {
                 ReqBody::Empty => rb,
                 ReqBody::Bytes(b) => rb.body(b.clone()),
-                ReqBody::File { path, size } => {
-                    let file = tokio::fs::File::open(path).await.map_err(|source| {
-                        RegistryError::ReadFile {
-                            action: call.action.to_string(),
-                            reference: call.reference.to_string(),
-                            path: path.clone(),
-                            source,
+                ReqBody::File {
+                    path,
+                    offset,
+                    len,
+                    progress,
+                } => {
+                    let read_err = |source| RegistryError::ReadFile {
+                        action: call.action.to_string(),
+                        reference: call.reference.to_string(),
+                        path: path.clone(),
+                        source,
+                    };
+                    let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
+                    file.seek(std::io::SeekFrom::Start(*offset))
+                        .await
+                        .map_err(read_err)?;
+                    let sent = Arc::new(AtomicU64::new(*offset));
+                    let progress = progress.clone();
+                    let stream = tokio_util::io::ReaderStream::with_capacity(
+                        file.take(*len),
+                        256 << 10,
+                    )
+                    .inspect(move |chunk| {
+                        if let (Ok(c), Some(p)) = (chunk, &progress) {
+                            let now = sent.fetch_add(c.len() as u64, Ordering::Relaxed)
+                                + c.len() as u64;
+                            p(now);
                         }
-                    })?;
-                    let stream = tokio_util::io::ReaderStream::with_capacity(file, 256 << 10);
-                    rb.header(CONTENT_LENGTH, *size)
+                    });
+                    rb.header(CONTENT_LENGTH, *len)
                         .body(reqwest::Body::wrap_stream(stream))
                 }
             };
+            let may_retry = call.retry && attempt < MAX_ATTEMPTS;
             match rb.send().await {
                 Ok(resp) => {
                     let s = resp.status();
                     let transient = s.is_server_error() || s == StatusCode::TOO_MANY_REQUESTS;
-                    if transient && attempt < MAX_ATTEMPTS {
+                    if transient && may_retry {
                         let wait = retry_after(&resp).unwrap_or_else(|| self.backoff(attempt));
                         tracing::debug!(url = %call.url, status = s.as_u16(), attempt, "retrying");
                         tokio::time::sleep(wait).await;
@@ -716,7 +986,7 @@ impl RegistryClient {
                 }
                 Err(e) => {
                     let transient = e.is_connect() || e.is_timeout() || e.is_request();
-                    if transient && attempt < MAX_ATTEMPTS {
+                    if transient && may_retry {
                         tracing::debug!(url = %call.url, error = %e, attempt, "retrying");
                         tokio::time::sleep(self.backoff(attempt)).await;
                         continue;
@@ -799,6 +1069,24 @@ fn verify_digest(
     Ok(())
 }
 
+/// Whether an upload that failed this way may succeed when started again.
+fn is_transient(e: &RegistryError) -> bool {
+    match e {
+        RegistryError::Connection { .. } => true,
+        RegistryError::Http { status, .. } => *status >= 500 || *status == 429,
+        _ => false,
+    }
+}
+
+/// `Content-Range: bytes START-END/TOTAL` → `(START, TOTAL)` (TOTAL may be `*`).
+fn content_range(resp: &Response) -> Option<(u64, Option<u64>)> {
+    let v = resp.headers().get(CONTENT_RANGE)?.to_str().ok()?;
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, _) = range.split_once('-')?;
+    Some((start.trim().parse().ok()?, total.trim().parse().ok()))
+}
+
 fn retry_after(resp: &Response) -> Option<Duration> {
     let secs: u64 = resp
         .headers()
@@ -878,7 +1166,7 @@ mod tests {
                 insecure_registries: insecure.iter().map(|s| s.to_string()).collect(),
                 ..ClientOptions::default()
             },
-            HashMap::new(),
+            Keychain::new(Default::default()),
         )
         .unwrap()
     }
@@ -939,15 +1227,15 @@ mod tests {
 
     #[test]
     fn debug_shows_no_secrets() {
-        let mut creds = HashMap::new();
-        creds.insert(
+        let mut config = auth::ConfigCredentials::default();
+        config.auths.insert(
             "reg.io".to_string(),
             Credentials {
                 username: "u".into(),
                 password: "hunter2".into(),
             },
         );
-        let c = RegistryClient::build(ClientOptions::default(), creds).unwrap();
+        let c = RegistryClient::build(ClientOptions::default(), Keychain::new(config)).unwrap();
         let dbg = format!("{c:?}");
         assert!(dbg.contains("reg.io") && !dbg.contains("hunter2"), "{dbg}");
     }

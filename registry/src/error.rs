@@ -36,7 +36,7 @@ pub enum RegistryError {
 
     #[error(
         "{action} `{reference}`: access denied (HTTP {status}){detail}; check the name, then log in: \
-         add credentials for `{registry}` to ~/.docker/config.json (e.g. `docker login {registry}`)"
+         `kiln login {registry}` (or `docker login {registry}`)"
     )]
     Unauthorized {
         action: String,
@@ -147,4 +147,15 @@ pub enum RegistryError {
         #[source]
         source: std::io::Error,
     },
+
+    #[error("`{helper} {verb}` for `{registry}`: {detail}")]
+    CredentialHelper {
+        helper: String,
+        verb: String,
+        registry: String,
+        detail: String,
+    },
+
+    #[error("Docker config `{path}`: {detail}")]
+    Config { path: PathBuf, detail: String },
 }

@@ -3,10 +3,13 @@
 //!
 //! HTTP is done directly with reqwest (rustls): every blob transfer streams, existence checks
 //! are HEAD requests, and plain http is only used for loopback hosts and hosts the caller
-//! names in [`ClientOptions::insecure_registries`]. Credentials come from the `auths` of
-//! `~/.docker/config.json` (or `$DOCKER_CONFIG/config.json`); Bearer token challenges are
-//! answered and tokens cached per registry and scope. Connection errors, 5xx and 429 are
-//! retried, three attempts in all.
+//! names in [`ClientOptions::insecure_registries`]. Credentials come from
+//! `~/.docker/config.json` (or `$DOCKER_CONFIG/config.json`): its `credHelpers` and `credsStore`
+//! (`docker-credential-*` programs), then its `auths`; [`store_login`] and [`erase_login`] write
+//! them back as `docker login`/`logout` do. Basic and Bearer token challenges are answered and
+//! the answer cached per registry and scope. Connection errors, 5xx and 429 are retried (four
+//! attempts, honouring `Retry-After`); a cut blob download resumes with a Range request; a
+//! failed blob upload starts again for that blob only; blob digests and sizes are verified.
 //!
 //! ```no_run
 //! # async fn pull() -> Result<(), Box<dyn std::error::Error>> {
@@ -26,13 +29,15 @@
 
 mod auth;
 mod client;
+mod credentials;
 mod digest;
 mod error;
 mod manifest;
 mod platform;
 mod reference;
 
-pub use client::{ClientOptions, PushedBlob, RegistryClient};
+pub use client::{ClientOptions, Progress, PushOptions, PushedBlob, RegistryClient};
+pub use credentials::{erase_login, store_login, LoginStore};
 pub use error::RegistryError;
 pub use manifest::{media_type, Descriptor, ResolvedManifest};
 pub use platform::Platform;

@@ -75,7 +75,7 @@ async fn docker_config_credentials_are_used_and_never_shown() {
         // Without credentials the token service refuses, and the error says so without secrets.
         let anon = RegistryClient::new(ClientOptions::default()).unwrap();
         let e = anon.fetch_blob(&r, &digest, &mut Vec::new()).await.unwrap_err().to_string();
-        assert!(e.contains("refused anonymous access") && e.contains("docker login"), "{e}");
+        assert!(e.contains("refused anonymous access") && e.contains("kiln login"), "{e}");
     })
     .await
     .expect("test timed out");

@@ -115,7 +115,7 @@ async fn denied_access_says_how_to_log_in() {
 }
 
 #[tokio::test]
-async fn server_errors_are_retried_three_times() {
+async fn server_errors_are_retried_four_times() {
     tokio::time::timeout(TEST_TIMEOUT, async {
         let body = b"eventually".to_vec();
         let digest = sha256(&body);
@@ -141,8 +141,8 @@ async fn server_errors_are_retried_three_times() {
         let r = Reference::parse(&format!("127.0.0.1:{}/a/b", down.port)).unwrap();
         let e = c.blob_exists(&r, &digest).await.unwrap_err();
         assert!(matches!(e, RegistryError::Http { status: 500, .. }), "{e}");
-        assert!(e.to_string().contains("tried 3 times"), "{e}");
-        assert_eq!(down.requests().len(), 3);
+        assert!(e.to_string().contains("tried 4 times"), "{e}");
+        assert_eq!(down.requests().len(), 4);
     })
     .await
     .expect("test timed out");
@@ -206,7 +206,7 @@ async fn unreachable_registry_is_a_clear_error() {
         let e = c.resolve(&r, &Platform::host()).await.unwrap_err();
         let msg = e.to_string();
         assert!(
-            matches!(e, RegistryError::Connection { attempts: 3, .. }),
+            matches!(e, RegistryError::Connection { attempts: 4, .. }),
             "{msg}"
         );
         assert!(
