@@ -16,6 +16,7 @@
 //! SIGKILL through `PR_SET_PDEATHSIG`.
 
 mod error;
+mod etc;
 mod run;
 mod sandbox;
 mod spec;

@@ -87,6 +87,8 @@ pub async fn run(
             path: config.state_dir.clone(),
             source,
         })?;
+    let mut config = config;
+    crate::etc::provide(&mut config.spec, &config.state_dir, config.network)?;
     let result_path = config.state_dir.join(RESULT_FILE);
     match tokio::fs::remove_file(&result_path).await {
         Ok(()) => {}

@@ -116,6 +116,21 @@ pub(crate) fn default_mounts() -> Result<Vec<Mount>, ExecError> {
     ])
 }
 
+/// Whether `m` is one of [`default_mounts`] (by destination).
+pub(crate) fn is_default_mount(m: &Mount) -> bool {
+    const DEFAULTS: [&str; 6] = [
+        "/proc",
+        "/dev",
+        "/dev/pts",
+        "/dev/shm",
+        "/dev/mqueue",
+        "/sys",
+    ];
+    DEFAULTS
+        .iter()
+        .any(|d| m.destination() == std::path::Path::new(d))
+}
+
 /// Build the spec Docker would use for a process.
 ///
 /// PATH defaults to [`DEFAULT_PATH`] and HOME to the user's home when `env` lacks them; the

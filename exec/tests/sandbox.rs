@@ -288,10 +288,28 @@ async fn proc_dev_sys_are_mounted_and_created_mountpoints_reported() {
         .iter()
         .map(|p| p.display().to_string())
         .collect();
-    // /dev/pts etc. live on the /dev tmpfs, not in the layer: not reported.
-    assert_eq!(created, ["proc", "dev", "sys"]);
-    for c in &created {
+    // /dev/pts etc. live on the /dev tmpfs, not in the layer: not reported. The name files
+    // (/etc/hosts...) are bind-mounted from the state dir over new empty files.
+    assert_eq!(
+        created,
+        [
+            "proc",
+            "dev",
+            "sys",
+            "etc/hosts",
+            "etc/resolv.conf",
+            "etc/hostname"
+        ]
+    );
+    for c in &created[..3] {
         assert!(f.upper.join(c).is_dir(), "{c} not in the upper dir");
+    }
+    for c in &created[3..] {
+        let md = std::fs::metadata(f.upper.join(c)).unwrap();
+        assert!(
+            md.is_file() && md.len() == 0,
+            "{c} must be an empty mount point"
+        );
     }
     // Masked and read-only paths.
     let r = sh(
@@ -641,4 +659,22 @@ async fn sysctls_and_domainname_apply_inside_only() {
         Err(ExecError::Setup(msg)) => assert!(msg.contains("`kernel.panic`"), "{msg}"),
         other => panic!("expected a setup error, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn name_files_are_provided_and_writes_stay_out_of_the_layer() {
+    let f = fixture();
+    let r = sh(
+        &f,
+        "cat /etc/hostname; grep -c kilnbox /etc/hosts; test -s /etc/resolv.conf && echo resolv; \
+         echo 10.1.2.3 extra >> /etc/hosts",
+    )
+    .await;
+    assert_eq!(r.outcome.exit_code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "kilnbox\n1\nresolv\n");
+    // The write went to the state dir's copy; the layer keeps only an empty mount point.
+    assert_eq!(
+        std::fs::metadata(f.upper.join("etc/hosts")).unwrap().len(),
+        0
+    );
 }
