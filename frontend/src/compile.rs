@@ -4,6 +4,7 @@
 
 mod config;
 mod flags;
+mod lint;
 mod util;
 
 use crate::ast::{Dockerfile, Instruction};
@@ -120,7 +121,38 @@ pub fn compile(
     resolver: &dyn ImageResolver,
 ) -> Result<Compiled, FrontendError> {
     let df = crate::parse(dockerfile)?;
-    Compiler::new(&df, opts, resolver)?.run()
+    let mut compiled = Compiler::new(&df, opts, resolver)?.run()?;
+    // BuildKit's build checks, unless `# check=skip=...` silences them.
+    let config = df
+        .directives
+        .iter()
+        .find(|d| d.name == "check")
+        .map(|d| lint::CheckConfig::parse(&d.value))
+        .unwrap_or_default();
+    let mut failed = Vec::new();
+    for (line, rule, message) in lint::check(&df) {
+        if config.skips(rule) {
+            continue;
+        }
+        if config.error {
+            failed.push(format!(
+                "{}:{line}: {rule}: {message}",
+                opts.dockerfile_name
+            ));
+        }
+        compiled.warnings.push(Warning {
+            line,
+            message: format!("{rule}: {message}"),
+        });
+    }
+    if !failed.is_empty() {
+        return Err(FrontendError::Other(format!(
+            "build checks failed (`# check=error=true`):\n  {}\nfix them, or skip a rule with `# check=skip=RULE`",
+            failed.join("\n  ")
+        )));
+    }
+    compiled.warnings.sort_by_key(|w| w.line);
+    Ok(compiled)
 }
 
 /// Build args BuildKit passes to `RUN` without an `ARG` and keeps out of the history.
@@ -1046,12 +1078,6 @@ impl<'a> Compiler<'a> {
                 d.image.author = Some(who.clone());
                 d.image.labels.insert("maintainer".into(), who.clone());
                 d.image.add_history(format!("MAINTAINER {who}"), true);
-                self.warn(
-                    instr.start_line,
-                    format!(
-                        "`MAINTAINER` is deprecated: write `LABEL maintainer=\"{who}\"` instead"
-                    ),
-                );
                 Ok(())
             }
             "onbuild" => {
