@@ -11,6 +11,24 @@ use crate::layer::LayerBlob;
 
 pub(crate) const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 pub(crate) const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+pub(crate) const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+pub(crate) const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub(crate) const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub(crate) const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
+
+/// The Docker schema2 media type of a layer, for `--oci-mediatypes=false`.
+fn docker_layer_type(oci: &str) -> Result<&'static str, ExportError> {
+    match crate::layer::Compression::from_media_type(oci) {
+        Some(crate::layer::Compression::Gzip) => Ok(DOCKER_LAYER_GZIP),
+        Some(crate::layer::Compression::Uncompressed) => Ok(DOCKER_LAYER_TAR),
+        _ => Err(ExportError::Oci {
+            what: "the image manifest".into(),
+            detail: format!(
+                "layer media type `{oci}` has no Docker schema2 equivalent; use `oci-mediatypes=true` or `compression=gzip`"
+            ),
+        }),
+    }
+}
 
 /// The stored manifest of an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,20 +146,34 @@ fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor, E
     Ok(Descriptor::new(MediaType::from(media_type), size, d))
 }
 
-/// The manifest bytes for a stored config and layers.
+/// The manifest bytes for a stored config and layers: OCI media types, or Docker schema2 ones
+/// when `oci` is false.
 pub(crate) fn manifest_bytes(
     config_digest: &str,
     config_size: u64,
     layers: &[LayerBlob],
+    oci: bool,
 ) -> Result<Vec<u8>, ExportError> {
     let layer_descs = layers
         .iter()
-        .map(|l| descriptor(&l.media_type, &l.digest, l.size))
+        .map(|l| {
+            let media = if oci {
+                l.media_type.as_str()
+            } else {
+                docker_layer_type(&l.media_type)?
+            };
+            descriptor(media, &l.digest, l.size)
+        })
         .collect::<Result<Vec<_>, _>>()?;
+    let (manifest_type, config_type) = if oci {
+        (MediaType::ImageManifest, MEDIA_CONFIG)
+    } else {
+        (MediaType::Other(DOCKER_MANIFEST.into()), DOCKER_CONFIG)
+    };
     let manifest: ImageManifest = ImageManifestBuilder::default()
         .schema_version(2u32)
-        .media_type(MediaType::ImageManifest)
-        .config(descriptor(MEDIA_CONFIG, config_digest, config_size)?)
+        .media_type(manifest_type)
+        .config(descriptor(config_type, config_digest, config_size)?)
         .layers(layer_descs)
         .build()
         .map_err(|e| ExportError::Oci {
@@ -231,7 +263,7 @@ mod tests {
     fn manifest_round_trips() {
         let layers = [blob(1), blob(2)];
         let cd = format!("sha256:{}", hex::encode([9u8; 32]));
-        let bytes = manifest_bytes(&cd, 42, &layers).unwrap();
+        let bytes = manifest_bytes(&cd, 42, &layers, true).unwrap();
         let s = String::from_utf8(bytes.clone()).unwrap();
         assert!(
             s.contains(r#""mediaType":"application/vnd.oci.image.manifest.v1+json""#),
@@ -242,6 +274,21 @@ mod tests {
         assert_eq!(parsed[0], (MEDIA_CONFIG.to_string(), cd, 42));
         assert_eq!(parsed[2].1, layers[1].digest);
         assert_eq!(parsed[2].2, layers[1].size);
-        assert!(manifest_bytes("sha256:nothex", 1, &layers).is_err());
+        assert!(manifest_bytes("sha256:nothex", 1, &layers, true).is_err());
+    }
+
+    #[test]
+    fn docker_media_types_on_request() {
+        let layers = [blob(1)];
+        let cd = format!("sha256:{}", hex::encode([9u8; 32]));
+        let s = String::from_utf8(manifest_bytes(&cd, 42, &layers, false).unwrap()).unwrap();
+        assert!(s.contains(DOCKER_MANIFEST), "{s}");
+        assert!(s.contains(DOCKER_CONFIG), "{s}");
+        assert!(s.contains(DOCKER_LAYER_GZIP), "{s}");
+        assert!(!s.contains("vnd.oci"), "{s}");
+        let mut zst = blob(2);
+        zst.media_type = crate::layer::MEDIA_TAR_ZSTD.into();
+        let err = manifest_bytes(&cd, 42, &[zst], false).unwrap_err();
+        assert!(err.to_string().contains("oci-mediatypes=true"), "{err}");
     }
 }

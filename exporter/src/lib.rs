@@ -4,11 +4,13 @@
 //! digest → blob writer) and never buffered whole. The same tree gives the same bytes in any
 //! directory, at any time, on any machine.
 
+mod docker;
 mod error;
 mod image;
 mod layer;
 mod layout;
 mod pargz;
+mod rootfs;
 mod store;
 mod tarw;
 
@@ -16,5 +18,7 @@ pub use error::ExportError;
 pub use image::{fill_rootfs, ImageDescriptor};
 pub use layer::{write_layer_blob, write_layer_tar, Compression, LayerBlob, LayerOptions};
 pub use store::{
-    export_layer, tag_image, write_image, write_image_with_extras, write_oci_archive, write_oci_dir,
+    convert_layer, export_layer, tag_image, write_docker_archive, write_image, write_image_as,
+    write_image_with_extras, write_oci_archive, write_oci_dir, write_rootfs, write_rootfs_tar,
+    ManifestFormat,
 };

@@ -1,14 +1,43 @@
 //! The thin layer between this crate's path- and writer-based core and the kiln-cache store.
 
+use std::fs::File;
+use std::io::{self, BufReader, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_cache::{ImageRecord, LayerInfo, SnapshotId, Store};
 use oci_spec::image::ImageConfiguration;
 
 use crate::error::ExportError;
-use crate::image::{config_bytes_with_extras, manifest_bytes, ImageDescriptor, MEDIA_MANIFEST};
-use crate::layer::{write_layer_blob, LayerBlob, LayerOptions};
-use crate::layout;
+use crate::image::{
+    config_bytes_with_extras, manifest_bytes, ImageDescriptor, DOCKER_MANIFEST, MEDIA_MANIFEST,
+};
+use crate::layer::{
+    write_layer_blob, Compression, Compressor, HashingWriter, LayerBlob, LayerOptions,
+};
+use crate::{docker, layout, rootfs};
+
+/// Which media types an image's manifest uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ManifestFormat {
+    /// OCI image spec media types (the default).
+    #[default]
+    Oci,
+    /// Docker schema2 media types (`--oci-mediatypes=false`); gzip or uncompressed layers only.
+    Docker,
+}
+
+/// The key a layer blob is recorded under for a snapshot: its media type, plus the level and
+/// epoch when they are not the defaults, since both change the bytes.
+fn record_key(opts: &LayerOptions) -> String {
+    let mut key = opts.compression.media_type().to_string();
+    if let Some(l) = opts.level {
+        key.push_str(&format!(";kiln.level={l}"));
+    }
+    if let Some(e) = opts.source_date_epoch {
+        key.push_str(&format!(";kiln.epoch={e}"));
+    }
+    key
+}
 
 /// The tar of an empty directory: just the two end-of-archive blocks.
 fn is_empty_tar_diff_id(diff_id: &str) -> bool {
@@ -26,20 +55,17 @@ pub fn export_layer(
     opts: &LayerOptions,
 ) -> Result<LayerBlob, ExportError> {
     let media_type = opts.compression.media_type();
-    // A clamped epoch changes the bytes, so only reuse layers built the same way: the record
-    // is keyed by media type alone, and we check the epoch is not in play.
-    if opts.source_date_epoch.is_none() {
-        let known = store.snapshots().layers(snapshot)?;
-        if let Some(l) = known.into_iter().find(|l| l.media_type == media_type) {
-            if store.content().has(&l.digest) {
-                return Ok(LayerBlob {
-                    empty: is_empty_tar_diff_id(&l.diff_id),
-                    diff_id: l.diff_id,
-                    digest: l.digest,
-                    size: l.size,
-                    media_type: l.media_type,
-                });
-            }
+    let key = record_key(opts);
+    let known = store.snapshots().layers(snapshot)?;
+    if let Some(l) = known.into_iter().find(|l| l.media_type == key) {
+        if store.content().has(&l.digest) {
+            return Ok(LayerBlob {
+                empty: is_empty_tar_diff_id(&l.diff_id),
+                diff_id: l.diff_id,
+                digest: l.digest,
+                size: l.size,
+                media_type: media_type.to_string(),
+            });
         }
     }
     let dir = store.snapshots().fs_dir(snapshot);
@@ -51,18 +77,58 @@ pub fn export_layer(
         size,
         ..blob
     };
-    if opts.source_date_epoch.is_none() {
-        store.snapshots().set_layer(
-            snapshot,
-            LayerInfo {
-                diff_id: blob.diff_id.clone(),
-                digest: blob.digest.clone(),
-                size: blob.size,
-                media_type: blob.media_type.clone(),
-            },
-        )?;
-    }
+    store.snapshots().set_layer(
+        snapshot,
+        LayerInfo {
+            diff_id: blob.diff_id.clone(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            media_type: key,
+        },
+    )?;
     Ok(blob)
+}
+
+/// Re-compresses a stored layer blob (`force-compression`): the diffID stays, the blob is new.
+/// Returns `blob` itself when it already has the wanted compression.
+pub fn convert_layer(
+    store: &Store,
+    blob: &LayerBlob,
+    opts: &LayerOptions,
+) -> Result<LayerBlob, ExportError> {
+    let from = Compression::from_media_type(&blob.media_type).ok_or_else(|| ExportError::Oci {
+        what: format!("layer `{}`", blob.digest),
+        detail: format!("unknown layer media type `{}`", blob.media_type),
+    })?;
+    if from == opts.compression {
+        return Ok(blob.clone());
+    }
+    let path = lookup(store)(&blob.digest)?;
+    let f = File::open(&path).map_err(|e| ExportError::read("open", &path, e))?;
+    let mut r = docker::decompressor(from, BufReader::new(f))
+        .map_err(|e| ExportError::read("decompress", &path, e))?;
+    let werr = |e| ExportError::write("the converted layer blob", e);
+    let out = HashingWriter::new(store.content().writer()?);
+    let comp = Compressor::new(opts, out).map_err(werr)?;
+    let mut diff = HashingWriter::new(comp);
+    io::copy(&mut r, &mut diff).map_err(|e| ExportError::read("decompress", &path, e))?;
+    let (diff_id, _, comp) = diff.finish();
+    if diff_id != blob.diff_id {
+        return Err(ExportError::DiffIdMismatch {
+            index: 0,
+            config: blob.diff_id.clone(),
+            layer: diff_id,
+        });
+    }
+    let (digest, _, writer) = comp.finish().map_err(werr)?.finish();
+    let (digest, size) = writer.commit(Some(&digest))?;
+    Ok(LayerBlob {
+        diff_id,
+        digest,
+        size,
+        media_type: opts.compression.media_type().to_string(),
+        empty: blob.empty,
+    })
 }
 
 /// Stores the config and manifest of an image. `config.rootfs` must list the layers' diffIDs in
@@ -83,15 +149,27 @@ pub fn write_image_with_extras(
     extras: &serde_json::Map<String, serde_json::Value>,
     layers: &[LayerBlob],
 ) -> Result<ImageDescriptor, ExportError> {
+    write_image_as(store, config, extras, layers, ManifestFormat::Oci)
+}
+
+/// [`write_image_with_extras`] with the manifest's media types chosen by `format`.
+pub fn write_image_as(
+    store: &Store,
+    config: &ImageConfiguration,
+    extras: &serde_json::Map<String, serde_json::Value>,
+    layers: &[LayerBlob],
+    format: ManifestFormat,
+) -> Result<ImageDescriptor, ExportError> {
+    let oci = format == ManifestFormat::Oci;
     let config = config_bytes_with_extras(config, extras, layers)?;
     let (config_digest, config_size) = store.content().put_bytes(&config)?;
-    let manifest = manifest_bytes(&config_digest, config_size, layers)?;
+    let manifest = manifest_bytes(&config_digest, config_size, layers, oci)?;
     let (manifest_digest, manifest_size) = store.content().put_bytes(&manifest)?;
     Ok(ImageDescriptor {
         manifest_digest,
         manifest_size,
         config_digest,
-        media_type: MEDIA_MANIFEST.to_string(),
+        media_type: if oci { MEDIA_MANIFEST } else { DOCKER_MANIFEST }.to_string(),
     })
 }
 
@@ -141,4 +219,85 @@ pub fn write_oci_dir(
     dest: &Path,
 ) -> Result<(), ExportError> {
     layout::write_dir(&lookup(store), image, name, dest)
+}
+
+/// Runs `write` against `dest` (atomically: a temporary file in the same directory, synced and
+/// renamed) or against stdout when `dest` is `-`.
+fn write_dest(
+    dest: &Path,
+    write: impl FnOnce(&mut dyn Write) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
+    let what = || format!("`{}`", dest.display());
+    if dest == Path::new("-") {
+        let mut out = BufWriter::new(io::stdout().lock());
+        write(&mut out)?;
+        return out.flush().map_err(|e| ExportError::write("to stdout", e));
+    }
+    let parent = match dest.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let tmp = tempfile::Builder::new()
+        .prefix(".kiln-out-")
+        .tempfile_in(parent)
+        .map_err(|e| ExportError::write(what(), e))?;
+    {
+        let mut out = BufWriter::with_capacity(1 << 20, tmp.as_file());
+        write(&mut out)?;
+        out.flush().map_err(|e| ExportError::write(what(), e))?;
+    }
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| ExportError::write(what(), e))?;
+    tmp.persist(dest)
+        .map_err(|e| ExportError::write(what(), e.error))?;
+    Ok(())
+}
+
+/// Writes the image as a docker-archive (`docker load`, `skopeo docker-archive:`) to `dest`, or
+/// to stdout for `-`. `tags` become its `RepoTags`.
+pub fn write_docker_archive(
+    store: &Store,
+    image: &ImageDescriptor,
+    tags: &[String],
+    dest: &Path,
+) -> Result<(), ExportError> {
+    let tmp = store.tmp_dir();
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
+    write_dest(dest, |out| {
+        docker::docker_archive_to(&lookup(store), image, tags, &tmp, out).map(|_| ())
+    })
+}
+
+/// Writes the final file system of a snapshot chain (bottom first) into the directory `dest`.
+pub fn write_rootfs(store: &Store, chain: &[SnapshotId], dest: &Path) -> Result<(), ExportError> {
+    let dirs: Vec<PathBuf> = chain.iter().map(|s| store.snapshots().fs_dir(*s)).collect();
+    rootfs::apply_layers(&dirs, dest)
+}
+
+/// Writes the final file system of a snapshot chain as one deterministic tar to `dest` (or
+/// stdout for `-`), with mtimes clamped to `source_date_epoch` when given.
+pub fn write_rootfs_tar(
+    store: &Store,
+    chain: &[SnapshotId],
+    dest: &Path,
+    source_date_epoch: Option<i64>,
+) -> Result<(), ExportError> {
+    let tmp = store.tmp_dir();
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".kiln-rootfs-")
+        .tempdir_in(&tmp)
+        .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
+    write_rootfs(store, chain, staging.path())?;
+    let opts = LayerOptions {
+        compression: Compression::Uncompressed,
+        source_date_epoch,
+        level: None,
+    };
+    write_dest(dest, |out| {
+        crate::layer::write_layer_tar(staging.path(), out, &opts)
+    })
 }
