@@ -141,8 +141,9 @@ pub(crate) fn parse_config(text: &str) -> Result<ConfigCredentials, String> {
     })
 }
 
+/// A registry as users write it, normalised to the host kiln keys credentials by:
 /// `https://index.docker.io/v1/` → `docker.io`; `http://reg:5000/x` → `reg:5000`.
-pub(crate) fn normalize_host(key: &str) -> String {
+pub fn normalize_host(key: &str) -> String {
     let k = key
         .strip_prefix("https://")
         .or_else(|| key.strip_prefix("http://"))

@@ -577,9 +577,11 @@ impl RegistryClient {
             .get(LOCATION)
             .and_then(|v| v.to_str().ok())
             .ok_or_else(|| bad("the registry answered an upload step without a `Location` header: it does not follow the OCI distribution spec".to_string()))?;
-        call.url
-            .join(location)
-            .map_err(|e| bad(format!("the registry sent an unusable upload location: {e}")))
+        call.url.join(location).map_err(|e| {
+            bad(format!(
+                "the registry sent an unusable upload location: {e}"
+            ))
+        })
     }
 
     /// Checks credentials against `registry` (a host such as `ghcr.io` or `127.0.0.1:5000`) the
@@ -956,17 +958,15 @@ impl RegistryClient {
                         .map_err(read_err)?;
                     let sent = Arc::new(AtomicU64::new(*offset));
                     let progress = progress.clone();
-                    let stream = tokio_util::io::ReaderStream::with_capacity(
-                        file.take(*len),
-                        256 << 10,
-                    )
-                    .inspect(move |chunk| {
-                        if let (Ok(c), Some(p)) = (chunk, &progress) {
-                            let now = sent.fetch_add(c.len() as u64, Ordering::Relaxed)
-                                + c.len() as u64;
-                            p(now);
-                        }
-                    });
+                    let stream =
+                        tokio_util::io::ReaderStream::with_capacity(file.take(*len), 256 << 10)
+                            .inspect(move |chunk| {
+                                if let (Ok(c), Some(p)) = (chunk, &progress) {
+                                    let now = sent.fetch_add(c.len() as u64, Ordering::Relaxed)
+                                        + c.len() as u64;
+                                    p(now);
+                                }
+                            });
                     rb.header(CONTENT_LENGTH, *len)
                         .body(reqwest::Body::wrap_stream(stream))
                 }

@@ -68,7 +68,11 @@ impl Keychain {
             .get(registry)
             .or(self.config.creds_store.as_ref());
         if let Some(helper) = helper {
-            let cached = self.asked.lock().ok().and_then(|m| m.get(registry).cloned());
+            let cached = self
+                .asked
+                .lock()
+                .ok()
+                .and_then(|m| m.get(registry).cloned());
             let found = match cached {
                 Some(found) => found,
                 None => {
@@ -322,9 +326,7 @@ pub async fn store_login(
         path: path.clone(),
         detail: "not a JSON object: fix or remove the file".to_string(),
     })?;
-    let auths = obj
-        .entry("auths")
-        .or_insert_with(|| serde_json::json!({}));
+    let auths = obj.entry("auths").or_insert_with(|| serde_json::json!({}));
     if !auths.is_object() {
         *auths = serde_json::json!({});
     }

@@ -36,6 +36,7 @@ mod manifest;
 mod platform;
 mod reference;
 
+pub use auth::normalize_host as registry_host;
 pub use client::{ClientOptions, Progress, PushOptions, PushedBlob, RegistryClient};
 pub use credentials::{erase_login, store_login, LoginStore};
 pub use error::RegistryError;

@@ -1,13 +1,20 @@
 //! Images as build inputs: find an image in the local store or pull it, and unpack its layers
 //! into snapshots (one per layer, memoised by chain ID so a base is unpacked once per store).
+//! Pulled blobs are verified (digest and size) before they enter the store, downloaded several
+//! at a time with byte progress, and remembered with the repository they came from so a later
+//! push to another repository of that registry can mount them instead of uploading.
 
 use crate::SolveError;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use kiln_cache::{ImageRecord, LayerInfo, SnapshotId, Store};
-use kiln_registry::{Platform, Reference, RegistryClient};
+use kiln_registry::{Platform, Progress, Reference, RegistryClient, RegistryError};
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use sha2::{Digest as _, Sha256};
 use std::io::Read;
+use std::sync::Arc;
+
+/// Byte progress of blob downloads: `(digest, bytes done, bytes in all)`, called often.
+pub type BlobProgress = Arc<dyn Fn(&str, u64, u64) + Send + Sync>;
 
 /// An image whose manifest and config are in the content store.
 #[derive(Clone, Debug)]
@@ -59,7 +66,16 @@ pub async fn resolve_image(
         .put_bytes(&resolved.bytes)
         .map_err(SolveError::cache)?;
     if !store.content().has(&resolved.config.digest) {
-        fetch_blob(store, registry, &reference, &resolved.config.digest).await?;
+        let config = &resolved.config;
+        fetch_blob(
+            store,
+            registry,
+            &reference,
+            &config.digest,
+            Some(config.size),
+            None,
+        )
+        .await?;
     }
     let tagged = without_digest(&reference);
     if reference.digest.is_none() {
@@ -117,20 +133,98 @@ pub fn load(store: &Store, name: &str, manifest_digest: &str) -> Result<ImageRef
     })
 }
 
+fn blob_source_key(digest: &str) -> String {
+    format!("blob-source:{digest}")
+}
+
+/// Remembers that `reference`'s repository holds the blob `digest` (pulled from or pushed to it).
+pub fn record_blob_source(
+    store: &Store,
+    reference: &Reference,
+    digest: &str,
+) -> Result<(), SolveError> {
+    store
+        .index()
+        .meta_put(
+            &blob_source_key(digest),
+            &format!("{}/{}", reference.registry, reference.repository),
+        )
+        .map_err(SolveError::cache)
+}
+
+/// A repository of `registry` known to hold the blob, if [`record_blob_source`] saw one.
+pub fn blob_source(
+    store: &Store,
+    registry: &str,
+    digest: &str,
+) -> Result<Option<String>, SolveError> {
+    let Some(v) = store
+        .index()
+        .meta_get(&blob_source_key(digest))
+        .map_err(SolveError::cache)?
+    else {
+        return Ok(None);
+    };
+    Ok(v.strip_prefix(registry)
+        .and_then(|rest| rest.strip_prefix('/'))
+        .map(str::to_string))
+}
+
+/// Downloads a blob into the content store. Nothing is stored unless its digest and size match;
+/// a blob that arrives damaged despite the client's own resumes is downloaded once more.
 async fn fetch_blob(
     store: &Store,
     registry: &RegistryClient,
     reference: &Reference,
     digest: &str,
+    size: Option<u64>,
+    progress: Option<Progress>,
 ) -> Result<(), SolveError> {
-    let mut writer = store.content().writer().map_err(SolveError::cache)?;
+    let mut tries = 0;
+    loop {
+        tries += 1;
+        match fetch_blob_once(store, registry, reference, digest, size, progress.clone()).await {
+            Err(FetchError::Registry(
+                e @ (RegistryError::DigestMismatch { .. } | RegistryError::SizeMismatch { .. }),
+            )) if tries < 2 => {
+                tracing::warn!("{e}; downloading it again");
+            }
+            Err(FetchError::Registry(e)) => {
+                return Err(SolveError::Image {
+                    image: reference.full_name(),
+                    message: e.to_string(),
+                })
+            }
+            Err(FetchError::Solve(e)) => return Err(e),
+            Ok(()) => return record_blob_source(store, reference, digest),
+        }
+    }
+}
+
+enum FetchError {
+    Registry(RegistryError),
+    Solve(SolveError),
+}
+
+async fn fetch_blob_once(
+    store: &Store,
+    registry: &RegistryClient,
+    reference: &Reference,
+    digest: &str,
+    size: Option<u64>,
+    progress: Option<Progress>,
+) -> Result<(), FetchError> {
+    let mut writer = store
+        .content()
+        .writer()
+        .map_err(|e| FetchError::Solve(SolveError::cache(e)))?;
     let (tx, mut rx) = tokio::io::duplex(1 << 20);
     let reg = registry.clone();
     let r = reference.clone();
     let d = digest.to_string();
     let fetch = tokio::spawn(async move {
         let mut tx = tx;
-        reg.fetch_blob(&r, &d, &mut tx).await
+        reg.fetch_blob_with(&r, &d, size, &mut tx, progress).await
     });
     // The blob writer is synchronous: feed it from a blocking task.
     let write = tokio::task::spawn_blocking(move || -> Result<_, SolveError> {
@@ -150,13 +244,19 @@ async fn fetch_blob(
         }
         Ok(writer)
     });
-    let fetched = fetch.await.map_err(|e| SolveError::Op(e.to_string()))?;
-    let writer = write.await.map_err(|e| SolveError::Op(e.to_string()))??;
-    fetched.map_err(|e| SolveError::Image {
-        image: reference.full_name(),
-        message: e.to_string(),
-    })?;
-    writer.commit(Some(digest)).map_err(SolveError::cache)?;
+    let fetched = fetch
+        .await
+        .map_err(|e| FetchError::Solve(SolveError::Op(e.to_string())))?;
+    // A failed download closes the pipe early: its error is the one that matters.
+    let written = write
+        .await
+        .map_err(|e| FetchError::Solve(SolveError::Op(e.to_string())))?;
+    fetched.map_err(FetchError::Registry)?;
+    let writer = written.map_err(FetchError::Solve)?;
+    // `commit` hashes what was written again: a blob on disk always matches its name.
+    writer
+        .commit(Some(digest))
+        .map_err(|e| FetchError::Solve(SolveError::cache(e)))?;
     Ok(())
 }
 
@@ -166,21 +266,38 @@ pub async fn ensure_layers(
     registry: &RegistryClient,
     image: &ImageRef,
 ) -> Result<(), SolveError> {
+    ensure_layers_with(store, registry, image, None).await
+}
+
+/// [`ensure_layers`] reporting each download's bytes to `progress`.
+pub async fn ensure_layers_with(
+    store: &Store,
+    registry: &RegistryClient,
+    image: &ImageRef,
+    progress: Option<BlobProgress>,
+) -> Result<(), SolveError> {
     let reference = Reference::parse(&image.name).map_err(|e| SolveError::Image {
         image: image.name.clone(),
         message: e.to_string(),
     })?;
-    let missing: Vec<String> = image
+    let mut missing: Vec<(String, u64)> = image
         .manifest
         .layers()
         .iter()
-        .map(|l| l.digest().to_string())
-        .filter(|d| !store.content().has(d))
+        .map(|l| (l.digest().to_string(), l.size()))
+        .filter(|(d, _)| !store.content().has(d))
         .collect();
+    // The same layer twice in one image is downloaded once.
+    let mut seen = std::collections::HashSet::new();
+    missing.retain(|(d, _)| seen.insert(d.clone()));
     stream::iter(missing)
-        .map(|d| {
+        .map(|(d, size)| {
             let reference = reference.clone();
-            async move { fetch_blob(store, registry, &reference, &d).await }
+            let per_blob: Option<Progress> = progress.clone().map(|p| {
+                let d = d.clone();
+                Arc::new(move |done: u64| p(&d, done, size)) as Progress
+            });
+            async move { fetch_blob(store, registry, &reference, &d, Some(size), per_blob).await }
         })
         .buffer_unordered(PARALLEL_LAYERS)
         .try_collect::<Vec<()>>()

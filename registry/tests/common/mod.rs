@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+pub mod auth;
+
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
 pub fn sha256(bytes: &[u8]) -> String {
@@ -36,6 +38,12 @@ impl Registry {
     }
 
     pub async fn start() -> Registry {
+        Registry::start_with(|_| String::new()).await
+    }
+
+    /// A registry with more configuration (e.g. an `auth:` section), written by `extra` given
+    /// the registry's own directory; it is ready when `/v2/` answers at all (401 included).
+    pub async fn start_with(extra: impl FnOnce(&std::path::Path) -> String) -> Registry {
         let bin = PathBuf::from("/usr/bin/docker-registry");
         assert!(
             bin.exists(),
@@ -44,10 +52,11 @@ impl Registry {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = free_port();
         let config = dir.path().join("config.yml");
+        let extra = extra(dir.path());
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\n  delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n{extra}",
                 dir.path().join("data").display()
             ),
         )
@@ -68,7 +77,7 @@ impl Registry {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Ok(r) = reqwest::get(format!("http://127.0.0.1:{port}/v2/")).await {
-                if r.status().is_success() {
+                if r.status().is_success() || r.status() == reqwest::StatusCode::UNAUTHORIZED {
                     return reg;
                 }
             }
