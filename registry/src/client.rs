@@ -465,6 +465,22 @@ impl RegistryClient {
                     tracing::debug!(reference = %r, digest, attempt, error = %e, "blob upload failed; starting it again");
                     tokio::time::sleep(self.backoff(attempt)).await;
                 }
+                // Say how many uploads were tried, not how many sends the last one made.
+                Err(RegistryError::Connection {
+                    action,
+                    reference,
+                    host,
+                    detail,
+                    ..
+                }) => {
+                    return Err(RegistryError::Connection {
+                        action,
+                        reference,
+                        host,
+                        attempts: attempt,
+                        detail,
+                    })
+                }
                 done => return done,
             }
         }

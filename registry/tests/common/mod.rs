@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub mod auth;
+pub mod proxy;
 
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
 
