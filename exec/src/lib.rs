@@ -19,6 +19,7 @@ mod error;
 mod etc;
 mod run;
 mod sandbox;
+mod seccomp;
 mod spec;
 mod user;
 mod wire;
@@ -27,6 +28,7 @@ use std::path::PathBuf;
 
 pub use error::ExecError;
 pub use run::run;
+pub use seccomp::default_seccomp;
 pub use spec::{default_spec, Network, ProcessSpec, DEFAULT_PATH};
 pub use user::{resolve_user, ResolvedUser};
 

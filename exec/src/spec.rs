@@ -162,6 +162,7 @@ pub fn default_spec(p: &ProcessSpec) -> Result<Spec, ExecError> {
     }
 
     let caps: oci_spec::runtime::Capabilities = DOCKER_CAPS.iter().copied().collect();
+    let caps_for_seccomp = caps.clone();
     let granted = if p.user.uid == 0 {
         caps.clone()
     } else {
@@ -218,6 +219,7 @@ pub fn default_spec(p: &ProcessSpec) -> Result<Spec, ExecError> {
         )]));
     }
     let linux = linux
+        .seccomp(crate::seccomp::default_seccomp(&caps_for_seccomp)?)
         .namespaces(namespaces)
         .masked_paths(oci_spec::runtime::get_default_maskedpaths())
         .readonly_paths(oci_spec::runtime::get_default_readonly_paths())

@@ -249,9 +249,13 @@ async fn hostname_is_isolated() {
     with_admin.insert(Capability::SysAdmin);
     caps.set_bounding(Some(with_admin.clone()));
     caps.set_effective(Some(with_admin.clone()));
-    caps.set_permitted(Some(with_admin));
+    caps.set_permitted(Some(with_admin.clone()));
     process.set_capabilities(Some(caps));
     c.spec.set_process(Some(process));
+    // As `docker run --cap-add`, the seccomp profile follows the capabilities.
+    let mut linux = c.spec.linux().clone().unwrap();
+    linux.set_seccomp(Some(kiln_exec::default_seccomp(&with_admin).unwrap()));
+    c.spec.set_linux(Some(linux));
     let r = capture(c).await.unwrap();
     assert_eq!(r.outcome.exit_code, 0, "{}", r.stderr);
     assert_eq!(r.stdout, "changed-inside\n");
@@ -677,4 +681,21 @@ async fn name_files_are_provided_and_writes_stay_out_of_the_layer() {
         std::fs::metadata(f.upper.join("etc/hosts")).unwrap().len(),
         0
     );
+}
+
+#[tokio::test]
+async fn seccomp_refuses_new_user_namespaces_unless_unconfined() {
+    let f = fixture();
+    // unshare(CLONE_NEWUSER) needs no capability: only Docker's profile refuses it.
+    let script = "unshare -U true 2>/dev/null; echo u=$?; grep Seccomp: /proc/self/status";
+    let r = sh(&f, script).await;
+    assert_eq!(r.outcome.exit_code, 0, "{}", r.stderr);
+    assert_eq!(r.stdout, "u=1\nSeccomp:\t2\n");
+    // The same step without the profile (Docker's `seccomp=unconfined`) may.
+    let mut c = config(&f, &process(&["sh", "-c", script]));
+    let mut linux = c.spec.linux().clone().unwrap();
+    linux.set_seccomp(None);
+    c.spec.set_linux(Some(linux));
+    let r = capture(c).await.unwrap();
+    assert_eq!(r.stdout, "u=0\nSeccomp:\t0\n", "{}", r.stderr);
 }

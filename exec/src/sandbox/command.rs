@@ -8,7 +8,7 @@ use std::path::Path;
 
 use nix::errno::Errno;
 use nix::unistd::{Gid, Uid};
-use oci_spec::runtime::{Capabilities, LinuxCapabilities, Process};
+use oci_spec::runtime::{Capabilities, LinuxCapabilities, LinuxSeccomp, Process};
 
 use super::signals;
 use crate::spec::{cap_number, DEFAULT_PATH};
@@ -19,9 +19,9 @@ use crate::wire::SETUP_FAILED;
 pub(crate) const SETUP_ERROR: &[u8] = b"S";
 
 /// Become the command. Returns only on failure, with the exit code to use.
-pub(crate) fn exec(process: &Process, status: OwnedFd) -> i32 {
+pub(crate) fn exec(process: &Process, seccomp: Option<&LinuxSeccomp>, status: OwnedFd) -> i32 {
     signals::reset_for_exec();
-    match prepare(process) {
+    match prepare(process, seccomp) {
         Err(msg) => {
             let mut f = std::fs::File::from(status);
             let mut report = SETUP_ERROR.to_vec();
@@ -48,7 +48,7 @@ fn cstring(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} `{}` contains a NUL byte", s.escape_debug()))
 }
 
-fn prepare(process: &Process) -> Result<Prepared, String> {
+fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared, String> {
     let args = process.args().as_deref().unwrap_or(&[]);
     let Some(arg0) = args.first() else {
         return Err("`process.args` is empty".into());
@@ -69,6 +69,9 @@ fn prepare(process: &Process) -> Result<Prepared, String> {
         .unwrap_or(DEFAULT_PATH)
         .to_string();
 
+    // Compiled while we may still allocate freely; loaded below at the last possible moment.
+    let filters = seccomp.map(super::seccomp::compile).transpose()?;
+    let no_new_privs = process.no_new_privileges() == Some(true);
     apply_rlimits(process)?;
     let user = process.user();
     if let Some(mask) = user.umask() {
@@ -79,6 +82,10 @@ fn prepare(process: &Process) -> Result<Prepared, String> {
         drop_bounding(c.bounding())?;
         // Keep the permitted set across setuid so that capset below can trim it.
         prctl(libc::PR_SET_KEEPCAPS, 1, "keep capabilities")?;
+    }
+    if let (Some(f), false) = (&filters, no_new_privs) {
+        // Without no_new_privs, loading needs CAP_SYS_ADMIN: before the credentials change.
+        super::seccomp::load(f)?;
     }
     let groups: Vec<Gid> = user
         .additional_gids()
@@ -95,8 +102,11 @@ fn prepare(process: &Process) -> Result<Prepared, String> {
     if let Some(c) = caps {
         set_capabilities(c)?;
     }
-    if process.no_new_privileges() == Some(true) {
+    if no_new_privs {
         prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "set no_new_privs")?;
+        if let Some(f) = &filters {
+            super::seccomp::load(f)?;
+        }
     }
     let cwd = process.cwd();
     nix::unistd::chdir(cwd).map_err(|e| match e {

@@ -253,7 +253,12 @@ fn start_command(config: &WireConfig, result: &ResultFile, created: Vec<PathBuf>
         }
         Ok(ForkResult::Child) => {
             drop(status_r);
-            let code = command::exec(process, status_w);
+            let seccomp = config
+                .spec
+                .linux()
+                .as_ref()
+                .and_then(|l| l.seccomp().as_ref());
+            let code = command::exec(process, seccomp, status_w);
             std::process::exit(code);
         }
         Ok(ForkResult::Parent { child }) => {

@@ -5,7 +5,9 @@ mod command;
 mod init;
 mod mounts;
 mod overlay;
+mod seccomp;
 mod signals;
+mod syscalls;
 
 use std::ffi::OsString;
 use std::fs::File;
