@@ -50,6 +50,8 @@ enum Command {
     },
     /// Pull an image from a registry into the local store.
     Pull { reference: String },
+    /// Remove build cache mounts (`RUN --mount=type=cache`) and unused snapshots and blobs.
+    Prune,
     /// Push a local image to a registry.
     Push {
         /// The local image.
@@ -82,6 +84,15 @@ struct BuildArgs {
     /// Do not use the cache.
     #[arg(long)]
     no_cache: bool,
+    /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VAR. May be repeated.
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// An ssh agent for `RUN --mount=type=ssh`: default, ID (uses $SSH_AUTH_SOCK) or ID=SOCKET.
+    #[arg(long = "ssh")]
+    ssh: Vec<String>,
+    /// Network of the RUN steps: default (host), host or none.
+    #[arg(long, default_value = "default")]
+    network: String,
     /// Exec steps to run at once (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
@@ -236,6 +247,14 @@ async fn real_main(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Prune => {
+            let r = engine.prune().await?;
+            println!(
+                "removed {} cache mounts, {} snapshots, {} blobs ({} bytes)",
+                r.cache_mounts, r.snapshots, r.blobs, r.blob_bytes
+            );
+            Ok(0)
+        }
         Command::Pull { reference } => {
             let digest = engine.pull(&reference).await?;
             println!("{digest}");
@@ -304,6 +323,18 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
                 tags: b.tags.clone(),
                 outputs,
                 no_cache: b.no_cache,
+                secrets: kiln_daemon::Secrets(
+                    b.secrets
+                        .iter()
+                        .map(|s| kiln_daemon::parse_secret(s))
+                        .collect::<Result<_>>()?,
+                ),
+                ssh: b
+                    .ssh
+                    .iter()
+                    .map(|s| kiln_daemon::parse_ssh(s))
+                    .collect::<Result<_>>()?,
+                network_none: kiln_daemon::parse_network(&b.network)?,
             },
             renderer.clone(),
         )

@@ -6,10 +6,12 @@ mod changes;
 mod context;
 mod export;
 mod run;
+mod sandbox_opts;
 
 pub use kiln_cache::ImageRecord;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
 pub use run::RunRequest;
+pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, PruneReport, Secrets};
 
 use anyhow::{bail, Context, Result};
 use kiln_cache::Store;
@@ -55,6 +57,12 @@ pub struct BuildRequest {
     pub tags: Vec<String>,
     pub outputs: Vec<Output>,
     pub no_cache: bool,
+    /// `--secret`: bytes by id, for `RUN --mount=type=secret`.
+    pub secrets: Secrets,
+    /// `--ssh`: agent sockets by id, for `RUN --mount=type=ssh`.
+    pub ssh: std::collections::HashMap<String, PathBuf>,
+    /// `--network none`: every step gets a private network with only loopback.
+    pub network_none: bool,
 }
 
 /// What a build produced.
@@ -175,6 +183,9 @@ impl Engine {
                 definition: compiled.definition,
                 locals,
                 progress,
+                secrets: req.secrets.0.clone(),
+                ssh: req.ssh.clone(),
+                network_none: req.network_none,
             })
             .await?;
         let image = export::export_image(&self.store, &solved, compiled.image_config).await?;
@@ -292,6 +303,13 @@ impl Engine {
     /// `kiln run`: runs an image's command in a sandbox; returns its exit code.
     pub async fn run(&self, req: RunRequest) -> Result<i32> {
         run::run(&self.store, &self.solver, req).await
+    }
+
+    /// `kiln prune`: removes every `RUN --mount=type=cache` directory, then the snapshots and
+    /// blobs no cache result or image reaches.
+    pub async fn prune(&self) -> Result<PruneReport> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || sandbox_opts::prune(&store)).await?
     }
 }
 

@@ -12,10 +12,12 @@ mod context;
 mod fileops;
 mod glob;
 pub mod images;
+mod mounts;
 pub mod progress;
 
 pub use context::LocalContext;
 pub use images::ImageRef;
+pub use mounts::prune_cache_mounts;
 pub use progress::{Event, NoProgress, ProgressSink, Stream};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
@@ -90,6 +92,12 @@ pub struct SolveRequest {
     /// `local://NAME` sources by name.
     pub locals: HashMap<String, Arc<dyn LocalContext>>,
     pub progress: Arc<dyn ProgressSink>,
+    /// `RUN --mount=type=secret` sources by id (never part of a cache key).
+    pub secrets: HashMap<String, Vec<u8>>,
+    /// `RUN --mount=type=ssh` agent sockets by id.
+    pub ssh: HashMap<String, PathBuf>,
+    /// Every exec step gets a private network with only loopback (`kiln build --network none`).
+    pub network_none: bool,
 }
 
 /// A solve's result.
@@ -167,6 +175,11 @@ impl Solver {
         let counters = Arc::new(Mutex::new(Counters::default()));
         let mut futures: HashMap<String, VertexFuture> = HashMap::new();
         let locals = Arc::new(req.locals);
+        let session = Arc::new(mounts::Session {
+            secrets: req.secrets,
+            ssh: req.ssh,
+            network_none: req.network_none,
+        });
         for (idx, op) in def.ops.iter().enumerate() {
             let digest = op.digest();
             let inputs: Vec<(VertexFuture, i64)> = op
@@ -188,6 +201,7 @@ impl Solver {
                 op: op.clone(),
                 meta,
                 locals: locals.clone(),
+                session: session.clone(),
                 progress: req.progress.clone(),
                 counters: counters.clone(),
             };
@@ -240,6 +254,7 @@ struct VertexTask {
     op: Op,
     meta: OpMetadata,
     locals: Arc<HashMap<String, Arc<dyn LocalContext>>>,
+    session: Arc<mounts::Session>,
     progress: Arc<dyn ProgressSink>,
     counters: Arc<Mutex<Counters>>,
 }
@@ -445,12 +460,6 @@ impl VertexTask {
                 } else {
                     input_output(inputs, m.input)?
                 });
-            } else {
-                return Err(SolveError::Unsupported(format!(
-                    "`RUN --mount` ({} at {})",
-                    mount_type_name(m.mount_type),
-                    m.dest
-                )));
             }
         }
         let parent = match rootfs_input {
@@ -476,7 +485,7 @@ impl VertexTask {
         };
         let user = kiln_exec::resolve_user(user_spec, passwd.as_deref(), group.as_deref())
             .map_err(|e| SolveError::Op(e.to_string()))?;
-        let network = if e.network == NetworkMode::None as i32 {
+        let network = if e.network == NetworkMode::None as i32 || self.session.network_none {
             kiln_exec::Network::None
         } else {
             kiln_exec::Network::Host
@@ -499,6 +508,23 @@ impl VertexTask {
             terminal: false,
         })
         .map_err(|e| SolveError::Op(e.to_string()))?;
+        // `RUN --mount`s: prepared (and, for `sharing=locked`, waited for) before taking a slot.
+        let mount_inputs: Vec<mounts::MountInput> = inputs
+            .iter()
+            .map(|r| mounts::MountInput {
+                output: r.output.clone(),
+                key: r.key.clone(),
+            })
+            .collect();
+        let (store2, session, llb_mounts) =
+            (store.clone(), self.session.clone(), e.mounts.clone());
+        let extra = tokio::task::spawn_blocking(move || {
+            mounts::prepare(&store2, &session, &llb_mounts, &mount_inputs)
+        })
+        .await
+        .map_err(|e| SolveError::Op(e.to_string()))??;
+        let mut spec = spec;
+        mounts::add_to_spec(&mut spec, &extra)?;
         let snap = snaps.create(parent).map_err(SolveError::cache)?;
         let scratch = tempfile::Builder::new()
             .prefix("exec-")
@@ -544,6 +570,7 @@ impl VertexTask {
             .map_err(|e| SolveError::Op(e.to_string()))?;
         let outcome = kiln_exec::run(config, Some(Box::new(sink))).await;
         drop(permit);
+        drop(extra);
         let outcome = match outcome {
             Ok(o) => o,
             Err(err) => {
@@ -561,24 +588,8 @@ impl VertexTask {
             });
         }
         // Mount points the sandbox had to create are not part of the step's changes.
-        let mut created = outcome.created_mountpoints;
-        created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-        for p in created {
-            let rel = p.strip_prefix("/").unwrap_or(&p);
-            let _ = std::fs::remove_dir(upper.join(rel));
-        }
+        mounts::remove_created_mountpoints(&upper, outcome.created_mountpoints);
         Ok(Output::Snapshot(snap))
-    }
-}
-
-fn mount_type_name(t: i32) -> &'static str {
-    match MountType::try_from(t) {
-        Ok(MountType::Bind) => "bind",
-        Ok(MountType::Cache) => "cache",
-        Ok(MountType::Tmpfs) => "tmpfs",
-        Ok(MountType::Secret) => "secret",
-        Ok(MountType::Ssh) => "ssh",
-        Err(_) => "unknown",
     }
 }
 

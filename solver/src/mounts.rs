@@ -1,0 +1,800 @@
+//! Turns an `ExecOp`'s non-root mounts (`RUN --mount=type=bind|cache|tmpfs|secret|ssh`) into
+//! OCI mounts for the sandbox, and holds what backs them (snapshot mounts, cache-mount locks,
+//! the secrets' tmpfs) until the step is over.
+//!
+//! Nothing here lands in the step's layer: every mount is a mount point over the rootfs, and the
+//! mount points the sandbox had to create are removed by the caller afterwards. Secrets live only
+//! on a tmpfs that is unmounted when the step ends, and never enter the cache key (the op's
+//! digest names the secret's id, not its bytes).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use kiln_cache::{MountGuard, SnapshotId, Store};
+use kiln_llb::MountType;
+use oci_spec::runtime::{Mount, MountBuilder};
+
+use crate::{fileops, Output, SolveError};
+
+/// Where cache mounts live under the store root.
+const CACHE_MOUNTS_DIR: &str = "cache-mounts";
+
+/// BuildKit's `SSH_AUTH_SOCK` for the first ssh mount of a step.
+const SSH_ENV: &str = "SSH_AUTH_SOCK";
+
+/// What a build brings besides its graph: secrets, ssh agents and the default network.
+#[derive(Default)]
+pub(crate) struct Session {
+    /// `--secret id=...`: id → bytes.
+    pub secrets: HashMap<String, Vec<u8>>,
+    /// `--ssh id=path`: id → agent socket on the host.
+    pub ssh: HashMap<String, PathBuf>,
+    /// `kiln build --network none`: no step gets the host network.
+    pub network_none: bool,
+}
+
+/// One input of the exec op, as the mounts see it.
+pub(crate) struct MountInput {
+    pub output: Output,
+    /// The input's cache key (keys a cache mount seeded `from` it).
+    pub key: String,
+}
+
+/// The sandbox mounts of one step and what keeps them valid. Drop it after the step: it
+/// unmounts, unlocks and removes its scratch space.
+pub(crate) struct Prepared {
+    /// Extra OCI mounts, in the order to apply them (parents before children).
+    pub mounts: Vec<Mount>,
+    /// Extra `KEY=value` environment (secret `env=`, `SSH_AUTH_SOCK`).
+    pub env: Vec<String>,
+    guards: Vec<MountGuard>,
+    /// Host mounts we made ourselves (the secrets' tmpfs), unmounted on drop.
+    host_mounts: Vec<PathBuf>,
+    /// Held `flock`s of cache mounts (`locked`, `private`).
+    locks: Vec<File>,
+    /// Throwaway snapshots that receive the writes of `rw` binds.
+    temp_snapshots: Vec<SnapshotId>,
+    store: Store,
+    scratch: Option<tempfile::TempDir>,
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        // Unmount before the directories under them are removed.
+        self.guards.clear();
+        for p in self.host_mounts.drain(..).rev() {
+            let _ = umount_detach(&p);
+        }
+        for s in self.temp_snapshots.drain(..) {
+            let _ = self.store.snapshots().remove(s);
+        }
+        self.locks.clear();
+        self.scratch.take();
+    }
+}
+
+/// Appends the prepared mounts and environment to a step's spec.
+pub(crate) fn add_to_spec(
+    spec: &mut oci_spec::runtime::Spec,
+    p: &Prepared,
+) -> Result<(), SolveError> {
+    if !p.mounts.is_empty() {
+        let mut all = spec.mounts().clone().unwrap_or_default();
+        all.extend(p.mounts.iter().cloned());
+        spec.set_mounts(Some(all));
+    }
+    if !p.env.is_empty() {
+        let Some(process) = spec.process_mut() else {
+            return Err(op_err("the step's spec has no process"));
+        };
+        let mut env = process.env().clone().unwrap_or_default();
+        for e in &p.env {
+            let key = e.split('=').next().unwrap_or_default();
+            env.retain(|x| x.split('=').next() != Some(key));
+            env.push(e.clone());
+        }
+        process.set_env(Some(env));
+    }
+    Ok(())
+}
+
+fn op_err(msg: impl Into<String>) -> SolveError {
+    SolveError::Op(msg.into())
+}
+
+fn io_err(what: &str, path: &Path, e: std::io::Error) -> SolveError {
+    op_err(format!("{what} `{}`: {e}", path.display()))
+}
+
+fn oci_mount(
+    dest: &str,
+    typ: &str,
+    source: &Path,
+    options: &[String],
+) -> Result<Mount, SolveError> {
+    MountBuilder::default()
+        .destination(PathBuf::from(dest))
+        .typ(typ.to_string())
+        .source(source.to_path_buf())
+        .options(options.to_vec())
+        .build()
+        .map_err(|e| op_err(format!("cannot describe the mount at `{dest}`: {e}")))
+}
+
+fn option<'a>(m: &'a kiln_llb::Mount, key: &str) -> Option<&'a str> {
+    m.options
+        .iter()
+        .rev()
+        .find(|kv| kv.key == key)
+        .map(|kv| kv.value.as_str())
+}
+
+fn flag(m: &kiln_llb::Mount, key: &str) -> Result<Option<bool>, SolveError> {
+    match option(m, key) {
+        None => Ok(None),
+        Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(Some(true)),
+        Some(v) if v.eq_ignore_ascii_case("false") || v == "0" || v.is_empty() => Ok(Some(false)),
+        Some(v) => Err(op_err(format!(
+            "mount at `{}`: `{key}={v}` is not a boolean; write `{key}=true` or `{key}=false`",
+            m.dest
+        ))),
+    }
+}
+
+/// `mode=0755` (octal, as BuildKit reads it).
+fn mode_opt(m: &kiln_llb::Mount, default: u32) -> Result<u32, SolveError> {
+    match option(m, "mode") {
+        None => Ok(default),
+        Some(v) => u32::from_str_radix(v.trim_start_matches("0o"), 8)
+            .ok()
+            .filter(|n| *n <= 0o7777)
+            .ok_or_else(|| {
+                op_err(format!(
+                    "mount at `{}`: `mode={v}` is not an octal file mode; write e.g. `mode=0755`",
+                    m.dest
+                ))
+            }),
+    }
+}
+
+fn id_opt(m: &kiln_llb::Mount, key: &str) -> Result<u32, SolveError> {
+    match option(m, key) {
+        None => Ok(0),
+        Some(v) => v.parse().map_err(|_| {
+            op_err(format!(
+                "mount at `{}`: `{key}={v}` is not a numeric id; write e.g. `{key}=1000`",
+                m.dest
+            ))
+        }),
+    }
+}
+
+/// `size=64m` → bytes, with BuildKit's units (b, k, m, g, t; optional `b`/`ib`; base 1024).
+pub(crate) fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim().to_ascii_lowercase();
+    let digits_end = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(digits_end);
+    let num: f64 = num.parse().ok()?;
+    let unit = unit.trim();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(unit);
+    let mult: u64 = match unit {
+        "" => 1,
+        "k" => 1 << 10,
+        "m" => 1 << 20,
+        "g" => 1 << 30,
+        "t" => 1 << 40,
+        _ => return None,
+    };
+    let bytes = num * mult as f64;
+    (bytes.is_finite() && bytes >= 0.0 && bytes < u64::MAX as f64).then_some(bytes as u64)
+}
+
+fn depth(dest: &str) -> usize {
+    dest.split('/').filter(|c| !c.is_empty()).count()
+}
+
+/// Prepares every mount of `mounts` except the root. Blocking (mounts, locks, copies): call it
+/// from a blocking thread.
+pub(crate) fn prepare(
+    store: &Store,
+    session: &Session,
+    mounts: &[kiln_llb::Mount],
+    inputs: &[MountInput],
+) -> Result<Prepared, SolveError> {
+    let mut p = Prepared {
+        mounts: Vec::new(),
+        env: Vec::new(),
+        guards: Vec::new(),
+        host_mounts: Vec::new(),
+        locks: Vec::new(),
+        temp_snapshots: Vec::new(),
+        store: store.clone(),
+        scratch: None,
+    };
+    let mut others: Vec<&kiln_llb::Mount> = mounts
+        .iter()
+        .filter(|m| !(m.dest == "/" && m.mount_type == MountType::Bind as i32))
+        .collect();
+    if others.is_empty() {
+        return Ok(p);
+    }
+    // Parents first, so that a mount at `/a` never hides one at `/a/b`.
+    others.sort_by_key(|m| depth(&m.dest));
+    let scratch = tempfile::Builder::new()
+        .prefix("mounts-")
+        .tempdir_in(store.tmp_dir())
+        .map_err(|e| op_err(format!("cannot make a temp dir for the step's mounts: {e}")))?;
+    let dir = scratch.path().to_path_buf();
+    p.scratch = Some(scratch);
+    let mut ssh_count = 0;
+    for (n, m) in others.into_iter().enumerate() {
+        let work = dir.join(n.to_string());
+        std::fs::create_dir_all(&work).map_err(|e| io_err("cannot create", &work, e))?;
+        match MountType::try_from(m.mount_type) {
+            Ok(MountType::Bind) => bind(&mut p, store, m, inputs, &work)?,
+            Ok(MountType::Cache) => cache(&mut p, store, m, inputs, &work)?,
+            Ok(MountType::Tmpfs) => tmpfs(&mut p, m)?,
+            Ok(MountType::Secret) => secret(&mut p, session, m, &dir)?,
+            Ok(MountType::Ssh) => {
+                if ssh(&mut p, session, m)? {
+                    if ssh_count == 0 {
+                        p.env.push(format!("{SSH_ENV}={}", m.dest));
+                    }
+                    ssh_count += 1;
+                }
+            }
+            Err(_) => {
+                return Err(op_err(format!(
+                    "mount at `{}` has unknown type {}; rebuild with a matching frontend",
+                    m.dest, m.mount_type
+                )))
+            }
+        }
+    }
+    Ok(p)
+}
+
+fn input<'a>(
+    inputs: &'a [MountInput],
+    m: &kiln_llb::Mount,
+) -> Result<Option<&'a MountInput>, SolveError> {
+    if m.input < 0 {
+        return Ok(None);
+    }
+    usize::try_from(m.input)
+        .ok()
+        .and_then(|i| inputs.get(i))
+        .map(Some)
+        .ok_or_else(|| SolveError::Graph(format!("mount input {} out of range", m.input)))
+}
+
+/// Resolves `selector` inside `root` and checks it exists.
+fn source_in(root: &Path, selector: &str, dest: &str) -> Result<PathBuf, SolveError> {
+    let sel = if selector.is_empty() { "/" } else { selector };
+    let path = fileops::resolve_in_root(root, sel, true)
+        .map_err(|e| op_err(format!("mount at `{dest}`: source `{sel}`: {e}")))?;
+    if std::fs::symlink_metadata(&path).is_err() {
+        return Err(op_err(format!(
+            "mount at `{dest}`: source `{sel}` does not exist in the mount's `from`; check `source=`"
+        )));
+    }
+    Ok(path)
+}
+
+/// `type=bind`: read-only by default; `rw` writes go to a throwaway layer.
+fn bind(
+    p: &mut Prepared,
+    store: &Store,
+    m: &kiln_llb::Mount,
+    inputs: &[MountInput],
+    work: &Path,
+) -> Result<(), SolveError> {
+    let mut opts = vec!["rbind".to_string()];
+    if m.readonly {
+        opts.push("ro".into());
+    }
+    let output = input(inputs, m)?.map(|i| i.output.clone());
+    let source = match output {
+        None | Some(Output::Scratch) => {
+            let empty = work.join("empty");
+            std::fs::create_dir_all(&empty).map_err(|e| io_err("cannot create", &empty, e))?;
+            source_in(&empty, &m.selector, &m.dest)?
+        }
+        Some(Output::Snapshot(s)) => {
+            let snaps = store.snapshots();
+            let chain = snaps.chain(s).map_err(SolveError::cache)?;
+            let upper = if m.readonly {
+                None
+            } else {
+                let t = snaps.create(Some(s)).map_err(SolveError::cache)?;
+                p.temp_snapshots.push(t);
+                Some(t)
+            };
+            let mnt = work.join("mnt");
+            std::fs::create_dir_all(&mnt).map_err(|e| io_err("cannot create", &mnt, e))?;
+            let guard = snaps
+                .mount(&chain, upper, &mnt)
+                .map_err(SolveError::cache)?;
+            let root = guard.path().to_path_buf();
+            p.guards.push(guard);
+            source_in(&root, &m.selector, &m.dest)?
+        }
+        Some(Output::Local(ctx)) => {
+            let src = source_in(ctx.root(), &m.selector, &m.dest)?;
+            if !m.readonly {
+                return local_rw(p, m, &src, work);
+            }
+            src
+        }
+    };
+    p.mounts.push(oci_mount(&m.dest, "bind", &source, &opts)?);
+    Ok(())
+}
+
+/// A writable bind of the build context: an overlay whose upper is thrown away, so the context
+/// itself is never written.
+fn local_rw(
+    p: &mut Prepared,
+    m: &kiln_llb::Mount,
+    src: &Path,
+    work: &Path,
+) -> Result<(), SolveError> {
+    let md = std::fs::metadata(src).map_err(|e| io_err("cannot read", src, e))?;
+    if !md.is_dir() {
+        let copy = work.join("file");
+        std::fs::copy(src, &copy).map_err(|e| io_err("cannot copy", src, e))?;
+        p.mounts
+            .push(oci_mount(&m.dest, "bind", &copy, &["rbind".to_string()])?);
+        return Ok(());
+    }
+    let s = src.to_string_lossy();
+    if s.contains([',', ':', '\\']) {
+        return Err(op_err(format!(
+            "mount at `{}`: the context path `{s}` contains `,`, `:` or `\\`, which overlayfs cannot take; move the context or drop `rw`",
+            m.dest
+        )));
+    }
+    let (upper, wdir) = (work.join("upper"), work.join("work"));
+    for d in [&upper, &wdir] {
+        std::fs::create_dir_all(d).map_err(|e| io_err("cannot create", d, e))?;
+    }
+    let opts = vec![
+        format!("lowerdir={s}"),
+        format!("upperdir={}", upper.display()),
+        format!("workdir={}", wdir.display()),
+    ];
+    p.mounts
+        .push(oci_mount(&m.dest, "overlay", Path::new("overlay"), &opts)?);
+    Ok(())
+}
+
+/// The directory of a cache mount: `cache-mounts/<blake3(id, from)>`.
+fn cache_root(store: &Store, id: &str, from_key: &str) -> PathBuf {
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-cache-mount-v1\0");
+    h.update(id.as_bytes());
+    h.update(b"\0");
+    h.update(from_key.as_bytes());
+    let hex = h.finalize().to_hex();
+    store.root().join(CACHE_MOUNTS_DIR).join(&hex[..32])
+}
+
+/// Removes every cache mount of the store; returns how many there were.
+pub fn prune_cache_mounts(store: &Store) -> std::io::Result<usize> {
+    let dir = store.root().join(CACHE_MOUNTS_DIR);
+    let n = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd.filter_map(Result::ok).count(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    std::fs::remove_dir_all(&dir)?;
+    Ok(n)
+}
+
+fn lock_file(path: &Path) -> Result<File, SolveError> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| io_err("cannot open the lock", path, e))
+}
+
+/// `flock`; `Ok(false)` when `nonblocking` and someone else holds it.
+fn flock(f: &File, nonblocking: bool) -> Result<bool, SolveError> {
+    let op = libc::LOCK_EX | if nonblocking { libc::LOCK_NB } else { 0 };
+    loop {
+        // SAFETY: flock on a descriptor we own, integer arguments only.
+        let r = unsafe { libc::flock(f.as_raw_fd(), op) };
+        if r == 0 {
+            return Ok(true);
+        }
+        let e = std::io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EWOULDBLOCK) if nonblocking => return Ok(false),
+            _ => return Err(op_err(format!("cannot lock a cache mount: {e}"))),
+        }
+    }
+}
+
+/// `type=cache`: a directory under the store that outlives builds (and `--no-cache`).
+fn cache(
+    p: &mut Prepared,
+    store: &Store,
+    m: &kiln_llb::Mount,
+    inputs: &[MountInput],
+    work: &Path,
+) -> Result<(), SolveError> {
+    let id = option(m, "id").filter(|s| !s.is_empty()).unwrap_or(&m.dest);
+    let sharing = option(m, "sharing").unwrap_or("shared");
+    let mode = mode_opt(m, 0o755)?;
+    let (uid, gid) = (id_opt(m, "uid")?, id_opt(m, "gid")?);
+    let from = input(inputs, m)?;
+    let root = cache_root(store, id, from.map_or("", |f| f.key.as_str()));
+    std::fs::create_dir_all(&root).map_err(|e| io_err("cannot create", &root, e))?;
+    let _ = std::fs::write(root.join("id"), id);
+    let data = match sharing {
+        "shared" => root.join("data"),
+        "locked" => {
+            let f = lock_file(&root.join("lock"))?;
+            flock(&f, false)?;
+            p.locks.push(f);
+            root.join("data")
+        }
+        "private" => {
+            // The shared directory when free, else the first free private instance.
+            let mut n = 0usize;
+            loop {
+                let (lock, dir) = if n == 0 {
+                    (root.join("lock"), root.join("data"))
+                } else {
+                    (
+                        root.join(format!("private-{n}.lock")),
+                        root.join(format!("private-{n}")),
+                    )
+                };
+                let f = lock_file(&lock)?;
+                if flock(&f, true)? {
+                    p.locks.push(f);
+                    break dir;
+                }
+                n += 1;
+            }
+        }
+        other => return Err(op_err(format!(
+            "cache mount at `{}`: unknown sharing `{other}`; use `shared`, `private` or `locked`",
+            m.dest
+        ))),
+    };
+    if !data.is_dir() {
+        init_cache_dir(store, m, from, &data, work, (mode, uid, gid))?;
+    }
+    let mut opts = vec!["rbind".to_string()];
+    if m.readonly {
+        opts.push("ro".into());
+    }
+    p.mounts.push(oci_mount(&m.dest, "bind", &data, &opts)?);
+    Ok(())
+}
+
+/// Creates a cache directory atomically (build beside it, then rename), seeded from `from`.
+fn init_cache_dir(
+    store: &Store,
+    m: &kiln_llb::Mount,
+    from: Option<&MountInput>,
+    data: &Path,
+    work: &Path,
+    (mode, uid, gid): (u32, u32, u32),
+) -> Result<(), SolveError> {
+    let parent = data.parent().unwrap_or(data);
+    let fresh = tempfile::Builder::new()
+        .prefix(".new-")
+        .tempdir_in(parent)
+        .map_err(|e| io_err("cannot create a cache directory in", parent, e))?;
+    match from.map(|f| &f.output) {
+        Some(Output::Snapshot(s)) => {
+            let snaps = store.snapshots();
+            let chain = snaps.chain(*s).map_err(SolveError::cache)?;
+            let mnt = work.join("from");
+            std::fs::create_dir_all(&mnt).map_err(|e| io_err("cannot create", &mnt, e))?;
+            let guard = snaps.mount(&chain, None, &mnt).map_err(SolveError::cache)?;
+            let src = source_in(guard.path(), &m.selector, &m.dest)?;
+            copy_tree(&src, fresh.path())?;
+            drop(guard);
+        }
+        Some(Output::Local(ctx)) => {
+            let src = source_in(ctx.root(), &m.selector, &m.dest)?;
+            copy_tree(&src, fresh.path())?;
+        }
+        Some(Output::Scratch) | None => {
+            std::os::unix::fs::chown(fresh.path(), Some(uid), Some(gid))
+                .map_err(|e| io_err("cannot chown", fresh.path(), e))?;
+            std::fs::set_permissions(fresh.path(), std::fs::Permissions::from_mode(mode))
+                .map_err(|e| io_err("cannot chmod", fresh.path(), e))?;
+        }
+    }
+    let tmp = fresh.keep();
+    if let Err(e) = std::fs::rename(&tmp, data) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        // Another step made it first: use theirs.
+        if !data.is_dir() {
+            return Err(io_err("cannot create the cache directory", data, e));
+        }
+    }
+    Ok(())
+}
+
+/// Copies a directory's contents (or a file) keeping modes, owners and symlinks.
+fn copy_tree(src: &Path, dest: &Path) -> Result<(), SolveError> {
+    let md = std::fs::symlink_metadata(src).map_err(|e| io_err("cannot read", src, e))?;
+    if !md.is_dir() {
+        let name = src.file_name().unwrap_or(src.as_os_str());
+        return copy_entry(src, &md, &dest.join(name));
+    }
+    for entry in std::fs::read_dir(src).map_err(|e| io_err("cannot list", src, e))? {
+        let entry = entry.map_err(|e| io_err("cannot list", src, e))?;
+        let from = entry.path();
+        let to = dest.join(entry.file_name());
+        let md = std::fs::symlink_metadata(&from).map_err(|e| io_err("cannot read", &from, e))?;
+        if md.is_dir() {
+            std::fs::create_dir(&to).map_err(|e| io_err("cannot create", &to, e))?;
+            copy_tree(&from, &to)?;
+            set_owner_mode(&to, &md)?;
+        } else {
+            copy_entry(&from, &md, &to)?;
+        }
+    }
+    set_owner_mode(dest, &md)
+}
+
+fn copy_entry(from: &Path, md: &std::fs::Metadata, to: &Path) -> Result<(), SolveError> {
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        let target = std::fs::read_link(from).map_err(|e| io_err("cannot read", from, e))?;
+        std::os::unix::fs::symlink(&target, to).map_err(|e| io_err("cannot create", to, e))?;
+        use std::os::unix::fs::MetadataExt;
+        return std::os::unix::fs::lchown(to, Some(md.uid()), Some(md.gid()))
+            .map_err(|e| io_err("cannot chown", to, e));
+    }
+    if ft.is_file() {
+        std::fs::copy(from, to).map_err(|e| io_err("cannot copy", from, e))?;
+        return set_owner_mode(to, md);
+    }
+    // Devices, fifos and sockets have no place in a cache seed.
+    Ok(())
+}
+
+fn set_owner_mode(path: &Path, md: &std::fs::Metadata) -> Result<(), SolveError> {
+    use std::os::unix::fs::MetadataExt;
+    std::os::unix::fs::lchown(path, Some(md.uid()), Some(md.gid()))
+        .map_err(|e| io_err("cannot chown", path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(md.mode() & 0o7777))
+        .map_err(|e| io_err("cannot chmod", path, e))
+}
+
+/// `type=tmpfs`: a fresh tmpfs, `nosuid` as BuildKit mounts it.
+fn tmpfs(p: &mut Prepared, m: &kiln_llb::Mount) -> Result<(), SolveError> {
+    let mut opts = vec!["nosuid".to_string(), "nodev".to_string()];
+    if let Some(size) = option(m, "size") {
+        let bytes = parse_size(size).ok_or_else(|| {
+            op_err(format!(
+                "tmpfs mount at `{}`: `size={size}` is not a size; write e.g. `size=64m`",
+                m.dest
+            ))
+        })?;
+        if bytes > 0 {
+            opts.push(format!("size={bytes}"));
+        }
+    }
+    p.mounts
+        .push(oci_mount(&m.dest, "tmpfs", Path::new("tmpfs"), &opts)?);
+    Ok(())
+}
+
+/// `type=secret`: the bytes on a private tmpfs, bound read-only; or an environment variable.
+fn secret(
+    p: &mut Prepared,
+    session: &Session,
+    m: &kiln_llb::Mount,
+    dir: &Path,
+) -> Result<(), SolveError> {
+    let id = option(m, "id").unwrap_or_default();
+    let required = flag(m, "required")?.unwrap_or(false);
+    let Some(value) = session.secrets.get(id) else {
+        if required {
+            return Err(op_err(format!(
+                "secret `{id}` is required but was not given; pass `--secret id={id},src=FILE` (or `env=VAR`) to `kiln build`"
+            )));
+        }
+        return Ok(());
+    };
+    if let Some(var) = option(m, "env").filter(|v| !v.is_empty()) {
+        let text = std::str::from_utf8(value)
+            .ok()
+            .filter(|t| !t.contains('\0'))
+            .ok_or_else(|| {
+                op_err(format!(
+                    "secret `{id}` cannot go in the environment variable `{var}`: it is not text without NUL bytes; mount it as a file instead"
+                ))
+            })?;
+        p.env.push(format!("{var}={text}"));
+    }
+    let mode = mode_opt(m, 0o400)?;
+    let (uid, gid) = (id_opt(m, "uid")?, id_opt(m, "gid")?);
+    let secrets = dir.join("secrets");
+    if !p.host_mounts.contains(&secrets) {
+        std::fs::create_dir_all(&secrets).map_err(|e| io_err("cannot create", &secrets, e))?;
+        // A tmpfs, so that the bytes never reach the store's disk.
+        mount_tmpfs(&secrets)?;
+        p.host_mounts.push(secrets.clone());
+    }
+    let file = secrets.join(format!("{}", p.mounts.len()));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&file)
+        .map_err(|e| io_err("cannot write the secret file", &file, e))?;
+    f.write_all(value)
+        .map_err(|e| io_err("cannot write the secret file", &file, e))?;
+    drop(f);
+    std::os::unix::fs::chown(&file, Some(uid), Some(gid))
+        .map_err(|e| io_err("cannot chown", &file, e))?;
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| io_err("cannot chmod", &file, e))?;
+    let opts: Vec<String> = ["rbind", "ro", "nosuid", "nodev", "noexec"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    p.mounts.push(oci_mount(&m.dest, "bind", &file, &opts)?);
+    Ok(())
+}
+
+/// `type=ssh`: the agent socket bound in. Returns whether a socket was mounted.
+fn ssh(p: &mut Prepared, session: &Session, m: &kiln_llb::Mount) -> Result<bool, SolveError> {
+    let id = option(m, "id").unwrap_or("default");
+    let required = flag(m, "required")?.unwrap_or(false);
+    let Some(sock) = session.ssh.get(id) else {
+        if required {
+            return Err(op_err(format!(
+                "ssh agent `{id}` is required but was not given; pass `--ssh {id}` (uses `$SSH_AUTH_SOCK`) or `--ssh {id}=SOCKET` to `kiln build`"
+            )));
+        }
+        return Ok(false);
+    };
+    let md = std::fs::metadata(sock).map_err(|e| {
+        op_err(format!(
+            "ssh agent `{id}`: `{}`: {e}; start an agent (`eval $(ssh-agent)`) or pass its socket",
+            sock.display()
+        ))
+    })?;
+    if !md.file_type().is_socket() {
+        return Err(op_err(format!(
+            "ssh agent `{id}`: `{}` is not a socket; pass an ssh agent's socket (key files are not supported)",
+            sock.display()
+        )));
+    }
+    p.mounts
+        .push(oci_mount(&m.dest, "bind", sock, &["rbind".to_string()])?);
+    Ok(true)
+}
+
+fn cstr(p: &Path) -> Result<std::ffi::CString, SolveError> {
+    std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
+        .map_err(|_| op_err(format!("path `{}` contains a NUL byte", p.display())))
+}
+
+fn mount_tmpfs(target: &Path) -> Result<(), SolveError> {
+    let t = cstr(target)?;
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+    // SAFETY: mount(2) with NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::mount(
+            c"tmpfs".as_ptr(),
+            t.as_ptr(),
+            c"tmpfs".as_ptr(),
+            flags,
+            c"mode=0700,size=16m".as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(op_err(format!(
+            "cannot mount a tmpfs for secrets at `{}`: {}; kiln needs to run as root for secrets",
+            target.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+fn umount_detach(target: &Path) -> Result<(), SolveError> {
+    let t = cstr(target)?;
+    // SAFETY: umount2(2) with a NUL-terminated string that outlives the call.
+    let r = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
+    if r != 0 {
+        return Err(op_err(format!(
+            "cannot unmount `{}`: {}",
+            target.display(),
+            std::io::Error::last_os_error()
+        )));
+    }
+    Ok(())
+}
+
+/// Removes the mount points the sandbox created in `upper` (deepest first), each only if it is
+/// still an empty directory or an empty file: anything else was written by the step.
+pub(crate) fn remove_created_mountpoints(upper: &Path, mut created: Vec<PathBuf>) {
+    created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for p in created {
+        let rel = p.strip_prefix("/").unwrap_or(&p);
+        let abs = upper.join(rel);
+        match std::fs::symlink_metadata(&abs) {
+            Ok(md) if md.is_dir() => {
+                let _ = std::fs::remove_dir(&abs);
+            }
+            Ok(md) if md.is_file() && md.len() == 0 => {
+                let _ = std::fs::remove_file(&abs);
+            }
+            _ => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!(parse_size("64m"), Some(64 << 20));
+        assert_eq!(parse_size("1G"), Some(1 << 30));
+        assert_eq!(parse_size("512"), Some(512));
+        assert_eq!(parse_size("10kb"), Some(10 << 10));
+        assert_eq!(parse_size("1.5k"), Some(1536));
+        assert_eq!(parse_size("lots"), None);
+        assert_eq!(parse_size("5x"), None);
+    }
+
+    #[test]
+    fn created_mountpoints_go_but_written_files_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = dir.path();
+        std::fs::create_dir_all(up.join("run/secrets")).unwrap();
+        std::fs::write(up.join("run/secrets/token"), b"").unwrap();
+        std::fs::create_dir_all(up.join("cache")).unwrap();
+        std::fs::write(up.join("cache/kept"), b"data").unwrap();
+        remove_created_mountpoints(
+            up,
+            vec![
+                PathBuf::from("run"),
+                PathBuf::from("run/secrets"),
+                PathBuf::from("run/secrets/token"),
+                PathBuf::from("cache"),
+            ],
+        );
+        assert!(!up.join("run").exists());
+        assert!(up.join("cache/kept").exists());
+    }
+
+    #[test]
+    fn cache_dirs_depend_on_id_and_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let a = cache_root(&store, "go", "");
+        assert_eq!(a, cache_root(&store, "go", ""));
+        assert_ne!(a, cache_root(&store, "npm", ""));
+        assert_ne!(a, cache_root(&store, "go", "key"));
+        assert!(a.starts_with(store.root().join(CACHE_MOUNTS_DIR)));
+    }
+}
