@@ -127,10 +127,11 @@ mod tests {
 
     #[test]
     fn secrets_from_files_and_env() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = dir.path().join("s");
+        let f = std::env::temp_dir().join(format!("kiln-secret-test-{}", std::process::id()));
         std::fs::write(&f, b"hunter2").unwrap();
-        let (id, v) = parse_secret(&format!("id=tok,src={}", f.display())).unwrap();
+        let parsed = parse_secret(&format!("id=tok,src={}", f.display()));
+        let _ = std::fs::remove_file(&f);
+        let (id, v) = parsed.unwrap();
         assert_eq!((id.as_str(), v.as_slice()), ("tok", &b"hunter2"[..]));
         std::env::set_var("KILN_TEST_SECRET_X", "abc");
         let (_, v) = parse_secret("id=x,env=KILN_TEST_SECRET_X").unwrap();
