@@ -1,5 +1,6 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
+mod debug;
 mod progress;
 
 use anyhow::{bail, Context, Result};
@@ -52,6 +53,9 @@ enum Command {
     Pull { reference: String },
     /// Remove build cache mounts (`RUN --mount=type=cache`) and unused snapshots and blobs.
     Prune,
+    /// Show what kiln makes of a Dockerfile without building it.
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
     /// Push a local image to a registry.
     Push {
         /// The local image.
@@ -75,6 +79,10 @@ struct BuildArgs {
     /// The stage to build.
     #[arg(long)]
     target: Option<String>,
+    /// A named build context, NAME=PATH or NAME=docker-image://REF; `FROM NAME` and
+    /// `COPY --from=NAME` use it. May be repeated.
+    #[arg(long = "build-context")]
+    build_contexts: Vec<String>,
     /// Progress output: auto, plain or tty.
     #[arg(long, env = "KILN_PROGRESS", default_value = "auto")]
     progress: String,
@@ -179,6 +187,9 @@ fn main() {
 }
 
 async fn real_main(cli: Cli) -> Result<i32> {
+    if let Command::Debug(d) = cli.command {
+        return debug::run(d);
+    }
     let root = cli.root.clone().unwrap_or_else(default_root);
     let jobs = match &cli.command {
         Command::Build(b) => b.jobs,
@@ -260,6 +271,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
             println!("{digest}");
             Ok(0)
         }
+        Command::Debug(_) => Ok(0),
         Command::Push { name, reference } => {
             let digest = engine.push(&name, reference.as_deref()).await?;
             println!("{digest}");
@@ -292,7 +304,8 @@ fn parse_output(spec: &str) -> Result<Output> {
     }
 }
 
-async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
+/// The engine's request for `kiln build` flags (also used by `kiln debug llb`).
+fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
     let mut build_args = BTreeMap::new();
     for a in &b.build_args {
         match a.split_once('=') {
@@ -311,34 +324,40 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>>>()?;
+    let build_contexts = b
+        .build_contexts
+        .iter()
+        .map(|c| kiln_daemon::parse_build_context(c))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BuildRequest {
+        context: b.context.clone(),
+        dockerfile: b.file.clone(),
+        build_args,
+        target: b.target.clone(),
+        tags: b.tags.clone(),
+        outputs,
+        no_cache: b.no_cache,
+        build_contexts,
+        secrets: kiln_daemon::Secrets(
+            b.secrets
+                .iter()
+                .map(|s| kiln_daemon::parse_secret(s))
+                .collect::<Result<_>>()?,
+        ),
+        ssh: b
+            .ssh
+            .iter()
+            .map(|s| kiln_daemon::parse_ssh(s))
+            .collect::<Result<_>>()?,
+        network_none: kiln_daemon::parse_network(&b.network)?,
+    })
+}
+
+async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
+    let request = build_request(&b)?;
     let renderer = Arc::new(progress::Renderer::new(&b.progress)?);
     let started = std::time::Instant::now();
-    let result = engine
-        .build(
-            BuildRequest {
-                context: b.context,
-                dockerfile: b.file,
-                build_args,
-                target: b.target,
-                tags: b.tags.clone(),
-                outputs,
-                no_cache: b.no_cache,
-                secrets: kiln_daemon::Secrets(
-                    b.secrets
-                        .iter()
-                        .map(|s| kiln_daemon::parse_secret(s))
-                        .collect::<Result<_>>()?,
-                ),
-                ssh: b
-                    .ssh
-                    .iter()
-                    .map(|s| kiln_daemon::parse_ssh(s))
-                    .collect::<Result<_>>()?,
-                network_none: kiln_daemon::parse_network(&b.network)?,
-            },
-            renderer.clone(),
-        )
-        .await;
+    let result = engine.build(request, renderer.clone()).await;
     renderer.finish();
     let result = result?;
     for w in &result.warnings {

@@ -74,9 +74,133 @@ impl kiln_frontend::ImageResolver for StoreResolver {
                 false,
             ))
             .map_err(|e| e.to_string())?;
+        // The raw config keeps what oci-spec drops (`OnBuild`, `Healthcheck`, `Shell`).
+        let config_digest = image.manifest.config().digest().to_string();
+        let raw_config = solver
+            .store()
+            .content()
+            .read(&config_digest)
+            .map_err(|e| format!("cannot read the config of `{reference}`: {e}"))
+            .and_then(|bytes| {
+                serde_json::from_slice(&bytes).map_err(|e| {
+                    format!("the config of `{reference}` ({config_digest}) is not JSON: {e}")
+                })
+            })?;
         Ok(kiln_frontend::ResolvedImage {
             reference: format!("{}@{}", image.name, image.manifest_digest),
             config: image.config,
+            raw_config,
         })
+    }
+}
+
+/// Named build contexts (`--build-context NAME=VALUE`) as the frontend and the solver see them.
+#[derive(Default)]
+pub(crate) struct NamedContexts {
+    /// For `BuildOptions::named_contexts`.
+    pub contexts: std::collections::BTreeMap<String, kiln_frontend::NamedContext>,
+    /// The local directories among them, by their `local://` name.
+    pub locals: std::collections::HashMap<String, std::sync::Arc<dyn kiln_solver::LocalContext>>,
+}
+
+/// Reads `--build-context` values: `docker-image://REF` or a local directory. A local directory's
+/// own `.dockerignore` applies to it.
+pub(crate) fn named_contexts(specs: &[(String, String)]) -> Result<NamedContexts> {
+    let mut out = NamedContexts::default();
+    for (name, value) in specs {
+        if name.is_empty() {
+            anyhow::bail!(
+                "`--build-context ={value}` has no name: write `--build-context NAME=VALUE`"
+            );
+        }
+        if out.contexts.contains_key(name) {
+            anyhow::bail!("`--build-context {name}=...` is given twice: keep one");
+        }
+        if let Some(reference) = value.strip_prefix("docker-image://") {
+            if reference.is_empty() {
+                anyhow::bail!(
+                    "`--build-context {name}={value}` names no image: write `docker-image://alpine:3.20`"
+                );
+            }
+            out.contexts.insert(
+                name.clone(),
+                kiln_frontend::NamedContext::Image(reference.to_string()),
+            );
+            continue;
+        }
+        if let Some((scheme, _)) = value.split_once("://") {
+            anyhow::bail!(
+                "`--build-context {name}={value}`: `{scheme}://` contexts are not supported: use \
+                 a local directory or `docker-image://REF`"
+            );
+        }
+        let dir = Path::new(value).canonicalize().with_context(|| {
+            format!("`--build-context {name}={value}`: the directory does not exist")
+        })?;
+        if !dir.is_dir() {
+            anyhow::bail!("`--build-context {name}={value}`: not a directory");
+        }
+        let patterns = read_dockerignore(&dir, &dir.join("Dockerfile"))?;
+        let local = format!("named:{name}");
+        out.locals.insert(
+            local.clone(),
+            std::sync::Arc::new(ContextDir::new(dir, &patterns)?),
+        );
+        out.contexts
+            .insert(name.clone(), kiln_frontend::NamedContext::Local(local));
+    }
+    Ok(out)
+}
+
+/// `NAME=VALUE` of a `--build-context` flag.
+pub fn parse_build_context(spec: &str) -> Result<(String, String)> {
+    match spec.split_once('=') {
+        Some((k, v)) if !k.is_empty() && !v.is_empty() => Ok((k.to_string(), v.to_string())),
+        _ => anyhow::bail!(
+            "`--build-context {spec}`: expected `NAME=PATH` or `NAME=docker-image://REF`"
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn build_context_values() {
+        let dir = tempfile_dir();
+        let specs = vec![
+            ("img".to_string(), "docker-image://alpine:3.20".to_string()),
+            ("src".to_string(), dir.display().to_string()),
+        ];
+        let n = named_contexts(&specs).unwrap();
+        assert_eq!(
+            n.contexts["img"],
+            kiln_frontend::NamedContext::Image("alpine:3.20".into())
+        );
+        assert_eq!(
+            n.contexts["src"],
+            kiln_frontend::NamedContext::Local("named:src".into())
+        );
+        assert!(n.locals.contains_key("named:src"));
+        let err = named_contexts(&[("x".into(), "git://example/repo".into())])
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("not supported"), "{err}");
+        let err = named_contexts(&[("x".into(), "/does/not/exist".into())])
+            .err()
+            .map(|e| format!("{e:#}"))
+            .unwrap_or_default();
+        assert!(err.contains("does not exist"), "{err}");
+        assert!(parse_build_context("a=b").is_ok());
+        assert!(parse_build_context("a").is_err());
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    fn tempfile_dir() -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("kiln-ctx-test-{}", std::process::id()));
+        std::fs::create_dir_all(&d).unwrap();
+        d
     }
 }

@@ -90,6 +90,7 @@ pub(crate) async fn export_image(
     store: &Store,
     solved: &SolveOutput,
     mut config: ImageConfiguration,
+    extras: &serde_json::Map<String, serde_json::Value>,
 ) -> Result<ExportedImage> {
     let chain: Vec<SnapshotId> = match &solved.root {
         Output::Scratch => vec![],
@@ -154,7 +155,7 @@ pub(crate) async fn export_image(
         .build()
         .context("cannot build the image rootfs")?;
     config.set_rootfs(rootfs);
-    let desc = kiln_exporter::write_image(store, &config, &kept)?;
+    let desc = kiln_exporter::write_image_with_extras(store, &config, extras, &kept)?;
     Ok(ExportedImage {
         manifest_digest: desc.manifest_digest,
         manifest_size: desc.manifest_size,

@@ -4,12 +4,15 @@
 
 mod changes;
 mod context;
+mod debug;
 mod export;
 mod run;
 mod sandbox_opts;
 
 pub use kiln_cache::ImageRecord;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
+pub use context::parse_build_context;
+pub use debug::{debug_llb, debug_parse};
 pub use run::RunRequest;
 pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, PruneReport, Secrets};
 
@@ -63,6 +66,8 @@ pub struct BuildRequest {
     pub ssh: std::collections::HashMap<String, PathBuf>,
     /// `--network none`: every step gets a private network with only loopback.
     pub network_none: bool,
+    /// Named build contexts, `(NAME, PATH | docker-image://REF)` (`--build-context`).
+    pub build_contexts: Vec<(String, String)>,
 }
 
 /// What a build produced.
@@ -152,6 +157,7 @@ impl Engine {
             context_dir.clone(),
             &ignore_patterns,
         )?);
+        let named = context::named_contexts(&req.build_contexts)?;
         let platform = self.solver.platform().clone();
         let opts = kiln_frontend::BuildOptions {
             dockerfile_name: dockerfile_name.clone(),
@@ -161,6 +167,7 @@ impl Engine {
             context_name: "context".into(),
             exclude_patterns: ignore_patterns,
             no_cache: req.no_cache,
+            named_contexts: named.contexts,
         };
         let resolver = context::StoreResolver {
             solver: self.solver.clone(),
@@ -177,6 +184,7 @@ impl Engine {
         let mut locals: std::collections::HashMap<String, Arc<dyn kiln_solver::LocalContext>> =
             Default::default();
         locals.insert("context".into(), local);
+        locals.extend(named.locals);
         let solved = self
             .solver
             .solve(kiln_solver::SolveRequest {
@@ -188,7 +196,13 @@ impl Engine {
                 network_none: req.network_none,
             })
             .await?;
-        let image = export::export_image(&self.store, &solved, compiled.image_config).await?;
+        let image = export::export_image(
+            &self.store,
+            &solved,
+            compiled.image_config,
+            &compiled.config_extras,
+        )
+        .await?;
         for tag in &req.tags {
             let name = normalize_name(tag)?;
             self.store.images().put(&ImageRecord {

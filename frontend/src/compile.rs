@@ -364,17 +364,6 @@ fn valid_stage_name(name: &str) -> bool {
         && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "-_.".contains(c))
 }
 
-/// File names ADD would unpack in BuildKit, which kiln does not do yet.
-fn looks_like_archive(src: &str) -> bool {
-    let lower = src.to_ascii_lowercase();
-    [
-        ".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tbz", ".tar.xz", ".txz", ".tar.zst",
-        ".tzst", ".tar.lz4",
-    ]
-    .iter()
-    .any(|ext| lower.ends_with(ext))
-}
-
 struct Compiler<'a> {
     df: &'a Dockerfile,
     opts: &'a BuildOptions,
@@ -885,6 +874,7 @@ impl<'a> Compiler<'a> {
                                 include_patterns: vec![],
                                 exclude_patterns: vec![],
                                 mtime: 0,
+                                attempt_unpack: false,
                             })),
                         }],
                     })),
@@ -1800,19 +1790,11 @@ impl<'a> Compiler<'a> {
                 });
                 continue;
             }
-            if is_add {
-                if src.contains("://") || src.starts_with("git@") {
-                    return Err(self.fail(
-                        instr,
-                        format!("`ADD {src}`: adding from a URL or git is not supported by kiln yet; download it in a `RUN` step"),
-                    ));
-                }
-                if looks_like_archive(src) {
-                    return Err(self.fail(
-                        instr,
-                        format!("`ADD {src}`: kiln does not unpack archives yet; use `COPY` and `RUN tar -xf`"),
-                    ));
-                }
+            if is_add && (src.contains("://") || src.starts_with("git@")) {
+                return Err(self.fail(
+                    instr,
+                    format!("`ADD {src}`: adding from a URL or git is not supported by kiln yet; download it in a `RUN` step"),
+                ));
             }
             actions.push(FileAction {
                 action: Some(file_action::Action::Copy(FileCopy {
@@ -1829,6 +1811,7 @@ impl<'a> Compiler<'a> {
                     include_patterns: vec![],
                     exclude_patterns: excludes.clone(),
                     mtime: 0,
+                    attempt_unpack: is_add,
                 })),
             });
         }

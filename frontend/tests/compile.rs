@@ -498,7 +498,6 @@ fn bad_input_gives_located_errors() {
             "did you mean `sharing`",
         ),
         ("FROM busybox\nADD https://example.com/x /x\n", "URL"),
-        ("FROM busybox\nADD app.tar.gz /x\n", "unpack"),
         ("FROM busybox\nEXPOSE http\n", "invalid port"),
         (
             "FROM busybox\nHEALTHCHECK --interval=5 CMD true\n",

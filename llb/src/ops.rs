@@ -243,6 +243,10 @@ pub struct FileCopy {
     /// Fixed mtime (unix seconds) for copied files, or 0 to keep the source's.
     #[prost(int64, tag = "13")]
     pub mtime: i64,
+    /// `ADD`: a source file that is a tar archive (plain, gzip, bzip2, xz or zstd, recognised by
+    /// its content) is unpacked into the destination directory instead of copied.
+    #[prost(bool, tag = "14")]
+    pub attempt_unpack: bool,
 }
 
 #[derive(Clone, PartialEq, prost::Message, Serialize)]

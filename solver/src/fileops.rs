@@ -2,6 +2,8 @@
 //! snapshot. Every path is resolved inside the root it belongs to, so a symlink in an image or a
 //! context can never make a copy write or read outside it.
 
+mod archive;
+
 use crate::context::{self, LocalContext};
 use crate::glob;
 use crate::SolveError;
@@ -187,6 +189,29 @@ fn copy(
                 set_meta(&dest, meta.mode() & 0o7777, owner, None)?;
             }
             copy_dir_contents(root, abs, rel, &dest, &excluded, owner, mode)?;
+        } else if c.attempt_unpack && meta.is_file() {
+            // ADD: a tar archive is unpacked into the destination directory, anything else
+            // copied.
+            match archive::detect(abs)? {
+                Some(compression) => {
+                    mkdir_parents(root, &dest.join("x"), owner)?;
+                    archive::unpack(root, &dest, abs, compression, owner)?;
+                }
+                None => {
+                    let target = if dest_is_dir || dest.is_dir() {
+                        mkdir_parents(root, &dest.join("x"), owner)?;
+                        if !dest.exists() {
+                            std::fs::create_dir(&dest).map_err(|e| op_err(&c.dest, e))?;
+                            set_meta(&dest, 0o755, owner, None)?;
+                        }
+                        dest.join(name)
+                    } else {
+                        mkdir_parents(root, &dest, None)?;
+                        dest.clone()
+                    };
+                    copy_entry(abs, &meta, &target, owner, mode)?;
+                }
+            }
         } else {
             let target = if dest_is_dir || dest.is_dir() {
                 mkdir_parents(root, &dest.join("x"), owner)?;

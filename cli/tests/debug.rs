@@ -1,0 +1,182 @@
+//! `kiln debug parse` and `kiln debug llb`: golden files of their output for a Dockerfile that
+//! uses every instruction (regenerate with `KILN_BLESS=1`), plus their error messages. Neither
+//! command opens a store or needs root.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+
+/// A Dockerfile with every instruction and most flags.
+const ALL: &str = r#"# syntax=docker/dockerfile:1
+ARG BASE=busybox
+ARG VERSION=1.0
+FROM ${BASE} AS build
+ARG VERSION
+ENV APP=/app \
+    MODE=release
+ENV LEGACY value with spaces
+LABEL org.example.version=$VERSION "org.example.name"="demo"
+MAINTAINER Jane Doe <jane@example.com>
+WORKDIR $APP
+COPY --chown=1000:1000 --chmod=0640 src/ ./src/
+ADD --chmod=0755 tool.sh /usr/local/bin/
+RUN --mount=type=cache,target=/root/.cache \
+    --network=none \
+    echo building $VERSION
+RUN <<EOF
+echo heredoc one
+echo heredoc two
+EOF
+COPY <<-CONF /etc/app.conf
+	mode=$MODE
+	CONF
+RUN ["sh", "-c", "echo exec form"]
+
+FROM build AS skipped
+RUN echo never compiled
+
+FROM busybox
+COPY --from=build /app/src /srv/
+COPY --from=0 /etc/app.conf /etc/
+EXPOSE 8080 53/udp 9000-9001
+VOLUME ["/data"]
+USER nobody:nogroup
+STOPSIGNAL SIGTERM
+HEALTHCHECK --interval=30s --timeout=3s --retries=3 CMD wget -q localhost:8080 || exit 1
+SHELL ["/bin/sh", "-ec"]
+ONBUILD RUN echo child build
+ENTRYPOINT ["/bin/sh"]
+CMD echo serving
+"#;
+
+fn golden_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/debug")
+}
+
+/// The host architecture is part of the output (`image.platform`, `architecture`); name it
+/// generically so the golden files hold on any machine.
+fn normalise(text: &str) -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    };
+    text.replace(&format!("linux/{arch}"), "linux/HOSTARCH")
+        .replace(
+            &format!("\"architecture\": \"{arch}\""),
+            "\"architecture\": \"HOSTARCH\"",
+        )
+}
+
+fn check_golden(name: &str, got: &str) {
+    let path = golden_dir().join(name);
+    if std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(golden_dir()).unwrap();
+        std::fs::write(&path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read `{}` ({e}): run with KILN_BLESS=1 to create it",
+            path.display()
+        )
+    });
+    assert!(
+        want == got,
+        "`{}` differs (run with KILN_BLESS=1 to accept):\n--- want\n{want}\n--- got\n{got}",
+        path.display()
+    );
+}
+
+fn context() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("Dockerfile"), ALL).unwrap();
+    std::fs::create_dir_all(dir.path().join("src")).unwrap();
+    std::fs::write(dir.path().join("src/main.c"), "int main(){}\n").unwrap();
+    std::fs::write(dir.path().join("tool.sh"), "#!/bin/sh\n").unwrap();
+    std::fs::write(dir.path().join(".dockerignore"), "*.log\n!keep.log\n").unwrap();
+    dir
+}
+
+#[test]
+fn debug_parse_prints_the_corpus_dump() {
+    let ctx = context();
+    let k = Kiln::new();
+    let df = ctx.path().join("Dockerfile");
+    let out = k.run(&["debug", "parse", "-f", df.to_str().unwrap()]);
+    assert_ok(&out, "kiln debug parse");
+    check_golden("all.parse", &stdout(&out));
+    // Without -f it reads ./Dockerfile.
+    let out = k
+        .cmd()
+        .args(["debug", "parse"])
+        .current_dir(ctx.path())
+        .output()
+        .unwrap();
+    assert_ok(&out, "kiln debug parse in the context");
+    check_golden("all.parse", &stdout(&out));
+}
+
+#[test]
+fn debug_llb_prints_the_graph_as_json() {
+    let ctx = context();
+    let k = Kiln::new();
+    let out = k.run(&[
+        "debug",
+        "llb",
+        "--build-arg",
+        "VERSION=2.0",
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert_ok(&out, "kiln debug llb");
+    let text = stdout(&out);
+    let doc: serde_json::Value = serde_json::from_str(&text).expect("JSON output");
+    assert!(
+        !text.contains("never compiled"),
+        "stages the target does not need are left out"
+    );
+    assert_eq!(
+        doc["config_extras"]["OnBuild"],
+        serde_json::json!(["RUN echo child build"])
+    );
+    let warnings = stderr(&out);
+    assert!(warnings.contains("MaintainerDeprecated"), "{warnings}");
+    check_golden("all.llb.json", &normalise(&text));
+
+    let out = k.run(&[
+        "debug",
+        "llb",
+        "--target",
+        "build",
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert_ok(&out, "kiln debug llb --target build");
+    check_golden("all-target-build.llb.json", &normalise(&stdout(&out)));
+}
+
+#[test]
+fn debug_errors_name_the_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let df = dir.path().join("Dockerfile.bad");
+    std::fs::write(&df, "FROM busybox\nCOPPY a b\n").unwrap();
+    let k = Kiln::new();
+    let out = k.run(&["debug", "parse", "-f", df.to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out)
+            .contains("Dockerfile.bad:2: unknown instruction `COPPY`: did you mean `COPY`?"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(
+        dir.path().join("Dockerfile"),
+        "FROM busybox AS build\nFROM busybox\nCOPY --from=biuld /a /b\n",
+    )
+    .unwrap();
+    let out = k.run(&["debug", "llb", dir.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("Dockerfile:3:"), "{err}");
+    assert!(err.contains("did you mean `build`?"), "{err}");
+}
