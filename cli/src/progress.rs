@@ -1,136 +1,396 @@
-//! Build progress on the terminal: BuildKit-style numbered lines (`plain`, the default when
-//! stderr is not a terminal) or a live view with one spinner per running step (`tty`).
+//! Build progress on the terminal, in one of three forms (`--progress` or `KILN_PROGRESS`):
+//! - `plain` (the default when stderr is not a terminal): BuildKit-style numbered lines, output
+//!   prefixed by the step number, the tail of a failed step's output, and a summary;
+//! - `tty`: a live view with one spinner and timer per running step showing its last output
+//!   line, CACHED/DONE/ERROR lines above, and a summary line (steps, cached, elapsed);
+//! - `json`: one JSON object per event and line, for tools.
+//!
+//! Everything goes to stderr: stdout stays free for what the command prints.
 
 use anyhow::{bail, Result};
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kiln_daemon::{Event, ProgressSink};
-use std::collections::HashMap;
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use kiln_daemon::{Event, ProgressSink, Stream};
+use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// Output lines of a failed step shown under its error.
+const TAIL_LINES: usize = 10;
 
 pub(crate) struct Renderer {
-    mode: Mode,
+    started: Instant,
+    state: Mutex<State>,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Mode {
-    Plain(Mutex<()>),
-    Tty(Mutex<Tty>),
+    Plain,
+    Tty,
+    Json,
+}
+
+struct State {
+    mode: Mode,
+    counts: Counts,
+    /// Names of the vertices seen, for the lines that only carry a number.
+    names: HashMap<usize, String>,
+    /// The last output lines of each running step, for its error block.
+    tails: HashMap<usize, Tail>,
+    tty: Option<Tty>,
+}
+
+#[derive(Default)]
+struct Counts {
+    steps: usize,
+    cached: usize,
+    done: usize,
+    failed: usize,
+    canceled: usize,
 }
 
 struct Tty {
     multi: MultiProgress,
+    summary: ProgressBar,
     bars: HashMap<usize, ProgressBar>,
-    steps: usize,
-    cached: usize,
+}
+
+#[derive(Default)]
+struct Tail {
+    lines: VecDeque<String>,
+    partial: String,
+}
+
+impl Tail {
+    fn push(&mut self, data: &[u8]) {
+        self.partial.push_str(&String::from_utf8_lossy(data));
+        while let Some(pos) = self.partial.find('\n') {
+            let line: String = self.partial.drain(..=pos).collect();
+            self.lines.push_back(line.trim_end().to_string());
+            if self.lines.len() > TAIL_LINES {
+                self.lines.pop_front();
+            }
+        }
+    }
+
+    fn lines(&self) -> impl Iterator<Item = &str> {
+        self.lines
+            .iter()
+            .map(String::as_str)
+            .chain(Some(self.partial.as_str()).filter(|p| !p.is_empty()))
+    }
+}
+
+/// Chooses the mode: `auto` is `tty` on a terminal and `plain` elsewhere (CI, pipes).
+fn parse_mode(mode: &str, stderr_is_terminal: bool) -> Result<Mode> {
+    Ok(match mode {
+        "plain" => Mode::Plain,
+        "tty" => Mode::Tty,
+        "json" => Mode::Json,
+        "auto" | "" => {
+            if stderr_is_terminal {
+                Mode::Tty
+            } else {
+                Mode::Plain
+            }
+        }
+        other => {
+            bail!("unknown `--progress {other}` (or KILN_PROGRESS): use `auto`, `plain`, `tty` or `json`")
+        }
+    })
 }
 
 impl Renderer {
     pub(crate) fn new(mode: &str) -> Result<Self> {
-        let tty = match mode {
-            "plain" => false,
-            "tty" => true,
-            "auto" => std::io::stderr().is_terminal(),
-            other => bail!("unknown `--progress {other}`: use `auto`, `plain` or `tty`"),
-        };
+        let mode = parse_mode(mode, std::io::stderr().is_terminal())?;
+        let tty = (mode == Mode::Tty).then(|| {
+            // Drawn to stderr even when it is not a terminal (`--progress tty` asked for it).
+            let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+            let summary = multi.add(ProgressBar::new_spinner());
+            summary.set_style(
+                ProgressStyle::with_template("[+] Building {elapsed_precise} {wide_msg}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            summary.enable_steady_tick(Duration::from_millis(100));
+            Tty {
+                multi,
+                summary,
+                bars: HashMap::new(),
+            }
+        });
         Ok(Renderer {
-            mode: if tty {
-                Mode::Tty(Mutex::new(Tty {
-                    multi: MultiProgress::new(),
-                    bars: HashMap::new(),
-                    steps: 0,
-                    cached: 0,
-                }))
-            } else {
-                Mode::Plain(Mutex::new(()))
-            },
+            started: Instant::now(),
+            state: Mutex::new(State {
+                mode,
+                counts: Counts::default(),
+                names: HashMap::new(),
+                tails: HashMap::new(),
+                tty,
+            }),
         })
     }
 
+    /// Ends the view with the summary line (or, for `json`, a summary event).
     pub(crate) fn finish(&self) {
-        if let Mode::Tty(t) = &self.mode {
-            if let Ok(t) = t.lock() {
-                let _ = t.multi.clear();
-                eprintln!("{} steps, {} cached", t.steps, t.cached);
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let c = &st.counts;
+        let summary = format!(
+            "{} steps: {} cached, {} run{}{} in {elapsed:.1}s",
+            c.steps,
+            c.cached,
+            c.done,
+            if c.failed > 0 {
+                format!(", {} failed", c.failed)
+            } else {
+                String::new()
+            },
+            if c.canceled > 0 {
+                format!(", {} canceled", c.canceled)
+            } else {
+                String::new()
+            },
+        );
+        let json = serde_json::json!({
+            "event": "summary",
+            "time": round3(elapsed),
+            "steps": c.steps,
+            "cached": c.cached,
+            "done": c.done,
+            "failed": c.failed,
+            "canceled": c.canceled,
+        });
+        let mode = st.mode;
+        if let Some(t) = st.tty.take() {
+            for (_, b) in t.bars {
+                b.finish_and_clear();
+            }
+            t.summary.finish_and_clear();
+            let _ = t.multi.clear();
+        }
+        let mut err = std::io::stderr().lock();
+        let _ = match mode {
+            Mode::Json => writeln!(err, "{json}"),
+            Mode::Plain | Mode::Tty => writeln!(err, "{summary}"),
+        };
+    }
+}
+
+fn round3(secs: f64) -> f64 {
+    (secs * 1000.0).round() / 1000.0
+}
+
+impl ProgressSink for Renderer {
+    fn event(&self, event: Event) {
+        let Ok(mut st) = self.state.lock() else {
+            return;
+        };
+        let st = &mut *st;
+        match &event {
+            Event::Started { vertex, name } => {
+                st.counts.steps += 1;
+                st.names.insert(*vertex, name.clone());
+                st.tails.insert(*vertex, Tail::default());
+            }
+            Event::Cached { vertex, name } => {
+                st.counts.steps += 1;
+                st.counts.cached += 1;
+                st.names.insert(*vertex, name.clone());
+            }
+            Event::Done { .. } => st.counts.done += 1,
+            Event::Failed { .. } => st.counts.failed += 1,
+            Event::Canceled { .. } => st.counts.canceled += 1,
+            Event::Log { vertex, data, .. } => {
+                st.tails.entry(*vertex).or_default().push(data);
+            }
+        }
+        match st.mode {
+            Mode::Plain => plain(st, &event),
+            Mode::Json => json(self.started.elapsed(), &event),
+            Mode::Tty => tty(st, &event),
+        }
+        // A finished step's tail is no longer needed.
+        if let Event::Done { vertex, .. }
+        | Event::Failed { vertex, .. }
+        | Event::Canceled { vertex, .. } = &event
+        {
+            st.tails.remove(vertex);
+        }
+    }
+}
+
+fn plain(st: &State, event: &Event) {
+    let mut err = std::io::stderr().lock();
+    let _ = match event {
+        Event::Started { vertex, name } => writeln!(err, "#{vertex} {name}"),
+        Event::Cached { vertex, name } => {
+            writeln!(err, "#{vertex} {name}").and_then(|_| writeln!(err, "#{vertex} CACHED"))
+        }
+        Event::Done {
+            vertex, elapsed, ..
+        } => writeln!(err, "#{vertex} DONE {:.1}s", elapsed.as_secs_f64()),
+        Event::Failed {
+            vertex,
+            name,
+            error,
+        } => {
+            // BuildKit's error block: the step and the last lines of its output.
+            let mut block = format!("#{vertex} ERROR: {error}\n------\n > {name}:\n");
+            if let Some(t) = st.tails.get(vertex) {
+                for l in t.lines() {
+                    block.push_str(&format!("#{vertex} {l}\n"));
+                }
+            }
+            block.push_str("------\n");
+            err.write_all(block.as_bytes())
+        }
+        Event::Canceled { vertex, .. } => writeln!(err, "#{vertex} CANCELED"),
+        Event::Log { vertex, data, .. } => {
+            let text = String::from_utf8_lossy(data);
+            text.lines()
+                .try_for_each(|l| writeln!(err, "#{vertex} {l}"))
+        }
+    };
+}
+
+fn json(elapsed: Duration, event: &Event) {
+    let time = round3(elapsed.as_secs_f64());
+    let v = match event {
+        Event::Started { vertex, name } => {
+            serde_json::json!({"event": "started", "time": time, "vertex": vertex, "name": name})
+        }
+        Event::Cached { vertex, name } => {
+            serde_json::json!({"event": "cached", "time": time, "vertex": vertex, "name": name})
+        }
+        Event::Done {
+            vertex,
+            name,
+            elapsed,
+        } => serde_json::json!({
+            "event": "done", "time": time, "vertex": vertex, "name": name,
+            "elapsed": round3(elapsed.as_secs_f64()),
+        }),
+        Event::Failed {
+            vertex,
+            name,
+            error,
+        } => serde_json::json!({
+            "event": "failed", "time": time, "vertex": vertex, "name": name, "error": error,
+        }),
+        Event::Canceled { vertex, name } => {
+            serde_json::json!({"event": "canceled", "time": time, "vertex": vertex, "name": name})
+        }
+        Event::Log {
+            vertex,
+            stream,
+            data,
+        } => serde_json::json!({
+            "event": "log", "time": time, "vertex": vertex,
+            "stream": match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr" },
+            "data": String::from_utf8_lossy(data),
+        }),
+    };
+    let _ = writeln!(std::io::stderr().lock(), "{v}");
+}
+
+fn tty(st: &mut State, event: &Event) {
+    let summary = format!(
+        "({} steps, {} cached, {} done{})",
+        st.counts.steps,
+        st.counts.cached,
+        st.counts.done,
+        if st.counts.failed > 0 {
+            format!(", {} failed", st.counts.failed)
+        } else {
+            String::new()
+        }
+    );
+    let Some(t) = st.tty.as_mut() else {
+        return;
+    };
+    t.summary.set_message(summary);
+    match event {
+        Event::Started { vertex, name } => {
+            let bar = t
+                .multi
+                .insert_before(&t.summary, ProgressBar::new_spinner());
+            bar.set_style(
+                ProgressStyle::with_template("{spinner} [{elapsed:>4}] {prefix} {wide_msg:.dim}")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+            );
+            bar.set_prefix(format!("#{vertex} {name}"));
+            bar.enable_steady_tick(Duration::from_millis(100));
+            t.bars.insert(*vertex, bar);
+        }
+        Event::Cached { vertex, name } => {
+            let _ = t.multi.println(format!("CACHED #{vertex} {name}"));
+        }
+        Event::Done {
+            vertex,
+            name,
+            elapsed,
+        } => {
+            if let Some(b) = t.bars.remove(vertex) {
+                b.finish_and_clear();
+            }
+            let _ = t.multi.println(format!(
+                "DONE {:>5.1}s #{vertex} {name}",
+                elapsed.as_secs_f64()
+            ));
+        }
+        Event::Failed { vertex, name, .. } => {
+            if let Some(b) = t.bars.remove(vertex) {
+                b.finish_and_clear();
+            }
+            let mut block = format!("ERROR #{vertex} {name}");
+            if let Some(tail) = st.tails.get(vertex) {
+                for l in tail.lines() {
+                    block.push_str(&format!("\n  > {l}"));
+                }
+            }
+            let _ = t.multi.println(block);
+        }
+        Event::Canceled { vertex, name } => {
+            if let Some(b) = t.bars.remove(vertex) {
+                b.finish_and_clear();
+            }
+            let _ = t.multi.println(format!("CANCELED #{vertex} {name}"));
+        }
+        Event::Log { vertex, .. } => {
+            if let (Some(b), Some(tail)) = (t.bars.get(vertex), st.tails.get(vertex)) {
+                if let Some(last) = tail.lines().filter(|l| !l.trim().is_empty()).last() {
+                    b.set_message(last.to_string());
+                }
             }
         }
     }
 }
 
-impl ProgressSink for Renderer {
-    fn event(&self, event: Event) {
-        match &self.mode {
-            Mode::Plain(lock) => {
-                let _guard = lock.lock();
-                let mut err = std::io::stderr().lock();
-                let _ = match event {
-                    Event::Started { vertex, name } => writeln!(err, "#{vertex} {name}"),
-                    Event::Cached { vertex, name } => writeln!(err, "#{vertex} {name}")
-                        .and_then(|_| writeln!(err, "#{vertex} CACHED")),
-                    Event::Done {
-                        vertex, elapsed, ..
-                    } => {
-                        writeln!(err, "#{vertex} DONE {:.1}s", elapsed.as_secs_f64())
-                    }
-                    Event::Failed { vertex, error, .. } => {
-                        writeln!(err, "#{vertex} ERROR: {error}")
-                    }
-                    Event::Log { vertex, data, .. } => {
-                        let text = String::from_utf8_lossy(&data);
-                        text.lines()
-                            .try_for_each(|l| writeln!(err, "#{vertex} {l}"))
-                    }
-                };
-            }
-            Mode::Tty(t) => {
-                let Ok(mut t) = t.lock() else { return };
-                match event {
-                    Event::Started { vertex, name } => {
-                        let bar = t.multi.add(ProgressBar::new_spinner());
-                        bar.set_style(
-                            ProgressStyle::with_template(
-                                "{spinner} [{elapsed:>3}] {prefix} {wide_msg}",
-                            )
-                            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
-                        );
-                        bar.set_prefix(name);
-                        bar.enable_steady_tick(Duration::from_millis(100));
-                        t.bars.insert(vertex, bar);
-                        t.steps += 1;
-                    }
-                    Event::Cached { name, .. } => {
-                        let _ = t.multi.println(format!("CACHED {name}"));
-                        t.steps += 1;
-                        t.cached += 1;
-                    }
-                    Event::Done {
-                        vertex,
-                        name,
-                        elapsed,
-                    } => {
-                        if let Some(b) = t.bars.remove(&vertex) {
-                            b.finish_and_clear();
-                        }
-                        let _ = t
-                            .multi
-                            .println(format!("DONE {:>5.1}s {name}", elapsed.as_secs_f64()));
-                    }
-                    Event::Failed { vertex, name, .. } => {
-                        if let Some(b) = t.bars.remove(&vertex) {
-                            b.finish_and_clear();
-                        }
-                        let _ = t.multi.println(format!("ERROR {name}"));
-                    }
-                    Event::Log { vertex, data, .. } => {
-                        if let Some(b) = t.bars.get(&vertex) {
-                            let text = String::from_utf8_lossy(&data);
-                            if let Some(last) = text.lines().rev().find(|l| !l.trim().is_empty()) {
-                                b.set_message(last.to_string());
-                            }
-                        }
-                    }
-                }
-            }
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_is_tty_only_on_a_terminal() {
+        assert_eq!(parse_mode("auto", true).unwrap(), Mode::Tty);
+        assert_eq!(parse_mode("auto", false).unwrap(), Mode::Plain);
+        assert_eq!(parse_mode("json", true).unwrap(), Mode::Json);
+        let e = parse_mode("fancy", false).unwrap_err().to_string();
+        assert!(e.contains("`--progress fancy`"), "{e}");
+    }
+
+    #[test]
+    fn tail_keeps_the_last_lines_and_the_unfinished_one() {
+        let mut t = Tail::default();
+        for i in 0..15 {
+            t.push(format!("line {i}\n").as_bytes());
         }
+        t.push(b"partial");
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines.len(), TAIL_LINES + 1);
+        assert_eq!(lines[0], "line 5");
+        assert_eq!(lines[TAIL_LINES], "partial");
     }
 }

@@ -101,20 +101,45 @@ fn walk_into(
             meta,
         });
     }
-    if is_dir {
-        let rd = std::fs::read_dir(&abs).map_err(|e| SolveError::Context {
-            path: rel.clone(),
-            message: e.to_string(),
-        })?;
-        let mut children: Vec<_> = rd.filter_map(Result::ok).map(|e| e.file_name()).collect();
-        children.sort();
-        for name in children {
-            let name = name.to_string_lossy().into_owned();
-            let child_abs = abs.join(&name);
-            let Ok(m) = std::fs::symlink_metadata(&child_abs) else {
-                continue;
-            };
-            walk_into(ctx, join_rel(&rel, &name), child_abs, m, out)?;
+    if !is_dir {
+        return Ok(());
+    }
+    let rd = std::fs::read_dir(&abs).map_err(|e| SolveError::Context {
+        path: rel.clone(),
+        message: e.to_string(),
+    })?;
+    // `DirEntry::metadata` stats relative to the open directory (`statx(dirfd, name)`), which
+    // spares the kernel a lookup of the whole path per file: the walk is mostly these calls.
+    let mut children: Vec<(std::ffi::OsString, std::fs::Metadata)> = rd
+        .filter_map(Result::ok)
+        .filter_map(|e| e.metadata().ok().map(|m| (e.file_name(), m)))
+        .collect();
+    children.sort_by(|a, b| a.0.cmp(&b.0));
+    // Subdirectories are walked in parallel; their entries are spliced back in path order.
+    let subdirs: Vec<Option<Result<Vec<Entry>, SolveError>>> = children
+        .par_iter()
+        .map(|(name, m)| {
+            m.is_dir().then(|| {
+                let name = name.to_string_lossy();
+                let mut sub = Vec::new();
+                walk_into(
+                    ctx,
+                    join_rel(&rel, &name),
+                    abs.join(name.as_ref()),
+                    m.clone(),
+                    &mut sub,
+                )
+                .map(|()| sub)
+            })
+        })
+        .collect();
+    for ((name, m), sub) in children.into_iter().zip(subdirs) {
+        match sub {
+            Some(entries) => out.extend(entries?),
+            None => {
+                let name = name.to_string_lossy();
+                walk_into(ctx, join_rel(&rel, &name), abs.join(name.as_ref()), m, out)?;
+            }
         }
     }
     Ok(())
@@ -134,7 +159,14 @@ pub(crate) fn checksum(
     }
     let files: Vec<&Entry> = entries.iter().filter(|e| e.meta.is_file()).collect();
     let keys: Vec<Vec<u8>> = files.iter().map(|e| memo_key(e)).collect();
-    let memo = index.memo_get_many(&keys).map_err(SolveError::cache)?;
+    // Batched, and in parallel chunks (each its own read transaction).
+    let memo: Vec<Option<[u8; 32]>> = keys
+        .par_chunks(MEMO_CHUNK)
+        .map(|chunk| index.memo_get_many(chunk).map_err(SolveError::cache))
+        .collect::<Result<Vec<_>, _>>()?
+        .into_iter()
+        .flatten()
+        .collect();
     let missing: Vec<usize> = (0..files.len()).filter(|&i| memo[i].is_none()).collect();
     let computed: Vec<(usize, [u8; 32])> = missing
         .par_iter()
@@ -171,6 +203,9 @@ pub(crate) fn checksum(
     }
     Ok(hasher.finalize().to_hex().to_string())
 }
+
+/// Memo keys looked up per read transaction.
+const MEMO_CHUNK: usize = 2048;
 
 fn memo_key(e: &Entry) -> Vec<u8> {
     let m = &e.meta;

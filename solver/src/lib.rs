@@ -12,6 +12,7 @@ mod context;
 mod fileops;
 mod glob;
 pub mod images;
+mod inflight;
 mod mounts;
 pub mod progress;
 
@@ -123,6 +124,8 @@ struct Inner {
     registry: RegistryClient,
     platform: Platform,
     exec_slots: Semaphore,
+    /// Steps running now, shared by concurrent solves.
+    inflight: Arc<inflight::InFlight>,
 }
 
 struct VertexResult {
@@ -131,6 +134,9 @@ struct VertexResult {
     /// When the result was first produced (unix seconds): a cached result keeps its time, so
     /// rebuilding unchanged inputs gives the same image.
     created_unix: u64,
+    /// Ran because the cache was to be ignored (`--no-cache`, `--no-cache-filter`), here or in an
+    /// input: the steps that use it run again too, as they would read a new result.
+    fresh: bool,
 }
 
 type VertexFuture = Shared<BoxFuture<'static, Result<Arc<VertexResult>, Arc<SolveError>>>>;
@@ -150,6 +156,7 @@ impl Solver {
                 registry,
                 platform,
                 exec_slots: Semaphore::new(jobs.max(1)),
+                inflight: Default::default(),
             }),
         }
     }
@@ -206,10 +213,10 @@ impl Solver {
                 counters: counters.clone(),
             };
             let fut = async move {
-                let mut results = Vec::with_capacity(inputs.len());
-                for (f, _index) in inputs {
-                    results.push(f.await?);
-                }
+                // All inputs at once, so independent branches run in parallel; the first failure
+                // returns here at once and the solve drops (cancels) everything still running.
+                let results =
+                    futures::future::try_join_all(inputs.into_iter().map(|(f, _index)| f)).await?;
                 task.run(results).await.map_err(Arc::new)
             }
             .boxed()
@@ -247,6 +254,7 @@ fn unwrap_arc(e: Arc<SolveError>) -> SolveError {
     Arc::try_unwrap(e).unwrap_or_else(|e| SolveError::Op(e.to_string()))
 }
 
+#[derive(Clone)]
 struct VertexTask {
     solver: Solver,
     vertex: usize,
@@ -281,10 +289,12 @@ impl VertexTask {
                     key,
                     output: Output::Local(ctx),
                     created_unix: 0,
+                    fresh: false,
                 }));
             }
         }
-        if !self.meta.ignore_cache {
+        let fresh = self.meta.ignore_cache || inputs.iter().any(|i| i.fresh);
+        if !fresh {
             if let Some(hit) = store.index().get(&key).map_err(SolveError::cache)? {
                 let usable = match hit.snapshot {
                     None => true,
@@ -303,6 +313,7 @@ impl VertexTask {
                         key,
                         output,
                         created_unix: hit.created_unix,
+                        fresh: false,
                     }));
                 }
             }
@@ -312,27 +323,32 @@ impl VertexTask {
             vertex: self.vertex,
             name: self.name(),
         });
-        let result = self.execute(&inputs).await;
+        // Until the run ends, dropping this future (a sibling failed, the build was interrupted)
+        // reports the step as canceled.
+        let mut canceled = CancelGuard {
+            progress: Some(self.progress.clone()),
+            vertex: self.vertex,
+            name: self.name(),
+        };
+        // One run per cache key at a time in this engine: a concurrent build that needs the same
+        // step waits for this run (and sees its output) instead of starting another.
+        let runner = self.clone();
+        let run_inputs = inputs.clone();
+        let run_key = key.clone();
+        let (run, _joined) = self.solver.inner.inflight.join_or_start(
+            &key,
+            self.progress.clone(),
+            self.vertex,
+            move |sink| {
+                let mut runner = runner;
+                runner.progress = sink;
+                async move { runner.execute_and_record(&run_key, &run_inputs).await }.boxed()
+            },
+        );
+        let result = run.await;
+        canceled.progress = None;
         match result {
-            Ok(output) => {
-                let snapshot = match &output {
-                    Output::Snapshot(s) => Some(*s),
-                    _ => None,
-                };
-                let created_unix = std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
-                store
-                    .index()
-                    .put(
-                        &key,
-                        &CachedResult {
-                            snapshot,
-                            created_unix,
-                        },
-                    )
-                    .map_err(SolveError::cache)?;
+            Ok(done) => {
                 self.progress.event(Event::Done {
                     vertex: self.vertex,
                     name: self.name(),
@@ -343,8 +359,9 @@ impl VertexTask {
                 }
                 Ok(Arc::new(VertexResult {
                     key,
-                    output,
-                    created_unix,
+                    output: done.output,
+                    created_unix: done.created_unix,
+                    fresh,
                 }))
             }
             Err(e) => {
@@ -356,10 +373,43 @@ impl VertexTask {
                 Err(SolveError::Step {
                     name: self.name(),
                     location: self.meta.location.clone(),
-                    source: Arc::new(e),
+                    source: e,
                 })
             }
         }
+    }
+
+    /// Runs the op and records its result in the cache index under `key`.
+    async fn execute_and_record(
+        &self,
+        key: &str,
+        inputs: &[Arc<VertexResult>],
+    ) -> Result<inflight::Executed, Arc<SolveError>> {
+        let output = self.execute(inputs).await.map_err(Arc::new)?;
+        let snapshot = match &output {
+            Output::Snapshot(s) => Some(*s),
+            _ => None,
+        };
+        let created_unix = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        self.solver
+            .inner
+            .store
+            .index()
+            .put(
+                key,
+                &CachedResult {
+                    snapshot,
+                    created_unix,
+                },
+            )
+            .map_err(|e| Arc::new(SolveError::cache(e)))?;
+        Ok(inflight::Executed {
+            output,
+            created_unix,
+        })
     }
 
     /// The vertex's cache key: its op digest, its inputs' keys, and for local inputs the
@@ -590,6 +640,24 @@ impl VertexTask {
         // Mount points the sandbox had to create are not part of the step's changes.
         mounts::remove_created_mountpoints(&upper, outcome.created_mountpoints);
         Ok(Output::Snapshot(snap))
+    }
+}
+
+/// Reports a step as canceled when its future is dropped before it finished.
+struct CancelGuard {
+    progress: Option<Arc<dyn ProgressSink>>,
+    vertex: usize,
+    name: String,
+}
+
+impl Drop for CancelGuard {
+    fn drop(&mut self) {
+        if let Some(p) = self.progress.take() {
+            p.event(Event::Canceled {
+                vertex: self.vertex,
+                name: std::mem::take(&mut self.name),
+            });
+        }
     }
 }
 

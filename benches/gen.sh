@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Makes the build contexts of the whole-build benchmark (see README.md here): nothing large is
+# committed, every context is generated.
+#
+# usage: gen.sh DIR BASE_IMAGE
+#   DIR/manyfiles   20,000 files of 5,000 random bytes (100 MB) in 100 directories
+#   DIR/parallel    6 independent stages of ~2 s CPU each, then a stage copying from all
+#   DIR/chain       40 sequential RUN steps
+#   DIR/bigfile     a RUN writing 1 GiB of incompressible data
+#   DIR/target      4 stages; --target b needs only a and b
+# A context that is already complete is left alone (its `.complete` marker), so repeated runs
+# do not pay for the generation again.
+set -euo pipefail
+
+dir=${1:?usage: gen.sh DIR BASE_IMAGE}
+base=${2:?usage: gen.sh DIR BASE_IMAGE}
+mkdir -p "$dir"
+
+# The CPU work of one parallel stage: sha256 over N MiB of zeros (busybox's sha256sum runs at
+# about 120 MiB/s here, so 250 MiB is about 2 s). BENCH_CPU_MIB overrides it.
+cpu_mib=${BENCH_CPU_MIB:-250}
+
+fresh() { # fresh NAME STAMP: true when DIR/NAME must be (re)made; clears it
+    local d="$dir/$1"
+    if [ "$(cat "$d/.complete" 2>/dev/null)" = "$2" ]; then return 1; fi
+    rm -rf "$d"
+    mkdir -p "$d"
+}
+done_() { echo "$2" >"$dir/$1/.complete"; }
+
+# ---------------------------------------------------------------- manyfiles
+stamp="v1 $base"
+if fresh manyfiles "$stamp"; then
+    d="$dir/manyfiles"
+    mkdir -p "$d/data"
+    for i in $(seq -w 0 99); do
+        mkdir -p "$d/data/d$i"
+        # One process per directory: 1,000,000 random bytes cut into 200 files of 5,000.
+        head -c 1000000 /dev/urandom | (cd "$d/data/d$i" && split -b 5000 -d -a 3 - f)
+    done
+    # The build never reads the marker: keep it out of the context's checksum and tar.
+    printf '.complete\n' >"$d/.dockerignore"
+    cat >"$d/Dockerfile" <<DF
+FROM $base
+COPY data /data
+RUN find /data -type f | wc -l > /count && cat /count
+DF
+    done_ manyfiles "$stamp"
+fi
+
+# ---------------------------------------------------------------- parallel
+stamp="v1 $base $cpu_mib"
+if fresh parallel "$stamp"; then
+    d="$dir/parallel"
+    {
+        for i in 1 2 3 4 5 6; do
+            echo "FROM $base AS s$i"
+            echo "RUN head -c ${cpu_mib}m /dev/zero | sha256sum > /out$i && echo stage $i >> /out$i"
+        done
+        echo "FROM $base"
+        for i in 1 2 3 4 5 6; do echo "COPY --from=s$i /out$i /out$i"; done
+        echo "RUN cat /out*"
+    } >"$d/Dockerfile"
+    printf '.complete\n' >"$d/.dockerignore"
+    done_ parallel "$stamp"
+fi
+
+# ---------------------------------------------------------------- chain
+stamp="v1 $base"
+if fresh chain "$stamp"; then
+    d="$dir/chain"
+    {
+        echo "FROM $base"
+        for i in $(seq 1 40); do echo "RUN echo step $i >> /chain"; done
+    } >"$d/Dockerfile"
+    printf '.complete\n' >"$d/.dockerignore"
+    done_ chain "$stamp"
+fi
+
+# ---------------------------------------------------------------- bigfile
+stamp="v1 $base"
+if fresh bigfile "$stamp"; then
+    d="$dir/bigfile"
+    cat >"$d/Dockerfile" <<DF
+FROM $base
+RUN head -c 1073741824 /dev/urandom > /big
+DF
+    printf '.complete\n' >"$d/.dockerignore"
+    done_ bigfile "$stamp"
+fi
+
+# ---------------------------------------------------------------- target
+stamp="v1 $base"
+if fresh target "$stamp"; then
+    d="$dir/target"
+    cat >"$d/Dockerfile" <<DF
+FROM $base AS a
+RUN sleep 1 && echo a > /a
+FROM a AS b
+RUN sleep 1 && echo b > /b
+FROM $base AS c
+RUN sleep 1 && echo c > /c
+FROM c AS d
+COPY --from=b /b /b
+RUN sleep 1 && echo d > /d
+DF
+    printf '.complete\n' >"$d/.dockerignore"
+    done_ target "$stamp"
+fi
