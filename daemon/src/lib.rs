@@ -4,22 +4,21 @@
 
 mod changes;
 mod context;
-mod debug;
 mod export;
 mod run;
-mod sandbox_opts;
+mod transfer;
 
 pub use kiln_cache::ImageRecord;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
-pub use context::parse_build_context;
-pub use debug::{debug_llb, debug_parse};
 pub use run::RunRequest;
-pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, PruneReport, Secrets};
+pub use transfer::{login, logout, PullOptions, PushReport};
+pub use kiln_registry::LoginStore;
+pub use kiln_solver::images::BlobProgress;
 
 use anyhow::{bail, Context, Result};
 use kiln_cache::Store;
 use kiln_registry::{ClientOptions, Platform, Reference, RegistryClient};
-use kiln_solver::{images, Solver};
+use kiln_solver::Solver;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -60,14 +59,6 @@ pub struct BuildRequest {
     pub tags: Vec<String>,
     pub outputs: Vec<Output>,
     pub no_cache: bool,
-    /// `--secret`: bytes by id, for `RUN --mount=type=secret`.
-    pub secrets: Secrets,
-    /// `--ssh`: agent sockets by id, for `RUN --mount=type=ssh`.
-    pub ssh: std::collections::HashMap<String, PathBuf>,
-    /// `--network none`: every step gets a private network with only loopback.
-    pub network_none: bool,
-    /// Named build contexts, `(NAME, PATH | docker-image://REF)` (`--build-context`).
-    pub build_contexts: Vec<(String, String)>,
 }
 
 /// What a build produced.
@@ -99,6 +90,7 @@ impl Engine {
         let registry = RegistryClient::new(ClientOptions {
             insecure_registries: opts.insecure_registries.clone(),
             user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+            ..ClientOptions::default()
         })?;
         let jobs = if opts.jobs == 0 {
             std::thread::available_parallelism()
@@ -157,7 +149,6 @@ impl Engine {
             context_dir.clone(),
             &ignore_patterns,
         )?);
-        let named = context::named_contexts(&req.build_contexts)?;
         let platform = self.solver.platform().clone();
         let opts = kiln_frontend::BuildOptions {
             dockerfile_name: dockerfile_name.clone(),
@@ -167,7 +158,6 @@ impl Engine {
             context_name: "context".into(),
             exclude_patterns: ignore_patterns,
             no_cache: req.no_cache,
-            named_contexts: named.contexts,
         };
         let resolver = context::StoreResolver {
             solver: self.solver.clone(),
@@ -184,25 +174,15 @@ impl Engine {
         let mut locals: std::collections::HashMap<String, Arc<dyn kiln_solver::LocalContext>> =
             Default::default();
         locals.insert("context".into(), local);
-        locals.extend(named.locals);
         let solved = self
             .solver
             .solve(kiln_solver::SolveRequest {
                 definition: compiled.definition,
                 locals,
                 progress,
-                secrets: req.secrets.0.clone(),
-                ssh: req.ssh.clone(),
-                network_none: req.network_none,
             })
             .await?;
-        let image = export::export_image(
-            &self.store,
-            &solved,
-            compiled.image_config,
-            &compiled.config_extras,
-        )
-        .await?;
+        let image = export::export_image(&self.store, &solved, compiled.image_config).await?;
         for tag in &req.tags {
             let name = normalize_name(tag)?;
             self.store.images().put(&ImageRecord {
@@ -257,73 +237,11 @@ impl Engine {
         Ok(image.manifest_digest)
     }
 
-    /// `kiln pull`: fetches an image and its layers into the store.
-    pub async fn pull(&self, name: &str) -> Result<String> {
-        let image = images::resolve_image(
-            &self.store,
-            self.solver.registry(),
-            self.solver.platform(),
-            name,
-            true,
-        )
-        .await?;
-        images::ensure_layers(&self.store, self.solver.registry(), &image).await?;
-        Ok(image.manifest_digest)
-    }
-
-    /// `kiln push NAME [REF]`: uploads a local image's blobs (those the registry lacks) and then its
-    /// manifest, so the tag never points at an incomplete image.
-    pub async fn push(&self, name: &str, dest: Option<&str>) -> Result<String> {
-        let local = normalize_name(name)?;
-        let record = self.store.images().get(&local)?.with_context(|| {
-            format!("no image `{local}` in the local store: build, import or pull it first (see `kiln images`)")
-        })?;
-        let dest = Reference::parse(dest.unwrap_or(name))?;
-        let image = images::load(&self.store, &local, &record.digest)?;
-        let mut blobs = vec![(
-            image.manifest.config().digest().to_string(),
-            image.manifest.config().size(),
-        )];
-        for l in image.manifest.layers() {
-            blobs.push((l.digest().to_string(), l.size()));
-        }
-        use futures::stream::{self, StreamExt, TryStreamExt};
-        let registry = self.solver.registry().clone();
-        stream::iter(blobs)
-            .map(|(digest, size)| {
-                let registry = registry.clone();
-                let dest = dest.clone();
-                let path = self.store.content().path(&digest);
-                async move {
-                    let path = path?;
-                    registry
-                        .push_blob(&dest, &digest, size, &path)
-                        .await
-                        .with_context(|| format!("cannot push blob {digest} to `{dest}`"))?;
-                    anyhow::Ok(())
-                }
-            })
-            .buffer_unordered(4)
-            .try_collect::<Vec<()>>()
-            .await?;
-        let bytes = self.store.content().read(&record.digest)?;
-        let digest = registry
-            .push_manifest(&dest, &record.media_type, &bytes)
-            .await
-            .with_context(|| format!("cannot push the manifest to `{dest}`"))?;
-        Ok(digest)
-    }
+    // `pull`, `push`: see transfer.rs.
 
     /// `kiln run`: runs an image's command in a sandbox; returns its exit code.
     pub async fn run(&self, req: RunRequest) -> Result<i32> {
         run::run(&self.store, &self.solver, req).await
-    }
-
-    /// `kiln prune`: removes every `RUN --mount=type=cache` directory, then the snapshots and
-    /// blobs no cache result or image reaches.
-    pub async fn prune(&self) -> Result<PruneReport> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || sandbox_opts::prune(&store)).await?
     }
 }
 

@@ -1,0 +1,312 @@
+//! `kiln login`/`logout`/`pull`/`push` against real registries: htpasswd Basic auth with the
+//! credentials kept out of every output, and images pushed by skopeo (Docker schema 2, OCI, and
+//! a multi-platform index made with `skopeo copy --all`) pulled and run by kiln.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const PASS: &str = "e2e-s3cret-pa55";
+
+/// A docker-registry on a free loopback port with htpasswd Basic auth for `kiln`/[`PASS`].
+struct AuthRegistry {
+    addr: String,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl AuthRegistry {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let out = Command::new("htpasswd")
+            .args(["-Bbn", "kiln", PASS])
+            .output()
+            .expect("run `htpasswd`: install apache2-utils (`cargo xtask setup`)");
+        assert!(out.status.success());
+        std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr = format!("127.0.0.1:{port}");
+        let config = dir.path().join("config.yml");
+        std::fs::write(
+            &config,
+            format!(
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: kiln-e2e\n    path: {}\n",
+                dir.path().join("data").display(),
+                dir.path().join("htpasswd").display()
+            ),
+        )
+        .unwrap();
+        let child = Command::new("docker-registry")
+            .arg("serve")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start docker-registry");
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(&addr).is_err() {
+            assert!(Instant::now() < deadline, "docker-registry did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        AuthRegistry {
+            addr,
+            child,
+            _dir: dir,
+        }
+    }
+}
+
+impl Drop for AuthRegistry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Runs kiln with a private Docker config and debug logs, optionally feeding stdin; checks that
+/// the password shows up nowhere in what it prints.
+fn kiln(k: &Kiln, docker: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    let mut c = k.cmd();
+    c.env("DOCKER_CONFIG", docker)
+        .env("KILN_LOG", "debug")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    if stdin.is_some() {
+        c.stdin(Stdio::piped());
+    }
+    let mut child = c.spawn().expect("run kiln");
+    if let Some(s) = stdin {
+        child.stdin.take().unwrap().write_all(s.as_bytes()).unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    let all = format!("{}{}", stdout(&out), stderr(&out));
+    assert!(!all.contains(PASS), "the password leaked:\n{all}");
+    out
+}
+
+#[test]
+fn login_push_pull_logout_with_basic_auth() {
+    let reg = AuthRegistry::start();
+    let docker = tempfile::tempdir().unwrap();
+    let k = Kiln::with_busybox();
+    let dest = format!("{}/{}:v1", reg.addr, unique("auth"));
+
+    let out = kiln(&k, docker.path(), &["push", "busybox", &dest], None);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains(&format!("kiln login {}", reg.addr)),
+        "{}",
+        stderr(&out)
+    );
+
+    let wrong = "not-the-password";
+    let out = kiln(
+        &k,
+        docker.path(),
+        &["login", "-u", "kiln", "--password-stdin", &reg.addr],
+        Some(wrong),
+    );
+    assert!(!out.status.success());
+    assert!(
+        !stderr(&out).contains(wrong) && stderr(&out).contains("401"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!docker.path().join("config.json").exists());
+
+    let out = kiln(
+        &k,
+        docker.path(),
+        &["login", "-u", "kiln", "--password-stdin", &reg.addr],
+        Some(&format!("{PASS}\n")),
+    );
+    assert_ok(&out, "kiln login");
+    assert!(stdout(&out).contains("Login Succeeded"));
+    let config = std::fs::read_to_string(docker.path().join("config.json")).unwrap();
+    assert!(config.contains(&reg.addr), "{config}");
+
+    assert_ok(
+        &kiln(&k, docker.path(), &["push", "busybox", &dest], None),
+        "push after login",
+    );
+    let k2 = Kiln::new();
+    assert_ok(
+        &kiln(
+            &k2,
+            docker.path(),
+            &["pull", "--progress", "plain", &dest],
+            None,
+        ),
+        "pull after login",
+    );
+    let run = kiln(
+        &k2,
+        docker.path(),
+        &["run", "--rm", &dest, "echo", "authed"],
+        None,
+    );
+    assert_ok(&run, "run the pulled image");
+    assert_eq!(stdout(&run), "authed\n");
+
+    let out = kiln(
+        &k,
+        docker.path(),
+        &["logout", &format!("http://{}/", reg.addr)],
+        None,
+    );
+    assert_ok(&out, "kiln logout");
+    assert!(stdout(&out).contains(&reg.addr));
+    let out = kiln(&Kiln::new(), docker.path(), &["pull", &dest], None);
+    assert!(!out.status.success(), "pull after logout worked");
+}
+
+fn sha256_file(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    let text = stdout(&out);
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
+/// Writes `bytes` as a blob of the OCI layout and returns its descriptor fields.
+fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+    let tmp = layout.join("tmp-blob");
+    std::fs::write(&tmp, bytes).unwrap();
+    let d = sha256_file(&tmp);
+    let hex = d.trim_start_matches("sha256:");
+    std::fs::rename(&tmp, layout.join("blobs/sha256").join(hex)).unwrap();
+    (d, bytes.len())
+}
+
+fn read_blob(layout: &Path, digest: &str) -> serde_json::Value {
+    let p = layout
+        .join("blobs/sha256")
+        .join(digest.trim_start_matches("sha256:"));
+    serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
+}
+
+#[test]
+fn images_pushed_by_skopeo_pull_and_run() {
+    let (reg, _guard) = registry();
+    let k = Kiln::with_busybox();
+    let src = format!(
+        "oci:{}/images:docker.io/library/busybox:latest",
+        k.root.path().display()
+    );
+    // Both media-type families.
+    for format in ["v2s2", "oci"] {
+        let dest = format!("{reg}/{}:{format}", unique("skopeo"));
+        tool(
+            "skopeo",
+            &[
+                "copy",
+                "--dest-tls-verify=false",
+                "--format",
+                format,
+                &src,
+                &format!("docker://{dest}"),
+            ],
+        );
+        let raw = tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{dest}"),
+            ],
+        );
+        let want = if format == "oci" {
+            "application/vnd.oci.image.manifest.v1+json"
+        } else {
+            "application/vnd.docker.distribution.manifest.v2+json"
+        };
+        assert!(raw.contains(want), "{raw}");
+        let k2 = Kiln::new();
+        assert_ok(
+            &k2.run(&["pull", &dest]),
+            &format!("pull the {format} image"),
+        );
+        let run = k2.run(&["run", "--rm", &dest, "echo", format]);
+        assert_ok(&run, "run it");
+        assert_eq!(stdout(&run), format!("{format}\n"));
+    }
+
+    // A multi-platform index: the host's busybox plus the same layer labelled for another arch.
+    let scratch = tempfile::tempdir().unwrap();
+    let layout = scratch.path().join("layout");
+    tool(
+        "skopeo",
+        &["copy", &src, &format!("oci:{}:host", layout.display())],
+    );
+    let index: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+    let host_desc = index["manifests"][0].clone();
+    let manifest = read_blob(&layout, host_desc["digest"].as_str().unwrap());
+    let mut config = read_blob(&layout, manifest["config"]["digest"].as_str().unwrap());
+    let host_arch = config["architecture"].as_str().unwrap().to_string();
+    let other_arch = if host_arch == "amd64" {
+        "arm64"
+    } else {
+        "amd64"
+    };
+    config["architecture"] = other_arch.into();
+    let (cd, cs) = put_blob(&layout, config.to_string().as_bytes());
+    let mut other = manifest.clone();
+    other["config"]["digest"] = cd.into();
+    other["config"]["size"] = cs.into();
+    let (od, os) = put_blob(&layout, other.to_string().as_bytes());
+    let multi = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": [
+            {"mediaType": host_desc["mediaType"], "digest": host_desc["digest"], "size": host_desc["size"],
+             "platform": {"os": "linux", "architecture": host_arch}},
+            {"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": od, "size": os,
+             "platform": {"os": "linux", "architecture": other_arch}}
+        ]
+    });
+    let (idx, isz) = put_blob(&layout, multi.to_string().as_bytes());
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": idx, "size": isz,
+         "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
+    let dest = format!("{reg}/{}:multi", unique("multiarch"));
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:multi", layout.display()),
+            &format!("docker://{dest}"),
+        ],
+    );
+
+    let k3 = Kiln::new();
+    let out = k3.run(&["pull", &dest]);
+    assert_ok(&out, "pull the index for this host");
+    assert_eq!(stdout(&out).trim(), host_desc["digest"].as_str().unwrap());
+    let run = k3.run(&["run", "--rm", &dest, "echo", "multi"]);
+    assert_ok(&run, "run the host's image of the index");
+    assert_eq!(stdout(&run), "multi\n");
+    let out = k3.run(&["pull", "--platform", &format!("linux/{other_arch}"), &dest]);
+    assert_ok(&out, "pull the other platform");
+    assert_eq!(stdout(&out).trim(), od);
+    let out = k3.run(&["pull", "--platform", "linux/s390x", &dest]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("linux/s390x")
+            && err.contains(&format!("linux/{host_arch}"))
+            && err.contains(&format!("linux/{other_arch}")),
+        "{err}"
+    );
+}
