@@ -1,5 +1,6 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
+mod debug;
 mod login;
 mod progress;
 mod transfer;
@@ -56,6 +57,11 @@ enum Command {
     Login(login::LoginArgs),
     /// Forget the credentials for a registry.
     Logout(login::LogoutArgs),
+    /// Remove build cache mounts (`RUN --mount=type=cache`) and unused snapshots and blobs.
+    Prune,
+    /// Show what kiln makes of a Dockerfile without building it.
+    #[command(subcommand)]
+    Debug(debug::DebugCommand),
     /// Push a local image to a registry.
     Push(transfer::PushArgs),
 }
@@ -74,6 +80,10 @@ struct BuildArgs {
     /// The stage to build.
     #[arg(long)]
     target: Option<String>,
+    /// A named build context, NAME=PATH or NAME=docker-image://REF; `FROM NAME` and
+    /// `COPY --from=NAME` use it. May be repeated.
+    #[arg(long = "build-context")]
+    build_contexts: Vec<String>,
     /// Progress output: auto, plain or tty.
     #[arg(long, env = "KILN_PROGRESS", default_value = "auto")]
     progress: String,
@@ -83,6 +93,15 @@ struct BuildArgs {
     /// Do not use the cache.
     #[arg(long)]
     no_cache: bool,
+    /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VAR. May be repeated.
+    #[arg(long = "secret")]
+    secrets: Vec<String>,
+    /// An ssh agent for `RUN --mount=type=ssh`: default, ID (uses $SSH_AUTH_SOCK) or ID=SOCKET.
+    #[arg(long = "ssh")]
+    ssh: Vec<String>,
+    /// Network of the RUN steps: default (host), host or none.
+    #[arg(long, default_value = "default")]
+    network: String,
     /// Exec steps to run at once (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
@@ -169,6 +188,9 @@ fn main() {
 }
 
 async fn real_main(cli: Cli) -> Result<i32> {
+    if let Command::Debug(d) = cli.command {
+        return debug::run(d);
+    }
     // Credentials are not the store's business: no store lock for these.
     if let Command::Login(a) = cli.command {
         return login::login(a, &cli.insecure_registries).await;
@@ -244,7 +266,16 @@ async fn real_main(cli: Cli) -> Result<i32> {
             }
             Ok(0)
         }
+        Command::Prune => {
+            let r = engine.prune().await?;
+            println!(
+                "removed {} cache mounts, {} snapshots, {} blobs ({} bytes)",
+                r.cache_mounts, r.snapshots, r.blobs, r.blob_bytes
+            );
+            Ok(0)
+        }
         Command::Pull(p) => transfer::pull(&engine, p).await,
+        Command::Debug(_) => Ok(0),
         Command::Push(p) => transfer::push(&engine, p).await,
         // Handled before the engine is opened.
         Command::Login(_) | Command::Logout(_) => Ok(0),
@@ -275,7 +306,8 @@ fn parse_output(spec: &str) -> Result<Output> {
     }
 }
 
-async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
+/// The engine's request for `kiln build` flags (also used by `kiln debug llb`).
+fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
     let mut build_args = BTreeMap::new();
     for a in &b.build_args {
         match a.split_once('=') {
@@ -294,22 +326,40 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
         .iter()
         .map(|o| parse_output(o))
         .collect::<Result<Vec<_>>>()?;
+    let build_contexts = b
+        .build_contexts
+        .iter()
+        .map(|c| kiln_daemon::parse_build_context(c))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(BuildRequest {
+        context: b.context.clone(),
+        dockerfile: b.file.clone(),
+        build_args,
+        target: b.target.clone(),
+        tags: b.tags.clone(),
+        outputs,
+        no_cache: b.no_cache,
+        build_contexts,
+        secrets: kiln_daemon::Secrets(
+            b.secrets
+                .iter()
+                .map(|s| kiln_daemon::parse_secret(s))
+                .collect::<Result<_>>()?,
+        ),
+        ssh: b
+            .ssh
+            .iter()
+            .map(|s| kiln_daemon::parse_ssh(s))
+            .collect::<Result<_>>()?,
+        network_none: kiln_daemon::parse_network(&b.network)?,
+    })
+}
+
+async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
+    let request = build_request(&b)?;
     let renderer = Arc::new(progress::Renderer::new(&b.progress)?);
     let started = std::time::Instant::now();
-    let result = engine
-        .build(
-            BuildRequest {
-                context: b.context,
-                dockerfile: b.file,
-                build_args,
-                target: b.target,
-                tags: b.tags.clone(),
-                outputs,
-                no_cache: b.no_cache,
-            },
-            renderer.clone(),
-        )
-        .await;
+    let result = engine.build(request, renderer.clone()).await;
     renderer.finish();
     let result = result?;
     for w in &result.warnings {

@@ -4,16 +4,21 @@
 
 mod changes;
 mod context;
+mod debug;
 mod export;
 mod run;
 mod transfer;
+mod sandbox_opts;
 
 pub use kiln_cache::ImageRecord;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
+pub use context::parse_build_context;
+pub use debug::{debug_llb, debug_parse};
 pub use run::RunRequest;
 pub use transfer::{login, logout, PullOptions, PushReport};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
+pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, PruneReport, Secrets};
 
 use anyhow::{bail, Context, Result};
 use kiln_cache::Store;
@@ -59,6 +64,14 @@ pub struct BuildRequest {
     pub tags: Vec<String>,
     pub outputs: Vec<Output>,
     pub no_cache: bool,
+    /// `--secret`: bytes by id, for `RUN --mount=type=secret`.
+    pub secrets: Secrets,
+    /// `--ssh`: agent sockets by id, for `RUN --mount=type=ssh`.
+    pub ssh: std::collections::HashMap<String, PathBuf>,
+    /// `--network none`: every step gets a private network with only loopback.
+    pub network_none: bool,
+    /// Named build contexts, `(NAME, PATH | docker-image://REF)` (`--build-context`).
+    pub build_contexts: Vec<(String, String)>,
 }
 
 /// What a build produced.
@@ -149,6 +162,7 @@ impl Engine {
             context_dir.clone(),
             &ignore_patterns,
         )?);
+        let named = context::named_contexts(&req.build_contexts)?;
         let platform = self.solver.platform().clone();
         let opts = kiln_frontend::BuildOptions {
             dockerfile_name: dockerfile_name.clone(),
@@ -158,6 +172,7 @@ impl Engine {
             context_name: "context".into(),
             exclude_patterns: ignore_patterns,
             no_cache: req.no_cache,
+            named_contexts: named.contexts,
         };
         let resolver = context::StoreResolver {
             solver: self.solver.clone(),
@@ -174,15 +189,25 @@ impl Engine {
         let mut locals: std::collections::HashMap<String, Arc<dyn kiln_solver::LocalContext>> =
             Default::default();
         locals.insert("context".into(), local);
+        locals.extend(named.locals);
         let solved = self
             .solver
             .solve(kiln_solver::SolveRequest {
                 definition: compiled.definition,
                 locals,
                 progress,
+                secrets: req.secrets.0.clone(),
+                ssh: req.ssh.clone(),
+                network_none: req.network_none,
             })
             .await?;
-        let image = export::export_image(&self.store, &solved, compiled.image_config).await?;
+        let image = export::export_image(
+            &self.store,
+            &solved,
+            compiled.image_config,
+            &compiled.config_extras,
+        )
+        .await?;
         for tag in &req.tags {
             let name = normalize_name(tag)?;
             self.store.images().put(&ImageRecord {
@@ -242,6 +267,13 @@ impl Engine {
     /// `kiln run`: runs an image's command in a sandbox; returns its exit code.
     pub async fn run(&self, req: RunRequest) -> Result<i32> {
         run::run(&self.store, &self.solver, req).await
+    }
+
+    /// `kiln prune`: removes every `RUN --mount=type=cache` directory, then the snapshots and
+    /// blobs no cache result or image reaches.
+    pub async fn prune(&self) -> Result<PruneReport> {
+        let store = self.store.clone();
+        tokio::task::spawn_blocking(move || sandbox_opts::prune(&store)).await?
     }
 }
 
