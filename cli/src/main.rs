@@ -2,6 +2,7 @@
 
 mod debug;
 mod login;
+mod interrupt;
 mod progress;
 mod transfer;
 
@@ -84,7 +85,7 @@ struct BuildArgs {
     /// `COPY --from=NAME` use it. May be repeated.
     #[arg(long = "build-context")]
     build_contexts: Vec<String>,
-    /// Progress output: auto, plain or tty.
+    /// Progress output: auto, plain, tty or json (one event per line).
     #[arg(long, env = "KILN_PROGRESS", default_value = "auto")]
     progress: String,
     /// Where the image goes besides the local store: type=oci,dest=FILE[,tar=false].
@@ -93,6 +94,9 @@ struct BuildArgs {
     /// Do not use the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Do not use the cache for these stages (and what uses them): STAGE[,STAGE...].
+    #[arg(long = "no-cache-filter", value_delimiter = ',')]
+    no_cache_filter: Vec<String>,
     /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VAR. May be repeated.
     #[arg(long = "secret")]
     secrets: Vec<String>,
@@ -184,6 +188,10 @@ fn main() {
             1
         }
     };
+    if interrupt::interrupted() {
+        // Let canceled file steps finish and unmount before the process goes.
+        runtime.shutdown_timeout(interrupt::DRAIN);
+    }
     std::process::exit(code);
 }
 
@@ -339,6 +347,7 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
         tags: b.tags.clone(),
         outputs,
         no_cache: b.no_cache,
+        no_cache_filter: b.no_cache_filter.clone(),
         build_contexts,
         secrets: kiln_daemon::Secrets(
             b.secrets
@@ -359,7 +368,22 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
     let request = build_request(&b)?;
     let renderer = Arc::new(progress::Renderer::new(&b.progress)?);
     let started = std::time::Instant::now();
-    let result = engine.build(request, renderer.clone()).await;
+    let mut running = Box::pin(engine.build(request, renderer.clone()));
+    let result = tokio::select! {
+        biased;
+        code = interrupt::signalled() => {
+            // Dropping the build stops its steps (and reports them canceled) before the summary.
+            drop(running);
+            renderer.finish();
+            eprintln!(
+                "error: the build was interrupted: its running steps were stopped and nothing \
+                 was recorded for them; run it again to continue"
+            );
+            return Ok(code);
+        }
+        r = &mut running => r,
+    };
+    drop(running);
     renderer.finish();
     let result = result?;
     for w in &result.warnings {

@@ -237,7 +237,9 @@ fn plain(st: &State, event: &Event) {
             error,
         } => {
             // BuildKit's error block: the step and the last lines of its output.
-            let mut block = format!("#{vertex} ERROR: {error}\n------\n > {name}:\n");
+            // The message's first line: the output tail follows in the block.
+            let first = error.lines().next().unwrap_or_default();
+            let mut block = format!("#{vertex} ERROR: {first}\n------\n > {name}:\n");
             if let Some(t) = st.tails.get(vertex) {
                 for l in t.lines() {
                     block.push_str(&format!("#{vertex} {l}\n"));

@@ -64,6 +64,8 @@ pub struct BuildRequest {
     pub tags: Vec<String>,
     pub outputs: Vec<Output>,
     pub no_cache: bool,
+    /// Stages whose steps ignore the cache (`--no-cache-filter`), with the steps that use them.
+    pub no_cache_filter: Vec<String>,
     /// `--secret`: bytes by id, for `RUN --mount=type=secret`.
     pub secrets: Secrets,
     /// `--ssh`: agent sockets by id, for `RUN --mount=type=ssh`.
@@ -181,11 +183,17 @@ impl Engine {
         let compiled =
             tokio::task::spawn_blocking(move || kiln_frontend::compile(&text, &opts, &resolver))
                 .await??;
-        let warnings: Vec<String> = compiled
+        let mut warnings: Vec<String> = compiled
             .warnings
             .iter()
             .map(|w| format!("{dockerfile_name}:{}: {}", w.line, w.message))
             .collect();
+        let mut definition = compiled.definition;
+        for stage in kiln_solver::ignore_cache_for_stages(&mut definition, &req.no_cache_filter) {
+            warnings.push(format!(
+                "`--no-cache-filter {stage}`: no step of this build is in a stage named `{stage}`"
+            ));
+        }
         let mut locals: std::collections::HashMap<String, Arc<dyn kiln_solver::LocalContext>> =
             Default::default();
         locals.insert("context".into(), local);
@@ -193,7 +201,7 @@ impl Engine {
         let solved = self
             .solver
             .solve(kiln_solver::SolveRequest {
-                definition: compiled.definition,
+                definition,
                 locals,
                 progress,
                 secrets: req.secrets.0.clone(),

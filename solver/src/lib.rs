@@ -13,12 +13,14 @@ mod fileops;
 mod glob;
 pub mod images;
 mod inflight;
+mod nocache;
 mod mounts;
 pub mod progress;
 
 pub use context::LocalContext;
 pub use images::ImageRef;
 pub use mounts::prune_cache_mounts;
+pub use nocache::ignore_cache_for_stages;
 pub use progress::{Event, NoProgress, ProgressSink, Stream};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
