@@ -14,6 +14,9 @@ const PACKAGES: &[(&str, &str)] = &[
     ("skopeo", "/usr/bin/skopeo"),
     ("umoci", "/usr/bin/umoci"),
     ("runc", "/usr/sbin/runc"),
+    // htpasswd (bcrypt) for the Basic-auth registry tests; openssl signs test tokens.
+    ("apache2-utils", "/usr/bin/htpasswd"),
+    ("openssl", "/usr/bin/openssl"),
 ];
 
 /// The test registry's address. Not 5000, which `../shared/peers` uses.
