@@ -14,6 +14,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("skopeo", "/usr/bin/skopeo"),
     ("umoci", "/usr/bin/umoci"),
     ("runc", "/usr/sbin/runc"),
+    // GNU time: `cargo xtask bench` reads each build's peak memory from it.
+    ("time", "/usr/bin/time"),
     // htpasswd (bcrypt) for the Basic-auth registry tests; openssl signs test tokens.
     ("apache2-utils", "/usr/bin/htpasswd"),
     ("openssl", "/usr/bin/openssl"),
