@@ -3,6 +3,7 @@
 //! context can never make a copy write or read outside it.
 
 mod archive;
+mod filter;
 
 use crate::context::{self, LocalContext};
 use crate::glob;
@@ -168,7 +169,11 @@ fn copy(
             c.src
         )));
     }
-    let dest_is_dir = c.dest.ends_with('/') || sources.len() > 1 || glob::has_wildcard(&c.src);
+    let wildcard = glob::has_wildcard(&c.src);
+    let dest_is_dir = c.dest.ends_with('/') || sources.len() > 1 || wildcard;
+    // `--exclude` and include patterns apply below the named source; an entry a wildcard
+    // matched is itself subject to them by its name.
+    let filter = filter::Filter::new(&c.include_patterns, &c.exclude_patterns);
     let dest = resolve_in_root(root, &c.dest, true).map_err(|e| op_err(&c.dest, e))?;
     let mode = if c.mode >= 0 {
         Some(c.mode as u32)
@@ -177,6 +182,10 @@ fn copy(
     };
     for (abs, name, rel) in &sources {
         let meta = std::fs::symlink_metadata(abs).map_err(|e| op_err(&c.src, e))?;
+        if wildcard && !filter.keeps(name) && !(meta.is_dir() && filter.walk_anyway(name)) {
+            continue;
+        }
+        let frel = if wildcard { name.as_str() } else { "" };
         let excluded = |r: &str| match source {
             CopySource::Local(ctx) => ctx.excluded(r),
             CopySource::Dir(_) => false,
@@ -188,7 +197,14 @@ fn copy(
                 std::fs::create_dir(&dest).map_err(|e| op_err(&c.dest, e))?;
                 set_meta(&dest, meta.mode() & 0o7777, owner, None)?;
             }
-            copy_dir_contents(root, abs, rel, &dest, &excluded, owner, mode)?;
+            let walk = DirWalk {
+                root,
+                excluded: &excluded,
+                filter: &filter,
+                owner,
+                mode,
+            };
+            walk.copy_contents(abs, rel, frel, &dest)?;
         } else if c.attempt_unpack && meta.is_file() {
             // ADD: a tar archive is unpacked into the destination directory, anything else
             // copied.
@@ -268,60 +284,89 @@ fn resolve_dir_sources(
     Ok(out)
 }
 
-fn copy_dir_contents(
-    root: &Path,
-    src: &Path,
-    rel: &str,
-    dest: &Path,
-    excluded: &dyn Fn(&str) -> bool,
+/// A recursive directory copy and what it skips.
+struct DirWalk<'a> {
+    root: &'a Path,
+    /// `.dockerignore` of a local context, by path relative to the context root.
+    excluded: &'a dyn Fn(&str) -> bool,
+    /// The copy's own include/exclude patterns, by path relative to the copied source.
+    filter: &'a filter::Filter,
     owner: Option<Owner>,
     mode: Option<u32>,
-) -> Result<(), SolveError> {
-    let rd = std::fs::read_dir(src).map_err(|e| op_err(&src.display().to_string(), e))?;
-    let mut names: Vec<_> = rd.filter_map(Result::ok).map(|e| e.file_name()).collect();
-    names.sort();
-    for name in names {
-        let name_s = name.to_string_lossy().into_owned();
-        let child_rel = context::join_rel(rel, &name_s);
-        let child = src.join(&name);
-        let Ok(meta) = std::fs::symlink_metadata(&child) else {
-            continue;
-        };
-        let is_excluded = excluded(&child_rel);
-        let mut target = dest.join(&name);
-        if meta.is_dir() {
-            // An existing symlink to a directory in the destination is followed, inside the root.
-            if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
-                let rel_t = target
-                    .strip_prefix(root)
-                    .unwrap_or(&target)
-                    .to_string_lossy()
-                    .into_owned();
-                target = resolve_in_root(root, &rel_t, true).map_err(|e| op_err(&rel_t, e))?;
+}
+
+impl DirWalk<'_> {
+    /// Copies the contents of `src` (at `rel` in its context, `frel` below the copied source)
+    /// into `dest`.
+    fn copy_contents(
+        &self,
+        src: &Path,
+        rel: &str,
+        frel: &str,
+        dest: &Path,
+    ) -> Result<(), SolveError> {
+        let (root, owner, mode) = (self.root, self.owner, self.mode);
+        let rd = std::fs::read_dir(src).map_err(|e| op_err(&src.display().to_string(), e))?;
+        let mut names: Vec<_> = rd.filter_map(Result::ok).map(|e| e.file_name()).collect();
+        names.sort();
+        for name in names {
+            let name_s = name.to_string_lossy().into_owned();
+            let child_rel = context::join_rel(rel, &name_s);
+            let child_frel = context::join_rel(frel, &name_s);
+            let child = src.join(&name);
+            let Ok(meta) = std::fs::symlink_metadata(&child) else {
+                continue;
+            };
+            let kept = self.filter.keeps(&child_frel);
+            if !kept && !(meta.is_dir() && self.filter.walk_anyway(&child_frel)) {
+                continue;
             }
-            if !is_excluded && !target.is_dir() {
-                let _ = std::fs::remove_file(&target);
-                std::fs::create_dir(&target).map_err(|e| op_err(&child_rel, e))?;
-                set_meta(
-                    &target,
-                    mode.unwrap_or(meta.mode() & 0o7777),
-                    owner,
-                    Some(&meta),
-                )?;
-            }
-            if is_excluded {
-                // Only re-included files inside; create the directory lazily.
-                if !target.is_dir() {
-                    std::fs::create_dir(&target).map_err(|e| op_err(&child_rel, e))?;
-                    set_meta(&target, meta.mode() & 0o7777, owner, Some(&meta))?;
+            let is_excluded = (self.excluded)(&child_rel) || !kept;
+            let mut target = dest.join(&name);
+            if meta.is_dir() {
+                // An existing symlink to a directory in the destination is followed, inside the
+                // root.
+                if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+                    let rel_t = target
+                        .strip_prefix(root)
+                        .unwrap_or(&target)
+                        .to_string_lossy()
+                        .into_owned();
+                    target = resolve_in_root(root, &rel_t, true).map_err(|e| op_err(&rel_t, e))?;
                 }
+                let mut created = false;
+                if !target.is_dir() {
+                    let _ = std::fs::remove_file(&target);
+                    std::fs::create_dir(&target).map_err(|e| op_err(&child_rel, e))?;
+                    created = true;
+                    // A directory walked only for what it may hold keeps its source mode.
+                    let m = if is_excluded {
+                        meta.mode() & 0o7777
+                    } else {
+                        mode.unwrap_or(meta.mode() & 0o7777)
+                    };
+                    set_meta(&target, m, owner, Some(&meta))?;
+                }
+                self.copy_contents(&child, &child_rel, &child_frel, &target)?;
+                if created && is_excluded && is_empty_dir(&target) {
+                    // Nothing below it was selected: it is not part of the copy.
+                    std::fs::remove_dir(&target).map_err(|e| op_err(&child_rel, e))?;
+                } else if created {
+                    // Copying children moved its mtime.
+                    let mtime = filetime::FileTime::from_last_modification_time(&meta);
+                    filetime::set_file_times(&target, mtime, mtime)
+                        .map_err(|e| op_err(&child_rel, e))?;
+                }
+            } else if !is_excluded {
+                copy_entry(&child, &meta, &target, owner, mode)?;
             }
-            copy_dir_contents(root, &child, &child_rel, &target, excluded, owner, mode)?;
-        } else if !is_excluded {
-            copy_entry(&child, &meta, &target, owner, mode)?;
         }
+        Ok(())
     }
-    Ok(())
+}
+
+fn is_empty_dir(p: &Path) -> bool {
+    std::fs::read_dir(p).is_ok_and(|mut rd| rd.next().is_none())
 }
 
 fn copy_entry(
@@ -438,6 +483,118 @@ mod tests {
         assert_eq!(
             resolve_in_root(root, "bin", false).unwrap(),
             root.join("bin")
+        );
+    }
+
+    fn copy_action(src: &str, dest: &str, include: &[&str], exclude: &[&str]) -> Action {
+        Action::Copy(FileCopy {
+            src_input: 0,
+            src: src.into(),
+            dest: dest.into(),
+            mode: -1,
+            follow_symlinks: true,
+            dir_contents_only: true,
+            create_dest_path: true,
+            allow_wildcard: true,
+            allow_empty_wildcard: true,
+            include_patterns: include.iter().map(|s| s.to_string()).collect(),
+            exclude_patterns: exclude.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        })
+    }
+
+    fn files_under(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let rel = p.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+                if p.is_dir() {
+                    out.push(format!("{rel}/"));
+                    todo.push(p);
+                } else {
+                    out.push(rel);
+                }
+            }
+        }
+        out.sort();
+        out
+    }
+
+    fn source_tree() -> tempfile::TempDir {
+        let src = tempfile::tempdir().unwrap();
+        for f in [
+            "app/main.rs",
+            "app/notes.txt",
+            "app/sub/deep.txt",
+            "app/sub/lib.rs",
+            "app/target/out.bin",
+            "home.txt",
+            "home.rs",
+        ] {
+            let p = src.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, f).unwrap();
+        }
+        src
+    }
+
+    #[test]
+    fn copy_exclude_patterns_were_ignored() {
+        let src = source_tree();
+        let dst = tempfile::tempdir().unwrap();
+        let source = CopySource::Dir(src.path());
+        let action = copy_action("/app", "/out/", &[], &["*.txt", "target"]);
+        apply(dst.path(), &action, Some(&source), None).unwrap();
+        assert_eq!(
+            files_under(dst.path()),
+            [
+                "out/",
+                "out/main.rs",
+                "out/sub/",
+                "out/sub/deep.txt",
+                "out/sub/lib.rs"
+            ]
+        );
+        // An entry a wildcard matched is excluded by its name, as `COPY --exclude=*.txt hom* /`.
+        let dst = tempfile::tempdir().unwrap();
+        let action = copy_action("/hom*", "/w/", &[], &["*.txt"]);
+        apply(dst.path(), &action, Some(&source), None).unwrap();
+        assert_eq!(files_under(dst.path()), ["w/", "w/home.rs"]);
+        // `!` re-includes below an excluded directory.
+        let dst = tempfile::tempdir().unwrap();
+        let action = copy_action("/app", "/o/", &[], &["sub", "!sub/lib.rs", "**/*.bin"]);
+        apply(dst.path(), &action, Some(&source), None).unwrap();
+        assert_eq!(
+            files_under(dst.path()),
+            [
+                "o/",
+                "o/main.rs",
+                "o/notes.txt",
+                "o/sub/",
+                "o/sub/lib.rs",
+                "o/target/"
+            ]
+        );
+    }
+
+    #[test]
+    fn copy_include_patterns_were_ignored() {
+        let src = source_tree();
+        let dst = tempfile::tempdir().unwrap();
+        let source = CopySource::Dir(src.path());
+        let action = copy_action("/", "/p/", &["app/*/*.rs", "home.rs"], &[]);
+        apply(dst.path(), &action, Some(&source), None).unwrap();
+        assert_eq!(
+            files_under(dst.path()),
+            [
+                "p/",
+                "p/app/",
+                "p/app/sub/",
+                "p/app/sub/lib.rs",
+                "p/home.rs"
+            ]
         );
     }
 
