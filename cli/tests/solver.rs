@@ -224,3 +224,35 @@ fn plain_progress_shows_the_failed_steps_output_tail_and_a_summary() {
     assert!(log.contains("line 12"), "{log}");
     assert!(log.contains("1 failed"), "no summary:\n{log}");
 }
+
+#[test]
+fn tty_progress_draws_on_a_terminal_and_ends_with_the_summary() {
+    let k = Kiln::with_busybox();
+    let ctx = context("FROM busybox\nRUN echo from-the-step && sleep 0.3\n");
+    // `script` gives kiln a pseudo-terminal, as a user's shell would (bsdutils, always present).
+    let cmd = format!(
+        "{} build --progress auto {}",
+        env!("CARGO_BIN_EXE_kiln"),
+        ctx.path().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &cmd, "/dev/null"])
+        .env("KILN_ROOT", k.root.path())
+        .env_remove("KILN_PROGRESS")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert_ok(&out, "kiln build on a terminal");
+    // What the terminal received (script copies it to stdout).
+    let screen = common::stdout(&out);
+    assert!(screen.contains("DONE"), "no DONE line:\n{screen}");
+    assert!(screen.contains("RUN echo from-the-step"), "{screen}");
+    assert!(
+        screen.contains("2 steps: 0 cached, 2 run"),
+        "no summary:\n{screen}"
+    );
+    assert!(
+        !screen.contains("#2 from-the-step"),
+        "plain lines on a terminal:\n{screen}"
+    );
+}
