@@ -2,6 +2,7 @@
 //! dockerfile2llb: stages, ARG scoping, base images through an [`ImageResolver`], one op per
 //! filesystem-changing instruction and one history entry per instruction.
 
+mod add;
 mod config;
 mod flags;
 mod lint;
@@ -13,8 +14,8 @@ use config::{Healthcheck, ImageState, Platform, DEFAULT_PATH};
 use flags::Flags;
 use kiln_llb::{
     file_action, op, Chown, Definition, DefinitionBuilder, ExecMeta, ExecOp, FileAction, FileCopy,
-    FileMkdir, FileMkfile, FileOp, KeyValue, Mount, NetworkMode, Op, OpMetadata, OutputRef,
-    SourceOp,
+    FileMkdir, FileMkfile, FileOp, KeyValue, MergeOp, Mount, NetworkMode, Op, OpMetadata,
+    OutputRef, SourceOp,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use util::{clean_path, go_duration, go_list, go_quote_list, go_quote_rune, join_abs, suggestion};
@@ -1640,17 +1641,25 @@ impl<'a> Compiler<'a> {
         };
         let flags =
             Flags::parse(&instr.name, &instr.flags, allowed).map_err(|m| self.fail(instr, m))?;
-        if self.flag(instr, flags.bool("parents"))? {
-            return Err(self.fail(instr, "`COPY --parents` is not supported by kiln yet: copy each directory with its own `COPY`"));
-        }
-        if self.flag(instr, flags.string("checksum"))?.is_some() {
+        let parents = self.flag(instr, flags.bool("parents"))?;
+        let checksum = match self.flag(instr, flags.string("checksum"))? {
+            None => None,
+            Some(raw) => {
+                let c = self.expand(d, instr, raw)?;
+                add::validate_checksum(&c).map_err(|m| self.fail(instr, m))?;
+                Some(c)
+            }
+        };
+        if self.flag(instr, flags.bool("keep-git-dir"))? {
             return Err(self.fail(
                 instr,
-                "`ADD --checksum` is not supported by kiln yet (ADD of URLs is not either)",
+                "`ADD --keep-git-dir` applies to git sources, which kiln does not support yet: \
+                 clone the repository in a `RUN` step",
             ));
         }
-        // --link only changes how the layer can be reused, not the result: kiln copies in place.
-        let _link = self.flag(instr, flags.bool("link"))?;
+        // --link: the files are copied onto scratch and the result merged onto the base, so the
+        // layer does not depend on (and need not be rebuilt for) what is below it.
+        let link = self.flag(instr, flags.bool("link"))?;
         let excludes: Vec<String> = self
             .flag(instr, flags.all("exclude"))?
             .into_iter()
@@ -1741,10 +1750,24 @@ impl<'a> Compiler<'a> {
             None => CopySource::Context,
             Some(raw) => self.copy_source(d, instr, raw)?,
         };
-        let (mut inputs, base) = d.base_inputs();
+        let (mut inputs, base) = if link { (vec![], -1) } else { d.base_inputs() };
+        let urls: Vec<&str> = srcs
+            .iter()
+            .filter(|(heredoc, s)| is_add && !heredoc && add::is_http_url(s))
+            .map(|(_, s)| s.as_str())
+            .collect();
+        if checksum.is_some() && (urls.is_empty() || urls.len() != srcs.len()) {
+            return Err(self.fail(
+                instr,
+                "`--checksum` applies to http(s) URL sources only: remove it, or add the file from its URL",
+            ));
+        }
+        let needs_context = srcs
+            .iter()
+            .any(|(heredoc, s)| !(*heredoc || is_add && add::is_http_url(s)));
         let src_ref = match &source {
             CopySource::Context => {
-                if srcs.iter().any(|(heredoc, _)| !heredoc) {
+                if needs_context {
                     Some(self.context_source())
                 } else {
                     None
@@ -1755,7 +1778,7 @@ impl<'a> Compiler<'a> {
         };
         let src_input = match &src_ref {
             None => -1,
-            Some(r) if d.state.as_ref() == Some(r) => 0,
+            Some(r) if !link && d.state.as_ref() == Some(r) => 0,
             Some(r) => {
                 inputs.push(r.input());
                 inputs.len() as i64 - 1
@@ -1790,25 +1813,70 @@ impl<'a> Compiler<'a> {
                 });
                 continue;
             }
-            if is_add && (src.contains("://") || src.starts_with("git@")) {
+            if is_add && add::is_http_url(src) {
+                // The download is its own source op; the file it holds is copied like any
+                // other, but never unpacked (as Docker does for remote archives).
+                let named = add::url_filename(src);
+                let filename = match (&named, dest.ends_with('/')) {
+                    (Some(f), _) => Some(f.clone()),
+                    // Into a directory: the server's Content-Disposition may name it.
+                    (None, true) => None,
+                    (None, false) => Some("__unnamed__".to_string()),
+                };
+                let http = add::http_source(src, filename.as_deref(), checksum.as_deref());
+                let http_ref = self.add_op(
+                    http,
+                    format!("[internal] download {src}"),
+                    instr,
+                    &d.meta_stage,
+                );
+                inputs.push(http_ref.input());
+                actions.push(FileAction {
+                    action: Some(file_action::Action::Copy(FileCopy {
+                        src_input: inputs.len() as i64 - 1,
+                        src: format!("/{}", filename.as_deref().unwrap_or("")),
+                        dest: dest.clone(),
+                        owner: owner.clone(),
+                        mode,
+                        follow_symlinks: true,
+                        dir_contents_only: true,
+                        create_dest_path: true,
+                        ..Default::default()
+                    })),
+                });
+                continue;
+            }
+            if is_add && add::is_git_source(src) {
                 return Err(self.fail(
                     instr,
-                    format!("`ADD {src}`: adding from a URL or git is not supported by kiln yet; download it in a `RUN` step"),
+                    format!("`ADD {src}`: adding a git repository is not supported by kiln yet; clone it in a `RUN` step"),
+                ));
+            }
+            let (copy_src, include_patterns) = if parents {
+                let (dir, pattern) = add::parents_split(src);
+                (clean_path(&format!("/{dir}")), vec![pattern])
+            } else {
+                (clean_path(&format!("/{src}")), vec![])
+            };
+            if parents && !dest.ends_with('/') {
+                return Err(self.fail(
+                    instr,
+                    format!("`{kw} --parents` copies into a directory: write the destination as `{dest_expanded}/`"),
                 ));
             }
             actions.push(FileAction {
                 action: Some(file_action::Action::Copy(FileCopy {
                     src_input,
-                    src: clean_path(&format!("/{src}")),
+                    src: copy_src,
                     dest: dest.clone(),
                     owner: owner.clone(),
                     mode,
                     follow_symlinks: true,
                     dir_contents_only: true,
                     create_dest_path: true,
-                    allow_wildcard: true,
+                    allow_wildcard: !parents,
                     allow_empty_wildcard: true,
-                    include_patterns: vec![],
+                    include_patterns,
                     exclude_patterns: excludes.clone(),
                     mtime: 0,
                     attempt_unpack: is_add,
@@ -1820,7 +1888,17 @@ impl<'a> Compiler<'a> {
             inputs,
             kind: Some(op::Kind::File(FileOp { base, actions })),
         };
-        d.state = Some(self.add_op(op, name, instr, &d.meta_stage));
+        let copied = self.add_op(op, name.clone(), instr, &d.meta_stage);
+        d.state = match (link, d.state.take()) {
+            (true, Some(below)) => {
+                let merge = Op {
+                    inputs: vec![below.input(), copied.input()],
+                    kind: Some(op::Kind::Merge(MergeOp { inputs: vec![0, 1] })),
+                };
+                Some(self.add_op(merge, format!("{name} (link)"), instr, &d.meta_stage))
+            }
+            _ => Some(copied),
+        };
         let mut created_by = String::from(kw);
         for (heredoc, s) in &srcs {
             created_by.push(' ');

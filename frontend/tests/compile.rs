@@ -159,6 +159,9 @@ COPY --from=0 /base.txt /again.txt
 COPY --from=alpine:3.20 /etc/os-release /os-release
 COPY --exclude=*.tmp --link data /data/
 ADD local.txt /added/
+COPY --parents ./src/./pkg/*/go.mod lib/a.txt /parents/
+ADD --chown=1:2 --chmod=0755 --checksum=sha256:24d4ba2ef1d4d8ba9a5c56c3a0e1a2fd4a6e6e7bb8a6f05a2af7e0c2f5b0b7a1 https://example.com/dl/tool.sh /usr/local/bin/
+ADD http://example.com/ /downloads/
 "#,
         o,
     ));
@@ -364,6 +367,11 @@ fn chain(def: &Definition) -> Vec<&'static str> {
                 out.push("file");
                 usize::try_from(f.base).ok()
             }
+            // `COPY --link`: one layer (the copy) on top of the first input.
+            Some(op::Kind::Merge(_)) => {
+                out.push("merge");
+                Some(0)
+            }
             _ => None,
         };
         cur = match next.and_then(|i| op.inputs.get(i)) {
@@ -497,7 +505,19 @@ fn bad_input_gives_located_errors() {
             "FROM busybox\nRUN --mount=type=cache,target=/x,sharng=locked true\n",
             "did you mean `sharing`",
         ),
-        ("FROM busybox\nADD https://example.com/x /x\n", "URL"),
+        (
+            "FROM busybox\nADD git@github.com:moby/moby.git /src\n",
+            "git repository is not supported",
+        ),
+        (
+            "FROM busybox\nADD --checksum=sha256:abc https://example.com/x /x\n",
+            "64 lowercase hex",
+        ),
+        (
+            "FROM busybox\nADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 local.txt /x\n",
+            "http(s) URL sources only",
+        ),
+        ("FROM busybox\nCOPY --parents a/b /x\n", "write the destination as `/x/`"),
         ("FROM busybox\nEXPOSE http\n", "invalid port"),
         (
             "FROM busybox\nHEALTHCHECK --interval=5 CMD true\n",

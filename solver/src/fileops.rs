@@ -318,7 +318,7 @@ impl DirWalk<'_> {
                 continue;
             };
             let kept = self.filter.keeps(&child_frel);
-            if !kept && !(meta.is_dir() && self.filter.walk_anyway(&child_frel)) {
+            if !(kept || meta.is_dir() && self.filter.walk_anyway(&child_frel)) {
                 continue;
             }
             let is_excluded = (self.excluded)(&child_rel) || !kept;

@@ -13,6 +13,7 @@ mod fileops;
 mod glob;
 pub mod images;
 mod inflight;
+mod merge;
 mod nocache;
 mod mounts;
 pub mod progress;
@@ -475,7 +476,7 @@ impl VertexTask {
                     .await
                     .map_err(|e| SolveError::Op(e.to_string()))?
             }
-            Some(Kind::Merge(_)) => Err(SolveError::Unsupported("merge (`COPY --link`)".into())),
+            Some(Kind::Merge(m)) => merge::execute(&self.solver.inner.store, m, inputs).await,
             Some(Kind::Diff(_)) => Err(SolveError::Unsupported("diff".into())),
             None => Err(SolveError::Graph(format!("op {} has no kind", self.digest))),
         }
