@@ -7,6 +7,8 @@
 mod common;
 
 use common::*;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpListener;
 use std::path::Path;
 
 fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> std::process::Output {
@@ -117,4 +119,157 @@ fn copy_parents_keeps_the_source_directories() {
     assert_ok(&out, "build with COPY --parents");
     let listing = run_in(&k, "parents", "cd /p && find . -type f | sort");
     assert_eq!(listing, "./lib/a.txt\n./pkg/x/go.mod\n./pkg/y/go.mod\n");
+}
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 for `ADD <url>`: `/files/hello.txt` serves the current
+/// body with a `Last-Modified`, `/` the same body named by `Content-Disposition` (a URL
+/// without a file name), anything else
+/// is a 404. Requests are counted.
+struct Server {
+    port: u16,
+    body: std::sync::Arc<std::sync::Mutex<String>>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Server {
+    fn start(body: &str) -> Server {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let body = std::sync::Arc::new(std::sync::Mutex::new(body.to_string()));
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (b, h) = (body.clone(), hits.clone());
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { continue };
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut reader = BufReader::new(conn.try_clone().unwrap());
+                let mut line = String::new();
+                if reader.read_line(&mut line).is_err() {
+                    continue;
+                }
+                let path = line.split_whitespace().nth(1).unwrap_or("/").to_string();
+                loop {
+                    let mut header = String::new();
+                    if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+                        break;
+                    }
+                }
+                let content = b.lock().unwrap().clone();
+                let response = match path.as_str() {
+                    "/files/hello.txt" => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nLast-Modified: Sun, 06 Nov 1994 08:49:37 GMT\r\nConnection: close\r\n\r\n{content}",
+                        content.len()
+                    ),
+                    "/" => format!(
+                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nContent-Disposition: attachment; filename=\"named.txt\"\r\nConnection: close\r\n\r\n{content}",
+                        content.len()
+                    ),
+                    _ => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                        .to_string(),
+                };
+                let _ = conn.write_all(response.as_bytes());
+                let _ = conn.flush();
+                let mut rest = Vec::new();
+                let _ = conn.shutdown(std::net::Shutdown::Write);
+                let _ = reader.read_to_end(&mut rest);
+            }
+        });
+        Server { port, body, hits }
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    let f = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(f.path(), data).unwrap();
+    let sum = tool("sha256sum", &[f.path().to_str().unwrap()]);
+    sum.split_whitespace().next().unwrap().to_string()
+}
+
+#[test]
+fn add_downloads_urls_with_name_mtime_owner_and_mode() {
+    let k = Kiln::with_busybox();
+    let server = Server::start("hello from http\n");
+    let ctx = tempfile::tempdir().unwrap();
+    let sum = sha256_hex(b"hello from http\n");
+    let dockerfile = format!(
+        "FROM busybox\n\
+         ADD --chown=1:2 --chmod=0644 {hello} /web/\n\
+         ADD {dl} /named/\n\
+         ADD --checksum=sha256:{sum} {hello} /pinned.txt\n",
+        hello = server.url("/files/hello.txt"),
+        dl = server.url("/"),
+    );
+    write(ctx.path(), &[("Dockerfile", &dockerfile)]);
+    let out = build(&k, ctx.path(), &["-t", "http-add"]);
+    assert_ok(&out, "build with ADD <url>");
+    let listing = run_in(
+        &k,
+        "http-add",
+        "stat -c '%n %u:%g %a %Y' /web/hello.txt /named/named.txt /pinned.txt && cat /web/hello.txt /pinned.txt",
+    );
+    let lines: Vec<&str> = listing.lines().collect();
+    assert_eq!(lines[0], "/web/hello.txt 1:2 644 784111777", "{listing}");
+    // Without Last-Modified the file keeps its download time.
+    assert!(
+        lines[1].starts_with("/named/named.txt 0:0 600 "),
+        "{listing}"
+    );
+    assert_eq!(lines[2], "/pinned.txt 0:0 600 784111777", "{listing}");
+    assert_eq!(&lines[3..], ["hello from http", "hello from http"]);
+
+    // Unpinned URLs are fetched again and keyed by content: a change reaches the image, the
+    // pinned one is not requested again.
+    *server.body.lock().unwrap() = "changed\n".into();
+    let dockerfile2 = format!(
+        "FROM busybox\nADD {hello} /web/\n",
+        hello = server.url("/files/hello.txt")
+    );
+    write(ctx.path(), &[("Dockerfile", &dockerfile2)]);
+    let out = build(&k, ctx.path(), &["-t", "http-add2"]);
+    assert_ok(&out, "rebuild");
+    assert_eq!(run_in(&k, "http-add2", "cat /web/hello.txt"), "changed\n");
+    let before = server.hits.load(std::sync::atomic::Ordering::SeqCst);
+    let out = build(&k, ctx.path(), &["-t", "http-add2"]);
+    assert_ok(&out, "rebuild, unchanged");
+    assert!(
+        stderr(&out).contains("CACHED"),
+        "unchanged content is not cached: {}",
+        stderr(&out)
+    );
+    assert_eq!(
+        server.hits.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1
+    );
+}
+
+#[test]
+fn add_checksum_mismatch_names_both_digests() {
+    let k = Kiln::with_busybox();
+    let server = Server::start("payload\n");
+    let ctx = tempfile::tempdir().unwrap();
+    let wrong = "0".repeat(64);
+    let dockerfile = format!(
+        "FROM busybox\nADD --checksum=sha256:{wrong} {} /x\n",
+        server.url("/files/hello.txt")
+    );
+    write(ctx.path(), &[("Dockerfile", &dockerfile)]);
+    let out = build(&k, ctx.path(), &[]);
+    assert!(!out.status.success(), "a wrong checksum was accepted");
+    let err = stderr(&out);
+    let actual = sha256_hex(b"payload\n");
+    assert!(
+        err.contains(&format!("expected `sha256:{wrong}`"))
+            && err.contains(&format!("got `sha256:{actual}`"))
+            && err.contains("Dockerfile:2"),
+        "{err}"
+    );
+    let dockerfile = format!("FROM busybox\nADD {} /x\n", server.url("/missing"));
+    write(ctx.path(), &[("Dockerfile", &dockerfile)]);
+    let out = build(&k, ctx.path(), &[]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("404"), "{}", stderr(&out));
 }

@@ -11,6 +11,7 @@
 mod context;
 mod fileops;
 mod glob;
+mod http;
 pub mod images;
 mod inflight;
 mod merge;
@@ -296,6 +297,12 @@ impl VertexTask {
                 }));
             }
         }
+        // An http source without `--checksum` is fetched every time and keyed by its content.
+        if let Some(Kind::Source(s)) = &self.op.kind {
+            if http::is_http(&s.identifier) && !http::is_pinned(s) {
+                return self.run_http(s, key).await;
+            }
+        }
         let fresh = self.meta.ignore_cache || inputs.iter().any(|i| i.fresh);
         if !fresh {
             if let Some(hit) = store.index().get(&key).map_err(SolveError::cache)? {
@@ -466,6 +473,9 @@ impl VertexTask {
 
     async fn execute(&self, inputs: &[Arc<VertexResult>]) -> Result<Output, SolveError> {
         match &self.op.kind {
+            Some(Kind::Source(s)) if http::is_http(&s.identifier) => {
+                http::execute(&self.solver.inner.store, s).await
+            }
             Some(Kind::Source(s)) => self.source(&s.identifier).await,
             Some(Kind::Exec(e)) => self.exec(e, inputs).await,
             Some(Kind::File(f)) => {
