@@ -85,6 +85,11 @@ impl Tail {
 fn parse_mode(mode: &str, stderr_is_terminal: bool) -> Result<Mode> {
     Ok(match mode {
         "plain" => Mode::Plain,
+        // The live view draws nothing where stderr is no terminal: say so instead of going quiet.
+        "tty" if !stderr_is_terminal => bail!(
+            "`--progress tty` needs a terminal on stderr: use `--progress plain` (or `auto`, which \
+             picks `plain` here)"
+        ),
         "tty" => Mode::Tty,
         "json" => Mode::Json,
         "auto" | "" => {
@@ -104,7 +109,6 @@ impl Renderer {
     pub(crate) fn new(mode: &str) -> Result<Self> {
         let mode = parse_mode(mode, std::io::stderr().is_terminal())?;
         let tty = (mode == Mode::Tty).then(|| {
-            // Drawn to stderr even when it is not a terminal (`--progress tty` asked for it).
             let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
             let summary = multi.add(ProgressBar::new_spinner());
             summary.set_style(
@@ -379,6 +383,9 @@ mod tests {
         assert_eq!(parse_mode("auto", true).unwrap(), Mode::Tty);
         assert_eq!(parse_mode("auto", false).unwrap(), Mode::Plain);
         assert_eq!(parse_mode("json", true).unwrap(), Mode::Json);
+        assert_eq!(parse_mode("tty", true).unwrap(), Mode::Tty);
+        let e = parse_mode("tty", false).unwrap_err().to_string();
+        assert!(e.contains("needs a terminal"), "{e}");
         let e = parse_mode("fancy", false).unwrap_err().to_string();
         assert!(e.contains("`--progress fancy`"), "{e}");
     }
