@@ -94,6 +94,12 @@ struct BuildArgs {
     /// Do not use the cache.
     #[arg(long)]
     no_cache: bool,
+    /// Ask the registry what each base image tag names now, even when the local store has it.
+    #[arg(long)]
+    pull: bool,
+    /// The platform to build for, os/arch[/variant] (default: this host's).
+    #[arg(long)]
+    platform: Option<String>,
     /// Do not use the cache for these stages (and what uses them): STAGE[,STAGE...].
     #[arg(long = "no-cache-filter", value_delimiter = ',')]
     no_cache_filter: Vec<String>,
@@ -361,6 +367,8 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
             .map(|s| kiln_daemon::parse_ssh(s))
             .collect::<Result<_>>()?,
         network_none: kiln_daemon::parse_network(&b.network)?,
+        pull: b.pull,
+        platform: b.platform.clone(),
     })
 }
 

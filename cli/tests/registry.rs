@@ -192,54 +192,22 @@ fn read_blob(layout: &Path, digest: &str) -> serde_json::Value {
     serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap()
 }
 
-#[test]
-fn images_pushed_by_skopeo_pull_and_run() {
-    let (reg, _guard) = registry();
-    let k = Kiln::with_busybox();
+/// A two-platform image index pushed by `skopeo copy --all`.
+struct MultiArch {
+    dest: String,
+    host_arch: String,
+    other_arch: String,
+    host_digest: String,
+    other_digest: String,
+}
+
+/// Pushes an index of the host's busybox (from `k`'s store) and the same layer labelled for
+/// another architecture (it runs here all the same), made as an OCI layout and copied by skopeo.
+fn push_two_platform_index(k: &Kiln, reg: &str) -> MultiArch {
     let src = format!(
         "oci:{}/images:docker.io/library/busybox:latest",
         k.root.path().display()
     );
-    // Both media-type families.
-    for format in ["v2s2", "oci"] {
-        let dest = format!("{reg}/{}:{format}", unique("skopeo"));
-        tool(
-            "skopeo",
-            &[
-                "copy",
-                "--dest-tls-verify=false",
-                "--format",
-                format,
-                &src,
-                &format!("docker://{dest}"),
-            ],
-        );
-        let raw = tool(
-            "skopeo",
-            &[
-                "inspect",
-                "--raw",
-                "--tls-verify=false",
-                &format!("docker://{dest}"),
-            ],
-        );
-        let want = if format == "oci" {
-            "application/vnd.oci.image.manifest.v1+json"
-        } else {
-            "application/vnd.docker.distribution.manifest.v2+json"
-        };
-        assert!(raw.contains(want), "{raw}");
-        let k2 = Kiln::new();
-        assert_ok(
-            &k2.run(&["pull", &dest]),
-            &format!("pull the {format} image"),
-        );
-        let run = k2.run(&["run", "--rm", &dest, "echo", format]);
-        assert_ok(&run, "run it");
-        assert_eq!(stdout(&run), format!("{format}\n"));
-    }
-
-    // A multi-platform index: the host's busybox plus the same layer labelled for another arch.
     let scratch = tempfile::tempdir().unwrap();
     let layout = scratch.path().join("layout");
     tool(
@@ -289,11 +257,73 @@ fn images_pushed_by_skopeo_pull_and_run() {
             &format!("docker://{dest}"),
         ],
     );
+    MultiArch {
+        dest,
+        host_arch,
+        other_arch: other_arch.to_string(),
+        host_digest: host_desc["digest"].as_str().unwrap().to_string(),
+        other_digest: od,
+    }
+}
 
+#[test]
+fn images_pushed_by_skopeo_pull_and_run() {
+    let (reg, _guard) = registry();
+    let k = Kiln::with_busybox();
+    let src = format!(
+        "oci:{}/images:docker.io/library/busybox:latest",
+        k.root.path().display()
+    );
+    // Both media-type families.
+    for format in ["v2s2", "oci"] {
+        let dest = format!("{reg}/{}:{format}", unique("skopeo"));
+        tool(
+            "skopeo",
+            &[
+                "copy",
+                "--dest-tls-verify=false",
+                "--format",
+                format,
+                &src,
+                &format!("docker://{dest}"),
+            ],
+        );
+        let raw = tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{dest}"),
+            ],
+        );
+        let want = if format == "oci" {
+            "application/vnd.oci.image.manifest.v1+json"
+        } else {
+            "application/vnd.docker.distribution.manifest.v2+json"
+        };
+        assert!(raw.contains(want), "{raw}");
+        let k2 = Kiln::new();
+        assert_ok(
+            &k2.run(&["pull", &dest]),
+            &format!("pull the {format} image"),
+        );
+        let run = k2.run(&["run", "--rm", &dest, "echo", format]);
+        assert_ok(&run, "run it");
+        assert_eq!(stdout(&run), format!("{format}\n"));
+    }
+
+    let multi = push_two_platform_index(&k, &reg);
+    let (dest, host_arch, other_arch, od) = (
+        multi.dest.clone(),
+        multi.host_arch.clone(),
+        multi.other_arch.clone(),
+        multi.other_digest.clone(),
+    );
     let k3 = Kiln::new();
     let out = k3.run(&["pull", &dest]);
     assert_ok(&out, "pull the index for this host");
-    assert_eq!(stdout(&out).trim(), host_desc["digest"].as_str().unwrap());
+    assert_eq!(stdout(&out).trim(), multi.host_digest);
     let run = k3.run(&["run", "--rm", &dest, "echo", "multi"]);
     assert_ok(&run, "run the host's image of the index");
     assert_eq!(stdout(&run), "multi\n");
@@ -309,4 +339,231 @@ fn images_pushed_by_skopeo_pull_and_run() {
             && err.contains(&format!("linux/{other_arch}")),
         "{err}"
     );
+}
+
+/// A TCP forwarder to a registry that records the request lines it sees (`GET /v2/... HTTP/1.1`),
+/// to count what kiln asks. Builds send no request bodies, so every line that starts with a
+/// method and ends with the protocol is a request.
+struct CountingProxy {
+    addr: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl CountingProxy {
+    fn start(upstream: &str) -> Self {
+        use std::io::{Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (log, upstream) = (requests.clone(), upstream.to_string());
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(mut client) = client else { return };
+                let Ok(mut server) = TcpStream::connect(&upstream) else {
+                    return;
+                };
+                let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let _ = c2.shutdown(std::net::Shutdown::Both);
+                });
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 64 << 10];
+                    let mut line = Vec::new();
+                    loop {
+                        let n = match client.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        for &b in &buf[..n] {
+                            if b == b'\n' {
+                                let text = String::from_utf8_lossy(&line).trim().to_string();
+                                let is_request = ["GET ", "HEAD ", "PUT ", "POST ", "PATCH "]
+                                    .iter()
+                                    .any(|m| text.starts_with(m))
+                                    && text.ends_with(" HTTP/1.1");
+                                if is_request {
+                                    log.lock().unwrap().push(text);
+                                }
+                                line.clear();
+                            } else if line.len() < 4096 {
+                                line.push(b);
+                            }
+                        }
+                        if server.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
+                    let _ = server.shutdown(std::net::Shutdown::Write);
+                });
+            }
+        });
+        CountingProxy { addr, requests }
+    }
+
+    /// Manifest requests seen since the last call.
+    fn take_manifest_requests(&self) -> Vec<String> {
+        let mut all = self.requests.lock().unwrap();
+        let out = all
+            .iter()
+            .filter(|l| l.contains("/manifests/"))
+            .cloned()
+            .collect();
+        all.clear();
+        out
+    }
+}
+
+#[test]
+fn build_resolves_each_tag_once_and_pull_asks_again() {
+    let (reg, _guard) = registry();
+    let k = Kiln::with_busybox();
+    let repo = unique("resolve-once");
+    assert_ok(
+        &k.run(&["push", "busybox", &format!("{reg}/{repo}:latest")]),
+        "push the base",
+    );
+    let proxy = CountingProxy::start(&reg);
+    let base = format!("{}/{repo}", proxy.addr);
+    let ctx = tempfile::tempdir().unwrap();
+    // One image, spelled three ways, used by two stages and a COPY --from.
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {base} AS one\nFROM {base}:latest\nCOPY --from={base}:latest /bin/busybox /copied\n\
+             COPY --from=one /etc/passwd /passwd\nCOPY --from=docker-image-alias /bin/busybox /again\n"
+        ),
+    )
+    .unwrap();
+    let ctx_path = ctx.path().to_str().unwrap();
+    let alias = format!("docker-image-alias=docker-image://{base}");
+    let k2 = Kiln::new();
+    let build = |extra: &[&str]| {
+        let mut args = vec!["build", "--progress", "plain", "--build-context", &alias];
+        args.extend_from_slice(extra);
+        args.push(ctx_path);
+        let out = k2.run(&args);
+        assert_ok(&out, &format!("kiln build {}", extra.join(" ")));
+        out
+    };
+
+    build(&[]);
+    let seen = proxy.take_manifest_requests();
+    assert_eq!(seen.len(), 1, "first build, image not stored: {seen:?}");
+
+    build(&[]);
+    let seen = proxy.take_manifest_requests();
+    assert!(seen.is_empty(), "the stored tag is used as it is: {seen:?}");
+
+    build(&["--pull"]);
+    let seen = proxy.take_manifest_requests();
+    assert_eq!(seen.len(), 1, "--pull asks the registry, once: {seen:?}");
+    assert!(seen[0].starts_with("GET ") && seen[0].contains("/manifests/latest"));
+}
+
+#[test]
+fn build_platform_picks_from_the_index_and_sets_target_args() {
+    let (reg, _guard) = registry();
+    let k = Kiln::with_busybox();
+    let multi = push_two_platform_index(&k, &reg);
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM {}\nARG TARGETPLATFORM\nARG TARGETARCH\nRUN echo \"$TARGETPLATFORM $TARGETARCH\" > /target\n",
+            multi.dest
+        ),
+    )
+    .unwrap();
+    let other = format!("linux/{}", multi.other_arch);
+    let k2 = Kiln::new();
+    let meta = ctx.path().join("meta.json");
+    let out = k2.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "--platform",
+        &other,
+        "-t",
+        "cross",
+        "--metadata-file",
+        meta.to_str().unwrap(),
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert_ok(&out, "build for the other platform");
+    // The layer is the host's busybox under another label, so the RUN step could run here.
+    let run = k2.run(&["run", "--rm", "cross", "cat", "/target"]);
+    assert_ok(&run, "run the cross-built image");
+    assert_eq!(stdout(&run), format!("{other} {}\n", multi.other_arch));
+    let inspect = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            &format!(
+                "oci:{}/images:docker.io/library/cross:latest",
+                k2.root.path().display()
+            ),
+        ],
+    );
+    let config: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    assert_eq!(
+        config["architecture"],
+        multi.other_arch.as_str(),
+        "{inspect}"
+    );
+    // The base came from the other platform's manifest: the store's tag names it.
+    let base = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}/images:{}", k2.root.path().display(), multi.dest),
+        ],
+    );
+    assert!(
+        sha256_of_text(&base) == multi.other_digest,
+        "the stored base is not the other platform's manifest: {base}"
+    );
+
+    // The stored tag is for the other platform: a build for this host looks again.
+    let out = k2.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        "native",
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert_ok(&out, "build for this host");
+    let run = k2.run(&["run", "--rm", "native", "cat", "/target"]);
+    assert_eq!(
+        stdout(&run),
+        format!("linux/{} {}\n", multi.host_arch, multi.host_arch)
+    );
+
+    let out = k2.run(&[
+        "build",
+        "--platform",
+        "linux/s390x",
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("linux/s390x") && err.contains(&other) && err.contains("Dockerfile:1"),
+        "{err}"
+    );
+    let out = k2.run(&["build", "--platform", "linux", ctx.path().to_str().unwrap()]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--platform"), "{}", stderr(&out));
+}
+
+fn sha256_of_text(text: &str) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("blob");
+    std::fs::write(&p, text).unwrap();
+    sha256_file(&p)
 }

@@ -1,10 +1,14 @@
 //! The build context as the solver sees it (a directory filtered by `.dockerignore`), and the
-//! image resolver the frontend uses to read base image configs.
+//! image resolver the frontend uses to read base image configs (once per image per build, for
+//! the build's platform).
 
 use anyhow::{Context, Result};
 use kiln_frontend::IgnoreMatcher;
+use kiln_registry::{Platform, Reference};
 use kiln_solver::{images, Solver};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 /// A context directory with its `.dockerignore` rules.
 pub(crate) struct ContextDir {
@@ -54,24 +58,68 @@ pub(crate) fn read_dockerignore(context: &Path, dockerfile: &Path) -> Result<Vec
     Ok(vec![])
 }
 
-/// Resolves base images for the frontend: local store first, then the registry. Called from a
-/// blocking thread, so it may wait on the runtime.
-pub(crate) struct StoreResolver {
-    pub solver: Solver,
-    pub handle: tokio::runtime::Handle,
+/// The platform a build is for: `--platform` when given, else the engine's (this host's).
+pub(crate) fn build_platform(given: Option<&str>, default: &Platform) -> Result<Platform> {
+    match given {
+        Some(p) => Platform::parse(p).context("`kiln build --platform`"),
+        None => Ok(default.clone()),
+    }
 }
 
-impl kiln_frontend::ImageResolver for StoreResolver {
-    fn resolve(&self, reference: &str) -> Result<kiln_frontend::ResolvedImage, String> {
+/// The frontend's `(os, arch[/variant])` for a platform.
+pub(crate) fn frontend_platform(p: &Platform) -> (String, String) {
+    let arch = match &p.variant {
+        Some(v) => format!("{}/{v}", p.architecture),
+        None => p.architecture.clone(),
+    };
+    (p.os.clone(), arch)
+}
+
+/// Resolves base images for the frontend, for one build: the local store first (unless
+/// `--pull`), then the registry, picking the build's platform from indexes. Each image is
+/// resolved once per build however it is spelled (`FROM x`, `FROM x:latest`, `COPY --from=x`,
+/// `docker-image://x`), so every use sees the same digest and a tag costs one registry
+/// round-trip. Called from a blocking thread, so it may wait on the runtime.
+pub(crate) struct StoreResolver {
+    solver: Solver,
+    handle: tokio::runtime::Handle,
+    platform: Platform,
+    pull: bool,
+    /// Normalised reference → what it resolved to in this build.
+    resolved: Mutex<HashMap<String, kiln_frontend::ResolvedImage>>,
+}
+
+impl StoreResolver {
+    pub(crate) fn new(
+        solver: Solver,
+        handle: tokio::runtime::Handle,
+        platform: Platform,
+        pull: bool,
+    ) -> Self {
+        StoreResolver {
+            solver,
+            handle,
+            platform,
+            pull,
+            resolved: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn resolve_uncached(&self, reference: &str) -> Result<kiln_frontend::ResolvedImage, String> {
         let solver = &self.solver;
+        let lookup = if self.pull {
+            images::Lookup::Remote
+        } else {
+            images::Lookup::LocalForPlatform
+        };
         let image = self
             .handle
-            .block_on(images::resolve_image(
+            .block_on(images::resolve_image_with(
                 solver.store(),
                 solver.registry(),
-                solver.platform(),
+                &self.platform,
                 reference,
-                false,
+                lookup,
             ))
             .map_err(|e| e.to_string())?;
         // The raw config keeps what oci-spec drops (`OnBuild`, `Healthcheck`, `Shell`).
@@ -91,6 +139,24 @@ impl kiln_frontend::ImageResolver for StoreResolver {
             config: image.config,
             raw_config,
         })
+    }
+}
+
+impl kiln_frontend::ImageResolver for StoreResolver {
+    fn resolve(&self, reference: &str) -> Result<kiln_frontend::ResolvedImage, String> {
+        // An invalid name is not cached: resolve_image_with words its error.
+        let key = Reference::parse(reference)
+            .map(|r| r.to_string())
+            .unwrap_or_else(|_| reference.to_string());
+        let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(hit) = cache.get(&key) {
+            return Ok(hit.clone());
+        }
+        // The lock is held while resolving: the frontend resolves one image at a time anyway,
+        // and two callers of the same name must not both ask the registry.
+        let image = self.resolve_uncached(reference)?;
+        cache.insert(key, image.clone());
+        Ok(image)
     }
 }
 

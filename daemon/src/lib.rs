@@ -74,6 +74,12 @@ pub struct BuildRequest {
     pub network_none: bool,
     /// Named build contexts, `(NAME, PATH | docker-image://REF)` (`--build-context`).
     pub build_contexts: Vec<(String, String)>,
+    /// `--pull`: ask the registry what each base image tag names now, even when the local store
+    /// has it.
+    pub pull: bool,
+    /// `--platform os/arch[/variant]`: the platform to build for (default: this host's); picked
+    /// from multi-platform base images and given to the Dockerfile as `TARGETPLATFORM` etc.
+    pub platform: Option<String>,
 }
 
 /// What a build produced.
@@ -165,21 +171,23 @@ impl Engine {
             &ignore_patterns,
         )?);
         let named = context::named_contexts(&req.build_contexts)?;
-        let platform = self.solver.platform().clone();
+        let platform = context::build_platform(req.platform.as_deref(), self.solver.platform())?;
         let opts = kiln_frontend::BuildOptions {
             dockerfile_name: dockerfile_name.clone(),
             build_args: req.build_args.clone(),
             target: req.target.clone(),
-            platform: (platform.os.clone(), platform.architecture.clone()),
+            platform: context::frontend_platform(&platform),
             context_name: "context".into(),
             exclude_patterns: ignore_patterns,
             no_cache: req.no_cache,
             named_contexts: named.contexts,
         };
-        let resolver = context::StoreResolver {
-            solver: self.solver.clone(),
-            handle: tokio::runtime::Handle::current(),
-        };
+        let resolver = context::StoreResolver::new(
+            self.solver.clone(),
+            tokio::runtime::Handle::current(),
+            platform,
+            req.pull,
+        );
         let compiled =
             tokio::task::spawn_blocking(move || kiln_frontend::compile(&text, &opts, &resolver))
                 .await??;

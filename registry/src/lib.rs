@@ -40,6 +40,8 @@ pub use auth::normalize_host as registry_host;
 pub use client::{ClientOptions, Progress, PushOptions, PushedBlob, RegistryClient};
 pub use credentials::{erase_login, store_login, LoginStore};
 pub use error::RegistryError;
-pub use manifest::{media_type, Descriptor, ResolvedManifest};
+pub use manifest::{
+    is_index, media_type, parse_index, select_platform, Descriptor, IndexEntry, ResolvedManifest,
+};
 pub use platform::Platform;
 pub use reference::Reference;

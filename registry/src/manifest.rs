@@ -27,6 +27,36 @@ pub struct Descriptor {
     pub size: u64,
 }
 
+/// One entry of an image index: a manifest and the platform it is for (none for entries such
+/// as attestations that name no platform).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IndexEntry {
+    pub descriptor: Descriptor,
+    pub platform: Option<Platform>,
+}
+
+/// Whether a media type names an image index (OCI) or a manifest list (Docker).
+pub fn is_index(media_type: &str) -> bool {
+    media_type == media_type::OCI_INDEX || media_type == media_type::DOCKER_MANIFEST_LIST
+}
+
+/// The entries of an image index or manifest list, each digest checked for its form;
+/// `reference` names the image in errors.
+pub fn parse_index(reference: &Reference, bytes: &[u8]) -> Result<Vec<IndexEntry>, RegistryError> {
+    let index: RawIndex =
+        serde_json::from_slice(bytes).map_err(|e| invalid(reference, "image index", e))?;
+    index
+        .manifests
+        .iter()
+        .map(|m| {
+            Ok(IndexEntry {
+                descriptor: descriptor(reference, "image index", m)?,
+                platform: m.platform.clone(),
+            })
+        })
+        .collect()
+}
+
 /// One platform's image manifest, as fetched and verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedManifest {
@@ -114,8 +144,9 @@ pub(crate) fn classify(
     }
 }
 
-/// Picks the index entry that serves `platform`: the best match, the first among equals.
-pub(crate) fn select_platform(
+/// Picks the index entry that serves `platform`: the best match, the first among equals; the
+/// error lists the platforms the index has.
+pub fn select_platform(
     reference: &Reference,
     bytes: &[u8],
     platform: &Platform,

@@ -59,6 +59,11 @@ impl Platform {
         })
     }
 
+    /// Whether an image made for `entry` serves `self` (same rules as picking from an index).
+    pub fn matches(&self, entry: &Platform) -> bool {
+        self.match_score(entry).is_some()
+    }
+
     /// How well `entry` (from an index) serves `self`: `None` when it does not, higher is better.
     /// An unspecified variant on either side matches any, but an exact variant is preferred;
     /// `arm64` without a variant is `arm64/v8`.

@@ -30,6 +30,19 @@ pub struct ImageRef {
 /// How many layers are downloaded at once.
 const PARALLEL_LAYERS: usize = 4;
 
+/// Where [`resolve_image_with`] looks for a tag first.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// The local store's image of that name, whatever platform it was made for (an index in the
+    /// store is still narrowed to the wanted platform); the registry when the store has none.
+    Local,
+    /// As [`Lookup::Local`], but a stored image made for another platform is passed over for the
+    /// registry's (builds: `kiln build --platform`).
+    LocalForPlatform,
+    /// Ask the registry what the tag names now (`kiln pull`, `kiln build --pull`).
+    Remote,
+}
+
 /// Finds `name` in the local image store or, failing that, pulls its manifest and config from
 /// its registry (layers are fetched by [`ensure_layers`]). A digest-pinned name whose manifest is
 /// already stored needs no network at all. Pulled images are recorded in the image store.
@@ -40,26 +53,68 @@ pub async fn resolve_image(
     name: &str,
     pull: bool,
 ) -> Result<ImageRef, SolveError> {
+    let lookup = if pull { Lookup::Remote } else { Lookup::Local };
+    resolve_image_with(store, registry, platform, name, lookup).await
+}
+
+/// [`resolve_image`] with the local store's part chosen by `lookup`. An index (or manifest list)
+/// in the store, by tag or by digest, is narrowed to `platform` there; only a platform manifest
+/// it lacks is fetched, by digest.
+pub async fn resolve_image_with(
+    store: &Store,
+    registry: &RegistryClient,
+    platform: &Platform,
+    name: &str,
+    lookup: Lookup,
+) -> Result<ImageRef, SolveError> {
     let reference = Reference::parse(name).map_err(|e| SolveError::Image {
         image: name.to_string(),
         message: e.to_string(),
     })?;
     let full = reference.full_name();
-    if let Some(d) = &reference.digest {
-        if store.content().has(d) {
-            return load(store, &without_digest(&reference), d);
-        }
-    } else if !pull {
-        if let Some(rec) = store.images().get(&full).map_err(SolveError::cache)? {
-            return load(store, &full, &rec.digest);
+    let tagged = without_digest(&reference);
+    // Why the registry is asked, for its error message.
+    let mut why = String::new();
+    let stored = match &reference.digest {
+        Some(d) if store.content().has(d) => Some(d.clone()),
+        Some(_) => None,
+        None if lookup == Lookup::Remote => None,
+        None => match store.images().get(&full).map_err(SolveError::cache)? {
+            Some(rec) => Some(rec.digest),
+            None => {
+                why = " (the image is not in the local store either: see `kiln images`)".into();
+                None
+            }
+        },
+    };
+    let mut wanted = reference.clone();
+    if let Some(digest) = stored {
+        match local_image(store, &reference, &tagged, &digest, platform)? {
+            Local::Found(image) => {
+                let made_for = config_platform(&image.config);
+                if lookup != Lookup::LocalForPlatform
+                    || reference.digest.is_some()
+                    || platform.matches(&made_for)
+                {
+                    return Ok(image);
+                }
+                why = format!(
+                    " (the local store's `{full}` is for `{made_for}`, not `{platform}`: pull the \
+                     `{platform}` image with `kiln pull --platform {platform} {full}`)"
+                );
+            }
+            Local::Missing(child) => {
+                why = format!(" (the local store has the index of `{full}` but not its `{platform}` manifest)");
+                wanted = reference.with_digest(&child);
+            }
         }
     }
     let resolved = registry
-        .resolve(&reference, platform)
+        .resolve(&wanted, platform)
         .await
         .map_err(|e| SolveError::Image {
             image: full.clone(),
-            message: format!("{e} (the image is not in the local store either: see `kiln images`)"),
+            message: format!("{e}{why}"),
         })?;
     let (digest, size) = store
         .content()
@@ -70,15 +125,14 @@ pub async fn resolve_image(
         fetch_blob(
             store,
             registry,
-            &reference,
+            &wanted,
             &config.digest,
             Some(config.size),
             None,
         )
         .await?;
     }
-    let tagged = without_digest(&reference);
-    if reference.digest.is_none() {
+    if wanted.digest.is_none() {
         store
             .images()
             .put(&ImageRecord {
@@ -91,6 +145,64 @@ pub async fn resolve_image(
             .map_err(SolveError::cache)?;
     }
     load(store, &tagged, &digest)
+}
+
+/// What the local store has for a stored manifest or index digest.
+enum Local {
+    Found(ImageRef),
+    /// The digest is an index whose manifest for the platform is not stored: this one.
+    Missing(String),
+}
+
+fn local_image(
+    store: &Store,
+    reference: &Reference,
+    name: &str,
+    digest: &str,
+    platform: &Platform,
+) -> Result<Local, SolveError> {
+    let bytes = store.content().read(digest).map_err(SolveError::cache)?;
+    if !looks_like_index(&bytes) {
+        return load(store, name, digest).map(Local::Found);
+    }
+    let entry = kiln_registry::select_platform(reference, &bytes, platform).map_err(|e| {
+        SolveError::Image {
+            image: reference.full_name(),
+            message: e.to_string(),
+        }
+    })?;
+    if store.content().has(&entry.digest) {
+        load(store, name, &entry.digest).map(Local::Found)
+    } else {
+        Ok(Local::Missing(entry.digest))
+    }
+}
+
+/// Whether a stored manifest blob is an index (its `mediaType`, or a `manifests` list).
+fn looks_like_index(bytes: &[u8]) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Probe {
+        #[serde(rename = "mediaType", default)]
+        media_type: Option<String>,
+        #[serde(default)]
+        manifests: Option<serde_json::Value>,
+    }
+    match serde_json::from_slice::<Probe>(bytes) {
+        Ok(p) => match p.media_type {
+            Some(mt) => kiln_registry::is_index(&mt),
+            None => p.manifests.is_some(),
+        },
+        Err(_) => false,
+    }
+}
+
+/// The platform an image config says it was made for.
+fn config_platform(config: &ImageConfiguration) -> Platform {
+    Platform {
+        os: config.os().to_string(),
+        architecture: config.architecture().to_string(),
+        variant: config.variant().clone(),
+    }
 }
 
 fn without_digest(r: &Reference) -> String {
