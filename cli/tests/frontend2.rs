@@ -273,3 +273,50 @@ fn add_checksum_mismatch_names_both_digests() {
     assert!(!out.status.success());
     assert!(stderr(&out).contains("404"), "{}", stderr(&out));
 }
+
+#[test]
+fn run_heredoc_with_a_shebang_runs_as_a_script() {
+    let k = Kiln::with_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN <<EOF\n#!/bin/sh -e\necho \"ran $0\" > /out.txt\nEOF\n",
+        )],
+    );
+    let out = build(&k, ctx.path(), &["-t", "shebang"]);
+    assert_ok(&out, "build with a #! heredoc");
+    assert_eq!(
+        run_in(&k, "shebang", "cat /out.txt; ls /dev/pipes 2>&1 | wc -l"),
+        "ran /dev/pipes/EOF\n1\n"
+    );
+}
+
+#[test]
+fn foreign_syntax_frontend_is_refused_with_a_clear_error() {
+    let k = Kiln::with_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    write(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "# syntax=ghcr.io/acme/frontend:1\nFROM busybox\n",
+        )],
+    );
+    let out = build(&k, ctx.path(), &[]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("Dockerfile:1") && err.contains("custom frontend image"),
+        "{err}"
+    );
+    write(
+        ctx.path(),
+        &[(
+            "Dockerfile",
+            "# syntax=docker/dockerfile:1.7\nFROM busybox\nRUN true\n",
+        )],
+    );
+    assert_ok(&build(&k, ctx.path(), &[]), "docker/dockerfile syntax");
+}

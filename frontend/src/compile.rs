@@ -122,6 +122,21 @@ pub fn compile(
     resolver: &dyn ImageResolver,
 ) -> Result<Compiled, FrontendError> {
     let df = crate::parse(dockerfile)?;
+    if let Some(d) = df.directives.iter().find(|d| d.name == "syntax") {
+        if !add::is_builtin_syntax(&d.value) {
+            return Err(FrontendError::Instruction {
+                file: opts.dockerfile_name.clone(),
+                line: d.line,
+                instruction: format!("# syntax={}", d.value),
+                message: format!(
+                    "`{}` is a custom frontend image, which kiln cannot run (it builds with its \
+                     own Dockerfile frontend): remove the `# syntax=` line or name \
+                     `docker/dockerfile:1`",
+                    d.value
+                ),
+            });
+        }
+    }
     let mut compiled = Compiler::new(&df, opts, resolver)?.run()?;
     // BuildKit's build checks, unless `# check=skip=...` silences them.
     let config = df
@@ -1256,7 +1271,16 @@ impl<'a> Compiler<'a> {
                 ))
             }
         }
-        let args = if instr.json {
+        let shebang = if instr.json {
+            None
+        } else {
+            self.shebang_heredoc(instr)
+        };
+        let args = if let Some(h) = &shebang {
+            // As BuildKit: the heredoc becomes an executable file, mounted read-only at
+            // `/dev/pipes/`, and run by the interpreter its `#!` line names.
+            vec![format!("/dev/pipes/{}", h.name)]
+        } else if instr.json {
             instr.args.clone()
         } else {
             let cmd = instr.args.first().map(String::as_str).unwrap_or("");
@@ -1275,6 +1299,34 @@ impl<'a> Compiler<'a> {
         };
         let (mut inputs, base) = d.base_inputs();
         let mut mounts = vec![Mount::rootfs(base)];
+        if let Some(h) = &shebang {
+            let file = Op {
+                inputs: vec![],
+                kind: Some(op::Kind::File(FileOp {
+                    base: -1,
+                    actions: vec![FileAction {
+                        action: Some(file_action::Action::Mkfile(FileMkfile {
+                            path: format!("/{}", h.name),
+                            mode: 0o755,
+                            data: h.content.clone().into_bytes(),
+                            owner: None,
+                        })),
+                    }],
+                })),
+            };
+            let name = format!("[internal] heredoc `{}` as a script", h.name);
+            let script = self.add_op(file, name, instr, &d.meta_stage);
+            inputs.push(script.input());
+            mounts.push(Mount {
+                input: inputs.len() as i64 - 1,
+                selector: "/".into(),
+                dest: "/dev/pipes".into(),
+                output: -1,
+                readonly: true,
+                mount_type: kiln_llb::MountType::Bind as i32,
+                options: vec![],
+            });
+        }
         for spec in self.flag(instr, flags.all("mount"))? {
             let m = self.run_mount(d, instr, spec, &cwd, &mut inputs)?;
             if mounts.iter().any(|x| x.dest == m.dest) {
@@ -1575,6 +1627,20 @@ impl<'a> Compiler<'a> {
         Ok(Mount { options, ..mount })
     }
 
+    /// The heredoc of a shell-form `RUN <<EOF` whose body starts with a `#!` line: BuildKit runs
+    /// such a body as an executable file rather than feeding it to the shell.
+    fn shebang_heredoc<'i>(&self, instr: &'i Instruction) -> Option<&'i crate::Heredoc> {
+        let [h] = instr.heredocs.as_slice() else {
+            return None;
+        };
+        let cmd = instr.args.first().map(String::as_str).unwrap_or("").trim();
+        let marker = cmd
+            .strip_prefix("<<")
+            .map(|m| m.strip_prefix('-').unwrap_or(m))?;
+        (marker.trim_matches(|c| c == '"' || c == '\'') == h.name && h.content.starts_with("#!"))
+            .then_some(h)
+    }
+
     /// The shell script of a shell-form RUN, with heredoc bodies put back in place (the shell
     /// reads them itself) or, for a lone `RUN <<EOF`, the body alone, as BuildKit does.
     fn heredoc_script(&self, instr: &Instruction, cmd: &str) -> Result<String, FrontendError> {
@@ -1591,13 +1657,6 @@ impl<'a> Compiler<'a> {
         };
         if lone {
             let h = &instr.heredocs[0];
-            if h.content.starts_with("#!") {
-                return Err(self.fail(
-                    instr,
-                    "a `RUN` heredoc with a `#!` interpreter line is not supported yet: \
-                     write the interpreter in the command (`RUN python3 <<EOF`)",
-                ));
-            }
             let body = if h.chomp {
                 h.content
                     .lines()

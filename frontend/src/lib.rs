@@ -8,6 +8,7 @@
 pub mod ast;
 mod compile;
 mod dockerignore;
+mod fuzz;
 mod parser;
 mod shell;
 
@@ -16,6 +17,7 @@ pub use compile::{
     compile, BuildOptions, Compiled, ImageResolver, NamedContext, ResolvedImage, Warning,
 };
 pub use dockerignore::{parse_dockerignore, IgnoreMatcher};
+pub use fuzz::fuzz_one;
 pub use parser::{parse, ParseError};
 pub use shell::{expand_heredoc, expand_word, expand_words, ExpandError};
 

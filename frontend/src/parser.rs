@@ -616,10 +616,15 @@ fn parse_name_val(rest: &str, key: &str, escape: char) -> Result<Vec<String>, St
         };
     }
     let mut out = Vec::new();
-    for word in &words {
+    for (n, word) in words.iter().enumerate() {
         let Some((k, v)) = word.split_once('=') else {
+            // `ENV A=1 B 2`: the likely intent is `B=2`.
+            let hint = match words.get(n + 1) {
+                Some(next) if !next.contains('=') => format!(" (did you mean `{word}={next}`?)"),
+                _ => format!(" (did you mean `{word}=`?)"),
+            };
             return Err(format!(
-                "syntax error - can't find = in `{word}`: must be of the form `name=value`"
+                "syntax error - can't find = in `{word}`{hint}: must be of the form `name=value`"
             ));
         };
         out.extend([k.to_string(), v.to_string(), "=".to_string()]);

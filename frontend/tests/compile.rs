@@ -491,6 +491,12 @@ fn cycles_are_errors() {
 fn bad_input_gives_located_errors() {
     for (dockerfile, want) in [
         ("FROM busybox\nENV ONLYKEY\n", "Dockerfile:2"),
+        ("FROM busybox\nENV ONLYKEY\n", "write `ENV ONLYKEY=value`"),
+        (
+            "FROM busybox\nENV A=1 B 2\n",
+            "did you mean `B=2`?",
+        ),
+        ("FROM busybox\nLABEL a=1 b\n", "did you mean `b=`?"),
         ("FROM busybox\nCOPY --form=x a b\n", "did you mean `from`"),
         ("FROM busybox\nCOPY a b c\n", "ending in `/`"),
         (
@@ -518,6 +524,10 @@ fn bad_input_gives_located_errors() {
             "http(s) URL sources only",
         ),
         ("FROM busybox\nCOPY --parents a/b /x\n", "write the destination as `/x/`"),
+        (
+            "# syntax=ghcr.io/acme/frontend:1\nFROM busybox\n",
+            "custom frontend image",
+        ),
         ("FROM busybox\nEXPOSE http\n", "invalid port"),
         (
             "FROM busybox\nHEALTHCHECK --interval=5 CMD true\n",

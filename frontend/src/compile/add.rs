@@ -67,6 +67,23 @@ pub(crate) fn validate_checksum(value: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Whether a `# syntax=` image is one of BuildKit's own Dockerfile frontends
+/// (`docker/dockerfile[-upstream]` at any tag or digest), whose language kiln implements itself.
+pub(crate) fn is_builtin_syntax(image: &str) -> bool {
+    let name = image.trim();
+    let name = name.split('@').next().unwrap_or(name);
+    // Strip a tag (a `:` after the last `/`).
+    let name = match name.rfind(':') {
+        Some(i) if !name[i..].contains('/') => &name[..i],
+        _ => name,
+    };
+    let name = name
+        .strip_prefix("docker.io/")
+        .or_else(|| name.strip_prefix("index.docker.io/"))
+        .unwrap_or(name);
+    matches!(name, "docker/dockerfile" | "docker/dockerfile-upstream")
+}
+
 /// The http source op of `ADD <url>`.
 pub(crate) fn http_source(url: &str, filename: Option<&str>, checksum: Option<&str>) -> Op {
     let mut attrs = Vec::new();
@@ -134,6 +151,26 @@ mod tests {
         assert!(validate_checksum("abc")
             .unwrap_err()
             .contains("not a digest"));
+    }
+
+    #[test]
+    fn only_the_dockerfile_frontend_images_are_builtin() {
+        for ok in [
+            "docker/dockerfile:1",
+            "docker/dockerfile:1.7-labs",
+            "docker.io/docker/dockerfile:1@sha256:abc",
+            "docker/dockerfile",
+            "docker/dockerfile-upstream:master",
+        ] {
+            assert!(is_builtin_syntax(ok), "{ok}");
+        }
+        for foreign in [
+            "ghcr.io/x/frontend:1",
+            "tonistiigi/dockerfile:x",
+            "localhost:5000/docker/dockerfile2",
+        ] {
+            assert!(!is_builtin_syntax(foreign), "{foreign}");
+        }
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! `ADD`'s archive auto-extraction, as Docker does it: a local source file whose content is a tar
-//! archive (plain, gzip or zstd compressed) is unpacked into the destination directory instead of
+//! archive (plain, gzip, bzip2, xz or zstd compressed) is unpacked into the destination directory instead of
 //! copied. A file that only looks like one (a `.gz` of plain text) is copied as it is. Entries
 //! are written through `resolve_in_root`, so an archive can never write outside the root.
 
 use super::{op_err, resolve_in_root, Owner};
 use crate::SolveError;
-use std::io::{self, BufReader, Read};
+use std::io::{self, BufReader, Read, Seek};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 
@@ -34,15 +34,44 @@ fn compression_of(magic: &[u8]) -> Compression {
 }
 
 fn decoder(file: std::fs::File, c: Compression) -> io::Result<Box<dyn Read>> {
-    let r = BufReader::new(file);
+    let mut r = BufReader::new(file);
     Ok(match c {
         Compression::None => Box::new(r),
         Compression::Gzip => Box::new(flate2::read::MultiGzDecoder::new(r)),
         Compression::Zstd => Box::new(zstd::stream::read::Decoder::with_buffer(r)?),
-        Compression::Bzip2 | Compression::Xz => {
-            return Err(io::Error::other("unsupported compression"))
+        Compression::Bzip2 => Box::new(bzip2::read::MultiBzDecoder::new(r)),
+        Compression::Xz => {
+            // lzma-rs decodes into a writer: the tar is staged in an unnamed temp file.
+            let mut out = tempfile::tempfile()?;
+            lzma_rs::xz_decompress(&mut r, &mut out)
+                .map_err(|e| io::Error::other(e.to_string()))?;
+            out.seek(io::SeekFrom::Start(0))?;
+            Box::new(BufReader::new(out))
         }
     })
+}
+
+/// The first bytes of an xz stream's content, without decompressing the rest: the writer
+/// refuses more once it has them, which stops the decoder.
+fn xz_head(file: std::fs::File, len: usize) -> Vec<u8> {
+    struct Head(Vec<u8>, usize);
+    impl io::Write for Head {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let room = self.1 - self.0.len();
+            if room == 0 {
+                return Err(io::Error::other("enough"));
+            }
+            let n = room.min(buf.len());
+            self.0.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut head = Head(Vec::new(), len);
+    let _ = lzma_rs::xz_decompress(&mut BufReader::new(file), &mut head);
+    head.0
 }
 
 /// Whether 512 bytes are a tar header: the checksum field matches the header's bytes.
@@ -81,19 +110,10 @@ pub(crate) fn detect(path: &Path) -> Result<Option<Compression>, SolveError> {
     let mut f = std::fs::File::open(path).map_err(err)?;
     let n = read_up_to(&mut f, &mut magic).map_err(err)?;
     let c = compression_of(&magic[..n]);
-    if matches!(c, Compression::Bzip2 | Compression::Xz) {
-        // Unpacking these needs a decompressor kiln does not carry yet: say so rather than
-        // silently copy the archive, which `docker build` would have unpacked.
-        return Err(SolveError::Op(format!(
-            "`ADD {}`: {} archives are not unpacked by kiln yet: recompress it with gzip or \
-             zstd, or `COPY` it and unpack it in a `RUN` step",
-            path.file_name().unwrap_or_default().to_string_lossy(),
-            if c == Compression::Bzip2 {
-                "bzip2"
-            } else {
-                "xz"
-            }
-        )));
+    if c == Compression::Xz {
+        let f = std::fs::File::open(path).map_err(err)?;
+        let head = xz_head(f, 512);
+        return Ok(is_tar_header(&head).then_some(c));
     }
     let f = std::fs::File::open(path).map_err(err)?;
     let Ok(mut r) = decoder(f, c) else {
@@ -253,7 +273,7 @@ mod tests {
     }
 
     #[test]
-    fn gzip_zstd_and_plain_tars_unpack_inside_the_root() {
+    fn gzip_bzip2_xz_zstd_and_plain_tars_unpack_inside_the_root() {
         let t = tempfile::tempdir().unwrap();
         let root = t.path().join("root");
         std::fs::create_dir_all(&root).unwrap();
@@ -262,10 +282,17 @@ mod tests {
         io::Write::write_all(&mut gz, &plain).unwrap();
         let gz = gz.finish().unwrap();
         let zst = zstd::encode_all(&plain[..], 1).unwrap();
+        let mut bz = bzip2::write::BzEncoder::new(Vec::new(), bzip2::Compression::fast());
+        io::Write::write_all(&mut bz, &plain).unwrap();
+        let bz = bz.finish().unwrap();
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut &plain[..], &mut xz).unwrap();
         for (name, bytes, want) in [
             ("a.tar", &plain, Compression::None),
             ("a.tgz", &gz, Compression::Gzip),
             ("a.tar.zst", &zst, Compression::Zstd),
+            ("a.tar.bz2", &bz, Compression::Bzip2),
+            ("a.tar.xz", &xz, Compression::Xz),
         ] {
             let p = t.path().join(name);
             std::fs::write(&p, bytes).unwrap();
@@ -298,8 +325,16 @@ mod tests {
         assert_eq!(detect(&p2).unwrap(), None);
         let bz = t.path().join("x.tar.bz2");
         std::fs::write(&bz, b"BZh91AY&SY").unwrap();
-        let e = detect(&bz).unwrap_err().to_string();
-        assert!(e.contains("bzip2"), "{e}");
+        assert_eq!(
+            detect(&bz).unwrap(),
+            None,
+            "a broken bzip2 stream is copied"
+        );
+        let mut xz = Vec::new();
+        lzma_rs::xz_compress(&mut &b"not a tar at all"[..], &mut xz).unwrap();
+        let xzp = t.path().join("notes.xz");
+        std::fs::write(&xzp, xz).unwrap();
+        assert_eq!(detect(&xzp).unwrap(), None);
 
         // A hand-made header naming `../evil`.
         let mut h = tar::Header::new_gnu();
