@@ -112,6 +112,9 @@ struct BuildArgs {
     /// Network of the RUN steps: default (host), host or none.
     #[arg(long, default_value = "default")]
     network: String,
+    /// What runs the RUN steps: builtin (kiln's sandbox), runc or crun.
+    #[arg(long, default_value = "builtin")]
+    runtime: String,
     /// Exec steps to run at once (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
@@ -142,6 +145,9 @@ struct RunArgs {
     /// Network: host (default) or none.
     #[arg(long, default_value = "host")]
     network: String,
+    /// What runs the container: builtin (kiln's sandbox), runc or crun.
+    #[arg(long, default_value = "builtin")]
+    runtime: String,
     /// The image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -242,6 +248,7 @@ async fn real_main(cli: Cli) -> Result<i32> {
                     user: r.user,
                     network_none,
                     remove: r.rm,
+                    runtime: r.runtime.parse()?,
                 })
                 .await
         }
@@ -367,6 +374,7 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
             .map(|s| kiln_daemon::parse_ssh(s))
             .collect::<Result<_>>()?,
         network_none: kiln_daemon::parse_network(&b.network)?,
+        runtime: b.runtime.parse()?,
         pull: b.pull,
         platform: b.platform.clone(),
     })

@@ -72,6 +72,8 @@ pub struct BuildRequest {
     pub ssh: std::collections::HashMap<String, PathBuf>,
     /// `--network none`: every step gets a private network with only loopback.
     pub network_none: bool,
+    /// `--runtime`: what runs the RUN steps (built-in sandbox by default).
+    pub runtime: kiln_exec::Runtime,
     /// Named build contexts, `(NAME, PATH | docker-image://REF)` (`--build-context`).
     pub build_contexts: Vec<(String, String)>,
     /// `--pull`: ask the registry what each base image tag names now, even when the local store
@@ -215,6 +217,7 @@ impl Engine {
                 secrets: req.secrets.0.clone(),
                 ssh: req.ssh.clone(),
                 network_none: req.network_none,
+                runtime: req.runtime.clone(),
             })
             .await?;
         let image = export::export_image(

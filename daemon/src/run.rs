@@ -22,6 +22,8 @@ pub struct RunRequest {
     pub network_none: bool,
     /// Remove the container's directory when it exits.
     pub remove: bool,
+    /// `--runtime`: the built-in sandbox (default) or `runc`/`crun`.
+    pub runtime: kiln_exec::Runtime,
 }
 
 /// The argv Docker would run: ENTRYPOINT + (given command, or CMD unless the entrypoint was
@@ -162,6 +164,7 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
             network,
             stdio: kiln_exec::Stdio::Inherit,
             state_dir: state,
+            runtime: req.runtime.clone(),
         },
         None,
     )

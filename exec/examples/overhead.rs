@@ -58,6 +58,7 @@ async fn kiln_runs(rootfs: &Path, scratch: &Path, n: usize) -> Vec<Duration> {
             network: Network::Host,
             stdio: Stdio::Null,
             state_dir: state,
+            runtime: kiln_exec::Runtime::Builtin,
         };
         let t = Instant::now();
         let outcome = run(config, None).await.expect("sandbox");

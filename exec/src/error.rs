@@ -61,6 +61,15 @@ pub enum ExecError {
     #[error("sandbox setup failed: {0}")]
     Setup(String),
 
+    /// The external OCI runtime (`--runtime`) is missing or could not set the container up.
+    #[error("OCI runtime `{runtime}`: {message}")]
+    Runtime {
+        /// The runtime binary.
+        runtime: String,
+        /// What it reported, or why it could not start.
+        message: String,
+    },
+
     /// The helper exited without reporting a result: it is probably not a kiln binary.
     #[error("sandbox helper `{exe}` exited ({status}) without reporting a result; make sure its `main()` calls `kiln_exec::sandbox_main_if_requested()` first")]
     NoResult {

@@ -10,6 +10,9 @@
 //! pipe. Every binary that calls [`run`] must therefore call [`sandbox_main_if_requested`] first
 //! thing in `main()` (or point `KILN_SANDBOX_EXE` at one that does).
 //!
+//! With [`Runtime::Oci`] the same spec runs under `runc` or `crun` instead: the engine mounts
+//! the overlay root itself and hands the runtime a bundle (see `oci.rs`).
+//!
 //! Process tree: helper (host pid ns, waits) → init (pid 1 of the new pid ns: mounts, pivots,
 //! reaps, forwards SIGTERM/SIGINT) → command. When the init exits the kernel kills everything
 //! left in the namespace; when the helper is killed (dropping the [`run`] future) the init gets
@@ -17,6 +20,7 @@
 
 mod error;
 mod etc;
+mod oci;
 mod run;
 mod sandbox;
 mod seccomp;
@@ -27,9 +31,10 @@ mod wire;
 use std::path::PathBuf;
 
 pub use error::ExecError;
+pub use oci::Runtime;
 pub use run::run;
 pub use seccomp::default_seccomp;
-pub use spec::{default_spec, Network, ProcessSpec, DEFAULT_PATH};
+pub use spec::{default_spec, Network, ProcessSpec, DEFAULT_NOFILE, DEFAULT_PATH};
 pub use user::{resolve_user, ResolvedUser};
 
 /// The directories stacked as the container's root filesystem.
@@ -85,6 +90,8 @@ pub struct SandboxConfig {
     pub stdio: Stdio,
     /// A private directory for the sandbox's bookkeeping (result file, scratch upper dir).
     pub state_dir: PathBuf,
+    /// What runs the spec: the built-in sandbox or an external OCI runtime (`runc`, `crun`).
+    pub runtime: Runtime,
 }
 
 /// How a sandboxed command ended.

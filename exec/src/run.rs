@@ -24,7 +24,7 @@ fn sandbox_exe() -> Result<PathBuf, ExecError> {
     })
 }
 
-fn validate(config: &SandboxConfig) -> Result<(), ExecError> {
+pub(crate) fn validate(config: &SandboxConfig) -> Result<(), ExecError> {
     let invalid = |m: &str| Err(ExecError::InvalidConfig(m.to_string()));
     let Some(process) = config.spec.process() else {
         return invalid("the spec has no `process`; build it with `default_spec`");
@@ -89,6 +89,10 @@ pub async fn run(
         })?;
     let mut config = config;
     crate::etc::provide(&mut config.spec, &config.state_dir, config.network)?;
+    if let crate::Runtime::Oci(binary) = &config.runtime {
+        let binary = binary.clone();
+        return crate::oci::run(config, &binary, sink).await;
+    }
     let result_path = config.state_dir.join(RESULT_FILE);
     match tokio::fs::remove_file(&result_path).await {
         Ok(()) => {}
@@ -230,7 +234,7 @@ async fn read_result(path: &Path) -> Option<WireResult> {
     serde_json::from_slice(&bytes).ok()
 }
 
-async fn pump_output(
+pub(crate) async fn pump_output(
     stdout: Option<tokio::process::ChildStdout>,
     stderr: Option<tokio::process::ChildStderr>,
     sink: &mut Option<Box<dyn OutputSink>>,

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::{
     Capability, LinuxBuilder, LinuxCapabilitiesBuilder, LinuxNamespaceBuilder, LinuxNamespaceType,
-    Mount, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder, UserBuilder,
+    Mount, MountBuilder, PosixRlimitBuilder, PosixRlimitType, ProcessBuilder, RootBuilder, Spec,
+    SpecBuilder, UserBuilder,
 };
 
 use crate::{ExecError, ResolvedUser};
@@ -39,6 +40,11 @@ pub struct ProcessSpec {
     /// Whether the process wants a terminal (recorded in the spec).
     pub terminal: bool,
 }
+
+/// The open-files limit (soft and hard) a Docker container gets: dockerd's own, which its
+/// service unit sets to the kernel's default `fs.nr_open`. The other limits (NPROC among them)
+/// are left as the engine has them, as runc leaves them.
+pub const DEFAULT_NOFILE: u64 = 1_048_576;
 
 /// Docker's default capability set.
 pub(crate) const DOCKER_CAPS: &[Capability] = &[
@@ -135,7 +141,7 @@ pub(crate) fn is_default_mount(m: &Mount) -> bool {
 ///
 /// PATH defaults to [`DEFAULT_PATH`] and HOME to the user's home when `env` lacks them; the
 /// capability set is Docker's (bounding for everyone, effective/permitted only for uid 0),
-/// `no_new_privileges` is false, and the mounts are /proc, /dev, /dev/pts, /dev/shm,
+/// `no_new_privileges` is false, RLIMIT_NOFILE is [`DEFAULT_NOFILE`] and the mounts are /proc, /dev, /dev/pts, /dev/shm,
 /// /dev/mqueue and a read-only /sys. `root.path` is left empty: the sandbox takes the root
 /// filesystem from [`crate::RootFs`].
 pub fn default_spec(p: &ProcessSpec) -> Result<Spec, ExecError> {
@@ -188,6 +194,12 @@ pub fn default_spec(p: &ProcessSpec) -> Result<Spec, ExecError> {
         .env(env)
         .cwd(PathBuf::from(&p.cwd))
         .capabilities(capabilities)
+        .rlimits(vec![PosixRlimitBuilder::default()
+            .typ(PosixRlimitType::RlimitNofile)
+            .soft(DEFAULT_NOFILE)
+            .hard(DEFAULT_NOFILE)
+            .build()
+            .map_err(spec_err)?])
         .no_new_privileges(false)
         .build()
         .map_err(spec_err)?;
@@ -326,6 +338,13 @@ mod tests {
         assert!(env.contains(&format!("PATH={DEFAULT_PATH}")));
         assert!(env.contains(&"HOME=/home/x".to_string()));
         assert_eq!(p.no_new_privileges(), Some(false));
+        let rlimits = p.rlimits().as_ref().unwrap();
+        assert_eq!(rlimits.len(), 1);
+        assert_eq!(rlimits[0].typ(), PosixRlimitType::RlimitNofile);
+        assert_eq!(
+            (rlimits[0].soft(), rlimits[0].hard()),
+            (1_048_576, 1_048_576)
+        );
         assert_eq!(p.user().additional_gids().as_deref(), Some(&[10u32][..]));
         let caps = p.capabilities().as_ref().unwrap();
         assert_eq!(caps.bounding().as_ref().unwrap().len(), DOCKER_CAPS.len());

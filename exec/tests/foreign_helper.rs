@@ -29,6 +29,7 @@ async fn helper_without_sandbox_mode_is_reported() {
         network: Network::Host,
         stdio: Stdio::Null,
         state_dir: dir.path().join("state"),
+        runtime: kiln_exec::Runtime::Builtin,
     };
     match run(config, None).await {
         Err(e @ ExecError::NoResult { .. }) => {

@@ -100,6 +100,7 @@ fn config(f: &Fixture, p: &ProcessSpec) -> SandboxConfig {
         network: p.network,
         stdio: Stdio::Piped,
         state_dir: f.state.clone(),
+        runtime: kiln_exec::Runtime::Builtin,
     }
 }
 

@@ -103,6 +103,8 @@ pub struct SolveRequest {
     pub ssh: HashMap<String, PathBuf>,
     /// Every exec step gets a private network with only loopback (`kiln build --network none`).
     pub network_none: bool,
+    /// What runs the exec steps: the built-in sandbox or `runc`/`crun` (`kiln build --runtime`).
+    pub runtime: kiln_exec::Runtime,
 }
 
 /// A solve's result.
@@ -190,6 +192,7 @@ impl Solver {
             secrets: req.secrets,
             ssh: req.ssh,
             network_none: req.network_none,
+            runtime: req.runtime,
         });
         for (idx, op) in def.ops.iter().enumerate() {
             let digest = op.digest();
@@ -617,6 +620,7 @@ impl VertexTask {
             network,
             stdio: kiln_exec::Stdio::Piped,
             state_dir: state,
+            runtime: self.session.runtime.clone(),
         };
         let tail = Arc::new(Mutex::new(Tail::default()));
         let sink = LogSink {

@@ -35,6 +35,8 @@ pub(crate) struct Session {
     pub ssh: HashMap<String, PathBuf>,
     /// `kiln build --network none`: no step gets the host network.
     pub network_none: bool,
+    /// `kiln build --runtime`: what runs the steps.
+    pub runtime: kiln_exec::Runtime,
 }
 
 /// One input of the exec op, as the mounts see it.

@@ -328,16 +328,51 @@ fn apply_rlimits(process: &Process) -> Result<(), String> {
             rlim_max: limit.hard(),
         };
         // SAFETY: setrlimit reads one rlimit struct we own.
-        if unsafe { libc::setrlimit(resource, &value) } < 0 {
+        if unsafe { libc::setrlimit(resource, &value) } == 0 {
+            continue;
+        }
+        let err = std::io::Error::last_os_error();
+        // Raising a hard limit needs CAP_SYS_RESOURCE in the host's user namespace, which a
+        // rootless engine lacks: the limit is then capped at the engine's own hard limit.
+        let capped = err.raw_os_error() == Some(libc::EPERM) && cap_at_hard_limit(resource, value);
+        if !capped {
             return Err(format!(
-                "cannot set {name} to {}/{}: {}",
+                "cannot set {name} to {}/{}: {err}",
                 limit.soft(),
                 limit.hard(),
-                std::io::Error::last_os_error()
             ));
         }
     }
     Ok(())
+}
+
+/// Set `wanted` lowered to the current hard limit when it asks for more; whether that worked.
+fn cap_at_hard_limit(resource: libc::__rlimit_resource_t, wanted: libc::rlimit) -> bool {
+    let mut current = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit struct we own.
+    if unsafe { libc::getrlimit(resource, &mut current) } < 0 || current.rlim_max >= wanted.rlim_max
+    {
+        return false;
+    }
+    let lowered = libc::rlimit {
+        rlim_cur: wanted.rlim_cur.min(current.rlim_max),
+        rlim_max: current.rlim_max,
+    };
+    // SAFETY: setrlimit reads one rlimit struct we own.
+    unsafe { libc::setrlimit(resource, &lowered) == 0 }
+}
+
+/// The kernel's number of an OCI rlimit type.
+pub(crate) fn rlimit_resource(
+    typ: oci_spec::runtime::PosixRlimitType,
+) -> Option<libc::__rlimit_resource_t> {
+    let name = serde_json::to_value(typ)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))?;
+    rlimit_number(&name)
 }
 
 fn rlimit_number(name: &str) -> Option<libc::__rlimit_resource_t> {

@@ -1,10 +1,10 @@
 //! The sandbox helper (`kiln __kiln-sandbox FD`): reads the config, unshares the namespaces and
 //! waits for the init it forks into them.
 
-mod command;
+pub(crate) mod command;
 mod init;
-mod mounts;
-mod overlay;
+pub(crate) mod mounts;
+pub(crate) mod overlay;
 mod seccomp;
 mod signals;
 mod syscalls;

@@ -268,6 +268,57 @@ impl<'a> Mounter<'a> {
         Ok(())
     }
 
+    /// Create `m`'s mount point as [`Mounter::apply`] would, without mounting: an external OCI
+    /// runtime mounts it, and would otherwise create missing points itself, unrecorded, in the
+    /// layer.
+    pub(crate) fn prepare_point(&mut self, m: &Mount) -> Result<(), String> {
+        let dest = m.destination();
+        if !dest.is_absolute() {
+            return Err(format!(
+                "mount destination `{}` is not absolute; start it with `/`",
+                dest.display()
+            ));
+        }
+        let typ = m.typ().as_deref().unwrap_or("none");
+        let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
+        let rel = resolve_in_root(self.root, dest)?;
+        let file = if typ == "bind" || opts.bind {
+            let Some(source) = m.source() else {
+                return Err(format!(
+                    "bind mount at `{}` has no source; give the host path to mount",
+                    dest.display()
+                ));
+            };
+            let md = std::fs::metadata(source).map_err(|e| {
+                format!(
+                    "bind mount source `{}` for `{}`: {e}",
+                    source.display(),
+                    dest.display()
+                )
+            })?;
+            !md.is_dir()
+        } else {
+            false
+        };
+        // Under an earlier mount (`/dev/pts` in the `/dev` tmpfs) the point belongs to that
+        // filesystem, which the runtime mounts first: creating it here would reach the layer.
+        if self.on_rootfs(&rel) {
+            self.ensure(&rel, file)?;
+        }
+        self.mounted.push(rel);
+        Ok(())
+    }
+
+    /// Whether `path` (absolute, in the container) lies on the root filesystem itself and is
+    /// missing there.
+    pub(crate) fn missing_on_rootfs(&self, path: &Path) -> Result<bool, String> {
+        let rel = resolve_in_root(self.root, path)?;
+        if !self.on_rootfs(&rel) || rel.as_os_str().is_empty() {
+            return Ok(false);
+        }
+        Ok(std::fs::symlink_metadata(self.root.join(rel)).is_err())
+    }
+
     /// Bind the host's basic device nodes into our /dev tmpfs and add the usual symlinks.
     pub(crate) fn populate_dev(&mut self) -> Result<(), String> {
         for name in ["null", "zero", "full", "random", "urandom", "tty"] {

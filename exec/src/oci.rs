@@ -1,0 +1,433 @@
+//! Runs a spec with an external OCI runtime (`runc`, `crun`) instead of the built-in sandbox.
+//!
+//! The overlay root is mounted here, in the engine's mount namespace, and its mount points are
+//! created (and recorded) exactly as the built-in sandbox does, so that both runtimes leave the
+//! same changes in the upper layer. A bundle (`config.json` from the same spec, `root.path` =
+//! the overlay, no hooks) is written to the state directory and `RUNTIME run --bundle DIR ID`
+//! runs it with the same standard streams. The runtime keeps its state under the state
+//! directory (`--root`), so that nothing is shared between runs.
+
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::mount::{umount2, MntFlags};
+use oci_spec::runtime::Spec;
+
+use crate::sandbox::mounts::Mounter;
+use crate::sandbox::overlay::{mount_overlay, Layers};
+use crate::{ExecError, OutputSink, RunOutcome, SandboxConfig, Stdio};
+
+/// What runs a [`SandboxConfig`]'s spec.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Runtime {
+    /// kiln's own sandbox (a re-exec of the current binary).
+    #[default]
+    Builtin,
+    /// An OCI runtime binary (a name looked up in PATH, or a path) that understands
+    /// `--root DIR --log FILE --log-format json run --bundle DIR ID`, as `runc` and `crun` do.
+    Oci(String),
+}
+
+impl FromStr for Runtime {
+    type Err = ExecError;
+
+    /// `builtin` (or `kiln`), `runc`, `crun`, or the path of another OCI runtime.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "" | "builtin" | "kiln" => Ok(Runtime::Builtin),
+            "runc" | "crun" => Ok(Runtime::Oci(s.to_string())),
+            path if path.starts_with('/') => Ok(Runtime::Oci(path.to_string())),
+            other => Err(ExecError::InvalidConfig(format!(
+                "unknown runtime `{other}`: use `builtin`, `runc`, `crun` or the absolute path of an OCI runtime"
+            ))),
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Runtime::Builtin => f.write_str("builtin"),
+            Runtime::Oci(b) => f.write_str(b),
+        }
+    }
+}
+
+/// Name of the bundle directory in the state directory.
+const BUNDLE_DIR: &str = "bundle";
+/// The runtime's own state (`--root`), in the state directory.
+const RUNTIME_ROOT: &str = "runtime";
+/// The runtime's log (`--log`, JSON lines); its `error` entries are setup failures.
+const RUNTIME_LOG: &str = "runtime.log";
+
+/// Unmounts the overlay root when dropped.
+struct RootMount {
+    target: PathBuf,
+}
+
+impl Drop for RootMount {
+    fn drop(&mut self) {
+        // Detached: a process of a killed container may still hold it for a moment.
+        let _ = umount2(&self.target, MntFlags::MNT_DETACH);
+    }
+}
+
+/// Removes the container (and then unmounts its root) unless the run finished normally.
+struct Container {
+    binary: String,
+    runtime_root: PathBuf,
+    id: String,
+    root: Option<RootMount>,
+    finished: bool,
+}
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        // The run was abandoned (its future dropped): the runtime process got SIGKILL, but the
+        // container it started lives on until deleted. Deleting waits on the runtime, so it is
+        // done on a thread of its own rather than in an async context.
+        let (binary, root, id, mount) = (
+            self.binary.clone(),
+            self.runtime_root.clone(),
+            self.id.clone(),
+            self.root.take(),
+        );
+        std::thread::spawn(move || {
+            let _ = std::process::Command::new(&binary)
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", &id])
+                .stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status();
+            drop(mount);
+        });
+    }
+}
+
+fn container_id() -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "kiln-{}-{}-{nanos:08x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ExecError {
+    let path = path.to_path_buf();
+    move |source| ExecError::Io { what, path, source }
+}
+
+/// What [`prepare`] set up: the mounted root, the bundle and the created mount points.
+struct Prepared {
+    root: RootMount,
+    bundle: PathBuf,
+    created: Vec<PathBuf>,
+}
+
+/// Mounts the root, creates the mount points and writes the bundle (blocking).
+fn prepare(config: &SandboxConfig) -> Result<Prepared, ExecError> {
+    let rootfs = &config.rootfs;
+    let (upper, work, scratch) = match (&rootfs.upper, &rootfs.work) {
+        (Some(u), Some(w)) => (u.clone(), w.clone(), false),
+        _ => {
+            // As the built-in sandbox: a throwaway upper holds the mount points of a root that
+            // ends read-only.
+            let scratch = config.state_dir.join(crate::wire::SCRATCH_DIR);
+            let _ = std::fs::remove_dir_all(&scratch);
+            let (u, w) = (scratch.join("upper"), scratch.join("work"));
+            for d in [&u, &w] {
+                std::fs::create_dir_all(d).map_err(io("cannot create", d))?;
+            }
+            (u, w, true)
+        }
+    };
+    let layers = Layers {
+        lower: &rootfs.lower,
+        upper: &upper,
+        work: &work,
+    };
+    mount_overlay(&layers, &rootfs.target).map_err(ExecError::Setup)?;
+    let root = RootMount {
+        target: rootfs.target.clone(),
+    };
+
+    let mut spec: Spec = config.spec.clone();
+    let mounts = match spec.mounts() {
+        Some(m) => m.clone(),
+        None => crate::spec::default_mounts()?,
+    };
+    let mut mounter = Mounter::new(&rootfs.target);
+    let mut points = Ok(());
+    for m in &mounts {
+        points = mounter.prepare_point(m);
+        if points.is_err() {
+            break;
+        }
+    }
+    let created = std::mem::take(&mut mounter.created);
+    let cleanup = |created: &[PathBuf]| {
+        for rel in created.iter().rev() {
+            let p = rootfs.target.join(rel);
+            let _ = std::fs::remove_dir(&p).or_else(|_| std::fs::remove_file(&p));
+        }
+    };
+    if let Err(msg) = points {
+        cleanup(&created);
+        return Err(ExecError::Setup(msg));
+    }
+    // runc and crun create a missing working directory; the built-in sandbox refuses it (the
+    // step would otherwise change the layer behind the user's back): refuse it here too.
+    if let Some(process) = spec.process() {
+        let cwd = process.cwd();
+        if mounter.missing_on_rootfs(cwd).map_err(ExecError::Setup)? {
+            cleanup(&created);
+            return Err(ExecError::Setup(format!(
+                "working directory `{}` does not exist in the image; create it first (e.g. `WORKDIR` or `mkdir -p`)",
+                cwd.display()
+            )));
+        }
+    }
+
+    let spec_ro = spec
+        .root()
+        .as_ref()
+        .and_then(|r| r.readonly())
+        .unwrap_or(false);
+    let root_spec = oci_spec::runtime::RootBuilder::default()
+        .path(rootfs.target.clone())
+        .readonly(scratch || spec_ro)
+        .build()
+        .map_err(|e| ExecError::Spec(e.to_string()))?;
+    spec.set_root(Some(root_spec));
+    cap_rlimits(&mut spec);
+    spec.set_mounts(Some(mounts));
+    spec.set_hooks(None);
+    let bundle = config.state_dir.join(BUNDLE_DIR);
+    std::fs::create_dir_all(&bundle).map_err(io("cannot create the bundle directory", &bundle))?;
+    let json = serde_json::to_vec_pretty(&spec)
+        .map_err(|e| ExecError::Spec(format!("the spec cannot be encoded: {e}")))?;
+    let path = bundle.join("config.json");
+    std::fs::write(&path, json).map_err(io("cannot write", &path))?;
+    Ok(Prepared {
+        root,
+        bundle,
+        created,
+    })
+}
+
+/// Whether this process may raise hard resource limits: CAP_SYS_RESOURCE counts only in the
+/// host's user namespace.
+fn can_raise_hard_limits() -> bool {
+    let initial_userns = std::fs::read_to_string("/proc/self/uid_map")
+        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
+        .unwrap_or(false);
+    let cap_sys_resource = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok())
+        })
+        .is_some_and(|eff| eff & (1 << 24) != 0);
+    initial_userns && cap_sys_resource
+}
+
+/// Lower the spec's hard limits the engine could not grant to its own, as the built-in sandbox
+/// does when it gets EPERM: runc and crun would refuse to start instead.
+fn cap_rlimits(spec: &mut Spec) {
+    if can_raise_hard_limits() {
+        return;
+    }
+    let Some(mut process) = spec.process().clone() else {
+        return;
+    };
+    let Some(mut rlimits) = process.rlimits().clone() else {
+        return;
+    };
+    for limit in rlimits.iter_mut() {
+        let Some(resource) = crate::sandbox::command::rlimit_resource(limit.typ()) else {
+            continue;
+        };
+        let mut current = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes one rlimit struct we own.
+        if unsafe { libc::getrlimit(resource, &mut current) } < 0 {
+            continue;
+        }
+        if limit.hard() > current.rlim_max {
+            let lowered = oci_spec::runtime::PosixRlimitBuilder::default()
+                .typ(limit.typ())
+                .hard(current.rlim_max)
+                .soft(limit.soft().min(current.rlim_max))
+                .build();
+            if let Ok(l) = lowered {
+                *limit = l;
+            }
+        }
+    }
+    process.set_rlimits(Some(rlimits));
+    spec.set_process(Some(process));
+}
+
+/// The messages of the runtime log's `error` entries.
+fn log_errors(log: &[u8]) -> Vec<String> {
+    String::from_utf8_lossy(log)
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"] == "error")
+        .filter_map(|v| v["msg"].as_str().map(str::to_string))
+        .collect()
+}
+
+/// Run `config` with the OCI runtime `binary`; see [`crate::run`].
+pub(crate) async fn run(
+    config: SandboxConfig,
+    binary: &str,
+    mut sink: Option<Box<dyn OutputSink>>,
+) -> Result<RunOutcome, ExecError> {
+    let writable = config.rootfs.upper.is_some();
+    let stdio = config.stdio;
+    let state_dir = config.state_dir.clone();
+    let prepared = tokio::task::spawn_blocking(move || prepare(&config))
+        .await
+        .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
+    let runtime_root = state_dir.join(RUNTIME_ROOT);
+    let log = state_dir.join(RUNTIME_LOG);
+    let _ = tokio::fs::remove_file(&log).await;
+    let id = container_id();
+    let mut container = Container {
+        binary: binary.to_string(),
+        runtime_root: runtime_root.clone(),
+        id: id.clone(),
+        root: Some(prepared.root),
+        finished: false,
+    };
+
+    let mut cmd = tokio::process::Command::new(binary);
+    cmd.arg("--root")
+        .arg(&runtime_root)
+        .arg("--log")
+        .arg(&log)
+        .args(["--log-format", "json", "run", "--bundle"])
+        .arg(&prepared.bundle)
+        .arg(&id);
+    match stdio {
+        Stdio::Inherit => {
+            cmd.stdin(std::process::Stdio::inherit())
+                .stdout(std::process::Stdio::inherit())
+                .stderr(std::process::Stdio::inherit());
+        }
+        Stdio::Null => {
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null());
+        }
+        Stdio::Piped => {
+            cmd.stdin(std::process::Stdio::null())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped());
+        }
+    }
+    cmd.kill_on_drop(true);
+    let mut child = match cmd.spawn() {
+        Ok(c) => c,
+        Err(source) => {
+            container.finished = true;
+            return Err(ExecError::Runtime {
+                runtime: binary.to_string(),
+                message: if source.kind() == std::io::ErrorKind::NotFound {
+                    "not found; install it (`apt-get install runc`) or leave `--runtime` out to use the built-in sandbox".to_string()
+                } else {
+                    format!("cannot start it: {source}")
+                },
+            });
+        }
+    };
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    crate::run::pump_output(stdout, stderr, &mut sink).await;
+    let status = child.wait().await.map_err(|source| ExecError::Io {
+        what: "cannot wait for the OCI runtime",
+        path: PathBuf::from(binary),
+        source,
+    })?;
+    // `run` (not detached) deletes the container when its process exits.
+    container.finished = true;
+    drop(container);
+    if !writable {
+        let _ = tokio::fs::remove_dir_all(state_dir.join(crate::wire::SCRATCH_DIR)).await;
+    }
+
+    use std::os::unix::process::ExitStatusExt;
+    let exit_code = match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 255,
+    };
+    if exit_code != 0 {
+        let errors = log_errors(&tokio::fs::read(&log).await.unwrap_or_default());
+        if !errors.is_empty() {
+            return Err(ExecError::Runtime {
+                runtime: binary.to_string(),
+                message: errors.join("; "),
+            });
+        }
+    }
+    Ok(RunOutcome {
+        exit_code,
+        created_mountpoints: if writable {
+            prepared.created
+        } else {
+            Vec::new()
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn runtime_names_parse() {
+        assert_eq!(
+            "runc".parse::<Runtime>().unwrap(),
+            Runtime::Oci("runc".into())
+        );
+        assert_eq!(
+            "crun".parse::<Runtime>().unwrap(),
+            Runtime::Oci("crun".into())
+        );
+        assert_eq!("builtin".parse::<Runtime>().unwrap(), Runtime::Builtin);
+        assert_eq!(
+            "/opt/bin/youki".parse::<Runtime>().unwrap(),
+            Runtime::Oci("/opt/bin/youki".into())
+        );
+        let err = "docker".parse::<Runtime>().unwrap_err().to_string();
+        assert!(err.contains("unknown runtime `docker`"), "{err}");
+    }
+
+    #[test]
+    fn only_error_entries_of_the_log_count() {
+        let log = br#"{"level":"warning","msg":"cgroup ignored","time":"x"}
+{"level":"error","msg":"runc run failed: exec: \"nope\": executable file not found in $PATH","time":"x"}
+not json
+"#;
+        assert_eq!(
+            log_errors(log),
+            vec!["runc run failed: exec: \"nope\": executable file not found in $PATH".to_string()]
+        );
+        assert!(log_errors(b"").is_empty());
+    }
+}
