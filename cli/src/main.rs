@@ -88,9 +88,17 @@ struct BuildArgs {
     /// Progress output: auto, plain, tty or json (one event per line).
     #[arg(long, env = "KILN_PROGRESS", default_value = "auto")]
     progress: String,
-    /// Where the image goes besides the local store: type=oci,dest=FILE[,tar=false].
+    /// Where the result goes besides the `-t` tags (may be repeated): type=image|registry|oci|
+    /// docker|local|tar, with name=, dest= (`-`: stdout), push=, tar=, compression=gzip|zstd|
+    /// uncompressed, compression-level=, force-compression=, oci-mediatypes= (BuildKit's syntax).
     #[arg(short = 'o', long = "output")]
     outputs: Vec<String>,
+    /// Push the image to the registry of each `-t` name (`--output type=registry`).
+    #[arg(long)]
+    push: bool,
+    /// Write the build's result (image digest, config digest, descriptor) as JSON, as buildx does.
+    #[arg(long = "metadata-file")]
+    metadata_file: Option<PathBuf>,
     /// Do not use the cache.
     #[arg(long)]
     no_cache: bool,
@@ -303,28 +311,45 @@ async fn real_main(cli: Cli) -> Result<i32> {
     }
 }
 
-fn parse_output(spec: &str) -> Result<Output> {
-    let mut kind = None;
-    let mut dest = None;
-    let mut tar = true;
-    for part in spec.split(',') {
-        let (k, v) = part.split_once('=').with_context(|| {
-            format!("`--output {spec}`: expected key=value pairs such as `type=oci,dest=out.tar`")
-        })?;
-        match k {
-            "type" => kind = Some(v.to_string()),
-            "dest" => dest = Some(PathBuf::from(v)),
-            "tar" => tar = v != "false",
-            other => bail!("`--output {spec}`: unknown key `{other}`"),
+/// `--output` specs and the `--push` shortcut (the daemon parses BuildKit's syntax).
+fn parse_outputs(b: &BuildArgs) -> Result<Vec<Output>> {
+    let mut outputs = b
+        .outputs
+        .iter()
+        .map(|o| Output::parse(o))
+        .collect::<Result<Vec<_>>>()?;
+    if b.push {
+        if b.tags.is_empty() {
+            bail!("`--push` needs a name to push to: add `-t REGISTRY/NAME[:TAG]`");
         }
+        outputs.push(Output::new(kiln_daemon::OutputKind::Image {
+            names: b.tags.clone(),
+            push: true,
+        }));
     }
-    let dest = dest.with_context(|| format!("`--output {spec}`: `dest=` is required"))?;
-    match kind.as_deref() {
-        Some("oci") if tar => Ok(Output::OciArchive(dest)),
-        Some("oci") => Ok(Output::OciDir(dest)),
-        Some(other) => bail!("`--output type={other}` is not supported yet: use `type=oci`"),
-        None => bail!("`--output {spec}`: `type=` is required"),
+    Ok(outputs)
+}
+
+/// `--metadata-file`: the keys `docker buildx build --metadata-file` writes for an image.
+fn write_metadata(
+    path: &std::path::Path,
+    r: &kiln_daemon::BuildResult,
+    tags: &[String],
+) -> Result<()> {
+    let mut m = serde_json::json!({
+        "containerimage.digest": r.manifest_digest,
+        "containerimage.config.digest": r.config_digest,
+        "containerimage.descriptor": {
+            "mediaType": r.media_type,
+            "digest": r.manifest_digest,
+            "size": r.manifest_size,
+        },
+    });
+    if !tags.is_empty() {
+        m["image.name"] = serde_json::Value::String(tags.join(","));
     }
+    let text = serde_json::to_string_pretty(&m)?;
+    std::fs::write(path, text).with_context(|| format!("cannot write `{}`", path.display()))
 }
 
 /// The engine's request for `kiln build` flags (also used by `kiln debug llb`).
@@ -342,11 +367,7 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
             }
         }
     }
-    let outputs = b
-        .outputs
-        .iter()
-        .map(|o| parse_output(o))
-        .collect::<Result<Vec<_>>>()?;
+    let outputs = parse_outputs(b)?;
     let build_contexts = b
         .build_contexts
         .iter()
@@ -420,6 +441,9 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
     if let Some(f) = b.iidfile {
         std::fs::write(&f, &result.manifest_digest)
             .with_context(|| format!("cannot write `{}`", f.display()))?;
+    }
+    if let Some(f) = &b.metadata_file {
+        write_metadata(f, &result, &b.tags)?;
     }
     Ok(0)
 }

@@ -9,13 +9,23 @@ use kiln_solver::{Output, SolveOutput};
 use oci_spec::image::{ConfigBuilder, History, HistoryBuilder, ImageConfiguration, RootFsBuilder};
 use std::io::Read;
 
-/// An image written to the content store.
+/// An image written to the content store, with what it takes to write it again in another
+/// format (`--output ...,compression=zstd`) or as a file system.
+#[derive(Clone)]
 pub(crate) struct ExportedImage {
     pub manifest_digest: String,
     pub manifest_size: u64,
     pub config_digest: String,
     pub media_type: String,
     pub created: Option<String>,
+    /// The result's snapshots, bottom first.
+    pub chain: Vec<SnapshotId>,
+    /// The image's layers: snapshot, blob, and whether it is a base image's own layer.
+    pub layers: Vec<(SnapshotId, LayerBlob, bool)>,
+    /// The final config (history, created, rootfs filled in) and its extra fields.
+    pub config: ImageConfiguration,
+    pub extras: serde_json::Map<String, serde_json::Value>,
+    pub epoch: Option<i64>,
 }
 
 impl ExportedImage {
@@ -29,7 +39,8 @@ impl ExportedImage {
     }
 }
 
-/// `SOURCE_DATE_EPOCH` from the environment, when set.
+/// `SOURCE_DATE_EPOCH` from the environment, when set (`kiln import`; builds also read it from
+/// `--build-arg`).
 fn source_date_epoch() -> Option<i64> {
     std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
 }
@@ -61,7 +72,14 @@ fn rfc3339(unix: i64) -> String {
 /// records the blob per snapshot) and may turn out empty.
 fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<(LayerBlob, bool)> {
     if kiln_solver::images::is_image_layer(store, snap)? {
-        if let Some(l) = store.snapshots().layers(snap)?.into_iter().next() {
+        // The blob the image came with: recorded under a plain media type (re-compressed
+        // variants carry `;kiln.` parameters).
+        let original = store
+            .snapshots()
+            .layers(snap)?
+            .into_iter()
+            .find(|l| !l.media_type.contains(';'));
+        if let Some(l) = original {
             return Ok((
                 LayerBlob {
                     diff_id: l.diff_id,
@@ -91,6 +109,7 @@ pub(crate) async fn export_image(
     solved: &SolveOutput,
     mut config: ImageConfiguration,
     extras: &serde_json::Map<String, serde_json::Value>,
+    epoch: Option<i64>,
 ) -> Result<ExportedImage> {
     let chain: Vec<SnapshotId> = match &solved.root {
         Output::Scratch => vec![],
@@ -101,11 +120,13 @@ pub(crate) async fn export_image(
         }
         Output::Local(_) => bail!("the build's result is a local directory, not an image"),
     };
-    let epoch = source_date_epoch();
     let store2 = store.clone();
+    let chain2 = chain.clone();
+    // Layers compress in parallel across layers (and gzip/zstd in parallel within each).
     let layers: Vec<(LayerBlob, bool)> = tokio::task::spawn_blocking(move || {
-        chain
-            .iter()
+        use rayon::prelude::*;
+        chain2
+            .par_iter()
             .map(|s| layer_of(&store2, *s, epoch))
             .collect::<Result<Vec<_>>>()
     })
@@ -117,8 +138,9 @@ pub(crate) async fn export_image(
     // their entry marked `empty_layer`, as Docker does.
     let mut history: Vec<History> = config.history().clone().unwrap_or_default();
     let mut kept: Vec<LayerBlob> = Vec::new();
+    let mut kept_layers: Vec<(SnapshotId, LayerBlob, bool)> = Vec::new();
     let mut hi = 0usize;
-    for (blob, known) in layers {
+    for (snap, (blob, known)) in chain.iter().zip(layers) {
         while hi < history.len() && history[hi].empty_layer().unwrap_or(false) {
             hi += 1;
         }
@@ -139,6 +161,7 @@ pub(crate) async fn export_image(
             hi = history.len();
         }
         if !drop_it {
+            kept_layers.push((*snap, blob.clone(), known));
             kept.push(blob);
         }
     }
@@ -162,6 +185,11 @@ pub(crate) async fn export_image(
         config_digest: desc.config_digest,
         media_type: desc.media_type,
         created: Some(created),
+        chain,
+        layers: kept_layers,
+        config,
+        extras: extras.clone(),
+        epoch,
     })
 }
 
@@ -272,6 +300,11 @@ pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage
         config_digest: desc.config_digest,
         media_type: desc.media_type,
         created: Some(created),
+        chain: vec![snap],
+        layers: vec![(snap, blob, true)],
+        config,
+        extras: Default::default(),
+        epoch,
     })
 }
 

@@ -6,6 +6,7 @@ mod changes;
 mod context;
 mod debug;
 mod export;
+mod outputs;
 mod run;
 mod transfer;
 mod sandbox_opts;
@@ -43,14 +44,9 @@ pub struct Engine {
     solver: Solver,
 }
 
-/// Where a build's image goes besides the local store.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Output {
-    /// An OCI image layout as a tar file (`type=oci,dest=FILE`).
-    OciArchive(PathBuf),
-    /// An OCI image layout directory (`type=oci,dest=DIR,tar=false`).
-    OciDir(PathBuf),
-}
+pub use kiln_exporter::Compression;
+/// Where a build's image goes besides the `-t` tags (`--output`, BuildKit's syntax).
+pub use outputs::{ImageFormat, Output, OutputKind};
 
 /// One `kiln build`.
 #[derive(Clone, Debug, Default)]
@@ -87,8 +83,11 @@ pub struct BuildRequest {
 /// What a build produced.
 #[derive(Clone, Debug)]
 pub struct BuildResult {
+    /// The image the first image output got (the `-t` one when tagged).
     pub manifest_digest: String,
     pub config_digest: String,
+    pub manifest_size: u64,
+    pub media_type: String,
     pub executed: usize,
     pub cached: usize,
     /// `Dockerfile:LINE: message` warnings from the frontend.
@@ -225,41 +224,15 @@ impl Engine {
             &solved,
             compiled.image_config,
             &compiled.config_extras,
+            outputs::source_date_epoch(&req.build_args)?,
         )
         .await?;
-        for tag in &req.tags {
-            let name = normalize_name(tag)?;
-            self.store.images().put(&ImageRecord {
-                name,
-                digest: image.manifest_digest.clone(),
-                size: image.manifest_size,
-                media_type: image.media_type.clone(),
-                created: image.created.clone(),
-            })?;
-        }
-        for out in &req.outputs {
-            let desc = image.descriptor();
-            let name = req.tags.first().map(|t| normalize_name(t)).transpose()?;
-            let store = self.store.clone();
-            let out = out.clone();
-            tokio::task::spawn_blocking(move || match &out {
-                Output::OciArchive(dest) => {
-                    kiln_exporter::write_oci_archive(&store, &desc, name.as_deref(), dest)
-                        .with_context(|| {
-                            format!("cannot write the OCI archive `{}`", dest.display())
-                        })
-                }
-                Output::OciDir(dest) => {
-                    kiln_exporter::write_oci_dir(&store, &desc, name.as_deref(), dest).with_context(
-                        || format!("cannot write the OCI layout `{}`", dest.display()),
-                    )
-                }
-            })
-            .await??;
-        }
+        let delivered = outputs::deliver(self, &image, &req.tags, &req.outputs).await?;
         Ok(BuildResult {
-            manifest_digest: image.manifest_digest,
-            config_digest: image.config_digest,
+            manifest_digest: delivered.image.manifest_digest,
+            config_digest: delivered.image.config_digest,
+            manifest_size: delivered.image.manifest_size,
+            media_type: delivered.image.media_type,
             executed: solved.executed,
             cached: solved.cached,
             warnings,
