@@ -13,6 +13,9 @@ pub(crate) struct PullArgs {
     /// The platform to pull from a multi-platform image, os/arch[/variant] (default: this host's).
     #[arg(long)]
     platform: Option<String>,
+    /// Pull every platform of a multi-platform image and keep its index (so a push copies it all).
+    #[arg(long)]
+    all_platforms: bool,
     /// Progress output: auto, plain or tty.
     #[arg(long, env = "KILN_PROGRESS", default_value = "auto")]
     progress: String,
@@ -39,6 +42,7 @@ pub(crate) async fn pull(engine: &Engine, a: PullArgs) -> Result<i32> {
             PullOptions {
                 platform: a.platform,
                 progress: Some(bars.callback()),
+                all_platforms: a.all_platforms,
             },
         )
         .await;
@@ -54,6 +58,12 @@ pub(crate) async fn push(engine: &Engine, a: PushArgs) -> Result<i32> {
         .await;
     bars.finish();
     let report = report?;
+    if report.platform_manifests > 0 {
+        eprintln!(
+            "index: {} platform manifests pushed by digest, then the index",
+            report.platform_manifests
+        );
+    }
     eprintln!(
         "blobs: {} uploaded, {} already there, {} mounted from another repository",
         report.uploaded, report.already_present, report.mounted

@@ -567,3 +567,103 @@ fn sha256_of_text(text: &str) -> String {
     std::fs::write(&p, text).unwrap();
     sha256_file(&p)
 }
+
+#[test]
+fn multi_platform_index_pushed_whole_and_read_by_skopeo() {
+    let (reg, _guard) = registry();
+    let k = Kiln::with_busybox();
+    let multi = push_two_platform_index(&k, &reg);
+
+    // `kiln pull --all-platforms` keeps the index; the name still runs (the host's entry).
+    let k2 = Kiln::new();
+    let out = k2.run(&[
+        "pull",
+        "--all-platforms",
+        "--progress",
+        "plain",
+        &multi.dest,
+    ]);
+    assert_ok(&out, "pull --all-platforms");
+    let index_digest = stdout(&out).trim().to_string();
+    let run = k2.run(&["run", "--rm", &multi.dest, "echo", "indexed"]);
+    assert_ok(&run, "run an image stored as an index");
+    assert_eq!(stdout(&run), "indexed\n");
+
+    let copy = format!("{reg}/{}:copy", unique("index-push"));
+    let out = k2.run(&["push", "--progress", "plain", &multi.dest, &copy]);
+    assert_ok(&out, "push the index");
+    assert!(
+        stderr(&out).contains("2 platform manifests"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(stdout(&out).trim(), index_digest);
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{copy}"),
+        ],
+    );
+    assert_eq!(sha256_of_text(&raw), index_digest, "{raw}");
+    let index: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let digests: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        digests,
+        [multi.host_digest.as_str(), multi.other_digest.as_str()]
+    );
+    // Every platform's image is complete in the registry.
+    let scratch = tempfile::tempdir().unwrap();
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            &format!("docker://{copy}"),
+            &format!("oci:{}:all", scratch.path().join("layout").display()),
+        ],
+    );
+
+    // An index skopeo put into the store is pushed the same way; one whose platform manifest
+    // is missing says how to get it.
+    let k3 = Kiln::new();
+    assert_ok(&k3.run(&["images"]), "create the store");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--src-tls-verify=false",
+            &format!("docker://{copy}"),
+            &format!(
+                "oci:{}/images:docker.io/library/imported:latest",
+                k3.root.path().display()
+            ),
+        ],
+    );
+    let again = format!("{reg}/{}:again", unique("index-push"));
+    let out = k3.run(&["push", "imported", &again]);
+    assert_ok(&out, "push an index imported by skopeo");
+    assert_eq!(stdout(&out).trim(), index_digest);
+    let other_blob = k3
+        .root
+        .path()
+        .join("blobs/sha256")
+        .join(multi.other_digest.trim_start_matches("sha256:"));
+    std::fs::remove_file(&other_blob).unwrap();
+    let out = k3.run(&["push", "imported", &again]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(&multi.other_digest) && err.contains("kiln pull --all-platforms"),
+        "{err}"
+    );
+}

@@ -1,6 +1,7 @@
-//! The engine's registry side: `kiln pull` (platform choice, byte progress), `kiln push` (blobs
-//! in parallel, mounted from another repository of the registry when kiln knows one holds them,
-//! the manifest last so a tag never names an incomplete image) and `kiln login`/`logout`.
+//! The engine's registry side: `kiln pull` (platform choice or all platforms, byte progress),
+//! `kiln push` (blobs in parallel, mounted from another repository of the registry when kiln
+//! knows one holds them, then each platform's manifest by digest, and the tagged manifest or
+//! index last, so a tag never names an incomplete image) and `kiln login`/`logout`.
 
 use anyhow::{Context, Result};
 use futures::stream::{self, StreamExt, TryStreamExt};
@@ -21,6 +22,8 @@ pub struct PullOptions {
     pub platform: Option<String>,
     /// Byte progress per layer download.
     pub progress: Option<BlobProgress>,
+    /// Pull every platform of a multi-platform image and name its index (`--all-platforms`).
+    pub all_platforms: bool,
 }
 
 /// What `kiln push` did, blob by blob.
@@ -31,6 +34,8 @@ pub struct PushReport {
     pub uploaded: usize,
     pub already_present: usize,
     pub mounted: usize,
+    /// Platform manifests pushed by digest before the index (0 for a single-platform image).
+    pub platform_manifests: usize,
 }
 
 impl Engine {
@@ -42,6 +47,16 @@ impl Engine {
 
     /// [`Engine::pull`] with a platform and progress.
     pub async fn pull_with(&self, name: &str, opts: PullOptions) -> Result<String> {
+        if opts.all_platforms {
+            anyhow::ensure!(
+                opts.platform.is_none(),
+                "`--platform` and `--all-platforms` exclude each other: pass one"
+            );
+            let registry = self.solver.registry();
+            return Ok(
+                images::pull_all_platforms(&self.store, registry, name, opts.progress).await?,
+            );
+        }
         let platform = match &opts.platform {
             Some(p) => Platform::parse(p).context("`--platform`")?,
             None => self.solver.platform().clone(),
@@ -71,15 +86,37 @@ impl Engine {
             format!("no image `{local}` in the local store: build, import or pull it first (see `kiln images`)")
         })?;
         let dest = Reference::parse(dest.unwrap_or(name))?;
-        let image = images::load(&self.store, &local, &record.digest)?;
-        let mut blobs = vec![(
-            image.manifest.config().digest().to_string(),
-            image.manifest.config().size(),
-        )];
-        for l in image.manifest.layers() {
-            let d = l.digest().to_string();
-            if !blobs.iter().any(|(b, _)| *b == d) {
-                blobs.push((d, l.size()));
+        let top = self.store.content().read(&record.digest)?;
+        // An index is pushed whole: each platform's blobs and manifest, then the index.
+        let mut manifests = Vec::new();
+        if kiln_registry::is_index(&record.media_type) {
+            for entry in kiln_registry::parse_index(&dest, &top)? {
+                let d = entry.descriptor;
+                let platform = entry
+                    .platform
+                    .map_or_else(|| "no platform".to_string(), |p| p.to_string());
+                anyhow::ensure!(
+                    self.store.content().has(&d.digest),
+                    "`{local}` is a multi-platform image but the local store lacks its `{platform}` \
+                     manifest `{}`: pull the whole image with `kiln pull --all-platforms {local}`",
+                    d.digest
+                );
+                manifests.push((images::load(&self.store, &local, &d.digest)?, d.media_type));
+            }
+        } else {
+            let image = images::load(&self.store, &local, &record.digest)?;
+            manifests.push((image, String::new()));
+        }
+        let mut blobs: Vec<(String, u64)> = Vec::new();
+        for (image, _) in &manifests {
+            let config = image.manifest.config();
+            let layers = image.manifest.layers().iter();
+            for (d, size) in std::iter::once((config.digest().to_string(), config.size()))
+                .chain(layers.map(|l| (l.digest().to_string(), l.size())))
+            {
+                if !blobs.iter().any(|(b, _)| *b == d) {
+                    blobs.push((d, size));
+                }
             }
         }
         let registry = self.solver.registry().clone();
@@ -111,9 +148,41 @@ impl Engine {
             .buffer_unordered(PARALLEL_UPLOADS)
             .try_collect::<Vec<PushedBlob>>()
             .await?;
-        let bytes = self.store.content().read(&record.digest)?;
+        let mut platform_manifests = 0;
+        if kiln_registry::is_index(&record.media_type) {
+            for (image, media_type) in &manifests {
+                let bytes = self.store.content().read(&image.manifest_digest)?;
+                let by_digest = Reference {
+                    tag: None,
+                    digest: Some(image.manifest_digest.clone()),
+                    ..dest.clone()
+                };
+                // Old indexes may leave an entry's type out; its manifest says what it is.
+                let media_type = if media_type.is_empty() {
+                    image
+                        .manifest
+                        .media_type()
+                        .as_ref()
+                        .map_or(kiln_registry::media_type::OCI_MANIFEST.to_string(), |m| {
+                            m.to_string()
+                        })
+                } else {
+                    media_type.clone()
+                };
+                registry
+                    .push_manifest(&by_digest, &media_type, &bytes)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot push manifest `{}` of the index to `{dest}`",
+                            image.manifest_digest
+                        )
+                    })?;
+                platform_manifests += 1;
+            }
+        }
         let digest = registry
-            .push_manifest(&dest, &record.media_type, &bytes)
+            .push_manifest(&dest, &record.media_type, &top)
             .await
             .with_context(|| format!("cannot push the manifest to `{dest}`"))?;
         let count = |k: PushedBlob| results.iter().filter(|r| **r == k).count();
@@ -122,6 +191,7 @@ impl Engine {
             uploaded: count(PushedBlob::Uploaded),
             already_present: count(PushedBlob::AlreadyPresent),
             mounted: count(PushedBlob::Mounted),
+            platform_manifests,
         })
     }
 }

@@ -23,7 +23,17 @@ impl fmt::Debug for Credentials {
     }
 }
 
+/// The user name that marks the secret as an identity token (Docker's convention, used by
+/// credential helpers and for `identitytoken` in the config).
+pub(crate) const IDENTITY_TOKEN_USER: &str = "<token>";
+
 impl Credentials {
+    /// The identity token (an OAuth2 refresh token, e.g. from Docker Hub or Azure), when these
+    /// credentials are one rather than a user and password.
+    pub(crate) fn identity_token(&self) -> Option<&str> {
+        (self.username == IDENTITY_TOKEN_USER).then_some(self.password.as_str())
+    }
+
     pub(crate) fn basic_header(&self) -> String {
         let raw = format!("{}:{}", self.username, self.password);
         format!(
@@ -62,6 +72,8 @@ struct AuthEntry {
     username: Option<String>,
     #[serde(default)]
     password: Option<String>,
+    #[serde(rename = "identitytoken", default)]
+    identity_token: Option<String>,
 }
 
 /// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`.
@@ -107,7 +119,12 @@ pub(crate) fn parse_config(text: &str) -> Result<ConfigCredentials, String> {
     let mut out = HashMap::new();
     for (key, entry) in cfg.auths {
         let host = normalize_host(&key);
-        let creds = if let Some(auth) = entry.auth.filter(|a| !a.is_empty()) {
+        let creds = if let Some(token) = entry.identity_token.filter(|t| !t.is_empty()) {
+            Credentials {
+                username: IDENTITY_TOKEN_USER.to_string(),
+                password: token,
+            }
+        } else if let Some(auth) = entry.auth.filter(|a| !a.is_empty()) {
             let decoded = base64::engine::general_purpose::STANDARD
                 .decode(auth.trim())
                 .map_err(|_| format!("the `auth` of `{key}` is not base64"))?;

@@ -24,7 +24,7 @@ use crate::auth::{self, Challenge, Credentials};
 use crate::credentials::Keychain;
 use crate::digest::{self, Hasher};
 use crate::manifest::{self, Kind, ACCEPT_ALL};
-use crate::{Platform, Reference, RegistryError, ResolvedManifest};
+use crate::{FetchedManifest, Platform, Reference, RegistryError, ResolvedManifest};
 
 /// Tries per request (connection errors, 5xx, 429), per blob body (a cut download resumes with
 /// a Range request) and per blob upload (a failed upload restarts that blob only).
@@ -265,6 +265,27 @@ impl RegistryClient {
             bytes,
             config,
             layers,
+        })
+    }
+
+    /// The manifest or index `r` names, exactly as the registry sends it, with its media type
+    /// (from the Content-Type, the document's own field, or its shape) and digest (verified when
+    /// `r` is pinned to one). For copying whole multi-platform images; [`resolve`](Self::resolve)
+    /// picks one platform.
+    pub async fn fetch_manifest(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
+        let (bytes, content_type) = self.get_manifest(r, r.manifest_ref()).await?;
+        let digest = match &r.digest {
+            Some(pinned) => {
+                verify_digest(r, "manifest", pinned, &bytes)?;
+                pinned.clone()
+            }
+            None => digest::sha256_of(&bytes),
+        };
+        let (_, media_type) = manifest::classify(r, content_type.as_deref(), &bytes)?;
+        Ok(FetchedManifest {
+            digest,
+            media_type,
+            bytes,
         })
     }
 
@@ -875,15 +896,6 @@ impl RegistryClient {
         };
         let mut url = Url::parse(realm)
             .map_err(|e| auth_err(format!("the token realm `{realm}` is not a URL ({e})")))?;
-        {
-            let mut q = url.query_pairs_mut();
-            if let Some(s) = service {
-                q.append_pair("service", s);
-            }
-            for s in scopes {
-                q.append_pair("scope", s);
-            }
-        }
         // Credentials go only where they cannot be read on the wire (or to an allowed host).
         let realm_host = url.host_str().unwrap_or("");
         let safe = url.scheme() == "https"
@@ -891,13 +903,48 @@ impl RegistryClient {
                 Some(p) => format!("{realm_host}:{p}"),
                 None => realm_host.to_string(),
             });
-        let basic = creds.filter(|_| safe).map(Credentials::basic_header);
-        let token_call = Call::new(call.action, r, Method::GET, url, call.access);
+        let creds = creds.filter(|_| safe);
+        let token_call = match creds.and_then(Credentials::identity_token) {
+            // An identity token is an OAuth2 refresh token: POSTed as a form, as Docker does.
+            Some(refresh) => {
+                let mut form = url::form_urlencoded::Serializer::new(String::new());
+                form.append_pair("grant_type", "refresh_token")
+                    .append_pair("refresh_token", refresh)
+                    .append_pair("client_id", "kiln")
+                    .append_pair("access_type", "offline");
+                if let Some(s) = service {
+                    form.append_pair("service", s);
+                }
+                form.append_pair("scope", &scopes.join(" "));
+                let mut c = Call::new(call.action, r, Method::POST, url, call.access);
+                c.headers.push((
+                    CONTENT_TYPE,
+                    "application/x-www-form-urlencoded".to_string(),
+                ));
+                c.body = ReqBody::Bytes(Bytes::from(form.finish()));
+                c
+            }
+            None => {
+                {
+                    let mut q = url.query_pairs_mut();
+                    if let Some(s) = service {
+                        q.append_pair("service", s);
+                    }
+                    for s in scopes {
+                        q.append_pair("scope", s);
+                    }
+                }
+                Call::new(call.action, r, Method::GET, url, call.access)
+            }
+        };
+        let basic = creds
+            .filter(|c| c.identity_token().is_none())
+            .map(Credentials::basic_header);
         let mut resp = self.send(&token_call, basic.as_deref()).await?;
         if !resp.status().is_success() {
             let status = resp.status().as_u16();
             let denied = status == 401 || status == 403;
-            return Err(auth_err(if denied && basic.is_some() {
+            return Err(auth_err(if denied && creds.is_some() {
                 format!(
                     "the token service rejected the credentials for `{}` (HTTP {status}): log in again (`kiln login {}`)",
                     r.registry, r.registry
@@ -1104,15 +1151,77 @@ fn content_range(resp: &Response) -> Option<(u64, Option<u64>)> {
 }
 
 fn retry_after(resp: &Response) -> Option<Duration> {
-    let secs: u64 = resp
-        .headers()
-        .get(RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()?;
-    Some(Duration::from_secs(secs.min(10)))
+    let value = resp.headers().get(RETRY_AFTER)?.to_str().ok()?;
+    parse_retry_after(value, std::time::SystemTime::now())
+}
+
+/// The longest a `Retry-After` is waited for: a registry asking for more gets the error sooner.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// `Retry-After` as delay-seconds or an HTTP date (RFC 9110: IMF-fixdate, and the obsolete
+/// RFC 850 and asctime forms), as a wait from `now`, at most [`MAX_RETRY_AFTER`]; a date in the
+/// past is no wait.
+fn parse_retry_after(value: &str, now: std::time::SystemTime) -> Option<Duration> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(Duration::from_secs(secs).min(MAX_RETRY_AFTER));
+    }
+    let at = std::time::UNIX_EPOCH + Duration::from_secs(parse_http_date(value)?);
+    Some(
+        at.duration_since(now)
+            .unwrap_or(Duration::ZERO)
+            .min(MAX_RETRY_AFTER),
+    )
+}
+
+/// Seconds since the Unix epoch of an HTTP date in GMT.
+fn parse_http_date(s: &str) -> Option<u64> {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let month = |m: &str| MONTHS.iter().position(|x| *x == m).map(|i| i as u64 + 1);
+    let parts: Vec<&str> = s.split_whitespace().collect();
+    let (day, mon, year, time): (u64, u64, u64, &str) = match parts.as_slice() {
+        // Sun, 06 Nov 1994 08:49:37 GMT
+        [_, d, m, y, t, "GMT"] => (d.parse().ok()?, month(m)?, y.parse().ok()?, *t),
+        // Sunday, 06-Nov-94 08:49:37 GMT (two-digit years: RFC 9110 says the nearest past
+        // century that is not more than 50 years ahead)
+        [_, dmy, t, "GMT"] => {
+            let mut it = dmy.split('-');
+            let (d, m, y) = (it.next()?, it.next()?, it.next()?);
+            let y: u64 = y.parse().ok()?;
+            let y = if y < 100 {
+                if y < 70 {
+                    2000 + y
+                } else {
+                    1900 + y
+                }
+            } else {
+                y
+            };
+            (d.parse().ok()?, month(m)?, y, *t)
+        }
+        // Sun Nov  6 08:49:37 1994
+        [_, m, d, t, y] => (d.parse().ok()?, month(m)?, y.parse().ok()?, *t),
+        _ => return None,
+    };
+    let mut hms = time.split(':').map(|p| p.parse::<u64>().ok());
+    let (h, mi, sec) = (hms.next()??, hms.next()??, hms.next()??);
+    if !(1..=31).contains(&day) || h > 23 || mi > 59 || sec > 60 || year < 1970 {
+        return None;
+    }
+    // Days from the civil date (Howard Hinnant's algorithm), for years from 1970.
+    let (y, m) = if mon <= 2 {
+        (year - 1, mon + 9)
+    } else {
+        (year, mon - 3)
+    };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let doy = (153 * m + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = (era * 146_097 + doe).checked_sub(719_468)?;
+    Some(days * 86_400 + h * 3600 + mi * 60 + sec)
 }
 
 fn connection_error(call: &Call<'_>, attempts: u32, e: &reqwest::Error) -> RegistryError {
@@ -1215,6 +1324,46 @@ mod tests {
             c.url(&r, "blobs/x").unwrap().as_str(),
             "http://[::1]:5000/v2/a/b/blobs/x"
         );
+    }
+
+    #[test]
+    fn retry_after_seconds_and_http_dates() {
+        // 1994-11-06 08:49:37 GMT, in its three spellings.
+        let at = 784_111_777;
+        assert_eq!(parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT"), Some(at));
+        assert_eq!(parse_http_date("Sunday, 06-Nov-94 08:49:37 GMT"), Some(at));
+        assert_eq!(parse_http_date("Sun Nov  6 08:49:37 1994"), Some(at));
+        assert_eq!(parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"), Some(0));
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2028 23:59:59 GMT"),
+            Some(1_835_481_599)
+        );
+        for bad in [
+            "",
+            "soon",
+            "Sun, 06 Nov 1994 08:49:37 PST",
+            "Sun, 06 Foo 1994 08:49:37 GMT",
+            "Sun, 32 Nov 1994 08:49:37 GMT",
+            "Sun, 06 Nov 1994 25:49:37 GMT",
+        ] {
+            assert_eq!(parse_http_date(bad), None, "{bad}");
+        }
+        let now = std::time::UNIX_EPOCH + Duration::from_secs(at);
+        assert_eq!(parse_retry_after("3", now), Some(Duration::from_secs(3)));
+        assert_eq!(parse_retry_after("3600", now), Some(MAX_RETRY_AFTER));
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:49:41 GMT", now),
+            Some(Duration::from_secs(4))
+        );
+        assert_eq!(
+            parse_retry_after("Sun, 06 Nov 1994 08:00:00 GMT", now),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(
+            parse_retry_after("Mon, 07 Nov 1994 08:49:37 GMT", now),
+            Some(MAX_RETRY_AFTER)
+        );
+        assert_eq!(parse_retry_after("later", now), None);
     }
 
     #[test]

@@ -41,7 +41,8 @@ pub use client::{ClientOptions, Progress, PushOptions, PushedBlob, RegistryClien
 pub use credentials::{erase_login, store_login, LoginStore};
 pub use error::RegistryError;
 pub use manifest::{
-    is_index, media_type, parse_index, select_platform, Descriptor, IndexEntry, ResolvedManifest,
+    is_index, media_type, parse_index, select_platform, Descriptor, FetchedManifest, IndexEntry,
+    ResolvedManifest,
 };
 pub use platform::Platform;
 pub use reference::Reference;

@@ -57,6 +57,14 @@ pub fn parse_index(reference: &Reference, bytes: &[u8]) -> Result<Vec<IndexEntry
         .collect()
 }
 
+/// A manifest or index as the registry sent it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FetchedManifest {
+    pub digest: String,
+    pub media_type: String,
+    pub bytes: Vec<u8>,
+}
+
 /// One platform's image manifest, as fetched and verified.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResolvedManifest {

@@ -147,6 +147,59 @@ pub async fn resolve_image_with(
     load(store, &tagged, &digest)
 }
 
+/// Pulls every manifest of a multi-platform image (an index or manifest list) with their configs
+/// and layers, then names the index in the image store, so that a push copies the whole image;
+/// a single-platform image is pulled as [`resolve_image`] does. Returns the digest the name now
+/// points at.
+pub async fn pull_all_platforms(
+    store: &Store,
+    registry: &RegistryClient,
+    name: &str,
+    progress: Option<BlobProgress>,
+) -> Result<String, SolveError> {
+    let reference = Reference::parse(name).map_err(|e| SolveError::Image {
+        image: name.to_string(),
+        message: e.to_string(),
+    })?;
+    let full = reference.full_name();
+    let failed = |e: RegistryError| SolveError::Image {
+        image: full.clone(),
+        message: e.to_string(),
+    };
+    let top = registry.fetch_manifest(&reference).await.map_err(failed)?;
+    if !kiln_registry::is_index(&top.media_type) {
+        let image =
+            resolve_image_with(store, registry, &Platform::host(), name, Lookup::Remote).await?;
+        ensure_layers_with(store, registry, &image, progress).await?;
+        return Ok(image.manifest_digest);
+    }
+    let entries = kiln_registry::parse_index(&reference, &top.bytes).map_err(failed)?;
+    for entry in &entries {
+        let child = reference.with_digest(&entry.descriptor.digest).to_string();
+        // A pinned manifest is taken as it is: the platform only matters for nested indexes.
+        let platform = entry.platform.clone().unwrap_or_else(Platform::host);
+        let image = resolve_image_with(store, registry, &platform, &child, Lookup::Local).await?;
+        ensure_layers_with(store, registry, &image, progress.clone()).await?;
+    }
+    let (digest, size) = store
+        .content()
+        .put_bytes(&top.bytes)
+        .map_err(SolveError::cache)?;
+    if reference.digest.is_none() {
+        store
+            .images()
+            .put(&ImageRecord {
+                name: without_digest(&reference),
+                digest: digest.clone(),
+                size,
+                media_type: top.media_type.clone(),
+                created: None,
+            })
+            .map_err(SolveError::cache)?;
+    }
+    Ok(digest)
+}
+
 /// What the local store has for a stored manifest or index digest.
 enum Local {
     Found(ImageRef),
