@@ -278,3 +278,44 @@ async fn rate_limit_is_retried_after_the_announced_delay() {
     .await
     .expect("test timed out");
 }
+
+#[tokio::test]
+async fn retry_after_as_an_http_date_is_honoured() {
+    tokio::time::timeout(TEST_TIMEOUT, async {
+        // Two seconds ahead, in IMF-fixdate: the wait is between one and two seconds.
+        let at = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 2;
+        let out = std::process::Command::new("date")
+            .args(["-u", "-d", &format!("@{at}"), "+%a, %d %b %Y %H:%M:%S GMT"])
+            .env("LC_ALL", "C")
+            .output()
+            .expect("run date");
+        let date = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let n = Arc::new(AtomicUsize::new(0));
+        let n2 = n.clone();
+        let srv = FakeServer::start(move |_| {
+            if n2.fetch_add(1, Ordering::SeqCst) == 0 {
+                Resp::new(503, "").header("Retry-After", &date)
+            } else {
+                Resp::new(404, "")
+            }
+        })
+        .await;
+        let c = client();
+        let r = Reference::parse(&format!("127.0.0.1:{}/a/b", srv.port)).unwrap();
+        let started = std::time::Instant::now();
+        assert!(!c.blob_exists(&r, &sha256(b"x")).await.unwrap());
+        // The first backoff without the header would be 0.4 s.
+        let waited = started.elapsed();
+        assert!(
+            waited >= std::time::Duration::from_millis(950),
+            "{waited:?}"
+        );
+        assert_eq!(srv.requests().len(), 2);
+    })
+    .await
+    .expect("test timed out");
+}

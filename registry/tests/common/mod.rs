@@ -103,6 +103,8 @@ pub struct Req {
     pub method: String,
     pub path: String,
     pub headers: HashMap<String, String>,
+    /// The request body (`Content-Length` bytes).
+    pub body: Vec<u8>,
 }
 
 pub struct Resp {
@@ -168,10 +170,26 @@ impl FakeServer {
                             headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
                         }
                     }
+                    let head_len = buf
+                        .windows(4)
+                        .position(|w| w == b"\r\n\r\n")
+                        .map_or(buf.len(), |i| i + 4);
+                    let want: usize = headers
+                        .get("content-length")
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    let mut body = buf[head_len..].to_vec();
+                    while body.len() < want {
+                        match sock.read(&mut tmp).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => body.extend_from_slice(&tmp[..n]),
+                        }
+                    }
                     let req = Req {
                         method,
                         path,
                         headers,
+                        body,
                     };
                     log.lock().unwrap().push(req.clone());
                     let resp = handler(&req);
