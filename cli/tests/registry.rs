@@ -351,8 +351,15 @@ struct CountingProxy {
 
 impl CountingProxy {
     fn start(upstream: &str) -> Self {
+        Self::start_cutting(upstream, None)
+    }
+
+    /// As [`CountingProxy::start`], and the answer to every request whose line contains `cut`
+    /// is dropped after its first 4 KiB (a registry that dies mid-blob, every time).
+    fn start_cutting(upstream: &str, cut: Option<String>) -> Self {
         use std::io::{Read, Write};
         use std::net::{TcpListener, TcpStream};
+        use std::sync::atomic::{AtomicBool, Ordering};
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -364,11 +371,30 @@ impl CountingProxy {
                     return;
                 };
                 let (mut c2, mut s2) = (client.try_clone().unwrap(), server.try_clone().unwrap());
+                let cutting = std::sync::Arc::new(AtomicBool::new(false));
+                let cutting2 = cutting.clone();
                 std::thread::spawn(move || {
-                    let _ = std::io::copy(&mut s2, &mut c2);
+                    let mut buf = [0u8; 64 << 10];
+                    let mut budget = 4096usize;
+                    loop {
+                        let n = match s2.read(&mut buf) {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => n,
+                        };
+                        if cutting2.load(Ordering::SeqCst) {
+                            let _ = c2.write_all(&buf[..n.min(budget)]);
+                            budget = budget.saturating_sub(n);
+                            if budget == 0 {
+                                let _ = s2.shutdown(std::net::Shutdown::Both);
+                                break;
+                            }
+                        } else if c2.write_all(&buf[..n]).is_err() {
+                            break;
+                        }
+                    }
                     let _ = c2.shutdown(std::net::Shutdown::Both);
                 });
-                let log = log.clone();
+                let (log, cut) = (log.clone(), cut.clone());
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 64 << 10];
                     let mut line = Vec::new();
@@ -385,6 +411,9 @@ impl CountingProxy {
                                     .any(|m| text.starts_with(m))
                                     && text.ends_with(" HTTP/1.1");
                                 if is_request {
+                                    if cut.as_deref().is_some_and(|c| text.contains(c)) {
+                                        cutting.store(true, Ordering::SeqCst);
+                                    }
                                     log.lock().unwrap().push(text);
                                 }
                                 line.clear();
@@ -666,4 +695,67 @@ fn multi_platform_index_pushed_whole_and_read_by_skopeo() {
         err.contains(&multi.other_digest) && err.contains("kiln pull --all-platforms"),
         "{err}"
     );
+}
+
+#[test]
+fn layer_download_failing_mid_build_names_image_and_layer() {
+    let (reg, _guard) = registry();
+    let k = Kiln::with_busybox();
+    let repo = unique("cut-layer");
+    assert_ok(
+        &k.run(&["push", "busybox", &format!("{reg}/{repo}:v1")]),
+        "push the base",
+    );
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{reg}/{repo}:v1"),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let layer = manifest["layers"][0]["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let proxy = CountingProxy::start_cutting(&reg, Some(format!("/blobs/{layer}")));
+    let image = format!("{}/{repo}:v1", proxy.addr);
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!("FROM {image}\nRUN true\n"),
+    )
+    .unwrap();
+    let k2 = Kiln::new();
+    let started = std::time::Instant::now();
+    let out = k2.run(&["build", "--progress", "plain", ctx.path().to_str().unwrap()]);
+    assert!(
+        !out.status.success(),
+        "the build worked through a cut layer"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("`{image}`"))
+            && err.contains(&format!("blob `{layer}`"))
+            && err.contains("run the command again"),
+        "{err}"
+    );
+    let asked = proxy
+        .requests
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|l| l.contains(&layer))
+        .count();
+    assert!(asked >= 2, "the cut download was not resumed: {asked}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(60));
+    // Nothing half-downloaded entered the store.
+    let blob = k2
+        .root
+        .path()
+        .join("blobs/sha256")
+        .join(layer.trim_start_matches("sha256:"));
+    assert!(!blob.exists(), "a partial layer was stored");
 }

@@ -355,10 +355,18 @@ async fn fetch_blob(
                 tracing::warn!("{e}; downloading it again");
             }
             Err(FetchError::Registry(e)) => {
+                let what = match size {
+                    Some(n) => format!("blob `{digest}` ({n} bytes)"),
+                    None => format!("blob `{digest}`"),
+                };
                 return Err(SolveError::Image {
                     image: reference.full_name(),
-                    message: e.to_string(),
-                })
+                    message: format!(
+                        "downloading {what} failed: {e}; nothing of it was stored: run the \
+                         command again once the registry answers (blobs already downloaded are \
+                         kept)"
+                    ),
+                });
             }
             Err(FetchError::Solve(e)) => return Err(e),
             Ok(()) => return record_blob_source(store, reference, digest),
