@@ -7,9 +7,15 @@
 //! `~/.docker/config.json` (or `$DOCKER_CONFIG/config.json`): its `credHelpers` and `credsStore`
 //! (`docker-credential-*` programs), then its `auths`; [`store_login`] and [`erase_login`] write
 //! them back as `docker login`/`logout` do. Basic and Bearer token challenges are answered and
-//! the answer cached per registry and scope. Connection errors, 5xx and 429 are retried (four
-//! attempts, honouring `Retry-After`); a cut blob download resumes with a Range request; a
-//! failed blob upload starts again for that blob only; blob digests and sizes are verified.
+//! the answer cached per registry and scope; an identity token (user `<token>` from a helper, or
+//! `identitytoken` in `auths`) is sent to the token service as an OAuth2 refresh token.
+//! Connection errors, 5xx and 429 are retried (four attempts, honouring `Retry-After` in seconds
+//! or as an HTTP date, up to 10 s); a cut blob download resumes with a Range request; a failed
+//! blob upload starts again for that blob only; blob digests and sizes are verified.
+//!
+//! Multi-platform images: [`RegistryClient::resolve`] picks one platform's manifest from an
+//! index; [`RegistryClient::fetch_manifest`], [`parse_index`] and [`select_platform`] let a
+//! caller copy or narrow a whole index itself (kiln's `pull --all-platforms` and index push).
 //!
 //! ```no_run
 //! # async fn pull() -> Result<(), Box<dyn std::error::Error>> {

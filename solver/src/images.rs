@@ -96,7 +96,7 @@ pub async fn resolve_image_with(
                     || reference.digest.is_some()
                     || platform.matches(&made_for)
                 {
-                    return Ok(image);
+                    return Ok(*image);
                 }
                 why = format!(
                     " (the local store's `{full}` is for `{made_for}`, not `{platform}`: pull the \
@@ -202,7 +202,7 @@ pub async fn pull_all_platforms(
 
 /// What the local store has for a stored manifest or index digest.
 enum Local {
-    Found(ImageRef),
+    Found(Box<ImageRef>),
     /// The digest is an index whose manifest for the platform is not stored: this one.
     Missing(String),
 }
@@ -216,7 +216,7 @@ fn local_image(
 ) -> Result<Local, SolveError> {
     let bytes = store.content().read(digest).map_err(SolveError::cache)?;
     if !looks_like_index(&bytes) {
-        return load(store, name, digest).map(Local::Found);
+        return load(store, name, digest).map(|i| Local::Found(Box::new(i)));
     }
     let entry = kiln_registry::select_platform(reference, &bytes, platform).map_err(|e| {
         SolveError::Image {
@@ -225,7 +225,7 @@ fn local_image(
         }
     })?;
     if store.content().has(&entry.digest) {
-        load(store, name, &entry.digest).map(Local::Found)
+        load(store, name, &entry.digest).map(|i| Local::Found(Box::new(i)))
     } else {
         Ok(Local::Missing(entry.digest))
     }
