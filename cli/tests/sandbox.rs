@@ -184,7 +184,7 @@ fn secrets_reach_only_their_step_and_never_the_store() {
     let ctx = context(&[(
         "Dockerfile",
         "FROM busybox\n\
-         RUN --mount=type=secret,id=tok,env=TOK,mode=0440,uid=12,gid=34 \
+         RUN --mount=type=secret,id=tok,target=/run/secrets/tok,env=TOK,mode=0440,uid=12,gid=34 \
          test \"$(cat /run/secrets/tok)\" = \"$TOK\" && wc -c < /run/secrets/tok > /len \
          && stat -c '%a %u %g' /run/secrets/tok > /meta\n\
          RUN if cat /run/secrets/tok 2>/dev/null; then exit 1; fi; test -z \"$TOK\"\n",
@@ -244,6 +244,147 @@ fn ssh_agent_socket_is_forwarded() {
             "cat /sock; ls -A /run/buildkit 2>/dev/null; true"
         ),
         "/run/buildkit/ssh_agent.0\n"
+    );
+}
+
+#[test]
+fn secret_with_env_only_also_got_a_file() {
+    // BuildKit: `env=` without `target=` gives the variable and no file.
+    let k = Kiln::with_busybox();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=secret,id=tok,env=TOK test \"$TOK\" = hush \
+         && if ls /run/secrets 2>/dev/null; then exit 1; fi\n\
+         RUN --mount=type=secret,id=tok,env=TOK,target=/s/tok test \"$(cat /s/tok)\" = \"$TOK\"\n",
+    )]);
+    let out = k
+        .cmd()
+        .env("KILN_TEST_TOK", "hush")
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "--secret",
+            "id=tok,env=KILN_TEST_TOK",
+        ])
+        .arg(ctx.path())
+        .output()
+        .unwrap();
+    assert_ok(&out, "kiln build with an env-only secret");
+}
+
+#[test]
+fn bind_of_the_context_showed_dockerignored_files() {
+    let k = Kiln::with_busybox();
+    let ctx = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN --mount=type=bind,target=/ctx cd /ctx && find . | sort > /seen\n\
+             RUN --mount=type=bind,target=/ctx,rw cd /ctx && find . | sort > /seen-rw && touch new\n\
+             RUN --mount=type=bind,target=/ctx,source=keep cd /ctx && find . | sort > /seen-sub\n",
+        ),
+        (".dockerignore", "secret.env\nnode_modules\nkeep/*.log\n"),
+        ("secret.env", "TOKEN=1\n"),
+        ("node_modules/pkg/index.js", "x\n"),
+        ("keep/a.txt", "a\n"),
+        ("keep/debug.log", "log\n"),
+    ]);
+    let mode = |p: &str| {
+        std::os::unix::fs::PermissionsExt::mode(
+            &std::fs::metadata(ctx.path().join(p)).unwrap().permissions(),
+        ) & 0o777
+    };
+    std::fs::set_permissions(
+        ctx.path().join("keep"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    assert_eq!(mode("keep"), 0o750);
+    for runtime in ["builtin", "runc"] {
+        let tag = format!("ignored-{runtime}");
+        let out = build(&k, ctx.path(), &["--runtime", runtime, "-t", &tag]);
+        assert_ok(&out, &format!("kiln build --runtime {runtime}"));
+        let listing = ".\n./.dockerignore\n./Dockerfile\n./keep\n./keep/a.txt\n";
+        assert_eq!(run_in(&k, &tag, "cat /seen"), listing, "{runtime}");
+        assert_eq!(run_in(&k, &tag, "cat /seen-rw"), listing, "{runtime}");
+        assert_eq!(
+            run_in(&k, &tag, "cat /seen-sub"),
+            ".\n./a.txt\n",
+            "{runtime}"
+        );
+    }
+    // The context itself is untouched, and a directory in the view keeps its mode.
+    assert!(!ctx.path().join("new").exists());
+    assert!(ctx.path().join("secret.env").exists());
+    let ctx2 = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=bind,target=/ctx stat -c %a /ctx/keep > /mode\n",
+        ),
+        (".dockerignore", "keep/*.log\n"),
+        ("keep/a.txt", "a\n"),
+        ("keep/debug.log", "log\n"),
+    ]);
+    std::fs::set_permissions(
+        ctx2.path().join("keep"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o750),
+    )
+    .unwrap();
+    let out = build(&k, ctx2.path(), &["-t", "ignored-mode"]);
+    assert_ok(&out, "kiln build");
+    assert_eq!(run_in(&k, "ignored-mode", "cat /mode"), "750\n");
+    // A source the `.dockerignore` excludes is not in the context.
+    let ctx3 = context(&[
+        (
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=bind,target=/ctx,source=node_modules true\n",
+        ),
+        (".dockerignore", "node_modules\n"),
+        ("node_modules/x", "x\n"),
+    ]);
+    let out = build(&k, ctx3.path(), &[]);
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("excluded by `.dockerignore`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn ssh_mount_ignored_mode_uid_gid() {
+    let k = Kiln::with_busybox();
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let ctx = context(&[(
+        "Dockerfile",
+        "FROM busybox\n\
+         RUN --mount=type=ssh stat -c '%a %u %g' \"$SSH_AUTH_SOCK\" > /default\n\
+         RUN --mount=type=ssh,mode=0666,uid=1000,gid=1001 stat -c '%a %u %g' \"$SSH_AUTH_SOCK\" > /custom\n",
+    )]);
+    let spec = format!("default={}", sock.display());
+    for runtime in ["builtin", "runc"] {
+        let tag = format!("ssh-mode-{runtime}");
+        let out = build(
+            &k,
+            ctx.path(),
+            &["--ssh", &spec, "--runtime", runtime, "-t", &tag],
+        );
+        assert_ok(&out, &format!("kiln build --ssh --runtime {runtime}"));
+        assert_eq!(
+            run_in(&k, &tag, "cat /default /custom"),
+            "600 0 0\n666 1000 1001\n",
+            "{runtime}"
+        );
+    }
+    // The agent's own socket keeps its mode.
+    let md = std::fs::metadata(&sock).unwrap();
+    assert_ne!(
+        std::os::unix::fs::PermissionsExt::mode(&md.permissions()) & 0o777,
+        0o666
     );
 }
 

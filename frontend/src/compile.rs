@@ -1474,6 +1474,13 @@ impl<'a> Compiler<'a> {
         let id = get("id");
         let target = match (kind.as_str(), target) {
             (_, Some(t)) if !t.is_empty() => join_abs(cwd, &t),
+            // BuildKit: with `env=` and no target the secret is only the variable, no file.
+            ("secret", None)
+                if get("env").is_some_and(|e| !e.is_empty())
+                    && id.as_ref().is_some_and(|i| !i.is_empty()) =>
+            {
+                String::new()
+            }
             ("secret", None) => match &id {
                 Some(id) if !id.is_empty() => format!("/run/secrets/{id}"),
                 _ => {

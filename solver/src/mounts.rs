@@ -20,6 +20,9 @@ use oci_spec::runtime::{Mount, MountBuilder};
 
 use crate::{fileops, Output, SolveError};
 
+mod context_view;
+mod ssh_proxy;
+
 /// Where cache mounts live under the store root.
 const CACHE_MOUNTS_DIR: &str = "cache-mounts";
 
@@ -62,6 +65,8 @@ pub(crate) struct Prepared {
     temp_snapshots: Vec<SnapshotId>,
     store: Store,
     scratch: Option<tempfile::TempDir>,
+    /// Forwarders of `type=ssh` mounts, stopped on drop.
+    ssh_proxies: Vec<ssh_proxy::SshProxy>,
 }
 
 impl Drop for Prepared {
@@ -75,6 +80,7 @@ impl Drop for Prepared {
             let _ = self.store.snapshots().remove(s);
         }
         self.locks.clear();
+        self.ssh_proxies.clear();
         self.scratch.take();
     }
 }
@@ -221,6 +227,7 @@ pub(crate) fn prepare(
         temp_snapshots: Vec::new(),
         store: store.clone(),
         scratch: None,
+        ssh_proxies: Vec::new(),
     };
     let mut others: Vec<&kiln_llb::Mount> = mounts
         .iter()
@@ -332,8 +339,10 @@ fn bind(
         }
         Some(Output::Local(ctx)) => {
             let src = source_in(ctx.root(), &m.selector, &m.dest)?;
-            if !m.readonly {
-                return local_rw(p, m, &src, work);
+            // `.dockerignore`d entries are hidden under whiteouts, as if never sent.
+            let hidden = context_view::whiteout_layer(ctx.as_ref(), &src, &work.join("hidden"))?;
+            if !m.readonly || hidden.is_some() {
+                return local_overlay(p, m, &src, hidden.as_deref(), work);
             }
             src
         }
@@ -342,38 +351,50 @@ fn bind(
     Ok(())
 }
 
-/// A writable bind of the build context: an overlay whose upper is thrown away, so the context
-/// itself is never written.
-fn local_rw(
+/// A bind of the build context through an overlay: writable binds get an upper layer that is
+/// thrown away, so the context itself is never written; `hidden` (whiteouts of the
+/// `.dockerignore`d entries) goes above the context.
+fn local_overlay(
     p: &mut Prepared,
     m: &kiln_llb::Mount,
     src: &Path,
+    hidden: Option<&Path>,
     work: &Path,
 ) -> Result<(), SolveError> {
     let md = std::fs::metadata(src).map_err(|e| io_err("cannot read", src, e))?;
     if !md.is_dir() {
         let copy = work.join("file");
         std::fs::copy(src, &copy).map_err(|e| io_err("cannot copy", src, e))?;
-        p.mounts
-            .push(oci_mount(&m.dest, "bind", &copy, &["rbind".to_string()])?);
+        let mut opts = vec!["rbind".to_string()];
+        if m.readonly {
+            opts.push("ro".into());
+        }
+        p.mounts.push(oci_mount(&m.dest, "bind", &copy, &opts)?);
         return Ok(());
     }
-    let s = src.to_string_lossy();
-    if s.contains([',', ':', '\\']) {
-        return Err(op_err(format!(
-            "mount at `{}`: the context path `{s}` contains `,`, `:` or `\\`, which overlayfs cannot take; move the context or drop `rw`",
-            m.dest
-        )));
+    let mut lowers = Vec::new();
+    for dir in hidden.into_iter().chain(std::iter::once(src)) {
+        let s = dir.to_string_lossy().into_owned();
+        if s.contains([',', ':', '\\']) {
+            return Err(op_err(format!(
+                "mount at `{}`: the path `{s}` contains `,`, `:` or `\\`, which overlayfs cannot take; move the context or the kiln store",
+                m.dest
+            )));
+        }
+        lowers.push(s);
     }
-    let (upper, wdir) = (work.join("upper"), work.join("work"));
-    for d in [&upper, &wdir] {
-        std::fs::create_dir_all(d).map_err(|e| io_err("cannot create", d, e))?;
+    let mut opts = vec![format!("lowerdir={}", lowers.join(":"))];
+    if m.readonly {
+        // Two lower layers and no upper: a read-only overlay.
+        opts.push("ro".into());
+    } else {
+        let (upper, wdir) = (work.join("upper"), work.join("work"));
+        for d in [&upper, &wdir] {
+            std::fs::create_dir_all(d).map_err(|e| io_err("cannot create", d, e))?;
+        }
+        opts.push(format!("upperdir={}", upper.display()));
+        opts.push(format!("workdir={}", wdir.display()));
     }
-    let opts = vec![
-        format!("lowerdir={s}"),
-        format!("upperdir={}", upper.display()),
-        format!("workdir={}", wdir.display()),
-    ];
     p.mounts
         .push(oci_mount(&m.dest, "overlay", Path::new("overlay"), &opts)?);
     Ok(())
@@ -632,6 +653,10 @@ fn secret(
             })?;
         p.env.push(format!("{var}={text}"));
     }
+    // `env=` without a target (the frontend leaves the destination empty): no file, as BuildKit.
+    if m.dest.is_empty() {
+        return Ok(());
+    }
     let mode = mode_opt(m, 0o400)?;
     let (uid, gid) = (id_opt(m, "uid")?, id_opt(m, "gid")?);
     let secrets = dir.join("secrets");
@@ -663,7 +688,8 @@ fn secret(
     Ok(())
 }
 
-/// `type=ssh`: the agent socket bound in. Returns whether a socket was mounted.
+/// `type=ssh`: a forwarder of the agent socket bound in, with the mount's `mode`, `uid` and
+/// `gid`. Returns whether a socket was mounted.
 fn ssh(p: &mut Prepared, session: &Session, m: &kiln_llb::Mount) -> Result<bool, SolveError> {
     let id = option(m, "id").unwrap_or("default");
     let required = flag(m, "required")?.unwrap_or(false);
@@ -687,8 +713,17 @@ fn ssh(p: &mut Prepared, session: &Session, m: &kiln_llb::Mount) -> Result<bool,
             sock.display()
         )));
     }
-    p.mounts
-        .push(oci_mount(&m.dest, "bind", sock, &["rbind".to_string()])?);
+    // BuildKit's defaults: the socket is root's alone unless the mount says otherwise.
+    let mode = mode_opt(m, 0o600)?;
+    let (uid, gid) = (id_opt(m, "uid")?, id_opt(m, "gid")?);
+    let proxy = ssh_proxy::start(sock, uid, gid, mode)?;
+    p.mounts.push(oci_mount(
+        &m.dest,
+        "bind",
+        proxy.socket(),
+        &["rbind".to_string()],
+    )?);
+    p.ssh_proxies.push(proxy);
     Ok(true)
 }
 
