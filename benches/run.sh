@@ -262,7 +262,7 @@ END {
             peer = p == 1 ? "buildah" : p == 2 ? "docker" : "kiln-j1"
             if (!seen[peer]) continue
             kk = "kiln" SUBSEP c[j]; pk = peer SUBSEP c[j]
-            if ((kk in ms) && (pk in ms) && median(ms[pk]) > 0) printf " %9.2fx", median(ms[kk]) / median(ms[pk])
+            if ((kk in ms) && (pk in ms) && median(ms[pk]) > 0) printf " %9.3fx", median(ms[kk]) / median(ms[pk])
             else printf " %10s", "-"
         }
         printf "\n"
