@@ -37,7 +37,9 @@ pub use gc::{GcOptions, GcReport};
 pub use images::{ImageRecord, ImageStore, CREATED_ANNOTATION, REF_NAME_ANNOTATION};
 pub use index::{CacheIndex, CachedResult};
 pub use mount::MountGuard;
-pub use snapshots::{is_whiteout, LayerInfo, SnapshotId, Snapshots, OPAQUE_XATTR};
+pub use snapshots::{
+    is_whiteout, opaque_xattr, LayerInfo, SnapshotId, Snapshots, OPAQUE_XATTR, USER_OPAQUE_XATTR,
+};
 
 use mount::{Mounter, RealMounter};
 

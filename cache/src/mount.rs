@@ -185,6 +185,10 @@ fn fsconfig_overlay(
         set(c"workdir", &cpath(work, target)?)?;
     }
     set(c"index", c"off")?;
+    if crate::snapshots::in_user_namespace() {
+        set(c"redirect_dir", c"nofollow")?;
+        set_flag(&fs_fd, c"userxattr", target)?;
+    }
     // SAFETY: a live fs context fd; CMD_CREATE takes no key or value.
     let r = unsafe {
         libc::syscall(
@@ -222,6 +226,34 @@ fn fsconfig_overlay(
     if r < 0 {
         return Err(CacheError::Mount {
             action: "move_mount of the overlay",
+            target: target.to_path_buf(),
+            source: nix::Error::last(),
+        });
+    }
+    Ok(())
+}
+
+/// `fsconfig(FSCONFIG_SET_FLAG, key)`.
+fn set_flag(
+    fs_fd: &std::os::fd::OwnedFd,
+    key: &std::ffi::CStr,
+    target: &Path,
+) -> Result<(), CacheError> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a live fs context fd and a NUL-terminated key that outlives the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_fsconfig,
+            fs_fd.as_raw_fd(),
+            libc::FSCONFIG_SET_FLAG,
+            key.as_ptr(),
+            std::ptr::null::<libc::c_char>(),
+            0,
+        )
+    };
+    if r < 0 {
+        return Err(CacheError::Mount {
+            action: "fsconfig of the overlay",
             target: target.to_path_buf(),
             source: nix::Error::last(),
         });
@@ -285,6 +317,11 @@ pub(crate) fn plan(
             }
             // No inode index: the same lower dirs are shared by many concurrent mounts.
             options.push_str(",index=off");
+            if crate::snapshots::in_user_namespace() {
+                // Rootless: overlayfs keeps its xattrs in `user.*`, and then refuses to follow
+                // redirects.
+                options.push_str(",redirect_dir=nofollow,userxattr");
+            }
             if options.len() > MAX_OPTIONS_LEN {
                 // One page of options is not enough: hand the layers over one by one.
                 return Ok(MountRequest::OverlayLayers {

@@ -20,6 +20,25 @@ use crate::CacheError;
 /// The xattr overlayfs reads to hide a lower directory's contents (value `y`).
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
+/// The same in a user namespace (rootless kiln), where overlayfs runs with `userxattr` and
+/// `trusted.*` cannot be set.
+pub const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
+
+/// Whether this process runs in a user namespace other than the host's (rootless kiln).
+pub(crate) fn in_user_namespace() -> bool {
+    std::fs::read_to_string("/proc/self/uid_map")
+        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
+}
+
+/// The opaque xattr overlayfs uses here: [`USER_OPAQUE_XATTR`] when rootless.
+pub fn opaque_xattr() -> &'static str {
+    if in_user_namespace() {
+        USER_OPAQUE_XATTR
+    } else {
+        OPAQUE_XATTR
+    }
+}
+
 /// Deepest chain followed before the index is declared corrupt (a parent cycle).
 const MAX_CHAIN: usize = 100_000;
 
@@ -462,7 +481,9 @@ pub fn is_whiteout(meta: &fs::Metadata) -> bool {
 }
 
 fn is_opaque(path: &Path) -> bool {
-    matches!(xattr::get(path, OPAQUE_XATTR), Ok(Some(v)) if v == b"y")
+    [OPAQUE_XATTR, USER_OPAQUE_XATTR]
+        .iter()
+        .any(|x| matches!(xattr::get(path, x), Ok(Some(v)) if v == b"y"))
 }
 
 /// What the merged view holds at exactly `comps` (no symlink following): the real path in the

@@ -12,7 +12,7 @@ use nix::sys::stat::{makedev, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use tar::EntryType;
 
-use crate::snapshots::OPAQUE_XATTR;
+use crate::snapshots::opaque_xattr;
 use crate::CacheError;
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
@@ -208,7 +208,7 @@ pub(crate) fn unpack(root: &Path, reader: impl Read) -> Result<(), CacheError> {
         let last_bytes = last.as_bytes();
 
         if last_bytes == OPAQUE_MARKER {
-            xattr::set(&parent, OPAQUE_XATTR, b"y")
+            xattr::set(&parent, opaque_xattr(), b"y")
                 .map_err(CacheError::io("mark opaque", &parent))?;
             continue;
         }

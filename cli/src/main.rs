@@ -187,6 +187,16 @@ fn main() {
     // The sandbox is this same binary re-executed; it must not start any thread first.
     kiln_exec::sandbox_main_if_requested();
     let cli = Cli::parse();
+    // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
+    // with its store under $XDG_DATA_HOME/kiln.
+    match kiln_exec::reexec_rootless_if_unprivileged() {
+        Ok(None) => {}
+        Ok(Some(code)) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(1);
+        }
+    }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))
         .with_writer(std::io::stderr)

@@ -70,6 +70,10 @@ pub enum ExecError {
         message: String,
     },
 
+    /// Rootless mode could not set up its user namespace.
+    #[error("rootless mode: {0}")]
+    Rootless(String),
+
     /// The helper exited without reporting a result: it is probably not a kiln binary.
     #[error("sandbox helper `{exe}` exited ({status}) without reporting a result; make sure its `main()` calls `kiln_exec::sandbox_main_if_requested()` first")]
     NoResult {

@@ -21,6 +21,7 @@
 mod error;
 mod etc;
 mod oci;
+mod rootless;
 mod run;
 mod sandbox;
 mod seccomp;
@@ -32,6 +33,9 @@ use std::path::PathBuf;
 
 pub use error::ExecError;
 pub use oci::Runtime;
+pub use rootless::{
+    has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged, rootless_store_dir,
+};
 pub use run::run;
 pub use seccomp::default_seccomp;
 pub use spec::{default_spec, Network, ProcessSpec, DEFAULT_NOFILE, DEFAULT_PATH};

@@ -156,6 +156,7 @@ fn prepare(config: &SandboxConfig) -> Result<Prepared, ExecError> {
         lower: &rootfs.lower,
         upper: &upper,
         work: &work,
+        userxattr: crate::rootless::in_user_namespace(),
     };
     mount_overlay(&layers, &rootfs.target).map_err(ExecError::Setup)?;
     let root = RootMount {

@@ -93,12 +93,23 @@ fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared
         .flatten()
         .map(|g| Gid::from_raw(*g))
         .collect();
-    nix::unistd::setgroups(&groups)
-        .map_err(|e| format!("cannot set supplementary groups {groups:?}: {e}"))?;
+    // Rootless without subordinate gids, setgroups is denied in the namespace: there are no
+    // groups to drop anyway, as only gid 0 exists.
+    if !(groups.is_empty() && setgroups_denied()) {
+        nix::unistd::setgroups(&groups).map_err(|e| {
+            if setgroups_denied() {
+                format!(
+                    "cannot set supplementary groups {groups:?}: rootless kiln has only your own group mapped; {SUBIDS_HINT}"
+                )
+            } else {
+                format!("cannot set supplementary groups {groups:?}: {e}")
+            }
+        })?;
+    }
     let gid = Gid::from_raw(user.gid());
-    nix::unistd::setresgid(gid, gid, gid).map_err(|e| format!("cannot set group id {gid}: {e}"))?;
+    nix::unistd::setresgid(gid, gid, gid).map_err(|e| unmapped("group", gid.as_raw(), e))?;
     let uid = Uid::from_raw(user.uid());
-    nix::unistd::setresuid(uid, uid, uid).map_err(|e| format!("cannot set user id {uid}: {e}"))?;
+    nix::unistd::setresuid(uid, uid, uid).map_err(|e| unmapped("user", uid.as_raw(), e))?;
     if let Some(c) = caps {
         set_capabilities(c)?;
     }
@@ -127,6 +138,24 @@ fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared
         envp,
         path_var,
     })
+}
+
+/// What to do when rootless kiln lacks ids.
+const SUBIDS_HINT: &str = "give your user ranges in /etc/subuid and /etc/subgid (e.g. `usermod --add-subuids 100000-165535 --add-subgids 100000-165535 USER`) and install `newuidmap`/`newgidmap` (package uidmap), or build as root";
+
+fn setgroups_denied() -> bool {
+    std::fs::read_to_string("/proc/self/setgroups").is_ok_and(|s| s.trim() == "deny")
+}
+
+/// EINVAL from setresuid/setresgid: the id does not exist in this user namespace.
+fn unmapped(kind: &str, id: u32, e: Errno) -> String {
+    if e == Errno::EINVAL && crate::rootless::in_user_namespace() {
+        format!(
+            "cannot switch to {kind} id {id}: it is not mapped in rootless kiln's user namespace; {SUBIDS_HINT}"
+        )
+    } else {
+        format!("cannot set {kind} id {id}: {e}")
+    }
 }
 
 /// Exec the program; on failure returns the exit code (127 not found, 126 not runnable) and why.

@@ -189,6 +189,7 @@ fn mount_root(config: &WireConfig) -> Result<bool, String> {
         lower: &rootfs.lower,
         upper: &upper,
         work: &work,
+        userxattr: crate::rootless::in_user_namespace(),
     };
     mount_overlay(&layers, &rootfs.target)?;
     Ok(read_only || spec_ro)

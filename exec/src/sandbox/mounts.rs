@@ -251,14 +251,57 @@ impl<'a> Mounter<'a> {
                 .map(|s| s.as_os_str().to_os_string())
                 .unwrap_or_else(|| OsString::from(fstype));
             let data = (!data.is_empty()).then_some(data.as_str());
-            mount(
+            let mounted = mount(
                 Some(source.as_os_str()),
                 &abs,
                 Some(fstype),
                 opts.flags,
                 data,
-            )
-            .map_err(what)?;
+            );
+            // Rootless with only root mapped, gid 5 (tty) does not exist: devpts then goes without
+            // the option, as rootless runc mounts it.
+            let mounted = match mounted {
+                Err(nix::errno::Errno::EINVAL) if fstype == "devpts" => {
+                    let data: Vec<&str> = opts
+                        .data
+                        .iter()
+                        .map(String::as_str)
+                        .filter(|o| !o.starts_with("gid="))
+                        .collect();
+                    let data = data.join(",");
+                    mount(
+                        Some(source.as_os_str()),
+                        &abs,
+                        Some(fstype),
+                        opts.flags,
+                        Some(data.as_str()),
+                    )
+                }
+                other => other,
+            };
+            match mounted {
+                // A user namespace (rootless mode) may mount sysfs only with a network namespace
+                // of its own: with the host's network, show the host's /sys read-only, as
+                // rootless runc does.
+                Err(nix::errno::Errno::EPERM) if fstype == "sysfs" => {
+                    mount(
+                        Some("/sys"),
+                        &abs,
+                        None::<&str>,
+                        MsFlags::MS_BIND | MsFlags::MS_REC,
+                        None::<&str>,
+                    )
+                    .map_err(what)?;
+                    let ro = MsFlags::MS_BIND
+                        | MsFlags::MS_REMOUNT
+                        | MsFlags::MS_RDONLY
+                        | MsFlags::MS_NOSUID
+                        | MsFlags::MS_NODEV
+                        | MsFlags::MS_NOEXEC;
+                    mount(None::<&str>, &abs, None::<&str>, ro, None::<&str>).map_err(what)?;
+                }
+                other => other.map_err(what)?,
+            }
             propagate(&abs, opts.propagation).map_err(what)?;
             if rel == Path::new("dev") && fstype == "tmpfs" {
                 self.dev_tmpfs = true;

@@ -16,6 +16,16 @@ const PLAIN_DIFF: [(&str, &str); 3] = [
     ("metacopy", "off"),
 ];
 
+/// [`PLAIN_DIFF`] as a user namespace may have it: there `redirect_dir=off` means `follow`
+/// (on kernels built to always follow redirects), which `userxattr` refuses; `nofollow` is
+/// the same for a plain diff (no redirects made or read).
+fn plain_diff(userxattr: bool) -> [(&'static str, &'static str); 3] {
+    PLAIN_DIFF.map(|(k, v)| match (k, userxattr) {
+        ("redirect_dir", true) => (k, "nofollow"),
+        _ => (k, v),
+    })
+}
+
 /// mount(2) copies at most one page of options.
 const MAX_LEGACY_DATA: usize = 4095;
 
@@ -23,6 +33,9 @@ pub(crate) struct Layers<'a> {
     pub lower: &'a [PathBuf],
     pub upper: &'a Path,
     pub work: &'a Path,
+    /// Keep overlayfs's metadata in `user.overlay.*` xattrs: the only kind a user namespace
+    /// (rootless mode) may set.
+    pub userxattr: bool,
 }
 
 /// Legacy option string, or `None` when some path cannot be written in it or it is too long.
@@ -42,8 +55,11 @@ pub(crate) fn legacy_data(l: &Layers<'_>) -> Option<String> {
         plain(l.upper)?,
         plain(l.work)?
     );
-    for (k, v) in PLAIN_DIFF {
+    for (k, v) in plain_diff(l.userxattr) {
         data.push_str(&format!(",{k}={v}"));
+    }
+    if l.userxattr {
+        data.push_str(",userxattr");
     }
     (data.len() <= MAX_LEGACY_DATA).then_some(data)
 }
@@ -118,12 +134,29 @@ fn mount_with_fsconfig(l: &Layers<'_>, target: &Path) -> Result<(), String> {
     }
     set_string(&fs, "upperdir", &cpath(l.upper)?)?;
     set_string(&fs, "workdir", &cpath(l.work)?)?;
-    for (k, v) in PLAIN_DIFF {
+    for (k, v) in plain_diff(l.userxattr) {
         set_string(
             &fs,
             k,
             &CString::new(v).map_err(|_| "bad value".to_string())?,
         )?;
+    }
+    if l.userxattr {
+        let key = CString::new("userxattr").map_err(|_| "bad key".to_string())?;
+        // SAFETY: fsconfig reads one NUL-terminated key that outlives the call.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_fsconfig,
+                fs.as_raw_fd(),
+                libc::FSCONFIG_SET_FLAG,
+                key.as_ptr(),
+                std::ptr::null::<libc::c_char>(),
+                0,
+            )
+        };
+        if r < 0 {
+            return Err(last_error("fsconfig `userxattr`"));
+        }
     }
     // SAFETY: fsconfig with a command and no pointers.
     let r = unsafe {
@@ -176,6 +209,7 @@ mod tests {
             lower: &lower,
             upper: Path::new("/u"),
             work: Path::new("/w"),
+            userxattr: false,
         };
         assert_eq!(
             legacy_data(&l).as_deref(),
@@ -191,7 +225,17 @@ mod tests {
             lower: &many,
             upper: Path::new("/u"),
             work: Path::new("/w"),
+            userxattr: false,
         };
+        let l4 = Layers {
+            lower: &lower,
+            upper: Path::new("/u"),
+            work: Path::new("/w"),
+            userxattr: true,
+        };
+        assert!(legacy_data(&l4)
+            .unwrap()
+            .ends_with(",metacopy=off,userxattr"));
         assert_eq!(legacy_data(&l3), None);
     }
 }

@@ -1,0 +1,218 @@
+//! End-to-end tests of rootless mode: kiln run by an unprivileged user (created here with
+//! `useradd`, removed afterwards) builds and runs images in a user namespace of its own, with
+//! its store under `$XDG_DATA_HOME/kiln`. The test itself needs root, as CI has it.
+
+mod common;
+
+use common::*;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A throwaway unprivileged user with a home directory; `userdel` when dropped.
+struct User {
+    name: String,
+    home: tempfile::TempDir,
+}
+
+impl User {
+    /// `None` (with the reason printed) when users cannot be created here.
+    fn create() -> Option<User> {
+        if !nix_is_root() {
+            println!("skipped: creating a test user needs root");
+            return None;
+        }
+        static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let name = format!("kilnrl{}x{n}", std::process::id());
+        let home = tempfile::Builder::new()
+            .prefix("kiln-rootless-")
+            .tempdir()
+            .unwrap();
+        // World-traversable, so that the user reaches its home inside the temp dir.
+        std::fs::set_permissions(
+            home.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .unwrap();
+        let out = match Command::new("useradd")
+            .args(["--no-create-home", "--home-dir"])
+            .arg(home.path())
+            .arg(&name)
+            .output()
+        {
+            Ok(o) => o,
+            Err(e) => {
+                println!("skipped: `useradd` cannot run: {e}");
+                return None;
+            }
+        };
+        assert_ok(&out, "useradd");
+        let user = User { name, home };
+        let out = Command::new("chown")
+            .arg(format!("{0}:{0}", user.name))
+            .arg(user.home.path())
+            .output()
+            .unwrap();
+        assert_ok(&out, "chown the test user's home");
+        Some(user)
+    }
+
+    fn data_home(&self) -> PathBuf {
+        self.home.path().join("data")
+    }
+
+    /// `sh -c SCRIPT` as this user, in its home, with `$K` the kiln binary.
+    fn sh(&self, script: &str, path: &str) -> Output {
+        Command::new("runuser")
+            .args(["-u", &self.name, "--", "env", "-i"])
+            .arg(format!("HOME={}", self.home.path().display()))
+            .arg(format!("XDG_DATA_HOME={}", self.data_home().display()))
+            .arg(format!("PATH={path}"))
+            .arg(format!("K={}", env!("CARGO_BIN_EXE_kiln")))
+            .arg(format!(
+                "MKROOTFS={}",
+                workspace()
+                    .join("testdata/make-busybox-rootfs.sh")
+                    .display()
+            ))
+            .args(["/bin/sh", "-c", script])
+            .current_dir(self.home.path())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).output();
+    }
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+fn write(dir: &Path, files: &[(&str, &str)]) {
+    for (name, text) in files {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+}
+
+const HOST_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
+
+#[test]
+fn an_unprivileged_user_builds_and_runs_images() {
+    let Some(user) = User::create() else { return };
+    let ctx = user.home.path().join("ctx");
+    write(
+        &ctx,
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\n\
+                 RUN mkdir -p /data/sub && echo a > /data/sub/a && echo hi > /hi\n\
+                 COPY f /f\n\
+                 RUN rm -rf /data && mkdir /data && echo b > /data/b\n\
+                 USER nobody\n\
+                 RUN id -u > /tmp/me\n",
+            ),
+            ("f", "from the context\n"),
+        ],
+    );
+    let out = Command::new("chown")
+        .args(["-R", &format!("{0}:{0}", user.name)])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert_ok(&out, "chown the context");
+    let out = user.sh(
+        "set -e; sh \"$MKROOTFS\" rootfs >/dev/null; \"$K\" import rootfs busybox:latest >/dev/null; \
+         \"$K\" build --progress plain -t rootless ctx; \
+         \"$K\" run --rm rootless sh -c 'find /data; cat /f /hi /tmp/me; stat -c %u /tmp/me'",
+        HOST_PATH,
+    );
+    let has_subids = std::fs::read_to_string("/etc/subuid")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with(&format!("{}:", user.name)))
+        && Path::new("/usr/bin/newuidmap").exists();
+    if !has_subids {
+        // Only root is mapped: `USER nobody` must say why it cannot work.
+        assert!(!out.status.success());
+        assert!(
+            stderr(&out).contains("not mapped in rootless kiln's user namespace"),
+            "{}",
+            stderr(&out)
+        );
+        return;
+    }
+    assert_ok(&out, "rootless kiln import/build/run");
+    assert_eq!(
+        stdout(&out),
+        "/data\n/data/b\nfrom the context\nhi\n65534\n65534\n"
+    );
+    // The store is the user's own, under $XDG_DATA_HOME/kiln.
+    assert!(user.data_home().join("kiln").is_dir());
+    assert!(!Path::new(&format!("/var/lib/kiln-{}", user.name)).exists());
+}
+
+#[test]
+fn rootless_without_subordinate_ids_runs_as_root_and_explains_other_users() {
+    let Some(user) = User::create() else { return };
+    let ctx = user.home.path().join("ctx");
+    write(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo ok > /ok && cat /proc/self/uid_map > /map\n",
+        )],
+    );
+    let nobody = user.home.path().join("nobody");
+    write(
+        &nobody,
+        &[("Dockerfile", "FROM busybox\nUSER nobody\nRUN true\n")],
+    );
+    for d in [&ctx, &nobody] {
+        let out = Command::new("chown")
+            .args(["-R", &format!("{0}:{0}", user.name)])
+            .arg(d)
+            .output()
+            .unwrap();
+        assert_ok(&out, "chown the context");
+    }
+    let out = user.sh(
+        "sh \"$MKROOTFS\" rootfs >/dev/null && \"$K\" import rootfs busybox:latest >/dev/null",
+        HOST_PATH,
+    );
+    assert_ok(&out, "rootless kiln import");
+    // Without newuidmap/newgidmap in PATH, only the user's own ids are mapped (to 0).
+    let out = user.sh(
+        "\"$K\" build --progress plain -t single ctx && \"$K\" run --rm single cat /ok /map",
+        "/nonexistent",
+    );
+    assert_ok(&out, "rootless kiln build with one id mapped");
+    let text = stdout(&out);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines[0], "ok");
+    assert_eq!(lines.len(), 2, "only one id range mapped: {text}");
+    assert!(lines[1].split_whitespace().next() == Some("0"), "{text}");
+
+    let out = user.sh("\"$K\" build --progress plain nobody", "/nonexistent");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("is not mapped in rootless kiln's user namespace")
+            && err.contains("/etc/subuid"),
+        "{err}"
+    );
+}

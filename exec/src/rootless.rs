@@ -1,0 +1,324 @@
+//! Rootless mode: an unprivileged kiln re-executes itself in a new user and mount namespace in
+//! which it is root, so that it can mount overlays and start sandboxes as it does as root.
+//!
+//! The caller's uid and gid become 0; when `/etc/subuid` and `/etc/subgid` give the user ranges
+//! and `newuidmap`/`newgidmap` are installed, ids 1..=N map onto those ranges too (what image
+//! files owned by other users and `USER` need). Without them only root exists in the
+//! namespace, and whatever needs another id fails with a message saying so.
+//!
+//! The maps of a user namespace must be written from outside it, and the re-executed kiln must
+//! already be root in it when it execs (or it loses its capabilities), so the child stops
+//! between `unshare` and `exec` until this process has written them.
+
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicI32, Ordering};
+
+use crate::ExecError;
+
+/// Set in the re-executed kiln: the namespace is already there.
+const CHILD_ENV: &str = "_KILN_ROOTLESS_CHILD";
+
+/// Whether this process runs in a user namespace other than the host's (rootless mode).
+pub fn in_user_namespace() -> bool {
+    match std::fs::read_to_string("/proc/self/uid_map") {
+        Ok(map) => map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"],
+        Err(_) => false,
+    }
+}
+
+/// Whether ids other than 0 exist in this namespace (subordinate ranges were mapped).
+pub fn has_subordinate_ids() -> bool {
+    let count = |file: &str| -> u64 {
+        std::fs::read_to_string(file)
+            .map(|m| {
+                m.lines()
+                    .filter_map(|l| l.split_whitespace().nth(2)?.parse::<u64>().ok())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    !in_user_namespace() || count("/proc/self/uid_map") > 1
+}
+
+/// One `/etc/subuid`-style range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Range {
+    start: u64,
+    count: u64,
+}
+
+/// The first range of `user` (by name or number) in an `/etc/subuid`-style text.
+fn subordinate_range(text: &str, name: Option<&str>, id: u32) -> Option<Range> {
+    text.lines().find_map(|line| {
+        let mut f = line.trim().split(':');
+        let (who, start, count) = (f.next()?, f.next()?, f.next()?);
+        if Some(who) != name && who != id.to_string() {
+            return None;
+        }
+        let r = Range {
+            start: start.trim().parse().ok()?,
+            count: count.trim().parse().ok()?,
+        };
+        (r.count > 0).then_some(r)
+    })
+}
+
+fn user_name(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|l| {
+        let mut f = l.split(':');
+        let name = f.next()?;
+        let _ = f.next()?;
+        (f.next()? == uid.to_string()).then(|| name.to_string())
+    })
+}
+
+fn in_path(tool: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|d| d.join(tool))
+        .find(|p| p.is_file())
+}
+
+/// How one id kind (uid or gid) is mapped.
+#[derive(Debug, PartialEq, Eq)]
+enum Plan {
+    /// `newuidmap PID 0 ID 1 1 START COUNT`.
+    Helper { tool: PathBuf, range: Range },
+    /// `0 ID 1` written to `/proc/PID/{uid,gid}_map` by this process.
+    Single,
+}
+
+fn plan(kind: &str, id: u32, name: Option<&str>) -> Plan {
+    let (file, tool) = if kind == "uid" {
+        ("/etc/subuid", "newuidmap")
+    } else {
+        ("/etc/subgid", "newgidmap")
+    };
+    let range = std::fs::read_to_string(file)
+        .ok()
+        .and_then(|t| subordinate_range(&t, name, id));
+    match (range, in_path(tool)) {
+        (Some(range), Some(tool)) => Plan::Helper { tool, range },
+        _ => Plan::Single,
+    }
+}
+
+fn write_maps(pid: i32, uid: u32, gid: u32, uids: &Plan, gids: &Plan) -> Result<(), String> {
+    let helper = |tool: &PathBuf, id: u32, r: &Range| -> Result<(), String> {
+        let out = std::process::Command::new(tool)
+            .arg(pid.to_string())
+            .args(["0", &id.to_string(), "1", "1"])
+            .args([r.start.to_string(), r.count.to_string()])
+            .output()
+            .map_err(|e| format!("cannot run `{}`: {e}", tool.display()))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`{}` failed: {}; check your ranges in /etc/subuid and /etc/subgid",
+                tool.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(())
+    };
+    let proc_write = |file: &str, text: &str| -> Result<(), String> {
+        std::fs::write(format!("/proc/{pid}/{file}"), text)
+            .map_err(|e| format!("cannot write `/proc/{pid}/{file}`: {e}"))
+    };
+    match uids {
+        Plan::Helper { tool, range } => helper(tool, uid, range)?,
+        Plan::Single => proc_write("uid_map", &format!("0 {uid} 1\n"))?,
+    }
+    match gids {
+        Plan::Helper { tool, range } => helper(tool, gid, range)?,
+        Plan::Single => {
+            // An unprivileged gid map requires giving up setgroups in the namespace.
+            proc_write("setgroups", "deny")?;
+            proc_write("gid_map", &format!("0 {gid} 1\n"))?;
+        }
+    }
+    Ok(())
+}
+
+/// The mapper's error when the child never reached the point of asking for its maps.
+const STOPPED: &str = "the child stopped before creating its namespace";
+
+static CHILD: AtomicI32 = AtomicI32::new(0);
+
+extern "C" fn forward_signal(sig: libc::c_int) {
+    let pid = CHILD.load(Ordering::SeqCst);
+    if pid > 0 {
+        // SAFETY: kill is async-signal-safe; it only sends a signal.
+        unsafe {
+            libc::kill(pid, sig);
+        }
+    }
+}
+
+fn no_namespace(e: std::io::Error) -> ExecError {
+    ExecError::Rootless(format!(
+        "cannot create a user namespace: {e}; rootless kiln needs unprivileged user namespaces (`sysctl user.max_user_namespaces` above 0, `kernel.unprivileged_userns_clone=1` where it exists), or run it as root"
+    ))
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd), ExecError> {
+    nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+        .map_err(|e| ExecError::Rootless(format!("cannot create a pipe: {e}")))
+}
+
+/// Where an unprivileged kiln keeps its store: `$XDG_DATA_HOME/kiln`, else
+/// `$HOME/.local/share/kiln`.
+pub fn rootless_store_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_DATA_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("kiln"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".local/share/kiln"))
+}
+
+/// Call first thing in `main()` (after [`crate::sandbox_main_if_requested`]), before any thread
+/// starts. As root it returns `Ok(None)` at once. Unprivileged, it runs this same command again
+/// in a new user and mount namespace where the caller is root, waits for it and returns
+/// `Ok(Some(exit code))`: the caller exits with it. `KILN_ROOT` is set for the child to
+/// [`rootless_store_dir`] unless already set.
+pub fn reexec_rootless_if_unprivileged() -> Result<Option<i32>, ExecError> {
+    let (uid, gid) = (
+        nix::unistd::geteuid().as_raw(),
+        nix::unistd::getegid().as_raw(),
+    );
+    if uid == 0 {
+        return Ok(None);
+    }
+    if std::env::var_os(CHILD_ENV).is_some() {
+        return Err(ExecError::Rootless(
+            "the user namespace was created but kiln is not root in it; this is a bug in kiln's rootless mode".into(),
+        ));
+    }
+    let name = user_name(uid);
+    let uids = plan("uid", uid, name.as_deref());
+    let gids = plan("gid", gid, name.as_deref());
+    let exe = std::fs::read_link("/proc/self/exe").map_err(|source| ExecError::Io {
+        what: "cannot find the current executable",
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })?;
+    let (ready_r, ready_w) = pipe()?;
+    let (go_r, go_w) = pipe()?;
+    let (ready_wfd, go_rfd) = (ready_w.as_raw_fd(), go_r.as_raw_fd());
+
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.args(std::env::args_os().skip(1)).env(CHILD_ENV, "1");
+    if std::env::var_os("KILN_ROOT").is_none() {
+        if let Some(dir) = rootless_store_dir() {
+            cmd.env("KILN_ROOT", dir);
+        }
+    }
+    // SAFETY: runs in the forked child before exec and only makes async-signal-safe syscalls
+    // (unshare, getpid, read, write) on descriptors it inherited.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let pid = libc::getpid().to_ne_bytes();
+            if libc::write(ready_wfd, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut go = [0u8; 1];
+            if libc::read(go_rfd, go.as_mut_ptr().cast(), 1) != 1 || go[0] != b'g' {
+                return Err(std::io::Error::from_raw_os_error(libc::EPERM));
+            }
+            Ok(())
+        });
+    }
+    // The maps are written by a thread, as `spawn` returns only once the child has exec'd.
+    let mapper = std::thread::spawn(move || -> Result<(), String> {
+        let mut ready = std::fs::File::from(ready_r);
+        let mut pid = [0u8; 4];
+        let result = ready
+            .read_exact(&mut pid)
+            .map_err(|_| STOPPED.to_string())
+            .and_then(|()| write_maps(i32::from_ne_bytes(pid), uid, gid, &uids, &gids));
+        let mut go = std::fs::File::from(go_w);
+        let _ = go.write_all(if result.is_ok() { b"g" } else { b"x" });
+        result
+    });
+    let spawned = cmd.spawn();
+    // Our copies: the mapper sees end-of-file if the child died before writing its pid.
+    drop(ready_w);
+    drop(go_r);
+    let mapped = mapper
+        .join()
+        .unwrap_or_else(|_| Err("the id mapper thread panicked".into()));
+    let mut child = match (spawned, mapped) {
+        (Ok(c), Ok(())) => c,
+        (Err(e), Err(msg)) if msg == STOPPED => return Err(no_namespace(e)),
+        (_, Err(msg)) => {
+            return Err(ExecError::Rootless(format!(
+                "cannot map your ids into the user namespace: {msg}"
+            )))
+        }
+        (Err(e), Ok(())) => return Err(no_namespace(e)),
+    };
+    CHILD.store(child.id() as i32, Ordering::SeqCst);
+    // Ctrl-C reaches the child through the terminal's process group; a `kill` of this process
+    // is passed on.
+    for sig in [libc::SIGTERM, libc::SIGHUP, libc::SIGQUIT] {
+        // SAFETY: installs a handler that only calls kill(2), which is async-signal-safe.
+        unsafe {
+            libc::signal(sig, forward_signal as *const () as libc::sighandler_t);
+        }
+    }
+    // SAFETY: ignoring SIGINT in this waiting process; the child has its own disposition.
+    unsafe {
+        libc::signal(libc::SIGINT, libc::SIG_IGN);
+    }
+    let status = loop {
+        match child.wait() {
+            Ok(s) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                return Err(ExecError::Rootless(format!(
+                    "cannot wait for the rootless kiln: {e}"
+                )))
+            }
+        }
+    };
+    Ok(Some(match (status.code(), status.signal()) {
+        (Some(c), _) => c,
+        (None, Some(s)) => 128 + s,
+        (None, None) => 255,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subordinate_ranges_by_name_or_number() {
+        let text = "alice:100000:65536\n1001:200000:1000\nbob:300000:0\n";
+        assert_eq!(
+            subordinate_range(text, Some("alice"), 1000),
+            Some(Range {
+                start: 100000,
+                count: 65536
+            })
+        );
+        assert_eq!(
+            subordinate_range(text, None, 1001),
+            Some(Range {
+                start: 200000,
+                count: 1000
+            })
+        );
+        assert_eq!(subordinate_range(text, Some("bob"), 1002), None);
+        assert_eq!(subordinate_range("garbage\n", Some("x"), 1), None);
+    }
+}
