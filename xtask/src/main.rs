@@ -19,6 +19,8 @@ const PACKAGES: &[(&str, &str)] = &[
     // htpasswd (bcrypt) for the Basic-auth registry tests; openssl signs test tokens.
     ("apache2-utils", "/usr/bin/htpasswd"),
     ("openssl", "/usr/bin/openssl"),
+    // newuidmap/newgidmap: rootless kiln maps /etc/subuid ranges (cli/tests/rootless.rs).
+    ("uidmap", "/usr/bin/newuidmap"),
 ];
 
 /// The test registry's address. Not 5000, which `../shared/peers` uses.
