@@ -285,3 +285,62 @@ fn nofile_limits() -> (u64, u64) {
         .collect();
     (nums[0], nums[1])
 }
+
+/// Host processes whose command line contains `marker`.
+fn host_processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(marker) {
+                found.push(text);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn interrupted_runc_step_leaves_no_container_or_mount() {
+    let k = Kiln::with_busybox();
+    let marker = unique("kiln-runc-cancel");
+    let ctx = context(&[(
+        "Dockerfile",
+        &format!("FROM busybox\nRUN sh -c 'sleep 300; echo {marker}'\n"),
+    )]);
+    let mut child = k
+        .cmd()
+        .args(["build", "--progress", "plain", "--runtime", "runc"])
+        .arg(ctx.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while host_processes_with(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // SIGINT, as a Ctrl-C reaches kiln.
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let code = child.wait().unwrap().code();
+    assert_eq!(code, Some(130), "kiln exits as interrupted");
+    assert!(
+        host_processes_with(&marker).is_empty(),
+        "the container outlived the build: {:?}",
+        host_processes_with(&marker)
+    );
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let store = k.root.path().to_string_lossy().into_owned();
+    assert!(
+        !mounts.lines().any(|l| l.contains(&store)),
+        "a mount of the store outlived the build"
+    );
+}

@@ -88,25 +88,18 @@ impl Drop for Container {
             return;
         }
         // The run was abandoned (its future dropped): the runtime process got SIGKILL, but the
-        // container it started lives on until deleted. Deleting waits on the runtime, so it is
-        // done on a thread of its own rather than in an async context.
-        let (binary, root, id, mount) = (
-            self.binary.clone(),
-            self.runtime_root.clone(),
-            self.id.clone(),
-            self.root.take(),
-        );
-        std::thread::spawn(move || {
-            let _ = std::process::Command::new(&binary)
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "--force", &id])
-                .stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null())
-                .status();
-            drop(mount);
-        });
+        // container it started lives on until deleted. This waits for the runtime (tens of
+        // milliseconds) on purpose: an engine that exits right after a cancel (Ctrl-C) must not
+        // leave the container running.
+        let _ = std::process::Command::new(&self.binary)
+            .arg("--root")
+            .arg(&self.runtime_root)
+            .args(["delete", "--force", &self.id])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+        self.root.take();
     }
 }
 
@@ -364,8 +357,9 @@ pub(crate) async fn run(
         path: PathBuf::from(binary),
         source,
     })?;
-    // `run` (not detached) deletes the container when its process exits.
-    container.finished = true;
+    // `run` (not detached) deletes the container when its process exits; a runtime killed by a
+    // signal may not have: then the guard deletes it.
+    container.finished = status.code().is_some();
     drop(container);
     if !writable {
         let _ = tokio::fs::remove_dir_all(state_dir.join(crate::wire::SCRATCH_DIR)).await;
