@@ -138,7 +138,8 @@ fn an_unprivileged_user_builds_and_runs_images() {
     let out = user.sh(
         "set -e; sh \"$MKROOTFS\" rootfs >/dev/null; \"$K\" import rootfs busybox:latest >/dev/null; \
          \"$K\" build --progress plain -t rootless ctx; \
-         \"$K\" run --rm rootless sh -c 'find /data; cat /f /hi /tmp/me; stat -c %u /tmp/me'",
+         \"$K\" run --rm rootless sh -c 'find /data; cat /f /hi /tmp/me; stat -c %u /tmp/me'; \
+         \"$K\" run --rm --runtime runc rootless sh -c 'cat /hi; ls /sys/class >/dev/null && echo sys'",
         HOST_PATH,
     );
     let has_subids = std::fs::read_to_string("/etc/subuid")
@@ -159,7 +160,7 @@ fn an_unprivileged_user_builds_and_runs_images() {
     assert_ok(&out, "rootless kiln import/build/run");
     assert_eq!(
         stdout(&out),
-        "/data\n/data/b\nfrom the context\nhi\n65534\n65534\n"
+        "/data\n/data/b\nfrom the context\nhi\n65534\n65534\nhi\nsys\n"
     );
     // The store is the user's own, under $XDG_DATA_HOME/kiln.
     assert!(user.data_home().join("kiln").is_dir());

@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::mount::{umount2, MntFlags};
-use oci_spec::runtime::Spec;
+use oci_spec::runtime::{Mount, MountBuilder, Spec};
 
 use crate::sandbox::mounts::Mounter;
 use crate::sandbox::overlay::{mount_overlay, Layers};
@@ -161,6 +161,11 @@ fn prepare(config: &SandboxConfig) -> Result<Prepared, ExecError> {
         Some(m) => m.clone(),
         None => crate::spec::default_mounts()?,
     };
+    let mounts = if crate::rootless::in_user_namespace() {
+        rootless_mounts(mounts, &spec)?
+    } else {
+        mounts
+    };
     let mut mounter = Mounter::new(&rootfs.target);
     let mut points = Ok(());
     for m in &mounts {
@@ -218,6 +223,55 @@ fn prepare(config: &SandboxConfig) -> Result<Prepared, ExecError> {
         bundle,
         created,
     })
+}
+
+/// The mounts as rootless runc has them (`runc spec --rootless`): a user namespace may mount
+/// sysfs only with a network namespace of its own, so the host's /sys is bound read-only
+/// instead; and devpts cannot take `gid=5` when only root is mapped. The built-in sandbox makes
+/// the same two changes when the kernel refuses the mounts.
+fn rootless_mounts(mounts: Vec<Mount>, spec: &Spec) -> Result<Vec<Mount>, ExecError> {
+    let own_netns = spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.namespaces().as_ref())
+        .is_some_and(|ns| {
+            ns.iter()
+                .any(|n| n.typ() == oci_spec::runtime::LinuxNamespaceType::Network)
+        });
+    let subids = crate::rootless::has_subordinate_ids();
+    mounts
+        .into_iter()
+        .map(|m| {
+            let typ = m.typ().as_deref().unwrap_or("");
+            if typ == "sysfs" && !own_netns {
+                return MountBuilder::default()
+                    .destination(m.destination().clone())
+                    .typ("none".to_string())
+                    .source(PathBuf::from("/sys"))
+                    .options(
+                        ["rbind", "nosuid", "noexec", "nodev", "ro"]
+                            .iter()
+                            .map(|o| o.to_string())
+                            .collect::<Vec<_>>(),
+                    )
+                    .build()
+                    .map_err(|e| ExecError::Spec(e.to_string()));
+            }
+            if typ == "devpts" && !subids {
+                let mut m = m;
+                let opts: Vec<String> = m
+                    .options()
+                    .iter()
+                    .flatten()
+                    .filter(|o| !o.starts_with("gid="))
+                    .cloned()
+                    .collect();
+                m.set_options(Some(opts));
+                return Ok(m);
+            }
+            Ok(m)
+        })
+        .collect()
 }
 
 /// Whether this process may raise hard resource limits: CAP_SYS_RESOURCE counts only in the
