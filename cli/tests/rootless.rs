@@ -183,7 +183,15 @@ fn rootless_without_subordinate_ids_runs_as_root_and_explains_other_users() {
         &nobody,
         &[("Dockerfile", "FROM busybox\nUSER nobody\nRUN true\n")],
     );
-    for d in [&ctx, &nobody] {
+    let chown = user.home.path().join("chown");
+    write(
+        &chown,
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN touch /x && chown 1000 /x\n",
+        )],
+    );
+    for d in [&ctx, &nobody, &chown] {
         let out = Command::new("chown")
             .args(["-R", &format!("{0}:{0}", user.name)])
             .arg(d)
@@ -214,6 +222,15 @@ fn rootless_without_subordinate_ids_runs_as_root_and_explains_other_users() {
     assert!(
         err.contains("is not mapped in rootless kiln's user namespace")
             && err.contains("/etc/subuid"),
+        "{err}"
+    );
+    // A step's own chown to a missing id fails; kiln says why under the command's message.
+    let out = user.sh("\"$K\" build --progress plain chown", "/nonexistent");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("chown: /x: Invalid argument")
+            && err.contains("other user and group ids do not exist here"),
         "{err}"
     );
 }

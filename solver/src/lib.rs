@@ -647,7 +647,17 @@ impl VertexTask {
         };
         if outcome.exit_code != 0 {
             let _ = snaps.remove(snap);
-            let lines = tail.lock().map(|t| t.render()).unwrap_or_default();
+            let mut lines = tail.lock().map(|t| t.render()).unwrap_or_default();
+            // Rootless with only the caller's own ids mapped, every other id is missing: say
+            // why `chown`/`setuid` to one fails, as the command's own message cannot.
+            if lines.contains("Invalid argument")
+                && kiln_exec::in_user_namespace()
+                && !kiln_exec::has_subordinate_ids()
+            {
+                lines.push_str(
+                    "\nnote: rootless kiln has only your own user mapped (as root): other user and group ids do not exist here, so changing to them fails with `Invalid argument`; give your user ranges in /etc/subuid and /etc/subgid and install newuidmap/newgidmap (package uidmap), or build as root",
+                );
+            }
             return Err(SolveError::ExecFailed {
                 command: meta.args.join(" "),
                 exit_code: outcome.exit_code,
