@@ -495,10 +495,12 @@ fn cache(
                 n += 1;
             }
         }
-        other => return Err(op_err(format!(
+        other => {
+            return Err(op_err(format!(
             "cache mount at `{}`: unknown sharing `{other}`; use `shared`, `private` or `locked`",
             m.dest
-        ))),
+        )))
+        }
     };
     if !data.is_dir() {
         init_cache_dir(store, m, from, &data, work, (mode, uid, gid))?;
