@@ -3,6 +3,7 @@
 //! context can never make a copy write or read outside it.
 
 mod archive;
+mod batch;
 mod filter;
 
 use crate::context::{self, LocalContext};
@@ -204,7 +205,9 @@ fn copy(
                 owner,
                 mode,
             };
-            walk.copy_contents(abs, rel, frel, &dest)?;
+            let mut batch = batch::Batch::default();
+            walk.copy_contents(&mut batch, abs, rel, frel, &dest, false)?;
+            batch.flush(owner, mode)?;
         } else if c.attempt_unpack && meta.is_file() {
             // ADD: a tar archive is unpacked into the destination directory, anything else
             // copied.
@@ -297,24 +300,31 @@ struct DirWalk<'a> {
 
 impl DirWalk<'_> {
     /// Copies the contents of `src` (at `rel` in its context, `frel` below the copied source)
-    /// into `dest`.
+    /// into `dest`: directories now, in order, leaves into `batch` for a parallel flush. `fresh`
+    /// says this copy created `dest`, so nothing is in the way below it. Returns whether
+    /// anything was placed in `dest`.
     fn copy_contents(
         &self,
+        batch: &mut batch::Batch,
         src: &Path,
         rel: &str,
         frel: &str,
         dest: &Path,
-    ) -> Result<(), SolveError> {
+        fresh: bool,
+    ) -> Result<bool, SolveError> {
         let (root, owner, mode) = (self.root, self.owner, self.mode);
         let rd = std::fs::read_dir(src).map_err(|e| op_err(&src.display().to_string(), e))?;
-        let mut names: Vec<_> = rd.filter_map(Result::ok).map(|e| e.file_name()).collect();
-        names.sort();
-        for name in names {
+        let mut entries: Vec<_> = rd.filter_map(Result::ok).collect();
+        entries.sort_by_key(|e| e.file_name());
+        let mut placed = false;
+        for entry in entries {
+            let name = entry.file_name();
             let name_s = name.to_string_lossy().into_owned();
             let child_rel = context::join_rel(rel, &name_s);
             let child_frel = context::join_rel(frel, &name_s);
-            let child = src.join(&name);
-            let Ok(meta) = std::fs::symlink_metadata(&child) else {
+            let child = entry.path();
+            // An lstat relative to the open directory: no walk of the whole path again.
+            let Ok(meta) = entry.metadata() else {
                 continue;
             };
             let kept = self.filter.keeps(&child_frel);
@@ -325,8 +335,12 @@ impl DirWalk<'_> {
             let mut target = dest.join(&name);
             if meta.is_dir() {
                 // An existing symlink to a directory in the destination is followed, inside the
-                // root.
-                if std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+                // root. It may alias another directory of this copy, so what goes through it is
+                // copied in order with the rest: flush before and after.
+                let aliased = !fresh
+                    && std::fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink());
+                if aliased {
+                    batch.flush(owner, mode)?;
                     let rel_t = target
                         .strip_prefix(root)
                         .unwrap_or(&target)
@@ -335,8 +349,10 @@ impl DirWalk<'_> {
                     target = resolve_in_root(root, &rel_t, true).map_err(|e| op_err(&rel_t, e))?;
                 }
                 let mut created = false;
-                if !target.is_dir() {
-                    let _ = std::fs::remove_file(&target);
+                if fresh || !target.is_dir() {
+                    if !fresh {
+                        let _ = std::fs::remove_file(&target);
+                    }
                     std::fs::create_dir(&target).map_err(|e| op_err(&child_rel, e))?;
                     created = true;
                     // A directory walked only for what it may hold keeps its source mode.
@@ -345,30 +361,41 @@ impl DirWalk<'_> {
                     } else {
                         mode.unwrap_or(meta.mode() & 0o7777)
                     };
-                    set_meta(&target, m, owner, Some(&meta))?;
+                    set_meta(&target, m, owner, None)?;
                 }
-                self.copy_contents(&child, &child_rel, &child_frel, &target)?;
-                if created && is_excluded && is_empty_dir(&target) {
+                let inner =
+                    self.copy_contents(batch, &child, &child_rel, &child_frel, &target, created)?;
+                if created && is_excluded && !inner {
                     // Nothing below it was selected: it is not part of the copy.
                     std::fs::remove_dir(&target).map_err(|e| op_err(&child_rel, e))?;
-                } else if created {
-                    // Copying children moved its mtime.
-                    let mtime = filetime::FileTime::from_last_modification_time(&meta);
-                    filetime::set_file_times(&target, mtime, mtime)
-                        .map_err(|e| op_err(&child_rel, e))?;
+                } else {
+                    placed = true;
+                    if created {
+                        // Copying children moves its mtime: set it once they are in place.
+                        batch.dir_time(
+                            target,
+                            filetime::FileTime::from_last_modification_time(&meta),
+                        );
+                    }
+                }
+                if aliased {
+                    batch.flush(owner, mode)?;
                 }
             } else if !is_excluded {
-                copy_entry(&child, &meta, &target, owner, mode)?;
+                batch.push(batch::Leaf {
+                    src: child,
+                    meta,
+                    dst: target,
+                    fresh,
+                });
+                placed = true;
             }
         }
-        Ok(())
+        Ok(placed)
     }
 }
 
-fn is_empty_dir(p: &Path) -> bool {
-    std::fs::read_dir(p).is_ok_and(|mut rd| rd.next().is_none())
-}
-
+/// Copies one non-directory entry to `dst`, replacing what is there.
 fn copy_entry(
     src: &Path,
     meta: &std::fs::Metadata,
@@ -376,37 +403,8 @@ fn copy_entry(
     owner: Option<Owner>,
     mode: Option<u32>,
 ) -> Result<(), SolveError> {
-    let err = |e| op_err(&dst.display().to_string(), e);
-    if let Ok(m) = std::fs::symlink_metadata(dst) {
-        if m.is_dir() && !meta.is_dir() {
-            std::fs::remove_dir_all(dst).map_err(err)?;
-        } else if !m.is_dir() {
-            std::fs::remove_file(dst).map_err(err)?;
-        }
-    }
-    let ft = meta.file_type();
-    if ft.is_symlink() {
-        let target = std::fs::read_link(src).map_err(err)?;
-        std::os::unix::fs::symlink(&target, dst).map_err(err)?;
-        let o = owner.unwrap_or_default();
-        std::os::unix::fs::lchown(dst, Some(o.uid), Some(o.gid)).map_err(err)?;
-        let mtime = filetime::FileTime::from_last_modification_time(meta);
-        filetime::set_symlink_file_times(dst, mtime, mtime).map_err(err)?;
-        return Ok(());
-    }
-    if ft.is_file() {
-        std::fs::copy(src, dst).map_err(err)?;
-    } else {
-        // Devices, fifos and sockets are recreated, not read.
-        let c = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes())
-            .map_err(|_| SolveError::Op(format!("path `{}` contains a NUL byte", dst.display())))?;
-        // SAFETY: `c` is a valid NUL-terminated path; mknod does not retain the pointer.
-        let rc = unsafe { libc::mknod(c.as_ptr(), meta.mode(), meta.rdev() as libc::dev_t) };
-        if rc != 0 {
-            return Err(err(io::Error::last_os_error()));
-        }
-    }
-    set_meta(dst, mode.unwrap_or(meta.mode() & 0o7777), owner, Some(meta))
+    batch::clear_target(dst, meta)?;
+    batch::create_entry(src, meta, dst, owner, mode)
 }
 
 /// Sets owner (root when none is given, as `COPY` does), permission bits and, when copying,
@@ -595,6 +593,71 @@ mod tests {
                 "p/app/sub/lib.rs",
                 "p/home.rs"
             ]
+        );
+    }
+
+    #[test]
+    fn parallel_copy_keeps_contents_modes_times_and_links() {
+        let src = tempfile::tempdir().unwrap();
+        let old = filetime::FileTime::from_unix_time(1_000_000_000, 0);
+        for d in 0..8 {
+            let dir = src.path().join(format!("d{d}/sub"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..40 {
+                let p = dir.join(format!("f{f}"));
+                std::fs::write(&p, format!("{d}-{f}")).unwrap();
+                let mode = if f % 2 == 0 { 0o4755 } else { 0o600 };
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+                filetime::set_file_times(&p, old, old).unwrap();
+            }
+            std::os::unix::fs::symlink("sub/f0", src.path().join(format!("d{d}/link"))).unwrap();
+            filetime::set_file_times(&dir, old, old).unwrap();
+        }
+        let dst = tempfile::tempdir().unwrap();
+        let source = CopySource::Dir(src.path());
+        let action = copy_action("/", "/out/", &[], &[]);
+        apply(dst.path(), &action, Some(&source), None).unwrap();
+        for d in 0..8 {
+            let dir = dst.path().join(format!("out/d{d}/sub"));
+            let dm = std::fs::metadata(&dir).unwrap();
+            assert_eq!(filetime::FileTime::from_last_modification_time(&dm), old);
+            for f in 0..40 {
+                let p = dir.join(format!("f{f}"));
+                assert_eq!(std::fs::read_to_string(&p).unwrap(), format!("{d}-{f}"));
+                let m = std::fs::metadata(&p).unwrap();
+                let want = if f % 2 == 0 { 0o4755 } else { 0o600 };
+                assert_eq!(m.mode() & 0o7777, want, "{}", p.display());
+                assert_eq!(filetime::FileTime::from_last_modification_time(&m), old);
+            }
+            let link = dst.path().join(format!("out/d{d}/link"));
+            assert_eq!(std::fs::read_link(link).unwrap(), Path::new("sub/f0"));
+        }
+    }
+
+    #[test]
+    fn copy_through_a_destination_symlink_stays_in_source_order() {
+        // `a` in the destination is a symlink to `b`: the file `a/x` lands in `b/x` first, then
+        // the directory `b/x` replaces it, as a one-at-a-time copy would leave it.
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("a")).unwrap();
+        std::fs::write(src.path().join("a/x"), "file").unwrap();
+        std::fs::create_dir_all(src.path().join("b/x")).unwrap();
+        std::fs::write(src.path().join("b/x/y"), "y").unwrap();
+        let dst = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dst.path().join("b")).unwrap();
+        std::os::unix::fs::symlink("/b", dst.path().join("a")).unwrap();
+        let source = CopySource::Dir(src.path());
+        apply(
+            dst.path(),
+            &copy_action("/", "/", &[], &[]),
+            Some(&source),
+            None,
+        )
+        .unwrap();
+        assert!(dst.path().join("b/x").is_dir());
+        assert_eq!(
+            std::fs::read_to_string(dst.path().join("b/x/y")).unwrap(),
+            "y"
         );
     }
 

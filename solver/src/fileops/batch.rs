@@ -1,0 +1,137 @@
+//! The parallel half of a directory copy. The walk creates directories in order (so every parent
+//! exists before its children), and queues the leaf entries (files, symlinks, devices) here; a
+//! flush copies them on rayon's pool, then gives the new directories back their source mtimes,
+//! which copying into them moved. A COPY of tens of thousands of small files is bound by per-file
+//! syscalls, so spreading them over the cores is what makes it fast.
+
+use super::{op_err, Owner};
+use crate::SolveError;
+use rayon::prelude::*;
+use std::fs::{File, Metadata, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// One leaf entry to create.
+pub(super) struct Leaf {
+    pub src: PathBuf,
+    pub meta: Metadata,
+    pub dst: PathBuf,
+    /// The destination's parent was created by this copy, so nothing can be in the way.
+    pub fresh: bool,
+}
+
+/// Leaves waiting to be copied and directories waiting for their mtime.
+#[derive(Default)]
+pub(super) struct Batch {
+    leaves: Vec<Leaf>,
+    dir_times: Vec<(PathBuf, filetime::FileTime)>,
+}
+
+impl Batch {
+    pub(super) fn push(&mut self, leaf: Leaf) {
+        self.leaves.push(leaf);
+    }
+
+    /// Records that `dir`, created by the copy, gets `mtime` once its contents are in place.
+    pub(super) fn dir_time(&mut self, dir: PathBuf, mtime: filetime::FileTime) {
+        self.dir_times.push((dir, mtime));
+    }
+
+    /// Copies every queued leaf, in parallel, then sets the recorded directory mtimes.
+    pub(super) fn flush(
+        &mut self,
+        owner: Option<Owner>,
+        mode: Option<u32>,
+    ) -> Result<(), SolveError> {
+        let leaves = std::mem::take(&mut self.leaves);
+        // Below a few entries, handing work to the pool costs more than it saves.
+        if leaves.len() < 16 {
+            for l in &leaves {
+                copy_leaf(l, owner, mode)?;
+            }
+        } else {
+            leaves
+                .par_iter()
+                .try_for_each(|l| copy_leaf(l, owner, mode))?;
+        }
+        for (dir, mtime) in std::mem::take(&mut self.dir_times) {
+            filetime::set_file_times(&dir, mtime, mtime)
+                .map_err(|e| op_err(&dir.display().to_string(), e))?;
+        }
+        Ok(())
+    }
+}
+
+fn copy_leaf(l: &Leaf, owner: Option<Owner>, mode: Option<u32>) -> Result<(), SolveError> {
+    if !l.fresh {
+        clear_target(&l.dst, &l.meta)?;
+    }
+    create_entry(&l.src, &l.meta, &l.dst, owner, mode)
+}
+
+/// Removes what is in the way of a non-directory at `dst`.
+pub(super) fn clear_target(dst: &Path, meta: &Metadata) -> Result<(), SolveError> {
+    let err = |e| op_err(&dst.display().to_string(), e);
+    if let Ok(m) = std::fs::symlink_metadata(dst) {
+        if m.is_dir() && !meta.is_dir() {
+            std::fs::remove_dir_all(dst).map_err(err)?;
+        } else if !m.is_dir() {
+            std::fs::remove_file(dst).map_err(err)?;
+        }
+    }
+    Ok(())
+}
+
+/// Creates `dst` (which must not exist) as a copy of the non-directory `src`: owner (root when
+/// none is given), permission bits (`mode` or the source's) and the source's mtime.
+pub(super) fn create_entry(
+    src: &Path,
+    meta: &Metadata,
+    dst: &Path,
+    owner: Option<Owner>,
+    mode: Option<u32>,
+) -> Result<(), SolveError> {
+    let err = |e| op_err(&dst.display().to_string(), e);
+    let ft = meta.file_type();
+    let o = owner.unwrap_or_default();
+    let mtime = filetime::FileTime::from_last_modification_time(meta);
+    if ft.is_symlink() {
+        let target = std::fs::read_link(src).map_err(err)?;
+        std::os::unix::fs::symlink(&target, dst).map_err(err)?;
+        std::os::unix::fs::lchown(dst, Some(o.uid), Some(o.gid)).map_err(err)?;
+        filetime::set_symlink_file_times(dst, mtime, mtime).map_err(err)?;
+        return Ok(());
+    }
+    let perm = mode.unwrap_or(meta.mode() & 0o7777);
+    if ft.is_file() {
+        // Everything through the two descriptors: no further path lookups on the overlay.
+        let mut from = File::open(src).map_err(|e| op_err(&src.display().to_string(), e))?;
+        let mut to = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(dst)
+            .map_err(err)?;
+        // std's File-to-File copy uses copy_file_range (reflinks or in-kernel copies).
+        io::copy(&mut from, &mut to).map_err(err)?;
+        std::os::unix::fs::fchown(&to, Some(o.uid), Some(o.gid)).map_err(err)?;
+        // chown clears setuid bits, so permissions come after it.
+        to.set_permissions(std::fs::Permissions::from_mode(perm))
+            .map_err(err)?;
+        filetime::set_file_handle_times(&to, Some(mtime), Some(mtime)).map_err(err)?;
+        return Ok(());
+    }
+    // Devices, fifos and sockets are recreated, not read.
+    let c = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes())
+        .map_err(|_| SolveError::Op(format!("path `{}` contains a NUL byte", dst.display())))?;
+    // SAFETY: `c` is a valid NUL-terminated path; mknod does not retain the pointer.
+    let rc = unsafe { libc::mknod(c.as_ptr(), meta.mode(), meta.rdev() as libc::dev_t) };
+    if rc != 0 {
+        return Err(err(io::Error::last_os_error()));
+    }
+    std::os::unix::fs::lchown(dst, Some(o.uid), Some(o.gid)).map_err(err)?;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(perm)).map_err(err)?;
+    filetime::set_file_times(dst, mtime, mtime).map_err(err)?;
+    Ok(())
+}
