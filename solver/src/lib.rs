@@ -403,6 +403,17 @@ impl VertexTask {
             Output::Snapshot(s) => Some(*s),
             _ => None,
         };
+        if let Some(snap) = snapshot {
+            // The index must never name a snapshot whose files a crash could lose: one syncfs of
+            // the snapshot's file system per step, before the result is recorded.
+            let store = self.solver.inner.store.clone();
+            let started = std::time::Instant::now();
+            tokio::task::spawn_blocking(move || store.snapshots().sync(snap))
+                .await
+                .map_err(|e| Arc::new(SolveError::Op(e.to_string())))?
+                .map_err(|e| Arc::new(SolveError::cache(e)))?;
+            tracing::debug!(snapshot = %snap, elapsed = ?started.elapsed(), "snapshot synced");
+        }
         let created_unix = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs())
