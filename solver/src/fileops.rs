@@ -194,7 +194,8 @@ fn copy(
         if meta.is_dir() {
             // COPY dir/ dest copies the directory's contents.
             mkdir_parents(root, &dest.join("x"), owner)?;
-            if !dest.exists() {
+            let created = !dest.exists();
+            if created {
                 std::fs::create_dir(&dest).map_err(|e| op_err(&c.dest, e))?;
                 set_meta(&dest, meta.mode() & 0o7777, owner, None)?;
             }
@@ -206,7 +207,7 @@ fn copy(
                 mode,
             };
             let mut batch = batch::Batch::default();
-            walk.copy_contents(&mut batch, abs, rel, frel, &dest, false)?;
+            walk.copy_contents(&mut batch, abs, rel, frel, &dest, created)?;
             batch.flush(owner, mode)?;
         } else if c.attempt_unpack && meta.is_file() {
             // ADD: a tar archive is unpacked into the destination directory, anything else
