@@ -1,8 +1,8 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
 mod debug;
-mod login;
 mod interrupt;
+mod login;
 mod progress;
 mod transfer;
 
@@ -314,10 +314,9 @@ async fn real_main(cli: Cli) -> Result<i32> {
             Ok(0)
         }
         Command::Pull(p) => transfer::pull(&engine, p).await,
-        Command::Debug(_) => Ok(0),
         Command::Push(p) => transfer::push(&engine, p).await,
         // Handled before the engine is opened.
-        Command::Login(_) | Command::Logout(_) => Ok(0),
+        Command::Login(_) | Command::Logout(_) | Command::Debug(_) => Ok(0),
     }
 }
 

@@ -8,18 +8,18 @@ mod debug;
 mod export;
 mod outputs;
 mod run;
-mod transfer;
 mod sandbox_opts;
+mod transfer;
 
-pub use kiln_cache::ImageRecord;
-pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
 pub use context::parse_build_context;
 pub use debug::{debug_llb, debug_parse};
-pub use run::RunRequest;
-pub use transfer::{login, logout, PullOptions, PushReport};
+pub use kiln_cache::ImageRecord;
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
+pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
+pub use run::RunRequest;
 pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, PruneReport, Secrets};
+pub use transfer::{login, logout, PullOptions, PushReport};
 
 use anyhow::{bail, Context, Result};
 use kiln_cache::Store;
@@ -62,6 +62,8 @@ pub struct BuildRequest {
     pub no_cache: bool,
     /// Stages whose steps ignore the cache (`--no-cache-filter`), with the steps that use them.
     pub no_cache_filter: Vec<String>,
+    /// Named build contexts, `(NAME, PATH | docker-image://REF)` (`--build-context`).
+    pub build_contexts: Vec<(String, String)>,
     /// `--secret`: bytes by id, for `RUN --mount=type=secret`.
     pub secrets: Secrets,
     /// `--ssh`: agent sockets by id, for `RUN --mount=type=ssh`.
@@ -70,8 +72,6 @@ pub struct BuildRequest {
     pub network_none: bool,
     /// `--runtime`: what runs the RUN steps (built-in sandbox by default).
     pub runtime: kiln_exec::Runtime,
-    /// Named build contexts, `(NAME, PATH | docker-image://REF)` (`--build-context`).
-    pub build_contexts: Vec<(String, String)>,
     /// `--pull`: ask the registry what each base image tag names now, even when the local store
     /// has it.
     pub pull: bool,

@@ -15,8 +15,8 @@ mod http;
 pub mod images;
 mod inflight;
 mod merge;
-mod nocache;
 mod mounts;
+mod nocache;
 pub mod progress;
 
 pub use context::LocalContext;
@@ -593,8 +593,7 @@ impl VertexTask {
                 key: r.key.clone(),
             })
             .collect();
-        let (store2, session, llb_mounts) =
-            (store.clone(), self.session.clone(), e.mounts.clone());
+        let (store2, session, llb_mounts) = (store.clone(), self.session.clone(), e.mounts.clone());
         let extra = tokio::task::spawn_blocking(move || {
             mounts::prepare(&store2, &session, &llb_mounts, &mount_inputs)
         })
