@@ -353,3 +353,32 @@ fn bad_input_gives_clear_errors() {
     let out = k.run(&["run", "--rm", "no-such-image-here:1"]);
     assert!(!out.status.success());
 }
+
+#[test]
+fn copy_from_stage_of_a_fifo_hung_the_build() {
+    let k = Kiln::with_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox AS a\nRUN mkfifo /p && mkdir /d && mkfifo /d/q\nFROM busybox\nCOPY --from=a /p /p\nCOPY --from=a /d /d\nRUN test -p /p && test -p /d/q && echo fifos-ok\n",
+    )
+    .unwrap();
+    let mut child = k
+        .cmd()
+        .args(["build", "--progress", "plain", ctx.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("copying a fifo from a stage hangs the build");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out, "build copying fifos");
+    assert!(stderr(&out).contains("fifos-ok"), "{}", stderr(&out));
+}

@@ -423,7 +423,8 @@ fn set_meta(
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
     if let Some(m) = src {
         let mtime = filetime::FileTime::from_last_modification_time(m);
-        filetime::set_file_times(path, mtime, mtime).map_err(err)?;
+        // Never opens the path (a fifo would block the copy).
+        filetime::set_symlink_file_times(path, mtime, mtime).map_err(err)?;
     }
     Ok(())
 }

@@ -132,6 +132,7 @@ pub(super) fn create_entry(
     }
     std::os::unix::fs::lchown(dst, Some(o.uid), Some(o.gid)).map_err(err)?;
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(perm)).map_err(err)?;
-    filetime::set_file_times(dst, mtime, mtime).map_err(err)?;
+    // Not `set_file_times`: it may open the path, and opening a fifo blocks until a writer comes.
+    filetime::set_symlink_file_times(dst, mtime, mtime).map_err(err)?;
     Ok(())
 }
