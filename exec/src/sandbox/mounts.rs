@@ -192,8 +192,12 @@ impl<'a> Mounter<'a> {
         Ok(self.root.join(rel))
     }
 
-    /// Apply one OCI mount.
-    pub(crate) fn apply(&mut self, m: &Mount) -> Result<(), String> {
+    /// `m`'s destination (checked absolute), type, parsed options and path inside the root, as
+    /// both [`Mounter::apply`] and [`Mounter::prepare_point`] read them.
+    fn target<'m>(
+        &self,
+        m: &'m Mount,
+    ) -> Result<(&'m Path, &'m str, MountOptions, PathBuf), String> {
         let dest = m.destination();
         if !dest.is_absolute() {
             return Err(format!(
@@ -204,14 +208,15 @@ impl<'a> Mounter<'a> {
         let typ = m.typ().as_deref().unwrap_or("none");
         let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
         let rel = resolve_in_root(self.root, dest)?;
+        Ok((dest, typ, opts, rel))
+    }
+
+    /// Apply one OCI mount.
+    pub(crate) fn apply(&mut self, m: &Mount) -> Result<(), String> {
+        let (dest, typ, opts, rel) = self.target(m)?;
         let what = |e: nix::Error| format!("cannot mount {typ} at `{}`: {e}", dest.display());
         if typ == "bind" || opts.bind {
-            let Some(source) = m.source() else {
-                return Err(format!(
-                    "bind mount at `{}` has no source; give the host path to mount",
-                    dest.display()
-                ));
-            };
+            let source = bind_source(m, dest)?;
             if !source.is_absolute() {
                 return Err(format!(
                     "bind mount source `{}` for `{}` is not absolute; give a full host path",
@@ -219,13 +224,7 @@ impl<'a> Mounter<'a> {
                     dest.display()
                 ));
             }
-            let md = std::fs::metadata(source).map_err(|e| {
-                format!(
-                    "bind mount source `{}` for `{}`: {e}",
-                    source.display(),
-                    dest.display()
-                )
-            })?;
+            let md = source_metadata(source, dest)?;
             let abs = self.ensure(&rel, !md.is_dir())?;
             let mut flags = MsFlags::MS_BIND;
             if opts.recursive {
@@ -315,30 +314,10 @@ impl<'a> Mounter<'a> {
     /// runtime mounts it, and would otherwise create missing points itself, unrecorded, in the
     /// layer.
     pub(crate) fn prepare_point(&mut self, m: &Mount) -> Result<(), String> {
-        let dest = m.destination();
-        if !dest.is_absolute() {
-            return Err(format!(
-                "mount destination `{}` is not absolute; start it with `/`",
-                dest.display()
-            ));
-        }
-        let typ = m.typ().as_deref().unwrap_or("none");
-        let opts = parse_options(m.options().as_deref().unwrap_or(&[]));
-        let rel = resolve_in_root(self.root, dest)?;
+        let (dest, typ, opts, rel) = self.target(m)?;
         let file = if typ == "bind" || opts.bind {
-            let Some(source) = m.source() else {
-                return Err(format!(
-                    "bind mount at `{}` has no source; give the host path to mount",
-                    dest.display()
-                ));
-            };
-            let md = std::fs::metadata(source).map_err(|e| {
-                format!(
-                    "bind mount source `{}` for `{}`: {e}",
-                    source.display(),
-                    dest.display()
-                )
-            })?;
+            let source = bind_source(m, dest)?;
+            let md = source_metadata(source, dest)?;
             !md.is_dir()
         } else {
             false
@@ -449,6 +428,28 @@ impl<'a> Mounter<'a> {
             | MsFlags::MS_NOEXEC;
         mount(None::<&str>, &abs, None::<&str>, flags, None::<&str>).map_err(err)
     }
+}
+
+/// The host source of bind mount `m` at `dest`, which must have one.
+fn bind_source<'m>(m: &'m Mount, dest: &Path) -> Result<&'m Path, String> {
+    match m.source() {
+        Some(source) => Ok(source),
+        None => Err(format!(
+            "bind mount at `{}` has no source; give the host path to mount",
+            dest.display()
+        )),
+    }
+}
+
+/// The metadata of bind mount source `source` (for `dest`), followed through links.
+fn source_metadata(source: &Path, dest: &Path) -> Result<std::fs::Metadata, String> {
+    std::fs::metadata(source).map_err(|e| {
+        format!(
+            "bind mount source `{}` for `{}`: {e}",
+            source.display(),
+            dest.display()
+        )
+    })
 }
 
 fn propagate(abs: &Path, propagation: MsFlags) -> Result<(), nix::Error> {
