@@ -65,6 +65,30 @@ pub enum Stdio {
     Piped,
 }
 
+impl Stdio {
+    /// Set `cmd`'s stdin, stdout and stderr as this says.
+    pub(crate) fn apply_to(self, cmd: &mut tokio::process::Command) {
+        let (stdin, stdout, stderr) = match self {
+            Stdio::Inherit => (
+                std::process::Stdio::inherit(),
+                std::process::Stdio::inherit(),
+                std::process::Stdio::inherit(),
+            ),
+            Stdio::Null => (
+                std::process::Stdio::null(),
+                std::process::Stdio::null(),
+                std::process::Stdio::null(),
+            ),
+            Stdio::Piped => (
+                std::process::Stdio::null(),
+                std::process::Stdio::piped(),
+                std::process::Stdio::piped(),
+            ),
+        };
+        cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+    }
+}
+
 /// Which output stream a chunk came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum OutputStream {

@@ -16,7 +16,7 @@ use oci_spec::runtime::{Mount, MountBuilder, Spec};
 
 use crate::sandbox::mounts::Mounter;
 use crate::sandbox::overlay::{mount_overlay, Layers};
-use crate::{ExecError, OutputSink, RunOutcome, SandboxConfig, Stdio};
+use crate::{ExecError, OutputSink, RunOutcome, SandboxConfig};
 
 /// What runs a [`SandboxConfig`]'s spec.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -372,23 +372,7 @@ pub(crate) async fn run(
         .args(["--log-format", "json", "run", "--bundle"])
         .arg(&prepared.bundle)
         .arg(&id);
-    match stdio {
-        Stdio::Inherit => {
-            cmd.stdin(std::process::Stdio::inherit())
-                .stdout(std::process::Stdio::inherit())
-                .stderr(std::process::Stdio::inherit());
-        }
-        Stdio::Null => {
-            cmd.stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-        }
-        Stdio::Piped => {
-            cmd.stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-        }
-    }
+    stdio.apply_to(&mut cmd);
     cmd.kill_on_drop(true);
     let mut child = match cmd.spawn() {
         Ok(c) => c,

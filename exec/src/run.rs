@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use tokio::io::AsyncReadExt;
 
 use crate::wire::{WireConfig, WireResult, RESULT_FILE, SANDBOX_ARG, SCRATCH_DIR};
-use crate::{ExecError, OutputSink, OutputStream, RunOutcome, SandboxConfig, Stdio};
+use crate::{ExecError, OutputSink, OutputStream, RunOutcome, SandboxConfig};
 
 /// Environment variable naming the binary to re-execute instead of the current one.
 const EXE_ENV: &str = "KILN_SANDBOX_EXE";
@@ -72,7 +72,7 @@ pub(crate) fn validate(config: &SandboxConfig) -> Result<(), ExecError> {
 ///
 /// A command that exits non-zero is `Ok` with its code; `Err` means the sandbox itself could not
 /// be started or set up. Dropping the future kills the sandbox and everything in it. The helper
-/// is `std::env::current_exe()`, or `KILN_SANDBOX_EXE` when set; with [`Stdio::Piped`] and no
+/// is `std::env::current_exe()`, or `KILN_SANDBOX_EXE` when set; with [`Stdio::Piped`](crate::Stdio::Piped) and no
 /// sink, output is discarded.
 pub async fn run(
     config: SandboxConfig,
@@ -143,23 +143,7 @@ pub async fn run(
 
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.arg(SANDBOX_ARG).arg(read_fd.to_string());
-    match config.stdio {
-        Stdio::Inherit => {
-            cmd.stdin(std::process::Stdio::inherit())
-                .stdout(std::process::Stdio::inherit())
-                .stderr(std::process::Stdio::inherit());
-        }
-        Stdio::Null => {
-            cmd.stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::null())
-                .stderr(std::process::Stdio::null());
-        }
-        Stdio::Piped => {
-            cmd.stdin(std::process::Stdio::null())
-                .stdout(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped());
-        }
-    }
+    config.stdio.apply_to(&mut cmd);
     cmd.kill_on_drop(true);
     // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches only
     // the child's copy of the descriptor table.
