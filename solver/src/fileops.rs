@@ -218,36 +218,40 @@ fn copy(
                     archive::unpack(root, &dest, abs, compression, owner)?;
                 }
                 None => {
-                    let target = if dest_is_dir || dest.is_dir() {
-                        mkdir_parents(root, &dest.join("x"), owner)?;
-                        if !dest.exists() {
-                            std::fs::create_dir(&dest).map_err(|e| op_err(&c.dest, e))?;
-                            set_meta(&dest, 0o755, owner, None)?;
-                        }
-                        dest.join(name)
-                    } else {
-                        mkdir_parents(root, &dest, None)?;
-                        dest.clone()
-                    };
+                    let target = copy_target(root, c, &dest, dest_is_dir, name, owner)?;
                     copy_entry(abs, &meta, &target, owner, mode)?;
                 }
             }
         } else {
-            let target = if dest_is_dir || dest.is_dir() {
-                mkdir_parents(root, &dest.join("x"), owner)?;
-                if !dest.exists() {
-                    std::fs::create_dir(&dest).map_err(|e| op_err(&c.dest, e))?;
-                    set_meta(&dest, 0o755, owner, None)?;
-                }
-                dest.join(name)
-            } else {
-                mkdir_parents(root, &dest, None)?;
-                dest.clone()
-            };
+            let target = copy_target(root, c, &dest, dest_is_dir, name, owner)?;
             copy_entry(abs, &meta, &target, owner, mode)?;
         }
     }
     Ok(())
+}
+
+/// Where a non-directory source named `name` is copied: under `dest` (created, with its
+/// parents, when missing) when the destination is a directory, else `dest` itself, with its
+/// parents created.
+fn copy_target(
+    root: &Path,
+    c: &FileCopy,
+    dest: &Path,
+    dest_is_dir: bool,
+    name: &str,
+    owner: Option<Owner>,
+) -> Result<PathBuf, SolveError> {
+    Ok(if dest_is_dir || dest.is_dir() {
+        mkdir_parents(root, &dest.join("x"), owner)?;
+        if !dest.exists() {
+            std::fs::create_dir(dest).map_err(|e| op_err(&c.dest, e))?;
+            set_meta(dest, 0o755, owner, None)?;
+        }
+        dest.join(name)
+    } else {
+        mkdir_parents(root, dest, None)?;
+        dest.to_path_buf()
+    })
 }
 
 /// Sources in a mounted snapshot: the path resolved inside it, with wildcards in the last
