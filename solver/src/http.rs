@@ -208,18 +208,7 @@ impl VertexTask {
                 }
                 Ok(Arc::new(r))
             }
-            Err(e) => {
-                self.progress.event(Event::Failed {
-                    vertex: self.vertex,
-                    name: self.name(),
-                    error: e.to_string(),
-                });
-                Err(SolveError::Step {
-                    name: self.name(),
-                    location: self.meta.location.clone(),
-                    source: Arc::new(e),
-                })
-            }
+            Err(e) => Err(self.failed(Arc::new(e))),
         }
     }
 

@@ -275,6 +275,20 @@ struct VertexTask {
 }
 
 impl VertexTask {
+    /// Report the step failed with `e`, and the error naming the step and its location.
+    fn failed(&self, e: Arc<SolveError>) -> SolveError {
+        self.progress.event(Event::Failed {
+            vertex: self.vertex,
+            name: self.name(),
+            error: e.to_string(),
+        });
+        SolveError::Step {
+            name: self.name(),
+            location: self.meta.location.clone(),
+            source: e,
+        }
+    }
+
     fn name(&self) -> String {
         if self.meta.name.is_empty() {
             self.digest.clone()
@@ -377,18 +391,7 @@ impl VertexTask {
                     fresh,
                 }))
             }
-            Err(e) => {
-                self.progress.event(Event::Failed {
-                    vertex: self.vertex,
-                    name: self.name(),
-                    error: e.to_string(),
-                });
-                Err(SolveError::Step {
-                    name: self.name(),
-                    location: self.meta.location.clone(),
-                    source: e,
-                })
-            }
+            Err(e) => Err(self.failed(e)),
         }
     }
 
@@ -549,12 +552,7 @@ impl VertexTask {
             }
         };
         let snaps = store.snapshots();
-        let chain = match parent {
-            Some(p) => snaps.chain(p).map_err(SolveError::cache)?,
-            None => vec![],
-        };
-        let passwd = read_text(store, &chain, "/etc/passwd")?;
-        let group = read_text(store, &chain, "/etc/group")?;
+        let (chain, passwd, group) = chain_and_accounts(store, parent)?;
         let user_spec = if meta.user.is_empty() {
             "0"
         } else {
@@ -706,6 +704,21 @@ fn input_output(inputs: &[Arc<VertexResult>], index: i64) -> Result<Output, Solv
         .ok_or_else(|| SolveError::Graph(format!("input index {index} out of range")))
 }
 
+/// The snapshot chain of `parent` (empty for scratch), with its `/etc/passwd` and `/etc/group`.
+#[allow(clippy::type_complexity)]
+fn chain_and_accounts(
+    store: &Store,
+    parent: Option<SnapshotId>,
+) -> Result<(Vec<SnapshotId>, Option<String>, Option<String>), SolveError> {
+    let chain = match parent {
+        Some(p) => store.snapshots().chain(p).map_err(SolveError::cache)?,
+        None => vec![],
+    };
+    let passwd = read_text(store, &chain, "/etc/passwd")?;
+    let group = read_text(store, &chain, "/etc/group")?;
+    Ok((chain, passwd, group))
+}
+
 fn read_text(
     store: &Store,
     chain: &[SnapshotId],
@@ -806,12 +819,7 @@ fn file_op(store: &Store, f: &kiln_llb::FileOp, inputs: &[Output]) -> Result<Out
         }
     };
     let snaps = store.snapshots();
-    let chain = match parent {
-        Some(p) => snaps.chain(p).map_err(SolveError::cache)?,
-        None => vec![],
-    };
-    let passwd = read_text(store, &chain, "/etc/passwd")?;
-    let group = read_text(store, &chain, "/etc/group")?;
+    let (chain, passwd, group) = chain_and_accounts(store, parent)?;
     let snap = snaps.create(parent).map_err(SolveError::cache)?;
     let result = (|| {
         let tmp = tempfile::Builder::new()
