@@ -2,6 +2,7 @@
 //! image resolver the frontend uses to read base image configs (once per image per build, for
 //! the build's platform).
 
+use crate::BuildRequest;
 use anyhow::{Context, Result};
 use kiln_frontend::IgnoreMatcher;
 use kiln_registry::{Platform, Reference};
@@ -226,6 +227,38 @@ pub fn parse_build_context(spec: &str) -> Result<(String, String)> {
             "`--build-context {spec}`: expected `NAME=PATH` or `NAME=docker-image://REF`"
         ),
     }
+}
+
+/// The build context directory of `req`, canonical; it must exist.
+pub(crate) fn context_dir(req: &BuildRequest) -> Result<PathBuf> {
+    req.context.canonicalize().with_context(|| {
+        format!(
+            "build context `{}` does not exist: pass an existing directory",
+            req.context.display()
+        )
+    })
+}
+
+/// The Dockerfile of `req` (`-f`, else `Dockerfile` in `context_dir`) and its text.
+pub(crate) fn read_dockerfile(req: &BuildRequest, context_dir: &Path) -> Result<(PathBuf, String)> {
+    let dockerfile = req
+        .dockerfile
+        .clone()
+        .unwrap_or_else(|| context_dir.join("Dockerfile"));
+    let text = std::fs::read_to_string(&dockerfile).with_context(|| {
+        format!(
+            "cannot read `{}`: pass the Dockerfile with `-f` or put one in the context",
+            dockerfile.display()
+        )
+    })?;
+    Ok((dockerfile, text))
+}
+
+/// The file name of a Dockerfile path, as messages name it; `Dockerfile` when it has none.
+pub(crate) fn dockerfile_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "Dockerfile".into())
 }
 
 #[cfg(test)]

@@ -18,7 +18,7 @@ pub fn debug_parse(path: &Path) -> Result<(String, Vec<String>)> {
             path.display()
         )
     })?;
-    let name = file_name(path);
+    let name = context::dockerfile_name(path);
     let df = kiln_frontend::parse(&text).map_err(|e| {
         // The parser says `Dockerfile:LINE`; name the file that was actually read.
         anyhow::anyhow!("{name}:{}: {}", e.line, e.message)
@@ -34,23 +34,9 @@ pub fn debug_parse(path: &Path) -> Result<(String, Vec<String>)> {
 /// The compiled build graph of a build request as JSON: the definition (`ops`, `root`), the image
 /// config (`image_config`, with the fields oci-spec lacks in `config_extras`) and `warnings`.
 pub fn debug_llb(req: &BuildRequest) -> Result<serde_json::Value> {
-    let context_dir = req.context.canonicalize().with_context(|| {
-        format!(
-            "build context `{}` does not exist: pass an existing directory",
-            req.context.display()
-        )
-    })?;
-    let dockerfile = req
-        .dockerfile
-        .clone()
-        .unwrap_or_else(|| context_dir.join("Dockerfile"));
-    let text = std::fs::read_to_string(&dockerfile).with_context(|| {
-        format!(
-            "cannot read `{}`: pass the Dockerfile with `-f` or put one in the context",
-            dockerfile.display()
-        )
-    })?;
-    let dockerfile_name = file_name(&dockerfile);
+    let context_dir = context::context_dir(req)?;
+    let (dockerfile, text) = context::read_dockerfile(req, &context_dir)?;
+    let dockerfile_name = context::dockerfile_name(&dockerfile);
     let ignore_patterns = context::read_dockerignore(&context_dir, &dockerfile)?;
     let named = context::named_contexts(&req.build_contexts)?;
     let platform = kiln_registry::Platform::host();
@@ -83,12 +69,6 @@ pub fn debug_llb(req: &BuildRequest) -> Result<serde_json::Value> {
         obj.insert("warnings".into(), serde_json::Value::from(warnings));
     }
     Ok(doc)
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "Dockerfile".into())
 }
 
 /// Names images without looking them up: `busybox` → `docker.io/library/busybox:latest`, with an

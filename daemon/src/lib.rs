@@ -140,32 +140,15 @@ impl Engine {
         req: BuildRequest,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<BuildResult> {
-        let context_dir = req.context.canonicalize().with_context(|| {
-            format!(
-                "build context `{}` does not exist: pass an existing directory",
-                req.context.display()
-            )
-        })?;
+        let context_dir = context::context_dir(&req)?;
         if !context_dir.is_dir() {
             bail!(
                 "build context `{}` is not a directory",
                 req.context.display()
             );
         }
-        let dockerfile = req
-            .dockerfile
-            .clone()
-            .unwrap_or_else(|| context_dir.join("Dockerfile"));
-        let text = std::fs::read_to_string(&dockerfile).with_context(|| {
-            format!(
-                "cannot read `{}`: pass the Dockerfile with `-f` or put one in the context",
-                dockerfile.display()
-            )
-        })?;
-        let dockerfile_name = dockerfile
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| "Dockerfile".into());
+        let (dockerfile, text) = context::read_dockerfile(&req, &context_dir)?;
+        let dockerfile_name = context::dockerfile_name(&dockerfile);
         let ignore_patterns = context::read_dockerignore(&context_dir, &dockerfile)?;
         let local = Arc::new(context::ContextDir::new(
             context_dir.clone(),
