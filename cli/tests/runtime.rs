@@ -8,16 +8,7 @@ use std::path::Path;
 
 /// A build context with these files, removed when dropped.
 fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-runtime-ctx-")
-        .tempdir()
-        .unwrap();
-    for (name, text) in files {
-        let p = dir.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir
+    temp_context("kiln-runtime-ctx-", files)
 }
 
 /// `kiln build` with SOURCE_DATE_EPOCH set, so that two builds of the same steps give the same

@@ -9,16 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// A build context with these files, removed when dropped.
 fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
-    let dir = tempfile::Builder::new()
-        .prefix("kiln-sandbox-ctx-")
-        .tempdir()
-        .unwrap();
-    for (name, text) in files {
-        let p = dir.path().join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-    dir
+    temp_context("kiln-sandbox-ctx-", files)
 }
 
 fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> std::process::Output {
