@@ -145,18 +145,23 @@ pub struct RegistryGuard {
 
 impl RegistryGuard {
     pub fn start() -> Self {
+        Self::start_with(tempfile::tempdir().unwrap(), "")
+    }
+
+    /// A registry keeping its config and data in `dir`, with `extra_config` (top-level YAML
+    /// sections, such as `auth:`) added to its config.
+    pub fn start_with(dir: tempfile::TempDir, extra_config: &str) -> Self {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
             .unwrap()
             .port();
         let addr = format!("127.0.0.1:{port}");
-        let dir = tempfile::tempdir().unwrap();
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,
             format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n",
+                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\n{extra_config}",
                 dir.path().join("data").display()
             ),
         )

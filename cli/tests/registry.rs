@@ -7,67 +7,23 @@ mod common;
 use common::*;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 const PASS: &str = "e2e-s3cret-pa55";
 
 /// A docker-registry on a free loopback port with htpasswd Basic auth for `kiln`/[`PASS`].
-struct AuthRegistry {
-    addr: String,
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-}
-
-impl AuthRegistry {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let out = Command::new("htpasswd")
-            .args(["-Bbn", "kiln", PASS])
-            .output()
-            .expect("run `htpasswd`: install apache2-utils (`cargo xtask setup`)");
-        assert!(out.status.success());
-        std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let addr = format!("127.0.0.1:{port}");
-        let config = dir.path().join("config.yml");
-        std::fs::write(
-            &config,
-            format!(
-                "version: 0.1\nlog:\n  level: error\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: {addr}\nauth:\n  htpasswd:\n    realm: kiln-e2e\n    path: {}\n",
-                dir.path().join("data").display(),
-                dir.path().join("htpasswd").display()
-            ),
-        )
-        .unwrap();
-        let child = Command::new("docker-registry")
-            .arg("serve")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start docker-registry");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::net::TcpStream::connect(&addr).is_err() {
-            assert!(Instant::now() < deadline, "docker-registry did not start");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        AuthRegistry {
-            addr,
-            child,
-            _dir: dir,
-        }
-    }
-}
-
-impl Drop for AuthRegistry {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+fn auth_registry() -> RegistryGuard {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("htpasswd")
+        .args(["-Bbn", "kiln", PASS])
+        .output()
+        .expect("run `htpasswd`: install apache2-utils (`cargo xtask setup`)");
+    assert!(out.status.success());
+    std::fs::write(dir.path().join("htpasswd"), &out.stdout).unwrap();
+    let auth = format!(
+        "auth:\n  htpasswd:\n    realm: kiln-e2e\n    path: {}\n",
+        dir.path().join("htpasswd").display()
+    );
+    RegistryGuard::start_with(dir, &auth)
 }
 
 /// Runs kiln with a private Docker config and debug logs, optionally feeding stdin; checks that
@@ -95,7 +51,7 @@ fn kiln(k: &Kiln, docker: &Path, args: &[&str], stdin: Option<&str>) -> Output {
 
 #[test]
 fn login_push_pull_logout_with_basic_auth() {
-    let reg = AuthRegistry::start();
+    let reg = auth_registry();
     let docker = tempfile::tempdir().unwrap();
     let k = Kiln::with_busybox();
     let dest = format!("{}/{}:v1", reg.addr, unique("auth"));
