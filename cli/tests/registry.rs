@@ -715,3 +715,31 @@ fn layer_download_failing_mid_build_names_image_and_layer() {
         .join(layer.trim_start_matches("sha256:"));
     assert!(!blob.exists(), "a partial layer was stored");
 }
+
+#[test]
+fn from_platform_flag_was_resolved_for_the_build_platform() {
+    let (reg, _guard) = registry();
+    let k = Kiln::with_busybox();
+    let multi = push_two_platform_index(&k, &reg);
+    let ctx = tempfile::tempdir().unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        format!(
+            "FROM --platform=linux/{} {} AS other\nFROM {}\nCOPY --from=other /bin/busybox /other-busybox\n",
+            multi.other_arch, multi.dest, multi.dest
+        ),
+    )
+    .unwrap();
+    let k2 = Kiln::new();
+    let out = k2.run(&["build", "--progress", "plain", ctx.path().to_str().unwrap()]);
+    assert_ok(&out, "build with FROM --platform");
+    let log = stderr(&out);
+    assert!(
+        log.contains(&multi.other_digest),
+        "the `FROM --platform` stage must use the other platform's manifest:\n{log}"
+    );
+    assert!(
+        log.contains(&multi.host_digest),
+        "the plain `FROM` stage must use the host's manifest:\n{log}"
+    );
+}

@@ -106,7 +106,11 @@ impl StoreResolver {
         }
     }
 
-    fn resolve_uncached(&self, reference: &str) -> Result<kiln_frontend::ResolvedImage, String> {
+    fn resolve_uncached(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<kiln_frontend::ResolvedImage, String> {
         let solver = &self.solver;
         let lookup = if self.pull {
             images::Lookup::Remote
@@ -118,7 +122,7 @@ impl StoreResolver {
             .block_on(images::resolve_image_with(
                 solver.store(),
                 solver.registry(),
-                &self.platform,
+                platform,
                 reference,
                 lookup,
             ))
@@ -143,21 +147,42 @@ impl StoreResolver {
     }
 }
 
-impl kiln_frontend::ImageResolver for StoreResolver {
-    fn resolve(&self, reference: &str) -> Result<kiln_frontend::ResolvedImage, String> {
+impl StoreResolver {
+    /// One resolution per (normalised name, platform) per build.
+    fn resolve_cached(
+        &self,
+        reference: &str,
+        platform: &Platform,
+    ) -> Result<kiln_frontend::ResolvedImage, String> {
         // An invalid name is not cached: resolve_image_with words its error.
-        let key = Reference::parse(reference)
+        let name = Reference::parse(reference)
             .map(|r| r.to_string())
             .unwrap_or_else(|_| reference.to_string());
+        let key = format!("{name} {platform}");
         let mut cache = self.resolved.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(hit) = cache.get(&key) {
             return Ok(hit.clone());
         }
         // The lock is held while resolving: the frontend resolves one image at a time anyway,
         // and two callers of the same name must not both ask the registry.
-        let image = self.resolve_uncached(reference)?;
+        let image = self.resolve_uncached(reference, platform)?;
         cache.insert(key, image.clone());
         Ok(image)
+    }
+}
+
+impl kiln_frontend::ImageResolver for StoreResolver {
+    fn resolve(&self, reference: &str) -> Result<kiln_frontend::ResolvedImage, String> {
+        self.resolve_cached(reference, &self.platform)
+    }
+
+    fn resolve_for_platform(
+        &self,
+        reference: &str,
+        platform: &str,
+    ) -> Result<kiln_frontend::ResolvedImage, String> {
+        let platform = Platform::parse(platform).map_err(|e| e.to_string())?;
+        self.resolve_cached(reference, &platform)
     }
 }
 

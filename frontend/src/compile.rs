@@ -78,6 +78,17 @@ pub trait ImageResolver: Sync {
     /// Resolves `reference` as written in the Dockerfile (`busybox`, `alpine:3.20`, ...). The
     /// error is a message shown to the user after the Dockerfile location.
     fn resolve(&self, reference: &str) -> Result<ResolvedImage, String>;
+
+    /// Resolves `reference` for another platform than the build's (`FROM --platform=os/arch`).
+    /// Resolvers that know only one platform (fakes, `kiln debug llb`) keep the default.
+    fn resolve_for_platform(
+        &self,
+        reference: &str,
+        platform: &str,
+    ) -> Result<ResolvedImage, String> {
+        let _ = platform;
+        self.resolve(reference)
+    }
 }
 
 /// A resolved base image.
@@ -784,7 +795,7 @@ impl<'a> Compiler<'a> {
             self.named_base(&mut d, &nc, &base, from)?;
         } else if base != "scratch" {
             d.cmd_total += 1;
-            let resolved = self.resolve(&base, from)?;
+            let resolved = self.resolve(&base, &d.platform.clone(), from)?;
             d.image = ImageState::from_oci(&resolved.config);
             d.image.apply_raw_config(&resolved.raw_config);
             let name = d.step_name(&format!("FROM {}", resolved.reference));
@@ -860,7 +871,7 @@ impl<'a> Compiler<'a> {
     ) -> Result<(), FrontendError> {
         match nc {
             NamedContext::Image(reference) => {
-                let resolved = self.resolve(reference, from)?;
+                let resolved = self.resolve(reference, &d.platform.clone(), from)?;
                 d.image = ImageState::from_oci(&resolved.config);
                 d.image.apply_raw_config(&resolved.raw_config);
                 let step = d.step_name(&format!("FROM {}", resolved.reference));
@@ -924,15 +935,29 @@ impl<'a> Compiler<'a> {
         self.builder.add(op, meta)
     }
 
-    fn resolve(&mut self, name: &str, instr: &Instruction) -> Result<ResolvedImage, FrontendError> {
-        if let Some(r) = self.images.get(name) {
+    /// Resolves a base image for `platform`, once per (name, platform) per build.
+    fn resolve(
+        &mut self,
+        name: &str,
+        platform: &Platform,
+        instr: &Instruction,
+    ) -> Result<ResolvedImage, FrontendError> {
+        let other = *platform != self.target_platform;
+        let key = if other {
+            format!("{name}\0{}", platform.spec())
+        } else {
+            name.to_string()
+        };
+        if let Some(r) = self.images.get(&key) {
             return Ok(r.clone());
         }
-        let r = self
-            .resolver
-            .resolve(name)
-            .map_err(|e| self.fail(instr, format!("cannot resolve image `{name}`: {e}")))?;
-        self.images.insert(name.to_string(), r.clone());
+        let r = if other {
+            self.resolver.resolve_for_platform(name, &platform.spec())
+        } else {
+            self.resolver.resolve(name)
+        }
+        .map_err(|e| self.fail(instr, format!("cannot resolve image `{name}`: {e}")))?;
+        self.images.insert(key, r.clone());
         Ok(r)
     }
 
@@ -2021,7 +2046,7 @@ impl<'a> Compiler<'a> {
             return Ok(match nc {
                 NamedContext::Local(local) => CopySource::Image(self.local_source(&local)),
                 NamedContext::Image(reference) => {
-                    let resolved = self.resolve(&reference, instr)?;
+                    let resolved = self.resolve(&reference, &d.platform.clone(), instr)?;
                     let src = image_source(&resolved.reference, &d.platform);
                     CopySource::Image(self.add_op(
                         src,
@@ -2046,7 +2071,7 @@ impl<'a> Compiler<'a> {
                 ));
             }
         }
-        let resolved = self.resolve(&from, instr)?;
+        let resolved = self.resolve(&from, &d.platform.clone(), instr)?;
         let src = image_source(&resolved.reference, &d.platform);
         let out = self.add_op(
             src,
