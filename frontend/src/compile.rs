@@ -1029,49 +1029,28 @@ impl<'a> Compiler<'a> {
     }
 
     fn dispatch(&mut self, d: &mut Dispatch, instr: &Instruction) -> Result<(), FrontendError> {
-        let no_flags =
-            |s: &Self| Flags::parse(&instr.name, &instr.flags, &[]).map_err(|m| s.fail(instr, m));
+        // RUN, COPY/ADD and HEALTHCHECK parse their own flags; every other instruction takes none.
+        if !matches!(instr.name.as_str(), "run" | "copy" | "add" | "healthcheck") {
+            Flags::parse(&instr.name, &instr.flags, &[]).map_err(|m| self.fail(instr, m))?;
+        }
         match instr.name.as_str() {
-            "arg" => {
-                no_flags(self)?;
-                self.dispatch_arg(d, instr)
-            }
-            "env" => {
-                no_flags(self)?;
-                self.dispatch_env(d, instr)
-            }
-            "label" => {
-                no_flags(self)?;
-                self.dispatch_label(d, instr)
-            }
-            "workdir" => {
-                no_flags(self)?;
-                self.dispatch_workdir(d, instr)
-            }
+            "arg" => self.dispatch_arg(d, instr),
+            "env" => self.dispatch_env(d, instr),
+            "label" => self.dispatch_label(d, instr),
+            "workdir" => self.dispatch_workdir(d, instr),
             "run" => self.dispatch_run(d, instr),
             "copy" | "add" => self.dispatch_copy(d, instr),
             "user" => {
-                no_flags(self)?;
                 let raw = self.one_arg(instr, "USER <user>[:<group>]")?;
                 let user = self.expand(d, instr, raw)?;
                 d.image.user = user.clone();
                 d.image.add_history(format!("USER {user}"), true);
                 Ok(())
             }
-            "cmd" | "entrypoint" => {
-                no_flags(self)?;
-                self.dispatch_cmd(d, instr)
-            }
-            "expose" => {
-                no_flags(self)?;
-                self.dispatch_expose(d, instr)
-            }
-            "volume" => {
-                no_flags(self)?;
-                self.dispatch_volume(d, instr)
-            }
+            "cmd" | "entrypoint" => self.dispatch_cmd(d, instr),
+            "expose" => self.dispatch_expose(d, instr),
+            "volume" => self.dispatch_volume(d, instr),
             "stopsignal" => {
-                no_flags(self)?;
                 let raw = self.one_arg(instr, "STOPSIGNAL <signal>")?;
                 let sig = self.expand(d, instr, raw)?;
                 let valid = !sig.is_empty()
@@ -1089,7 +1068,6 @@ impl<'a> Compiler<'a> {
                 Ok(())
             }
             "shell" => {
-                no_flags(self)?;
                 if !instr.json || instr.args.is_empty() {
                     return Err(self.fail(
                         instr,
@@ -1103,7 +1081,6 @@ impl<'a> Compiler<'a> {
             }
             "healthcheck" => self.dispatch_healthcheck(d, instr),
             "maintainer" => {
-                no_flags(self)?;
                 let raw = self.one_arg(instr, "MAINTAINER <name>")?;
                 let who = self.expand(d, instr, raw)?;
                 d.image.author = Some(who.clone());
@@ -1112,7 +1089,6 @@ impl<'a> Compiler<'a> {
                 Ok(())
             }
             "onbuild" => {
-                no_flags(self)?;
                 let Some(next) = &instr.next else {
                     return Err(self.fail(
                         instr,
