@@ -90,8 +90,7 @@ fn check_golden(name: &str, got: &str) {
 }
 
 fn context() -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("Dockerfile"), ALL).unwrap();
+    let dir = temp_context("kiln-ctx-", &[("Dockerfile", ALL)]);
     std::fs::create_dir_all(dir.path().join("src")).unwrap();
     std::fs::write(dir.path().join("src/main.c"), "int main(){}\n").unwrap();
     std::fs::write(dir.path().join("tool.sh"), "#!/bin/sh\n").unwrap();

@@ -256,12 +256,13 @@ fn push_pull_and_interop_with_skopeo_and_umoci() {
         ],
     );
     let k3 = Kiln::new();
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!("FROM {bb}\nRUN echo pulled > /note\nCMD [\"cat\", \"/note\"]\n"),
-    )
-    .unwrap();
+    let ctx = temp_context(
+        "kiln-ctx-",
+        &[(
+            "Dockerfile",
+            format!("FROM {bb}\nRUN echo pulled > /note\nCMD [\"cat\", \"/note\"]\n").as_str(),
+        )],
+    );
     assert_ok(
         &build(&k3, ctx.path(), &["-t", "frompull"]),
         "build FROM a registry image",
@@ -320,12 +321,10 @@ fn bad_input_gives_clear_errors() {
         stderr(&out)
     );
 
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM busybox\nRUNN echo hi\n",
-    )
-    .unwrap();
+    let ctx = temp_context(
+        "kiln-ctx-",
+        &[("Dockerfile", "FROM busybox\nRUNN echo hi\n")],
+    );
     let out = build(&k, ctx.path(), &[]);
     assert!(!out.status.success());
     let err = stderr(&out);
@@ -357,12 +356,7 @@ fn bad_input_gives_clear_errors() {
 #[test]
 fn copy_from_stage_of_a_fifo_hung_the_build() {
     let k = Kiln::with_busybox();
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        "FROM busybox AS a\nRUN mkfifo /p && mkdir /d && mkfifo /d/q\nFROM busybox\nCOPY --from=a /p /p\nCOPY --from=a /d /d\nRUN test -p /p && test -p /d/q && echo fifos-ok\n",
-    )
-    .unwrap();
+    let ctx = temp_context("kiln-ctx-", &[("Dockerfile", "FROM busybox AS a\nRUN mkfifo /p && mkdir /d && mkfifo /d/q\nFROM busybox\nCOPY --from=a /p /p\nCOPY --from=a /d /d\nRUN test -p /p && test -p /d/q && echo fifos-ok\n")]);
     let mut child = k
         .cmd()
         .args(["build", "--progress", "plain", ctx.path().to_str().unwrap()])

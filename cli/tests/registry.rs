@@ -453,15 +453,10 @@ fn build_platform_picks_from_the_index_and_sets_target_args() {
     let (reg, _guard) = registry();
     let k = Kiln::with_busybox();
     let multi = push_two_platform_index(&k, &reg);
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!(
+    let ctx = temp_context("kiln-ctx-", &[("Dockerfile", format!(
             "FROM {}\nARG TARGETPLATFORM\nARG TARGETARCH\nRUN echo \"$TARGETPLATFORM $TARGETARCH\" > /target\n",
             multi.dest
-        ),
-    )
-    .unwrap();
+        ).as_str())]);
     let other = format!("linux/{}", multi.other_arch);
     let k2 = Kiln::new();
     let meta = ctx.path().join("meta.json");
@@ -678,12 +673,10 @@ fn layer_download_failing_mid_build_names_image_and_layer() {
         .to_string();
     let proxy = CountingProxy::start_cutting(&reg, Some(format!("/blobs/{layer}")));
     let image = format!("{}/{repo}:v1", proxy.addr);
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!("FROM {image}\nRUN true\n"),
-    )
-    .unwrap();
+    let ctx = temp_context(
+        "kiln-ctx-",
+        &[("Dockerfile", format!("FROM {image}\nRUN true\n").as_str())],
+    );
     let k2 = Kiln::new();
     let started = std::time::Instant::now();
     let out = k2.run(&["build", "--progress", "plain", ctx.path().to_str().unwrap()]);
@@ -721,15 +714,10 @@ fn from_platform_flag_was_resolved_for_the_build_platform() {
     let (reg, _guard) = registry();
     let k = Kiln::with_busybox();
     let multi = push_two_platform_index(&k, &reg);
-    let ctx = tempfile::tempdir().unwrap();
-    std::fs::write(
-        ctx.path().join("Dockerfile"),
-        format!(
+    let ctx = temp_context("kiln-ctx-", &[("Dockerfile", format!(
             "FROM --platform=linux/{} {} AS other\nFROM {}\nCOPY --from=other /bin/busybox /other-busybox\n",
             multi.other_arch, multi.dest, multi.dest
-        ),
-    )
-    .unwrap();
+        ).as_str())]);
     let k2 = Kiln::new();
     let out = k2.run(&["build", "--progress", "plain", ctx.path().to_str().unwrap()]);
     assert_ok(&out, "build with FROM --platform");

@@ -3,15 +3,13 @@
 
 mod common;
 
-use common::{assert_ok, stderr, Kiln};
+use common::{assert_ok, stderr, temp_context, Kiln};
 use std::path::Path;
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn context(dockerfile: &str) -> tempfile::TempDir {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("Dockerfile"), dockerfile).unwrap();
-    dir
+    temp_context("kiln-ctx-", &[("Dockerfile", dockerfile)])
 }
 
 fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> Output {
