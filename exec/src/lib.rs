@@ -11,7 +11,9 @@
 //! thing in `main()` (or point `KILN_SANDBOX_EXE` at one that does).
 //!
 //! With [`Runtime::Oci`] the same spec runs under `runc` or `crun` instead: the engine mounts
-//! the overlay root itself and hands the runtime a bundle (see `oci.rs`).
+//! the overlay root itself and hands the runtime a bundle (see `oci.rs`) whose process is a static
+//! `tini` with the command as its argument, so that the command is not pid 1 there either
+//! (`oci_init.rs`).
 //!
 //! Process tree: helper (host pid ns, waits) → init (pid 1 of the new pid ns: mounts, pivots,
 //! reaps, forwards SIGTERM/SIGINT) → command. When the init exits the kernel kills everything
@@ -21,6 +23,8 @@
 mod error;
 mod etc;
 mod oci;
+mod oci_cgroups;
+mod oci_init;
 mod rootless;
 mod run;
 mod sandbox;

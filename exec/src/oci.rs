@@ -91,15 +91,35 @@ impl Drop for Container {
         // container it started lives on until deleted. This waits for the runtime (tens of
         // milliseconds) on purpose: an engine that exits right after a cancel (Ctrl-C) must not
         // leave the container running.
-        let _ = std::process::Command::new(&self.binary)
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.args(global_args(&self.binary))
             .arg("--root")
             .arg(&self.runtime_root)
             .args(["delete", "--force", &self.id])
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status();
+            .stderr(std::process::Stdio::null());
+        if crate::oci_cgroups::crun_needs_hiding(&self.binary) {
+            crate::oci_cgroups::hide_unified_controllers(&mut cmd);
+        }
+        let _ = cmd.status();
         self.root.take();
+    }
+}
+
+/// Options the runtime `binary` needs before its command. crun is told not to manage cgroups:
+/// kiln puts no limits on a step (the built-in sandbox creates no cgroup either), and crun
+/// refuses to start at all on a host with cgroup v1 and v2 hierarchies both mounted (hybrid
+/// mode: see `oci_cgroups.rs`). runc needs nothing: it manages whichever hierarchies exist.
+fn global_args(binary: &str) -> &'static [&'static str] {
+    let name = Path::new(binary)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("");
+    if name == "crun" {
+        &["--cgroup-manager=disabled"]
+    } else {
+        &[]
     }
 }
 
@@ -128,8 +148,9 @@ struct Prepared {
     created: Vec<PathBuf>,
 }
 
-/// Mounts the root, creates the mount points and writes the bundle (blocking).
-fn prepare(config: &SandboxConfig) -> Result<Prepared, ExecError> {
+/// Mounts the root, creates the mount points and writes the bundle with `init` as its process
+/// (blocking).
+fn prepare(config: &SandboxConfig, init: &Path) -> Result<Prepared, ExecError> {
     let rootfs = &config.rootfs;
     let (upper, work, scratch) = match (&rootfs.upper, &rootfs.work) {
         (Some(u), Some(w)) => (u.clone(), w.clone(), false),
@@ -161,11 +182,14 @@ fn prepare(config: &SandboxConfig) -> Result<Prepared, ExecError> {
         Some(m) => m.clone(),
         None => crate::spec::default_mounts()?,
     };
-    let mounts = if crate::rootless::in_user_namespace() {
+    let mut mounts = if crate::rootless::in_user_namespace() {
         rootless_mounts(mounts, &spec)?
     } else {
         mounts
     };
+    // Last, so that no `RUN --mount` can hide it.
+    mounts.push(crate::oci_init::mount(init)?);
+    crate::oci_init::wrap(&mut spec);
     let mut mounter = Mounter::new(&rootfs.target);
     let mut points = Ok(());
     for m in &mounts {
@@ -349,7 +373,8 @@ pub(crate) async fn run(
     let writable = config.rootfs.upper.is_some();
     let stdio = config.stdio;
     let state_dir = config.state_dir.clone();
-    let prepared = tokio::task::spawn_blocking(move || prepare(&config))
+    let init = crate::oci_init::find(binary)?;
+    let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init))
         .await
         .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
     let runtime_root = state_dir.join(RUNTIME_ROOT);
@@ -365,7 +390,8 @@ pub(crate) async fn run(
     };
 
     let mut cmd = tokio::process::Command::new(binary);
-    cmd.arg("--root")
+    cmd.args(global_args(binary))
+        .arg("--root")
         .arg(&runtime_root)
         .arg("--log")
         .arg(&log)
@@ -374,6 +400,9 @@ pub(crate) async fn run(
         .arg(&id);
     stdio.apply_to(&mut cmd);
     cmd.kill_on_drop(true);
+    if crate::oci_cgroups::crun_needs_hiding(binary) {
+        crate::oci_cgroups::hide_unified_controllers(cmd.as_std_mut());
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(source) => {

@@ -21,6 +21,10 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssl", "/usr/bin/openssl"),
     // newuidmap/newgidmap: rootless kiln maps /etc/subuid ranges (cli/tests/rootless.rs).
     ("uidmap", "/usr/bin/newuidmap"),
+    // tini-static: the init of containers run with `--runtime runc|crun` (exec/src/oci_init.rs).
+    ("tini", "/usr/bin/tini-static"),
+    // `--runtime crun` is tested beside runc (cli/tests/runtime.rs).
+    ("crun", "/usr/bin/crun"),
 ];
 
 /// The test registry's address. Not 5000, which `../shared/peers` uses.
