@@ -5,6 +5,7 @@
 mod add;
 mod config;
 mod flags;
+mod git;
 mod lint;
 mod util;
 
@@ -1717,13 +1718,8 @@ impl<'a> Compiler<'a> {
                 Some(c)
             }
         };
-        if self.flag(instr, flags.bool("keep-git-dir"))? {
-            return Err(self.fail(
-                instr,
-                "`ADD --keep-git-dir` applies to git sources, which kiln does not support yet: \
-                 clone the repository in a `RUN` step",
-            ));
-        }
+        // Only git sources have a `.git` to keep; BuildKit ignores the flag for the others.
+        let keep_git_dir = self.flag(instr, flags.bool("keep-git-dir"))?;
         // --link: the files are copied onto scratch and the result merged onto the base, so the
         // layer does not depend on (and need not be rebuilt for) what is below it.
         let link = self.flag(instr, flags.bool("link"))?;
@@ -1818,9 +1814,19 @@ impl<'a> Compiler<'a> {
             Some(raw) => self.copy_source(d, instr, raw)?,
         };
         let (mut inputs, base) = if link { (vec![], -1) } else { d.base_inputs() };
+        // A git reference is checked first: `https://host/repo.git` is one, not a download.
+        let git_ref = |heredoc: bool, s: &str| {
+            if is_add && !heredoc {
+                git::parse(s)
+            } else {
+                None
+            }
+        };
         let urls: Vec<&str> = srcs
             .iter()
-            .filter(|(heredoc, s)| is_add && !heredoc && add::is_http_url(s))
+            .filter(|(heredoc, s)| {
+                is_add && !heredoc && add::is_http_url(s) && git_ref(*heredoc, s).is_none()
+            })
             .map(|(_, s)| s.as_str())
             .collect();
         if checksum.is_some() && (urls.is_empty() || urls.len() != srcs.len()) {
@@ -1829,9 +1835,9 @@ impl<'a> Compiler<'a> {
                 "`--checksum` applies to http(s) URL sources only: remove it, or add the file from its URL",
             ));
         }
-        let needs_context = srcs
-            .iter()
-            .any(|(heredoc, s)| !(*heredoc || is_add && add::is_http_url(s)));
+        let needs_context = srcs.iter().any(|(heredoc, s)| {
+            !(*heredoc || is_add && add::is_http_url(s) || git_ref(*heredoc, s).is_some())
+        });
         let src_ref = match &source {
             CopySource::Context => {
                 if needs_context {
@@ -1880,6 +1886,32 @@ impl<'a> Compiler<'a> {
                 });
                 continue;
             }
+            if let Some(r) = git_ref(false, src) {
+                // The repository is its own source op (checked out at the resolved commit, keyed
+                // by it), copied whole onto the destination like BuildKit's `llb.Git` state.
+                let repo = self.add_op(
+                    git::source(&r, keep_git_dir),
+                    format!("[internal] git {src}"),
+                    instr,
+                    &d.meta_stage,
+                );
+                inputs.push(repo.input());
+                actions.push(FileAction {
+                    action: Some(file_action::Action::Copy(FileCopy {
+                        src_input: inputs.len() as i64 - 1,
+                        src: "/".into(),
+                        dest: dest.clone(),
+                        owner: owner.clone(),
+                        mode,
+                        follow_symlinks: true,
+                        dir_contents_only: true,
+                        create_dest_path: true,
+                        exclude_patterns: excludes.clone(),
+                        ..Default::default()
+                    })),
+                });
+                continue;
+            }
             if is_add && add::is_http_url(src) {
                 // The download is its own source op; the file it holds is copied like any
                 // other, but never unpacked (as Docker does for remote archives).
@@ -1912,12 +1944,6 @@ impl<'a> Compiler<'a> {
                     })),
                 });
                 continue;
-            }
-            if is_add && add::is_git_source(src) {
-                return Err(self.fail(
-                    instr,
-                    format!("`ADD {src}`: adding a git repository is not supported by kiln yet; clone it in a `RUN` step"),
-                ));
             }
             let (copy_src, include_patterns) = if parents {
                 let (dir, pattern) = add::parents_split(src);

@@ -270,6 +270,15 @@ HEALTHCHECK NONE
         kiln_frontend::NamedContext::Image("busybox:1.36".into()),
     );
     v.push((
+        "add_git",
+        r#"FROM busybox
+ADD https://example.com/org/repo.git#v1.2:docs /docs
+ADD --keep-git-dir --chown=1:2 --chmod=0750 git@example.com:org/repo.git#main /src/
+ADD --link git://example.com/repo https://example.com/other.git /many/
+"#,
+        opts(),
+    ));
+    v.push((
         "named_contexts",
         r#"FROM busybox AS tools
 RUN exit 1
@@ -512,8 +521,8 @@ fn bad_input_gives_located_errors() {
             "did you mean `sharing`",
         ),
         (
-            "FROM busybox\nADD git@github.com:moby/moby.git /src\n",
-            "git repository is not supported",
+            "FROM busybox\nADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 https://h/r.git /src\n",
+            "http(s) URL sources only",
         ),
         (
             "FROM busybox\nADD --checksum=sha256:abc https://example.com/x /x\n",

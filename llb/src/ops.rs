@@ -61,6 +61,10 @@ pub mod attr {
     pub const IMAGE_PLATFORM: &str = "image.platform";
     /// `docker-image://` sources: `"true"` forces the tag to be resolved afresh.
     pub const IMAGE_RESOLVE_PULL: &str = "image.resolvemode.pull";
+    /// `git://` sources: `"true"` keeps the `.git` directory (BuildKit's `git.keepgitdir`).
+    pub const GIT_KEEP_DIR: &str = "git.keepgitdir";
+    /// `git://` sources: the remote as written, with its scheme (BuildKit's `git.fullurl`).
+    pub const GIT_FULL_URL: &str = "git.fullurl";
 }
 
 /// A source: an image (`docker-image://REF`), a local directory (`local://NAME`), an http URL or

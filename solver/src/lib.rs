@@ -10,6 +10,7 @@
 
 mod context;
 mod fileops;
+mod git;
 mod glob;
 mod http;
 pub mod images;
@@ -318,6 +319,10 @@ impl VertexTask {
         if let Some(Kind::Source(s)) = &self.op.kind {
             if http::is_http(&s.identifier) && !http::is_pinned(s) {
                 return self.run_http(s, key).await;
+            }
+            // A git source is resolved to a commit every time and keyed by it.
+            if git::is_git(&s.identifier) {
+                return self.run_git(s, key).await;
             }
         }
         let fresh = self.meta.ignore_cache || inputs.iter().any(|i| i.fresh);

@@ -21,6 +21,8 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssl", "/usr/bin/openssl"),
     // newuidmap/newgidmap: rootless kiln maps /etc/subuid ranges (cli/tests/rootless.rs).
     ("uidmap", "/usr/bin/newuidmap"),
+    // `ADD` of git repositories runs the host's git (solver/src/git.rs, cli/tests/git.rs).
+    ("git", "/usr/bin/git"),
     // tini-static: the init of containers run with `--runtime runc|crun` (exec/src/oci_init.rs).
     ("tini", "/usr/bin/tini-static"),
     // `--runtime crun` is tested beside runc (cli/tests/runtime.rs).

@@ -16,14 +16,6 @@ pub(crate) fn is_http_url(src: &str) -> bool {
     lower.starts_with("http://") || lower.starts_with("https://")
 }
 
-/// Whether an `ADD` source names a git repository (not supported).
-pub(crate) fn is_git_source(src: &str) -> bool {
-    src.starts_with("git@")
-        || src.starts_with("git://")
-        || src.ends_with(".git")
-        || src.contains(".git#")
-}
-
 /// The file name BuildKit gives a URL's download: the last component of its path, if any.
 pub(crate) fn url_filename(url: &str) -> Option<String> {
     let rest = url.split_once("://").map_or(url, |(_, r)| r);

@@ -1,0 +1,295 @@
+//! `ADD` of git repositories: a repository made here, served over loopback by git's dumb HTTP
+//! protocol (`git update-server-info` and a static file server), added by branch, tag, commit and
+//! subdirectory, with and without `.git`, re-added when its branch moves, and the errors for a
+//! bad ref and an unreachable remote.
+
+mod common;
+
+use common::*;
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A git work tree whose `.git` is served read-only over http at `/repo.git/`.
+struct Repo {
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl Repo {
+    fn new() -> Repo {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-git-repo-")
+            .tempdir()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let root = dir.path().join(".git");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let root = root.clone();
+                std::thread::spawn(move || serve(conn, &root));
+            }
+        });
+        let repo = Repo { dir, port };
+        repo.git(&["init", "--quiet", "--initial-branch=main"]);
+        repo
+    }
+
+    fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(self.dir.path())
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("run git: install it (`cargo xtask setup`)");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Writes the files and commits them; returns the commit.
+    fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (name, text) in files {
+            let p = self.dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "--quiet", "-m", message]);
+        self.git(&["update-server-info"]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/repo.git", self.port)
+    }
+}
+
+/// Answers one GET with the file under `root` (dumb HTTP needs nothing more).
+fn serve(conn: std::net::TcpStream, root: &Path) {
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut conn = conn;
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    let target = line.split_whitespace().nth(1).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("");
+    let file: Option<PathBuf> = path
+        .strip_prefix("/repo.git/")
+        .filter(|p| !p.split('/').any(|c| c == ".."))
+        .map(|p| root.join(p));
+    let body = file.and_then(|f| std::fs::read(f).ok());
+    let head = match &body {
+        Some(b) => format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            b.len()
+        ),
+        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+    };
+    let _ = conn.write_all(head.as_bytes());
+    if let Some(b) = body {
+        let _ = conn.write_all(&b);
+    }
+    let _ = conn.flush();
+}
+
+fn build(k: &Kiln, dockerfile: &str, tag: &str) -> std::process::Output {
+    let ctx = temp_context("kiln-git-ctx-", &[("Dockerfile", dockerfile)]);
+    k.run(&[
+        "build",
+        "--progress",
+        "plain",
+        "-t",
+        tag,
+        ctx.path().to_str().unwrap(),
+    ])
+}
+
+fn run_in(k: &Kiln, image: &str, script: &str) -> String {
+    let out = k.run(&["run", "--rm", image, "sh", "-c", script]);
+    assert_ok(&out, script);
+    stdout(&out)
+}
+
+#[test]
+fn add_git_by_branch_tag_commit_and_subdir() {
+    let repo = Repo::new();
+    let first = repo.commit(&[("a.txt", "one\n"), ("sub/b.txt", "b1\n")], "first");
+    repo.git(&["tag", "-a", "v1", "-m", "v1"]);
+    repo.git(&["tag", "light"]);
+    repo.commit(&[("a.txt", "two\n")], "second");
+    let k = Kiln::with_busybox();
+    let url = repo.url();
+    let dockerfile = format!(
+        "FROM busybox\n\
+         ADD {url}#main /branch\n\
+         ADD {url}#v1 /tag/\n\
+         ADD {url}#light /light\n\
+         ADD {url}#{first} /commit\n\
+         ADD --chown=7:8 --chmod=0700 {url}#main:sub /sub\n\
+         ADD {url} /default\n"
+    );
+    let out = build(&k, &dockerfile, "git-refs");
+    assert_ok(&out, "build with ADD of git refs");
+    let got = run_in(
+        &k,
+        "git-refs",
+        "cat /branch/a.txt /tag/a.txt /light/a.txt /commit/a.txt /default/a.txt /sub/b.txt; \
+         stat -c '%n %u:%g %a' /sub/b.txt; echo $(ls -a /branch) / $(ls -a /sub)",
+    );
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(
+        &lines[..6],
+        ["two", "one", "one", "one", "two", "b1"],
+        "{got}"
+    );
+    assert_eq!(lines[6], "/sub/b.txt 7:8 700", "{got}");
+    // No `.git` without --keep-git-dir; the subdirectory's contents only.
+    assert_eq!(lines[7], ". .. a.txt sub / . .. b.txt", "{got}");
+}
+
+#[test]
+fn add_keep_git_dir_keeps_a_repository_of_the_commit() {
+    let repo = Repo::new();
+    let commit = repo.commit(&[("a.txt", "one\n")], "first");
+    let k = Kiln::with_busybox();
+    let dockerfile = format!(
+        "FROM busybox\nADD --keep-git-dir {}#main /src\n",
+        repo.url()
+    );
+    let out = build(&k, &dockerfile, "git-kept");
+    assert_ok(&out, "build with ADD --keep-git-dir");
+    let out = k.run(&[
+        "build",
+        "-o",
+        &format!(
+            "type=local,dest={}",
+            repo.dir.path().join("out").to_str().unwrap()
+        ),
+        temp_context("kiln-git-ctx-", &[("Dockerfile", &dockerfile)])
+            .path()
+            .to_str()
+            .unwrap(),
+    ]);
+    assert_ok(&out, "export the tree");
+    let src = repo.dir.path().join("out/src");
+    assert_eq!(std::fs::read_to_string(src.join("a.txt")).unwrap(), "one\n");
+    // The host's git reads the kept `.git`: HEAD is the commit, origin the remote.
+    let git = |args: &[&str]| {
+        let o = Command::new("git")
+            .arg("-C")
+            .arg(&src)
+            .args(args)
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .env("GIT_CONFIG_GLOBAL", "/dev/null")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert_eq!(git(&["rev-parse", "HEAD"]), commit);
+    assert_eq!(git(&["remote", "get-url", "origin"]), repo.url());
+    assert_eq!(git(&["rev-parse", "refs/heads/main"]), commit);
+    assert_eq!(git(&["status", "--porcelain"]), "");
+}
+
+#[test]
+fn new_commit_on_the_branch_reruns_the_add_and_an_unchanged_one_does_not() {
+    let repo = Repo::new();
+    repo.commit(&[("a.txt", "one\n")], "first");
+    let k = Kiln::with_busybox();
+    let dockerfile = format!("FROM busybox\nADD {}#main /src\n", repo.url());
+    let out = build(&k, &dockerfile, "git-moving");
+    assert_ok(&out, "first build");
+    assert_eq!(run_in(&k, "git-moving", "cat /src/a.txt"), "one\n");
+
+    let out = build(&k, &dockerfile, "git-moving");
+    assert_ok(&out, "rebuild, branch unchanged");
+    let log = stderr(&out);
+    assert!(
+        log.contains("(0 steps run, 3 cached)"),
+        "unchanged branch re-ran the ADD: {log}"
+    );
+
+    repo.commit(&[("a.txt", "two\n")], "second");
+    let out = build(&k, &dockerfile, "git-moving");
+    assert_ok(&out, "rebuild, branch moved");
+    assert!(
+        stderr(&out).contains("(2 steps run, 1 cached)"),
+        "moved branch did not re-run the ADD: {}",
+        stderr(&out)
+    );
+    assert_eq!(run_in(&k, "git-moving", "cat /src/a.txt"), "two\n");
+}
+
+#[test]
+fn add_git_errors_name_the_line_and_the_fix() {
+    let repo = Repo::new();
+    repo.commit(&[("a.txt", "one\n")], "first");
+    let k = Kiln::with_busybox();
+
+    let out = build(
+        &k,
+        &format!("FROM busybox\nADD {}#nosuchbranch /src\n", repo.url()),
+        "git-bad-ref",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("Dockerfile:2"), "{err}");
+    assert!(
+        err.contains("`nosuchbranch` is not a branch, tag or commit of"),
+        "{err}"
+    );
+
+    let out = build(
+        &k,
+        &format!("FROM busybox\nADD {}#main:nodir /src\n", repo.url()),
+        "git-bad-subdir",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("`nodir` is not a directory in commit"),
+        "{err}"
+    );
+
+    // A port nothing listens on.
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = build(
+        &k,
+        &format!("FROM busybox\n\nADD http://127.0.0.1:{closed}/gone.git /src\n"),
+        "git-unreachable",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(err.contains("Dockerfile:3"), "{err}");
+    assert!(
+        err.contains("cannot reach the git repository") && err.contains("check the URL"),
+        "{err}"
+    );
+}
