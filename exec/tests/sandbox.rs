@@ -700,3 +700,99 @@ async fn seccomp_refuses_new_user_namespaces_unless_unconfined() {
     let r = capture(c).await.unwrap();
     assert_eq!(r.stdout, "u=0\nSeccomp:\t0\n", "{}", r.stderr);
 }
+
+/// The id of this process's session keyring (`KEYCTL_GET_KEYRING_ID`, `@s`).
+fn host_session_keyring() -> i64 {
+    // SAFETY: keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0) takes no buffer.
+    let id = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            0 as libc::c_long,
+            libc::KEY_SPEC_SESSION_KEYRING as libc::c_long,
+            0 as libc::c_long,
+        )
+    };
+    assert!(
+        id > 0,
+        "no session keyring: {}",
+        std::io::Error::last_os_error()
+    );
+    id
+}
+
+/// The host's /usr bound read-only over the fixture (with /lib and /lib64 pointing into it), so
+/// that the host's perl can make raw syscalls that busybox has no applet for.
+fn with_host_usr(f: &Fixture, c: &mut SandboxConfig) {
+    for (link, to) in [("lib", "usr/lib"), ("lib64", "usr/lib64")] {
+        let _ = std::os::unix::fs::symlink(to, f.lower.join(link));
+    }
+    let mut mounts = c.spec.mounts().clone().unwrap();
+    mounts.push(
+        oci_spec::runtime::MountBuilder::default()
+            .destination("/usr")
+            .typ("bind")
+            .source("/usr")
+            .options(vec!["rbind".to_string(), "ro".to_string()])
+            .build()
+            .unwrap(),
+    );
+    c.spec.set_mounts(Some(mounts));
+}
+
+/// Keyrings are not namespaced: a step that could call `keyctl` would reach the keys of the
+/// session that runs kiln. Docker's seccomp profile refuses `keyctl`, `add_key` and
+/// `request_key` (EPERM), and runc gives every container a new session keyring; kiln does both,
+/// with each runtime.
+#[tokio::test]
+async fn a_step_cannot_use_the_host_keyring() {
+    if !std::path::Path::new("/usr/bin/perl").exists() {
+        println!("skipped: the host has no /usr/bin/perl to make keyctl calls with");
+        return;
+    }
+    let host = host_session_keyring();
+    // keyctl(KEYCTL_GET_KEYRING_ID, KEY_SPEC_SESSION_KEYRING, 0): the id, or -errno.
+    let script = format!(
+        "my $id = syscall({}, 0, -3, 0); print $id < 0 ? -($!+0) : $id, \"\\n\"",
+        libc::SYS_keyctl
+    );
+    let mut runtimes = vec![kiln_exec::Runtime::Builtin];
+    for name in ["runc", "crun"] {
+        if std::process::Command::new(name)
+            .arg("--version")
+            .output()
+            .is_ok()
+        {
+            runtimes.push(kiln_exec::Runtime::Oci(name.to_string()));
+        } else {
+            println!("not tested with `{name}`: it is not installed");
+        }
+    }
+    for runtime in runtimes {
+        for confined in [true, false] {
+            let f = fixture();
+            let mut c = config(&f, &process(&["/usr/bin/perl", "-e", &script]));
+            c.runtime = runtime.clone();
+            with_host_usr(&f, &mut c);
+            if !confined {
+                let mut linux = c.spec.linux().clone().unwrap();
+                linux.set_seccomp(None);
+                c.spec.set_linux(Some(linux));
+            }
+            let r = capture(c).await.unwrap();
+            assert_eq!(r.outcome.exit_code, 0, "{runtime}: {}", r.stderr);
+            let id: i64 =
+                r.stdout.trim().parse().unwrap_or_else(|_| {
+                    panic!("{runtime}: not a number: {:?} {}", r.stdout, r.stderr)
+                });
+            if confined {
+                assert_eq!(id, -libc::EPERM as i64, "{runtime}: keyctl was allowed");
+            } else {
+                assert!(id > 0, "{runtime}: no session keyring in the step: {id}");
+                assert_ne!(
+                    id, host,
+                    "{runtime}: the step shares kiln's session keyring"
+                );
+            }
+        }
+    }
+}

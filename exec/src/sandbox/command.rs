@@ -73,6 +73,7 @@ fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared
     let filters = seccomp.map(super::seccomp::compile).transpose()?;
     let no_new_privs = process.no_new_privileges() == Some(true);
     apply_rlimits(process)?;
+    join_new_session_keyring()?;
     let user = process.user();
     if let Some(mask) = user.umask() {
         nix::sys::stat::umask(nix::sys::stat::Mode::from_bits_truncate(mask));
@@ -138,6 +139,35 @@ fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared
         envp,
         path_var,
     })
+}
+
+/// Give the command a new, empty session keyring instead of the engine's, as runc and crun do
+/// for every container: it inherits the caller's otherwise, and with seccomp off (or a profile
+/// that allows `keyctl`) a step could read and change the keys of the session that runs kiln.
+fn join_new_session_keyring() -> Result<(), String> {
+    // SAFETY: keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL) takes no buffer: NULL asks for a new
+    // anonymous keyring.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_keyctl,
+            libc::KEYCTL_JOIN_SESSION_KEYRING as libc::c_long,
+            std::ptr::null::<libc::c_char>(),
+        )
+    };
+    if r >= 0 {
+        return Ok(());
+    }
+    match Errno::last() {
+        // No key support in the kernel, or keyctl refused to kiln itself (kiln running under a
+        // seccomp profile such as Docker's): the step inherits that refusal, there is no keyring
+        // for it to reach.
+        Errno::ENOSYS | Errno::EPERM | Errno::EACCES => Ok(()),
+        Errno::EDQUOT => Err(
+            "cannot give the step its own session keyring: the key quota of uid 0 is used up; raise `/proc/sys/kernel/keys/root_maxkeys` or free keys (`keyctl show`)"
+                .to_string(),
+        ),
+        e => Err(format!("cannot give the step its own session keyring: {e}")),
+    }
 }
 
 /// What to do when rootless kiln lacks ids.
