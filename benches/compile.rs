@@ -1,5 +1,7 @@
-//! Parse + compile time of a generated 1,000-instruction multi-stage Dockerfile, per instruction.
-//! Run: `cargo run --release -p kiln-frontend --example bench_compile [ITERATIONS]`.
+//! Parse + compile time of a generated 1,000-instruction multi-stage Dockerfile, per instruction:
+//! the `compile` case of `cargo xtask bench --cases compile`, or by itself
+//! `cargo bench -p kiln-frontend --bench compile [-- ITERATIONS]` (a bench target of
+//! `kiln-frontend`, kept here beside the whole-build benchmarks).
 
 use kiln_frontend::{compile, BuildOptions, ImageResolver, ResolvedImage};
 use std::time::Instant;
@@ -50,9 +52,11 @@ fn dockerfile() -> (String, usize) {
 }
 
 fn main() {
+    // `cargo bench` passes `--bench`; the first number given is the iteration count.
     let iterations: u32 = std::env::args()
-        .nth(1)
-        .and_then(|a| a.parse().ok())
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .filter(|&n| n > 0)
         .unwrap_or(200);
     let (text, instructions) = dockerfile();
     let opts = BuildOptions::default();

@@ -211,6 +211,14 @@ fn test(root: &Path, extra: &[String]) -> Result<()> {
 }
 
 fn bench(root: &Path, extra: &[String]) -> Result<()> {
+    let (compile, extra) = split_compile_case(extra);
+    if compile {
+        bench_compile(root)?;
+    }
+    let Some(extra) = extra else {
+        return Ok(());
+    };
+    let extra = extra.as_slice();
     setup()?;
     run(Command::new("cargo")
         .current_dir(root)
@@ -223,4 +231,72 @@ fn bench(root: &Path, extra: &[String]) -> Result<()> {
         .arg(script)
         .args(extra)
         .env("KILN", target_dir(root).join("release/kiln")))
+}
+
+/// The `compile` bench case: whether to run it (named in `--cases`, or no `--cases` at all), and
+/// the arguments for `benches/run.sh` without it (`None` when no whole-build case is left).
+fn split_compile_case(args: &[String]) -> (bool, Option<Vec<String>>) {
+    if args.iter().any(|a| a == "-h" || a == "--help") {
+        return (false, Some(args.to_vec()));
+    }
+    let Some(i) = args.iter().position(|a| a == "--cases") else {
+        return (true, Some(args.to_vec()));
+    };
+    let Some(list) = args.get(i + 1) else {
+        return (false, Some(args.to_vec()));
+    };
+    let (compile, rest): (Vec<&str>, Vec<&str>) = list.split(',').partition(|c| *c == "compile");
+    if rest.is_empty() {
+        return (!compile.is_empty(), None);
+    }
+    let mut out = args.to_vec();
+    out[i + 1] = rest.join(",");
+    (!compile.is_empty(), Some(out))
+}
+
+/// Parse + compile of a 1,000-instruction multi-stage Dockerfile (`benches/compile.rs`, a bench
+/// target of kiln-frontend): prints µs per instruction.
+fn bench_compile(root: &Path) -> Result<()> {
+    println!("xtask: bench case `compile` (benches/compile.rs)");
+    run(Command::new("cargo").current_dir(root).args([
+        "bench",
+        "--quiet",
+        "--package",
+        "kiln-frontend",
+        "--bench",
+        "compile",
+    ]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::split_compile_case;
+
+    fn args(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn compile_case_is_split_from_the_whole_build_cases() {
+        assert_eq!(
+            split_compile_case(&args(&["--runs", "3"])),
+            (true, Some(args(&["--runs", "3"])))
+        );
+        assert_eq!(
+            split_compile_case(&args(&["--cases", "compile"])),
+            (true, None)
+        );
+        assert_eq!(
+            split_compile_case(&args(&["--cases", "noop,compile", "--no-peers"])),
+            (true, Some(args(&["--cases", "noop", "--no-peers"])))
+        );
+        assert_eq!(
+            split_compile_case(&args(&["--cases", "chain"])),
+            (false, Some(args(&["--cases", "chain"])))
+        );
+        assert_eq!(
+            split_compile_case(&args(&["--help"])),
+            (false, Some(args(&["--help"])))
+        );
+    }
 }
