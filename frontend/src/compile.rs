@@ -158,7 +158,12 @@ pub fn compile(
         .map(|d| lint::CheckConfig::parse(&d.value))
         .unwrap_or_default();
     let mut failed = Vec::new();
-    for (line, rule, message) in lint::check(&df) {
+    let checks = lint::check(&df)
+        .into_iter()
+        .chain(lint::empty_continuations(&df))
+        .chain(lint::from_args(&df))
+        .chain(lint::copy_ignored(&df, &opts.exclude_patterns));
+    for (line, rule, message) in checks {
         if config.skips(rule) {
             continue;
         }
@@ -434,14 +439,8 @@ impl<'a> Compiler<'a> {
             opts,
             resolver,
             builder: DefinitionBuilder::default(),
-            warnings: df
-                .warnings
-                .iter()
-                .map(|(line, message)| Warning {
-                    line: *line,
-                    message: message.clone(),
-                })
-                .collect(),
+            // The parser's notes (empty continuation lines) are reported as build checks.
+            warnings: Vec::new(),
             globals: platform_args
                 .iter()
                 .map(|(k, v)| (k.clone(), Some(v.clone())))

@@ -175,6 +175,213 @@ pub(crate) fn check(df: &Dockerfile) -> Vec<(usize, &'static str, String)> {
     out
 }
 
+/// The automatic platform args, declared in the global scope without an `ARG`.
+const PLATFORM_ARGS: &[&str] = &[
+    "TARGETPLATFORM",
+    "TARGETOS",
+    "TARGETARCH",
+    "TARGETVARIANT",
+    "BUILDPLATFORM",
+    "BUILDOS",
+    "BUILDARCH",
+    "BUILDVARIANT",
+];
+
+/// NoEmptyContinuation, from the parser's notes: an empty line inside a continued instruction.
+pub(crate) fn empty_continuations(df: &Dockerfile) -> Vec<(usize, &'static str, String)> {
+    df.warnings
+        .iter()
+        .filter(|(_, m)| m.starts_with("empty continuation line"))
+        .map(|(line, _)| {
+            (
+                *line,
+                "NoEmptyContinuation",
+                "Empty continuation line".to_string(),
+            )
+        })
+        .collect()
+}
+
+/// UndefinedArgInFrom and InvalidDefaultArgInFrom: a `FROM` (image or `--platform`) that uses an
+/// ARG no global `ARG` declares, or whose global defaults give an empty or invalid image name.
+pub(crate) fn from_args(df: &Dockerfile) -> Vec<(usize, &'static str, String)> {
+    let mut out = Vec::new();
+    let mut declared: Vec<String> = PLATFORM_ARGS.iter().map(|a| a.to_string()).collect();
+    // Global defaults as the file gives them (build args may override them: hence a warning).
+    let mut defaults: Vec<(String, Option<String>)> = Vec::new();
+    let mut seen_from = false;
+    for i in &df.instructions {
+        match i.name.as_str() {
+            "arg" if !seen_from => {
+                for word in &i.args {
+                    let (name, value) = match word.split_once('=') {
+                        Some((k, v)) => (k, Some(v)),
+                        None => (word.as_str(), None),
+                    };
+                    let lookup = |n: &str| lookup_default(&defaults, n);
+                    let value = value.map(|v| {
+                        crate::expand_word(v, &lookup, df.escape).unwrap_or_else(|_| v.to_string())
+                    });
+                    declared.push(name.to_string());
+                    defaults.push((name.to_string(), value));
+                }
+            }
+            "from" => {
+                seen_from = true;
+                let image = i.args.first().map(String::as_str).unwrap_or_default();
+                let platforms = i.flags.iter().filter_map(|f| f.strip_prefix("--platform="));
+                let mut undeclared: Vec<String> = Vec::new();
+                for word in std::iter::once(image).chain(platforms) {
+                    let missing = std::cell::RefCell::new(Vec::new());
+                    let lookup = |n: &str| {
+                        if !declared.iter().any(|d| d == n) {
+                            missing.borrow_mut().push(n.to_string());
+                        }
+                        None
+                    };
+                    let _ = crate::expand_word(word, &lookup, df.escape);
+                    for m in missing.into_inner() {
+                        if !undeclared.contains(&m) {
+                            undeclared.push(m);
+                        }
+                    }
+                }
+                for name in &undeclared {
+                    let hint = crate::compile::util::did_you_mean(
+                        name,
+                        declared.iter().map(String::as_str),
+                    )
+                    .map(|c| format!(" (did you mean {c}?)"))
+                    .unwrap_or_default();
+                    out.push((
+                        i.start_line,
+                        "UndefinedArgInFrom",
+                        format!("FROM argument '{name}' is not declared{hint}"),
+                    ));
+                }
+                if undeclared.is_empty() && image.contains('$') {
+                    let lookup = |n: &str| lookup_default(&defaults, n);
+                    let valid = crate::expand_word(image, &lookup, df.escape)
+                        .is_ok_and(|v| is_valid_image_name(&v));
+                    if !valid {
+                        out.push((
+                            i.start_line,
+                            "InvalidDefaultArgInFrom",
+                            format!(
+                                "Default value for ARG {image} results in empty or invalid base image name"
+                            ),
+                        ));
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
+fn lookup_default(defaults: &[(String, Option<String>)], name: &str) -> Option<String> {
+    if PLATFORM_ARGS.contains(&name) {
+        // Always set at build time; any value makes a valid name here.
+        return Some("x".into());
+    }
+    defaults
+        .iter()
+        .rev()
+        .find(|(k, _)| k == name)
+        .and_then(|(_, v)| v.clone())
+}
+
+/// Whether `r` reads as an image reference: `name[:tag][@digest]`, the name lowercase path
+/// components (a registry host may carry a port), the tag `[\w][\w.-]*`.
+fn is_valid_image_name(r: &str) -> bool {
+    let (rest, digest) = match r.split_once('@') {
+        Some((n, d)) => (n, Some(d)),
+        None => (r, None),
+    };
+    if let Some(d) = digest {
+        let Some((algo, hex)) = d.split_once(':') else {
+            return false;
+        };
+        if algo.is_empty() || hex.is_empty() {
+            return false;
+        }
+    }
+    let last_slash = rest.rfind('/').map_or(0, |i| i + 1);
+    let (name, tag) = match rest[last_slash..].rfind(':') {
+        Some(i) => (&rest[..last_slash + i], Some(&rest[last_slash + i + 1..])),
+        None => (rest, None),
+    };
+    if let Some(t) = tag {
+        let mut chars = t.chars();
+        let first_ok = chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !first_ok
+            || t.len() > 128
+            || !chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        {
+            return false;
+        }
+    }
+    if name.is_empty() {
+        return false;
+    }
+    name.split('/').enumerate().all(|(n, c)| {
+        let host = n == 0 && name.contains('/') && (c.contains('.') || c.contains(':'));
+        !c.is_empty()
+            && c.chars().all(|ch| {
+                ch.is_ascii_lowercase()
+                    || ch.is_ascii_digit()
+                    || "._-".contains(ch)
+                    || (host && (ch == ':' || ch.is_ascii_uppercase()))
+            })
+    })
+}
+
+/// CopyIgnoredFile: a `COPY`/`ADD` from the build context of a path `.dockerignore` excludes.
+pub(crate) fn copy_ignored(
+    df: &Dockerfile,
+    exclude_patterns: &[String],
+) -> Vec<(usize, &'static str, String)> {
+    let mut out = Vec::new();
+    if exclude_patterns.is_empty() {
+        return out;
+    }
+    let Ok(matcher) = crate::dockerignore::IgnoreMatcher::new(exclude_patterns) else {
+        return out;
+    };
+    for i in &df.instructions {
+        let verb = match i.name.as_str() {
+            "copy" => "Copy",
+            "add" => "Add",
+            _ => continue,
+        };
+        if i.flags.iter().any(|f| f.starts_with("--from")) {
+            continue;
+        }
+        let Some((_, srcs)) = i.args.split_last() else {
+            continue;
+        };
+        for src in srcs {
+            let remote = src.contains("://") || src.starts_with("git@") || src.starts_with("<<");
+            if remote || src.contains('$') {
+                continue;
+            }
+            if matcher.matches(src) {
+                out.push((
+                    i.start_line,
+                    "CopyIgnoredFile",
+                    format!(
+                        "Attempting to {verb} file \"{src}\" that is excluded by .dockerignore"
+                    ),
+                ));
+            }
+        }
+    }
+    out
+}
+
 fn from_checks(i: &Instruction, kw: &str, push: &mut impl FnMut(usize, &'static str, String)) {
     let line = i.start_line;
     if let [_, as_kw, name] = i.args.as_slice() {
@@ -290,6 +497,86 @@ mod tests {
         assert_eq!(
             rules("FROM --platform=$TARGETPLATFORM busybox\n"),
             vec![(1, "RedundantTargetPlatform")]
+        );
+    }
+
+    #[test]
+    fn from_args_are_checked_against_the_global_args_and_their_defaults() {
+        let df = crate::parse(
+            "ARG TAG\nARG IMAGE=busybox\nARG GOOD=1.36\nFROM ${IMAG}\nFROM busybox:${TAG}\n\
+             FROM ${IMAGE}:${GOOD}\nFROM --platform=$BUILDPLATFORM ${IMAGE}\nARG LATER\n\
+             FROM ${LATER}\nFROM --platform=${PLAT} busybox\n",
+        )
+        .unwrap();
+        let got: Vec<(usize, &str, String)> = from_args(&df);
+        assert_eq!(
+            got,
+            vec![
+                (
+                    4,
+                    "UndefinedArgInFrom",
+                    "FROM argument 'IMAG' is not declared (did you mean IMAGE?)".to_string()
+                ),
+                (
+                    5,
+                    "InvalidDefaultArgInFrom",
+                    "Default value for ARG busybox:${TAG} results in empty or invalid base image name"
+                        .to_string()
+                ),
+                (
+                    9,
+                    "UndefinedArgInFrom",
+                    "FROM argument 'LATER' is not declared".to_string()
+                ),
+                (
+                    10,
+                    "UndefinedArgInFrom",
+                    "FROM argument 'PLAT' is not declared".to_string()
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn image_names_are_validated_like_references() {
+        for ok in [
+            "busybox",
+            "busybox:1.36",
+            "localhost:5000/a/b:c",
+            "Example.com/x",
+            "busybox@sha256:abc",
+        ] {
+            assert!(is_valid_image_name(ok), "{ok}");
+        }
+        for bad in [
+            "", "busybox:", ":tag", "Busybox", "a//b", "busybox@", "a:b:c",
+        ] {
+            assert!(!is_valid_image_name(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn empty_continuation_and_ignored_copies_are_reported() {
+        let df = crate::parse("FROM busybox\nRUN a \\\n\n  b\nCOPY secret.txt app/ /x/\nCOPY --from=busybox secret.txt /y\n").unwrap();
+        let got: Vec<_> = empty_continuations(&df)
+            .into_iter()
+            .chain(copy_ignored(&df, &["*.txt".to_string()]))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    2,
+                    "NoEmptyContinuation",
+                    "Empty continuation line".to_string()
+                ),
+                (
+                    5,
+                    "CopyIgnoredFile",
+                    "Attempting to Copy file \"secret.txt\" that is excluded by .dockerignore"
+                        .to_string()
+                ),
+            ]
         );
     }
 
