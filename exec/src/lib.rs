@@ -30,6 +30,7 @@ mod run;
 mod sandbox;
 mod seccomp;
 mod spec;
+mod stubs;
 mod user;
 mod wire;
 
@@ -132,8 +133,9 @@ pub struct RunOutcome {
     /// The command's exit code, or 128 + signal number when it was killed.
     pub exit_code: i32,
     /// Paths (relative to the root, parents before children) that did not exist and were
-    /// created as mount points. They are empty directories or files that belong to no layer:
-    /// remove them from the upper directory in reverse order, each only if still empty.
+    /// created as mount points. [`run`] has already removed them from the upper directory
+    /// (each that was still empty), with the directories above them that were copied up only
+    /// for them, so that they belong to no layer.
     pub created_mountpoints: Vec<PathBuf>,
 }
 

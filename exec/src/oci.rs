@@ -371,6 +371,7 @@ pub(crate) async fn run(
     mut sink: Option<Box<dyn OutputSink>>,
 ) -> Result<RunOutcome, ExecError> {
     let writable = config.rootfs.upper.is_some();
+    let layers = (config.rootfs.lower.clone(), config.rootfs.upper.clone());
     let stdio = config.stdio;
     let state_dir = config.state_dir.clone();
     let init = crate::oci_init::find(binary)?;
@@ -428,6 +429,9 @@ pub(crate) async fn run(
     // signal may not have: then the guard deletes it.
     container.finished = status.code().is_some();
     drop(container);
+    if let (lower, Some(upper)) = &layers {
+        crate::stubs::remove(lower, upper, &prepared.created);
+    }
     if !writable {
         let _ = tokio::fs::remove_dir_all(state_dir.join(crate::wire::SCRATCH_DIR)).await;
     }

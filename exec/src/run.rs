@@ -107,6 +107,7 @@ pub async fn run(
     }
 
     let writable = config.rootfs.upper.is_some();
+    let layers = (config.rootfs.lower.clone(), config.rootfs.upper.clone());
     let wire = WireConfig {
         spec: config.spec,
         rootfs: config.rootfs,
@@ -192,15 +193,20 @@ pub async fn run(
         Some(WireResult {
             created_mountpoints,
             error: None,
-        }) => Ok(RunOutcome {
-            exit_code,
-            // Without an upper layer they were made in a scratch layer: nothing to clean up.
-            created_mountpoints: if writable {
-                created_mountpoints
-            } else {
-                Vec::new()
-            },
-        }),
+        }) => {
+            if let (lower, Some(upper)) = &layers {
+                crate::stubs::remove(lower, upper, &created_mountpoints);
+            }
+            Ok(RunOutcome {
+                exit_code,
+                // Without an upper layer they were made in a scratch layer: nothing to clean up.
+                created_mountpoints: if writable {
+                    created_mountpoints
+                } else {
+                    Vec::new()
+                },
+            })
+        }
         None => Err(ExecError::NoResult {
             exe,
             status: status.to_string(),
