@@ -16,9 +16,12 @@ dir=${1:?usage: gen.sh DIR BASE_IMAGE}
 base=${2:?usage: gen.sh DIR BASE_IMAGE}
 mkdir -p "$dir"
 
-# The CPU work of one parallel stage: sha256 over N MiB of zeros (busybox's sha256sum runs at
-# about 120 MiB/s here, so 250 MiB is about 2 s). BENCH_CPU_MIB overrides it.
-cpu_mib=${BENCH_CPU_MIB:-250}
+# The CPU work of one parallel stage: ONE single-threaded process, a busybox awk loop of N
+# iterations (5,000,000 take about 2 s of one core here: `time busybox awk ...`). One process,
+# not a pipe: `head -c 250m /dev/zero | sha256sum` kept two processes busy per stage, so even
+# `--jobs 1` filled both cores and the case could not show what the scheduler's parallelism
+# gains. BENCH_CPU_ITERS overrides it.
+cpu_iters=${BENCH_CPU_ITERS:-5000000}
 
 fresh() { # fresh NAME STAMP: true when DIR/NAME must be (re)made; clears it
     local d="$dir/$1"
@@ -49,13 +52,14 @@ DF
 fi
 
 # ---------------------------------------------------------------- parallel
-stamp="v1 $base $cpu_mib"
+stamp="v2 $base $cpu_iters"
 if fresh parallel "$stamp"; then
     d="$dir/parallel"
     {
         for i in 1 2 3 4 5 6; do
             echo "FROM $base AS s$i"
-            echo "RUN head -c ${cpu_mib}m /dev/zero | sha256sum > /out$i && echo stage $i >> /out$i"
+            # The stage number in the program keeps the six steps' cache keys apart.
+            echo "RUN awk 'BEGIN { for (i = 0; i < $cpu_iters; i++) s += i * i % 7; print \"stage $i\", s }' > /out$i"
         done
         echo "FROM $base"
         for i in 1 2 3 4 5 6; do echo "COPY --from=s$i /out$i /out$i"; done
