@@ -145,6 +145,22 @@ fn walk_into(
     Ok(())
 }
 
+/// What a checksum cost: files checked, and those read and hashed (the memo did not know them).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Stats {
+    pub files: usize,
+    pub hashed: usize,
+    pub bytes: u64,
+}
+
+impl std::ops::AddAssign for Stats {
+    fn add_assign(&mut self, o: Stats) {
+        self.files += o.files;
+        self.hashed += o.hashed;
+        self.bytes += o.bytes;
+    }
+}
+
 /// Content checksum of the given sources (relative paths, as `resolve_sources` returns) and
 /// everything below them. Covers paths, types, permission bits, symlink targets and file
 /// contents; not mtimes or owners, so `touch` invalidates nothing.
@@ -152,7 +168,7 @@ pub(crate) fn checksum(
     ctx: &dyn LocalContext,
     sources: &[String],
     index: &CacheIndex,
-) -> Result<String, SolveError> {
+) -> Result<(String, Stats), SolveError> {
     let mut entries = Vec::new();
     for s in sources {
         entries.extend(walk(ctx, s)?);
@@ -168,6 +184,11 @@ pub(crate) fn checksum(
         .flatten()
         .collect();
     let missing: Vec<usize> = (0..files.len()).filter(|&i| memo[i].is_none()).collect();
+    let stats = Stats {
+        files: files.len(),
+        hashed: missing.len(),
+        bytes: missing.iter().map(|&i| files[i].meta.len()).sum(),
+    };
     let computed: Vec<(usize, [u8; 32])> = missing
         .par_iter()
         .map(|&i| hash_file(&files[i].abs).map(|h| (i, h)))
@@ -201,7 +222,7 @@ pub(crate) fn checksum(
         }
         hasher.update(&[0xff]);
     }
-    Ok(hasher.finalize().to_hex().to_string())
+    Ok((hasher.finalize().to_hex().to_string(), stats))
 }
 
 /// Memo keys looked up per read transaction.

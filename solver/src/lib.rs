@@ -8,6 +8,7 @@
 //! the op selects (a `COPY` keys on the checksum of its sources, an exec mount on the whole
 //! context after `.dockerignore`).
 
+mod cleanup;
 mod context;
 mod fileops;
 mod git;
@@ -18,6 +19,7 @@ mod inflight;
 mod merge;
 mod mounts;
 mod nocache;
+mod prefetch;
 pub mod progress;
 
 pub use context::LocalContext;
@@ -195,6 +197,8 @@ impl Solver {
             network_none: req.network_none,
             runtime: req.runtime,
         });
+        // Hashing of the local contexts starts now, beside the pulls and the first steps.
+        let prefetch = prefetch::start(&def, &locals, &self.inner.store, &req.progress);
         for (idx, op) in def.ops.iter().enumerate() {
             let digest = op.digest();
             let inputs: Vec<(VertexFuture, i64)> = op
@@ -219,6 +223,7 @@ impl Solver {
                 session: session.clone(),
                 progress: req.progress.clone(),
                 counters: counters.clone(),
+                prefetched: prefetch.for_op(&digest),
             };
             let fut = async move {
                 // All inputs at once, so independent branches run in parallel; the first failure
@@ -273,6 +278,8 @@ struct VertexTask {
     session: Arc<mounts::Session>,
     progress: Arc<dyn ProgressSink>,
     counters: Arc<Mutex<Counters>>,
+    /// Checksums of the local contexts this op reads, computed ahead, by input index.
+    prefetched: HashMap<i64, prefetch::SumFuture>,
 }
 
 impl VertexTask {
@@ -327,38 +334,15 @@ impl VertexTask {
         }
         let fresh = self.meta.ignore_cache || inputs.iter().any(|i| i.fresh);
         if !fresh {
-            if let Some(hit) = store.index().get(&key).map_err(SolveError::cache)? {
-                let usable = match hit.snapshot {
-                    None => true,
-                    Some(s) => store.snapshots().fs_dir(s).is_dir(),
-                };
-                if usable {
-                    self.progress.event(Event::Cached {
-                        vertex: self.vertex,
-                        name: self.name(),
-                    });
-                    if let Ok(mut c) = self.counters.lock() {
-                        c.cached += 1;
-                    }
-                    let output = hit.snapshot.map_or(Output::Scratch, Output::Snapshot);
-                    return Ok(Arc::new(VertexResult {
-                        key,
-                        output,
-                        created_unix: hit.created_unix,
-                        fresh: false,
-                    }));
-                }
+            if let Some(hit) = cached_result(store, &key)? {
+                return Ok(self.cached(key, hit.snapshot, hit.created_unix));
             }
         }
-        let started = Instant::now();
-        self.progress.event(Event::Started {
-            vertex: self.vertex,
-            name: self.name(),
-        });
         // Until the run ends, dropping this future (a sibling failed, the build was interrupted)
-        // reports the step as canceled.
+        // reports the step as canceled, if it had started.
         let mut canceled = CancelGuard {
             progress: Some(self.progress.clone()),
+            run: None,
             vertex: self.vertex,
             name: self.name(),
         };
@@ -367,20 +351,43 @@ impl VertexTask {
         let runner = self.clone();
         let run_inputs = inputs.clone();
         let run_key = key.clone();
-        let (run, _joined) = self.solver.inner.inflight.join_or_start(
+        let index_store = store.clone();
+        let index_key = key.clone();
+        let waiting = self.solver.inner.inflight.join_or_start(
             &key,
             self.progress.clone(),
             self.vertex,
+            move || {
+                let hit = (!fresh)
+                    .then(|| cached_result(&index_store, &index_key).ok().flatten())
+                    .flatten()?;
+                Some(inflight::Executed {
+                    output: hit.snapshot.map_or(Output::Scratch, Output::Snapshot),
+                    created_unix: hit.created_unix,
+                })
+            },
             move |sink| {
                 let mut runner = runner;
                 runner.progress = sink;
                 async move { runner.execute_and_record(&run_key, &run_inputs).await }.boxed()
             },
         );
-        let result = run.await;
+        canceled.run = Some(waiting.progress.clone());
+        let waited = Instant::now();
+        let result = waiting.run.await;
         canceled.progress = None;
         match result {
+            Ok(done) if waiting.how == inflight::How::Cached => {
+                let snapshot = match done.output {
+                    Output::Snapshot(s) => Some(s),
+                    _ => None,
+                };
+                Ok(self.cached(key, snapshot, done.created_unix))
+            }
             Ok(done) => {
+                // The step's time runs from its start (for an exec step, when it got its
+                // `--jobs` slot), not from when this build began to wait for it.
+                let started = waiting.progress.started_at().unwrap_or(waited);
                 self.progress.event(Event::Done {
                     vertex: self.vertex,
                     name: self.name(),
@@ -400,17 +407,58 @@ impl VertexTask {
         }
     }
 
+    /// Reports the step cached and returns the cached result.
+    fn cached(
+        &self,
+        key: String,
+        snapshot: Option<SnapshotId>,
+        created_unix: u64,
+    ) -> Arc<VertexResult> {
+        self.progress.event(Event::Cached {
+            vertex: self.vertex,
+            name: self.name(),
+        });
+        if let Ok(mut c) = self.counters.lock() {
+            c.cached += 1;
+        }
+        Arc::new(VertexResult {
+            key,
+            output: snapshot.map_or(Output::Scratch, Output::Snapshot),
+            created_unix,
+            fresh: false,
+        })
+    }
+
+    /// Reports that the step starts running now (an exec step: once it has its `--jobs` slot).
+    fn started(&self) {
+        self.progress.event(Event::Started {
+            vertex: self.vertex,
+            name: self.name(),
+        });
+    }
+
     /// Runs the op and records its result in the cache index under `key`.
     async fn execute_and_record(
         &self,
         key: &str,
         inputs: &[Arc<VertexResult>],
     ) -> Result<inflight::Executed, Arc<SolveError>> {
+        // An exec step starts when it gets its `--jobs` slot and says so itself.
+        let is_exec = matches!(self.op.kind, Some(Kind::Exec(_)));
+        if !is_exec {
+            self.started();
+        }
         let output = self.execute(inputs).await.map_err(Arc::new)?;
         let snapshot = match &output {
             Output::Snapshot(s) => Some(*s),
             _ => None,
         };
+        // A `RUN`'s or file op's snapshot is new and this step's own: until the index names it,
+        // stopping here (canceled while syncing) or failing removes it. (A source's snapshot may
+        // be an image's, shared.)
+        let owned = snapshot
+            .filter(|_| is_exec || matches!(self.op.kind, Some(Kind::File(_))))
+            .map(|s| cleanup::SnapshotGuard::new(self.solver.inner.store.clone(), s));
         if let Some(snap) = snapshot {
             // The index must never name a snapshot whose files a crash could lose: one syncfs of
             // the snapshot's file system per step, before the result is recorded.
@@ -438,6 +486,9 @@ impl VertexTask {
                 },
             )
             .map_err(|e| Arc::new(SolveError::cache(e)))?;
+        if let Some(g) = owned {
+            g.keep();
+        }
         Ok(inflight::Executed {
             output,
             created_unix,
@@ -454,43 +505,26 @@ impl VertexTask {
             h.update(b"\0input\0");
             h.update(input.key.as_bytes());
             if let Output::Local(ctx) = &input.output {
-                let selectors = self.local_selectors(i as i64);
-                let ctx = ctx.clone();
-                let store = self.solver.inner.store.clone();
-                let sum = tokio::task::spawn_blocking(move || {
-                    let mut sources = Vec::new();
-                    for s in &selectors {
-                        sources.extend(context::resolve_sources(ctx.as_ref(), s)?);
+                // Usually computed ahead, since the solve started (see `prefetch`).
+                let sum = match self.prefetched.get(&(i as i64)) {
+                    Some(ahead) => ahead.clone().await.map_err(unwrap_arc)?,
+                    None => {
+                        let selectors = prefetch::selectors(&self.op, i as i64);
+                        let ctx = ctx.clone();
+                        let store = self.solver.inner.store.clone();
+                        tokio::task::spawn_blocking(move || {
+                            prefetch::checksum(ctx.as_ref(), &selectors, &store)
+                        })
+                        .await
+                        .map_err(|e| SolveError::Op(e.to_string()))??
+                        .0
                     }
-                    sources.sort();
-                    sources.dedup();
-                    context::checksum(ctx.as_ref(), &sources, store.index())
-                })
-                .await
-                .map_err(|e| SolveError::Op(e.to_string()))??;
+                };
                 h.update(b"\0local\0");
                 h.update(sum.as_bytes());
             }
         }
         Ok(h.finalize().to_hex().to_string())
-    }
-
-    /// The paths this op reads from input `index` when it is a local context.
-    fn local_selectors(&self, index: i64) -> Vec<String> {
-        match &self.op.kind {
-            Some(Kind::File(f)) => {
-                let srcs: Vec<String> = f
-                    .actions
-                    .iter()
-                    .filter_map(|a| match &a.action {
-                        Some(Action::Copy(c)) if c.src_input == index => Some(c.src.clone()),
-                        _ => None,
-                    })
-                    .collect();
-                srcs
-            }
-            _ => vec![String::new()],
-        }
     }
 
     async fn execute(&self, inputs: &[Arc<VertexResult>]) -> Result<Output, SolveError> {
@@ -504,9 +538,8 @@ impl VertexTask {
                 let f = f.clone();
                 let store = self.solver.inner.store.clone();
                 let outputs: Vec<Output> = inputs.iter().map(|r| r.output.clone()).collect();
-                tokio::task::spawn_blocking(move || file_op(&store, &f, &outputs))
-                    .await
-                    .map_err(|e| SolveError::Op(e.to_string()))?
+                let op_store = store.clone();
+                cleanup::blocking_snapshot(store, move || file_op(&op_store, &f, &outputs)).await
             }
             Some(Kind::Merge(m)) => merge::execute(&self.solver.inner.store, m, inputs).await,
             Some(Kind::Diff(_)) => Err(SolveError::Unsupported("diff".into())),
@@ -605,6 +638,8 @@ impl VertexTask {
         let mut spec = spec;
         mounts::add_to_spec(&mut spec, &extra)?;
         let snap = snaps.create(parent).map_err(SolveError::cache)?;
+        // Removed unless the step succeeds: a failed or canceled `RUN` leaves nothing behind.
+        let owned = cleanup::SnapshotGuard::new(store.clone(), snap);
         let scratch = tempfile::Builder::new()
             .prefix("exec-")
             .tempdir_in(store.tmp_dir())
@@ -648,18 +683,15 @@ impl VertexTask {
             .acquire()
             .await
             .map_err(|e| SolveError::Op(e.to_string()))?;
+        self.started();
         let outcome = kiln_exec::run(config, Some(Box::new(sink))).await;
         drop(permit);
         drop(extra);
         let outcome = match outcome {
             Ok(o) => o,
-            Err(err) => {
-                let _ = snaps.remove(snap);
-                return Err(SolveError::Op(err.to_string()));
-            }
+            Err(err) => return Err(SolveError::Op(err.to_string())),
         };
         if outcome.exit_code != 0 {
-            let _ = snaps.remove(snap);
             let mut lines = tail.lock().map(|t| t.render()).unwrap_or_default();
             // Rootless with only the caller's own ids mapped, every other id is missing: say
             // why `chown`/`setuid` to one fails, as the command's own message cannot.
@@ -679,26 +711,51 @@ impl VertexTask {
         }
         // Mount points the sandbox had to create are not part of the step's changes.
         mounts::remove_created_mountpoints(&upper, outcome.created_mountpoints);
-        Ok(Output::Snapshot(snap))
+        Ok(Output::Snapshot(owned.keep()))
     }
 }
 
-/// Reports a step as canceled when its future is dropped before it finished.
+/// Reports a step as canceled when its future is dropped before it finished (if it had started:
+/// a step still waiting for its `--jobs` slot never showed), and stops its output to this build.
 struct CancelGuard {
     progress: Option<Arc<dyn ProgressSink>>,
+    /// The progress of the run this build waits for.
+    run: Option<Arc<progress::FanOut>>,
     vertex: usize,
     name: String,
 }
 
 impl Drop for CancelGuard {
     fn drop(&mut self) {
-        if let Some(p) = self.progress.take() {
+        let Some(p) = self.progress.take() else {
+            return;
+        };
+        let started = match &self.run {
+            Some(run) => {
+                run.remove(&p);
+                run.started_at().is_some()
+            }
+            None => true,
+        };
+        if started {
             p.event(Event::Canceled {
                 vertex: self.vertex,
                 name: std::mem::take(&mut self.name),
             });
         }
     }
+}
+
+/// The result recorded under `key`, if its snapshot is still there.
+fn cached_result(store: &Store, key: &str) -> Result<Option<CachedResult>, SolveError> {
+    let Some(hit) = store.index().get(key).map_err(SolveError::cache)? else {
+        return Ok(None);
+    };
+    let usable = match hit.snapshot {
+        None => true,
+        Some(s) => store.snapshots().fs_dir(s).is_dir(),
+    };
+    Ok(usable.then_some(hit))
 }
 
 fn input_output(inputs: &[Arc<VertexResult>], index: i64) -> Result<Output, SolveError> {

@@ -1,0 +1,209 @@
+//! Local context checksums computed ahead: when a solve starts, every local context a step of
+//! the build reads is walked and hashed on the blocking pool at once, so the I/O overlaps with
+//! the pulls and `RUN`s that come before the step, instead of starting when the step's turn
+//! comes. Each context reports one [`Event::Context`] (`[internal] load build context`) when the
+//! last checksum of it is ready: how many files were checked and how many had to be read.
+
+use crate::context::{self, LocalContext, Stats};
+use crate::progress::{Event, ProgressSink};
+use crate::SolveError;
+use futures::channel::oneshot;
+use futures::future::{BoxFuture, FutureExt, Shared};
+use kiln_cache::Store;
+use kiln_llb::{file_action::Action, op::Kind, Definition, Op};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// A checksum being computed, which any number of waiters may await.
+pub(crate) type SumFuture = Shared<BoxFuture<'static, SumResult>>;
+
+type SumResult = Result<String, Arc<SolveError>>;
+
+/// The checksums a solve computes ahead, by the digest of the op that reads them and the index
+/// of the input that is the context. Dropping it (the solve ended or was dropped) stops the
+/// hashing that has not started yet.
+pub(crate) struct Prefetch {
+    sums: HashMap<(String, i64), SumFuture>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Prefetch {
+    /// The checksums ahead for the op `digest`, by input index.
+    pub(crate) fn for_op(&self, digest: &str) -> HashMap<i64, SumFuture> {
+        self.sums
+            .iter()
+            .filter(|((d, _), _)| d == digest)
+            .map(|((_, i), f)| (*i, f.clone()))
+            .collect()
+    }
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+}
+
+/// One local context to hash: every op of the build that reads it, in the graph's order.
+struct Job {
+    vertex: usize,
+    name: String,
+    ctx: Arc<dyn LocalContext>,
+    readers: Vec<(Vec<String>, oneshot::Sender<SumResult>)>,
+}
+
+/// Starts hashing, on the blocking pool, every local context that an op the root needs reads.
+pub(crate) fn start(
+    def: &Definition,
+    locals: &HashMap<String, Arc<dyn LocalContext>>,
+    store: &Store,
+    progress: &Arc<dyn ProgressSink>,
+) -> Prefetch {
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut sums = HashMap::new();
+    let digests: Vec<String> = def.ops.iter().map(Op::digest).collect();
+    let by_digest: HashMap<&str, usize> = digests
+        .iter()
+        .enumerate()
+        .map(|(i, d)| (d.as_str(), i))
+        .collect();
+    let needed = needed_by_root(def, &by_digest);
+    let mut jobs: Vec<Job> = Vec::new();
+    let mut job_of: HashMap<usize, usize> = HashMap::new();
+    for (idx, op) in def.ops.iter().enumerate() {
+        if !needed.contains(&idx) {
+            continue;
+        }
+        for (i, input) in op.inputs.iter().enumerate() {
+            let Some(&src) = by_digest.get(input.digest.as_str()) else {
+                continue;
+            };
+            let Some(ctx) = local_name(&def.ops[src]).and_then(|n| locals.get(n)) else {
+                continue;
+            };
+            let job = *job_of.entry(src).or_insert_with(|| {
+                let name = def
+                    .metadata(&digests[src])
+                    .map(|m| m.name.clone())
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| digests[src].clone());
+                jobs.push(Job {
+                    vertex: src + 1,
+                    name,
+                    ctx: ctx.clone(),
+                    readers: Vec::new(),
+                });
+                jobs.len() - 1
+            });
+            let (tx, rx) = oneshot::channel();
+            jobs[job].readers.push((selectors(op, i as i64), tx));
+            let fut = rx
+                .map(|r| {
+                    r.unwrap_or_else(|_| {
+                        Err(Arc::new(SolveError::Op(
+                            "the build context's checksum was not computed: the build stopped"
+                                .into(),
+                        )))
+                    })
+                })
+                .boxed()
+                .shared();
+            sums.insert((digests[idx].clone(), i as i64), fut);
+        }
+    }
+    for job in jobs {
+        let (store, progress, stop) = (store.clone(), progress.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || run(job, &store, progress.as_ref(), &stop));
+    }
+    Prefetch { sums, stop }
+}
+
+fn run(job: Job, store: &Store, progress: &dyn ProgressSink, stop: &AtomicBool) {
+    let started = Instant::now();
+    let mut stats = Stats::default();
+    for (selectors, tx) in job.readers {
+        if stop.load(Ordering::SeqCst) {
+            return;
+        }
+        let sum = checksum(job.ctx.as_ref(), &selectors, store).map(|(sum, s)| {
+            stats += s;
+            sum
+        });
+        // The reader may be gone (its build failed elsewhere): nothing to do then.
+        let _ = tx.send(sum.map_err(Arc::new));
+    }
+    if !stop.load(Ordering::SeqCst) {
+        progress.event(Event::Context {
+            vertex: job.vertex,
+            name: job.name,
+            files: stats.files,
+            hashed: stats.hashed,
+            bytes: stats.bytes,
+            elapsed: started.elapsed(),
+        });
+    }
+}
+
+/// The ops the root needs, by index.
+fn needed_by_root(def: &Definition, by_digest: &HashMap<&str, usize>) -> HashSet<usize> {
+    let mut needed = HashSet::new();
+    let mut todo: Vec<usize> = def
+        .root
+        .as_ref()
+        .and_then(|r| by_digest.get(r.digest.as_str()).copied())
+        .into_iter()
+        .collect();
+    while let Some(i) = todo.pop() {
+        if !needed.insert(i) {
+            continue;
+        }
+        for input in &def.ops[i].inputs {
+            if let Some(&j) = by_digest.get(input.digest.as_str()) {
+                todo.push(j);
+            }
+        }
+    }
+    needed
+}
+
+/// The name of the local context an op is the source of (`local://NAME`).
+fn local_name(op: &Op) -> Option<&str> {
+    match &op.kind {
+        Some(Kind::Source(s)) => s.identifier.strip_prefix("local://"),
+        _ => None,
+    }
+}
+
+/// The paths an op reads from its input `index` when that input is a local context: a file op
+/// its copies' sources, anything else (an exec mount) the whole context.
+pub(crate) fn selectors(op: &Op, index: i64) -> Vec<String> {
+    match &op.kind {
+        Some(Kind::File(f)) => f
+            .actions
+            .iter()
+            .filter_map(|a| match &a.action {
+                Some(Action::Copy(c)) if c.src_input == index => Some(c.src.clone()),
+                _ => None,
+            })
+            .collect(),
+        _ => vec![String::new()],
+    }
+}
+
+/// The checksum of what `selectors` pick from the context (see `docs/cache-keys.md`), and what
+/// computing it cost.
+pub(crate) fn checksum(
+    ctx: &dyn LocalContext,
+    selectors: &[String],
+    store: &Store,
+) -> Result<(String, Stats), SolveError> {
+    let mut sources = Vec::new();
+    for s in selectors {
+        sources.extend(context::resolve_sources(ctx, s)?);
+    }
+    sources.sort();
+    sources.dedup();
+    context::checksum(ctx, &sources, store.index())
+}
