@@ -234,3 +234,79 @@ fn rootless_without_subordinate_ids_runs_as_root_and_explains_other_users() {
         "{err}"
     );
 }
+
+/// Whether `needle` occurs in any file under `dir` (symlinks not followed).
+fn found_in_files(dir: &Path, needle: &[u8]) -> Vec<PathBuf> {
+    let mut hits = Vec::new();
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for e in rd.flatten() {
+        let Ok(ft) = e.file_type() else { continue };
+        if ft.is_dir() {
+            hits.extend(found_in_files(&e.path(), needle));
+        } else if ft.is_file() {
+            let bytes = std::fs::read(e.path()).unwrap_or_default();
+            if bytes.windows(needle.len()).any(|w| w == needle) {
+                hits.push(e.path());
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn rootless_secret_mount_and_network_none_work_with_every_runtime() {
+    let Some(user) = User::create() else { return };
+    let secret = unique("rootless-secret");
+    let ctx = user.home.path().join("ctx");
+    write(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN --mount=type=secret,id=tok,required=true wc -c < /run/secrets/tok > /toklen\n\
+             RUN --network=none ls /sys/class/net > /nets\n\
+             RUN test ! -e /run/secrets/tok\n",
+        )],
+    );
+    write(user.home.path(), &[("secret.txt", &secret)]);
+    let out = Command::new("chown")
+        .args(["-R", &format!("{0}:{0}", user.name)])
+        .arg(user.home.path())
+        .output()
+        .unwrap();
+    assert_ok(&out, "chown the context");
+    let out = user.sh(
+        "sh \"$MKROOTFS\" rootfs >/dev/null && \"$K\" import rootfs busybox:latest >/dev/null",
+        HOST_PATH,
+    );
+    assert_ok(&out, "rootless kiln import");
+    let mut runtimes = vec!["builtin", "runc"];
+    if Path::new("/usr/bin/crun").exists() {
+        runtimes.push("crun");
+    }
+    for runtime in runtimes {
+        let out = user.sh(
+            &format!(
+                "set -e; \"$K\" build --progress plain --no-cache --runtime {runtime} \
+                 --secret id=tok,src=secret.txt -t rl ctx; \
+                 \"$K\" run --rm --runtime {runtime} --network none rl \
+                 sh -c 'cat /toklen /nets; ls /sys/class/net'"
+            ),
+            HOST_PATH,
+        );
+        assert_ok(&out, &format!("rootless build and run with {runtime}"));
+        assert_eq!(
+            stdout(&out),
+            format!("{}\nlo\nlo\n", secret.len()),
+            "{runtime}"
+        );
+        assert!(
+            !stderr(&out).contains(&secret),
+            "{runtime}: the secret is in the log"
+        );
+    }
+    let hits = found_in_files(&user.data_home().join("kiln"), secret.as_bytes());
+    assert!(hits.is_empty(), "the secret is in the store: {hits:?}");
+}
