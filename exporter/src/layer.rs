@@ -13,6 +13,7 @@ use sha2::{Digest as _, Sha256};
 
 use crate::error::ExportError;
 use crate::pargz::ParGzEncoder;
+use crate::stage::Staged;
 use crate::tarw::{Entry, Kind, TarError, TarWriter};
 
 pub(crate) const MEDIA_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
@@ -94,30 +95,102 @@ pub fn write_layer_tar(
 
 /// Tar, hash, compress and hash again in one pass into `out`; returns the blob's description
 /// and the sink (so a caller can commit it).
-pub fn write_layer_blob<W: Write>(
+pub fn write_layer_blob<W: Write + Send>(
     dir: &Path,
     out: W,
     opts: &LayerOptions,
 ) -> Result<(LayerBlob, W), ExportError> {
-    let werr = |e| ExportError::write("the layer blob", e);
-    let digest_w = HashingWriter::new(out);
-    let comp = Compressor::new(opts, digest_w).map_err(werr)?;
-    let diff_w = HashingWriter::new(comp);
-    let (empty, diff_w) = tar_dir(dir, diff_w, opts.source_date_epoch)?;
-    let (diff_id, _, comp) = diff_w.finish();
-    let digest_w = comp.finish().map_err(werr)?;
-    let (digest, size, mut out) = digest_w.finish();
-    out.flush().map_err(werr)?;
+    let piped = pipe_layer(dir, out, opts, true)?;
+    let (digest, size) = piped.digest.unwrap_or_default();
     Ok((
         LayerBlob {
-            diff_id,
+            diff_id: piped.diff_id,
             digest,
             size,
             media_type: opts.compression.media_type().to_string(),
-            empty,
+            empty: piped.empty,
         },
-        out,
+        piped.out,
     ))
+}
+
+/// What [`pipe_layer`] wrote.
+pub(crate) struct Piped<W> {
+    pub diff_id: String,
+    pub empty: bool,
+    /// (`sha256:` digest, size) of the blob, when asked for.
+    pub digest: Option<(String, u64)>,
+    pub out: W,
+}
+
+/// The one streaming pass. This thread walks, reads and tars the snapshot, feeds the
+/// compressor (whose own workers compress) and writes the blob to `out`, hashing it unless
+/// `hash_out` is false (a sink that hashes as it stores, such as a store blob writer, makes that
+/// pass redundant); a helper thread hashes the tar for the diffID from the same buffers, so the
+/// two sha256 passes run side by side. The blob is written on this thread on purpose: handing
+/// it to another thread as well measured slower (more kernel time copying into the page cache).
+pub(crate) fn pipe_layer<W: Write + Send>(
+    dir: &Path,
+    out: W,
+    opts: &LayerOptions,
+    hash_out: bool,
+) -> Result<Piped<W>, ExportError> {
+    let werr = |e| ExportError::write("the layer blob", e);
+    std::thread::scope(|s| {
+        let comp = Compressor::new(opts, OutputSink::new(out, hash_out)).map_err(werr)?;
+        let tee = Staged::spawn(s, comp, HashingWriter::new(io::sink()));
+        let (empty, tee) = tar_dir(dir, tee, opts.source_date_epoch)?;
+        let (comp, diff) = tee.finish().map_err(werr)?;
+        let (diff_id, _, _) = diff.finish();
+        let sink = comp.finish().map_err(werr)?;
+        let (digest, mut out) = sink.finish();
+        out.flush().map_err(werr)?;
+        Ok(Piped {
+            diff_id,
+            empty,
+            digest,
+            out,
+        })
+    })
+}
+
+/// The end of the pipe: `out`, hashed on the way when asked.
+struct OutputSink<W> {
+    out: W,
+    hasher: Option<Sha256>,
+    count: u64,
+}
+
+impl<W: Write> OutputSink<W> {
+    fn new(out: W, hash: bool) -> Self {
+        OutputSink {
+            out,
+            hasher: hash.then(Sha256::new),
+            count: 0,
+        }
+    }
+
+    fn finish(self) -> (Option<(String, u64)>, W) {
+        let digest = self
+            .hasher
+            .map(|h| (format!("sha256:{}", hex::encode(h.finalize())), self.count));
+        (digest, self.out)
+    }
+}
+
+impl<W: Write> Write for OutputSink<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        if let Some(h) = &mut self.hasher {
+            h.update(&buf[..n]);
+        }
+        self.count += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
 }
 
 /// Writes the tar; returns whether the directory had no entries, and the sink.
@@ -453,5 +526,50 @@ impl<W: Write> Write for Compressor<W> {
             Compressor::Zstd(e) => e.flush(),
             Compressor::Plain(w) => w.flush(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pipe once flushed the compressor before finishing it, which ends a zstd block early:
+    /// the same tar gave a different blob (and digest) than compressing it in one go.
+    #[test]
+    fn zstd_blob_changed_when_the_pipe_flushed_the_compressor() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let input: Vec<u8> = (0..3 * crate::stage::STAGE + 12_345)
+            .map(|i| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                if (i / 8192) % 3 == 0 {
+                    b"layer"[i % 5]
+                } else {
+                    x as u8
+                }
+            })
+            .collect();
+        let opts = LayerOptions {
+            compression: Compression::Zstd,
+            ..LayerOptions::default()
+        };
+        let piped = |write_size: usize| {
+            std::thread::scope(|s| {
+                let comp = Compressor::new(&opts, Vec::new()).unwrap();
+                let mut w = Staged::spawn(s, comp, io::sink());
+                for piece in input.chunks(write_size) {
+                    w.write_all(piece).unwrap();
+                }
+                let (comp, _) = w.finish().unwrap();
+                comp.finish().unwrap()
+            })
+        };
+        let mut direct = Compressor::new(&opts, Vec::new()).unwrap();
+        direct.write_all(&input).unwrap();
+        let direct = direct.finish().unwrap();
+        assert_eq!(piped(512), direct);
+        assert_eq!(piped(7 * 1024 * 1024), direct);
+        assert_eq!(zstd::decode_all(&direct[..]).unwrap(), input);
     }
 }

@@ -11,6 +11,7 @@ mod layer;
 mod layout;
 mod pargz;
 mod rootfs;
+mod stage;
 mod store;
 mod tarw;
 

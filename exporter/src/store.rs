@@ -11,9 +11,7 @@ use crate::error::ExportError;
 use crate::image::{
     config_bytes_with_extras, manifest_bytes, ImageDescriptor, DOCKER_MANIFEST, MEDIA_MANIFEST,
 };
-use crate::layer::{
-    write_layer_blob, Compression, Compressor, HashingWriter, LayerBlob, LayerOptions,
-};
+use crate::layer::{pipe_layer, Compression, Compressor, HashingWriter, LayerBlob, LayerOptions};
 use crate::{docker, layout, rootfs};
 
 /// Which media types an image's manifest uses.
@@ -69,13 +67,16 @@ pub fn export_layer(
         }
     }
     let dir = store.snapshots().fs_dir(snapshot);
+    // The blob writer hashes what it stores: the pipe need not hash the blob a second time.
     let writer = store.content().writer()?;
-    let (blob, writer) = write_layer_blob(&dir, writer, opts)?;
-    let (digest, size) = writer.commit(Some(&blob.digest))?;
+    let piped = pipe_layer(&dir, writer, opts, false)?;
+    let (digest, size) = piped.out.commit(None)?;
     let blob = LayerBlob {
+        diff_id: piped.diff_id,
         digest,
         size,
-        ..blob
+        media_type: media_type.to_string(),
+        empty: piped.empty,
     };
     store.snapshots().set_layer(
         snapshot,
