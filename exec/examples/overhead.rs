@@ -1,6 +1,10 @@
 //! Measures the sandbox's set-up and tear-down: `true` run N times (default 50) over a rootfs
-//! with a fresh upper layer each time, as a `RUN true` step does, and the same with
-//! `runc run` of a bundle over the same rootfs when `runc` is installed. Prints the medians.
+//! with a fresh upper layer each time, as a `RUN true` step does, with the built-in sandbox and
+//! with kiln's `--runtime runc|crun` (overlay, bundle, tini as init); then bare `runc run` and
+//! `crun run` of a bundle over the same rootfs, when installed. Prints the medians.
+//!
+//! On a hybrid cgroup host the process first moves into a mount namespace of its own that hides
+//! the cgroup v2 controllers from crun, as kiln does for its crun runs (`oci_cgroups.rs`).
 //!
 //! `cargo run --release -p kiln-exec --example overhead -- ROOTFS [N]` (as root; ROOTFS e.g.
 //! from `testdata/make-busybox-rootfs.sh`).
@@ -34,10 +38,15 @@ fn process() -> ProcessSpec {
     }
 }
 
-async fn kiln_runs(rootfs: &Path, scratch: &Path, n: usize) -> Vec<Duration> {
+async fn kiln_runs(
+    rootfs: &Path,
+    scratch: &Path,
+    n: usize,
+    runtime: &kiln_exec::Runtime,
+) -> Result<Vec<Duration>, kiln_exec::ExecError> {
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
-        let dir = scratch.join(format!("kiln-{i}"));
+        let dir = scratch.join(format!("kiln-{runtime}-{i}"));
         let (upper, work, target, state) = (
             dir.join("upper"),
             dir.join("work"),
@@ -58,18 +67,19 @@ async fn kiln_runs(rootfs: &Path, scratch: &Path, n: usize) -> Vec<Duration> {
             network: Network::Host,
             stdio: Stdio::Null,
             state_dir: state,
-            runtime: kiln_exec::Runtime::Builtin,
+            runtime: runtime.clone(),
         };
         let t = Instant::now();
-        let outcome = run(config, None).await.expect("sandbox");
+        let outcome = run(config, None).await?;
         times.push(t.elapsed());
         assert_eq!(outcome.exit_code, 0);
     }
-    times
+    Ok(times)
 }
 
-fn runc_runs(rootfs: &Path, scratch: &Path, n: usize) -> Option<Vec<Duration>> {
-    let bundle = scratch.join("bundle");
+/// `BINARY run` of a bundle made by `runc spec` (both runtimes read it), `n` times.
+fn bare_runs(binary: &str, rootfs: &Path, scratch: &Path, n: usize) -> Option<Vec<Duration>> {
+    let bundle = scratch.join(format!("bundle-{binary}"));
     std::fs::create_dir_all(&bundle).ok()?;
     let status = std::process::Command::new("runc")
         .args(["spec", "--bundle"])
@@ -86,10 +96,17 @@ fn runc_runs(rootfs: &Path, scratch: &Path, n: usize) -> Option<Vec<Duration>> {
     config["root"]["path"] = serde_json::json!(rootfs);
     config["root"]["readonly"] = serde_json::json!(true);
     std::fs::write(&path, serde_json::to_vec(&config).ok()?).ok()?;
+    // As kiln runs crun: no cgroup manager (kiln's steps get no cgroup of their own).
+    let global: &[&str] = if binary == "crun" {
+        &["--cgroup-manager=disabled"]
+    } else {
+        &[]
+    };
     let mut times = Vec::with_capacity(n);
     for i in 0..n {
         let t = Instant::now();
-        let status = std::process::Command::new("runc")
+        let status = std::process::Command::new(binary)
+            .args(global)
             .arg("run")
             .arg("--bundle")
             .arg(&bundle)
@@ -105,8 +122,50 @@ fn runc_runs(rootfs: &Path, scratch: &Path, n: usize) -> Option<Vec<Duration>> {
     Some(times)
 }
 
+fn print(what: &str, n: usize, times: &[Duration]) {
+    println!(
+        "{what:<28} median {:>9.2?} over {n} (min {:.2?}, max {:.2?})",
+        median(times.to_vec()),
+        times.iter().min().copied().unwrap_or_default(),
+        times.iter().max().copied().unwrap_or_default()
+    );
+}
+
+/// On a hybrid cgroup host (v1 hierarchies on a tmpfs, v2 at `unified` with controllers), move
+/// into a private mount namespace with the v2 controllers hidden, so that bare crun starts.
+fn hide_v2_controllers_if_hybrid() {
+    let controllers = Path::new("/sys/fs/cgroup/unified/cgroup.controllers");
+    let enabled = std::fs::read_to_string(controllers).is_ok_and(|c| !c.trim().is_empty());
+    if !enabled {
+        return;
+    }
+    // Single-threaded still: the tokio runtime is built after this.
+    let done = nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNS).is_ok()
+        && nix::mount::mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_SLAVE,
+            None::<&str>,
+        )
+        .is_ok()
+        && nix::mount::mount(
+            Some("/dev/null"),
+            controllers,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .is_ok();
+    println!(
+        "hybrid cgroup host: v2 controllers hidden from bare crun: {}",
+        if done { "yes" } else { "no (crun may fail)" }
+    );
+}
+
 fn main() {
     kiln_exec::sandbox_main_if_requested();
+    hide_v2_controllers_if_hybrid();
     let mut args = std::env::args().skip(1);
     let Some(rootfs) = args.next().map(PathBuf::from) else {
         eprintln!("usage: overhead ROOTFS [N]");
@@ -118,20 +177,21 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let kiln = rt.block_on(kiln_runs(&rootfs, scratch.path(), n));
-    println!(
-        "kiln sandbox `true`: median {:?} over {n} (min {:?}, max {:?})",
-        median(kiln.clone()),
-        kiln.iter().min().copied().unwrap_or_default(),
-        kiln.iter().max().copied().unwrap_or_default()
-    );
-    match runc_runs(&rootfs, scratch.path(), n) {
-        Some(t) => println!(
-            "runc run `true`:     median {:?} over {n} (min {:?}, max {:?})",
-            median(t.clone()),
-            t.iter().min().copied().unwrap_or_default(),
-            t.iter().max().copied().unwrap_or_default()
-        ),
-        None => println!("runc run: not measured (runc missing or failed)"),
+    let runtimes = [
+        kiln_exec::Runtime::Builtin,
+        kiln_exec::Runtime::Oci("runc".into()),
+        kiln_exec::Runtime::Oci("crun".into()),
+    ];
+    for runtime in &runtimes {
+        match rt.block_on(kiln_runs(&rootfs, scratch.path(), n, runtime)) {
+            Ok(t) => print(&format!("kiln `true`, {runtime}:"), n, &t),
+            Err(e) => println!("kiln `true`, {runtime}: not measured: {e}"),
+        }
+    }
+    for binary in ["runc", "crun"] {
+        match bare_runs(binary, &rootfs, scratch.path(), n) {
+            Some(t) => print(&format!("bare `{binary} run` `true`:"), n, &t),
+            None => println!("bare `{binary} run`: not measured ({binary} missing or failed)"),
+        }
     }
 }
