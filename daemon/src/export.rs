@@ -9,8 +9,8 @@ use kiln_solver::{Output, SolveOutput};
 use oci_spec::image::{ConfigBuilder, History, HistoryBuilder, ImageConfiguration, RootFsBuilder};
 use std::io::Read;
 
-/// An image written to the content store, with what it takes to write it again in another
-/// format (`--output ...,compression=zstd`) or as a file system.
+/// An image written to the content store (layers uncompressed), with what it takes to write it
+/// as a file system too.
 #[derive(Clone)]
 pub(crate) struct ExportedImage {
     pub manifest_digest: String,
@@ -20,11 +20,6 @@ pub(crate) struct ExportedImage {
     pub created: Option<String>,
     /// The result's snapshots, bottom first.
     pub chain: Vec<SnapshotId>,
-    /// The image's layers: snapshot, blob, and whether it is a base image's own layer.
-    pub layers: Vec<(SnapshotId, LayerBlob, bool)>,
-    /// The final config (history, created, rootfs filled in) and its extra fields.
-    pub config: ImageConfiguration,
-    pub extras: serde_json::Map<String, serde_json::Value>,
     pub epoch: Option<i64>,
 }
 
@@ -68,8 +63,8 @@ fn rfc3339(unix: i64) -> String {
 }
 
 /// The layer of one snapshot, and whether it is an image's own layer. An image layer (pulled or
-/// imported) keeps its original blob, even when empty; a built one is exported (once: the exporter
-/// records the blob per snapshot) and may turn out empty.
+/// imported) keeps its original blob, even when empty; a built one is exported uncompressed (once:
+/// the exporter records the blob per snapshot) and may turn out empty.
 fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<(LayerBlob, bool)> {
     if kiln_solver::images::is_image_layer(store, snap)? {
         // The blob the image came with: recorded under a plain media type (re-compressed
@@ -92,8 +87,10 @@ fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<(Laye
             ));
         }
     }
+    // Uncompressed in the local store, as Docker's and Buildah's stores keep layers: pushes and
+    // image archives compress them (once per layer and compression, see `image_variant`).
     let opts = LayerOptions {
-        compression: Compression::Gzip,
+        compression: Compression::Uncompressed,
         source_date_epoch: epoch,
         level: None,
     };
@@ -138,9 +135,8 @@ pub(crate) async fn export_image(
     // their entry marked `empty_layer`, as Docker does.
     let mut history: Vec<History> = config.history().clone().unwrap_or_default();
     let mut kept: Vec<LayerBlob> = Vec::new();
-    let mut kept_layers: Vec<(SnapshotId, LayerBlob, bool)> = Vec::new();
     let mut hi = 0usize;
-    for (snap, (blob, known)) in chain.iter().zip(layers) {
+    for (blob, known) in layers {
         while hi < history.len() && history[hi].empty_layer().unwrap_or(false) {
             hi += 1;
         }
@@ -161,7 +157,6 @@ pub(crate) async fn export_image(
             hi = history.len();
         }
         if !drop_it {
-            kept_layers.push((*snap, blob.clone(), known));
             kept.push(blob);
         }
     }
@@ -186,9 +181,6 @@ pub(crate) async fn export_image(
         media_type: desc.media_type,
         created: Some(created),
         chain,
-        layers: kept_layers,
-        config,
-        extras: extras.clone(),
         epoch,
     })
 }
@@ -301,9 +293,6 @@ pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage
         media_type: desc.media_type,
         created: Some(created),
         chain: vec![snap],
-        layers: vec![(snap, blob, true)],
-        config,
-        extras: Default::default(),
         epoch,
     })
 }

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use kiln_exporter::{Compression, ImageDescriptor, LayerOptions, ManifestFormat};
+use kiln_exporter::{Compression, ImageDescriptor, ManifestFormat, VariantOptions};
 
 use crate::export::ExportedImage;
 use crate::{normalize_name, Engine, ImageRecord};
@@ -14,7 +14,11 @@ use crate::{normalize_name, Engine, ImageRecord};
 /// How an output's image is encoded: layer compression and manifest media types.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct ImageFormat {
+    /// Layer compression where the image leaves the store (push, OCI archive or layout).
     pub compression: Compression,
+    /// `compression=` was given: the local store keeps this compression too, instead of the
+    /// uncompressed layers it keeps by default.
+    pub explicit_compression: bool,
     /// `compression-level=N` (gzip 0-9, zstd 1-22); `None`: gzip 6, zstd 3.
     pub level: Option<i32>,
     /// `force-compression=true`: re-compress base-image layers too.
@@ -89,6 +93,7 @@ impl Output {
         })?;
         let mut format = ImageFormat::default();
         if let Some(c) = take("compression") {
+            format.explicit_compression = true;
             format.compression = match c.as_str() {
                 "gzip" => Compression::Gzip,
                 "zstd" => Compression::Zstd,
@@ -234,47 +239,50 @@ pub(crate) fn source_date_epoch(build_args: &BTreeMap<String, String>) -> Result
     }
 }
 
-/// The image as `fmt` wants it: new layers exported with that compression (each blob is cached
-/// per snapshot and compression), base-image layers re-compressed only when forced.
-fn image_variant(
-    store: &kiln_cache::Store,
-    image: &ExportedImage,
-    fmt: &ImageFormat,
-) -> Result<ImageDescriptor> {
-    if *fmt == ImageFormat::default() {
-        return Ok(image.descriptor());
-    }
-    let opts = LayerOptions {
-        compression: fmt.compression,
-        source_date_epoch: image.epoch,
-        level: fmt.level,
-    };
-    let layers = &image.layers;
-    let convert =
-        |(snap, blob, known): &(kiln_cache::SnapshotId, kiln_exporter::LayerBlob, bool)| {
-            if *known {
-                if fmt.force {
-                    kiln_exporter::convert_layer(store, blob, &opts)
-                        .with_context(|| format!("cannot re-compress layer `{}`", blob.digest))
-                } else {
-                    Ok(blob.clone())
-                }
-            } else {
-                kiln_exporter::export_layer(store, *snap, &opts)
-                    .with_context(|| format!("cannot export the layer of snapshot {snap}"))
-            }
-        };
-    let blobs: Vec<kiln_exporter::LayerBlob> = {
-        use rayon::prelude::*;
-        layers.par_iter().map(convert).collect::<Result<_>>()?
-    };
+/// Where an image variant goes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Destination {
+    /// The local store: new layers stay uncompressed unless the output names a compression.
+    Store,
+    /// A registry or an OCI archive or layout: layers compressed as `fmt` says (gzip by default).
+    Transport,
+}
+
+fn variant_options(fmt: &ImageFormat, dest: Destination) -> VariantOptions {
     let format = if fmt.docker_mediatypes {
         ManifestFormat::Docker
     } else {
         ManifestFormat::Oci
     };
-    kiln_exporter::write_image_as(store, &image.config, &image.extras, &blobs, format)
-        .context("cannot write the image")
+    let (compression, force) = match dest {
+        Destination::Store if !fmt.explicit_compression => (Compression::Uncompressed, false),
+        _ => (fmt.compression, fmt.force),
+    };
+    VariantOptions {
+        compression,
+        level: fmt.level,
+        force,
+        format,
+    }
+}
+
+/// The image as `opts` wants it; each compressed layer is made once per (diffID, compression,
+/// level) and reused by later builds and pushes, see [`kiln_exporter::image_variant`].
+async fn image_variant(
+    store: &kiln_cache::Store,
+    image: &ExportedImage,
+    opts: VariantOptions,
+    made: &mut Vec<(VariantOptions, ImageDescriptor)>,
+) -> Result<ImageDescriptor> {
+    if let Some((_, d)) = made.iter().find(|(o, _)| *o == opts) {
+        return Ok(d.clone());
+    }
+    let (s, base) = (store.clone(), image.descriptor());
+    let d = tokio::task::spawn_blocking(move || kiln_exporter::image_variant(&s, &base, &opts))
+        .await?
+        .context("cannot write the image")?;
+    made.push((opts, d.clone()));
+    Ok(d)
 }
 
 /// What the outputs made: the image (descriptor) a build reports, and the names it was given.
@@ -291,7 +299,7 @@ pub(crate) async fn deliver(
 ) -> Result<Delivered> {
     let store = engine.store().clone();
     let mut reported: Option<ImageDescriptor> = None;
-    let mut variants: Vec<(ImageFormat, ImageDescriptor)> = Vec::new();
+    let mut variants: Vec<(VariantOptions, ImageDescriptor)> = Vec::new();
     let mut all: Vec<Output> = Vec::new();
     if !tags.is_empty() {
         all.push(Output::new(OutputKind::Image {
@@ -301,21 +309,31 @@ pub(crate) async fn deliver(
     }
     all.extend(outputs.iter().cloned());
     for out in &all {
+        let fmt = &out.format;
         let desc = match &out.kind {
             OutputKind::Local { .. } | OutputKind::Tar { .. } => None,
-            _ => {
-                let known = variants.iter().find(|(f, _)| *f == out.format);
-                Some(match known {
-                    Some((_, d)) => d.clone(),
-                    None => {
-                        let (s, i, f) = (store.clone(), image.clone(), out.format.clone());
-                        let d = tokio::task::spawn_blocking(move || image_variant(&s, &i, &f))
-                            .await??;
-                        variants.push((out.format.clone(), d.clone()));
-                        d
-                    }
-                })
-            }
+            // A docker-archive holds uncompressed layer tars whatever the manifest says: the
+            // store's variant spares compressing layers only to decompress them again.
+            OutputKind::Image { push: false, .. } | OutputKind::DockerArchive { .. } => Some(
+                image_variant(
+                    &store,
+                    image,
+                    variant_options(fmt, Destination::Store),
+                    &mut variants,
+                )
+                .await?,
+            ),
+            OutputKind::Image { push: true, .. }
+            | OutputKind::OciArchive { .. }
+            | OutputKind::OciDir { .. } => Some(
+                image_variant(
+                    &store,
+                    image,
+                    variant_options(fmt, Destination::Transport),
+                    &mut variants,
+                )
+                .await?,
+            ),
         };
         if reported.is_none() {
             reported = desc.clone();
@@ -327,18 +345,37 @@ pub(crate) async fn deliver(
                 if names.is_empty() {
                     bail!("`--output type=image` needs a name: add `name=NAME` or `-t NAME`");
                 }
+                // A pushed image is named in the store too, in the store's own variant; the
+                // registry gets `desc`, the compressed one.
+                let stored = if *push {
+                    image_variant(
+                        &store,
+                        image,
+                        variant_options(fmt, Destination::Store),
+                        &mut variants,
+                    )
+                    .await?
+                } else {
+                    desc.clone()
+                };
                 for n in names {
                     let full = normalize_name(n)?;
                     store.images().put(&ImageRecord {
                         name: full.clone(),
-                        digest: desc.manifest_digest.clone(),
-                        size: desc.manifest_size,
-                        media_type: desc.media_type.clone(),
+                        digest: stored.manifest_digest.clone(),
+                        size: stored.manifest_size,
+                        media_type: stored.media_type.clone(),
                         created: image.created.clone(),
                     })?;
                     if *push {
                         engine
-                            .push(&full, Some(n))
+                            .push_manifest_of(
+                                &full,
+                                &desc.manifest_digest,
+                                &desc.media_type,
+                                n,
+                                None,
+                            )
                             .await
                             .with_context(|| format!("cannot push `{n}`"))?;
                     }
@@ -471,6 +508,7 @@ mod tests {
             o.format,
             ImageFormat {
                 compression: Compression::Zstd,
+                explicit_compression: true,
                 level: Some(9),
                 force: true,
                 docker_mediatypes: false

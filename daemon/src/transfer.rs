@@ -11,6 +11,13 @@ use kiln_registry::{
 use kiln_solver::images::{self, BlobProgress};
 
 use crate::{normalize_name, Engine};
+use kiln_exporter::{ManifestFormat, VariantOptions};
+
+/// The manifest or index a push names last.
+struct TopManifest {
+    digest: String,
+    media_type: String,
+}
 
 /// How many blobs a push uploads at once.
 const PARALLEL_UPLOADS: usize = 4;
@@ -74,7 +81,9 @@ impl Engine {
 
     /// `kiln push NAME [REF]`: uploads a local image's blobs that the registry lacks, several at
     /// once, and then its manifest, so the tag never points at an incomplete image. A push cut
-    /// off half-way leaves the tag as it was; the next one skips the blobs already there.
+    /// off half-way leaves the tag as it was; the next one skips the blobs already there. Layers
+    /// the store keeps uncompressed are pushed gzip-compressed, as `docker push` does (each is
+    /// compressed once; the next push finds it in the store).
     pub async fn push_with(
         &self,
         name: &str,
@@ -85,7 +94,50 @@ impl Engine {
         let record = self.store.images().get(&local)?.with_context(|| {
             format!("no image `{local}` in the local store: build, import or pull it first (see `kiln images`)")
         })?;
-        let dest = Reference::parse(dest.unwrap_or(name))?;
+        let (digest, media_type) = if kiln_registry::is_index(&record.media_type) {
+            (record.digest, record.media_type)
+        } else {
+            let format = if record.media_type == kiln_registry::media_type::DOCKER_MANIFEST {
+                ManifestFormat::Docker
+            } else {
+                ManifestFormat::Oci
+            };
+            let opts = VariantOptions {
+                format,
+                ..VariantOptions::default()
+            };
+            let image = kiln_exporter::ImageDescriptor {
+                manifest_digest: record.digest,
+                manifest_size: record.size,
+                config_digest: String::new(),
+                media_type: record.media_type,
+            };
+            let store = self.store.clone();
+            let v = tokio::task::spawn_blocking(move || {
+                kiln_exporter::image_variant(&store, &image, &opts)
+            })
+            .await?
+            .with_context(|| format!("cannot compress the layers of `{local}` for the push"))?;
+            (v.manifest_digest, v.media_type)
+        };
+        self.push_manifest_of(&local, &digest, &media_type, dest.unwrap_or(name), progress)
+            .await
+    }
+
+    /// Pushes the stored manifest (or index) `digest` of the local image `local` as `dest`.
+    pub(crate) async fn push_manifest_of(
+        &self,
+        local: &str,
+        digest: &str,
+        media_type: &str,
+        dest: &str,
+        progress: Option<BlobProgress>,
+    ) -> Result<PushReport> {
+        let record = TopManifest {
+            digest: digest.to_string(),
+            media_type: media_type.to_string(),
+        };
+        let dest = Reference::parse(dest)?;
         let top = self.store.content().read(&record.digest)?;
         // An index is pushed whole: each platform's blobs and manifest, then the index.
         let mut manifests = Vec::new();
@@ -101,10 +153,10 @@ impl Engine {
                      manifest `{}`: pull the whole image with `kiln pull --all-platforms {local}`",
                     d.digest
                 );
-                manifests.push((images::load(&self.store, &local, &d.digest)?, d.media_type));
+                manifests.push((images::load(&self.store, local, &d.digest)?, d.media_type));
             }
         } else {
-            let image = images::load(&self.store, &local, &record.digest)?;
+            let image = images::load(&self.store, local, &record.digest)?;
             manifests.push((image, String::new()));
         }
         let mut blobs: Vec<(String, u64)> = Vec::new();

@@ -1,7 +1,6 @@
 //! The thin layer between this crate's path- and writer-based core and the kiln-cache store.
 
-use std::fs::File;
-use std::io::{self, BufReader, BufWriter, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use kiln_cache::{ImageRecord, LayerInfo, SnapshotId, Store};
@@ -11,7 +10,7 @@ use crate::error::ExportError;
 use crate::image::{
     config_bytes_with_extras, manifest_bytes, ImageDescriptor, DOCKER_MANIFEST, MEDIA_MANIFEST,
 };
-use crate::layer::{pipe_layer, Compression, Compressor, HashingWriter, LayerBlob, LayerOptions};
+use crate::layer::{pipe_layer, Compression, LayerBlob, LayerOptions};
 use crate::{docker, layout, rootfs};
 
 /// Which media types an image's manifest uses.
@@ -88,48 +87,6 @@ pub fn export_layer(
         },
     )?;
     Ok(blob)
-}
-
-/// Re-compresses a stored layer blob (`force-compression`): the diffID stays, the blob is new.
-/// Returns `blob` itself when it already has the wanted compression.
-pub fn convert_layer(
-    store: &Store,
-    blob: &LayerBlob,
-    opts: &LayerOptions,
-) -> Result<LayerBlob, ExportError> {
-    let from = Compression::from_media_type(&blob.media_type).ok_or_else(|| ExportError::Oci {
-        what: format!("layer `{}`", blob.digest),
-        detail: format!("unknown layer media type `{}`", blob.media_type),
-    })?;
-    if from == opts.compression {
-        return Ok(blob.clone());
-    }
-    let path = lookup(store)(&blob.digest)?;
-    let f = File::open(&path).map_err(|e| ExportError::read("open", &path, e))?;
-    let mut r = docker::decompressor(from, BufReader::new(f))
-        .map_err(|e| ExportError::read("decompress", &path, e))?;
-    let werr = |e| ExportError::write("the converted layer blob", e);
-    let out = HashingWriter::new(store.content().writer()?);
-    let comp = Compressor::new(opts, out).map_err(werr)?;
-    let mut diff = HashingWriter::new(comp);
-    io::copy(&mut r, &mut diff).map_err(|e| ExportError::read("decompress", &path, e))?;
-    let (diff_id, _, comp) = diff.finish();
-    if diff_id != blob.diff_id {
-        return Err(ExportError::DiffIdMismatch {
-            index: 0,
-            config: blob.diff_id.clone(),
-            layer: diff_id,
-        });
-    }
-    let (digest, _, writer) = comp.finish().map_err(werr)?.finish();
-    let (digest, size) = writer.commit(Some(&digest))?;
-    Ok(LayerBlob {
-        diff_id,
-        digest,
-        size,
-        media_type: opts.compression.media_type().to_string(),
-        empty: blob.empty,
-    })
 }
 
 /// Stores the config and manifest of an image. `config.rootfs` must list the layers' diffIDs in
