@@ -4,6 +4,7 @@
 
 mod archive;
 mod batch;
+pub(crate) mod direct;
 mod filter;
 
 use crate::context::{self, LocalContext};

@@ -895,6 +895,7 @@ fn file_op(store: &Store, f: &kiln_llb::FileOp, inputs: &[Output]) -> Result<Out
             .mount(&chain, Some(snap), &target)
             .map_err(SolveError::cache)?;
         let root = guard.path().to_path_buf();
+        let mut direct = None;
         for (n, action) in f.actions.iter().enumerate() {
             let Some(action) = &action.action else {
                 continue;
@@ -916,6 +917,17 @@ fn file_op(store: &Store, f: &kiln_llb::FileOp, inputs: &[Output]) -> Result<Out
                         })?
                     };
                     match src {
+                        // A lone COPY of a context directory to a new destination: filled in the
+                        // snapshot's directory once the overlay is unmounted (`fileops::direct`).
+                        Output::Local(ctx) if f.actions.len() == 1 && direct.is_none() => {
+                            match fileops::direct::prepare(&root, c, ctx.as_ref(), owner)? {
+                                Some(p) => direct = Some((p, c, ctx, owner)),
+                                None => {
+                                    let source = fileops::CopySource::Local(ctx.as_ref());
+                                    fileops::apply(&root, action, Some(&source), owner)?;
+                                }
+                            }
+                        }
                         Output::Local(ctx) => {
                             let source = fileops::CopySource::Local(ctx.as_ref());
                             fileops::apply(&root, action, Some(&source), owner)?;
@@ -945,6 +957,9 @@ fn file_op(store: &Store, f: &kiln_llb::FileOp, inputs: &[Output]) -> Result<Out
             }
         }
         drop(guard);
+        if let Some((pending, c, ctx, owner)) = direct {
+            fileops::direct::finish(&snaps.fs_dir(snap), pending, c, ctx.as_ref(), owner)?;
+        }
         Ok(())
     })();
     match result {

@@ -1,0 +1,199 @@
+//! A `COPY` of a context directory to a destination that does not exist yet, written straight
+//! into the new snapshot's directory instead of through the overlay mount.
+//!
+//! Every file created through overlayfs costs a lookup in each lower layer and the overlay's own
+//! bookkeeping on top of the real file system's work: measured here, `cp -a` of the 20,000-file
+//! bench context took 10 s into an overlay mount and 2.7 s into a plain ext4 directory. A
+//! directory that no lower layer has is, in the overlay's upper directory, an ordinary directory
+//! holding ordinary files, so it can be filled without the overlay with the same result.
+//!
+//! The destination itself (and its missing parents) is still made through the overlay, which
+//! copies the parents up from the lower layers as it must; the overlay is unmounted before the
+//! contents are written (changing an upper directory under a mounted overlay is undefined).
+
+use super::{batch, filter, mkdir_parents, op_err, resolve_in_root, DirWalk, Owner};
+use crate::context::{self, LocalContext};
+use crate::glob;
+use crate::SolveError;
+use kiln_llb::FileCopy;
+use std::path::{Path, PathBuf};
+
+/// What is left to do after the overlay is unmounted.
+pub(crate) struct Pending {
+    /// The source directory on the host, and its path relative to the context root.
+    src: PathBuf,
+    rel: String,
+    /// The destination, relative to the mounted root (already created, empty).
+    dest: PathBuf,
+}
+
+/// Through the mounted overlay at `root`: when `c` copies exactly one directory of `ctx` (no
+/// wildcard) to a destination that does not exist, creates the destination (and its parents)
+/// and returns what is left to copy. `None`: the copy must go through the overlay as usual.
+pub(crate) fn prepare(
+    root: &Path,
+    c: &FileCopy,
+    ctx: &dyn LocalContext,
+    owner: Option<Owner>,
+) -> Result<Option<Pending>, SolveError> {
+    if glob::has_wildcard(&c.src) || c.attempt_unpack {
+        return Ok(None);
+    }
+    let sources = context::resolve_sources(ctx, &c.src)?;
+    let [rel] = &sources[..] else {
+        return Ok(None);
+    };
+    let src = ctx.root().join(rel);
+    if !std::fs::symlink_metadata(&src)
+        .map_err(|e| op_err(&c.src, e))?
+        .is_dir()
+    {
+        return Ok(None);
+    }
+    let dest = resolve_in_root(root, &c.dest, true).map_err(|e| op_err(&c.dest, e))?;
+    if std::fs::symlink_metadata(&dest).is_ok() {
+        return Ok(None);
+    }
+    let Ok(dest_rel) = dest.strip_prefix(root).map(Path::to_path_buf) else {
+        return Ok(None);
+    };
+    if dest_rel.as_os_str().is_empty() {
+        return Ok(None);
+    }
+    // As `copy` does for a directory source: the destination and its missing parents 0755.
+    mkdir_parents(root, &dest.join("x"), owner)?;
+    Ok(Some(Pending {
+        src,
+        rel: rel.clone(),
+        dest: dest_rel,
+    }))
+}
+
+/// With the overlay unmounted: copies the source directory's contents into the destination
+/// inside `upper`, the snapshot's own directory.
+pub(crate) fn finish(
+    upper: &Path,
+    pending: Pending,
+    c: &FileCopy,
+    ctx: &dyn LocalContext,
+    owner: Option<Owner>,
+) -> Result<(), SolveError> {
+    let dest = upper.join(&pending.dest);
+    let m = std::fs::symlink_metadata(&dest).map_err(|e| op_err(&c.dest, e))?;
+    if !m.is_dir() {
+        return Err(SolveError::Op(format!(
+            "`{}` was created by this COPY but is not a directory in the new snapshot",
+            c.dest
+        )));
+    }
+    let mode = (c.mode >= 0).then_some(c.mode as u32);
+    let filter = filter::Filter::new(&c.include_patterns, &c.exclude_patterns);
+    let excluded = |r: &str| ctx.excluded(r);
+    let walk = DirWalk {
+        root: upper,
+        excluded: &excluded,
+        filter: &filter,
+        owner,
+        mode,
+    };
+    let mut b = batch::Batch::default();
+    walk.copy_contents(&mut b, &pending.src, &pending.rel, "", &dest, true)?;
+    b.flush(owner, mode)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    struct Ctx(PathBuf);
+
+    impl LocalContext for Ctx {
+        fn root(&self) -> &Path {
+            &self.0
+        }
+        fn excluded(&self, rel: &str) -> bool {
+            rel.ends_with(".skip")
+        }
+        fn may_reinclude(&self) -> bool {
+            false
+        }
+    }
+
+    fn copy(src: &str, dest: &str) -> FileCopy {
+        FileCopy {
+            src: src.into(),
+            dest: dest.into(),
+            mode: -1,
+            ..Default::default()
+        }
+    }
+
+    /// The same tree as copying through the root: contents, modes, mtimes, exclusions.
+    #[test]
+    fn a_new_destination_is_filled_in_the_upper_directory() {
+        let ctx_dir = tempfile::tempdir().unwrap();
+        let data = ctx_dir.path().join("data");
+        std::fs::create_dir_all(data.join("sub")).unwrap();
+        std::fs::write(data.join("a"), "a").unwrap();
+        std::fs::write(data.join("sub/b"), "bb").unwrap();
+        std::fs::write(data.join("c.skip"), "no").unwrap();
+        std::fs::set_permissions(data.join("a"), std::fs::Permissions::from_mode(0o640)).unwrap();
+        std::os::unix::fs::symlink("a", data.join("link")).unwrap();
+        let t = filetime::FileTime::from_unix_time(1_000_000, 0);
+        filetime::set_file_mtime(data.join("sub/b"), t).unwrap();
+        filetime::set_file_mtime(data.join("sub"), t).unwrap();
+        let ctx = Ctx(ctx_dir.path().to_path_buf());
+        // No overlay here: the "mounted root" and the upper are one directory, as they look
+        // the same for a destination no lower layer has.
+        let root = tempfile::tempdir().unwrap();
+        let c = copy("data", "/opt/data");
+        let pending = prepare(root.path(), &c, &ctx, None)
+            .unwrap()
+            .expect("direct");
+        assert!(root.path().join("opt/data").is_dir());
+        assert_eq!(
+            std::fs::metadata(root.path().join("opt/data"))
+                .unwrap()
+                .mode()
+                & 0o7777,
+            0o755
+        );
+        finish(root.path(), pending, &c, &ctx, None).unwrap();
+        let d = root.path().join("opt/data");
+        assert_eq!(std::fs::read_to_string(d.join("a")).unwrap(), "a");
+        assert_eq!(std::fs::read_to_string(d.join("sub/b")).unwrap(), "bb");
+        assert!(!d.join("c.skip").exists(), ".dockerignore'd file copied");
+        assert_eq!(std::fs::read_link(d.join("link")).unwrap(), Path::new("a"));
+        let m = std::fs::metadata(d.join("a")).unwrap();
+        assert_eq!(m.mode() & 0o7777, 0o640);
+        let mb = std::fs::metadata(d.join("sub/b")).unwrap();
+        assert_eq!(mb.mtime(), 1_000_000);
+        let ms = std::fs::metadata(d.join("sub")).unwrap();
+        assert_eq!(ms.mtime(), 1_000_000, "directory mtime restored");
+    }
+
+    #[test]
+    fn an_existing_destination_or_a_file_source_goes_through_the_overlay() {
+        let ctx_dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(ctx_dir.path().join("data")).unwrap();
+        std::fs::write(ctx_dir.path().join("file"), "f").unwrap();
+        let ctx = Ctx(ctx_dir.path().to_path_buf());
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(root.path().join("there")).unwrap();
+        for c in [
+            copy("data", "/there"),
+            copy("file", "/new"),
+            copy("d*", "/new"),
+            copy("data", "/"),
+        ] {
+            assert!(
+                prepare(root.path(), &c, &ctx, None).unwrap().is_none(),
+                "{} -> {}",
+                c.src,
+                c.dest
+            );
+        }
+        assert!(!root.path().join("new").exists());
+    }
+}
