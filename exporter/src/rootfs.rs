@@ -7,7 +7,7 @@ use std::ffi::{CString, OsStr, OsString};
 use std::fs::{self, Metadata};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use crate::error::ExportError;
@@ -85,7 +85,7 @@ fn apply_layer(src_root: &Path, dest_root: &Path) -> Result<(), ExportError> {
             links.insert(key, dest.clone());
         }
         if ft.is_file() {
-            fs::copy(&src, &dest).map_err(werr(&dest))?;
+            copy_sparse(&src, &dest).map_err(werr(&dest))?;
         } else if ft.is_symlink() {
             let target = fs::read_link(&src).map_err(|e| ExportError::read("read", &src, e))?;
             std::os::unix::fs::symlink(&target, &dest).map_err(werr(&dest))?;
@@ -127,6 +127,87 @@ fn remove_any(path: &Path) -> Result<(), ExportError> {
         Err(e) => Err(e),
     };
     r.map_err(werr(path))
+}
+
+/// Copies a regular file's data regions only (`SEEK_DATA`/`SEEK_HOLE`), so a sparse file stays
+/// sparse: `fs::copy` (`copy_file_range`) fills holes with written zeros on most file systems.
+/// Where the source cannot say where its holes are, the whole file is copied.
+fn copy_sparse(src: &Path, dest: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let from = fs::File::open(src)?;
+    let len = from.metadata()?.len();
+    let to = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(dest)?;
+    let mut off = 0u64;
+    while off < len {
+        let Some(data) = seek(&from, off, libc::SEEK_DATA)? else {
+            break; // Only a hole is left: `set_len` below makes it.
+        };
+        let end = seek(&from, data, libc::SEEK_HOLE)?.unwrap_or(len).min(len);
+        let (mut a, mut b) = (data as libc::loff_t, data as libc::loff_t);
+        while (a as u64) < end {
+            let want = (end - a as u64).min(1 << 30) as usize;
+            // SAFETY: both descriptors are open for the call, and `a`/`b` are valid offsets the
+            // kernel advances.
+            let n = unsafe {
+                libc::copy_file_range(from.as_raw_fd(), &mut a, to.as_raw_fd(), &mut b, want, 0)
+            };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::EXDEV | libc::EINVAL | libc::ENOSYS | libc::EOPNOTSUPP)
+                ) {
+                    // Another file system type, or one that cannot: copy through a buffer.
+                    copy_range(&from, &to, a as u64, end)?;
+                    break;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                break; // The file shrank under us; the length set below is the one we saw.
+            }
+        }
+        off = end;
+    }
+    to.set_len(len)
+}
+
+/// Copies bytes `start..end` at the same offsets with `pread`/`pwrite`.
+fn copy_range(from: &fs::File, to: &fs::File, start: u64, end: u64) -> io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    let mut buf = vec![0u8; (end - start).min(1 << 20) as usize];
+    let mut at = start;
+    while at < end {
+        let want = (end - at).min(buf.len() as u64) as usize;
+        let n = from.read_at(&mut buf[..want], at)?;
+        if n == 0 {
+            break;
+        }
+        to.write_all_at(&buf[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// `lseek(fd, off, whence)`; `None` for `ENXIO` (no data at or after `off`). A file system
+/// without `SEEK_DATA` support treats the whole file as data, which is what we then want.
+fn seek(f: &fs::File, off: u64, whence: libc::c_int) -> io::Result<Option<u64>> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: `f` is an open descriptor for the call; lseek touches no memory.
+    let r = unsafe { libc::lseek(f.as_raw_fd(), off as libc::off_t, whence) };
+    if r < 0 {
+        let e = io::Error::last_os_error();
+        return match e.raw_os_error() {
+            Some(libc::ENXIO) => Ok(None),
+            _ => Err(e),
+        };
+    }
+    Ok(Some(r as u64))
 }
 
 fn cpath(path: &Path) -> io::Result<CString> {
@@ -204,6 +285,37 @@ fn set_meta(src: &Path, dest: &Path, md: &Metadata) -> Result<(), ExportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_sparse_file_was_written_in_full() {
+        let t = tempfile::tempdir().unwrap();
+        let (src, dest) = (t.path().join("src"), t.path().join("dest"));
+        let len = 256u64 << 20;
+        {
+            use std::os::unix::fs::FileExt;
+            let f = fs::File::create(&src).unwrap();
+            f.set_len(len).unwrap();
+            f.write_all_at(&[7u8; 4096], 128 << 20).unwrap();
+            f.write_all_at(b"tail", len - 4).unwrap();
+        }
+        copy_sparse(&src, &dest).unwrap();
+        let md = fs::metadata(&dest).unwrap();
+        assert_eq!(md.len(), len);
+        assert!(
+            md.blocks() * 512 <= 1 << 20,
+            "{} bytes on disk",
+            md.blocks() * 512
+        );
+        assert!(
+            fs::read(&src).unwrap() == fs::read(&dest).unwrap(),
+            "content differs"
+        );
+        // Through the buffer path too (another file system type).
+        let dest2 = t.path().join("dest2");
+        let to = fs::File::create(&dest2).unwrap();
+        copy_range(&fs::File::open(&src).unwrap(), &to, 0, len).unwrap();
+        assert!(fs::read(&src).unwrap() == fs::read(&dest2).unwrap());
+    }
 
     #[test]
     fn later_layers_win_and_whiteouts_remove() {
