@@ -259,21 +259,47 @@ fn every_output_type_from_one_build_checked_by_skopeo_umoci_and_runc() {
     assert!(list.contains("hello.txt"), "{list}");
 
     // docker load, where an engine answers.
-    let docker_ok = Command::new("docker")
-        .arg("info")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if docker_ok {
-        tool("docker", &["load", "-i", &p("docker.tar")]);
-        let run = tool("docker", &["run", "--rm", "--network", "none", "exp:1"]);
-        assert_eq!(String::from_utf8_lossy(&run.stdout), "hello from kiln\n");
-        tool("docker", &["rmi", "exp:1"]);
-    } else {
-        eprintln!(
-            "docker load skipped: no Docker engine answers `docker info` here (set DOCKER_HOST)"
-        );
+    match docker_host() {
+        Some(host) => {
+            let docker = |args: &[&str]| {
+                let out = Command::new("docker")
+                    .env("DOCKER_HOST", &host)
+                    .args(args)
+                    .output()
+                    .unwrap();
+                assert_ok(
+                    &out,
+                    &format!("DOCKER_HOST={host} docker {}", args.join(" ")),
+                );
+                out
+            };
+            docker(&["load", "-i", &p("docker.tar")]);
+            let run = docker(&["run", "--rm", "--network", "none", "exp:1"]);
+            assert_eq!(String::from_utf8_lossy(&run.stdout), "hello from kiln\n");
+            docker(&["rmi", "exp:1"]);
+        }
+        None => eprintln!(
+            "docker load skipped: no Docker engine answers `docker info` here (set DOCKER_HOST, \
+             or start the peers' engine with ../shared/peers/setup.sh)"
+        ),
     }
+}
+
+/// A Docker engine to load archives into: `DOCKER_HOST` (or Docker's default socket), else the
+/// peers' private engine (`../shared/peers/env.sh`), whichever answers `docker info`.
+fn docker_host() -> Option<String> {
+    let default =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".into());
+    [default, "unix:///tmp/dockerd/docker.sock".to_string()]
+        .into_iter()
+        .find(|host| {
+            Command::new("docker")
+                .env("DOCKER_HOST", host)
+                .arg("info")
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        })
 }
 
 #[test]
