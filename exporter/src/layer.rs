@@ -104,7 +104,7 @@ pub fn write_layer_blob<W: Write + Send>(
     let (digest, size) = piped.digest.unwrap_or_default();
     Ok((
         LayerBlob {
-            diff_id: piped.diff_id,
+            diff_id: piped.diff_id.unwrap_or_else(|| digest.clone()),
             digest,
             size,
             media_type: opts.compression.media_type().to_string(),
@@ -116,7 +116,9 @@ pub fn write_layer_blob<W: Write + Send>(
 
 /// What [`pipe_layer`] wrote.
 pub(crate) struct Piped<W> {
-    pub diff_id: String,
+    /// `None` when it is the blob's digest (an uncompressed layer) and the blob was not hashed
+    /// here: the sink's digest is then the diffID.
+    pub diff_id: Option<String>,
     pub empty: bool,
     /// (`sha256:` digest, size) of the blob, when asked for.
     pub digest: Option<(String, u64)>,
@@ -136,6 +138,19 @@ pub(crate) fn pipe_layer<W: Write + Send>(
     hash_out: bool,
 ) -> Result<Piped<W>, ExportError> {
     let werr = |e| ExportError::write("the layer blob", e);
+    if opts.compression == Compression::Uncompressed {
+        // The blob is the tar: its digest is the diffID, one sha256 pass is enough.
+        let sink = OutputSink::new(out, hash_out);
+        let (empty, sink) = tar_dir(dir, sink, opts.source_date_epoch)?;
+        let (digest, mut out) = sink.finish();
+        out.flush().map_err(werr)?;
+        return Ok(Piped {
+            diff_id: digest.as_ref().map(|(d, _)| d.clone()),
+            empty,
+            digest,
+            out,
+        });
+    }
     std::thread::scope(|s| {
         let comp = Compressor::new(opts, OutputSink::new(out, hash_out)).map_err(werr)?;
         let tee = Staged::spawn(s, comp, HashingWriter::new(io::sink()));
@@ -146,7 +161,7 @@ pub(crate) fn pipe_layer<W: Write + Send>(
         let (digest, mut out) = sink.finish();
         out.flush().map_err(werr)?;
         Ok(Piped {
-            diff_id,
+            diff_id: Some(diff_id),
             empty,
             digest,
             out,

@@ -71,7 +71,7 @@ pub fn export_layer(
     let piped = pipe_layer(&dir, writer, opts, false)?;
     let (digest, size) = piped.out.commit(None)?;
     let blob = LayerBlob {
-        diff_id: piped.diff_id,
+        diff_id: piped.diff_id.unwrap_or_else(|| digest.clone()),
         digest,
         size,
         media_type: media_type.to_string(),
