@@ -90,7 +90,7 @@ pub fn write_layer_tar(
     out: impl Write,
     opts: &LayerOptions,
 ) -> Result<(), ExportError> {
-    tar_dir(dir, out, opts.source_date_epoch).map(|_| ())
+    tar_dir(dir, TarWriter::new(out), opts.source_date_epoch).map(|_| ())
 }
 
 /// Tar, hash, compress and hash again in one pass into `out`; returns the blob's description
@@ -141,7 +141,7 @@ pub(crate) fn pipe_layer<W: Write + Send>(
     if opts.compression == Compression::Uncompressed {
         // The blob is the tar: its digest is the diffID, one sha256 pass is enough.
         let sink = OutputSink::new(out, hash_out);
-        let (empty, sink) = tar_dir(dir, sink, opts.source_date_epoch)?;
+        let (empty, sink) = tar_dir(dir, TarWriter::new(sink), opts.source_date_epoch)?;
         let (digest, mut out) = sink.finish();
         out.flush().map_err(werr)?;
         return Ok(Piped {
@@ -154,7 +154,7 @@ pub(crate) fn pipe_layer<W: Write + Send>(
     std::thread::scope(|s| {
         let comp = Compressor::new(opts, OutputSink::new(out, hash_out)).map_err(werr)?;
         let tee = Staged::spawn(s, comp, HashingWriter::new(io::sink()));
-        let (empty, tee) = tar_dir(dir, tee, opts.source_date_epoch)?;
+        let (empty, tee) = tar_dir(dir, TarWriter::new_direct(tee), opts.source_date_epoch)?;
         let (comp, diff) = tee.finish().map_err(werr)?;
         let (diff_id, _, _) = diff.finish();
         let sink = comp.finish().map_err(werr)?;
@@ -209,7 +209,11 @@ impl<W: Write> Write for OutputSink<W> {
 }
 
 /// Writes the tar; returns whether the directory had no entries, and the sink.
-fn tar_dir<W: Write>(dir: &Path, out: W, epoch: Option<i64>) -> Result<(bool, W), ExportError> {
+fn tar_dir<W: Write>(
+    dir: &Path,
+    tar: TarWriter<W>,
+    epoch: Option<i64>,
+) -> Result<(bool, W), ExportError> {
     let md = fs::symlink_metadata(dir).map_err(|source| ExportError::SnapshotDir {
         path: dir.to_path_buf(),
         source,
@@ -222,7 +226,7 @@ fn tar_dir<W: Write>(dir: &Path, out: W, epoch: Option<i64>) -> Result<(bool, W)
     }
     let mut w = Walker {
         root: dir,
-        tar: TarWriter::new(out),
+        tar,
         links: HashMap::new(),
         epoch,
         entries: 0,

@@ -7,7 +7,9 @@
 //! reuse, so memory stays at a few buffers whatever the stream's length. Where the stream is cut
 //! never changes what `also` and `sink` receive, only when.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
+
+use crate::tarw::{ReadInto, SinkError};
 use std::sync::mpsc::{channel, sync_channel, Receiver, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
 
@@ -20,9 +22,12 @@ const DEPTH: usize = 4;
 /// A writer that also feeds a worker thread; see the module docs. Call [`Staged::finish`] at
 /// the end: dropping it instead discards what is still buffered and stops the worker.
 pub(crate) struct Staged<'scope, A: Write, S: Write + Send + 'scope> {
+    /// Always [`STAGE`] long (allocated zeroed once, then reused): `filled` says how much of it
+    /// holds data, so reading into it never needs zeroing first.
     buf: Vec<u8>,
+    filled: usize,
     also: A,
-    tx: Option<SyncSender<Vec<u8>>>,
+    tx: Option<SyncSender<(Vec<u8>, usize)>>,
     recycled: Receiver<Vec<u8>>,
     worker: Option<ScopedJoinHandle<'scope, io::Result<S>>>,
 }
@@ -30,18 +35,19 @@ pub(crate) struct Staged<'scope, A: Write, S: Write + Send + 'scope> {
 impl<'scope, A: Write, S: Write + Send + 'scope> Staged<'scope, A, S> {
     /// Starts the worker that writes every buffer to `sink`, in order.
     pub(crate) fn spawn<'env>(scope: &'scope Scope<'scope, 'env>, also: A, mut sink: S) -> Self {
-        let (tx, rx) = sync_channel::<Vec<u8>>(DEPTH);
+        let (tx, rx) = sync_channel::<(Vec<u8>, usize)>(DEPTH);
         let (back_tx, recycled) = channel::<Vec<u8>>();
         let worker = scope.spawn(move || {
-            for buf in rx {
-                sink.write_all(&buf)?;
+            for (buf, filled) in rx {
+                sink.write_all(&buf[..filled])?;
                 // The writer may be gone already (it failed): then the buffer is just freed.
                 let _ = back_tx.send(buf);
             }
             Ok(sink)
         });
         Staged {
-            buf: Vec::with_capacity(STAGE),
+            buf: vec![0u8; STAGE],
+            filled: 0,
             also,
             tx: Some(tx),
             recycled,
@@ -50,20 +56,18 @@ impl<'scope, A: Write, S: Write + Send + 'scope> Staged<'scope, A, S> {
     }
 
     fn hand_over(&mut self) -> io::Result<()> {
-        if self.buf.is_empty() {
+        if self.filled == 0 {
             return Ok(());
         }
-        self.also.write_all(&self.buf)?;
-        let next = match self.recycled.try_recv() {
-            Ok(mut b) => {
-                b.clear();
-                b
-            }
-            Err(_) => Vec::with_capacity(STAGE),
-        };
+        self.also.write_all(&self.buf[..self.filled])?;
+        let next = self
+            .recycled
+            .try_recv()
+            .unwrap_or_else(|_| vec![0u8; STAGE]);
         let full = std::mem::replace(&mut self.buf, next);
+        let filled = std::mem::take(&mut self.filled);
         let sent = match &self.tx {
-            Some(tx) => tx.send(full).is_ok(),
+            Some(tx) => tx.send((full, filled)).is_ok(),
             None => false,
         };
         if sent {
@@ -100,9 +104,10 @@ impl<'scope, A: Write, S: Write + Send + 'scope> Staged<'scope, A, S> {
 
 impl<'scope, A: Write, S: Write + Send + 'scope> Write for Staged<'scope, A, S> {
     fn write(&mut self, data: &[u8]) -> io::Result<usize> {
-        let n = data.len().min(STAGE - self.buf.len());
-        self.buf.extend_from_slice(&data[..n]);
-        if self.buf.len() == STAGE {
+        let n = data.len().min(STAGE - self.filled);
+        self.buf[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+        self.filled += n;
+        if self.filled == STAGE {
             self.hand_over()?;
         }
         Ok(n)
@@ -112,6 +117,20 @@ impl<'scope, A: Write, S: Write + Send + 'scope> Write for Staged<'scope, A, S> 
     /// compressors never ask for one) would only cost a short hand-over.
     fn flush(&mut self) -> io::Result<()> {
         Ok(())
+    }
+}
+
+impl<'scope, A: Write, S: Write + Send + 'scope> ReadInto for Staged<'scope, A, S> {
+    /// Reads straight into the stage buffer: the bytes are copied once, by the kernel.
+    fn read_into(&mut self, src: &mut dyn Read, max: usize) -> io::Result<usize> {
+        let want = max.min(STAGE - self.filled);
+        let n = src.read(&mut self.buf[self.filled..self.filled + want])?;
+        self.filled += n;
+        if self.filled == STAGE {
+            self.hand_over()
+                .map_err(|e| io::Error::other(SinkError(e.to_string())))?;
+        }
+        Ok(n)
     }
 }
 
@@ -156,6 +175,18 @@ mod tests {
             assert_eq!(also, input, "also, len {len}");
             assert_eq!(sink, input, "sink, len {len}");
         }
+    }
+
+    #[test]
+    fn reads_into_the_stage_land_in_both_sinks() {
+        let input = data(3 * STAGE + 4321);
+        let (also, sink) = std::thread::scope(|s| {
+            let mut w = Staged::spawn(s, Vec::new(), Vec::new());
+            let mut src = &input[..];
+            while w.read_into(&mut src, 300_000).unwrap() > 0 {}
+            w.finish().unwrap()
+        });
+        assert!(also == input && sink == input, "the staged data differs");
     }
 
     #[test]

@@ -96,9 +96,20 @@ impl From<io::Error> for TarError {
     }
 }
 
+/// A sink that can read an entry's data from its source straight into its own buffer, which
+/// saves the tar writer's copy of every byte.
+pub(crate) trait ReadInto: Write {
+    /// Reads at most `max` bytes (at least one when `max > 0`, unless at the end) from `src`.
+    fn read_into(&mut self, src: &mut dyn Read, max: usize) -> io::Result<usize>;
+}
+
+type DirectRead<W> = fn(&mut W, &mut dyn Read, usize) -> io::Result<usize>;
+
 pub(crate) struct TarWriter<W: Write> {
     out: W,
     buf: Vec<u8>,
+    /// Set when `W` reads entry data itself ([`TarWriter::new_direct`]).
+    direct: Option<DirectRead<W>>,
 }
 
 impl<W: Write> TarWriter<W> {
@@ -106,6 +117,7 @@ impl<W: Write> TarWriter<W> {
         TarWriter {
             out,
             buf: vec![0u8; 256 * 1024],
+            direct: None,
         }
     }
 
@@ -127,6 +139,22 @@ impl<W: Write> TarWriter<W> {
         };
         let mut left = e.size;
         while left > 0 {
+            if let Some(read_into) = self.direct {
+                let want = left.min(1 << 30) as usize;
+                let n = match read_into(&mut self.out, data, want) {
+                    Ok(0) => {
+                        return Err(TarError::ShortRead {
+                            expected: e.size,
+                            got: e.size - left,
+                        })
+                    }
+                    Ok(n) => n,
+                    Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
+                    Err(err) => return Err(direct_error(err)),
+                };
+                left -= n as u64;
+                continue;
+            }
             let want = left.min(self.buf.len() as u64) as usize;
             let n = match data.read(&mut self.buf[..want]) {
                 Ok(0) => {
@@ -266,6 +294,37 @@ impl<W: Write> TarWriter<W> {
         self.pad(size)
     }
 }
+
+impl<W: ReadInto> TarWriter<W> {
+    /// A tar writer whose sink reads entry data itself (see [`ReadInto`]).
+    pub(crate) fn new_direct(out: W) -> Self {
+        TarWriter {
+            out,
+            buf: Vec::new(),
+            direct: Some(<W as ReadInto>::read_into),
+        }
+    }
+}
+
+/// A [`ReadInto`] error is the source's (reading) unless it is marked as the sink's.
+fn direct_error(err: io::Error) -> TarError {
+    match err.get_ref().and_then(|e| e.downcast_ref::<SinkError>()) {
+        Some(_) => TarError::Io(err),
+        None => TarError::Source(err),
+    }
+}
+
+/// Marks an error of a [`ReadInto`] sink as a write error (the others are read errors).
+#[derive(Debug)]
+pub(crate) struct SinkError(pub String);
+
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for SinkError {}
 
 /// Splits a path into ustar (prefix, name), or `None` when it needs a PAX/GNU record.
 fn split_ustar_path(path: &[u8]) -> Option<(&[u8], &[u8])> {
