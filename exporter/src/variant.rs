@@ -6,7 +6,7 @@
 //! same in every variant: only the manifest's layer descriptors differ.
 
 use std::fs::File;
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 
 use kiln_cache::Store;
 
@@ -15,6 +15,7 @@ use crate::image::{manifest_bytes, parse_manifest, ImageDescriptor, DOCKER_MANIF
 use crate::layer::{Compression, Compressor, HashingWriter, LayerBlob, LayerOptions};
 use crate::stage::{Staged, STAGE};
 use crate::store::ManifestFormat;
+use crate::tarw::{ReadInto, SinkError};
 
 /// What a variant of an image should look like.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -93,7 +94,9 @@ fn recompress(
     }
     let path = store.content().path(&blob.digest)?;
     let file = File::open(&path).map_err(|e| ExportError::read("open", &path, e))?;
-    let mut src = crate::docker::decompressor(from, BufReader::with_capacity(STAGE, file))
+    // A small buffer: reads of a whole stage (most of them) bypass it and land in the stage
+    // buffer directly.
+    let mut src = crate::docker::decompressor(from, BufReader::with_capacity(64 * 1024, file))
         .map_err(|e| ExportError::read("decompress", &path, e))?;
     let werr = |e| ExportError::write("the compressed layer blob", e);
     let layer_opts = LayerOptions {
@@ -106,15 +109,14 @@ fn recompress(
         // on a helper thread.
         let comp = Compressor::new(&layer_opts, store.content().writer()?).map_err(werr)?;
         let mut tee = Staged::spawn(s, comp, HashingWriter::new(io::sink()));
-        let mut buf = vec![0u8; STAGE];
         loop {
-            let n = match src.read(&mut buf) {
+            match tee.read_into(&mut src, STAGE) {
                 Ok(0) => break,
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Ok(_) => {}
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) if is_sink_error(&e) => return Err(werr(e)),
                 Err(e) => return Err(ExportError::read("decompress", &path, e)),
-            };
-            tee.write_all(&buf[..n]).map_err(werr)?;
+            }
         }
         let (comp, diff) = tee.finish().map_err(werr)?;
         let (diff_id, _, _) = diff.finish();
@@ -137,6 +139,10 @@ fn recompress(
         media_type: opts.compression.media_type().to_string(),
         empty: blob.empty,
     })
+}
+
+fn is_sink_error(e: &io::Error) -> bool {
+    e.get_ref().is_some_and(|inner| inner.is::<SinkError>())
 }
 
 /// The diffIDs a stored config lists, in order.
