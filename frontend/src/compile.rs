@@ -7,6 +7,7 @@ mod config;
 mod flags;
 mod git;
 mod lint;
+mod undefined;
 mod util;
 
 use crate::ast::{Dockerfile, Instruction};
@@ -149,7 +150,7 @@ pub fn compile(
             });
         }
     }
-    let mut compiled = Compiler::new(&df, opts, resolver)?.run()?;
+    let (mut compiled, undefined_vars) = Compiler::new(&df, opts, resolver)?.run()?;
     // BuildKit's build checks, unless `# check=skip=...` silences them.
     let config = df
         .directives
@@ -162,7 +163,8 @@ pub fn compile(
         .into_iter()
         .chain(lint::empty_continuations(&df))
         .chain(lint::from_args(&df))
-        .chain(lint::copy_ignored(&df, &opts.exclude_patterns));
+        .chain(lint::copy_ignored(&df, &opts.exclude_patterns))
+        .chain(undefined_vars);
     for (line, rule, message) in checks {
         if config.skips(rule) {
             continue;
@@ -414,6 +416,8 @@ struct Compiler<'a> {
     consumed_args: BTreeSet<String>,
     target_platform: Platform,
     multi_stage: bool,
+    /// UndefinedVar findings of the instructions compiled so far.
+    undefined: undefined::UndefinedVars,
 }
 
 impl<'a> Compiler<'a> {
@@ -453,6 +457,7 @@ impl<'a> Compiler<'a> {
             consumed_args: BTreeSet::new(),
             target_platform,
             multi_stage: false,
+            undefined: undefined::UndefinedVars::default(),
         };
         c.split_stages()?;
         Ok(c)
@@ -647,7 +652,9 @@ impl<'a> Compiler<'a> {
             .collect()
     }
 
-    fn run(mut self) -> Result<Compiled, FrontendError> {
+    /// Compiles the target and what it needs; also returns the UndefinedVar checks.
+    #[allow(clippy::type_complexity)]
+    fn run(mut self) -> Result<(Compiled, Vec<(usize, &'static str, String)>), FrontendError> {
         let target = match &self.opts.target {
             None => self.stages.len() - 1,
             Some(t) => {
@@ -696,12 +703,13 @@ impl<'a> Compiler<'a> {
         }
 
         let image_config = out.image.to_oci(&out.platform);
-        Ok(Compiled {
+        let compiled = Compiled {
             definition: self.builder.build(out.state),
             image_config,
             config_extras: out.image.extras(),
             warnings: self.warnings,
-        })
+        };
+        Ok((compiled, self.undefined.into_checks()))
     }
 
     /// The compiled stage `idx`, compiling it (and what it needs) on first use.
@@ -1012,7 +1020,24 @@ impl<'a> Compiler<'a> {
         instr: &Instruction,
         word: &str,
     ) -> Result<String, FrontendError> {
-        self.expand_with(instr, word, &|n| d.lookup(n))
+        self.expand_with(instr, word, &|n| self.checked_lookup(d, instr, n))
+    }
+
+    /// `d.lookup(name)`, noting an UndefinedVar finding when the stage neither has an ENV nor
+    /// declares an ARG of that name (an ARG without a value is declared: it expands to nothing).
+    fn checked_lookup(&self, d: &Dispatch, instr: &Instruction, name: &str) -> Option<String> {
+        let declared = d.image.env_get(name).is_some() || d.args.iter().any(|(k, _)| k == name);
+        self.undefined.record(
+            instr.start_line,
+            name,
+            declared,
+            d.image
+                .env
+                .iter()
+                .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k))
+                .chain(d.args.iter().map(|(k, _)| k.as_str())),
+        );
+        d.lookup(name)
     }
 
     fn one_arg<'i>(&self, instr: &'i Instruction, usage: &str) -> Result<&'i str, FrontendError> {
@@ -1377,7 +1402,8 @@ impl<'a> Compiler<'a> {
             let (k, v) = match part.split_once('=') {
                 Some((k, v)) => (
                     k.trim().to_ascii_lowercase(),
-                    Some(self.expand(d, instr, v)?),
+                    // Not an UndefinedVar site: BuildKit checks no part of `RUN`.
+                    Some(self.expand_with(instr, v, &|n| d.lookup(n))?),
                 ),
                 None => (part.trim().to_ascii_lowercase(), None),
             };
@@ -1864,9 +1890,10 @@ impl<'a> Compiler<'a> {
                     return Err(self.fail(instr, format!("heredoc `{src}` has no body")));
                 };
                 let data = if h.expand {
-                    crate::expand_heredoc(&h.content, &|n| d.lookup(n), self.df.escape).map_err(
-                        |e| self.fail(instr, format!("cannot expand heredoc `{}`: {e}", h.name)),
-                    )?
+                    let lookup = |n: &str| self.checked_lookup(d, instr, n);
+                    crate::expand_heredoc(&h.content, &lookup, self.df.escape).map_err(|e| {
+                        self.fail(instr, format!("cannot expand heredoc `{}`: {e}", h.name))
+                    })?
                 } else {
                     h.content.clone()
                 };

@@ -391,3 +391,80 @@ fn onbuild_of_an_earlier_stage_is_inherited_not_run() {
         serde_json::json!(["RUN echo later"])
     );
 }
+
+fn undefined_vars(df: &str, config_env: &[&str]) -> Vec<(usize, String)> {
+    let mut config = ImageConfiguration::default();
+    let mut c = oci_spec::image::Config::default();
+    c.set_env(Some(config_env.iter().map(|e| e.to_string()).collect()));
+    config.set_config(Some(c));
+    let resolver = Resolver {
+        config: Some(config),
+        ..Default::default()
+    };
+    let compiled = match compile(df, &opts(), &resolver) {
+        Ok(c) => c,
+        Err(e) => panic!("compile failed: {e}"),
+    };
+    compiled
+        .warnings
+        .into_iter()
+        .filter(|w| w.message.starts_with("UndefinedVar"))
+        .map(|w| (w.line, w.message))
+        .collect()
+}
+
+#[test]
+fn undefined_vars_are_reported_outside_run_with_a_close_name() {
+    let got = undefined_vars(
+        "FROM busybox\nARG VERSION\nARG EMPTY\nENV APP_HOME=/app\n\
+         RUN echo $NOPE ${ALSO_NOPE}\n\
+         WORKDIR $APP_HOM\n\
+         COPY --chown=${OWNER:-root} src/$VERSOIN/ $APP_HOME/$EMPTY\n\
+         LABEL v=$VERSION path=$PATH base=$BASE_ONLY\n\
+         USER ${TARGETARCH}\n\
+         RUN --mount=type=cache,target=/c$NOT_CHECKED true\n\
+         ENV X=\\$ESCAPED Y='$SINGLE'\n",
+        &["PATH=/bin", "BASE_ONLY=1"],
+    );
+    assert_eq!(
+        got,
+        vec![
+            (
+                6,
+                "UndefinedVar: Usage of undefined variable '$APP_HOM' (did you mean $APP_HOME?)"
+                    .to_string()
+            ),
+            (
+                7,
+                "UndefinedVar: Usage of undefined variable '$OWNER'".to_string()
+            ),
+            (
+                7,
+                "UndefinedVar: Usage of undefined variable '$VERSOIN' (did you mean $VERSION?)"
+                    .to_string()
+            ),
+            (
+                9,
+                "UndefinedVar: Usage of undefined variable '$TARGETARCH'".to_string()
+            ),
+        ]
+    );
+}
+
+#[test]
+fn undefined_var_check_can_be_skipped() {
+    let df = "# check=skip=UndefinedVar\nFROM busybox\nWORKDIR /$NOPE\n";
+    assert!(undefined_vars(df, &[]).is_empty());
+    let err = compile(
+        "# check=error=true\nFROM busybox\nWORKDIR /$NOPE\n",
+        &opts(),
+        &Resolver::default(),
+    )
+    .map(|_| ())
+    .expect_err("an UndefinedVar finding fails the build under error=true");
+    assert!(
+        err.to_string()
+            .contains("Dockerfile:3: UndefinedVar: Usage of undefined variable '$NOPE'"),
+        "{err}"
+    );
+}
