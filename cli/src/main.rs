@@ -129,7 +129,8 @@ struct BuildArgs {
     /// Write the image's manifest digest to this file.
     #[arg(long)]
     iidfile: Option<PathBuf>,
-    /// The build context directory.
+    /// The build context: a directory, or a git repository URL
+    /// (`https://host/repo.git#ref:subdir`, `git://...`, `git@host:repo.git`).
     context: PathBuf,
 }
 

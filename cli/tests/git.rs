@@ -293,3 +293,84 @@ fn add_git_errors_name_the_line_and_the_fix() {
         "{err}"
     );
 }
+
+#[test]
+fn build_with_a_git_url_as_the_context() {
+    let repo = Repo::new();
+    repo.commit(
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY . /root-ctx/\n"),
+            (
+                "app/Dockerfile",
+                "FROM busybox\nCOPY . /ctx/\nRUN ls -a /ctx > /listing\n",
+            ),
+            ("app/.dockerignore", "*.log\n"),
+            ("app/main.txt", "main v1\n"),
+            ("app/debug.log", "ignored\n"),
+            (
+                "app/Dockerfile.alt",
+                "FROM busybox\nCOPY main.txt /alt.txt\n",
+            ),
+        ],
+        "first",
+    );
+    repo.git(&["tag", "v1"]);
+    repo.commit(&[("app/main.txt", "main v2\n")], "second");
+    let k = Kiln::with_busybox();
+    let url = repo.url();
+
+    // `#ref:subdir`: the Dockerfile and `.dockerignore` are read from the subdirectory.
+    let ctx = format!("{url}#v1:app");
+    let out = k.run(&["build", "-t", "git-ctx", &ctx]);
+    assert_ok(&out, "kiln build GIT_URL#ref:subdir");
+    assert_eq!(
+        run_in(&k, "git-ctx", "cat /ctx/main.txt; cat /listing"),
+        "main v1\n.\n..\n.dockerignore\nDockerfile\nDockerfile.alt\nmain.txt\n",
+        "the v1 tree of app/, without `.git` and the ignored log"
+    );
+    // Built again from the same commit, every step is a cache hit.
+    let out = k.run(&["build", "-t", "git-ctx", &ctx]);
+    assert_ok(&out, "rebuild from the same commit");
+    assert!(
+        stderr(&out).contains("(0 steps run, 3 cached)"),
+        "{}",
+        stderr(&out)
+    );
+
+    // The remote's HEAD with no fragment; `-f` is a path inside the repository.
+    let out = k.run(&["build", "-t", "git-ctx-head", &url]);
+    assert_ok(&out, "kiln build GIT_URL");
+    assert_eq!(
+        run_in(&k, "git-ctx-head", "cat /root-ctx/app/main.txt"),
+        "main v2\n"
+    );
+    let out = k.run(&[
+        "build",
+        "-f",
+        "Dockerfile.alt",
+        "-t",
+        "git-ctx-alt",
+        &format!("{url}#main:app"),
+    ]);
+    assert_ok(&out, "kiln build -f with a git context");
+    assert_eq!(run_in(&k, "git-ctx-alt", "cat /alt.txt"), "main v2\n");
+
+    // A ref the remote lacks: the error names the context and the fix; no checkout is left.
+    let out = k.run(&["build", &format!("{url}#nosuch")]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("cannot check out the git build context")
+            && err.contains("`nosuch` is not a branch, tag or commit of"),
+        "{err}"
+    );
+    let leftovers: Vec<_> = std::fs::read_dir(k.root.path().join("tmp"))
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        !leftovers
+            .iter()
+            .any(|n| n.to_string_lossy().starts_with("git-context-")),
+        "{leftovers:?}"
+    );
+}

@@ -279,6 +279,55 @@ pub(crate) fn read_dockerfile(req: &BuildRequest, context_dir: &Path) -> Result<
     Ok((dockerfile, text))
 }
 
+/// A git build context checked out for one build, under the store's temp dir; removed when
+/// dropped.
+pub(crate) struct GitCheckout {
+    dir: PathBuf,
+}
+
+impl Drop for GitCheckout {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// When `req.context` names a git repository (`https://host/repo.git#ref:subdir`, as `docker
+/// build` takes it), checks it out and returns the request with the context pointing at the
+/// checkout (and a relative `-f` read inside it, as docker reads it), with the checkout's guard;
+/// otherwise the request unchanged.
+pub(crate) async fn git_context(
+    store: &kiln_cache::Store,
+    mut req: BuildRequest,
+) -> Result<(BuildRequest, Option<GitCheckout>)> {
+    let Some(arg) = req
+        .context
+        .to_str()
+        .filter(|a| kiln_solver::is_git_context(a))
+    else {
+        return Ok((req, None));
+    };
+    let arg = arg.to_string();
+    static SEQ: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let seq = SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = store
+        .tmp_dir()
+        .join(format!("git-context-{}-{seq}", std::process::id()));
+    std::fs::create_dir_all(&dir)
+        .with_context(|| format!("cannot make `{}` for the git context", dir.display()))?;
+    let guard = GitCheckout { dir: dir.clone() };
+    let store = store.clone();
+    let dest = dir.clone();
+    let shown = arg.clone();
+    tokio::task::spawn_blocking(move || kiln_solver::checkout_git_context(&store, &arg, &dest))
+        .await?
+        .with_context(|| format!("cannot check out the git build context `{shown}`"))?;
+    if let Some(f) = req.dockerfile.take() {
+        req.dockerfile = Some(if f.is_relative() { dir.join(f) } else { f });
+    }
+    req.context = dir;
+    Ok((req, Some(guard)))
+}
+
 /// The file name of a Dockerfile path, as messages name it; `Dockerfile` when it has none.
 pub(crate) fn dockerfile_name(path: &Path) -> String {
     path.file_name()

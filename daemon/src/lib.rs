@@ -140,6 +140,8 @@ impl Engine {
         req: BuildRequest,
         progress: Arc<dyn ProgressSink>,
     ) -> Result<BuildResult> {
+        // A git URL as the context is checked out for this build and removed after it.
+        let (req, _git_checkout) = context::git_context(&self.store, req).await?;
         let context_dir = context::context_dir(&req)?;
         if !context_dir.is_dir() {
             bail!(

@@ -49,11 +49,27 @@ fn spec(s: &SourceOp) -> Result<Spec, SolveError> {
         Some(u) => u.to_string(),
         None => format!("https://{remote}"),
     };
+    spec_of(
+        &s.identifier,
+        url,
+        reference,
+        subdir,
+        attr_value(s, attr::GIT_KEEP_DIR) == Some("true"),
+    )
+}
+
+/// The [`Spec`] of a remote, ref and subdirectory; `shown` names the source in messages.
+fn spec_of(
+    shown: &str,
+    url: String,
+    reference: &str,
+    subdir: &str,
+    keep_git_dir: bool,
+) -> Result<Spec, SolveError> {
     // git reads a leading `-` as an option: neither may be one.
     if url.starts_with('-') || reference.starts_with('-') {
         return Err(SolveError::Op(format!(
-            "`{}` is not a git remote and ref: neither may start with `-`",
-            s.identifier
+            "`{shown}` is not a git remote and ref: neither may start with `-`"
         )));
     }
     let mut parts = Vec::new();
@@ -72,8 +88,41 @@ fn spec(s: &SourceOp) -> Result<Spec, SolveError> {
         url,
         reference: reference.to_string(),
         subdir: parts.join("/"),
-        keep_git_dir: attr_value(s, attr::GIT_KEEP_DIR) == Some("true"),
+        keep_git_dir,
     })
+}
+
+/// Whether a build context argument names a git repository, by docker's rule: an `http(s)://`
+/// URL whose path ends in `.git` (a `#ref:subdir` fragment may follow), or one starting with
+/// `git://`, `git@` or `github.com/`.
+pub fn is_git_context(arg: &str) -> bool {
+    let remote = arg.split_once('#').map_or(arg, |(r, _)| r);
+    let url = arg.starts_with("http://") || arg.starts_with("https://");
+    (url && remote.ends_with(".git") && !arg.ends_with('#'))
+        || ["git://", "git@", "github.com/"]
+            .iter()
+            .any(|p| arg.starts_with(p))
+}
+
+/// Checks out the git build context `arg` (`URL[#ref[:subdir]]`, see [`is_git_context`]) into
+/// the empty directory `dest`: the ref (the remote's `HEAD` when none) is resolved and fetched
+/// through the store's mirror of the remote, as for `ADD`, and the tree (or `subdir`) written
+/// without `.git`, as BuildKit gives a git context. Returns the commit.
+pub fn checkout_git_context(store: &Store, arg: &str, dest: &Path) -> Result<String, SolveError> {
+    let (remote, fragment) = arg.split_once('#').unwrap_or((arg, ""));
+    let (reference, subdir) = fragment.split_once(':').unwrap_or((fragment, ""));
+    let url = match remote.strip_prefix("github.com/") {
+        Some(path) => format!("https://github.com/{path}"),
+        None => remote.to_string(),
+    };
+    let spec = spec_of(arg, url, reference, subdir, false)?;
+    let resolved = resolve_or_fetch(store, &spec)?;
+    let mirror = ensure_mirror(store, &spec.url)?;
+    let lock = mirror_lock(&mirror);
+    let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
+    fetch(&mirror, &spec, Some(&resolved.commit))?;
+    checkout(store, &mirror, &spec, &resolved, dest)?;
+    Ok(resolved.commit)
 }
 
 /// Whether `r` is a full commit hash (sha1 or sha256 object format).
@@ -590,6 +639,28 @@ mod tests {
             pick_ref(listing, "main").and_then(|r| r.refname).as_deref(),
             Some("refs/heads/main")
         );
+    }
+
+    #[test]
+    fn git_contexts_are_recognised_by_dockers_rule() {
+        for yes in [
+            "https://example.com/repo.git",
+            "http://127.0.0.1:8080/a/repo.git#main:sub/dir",
+            "git://example.com/repo",
+            "git@github.com:user/repo.git",
+            "github.com/user/repo",
+        ] {
+            assert!(is_git_context(yes), "{yes}");
+        }
+        for no in [
+            ".",
+            "/srv/ctx",
+            "https://example.com/ctx.tar.gz",
+            "https://example.com/repo.git/file",
+            "repo.git",
+        ] {
+            assert!(!is_git_context(no), "{no}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ mod prefetch;
 pub mod progress;
 
 pub use context::LocalContext;
+pub use git::{checkout_git_context, is_git_context};
 pub use images::ImageRef;
 pub use mounts::prune_cache_mounts;
 pub use nocache::ignore_cache_for_stages;
