@@ -710,8 +710,8 @@ impl VertexTask {
                 tail: lines,
             });
         }
-        // Mount points the sandbox had to create are not part of the step's changes.
-        mounts::remove_created_mountpoints(&upper, outcome.created_mountpoints);
+        // The mount points the sandbox had to create are gone already: `kiln_exec::run` removes
+        // them (and the directories copied up only for them) from the upper directory.
         Ok(Output::Snapshot(owned.keep()))
     }
 }

@@ -771,25 +771,6 @@ fn umount_detach(target: &Path) -> Result<(), SolveError> {
     Ok(())
 }
 
-/// Removes the mount points the sandbox created in `upper` (deepest first), each only if it is
-/// still an empty directory or an empty file: anything else was written by the step.
-pub(crate) fn remove_created_mountpoints(upper: &Path, mut created: Vec<PathBuf>) {
-    created.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for p in created {
-        let rel = p.strip_prefix("/").unwrap_or(&p);
-        let abs = upper.join(rel);
-        match std::fs::symlink_metadata(&abs) {
-            Ok(md) if md.is_dir() => {
-                let _ = std::fs::remove_dir(&abs);
-            }
-            Ok(md) if md.is_file() && md.len() == 0 => {
-                let _ = std::fs::remove_file(&abs);
-            }
-            _ => {}
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -803,27 +784,6 @@ mod tests {
         assert_eq!(parse_size("1.5k"), Some(1536));
         assert_eq!(parse_size("lots"), None);
         assert_eq!(parse_size("5x"), None);
-    }
-
-    #[test]
-    fn created_mountpoints_go_but_written_files_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        let up = dir.path();
-        std::fs::create_dir_all(up.join("run/secrets")).unwrap();
-        std::fs::write(up.join("run/secrets/token"), b"").unwrap();
-        std::fs::create_dir_all(up.join("cache")).unwrap();
-        std::fs::write(up.join("cache/kept"), b"data").unwrap();
-        remove_created_mountpoints(
-            up,
-            vec![
-                PathBuf::from("run"),
-                PathBuf::from("run/secrets"),
-                PathBuf::from("run/secrets/token"),
-                PathBuf::from("cache"),
-            ],
-        );
-        assert!(!up.join("run").exists());
-        assert!(up.join("cache/kept").exists());
     }
 
     #[test]
