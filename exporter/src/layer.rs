@@ -552,6 +552,66 @@ impl<W: Write> Write for Compressor<W> {
 mod tests {
     use super::*;
 
+    /// A layer file hard-linked to a file outside the layer (a `COPY` that reused an earlier
+    /// snapshot's unchanged file) is a regular entry with its data, byte for byte what a plain
+    /// copy gives: a hard-link entry is made only for an inode met twice in one layer's walk,
+    /// never because `nlink` is above 1.
+    #[test]
+    fn a_file_linked_from_outside_the_layer_became_a_hard_link_entry() {
+        let t = tempfile::tempdir().unwrap();
+        let outside = t.path().join("outside");
+        fs::write(&outside, "shared data").unwrap();
+        let (linked, copied) = (t.path().join("linked"), t.path().join("copied"));
+        let when = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        filetime::set_file_mtime(&outside, when).unwrap();
+        for d in [&linked, &copied] {
+            fs::create_dir_all(d.join("data")).unwrap();
+            fs::write(d.join("data/other"), "other").unwrap();
+            filetime::set_file_mtime(d.join("data/other"), when).unwrap();
+        }
+        fs::hard_link(&outside, linked.join("data/f")).unwrap();
+        fs::write(copied.join("data/f"), "shared data").unwrap();
+        filetime::set_file_mtime(copied.join("data/f"), when).unwrap();
+        for d in [&linked, &copied] {
+            filetime::set_file_mtime(d.join("data"), when).unwrap();
+        }
+        let tar_of = |dir: &Path| {
+            let mut out = Vec::new();
+            write_layer_tar(dir, &mut out, &LayerOptions::default()).unwrap();
+            out
+        };
+        let (l, c) = (tar_of(&linked), tar_of(&copied));
+        let mut ar = tar::Archive::new(&l[..]);
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            assert_ne!(
+                e.header().entry_type(),
+                tar::EntryType::Link,
+                "`{}` became a hard link to a file outside the layer",
+                e.path().unwrap().display()
+            );
+        }
+        assert!(l == c, "the linked layer differs from the copied one");
+
+        // Two links inside the layer (and one outside) are one file and one hard-link entry.
+        fs::hard_link(&outside, linked.join("data/g")).unwrap();
+        let l = tar_of(&linked);
+        let mut ar = tar::Archive::new(&l[..]);
+        let kinds: Vec<(String, tar::EntryType)> = ar
+            .entries()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (
+                    e.path().unwrap().display().to_string(),
+                    e.header().entry_type(),
+                )
+            })
+            .collect();
+        assert!(kinds.contains(&("data/f".into(), tar::EntryType::Regular)));
+        assert!(kinds.contains(&("data/g".into(), tar::EntryType::Link)));
+    }
+
     /// The pipe once flushed the compressor before finishing it, which ends a zstd block early:
     /// the same tar gave a different blob (and digest) than compressing it in one go.
     #[test]
