@@ -164,6 +164,7 @@ pub fn compile(
         .chain(lint::empty_continuations(&df))
         .chain(lint::from_args(&df))
         .chain(lint::copy_ignored(&df, &opts.exclude_patterns))
+        .chain(lint::duplicate_stage_names(&df))
         .chain(undefined_vars);
     for (line, rule, message) in checks {
         if config.skips(rule) {
@@ -613,12 +614,6 @@ impl<'a> Compiler<'a> {
                         ),
                     ));
                 }
-                if self.stages.iter().any(|s| s.name.as_deref() == Some(n)) {
-                    return Err(self.fail(
-                        from,
-                        format!("a stage named `{n}` already exists: give this stage another name"),
-                    ));
-                }
             }
             let platform = match flags.string("platform").map_err(|m| self.fail(from, m))? {
                 Some(raw) => {
@@ -659,10 +654,11 @@ impl<'a> Compiler<'a> {
             None => self.stages.len() - 1,
             Some(t) => {
                 let lower = t.to_ascii_lowercase();
+                // The last stage of a name wins, as in BuildKit (DuplicateStageName warns).
                 match self
                     .stages
                     .iter()
-                    .position(|s| s.name.as_deref() == Some(&lower))
+                    .rposition(|s| s.name.as_deref() == Some(&lower))
                 {
                     Some(i) => i,
                     None => {
@@ -786,9 +782,10 @@ impl<'a> Compiler<'a> {
                 });
             }
         }
+        // The latest stage of that name before this one, as BuildKit links them.
         let parent = self.stages[..idx]
             .iter()
-            .position(|s| s.name.as_deref() == Some(base_lower.as_str()));
+            .rposition(|s| s.name.as_deref() == Some(base_lower.as_str()));
         let mut triggers = Vec::new();
         if let Some(p) = parent {
             let out = self.stage(p, from)?;
@@ -2046,10 +2043,11 @@ impl<'a> Compiler<'a> {
             ));
         }
         let lower = from.to_ascii_lowercase();
+        // The last stage of that name in the file, as BuildKit resolves `--from`.
         if let Some(i) = self
             .stages
             .iter()
-            .position(|s| s.name.as_deref() == Some(&lower))
+            .rposition(|s| s.name.as_deref() == Some(&lower))
         {
             let out = self.stage(i, instr)?;
             return Ok(CopySource::Stage(out.state));

@@ -339,6 +339,36 @@ fn is_valid_image_name(r: &str) -> bool {
     })
 }
 
+/// DuplicateStageName: a `FROM ... AS name` whose name an earlier stage already has. BuildKit
+/// warns and builds: a later `FROM name` takes the latest stage of that name before it, and
+/// `COPY --from=name` and `--target` the last one in the file.
+pub(crate) fn duplicate_stage_names(df: &Dockerfile) -> Vec<(usize, &'static str, String)> {
+    let mut seen: Vec<String> = Vec::new();
+    let mut out = Vec::new();
+    for i in df.instructions.iter().filter(|i| i.name == "from") {
+        let [_, as_kw, name] = i.args.as_slice() else {
+            continue;
+        };
+        if !as_kw.eq_ignore_ascii_case("as") {
+            continue;
+        }
+        let name = name.to_ascii_lowercase();
+        if seen.contains(&name) {
+            out.push((
+                i.start_line,
+                "DuplicateStageName",
+                format!(
+                    "Duplicate stage name {}, stage names should be unique",
+                    crate::compile::util::go_quote(&name)
+                ),
+            ));
+        } else {
+            seen.push(name);
+        }
+    }
+    out
+}
+
 /// CopyIgnoredFile: a `COPY`/`ADD` from the build context of a path `.dockerignore` excludes.
 pub(crate) fn copy_ignored(
     df: &Dockerfile,
@@ -576,6 +606,23 @@ mod tests {
                     "Attempting to Copy file \"secret.txt\" that is excluded by .dockerignore"
                         .to_string()
                 ),
+            ]
+        );
+    }
+
+    #[test]
+    fn duplicate_stage_names_warn_on_each_repeat() {
+        let df = crate::parse(
+            "FROM busybox AS base\nFROM busybox AS Base\nFROM busybox AS other\nFROM base AS base\n",
+        )
+        .unwrap();
+        let got: Vec<(usize, &str, String)> = duplicate_stage_names(&df);
+        let msg = "Duplicate stage name \"base\", stage names should be unique".to_string();
+        assert_eq!(
+            got,
+            vec![
+                (2, "DuplicateStageName", msg.clone()),
+                (4, "DuplicateStageName", msg)
             ]
         );
     }

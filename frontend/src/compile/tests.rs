@@ -468,3 +468,46 @@ fn undefined_var_check_can_be_skipped() {
         "{err}"
     );
 }
+
+#[test]
+fn duplicate_stage_names_warn_and_resolve_as_buildkit() {
+    // BuildKit builds this with a DuplicateStageName warning: `FROM dup` takes the latest
+    // `dup` before it, `COPY --from=dup` and `--target dup` the last one in the file.
+    let df = "FROM busybox AS dup\nRUN echo first\n\
+              FROM dup AS mid\nRUN echo mid\n\
+              FROM busybox AS dup\nRUN echo second\n\
+              FROM busybox\nCOPY --from=dup /a /a\n";
+    let c = build(df, &opts());
+    let json = c.definition.to_json().to_string();
+    assert!(json.contains("echo second"), "{json}");
+    assert!(!json.contains("echo first"), "{json}");
+    assert_eq!(
+        c.warnings
+            .iter()
+            .filter(|w| w.message.starts_with("DuplicateStageName"))
+            .map(|w| (w.line, w.message.as_str()))
+            .collect::<Vec<_>>(),
+        vec![(
+            5,
+            "DuplicateStageName: Duplicate stage name \"dup\", stage names should be unique"
+        )]
+    );
+    let o = BuildOptions {
+        target: Some("mid".into()),
+        ..opts()
+    };
+    let json = build(df, &o).definition.to_json().to_string();
+    assert!(
+        json.contains("echo first") && !json.contains("echo second"),
+        "{json}"
+    );
+    let o = BuildOptions {
+        target: Some("dup".into()),
+        ..opts()
+    };
+    let json = build(df, &o).definition.to_json().to_string();
+    assert!(
+        json.contains("echo second") && !json.contains("echo first"),
+        "{json}"
+    );
+}
