@@ -226,11 +226,16 @@ pub(crate) fn checksum(
 }
 
 /// Memo keys looked up per read transaction.
-const MEMO_CHUNK: usize = 2048;
+pub(crate) const MEMO_CHUNK: usize = 2048;
 
 fn memo_key(e: &Entry) -> Vec<u8> {
-    let m = &e.meta;
-    let mut k = e.abs.as_os_str().as_encoded_bytes().to_vec();
+    memo_key_of(&e.abs, &e.meta)
+}
+
+/// The memo key of the file at `abs` (as the walk joins it: context root, then names) with the
+/// metadata `m` its walk saw.
+pub(crate) fn memo_key_of(abs: &Path, m: &std::fs::Metadata) -> Vec<u8> {
+    let mut k = abs.as_os_str().as_encoded_bytes().to_vec();
     k.push(0);
     for v in [
         m.size() as i64,

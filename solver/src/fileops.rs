@@ -6,6 +6,7 @@ mod archive;
 mod batch;
 pub(crate) mod direct;
 mod filter;
+pub(crate) mod reuse;
 
 use crate::context::{self, LocalContext};
 use crate::glob;
@@ -393,6 +394,7 @@ impl DirWalk<'_> {
                     meta,
                     dst: target,
                     fresh,
+                    frel: child_frel,
                 });
                 placed = true;
             }
@@ -410,7 +412,7 @@ fn copy_entry(
     mode: Option<u32>,
 ) -> Result<(), SolveError> {
     batch::clear_target(dst, meta)?;
-    batch::create_entry(src, meta, dst, owner, mode)
+    batch::create_entry(src, meta, dst, owner, mode).map(|_| ())
 }
 
 /// Sets owner (root when none is given, as `COPY` does), permission bits and, when copying,

@@ -490,10 +490,23 @@ impl VertexTask {
         if let Some(g) = owned {
             g.keep();
         }
+        if let (Some(snap), Some(Kind::File(_))) = (snapshot, &self.op.kind) {
+            // Later runs of this COPY link their unchanged files from this snapshot.
+            let identity = self.copy_identity(inputs);
+            if let Err(e) = fileops::reuse::remember(&self.solver.inner.store, &identity, snap) {
+                tracing::warn!(%snap, "cannot record the snapshot for link reuse: {e}");
+            }
+        }
         Ok(inflight::Executed {
             output,
             created_unix,
         })
+    }
+
+    /// What makes two runs of a file op the same COPY apart from the content it reads (see
+    /// `fileops::reuse`).
+    fn copy_identity(&self, inputs: &[Arc<VertexResult>]) -> String {
+        fileops::reuse::identity(&self.digest, inputs.iter().map(|i| i.key.as_str()))
     }
 
     /// The vertex's cache key: its op digest, its inputs' keys, and for local inputs the
@@ -540,7 +553,11 @@ impl VertexTask {
                 let store = self.solver.inner.store.clone();
                 let outputs: Vec<Output> = inputs.iter().map(|r| r.output.clone()).collect();
                 let op_store = store.clone();
-                cleanup::blocking_snapshot(store, move || file_op(&op_store, &f, &outputs)).await
+                let identity = self.copy_identity(inputs);
+                cleanup::blocking_snapshot(store, move || {
+                    file_op(&op_store, &f, &outputs, &identity)
+                })
+                .await
             }
             Some(Kind::Merge(m)) => merge::execute(&self.solver.inner.store, m, inputs).await,
             Some(Kind::Diff(_)) => Err(SolveError::Unsupported("diff".into())),
@@ -863,7 +880,13 @@ impl kiln_exec::OutputSink for LogSink {
 }
 
 /// Runs a file op: mounts the base with a new snapshot on top, applies the actions, commits.
-fn file_op(store: &Store, f: &kiln_llb::FileOp, inputs: &[Output]) -> Result<Output, SolveError> {
+/// `identity` finds an earlier run of the same COPY to hard-link unchanged files from.
+fn file_op(
+    store: &Store,
+    f: &kiln_llb::FileOp,
+    inputs: &[Output],
+    identity: &str,
+) -> Result<Output, SolveError> {
     let base = if f.base < 0 {
         Output::Scratch
     } else {
@@ -959,7 +982,27 @@ fn file_op(store: &Store, f: &kiln_llb::FileOp, inputs: &[Output]) -> Result<Out
         }
         drop(guard);
         if let Some((pending, c, ctx, owner)) = direct {
-            fileops::direct::finish(&snaps.fs_dir(snap), pending, c, ctx.as_ref(), owner)?;
+            let dest = pending.dest().to_path_buf();
+            let previous = fileops::reuse::previous(store, identity, &dest);
+            let placed = fileops::direct::finish(
+                &snaps.fs_dir(snap),
+                pending,
+                c,
+                ctx.as_ref(),
+                owner,
+                Some(store.index()),
+                previous.as_ref(),
+            )?;
+            if let Some(placed) = placed {
+                tracing::debug!(
+                    %snap,
+                    from = ?previous.as_ref().map(|p| p.snap),
+                    linked = placed.linked,
+                    recorded = placed.files.len(),
+                    "direct COPY placed"
+                );
+                fileops::reuse::write_manifest(store, snap, &dest, placed.files)?;
+            }
         }
         Ok(())
     })();

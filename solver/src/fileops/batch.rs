@@ -4,6 +4,7 @@
 //! which copying into them moved. A COPY of tens of thousands of small files is bound by per-file
 //! syscalls, so spreading them over the cores is what makes it fast.
 
+use super::reuse::Plan;
 use super::{op_err, Owner};
 use crate::SolveError;
 use rayon::prelude::*;
@@ -19,6 +20,8 @@ pub(super) struct Leaf {
     pub dst: PathBuf,
     /// The destination's parent was created by this copy, so nothing can be in the way.
     pub fresh: bool,
+    /// The path below the copied source (and so below the destination), slash-separated.
+    pub frel: String,
 }
 
 /// Leaves waiting to be copied and directories waiting for their mtime.
@@ -38,22 +41,38 @@ impl Batch {
         self.dir_times.push((dir, mtime));
     }
 
+    /// The leaves queued so far, in the order a flush hands them to a [`Plan`].
+    pub(super) fn leaves(&self) -> &[Leaf] {
+        &self.leaves
+    }
+
     /// Copies every queued leaf, in parallel, then sets the recorded directory mtimes.
     pub(super) fn flush(
         &mut self,
         owner: Option<Owner>,
         mode: Option<u32>,
     ) -> Result<(), SolveError> {
+        self.flush_with(owner, mode, None)
+    }
+
+    /// As [`Batch::flush`], with a plan that may place leaf `i` (of [`Batch::leaves`]) as a
+    /// hard link to an equal file of an earlier snapshot instead of copying it.
+    pub(super) fn flush_with(
+        &mut self,
+        owner: Option<Owner>,
+        mode: Option<u32>,
+        plan: Option<&Plan<'_>>,
+    ) -> Result<(), SolveError> {
         let leaves = std::mem::take(&mut self.leaves);
+        let place = |(i, l): (usize, &Leaf)| match plan {
+            Some(p) => p.place(i, l, owner, mode),
+            None => copy_leaf(l, owner, mode).map(|_| ()),
+        };
         // Below a few entries, handing work to the pool costs more than it saves.
         if leaves.len() < 16 {
-            for l in &leaves {
-                copy_leaf(l, owner, mode)?;
-            }
+            leaves.iter().enumerate().try_for_each(place)?;
         } else {
-            leaves
-                .par_iter()
-                .try_for_each(|l| copy_leaf(l, owner, mode))?;
+            leaves.par_iter().enumerate().try_for_each(place)?;
         }
         for (dir, mtime) in std::mem::take(&mut self.dir_times) {
             filetime::set_file_times(&dir, mtime, mtime)
@@ -63,7 +82,13 @@ impl Batch {
     }
 }
 
-fn copy_leaf(l: &Leaf, owner: Option<Owner>, mode: Option<u32>) -> Result<(), SolveError> {
+/// Copies one leaf; true when it is a regular file whose source did not change while it was
+/// copied (see [`create_entry`]).
+pub(super) fn copy_leaf(
+    l: &Leaf,
+    owner: Option<Owner>,
+    mode: Option<u32>,
+) -> Result<bool, SolveError> {
     if !l.fresh {
         clear_target(&l.dst, &l.meta)?;
     }
@@ -85,13 +110,18 @@ pub(super) fn clear_target(dst: &Path, meta: &Metadata) -> Result<(), SolveError
 
 /// Creates `dst` (which must not exist) as a copy of the non-directory `src`: owner (root when
 /// none is given), permission bits (`mode` or the source's) and the source's mtime.
+///
+/// Returns true for a regular file whose source, looked at through the open descriptor once
+/// the data is copied, still has the size, times and inode `meta` says: then what was copied is
+/// the content the walk saw (any write to the source moves its ctime before it changes a byte),
+/// which is what lets [`super::reuse`] record the copy's content hash.
 pub(super) fn create_entry(
     src: &Path,
     meta: &Metadata,
     dst: &Path,
     owner: Option<Owner>,
     mode: Option<u32>,
-) -> Result<(), SolveError> {
+) -> Result<bool, SolveError> {
     let err = |e| op_err(&dst.display().to_string(), e);
     let ft = meta.file_type();
     let o = owner.unwrap_or_default();
@@ -101,7 +131,7 @@ pub(super) fn create_entry(
         std::os::unix::fs::symlink(&target, dst).map_err(err)?;
         std::os::unix::fs::lchown(dst, Some(o.uid), Some(o.gid)).map_err(err)?;
         filetime::set_symlink_file_times(dst, mtime, mtime).map_err(err)?;
-        return Ok(());
+        return Ok(false);
     }
     let perm = mode.unwrap_or(meta.mode() & 0o7777);
     if ft.is_file() {
@@ -120,7 +150,10 @@ pub(super) fn create_entry(
         to.set_permissions(std::fs::Permissions::from_mode(perm))
             .map_err(err)?;
         filetime::set_file_handle_times(&to, Some(mtime), Some(mtime)).map_err(err)?;
-        return Ok(());
+        let after = from
+            .metadata()
+            .map_err(|e| op_err(&src.display().to_string(), e))?;
+        return Ok(same_file_state(meta, &after));
     }
     // Devices, fifos and sockets are recreated, not read.
     let c = std::ffi::CString::new(dst.as_os_str().as_encoded_bytes())
@@ -134,5 +167,13 @@ pub(super) fn create_entry(
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(perm)).map_err(err)?;
     // Not `set_file_times`: it may open the path, and opening a fifo blocks until a writer comes.
     filetime::set_symlink_file_times(dst, mtime, mtime).map_err(err)?;
-    Ok(())
+    Ok(false)
+}
+
+/// Whether two looks at one file show it unchanged in between: same inode, size, mtime and
+/// ctime (to the nanosecond).
+pub(super) fn same_file_state(a: &Metadata, b: &Metadata) -> bool {
+    (a.dev(), a.ino(), a.size(), a.mtime(), a.mtime_nsec())
+        == (b.dev(), b.ino(), b.size(), b.mtime(), b.mtime_nsec())
+        && (a.ctime(), a.ctime_nsec()) == (b.ctime(), b.ctime_nsec())
 }

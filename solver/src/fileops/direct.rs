@@ -11,7 +11,7 @@
 //! copies the parents up from the lower layers as it must; the overlay is unmounted before the
 //! contents are written (changing an upper directory under a mounted overlay is undefined).
 
-use super::{batch, filter, mkdir_parents, op_err, resolve_in_root, DirWalk, Owner};
+use super::{batch, filter, mkdir_parents, op_err, resolve_in_root, reuse, DirWalk, Owner};
 use crate::context::{self, LocalContext};
 use crate::glob;
 use crate::SolveError;
@@ -25,6 +25,20 @@ pub(crate) struct Pending {
     rel: String,
     /// The destination, relative to the mounted root (already created, empty).
     dest: PathBuf,
+}
+
+impl Pending {
+    /// The destination, relative to the root.
+    pub(crate) fn dest(&self) -> &Path {
+        &self.dest
+    }
+}
+
+/// What [`finish`] placed, when it was given the index: the new snapshot's manifest entries
+/// (`reuse`), and how many files were hard-linked from the earlier snapshot.
+pub(crate) struct Placed {
+    pub files: Vec<(String, [u8; 32])>,
+    pub linked: usize,
 }
 
 /// Through the mounted overlay at `root`: when `c` copies exactly one directory of `ctx` (no
@@ -70,14 +84,18 @@ pub(crate) fn prepare(
 }
 
 /// With the overlay unmounted: copies the source directory's contents into the destination
-/// inside `upper`, the snapshot's own directory.
+/// inside `upper`, the snapshot's own directory. Given the index (whose checksum memo knows the
+/// sources' content hashes), every file equal to its namesake in `previous` is hard-linked from
+/// it instead (`reuse`), and the result says what to record in the new snapshot's manifest.
 pub(crate) fn finish(
     upper: &Path,
     pending: Pending,
     c: &FileCopy,
     ctx: &dyn LocalContext,
     owner: Option<Owner>,
-) -> Result<(), SolveError> {
+    index: Option<&kiln_cache::CacheIndex>,
+    previous: Option<&reuse::Previous>,
+) -> Result<Option<Placed>, SolveError> {
     let dest = upper.join(&pending.dest);
     let m = std::fs::symlink_metadata(&dest).map_err(|e| op_err(&c.dest, e))?;
     if !m.is_dir() {
@@ -98,7 +116,14 @@ pub(crate) fn finish(
     };
     let mut b = batch::Batch::default();
     walk.copy_contents(&mut b, &pending.src, &pending.rel, "", &dest, true)?;
-    b.flush(owner, mode)
+    let Some(index) = index else {
+        b.flush(owner, mode)?;
+        return Ok(None);
+    };
+    let plan = reuse::Plan::new(index, b.leaves(), previous)?;
+    b.flush_with(owner, mode, Some(&plan))?;
+    let (files, linked) = plan.finish();
+    Ok(Some(Placed { files, linked }))
 }
 
 #[cfg(test)]
@@ -159,7 +184,9 @@ mod tests {
                 & 0o7777,
             0o755
         );
-        finish(root.path(), pending, &c, &ctx, None).unwrap();
+        assert!(finish(root.path(), pending, &c, &ctx, None, None, None)
+            .unwrap()
+            .is_none());
         let d = root.path().join("opt/data");
         assert_eq!(std::fs::read_to_string(d.join("a")).unwrap(), "a");
         assert_eq!(std::fs::read_to_string(d.join("sub/b")).unwrap(), "bb");
