@@ -803,16 +803,15 @@ impl<'a> Compiler<'a> {
             let resolved = self.resolve(&base, &d.platform.clone(), from)?;
             d.image = ImageState::from_oci(&resolved.config);
             d.image.apply_raw_config(&resolved.raw_config);
+            // The base image's ONBUILD triggers run first, then are dropped from the config.
+            // BuildKit counts every trigger in the stage's step total, before naming any step
+            // (so the `FROM` step already shows it).
+            triggers = self.onbuild_triggers(&d.image.onbuild, from)?;
+            d.image.onbuild.clear();
+            d.cmd_total += triggers.len();
             let name = d.step_name(&format!("FROM {}", resolved.reference));
             let source = image_source(&resolved.reference, &d.platform);
             d.state = Some(self.add_op(source, name, from, &d.meta_stage));
-            // The base image's ONBUILD triggers run first, then are dropped from the config.
-            triggers = self.onbuild_triggers(&d.image.onbuild, from)?;
-            d.image.onbuild.clear();
-            d.cmd_total += triggers
-                .iter()
-                .filter(|c| matches!(c.name.as_str(), "run" | "copy" | "add" | "workdir"))
-                .count();
         }
 
         for instr in triggers.iter().chain(commands) {
