@@ -1,8 +1,9 @@
 //! `kiln debug parse` and `kiln debug llb`: show what the frontend makes of a Dockerfile without
-//! building anything (no store is opened, nothing is pulled).
+//! building anything (no store is opened, nothing is pulled, unless `debug llb --resolve` asks
+//! for base images to be resolved as a build resolves them).
 
 use anyhow::Result;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(clap::Subcommand)]
 pub(crate) enum DebugCommand {
@@ -13,11 +14,22 @@ pub(crate) enum DebugCommand {
         file: PathBuf,
     },
     /// Print the compiled build graph (LLB) and image config as JSON. Image names are normalised
-    /// but not resolved, so the output is the same on any machine.
-    Llb(Box<crate::BuildArgs>),
+    /// but not resolved, so the output is the same on any machine (see `--resolve`).
+    Llb(Box<LlbArgs>),
 }
 
-pub(crate) fn run(cmd: DebugCommand) -> Result<i32> {
+#[derive(clap::Args)]
+pub(crate) struct LlbArgs {
+    /// Resolve base images as `kiln build` does (the kiln store, the registry with `--pull`), so
+    /// their digests, inherited config and ONBUILD triggers show.
+    #[arg(long)]
+    resolve: bool,
+    #[command(flatten)]
+    build: crate::BuildArgs,
+}
+
+/// Runs a debug command; `root` and `insecure` open the store for `debug llb --resolve` only.
+pub(crate) async fn run(cmd: DebugCommand, root: &Path, insecure: &[String]) -> Result<i32> {
     match cmd {
         DebugCommand::Parse { file } => {
             let (dump, warnings) = kiln_daemon::debug_parse(&file)?;
@@ -26,9 +38,20 @@ pub(crate) fn run(cmd: DebugCommand) -> Result<i32> {
             }
             print!("{dump}");
         }
-        DebugCommand::Llb(b) => {
-            let req = crate::build_request(&b)?;
-            let doc = kiln_daemon::debug_llb(&req)?;
+        DebugCommand::Llb(a) => {
+            let req = crate::build_request(&a.build)?;
+            let doc = if a.resolve {
+                let engine = kiln_daemon::Engine::open(
+                    root,
+                    kiln_daemon::EngineOptions {
+                        jobs: 0,
+                        insecure_registries: insecure.to_vec(),
+                    },
+                )?;
+                kiln_daemon::debug_llb_resolved(&engine, &req).await?
+            } else {
+                kiln_daemon::debug_llb(&req)?
+            };
             if let Some(warnings) = doc.get("warnings").and_then(|w| w.as_array()) {
                 for w in warnings.iter().filter_map(|w| w.as_str()) {
                     eprintln!("warning: {w}");

@@ -228,7 +228,8 @@ fn main() {
 
 async fn real_main(cli: Cli) -> Result<i32> {
     if let Command::Debug(d) = cli.command {
-        return debug::run(d);
+        let root = cli.root.clone().unwrap_or_else(default_root);
+        return debug::run(d, &root, &cli.insecure_registries).await;
     }
     // Credentials are not the store's business: no store lock for these.
     if let Command::Login(a) = cli.command {

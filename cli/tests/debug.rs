@@ -179,3 +179,93 @@ fn debug_errors_name_the_line() {
     assert!(err.contains("Dockerfile:3:"), "{err}");
     assert!(err.contains("did you mean `build`?"), "{err}");
 }
+
+/// Digests and creation times of images built during the test vary from run to run: name them
+/// generically.
+fn normalise_resolved(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::String(s) if s.starts_with("kiln import ") => {
+            // The imported busybox rootfs is a per-process temp dir.
+            *s = "kiln import ROOTFS".into();
+        }
+        serde_json::Value::String(s) => {
+            let mut out = String::new();
+            let mut rest = s.as_str();
+            while let Some(i) = rest.find("sha256:") {
+                let hex = &rest[i + 7..];
+                let n = hex.bytes().take_while(u8::is_ascii_hexdigit).count();
+                out.push_str(&rest[..i]);
+                if n == 64 {
+                    out.push_str("sha256:DIGEST");
+                    rest = &hex[64..];
+                } else {
+                    out.push_str("sha256:");
+                    rest = hex;
+                }
+            }
+            out.push_str(rest);
+            *s = out;
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(normalise_resolved),
+        serde_json::Value::Object(o) => {
+            for (k, v) in o.iter_mut() {
+                if k == "created" && v.is_string() {
+                    *v = serde_json::Value::from("CREATED");
+                } else {
+                    normalise_resolved(v);
+                }
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn debug_llb_resolve_shows_the_base_images_config_and_onbuild_triggers() {
+    let k = Kiln::with_busybox();
+    let base = temp_context(
+        "kiln-ctx-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nENV BASE_ENV=from-base\nWORKDIR /srv\n\
+             ONBUILD RUN echo from-trigger\nCMD [\"serve\"]\n",
+        )],
+    );
+    let out = k.run(&["build", "-t", "onbuild-base", base.path().to_str().unwrap()]);
+    assert_ok(&out, "build the base image");
+    let child = temp_context(
+        "kiln-ctx-",
+        &[(
+            "Dockerfile",
+            "FROM onbuild-base\nRUN echo $BASE_ENV\nLABEL env=$BASE_ENV\n",
+        )],
+    );
+    let ctx = child.path().to_str().unwrap();
+
+    let out = k.run(&["debug", "llb", "--resolve", ctx]);
+    assert_ok(&out, "kiln debug llb --resolve");
+    let mut doc: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("JSON output");
+    let text = doc.to_string();
+    assert!(
+        text.contains("echo from-trigger"),
+        "the base's trigger runs: {text}"
+    );
+    assert!(
+        text.contains("BASE_ENV=from-base") && text.contains("\"/srv\""),
+        "the base's ENV and WORKDIR are inherited: {text}"
+    );
+    assert!(
+        !stderr(&out).contains("UndefinedVar"),
+        "BASE_ENV comes from the base image: {}",
+        stderr(&out)
+    );
+    normalise_resolved(&mut doc);
+    let pretty = serde_json::to_string_pretty(&doc).unwrap() + "\n";
+    check_golden("onbuild-resolved.llb.json", &normalise(&pretty));
+
+    // Offline (the default), the base contributes nothing and the trigger does not show.
+    let out = k.run(&["debug", "llb", ctx]);
+    assert_ok(&out, "kiln debug llb");
+    assert!(!stdout(&out).contains("from-trigger"), "{}", stdout(&out));
+    assert!(stderr(&out).contains("UndefinedVar"), "{}", stderr(&out));
+}

@@ -2,7 +2,8 @@
 //! syntax tree in the moby corpus format; `llb` compiles the build graph with an offline image
 //! resolver (no store, no network: image names are normalised but not pinned to a digest, and
 //! base images contribute no config), so the output depends only on the Dockerfile, the context's
-//! `.dockerignore` and the flags.
+//! `.dockerignore` and the flags. `llb` with the engine ([`debug_llb_resolved`]) resolves base
+//! images as a build does instead, so their config, ENV and ONBUILD triggers show in the graph.
 
 use crate::{context, BuildRequest};
 use anyhow::{Context, Result};
@@ -34,23 +35,56 @@ pub fn debug_parse(path: &Path) -> Result<(String, Vec<String>)> {
 /// The compiled build graph of a build request as JSON: the definition (`ops`, `root`), the image
 /// config (`image_config`, with the fields oci-spec lacks in `config_extras`) and `warnings`.
 pub fn debug_llb(req: &BuildRequest) -> Result<serde_json::Value> {
+    let platform = kiln_registry::Platform::host();
+    llb_json(
+        req,
+        (platform.os.clone(), platform.architecture.clone()),
+        &OfflineResolver,
+    )
+}
+
+/// [`debug_llb`] with base images resolved as `kiln build` resolves them: from the engine's store
+/// (the registry with `req.pull`, or when the store lacks them), for the build's platform. Base
+/// image digests, configs and ONBUILD triggers are in the output, which therefore depends on the
+/// store and the registry.
+pub async fn debug_llb_resolved(
+    engine: &crate::Engine,
+    req: &BuildRequest,
+) -> Result<serde_json::Value> {
+    let platform = context::build_platform(req.platform.as_deref(), engine.solver.platform())?;
+    let frontend_platform = context::frontend_platform(&platform);
+    let resolver = context::StoreResolver::new(
+        engine.solver.clone(),
+        tokio::runtime::Handle::current(),
+        platform,
+        req.pull,
+    );
+    let req = req.clone();
+    // The resolver waits on the runtime: compile on a blocking thread, as a build does.
+    tokio::task::spawn_blocking(move || llb_json(&req, frontend_platform, &resolver)).await?
+}
+
+fn llb_json(
+    req: &BuildRequest,
+    platform: (String, String),
+    resolver: &dyn kiln_frontend::ImageResolver,
+) -> Result<serde_json::Value> {
     let context_dir = context::context_dir(req)?;
     let (dockerfile, text) = context::read_dockerfile(req, &context_dir)?;
     let dockerfile_name = context::dockerfile_name(&dockerfile);
     let ignore_patterns = context::read_dockerignore(&context_dir, &dockerfile)?;
     let named = context::named_contexts(&req.build_contexts)?;
-    let platform = kiln_registry::Platform::host();
     let opts = kiln_frontend::BuildOptions {
         dockerfile_name: dockerfile_name.clone(),
         build_args: req.build_args.clone(),
         target: req.target.clone(),
-        platform: (platform.os.clone(), platform.architecture.clone()),
+        platform,
         context_name: "context".into(),
         exclude_patterns: ignore_patterns,
         no_cache: req.no_cache,
         named_contexts: named.contexts,
     };
-    let compiled = kiln_frontend::compile(&text, &opts, &OfflineResolver)?;
+    let compiled = kiln_frontend::compile(&text, &opts, resolver)?;
     let warnings: Vec<String> = compiled
         .warnings
         .iter()

@@ -12,7 +12,7 @@ mod sandbox_opts;
 mod transfer;
 
 pub use context::parse_build_context;
-pub use debug::{debug_llb, debug_parse};
+pub use debug::{debug_llb, debug_llb_resolved, debug_parse};
 pub use kiln_cache::ImageRecord;
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
