@@ -374,3 +374,46 @@ fn build_with_a_git_url_as_the_context() {
         "{leftovers:?}"
     );
 }
+
+#[test]
+fn add_checksum_pins_the_commit_of_a_git_source() {
+    let repo = Repo::new();
+    let first = repo.commit(&[("a.txt", "one\n")], "first");
+    let k = Kiln::with_busybox();
+    let url = repo.url();
+
+    // The full commit and a prefix of it both match.
+    let dockerfile = format!(
+        "FROM busybox\nADD --checksum={first} {url}#main /full\nADD --checksum={} {url}#main /short\n",
+        &first[..12]
+    );
+    let out = build(&k, &dockerfile, "git-pinned");
+    assert_ok(&out, "build with ADD --checksum of the branch's commit");
+    assert_eq!(
+        run_in(&k, "git-pinned", "cat /full/a.txt /short/a.txt"),
+        "one\none\n"
+    );
+
+    // The branch moves on: the same Dockerfile now fails, naming both commits.
+    let second = repo.commit(&[("a.txt", "two\n")], "second");
+    let out = build(&k, &dockerfile, "git-pinned");
+    assert!(!out.status.success(), "a moved branch passed the checksum");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("expected checksum to match {first}, got {second}")),
+        "{err}"
+    );
+
+    // Not a commit hash at all: refused at compile time, with the line.
+    let out = build(
+        &k,
+        &format!("FROM busybox\nADD --checksum=foobar {url}#main /src\n"),
+        "git-garbage",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("Dockerfile:2") && err.contains("expected hex commit hash"),
+        "{err}"
+    );
+}

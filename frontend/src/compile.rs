@@ -1731,13 +1731,10 @@ impl<'a> Compiler<'a> {
         let flags =
             Flags::parse(&instr.name, &instr.flags, allowed).map_err(|m| self.fail(instr, m))?;
         let parents = self.flag(instr, flags.bool("parents"))?;
+        // Validated below, once the sources say whether it is a digest or a git commit.
         let checksum = match self.flag(instr, flags.string("checksum"))? {
             None => None,
-            Some(raw) => {
-                let c = self.expand(d, instr, raw)?;
-                add::validate_checksum(&c).map_err(|m| self.fail(instr, m))?;
-                Some(c)
-            }
+            Some(raw) => Some(self.expand(d, instr, raw)?),
         };
         // Only git sources have a `.git` to keep; BuildKit ignores the flag for the others.
         let keep_git_dir = self.flag(instr, flags.bool("keep-git-dir"))?;
@@ -1850,11 +1847,22 @@ impl<'a> Compiler<'a> {
             })
             .map(|(_, s)| s.as_str())
             .collect();
-        if checksum.is_some() && (urls.is_empty() || urls.len() != srcs.len()) {
-            return Err(self.fail(
-                instr,
-                "`--checksum` applies to http(s) URL sources only: remove it, or add the file from its URL",
-            ));
+        let all_git = srcs
+            .iter()
+            .all(|(heredoc, s)| git_ref(*heredoc, s).is_some());
+        if let Some(c) = &checksum {
+            if all_git {
+                // The commit the ref must resolve to, as BuildKit checks it.
+                git::validate_checksum(c).map_err(|m| self.fail(instr, m))?;
+            } else if urls.is_empty() || urls.len() != srcs.len() {
+                return Err(self.fail(
+                    instr,
+                    "`--checksum` applies to http(s) URL sources only (and git sources, as a \
+                     commit hash): remove it, or add the file from its URL",
+                ));
+            } else {
+                add::validate_checksum(c).map_err(|m| self.fail(instr, m))?;
+            }
         }
         let needs_context = srcs.iter().any(|(heredoc, s)| {
             !(*heredoc || is_add && add::is_http_url(s) || git_ref(*heredoc, s).is_some())
@@ -1912,7 +1920,7 @@ impl<'a> Compiler<'a> {
                 // The repository is its own source op (checked out at the resolved commit, keyed
                 // by it), copied whole onto the destination like BuildKit's `llb.Git` state.
                 let repo = self.add_op(
-                    git::source(&r, keep_git_dir),
+                    git::source(&r, keep_git_dir, checksum.as_deref()),
                     format!("[internal] git {src}"),
                     instr,
                     &d.meta_stage,

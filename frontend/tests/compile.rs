@@ -522,7 +522,7 @@ fn bad_input_gives_located_errors() {
         ),
         (
             "FROM busybox\nADD --checksum=sha256:0000000000000000000000000000000000000000000000000000000000000000 https://h/r.git /src\n",
-            "http(s) URL sources only",
+            "expected hex commit hash",
         ),
         (
             "FROM busybox\nADD --checksum=sha256:abc https://example.com/x /x\n",

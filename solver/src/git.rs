@@ -17,6 +17,28 @@ use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
+/// Source attribute: the commit (a hex prefix of it) the ref must resolve to (`ADD --checksum`,
+/// BuildKit's `git.checksum`).
+const GIT_CHECKSUM: &str = "git.checksum";
+
+/// `ADD --checksum` of a git source: the resolved commit must start with it, checked on every
+/// build (cache hit or not) since a ref can move, as BuildKit checks it.
+fn verify_checksum(want: &str, spec: &Spec, commit: &str) -> Result<(), SolveError> {
+    if commit.starts_with(&want.to_ascii_lowercase()) {
+        return Ok(());
+    }
+    Err(SolveError::Op(format!(
+        "expected checksum to match {want}, got {commit}: `{}` of `{}` names another commit now; \
+         update `--checksum` if the new commit is the one you want",
+        if spec.reference.is_empty() {
+            "HEAD"
+        } else {
+            &spec.reference
+        },
+        spec.url
+    )))
+}
+
 /// Whether a source identifier is a git repository.
 pub(crate) fn is_git(identifier: &str) -> bool {
     identifier.starts_with("git://")
@@ -527,6 +549,9 @@ impl VertexTask {
         let resolved = tokio::task::spawn_blocking(move || resolve_or_fetch(&store2, &spec2))
             .await
             .map_err(|e| SolveError::Op(e.to_string()))??;
+        if let Some(want) = attr_value(s, GIT_CHECKSUM) {
+            verify_checksum(want, &spec, &resolved.commit)?;
+        }
         let mut h = blake3::Hasher::new();
         h.update(b"kiln-git-v1\0");
         h.update(key.as_bytes());
@@ -638,6 +663,23 @@ mod tests {
         assert_eq!(
             pick_ref(listing, "main").and_then(|r| r.refname).as_deref(),
             Some("refs/heads/main")
+        );
+    }
+
+    #[test]
+    fn checksum_is_a_prefix_of_the_resolved_commit() {
+        let spec = spec(&source("git://h/r.git#v1", &[])).unwrap();
+        let commit = "0123456789abcdef0123456789abcdef01234567";
+        assert!(verify_checksum("0123ABCD", &spec, commit).is_err());
+        assert!(verify_checksum("0123456789ABCDEF", &spec, commit).is_ok());
+        assert!(verify_checksum(commit, &spec, commit).is_ok());
+        let e = verify_checksum("fff", &spec, commit)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains(&format!("expected checksum to match fff, got {commit}"))
+                && e.contains("`v1` of `https://h/r.git`"),
+            "{e}"
         );
     }
 

@@ -86,9 +86,26 @@ fn clean_abs(p: &str) -> String {
     format!("/{}", out.join("/"))
 }
 
+/// Source attribute: the commit (a hex prefix of it) the ref must resolve to, from
+/// `ADD --checksum` (BuildKit's `git.checksum`).
+pub(crate) const GIT_CHECKSUM: &str = "git.checksum";
+
+/// Checks an `ADD --checksum` value for a git source: a commit hash or a prefix of one, in hex,
+/// as BuildKit requires.
+pub(crate) fn validate_checksum(value: &str) -> Result<(), String> {
+    if value.is_empty() || value.len() > 64 || !value.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "invalid checksum `{value}` for a git source: expected hex commit hash (the commit \
+             the ref names, or a prefix of it; `git rev-parse REF` prints it)"
+        ));
+    }
+    Ok(())
+}
+
 /// The source op of a git reference: identifier `git://HOST/PATH#REF[:SUBDIR]`, the full remote
-/// URL in `git.fullurl` and `git.keepgitdir` when `.git` is kept.
-pub(crate) fn source(r: &GitRef, keep_git_dir: bool) -> Op {
+/// URL in `git.fullurl`, `git.keepgitdir` when `.git` is kept and `git.checksum` when the commit
+/// is pinned.
+pub(crate) fn source(r: &GitRef, keep_git_dir: bool, checksum: Option<&str>) -> Op {
     let mut identifier = format!("git://{}", r.host_path);
     let mut fragment = r.commit.clone();
     if !r.subdir.is_empty() {
@@ -109,6 +126,12 @@ pub(crate) fn source(r: &GitRef, keep_git_dir: bool) -> Op {
             value: "true".into(),
         });
     }
+    if let Some(c) = checksum {
+        attrs.push(KeyValue {
+            key: GIT_CHECKSUM.into(),
+            value: c.to_ascii_lowercase(),
+        });
+    }
     attrs.sort();
     Op {
         inputs: vec![],
@@ -120,8 +143,18 @@ pub(crate) fn source(r: &GitRef, keep_git_dir: bool) -> Op {
 mod tests {
     use super::*;
 
+    #[test]
+    fn git_checksums_are_hex_commit_hashes() {
+        assert!(validate_checksum("0123abcDEF").is_ok());
+        assert!(validate_checksum(&"a".repeat(40)).is_ok());
+        for bad in ["", "foobar", "sha256:abcd", &"a".repeat(65)] {
+            let e = validate_checksum(bad).unwrap_err();
+            assert!(e.contains("expected hex commit hash"), "{bad}: {e}");
+        }
+    }
+
     fn id(src: &str) -> Option<String> {
-        parse(src).map(|r| match source(&r, false).kind {
+        parse(src).map(|r| match source(&r, false, None).kind {
             Some(op::Kind::Source(s)) => s.identifier,
             _ => String::new(),
         })
@@ -175,7 +208,7 @@ mod tests {
 
     #[test]
     fn git_source_attributes_are_sorted_and_keep_the_full_url() {
-        let op = source(&parse("https://h/r.git#main").unwrap(), true);
+        let op = source(&parse("https://h/r.git#main").unwrap(), true, None);
         let Some(op::Kind::Source(s)) = op.kind else {
             panic!("not a source");
         };
