@@ -215,3 +215,64 @@ fn a_run_that_changes_a_linked_file_leaves_the_earlier_snapshot_and_image_alone(
         assert_eq!(stdout(&out), format!("content 1\nrun\n{nine}"), "{tag}");
     }
 }
+
+/// `COPY --from=stage DIR NEW` is written straight into the snapshot (`fileops/direct.rs`): the
+/// image sees the stage's files with their contents, modes, mtimes and symlinks (owned by
+/// root, as without `--chown` every `COPY` makes them), and nothing of the stage's other paths.
+#[test]
+fn copy_from_a_stage_to_a_new_destination_keeps_the_stage_files() {
+    let ctx = tempfile::Builder::new()
+        .prefix("kiln-from-")
+        .tempdir()
+        .unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox AS build\n\
+         RUN mkdir -p /out/sub/empty && echo one > /out/a && echo two > /out/sub/b \
+         && chown 7:8 /out/sub/b && chmod 600 /out/a && chmod 4755 /out/sub/b \
+         && ln -s sub/b /out/link && touch -t 200102030405 /out/sub/b /out/a\n\
+         FROM busybox\n\
+         COPY --from=build /out /opt/app\n",
+    )
+    .unwrap();
+    let k = Kiln::with_busybox();
+    let stat =
+        "cd $0 && find . | sort | xargs stat -c '%n %A %u:%g %Y %s'; cat a sub/b; readlink link";
+    let mut seen = Vec::new();
+    for (target, tag, dir) in [("build", "stage", "/out"), ("", "final", "/opt/app")] {
+        let mut args = vec!["build", "--progress", "plain", "-t", tag];
+        if !target.is_empty() {
+            args.extend(["--target", target]);
+        }
+        args.push(ctx.path().to_str().unwrap());
+        assert_ok(&k.run(&args), tag);
+        let out = k.run(&["run", "--rm", tag, "sh", "-c", stat, dir]);
+        assert_ok(&out, "kiln run stat");
+        seen.push(stdout(&out));
+    }
+    // Directories' mtimes move as the stage writes into them; files' do not. Owners are the
+    // COPY's (0:0).
+    let files = |s: &str| -> Vec<String> {
+        s.lines()
+            .filter(|l| !l.contains(" d"))
+            .map(|l| l.replace(" 7:8 ", " 0:0 "))
+            .collect()
+    };
+    assert_eq!(files(&seen[1]), files(&seen[0]));
+    assert!(
+        seen[0].contains("./sub/b -rwsr-xr-x 7:8 981173100 4"),
+        "{}",
+        seen[0]
+    );
+    assert!(
+        seen[1].contains("./sub/b -rwsr-xr-x 0:0 981173100 4"),
+        "{}",
+        seen[1]
+    );
+    assert!(seen[1].contains("./sub/empty d"), "{}", seen[1]);
+    let out = k.run(&["run", "--rm", "final", "ls", "/out"]);
+    assert!(
+        !out.status.success(),
+        "the stage's /out leaked into the image"
+    );
+}

@@ -944,12 +944,12 @@ fn file_op(
                         // A lone COPY of a context directory to a new destination: filled in the
                         // snapshot's directory once the overlay is unmounted (`fileops::direct`).
                         Output::Local(ctx) if f.actions.len() == 1 && direct.is_none() => {
-                            match fileops::direct::prepare(&root, c, ctx.as_ref(), owner)? {
-                                Some(p) => direct = Some((p, c, ctx, owner)),
-                                None => {
-                                    let source = fileops::CopySource::Local(ctx.as_ref());
-                                    fileops::apply(&root, action, Some(&source), owner)?;
-                                }
+                            let held = fileops::direct::Held::Local(ctx);
+                            let pending =
+                                fileops::direct::prepare(&root, c, &held.source(), owner)?;
+                            match pending {
+                                Some(p) => direct = Some((p, c, held, owner)),
+                                None => fileops::apply(&root, action, Some(&held.source()), owner)?,
                             }
                         }
                         Output::Local(ctx) => {
@@ -964,9 +964,18 @@ fn file_op(
                             let g = snaps
                                 .mount(&src_chain, None, &mnt)
                                 .map_err(SolveError::cache)?;
-                            let source = fileops::CopySource::Dir(g.path());
-                            fileops::apply(&root, action, Some(&source), owner)?;
-                            drop(g);
+                            let held = fileops::direct::Held::Mounted(g);
+                            // `COPY --from` a directory to a new destination: direct too.
+                            if f.actions.len() == 1 && direct.is_none() {
+                                let pending =
+                                    fileops::direct::prepare(&root, c, &held.source(), owner)?;
+                                if let Some(p) = pending {
+                                    direct = Some((p, c, held, owner));
+                                    continue;
+                                }
+                            }
+                            fileops::apply(&root, action, Some(&held.source()), owner)?;
+                            drop(held);
                         }
                         Output::Scratch => {
                             let empty = tmp.path().join(format!("empty-{n}"));
@@ -981,18 +990,23 @@ fn file_op(
             }
         }
         drop(guard);
-        if let Some((pending, c, ctx, owner)) = direct {
+        if let Some((pending, c, held, owner)) = direct {
             let dest = pending.dest().to_path_buf();
-            let previous = fileops::reuse::previous(store, identity, &dest);
+            // Link reuse needs the content hashes a context checksum memoises.
+            let local = matches!(held, fileops::direct::Held::Local(_));
+            let previous = local
+                .then(|| fileops::reuse::previous(store, identity, &dest))
+                .flatten();
             let placed = fileops::direct::finish(
                 &snaps.fs_dir(snap),
                 pending,
                 c,
-                ctx.as_ref(),
+                &held.source(),
                 owner,
-                Some(store.index()),
+                local.then(|| store.index()),
                 previous.as_ref(),
             )?;
+            drop(held);
             if let Some(placed) = placed {
                 tracing::debug!(
                     %snap,

@@ -1,5 +1,6 @@
-//! A `COPY` of a context directory to a destination that does not exist yet, written straight
-//! into the new snapshot's directory instead of through the overlay mount.
+//! A `COPY` of a directory (of the context, or of another stage with `--from`) to a
+//! destination that does not exist yet, written straight into the new snapshot's directory
+//! instead of through the overlay mount.
 //!
 //! Every file created through overlayfs costs a lookup in each lower layer and the overlay's own
 //! bookkeeping on top of the real file system's work: measured here, `cp -a` of the 20,000-file
@@ -10,9 +11,13 @@
 //! The destination itself (and its missing parents) is still made through the overlay, which
 //! copies the parents up from the lower layers as it must; the overlay is unmounted before the
 //! contents are written (changing an upper directory under a mounted overlay is undefined).
+//! A `--from` source stays mounted (read-only, on its own mount point) until they are.
 
-use super::{batch, filter, mkdir_parents, op_err, resolve_in_root, reuse, DirWalk, Owner};
-use crate::context::{self, LocalContext};
+use super::{
+    batch, filter, mkdir_parents, op_err, resolve_dir_sources, resolve_in_root, reuse, CopySource,
+    DirWalk, Owner,
+};
+use crate::context;
 use crate::glob;
 use crate::SolveError;
 use kiln_llb::FileCopy;
@@ -20,7 +25,8 @@ use std::path::{Path, PathBuf};
 
 /// What is left to do after the overlay is unmounted.
 pub(crate) struct Pending {
-    /// The source directory on the host, and its path relative to the context root.
+    /// The source directory on the host, and its path relative to the context root (or to the
+    /// source stage's root).
     src: PathBuf,
     rel: String,
     /// The destination, relative to the mounted root (already created, empty).
@@ -34,6 +40,22 @@ impl Pending {
     }
 }
 
+/// The source of a direct COPY, kept (a `--from` stage: mounted) until [`finish`] is done.
+pub(crate) enum Held {
+    Local(std::sync::Arc<dyn context::LocalContext>),
+    /// Another stage's snapshot chain, mounted read-only.
+    Mounted(kiln_cache::MountGuard),
+}
+
+impl Held {
+    pub(crate) fn source(&self) -> CopySource<'_> {
+        match self {
+            Held::Local(ctx) => CopySource::Local(ctx.as_ref()),
+            Held::Mounted(g) => CopySource::Dir(g.path()),
+        }
+    }
+}
+
 /// What [`finish`] placed, when it was given the index: the new snapshot's manifest entries
 /// (`reuse`), and how many files were hard-linked from the earlier snapshot.
 pub(crate) struct Placed {
@@ -41,23 +63,36 @@ pub(crate) struct Placed {
     pub linked: usize,
 }
 
-/// Through the mounted overlay at `root`: when `c` copies exactly one directory of `ctx` (no
-/// wildcard) to a destination that does not exist, creates the destination (and its parents)
-/// and returns what is left to copy. `None`: the copy must go through the overlay as usual.
+/// Through the mounted overlay at `root`: when `c` copies exactly one directory of `source`
+/// (no wildcard) to a destination that does not exist, creates the destination (and its
+/// parents) and returns what is left to copy. `None`: the copy must go through the overlay as
+/// usual.
 pub(crate) fn prepare(
     root: &Path,
     c: &FileCopy,
-    ctx: &dyn LocalContext,
+    source: &CopySource<'_>,
     owner: Option<Owner>,
 ) -> Result<Option<Pending>, SolveError> {
     if glob::has_wildcard(&c.src) || c.attempt_unpack {
         return Ok(None);
     }
-    let sources = context::resolve_sources(ctx, &c.src)?;
-    let [rel] = &sources[..] else {
-        return Ok(None);
+    let (src, rel) = match source {
+        CopySource::Local(ctx) => {
+            let sources = context::resolve_sources(*ctx, &c.src)?;
+            let [rel] = &sources[..] else {
+                return Ok(None);
+            };
+            (ctx.root().join(rel), rel.clone())
+        }
+        CopySource::Dir(dir) => {
+            // Resolved inside the source root, as `copy` resolves it.
+            let sources = resolve_dir_sources(dir, &c.src, c.follow_symlinks)?;
+            let [(abs, _, rel)] = &sources[..] else {
+                return Ok(None);
+            };
+            (abs.clone(), rel.clone())
+        }
     };
-    let src = ctx.root().join(rel);
     if !std::fs::symlink_metadata(&src)
         .map_err(|e| op_err(&c.src, e))?
         .is_dir()
@@ -78,7 +113,7 @@ pub(crate) fn prepare(
     mkdir_parents(root, &dest.join("x"), owner)?;
     Ok(Some(Pending {
         src,
-        rel: rel.clone(),
+        rel,
         dest: dest_rel,
     }))
 }
@@ -91,7 +126,7 @@ pub(crate) fn finish(
     upper: &Path,
     pending: Pending,
     c: &FileCopy,
-    ctx: &dyn LocalContext,
+    source: &CopySource<'_>,
     owner: Option<Owner>,
     index: Option<&kiln_cache::CacheIndex>,
     previous: Option<&reuse::Previous>,
@@ -106,7 +141,10 @@ pub(crate) fn finish(
     }
     let mode = (c.mode >= 0).then_some(c.mode as u32);
     let filter = filter::Filter::new(&c.include_patterns, &c.exclude_patterns);
-    let excluded = |r: &str| ctx.excluded(r);
+    let excluded = |r: &str| match source {
+        CopySource::Local(ctx) => ctx.excluded(r),
+        CopySource::Dir(_) => false,
+    };
     let walk = DirWalk {
         root: upper,
         excluded: &excluded,
@@ -133,7 +171,7 @@ mod tests {
 
     struct Ctx(PathBuf);
 
-    impl LocalContext for Ctx {
+    impl context::LocalContext for Ctx {
         fn root(&self) -> &Path {
             &self.0
         }
@@ -173,7 +211,7 @@ mod tests {
         // the same for a destination no lower layer has.
         let root = tempfile::tempdir().unwrap();
         let c = copy("data", "/opt/data");
-        let pending = prepare(root.path(), &c, &ctx, None)
+        let pending = prepare(root.path(), &c, &CopySource::Local(&ctx), None)
             .unwrap()
             .expect("direct");
         assert!(root.path().join("opt/data").is_dir());
@@ -184,9 +222,17 @@ mod tests {
                 & 0o7777,
             0o755
         );
-        assert!(finish(root.path(), pending, &c, &ctx, None, None, None)
-            .unwrap()
-            .is_none());
+        assert!(finish(
+            root.path(),
+            pending,
+            &c,
+            &CopySource::Local(&ctx),
+            None,
+            None,
+            None
+        )
+        .unwrap()
+        .is_none());
         let d = root.path().join("opt/data");
         assert_eq!(std::fs::read_to_string(d.join("a")).unwrap(), "a");
         assert_eq!(std::fs::read_to_string(d.join("sub/b")).unwrap(), "bb");
@@ -198,6 +244,73 @@ mod tests {
         assert_eq!(mb.mtime(), 1_000_000);
         let ms = std::fs::metadata(d.join("sub")).unwrap();
         assert_eq!(ms.mtime(), 1_000_000, "directory mtime restored");
+    }
+
+    /// (path, mode, mtime, content or link target) of everything below `root`, sorted.
+    fn tree(root: &Path) -> Vec<(String, u32, i64, String)> {
+        let mut out = Vec::new();
+        let mut todo = vec![root.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let p = e.unwrap().path();
+                let m = std::fs::symlink_metadata(&p).unwrap();
+                let rel = p.strip_prefix(root).unwrap().display().to_string();
+                let body = if m.is_dir() {
+                    todo.push(p.clone());
+                    String::new()
+                } else if m.file_type().is_symlink() {
+                    std::fs::read_link(&p).unwrap().display().to_string()
+                } else {
+                    std::fs::read_to_string(&p).unwrap()
+                };
+                out.push((rel, m.mode(), m.mtime(), body));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// `COPY --from=stage /app /opt/app`: the direct write gives the tree the copy through the
+    /// overlay gives, and a symlinked source directory is followed inside the stage's root.
+    #[test]
+    fn a_from_stage_directory_goes_direct_and_matches_the_overlay_copy() {
+        let stage = tempfile::tempdir().unwrap();
+        let app = stage.path().join("srv/app");
+        std::fs::create_dir_all(app.join("bin")).unwrap();
+        std::fs::write(app.join("bin/run"), "#!/bin/sh").unwrap();
+        std::fs::set_permissions(app.join("bin/run"), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        std::fs::write(app.join("conf"), "c").unwrap();
+        std::os::unix::fs::symlink("bin/run", app.join("start")).unwrap();
+        std::os::unix::fs::symlink("/srv/app", stage.path().join("app")).unwrap();
+        let t = filetime::FileTime::from_unix_time(1_200_000_000, 0);
+        for p in ["bin/run", "conf", "bin"] {
+            filetime::set_file_mtime(app.join(p), t).unwrap();
+        }
+        let mut c = copy("/app", "/opt/app");
+        c.follow_symlinks = true;
+        let source = CopySource::Dir(stage.path());
+
+        let direct = tempfile::tempdir().unwrap();
+        let pending = prepare(direct.path(), &c, &source, None)
+            .unwrap()
+            .expect("direct");
+        assert!(
+            finish(direct.path(), pending, &c, &source, None, None, None)
+                .unwrap()
+                .is_none()
+        );
+        let through = tempfile::tempdir().unwrap();
+        super::super::apply(
+            through.path(),
+            &kiln_llb::file_action::Action::Copy(c.clone()),
+            Some(&source),
+            None,
+        )
+        .unwrap();
+        let got = tree(&direct.path().join("opt/app"));
+        assert_eq!(got.len(), 4, "{got:?}");
+        assert_eq!(got, tree(&through.path().join("opt/app")));
     }
 
     #[test]
@@ -215,7 +328,9 @@ mod tests {
             copy("data", "/"),
         ] {
             assert!(
-                prepare(root.path(), &c, &ctx, None).unwrap().is_none(),
+                prepare(root.path(), &c, &CopySource::Local(&ctx), None)
+                    .unwrap()
+                    .is_none(),
                 "{} -> {}",
                 c.src,
                 c.dest

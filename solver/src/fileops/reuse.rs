@@ -377,7 +377,8 @@ mod tests {
         context::checksum(ctx, &["data".to_string()], store.index()).unwrap();
         let snap = store.snapshots().create(None).unwrap();
         let fs = store.snapshots().fs_dir(snap);
-        let pending = super::super::direct::prepare(&fs, &c, ctx, None)
+        let source = super::super::CopySource::Local(ctx);
+        let pending = super::super::direct::prepare(&fs, &c, &source, None)
             .unwrap()
             .expect("direct");
         let dest = pending.dest().to_path_buf();
@@ -386,7 +387,7 @@ mod tests {
             &fs,
             pending,
             &c,
-            ctx,
+            &source,
             None,
             Some(store.index()),
             prev.as_ref(),
