@@ -320,3 +320,37 @@ fn foreign_syntax_frontend_is_refused_with_a_clear_error() {
     );
     assert_ok(&build(&k, ctx.path(), &[]), "docker/dockerfile syntax");
 }
+
+/// BuildKit keeps a stage's owners on `COPY --from` (only the context's are reset to root);
+/// kiln made every copied entry 0:0.
+#[test]
+fn copy_from_a_stage_reset_owners_to_root() {
+    let k = Kiln::with_busybox();
+    let ctx = tempfile::tempdir().unwrap();
+    write(ctx.path(), &[("ctx.txt", "c\n")]);
+    // Owned by the test's (root) user on the host, but a context copy is 0:0 regardless.
+    std::os::unix::fs::chown(ctx.path().join("ctx.txt"), Some(4321), Some(4321)).unwrap();
+    std::fs::write(
+        ctx.path().join("Dockerfile"),
+        "FROM busybox AS src\n\
+         RUN mkdir -p /tree/sub && echo f > /tree/sub/f && echo g > /g \
+             && chown -R 1000:1001 /tree && chown 1002:1003 /g\n\
+         FROM busybox\n\
+         COPY --from=src /tree /new\n\
+         COPY --from=src /g /g\n\
+         COPY --from=src --chown=7:8 /g /g2\n\
+         COPY ctx.txt /ctx.txt\n",
+    )
+    .unwrap();
+    let out = build(&k, ctx.path(), &["-t", "owners"]);
+    assert_ok(&out, "build");
+    let got = run_in(
+        &k,
+        "owners",
+        "stat -c '%n %u:%g' /new /new/sub /new/sub/f /g /g2 /ctx.txt",
+    );
+    assert_eq!(
+        got,
+        "/new 0:0\n/new/sub 1000:1001\n/new/sub/f 1000:1001\n/g 1002:1003\n/g2 7:8\n/ctx.txt 0:0\n"
+    );
+}

@@ -32,6 +32,27 @@ pub(crate) struct Owner {
     pub gid: u32,
 }
 
+impl Owner {
+    /// The owner a file has on disk.
+    fn of(meta: &std::fs::Metadata) -> Owner {
+        Owner {
+            uid: meta.uid(),
+            gid: meta.gid(),
+        }
+    }
+}
+
+/// The owner copied entries get when the copy names none. BuildKit resets a local context's
+/// owners to root (its file sync maps every uid/gid to 0) but keeps a stage's or an image's, so
+/// `COPY --from=stage` preserves ownership as `docker build` does; `--chown` overrides both.
+/// `None` in the result means "keep each source entry's owner".
+pub(crate) fn copy_owner(source: &CopySource<'_>, chown: Option<Owner>) -> Option<Owner> {
+    match source {
+        CopySource::Local(_) => Some(chown.unwrap_or_default()),
+        CopySource::Dir(_) => chown,
+    }
+}
+
 /// Resolves a `--chown` against the base's `/etc/passwd` and `/etc/group`. As Docker does, a user
 /// without a group uses the same number as its gid.
 pub(crate) fn resolve_owner(
@@ -150,8 +171,9 @@ fn copy(
     root: &Path,
     c: &FileCopy,
     source: &CopySource<'_>,
-    owner: Option<Owner>,
+    chown: Option<Owner>,
 ) -> Result<(), SolveError> {
+    let owner = copy_owner(source, chown);
     // Sources: (absolute path on the host, name used under a directory destination).
     let sources: Vec<(PathBuf, String, String)> = match source {
         CopySource::Local(ctx) => context::resolve_sources(*ctx, &c.src)?
@@ -217,7 +239,8 @@ fn copy(
             match archive::detect(abs)? {
                 Some(compression) => {
                     mkdir_parents(root, &dest.join("x"), owner)?;
-                    archive::unpack(root, &dest, abs, compression, owner)?;
+                    // A tar's own owners stay unless `--chown` was given.
+                    archive::unpack(root, &dest, abs, compression, chown)?;
                 }
                 None => {
                     let target = copy_target(root, c, &dest, dest_is_dir, name, owner)?;
@@ -368,7 +391,7 @@ impl DirWalk<'_> {
                     } else {
                         mode.unwrap_or(meta.mode() & 0o7777)
                     };
-                    set_meta(&target, m, owner, None)?;
+                    set_meta(&target, m, owner.or(Some(Owner::of(&meta))), None)?;
                 }
                 let inner =
                     self.copy_contents(batch, &child, &child_rel, &child_frel, &target, created)?;

@@ -108,8 +108,8 @@ pub(super) fn clear_target(dst: &Path, meta: &Metadata) -> Result<(), SolveError
     Ok(())
 }
 
-/// Creates `dst` (which must not exist) as a copy of the non-directory `src`: owner (root when
-/// none is given), permission bits (`mode` or the source's) and the source's mtime.
+/// Creates `dst` (which must not exist) as a copy of the non-directory `src`: owner (the
+/// source's when none is given: see [`super::copy_owner`]), permission bits (`mode` or the source's) and the source's mtime.
 ///
 /// Returns true for a regular file whose source, looked at through the open descriptor once
 /// the data is copied, still has the size, times and inode `meta` says: then what was copied is
@@ -124,7 +124,10 @@ pub(super) fn create_entry(
 ) -> Result<bool, SolveError> {
     let err = |e| op_err(&dst.display().to_string(), e);
     let ft = meta.file_type();
-    let o = owner.unwrap_or_default();
+    let o = owner.unwrap_or(Owner {
+        uid: meta.uid(),
+        gid: meta.gid(),
+    });
     let mtime = filetime::FileTime::from_last_modification_time(meta);
     if ft.is_symlink() {
         let target = std::fs::read_link(src).map_err(err)?;

@@ -145,6 +145,7 @@ pub(crate) fn finish(
         CopySource::Local(ctx) => ctx.excluded(r),
         CopySource::Dir(_) => false,
     };
+    let owner = super::copy_owner(source, owner);
     let walk = DirWalk {
         root: upper,
         excluded: &excluded,
