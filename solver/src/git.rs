@@ -7,7 +7,6 @@
 //! unless the source has `git.keepgitdir` (then `.git` is a shallow repository of that commit
 //! whose `origin` is the remote, as BuildKit leaves it).
 
-use crate::progress::Event;
 use crate::{Output, SolveError, VertexResult, VertexTask};
 use kiln_cache::{CachedResult, SnapshotId, Store};
 use kiln_llb::{attr, SourceOp};
@@ -15,7 +14,6 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
-use std::time::Instant;
 
 /// Source attribute: the commit (a hex prefix of it) the ref must resolve to (`ADD --checksum`,
 /// BuildKit's `git.checksum`).
@@ -510,36 +508,7 @@ impl VertexTask {
         s: &SourceOp,
         key: String,
     ) -> Result<Arc<VertexResult>, SolveError> {
-        let started = Instant::now();
-        self.progress.event(Event::Started {
-            vertex: self.vertex,
-            name: self.name(),
-        });
-        match self.fetch_git(s, &key).await {
-            Ok((r, cached)) => {
-                self.progress.event(if cached {
-                    Event::Cached {
-                        vertex: self.vertex,
-                        name: self.name(),
-                    }
-                } else {
-                    Event::Done {
-                        vertex: self.vertex,
-                        name: self.name(),
-                        elapsed: started.elapsed(),
-                    }
-                });
-                if let Ok(mut c) = self.counters.lock() {
-                    if cached {
-                        c.cached += 1;
-                    } else {
-                        c.executed += 1;
-                    }
-                }
-                Ok(Arc::new(r))
-            }
-            Err(e) => Err(self.failed(Arc::new(e))),
-        }
+        self.run_fetched(self.fetch_git(s, &key)).await
     }
 
     async fn fetch_git(&self, s: &SourceOp, key: &str) -> Result<(VertexResult, bool), SolveError> {

@@ -179,26 +179,35 @@ impl VertexTask {
         s: &SourceOp,
         key: String,
     ) -> Result<Arc<VertexResult>, SolveError> {
+        self.run_fetched(self.fetch_http(s, &key)).await
+    }
+
+    /// A source that must be fetched before its result's key is known (unpinned http, git):
+    /// the step's progress events and counters around `fetch`, which says whether its result
+    /// was already cached. The future is lazy, so it starts after `Started` is reported.
+    pub(crate) async fn run_fetched(
+        &self,
+        fetch: impl std::future::Future<Output = Result<(VertexResult, bool), SolveError>>,
+    ) -> Result<Arc<VertexResult>, SolveError> {
         let started = Instant::now();
         self.progress.event(Event::Started {
             vertex: self.vertex,
             name: self.name(),
         });
-        let result = self.fetch_http(s, &key).await;
-        match result {
+        match fetch.await {
             Ok((r, cached)) => {
-                if cached {
-                    self.progress.event(Event::Cached {
+                self.progress.event(if cached {
+                    Event::Cached {
                         vertex: self.vertex,
                         name: self.name(),
-                    });
+                    }
                 } else {
-                    self.progress.event(Event::Done {
+                    Event::Done {
                         vertex: self.vertex,
                         name: self.name(),
                         elapsed: started.elapsed(),
-                    });
-                }
+                    }
+                });
                 if let Ok(mut c) = self.counters.lock() {
                     if cached {
                         c.cached += 1;
