@@ -5,7 +5,6 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 
 const DOCKERFILE: &str = r#"FROM busybox
 ARG VERSION=1.0
@@ -22,27 +21,6 @@ fn warning_lines(err: &str) -> String {
         .filter(|l| l.starts_with("warning:"))
         .map(|l| format!("{l}\n"))
         .collect()
-}
-
-fn check_golden(name: &str, got: &str) {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/golden/checks")
-        .join(name);
-    if std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1") {
-        std::fs::write(&path, got).unwrap();
-        return;
-    }
-    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
-        panic!(
-            "cannot read `{}` ({e}): run with KILN_BLESS=1 to create it",
-            path.display()
-        )
-    });
-    assert!(
-        want == got,
-        "`{}` differs (run with KILN_BLESS=1 to accept):\n--- want\n{want}\n--- got\n{got}",
-        path.display()
-    );
 }
 
 #[test]
@@ -65,7 +43,7 @@ fn build_prints_undefined_var_warnings() {
         !warnings.contains("UNSET_IN_RUN"),
         "RUN is not checked:\n{err}"
     );
-    check_golden("undefined_var.warnings", &warnings);
+    check_golden("checks", "undefined_var.warnings", &warnings);
 
     // The same finding fails the build under `# check=error=true`, before anything runs.
     let strict = format!("# check=error=true\n{DOCKERFILE}");

@@ -207,3 +207,50 @@ pub fn tool(program: &str, args: &[&str]) -> String {
     assert_ok(&out, &format!("{program} {}", args.join(" ")));
     stdout(&out)
 }
+
+/// Whether `program --version` runs here; when it does not, prints that the test skips it and
+/// how to install it, so a skip is never silent.
+pub fn installed(program: &str, package: &str) -> bool {
+    let found = Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !found {
+        println!("skipped for `{program}`: it is not installed (`apt-get install {package}`)");
+    }
+    found
+}
+
+/// The sandbox runtimes to test: the built-in one and runc always, crun when installed.
+pub fn runtimes() -> Vec<&'static str> {
+    let mut all = vec!["builtin", "runc"];
+    if installed("crun", "crun") {
+        all.push("crun");
+    }
+    all
+}
+
+/// Compares `got` with the golden file `cli/tests/golden/DIR/NAME`; `KILN_BLESS=1` writes it
+/// instead.
+pub fn check_golden(dir: &str, name: &str, got: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden")
+        .join(dir);
+    let path = dir.join(name);
+    if std::env::var_os("KILN_BLESS").is_some_and(|v| v == "1") {
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(&path, got).unwrap();
+        return;
+    }
+    let want = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+        panic!(
+            "cannot read `{}` ({e}): run with KILN_BLESS=1 to create it",
+            path.display()
+        )
+    });
+    assert!(
+        want == got,
+        "`{}` differs (run with KILN_BLESS=1 to accept):\n--- want\n{want}\n--- got\n{got}",
+        path.display()
+    );
+}

@@ -282,11 +282,7 @@ fn rootless_secret_mount_and_network_none_work_with_every_runtime() {
         HOST_PATH,
     );
     assert_ok(&out, "rootless kiln import");
-    let mut runtimes = vec!["builtin", "runc"];
-    if Path::new("/usr/bin/crun").exists() {
-        runtimes.push("crun");
-    }
-    for runtime in runtimes {
+    for runtime in runtimes() {
         let out = user.sh(
             &format!(
                 "set -e; \"$K\" build --progress plain --no-cache --runtime {runtime} \

@@ -165,20 +165,9 @@ fn runtime_failures_say_which_runtime_and_why() {
 }
 
 /// Whether `crun` is installed; prints why the calling test is skipped when not.
-fn have_crun() -> bool {
-    let found = std::process::Command::new("crun")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if !found {
-        println!("skipped: `crun` is not installed (`apt-get install crun`)");
-    }
-    found
-}
-
 #[test]
 fn crun_builds_the_same_layers_as_the_builtin_sandbox_and_runc() {
-    if !have_crun() {
+    if !installed("crun", "crun") {
         return;
     }
     let k = Kiln::with_busybox();
@@ -215,7 +204,7 @@ fn crun_builds_the_same_layers_as_the_builtin_sandbox_and_runc() {
 /// both mounted) crun would refuse to start at all without kiln's workaround.
 #[test]
 fn crun_runs_in_the_engines_cgroups() {
-    if !have_crun() {
+    if !installed("crun", "crun") {
         return;
     }
     let k = Kiln::with_busybox();
@@ -260,7 +249,7 @@ fn containers_get_dockers_open_files_limit_with_either_runtime() {
         "FROM busybox\nRUN echo \"$(ulimit -n) $(ulimit -Hn)\" > /nofile\n",
     )]);
     let mut runtimes = vec!["builtin", "runc"];
-    if have_crun() {
+    if installed("crun", "crun") {
         runtimes.push("crun");
     }
     for runtime in runtimes {

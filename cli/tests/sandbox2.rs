@@ -9,21 +9,6 @@ use common::*;
 use std::path::Path;
 use std::process::Output;
 
-/// The runtimes to test: the built-in one and runc always, crun when installed.
-fn runtimes() -> Vec<&'static str> {
-    let mut all = vec!["builtin", "runc"];
-    let crun = std::process::Command::new("crun")
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if crun {
-        all.push("crun");
-    } else {
-        println!("not tested with crun: `crun` is not installed (`apt-get install crun`)");
-    }
-    all
-}
-
 /// `/proc/1/comm` under `runtime`: kiln's own init is the kiln binary; runc and crun run tini,
 /// mounted at `/dev/init`.
 fn init_name(runtime: &str) -> &'static str {
