@@ -1887,6 +1887,19 @@ impl<'a> Compiler<'a> {
             }
         };
 
+        // What every copy of this instruction shares: the destination, owner and mode, and
+        // Docker's rules (follow symlinks, copy a directory's contents, make the destination).
+        let copy = |src_input: i64, src: String| FileCopy {
+            src_input,
+            src,
+            dest: dest.clone(),
+            owner: owner.clone(),
+            mode,
+            follow_symlinks: true,
+            dir_contents_only: true,
+            create_dest_path: true,
+            ..Default::default()
+        };
         let mut actions = Vec::new();
         for (heredoc, src) in &srcs {
             if *heredoc {
@@ -1928,16 +1941,8 @@ impl<'a> Compiler<'a> {
                 inputs.push(repo.input());
                 actions.push(FileAction {
                     action: Some(file_action::Action::Copy(FileCopy {
-                        src_input: inputs.len() as i64 - 1,
-                        src: "/".into(),
-                        dest: dest.clone(),
-                        owner: owner.clone(),
-                        mode,
-                        follow_symlinks: true,
-                        dir_contents_only: true,
-                        create_dest_path: true,
                         exclude_patterns: excludes.clone(),
-                        ..Default::default()
+                        ..copy(inputs.len() as i64 - 1, "/".into())
                     })),
                 });
                 continue;
@@ -1961,17 +1966,10 @@ impl<'a> Compiler<'a> {
                 );
                 inputs.push(http_ref.input());
                 actions.push(FileAction {
-                    action: Some(file_action::Action::Copy(FileCopy {
-                        src_input: inputs.len() as i64 - 1,
-                        src: format!("/{}", filename.as_deref().unwrap_or("")),
-                        dest: dest.clone(),
-                        owner: owner.clone(),
-                        mode,
-                        follow_symlinks: true,
-                        dir_contents_only: true,
-                        create_dest_path: true,
-                        ..Default::default()
-                    })),
+                    action: Some(file_action::Action::Copy(copy(
+                        inputs.len() as i64 - 1,
+                        format!("/{}", filename.as_deref().unwrap_or("")),
+                    ))),
                 });
                 continue;
             }
@@ -1989,20 +1987,12 @@ impl<'a> Compiler<'a> {
             }
             actions.push(FileAction {
                 action: Some(file_action::Action::Copy(FileCopy {
-                    src_input,
-                    src: copy_src,
-                    dest: dest.clone(),
-                    owner: owner.clone(),
-                    mode,
-                    follow_symlinks: true,
-                    dir_contents_only: true,
-                    create_dest_path: true,
                     allow_wildcard: !parents,
                     allow_empty_wildcard: true,
                     include_patterns,
                     exclude_patterns: excludes.clone(),
-                    mtime: 0,
                     attempt_unpack: is_add,
+                    ..copy(src_input, copy_src)
                 })),
             });
         }
