@@ -1,10 +1,11 @@
-//! The crate layering of DESIGN.md, enforced: a kiln crate may depend only on the kiln crates
-//! its arrow allows. Adding a dependency that goes the other way fails here (as buck2 does).
+//! The crate layering of docs/architecture.md ("The arrows"), enforced: a kiln crate may depend
+//! only on the kiln crates its arrow allows. Adding a dependency that goes the other way fails
+//! here (as buck2 does).
 
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// DESIGN.md's arrows: crate directory → kiln crates it may use.
+/// The arrows of docs/architecture.md: crate directory → kiln crates it may use.
 const ALLOWED: &[(&str, &[&str])] = &[
     ("cli", &["kiln-daemon", "kiln-exec"]),
     (
@@ -68,7 +69,7 @@ fn crates_depend_only_along_designs_arrows() {
     }
     assert!(
         violations.is_empty(),
-        "dependencies against DESIGN.md's arrows (crate → banned deps): {violations:?}"
+        "dependencies against docs/architecture.md's arrows (crate → banned deps): {violations:?}"
     );
 }
 
@@ -92,7 +93,7 @@ fn every_workspace_crate_is_covered() {
         }
         assert!(
             ALLOWED.iter().any(|(d, _)| *d == m),
-            "crate `{m}` has no entry in the layering table: add its DESIGN.md arrow"
+            "crate `{m}` has no layering entry: add its arrow here and in docs/architecture.md"
         );
     }
 }
