@@ -3,6 +3,7 @@
 //! re-checked with `stat` alone.
 
 use crate::glob;
+use crate::inroot::resolve_in_root;
 use crate::SolveError;
 use kiln_cache::CacheIndex;
 use rayon::prelude::*;
@@ -30,43 +31,98 @@ pub(crate) struct Entry {
     pub meta: std::fs::Metadata,
 }
 
-/// Resolves a `COPY` source path (possibly with wildcards in its last components) against the
-/// context: returns the relative paths of the matching top-level entries, sorted.
+/// One source a `COPY` selected in a context.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Source {
+    /// The path as the Dockerfile named it, wildcards matched: its last component names the
+    /// copy under a directory destination.
+    pub named: String,
+    /// What it resolves to inside the context, relative to the root: free of symlinks (but for
+    /// the last component when links are not followed). `.dockerignore` applies to this path.
+    pub rel: String,
+}
+
+impl Source {
+    /// The name a copy of this source gets under a directory destination.
+    pub(crate) fn name(&self) -> &str {
+        self.named.rsplit('/').next().unwrap_or("")
+    }
+}
+
+/// Resolves a `COPY` source path (possibly with wildcards in any component) against the
+/// context, as if the context were `/`: a symlink on the way (or the last component, when
+/// `follow_last`) is followed inside the context, so `etcdir -> /etc` means `<context>/etc`
+/// and nothing outside the context is ever looked at. Returns the matching sources that
+/// exist and that `.dockerignore` does not exclude (neither as named nor as resolved), sorted
+/// by their named path.
 pub(crate) fn resolve_sources(
     ctx: &dyn LocalContext,
     src: &str,
-) -> Result<Vec<String>, SolveError> {
+    follow_last: bool,
+) -> Result<Vec<Source>, SolveError> {
     let clean = clean_rel(src);
     if clean.is_empty() {
-        return Ok(vec![String::new()]);
+        return Ok(vec![Source {
+            named: String::new(),
+            rel: String::new(),
+        }]);
     }
-    let mut found = vec![String::new()];
-    for part in clean.split('/') {
+    let root = ctx.root();
+    let kept = |r: &str| !ctx.excluded(r) || ctx.may_reinclude();
+    let parts: Vec<&str> = clean.split('/').collect();
+    let mut found = vec![Source {
+        named: String::new(),
+        rel: String::new(),
+    }];
+    for (i, part) in parts.iter().enumerate() {
+        let follow = follow_last || i + 1 < parts.len();
         let mut next = Vec::new();
         for base in &found {
-            let rel = join_rel(base, part);
-            if glob::has_wildcard(part) {
-                let dir = ctx.root().join(base);
-                let Ok(rd) = std::fs::read_dir(&dir) else {
+            // (name, whether it is known not to be a symlink)
+            let names: Vec<(String, bool)> = if glob::has_wildcard(part) {
+                let Ok(rd) = std::fs::read_dir(root.join(&base.rel)) else {
                     continue;
                 };
-                for e in rd.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if glob::matches(part, &name) {
-                        let r = join_rel(base, &name);
-                        if !ctx.excluded(&r) || ctx.may_reinclude() {
-                            next.push(r);
+                rd.flatten()
+                    .map(|e| {
+                        let plain = e.file_type().is_ok_and(|t| !t.is_symlink());
+                        (e.file_name().to_string_lossy().into_owned(), plain)
+                    })
+                    .filter(|(name, _)| glob::matches(part, name))
+                    .collect()
+            } else {
+                vec![(part.to_string(), false)]
+            };
+            for (name, plain) in names {
+                let named = join_rel(&base.named, &name);
+                let joined = join_rel(&base.rel, &name);
+                // `base.rel` is free of links, so only `name` can be one: a directory entry
+                // known not to be a link needs no resolving.
+                let rel = if plain {
+                    joined
+                } else {
+                    let abs = resolve_in_root(root, &joined, follow).map_err(|e| {
+                        SolveError::Context {
+                            path: named.clone(),
+                            message: e.to_string(),
                         }
+                    })?;
+                    match abs.strip_prefix(root) {
+                        Ok(r) => r.to_string_lossy().into_owned(),
+                        Err(_) => continue,
                     }
+                };
+                if std::fs::symlink_metadata(root.join(&rel)).is_err() {
+                    continue;
                 }
-            } else if std::fs::symlink_metadata(ctx.root().join(&rel)).is_ok() {
-                next.push(rel);
+                if kept(&named) && kept(&rel) {
+                    next.push(Source { named, rel });
+                }
             }
         }
         found = next;
     }
     found.sort();
-    found.retain(|r| !ctx.excluded(r) || ctx.may_reinclude());
     Ok(found)
 }
 
@@ -161,16 +217,20 @@ impl std::ops::AddAssign for Stats {
     }
 }
 
-/// Content checksum of the given sources (relative paths, as `resolve_sources` returns) and
-/// everything below them. Covers paths, types, permission bits, symlink targets and file
-/// contents; not mtimes or owners, so `touch` invalidates nothing.
+/// Content checksum of the given sources (as `resolve_sources` returns them) and everything
+/// below them. Covers paths, types, permission bits, symlink targets and file contents; not
+/// mtimes or owners, so `touch` invalidates nothing. A source reached through a symlink also
+/// covers which name led to which path, since that decides where its copy lands.
 pub(crate) fn checksum(
     ctx: &dyn LocalContext,
-    sources: &[String],
+    sources: &[Source],
     index: &CacheIndex,
 ) -> Result<(String, Stats), SolveError> {
+    let mut rels: Vec<&str> = sources.iter().map(|s| s.rel.as_str()).collect();
+    rels.sort_unstable();
+    rels.dedup();
     let mut entries = Vec::new();
-    for s in sources {
+    for s in rels {
         entries.extend(walk(ctx, s)?);
     }
     let files: Vec<&Entry> = entries.iter().filter(|e| e.meta.is_file()).collect();
@@ -222,7 +282,24 @@ pub(crate) fn checksum(
         }
         hasher.update(&[0xff]);
     }
-    Ok((hasher.finalize().to_hex().to_string(), stats))
+    let sum = hasher.finalize();
+    // Without links the sum is what it always was, so existing cache keys stay valid.
+    let mut linked: Vec<&Source> = sources.iter().filter(|s| s.named != s.rel).collect();
+    if linked.is_empty() {
+        return Ok((sum.to_hex().to_string(), stats));
+    }
+    linked.sort_unstable();
+    linked.dedup();
+    let mut outer = blake3::Hasher::new();
+    outer.update(b"kiln-context-links-v1\0");
+    outer.update(sum.as_bytes());
+    for s in linked {
+        for part in [&s.named, &s.rel] {
+            outer.update(&(part.len() as u64).to_le_bytes());
+            outer.update(part.as_bytes());
+        }
+    }
+    Ok((outer.finalize().to_hex().to_string(), stats))
 }
 
 /// Memo keys looked up per read transaction.
