@@ -79,7 +79,8 @@ pub(crate) fn resolve_sources(
         let mut next = Vec::new();
         for base in &found {
             // (name, whether it is known not to be a symlink)
-            let names: Vec<(String, bool)> = if glob::has_wildcard(part) {
+            let wildcard = glob::has_wildcard(part);
+            let names: Vec<(String, bool)> = if wildcard {
                 let Ok(rd) = std::fs::read_dir(root.join(&base.rel)) else {
                     continue;
                 };
@@ -101,12 +102,17 @@ pub(crate) fn resolve_sources(
                 let rel = if plain {
                     joined
                 } else {
-                    let abs = resolve_in_root(root, &joined, follow).map_err(|e| {
-                        SolveError::Context {
-                            path: named.clone(),
-                            message: e.to_string(),
+                    let abs = match resolve_in_root(root, &joined, follow) {
+                        Ok(abs) => abs,
+                        // A looping link a wildcard matched leads nowhere, as a dangling one.
+                        Err(_) if wildcard => continue,
+                        Err(e) => {
+                            return Err(SolveError::Context {
+                                path: named,
+                                message: e.to_string(),
+                            })
                         }
-                    })?;
+                    };
                     match abs.strip_prefix(root) {
                         Ok(r) => r.to_string_lossy().into_owned(),
                         Err(_) => continue,
@@ -379,5 +385,163 @@ mod tests {
         assert_eq!(clean_rel("./a/./b/"), "a/b");
         assert_eq!(clean_rel("/"), "");
         assert_eq!(clean_rel("a/../../b"), "b");
+    }
+
+    struct Ctx {
+        root: PathBuf,
+        excluded: Vec<&'static str>,
+    }
+
+    impl LocalContext for Ctx {
+        fn root(&self) -> &Path {
+            &self.root
+        }
+        fn excluded(&self, rel: &str) -> bool {
+            self.excluded
+                .iter()
+                .any(|e| rel == *e || rel.starts_with(&format!("{e}/")))
+        }
+        fn may_reinclude(&self) -> bool {
+            false
+        }
+    }
+
+    /// A context with links in and out, and a host directory beside it holding a secret.
+    fn hostile() -> (tempfile::TempDir, Ctx) {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("host");
+        let root = t.path().join("ctx");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("secret"), "s").unwrap();
+        std::fs::create_dir_all(root.join("data/sub")).unwrap();
+        std::fs::write(root.join("data/f"), "f").unwrap();
+        std::fs::write(root.join("ignored"), "i").unwrap();
+        symlink(&host, root.join("hostdir")).unwrap();
+        symlink("..", root.join("up")).unwrap();
+        symlink(".", root.join("selfdir")).unwrap();
+        symlink("/data", root.join("datalink")).unwrap();
+        symlink("f", root.join("data/flink")).unwrap();
+        symlink("loop", root.join("loop")).unwrap();
+        let ctx = Ctx {
+            root,
+            excluded: vec!["ignored"],
+        };
+        (t, ctx)
+    }
+
+    fn rels(ctx: &Ctx, src: &str, follow: bool) -> Vec<(String, String)> {
+        resolve_sources(ctx, src, follow)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.named, s.rel))
+            .collect()
+    }
+
+    fn pair(named: &str, rel: &str) -> (String, String) {
+        (named.to_string(), rel.to_string())
+    }
+
+    #[test]
+    fn sources_through_links_never_leave_the_context() {
+        let (_t, ctx) = hostile();
+        for src in [
+            "hostdir/secret",
+            "hostdir",
+            "hostdir/*",
+            "host*/secret",
+            "up/host/secret",
+            "up/*/secret",
+            "selfdir/up/host/secret",
+        ] {
+            assert_eq!(rels(&ctx, src, true), vec![], "{src}");
+        }
+        let e = resolve_sources(&ctx, "loop/x", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too many levels of symbolic links"), "{e}");
+    }
+
+    #[test]
+    fn links_inside_the_context_resolve_and_dockerignore_applies_to_where_they_lead() {
+        let (_t, ctx) = hostile();
+        assert_eq!(
+            rels(&ctx, "datalink/f", true),
+            vec![pair("datalink/f", "data/f")]
+        );
+        assert_eq!(
+            rels(&ctx, "selfdir/data", true),
+            vec![pair("selfdir/data", "data")]
+        );
+        assert_eq!(rels(&ctx, "selfdir", true), vec![pair("selfdir", "")]);
+        assert_eq!(
+            rels(&ctx, "up/data/f", true),
+            vec![pair("up/data/f", "data/f")]
+        );
+        // The last component is followed only when the copy follows links.
+        assert_eq!(
+            rels(&ctx, "data/flink", true),
+            vec![pair("data/flink", "data/f")]
+        );
+        assert_eq!(
+            rels(&ctx, "data/flink", false),
+            vec![pair("data/flink", "data/flink")]
+        );
+        assert_eq!(
+            rels(&ctx, "datalink", false),
+            vec![pair("datalink", "datalink")]
+        );
+        // `.dockerignore` holds whichever way the file is named.
+        assert_eq!(rels(&ctx, "ignored", true), vec![]);
+        assert_eq!(rels(&ctx, "selfdir/ignored", true), vec![]);
+        assert_eq!(rels(&ctx, "selfdir/selfdir/ign*", true), vec![]);
+        // Wildcards in any component, through links, named as matched.
+        assert_eq!(
+            rels(&ctx, "*link/f*", true),
+            vec![
+                pair("datalink/f", "data/f"),
+                pair("datalink/flink", "data/f")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_checksum_covers_which_link_led_where() {
+        use std::os::unix::fs::symlink;
+        let (t, ctx) = hostile();
+        let store = kiln_cache::Store::open(&t.path().join("store")).unwrap();
+        std::fs::write(ctx.root.join("a"), "same").unwrap();
+        std::fs::write(ctx.root.join("b"), "other").unwrap();
+        symlink("a", ctx.root.join("ln1")).unwrap();
+        symlink("b", ctx.root.join("ln2")).unwrap();
+        let sum = |src: &str| {
+            let sources = resolve_sources(&ctx, src, true).unwrap();
+            checksum(&ctx, &sources, store.index()).unwrap().0
+        };
+        let before = sum("ln*");
+        // Swapped links select the same two files, but each lands under the other name.
+        std::fs::remove_file(ctx.root.join("ln1")).unwrap();
+        std::fs::remove_file(ctx.root.join("ln2")).unwrap();
+        symlink("b", ctx.root.join("ln1")).unwrap();
+        symlink("a", ctx.root.join("ln2")).unwrap();
+        assert_ne!(before, sum("ln*"));
+        // Without links the sum is what it was before links were covered: the plain walk's.
+        let plain = resolve_sources(&ctx, "data", true).unwrap();
+        assert_eq!(
+            plain,
+            vec![Source {
+                named: "data".into(),
+                rel: "data".into()
+            }]
+        );
+        let walked = checksum(&ctx, &plain, store.index()).unwrap().0;
+        let through = checksum(
+            &ctx,
+            &resolve_sources(&ctx, "datalink", true).unwrap(),
+            store.index(),
+        )
+        .unwrap()
+        .0;
+        assert_ne!(walked, through);
     }
 }
