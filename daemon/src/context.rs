@@ -447,6 +447,57 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
     }
 
+    #[test]
+    fn dockerfiles_and_dockerignores_resolve_inside_the_context() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (ctx, host) = (t.path().join("ctx"), t.path().join("host"));
+        std::fs::create_dir_all(ctx.join("sub")).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("Dockerfile"), "FROM host").unwrap();
+        symlink(host.join("Dockerfile"), ctx.join("Dockerfile")).unwrap();
+        symlink(&host, ctx.join("hostdir")).unwrap();
+        symlink("../../host/Dockerfile", ctx.join("sub/up")).unwrap();
+        let inside = |p: &str| locate(&ctx, &ctx, &ctx.join(p)).unwrap();
+        assert_eq!(
+            inside("Dockerfile"),
+            ctx.join(host.join("Dockerfile").strip_prefix("/").unwrap())
+        );
+        assert_eq!(inside("hostdir/Dockerfile"), inside("Dockerfile"));
+        assert_eq!(inside("sub/up"), ctx.join("host/Dockerfile"));
+        // Named through the context as the user spelled it (a link to it), the same.
+        let alias = t.path().join("alias");
+        symlink(&ctx, &alias).unwrap();
+        assert_eq!(
+            locate(&ctx, &alias, &alias.join("hostdir/Dockerfile")).unwrap(),
+            inside("Dockerfile")
+        );
+        // Outside the context: inside the Dockerfile's own directory.
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        symlink(host.join("Dockerfile"), elsewhere.join("Dockerfile")).unwrap();
+        let got = locate(&ctx, &ctx, &elsewhere.join("Dockerfile")).unwrap();
+        assert!(got.starts_with(&elsewhere), "{}", got.display());
+        assert_eq!(
+            locate(&ctx, &ctx, &host.join("Dockerfile")).unwrap(),
+            host.join("Dockerfile")
+        );
+        // A `.dockerignore` link out of the context is refused, one inside it read.
+        symlink(host.join("Dockerfile"), ctx.join(".dockerignore")).unwrap();
+        let err = read_dockerignore(&ctx, &ctx, &ctx.join("Dockerfile"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("its symlinks lead to"), "{err}");
+        std::fs::remove_file(ctx.join(".dockerignore")).unwrap();
+        std::fs::write(ctx.join("ignore.list"), "*.log\n").unwrap();
+        symlink("/ignore.list", ctx.join(".dockerignore")).unwrap();
+        assert_eq!(
+            read_dockerignore(&ctx, &ctx, &ctx.join("Dockerfile")).unwrap(),
+            vec!["*.log".to_string()]
+        );
+    }
+
     fn tempfile_dir() -> std::path::PathBuf {
         let d = std::env::temp_dir().join(format!("kiln-ctx-test-{}", std::process::id()));
         std::fs::create_dir_all(&d).unwrap();

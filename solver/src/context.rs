@@ -76,10 +76,10 @@ pub(crate) fn resolve_sources(
     }];
     for (i, part) in parts.iter().enumerate() {
         let follow = follow_last || i + 1 < parts.len();
+        let wildcard = glob::has_wildcard(part);
         let mut next = Vec::new();
         for base in &found {
             // (name, whether it is known not to be a symlink)
-            let wildcard = glob::has_wildcard(part);
             let names: Vec<(String, bool)> = if wildcard {
                 let Ok(rd) = std::fs::read_dir(root.join(&base.rel)) else {
                     continue;
