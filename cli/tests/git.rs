@@ -7,6 +7,7 @@ mod common;
 
 use common::GitRepo as Repo;
 use common::*;
+use std::net::TcpListener;
 use std::process::Command;
 
 fn build(k: &Kiln, dockerfile: &str, tag: &str) -> std::process::Output {
