@@ -264,6 +264,7 @@ pub struct GitRepo {
 }
 
 impl GitRepo {
+    #[allow(clippy::new_without_default)]
     pub fn new() -> GitRepo {
         let dir = tempfile::Builder::new()
             .prefix("kiln-git-repo-")

@@ -254,7 +254,7 @@ fn resolve_dir_sources(
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if glob::matches(&last, &name) {
-                    let p = resolve_in_root(dir, &format!("{parent}/{name}"), follow)
+                    let p = resolve_in_root(dir, format!("{parent}/{name}"), follow)
                         .map_err(|e| op_err(src, e))?;
                     out.push((p, name.clone(), context::join_rel(&parent, &name)));
                 }
