@@ -3,7 +3,8 @@
 
 #![allow(dead_code)]
 
-use std::net::TcpStream;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::OnceLock;
@@ -253,4 +254,109 @@ pub fn check_golden(dir: &str, name: &str, got: &str) {
         "`{}` differs (run with KILN_BLESS=1 to accept):\n--- want\n{want}\n--- got\n{got}",
         path.display()
     );
+}
+
+/// A git work tree whose `.git` is served read-only over http at `/repo.git/` by git's dumb HTTP
+/// protocol (`git update-server-info` and a static file server on loopback).
+pub struct GitRepo {
+    pub dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl GitRepo {
+    #[allow(clippy::new_without_default)]
+    pub fn new() -> GitRepo {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-git-repo-")
+            .tempdir()
+            .unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let root = dir.path().join(".git");
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(conn) = conn else { continue };
+                let root = root.clone();
+                std::thread::spawn(move || serve_git(conn, &root));
+            }
+        });
+        let repo = GitRepo { dir, port };
+        repo.git(&["init", "--quiet", "--initial-branch=main"]);
+        repo
+    }
+
+    pub fn git(&self, args: &[&str]) -> String {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(self.dir.path())
+            .args(args)
+            .env("GIT_AUTHOR_NAME", "t")
+            .env("GIT_AUTHOR_EMAIL", "t@example.com")
+            .env("GIT_COMMITTER_NAME", "t")
+            .env("GIT_COMMITTER_EMAIL", "t@example.com")
+            .env("GIT_CONFIG_NOSYSTEM", "1")
+            .output()
+            .expect("run git: install it (`cargo xtask setup`)");
+        assert!(
+            out.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// Writes the files and commits them; returns the commit.
+    pub fn commit(&self, files: &[(&str, &str)], message: &str) -> String {
+        for (name, text) in files {
+            let p = self.dir.path().join(name);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+        self.git(&["add", "-A"]);
+        self.git(&["commit", "--quiet", "-m", message]);
+        self.git(&["update-server-info"]);
+        self.git(&["rev-parse", "HEAD"])
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/repo.git", self.port)
+    }
+}
+
+/// Answers one GET with the file under `root` (dumb HTTP needs nothing more).
+fn serve_git(conn: std::net::TcpStream, root: &Path) {
+    let Ok(read_half) = conn.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(read_half);
+    let mut conn = conn;
+    let mut line = String::new();
+    if reader.read_line(&mut line).is_err() {
+        return;
+    }
+    loop {
+        let mut header = String::new();
+        if reader.read_line(&mut header).unwrap_or(0) == 0 || header.trim().is_empty() {
+            break;
+        }
+    }
+    let target = line.split_whitespace().nth(1).unwrap_or("/");
+    let path = target.split('?').next().unwrap_or("");
+    let file: Option<PathBuf> = path
+        .strip_prefix("/repo.git/")
+        .filter(|p| !p.split('/').any(|c| c == ".."))
+        .map(|p| root.join(p));
+    let body = file.and_then(|f| std::fs::read(f).ok());
+    let head = match &body {
+        Some(b) => format!(
+            "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            b.len()
+        ),
+        None => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".into(),
+    };
+    let _ = conn.write_all(head.as_bytes());
+    if let Some(b) = body {
+        let _ = conn.write_all(&b);
+    }
+    let _ = conn.flush();
 }

@@ -40,8 +40,14 @@ impl kiln_solver::LocalContext for ContextDir {
 }
 
 /// The `.dockerignore` patterns for a build: `<Dockerfile>.dockerignore` beside a custom
-/// Dockerfile wins over the context's `.dockerignore`, as BuildKit does.
-pub(crate) fn read_dockerignore(context: &Path, dockerfile: &Path) -> Result<Vec<String>> {
+/// Dockerfile wins over the context's `.dockerignore`, as BuildKit does. `context` is the
+/// context directory (canonical), `given` the context as the user named it; both files are
+/// looked up inside the context as if it were `/` (see [`locate`]).
+pub(crate) fn read_dockerignore(
+    context: &Path,
+    given: &Path,
+    dockerfile: &Path,
+) -> Result<Vec<String>> {
     let mut candidates = Vec::new();
     if let Some(name) = dockerfile.file_name() {
         let mut n = name.to_os_string();
@@ -50,13 +56,73 @@ pub(crate) fn read_dockerignore(context: &Path, dockerfile: &Path) -> Result<Vec
     }
     candidates.push(context.join(".dockerignore"));
     for c in candidates {
-        match std::fs::read_to_string(&c) {
+        let path = locate(context, given, &c)?;
+        match std::fs::read_to_string(&path) {
             Ok(text) => return Ok(kiln_frontend::parse_dockerignore(&text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                // A link that leads nowhere in the context is refused rather than skipped: the
+                // user meant some exclusions, and building without them would send what they
+                // meant to keep out.
+                if leads_out(&e, &c) {
+                    anyhow::bail!(
+                        "cannot read `{}`: its symlinks lead to `{}`, which is not in the build context (links in a build context resolve inside it): put the file itself in the context",
+                        c.display(),
+                        path.display()
+                    );
+                }
+                continue;
+            }
             Err(e) => return Err(e).with_context(|| format!("cannot read `{}`", c.display())),
         }
     }
     Ok(vec![])
+}
+
+/// Where the build reads `path`, a file of its context directory (`context` canonical, `given`
+/// as the user named it) or beside it: a path inside the context is resolved as if the context
+/// were `/`, so no link in it can lead out. A path outside it (`-f ../Dockerfile`) names its
+/// directory on the command line, and the file is resolved as if that directory were `/`, as
+/// BuildKit reads a Dockerfile.
+pub(crate) fn locate(context: &Path, given: &Path, path: &Path) -> Result<PathBuf> {
+    let abs = lexical_absolute(path)?;
+    let within = |root: &Path, rel: &Path| {
+        kiln_solver::resolve_in_root(root, rel, true)
+            .with_context(|| format!("cannot read `{}`", path.display()))
+    };
+    for root in [lexical_absolute(given)?, context.to_path_buf()] {
+        if let Ok(rel) = abs.strip_prefix(&root) {
+            return within(context, rel);
+        }
+    }
+    match (abs.parent(), abs.file_name()) {
+        (Some(dir), Some(name)) => within(dir, Path::new(name)),
+        _ => Ok(abs),
+    }
+}
+
+/// Whether reading a file failed as missing only because its links were resolved inside the
+/// context: looked up on the host as written, something is there.
+fn leads_out(e: &std::io::Error, as_written: &Path) -> bool {
+    e.kind() == std::io::ErrorKind::NotFound && std::fs::symlink_metadata(as_written).is_ok()
+}
+
+/// `path` made absolute against the current directory, `.` and `..` removed by name (not by
+/// following links: which directory a path names is the question being answered).
+fn lexical_absolute(path: &Path) -> Result<PathBuf> {
+    use std::path::Component;
+    let abs = std::path::absolute(path)
+        .with_context(|| format!("cannot make `{}` absolute", path.display()))?;
+    let mut out = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::ParentDir => {
+                out.pop();
+            }
+            Component::CurDir => {}
+            c => out.push(c),
+        }
+    }
+    Ok(out)
 }
 
 /// The platform a build is for: `--platform` when given, else the engine's (this host's).
@@ -232,7 +298,7 @@ pub(crate) fn named_contexts(specs: &[(String, String)]) -> Result<NamedContexts
         if !dir.is_dir() {
             anyhow::bail!("`--build-context {name}={value}`: not a directory");
         }
-        let patterns = read_dockerignore(&dir, &dir.join("Dockerfile"))?;
+        let patterns = read_dockerignore(&dir, &dir, &dir.join("Dockerfile"))?;
         let local = format!("named:{name}");
         out.locals.insert(
             local.clone(),
@@ -264,17 +330,27 @@ pub(crate) fn context_dir(req: &BuildRequest) -> Result<PathBuf> {
     })
 }
 
-/// The Dockerfile of `req` (`-f`, else `Dockerfile` in `context_dir`) and its text.
+/// The Dockerfile of `req` (`-f`, else `Dockerfile` in `context_dir`) and its text. Inside the
+/// context it is looked up as if the context were `/` (see [`locate`]).
 pub(crate) fn read_dockerfile(req: &BuildRequest, context_dir: &Path) -> Result<(PathBuf, String)> {
     let dockerfile = req
         .dockerfile
         .clone()
         .unwrap_or_else(|| context_dir.join("Dockerfile"));
-    let text = std::fs::read_to_string(&dockerfile).with_context(|| {
-        format!(
-            "cannot read `{}`: pass the Dockerfile with `-f` or put one in the context",
+    let path = locate(context_dir, &req.context, &dockerfile)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| {
+        let led = if leads_out(&e, &dockerfile) {
+            format!(
+                " (its symlinks lead to `{}`: links resolve inside the build context, or inside the Dockerfile's directory when it is elsewhere)",
+                path.display()
+            )
+        } else {
+            String::new()
+        };
+        anyhow::Error::new(e).context(format!(
+            "cannot read `{}`{led}: pass the Dockerfile with `-f` or put one in the context",
             dockerfile.display()
-        )
+        ))
     })?;
     Ok((dockerfile, text))
 }
@@ -369,6 +445,57 @@ mod tests {
         assert!(parse_build_context("a=b").is_ok());
         assert!(parse_build_context("a").is_err());
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn dockerfiles_and_dockerignores_resolve_inside_the_context() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let (ctx, host) = (t.path().join("ctx"), t.path().join("host"));
+        std::fs::create_dir_all(ctx.join("sub")).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("Dockerfile"), "FROM host").unwrap();
+        symlink(host.join("Dockerfile"), ctx.join("Dockerfile")).unwrap();
+        symlink(&host, ctx.join("hostdir")).unwrap();
+        symlink("../../host/Dockerfile", ctx.join("sub/up")).unwrap();
+        let inside = |p: &str| locate(&ctx, &ctx, &ctx.join(p)).unwrap();
+        assert_eq!(
+            inside("Dockerfile"),
+            ctx.join(host.join("Dockerfile").strip_prefix("/").unwrap())
+        );
+        assert_eq!(inside("hostdir/Dockerfile"), inside("Dockerfile"));
+        assert_eq!(inside("sub/up"), ctx.join("host/Dockerfile"));
+        // Named through the context as the user spelled it (a link to it), the same.
+        let alias = t.path().join("alias");
+        symlink(&ctx, &alias).unwrap();
+        assert_eq!(
+            locate(&ctx, &alias, &alias.join("hostdir/Dockerfile")).unwrap(),
+            inside("Dockerfile")
+        );
+        // Outside the context: inside the Dockerfile's own directory.
+        let elsewhere = t.path().join("elsewhere");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        symlink(host.join("Dockerfile"), elsewhere.join("Dockerfile")).unwrap();
+        let got = locate(&ctx, &ctx, &elsewhere.join("Dockerfile")).unwrap();
+        assert!(got.starts_with(&elsewhere), "{}", got.display());
+        assert_eq!(
+            locate(&ctx, &ctx, &host.join("Dockerfile")).unwrap(),
+            host.join("Dockerfile")
+        );
+        // A `.dockerignore` link out of the context is refused, one inside it read.
+        symlink(host.join("Dockerfile"), ctx.join(".dockerignore")).unwrap();
+        let err = read_dockerignore(&ctx, &ctx, &ctx.join("Dockerfile"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("its symlinks lead to"), "{err}");
+        std::fs::remove_file(ctx.join(".dockerignore")).unwrap();
+        std::fs::write(ctx.join("ignore.list"), "*.log\n").unwrap();
+        symlink("/ignore.list", ctx.join(".dockerignore")).unwrap();
+        assert_eq!(
+            read_dockerignore(&ctx, &ctx, &ctx.join("Dockerfile")).unwrap(),
+            vec!["*.log".to_string()]
+        );
     }
 
     fn tempfile_dir() -> std::path::PathBuf {

@@ -72,7 +72,7 @@ fn llb_json(
     let context_dir = context::context_dir(req)?;
     let (dockerfile, text) = context::read_dockerfile(req, &context_dir)?;
     let dockerfile_name = context::dockerfile_name(&dockerfile);
-    let ignore_patterns = context::read_dockerignore(&context_dir, &dockerfile)?;
+    let ignore_patterns = context::read_dockerignore(&context_dir, &req.context, &dockerfile)?;
     let named = context::named_contexts(&req.build_contexts)?;
     let opts = kiln_frontend::BuildOptions {
         dockerfile_name: dockerfile_name.clone(),

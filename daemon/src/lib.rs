@@ -151,7 +151,7 @@ impl Engine {
         }
         let (dockerfile, text) = context::read_dockerfile(&req, &context_dir)?;
         let dockerfile_name = context::dockerfile_name(&dockerfile);
-        let ignore_patterns = context::read_dockerignore(&context_dir, &dockerfile)?;
+        let ignore_patterns = context::read_dockerignore(&context_dir, &req.context, &dockerfile)?;
         let local = Arc::new(context::ContextDir::new(
             context_dir.clone(),
             &ignore_patterns,

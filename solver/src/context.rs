@@ -3,6 +3,7 @@
 //! re-checked with `stat` alone.
 
 use crate::glob;
+use crate::inroot::resolve_in_root;
 use crate::SolveError;
 use kiln_cache::CacheIndex;
 use rayon::prelude::*;
@@ -30,43 +31,104 @@ pub(crate) struct Entry {
     pub meta: std::fs::Metadata,
 }
 
-/// Resolves a `COPY` source path (possibly with wildcards in its last components) against the
-/// context: returns the relative paths of the matching top-level entries, sorted.
+/// One source a `COPY` selected in a context.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Source {
+    /// The path as the Dockerfile named it, wildcards matched: its last component names the
+    /// copy under a directory destination.
+    pub named: String,
+    /// What it resolves to inside the context, relative to the root: free of symlinks (but for
+    /// the last component when links are not followed). `.dockerignore` applies to this path.
+    pub rel: String,
+}
+
+impl Source {
+    /// The name a copy of this source gets under a directory destination.
+    pub(crate) fn name(&self) -> &str {
+        self.named.rsplit('/').next().unwrap_or("")
+    }
+}
+
+/// Resolves a `COPY` source path (possibly with wildcards in any component) against the
+/// context, as if the context were `/`: a symlink on the way (or the last component, when
+/// `follow_last`) is followed inside the context, so `etcdir -> /etc` means `<context>/etc`
+/// and nothing outside the context is ever looked at. Returns the matching sources that
+/// exist and that `.dockerignore` does not exclude (neither as named nor as resolved), sorted
+/// by their named path.
 pub(crate) fn resolve_sources(
     ctx: &dyn LocalContext,
     src: &str,
-) -> Result<Vec<String>, SolveError> {
+    follow_last: bool,
+) -> Result<Vec<Source>, SolveError> {
     let clean = clean_rel(src);
     if clean.is_empty() {
-        return Ok(vec![String::new()]);
+        return Ok(vec![Source {
+            named: String::new(),
+            rel: String::new(),
+        }]);
     }
-    let mut found = vec![String::new()];
-    for part in clean.split('/') {
+    let root = ctx.root();
+    let kept = |r: &str| !ctx.excluded(r) || ctx.may_reinclude();
+    let parts: Vec<&str> = clean.split('/').collect();
+    let mut found = vec![Source {
+        named: String::new(),
+        rel: String::new(),
+    }];
+    for (i, part) in parts.iter().enumerate() {
+        let follow = follow_last || i + 1 < parts.len();
+        let wildcard = glob::has_wildcard(part);
         let mut next = Vec::new();
         for base in &found {
-            let rel = join_rel(base, part);
-            if glob::has_wildcard(part) {
-                let dir = ctx.root().join(base);
-                let Ok(rd) = std::fs::read_dir(&dir) else {
+            // (name, whether it is known not to be a symlink)
+            let names: Vec<(String, bool)> = if wildcard {
+                let Ok(rd) = std::fs::read_dir(root.join(&base.rel)) else {
                     continue;
                 };
-                for e in rd.flatten() {
-                    let name = e.file_name().to_string_lossy().into_owned();
-                    if glob::matches(part, &name) {
-                        let r = join_rel(base, &name);
-                        if !ctx.excluded(&r) || ctx.may_reinclude() {
-                            next.push(r);
+                rd.flatten()
+                    .map(|e| {
+                        let plain = e.file_type().is_ok_and(|t| !t.is_symlink());
+                        (e.file_name().to_string_lossy().into_owned(), plain)
+                    })
+                    .filter(|(name, _)| glob::matches(part, name))
+                    .collect()
+            } else {
+                vec![(part.to_string(), false)]
+            };
+            for (name, plain) in names {
+                let named = join_rel(&base.named, &name);
+                let joined = join_rel(&base.rel, &name);
+                // `base.rel` is free of links, so only `name` can be one: a directory entry
+                // known not to be a link needs no resolving.
+                let rel = if plain {
+                    joined
+                } else {
+                    let abs = match resolve_in_root(root, &joined, follow) {
+                        Ok(abs) => abs,
+                        // A looping link a wildcard matched leads nowhere, as a dangling one.
+                        Err(_) if wildcard => continue,
+                        Err(e) => {
+                            return Err(SolveError::Context {
+                                path: named,
+                                message: e.to_string(),
+                            })
                         }
+                    };
+                    match abs.strip_prefix(root) {
+                        Ok(r) => r.to_string_lossy().into_owned(),
+                        Err(_) => continue,
                     }
+                };
+                if std::fs::symlink_metadata(root.join(&rel)).is_err() {
+                    continue;
                 }
-            } else if std::fs::symlink_metadata(ctx.root().join(&rel)).is_ok() {
-                next.push(rel);
+                if kept(&named) && kept(&rel) {
+                    next.push(Source { named, rel });
+                }
             }
         }
         found = next;
     }
     found.sort();
-    found.retain(|r| !ctx.excluded(r) || ctx.may_reinclude());
     Ok(found)
 }
 
@@ -161,16 +223,20 @@ impl std::ops::AddAssign for Stats {
     }
 }
 
-/// Content checksum of the given sources (relative paths, as `resolve_sources` returns) and
-/// everything below them. Covers paths, types, permission bits, symlink targets and file
-/// contents; not mtimes or owners, so `touch` invalidates nothing.
+/// Content checksum of the given sources (as `resolve_sources` returns them) and everything
+/// below them. Covers paths, types, permission bits, symlink targets and file contents; not
+/// mtimes or owners, so `touch` invalidates nothing. A source reached through a symlink also
+/// covers which name led to which path, since that decides where its copy lands.
 pub(crate) fn checksum(
     ctx: &dyn LocalContext,
-    sources: &[String],
+    sources: &[Source],
     index: &CacheIndex,
 ) -> Result<(String, Stats), SolveError> {
+    let mut rels: Vec<&str> = sources.iter().map(|s| s.rel.as_str()).collect();
+    rels.sort_unstable();
+    rels.dedup();
     let mut entries = Vec::new();
-    for s in sources {
+    for s in rels {
         entries.extend(walk(ctx, s)?);
     }
     let files: Vec<&Entry> = entries.iter().filter(|e| e.meta.is_file()).collect();
@@ -222,7 +288,24 @@ pub(crate) fn checksum(
         }
         hasher.update(&[0xff]);
     }
-    Ok((hasher.finalize().to_hex().to_string(), stats))
+    let sum = hasher.finalize();
+    // Without links the sum is what it always was, so existing cache keys stay valid.
+    let mut linked: Vec<&Source> = sources.iter().filter(|s| s.named != s.rel).collect();
+    if linked.is_empty() {
+        return Ok((sum.to_hex().to_string(), stats));
+    }
+    linked.sort_unstable();
+    linked.dedup();
+    let mut outer = blake3::Hasher::new();
+    outer.update(b"kiln-context-links-v1\0");
+    outer.update(sum.as_bytes());
+    for s in linked {
+        for part in [&s.named, &s.rel] {
+            outer.update(&(part.len() as u64).to_le_bytes());
+            outer.update(part.as_bytes());
+        }
+    }
+    Ok((outer.finalize().to_hex().to_string(), stats))
 }
 
 /// Memo keys looked up per read transaction.
@@ -302,5 +385,163 @@ mod tests {
         assert_eq!(clean_rel("./a/./b/"), "a/b");
         assert_eq!(clean_rel("/"), "");
         assert_eq!(clean_rel("a/../../b"), "b");
+    }
+
+    struct Ctx {
+        root: PathBuf,
+        excluded: Vec<&'static str>,
+    }
+
+    impl LocalContext for Ctx {
+        fn root(&self) -> &Path {
+            &self.root
+        }
+        fn excluded(&self, rel: &str) -> bool {
+            self.excluded
+                .iter()
+                .any(|e| rel == *e || rel.starts_with(&format!("{e}/")))
+        }
+        fn may_reinclude(&self) -> bool {
+            false
+        }
+    }
+
+    /// A context with links in and out, and a host directory beside it holding a secret.
+    fn hostile() -> (tempfile::TempDir, Ctx) {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let host = t.path().join("host");
+        let root = t.path().join("ctx");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("secret"), "s").unwrap();
+        std::fs::create_dir_all(root.join("data/sub")).unwrap();
+        std::fs::write(root.join("data/f"), "f").unwrap();
+        std::fs::write(root.join("ignored"), "i").unwrap();
+        symlink(&host, root.join("hostdir")).unwrap();
+        symlink("..", root.join("up")).unwrap();
+        symlink(".", root.join("selfdir")).unwrap();
+        symlink("/data", root.join("datalink")).unwrap();
+        symlink("f", root.join("data/flink")).unwrap();
+        symlink("loop", root.join("loop")).unwrap();
+        let ctx = Ctx {
+            root,
+            excluded: vec!["ignored"],
+        };
+        (t, ctx)
+    }
+
+    fn rels(ctx: &Ctx, src: &str, follow: bool) -> Vec<(String, String)> {
+        resolve_sources(ctx, src, follow)
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.named, s.rel))
+            .collect()
+    }
+
+    fn pair(named: &str, rel: &str) -> (String, String) {
+        (named.to_string(), rel.to_string())
+    }
+
+    #[test]
+    fn sources_through_links_never_leave_the_context() {
+        let (_t, ctx) = hostile();
+        for src in [
+            "hostdir/secret",
+            "hostdir",
+            "hostdir/*",
+            "host*/secret",
+            "up/host/secret",
+            "up/*/secret",
+            "selfdir/up/host/secret",
+        ] {
+            assert_eq!(rels(&ctx, src, true), vec![], "{src}");
+        }
+        let e = resolve_sources(&ctx, "loop/x", true)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("too many levels of symbolic links"), "{e}");
+    }
+
+    #[test]
+    fn links_inside_the_context_resolve_and_dockerignore_applies_to_where_they_lead() {
+        let (_t, ctx) = hostile();
+        assert_eq!(
+            rels(&ctx, "datalink/f", true),
+            vec![pair("datalink/f", "data/f")]
+        );
+        assert_eq!(
+            rels(&ctx, "selfdir/data", true),
+            vec![pair("selfdir/data", "data")]
+        );
+        assert_eq!(rels(&ctx, "selfdir", true), vec![pair("selfdir", "")]);
+        assert_eq!(
+            rels(&ctx, "up/data/f", true),
+            vec![pair("up/data/f", "data/f")]
+        );
+        // The last component is followed only when the copy follows links.
+        assert_eq!(
+            rels(&ctx, "data/flink", true),
+            vec![pair("data/flink", "data/f")]
+        );
+        assert_eq!(
+            rels(&ctx, "data/flink", false),
+            vec![pair("data/flink", "data/flink")]
+        );
+        assert_eq!(
+            rels(&ctx, "datalink", false),
+            vec![pair("datalink", "datalink")]
+        );
+        // `.dockerignore` holds whichever way the file is named.
+        assert_eq!(rels(&ctx, "ignored", true), vec![]);
+        assert_eq!(rels(&ctx, "selfdir/ignored", true), vec![]);
+        assert_eq!(rels(&ctx, "selfdir/selfdir/ign*", true), vec![]);
+        // Wildcards in any component, through links, named as matched.
+        assert_eq!(
+            rels(&ctx, "*link/f*", true),
+            vec![
+                pair("datalink/f", "data/f"),
+                pair("datalink/flink", "data/f")
+            ]
+        );
+    }
+
+    #[test]
+    fn the_checksum_covers_which_link_led_where() {
+        use std::os::unix::fs::symlink;
+        let (t, ctx) = hostile();
+        let store = kiln_cache::Store::open(&t.path().join("store")).unwrap();
+        std::fs::write(ctx.root.join("a"), "same").unwrap();
+        std::fs::write(ctx.root.join("b"), "other").unwrap();
+        symlink("a", ctx.root.join("ln1")).unwrap();
+        symlink("b", ctx.root.join("ln2")).unwrap();
+        let sum = |src: &str| {
+            let sources = resolve_sources(&ctx, src, true).unwrap();
+            checksum(&ctx, &sources, store.index()).unwrap().0
+        };
+        let before = sum("ln*");
+        // Swapped links select the same two files, but each lands under the other name.
+        std::fs::remove_file(ctx.root.join("ln1")).unwrap();
+        std::fs::remove_file(ctx.root.join("ln2")).unwrap();
+        symlink("b", ctx.root.join("ln1")).unwrap();
+        symlink("a", ctx.root.join("ln2")).unwrap();
+        assert_ne!(before, sum("ln*"));
+        // Without links the sum is what it was before links were covered: the plain walk's.
+        let plain = resolve_sources(&ctx, "data", true).unwrap();
+        assert_eq!(
+            plain,
+            vec![Source {
+                named: "data".into(),
+                rel: "data".into()
+            }]
+        );
+        let walked = checksum(&ctx, &plain, store.index()).unwrap().0;
+        let through = checksum(
+            &ctx,
+            &resolve_sources(&ctx, "datalink", true).unwrap(),
+            store.index(),
+        )
+        .unwrap()
+        .0;
+        assert_ne!(walked, through);
     }
 }

@@ -10,9 +10,9 @@ pub(crate) mod reuse;
 
 use crate::context::{self, LocalContext};
 use crate::glob;
+use crate::inroot::resolve_in_root;
 use crate::SolveError;
 use kiln_llb::{file_action::Action, Chown, FileCopy};
-use std::collections::VecDeque;
 use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -78,50 +78,6 @@ pub(crate) fn resolve_owner(
     Ok(Some(Owner { uid, gid }))
 }
 
-/// Resolves `path` inside `root` the way the kernel would if `root` were `/`: `..` stops at the
-/// root and absolute symlinks restart from it.
-pub(crate) fn resolve_in_root(root: &Path, path: &str, follow_last: bool) -> io::Result<PathBuf> {
-    let mut todo: VecDeque<String> = path.split('/').map(str::to_string).collect();
-    let mut done: Vec<String> = Vec::new();
-    let mut hops = 0;
-    while let Some(c) = todo.pop_front() {
-        match c.as_str() {
-            "" | "." => continue,
-            ".." => {
-                done.pop();
-                continue;
-            }
-            _ => {}
-        }
-        let mut candidate = root.to_path_buf();
-        candidate.extend(&done);
-        candidate.push(&c);
-        let last = todo.iter().all(|s| s.is_empty() || s == ".");
-        match std::fs::symlink_metadata(&candidate) {
-            Ok(m) if m.file_type().is_symlink() && (!last || follow_last) => {
-                hops += 1;
-                if hops > 40 {
-                    return Err(io::Error::other(format!(
-                        "too many levels of symbolic links resolving `{path}`"
-                    )));
-                }
-                let target = std::fs::read_link(&candidate)?;
-                let t = target.to_string_lossy();
-                if t.starts_with('/') {
-                    done.clear();
-                }
-                for part in t.split('/').rev() {
-                    todo.push_front(part.to_string());
-                }
-            }
-            _ => done.push(c),
-        }
-    }
-    let mut out = root.to_path_buf();
-    out.extend(&done);
-    Ok(out)
-}
-
 /// Applies one action to the mounted `root`.
 pub(crate) fn apply(
     root: &Path,
@@ -176,12 +132,9 @@ fn copy(
     let owner = copy_owner(source, chown);
     // Sources: (absolute path on the host, name used under a directory destination).
     let sources: Vec<(PathBuf, String, String)> = match source {
-        CopySource::Local(ctx) => context::resolve_sources(*ctx, &c.src)?
+        CopySource::Local(ctx) => context::resolve_sources(*ctx, &c.src, c.follow_symlinks)?
             .into_iter()
-            .map(|rel| {
-                let name = rel.rsplit('/').next().unwrap_or("").to_string();
-                (ctx.root().join(&rel), name, rel)
-            })
+            .map(|s| (ctx.root().join(&s.rel), s.name().to_string(), s.rel))
             .collect(),
         CopySource::Dir(dir) => resolve_dir_sources(dir, &c.src, c.follow_symlinks)?,
     };
@@ -301,7 +254,7 @@ fn resolve_dir_sources(
             for e in rd.flatten() {
                 let name = e.file_name().to_string_lossy().into_owned();
                 if glob::matches(&last, &name) {
-                    let p = resolve_in_root(dir, &format!("{parent}/{name}"), follow)
+                    let p = resolve_in_root(dir, format!("{parent}/{name}"), follow)
                         .map_err(|e| op_err(src, e))?;
                     out.push((p, name.clone(), context::join_rel(&parent, &name)));
                 }
@@ -490,31 +443,6 @@ fn op_err(path: &str, e: io::Error) -> SolveError {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn symlinks_resolve_inside_the_root() {
-        let t = tempfile::tempdir().unwrap();
-        let root = t.path();
-        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
-        std::os::unix::fs::symlink("/usr/bin", root.join("bin")).unwrap();
-        std::os::unix::fs::symlink("../../../../etc", root.join("escape")).unwrap();
-        assert_eq!(
-            resolve_in_root(root, "/bin/sh", true).unwrap(),
-            root.join("usr/bin/sh")
-        );
-        assert_eq!(
-            resolve_in_root(root, "escape/passwd", true).unwrap(),
-            root.join("etc/passwd")
-        );
-        assert_eq!(
-            resolve_in_root(root, "../../x", true).unwrap(),
-            root.join("x")
-        );
-        assert_eq!(
-            resolve_in_root(root, "bin", false).unwrap(),
-            root.join("bin")
-        );
-    }
 
     fn copy_action(src: &str, dest: &str, include: &[&str], exclude: &[&str]) -> Action {
         Action::Copy(FileCopy {

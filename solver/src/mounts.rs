@@ -18,7 +18,7 @@ use kiln_cache::{MountGuard, SnapshotId, Store};
 use kiln_llb::MountType;
 use oci_spec::runtime::{Mount, MountBuilder};
 
-use crate::{fileops, Output, SolveError};
+use crate::{Output, SolveError};
 
 mod context_view;
 mod ssh_proxy;
@@ -289,7 +289,7 @@ fn input<'a>(
 /// Resolves `selector` inside `root` and checks it exists.
 fn source_in(root: &Path, selector: &str, dest: &str) -> Result<PathBuf, SolveError> {
     let sel = if selector.is_empty() { "/" } else { selector };
-    let path = fileops::resolve_in_root(root, sel, true)
+    let path = crate::inroot::resolve_in_root(root, sel, true)
         .map_err(|e| op_err(format!("mount at `{dest}`: source `{sel}`: {e}")))?;
     if std::fs::symlink_metadata(&path).is_err() {
         return Err(op_err(format!(

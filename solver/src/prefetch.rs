@@ -51,7 +51,7 @@ struct Job {
     vertex: usize,
     name: String,
     ctx: Arc<dyn LocalContext>,
-    readers: Vec<(Vec<String>, oneshot::Sender<SumResult>)>,
+    readers: Vec<(Vec<Selector>, oneshot::Sender<SumResult>)>,
 }
 
 /// Starts hashing, on the blocking pool, every local context that an op the root needs reads.
@@ -176,19 +176,25 @@ fn local_name(op: &Op) -> Option<&str> {
     }
 }
 
+/// A path an op reads from a local context, and whether a symlink as its last component is
+/// followed (a `COPY` source) or read as the link it is.
+pub(crate) type Selector = (String, bool);
+
 /// The paths an op reads from its input `index` when that input is a local context: a file op
 /// its copies' sources, anything else (an exec mount) the whole context.
-pub(crate) fn selectors(op: &Op, index: i64) -> Vec<String> {
+pub(crate) fn selectors(op: &Op, index: i64) -> Vec<Selector> {
     match &op.kind {
         Some(Kind::File(f)) => f
             .actions
             .iter()
             .filter_map(|a| match &a.action {
-                Some(Action::Copy(c)) if c.src_input == index => Some(c.src.clone()),
+                Some(Action::Copy(c)) if c.src_input == index => {
+                    Some((c.src.clone(), c.follow_symlinks))
+                }
                 _ => None,
             })
             .collect(),
-        _ => vec![String::new()],
+        _ => vec![(String::new(), true)],
     }
 }
 
@@ -196,12 +202,12 @@ pub(crate) fn selectors(op: &Op, index: i64) -> Vec<String> {
 /// computing it cost.
 pub(crate) fn checksum(
     ctx: &dyn LocalContext,
-    selectors: &[String],
+    selectors: &[Selector],
     store: &Store,
 ) -> Result<(String, Stats), SolveError> {
     let mut sources = Vec::new();
-    for s in selectors {
-        sources.extend(context::resolve_sources(ctx, s)?);
+    for (src, follow) in selectors {
+        sources.extend(context::resolve_sources(ctx, src, *follow)?);
     }
     sources.sort();
     sources.dedup();

@@ -180,7 +180,7 @@ pub(crate) fn unpack(
         let in_root = dest_rel.join(&rel);
         let in_root_s = in_root.to_string_lossy().into_owned();
         let parent = in_root.parent().unwrap_or(Path::new(""));
-        let parent_abs = resolve_in_root(root, &parent.to_string_lossy(), true).map_err(err)?;
+        let parent_abs = resolve_in_root(root, parent, true).map_err(err)?;
         std::fs::create_dir_all(&parent_abs).map_err(err)?;
         let file_name = rel.file_name().unwrap_or_default();
         let target = parent_abs.join(file_name);
@@ -227,7 +227,7 @@ pub(crate) fn unpack(
                 SolveError::Op(format!("`{name}`: hard link `{in_root_s}` has no target"))
             })?;
             let src = dest_rel.join(link.as_ref());
-            let src = resolve_in_root(root, &src.to_string_lossy(), false).map_err(err)?;
+            let src = resolve_in_root(root, &src, false).map_err(err)?;
             std::fs::hard_link(&src, &target).map_err(err)?;
             continue;
         } else if kind.is_file() || kind == tar::EntryType::Continuous {

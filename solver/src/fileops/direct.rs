@@ -78,11 +78,11 @@ pub(crate) fn prepare(
     }
     let (src, rel) = match source {
         CopySource::Local(ctx) => {
-            let sources = context::resolve_sources(*ctx, &c.src)?;
-            let [rel] = &sources[..] else {
+            let sources = context::resolve_sources(*ctx, &c.src, c.follow_symlinks)?;
+            let [source] = &sources[..] else {
                 return Ok(None);
             };
-            (ctx.root().join(rel), rel.clone())
+            (ctx.root().join(&source.rel), source.rel.clone())
         }
         CopySource::Dir(dir) => {
             // Resolved inside the source root, as `copy` resolves it.

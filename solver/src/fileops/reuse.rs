@@ -374,7 +374,8 @@ mod tests {
             ..Default::default()
         };
         // The context checksum that keys the COPY fills the memo.
-        context::checksum(ctx, &["data".to_string()], store.index()).unwrap();
+        let sources = context::resolve_sources(ctx, "data", true).unwrap();
+        context::checksum(ctx, &sources, store.index()).unwrap();
         let snap = store.snapshots().create(None).unwrap();
         let fs = store.snapshots().fs_dir(snap);
         let source = super::super::CopySource::Local(ctx);
