@@ -200,6 +200,7 @@ impl Engine {
         let compiled =
             tokio::task::spawn_blocking(move || kiln_frontend::compile(&text, &opts, &resolver))
                 .await??;
+        context::check_runs(&compiled.runs, &dockerfile_name, self.solver.platform())?;
         let mut warnings: Vec<String> = compiled
             .warnings
             .iter()
