@@ -622,7 +622,8 @@ fn multi_platform_index_pushed_whole_and_read_by_skopeo() {
     // An index skopeo put into the store is pushed the same way; one whose platform manifest
     // is missing says how to get it.
     let k3 = Kiln::new();
-    assert_ok(&k3.run(&["images"]), "create the store");
+    // `kiln images` only reads (it creates no store); `prune` makes the layout skopeo writes into.
+    assert_ok(&k3.run(&["prune"]), "create the store");
     tool(
         "skopeo",
         &[
