@@ -406,6 +406,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_runs_for_platforms_the_host_runs_natively_pass() {
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        let run = |line, p: &str| kiln_frontend::RunStep {
+            line,
+            platform: p.into(),
+        };
+        let ok = [
+            run(2, "linux/amd64"),
+            run(3, "linux/386"),
+            run(4, "linux/amd64/v2"),
+        ];
+        check_runs(&ok, "Dockerfile", &amd64).unwrap();
+        let err = check_runs(
+            &[run(2, "linux/amd64"), run(7, "linux/arm64")],
+            "Dockerfile",
+            &amd64,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "Dockerfile:7: RUN: cannot run linux/arm64 steps on this linux/amd64 host"
+            ),
+            "{err}"
+        );
+        let arm64 = Platform::parse("linux/arm64").unwrap();
+        check_runs(&[run(1, "linux/arm64/v8")], "Dockerfile", &arm64).unwrap();
+        assert!(check_runs(&[run(1, "linux/386")], "Dockerfile", &arm64).is_err());
+    }
+
+    #[test]
     fn build_context_values() {
         let dir = tempfile_dir();
         let specs = vec![
