@@ -198,7 +198,7 @@ fn lock_timeout_could_not_give_up_on_a_busy_store() {
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(started.elapsed() < Duration::from_secs(1));
+    assert!(started.elapsed() < Duration::from_secs(3), "`0` waited");
     let err = stderr(&out);
     assert!(
         err.contains(&format!("process {pid} (kiln build)")),
