@@ -15,12 +15,26 @@ pub enum CacheError {
         source: io::Error,
     },
 
-    /// Another process owns the store root.
+    /// Another process owns the store root, and the caller would not wait.
     #[error(
-        "store `{}` is locked by process {holder}; stop that process (or let it finish) and try again, or use another `KILN_ROOT`",
+        "store `{}` is in use by {holder}; let it finish and try again (without `--lock-timeout 0`, kiln waits for it), or use another `KILN_ROOT`",
         root.display()
     )]
-    Locked { root: PathBuf, holder: String },
+    Locked {
+        root: PathBuf,
+        holder: crate::LockHolder,
+    },
+
+    /// Another process kept the store root longer than the caller would wait.
+    #[error(
+        "gave up waiting for the store `{}` after {}: {holder} still holds it; let it finish and try again, allow a longer `--lock-timeout`, or use another `KILN_ROOT`",
+        root.display(), humantime(*waited)
+    )]
+    LockTimeout {
+        root: PathBuf,
+        holder: crate::LockHolder,
+        waited: std::time::Duration,
+    },
 
     /// A digest string is not `sha256:<64 lowercase hex>`.
     #[error("invalid digest `{digest}`: {reason}; expected `sha256:` followed by 64 lowercase hex digits")]
@@ -120,5 +134,19 @@ impl CacheError {
             entry: entry.into(),
             reason: reason.into(),
         }
+    }
+}
+
+/// `1.5s`, `2m`, `300ms`: a duration as `--lock-timeout` takes it.
+fn humantime(d: std::time::Duration) -> String {
+    let ms = d.as_millis();
+    if ms.is_multiple_of(60_000) && ms > 0 {
+        format!("{}m", ms / 60_000)
+    } else if ms.is_multiple_of(1000) {
+        format!("{}s", ms / 1000)
+    } else if ms >= 1000 {
+        format!("{:.1}s", d.as_secs_f64())
+    } else {
+        format!("{ms}ms")
     }
 }

@@ -89,22 +89,7 @@ impl ImageStore {
     }
 
     fn load(&self) -> Result<Value, CacheError> {
-        let path = self.index_path();
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(empty_index()),
-            Err(e) => return Err(CacheError::io("read", &path)(e)),
-        };
-        let corrupt = |detail: String| CacheError::Corrupt {
-            what: "image index",
-            location: path.display().to_string(),
-            detail,
-        };
-        let v: Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
-        if !v.get("manifests").map(Value::is_array).unwrap_or(false) || !v.is_object() {
-            return Err(corrupt("no `manifests` array".into()));
-        }
-        Ok(v)
+        load_index(&self.index_path())
     }
 
     fn manifests(index: &Value) -> &[Value] {
@@ -131,8 +116,11 @@ impl ImageStore {
 
     /// All named images, sorted by name.
     pub fn list(&self) -> Result<Vec<ImageRecord>, CacheError> {
-        let index = self.load()?;
-        let mut out: Vec<ImageRecord> = Self::manifests(&index)
+        Self::records(&self.load()?)
+    }
+
+    fn records(index: &Value) -> Result<Vec<ImageRecord>, CacheError> {
+        let mut out: Vec<ImageRecord> = Self::manifests(index)
             .iter()
             .filter_map(Self::record)
             .collect();
@@ -211,6 +199,30 @@ impl ImageStore {
         }
         Ok(changed)
     }
+}
+
+/// The images of the OCI layout in `dir`, read without the store's lock (`kiln images`).
+pub(crate) fn list_layout(dir: &Path) -> Result<Vec<ImageRecord>, CacheError> {
+    ImageStore::records(&load_index(&dir.join("index.json"))?)
+}
+
+/// Reads an `index.json`; a missing one is empty.
+fn load_index(path: &Path) -> Result<Value, CacheError> {
+    let bytes = match fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(empty_index()),
+        Err(e) => return Err(CacheError::io("read", path)(e)),
+    };
+    let corrupt = |detail: String| CacheError::Corrupt {
+        what: "image index",
+        location: path.display().to_string(),
+        detail,
+    };
+    let v: Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    if !v.get("manifests").map(Value::is_array).unwrap_or(false) || !v.is_object() {
+        return Err(corrupt("no `manifests` array".into()));
+    }
+    Ok(v)
 }
 
 fn has_name(desc: &Value, name: &str) -> bool {

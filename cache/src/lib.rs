@@ -2,7 +2,7 @@
 //! snapshots, the cache index (redb) and the local image store (an OCI layout).
 //!
 //! ```text
-//! root/lock              exclusive owner lock (flock), holding the owner's pid
+//! root/lock              exclusive owner lock (flock), naming the owner (`PID COMMAND`)
 //! root/index.redb        cache keys → results, snapshot records, layer info, memo, meta
 //! root/blobs/sha256/<hex> content store
 //! root/snapshots/<id>/fs one directory per snapshot (overlay whiteout form); work/ beside it
@@ -17,18 +17,15 @@ mod error;
 mod gc;
 mod images;
 mod index;
+mod lock;
 mod mount;
 mod snapshots;
 mod unpack;
 
 use std::fmt;
-use std::fs::{self, File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-
-use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 
 pub use content::{BlobWriter, ContentStore};
 pub use digest::{validate_digest, Digest};
@@ -36,6 +33,7 @@ pub use error::CacheError;
 pub use gc::{GcOptions, GcReport};
 pub use images::{ImageRecord, ImageStore, CREATED_ANNOTATION, REF_NAME_ANNOTATION};
 pub use index::{CacheIndex, CachedResult};
+pub use lock::{LockHolder, LockWait};
 pub use mount::MountGuard;
 pub use snapshots::{
     is_whiteout, opaque_xattr, LayerInfo, SnapshotId, Snapshots, OPAQUE_XATTR, USER_OPAQUE_XATTR,
@@ -56,7 +54,7 @@ struct Inner {
     index: CacheIndex,
     images: ImageStore,
     // Last field, so dropped last: the database is closed before the root is released.
-    _lock: Flock<File>,
+    _lock: lock::OwnerLock,
 }
 
 impl fmt::Debug for Store {
@@ -68,25 +66,45 @@ impl fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens (creating if needed) the store at `root`. Fails at once with the holder's pid if
+    /// Opens (creating if needed) the store at `root`. Fails at once naming the holder if
     /// another process (or another `Store` in this one) has it open.
     pub fn open(root: &Path) -> Result<Store, CacheError> {
-        Self::open_with(root, false, Arc::new(RealMounter))
+        Self::open_locked(root, LockWait::Never, &lock::default_command(), &mut |_| {})
     }
 
     /// Like [`Store::open`] but waits for the current owner to let go.
     pub fn open_wait(root: &Path) -> Result<Store, CacheError> {
-        Self::open_with(root, true, Arc::new(RealMounter))
+        Self::open_locked(
+            root,
+            LockWait::Forever,
+            &lock::default_command(),
+            &mut |_| {},
+        )
+    }
+
+    /// Opens the store, waiting for another owner as `wait` says. `command` (e.g. `kiln build`)
+    /// is what others are told holds the store; `on_wait` is called once if this call has to
+    /// wait, with who holds it. Blocks the calling thread while it waits: call it before an
+    /// async runtime starts or from a blocking task.
+    pub fn open_locked(
+        root: &Path,
+        wait: LockWait,
+        command: &str,
+        on_wait: &mut dyn FnMut(&LockHolder),
+    ) -> Result<Store, CacheError> {
+        Self::open_with(root, wait, command, on_wait, Arc::new(RealMounter))
     }
 
     pub(crate) fn open_with(
         root: &Path,
-        wait: bool,
+        wait: LockWait,
+        command: &str,
+        on_wait: &mut dyn FnMut(&LockHolder),
         mounter: Arc<dyn Mounter>,
     ) -> Result<Store, CacheError> {
         fs::create_dir_all(root).map_err(CacheError::io("create store root", root))?;
         let root = fs::canonicalize(root).map_err(CacheError::io("resolve store root", root))?;
-        let lock = take_lock(&root, wait)?;
+        let lock = lock::take(&root, wait, command, on_wait)?;
         for dir in ["blobs/sha256", "snapshots", "containers", "tmp"] {
             let p = root.join(dir);
             fs::create_dir_all(&p).map_err(CacheError::io("create directory", &p))?;
@@ -152,45 +170,11 @@ impl Store {
     }
 }
 
-fn take_lock(root: &Path, wait: bool) -> Result<Flock<File>, CacheError> {
-    let path = root.join("lock");
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(CacheError::io("open lock file", &path))?;
-    let arg = if wait {
-        FlockArg::LockExclusive
-    } else {
-        FlockArg::LockExclusiveNonblock
-    };
-    let mut lock = match Flock::lock(file, arg) {
-        Ok(l) => l,
-        Err((mut file, Errno::EWOULDBLOCK)) => {
-            let mut pid = String::new();
-            let _ = file.read_to_string(&mut pid);
-            let pid = pid.trim();
-            return Err(CacheError::Locked {
-                root: root.to_path_buf(),
-                holder: if pid.is_empty() {
-                    "(unknown pid)".to_string()
-                } else {
-                    pid.to_string()
-                },
-            });
-        }
-        Err((_, e)) => {
-            return Err(CacheError::io("lock", &path)(std::io::Error::from(e)));
-        }
-    };
-    lock.set_len(0)
-        .and_then(|_| lock.seek(SeekFrom::Start(0)))
-        .and_then(|_| write!(&mut *lock, "{}", std::process::id()))
-        .and_then(|_| lock.sync_all())
-        .map_err(CacheError::io("write pid to", &path))?;
-    Ok(lock)
+/// The images of the store at `root`, read from its OCI layout without taking the lock, so a
+/// listing never waits for a build. `index.json` is replaced by rename, so this sees a whole
+/// version of it. A store that does not exist yet has no images.
+pub fn read_images(root: &Path) -> Result<Vec<ImageRecord>, CacheError> {
+    images::list_layout(&root.join("images"))
 }
 
 #[cfg(test)]
@@ -211,13 +195,79 @@ mod tests {
         let err = Store::open(dir.path()).unwrap_err();
         match &err {
             CacheError::Locked { holder, .. } => {
-                assert_eq!(holder, &std::process::id().to_string())
+                assert_eq!(holder.pid, Some(std::process::id()))
             }
             other => panic!("expected Locked, got {other}"),
         }
         assert!(err.to_string().contains(&std::process::id().to_string()));
         drop(store);
         Store::open(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn a_waiting_open_says_once_for_whom_it_waits() {
+        let dir = tempfile::tempdir().unwrap();
+        let store =
+            Store::open_locked(dir.path(), LockWait::Never, "kiln build", &mut |_| {}).unwrap();
+        let path = dir.path().to_path_buf();
+        let t = std::thread::spawn(move || {
+            let mut told = Vec::new();
+            let s = Store::open_locked(&path, LockWait::Forever, "kiln run", &mut |h| {
+                told.push(h.clone())
+            });
+            (s.map(|_| ()), told)
+        });
+        std::thread::sleep(std::time::Duration::from_millis(700));
+        assert!(!t.is_finished());
+        drop(store);
+        let (opened, told) = t.join().unwrap();
+        assert!(opened.is_ok(), "{opened:?}");
+        assert_eq!(
+            told,
+            vec![LockHolder {
+                pid: Some(std::process::id()),
+                command: "kiln build".into()
+            }]
+        );
+    }
+
+    #[test]
+    fn a_lock_timeout_gives_up_naming_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let _store =
+            Store::open_locked(dir.path(), LockWait::Never, "kiln build", &mut |_| {}).unwrap();
+        let started = std::time::Instant::now();
+        let limit = std::time::Duration::from_millis(300);
+        let err = Store::open_locked(dir.path(), LockWait::AtMost(limit), "kiln run", &mut |_| {})
+            .unwrap_err();
+        let waited = started.elapsed();
+        assert!(waited >= limit && waited < limit * 5, "{waited:?}");
+        assert!(matches!(err, CacheError::LockTimeout { .. }), "{err}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains(&format!("process {} (kiln build)", std::process::id())),
+            "{msg}"
+        );
+    }
+
+    #[test]
+    fn images_are_read_without_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(read_images(&dir.path().join("absent")).unwrap(), vec![]);
+        let store = Store::open(dir.path()).unwrap();
+        let (digest, size) = store.content().put_bytes(b"{}").unwrap();
+        let record = ImageRecord {
+            name: "docker.io/library/a:latest".into(),
+            digest,
+            size,
+            media_type: "application/vnd.oci.image.manifest.v1+json".into(),
+            created: None,
+        };
+        store.images().put(&record).unwrap();
+        // The store stays open (and locked) while another reader lists its images.
+        assert_eq!(read_images(dir.path()).unwrap(), vec![record]);
+        // Reading creates nothing.
+        assert!(!dir.path().join("absent").exists());
     }
 
     #[test]
@@ -253,7 +303,10 @@ mod tests {
         );
         assert_eq!(
             fs::read_to_string(root.join("lock")).unwrap(),
-            std::process::id().to_string()
+            format!("{} {}\n", std::process::id(), lock::default_command())
         );
+        drop(store);
+        // A released store names no one.
+        assert_eq!(fs::read_to_string(dir.path().join("lock")).unwrap(), "");
     }
 }

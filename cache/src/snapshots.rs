@@ -575,7 +575,14 @@ mod tests {
     fn mount_plans_with_snapshot_paths_without_root() {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(FakeMounter::default());
-        let store = Store::open_with(dir.path(), false, fake.clone()).unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            crate::LockWait::Never,
+            "test",
+            &mut |_| {},
+            fake.clone(),
+        )
+        .unwrap();
         let snaps = store.snapshots();
         let a = snaps.create(None).unwrap();
         let b = snaps.create(Some(a)).unwrap();

@@ -2,8 +2,8 @@
 //! building anything (no store is opened, nothing is pulled, unless `debug llb --resolve` asks
 //! for base images to be resolved as a build resolves them).
 
-use anyhow::Result;
-use std::path::{Path, PathBuf};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
 
 #[derive(clap::Subcommand)]
 pub(crate) enum DebugCommand {
@@ -28,8 +28,15 @@ pub(crate) struct LlbArgs {
     build: crate::BuildArgs,
 }
 
-/// Runs a debug command; `root` and `insecure` open the store for `debug llb --resolve` only.
-pub(crate) async fn run(cmd: DebugCommand, root: &Path, insecure: &[String]) -> Result<i32> {
+impl DebugCommand {
+    /// Whether the command needs the store (and so its lock): only `debug llb --resolve`.
+    pub(crate) fn needs_store(&self) -> bool {
+        matches!(self, DebugCommand::Llb(a) if a.resolve)
+    }
+}
+
+/// Runs a debug command; `engine` is the open store when [`DebugCommand::needs_store`].
+pub(crate) async fn run(cmd: DebugCommand, engine: Option<&kiln_daemon::Engine>) -> Result<i32> {
     match cmd {
         DebugCommand::Parse { file } => {
             let (dump, warnings) = kiln_daemon::debug_parse(&file)?;
@@ -41,14 +48,8 @@ pub(crate) async fn run(cmd: DebugCommand, root: &Path, insecure: &[String]) -> 
         DebugCommand::Llb(a) => {
             let req = crate::build_request(&a.build)?;
             let doc = if a.resolve {
-                let engine = kiln_daemon::Engine::open(
-                    root,
-                    kiln_daemon::EngineOptions {
-                        jobs: 0,
-                        insecure_registries: insecure.to_vec(),
-                    },
-                )?;
-                kiln_daemon::debug_llb_resolved(&engine, &req).await?
+                let engine = engine.context("`kiln debug llb --resolve` needs the store")?;
+                kiln_daemon::debug_llb_resolved(engine, &req).await?
             } else {
                 kiln_daemon::debug_llb(&req)?
             };

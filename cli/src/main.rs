@@ -8,10 +8,13 @@ mod transfer;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use kiln_daemon::{BuildRequest, Engine, EngineOptions, ImportRequest, Output, RunRequest};
+use kiln_daemon::{
+    BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, Output, RunRequest,
+};
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +29,17 @@ struct Cli {
     /// Registries that may be reached over plain http (loopback always may).
     #[arg(long = "insecure-registry", global = true)]
     insecure_registries: Vec<String>,
+    /// How long a command that changes the store (build, run, import, pull, push, prune) waits
+    /// for another kiln process that holds it: `30s`, `5m`, `1h`, `500ms`; `0` fails at once.
+    /// Default: wait as long as it takes. `kiln images` never waits.
+    #[arg(
+        long = "lock-timeout",
+        env = "KILN_LOCK_TIMEOUT",
+        global = true,
+        value_name = "DURATION",
+        value_parser = parse_duration
+    )]
+    lock_timeout: Option<Duration>,
     #[command(subcommand)]
     command: Command,
 }
@@ -202,6 +216,16 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_env("KILN_LOG"))
         .with_writer(std::io::stderr)
         .init();
+    // The store is opened before the runtime starts, since waiting for its lock blocks: Ctrl-C
+    // while waiting simply ends the process, which holds nothing yet.
+    let root = cli.root.clone().unwrap_or_else(default_root);
+    let engine = match open_engine(&cli, &root) {
+        Ok(e) => e,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -212,7 +236,7 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let code = match runtime.block_on(real_main(cli)) {
+    let code = match runtime.block_on(real_main(cli, engine)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -226,10 +250,76 @@ fn main() {
     std::process::exit(code);
 }
 
-async fn real_main(cli: Cli) -> Result<i32> {
+/// What a command that changes the store calls itself in the lock file; `None` for the
+/// commands that need no lock (credentials, `kiln images`, debug output without `--resolve`).
+fn store_writer(command: &Command) -> Option<&'static str> {
+    match command {
+        Command::Build(_) => Some("kiln build"),
+        Command::Run(_) => Some("kiln run"),
+        Command::Import { .. } => Some("kiln import"),
+        Command::Pull(_) => Some("kiln pull"),
+        Command::Push(_) => Some("kiln push"),
+        Command::Prune => Some("kiln prune"),
+        Command::Debug(d) if d.needs_store() => Some("kiln debug llb --resolve"),
+        Command::Images { .. } | Command::Login(_) | Command::Logout(_) | Command::Debug(_) => None,
+    }
+}
+
+/// Opens the engine for a command that changes the store, waiting for another kiln that holds
+/// it as `--lock-timeout` says and saying once for whom it waits.
+fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
+    let Some(command) = store_writer(&cli.command) else {
+        return Ok(None);
+    };
+    let jobs = match &cli.command {
+        Command::Build(b) => b.jobs,
+        _ => 0,
+    };
+    let wait = match cli.lock_timeout {
+        None => LockWait::Forever,
+        Some(d) if d.is_zero() => LockWait::Never,
+        Some(d) => LockWait::AtMost(d),
+    };
+    let engine = Engine::open_locked(
+        root,
+        EngineOptions {
+            jobs,
+            insecure_registries: cli.insecure_registries.clone(),
+        },
+        wait,
+        command,
+        &mut |holder| {
+            eprintln!(
+                "waiting for the store `{}`: {holder} holds it",
+                root.display()
+            )
+        },
+    )?;
+    Ok(Some(engine))
+}
+
+/// `--lock-timeout`: `0`, `500ms`, `30s`, `5m`, `1h`, or a number of seconds.
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (number, unit) = s.split_at(split);
+    let bad = || format!("`{s}` is not a duration: write e.g. `30s`, `5m`, `1h`, `500ms` or `0`");
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    let unit_ms: u64 = match unit {
+        "ms" => 1,
+        "" | "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(unit_ms)
+        .map(Duration::from_millis)
+        .ok_or_else(bad)
+}
+
+async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
     if let Command::Debug(d) = cli.command {
-        let root = cli.root.clone().unwrap_or_else(default_root);
-        return debug::run(d, &root, &cli.insecure_registries).await;
+        return debug::run(d, engine.as_ref()).await;
     }
     // Credentials are not the store's business: no store lock for these.
     if let Command::Login(a) = cli.command {
@@ -238,18 +328,11 @@ async fn real_main(cli: Cli) -> Result<i32> {
     if let Command::Logout(a) = cli.command {
         return login::logout(a).await;
     }
-    let root = cli.root.clone().unwrap_or_else(default_root);
-    let jobs = match &cli.command {
-        Command::Build(b) => b.jobs,
-        _ => 0,
-    };
-    let engine = Engine::open(
-        &root,
-        EngineOptions {
-            jobs,
-            insecure_registries: cli.insecure_registries.clone(),
-        },
-    )?;
+    if let Command::Images { quiet } = cli.command {
+        let root = cli.root.clone().unwrap_or_else(default_root);
+        return images(&root, quiet);
+    }
+    let engine = engine.context("no store was opened for this command")?;
     match cli.command {
         Command::Build(b) => build(&engine, b).await,
         Command::Run(r) => {
@@ -287,26 +370,6 @@ async fn real_main(cli: Cli) -> Result<i32> {
             println!("{digest}");
             Ok(0)
         }
-        Command::Images { quiet } => {
-            let images = engine.images()?;
-            if quiet {
-                for i in images {
-                    println!("{}", i.name);
-                }
-            } else {
-                println!("{:<50} {:<20} {:<25}", "NAME", "DIGEST", "CREATED");
-                for i in images {
-                    let short = i.digest.strip_prefix("sha256:").unwrap_or(&i.digest);
-                    println!(
-                        "{:<50} {:<20} {:<25}",
-                        i.name,
-                        &short[..short.len().min(12)],
-                        i.created.unwrap_or_default()
-                    );
-                }
-            }
-            Ok(0)
-        }
         Command::Prune => {
             let r = engine.prune().await?;
             println!(
@@ -317,9 +380,34 @@ async fn real_main(cli: Cli) -> Result<i32> {
         }
         Command::Pull(p) => transfer::pull(&engine, p).await,
         Command::Push(p) => transfer::push(&engine, p).await,
-        // Handled before the engine is opened.
-        Command::Login(_) | Command::Logout(_) | Command::Debug(_) => Ok(0),
+        // Handled above, without the store's lock.
+        Command::Login(_) | Command::Logout(_) | Command::Debug(_) | Command::Images { .. } => {
+            Ok(0)
+        }
     }
+}
+
+/// `kiln images`: reads the image layout without the store's lock, so it answers while a build
+/// runs.
+fn images(root: &Path, quiet: bool) -> Result<i32> {
+    let images = kiln_daemon::list_images(root)?;
+    if quiet {
+        for i in images {
+            println!("{}", i.name);
+        }
+    } else {
+        println!("{:<50} {:<20} {:<25}", "NAME", "DIGEST", "CREATED");
+        for i in images {
+            let short = i.digest.strip_prefix("sha256:").unwrap_or(&i.digest);
+            println!(
+                "{:<50} {:<20} {:<25}",
+                i.name,
+                &short[..short.len().min(12)],
+                i.created.unwrap_or_default()
+            );
+        }
+    }
+    Ok(0)
 }
 
 /// `--output` specs and the `--push` shortcut (the daemon parses BuildKit's syntax).

@@ -133,6 +133,61 @@ pub(crate) fn build_platform(given: Option<&str>, default: &Platform) -> Result<
     }
 }
 
+/// The platforms this host runs without emulation: its own, and 32-bit x86 on an amd64 host.
+/// Emulation (binfmt_misc handlers) is not used yet, so nothing else runs.
+pub(crate) fn native_platforms(host: &Platform) -> Vec<Platform> {
+    let mut native = vec![host.clone()];
+    if host.os == "linux" && host.architecture == "amd64" {
+        native.push(Platform {
+            os: "linux".into(),
+            architecture: "386".into(),
+            variant: None,
+        });
+    }
+    native
+}
+
+/// Whether this host runs programs made for `p` natively.
+pub(crate) fn runs_natively(host: &Platform, p: &Platform) -> bool {
+    native_platforms(host).iter().any(|n| n.matches(p))
+}
+
+/// Refuses a build whose `RUN` steps are for a platform this host cannot run, before any step
+/// starts: running them would execute the host's binaries or fail with `exec format error`.
+/// Steps without `RUN` (COPY, config) build for any platform, as in BuildKit.
+pub(crate) fn check_runs(
+    runs: &[kiln_frontend::RunStep],
+    dockerfile_name: &str,
+    host: &Platform,
+) -> Result<()> {
+    for r in runs {
+        let p = Platform::parse(&r.platform)
+            .with_context(|| format!("{dockerfile_name}:{}: RUN", r.line))?;
+        if !runs_natively(host, &p) {
+            anyhow::bail!(
+                "{dockerfile_name}:{}: RUN: cannot run {p} steps on this {host} host (no \
+                 emulation yet); build for {host} or drop `--platform` (and `FROM --platform`)",
+                r.line
+            );
+        }
+    }
+    Ok(())
+}
+
+/// An image config's platform, when it names one.
+fn config_platform(config: &oci_spec::image::ImageConfiguration) -> Option<Platform> {
+    let architecture = config.architecture().to_string();
+    let os = config.os().to_string();
+    if architecture.is_empty() || os.is_empty() {
+        return None;
+    }
+    Some(Platform {
+        os,
+        architecture,
+        variant: config.variant().clone(),
+    })
+}
+
 /// The frontend's `(os, arch[/variant])` for a platform.
 pub(crate) fn frontend_platform(p: &Platform) -> (String, String) {
     let arch = match &p.variant {
@@ -193,6 +248,17 @@ impl StoreResolver {
                 lookup,
             ))
             .map_err(|e| e.to_string())?;
+        // A single-platform image is never taken for another platform (BuildKit refuses too):
+        // its files would run, or be shipped, under a config that lies about them.
+        if let Some(made_for) = config_platform(&image.config) {
+            if !platform.matches(&made_for) {
+                return Err(format!(
+                    "`{}` is an image for {made_for} only, not {platform}; build for \
+                     {made_for}, or use an image that has a {platform} variant",
+                    image.name
+                ));
+            }
+        }
         // The raw config keeps what oci-spec drops (`OnBuild`, `Healthcheck`, `Shell`).
         let config_digest = image.manifest.config().digest().to_string();
         let raw_config = solver
@@ -414,6 +480,37 @@ pub(crate) fn dockerfile_name(path: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_runs_for_platforms_the_host_runs_natively_pass() {
+        let amd64 = Platform::parse("linux/amd64").unwrap();
+        let run = |line, p: &str| kiln_frontend::RunStep {
+            line,
+            platform: p.into(),
+        };
+        let ok = [
+            run(2, "linux/amd64"),
+            run(3, "linux/386"),
+            run(4, "linux/amd64/v2"),
+        ];
+        check_runs(&ok, "Dockerfile", &amd64).unwrap();
+        let err = check_runs(
+            &[run(2, "linux/amd64"), run(7, "linux/arm64")],
+            "Dockerfile",
+            &amd64,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(
+                "Dockerfile:7: RUN: cannot run linux/arm64 steps on this linux/amd64 host"
+            ),
+            "{err}"
+        );
+        let arm64 = Platform::parse("linux/arm64").unwrap();
+        check_runs(&[run(1, "linux/arm64/v8")], "Dockerfile", &arm64).unwrap();
+        assert!(check_runs(&[run(1, "linux/386")], "Dockerfile", &arm64).is_err());
+    }
 
     #[test]
     fn build_context_values() {

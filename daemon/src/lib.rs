@@ -13,7 +13,7 @@ mod transfer;
 
 pub use context::parse_build_context;
 pub use debug::{debug_llb, debug_llb_resolved, debug_parse};
-pub use kiln_cache::ImageRecord;
+pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
@@ -104,10 +104,33 @@ pub struct ImportRequest {
     pub changes: Vec<String>,
 }
 
+/// The images of the store at `root`, without opening it: a listing never waits for a build.
+pub fn list_images(root: &Path) -> Result<Vec<ImageRecord>> {
+    kiln_cache::read_images(root).with_context(|| {
+        format!(
+            "cannot list the images of the kiln store `{}`",
+            root.display()
+        )
+    })
+}
+
 impl Engine {
-    /// Opens (creating if needed) the store at `root`.
+    /// Opens (creating if needed) the store at `root`; fails at once if another process has it.
     pub fn open(root: &Path, opts: EngineOptions) -> Result<Engine> {
-        let store = Store::open(root)
+        Self::open_locked(root, opts, LockWait::Never, "kiln", &mut |_| {})
+    }
+
+    /// Opens the store at `root`, waiting for another owner as `wait` says; `command` names
+    /// this process to others, `on_wait` hears once who holds the store if this has to wait.
+    /// Blocks while it waits: call it before the runtime starts or from a blocking task.
+    pub fn open_locked(
+        root: &Path,
+        opts: EngineOptions,
+        wait: LockWait,
+        command: &str,
+        on_wait: &mut dyn FnMut(&LockHolder),
+    ) -> Result<Engine> {
+        let store = Store::open_locked(root, wait, command, on_wait)
             .with_context(|| format!("cannot open the kiln store at `{}`", root.display()))?;
         let registry = RegistryClient::new(ClientOptions {
             insecure_registries: opts.insecure_registries.clone(),
@@ -177,6 +200,7 @@ impl Engine {
         let compiled =
             tokio::task::spawn_blocking(move || kiln_frontend::compile(&text, &opts, &resolver))
                 .await??;
+        context::check_runs(&compiled.runs, &dockerfile_name, self.solver.platform())?;
         let mut warnings: Vec<String> = compiled
             .warnings
             .iter()

@@ -76,6 +76,22 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
     )
     .await
     .with_context(|| format!("cannot find image `{}`", req.image))?;
+    let made_for = kiln_registry::Platform {
+        os: image.config.os().to_string(),
+        architecture: image.config.architecture().to_string(),
+        variant: image.config.variant().clone(),
+    };
+    if !made_for.architecture.is_empty()
+        && !crate::context::runs_natively(solver.platform(), &made_for)
+    {
+        bail!(
+            "`{}` is an image for {made_for}: this {} host cannot run it (no emulation yet); \
+             run an image made for {}",
+            req.image,
+            solver.platform(),
+            solver.platform()
+        );
+    }
     images::ensure_layers(store, solver.registry(), &image).await?;
     let store2 = store.clone();
     let image2 = image.clone();

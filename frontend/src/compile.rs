@@ -126,6 +126,17 @@ pub struct Compiled {
     /// the image config's `config` object by the exporter.
     pub config_extras: serde_json::Map<String, serde_json::Value>,
     pub warnings: Vec<Warning>,
+    /// Every `RUN` the build needs, with the platform it runs for: the caller refuses the
+    /// platforms it cannot run before anything starts.
+    pub runs: Vec<RunStep>,
+}
+
+/// A compiled `RUN` (or a `RUN` ONBUILD trigger, located at its `FROM`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunStep {
+    pub line: usize,
+    /// `os/arch[/variant]` of its stage.
+    pub platform: String,
 }
 
 /// Parses and compiles `dockerfile`.
@@ -419,6 +430,7 @@ struct Compiler<'a> {
     multi_stage: bool,
     /// UndefinedVar findings of the instructions compiled so far.
     undefined: undefined::UndefinedVars,
+    runs: Vec<RunStep>,
 }
 
 impl<'a> Compiler<'a> {
@@ -459,6 +471,7 @@ impl<'a> Compiler<'a> {
             target_platform,
             multi_stage: false,
             undefined: undefined::UndefinedVars::default(),
+            runs: Vec::new(),
         };
         c.split_stages()?;
         Ok(c)
@@ -704,6 +717,7 @@ impl<'a> Compiler<'a> {
             image_config,
             config_extras: out.image.extras(),
             warnings: self.warnings,
+            runs: self.runs,
         };
         Ok((compiled, self.undefined.into_checks()))
     }
@@ -1272,6 +1286,10 @@ impl<'a> Compiler<'a> {
     }
 
     fn dispatch_run(&mut self, d: &mut Dispatch, instr: &Instruction) -> Result<(), FrontendError> {
+        self.runs.push(RunStep {
+            line: instr.start_line,
+            platform: d.platform.spec(),
+        });
         let flags = Flags::parse("run", &instr.flags, &["network", "mount", "security"])
             .map_err(|m| self.fail(instr, m))?;
         let network = match flags.string("network").map_err(|m| self.fail(instr, m))? {

@@ -14,7 +14,7 @@ mod shell;
 
 pub use ast::{Directive, Dockerfile, Heredoc, Instruction};
 pub use compile::{
-    compile, BuildOptions, Compiled, ImageResolver, NamedContext, ResolvedImage, Warning,
+    compile, BuildOptions, Compiled, ImageResolver, NamedContext, ResolvedImage, RunStep, Warning,
 };
 pub use dockerignore::{parse_dockerignore, IgnoreMatcher};
 pub use fuzz::fuzz_one;

@@ -513,3 +513,27 @@ fn duplicate_stage_names_warn_and_resolve_as_buildkit() {
         "{json}"
     );
 }
+
+#[test]
+fn each_needed_run_is_reported_with_its_stage_platform() {
+    let df = "FROM --platform=linux/amd64 scratch AS tools\nRUN make\n\
+              FROM scratch AS unused\nRUN never\n\
+              FROM scratch\nCOPY --from=tools /x /x\nRUN check\n";
+    let o = BuildOptions {
+        platform: ("linux".into(), "arm64".into()),
+        ..opts()
+    };
+    assert_eq!(
+        build(df, &o).runs,
+        vec![
+            RunStep {
+                line: 2,
+                platform: "linux/amd64".into()
+            },
+            RunStep {
+                line: 7,
+                platform: "linux/arm64".into()
+            },
+        ]
+    );
+}
