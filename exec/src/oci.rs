@@ -112,15 +112,37 @@ impl Drop for Container {
 /// refuses to start at all on a host with cgroup v1 and v2 hierarchies both mounted (hybrid
 /// mode: see `oci_cgroups.rs`). runc needs nothing: it manages whichever hierarchies exist.
 fn global_args(binary: &str) -> &'static [&'static str] {
-    let name = Path::new(binary)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("");
-    if name == "crun" {
+    if runs_without_cgroups(binary) {
         &["--cgroup-manager=disabled"]
     } else {
         &[]
     }
+}
+
+/// Whether the runtime `binary` runs containers without cgroups (crun, see [`global_args`]).
+fn runs_without_cgroups(binary: &str) -> bool {
+    Path::new(binary).file_name().and_then(|n| n.to_str()) == Some("crun")
+}
+
+/// Without a device cgroup, and with a root crun remounts without `nodev` (it binds the root
+/// onto itself and resets the flags), only seccomp keeps a step from making a device node it
+/// could open: see [`crate::seccomp::refuse_device_nodes`]. A spec without seccomp gets a
+/// profile that allows everything else.
+fn refuse_device_nodes(spec: &mut Spec) -> Result<(), ExecError> {
+    let Some(mut linux) = spec.linux().clone() else {
+        return Ok(());
+    };
+    let mut profile = match linux.seccomp().clone() {
+        Some(p) => p,
+        None => oci_spec::runtime::LinuxSeccompBuilder::default()
+            .default_action(oci_spec::runtime::LinuxSeccompAction::ScmpActAllow)
+            .build()
+            .map_err(|e| ExecError::Spec(e.to_string()))?,
+    };
+    crate::seccomp::refuse_device_nodes(&mut profile)?;
+    linux.set_seccomp(Some(profile));
+    spec.set_linux(Some(linux));
+    Ok(())
 }
 
 fn container_id() -> String {
@@ -150,7 +172,7 @@ struct Prepared {
 
 /// Mounts the root, creates the mount points and writes the bundle with `init` as its process
 /// (blocking).
-fn prepare(config: &SandboxConfig, init: &Path) -> Result<Prepared, ExecError> {
+fn prepare(config: &SandboxConfig, init: &Path, binary: &str) -> Result<Prepared, ExecError> {
     let rootfs = &config.rootfs;
     let (upper, work, scratch) = match (&rootfs.upper, &rootfs.work) {
         (Some(u), Some(w)) => (u.clone(), w.clone(), false),
@@ -182,11 +204,12 @@ fn prepare(config: &SandboxConfig, init: &Path) -> Result<Prepared, ExecError> {
         Some(m) => m.clone(),
         None => crate::spec::default_mounts()?,
     };
-    let mut mounts = if crate::rootless::in_user_namespace() {
+    let mounts = if crate::rootless::in_user_namespace() {
         rootless_mounts(mounts, &spec)?
     } else {
         mounts
     };
+    let mut mounts = without_device_nodes(mounts)?;
     // Last, so that no `RUN --mount` can hide it.
     mounts.push(crate::oci_init::mount(init)?);
     crate::oci_init::wrap(&mut spec);
@@ -234,6 +257,9 @@ fn prepare(config: &SandboxConfig, init: &Path) -> Result<Prepared, ExecError> {
         .map_err(|e| ExecError::Spec(e.to_string()))?;
     spec.set_root(Some(root_spec));
     cap_rlimits(&mut spec);
+    if runs_without_cgroups(binary) {
+        refuse_device_nodes(&mut spec)?;
+    }
     spec.set_mounts(Some(mounts));
     spec.set_hooks(None);
     let bundle = config.state_dir.join(BUNDLE_DIR);
@@ -296,6 +322,46 @@ fn rootless_mounts(mounts: Vec<Mount>, spec: &Spec) -> Result<Vec<Mount>, ExecEr
             Ok(m)
         })
         .collect()
+}
+
+/// The mounts with `nodev` on every one but devpts, as the built-in sandbox mounts them, and the
+/// host's standard devices bound into a `/dev` tmpfs: a node a step makes (`mknod`) in the
+/// root, `/dev` or a cache or bind mount then never opens. crun runs without cgroups (see
+/// [`global_args`]), so no device cgroup would stop it there. runc and crun find the standard
+/// nodes already in place and keep them (their `mknod` fails with `EEXIST`).
+fn without_device_nodes(mounts: Vec<Mount>) -> Result<Vec<Mount>, ExecError> {
+    let mut out = Vec::with_capacity(mounts.len() + crate::spec::STANDARD_DEVICES.len());
+    for mut m in mounts {
+        let typ = m.typ().as_deref().unwrap_or("").to_string();
+        let dev_tmpfs = typ == "tmpfs" && m.destination() == Path::new("/dev");
+        if typ != "devpts" {
+            let mut opts = m.options().clone().unwrap_or_default();
+            opts.retain(|o| o != "dev");
+            if !opts.iter().any(|o| o == "nodev") {
+                opts.push("nodev".to_string());
+            }
+            m.set_options(Some(opts));
+        }
+        out.push(m);
+        if dev_tmpfs {
+            for name in crate::spec::STANDARD_DEVICES {
+                let host = Path::new("/dev").join(name);
+                if !host.exists() {
+                    continue;
+                }
+                out.push(
+                    MountBuilder::default()
+                        .destination(host.clone())
+                        .typ("bind".to_string())
+                        .source(host)
+                        .options(vec!["bind".to_string(), "nosuid".to_string()])
+                        .build()
+                        .map_err(|e| ExecError::Spec(e.to_string()))?,
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Whether this process may raise hard resource limits: CAP_SYS_RESOURCE counts only in the
@@ -375,7 +441,8 @@ pub(crate) async fn run(
     let stdio = config.stdio;
     let state_dir = config.state_dir.clone();
     let init = crate::oci_init::find(binary)?;
-    let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init))
+    let runtime = binary.to_string();
+    let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init, &runtime))
         .await
         .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
     let runtime_root = state_dir.join(RUNTIME_ROOT);

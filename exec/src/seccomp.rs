@@ -482,6 +482,54 @@ fn arg(
         .map_err(spec_err)
 }
 
+/// File types `mknod` may still create under [`refuse_device_nodes`]: 0 (a regular file),
+/// regular files, fifos and sockets.
+const NON_DEVICE_TYPES: [u32; 4] = [0, libc::S_IFREG, libc::S_IFIFO, libc::S_IFSOCK];
+
+/// Make `profile` refuse (`EPERM`) `mknod` and `mknodat` of character and block devices, for a
+/// runtime that can neither keep the root `nodev` nor run the step under a device cgroup (crun
+/// without cgroups): a node the step could make there would open the host's device. Fifos,
+/// sockets and regular files are still allowed.
+pub(crate) fn refuse_device_nodes(profile: &mut LinuxSeccomp) -> Result<(), ExecError> {
+    const MKNOD: [(&str, usize); 2] = [("mknod", 1), ("mknodat", 2)];
+    let mut rules: Vec<LinuxSyscall> = Vec::new();
+    for mut rule in profile.syscalls().clone().unwrap_or_default() {
+        let kept: Vec<String> = rule
+            .names()
+            .iter()
+            .filter(|n| !MKNOD.iter().any(|(m, _)| n == m))
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            rule.set_names(kept);
+            rules.push(rule);
+        }
+    }
+    let mask = u64::from(libc::S_IFMT);
+    if profile.default_action() == LinuxSeccompAction::ScmpActAllow {
+        for (name, index) in MKNOD {
+            for typ in [libc::S_IFCHR, libc::S_IFBLK] {
+                let cond = arg(index, mask, u64::from(typ), LinuxSeccompOperator::ScmpCmpMaskedEq)?;
+                rules.push(syscall(
+                    &[name],
+                    LinuxSeccompAction::ScmpActErrno,
+                    Some(libc::EPERM as u32),
+                    vec![cond],
+                )?);
+            }
+        }
+    } else {
+        for (name, index) in MKNOD {
+            for typ in NON_DEVICE_TYPES {
+                let cond = arg(index, mask, u64::from(typ), LinuxSeccompOperator::ScmpCmpMaskedEq)?;
+                rules.push(syscall(&[name], LinuxSeccompAction::ScmpActAllow, None, vec![cond])?);
+            }
+        }
+    }
+    profile.set_syscalls(Some(rules));
+    Ok(())
+}
+
 /// Docker's default seccomp profile for a process whose bounding set is `bounding`: the
 /// capability-gated syscalls (`mount`, `unshare`... with `CAP_SYS_ADMIN`) follow the set.
 pub fn default_seccomp(bounding: &Capabilities) -> Result<LinuxSeccomp, ExecError> {
