@@ -7,6 +7,7 @@
 //! runs it with the same standard streams. The runtime keeps its state under the state
 //! directory (`--root`), so that nothing is shared between runs.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,20 +92,42 @@ impl Drop for Container {
         // container it started lives on until deleted. This waits for the runtime (tens of
         // milliseconds) on purpose: an engine that exits right after a cancel (Ctrl-C) must not
         // leave the container running.
-        let mut cmd = std::process::Command::new(&self.binary);
-        cmd.args(global_args(&self.binary))
-            .arg("--root")
-            .arg(&self.runtime_root)
-            .args(["delete", "--force", &self.id])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        if crate::oci_cgroups::crun_needs_hiding(&self.binary) {
-            crate::oci_cgroups::hide_unified_controllers(&mut cmd);
-        }
-        let _ = cmd.status();
+        let _ = delete_command(&self.binary, &self.runtime_root, &self.id).status();
         self.root.take();
     }
+}
+
+/// `binary ... delete --force id`, silent: it kills the container's init if it still runs (and
+/// with it the container's pid namespace) and removes the container.
+pub(crate) fn delete_command(binary: &str, runtime_root: &Path, id: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args(global_args(binary))
+        .arg("--root")
+        .arg(runtime_root)
+        .args(["delete", "--force", id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if crate::oci_cgroups::crun_needs_hiding(binary) {
+        crate::oci_cgroups::hide_unified_controllers(&mut cmd);
+    }
+    cmd
+}
+
+/// The runtime `binary` as the watcher will run it: a path, or the first match in PATH.
+fn locate(binary: &str) -> Option<PathBuf> {
+    let is_exe = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|md| md.is_file() && md.permissions().mode() & 0o111 != 0)
+    };
+    if binary.contains('/') {
+        let p = PathBuf::from(binary);
+        return is_exe(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| is_exe(p))
 }
 
 /// Options the runtime `binary` needs before its command. crun is told not to manage cgroups:
@@ -449,6 +472,7 @@ pub(crate) async fn run(
     let log = state_dir.join(RUNTIME_LOG);
     let _ = tokio::fs::remove_file(&log).await;
     let id = container_id();
+    let container_rootfs = prepared.root.target.clone();
     let mut container = Container {
         binary: binary.to_string(),
         runtime_root: runtime_root.clone(),
@@ -457,32 +481,56 @@ pub(crate) async fn run(
         finished: false,
     };
 
-    let mut cmd = tokio::process::Command::new(binary);
-    cmd.args(global_args(binary))
-        .arg("--root")
-        .arg(&runtime_root)
-        .arg("--log")
-        .arg(&log)
-        .args(["--log-format", "json", "run", "--bundle"])
-        .arg(&prepared.bundle)
-        .arg(&id);
+    let not_started = |message: String| ExecError::Runtime {
+        runtime: binary.to_string(),
+        message,
+    };
+    let Some(located) = locate(binary) else {
+        container.finished = true;
+        return Err(not_started(
+            "not found; install it (`apt-get install runc`) or leave `--runtime` out to use the built-in sandbox".to_string(),
+        ));
+    };
+    let mut runtime_args: Vec<std::ffi::OsString> =
+        global_args(binary).iter().map(|a| a.into()).collect();
+    runtime_args.extend([
+        "--root".into(),
+        runtime_root.clone().into_os_string(),
+        "--log".into(),
+        log.clone().into_os_string(),
+        "--log-format".into(),
+        "json".into(),
+        "run".into(),
+        "--bundle".into(),
+        prepared.bundle.clone().into_os_string(),
+        id.clone().into(),
+    ]);
+    // The runtime runs under a watcher that takes the container down if this process dies
+    // (see `oci_watch.rs`); `alive` is held until the watcher is gone.
+    let (engine_end, alive) =
+        crate::run::child_pipe().map_err(|e| not_started(format!("cannot create a pipe: {e}")))?;
+    let watch = crate::oci_watch::Watch {
+        alive_fd: engine_end.as_raw_fd(),
+        rootfs: &container_rootfs,
+        runtime_root: &runtime_root,
+        id: &id,
+    };
+    let exe = crate::run::sandbox_exe()?;
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args(crate::oci_watch::args(&watch, &located, &runtime_args));
     stdio.apply_to(&mut cmd);
     cmd.kill_on_drop(true);
-    if crate::oci_cgroups::crun_needs_hiding(binary) {
-        crate::oci_cgroups::hide_unified_controllers(cmd.as_std_mut());
-    }
-    let mut child = match cmd.spawn() {
+    crate::run::inherit(cmd.as_std_mut(), [engine_end.as_raw_fd()]);
+    let spawned = cmd.spawn();
+    drop(engine_end);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(source) => {
             container.finished = true;
-            return Err(ExecError::Runtime {
-                runtime: binary.to_string(),
-                message: if source.kind() == std::io::ErrorKind::NotFound {
-                    "not found; install it (`apt-get install runc`) or leave `--runtime` out to use the built-in sandbox".to_string()
-                } else {
-                    format!("cannot start it: {source}")
-                },
-            });
+            return Err(not_started(format!(
+                "cannot start it (through `{}`): {source}",
+                exe.display()
+            )));
         }
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
@@ -492,6 +540,7 @@ pub(crate) async fn run(
         path: PathBuf::from(binary),
         source,
     })?;
+    drop(alive);
     // `run` (not detached) deletes the container when its process exits; a runtime killed by a
     // signal may not have: then the guard deletes it.
     container.finished = status.code().is_some();

@@ -509,7 +509,12 @@ pub(crate) fn refuse_device_nodes(profile: &mut LinuxSeccomp) -> Result<(), Exec
     if profile.default_action() == LinuxSeccompAction::ScmpActAllow {
         for (name, index) in MKNOD {
             for typ in [libc::S_IFCHR, libc::S_IFBLK] {
-                let cond = arg(index, mask, u64::from(typ), LinuxSeccompOperator::ScmpCmpMaskedEq)?;
+                let cond = arg(
+                    index,
+                    mask,
+                    u64::from(typ),
+                    LinuxSeccompOperator::ScmpCmpMaskedEq,
+                )?;
                 rules.push(syscall(
                     &[name],
                     LinuxSeccompAction::ScmpActErrno,
@@ -521,8 +526,18 @@ pub(crate) fn refuse_device_nodes(profile: &mut LinuxSeccomp) -> Result<(), Exec
     } else {
         for (name, index) in MKNOD {
             for typ in NON_DEVICE_TYPES {
-                let cond = arg(index, mask, u64::from(typ), LinuxSeccompOperator::ScmpCmpMaskedEq)?;
-                rules.push(syscall(&[name], LinuxSeccompAction::ScmpActAllow, None, vec![cond])?);
+                let cond = arg(
+                    index,
+                    mask,
+                    u64::from(typ),
+                    LinuxSeccompOperator::ScmpCmpMaskedEq,
+                )?;
+                rules.push(syscall(
+                    &[name],
+                    LinuxSeccompAction::ScmpActAllow,
+                    None,
+                    vec![cond],
+                )?);
             }
         }
     }
