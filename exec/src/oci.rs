@@ -232,7 +232,9 @@ fn prepare(config: &SandboxConfig, init: &Path, binary: &str) -> Result<Prepared
     } else {
         mounts
     };
-    let mut mounts = without_device_nodes(mounts)?;
+    // Rootless, the runtime binds the host's nodes itself (a user namespace cannot mknod), and
+    // would fail opening ours (`/dev/tty` without a terminal) to bind over them.
+    let mut mounts = without_device_nodes(mounts, !crate::rootless::in_user_namespace())?;
     // Last, so that no `RUN --mount` can hide it.
     mounts.push(crate::oci_init::mount(init)?);
     crate::oci_init::wrap(&mut spec);
@@ -347,12 +349,12 @@ fn rootless_mounts(mounts: Vec<Mount>, spec: &Spec) -> Result<Vec<Mount>, ExecEr
         .collect()
 }
 
-/// The mounts with `nodev` on every one but devpts, as the built-in sandbox mounts them, and the
-/// host's standard devices bound into a `/dev` tmpfs: a node a step makes (`mknod`) in the
+/// The mounts with `nodev` on every one but devpts, as the built-in sandbox mounts them, and
+/// (with `bind_devices`) the host's standard devices bound into a `/dev` tmpfs: a node a step makes (`mknod`) in the
 /// root, `/dev` or a cache or bind mount then never opens. crun runs without cgroups (see
 /// [`global_args`]), so no device cgroup would stop it there. runc and crun find the standard
 /// nodes already in place and keep them (their `mknod` fails with `EEXIST`).
-fn without_device_nodes(mounts: Vec<Mount>) -> Result<Vec<Mount>, ExecError> {
+fn without_device_nodes(mounts: Vec<Mount>, bind_devices: bool) -> Result<Vec<Mount>, ExecError> {
     let mut out = Vec::with_capacity(mounts.len() + crate::spec::STANDARD_DEVICES.len());
     for mut m in mounts {
         let typ = m.typ().as_deref().unwrap_or("").to_string();
@@ -366,7 +368,7 @@ fn without_device_nodes(mounts: Vec<Mount>) -> Result<Vec<Mount>, ExecError> {
             m.set_options(Some(opts));
         }
         out.push(m);
-        if dev_tmpfs {
+        if dev_tmpfs && bind_devices {
             for name in crate::spec::STANDARD_DEVICES {
                 let host = Path::new("/dev").join(name);
                 if !host.exists() {
