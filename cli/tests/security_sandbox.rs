@@ -444,3 +444,59 @@ fn kill_9_of_kiln_run_leaves_no_container_running() {
         );
     }
 }
+
+/// A devtmpfs mounted in a directory of this test, lazily unmounted when dropped.
+struct DevMount(std::path::PathBuf);
+
+impl Drop for DevMount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn run_mount_bind_of_a_context_holding_a_devtmpfs_cannot_open_host_devices() {
+    let ctx = temp_context(
+        "kiln-secsbx-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\n\
+             RUN --mount=type=bind,target=/ctx \
+                 test -c /ctx/devs/kmsg && echo kiln-kmsg-probe > /ctx/devs/kmsg \
+                 && echo \"wr\"\"ote-kmsg\"; true\n",
+        )],
+    );
+    let devs = ctx.path().join("devs");
+    std::fs::create_dir(&devs).unwrap();
+    let mounted = Command::new("mount")
+        .args(["-t", "devtmpfs", "devtmpfs"])
+        .arg(&devs)
+        .status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        println!("skipped: cannot mount a devtmpfs here");
+        return;
+    }
+    let _guard = DevMount(devs);
+    let k = Kiln::with_busybox();
+    for runtime in runtimes() {
+        let out = k
+            .cmd()
+            .args([
+                "build",
+                "--no-cache",
+                "--progress",
+                "plain",
+                "--runtime",
+                runtime,
+            ])
+            .arg(ctx.path())
+            .output()
+            .unwrap();
+        assert_ok(&out, &format!("the build under {runtime}"));
+        let text = all_output(&out);
+        assert!(
+            !text.contains("wrote-"),
+            "under {runtime} the context's devtmpfs opened:\n{text}"
+        );
+    }
+}

@@ -361,9 +361,17 @@ fn without_device_nodes(mounts: Vec<Mount>, bind_devices: bool) -> Result<Vec<Mo
         let dev_tmpfs = typ == "tmpfs" && m.destination() == Path::new("/dev");
         if typ != "devpts" {
             let mut opts = m.options().clone().unwrap_or_default();
-            opts.retain(|o| o != "dev");
-            if !opts.iter().any(|o| o == "nodev") {
-                opts.push("nodev".to_string());
+            opts.retain(|o| o != "dev" && o != "rdev");
+            // `rnodev` (mount_setattr, recursive) for an `rbind` of a directory: `nodev` alone
+            // leaves the mounts below the source as they are (a devtmpfs mounted in the build
+            // context). Not for files, which have nothing below them and which crun then fails
+            // to open as a directory.
+            let recursive = opts.iter().any(|o| o == "rbind")
+                && m.source().as_ref().is_some_and(|s| s.is_dir());
+            for flag in ["nodev", "rnodev"] {
+                if (flag == "nodev" || recursive) && !opts.iter().any(|o| o == flag) {
+                    opts.push(flag.to_string());
+                }
             }
             m.set_options(Some(opts));
         }
