@@ -591,6 +591,60 @@ pub(crate) async fn run(
 mod tests {
     use super::*;
 
+    fn opts(m: &Mount) -> Vec<String> {
+        m.options().clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn every_mount_but_devpts_is_nodev_and_dev_gets_the_standard_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts");
+        std::fs::write(&file, "").unwrap();
+        let bind = |dest: &str, source: &Path| {
+            MountBuilder::default()
+                .destination(PathBuf::from(dest))
+                .typ("bind".to_string())
+                .source(source.to_path_buf())
+                .options(vec!["rbind".to_string(), "dev".to_string()])
+                .build()
+                .unwrap()
+        };
+        let mut mounts = crate::spec::default_mounts().unwrap();
+        mounts.push(bind("/ctx", dir.path()));
+        mounts.push(bind("/etc/hosts", &file));
+        let out = without_device_nodes(mounts.clone(), true).unwrap();
+        for m in &out {
+            let o = opts(m);
+            let dest = m.destination().to_string_lossy().into_owned();
+            assert!(!o.contains(&"dev".to_string()), "{dest}: {o:?}");
+            if m.typ().as_deref() == Some("devpts") {
+                assert!(!o.contains(&"nodev".to_string()), "{dest}: {o:?}");
+            } else if !dest.starts_with("/dev/") || dest == "/dev/shm" || dest == "/dev/mqueue" {
+                assert!(o.contains(&"nodev".to_string()), "{dest}: {o:?}");
+            }
+            // Only a directory's rbind is made nodev below it: crun fails on files.
+            assert_eq!(
+                o.contains(&"rnodev".to_string()),
+                dest == "/ctx",
+                "{dest}: {o:?}"
+            );
+        }
+        let dev = out
+            .iter()
+            .position(|m| m.destination() == Path::new("/dev"))
+            .unwrap();
+        let null = out
+            .iter()
+            .position(|m| m.destination() == Path::new("/dev/null"))
+            .expect("/dev/null is bound from the host");
+        assert!(null > dev, "bound after the /dev tmpfs is mounted");
+        assert!(!opts(&out[null]).contains(&"nodev".to_string()));
+        assert_eq!(out[null].source().as_deref(), Some(Path::new("/dev/null")));
+        // Rootless, the runtime binds them itself.
+        let rootless = without_device_nodes(mounts.clone(), false).unwrap();
+        assert_eq!(rootless.len(), mounts.len());
+    }
+
     #[test]
     fn runtime_names_parse() {
         assert_eq!(

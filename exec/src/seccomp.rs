@@ -598,3 +598,60 @@ pub fn default_seccomp(bounding: &Capabilities) -> Result<LinuxSeccomp, ExecErro
         .build()
         .map_err(spec_err)
 }
+
+#[cfg(test)]
+mod device_node_tests {
+    use super::*;
+
+    fn rules_for(profile: &LinuxSeccomp, name: &str) -> Vec<LinuxSyscall> {
+        profile
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|r| r.names().iter().any(|n| n == name))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn only_non_device_nodes_stay_allowed() {
+        let caps: Capabilities = crate::spec::DOCKER_CAPS.iter().copied().collect();
+        let mut profile = default_seccomp(&caps).unwrap();
+        assert!(rules_for(&profile, "mknod")
+            .iter()
+            .any(|r| r.args().is_none()));
+        refuse_device_nodes(&mut profile).unwrap();
+        for (name, index) in [("mknod", 1), ("mknodat", 2)] {
+            let rules = rules_for(&profile, name);
+            assert_eq!(rules.len(), NON_DEVICE_TYPES.len(), "{name}");
+            for r in &rules {
+                assert_eq!(r.action(), LinuxSeccompAction::ScmpActAllow);
+                let args = r.args().as_ref().expect("only with a file type");
+                assert_eq!(args.len(), 1);
+                assert_eq!(args[0].index(), index);
+                assert_eq!(args[0].value(), u64::from(libc::S_IFMT));
+                let typ = args[0].value_two().unwrap_or(0) as u32;
+                assert!(
+                    ![libc::S_IFCHR, libc::S_IFBLK].contains(&typ),
+                    "{name}: {typ:o}"
+                );
+            }
+        }
+        // Everything else is still allowed as before.
+        assert!(!rules_for(&profile, "openat").is_empty());
+    }
+
+    #[test]
+    fn a_permissive_profile_gets_refusals() {
+        let mut profile = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .build()
+            .unwrap();
+        refuse_device_nodes(&mut profile).unwrap();
+        let rules = rules_for(&profile, "mknodat");
+        assert_eq!(rules.len(), 2);
+        assert!(rules
+            .iter()
+            .all(|r| r.action() == LinuxSeccompAction::ScmpActErrno));
+    }
+}
