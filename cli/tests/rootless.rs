@@ -306,3 +306,88 @@ fn rootless_secret_mount_and_network_none_work_with_every_runtime() {
     let hits = found_in_files(&user.data_home().join("kiln"), secret.as_bytes());
     assert!(hits.is_empty(), "the secret is in the store: {hits:?}");
 }
+
+/// Pids of host processes whose argv is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            (cmdline == want).then_some(pid)
+        })
+        .collect()
+}
+
+#[test]
+fn kill_9_of_rootless_kiln_run_leaves_no_step_running() {
+    // The kiln the user starts re-executes itself in a user namespace: that inner engine, and
+    // so its sandbox, must die with it.
+    let Some(user) = User::create() else { return };
+    let out = user.sh(
+        "sh \"$MKROOTFS\" rootfs >/dev/null && \"$K\" import rootfs busybox:latest >/dev/null",
+        HOST_PATH,
+    );
+    assert_ok(&out, "rootless kiln import");
+    let seconds = format!("{}", 200_000 + std::process::id() % 100_000);
+    let argv = ["sleep", seconds.as_str()];
+    let mut kiln = Command::new("runuser")
+        .args(["-u", &user.name, "--", "env", "-i"])
+        .arg(format!("HOME={}", user.home.path().display()))
+        .arg(format!("XDG_DATA_HOME={}", user.data_home().display()))
+        .arg(format!("PATH={HOST_PATH}"))
+        .args([
+            env!("CARGO_BIN_EXE_kiln"),
+            "run",
+            "--rm",
+            "busybox",
+            "sleep",
+            &seconds,
+        ])
+        .current_dir(user.home.path())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while processes_running(&argv).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline && kiln.try_wait().unwrap().is_none(),
+            "the step never started"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // runuser's child: the kiln the user started (runuser waits for it).
+    let outer = std::fs::read_to_string(format!("/proc/{}/task/{0}/children", kiln.id()))
+        .unwrap_or_default()
+        .split_whitespace()
+        .next()
+        .map(str::to_string)
+        .expect("runuser runs kiln as its child");
+    let status = Command::new("kill")
+        .args(["-KILL", &outer])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let _ = kiln.wait();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !processes_running(&argv).is_empty() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let left = processes_running(&argv);
+    for pid in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    assert!(
+        left.is_empty(),
+        "the step outlived the killed rootless kiln"
+    );
+}

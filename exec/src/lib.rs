@@ -18,13 +18,16 @@
 //! Process tree: helper (host pid ns, waits) → init (pid 1 of the new pid ns: mounts, pivots,
 //! reaps, forwards SIGTERM/SIGINT) → command. When the init exits the kernel kills everything
 //! left in the namespace; when the helper is killed (dropping the [`run`] future) the init gets
-//! SIGKILL through `PR_SET_PDEATHSIG`.
+//! SIGKILL through `PR_SET_PDEATHSIG`. When the engine itself dies (`kill -9`), the helper sees
+//! the engine's end of an "alive" pipe close and kills the init (`PR_SET_PDEATHSIG` on the
+//! helper would fire when the engine *thread* that spawned it exits, not the engine).
 
 mod error;
 mod etc;
 mod oci;
 mod oci_cgroups;
 mod oci_init;
+mod oci_watch;
 mod rootless;
 mod run;
 mod sandbox;
@@ -142,13 +145,19 @@ pub struct RunOutcome {
 /// Run the sandbox when this process was started as one, and never return then.
 ///
 /// Call it first thing in `main()`: when `argv[1]` is the hidden `__kiln-sandbox` argument it
-/// runs the single-threaded sandbox and exits the process; otherwise it returns at once.
+/// runs the single-threaded sandbox and exits the process (the same for `__kiln-oci-watch`,
+/// which watches an OCI runtime for the engine); otherwise it returns at once.
 pub fn sandbox_main_if_requested() {
     let mut args = std::env::args_os();
-    if args.nth(1).as_deref() != Some(std::ffi::OsStr::new(wire::SANDBOX_ARG)) {
+    let mode = args.nth(1);
+    if mode.as_deref() == Some(std::ffi::OsStr::new(oci_watch::WATCH_ARG)) {
+        std::process::exit(oci_watch::main(args.collect()));
+    }
+    if mode.as_deref() != Some(std::ffi::OsStr::new(wire::SANDBOX_ARG)) {
         return;
     }
     let fd_arg = args.next();
-    let code = sandbox::main(fd_arg);
+    let alive_arg = args.next();
+    let code = sandbox::main(fd_arg, alive_arg);
     std::process::exit(code);
 }

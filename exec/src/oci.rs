@@ -7,6 +7,7 @@
 //! runs it with the same standard streams. The runtime keeps its state under the state
 //! directory (`--root`), so that nothing is shared between runs.
 
+use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -91,20 +92,42 @@ impl Drop for Container {
         // container it started lives on until deleted. This waits for the runtime (tens of
         // milliseconds) on purpose: an engine that exits right after a cancel (Ctrl-C) must not
         // leave the container running.
-        let mut cmd = std::process::Command::new(&self.binary);
-        cmd.args(global_args(&self.binary))
-            .arg("--root")
-            .arg(&self.runtime_root)
-            .args(["delete", "--force", &self.id])
-            .stdin(std::process::Stdio::null())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        if crate::oci_cgroups::crun_needs_hiding(&self.binary) {
-            crate::oci_cgroups::hide_unified_controllers(&mut cmd);
-        }
-        let _ = cmd.status();
+        let _ = delete_command(&self.binary, &self.runtime_root, &self.id).status();
         self.root.take();
     }
+}
+
+/// `binary ... delete --force id`, silent: it kills the container's init if it still runs (and
+/// with it the container's pid namespace) and removes the container.
+pub(crate) fn delete_command(binary: &str, runtime_root: &Path, id: &str) -> std::process::Command {
+    let mut cmd = std::process::Command::new(binary);
+    cmd.args(global_args(binary))
+        .arg("--root")
+        .arg(runtime_root)
+        .args(["delete", "--force", id])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if crate::oci_cgroups::crun_needs_hiding(binary) {
+        crate::oci_cgroups::hide_unified_controllers(&mut cmd);
+    }
+    cmd
+}
+
+/// The runtime `binary` as the watcher will run it: a path, or the first match in PATH.
+fn locate(binary: &str) -> Option<PathBuf> {
+    let is_exe = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).is_ok_and(|md| md.is_file() && md.permissions().mode() & 0o111 != 0)
+    };
+    if binary.contains('/') {
+        let p = PathBuf::from(binary);
+        return is_exe(&p).then_some(p);
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(binary))
+        .find(|p| is_exe(p))
 }
 
 /// Options the runtime `binary` needs before its command. crun is told not to manage cgroups:
@@ -112,15 +135,37 @@ impl Drop for Container {
 /// refuses to start at all on a host with cgroup v1 and v2 hierarchies both mounted (hybrid
 /// mode: see `oci_cgroups.rs`). runc needs nothing: it manages whichever hierarchies exist.
 fn global_args(binary: &str) -> &'static [&'static str] {
-    let name = Path::new(binary)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("");
-    if name == "crun" {
+    if runs_without_cgroups(binary) {
         &["--cgroup-manager=disabled"]
     } else {
         &[]
     }
+}
+
+/// Whether the runtime `binary` runs containers without cgroups (crun, see [`global_args`]).
+fn runs_without_cgroups(binary: &str) -> bool {
+    Path::new(binary).file_name().and_then(|n| n.to_str()) == Some("crun")
+}
+
+/// Without a device cgroup, and with a root crun remounts without `nodev` (it binds the root
+/// onto itself and resets the flags), only seccomp keeps a step from making a device node it
+/// could open: see [`crate::seccomp::refuse_device_nodes`]. A spec without seccomp gets a
+/// profile that allows everything else.
+fn refuse_device_nodes(spec: &mut Spec) -> Result<(), ExecError> {
+    let Some(mut linux) = spec.linux().clone() else {
+        return Ok(());
+    };
+    let mut profile = match linux.seccomp().clone() {
+        Some(p) => p,
+        None => oci_spec::runtime::LinuxSeccompBuilder::default()
+            .default_action(oci_spec::runtime::LinuxSeccompAction::ScmpActAllow)
+            .build()
+            .map_err(|e| ExecError::Spec(e.to_string()))?,
+    };
+    crate::seccomp::refuse_device_nodes(&mut profile)?;
+    linux.set_seccomp(Some(profile));
+    spec.set_linux(Some(linux));
+    Ok(())
 }
 
 fn container_id() -> String {
@@ -150,7 +195,7 @@ struct Prepared {
 
 /// Mounts the root, creates the mount points and writes the bundle with `init` as its process
 /// (blocking).
-fn prepare(config: &SandboxConfig, init: &Path) -> Result<Prepared, ExecError> {
+fn prepare(config: &SandboxConfig, init: &Path, binary: &str) -> Result<Prepared, ExecError> {
     let rootfs = &config.rootfs;
     let (upper, work, scratch) = match (&rootfs.upper, &rootfs.work) {
         (Some(u), Some(w)) => (u.clone(), w.clone(), false),
@@ -182,11 +227,14 @@ fn prepare(config: &SandboxConfig, init: &Path) -> Result<Prepared, ExecError> {
         Some(m) => m.clone(),
         None => crate::spec::default_mounts()?,
     };
-    let mut mounts = if crate::rootless::in_user_namespace() {
+    let mounts = if crate::rootless::in_user_namespace() {
         rootless_mounts(mounts, &spec)?
     } else {
         mounts
     };
+    // Rootless, the runtime binds the host's nodes itself (a user namespace cannot mknod), and
+    // would fail opening ours (`/dev/tty` without a terminal) to bind over them.
+    let mut mounts = without_device_nodes(mounts, !crate::rootless::in_user_namespace())?;
     // Last, so that no `RUN --mount` can hide it.
     mounts.push(crate::oci_init::mount(init)?);
     crate::oci_init::wrap(&mut spec);
@@ -234,6 +282,9 @@ fn prepare(config: &SandboxConfig, init: &Path) -> Result<Prepared, ExecError> {
         .map_err(|e| ExecError::Spec(e.to_string()))?;
     spec.set_root(Some(root_spec));
     cap_rlimits(&mut spec);
+    if runs_without_cgroups(binary) {
+        refuse_device_nodes(&mut spec)?;
+    }
     spec.set_mounts(Some(mounts));
     spec.set_hooks(None);
     let bundle = config.state_dir.join(BUNDLE_DIR);
@@ -296,6 +347,54 @@ fn rootless_mounts(mounts: Vec<Mount>, spec: &Spec) -> Result<Vec<Mount>, ExecEr
             Ok(m)
         })
         .collect()
+}
+
+/// The mounts with `nodev` on every one but devpts, as the built-in sandbox mounts them, and
+/// (with `bind_devices`) the host's standard devices bound into a `/dev` tmpfs: a node a step makes (`mknod`) in the
+/// root, `/dev` or a cache or bind mount then never opens. crun runs without cgroups (see
+/// [`global_args`]), so no device cgroup would stop it there. runc and crun find the standard
+/// nodes already in place and keep them (their `mknod` fails with `EEXIST`).
+fn without_device_nodes(mounts: Vec<Mount>, bind_devices: bool) -> Result<Vec<Mount>, ExecError> {
+    let mut out = Vec::with_capacity(mounts.len() + crate::spec::STANDARD_DEVICES.len());
+    for mut m in mounts {
+        let typ = m.typ().as_deref().unwrap_or("").to_string();
+        let dev_tmpfs = typ == "tmpfs" && m.destination() == Path::new("/dev");
+        if typ != "devpts" {
+            let mut opts = m.options().clone().unwrap_or_default();
+            opts.retain(|o| o != "dev" && o != "rdev");
+            // `rnodev` (mount_setattr, recursive) for an `rbind` of a directory: `nodev` alone
+            // leaves the mounts below the source as they are (a devtmpfs mounted in the build
+            // context). Not for files, which have nothing below them and which crun then fails
+            // to open as a directory.
+            let recursive = opts.iter().any(|o| o == "rbind")
+                && m.source().as_ref().is_some_and(|s| s.is_dir());
+            for flag in ["nodev", "rnodev"] {
+                if (flag == "nodev" || recursive) && !opts.iter().any(|o| o == flag) {
+                    opts.push(flag.to_string());
+                }
+            }
+            m.set_options(Some(opts));
+        }
+        out.push(m);
+        if dev_tmpfs && bind_devices {
+            for name in crate::spec::STANDARD_DEVICES {
+                let host = Path::new("/dev").join(name);
+                if !host.exists() {
+                    continue;
+                }
+                out.push(
+                    MountBuilder::default()
+                        .destination(host.clone())
+                        .typ("bind".to_string())
+                        .source(host)
+                        .options(vec!["bind".to_string(), "nosuid".to_string()])
+                        .build()
+                        .map_err(|e| ExecError::Spec(e.to_string()))?,
+                );
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Whether this process may raise hard resource limits: CAP_SYS_RESOURCE counts only in the
@@ -375,13 +474,15 @@ pub(crate) async fn run(
     let stdio = config.stdio;
     let state_dir = config.state_dir.clone();
     let init = crate::oci_init::find(binary)?;
-    let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init))
+    let runtime = binary.to_string();
+    let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init, &runtime))
         .await
         .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
     let runtime_root = state_dir.join(RUNTIME_ROOT);
     let log = state_dir.join(RUNTIME_LOG);
     let _ = tokio::fs::remove_file(&log).await;
     let id = container_id();
+    let container_rootfs = prepared.root.target.clone();
     let mut container = Container {
         binary: binary.to_string(),
         runtime_root: runtime_root.clone(),
@@ -390,32 +491,56 @@ pub(crate) async fn run(
         finished: false,
     };
 
-    let mut cmd = tokio::process::Command::new(binary);
-    cmd.args(global_args(binary))
-        .arg("--root")
-        .arg(&runtime_root)
-        .arg("--log")
-        .arg(&log)
-        .args(["--log-format", "json", "run", "--bundle"])
-        .arg(&prepared.bundle)
-        .arg(&id);
+    let not_started = |message: String| ExecError::Runtime {
+        runtime: binary.to_string(),
+        message,
+    };
+    let Some(located) = locate(binary) else {
+        container.finished = true;
+        return Err(not_started(
+            "not found; install it (`apt-get install runc`) or leave `--runtime` out to use the built-in sandbox".to_string(),
+        ));
+    };
+    let mut runtime_args: Vec<std::ffi::OsString> =
+        global_args(binary).iter().map(|a| a.into()).collect();
+    runtime_args.extend([
+        "--root".into(),
+        runtime_root.clone().into_os_string(),
+        "--log".into(),
+        log.clone().into_os_string(),
+        "--log-format".into(),
+        "json".into(),
+        "run".into(),
+        "--bundle".into(),
+        prepared.bundle.clone().into_os_string(),
+        id.clone().into(),
+    ]);
+    // The runtime runs under a watcher that takes the container down if this process dies
+    // (see `oci_watch.rs`); `alive` is held until the watcher is gone.
+    let (engine_end, alive) =
+        crate::run::child_pipe().map_err(|e| not_started(format!("cannot create a pipe: {e}")))?;
+    let watch = crate::oci_watch::Watch {
+        alive_fd: engine_end.as_raw_fd(),
+        rootfs: &container_rootfs,
+        runtime_root: &runtime_root,
+        id: &id,
+    };
+    let exe = crate::run::sandbox_exe()?;
+    let mut cmd = tokio::process::Command::new(&exe);
+    cmd.args(crate::oci_watch::args(&watch, &located, &runtime_args));
     stdio.apply_to(&mut cmd);
     cmd.kill_on_drop(true);
-    if crate::oci_cgroups::crun_needs_hiding(binary) {
-        crate::oci_cgroups::hide_unified_controllers(cmd.as_std_mut());
-    }
-    let mut child = match cmd.spawn() {
+    crate::run::inherit(cmd.as_std_mut(), [engine_end.as_raw_fd()]);
+    let spawned = cmd.spawn();
+    drop(engine_end);
+    let mut child = match spawned {
         Ok(c) => c,
         Err(source) => {
             container.finished = true;
-            return Err(ExecError::Runtime {
-                runtime: binary.to_string(),
-                message: if source.kind() == std::io::ErrorKind::NotFound {
-                    "not found; install it (`apt-get install runc`) or leave `--runtime` out to use the built-in sandbox".to_string()
-                } else {
-                    format!("cannot start it: {source}")
-                },
-            });
+            return Err(not_started(format!(
+                "cannot start it (through `{}`): {source}",
+                exe.display()
+            )));
         }
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
@@ -425,6 +550,7 @@ pub(crate) async fn run(
         path: PathBuf::from(binary),
         source,
     })?;
+    drop(alive);
     // `run` (not detached) deletes the container when its process exits; a runtime killed by a
     // signal may not have: then the guard deletes it.
     container.finished = status.code().is_some();
@@ -464,6 +590,60 @@ pub(crate) async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn opts(m: &Mount) -> Vec<String> {
+        m.options().clone().unwrap_or_default()
+    }
+
+    #[test]
+    fn every_mount_but_devpts_is_nodev_and_dev_gets_the_standard_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("hosts");
+        std::fs::write(&file, "").unwrap();
+        let bind = |dest: &str, source: &Path| {
+            MountBuilder::default()
+                .destination(PathBuf::from(dest))
+                .typ("bind".to_string())
+                .source(source.to_path_buf())
+                .options(vec!["rbind".to_string(), "dev".to_string()])
+                .build()
+                .unwrap()
+        };
+        let mut mounts = crate::spec::default_mounts().unwrap();
+        mounts.push(bind("/ctx", dir.path()));
+        mounts.push(bind("/etc/hosts", &file));
+        let out = without_device_nodes(mounts.clone(), true).unwrap();
+        for m in &out {
+            let o = opts(m);
+            let dest = m.destination().to_string_lossy().into_owned();
+            assert!(!o.contains(&"dev".to_string()), "{dest}: {o:?}");
+            if m.typ().as_deref() == Some("devpts") {
+                assert!(!o.contains(&"nodev".to_string()), "{dest}: {o:?}");
+            } else if !dest.starts_with("/dev/") || dest == "/dev/shm" || dest == "/dev/mqueue" {
+                assert!(o.contains(&"nodev".to_string()), "{dest}: {o:?}");
+            }
+            // Only a directory's rbind is made nodev below it: crun fails on files.
+            assert_eq!(
+                o.contains(&"rnodev".to_string()),
+                dest == "/ctx",
+                "{dest}: {o:?}"
+            );
+        }
+        let dev = out
+            .iter()
+            .position(|m| m.destination() == Path::new("/dev"))
+            .unwrap();
+        let null = out
+            .iter()
+            .position(|m| m.destination() == Path::new("/dev/null"))
+            .expect("/dev/null is bound from the host");
+        assert!(null > dev, "bound after the /dev tmpfs is mounted");
+        assert!(!opts(&out[null]).contains(&"nodev".to_string()));
+        assert_eq!(out[null].source().as_deref(), Some(Path::new("/dev/null")));
+        // Rootless, the runtime binds them itself.
+        let rootless = without_device_nodes(mounts.clone(), false).unwrap();
+        assert_eq!(rootless.len(), mounts.len());
+    }
 
     #[test]
     fn runtime_names_parse() {

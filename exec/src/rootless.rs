@@ -219,10 +219,27 @@ pub fn reexec_rootless_if_unprivileged() -> Result<Option<i32>, ExecError> {
             cmd.env("KILN_ROOT", dir);
         }
     }
+    let parent = std::process::id() as libc::pid_t;
     // SAFETY: runs in the forked child before exec and only makes async-signal-safe syscalls
-    // (unshare, getpid, read, write) on descriptors it inherited.
+    // (prctl, getppid, unshare, getpid, read, write) on integers and descriptors it inherited.
     unsafe {
         cmd.pre_exec(move || {
+            // The engine (and so its sandboxes) dies with the kiln the user started and may
+            // kill: this process, which spawns it from its main thread (the one that lives as
+            // long as the process, as the signal is tied to the spawning thread).
+            if libc::prctl(
+                libc::PR_SET_PDEATHSIG,
+                libc::SIGKILL as libc::c_ulong,
+                0,
+                0,
+                0,
+            ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+            }
             if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

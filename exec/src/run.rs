@@ -13,7 +13,7 @@ use crate::{ExecError, OutputSink, OutputStream, RunOutcome, SandboxConfig};
 /// Environment variable naming the binary to re-execute instead of the current one.
 const EXE_ENV: &str = "KILN_SANDBOX_EXE";
 
-fn sandbox_exe() -> Result<PathBuf, ExecError> {
+pub(crate) fn sandbox_exe() -> Result<PathBuf, ExecError> {
     if let Some(p) = std::env::var_os(EXE_ENV) {
         return Ok(PathBuf::from(p));
     }
@@ -118,49 +118,27 @@ pub async fn run(
     let payload = serde_json::to_vec(&wire)
         .map_err(|e| ExecError::InvalidConfig(format!("the spec cannot be encoded: {e}")))?;
 
-    // Both ends close-on-exec, so concurrent spawns elsewhere in the engine never inherit them;
-    // only our child clears the flag on its read end.
-    let (read_end, write_end) =
-        nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).map_err(|e| ExecError::Spawn {
-            exe: exe.clone(),
-            source: e.into(),
-        })?;
-    // Descriptors 0-2 are rewired in the child before our pre_exec runs: keep the pipe above them.
-    let read_end = if read_end.as_raw_fd() < 3 {
-        let dup = nix::fcntl::fcntl(
-            read_end.as_raw_fd(),
-            nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
-        )
-        .map_err(|e| ExecError::Spawn {
-            exe: exe.clone(),
-            source: e.into(),
-        })?;
-        // SAFETY: not a syscall; `dup` is a fresh descriptor that nothing else owns.
-        unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) }
-    } else {
-        read_end
+    let spawn_err = |e: nix::Error| ExecError::Spawn {
+        exe: exe.clone(),
+        source: e.into(),
     };
+    let (read_end, write_end) = child_pipe().map_err(spawn_err)?;
+    let (engine_end, alive) = child_pipe().map_err(spawn_err)?;
     let read_fd = read_end.as_raw_fd();
 
     let mut cmd = tokio::process::Command::new(&exe);
-    cmd.arg(SANDBOX_ARG).arg(read_fd.to_string());
+    cmd.arg(SANDBOX_ARG)
+        .arg(read_fd.to_string())
+        .arg(engine_end.as_raw_fd().to_string());
     config.stdio.apply_to(&mut cmd);
     cmd.kill_on_drop(true);
-    // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches only
-    // the child's copy of the descriptor table.
-    unsafe {
-        cmd.as_std_mut().pre_exec(move || {
-            if libc::fcntl(read_fd, libc::F_SETFD, 0) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
+    inherit(cmd.as_std_mut(), [read_fd, engine_end.as_raw_fd()]);
     let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
         exe: exe.clone(),
         source,
     })?;
     drop(read_end);
+    drop(engine_end);
 
     let writer = tokio::task::spawn_blocking(move || write_config(write_end, &payload));
 
@@ -175,6 +153,9 @@ pub async fn run(
     })?;
     // A write error only means the helper died early; its status and result tell why.
     let _ = writer.await;
+    // Held until the helper is gone: its closing (this process exiting, however) is what tells
+    // the helper to take the step down.
+    drop(alive);
 
     let exit_code = match (status.code(), status.signal()) {
         (Some(code), _) => code,
@@ -211,6 +192,39 @@ pub async fn run(
             exe,
             status: status.to_string(),
         }),
+    }
+}
+
+/// A pipe (read end, write end) for a child: both ends close-on-exec, so concurrent spawns
+/// elsewhere in the engine never inherit them, and the read end above 2, as descriptors 0-2 are
+/// rewired in the child before a `pre_exec` hook runs. [`inherit`] passes the read end on.
+pub(crate) fn child_pipe() -> Result<(OwnedFd, OwnedFd), nix::Error> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    if read_end.as_raw_fd() >= 3 {
+        return Ok((read_end, write_end));
+    }
+    let dup = nix::fcntl::fcntl(
+        read_end.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
+    )?;
+    // SAFETY: not a syscall; `dup` is a fresh descriptor that nothing else owns.
+    let dup = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+    Ok((dup, write_end))
+}
+
+/// Let the child started by `cmd` (alone) inherit `fds`.
+pub(crate) fn inherit<const N: usize>(cmd: &mut std::process::Command, fds: [i32; N]) {
+    // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches only
+    // the child's copy of the descriptor table.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
     }
 }
 

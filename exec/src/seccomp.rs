@@ -482,6 +482,69 @@ fn arg(
         .map_err(spec_err)
 }
 
+/// File types `mknod` may still create under [`refuse_device_nodes`]: 0 (a regular file),
+/// regular files, fifos and sockets.
+const NON_DEVICE_TYPES: [u32; 4] = [0, libc::S_IFREG, libc::S_IFIFO, libc::S_IFSOCK];
+
+/// Make `profile` refuse (`EPERM`) `mknod` and `mknodat` of character and block devices, for a
+/// runtime that can neither keep the root `nodev` nor run the step under a device cgroup (crun
+/// without cgroups): a node the step could make there would open the host's device. Fifos,
+/// sockets and regular files are still allowed.
+pub(crate) fn refuse_device_nodes(profile: &mut LinuxSeccomp) -> Result<(), ExecError> {
+    const MKNOD: [(&str, usize); 2] = [("mknod", 1), ("mknodat", 2)];
+    let mut rules: Vec<LinuxSyscall> = Vec::new();
+    for mut rule in profile.syscalls().clone().unwrap_or_default() {
+        let kept: Vec<String> = rule
+            .names()
+            .iter()
+            .filter(|n| !MKNOD.iter().any(|(m, _)| n == m))
+            .cloned()
+            .collect();
+        if !kept.is_empty() {
+            rule.set_names(kept);
+            rules.push(rule);
+        }
+    }
+    let mask = u64::from(libc::S_IFMT);
+    if profile.default_action() == LinuxSeccompAction::ScmpActAllow {
+        for (name, index) in MKNOD {
+            for typ in [libc::S_IFCHR, libc::S_IFBLK] {
+                let cond = arg(
+                    index,
+                    mask,
+                    u64::from(typ),
+                    LinuxSeccompOperator::ScmpCmpMaskedEq,
+                )?;
+                rules.push(syscall(
+                    &[name],
+                    LinuxSeccompAction::ScmpActErrno,
+                    Some(libc::EPERM as u32),
+                    vec![cond],
+                )?);
+            }
+        }
+    } else {
+        for (name, index) in MKNOD {
+            for typ in NON_DEVICE_TYPES {
+                let cond = arg(
+                    index,
+                    mask,
+                    u64::from(typ),
+                    LinuxSeccompOperator::ScmpCmpMaskedEq,
+                )?;
+                rules.push(syscall(
+                    &[name],
+                    LinuxSeccompAction::ScmpActAllow,
+                    None,
+                    vec![cond],
+                )?);
+            }
+        }
+    }
+    profile.set_syscalls(Some(rules));
+    Ok(())
+}
+
 /// Docker's default seccomp profile for a process whose bounding set is `bounding`: the
 /// capability-gated syscalls (`mount`, `unshare`... with `CAP_SYS_ADMIN`) follow the set.
 pub fn default_seccomp(bounding: &Capabilities) -> Result<LinuxSeccomp, ExecError> {
@@ -534,4 +597,61 @@ pub fn default_seccomp(bounding: &Capabilities) -> Result<LinuxSeccomp, ExecErro
         .syscalls(rules)
         .build()
         .map_err(spec_err)
+}
+
+#[cfg(test)]
+mod device_node_tests {
+    use super::*;
+
+    fn rules_for(profile: &LinuxSeccomp, name: &str) -> Vec<LinuxSyscall> {
+        profile
+            .syscalls()
+            .iter()
+            .flatten()
+            .filter(|r| r.names().iter().any(|n| n == name))
+            .cloned()
+            .collect()
+    }
+
+    #[test]
+    fn only_non_device_nodes_stay_allowed() {
+        let caps: Capabilities = crate::spec::DOCKER_CAPS.iter().copied().collect();
+        let mut profile = default_seccomp(&caps).unwrap();
+        assert!(rules_for(&profile, "mknod")
+            .iter()
+            .any(|r| r.args().is_none()));
+        refuse_device_nodes(&mut profile).unwrap();
+        for (name, index) in [("mknod", 1), ("mknodat", 2)] {
+            let rules = rules_for(&profile, name);
+            assert_eq!(rules.len(), NON_DEVICE_TYPES.len(), "{name}");
+            for r in &rules {
+                assert_eq!(r.action(), LinuxSeccompAction::ScmpActAllow);
+                let args = r.args().as_ref().expect("only with a file type");
+                assert_eq!(args.len(), 1);
+                assert_eq!(args[0].index(), index);
+                assert_eq!(args[0].value(), u64::from(libc::S_IFMT));
+                let typ = args[0].value_two().unwrap_or(0) as u32;
+                assert!(
+                    ![libc::S_IFCHR, libc::S_IFBLK].contains(&typ),
+                    "{name}: {typ:o}"
+                );
+            }
+        }
+        // Everything else is still allowed as before.
+        assert!(!rules_for(&profile, "openat").is_empty());
+    }
+
+    #[test]
+    fn a_permissive_profile_gets_refusals() {
+        let mut profile = LinuxSeccompBuilder::default()
+            .default_action(LinuxSeccompAction::ScmpActAllow)
+            .build()
+            .unwrap();
+        refuse_device_nodes(&mut profile).unwrap();
+        let rules = rules_for(&profile, "mknodat");
+        assert_eq!(rules.len(), 2);
+        assert!(rules
+            .iter()
+            .all(|r| r.action() == LinuxSeccompAction::ScmpActErrno));
+    }
 }

@@ -46,6 +46,10 @@ pub struct ProcessSpec {
 /// are left as the engine has them, as runc leaves them.
 pub const DEFAULT_NOFILE: u64 = 1_048_576;
 
+/// The device nodes a container's `/dev` holds, bound from the host's (besides `ptmx` and
+/// `/dev/pts`, from its own devpts): the only devices a step may open.
+pub(crate) const STANDARD_DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
 /// Docker's default capability set.
 pub(crate) const DOCKER_CAPS: &[Capability] = &[
     Capability::Chown,

@@ -85,7 +85,8 @@ fn setup(config: &WireConfig, created: &mut Vec<PathBuf>) -> Result<(), String> 
             None::<&str>,
             target,
             None::<&str>,
-            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
+            // A bind remount sets the mount's flags to exactly these: keep the root `nodev`.
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
             None::<&str>,
         )
         .map_err(|e| format!("cannot make the root read-only: {e}"))?;

@@ -6,16 +6,17 @@ mod init;
 pub(crate) mod mounts;
 pub(crate) mod overlay;
 mod seccomp;
-mod signals;
+pub(crate) mod signals;
 mod syscalls;
 
 use std::ffi::OsString;
 use std::fs::File;
 use std::io::Read;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sched::{unshare, CloneFlags};
 use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult, Pid};
@@ -56,16 +57,32 @@ impl ResultFile {
     }
 }
 
-fn read_config(fd_arg: Option<OsString>) -> Result<WireConfig, String> {
-    let fd: i32 = fd_arg
-        .as_ref()
+/// The descriptor the engine passed as argument `arg`, owned from now on.
+pub(crate) fn fd_argument(arg: Option<&OsString>, mode: &str) -> Result<OwnedFd, String> {
+    let fd: i32 = arg
         .and_then(|a| a.to_str())
         .and_then(|a| a.parse().ok())
         .filter(|fd| *fd >= 0)
-        .ok_or("expected a file descriptor number after `__kiln-sandbox`; this mode is internal to kiln")?;
-    // SAFETY: not a syscall; the engine passed this descriptor to us alone and nothing else in
-    // this process uses it.
-    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        .ok_or_else(|| {
+            format!(
+                "expected a file descriptor number after `{mode}`; this mode is internal to kiln"
+            )
+        })?;
+    // The descriptor must be open (owning a closed number would later close someone else's),
+    // and no process the sandbox execs may inherit it.
+    nix::fcntl::fcntl(
+        fd,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(|e| format!("descriptor {fd} given to `{mode}` is not open: {e}"))?;
+    // SAFETY: not a syscall; the engine passed this open descriptor to us alone and nothing
+    // else in this process uses it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn read_config(fd_arg: Option<OsString>) -> Result<WireConfig, String> {
+    let owned = fd_argument(fd_arg.as_ref(), crate::wire::SANDBOX_ARG)?;
+    let fd = owned.as_raw_fd();
     let mut bytes = Vec::new();
     File::from(owned)
         .read_to_end(&mut bytes)
@@ -74,7 +91,14 @@ fn read_config(fd_arg: Option<OsString>) -> Result<WireConfig, String> {
 }
 
 /// Entry point of the helper process; returns its exit code.
-pub(crate) fn main(fd_arg: Option<OsString>) -> i32 {
+pub(crate) fn main(fd_arg: Option<OsString>, alive_arg: Option<OsString>) -> i32 {
+    let engine = match fd_argument(alive_arg.as_ref(), crate::wire::SANDBOX_ARG) {
+        Ok(fd) => fd,
+        Err(msg) => {
+            eprintln!("kiln sandbox: {msg}");
+            return SETUP_FAILED;
+        }
+    };
     let config = match read_config(fd_arg) {
         Ok(c) => c,
         Err(msg) => {
@@ -89,7 +113,7 @@ pub(crate) fn main(fd_arg: Option<OsString>) -> i32 {
             return SETUP_FAILED;
         }
     };
-    match helper(&config, &result) {
+    match helper(&config, &result, &engine) {
         Ok(code) => code,
         Err(msg) => {
             result.fail(Vec::new(), msg);
@@ -98,7 +122,7 @@ pub(crate) fn main(fd_arg: Option<OsString>) -> i32 {
     }
 }
 
-fn helper(config: &WireConfig, result: &ResultFile) -> Result<i32, String> {
+fn helper(config: &WireConfig, result: &ResultFile, engine: &OwnedFd) -> Result<i32, String> {
     signals::install()?;
     let mut flags = CloneFlags::CLONE_NEWNS
         | CloneFlags::CLONE_NEWUTS
@@ -125,9 +149,44 @@ fn helper(config: &WireConfig, result: &ResultFile) -> Result<i32, String> {
         Ok(ForkResult::Parent { child }) => {
             drop(alive_r);
             signals::set_child(child);
+            watch(child, engine);
             let code = wait_exit_code(child);
             drop(alive_w);
             Ok(code)
+        }
+    }
+}
+
+/// Return once `child` has ended (without reaping it), or kill it (SIGKILL) as soon as the
+/// engine is gone and return `true`: `engine` is the read end of a pipe whose write end only the
+/// engine holds, so it reads end-of-file once the engine exits, however it died. (The init is
+/// pid 1 of its namespace: its death takes every process of the step with it.)
+pub(crate) fn watch(child: Pid, engine: &OwnedFd) -> bool {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor or -1.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child.as_raw(), 0) };
+    if raw < 0 {
+        // Before Linux 5.3: no way to wait for both; the step then outlives a killed engine.
+        return false;
+    }
+    // SAFETY: not a syscall; pidfd_open returned a fresh descriptor nothing else owns.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw as i32) };
+    loop {
+        let mut fds = [
+            PollFd::new(pidfd.as_fd(), PollFlags::POLLIN),
+            PollFd::new(engine.as_fd(), PollFlags::POLLIN),
+        ];
+        match poll(&mut fds, PollTimeout::NONE) {
+            Ok(_) => {}
+            // A forwarded signal (SIGTERM, SIGINT...) interrupts the wait.
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return false,
+        }
+        if fds[0].any().unwrap_or(true) {
+            return false;
+        }
+        if fds[1].any().unwrap_or(true) {
+            let _ = nix::sys::signal::kill(child, nix::sys::signal::Signal::SIGKILL);
+            return true;
         }
     }
 }

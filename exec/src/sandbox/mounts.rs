@@ -232,9 +232,10 @@ impl<'a> Mounter<'a> {
             }
             mount(Some(source), &abs, None::<&str>, flags, None::<&str>).map_err(what)?;
             if !opts.flags.is_empty() {
-                let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | opts.flags;
+                let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | opts.flags | MsFlags::MS_NODEV;
                 mount(None::<&str>, &abs, None::<&str>, flags, None::<&str>).map_err(what)?;
             }
+            forbid_devices(&abs, opts.recursive, opts.flags).map_err(what)?;
             propagate(&abs, opts.propagation).map_err(what)?;
         } else {
             let abs = self.ensure(&rel, false)?;
@@ -250,13 +251,14 @@ impl<'a> Mounter<'a> {
                 .map(|s| s.as_os_str().to_os_string())
                 .unwrap_or_else(|| OsString::from(fstype));
             let data = (!data.is_empty()).then_some(data.as_str());
-            let mounted = mount(
-                Some(source.as_os_str()),
-                &abs,
-                Some(fstype),
-                opts.flags,
-                data,
-            );
+            // devpts serves the step's own terminals and cannot hold other nodes; every other
+            // filesystem (the /dev tmpfs included: its standard nodes are binds) is `nodev`.
+            let flags = if fstype == "devpts" {
+                opts.flags
+            } else {
+                opts.flags | MsFlags::MS_NODEV
+            };
+            let mounted = mount(Some(source.as_os_str()), &abs, Some(fstype), flags, data);
             // Rootless with only root mapped, gid 5 (tty) does not exist: devpts then goes without
             // the option, as rootless runc mounts it.
             let mounted = match mounted {
@@ -272,7 +274,7 @@ impl<'a> Mounter<'a> {
                         Some(source.as_os_str()),
                         &abs,
                         Some(fstype),
-                        opts.flags,
+                        flags,
                         Some(data.as_str()),
                     )
                 }
@@ -341,9 +343,11 @@ impl<'a> Mounter<'a> {
         Ok(std::fs::symlink_metadata(self.root.join(rel)).is_err())
     }
 
-    /// Bind the host's basic device nodes into our /dev tmpfs and add the usual symlinks.
+    /// Bind the host's basic device nodes into our /dev tmpfs and add the usual symlinks. The
+    /// tmpfs is `nodev`, so these binds (which keep the host mount's flags) are the only device
+    /// nodes in it that open.
     pub(crate) fn populate_dev(&mut self) -> Result<(), String> {
-        for name in ["null", "zero", "full", "random", "urandom", "tty"] {
+        for name in crate::spec::STANDARD_DEVICES {
             let host = Path::new("/dev").join(name);
             if !host.exists() {
                 continue;
@@ -389,7 +393,7 @@ impl<'a> Mounter<'a> {
                 Some("tmpfs"),
                 &abs,
                 Some("tmpfs"),
-                MsFlags::MS_RDONLY,
+                MsFlags::MS_RDONLY | MsFlags::MS_NODEV,
                 None::<&str>,
             )
         } else {
@@ -427,6 +431,63 @@ impl<'a> Mounter<'a> {
             | MsFlags::MS_NODEV
             | MsFlags::MS_NOEXEC;
         mount(None::<&str>, &abs, None::<&str>, flags, None::<&str>).map_err(err)
+    }
+}
+
+/// `MOUNT_ATTR_NODEV` of mount_setattr(2) and fsmount(2).
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x0000_0004;
+
+/// `struct mount_attr` of mount_setattr(2).
+#[repr(C)]
+struct MountAttr {
+    attr_set: u64,
+    attr_clr: u64,
+    propagation: u64,
+    userns_fd: u64,
+}
+
+/// Make the bind mount at `abs` `nodev`, and with `recursive` every mount below it too (an
+/// `rbind` of a directory with a devtmpfs under it would otherwise bring the host's disks in).
+/// Only the flag is added: flags the source has locked (rootless) stay as they are.
+fn forbid_devices(abs: &Path, recursive: bool, flags: MsFlags) -> Result<(), nix::Error> {
+    let path = std::ffi::CString::new(abs.as_os_str().as_encoded_bytes())
+        .map_err(|_| nix::errno::Errno::EINVAL)?;
+    let attr = MountAttr {
+        attr_set: MOUNT_ATTR_NODEV,
+        attr_clr: 0,
+        propagation: 0,
+        userns_fd: 0,
+    };
+    let at_flags = if recursive {
+        libc::AT_RECURSIVE | libc::AT_SYMLINK_NOFOLLOW
+    } else {
+        libc::AT_SYMLINK_NOFOLLOW
+    };
+    // SAFETY: mount_setattr reads a NUL-terminated path and one mount_attr of the size given,
+    // both alive for the call.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mount_setattr,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            at_flags as libc::c_uint,
+            &attr as *const MountAttr,
+            std::mem::size_of::<MountAttr>(),
+        )
+    };
+    if r == 0 {
+        return Ok(());
+    }
+    match nix::errno::Errno::last() {
+        // Before Linux 5.12: the remount covers the mount itself (not the ones below it).
+        nix::errno::Errno::ENOSYS => mount(
+            None::<&str>,
+            abs,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | flags | MsFlags::MS_NODEV,
+            None::<&str>,
+        ),
+        e => Err(e),
     }
 }
 

@@ -26,6 +26,10 @@ fn plain_diff(userxattr: bool) -> [(&'static str, &'static str); 3] {
     })
 }
 
+/// The root is `nodev`: a node a step creates (`mknod`), or one an image ships, may exist in the
+/// layer but never opens the device it names. Standard devices come from binds in `/dev`.
+const ROOT_FLAGS: MsFlags = MsFlags::MS_NODEV;
+
 /// mount(2) copies at most one page of options.
 const MAX_LEGACY_DATA: usize = 4095;
 
@@ -70,7 +74,7 @@ pub(crate) fn mount_overlay(l: &Layers<'_>, target: &Path) -> Result<(), String>
             Some("overlay"),
             target,
             Some("overlay"),
-            MsFlags::empty(),
+            ROOT_FLAGS,
             Some(data.as_str()),
         )
         .map_err(|e| {
@@ -173,7 +177,14 @@ fn mount_with_fsconfig(l: &Layers<'_>, target: &Path) -> Result<(), String> {
         return Err(last_error("creating the overlay (fsconfig)"));
     }
     // SAFETY: fsmount takes the fs context descriptor and flags.
-    let m = unsafe { libc::syscall(libc::SYS_fsmount, fs.as_raw_fd(), libc::FSMOUNT_CLOEXEC, 0) };
+    let m = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs.as_raw_fd(),
+            libc::FSMOUNT_CLOEXEC,
+            super::mounts::MOUNT_ATTR_NODEV,
+        )
+    };
     if m < 0 {
         return Err(last_error("fsmount"));
     }
