@@ -20,6 +20,7 @@
 //! left in the namespace; when the helper is killed (dropping the [`run`] future) the init gets
 //! SIGKILL through `PR_SET_PDEATHSIG`.
 
+mod cgroups;
 mod error;
 mod etc;
 mod oci;
@@ -36,6 +37,7 @@ mod wire;
 
 use std::path::PathBuf;
 
+pub use cgroups::{format_size, parse_size, Limits, DEFAULT_PIDS_LIMIT};
 pub use error::ExecError;
 pub use oci::Runtime;
 pub use rootless::{
@@ -137,6 +139,9 @@ pub struct RunOutcome {
     /// (each that was still empty), with the directories above them that were copied up only
     /// for them, so that they belong to no layer.
     pub created_mountpoints: Vec<PathBuf>,
+    /// The memory limit (bytes) when the kernel killed a process of the run for reaching it
+    /// (the spec's `linux.resources.memory`, see [`Limits`]).
+    pub out_of_memory: Option<u64>,
 }
 
 /// Run the sandbox when this process was started as one, and never return then.

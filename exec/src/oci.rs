@@ -375,6 +375,10 @@ pub(crate) async fn run(
     let stdio = config.stdio;
     let state_dir = config.state_dir.clone();
     let init = crate::oci_init::find(binary)?;
+    // The runtime process joins it before it execs, so that the container's limits hold (and
+    // an out-of-memory kill is seen) whatever the runtime does with `linux.resources`: crun
+    // runs without a cgroup manager here.
+    let cgroup = crate::cgroups::Cgroup::create(&config.spec);
     let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init))
         .await
         .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
@@ -404,6 +408,9 @@ pub(crate) async fn run(
     if crate::oci_cgroups::crun_needs_hiding(binary) {
         crate::oci_cgroups::hide_unified_controllers(cmd.as_std_mut());
     }
+    if let Some(cg) = &cgroup {
+        cg.join_before_exec(cmd.as_std_mut());
+    }
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(source) => {
@@ -429,6 +436,8 @@ pub(crate) async fn run(
     // signal may not have: then the guard deletes it.
     container.finished = status.code().is_some();
     drop(container);
+    let out_of_memory = cgroup.as_ref().and_then(|c| c.out_of_memory());
+    drop(cgroup);
     if let (lower, Some(upper)) = &layers {
         crate::stubs::remove(lower, upper, &prepared.created);
     }
@@ -458,6 +467,7 @@ pub(crate) async fn run(
         } else {
             Vec::new()
         },
+        out_of_memory,
     })
 }
 
