@@ -567,23 +567,34 @@ impl Cgroup {
     }
 
     /// The memory limit when the kernel killed a process of the cgroup for reaching it.
-    pub(crate) fn out_of_memory(&self) -> Option<u64> {
+    /// `exit_code` is the run's: a run killed by SIGKILL (137) whose memory peaked at the limit
+    /// was killed for memory too, although the kill was counted elsewhere (runc moves the
+    /// container into a cgroup of its own below this one, and removes it when it ends; v1
+    /// counts a kill in the victim's cgroup only).
+    pub(crate) fn out_of_memory(&self, exit_code: i32) -> Option<u64> {
         let (dir, v2, limit) = self.memory.as_ref()?;
-        let (file, key) = if *v2 {
-            ("memory.events", "oom_kill")
+        let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
+        let events = if *v2 { "memory.events" } else { "memory.oom_control" };
+        if read(events).and_then(|t| counter(&t, "oom_kill")).unwrap_or(0) > 0 {
+            return Some(*limit);
+        }
+        let peak_files: &[&str] = if *v2 {
+            &["memory.peak"]
         } else {
-            ("memory.oom_control", "oom_kill")
+            &["memory.memsw.max_usage_in_bytes", "memory.max_usage_in_bytes"]
         };
-        let text = std::fs::read_to_string(dir.join(file)).ok()?;
-        let kills = counter(&text, key).or_else(|| {
-            // Kernels before 4.13 count no kills: a refused charge is the best sign there is.
-            std::fs::read_to_string(dir.join("memory.memsw.failcnt"))
-                .or_else(|_| std::fs::read_to_string(dir.join("memory.failcnt")))
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-        })?;
-        (kills > 0).then_some(*limit)
+        let peak = peak_files
+            .iter()
+            .filter_map(|f| read(f).and_then(|t| t.trim().parse::<u64>().ok()))
+            .max()?;
+        (exit_code == 128 + libc::SIGKILL && at_limit(peak, *limit)).then_some(*limit)
     }
+}
+
+/// Whether a peak usage of `peak` bytes reached `limit`: within 1/64 of it (the kernel charges
+/// in pages and batches, and reclaims before it kills).
+fn at_limit(peak: u64, limit: u64) -> bool {
+    peak >= limit - limit / 64
 }
 
 /// The value of `key` in a flat-keyed cgroup file (`oom_kill 1`).
@@ -849,5 +860,7 @@ mod tests {
         let v2 = "low 0\nhigh 0\nmax 9\noom 1\noom_kill 1\noom_group_kill 0\n";
         assert_eq!(counter(v2, "oom_kill"), Some(1));
         assert_eq!(counter("oom_kill_disable 0\n", "oom_kill"), None);
+        assert!(at_limit(64 << 20, 64 << 20));
+        assert!(!at_limit(32 << 20, 64 << 20));
     }
 }

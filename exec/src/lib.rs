@@ -19,6 +19,10 @@
 //! reaps, forwards SIGTERM/SIGINT) → command. When the init exits the kernel kills everything
 //! left in the namespace; when the helper is killed (dropping the [`run`] future) the init gets
 //! SIGKILL through `PR_SET_PDEATHSIG`.
+//!
+//! Every run gets a cgroup of its own with the spec's `linux.resources` ([`Limits`]: memory,
+//! CPU, and a pids limit even when none is asked for); the helper (or the OCI runtime) joins it
+//! before anything else runs, and it is emptied and removed after the run (`cgroups.rs`).
 
 mod cgroups;
 mod error;

@@ -108,9 +108,10 @@ impl Drop for Container {
 }
 
 /// Options the runtime `binary` needs before its command. crun is told not to manage cgroups:
-/// kiln puts no limits on a step (the built-in sandbox creates no cgroup either), and crun
-/// refuses to start at all on a host with cgroup v1 and v2 hierarchies both mounted (hybrid
-/// mode: see `oci_cgroups.rs`). runc needs nothing: it manages whichever hierarchies exist.
+/// kiln has put it in the step's cgroup already (`cgroups.rs`), and crun refuses to start at
+/// all on a host with cgroup v1 and v2 hierarchies both mounted (hybrid mode: see
+/// `oci_cgroups.rs`). runc needs nothing: it makes a cgroup of its own below kiln's, with the
+/// spec's `linux.resources`.
 fn global_args(binary: &str) -> &'static [&'static str] {
     let name = Path::new(binary)
         .file_name()
@@ -436,8 +437,6 @@ pub(crate) async fn run(
     // signal may not have: then the guard deletes it.
     container.finished = status.code().is_some();
     drop(container);
-    let out_of_memory = cgroup.as_ref().and_then(|c| c.out_of_memory());
-    drop(cgroup);
     if let (lower, Some(upper)) = &layers {
         crate::stubs::remove(lower, upper, &prepared.created);
     }
@@ -451,6 +450,10 @@ pub(crate) async fn run(
         (None, Some(sig)) => 128 + sig,
         (None, None) => 255,
     };
+    let out_of_memory = cgroup
+        .as_ref()
+        .and_then(|c| c.out_of_memory(exit_code));
+    drop(cgroup);
     if exit_code != 0 {
         let errors = log_errors(&tokio::fs::read(&log).await.unwrap_or_default());
         if !errors.is_empty() {
