@@ -118,7 +118,10 @@ fn fork_bomb_in_a_run_stops_at_the_pids_limit_and_leaves_nothing() {
         let out = build(&k, &ctx, &["--runtime", runtime, "--pids-limit", "200"]);
         let took = started.elapsed();
         let err = stderr(&out);
-        assert!(!out.status.success(), "{runtime}: the fork bomb ran:\n{err}");
+        assert!(
+            !out.status.success(),
+            "{runtime}: the fork bomb ran:\n{err}"
+        );
         assert!(
             err.contains("can't fork") && !err.contains("all 3000"),
             "{runtime}: {err}"

@@ -92,7 +92,10 @@ impl Limits {
         }
         let pids = self.pids.unwrap_or(DEFAULT_PIDS_LIMIT);
         r.set_pids(Some(
-            LinuxPidsBuilder::default().limit(pids).build().map_err(err)?,
+            LinuxPidsBuilder::default()
+                .limit(pids)
+                .build()
+                .map_err(err)?,
         ));
         Ok(r)
     }
@@ -131,7 +134,11 @@ pub fn parse_size(flag: &str, value: &str) -> Result<u64, ExecError> {
         "p" | "pb" | "pib" => 50,
         _ => return Err(invalid(flag, value, hint)),
     };
-    if number.is_empty() || number.starts_with('.') || number.ends_with('.') || number.matches('.').count() > 1 {
+    if number.is_empty()
+        || number.starts_with('.')
+        || number.ends_with('.')
+        || number.matches('.').count() > 1
+    {
         return Err(invalid(flag, value, hint));
     }
     let bytes = scaled(number, shift);
@@ -146,7 +153,11 @@ fn scaled(number: &str, shift: u32) -> Option<u64> {
     let whole: u128 = whole.parse().ok()?;
     // Exact integer arithmetic: nine decimals are more than any unit needs.
     let frac = frac.get(..frac.len().min(9)).unwrap_or("");
-    let frac_n: u128 = if frac.is_empty() { 0 } else { frac.parse().ok()? };
+    let frac_n: u128 = if frac.is_empty() {
+        0
+    } else {
+        frac.parse().ok()?
+    };
     let scale = 10u128.pow(frac.len() as u32);
     let total = whole.checked_mul(unit)? + frac_n * unit / scale;
     u64::try_from(total).ok()
@@ -218,7 +229,7 @@ pub fn format_size(bytes: u64) -> String {
     const UNITS: [(u32, &str); 4] = [(40, "TiB"), (30, "GiB"), (20, "MiB"), (10, "KiB")];
     for (shift, name) in UNITS {
         let unit = 1u64 << shift;
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{} {name}", bytes / unit);
         }
     }
@@ -311,7 +322,10 @@ fn hierarchies(mountinfo: &str, v2_controllers: impl Fn(&Path) -> String) -> Vec
             },
             _ => continue,
         };
-        if !found.iter().any(|f| f.v2 == h.v2 && f.controllers == h.controllers) {
+        if !found
+            .iter()
+            .any(|f| f.v2 == h.v2 && f.controllers == h.controllers)
+        {
             found.push(h);
         }
     }
@@ -410,6 +424,8 @@ pub(crate) struct Cgroup {
     dirs: Vec<Dir>,
     /// The memory controller's directory and the limit, to tell an out-of-memory kill.
     memory: Option<(PathBuf, bool, u64)>,
+    /// The controllers whose limits are set.
+    limited: Vec<Controller>,
 }
 
 fn unique_name() -> String {
@@ -433,7 +449,18 @@ fn write_file(path: &Path, value: &str) -> std::io::Result<()> {
         .write_all(value.as_bytes())
 }
 
-fn warn_once(controller: Controller, why: &str) {
+/// Say once per process that `controller`'s limit is not applied. Not for the default pids
+/// limit alone: a rootless kiln without delegated cgroups would say it on every command, about
+/// a limit nobody asked for.
+fn warn_once(controller: Controller, resources: &LinuxResources, why: &str) {
+    let default_only = controller == Controller::Pids
+        && resources
+            .pids()
+            .as_ref()
+            .is_none_or(|p| p.limit() == DEFAULT_PIDS_LIMIT);
+    if default_only {
+        return;
+    }
     if !controller.warned().swap(true, Ordering::Relaxed) {
         eprintln!(
             "warning: kiln cannot limit the {} of its sandboxes here: {why}; they run without that limit",
@@ -455,13 +482,18 @@ impl Cgroup {
         let mut cgroup = Cgroup {
             dirs: Vec::new(),
             memory: None,
+            limited: Vec::new(),
         };
         for controller in [Controller::Pids, Controller::Memory, Controller::Cpu] {
             if !needs(controller, resources) {
                 continue;
             }
             let Some(h) = hierarchy_of(controller, &all) else {
-                warn_once(controller, "no cgroup hierarchy on this host has that controller");
+                warn_once(
+                    controller,
+                    resources,
+                    "no cgroup hierarchy on this host has that controller",
+                );
                 continue;
             };
             let dir = match cgroup.dirs.iter().find(|d| d.path.starts_with(&h.mount)) {
@@ -475,28 +507,28 @@ impl Cgroup {
                         path
                     }
                     Err(why) => {
-                        warn_once(controller, &why);
+                        warn_once(controller, resources, &why);
                         continue;
                     }
                 },
             };
+            let mut set = true;
             for (file, value) in limit_files(controller, h.v2, resources) {
                 let path = dir.join(file);
                 match write_file(&path, &value) {
                     Ok(()) => {}
                     // No swap accounting (v1 without `swapaccount`) or no swap (v2): the
                     // memory limit alone is then all the step can use.
-                    Err(e)
-                        if e.kind() == std::io::ErrorKind::NotFound
-                            && file.contains("sw") =>
-                    {
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound && file.contains("sw") => {
                         continue
                     }
                     Err(e) => {
                         warn_once(
                             controller,
+                            resources,
                             &format!("cannot write `{value}` to `{}`: {e}", path.display()),
                         );
+                        set = false;
                         break;
                     }
                 }
@@ -505,6 +537,9 @@ impl Cgroup {
                     cgroup.memory = Some((dir.clone(), h.v2, limit));
                 }
             }
+            if set {
+                cgroup.limited.push(controller);
+            }
         }
         if cgroup.dirs.is_empty() {
             return None;
@@ -512,9 +547,36 @@ impl Cgroup {
         Some(cgroup)
     }
 
+    /// Drop from `spec` the limits `cgroup` could not set: an OCI runtime would fail where
+    /// kiln could not (runc refuses a pids limit it cannot apply, rootless), and kiln has
+    /// already said that the run goes without them.
+    pub(crate) fn keep_enforceable(spec: &mut Spec, cgroup: Option<&Cgroup>) {
+        let Some(mut linux) = spec.linux().clone() else {
+            return;
+        };
+        let Some(mut r) = linux.resources().clone() else {
+            return;
+        };
+        let has = |c| cgroup.is_some_and(|cg| cg.limited.contains(&c));
+        if !has(Controller::Memory) {
+            r.set_memory(None);
+        }
+        if !has(Controller::Cpu) {
+            r.set_cpu(None);
+        }
+        if !has(Controller::Pids) {
+            r.set_pids(None);
+        }
+        linux.set_resources(Some(r));
+        spec.set_linux(Some(linux));
+    }
+
     /// The `cgroup.procs` files a process writes `0` to to join every directory.
     pub(crate) fn procs_files(&self) -> Vec<PathBuf> {
-        self.dirs.iter().map(|d| d.path.join("cgroup.procs")).collect()
+        self.dirs
+            .iter()
+            .map(|d| d.path.join("cgroup.procs"))
+            .collect()
     }
 
     /// Move process `pid` (and so all it forks from then on) into the cgroup; whether it
@@ -574,14 +636,25 @@ impl Cgroup {
     pub(crate) fn out_of_memory(&self, exit_code: i32) -> Option<u64> {
         let (dir, v2, limit) = self.memory.as_ref()?;
         let read = |f: &str| std::fs::read_to_string(dir.join(f)).ok();
-        let events = if *v2 { "memory.events" } else { "memory.oom_control" };
-        if read(events).and_then(|t| counter(&t, "oom_kill")).unwrap_or(0) > 0 {
+        let events = if *v2 {
+            "memory.events"
+        } else {
+            "memory.oom_control"
+        };
+        if read(events)
+            .and_then(|t| counter(&t, "oom_kill"))
+            .unwrap_or(0)
+            > 0
+        {
             return Some(*limit);
         }
         let peak_files: &[&str] = if *v2 {
             &["memory.peak"]
         } else {
-            &["memory.memsw.max_usage_in_bytes", "memory.max_usage_in_bytes"]
+            &[
+                "memory.memsw.max_usage_in_bytes",
+                "memory.max_usage_in_bytes",
+            ]
         };
         let peak = peak_files
             .iter()
@@ -701,7 +774,17 @@ mod tests {
         assert_eq!(ok("1.5g"), mib(1536));
         assert_eq!(ok("0.5m"), 512 << 10);
         assert_eq!(ok("2 g"), 2 << 30);
-        for bad in ["", "m", "12x", "-1m", "1.2.3g", ".5g", "1e3", "1 gigabyte", "99999999999p"] {
+        for bad in [
+            "",
+            "m",
+            "12x",
+            "-1m",
+            "1.2.3g",
+            ".5g",
+            "1e3",
+            "1 gigabyte",
+            "99999999999p",
+        ] {
             let err = parse_size("--memory", bad).unwrap_err().to_string();
             assert!(
                 err.contains("`--memory`") && err.contains(&format!("`{bad}`")),

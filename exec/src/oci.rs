@@ -380,6 +380,8 @@ pub(crate) async fn run(
     // an out-of-memory kill is seen) whatever the runtime does with `linux.resources`: crun
     // runs without a cgroup manager here.
     let cgroup = crate::cgroups::Cgroup::create(&config.spec);
+    let mut config = config;
+    crate::cgroups::Cgroup::keep_enforceable(&mut config.spec, cgroup.as_ref());
     let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init))
         .await
         .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
@@ -450,9 +452,7 @@ pub(crate) async fn run(
         (None, Some(sig)) => 128 + sig,
         (None, None) => 255,
     };
-    let out_of_memory = cgroup
-        .as_ref()
-        .and_then(|c| c.out_of_memory(exit_code));
+    let out_of_memory = cgroup.as_ref().and_then(|c| c.out_of_memory(exit_code));
     drop(cgroup);
     if exit_code != 0 {
         let errors = log_errors(&tokio::fs::read(&log).await.unwrap_or_default());

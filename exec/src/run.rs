@@ -189,9 +189,7 @@ pub async fn run(
         (None, Some(sig)) => 128 + sig,
         (None, None) => 255,
     };
-    let out_of_memory = cgroup
-        .as_ref()
-        .and_then(|c| c.out_of_memory(exit_code));
+    let out_of_memory = cgroup.as_ref().and_then(|c| c.out_of_memory(exit_code));
     drop(cgroup);
     let result = read_result(&result_path).await;
     if !writable {
