@@ -685,6 +685,7 @@ fn make_dir(h: &Hierarchy, controller: Controller, name: &str) -> Result<PathBuf
         format!("cannot {what} `{}`: {e}", path.display())
     };
     std::fs::create_dir_all(&parent).map_err(|e| fail("create", &parent, e))?;
+    remove_stale(&parent);
     if h.v2 {
         // Every v2 controller kiln may use is enabled at once, so that a later run needing
         // another finds the parent ready: a v2 cgroup with members cannot enable more.
@@ -703,6 +704,27 @@ fn make_dir(h: &Hierarchy, controller: Controller, name: &str) -> Result<PathBuf
     let dir = parent.join(name);
     std::fs::create_dir(&dir).map_err(|e| fail("create", &dir, e))?;
     Ok(dir)
+}
+
+/// Remove the empty cgroups a kiln killed outright (`kill -9`) left in `parent`: those named
+/// after a process that is gone. One still in use cannot be removed, so at worst this fails.
+fn remove_stale(parent: &Path) {
+    let Ok(entries) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.split('-').next())
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if !Path::new("/proc").join(pid.to_string()).exists() {
+            let _ = std::fs::remove_dir(entry.path());
+        }
+    }
 }
 
 /// Kill every process in `dir` and remove it; whether it is gone.
