@@ -946,16 +946,53 @@ mod tests {
             mount(Controller::Cpu),
             Some((PathBuf::from("/sys/fs/cgroup/cpu,cpuacct"), false))
         );
-        let all = hierarchies(HYBRID, |_| "cpu memory pids\n".to_string());
+        assert_eq!(mount(Controller::Pids).map(|m| m.1), Some(false));
+        // A v2 hierarchy that offers the controller wins over the v1 one.
+        let v2_too = hierarchies(HYBRID, |_| "cpu memory pids\n".to_string());
         assert_eq!(
-            mount(Controller::Pids).map(|m| m.1),
-            Some(false),
-            "the first answer was v1"
-        );
-        assert_eq!(
-            hierarchy_of(Controller::Pids, &all).map(|h| (h.mount.clone(), h.v2)),
+            hierarchy_of(Controller::Pids, &v2_too).map(|h| (h.mount.clone(), h.v2)),
             Some((PathBuf::from("/sys/fs/cgroup/unified"), true))
         );
+    }
+
+    #[test]
+    fn unified_hosts_use_v2() {
+        let mountinfo = "35 24 0:30 / /sys/fs/cgroup rw,nosuid shared:9 - cgroup2 cgroup2 rw\n";
+        let all = hierarchies(mountinfo, |m| {
+            assert_eq!(m, Path::new("/sys/fs/cgroup"));
+            "cpuset cpu io memory pids\n".to_string()
+        });
+        for c in [Controller::Memory, Controller::Pids, Controller::Cpu] {
+            let h = hierarchy_of(c, &all).unwrap();
+            assert!(h.v2 && h.mount == Path::new("/sys/fs/cgroup"), "{h:?}");
+        }
+        // Without the controller delegated there is nowhere to put the limit.
+        let none = hierarchies(mountinfo, |_| String::new());
+        assert_eq!(hierarchy_of(Controller::Memory, &none), None);
+    }
+
+    #[test]
+    fn an_oci_runtime_gets_only_the_limits_kiln_could_set() {
+        let mut spec = Spec::default();
+        Limits {
+            memory: Some(mib(64)),
+            nano_cpus: Some(1_000_000_000),
+            pids: Some(100),
+        }
+        .apply_to(&mut spec)
+        .unwrap();
+        let limited = Cgroup {
+            dirs: Vec::new(),
+            memory: None,
+            limited: vec![Controller::Memory],
+        };
+        let mut kept = spec.clone();
+        Cgroup::keep_enforceable(&mut kept, Some(&limited));
+        let r = kept.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert!(r.memory().is_some() && r.cpu().is_none() && r.pids().is_none());
+        Cgroup::keep_enforceable(&mut spec, None);
+        let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
+        assert!(r.memory().is_none() && r.cpu().is_none() && r.pids().is_none());
     }
 
     #[test]
