@@ -124,10 +124,10 @@ struct BuildArgs {
     #[arg(long, default_value = "builtin")]
     runtime: String,
     /// Memory limit of each `RUN` step, swap included: a size such as `512m` or `1g` (units b, k,
-    /// m, g), as Docker reads it.
+    /// m, g), as Docker reads it; 0 for no limit.
     #[arg(short = 'm', long)]
     memory: Option<String>,
-    /// CPUs each `RUN` step may use, e.g. `0.5` or `2`.
+    /// CPUs each `RUN` step may use, e.g. `0.5` or `2`; 0 for no limit.
     #[arg(long)]
     cpus: Option<String>,
     /// Most processes (and threads) of each `RUN` step at once: 16384 by default, -1 for no limit.
@@ -168,10 +168,10 @@ struct RunArgs {
     #[arg(long, default_value = "builtin")]
     runtime: String,
     /// Memory limit of the container, swap included: a size such as `512m` or `1g` (units b, k,
-    /// m, g), as Docker reads it.
+    /// m, g), as Docker reads it; 0 for no limit.
     #[arg(short = 'm', long)]
     memory: Option<String>,
-    /// CPUs the container may use, e.g. `0.5` or `2`.
+    /// CPUs the container may use, e.g. `0.5` or `2`; 0 for no limit.
     #[arg(long)]
     cpus: Option<String>,
     /// Most processes (and threads) of the container at once: 16384 by default, -1 for no limit.

@@ -224,7 +224,7 @@ fn bad_limit_values_are_refused_naming_the_flag() {
         ("--memory", "1m", "smallest memory limit is 6 MiB"),
         ("--memory", "99999999999999g", "too large"),
         ("--cpus", "half", "give a number of CPUs"),
-        ("--cpus", "0", "at least `0.01`"),
+        ("--cpus", "0.001", "at least `0.01`"),
         ("--cpus", "100000", "this host has only"),
         ("--pids-limit", "many", "whole number of processes"),
         ("--pids-limit", "-7", "`-1` for no limit"),
@@ -251,6 +251,12 @@ fn bad_limit_values_are_refused_naming_the_flag() {
         &["--memory", "1073741824", "--cpus", "1", "--pids-limit", "0"],
     );
     assert_ok(&out, "good limit values");
+    let out = build(
+        &k,
+        &ctx,
+        &["--memory", "0", "--cpus", "0", "--pids-limit", "-1"],
+    );
+    assert_ok(&out, "no limits, as Docker writes it");
     let out = Command::new(env!("CARGO_BIN_EXE_kiln"))
         .env("KILN_ROOT", k.root.path())
         .args(["run", "--rm", "-m", "512MiB", "busybox", "true"])

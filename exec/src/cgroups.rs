@@ -51,8 +51,12 @@ impl Limits {
         pids: Option<&str>,
     ) -> Result<Limits, ExecError> {
         Ok(Limits {
-            memory: memory.map(|m| parse_memory("--memory", m)).transpose()?,
-            nano_cpus: cpus.map(parse_cpus).transpose()?,
+            // 0 is no limit, as with Docker.
+            memory: memory
+                .map(|m| parse_memory("--memory", m))
+                .transpose()?
+                .filter(|b| *b > 0),
+            nano_cpus: cpus.map(parse_cpus).transpose()?.filter(|n| *n > 0),
             pids: pids.map(parse_pids).transpose()?,
         })
     }
@@ -165,7 +169,7 @@ fn scaled(number: &str, shift: u32) -> Option<u64> {
 
 fn parse_memory(flag: &str, value: &str) -> Result<u64, ExecError> {
     let bytes = parse_size(flag, value)?;
-    if bytes < MIN_MEMORY {
+    if bytes > 0 && bytes < MIN_MEMORY {
         return Err(invalid(
             flag,
             value,
@@ -175,7 +179,7 @@ fn parse_memory(flag: &str, value: &str) -> Result<u64, ExecError> {
     Ok(bytes)
 }
 
-/// `--cpus`: a decimal number of CPUs, more than 0 and at most the host's.
+/// `--cpus`: a decimal number of CPUs, from 0.01 to the host's (0: no limit).
 fn parse_cpus(value: &str) -> Result<u64, ExecError> {
     let flag = "--cpus";
     let cpus: f64 = value
@@ -187,6 +191,9 @@ fn parse_cpus(value: &str) -> Result<u64, ExecError> {
     let available = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
+    if cpus == 0.0 {
+        return Ok(0);
+    }
     if cpus < 0.01 {
         return Err(invalid(
             flag,
@@ -822,10 +829,17 @@ mod tests {
         };
         assert!(err(Some("4m"), None, None).contains("smallest memory limit is 6 MiB"));
         assert!(err(None, Some("half"), None).contains("`--cpus`"));
-        assert!(err(None, Some("0"), None).contains("at least `0.01`"));
+        assert!(err(None, Some("0.001"), None).contains("at least `0.01`"));
+        assert!(err(None, Some("-1"), None).contains("at least `0.01`"));
         assert!(err(None, Some("100000"), None).contains("this host has only"));
         assert!(err(None, None, Some("lots")).contains("`--pids-limit`"));
         assert!(err(None, None, Some("-5")).contains("`-1` for no limit"));
+        // 0 is no limit for each, as with Docker.
+        let none = Limits::parse(Some("0"), Some("0"), Some("0")).unwrap();
+        assert_eq!(
+            (none.memory, none.nano_cpus, none.pids),
+            (None, None, Some(-1))
+        );
         let l = Limits::parse(Some("64m"), Some("0.5"), Some("0")).unwrap();
         assert_eq!(
             l,
