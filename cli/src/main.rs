@@ -137,6 +137,16 @@ struct BuildArgs {
     /// What runs the RUN steps: builtin (kiln's sandbox), runc or crun.
     #[arg(long, default_value = "builtin")]
     runtime: String,
+    /// Memory limit of each `RUN` step, swap included: a size such as `512m` or `1g` (units b, k,
+    /// m, g), as Docker reads it; 0 for no limit.
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// CPUs each `RUN` step may use, e.g. `0.5` or `2`; 0 for no limit.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Most processes (and threads) of each `RUN` step at once: 16384 by default, -1 for no limit.
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pids_limit: Option<String>,
     /// Exec steps to run at once (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
@@ -171,6 +181,16 @@ struct RunArgs {
     /// What runs the container: builtin (kiln's sandbox), runc or crun.
     #[arg(long, default_value = "builtin")]
     runtime: String,
+    /// Memory limit of the container, swap included: a size such as `512m` or `1g` (units b, k,
+    /// m, g), as Docker reads it; 0 for no limit.
+    #[arg(short = 'm', long)]
+    memory: Option<String>,
+    /// CPUs the container may use, e.g. `0.5` or `2`; 0 for no limit.
+    #[arg(long)]
+    cpus: Option<String>,
+    /// Most processes (and threads) of the container at once: 16384 by default, -1 for no limit.
+    #[arg(long = "pids-limit", allow_hyphen_values = true)]
+    pids_limit: Option<String>,
     /// The image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -352,6 +372,11 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
                     network_none,
                     remove: r.rm,
                     runtime: r.runtime.parse()?,
+                    limits: kiln_exec::Limits::parse(
+                        r.memory.as_deref(),
+                        r.cpus.as_deref(),
+                        r.pids_limit.as_deref(),
+                    )?,
                 })
                 .await
         }
@@ -495,6 +520,11 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
             .collect::<Result<_>>()?,
         network_none: kiln_daemon::parse_network(&b.network)?,
         runtime: b.runtime.parse()?,
+        limits: kiln_exec::Limits::parse(
+            b.memory.as_deref(),
+            b.cpus.as_deref(),
+            b.pids_limit.as_deref(),
+        )?,
         pull: b.pull,
         platform: b.platform.clone(),
     })

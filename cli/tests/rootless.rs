@@ -391,3 +391,43 @@ fn kill_9_of_rootless_kiln_run_leaves_no_step_running() {
         "the step outlived the killed rootless kiln"
     );
 }
+
+/// Without delegated cgroups a rootless kiln cannot apply `--memory`, `--cpus` or
+/// `--pids-limit`: it says so once per command and builds and runs anyway, with either runtime.
+#[test]
+fn rootless_limits_without_cgroups_warn_once_and_never_fail_the_build() {
+    let Some(user) = User::create() else { return };
+    let ctx = user.home.path().join("ctx");
+    write(
+        &ctx,
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo one > /one\nRUN echo two > /two\n",
+        )],
+    );
+    let out = Command::new("chown")
+        .args(["-R", &format!("{0}:{0}", user.name)])
+        .arg(&ctx)
+        .output()
+        .unwrap();
+    assert_ok(&out, "chown the context");
+    let out = user.sh(
+        "set -e; sh \"$MKROOTFS\" rootfs >/dev/null; \"$K\" import rootfs busybox:latest >/dev/null; \
+         \"$K\" build --progress plain --memory 64m --cpus 0.5 --pids-limit 100 -t limited ctx; \
+         \"$K\" run --rm --runtime runc --memory 64m --pids-limit 100 limited cat /one /two",
+        HOST_PATH,
+    );
+    assert_ok(&out, "rootless kiln build/run with limits");
+    assert_eq!(stdout(&out), "one\ntwo\n");
+    let err = stderr(&out);
+    // Once per command: the build (two steps) and the run.
+    assert_eq!(
+        err.matches("warning: kiln cannot limit the memory").count(),
+        2,
+        "{err}"
+    );
+    // The default pids limit alone is nobody's request: no warning without flags.
+    let out = user.sh("\"$K\" run --rm limited true", HOST_PATH);
+    assert_ok(&out, "rootless kiln run without limits");
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+}

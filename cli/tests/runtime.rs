@@ -199,11 +199,12 @@ fn crun_builds_the_same_layers_as_the_builtin_sandbox_and_runc() {
     assert_eq!(runc_digest, crun_digest);
 }
 
-/// crun is told not to manage cgroups (`--cgroup-manager=disabled`), as the built-in sandbox
-/// creates none: the step stays in the engine's cgroups. On a hybrid cgroup host (v1 and v2
-/// both mounted) crun would refuse to start at all without kiln's workaround.
+/// crun is told not to manage cgroups (`--cgroup-manager=disabled`): kiln starts it in the
+/// step's own cgroup, which the container keeps; in every other hierarchy it stays where the
+/// engine is. On a hybrid cgroup host (v1 and v2 both mounted) crun would refuse to start at
+/// all without kiln's workaround.
 #[test]
-fn crun_runs_in_the_engines_cgroups() {
+fn crun_runs_in_the_steps_cgroup_kiln_made() {
     if !installed("crun", "crun") {
         return;
     }
@@ -219,7 +220,13 @@ fn crun_runs_in_the_engines_cgroups() {
     ]);
     assert_ok(&out, "kiln run --runtime crun cat /proc/self/cgroup");
     let mine = std::fs::read_to_string("/proc/self/cgroup").unwrap();
-    assert_eq!(stdout(&out), mine);
+    let theirs = stdout(&out);
+    assert_eq!(theirs.lines().count(), mine.lines().count(), "{theirs}");
+    let own: Vec<&str> = theirs.lines().filter(|l| l.contains(":/kiln/")).collect();
+    assert!(!own.is_empty(), "not in a cgroup of kiln's: {theirs}");
+    for (t, m) in theirs.lines().zip(mine.lines()) {
+        assert!(t == m || t.contains(":/kiln/"), "{t} (engine: {m})");
+    }
 }
 
 /// What `ulimit -n` shows in a container started by a process with this hard limit: Docker's

@@ -72,6 +72,9 @@ pub struct BuildRequest {
     pub network_none: bool,
     /// `--runtime`: what runs the RUN steps (built-in sandbox by default).
     pub runtime: kiln_exec::Runtime,
+    /// `--memory`, `--cpus`, `--pids-limit`: the limits of every `RUN` step (a default pids
+    /// limit without them).
+    pub limits: kiln_exec::Limits,
     /// `--pull`: ask the registry what each base image tag names now, even when the local store
     /// has it.
     pub pull: bool,
@@ -226,6 +229,7 @@ impl Engine {
                 ssh: req.ssh.clone(),
                 network_none: req.network_none,
                 runtime: req.runtime.clone(),
+                limits: req.limits,
             })
             .await?;
         let image = export::export_image(

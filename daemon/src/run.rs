@@ -24,6 +24,8 @@ pub struct RunRequest {
     pub remove: bool,
     /// `--runtime`: the built-in sandbox (default) or `runc`/`crun`.
     pub runtime: kiln_exec::Runtime,
+    /// `--memory`, `--cpus`, `--pids-limit` (a default pids limit without them).
+    pub limits: kiln_exec::Limits,
 }
 
 /// The argv Docker would run: ENTRYPOINT + (given command, or CMD unless the entrypoint was
@@ -162,6 +164,8 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
         network,
         terminal: false,
     })?;
+    let mut spec = spec;
+    req.limits.apply_to(&mut spec)?;
     let mut lower: Vec<PathBuf> = chain.iter().map(|s| store.snapshots().fs_dir(*s)).collect();
     if lower.is_empty() {
         let empty = dir.join("empty");
@@ -199,7 +203,14 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
             serde_json::to_vec_pretty(&record)?,
         );
     }
-    Ok(outcome?.exit_code)
+    let outcome = outcome?;
+    if let Some(limit) = outcome.out_of_memory {
+        eprintln!(
+            "kiln: out of memory: the container used its {} limit; give it more with `--memory`",
+            kiln_exec::format_size(limit)
+        );
+    }
+    Ok(outcome.exit_code)
 }
 
 fn container_id() -> String {

@@ -31,6 +31,17 @@ pub enum ExecError {
         reason: String,
     },
 
+    /// A resource limit (`--memory`, `--cpus`, `--pids-limit`) that cannot be read.
+    #[error("invalid `{flag}` value `{value}`: {reason}")]
+    InvalidLimit {
+        /// The flag, as the user writes it.
+        flag: String,
+        /// The value as given.
+        value: String,
+        /// What is wrong and what to give instead.
+        reason: String,
+    },
+
     /// The oci-spec builders rejected a value.
     #[error("cannot build the OCI runtime spec: {0}")]
     Spec(String),

@@ -21,7 +21,12 @@
 //! SIGKILL through `PR_SET_PDEATHSIG`. When the engine itself dies (`kill -9`), the helper sees
 //! the engine's end of an "alive" pipe close and kills the init (`PR_SET_PDEATHSIG` on the
 //! helper would fire when the engine *thread* that spawned it exits, not the engine).
+//!
+//! Every run gets a cgroup of its own with the spec's `linux.resources` ([`Limits`]: memory,
+//! CPU, and a pids limit even when none is asked for); the helper (or the OCI runtime) joins it
+//! before anything else runs, and it is emptied and removed after the run (`cgroups.rs`).
 
+mod cgroups;
 mod error;
 mod etc;
 mod oci;
@@ -39,6 +44,7 @@ mod wire;
 
 use std::path::PathBuf;
 
+pub use cgroups::{format_size, parse_size, Limits, DEFAULT_PIDS_LIMIT};
 pub use error::ExecError;
 pub use oci::Runtime;
 pub use rootless::{
@@ -140,6 +146,9 @@ pub struct RunOutcome {
     /// (each that was still empty), with the directories above them that were copied up only
     /// for them, so that they belong to no layer.
     pub created_mountpoints: Vec<PathBuf>,
+    /// The memory limit (bytes) when the kernel killed a process of the run for reaching it
+    /// (the spec's `linux.resources.memory`, see [`Limits`]).
+    pub out_of_memory: Option<u64>,
 }
 
 /// Run the sandbox when this process was started as one, and never return then.

@@ -131,9 +131,10 @@ fn locate(binary: &str) -> Option<PathBuf> {
 }
 
 /// Options the runtime `binary` needs before its command. crun is told not to manage cgroups:
-/// kiln puts no limits on a step (the built-in sandbox creates no cgroup either), and crun
-/// refuses to start at all on a host with cgroup v1 and v2 hierarchies both mounted (hybrid
-/// mode: see `oci_cgroups.rs`). runc needs nothing: it manages whichever hierarchies exist.
+/// kiln has put it in the step's cgroup already (`cgroups.rs`), and crun refuses to start at
+/// all on a host with cgroup v1 and v2 hierarchies both mounted (hybrid mode: see
+/// `oci_cgroups.rs`). runc needs nothing: it makes a cgroup of its own below kiln's, with the
+/// spec's `linux.resources`.
 fn global_args(binary: &str) -> &'static [&'static str] {
     if runs_without_cgroups(binary) {
         &["--cgroup-manager=disabled"]
@@ -475,6 +476,12 @@ pub(crate) async fn run(
     let state_dir = config.state_dir.clone();
     let init = crate::oci_init::find(binary)?;
     let runtime = binary.to_string();
+    // The runtime process joins it before it execs, so that the container's limits hold (and
+    // an out-of-memory kill is seen) whatever the runtime does with `linux.resources`: crun
+    // runs without a cgroup manager here.
+    let cgroup = crate::cgroups::Cgroup::create(&config.spec);
+    let mut config = config;
+    crate::cgroups::Cgroup::keep_enforceable(&mut config.spec, cgroup.as_ref());
     let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init, &runtime))
         .await
         .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
@@ -531,6 +538,10 @@ pub(crate) async fn run(
     stdio.apply_to(&mut cmd);
     cmd.kill_on_drop(true);
     crate::run::inherit(cmd.as_std_mut(), [engine_end.as_raw_fd()]);
+    // The watcher (and so the runtime it starts) is in the step's cgroup before it execs.
+    if let Some(cg) = &cgroup {
+        cg.join_before_exec(cmd.as_std_mut());
+    }
     let spawned = cmd.spawn();
     drop(engine_end);
     let mut child = match spawned {
@@ -568,6 +579,8 @@ pub(crate) async fn run(
         (None, Some(sig)) => 128 + sig,
         (None, None) => 255,
     };
+    let out_of_memory = cgroup.as_ref().and_then(|c| c.out_of_memory(exit_code));
+    drop(cgroup);
     if exit_code != 0 {
         let errors = log_errors(&tokio::fs::read(&log).await.unwrap_or_default());
         if !errors.is_empty() {
@@ -584,6 +597,7 @@ pub(crate) async fn run(
         } else {
             Vec::new()
         },
+        out_of_memory,
     })
 }
 

@@ -1,8 +1,8 @@
 //! crun on a host with cgroup v1 and v2 hierarchies both mounted ("hybrid" mode, as systemd
 //! hosts of a certain age and many CI containers have them).
 //!
-//! kiln puts no cgroup limits on a step: the built-in sandbox leaves the step in the engine's
-//! cgroups, and crun is run with `--cgroup-manager=disabled` to do the same. crun still checks,
+//! kiln makes each step's cgroup itself (`cgroups.rs`) and starts the runtime in it, so crun is
+//! run with `--cgroup-manager=disabled` to leave the step there. crun still checks,
 //! before it looks at the manager, that no controller is enabled in the v2 hierarchy of a
 //! hybrid host (`/sys/fs/cgroup/unified/cgroup.controllers` empty) and refuses to start
 //! otherwise, although it would then touch no cgroup at all. So on such a host crun is started

@@ -108,6 +108,7 @@ pub async fn run(
 
     let writable = config.rootfs.upper.is_some();
     let layers = (config.rootfs.lower.clone(), config.rootfs.upper.clone());
+    let mut cgroup = crate::cgroups::Cgroup::create(&config.spec);
     let wire = WireConfig {
         spec: config.spec,
         rootfs: config.rootfs,
@@ -139,6 +140,13 @@ pub async fn run(
     })?;
     drop(read_end);
     drop(engine_end);
+    // The helper reads its config before it forks anything: moved now, all it starts is in
+    // the cgroup from the first instruction.
+    if let (Some(cg), Some(pid)) = (&cgroup, child.id()) {
+        if !cg.add(pid) {
+            cgroup = None;
+        }
+    }
 
     let writer = tokio::task::spawn_blocking(move || write_config(write_end, &payload));
 
@@ -162,6 +170,8 @@ pub async fn run(
         (None, Some(sig)) => 128 + sig,
         (None, None) => 255,
     };
+    let out_of_memory = cgroup.as_ref().and_then(|c| c.out_of_memory(exit_code));
+    drop(cgroup);
     let result = read_result(&result_path).await;
     if !writable {
         let _ = tokio::fs::remove_dir_all(wire_state_dir.join(SCRATCH_DIR)).await;
@@ -186,6 +196,7 @@ pub async fn run(
                 } else {
                     Vec::new()
                 },
+                out_of_memory,
             })
         }
         None => Err(ExecError::NoResult {

@@ -259,6 +259,8 @@ pub fn default_spec(p: &ProcessSpec) -> Result<Spec, ExecError> {
     if !p.hostname.is_empty() {
         spec.set_hostname(Some(p.hostname.clone()));
     }
+    // A fork bomb stops at the default pids limit even when the caller sets no limits.
+    crate::Limits::default().apply_to(&mut spec)?;
     Ok(spec)
 }
 

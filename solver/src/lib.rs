@@ -60,6 +60,13 @@ pub enum SolveError {
         exit_code: i32,
         tail: String,
     },
+    #[error("process \"{command}\" did not complete successfully: out of memory: the step used its {} limit; give it more with `--memory`{tail}", kiln_exec::format_size(*limit))]
+    OutOfMemory {
+        command: String,
+        /// Bytes.
+        limit: u64,
+        tail: String,
+    },
     #[error("{location}{sep}{name}: {source}", sep = if location.is_empty() { "" } else { ": " })]
     Step {
         name: String,
@@ -111,6 +118,9 @@ pub struct SolveRequest {
     pub network_none: bool,
     /// What runs the exec steps: the built-in sandbox or `runc`/`crun` (`kiln build --runtime`).
     pub runtime: kiln_exec::Runtime,
+    /// Memory, CPU and pids limits of every exec step (`kiln build --memory --cpus
+    /// --pids-limit`); not part of any cache key, as with BuildKit.
+    pub limits: kiln_exec::Limits,
 }
 
 /// A solve's result.
@@ -199,6 +209,7 @@ impl Solver {
             ssh: req.ssh,
             network_none: req.network_none,
             runtime: req.runtime,
+            limits: req.limits,
         });
         // Hashing of the local contexts starts now, beside the pulls and the first steps.
         let prefetch = prefetch::start(&def, &locals, &self.inner.store, &req.progress);
@@ -657,6 +668,10 @@ impl VertexTask {
         .map_err(|e| SolveError::Op(e.to_string()))??;
         let mut spec = spec;
         mounts::add_to_spec(&mut spec, &extra)?;
+        self.session
+            .limits
+            .apply_to(&mut spec)
+            .map_err(|e| SolveError::Op(e.to_string()))?;
         let snap = snaps.create(parent).map_err(SolveError::cache)?;
         // Removed unless the step succeeds: a failed or canceled `RUN` leaves nothing behind.
         let owned = cleanup::SnapshotGuard::new(store.clone(), snap);
@@ -722,6 +737,13 @@ impl VertexTask {
                 lines.push_str(
                     "\nnote: rootless kiln has only your own user mapped (as root): other user and group ids do not exist here, so changing to them fails with `Invalid argument`; give your user ranges in /etc/subuid and /etc/subgid and install newuidmap/newgidmap (package uidmap), or build as root",
                 );
+            }
+            if let Some(limit) = outcome.out_of_memory {
+                return Err(SolveError::OutOfMemory {
+                    command: meta.args.join(" "),
+                    limit,
+                    tail: lines,
+                });
             }
             return Err(SolveError::ExecFailed {
                 command: meta.args.join(" "),

@@ -40,6 +40,8 @@ pub(crate) struct Session {
     pub network_none: bool,
     /// `kiln build --runtime`: what runs the steps.
     pub runtime: kiln_exec::Runtime,
+    /// `kiln build --memory --cpus --pids-limit`: every step's limits.
+    pub limits: kiln_exec::Limits,
 }
 
 /// One input of the exec op, as the mounts see it.
