@@ -72,7 +72,7 @@ pub struct LayerInfo {
 #[derive(Debug)]
 pub struct Snapshots {
     dir: PathBuf,
-    db: Arc<Db>,
+    pub(crate) db: Arc<Db>,
     mounter: Arc<dyn Mounter>,
 }
 

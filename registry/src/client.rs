@@ -17,6 +17,7 @@ use reqwest::header::{
 };
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWrite, AsyncWriteExt};
 use url::Url;
 
@@ -118,7 +119,55 @@ enum ReqBody {
         offset: u64,
         len: u64,
         progress: Option<Progress>,
+        /// Hashes the bytes as they are sent; the body fails at its end when `last` and the
+        /// whole blob does not hash to its digest, so a corrupt local blob is never completed.
+        hash: Option<Arc<UploadHash>>,
     },
+}
+
+/// The running hash of one blob upload, across its chunks.
+struct UploadHash {
+    digest: String,
+    size: u64,
+    state: std::sync::Mutex<(Sha256, Option<String>)>,
+}
+
+impl UploadHash {
+    fn new(digest: &str, size: u64) -> Self {
+        UploadHash {
+            digest: digest.to_string(),
+            size,
+            state: std::sync::Mutex::new((Sha256::new(), None)),
+        }
+    }
+
+    fn update(&self, bytes: &[u8]) {
+        if let Ok(mut s) = self.state.lock() {
+            s.0.update(bytes);
+        }
+    }
+
+    /// Finishes the hash: `Err` with what the content hashed to when it is not the digest.
+    fn finish(&self) -> Result<(), String> {
+        let Ok(mut s) = self.state.lock() else {
+            return Err("(unknown)".to_string());
+        };
+        let actual = format!(
+            "sha256:{}",
+            hex::encode(std::mem::take(&mut s.0).finalize())
+        );
+        if actual == self.digest {
+            Ok(())
+        } else {
+            s.1 = Some(actual.clone());
+            Err(actual)
+        }
+    }
+
+    /// What a finished, mismatched upload hashed to.
+    fn mismatch(&self) -> Option<String> {
+        self.state.lock().ok().and_then(|s| s.1.clone())
+    }
 }
 
 struct Call<'a> {
@@ -545,6 +594,22 @@ impl RegistryClient {
             return Err(self.fail(&start, resp, "upload endpoint").await);
         }
         let mut location = self.upload_location(&start, &resp)?;
+        // The last byte is reported only once the registry has accepted the blob, so nothing
+        // says `pushed` for a blob the registry then rejects.
+        let progress: Option<Progress> = opts.progress.clone().map(|p| {
+            let cap = size.saturating_sub(1);
+            Arc::new(move |n: u64| p(n.min(cap))) as Progress
+        });
+        let hash = Arc::new(UploadHash::new(digest, size));
+        let corrupt = |hash: &UploadHash| {
+            hash.mismatch()
+                .map(|actual| RegistryError::CorruptLocalBlob {
+                    reference: r.to_string(),
+                    digest: digest.to_string(),
+                    actual,
+                    path: path.to_path_buf(),
+                })
+        };
         let mut offset = 0;
         if size > self.inner.chunk_size {
             while offset < size {
@@ -562,7 +627,8 @@ impl RegistryClient {
                     path: path.to_path_buf(),
                     offset,
                     len,
-                    progress: opts.progress.clone(),
+                    progress: progress.clone(),
+                    hash: Some(hash.clone()),
                 };
                 let resp = self.execute(&patch).await?;
                 if resp.status() != StatusCode::ACCEPTED {
@@ -585,16 +651,32 @@ impl RegistryClient {
                 path: path.to_path_buf(),
                 offset,
                 len: size - offset,
-                progress: opts.progress.clone(),
+                progress: progress.clone(),
+                hash: Some(hash.clone()),
             }
         } else {
+            // Every byte went in chunks: check the hash before the upload is completed.
+            if hash.finish().is_err() {
+                if let Some(e) = corrupt(&hash) {
+                    return Err(e);
+                }
+            }
             ReqBody::Bytes(Bytes::new())
         };
-        let resp = self.execute(&put).await?;
+        let resp = match self.execute(&put).await {
+            Ok(resp) => resp,
+            Err(e) => return Err(corrupt(&hash).unwrap_or(e)),
+        };
+        if let Some(e) = corrupt(&hash) {
+            return Err(e);
+        }
         if !resp.status().is_success() {
             return Err(self
                 .fail(&put, resp, &format!("upload of blob `{digest}`"))
                 .await);
+        }
+        if let Some(p) = &opts.progress {
+            p(size);
         }
         Ok(PushedBlob::Uploaded)
     }
@@ -1008,6 +1090,7 @@ impl RegistryClient {
                     offset,
                     len,
                     progress,
+                    hash,
                 } => {
                     let read_err = |source| RegistryError::ReadFile {
                         action: call.action.to_string(),
@@ -1021,15 +1104,34 @@ impl RegistryClient {
                         .map_err(read_err)?;
                     let sent = Arc::new(AtomicU64::new(*offset));
                     let progress = progress.clone();
+                    let hashing = hash.clone();
+                    let end = *offset + *len;
                     let stream =
                         tokio_util::io::ReaderStream::with_capacity(file.take(*len), 256 << 10)
                             .inspect(move |chunk| {
-                                if let (Ok(c), Some(p)) = (chunk, &progress) {
+                                if let Ok(c) = chunk {
+                                    if let Some(h) = &hashing {
+                                        h.update(c);
+                                    }
                                     let now = sent.fetch_add(c.len() as u64, Ordering::Relaxed)
                                         + c.len() as u64;
-                                    p(now);
+                                    if let Some(p) = &progress {
+                                        p(now);
+                                    }
                                 }
                             });
+                    // After the last byte of the blob: fail the body (so the registry never
+                    // sees it complete) when what was read is not the blob.
+                    let last = hash.clone().filter(|h| end == h.size);
+                    let check = futures::stream::once(async move {
+                        match last.map(|h| h.finish()) {
+                            Some(Err(actual)) => Err(std::io::Error::other(format!(
+                                "the local blob hashes to `{actual}`"
+                            ))),
+                            _ => Ok(Bytes::new()),
+                        }
+                    });
+                    let stream = stream.chain(check);
                     rb.header(CONTENT_LENGTH, *len)
                         .body(reqwest::Body::wrap_stream(stream))
                 }
