@@ -258,6 +258,32 @@ fn a_push_of_a_corrupt_blob_said_pushed() {
     let err = stderr(&out);
     assert!(err.contains(&layer) && err.contains("kiln check"), "{err}");
     assert!(!err.contains("pushed"), "{err}");
+
+    // A pulled (gzip) layer is pushed as it is stored: the upload hashes what it reads and stops
+    // before the registry completes it, and no `pushed` line is printed for it.
+    let k = Kiln::with_busybox();
+    assert_ok(&k.run(&["push", "busybox", &remote]), "push a sound image");
+    let k2 = Kiln::new();
+    assert_ok(&k2.run(&["pull", &remote]), "pull");
+    let m = manifest(k2.root.path(), &remote);
+    let gz = m["layers"][0]["digest"].as_str().unwrap().to_string();
+    let path = blob_path(k2.root.path(), &gz);
+    flip_byte(&path, std::fs::metadata(&path).unwrap().len() / 2);
+    // Another registry, which holds none of the blobs, so the layer is uploaded.
+    let other = common::RegistryGuard::start();
+    let dest = format!("{}/{}:v1", other.addr, unique("corrupt-upload"));
+    let out = k2.run(&["push", "--progress", "plain", &remote, &dest]);
+    assert!(!out.status.success(), "a corrupt gzip layer was pushed");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&gz) && err.contains("corrupt") && err.contains("kiln check"),
+        "{err}"
+    );
+    let short = &gz["sha256:".len().."sha256:".len() + 12];
+    assert!(
+        !err.contains(&format!("pushed {short}")),
+        "announced as pushed: {err}"
+    );
 }
 
 /// A tmpfs of `mb` MiB mounted on a new directory, unmounted when dropped.

@@ -125,11 +125,18 @@ enum ReqBody {
     },
 }
 
-/// The running hash of one blob upload, across its chunks.
+/// The running hash of one blob upload, across its chunks (sent in order, each once).
 struct UploadHash {
     digest: String,
     size: u64,
-    state: std::sync::Mutex<(Sha256, Option<String>)>,
+    state: std::sync::Mutex<HashState>,
+}
+
+struct HashState {
+    hasher: Sha256,
+    bytes: u64,
+    /// What the content hashed to, once all of it passed and it was not the digest.
+    mismatch: Option<String>,
 }
 
 impl UploadHash {
@@ -137,36 +144,38 @@ impl UploadHash {
         UploadHash {
             digest: digest.to_string(),
             size,
-            state: std::sync::Mutex::new((Sha256::new(), None)),
+            state: std::sync::Mutex::new(HashState {
+                hasher: Sha256::new(),
+                bytes: 0,
+                mismatch: None,
+            }),
         }
     }
 
-    fn update(&self, bytes: &[u8]) {
-        if let Ok(mut s) = self.state.lock() {
-            s.0.update(bytes);
-        }
-    }
-
-    /// Finishes the hash: `Err` with what the content hashed to when it is not the digest.
-    fn finish(&self) -> Result<(), String> {
+    /// Hashes the next bytes; when they complete the blob and it is not what its digest says,
+    /// `Err` with what it hashed to, before the last bytes are handed on.
+    fn update(&self, bytes: &[u8]) -> Result<(), String> {
         let Ok(mut s) = self.state.lock() else {
-            return Err("(unknown)".to_string());
+            return Ok(());
         };
-        let actual = format!(
-            "sha256:{}",
-            hex::encode(std::mem::take(&mut s.0).finalize())
-        );
-        if actual == self.digest {
-            Ok(())
-        } else {
-            s.1 = Some(actual.clone());
-            Err(actual)
+        s.hasher.update(bytes);
+        s.bytes += bytes.len() as u64;
+        if s.bytes == self.size {
+            let actual = format!(
+                "sha256:{}",
+                hex::encode(std::mem::take(&mut s.hasher).finalize())
+            );
+            if actual != self.digest {
+                s.mismatch = Some(actual.clone());
+                return Err(actual);
+            }
         }
+        Ok(())
     }
 
-    /// What a finished, mismatched upload hashed to.
+    /// What a blob whose bytes all passed hashed to, when it was not its digest.
     fn mismatch(&self) -> Option<String> {
-        self.state.lock().ok().and_then(|s| s.1.clone())
+        self.state.lock().ok().and_then(|s| s.mismatch.clone())
     }
 }
 
@@ -630,7 +639,13 @@ impl RegistryClient {
                     progress: progress.clone(),
                     hash: Some(hash.clone()),
                 };
-                let resp = self.execute(&patch).await?;
+                let resp = match self.execute(&patch).await {
+                    Ok(resp) => resp,
+                    Err(e) => return Err(corrupt(&hash).unwrap_or(e)),
+                };
+                if let Some(e) = corrupt(&hash) {
+                    return Err(e);
+                }
                 if resp.status() != StatusCode::ACCEPTED {
                     return Err(self
                         .fail(&patch, resp, &format!("chunk of blob `{digest}`"))
@@ -655,12 +670,6 @@ impl RegistryClient {
                 hash: Some(hash.clone()),
             }
         } else {
-            // Every byte went in chunks: check the hash before the upload is completed.
-            if hash.finish().is_err() {
-                if let Some(e) = corrupt(&hash) {
-                    return Err(e);
-                }
-            }
             ReqBody::Bytes(Bytes::new())
         };
         let resp = match self.execute(&put).await {
@@ -1105,33 +1114,26 @@ impl RegistryClient {
                     let sent = Arc::new(AtomicU64::new(*offset));
                     let progress = progress.clone();
                     let hashing = hash.clone();
-                    let end = *offset + *len;
                     let stream =
                         tokio_util::io::ReaderStream::with_capacity(file.take(*len), 256 << 10)
-                            .inspect(move |chunk| {
-                                if let Ok(c) = chunk {
-                                    if let Some(h) = &hashing {
-                                        h.update(c);
-                                    }
-                                    let now = sent.fetch_add(c.len() as u64, Ordering::Relaxed)
-                                        + c.len() as u64;
-                                    if let Some(p) = &progress {
-                                        p(now);
-                                    }
+                            .map(move |chunk| {
+                                let c = chunk?;
+                                // A blob that is not what its digest says never gets its last
+                                // bytes sent, so the registry cannot complete it.
+                                if let Some(h) = &hashing {
+                                    h.update(&c).map_err(|actual| {
+                                        std::io::Error::other(format!(
+                                            "the local blob hashes to `{actual}`"
+                                        ))
+                                    })?;
                                 }
+                                let now = sent.fetch_add(c.len() as u64, Ordering::Relaxed)
+                                    + c.len() as u64;
+                                if let Some(p) = &progress {
+                                    p(now);
+                                }
+                                Ok::<_, std::io::Error>(c)
                             });
-                    // After the last byte of the blob: fail the body (so the registry never
-                    // sees it complete) when what was read is not the blob.
-                    let last = hash.clone().filter(|h| end == h.size);
-                    let check = futures::stream::once(async move {
-                        match last.map(|h| h.finish()) {
-                            Some(Err(actual)) => Err(std::io::Error::other(format!(
-                                "the local blob hashes to `{actual}`"
-                            ))),
-                            _ => Ok(Bytes::new()),
-                        }
-                    });
-                    let stream = stream.chain(check);
                     rb.header(CONTENT_LENGTH, *len)
                         .body(reqwest::Body::wrap_stream(stream))
                 }
