@@ -477,3 +477,33 @@ fn a_pull_killed_mid_layer_listed_an_image_whose_layer_is_missing() {
     assert_ok(&out, "run the pulled image");
     assert!(stdout(&out).contains(&(120u64 << 20).to_string()));
 }
+
+#[test]
+fn a_corrupt_blob_was_copied_into_oci_and_docker_archives() {
+    let k = Kiln::with_busybox();
+    let ctx = temp_context("kiln-ctx-", &[("Dockerfile", "FROM busybox\nLABEL a=b\n")]);
+    let ctx = ctx.path().to_str().unwrap().to_string();
+    assert_ok(&k.run(&["build", "-t", "app", &ctx]), "build");
+    // The base is unpacked and cached now; its stored blob goes into the archives as it is.
+    let layer = corrupt_busybox_layer(&k);
+    let out_dir = tempfile::tempdir().unwrap();
+    for kind in ["oci", "docker"] {
+        let dest = out_dir.path().join(format!("{kind}.tar"));
+        let out = k.run(&[
+            "build",
+            "-o",
+            &format!("type={kind},dest={}", dest.display()),
+            &ctx,
+        ]);
+        assert!(
+            !out.status.success(),
+            "a corrupt layer went into the {kind} archive"
+        );
+        let err = stderr(&out);
+        assert!(
+            err.contains(&layer) && err.contains("kiln check"),
+            "{kind}: {err}"
+        );
+        assert!(!dest.exists(), "{kind}: a broken archive was left");
+    }
+}

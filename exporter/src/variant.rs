@@ -154,7 +154,7 @@ fn is_sink_error(e: &io::Error) -> bool {
 
 /// The diffIDs a stored config lists, in order.
 fn diff_ids(store: &Store, config_digest: &str) -> Result<Vec<String>, ExportError> {
-    let bytes = store.content().read(config_digest)?;
+    let bytes = store.content().read_verified(config_digest)?;
     let config: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| ExportError::Oci {
             what: format!("config `{config_digest}`"),
@@ -179,7 +179,7 @@ pub fn image_variant(
     image: &ImageDescriptor,
     opts: &VariantOptions,
 ) -> Result<ImageDescriptor, ExportError> {
-    let manifest = store.content().read(&image.manifest_digest)?;
+    let manifest = store.content().read_verified(&image.manifest_digest)?;
     let descs = parse_manifest(&manifest, &image.manifest_digest)?;
     let Some(((_, config_digest, config_size), layers)) = descs.split_first() else {
         return Err(ExportError::Oci {
