@@ -60,8 +60,9 @@ pub(crate) fn drop_results_since(store: &Store, since: u64) -> Result<usize, Cac
 /// The words put before a disk-full error.
 pub(crate) fn message(store: &Store) -> String {
     format!(
-        "the disk holding the store `{}` is full: nothing of this build was kept; free space \
-         (`kiln prune` removes unused snapshots and blobs) or point `KILN_ROOT` at a larger disk",
+        "the disk holding the store `{}` is full: the results of this build were dropped; run \
+         `kiln prune` to free their space (and other unused snapshots and blobs), or point \
+         `KILN_ROOT` at a larger disk",
         store.root().display()
     )
 }
