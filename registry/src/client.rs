@@ -154,12 +154,24 @@ impl UploadHash {
 
     /// Hashes the next bytes; when they complete the blob and it is not what its digest says,
     /// `Err` with what it hashed to, before the last bytes are handed on.
-    fn update(&self, bytes: &[u8]) -> Result<(), String> {
+    /// `at` is the offset of `bytes` in the blob: a body sent again (after an auth challenge)
+    /// repeats bytes already hashed, which are skipped.
+    fn update(&self, at: u64, bytes: &[u8]) -> Result<(), String> {
         let Ok(mut s) = self.state.lock() else {
             return Ok(());
         };
-        s.hasher.update(bytes);
-        s.bytes += bytes.len() as u64;
+        let end = at + bytes.len() as u64;
+        if let (Some(actual), true) = (&s.mismatch, end == self.size) {
+            // Sent again: the last bytes of a corrupt blob are still withheld.
+            return Err(actual.clone());
+        }
+        if at > s.bytes || end <= s.bytes || s.bytes == self.size {
+            // A gap cannot happen (chunks go in order); already hashed bytes add nothing.
+            return Ok(());
+        }
+        let skip = usize::try_from(s.bytes - at).unwrap_or(0);
+        s.hasher.update(&bytes[skip..]);
+        s.bytes = end;
         if s.bytes == self.size {
             let actual = format!(
                 "sha256:{}",
@@ -1118,17 +1130,17 @@ impl RegistryClient {
                         tokio_util::io::ReaderStream::with_capacity(file.take(*len), 256 << 10)
                             .map(move |chunk| {
                                 let c = chunk?;
+                                let at = sent.fetch_add(c.len() as u64, Ordering::Relaxed);
                                 // A blob that is not what its digest says never gets its last
                                 // bytes sent, so the registry cannot complete it.
                                 if let Some(h) = &hashing {
-                                    h.update(&c).map_err(|actual| {
+                                    h.update(at, &c).map_err(|actual| {
                                         std::io::Error::other(format!(
                                             "the local blob hashes to `{actual}`"
                                         ))
                                     })?;
                                 }
-                                let now = sent.fetch_add(c.len() as u64, Ordering::Relaxed)
-                                    + c.len() as u64;
+                                let now = at + c.len() as u64;
                                 if let Some(p) = &progress {
                                     p(now);
                                 }
@@ -1383,6 +1395,38 @@ async fn error_detail(mut resp: Response) -> String {
         short.push('…');
     }
     format!(": {short}")
+}
+
+#[cfg(test)]
+mod upload_hash_tests {
+    use super::*;
+
+    fn sha(b: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(b)))
+    }
+
+    #[test]
+    fn chunks_sent_again_are_hashed_once() {
+        let h = UploadHash::new(&sha(b"hello world"), 11);
+        assert!(h.update(0, b"hello").is_ok());
+        // The same body sent again after an auth challenge.
+        assert!(h.update(0, b"hel").is_ok());
+        assert!(h.update(3, b"lo wor").is_ok());
+        assert!(h.update(9, b"ld").is_ok());
+        assert_eq!(h.mismatch(), None);
+    }
+
+    #[test]
+    fn a_corrupt_blob_fails_at_its_last_bytes() {
+        let h = UploadHash::new(&sha(b"hello world"), 11);
+        assert!(h.update(0, b"hello ").is_ok());
+        let actual = h.update(6, b"wurld").unwrap_err();
+        assert_eq!(actual, sha(b"hello wurld"));
+        assert_eq!(h.mismatch(), Some(actual.clone()));
+        // Sent again, the end is withheld again.
+        assert!(h.update(0, b"hello ").is_ok());
+        assert_eq!(h.update(6, b"wurld"), Err(actual));
+    }
 }
 
 #[cfg(test)]
