@@ -45,26 +45,25 @@ impl Store {
             }
         }
 
+        let corrupt: HashSet<Digest> = report
+            .corrupt_blobs
+            .iter()
+            .map(|(d, _)| d.clone())
+            .collect();
         for image in self.images().list()? {
-            if let Some(missing) = self.first_missing(&image.digest)? {
+            if let Some(missing) = self.first_missing(&image.digest, &corrupt)? {
                 self.images().remove(&image.name)?;
                 report.images_removed.push((image.name, missing));
             }
         }
 
         report.layer_records_removed = self.drop_dangling_layer_records()?;
-        let dropped: HashSet<&str> = report
-            .corrupt_blobs
-            .iter()
-            .map(|(d, _)| d.as_str())
-            .collect();
         for (key, value) in self.index().meta_list()? {
             // `blob-source:<digest>` and any value naming a dropped blob.
-            let names_dropped = dropped.contains(value.as_str())
+            let names_dropped = corrupt.contains(&value)
                 || key
-                    .rsplit_once(':')
-                    .is_some_and(|(_, hex)| dropped.contains(format!("sha256:{hex}").as_str()))
-                    && key.starts_with("blob-source:");
+                    .strip_prefix("blob-source:")
+                    .is_some_and(|d| corrupt.contains(d));
             if names_dropped {
                 self.index().meta_remove(&key)?;
             }
@@ -75,8 +74,13 @@ impl Store {
     }
 
     /// The first blob `digest` needs (itself, a manifest's config and layers, an index's stored
-    /// manifests and theirs) that is not in the content store.
-    fn first_missing(&self, digest: &str) -> Result<Option<Digest>, CacheError> {
+    /// manifests and theirs) that is not in the content store. An index's manifest that was not
+    /// pulled is not needed, unless it was there and `corrupt` dropped it.
+    fn first_missing(
+        &self,
+        digest: &str,
+        corrupt: &HashSet<Digest>,
+    ) -> Result<Option<Digest>, CacheError> {
         let mut pending = vec![(digest.to_string(), true)];
         let mut seen = HashSet::new();
         while let Some((d, required)) = pending.pop() {
@@ -87,7 +91,7 @@ impl Store {
                 return Ok(Some(d));
             }
             if !self.content().has(&d) {
-                if required {
+                if required || corrupt.contains(&d) {
                     return Ok(Some(d));
                 }
                 // A platform an index names but that was not pulled: not needed locally.
@@ -263,6 +267,35 @@ mod tests {
         // A second run finds nothing more.
         let again = store.check().unwrap();
         assert!(again.corrupt_blobs.is_empty() && again.images_removed.is_empty());
+    }
+
+    #[test]
+    fn an_index_keeps_platforms_never_pulled_but_not_a_corrupt_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (config, _) = store.content().put_bytes(b"{}").unwrap();
+        let child = serde_json::json!({"config": {"digest": config}, "layers": []}).to_string();
+        let (child, _) = store.content().put_bytes(child.as_bytes()).unwrap();
+        let absent = format!("sha256:{}", "a".repeat(64));
+        let index = serde_json::json!({
+            "manifests": [{"digest": child}, {"digest": absent}],
+        })
+        .to_string();
+        let (index, size) = store.content().put_bytes(index.as_bytes()).unwrap();
+        store
+            .images()
+            .put(&ImageRecord {
+                name: "multi".into(),
+                digest: index,
+                size,
+                media_type: "application/vnd.oci.image.index.v1+json".into(),
+                created: None,
+            })
+            .unwrap();
+        assert!(store.check().unwrap().images_removed.is_empty());
+        fs::write(store.content().path(&child).unwrap(), b"{}x").unwrap();
+        let report = store.check().unwrap();
+        assert_eq!(report.images_removed, vec![("multi".to_string(), child)]);
     }
 
     #[test]
