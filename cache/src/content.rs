@@ -111,6 +111,33 @@ impl ContentStore {
         fs::read(&path).map_err(|e| not_found_or(e, digest, &path))
     }
 
+    /// Reads a whole blob and checks that it still hashes to its name; for blobs used as they
+    /// are read (manifests, configs), which are small.
+    pub fn read_verified(&self, digest: &str) -> Result<Vec<u8>, CacheError> {
+        let bytes = self.read(digest)?;
+        let actual = sha256_digest(&Sha256::digest(&bytes));
+        if actual != digest {
+            return Err(CacheError::CorruptBlob {
+                digest: digest.to_string(),
+                actual,
+            });
+        }
+        Ok(bytes)
+    }
+
+    /// Hashes a stored blob whole: `Ok(Some(actual))` when it does not match its name.
+    pub fn verify(&self, digest: &str) -> Result<Option<Digest>, CacheError> {
+        let file = self.open(digest)?;
+        let mut r = VerifyingReader::new(io::BufReader::with_capacity(1 << 20, file), digest);
+        let path = self.path(digest)?;
+        io::copy(&mut r, &mut io::sink()).map_err(CacheError::io("read blob", &path))?;
+        match r.finish() {
+            Ok(()) => Ok(None),
+            Err(CacheError::CorruptBlob { actual, .. }) => Ok(Some(actual)),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Opens a blob for reading.
     pub fn open(&self, digest: &str) -> Result<File, CacheError> {
         let path = self.path(digest)?;
@@ -149,6 +176,52 @@ fn not_found_or(e: io::Error, digest: &str, path: &Path) -> CacheError {
         }
     } else {
         CacheError::io("read blob", path)(e)
+    }
+}
+
+/// Hashes what is read through it, so a blob is verified in the same pass that uses it: call
+/// [`VerifyingReader::finish`] after reading to the end.
+#[derive(Debug)]
+pub struct VerifyingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    digest: String,
+}
+
+impl<R: io::Read> VerifyingReader<R> {
+    /// Wraps `inner`, the content of the blob `digest`.
+    pub fn new(inner: R, digest: &str) -> Self {
+        VerifyingReader {
+            inner,
+            hasher: Sha256::new(),
+            digest: digest.to_string(),
+        }
+    }
+
+    /// Reads what is left (a decompressor may stop before the end of its input), then checks
+    /// the digest: [`CacheError::CorruptBlob`] when the content is not the blob's.
+    pub fn finish(mut self) -> Result<(), CacheError> {
+        io::copy(&mut self, &mut io::sink()).map_err(|e| CacheError::Io {
+            action: "read blob",
+            path: PathBuf::from(&self.digest),
+            source: e,
+        })?;
+        let actual = sha256_digest(&std::mem::take(&mut self.hasher).finalize());
+        if actual != self.digest {
+            return Err(CacheError::CorruptBlob {
+                digest: self.digest,
+                actual,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl<R: io::Read> io::Read for VerifyingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        Ok(n)
     }
 }
 

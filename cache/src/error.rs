@@ -47,6 +47,14 @@ pub enum CacheError {
     #[error("content does not match its digest: expected `{expected}`, got `{actual}`; the source is corrupt or the digest is wrong, nothing was stored")]
     DigestMismatch { expected: String, actual: String },
 
+    /// A stored blob no longer hashes to its name: the disk or someone changed it.
+    #[error("blob `{digest}` in the store is corrupt (its content hashes to `{actual}`); run `kiln check` to drop it and what needs it, then pull, import or build the image again")]
+    CorruptBlob { digest: String, actual: String },
+
+    /// The file system under the store has no space left (or the user's quota is used up).
+    #[error("the disk is full: cannot {action} `{}`; free space on that file system (`kiln prune` removes unused snapshots and blobs) or point `KILN_ROOT` at a larger disk", path.display())]
+    DiskFull { action: &'static str, path: PathBuf },
+
     /// A blob is not in the content store.
     #[error("blob `{digest}` is not in the content store; pull or build it again")]
     BlobNotFound { digest: String },
@@ -105,15 +113,27 @@ pub enum CacheError {
 }
 
 impl CacheError {
-    pub(crate) fn io(
-        action: &'static str,
-        path: impl AsRef<Path>,
-    ) -> impl FnOnce(io::Error) -> Self {
+    /// Wraps a file-system error of `action` on `path`; a full disk becomes [`CacheError::DiskFull`].
+    pub fn io(action: &'static str, path: impl AsRef<Path>) -> impl FnOnce(io::Error) -> Self {
         let path = path.as_ref().to_path_buf();
-        move |source| CacheError::Io {
-            action,
-            path,
-            source,
+        move |source| {
+            if is_disk_full(&source) {
+                return CacheError::DiskFull { action, path };
+            }
+            CacheError::Io {
+                action,
+                path,
+                source,
+            }
+        }
+    }
+
+    /// Whether the error is (or wraps) a full disk.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            CacheError::DiskFull { .. } => true,
+            CacheError::Io { source, .. } => is_disk_full(source),
+            _ => false,
         }
     }
 
@@ -122,10 +142,18 @@ impl CacheError {
         path: &Path,
     ) -> impl FnOnce(E) -> Self {
         let path = path.to_path_buf();
-        move |e| CacheError::Db {
-            action,
-            path,
-            source: Box::new(e.into()),
+        move |e| {
+            let e: redb::Error = e.into();
+            if let redb::Error::Io(io) = &e {
+                if is_disk_full(io) {
+                    return CacheError::DiskFull { action, path };
+                }
+            }
+            CacheError::Db {
+                action,
+                path,
+                source: Box::new(e),
+            }
         }
     }
 
@@ -149,4 +177,14 @@ fn humantime(d: std::time::Duration) -> String {
     } else {
         format!("{ms}ms")
     }
+}
+
+/// `ENOSPC` or `EDQUOT`, also when wrapped by a reader or writer adapter.
+pub(crate) fn is_disk_full(e: &io::Error) -> bool {
+    if matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT)) {
+        return true;
+    }
+    e.get_ref()
+        .and_then(|inner| inner.downcast_ref::<io::Error>())
+        .is_some_and(is_disk_full)
 }

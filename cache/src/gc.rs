@@ -157,13 +157,16 @@ impl Store {
             return Ok(report);
         }
 
+        // Blobs first: removing them needs no index write, so on a full disk they make the room
+        // the index's own commits need. Nothing kept names them (layer records of doomed
+        // snapshots may, and a missing layer blob is made again from its snapshot).
+        for d in &drop_blobs {
+            self.content().remove(d)?;
+        }
         for key in &report.results_removed {
             self.index().remove(key)?;
         }
         snaps.remove_many(&drop_snaps)?;
-        for d in &drop_blobs {
-            self.content().remove(d)?;
-        }
         // Directories no record names are left from a crash between mkdir and commit.
         let dir = self.root().join("snapshots");
         let recorded: HashSet<String> =

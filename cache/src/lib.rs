@@ -11,6 +11,7 @@
 //! root/tmp/              staging for atomic writes (emptied on open)
 //! ```
 
+mod check;
 mod content;
 mod digest;
 mod error;
@@ -27,7 +28,8 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-pub use content::{BlobWriter, ContentStore};
+pub use check::CheckReport;
+pub use content::{BlobWriter, ContentStore, VerifyingReader};
 pub use digest::{validate_digest, Digest};
 pub use error::CacheError;
 pub use gc::{GcOptions, GcReport};
@@ -109,6 +111,7 @@ impl Store {
             let p = root.join(dir);
             fs::create_dir_all(&p).map_err(CacheError::io("create directory", &p))?;
         }
+        secure_root(&root)?;
         // We own the root now: anything in tmp/ is left from a crash.
         let tmp = root.join("tmp");
         for entry in fs::read_dir(&tmp).map_err(CacheError::io("list", &tmp))? {
@@ -175,6 +178,42 @@ impl Store {
 /// version of it. A store that does not exist yet has no images.
 pub fn read_images(root: &Path) -> Result<Vec<ImageRecord>, CacheError> {
     images::list_layout(&root.join("images"))
+}
+
+/// Makes the store root `0700` (an existing one too) and takes write access for others away from
+/// the store's own directories and files.
+///
+/// Snapshot directories hold image content as the image has it: world-writable directories such
+/// as `/tmp` (mode 1777) and device nodes with their mode from the layer tar. That is safe only
+/// because no other user can reach anything below a `0700` root, and because every mount kiln
+/// makes of snapshots is `nodev` (see `mount.rs`). A root another user may traverse would hand
+/// them those directories and devices, so the mode is set on every open.
+fn secure_root(root: &Path) -> Result<(), CacheError> {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+        .map_err(CacheError::io("set mode of the store root", root))?;
+    // Stores made by older versions may have left these writable by others.
+    for name in [
+        "blobs",
+        "blobs/sha256",
+        "snapshots",
+        "containers",
+        "tmp",
+        "images",
+        "lock",
+        "index.redb",
+    ] {
+        let p = root.join(name);
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if !meta.file_type().is_symlink() && mode & 0o002 != 0 {
+            fs::set_permissions(&p, fs::Permissions::from_mode(mode & !0o022))
+                .map_err(CacheError::io("set mode of", &p))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

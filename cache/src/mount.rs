@@ -37,7 +37,8 @@ pub(crate) trait Mounter: Send + Sync + fmt::Debug {
     fn unmount(&self, target: &Path) -> Result<(), CacheError>;
 }
 
-/// Mounts with nix (`mount(2)` / `umount2(2)`).
+/// Mounts with nix (`mount(2)` / `umount2(2)`). Every mount of snapshots is `nodev`: a layer
+/// may ship device nodes (images do), and none of them may open a host device through kiln.
 #[derive(Debug)]
 pub(crate) struct RealMounter;
 
@@ -49,7 +50,7 @@ impl Mounter for RealMounter {
                 Some("overlay"),
                 target,
                 Some("overlay"),
-                MsFlags::empty(),
+                MsFlags::MS_NODEV,
                 Some(options.as_str()),
             )
             .map_err(|source| CacheError::Mount {
@@ -79,17 +80,18 @@ impl Mounter for RealMounter {
                     target: target.clone(),
                     source: e,
                 })?;
+                // A bind mount ignores MS_RDONLY and MS_NODEV on creation; it takes a remount.
+                let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV;
                 if *readonly {
-                    // A bind mount ignores MS_RDONLY on creation; it takes a remount.
-                    let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-                    if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
-                        let _ = self.unmount(target);
-                        return Err(CacheError::Mount {
-                            action: "read-only remount",
-                            target: target.clone(),
-                            source: e,
-                        });
-                    }
+                    flags |= MsFlags::MS_RDONLY;
+                }
+                if let Err(e) = mount(None::<&str>, target, None::<&str>, flags, None::<&str>) {
+                    let _ = self.unmount(target);
+                    return Err(CacheError::Mount {
+                        action: "nodev remount",
+                        target: target.clone(),
+                        source: e,
+                    });
                 }
                 Ok(())
             }
@@ -113,6 +115,7 @@ const FSCONFIG_SET_STRING: libc::c_uint = 1;
 const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
 const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
 const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
+const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
 
 fn cpath(p: &Path, target: &Path) -> Result<std::ffi::CString, CacheError> {
     use std::os::unix::ffi::OsStrExt;
@@ -207,8 +210,15 @@ fn fsconfig_overlay(
             source: nix::Error::last(),
         });
     }
-    // SAFETY: a created fs context fd; no attribute flags.
-    let ret = unsafe { libc::syscall(libc::SYS_fsmount, fs_fd.as_raw_fd(), FSMOUNT_CLOEXEC, 0) };
+    // SAFETY: a created fs context fd and plain attribute flags.
+    let ret = unsafe {
+        libc::syscall(
+            libc::SYS_fsmount,
+            fs_fd.as_raw_fd(),
+            FSMOUNT_CLOEXEC,
+            MOUNT_ATTR_NODEV,
+        )
+    };
     let mnt_fd = owned_fd(ret, "fsmount of the overlay", target)?;
     let target_c = cpath(target, target)?;
     // SAFETY: a live mount fd, an empty NUL-terminated from-path (F_EMPTY_PATH) and a

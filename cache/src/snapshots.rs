@@ -72,7 +72,7 @@ pub struct LayerInfo {
 #[derive(Debug)]
 pub struct Snapshots {
     dir: PathBuf,
-    db: Arc<Db>,
+    pub(crate) db: Arc<Db>,
     mounter: Arc<dyn Mounter>,
 }
 
@@ -570,6 +570,7 @@ mod tests {
     use super::*;
     use crate::mount::tests::FakeMounter;
     use crate::Store;
+    use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
     #[test]
     fn mount_plans_with_snapshot_paths_without_root() {
@@ -650,6 +651,40 @@ mod tests {
         ids.dedup();
         assert_eq!(ids.len(), 100);
         assert_eq!(store.snapshots().list().unwrap().len(), 100);
+    }
+
+    #[test]
+    fn a_device_node_in_a_snapshot_opened_through_a_mount() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: needs root to mount");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let snaps = store.snapshots();
+        let a = snaps.create(None).unwrap();
+        let b = snaps.create(Some(a)).unwrap();
+        let c = snaps.create(Some(b)).unwrap();
+        // /dev/null's numbers: harmless if the test fails.
+        let node = snaps.fs_dir(a).join("null");
+        mknod(
+            &node,
+            SFlag::S_IFCHR,
+            Mode::from_bits_truncate(0o666),
+            makedev(1, 3),
+        )
+        .unwrap();
+        let target = dir.path().join("mnt");
+        fs::create_dir(&target).unwrap();
+        // A read-only bind, an overlay of lowers, and an overlay with an upper.
+        for (lower, upper) in [(vec![a], None), (vec![b, a], None), (vec![b, a], Some(c))] {
+            let _guard = snaps.mount(&lower, upper, &target).unwrap();
+            let opened = fs::OpenOptions::new().write(true).open(target.join("null"));
+            assert!(
+                opened.is_err(),
+                "opened a device through {lower:?} {upper:?}"
+            );
+        }
     }
 
     #[test]

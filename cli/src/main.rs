@@ -74,6 +74,9 @@ enum Command {
     Logout(login::LogoutArgs),
     /// Remove build cache mounts (`RUN --mount=type=cache`) and unused snapshots and blobs.
     Prune,
+    /// Verify every blob of the store; drop corrupt blobs and the images and records that need
+    /// them (exit code 1 when something was dropped).
+    Check,
     /// Show what kiln makes of a Dockerfile without building it.
     #[command(subcommand)]
     Debug(debug::DebugCommand),
@@ -280,6 +283,7 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         Command::Pull(_) => Some("kiln pull"),
         Command::Push(_) => Some("kiln push"),
         Command::Prune => Some("kiln prune"),
+        Command::Check => Some("kiln check"),
         Command::Debug(d) if d.needs_store() => Some("kiln debug llb --resolve"),
         Command::Images { .. } | Command::Login(_) | Command::Logout(_) | Command::Debug(_) => None,
     }
@@ -402,6 +406,36 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
                 r.cache_mounts, r.snapshots, r.blobs, r.blob_bytes
             );
             Ok(0)
+        }
+        Command::Check => {
+            let r = engine.check().await?;
+            for (digest, actual) in &r.corrupt_blobs {
+                println!("corrupt blob `{digest}` (its content hashes to `{actual}`): removed");
+            }
+            for (name, digest) in &r.images_removed {
+                println!(
+                    "image `{name}` needs blob `{digest}`, which is not stored: removed; pull, import or build it again"
+                );
+            }
+            if !r.snapshots_removed.is_empty() {
+                println!(
+                    "{} snapshot records without their directory: removed",
+                    r.snapshots_removed.len()
+                );
+            }
+            println!(
+                "checked {} blobs: {} corrupt, {} images removed, {} layer records removed, {} snapshots removed",
+                r.blobs_checked,
+                r.corrupt_blobs.len(),
+                r.images_removed.len(),
+                r.layer_records_removed,
+                r.snapshots_removed.len()
+            );
+            let clean = r.corrupt_blobs.is_empty()
+                && r.images_removed.is_empty()
+                && r.layer_records_removed == 0
+                && r.snapshots_removed.is_empty();
+            Ok(if clean { 0 } else { 1 })
         }
         Command::Pull(p) => transfer::pull(&engine, p).await,
         Command::Push(p) => transfer::push(&engine, p).await,

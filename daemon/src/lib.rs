@@ -5,6 +5,7 @@
 mod changes;
 mod context;
 mod debug;
+mod diskfull;
 mod export;
 mod outputs;
 mod run;
@@ -160,8 +161,34 @@ impl Engine {
         Ok(self.store.images().list()?)
     }
 
-    /// Builds a Dockerfile: compile, solve, export to the local store and any outputs.
+    /// Builds a Dockerfile: compile, solve, export to the local store and any outputs. A build
+    /// that stops on a full disk drops the cache results it recorded and says the disk is full.
     pub async fn build(
+        &self,
+        req: BuildRequest,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<BuildResult> {
+        let started = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        match self.build_inner(req, progress).await {
+            Err(e) if diskfull::is_disk_full(&e) => {
+                let store = self.store.clone();
+                let dropped = tokio::task::spawn_blocking(move || {
+                    diskfull::drop_results_since(&store, started)
+                })
+                .await;
+                if !matches!(dropped, Ok(Ok(_))) {
+                    tracing::warn!("cannot drop the results of the failed build: {dropped:?}");
+                }
+                Err(e.context(diskfull::message(&self.store)))
+            }
+            other => other,
+        }
+    }
+
+    async fn build_inner(
         &self,
         req: BuildRequest,
         progress: Arc<dyn ProgressSink>,
@@ -272,6 +299,16 @@ impl Engine {
     /// `kiln run`: runs an image's command in a sandbox; returns its exit code.
     pub async fn run(&self, req: RunRequest) -> Result<i32> {
         run::run(&self.store, &self.solver, req).await
+    }
+
+    /// `kiln check`: hashes every blob of the store and drops the corrupt ones, the images and
+    /// records that need a blob no longer stored, and snapshot records without a directory.
+    pub async fn check(&self) -> Result<kiln_cache::CheckReport> {
+        let store = self.store.clone();
+        let root = store.root().to_path_buf();
+        tokio::task::spawn_blocking(move || store.check())
+            .await?
+            .with_context(|| format!("cannot check the store `{}`", root.display()))
     }
 
     /// `kiln prune`: removes every `RUN --mount=type=cache` directory, then the snapshots and

@@ -69,7 +69,15 @@ impl Engine {
             None => self.solver.platform().clone(),
         };
         let registry = self.solver.registry();
-        let image = images::resolve_image(&self.store, registry, &platform, name, true).await?;
+        let image = images::resolve_image_progress(
+            &self.store,
+            registry,
+            &platform,
+            name,
+            images::Lookup::Remote,
+            opts.progress.clone(),
+        )
+        .await?;
         images::ensure_layers_with(&self.store, registry, &image, opts.progress).await?;
         Ok(image.manifest_digest)
     }
@@ -138,7 +146,7 @@ impl Engine {
             media_type: media_type.to_string(),
         };
         let dest = Reference::parse(dest)?;
-        let top = self.store.content().read(&record.digest)?;
+        let top = self.store.content().read_verified(&record.digest)?;
         // An index is pushed whole: each platform's blobs and manifest, then the index.
         let mut manifests = Vec::new();
         if kiln_registry::is_index(&record.media_type) {

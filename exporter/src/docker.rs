@@ -49,6 +49,13 @@ fn tar_err<'a>(what: &str, path: &'a Path) -> impl Fn(TarError) -> ExportError +
 /// Writes the docker-archive of `image` to `out`. Compressed layers are decompressed into a
 /// temporary file in `tmp_dir` first (a tar entry needs its size up front), one at a time, so
 /// memory stays flat and disk use is bounded by the largest layer.
+/// Checks that a small blob read whole is still the one its digest names.
+fn verify_bytes(bytes: &[u8], digest: &str) -> Result<(), ExportError> {
+    let mut r = kiln_cache::VerifyingReader::new(bytes, digest);
+    io::copy(&mut r, &mut io::sink()).map_err(|e| ExportError::read("read", digest, e))?;
+    Ok(r.finish()?)
+}
+
 pub(crate) fn docker_archive_to<W: Write>(
     lookup: BlobPath<'_>,
     image: &ImageDescriptor,
@@ -59,6 +66,7 @@ pub(crate) fn docker_archive_to<W: Write>(
     let manifest_path = lookup(&image.manifest_digest)?;
     let bytes =
         std::fs::read(&manifest_path).map_err(|e| ExportError::read("read", &manifest_path, e))?;
+    verify_bytes(&bytes, &image.manifest_digest)?;
     let descs = parse_manifest(&bytes, &image.manifest_digest)?;
     let Some(((_, config_digest, _), layers)) = descs.split_first() else {
         return Err(ExportError::Oci {
@@ -69,6 +77,7 @@ pub(crate) fn docker_archive_to<W: Write>(
     let config_path = lookup(config_digest)?;
     let config_bytes =
         std::fs::read(&config_path).map_err(|e| ExportError::read("read", &config_path, e))?;
+    verify_bytes(&config_bytes, config_digest)?;
     let config: serde_json::Value =
         serde_json::from_slice(&config_bytes).map_err(|e| ExportError::Oci {
             what: format!("config `{config_digest}`"),
@@ -152,8 +161,17 @@ pub(crate) fn docker_archive_to<W: Write>(
             .len();
         let mut e = Entry::new(name.as_bytes(), Kind::Regular);
         e.size = size;
-        tar.append(&e, Some(&mut file))
-            .map_err(tar_err(what, &path))?;
+        if compression == Compression::Uncompressed {
+            // The stored blob goes in as it is: hash it on the way (a compressed one was
+            // checked against its diffID while it was decompressed).
+            let mut verifying = kiln_cache::VerifyingReader::new(&mut file, digest);
+            tar.append(&e, Some(&mut verifying))
+                .map_err(tar_err(what, &path))?;
+            verifying.finish()?;
+        } else {
+            tar.append(&e, Some(&mut file))
+                .map_err(tar_err(what, &path))?;
+        }
         layer_names.push(name);
     }
 

@@ -32,6 +32,9 @@ pub enum ExportError {
     #[error("cannot write {what}: {source}; check free space and permissions of the destination")]
     Write { what: String, source: io::Error },
 
+    #[error("cannot write {what}: the disk is full; free space (`kiln prune` removes unused snapshots and blobs) or write to a larger disk")]
+    DiskFull { what: String },
+
     #[error("image config lists {config} diff_ids but {layers} layers were given; fill `rootfs` from the layers with `fill_rootfs`")]
     LayerCount { config: usize, layers: usize },
 
@@ -86,9 +89,23 @@ impl ExportError {
     }
 
     pub(crate) fn write(what: impl Into<String>, source: io::Error) -> Self {
+        if is_disk_full(&source) {
+            return ExportError::DiskFull { what: what.into() };
+        }
         ExportError::Write {
             what: what.into(),
             source,
         }
     }
+}
+
+/// `ENOSPC`/`EDQUOT`, also when a writer adapter wrapped it.
+fn is_disk_full(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+    ) || e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<io::Error>())
+        .is_some_and(is_disk_full)
 }

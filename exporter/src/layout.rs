@@ -167,8 +167,11 @@ pub(crate) fn archive_to<W: Write>(
         let path = format!("blobs/sha256/{}", hex_of(&b.digest)?);
         let mut e = Entry::new(path.as_bytes(), Kind::Regular);
         e.size = b.size;
-        let mut f = File::open(&b.path).map_err(|err| ExportError::read("open", &b.path, err))?;
+        let f = File::open(&b.path).map_err(|err| ExportError::read("open", &b.path, err))?;
+        // Hashed as it is copied: a corrupt blob fails the export instead of spreading.
+        let mut f = kiln_cache::VerifyingReader::new(f, &b.digest);
         tar.append(&e, Some(&mut f)).map_err(|e| werr(e, &b.path))?;
+        f.finish()?;
     }
     tar.finish()
         .map_err(|e| ExportError::write("the OCI archive", e))
@@ -234,7 +237,16 @@ pub(crate) fn write_dir(
         }
         let tmp = blob_dir.join(format!(".tmp-{}", hex_of(&b.digest)?));
         let werr = |e| ExportError::write(format!("`{}`", target.display()), e);
-        fs::copy(&b.path, &tmp).map_err(werr)?;
+        let src = File::open(&b.path).map_err(|err| ExportError::read("open", &b.path, err))?;
+        let mut src = kiln_cache::VerifyingReader::new(io::BufReader::new(src), &b.digest);
+        let copied = File::create(&tmp)
+            .and_then(|mut out| io::copy(&mut src, &mut out))
+            .map_err(werr)
+            .and_then(|_| src.finish().map_err(ExportError::from));
+        if let Err(e) = copied {
+            let _ = fs::remove_file(&tmp);
+            return Err(e);
+        }
         fs::rename(&tmp, &target).map_err(werr)?;
     }
     let layout = dest.join("oci-layout");

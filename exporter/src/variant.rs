@@ -96,7 +96,10 @@ fn recompress(
     let file = File::open(&path).map_err(|e| ExportError::read("open", &path, e))?;
     // A small buffer: reads of a whole stage (most of them) bypass it and land in the stage
     // buffer directly.
-    let mut src = crate::docker::decompressor(from, BufReader::with_capacity(64 * 1024, file))
+    // The blob is hashed as it is read: a corrupt one is named as such, in the same pass.
+    let mut verifying =
+        kiln_cache::VerifyingReader::new(BufReader::with_capacity(64 * 1024, file), &blob.digest);
+    let mut src = crate::docker::decompressor(from, &mut verifying)
         .map_err(|e| ExportError::read("decompress", &path, e))?;
     let werr = |e| ExportError::write("the compressed layer blob", e);
     let layer_opts = LayerOptions {
@@ -104,7 +107,7 @@ fn recompress(
         source_date_epoch: None,
         level: opts.level,
     };
-    let (diff_id, writer) = std::thread::scope(|s| {
+    let scoped = std::thread::scope(|s| {
         // The store's blob writer hashes what it stores; the tar's hash (the diffID check) runs
         // on a helper thread.
         let comp = Compressor::new(&layer_opts, store.content().writer()?).map_err(werr)?;
@@ -123,7 +126,11 @@ fn recompress(
         let mut writer = comp.finish().map_err(werr)?;
         writer.flush().map_err(werr)?;
         Ok::<_, ExportError>((diff_id, writer))
-    })?;
+    });
+    drop(src);
+    // A corrupt blob explains any error above (a tar or gzip that does not parse) best.
+    verifying.finish()?;
+    let (diff_id, writer) = scoped?;
     if diff_id != blob.diff_id {
         return Err(ExportError::DiffIdMismatch {
             index: 0,
@@ -147,7 +154,7 @@ fn is_sink_error(e: &io::Error) -> bool {
 
 /// The diffIDs a stored config lists, in order.
 fn diff_ids(store: &Store, config_digest: &str) -> Result<Vec<String>, ExportError> {
-    let bytes = store.content().read(config_digest)?;
+    let bytes = store.content().read_verified(config_digest)?;
     let config: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| ExportError::Oci {
             what: format!("config `{config_digest}`"),
@@ -172,7 +179,7 @@ pub fn image_variant(
     image: &ImageDescriptor,
     opts: &VariantOptions,
 ) -> Result<ImageDescriptor, ExportError> {
-    let manifest = store.content().read(&image.manifest_digest)?;
+    let manifest = store.content().read_verified(&image.manifest_digest)?;
     let descs = parse_manifest(&manifest, &image.manifest_digest)?;
     let Some(((_, config_digest, config_size), layers)) = descs.split_first() else {
         return Err(ExportError::Oci {

@@ -17,6 +17,7 @@ use reqwest::header::{
 };
 use reqwest::{Method, Response, StatusCode};
 use serde::Deserialize;
+use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncSeekExt as _, AsyncWrite, AsyncWriteExt};
 use url::Url;
 
@@ -118,7 +119,76 @@ enum ReqBody {
         offset: u64,
         len: u64,
         progress: Option<Progress>,
+        /// Hashes the bytes as they are sent; the body fails at its end when `last` and the
+        /// whole blob does not hash to its digest, so a corrupt local blob is never completed.
+        hash: Option<Arc<UploadHash>>,
     },
+}
+
+/// The running hash of one blob upload, across its chunks (sent in order, each once).
+struct UploadHash {
+    digest: String,
+    size: u64,
+    state: std::sync::Mutex<HashState>,
+}
+
+struct HashState {
+    hasher: Sha256,
+    bytes: u64,
+    /// What the content hashed to, once all of it passed and it was not the digest.
+    mismatch: Option<String>,
+}
+
+impl UploadHash {
+    fn new(digest: &str, size: u64) -> Self {
+        UploadHash {
+            digest: digest.to_string(),
+            size,
+            state: std::sync::Mutex::new(HashState {
+                hasher: Sha256::new(),
+                bytes: 0,
+                mismatch: None,
+            }),
+        }
+    }
+
+    /// Hashes the next bytes; when they complete the blob and it is not what its digest says,
+    /// `Err` with what it hashed to, before the last bytes are handed on.
+    /// `at` is the offset of `bytes` in the blob: a body sent again (after an auth challenge)
+    /// repeats bytes already hashed, which are skipped.
+    fn update(&self, at: u64, bytes: &[u8]) -> Result<(), String> {
+        let Ok(mut s) = self.state.lock() else {
+            return Ok(());
+        };
+        let end = at + bytes.len() as u64;
+        if let (Some(actual), true) = (&s.mismatch, end == self.size) {
+            // Sent again: the last bytes of a corrupt blob are still withheld.
+            return Err(actual.clone());
+        }
+        if at > s.bytes || end <= s.bytes || s.bytes == self.size {
+            // A gap cannot happen (chunks go in order); already hashed bytes add nothing.
+            return Ok(());
+        }
+        let skip = usize::try_from(s.bytes - at).unwrap_or(0);
+        s.hasher.update(&bytes[skip..]);
+        s.bytes = end;
+        if s.bytes == self.size {
+            let actual = format!(
+                "sha256:{}",
+                hex::encode(std::mem::take(&mut s.hasher).finalize())
+            );
+            if actual != self.digest {
+                s.mismatch = Some(actual.clone());
+                return Err(actual);
+            }
+        }
+        Ok(())
+    }
+
+    /// What a blob whose bytes all passed hashed to, when it was not its digest.
+    fn mismatch(&self) -> Option<String> {
+        self.state.lock().ok().and_then(|s| s.mismatch.clone())
+    }
 }
 
 struct Call<'a> {
@@ -545,6 +615,22 @@ impl RegistryClient {
             return Err(self.fail(&start, resp, "upload endpoint").await);
         }
         let mut location = self.upload_location(&start, &resp)?;
+        // The last byte is reported only once the registry has accepted the blob, so nothing
+        // says `pushed` for a blob the registry then rejects.
+        let progress: Option<Progress> = opts.progress.clone().map(|p| {
+            let cap = size.saturating_sub(1);
+            Arc::new(move |n: u64| p(n.min(cap))) as Progress
+        });
+        let hash = Arc::new(UploadHash::new(digest, size));
+        let corrupt = |hash: &UploadHash| {
+            hash.mismatch()
+                .map(|actual| RegistryError::CorruptLocalBlob {
+                    reference: r.to_string(),
+                    digest: digest.to_string(),
+                    actual,
+                    path: path.to_path_buf(),
+                })
+        };
         let mut offset = 0;
         if size > self.inner.chunk_size {
             while offset < size {
@@ -562,9 +648,16 @@ impl RegistryClient {
                     path: path.to_path_buf(),
                     offset,
                     len,
-                    progress: opts.progress.clone(),
+                    progress: progress.clone(),
+                    hash: Some(hash.clone()),
                 };
-                let resp = self.execute(&patch).await?;
+                let resp = match self.execute(&patch).await {
+                    Ok(resp) => resp,
+                    Err(e) => return Err(corrupt(&hash).unwrap_or(e)),
+                };
+                if let Some(e) = corrupt(&hash) {
+                    return Err(e);
+                }
                 if resp.status() != StatusCode::ACCEPTED {
                     return Err(self
                         .fail(&patch, resp, &format!("chunk of blob `{digest}`"))
@@ -585,16 +678,26 @@ impl RegistryClient {
                 path: path.to_path_buf(),
                 offset,
                 len: size - offset,
-                progress: opts.progress.clone(),
+                progress: progress.clone(),
+                hash: Some(hash.clone()),
             }
         } else {
             ReqBody::Bytes(Bytes::new())
         };
-        let resp = self.execute(&put).await?;
+        let resp = match self.execute(&put).await {
+            Ok(resp) => resp,
+            Err(e) => return Err(corrupt(&hash).unwrap_or(e)),
+        };
+        if let Some(e) = corrupt(&hash) {
+            return Err(e);
+        }
         if !resp.status().is_success() {
             return Err(self
                 .fail(&put, resp, &format!("upload of blob `{digest}`"))
                 .await);
+        }
+        if let Some(p) = &opts.progress {
+            p(size);
         }
         Ok(PushedBlob::Uploaded)
     }
@@ -1008,6 +1111,7 @@ impl RegistryClient {
                     offset,
                     len,
                     progress,
+                    hash,
                 } => {
                     let read_err = |source| RegistryError::ReadFile {
                         action: call.action.to_string(),
@@ -1021,14 +1125,26 @@ impl RegistryClient {
                         .map_err(read_err)?;
                     let sent = Arc::new(AtomicU64::new(*offset));
                     let progress = progress.clone();
+                    let hashing = hash.clone();
                     let stream =
                         tokio_util::io::ReaderStream::with_capacity(file.take(*len), 256 << 10)
-                            .inspect(move |chunk| {
-                                if let (Ok(c), Some(p)) = (chunk, &progress) {
-                                    let now = sent.fetch_add(c.len() as u64, Ordering::Relaxed)
-                                        + c.len() as u64;
+                            .map(move |chunk| {
+                                let c = chunk?;
+                                let at = sent.fetch_add(c.len() as u64, Ordering::Relaxed);
+                                // A blob that is not what its digest says never gets its last
+                                // bytes sent, so the registry cannot complete it.
+                                if let Some(h) = &hashing {
+                                    h.update(at, &c).map_err(|actual| {
+                                        std::io::Error::other(format!(
+                                            "the local blob hashes to `{actual}`"
+                                        ))
+                                    })?;
+                                }
+                                let now = at + c.len() as u64;
+                                if let Some(p) = &progress {
                                     p(now);
                                 }
+                                Ok::<_, std::io::Error>(c)
                             });
                     rb.header(CONTENT_LENGTH, *len)
                         .body(reqwest::Body::wrap_stream(stream))
@@ -1279,6 +1395,38 @@ async fn error_detail(mut resp: Response) -> String {
         short.push('…');
     }
     format!(": {short}")
+}
+
+#[cfg(test)]
+mod upload_hash_tests {
+    use super::*;
+
+    fn sha(b: &[u8]) -> String {
+        format!("sha256:{}", hex::encode(Sha256::digest(b)))
+    }
+
+    #[test]
+    fn chunks_sent_again_are_hashed_once() {
+        let h = UploadHash::new(&sha(b"hello world"), 11);
+        assert!(h.update(0, b"hello").is_ok());
+        // The same body sent again after an auth challenge.
+        assert!(h.update(0, b"hel").is_ok());
+        assert!(h.update(3, b"lo wor").is_ok());
+        assert!(h.update(9, b"ld").is_ok());
+        assert_eq!(h.mismatch(), None);
+    }
+
+    #[test]
+    fn a_corrupt_blob_fails_at_its_last_bytes() {
+        let h = UploadHash::new(&sha(b"hello world"), 11);
+        assert!(h.update(0, b"hello ").is_ok());
+        let actual = h.update(6, b"wurld").unwrap_err();
+        assert_eq!(actual, sha(b"hello wurld"));
+        assert_eq!(h.mismatch(), Some(actual.clone()));
+        // Sent again, the end is withheld again.
+        assert!(h.update(0, b"hello ").is_ok());
+        assert_eq!(h.update(6, b"wurld"), Err(actual));
+    }
 }
 
 #[cfg(test)]

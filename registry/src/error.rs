@@ -119,6 +119,19 @@ pub enum RegistryError {
         detail: String,
     },
 
+    #[error(
+        "push `{reference}`: the local blob `{digest}` (`{}`) is corrupt: its content hashes to \
+         `{actual}`; the upload was stopped: run `kiln check` to drop it, then build, import or \
+         pull the image again",
+        path.display()
+    )]
+    CorruptLocalBlob {
+        reference: String,
+        digest: String,
+        actual: String,
+        path: PathBuf,
+    },
+
     #[error("{action} `{reference}`: cannot read `{path}`: {source}")]
     ReadFile {
         action: String,

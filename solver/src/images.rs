@@ -6,7 +6,7 @@
 
 use crate::SolveError;
 use futures::stream::{self, StreamExt, TryStreamExt};
-use kiln_cache::{ImageRecord, LayerInfo, SnapshotId, Store};
+use kiln_cache::{ImageRecord, LayerInfo, SnapshotId, Store, VerifyingReader};
 use kiln_registry::{Platform, Progress, Reference, RegistryClient, RegistryError};
 use oci_spec::image::{ImageConfiguration, ImageManifest};
 use sha2::{Digest as _, Sha256};
@@ -66,6 +66,20 @@ pub async fn resolve_image_with(
     platform: &Platform,
     name: &str,
     lookup: Lookup,
+) -> Result<ImageRef, SolveError> {
+    resolve_image_progress(store, registry, platform, name, lookup, None).await
+}
+
+/// [`resolve_image_with`] reporting layer downloads to `progress`. An image fetched from the
+/// registry is named in the image store only once its config and every layer are stored and
+/// verified, so a pull cut off half-way leaves no image that lacks a blob.
+pub async fn resolve_image_progress(
+    store: &Store,
+    registry: &RegistryClient,
+    platform: &Platform,
+    name: &str,
+    lookup: Lookup,
+    progress: Option<BlobProgress>,
 ) -> Result<ImageRef, SolveError> {
     let reference = Reference::parse(name).map_err(|e| SolveError::Image {
         image: name.to_string(),
@@ -132,6 +146,8 @@ pub async fn resolve_image_with(
         )
         .await?;
     }
+    let image = load(store, &tagged, &digest)?;
+    ensure_layers_with(store, registry, &image, progress).await?;
     if wanted.digest.is_none() {
         store
             .images()
@@ -144,7 +160,7 @@ pub async fn resolve_image_with(
             })
             .map_err(SolveError::cache)?;
     }
-    load(store, &tagged, &digest)
+    Ok(image)
 }
 
 /// Pulls every manifest of a multi-platform image (an index or manifest list) with their configs
@@ -168,9 +184,15 @@ pub async fn pull_all_platforms(
     };
     let top = registry.fetch_manifest(&reference).await.map_err(failed)?;
     if !kiln_registry::is_index(&top.media_type) {
-        let image =
-            resolve_image_with(store, registry, &Platform::host(), name, Lookup::Remote).await?;
-        ensure_layers_with(store, registry, &image, progress).await?;
+        let image = resolve_image_progress(
+            store,
+            registry,
+            &Platform::host(),
+            name,
+            Lookup::Remote,
+            progress,
+        )
+        .await?;
         return Ok(image.manifest_digest);
     }
     let entries = kiln_registry::parse_index(&reference, &top.bytes).map_err(failed)?;
@@ -178,7 +200,15 @@ pub async fn pull_all_platforms(
         let child = reference.with_digest(&entry.descriptor.digest).to_string();
         // A pinned manifest is taken as it is: the platform only matters for nested indexes.
         let platform = entry.platform.clone().unwrap_or_else(Platform::host);
-        let image = resolve_image_with(store, registry, &platform, &child, Lookup::Local).await?;
+        let image = resolve_image_progress(
+            store,
+            registry,
+            &platform,
+            &child,
+            Lookup::Local,
+            progress.clone(),
+        )
+        .await?;
         ensure_layers_with(store, registry, &image, progress.clone()).await?;
     }
     let (digest, size) = store
@@ -214,7 +244,10 @@ fn local_image(
     digest: &str,
     platform: &Platform,
 ) -> Result<Local, SolveError> {
-    let bytes = store.content().read(digest).map_err(SolveError::cache)?;
+    let bytes = store
+        .content()
+        .read_verified(digest)
+        .map_err(SolveError::cache)?;
     if !looks_like_index(&bytes) {
         return load(store, name, digest).map(|i| Local::Found(Box::new(i)));
     }
@@ -270,9 +303,10 @@ pub fn load(store: &Store, name: &str, manifest_digest: &str) -> Result<ImageRef
         image: name.to_string(),
         message: m,
     };
+    // Both are small and used as they are read: verify them here, every time.
     let bytes = store
         .content()
-        .read(manifest_digest)
+        .read_verified(manifest_digest)
         .map_err(SolveError::cache)?;
     let manifest = ImageManifest::from_reader(bytes.as_slice()).map_err(|e| {
         bad(format!(
@@ -282,7 +316,7 @@ pub fn load(store: &Store, name: &str, manifest_digest: &str) -> Result<ImageRef
     let config_digest = manifest.config().digest().to_string();
     let cbytes = store
         .content()
-        .read(&config_digest)
+        .read_verified(&config_digest)
         .map_err(SolveError::cache)?;
     let config = ImageConfiguration::from_reader(cbytes.as_slice()).map_err(|e| {
         bad(format!(
@@ -399,6 +433,7 @@ async fn fetch_blob_once(
         let mut tx = tx;
         reg.fetch_blob_with(&r, &d, size, &mut tx, progress).await
     });
+    let tmp_dir = store.tmp_dir();
     // The blob writer is synchronous: feed it from a blocking task.
     let write = tokio::task::spawn_blocking(move || -> Result<_, SolveError> {
         use std::io::Write;
@@ -411,19 +446,29 @@ async fn fetch_blob_once(
             if n == 0 {
                 break;
             }
-            writer
-                .write_all(&buf[..n])
-                .map_err(|e| SolveError::Op(e.to_string()))?;
+            writer.write_all(&buf[..n]).map_err(|e| {
+                let e = kiln_cache::CacheError::io("write a downloaded blob into", &tmp_dir)(e);
+                if e.is_disk_full() {
+                    SolveError::cache(e)
+                } else {
+                    SolveError::Op(e.to_string())
+                }
+            })?;
         }
         Ok(writer)
     });
     let fetched = fetch
         .await
         .map_err(|e| FetchError::Solve(SolveError::Op(e.to_string())))?;
-    // A failed download closes the pipe early: its error is the one that matters.
     let written = write
         .await
         .map_err(|e| FetchError::Solve(SolveError::Op(e.to_string())))?;
+    // A full disk stops the writer, which closes the pipe under the download: say so, not that
+    // the pipe broke. Otherwise a failed download closed the pipe early: its error matters.
+    let written = match written {
+        Err(e @ SolveError::Cache(_)) => return Err(FetchError::Solve(e)),
+        w => w,
+    };
     fetched.map_err(FetchError::Registry)?;
     let writer = written.map_err(FetchError::Solve)?;
     // `commit` hashes what was written again: a blob on disk always matches its name.
@@ -518,16 +563,28 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
         let digest = layer.digest().to_string();
         let media_type = layer.media_type().to_string();
         let file = store.content().open(&digest).map_err(SolveError::cache)?;
-        let reader = decompressor(&media_type, std::io::BufReader::new(file)).map_err(|m| {
-            SolveError::Image {
-                image: image.name.clone(),
-                message: m,
-            }
+        // The blob is hashed as it is unpacked (one pass), and the snapshot is dropped before
+        // anything records it when the content is not the blob's.
+        let mut verifying =
+            VerifyingReader::new(std::io::BufReader::with_capacity(1 << 20, file), &digest);
+        let reader = decompressor(&media_type, &mut verifying).map_err(|m| SolveError::Image {
+            image: image.name.clone(),
+            message: m,
         })?;
-        let snap = store
-            .snapshots()
-            .unpack_layer(parent, reader)
-            .map_err(SolveError::cache)?;
+        let unpacked = store.snapshots().unpack_layer(parent, reader);
+        let snap = match (unpacked, verifying.finish()) {
+            (Ok(snap), Ok(())) => snap,
+            (unpacked, Err(corrupt)) => {
+                if let Ok(snap) = unpacked {
+                    let _ = store.snapshots().remove(snap);
+                }
+                return Err(SolveError::Image {
+                    image: image.name.clone(),
+                    message: corrupt.to_string(),
+                });
+            }
+            (Err(e), Ok(())) => return Err(SolveError::cache(e)),
+        };
         store
             .snapshots()
             .set_layer(
