@@ -2118,6 +2118,8 @@ impl<'a> Compiler<'a> {
             .add_history(format!("{kw} {}", go_quote_list(&args)), true);
         if instr.name == "cmd" {
             d.image.cmd = Some(args);
+            // BuildKit v0.11 (and later) marks every `CMD`, exec form too, for Docker's image spec.
+            d.image.args_escaped = true;
             d.cmd_set = true;
         } else {
             d.image.entrypoint = Some(args);

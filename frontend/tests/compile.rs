@@ -624,3 +624,32 @@ fn repository_hello_example_compiles() {
     );
     assert_eq!(chain(&c.definition), vec!["file", "file"]);
 }
+
+/// BuildKit v0.11.6's `dispatchCmd` sets `ArgsEscaped` on every `CMD` (shell or exec form);
+/// `ENTRYPOINT` neither sets nor clears it.
+#[test]
+fn cmd_leaves_args_escaped_out_of_the_config() {
+    let extras = |dockerfile: &str| {
+        compile(dockerfile, &opts(), &FakeResolver::default())
+            .expect("compiles")
+            .config_extras
+    };
+    for df in [
+        "FROM scratch\nCMD [\"/app\"]\n",
+        "FROM busybox\nCMD echo hi\n",
+        "FROM busybox\nCMD [\"a\"]\nENTRYPOINT [\"b\"]\n",
+        "FROM busybox AS base\nCMD [\"a\"]\nFROM base\nENTRYPOINT [\"b\"]\n",
+    ] {
+        assert_eq!(
+            extras(df).get("ArgsEscaped"),
+            Some(&Value::Bool(true)),
+            "{df}"
+        );
+    }
+    for df in [
+        "FROM scratch\nENTRYPOINT [\"/app\"]\n",
+        "FROM busybox\nENTRYPOINT echo hi\n",
+    ] {
+        assert_eq!(extras(df).get("ArgsEscaped"), None, "{df}");
+    }
+}
