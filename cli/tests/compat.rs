@@ -42,3 +42,77 @@ fn cmd_leaves_args_escaped_out_of_the_image_config() {
         "ENTRYPOINT alone does not set ArgsEscaped: {config}"
     );
 }
+
+/// `id` in each step and a file readable only through a supplementary group, under every
+/// runtime, for `RUN` and for `kiln run` (the kernel sorts the groups `id` prints).
+#[test]
+fn steps_lacked_their_primary_and_etc_group_supplementary_groups() {
+    let dockerfile = r#"FROM busybox
+RUN echo 'secret:x:4242:nobody' >> /etc/group \
+ && mkdir /s && echo hidden > /s/f && chown 0:4242 /s/f && chmod 040 /s/f && mkdir -m 1777 /out
+RUN id > /out/root
+USER nobody
+RUN id > /out/nobody && cat /s/f > /out/read
+USER 1234:5678
+RUN id > /out/numeric
+"#;
+    let ctx = temp_context("kiln-compat-", &[("Dockerfile", dockerfile)]);
+    for runtime in runtimes() {
+        let k = Kiln::with_busybox();
+        let dest = tempfile::tempdir().unwrap();
+        let out = build(
+            &k,
+            ctx.path(),
+            &[
+                "--runtime",
+                runtime,
+                "-t",
+                "groups",
+                "-o",
+                &format!("type=local,dest={}", dest.path().display()),
+            ],
+        );
+        assert_ok(&out, &format!("kiln build --runtime {runtime}"));
+        let read =
+            |name: &str| std::fs::read_to_string(dest.path().join("out").join(name)).unwrap();
+        assert_eq!(
+            read("root"),
+            "uid=0(root) gid=0(root) groups=0(root)\n",
+            "{runtime}"
+        );
+        assert_eq!(
+            read("nobody"),
+            "uid=65534(nobody) gid=65534(nogroup) groups=4242(secret),65534(nogroup)\n",
+            "{runtime}"
+        );
+        assert_eq!(read("read"), "hidden\n", "{runtime}");
+        assert_eq!(
+            read("numeric"),
+            "uid=1234 gid=5678 groups=5678\n",
+            "{runtime}"
+        );
+
+        let out = build(&k, ctx.path(), &["--runtime", runtime, "-t", "groups"]);
+        assert_ok(&out, "kiln build -t groups");
+        for (user, want) in [
+            ("0", "uid=0(root) gid=0(root) groups=0(root)\n"),
+            (
+                "nobody",
+                "uid=65534(nobody) gid=65534(nogroup) groups=4242(secret),65534(nogroup)\n",
+            ),
+        ] {
+            let out = k.run(&[
+                "run",
+                "--rm",
+                "--runtime",
+                runtime,
+                "-u",
+                user,
+                "groups",
+                "id",
+            ]);
+            assert_ok(&out, &format!("kiln run --runtime {runtime} -u {user}"));
+            assert_eq!(stdout(&out), want, "kiln run --runtime {runtime} -u {user}");
+        }
+    }
+}

@@ -330,7 +330,10 @@ mod tests {
         assert_eq!(back.onbuild, s.onbuild);
         assert_eq!(back.shell, s.shell);
         assert_eq!(back.healthcheck, s.healthcheck);
-        assert!(back.args_escaped, "a base image's `ArgsEscaped` is inherited");
+        assert!(
+            back.args_escaped,
+            "a base image's `ArgsEscaped` is inherited"
+        );
         // Junk in a base image's config is ignored, not fatal.
         back.apply_raw_config(&serde_json::json!({"config": {"OnBuild": [1], "Healthcheck": 2}}));
         assert_eq!(back.onbuild, s.onbuild);
