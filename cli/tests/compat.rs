@@ -116,3 +116,69 @@ RUN id > /out/numeric
         }
     }
 }
+
+/// The manifest annotations of an OCI archive's `index.json`.
+fn archive_index_annotations(tar: &Path) -> Vec<serde_json::Value> {
+    let out = std::process::Command::new("tar")
+        .arg("-xOf")
+        .arg(tar)
+        .arg("index.json")
+        .output()
+        .unwrap();
+    assert_ok(&out, "tar -xOf index.json");
+    let index: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["annotations"].clone())
+        .collect()
+}
+
+#[test]
+fn oci_archive_ref_name_held_the_whole_name_so_skopeo_found_no_tag() {
+    let k = Kiln::with_busybox();
+    let ctx = temp_context(
+        "kiln-compat-",
+        &[("Dockerfile", "FROM busybox\nRUN echo x > /x\n")],
+    );
+    let work = tempfile::tempdir().unwrap();
+    let named = work.path().join("named.tar");
+    let tagged = work.path().join("tagged.tar");
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "-t",
+            "app:2",
+            "-o",
+            &format!("type=oci,dest={},name=reg/app:1", named.display()),
+            "-o",
+            &format!("type=oci,dest={}", tagged.display()),
+        ],
+    );
+    assert_ok(&out, "kiln build -o type=oci,name=reg/app:1");
+    assert_eq!(
+        archive_index_annotations(&named),
+        vec![serde_json::json!({
+            "io.containerd.image.name": "docker.io/reg/app:1",
+            "org.opencontainers.image.ref.name": "1",
+        })]
+    );
+    assert_eq!(
+        archive_index_annotations(&tagged),
+        vec![serde_json::json!({
+            "io.containerd.image.name": "docker.io/library/app:2",
+            "org.opencontainers.image.ref.name": "2",
+        })]
+    );
+    let layout = work.path().join("layout");
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            &format!("oci-archive:{}:1", named.display()),
+            &format!("oci:{}:copied", layout.display()),
+        ],
+    );
+}
