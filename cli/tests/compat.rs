@@ -182,3 +182,43 @@ fn oci_archive_ref_name_held_the_whole_name_so_skopeo_found_no_tag() {
         ],
     );
 }
+
+#[test]
+fn stage_base_kept_cmd_after_entrypoint_and_skipped_its_onbuild_triggers() {
+    let k = Kiln::with_busybox();
+    let dockerfile = r#"FROM busybox AS base
+ONBUILD RUN echo one >> /trig
+ONBUILD RUN echo two >> /trig
+CMD ["base-cmd"]
+FROM base AS child
+RUN cat /trig > /seen
+FROM child
+ENTRYPOINT ["echo"]
+"#;
+    let ctx = temp_context("kiln-compat-", &[("Dockerfile", dockerfile)]);
+    let dest = tempfile::tempdir().unwrap();
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "-t",
+            "final",
+            "-o",
+            &format!("type=local,dest={}", dest.path().display()),
+        ],
+    );
+    assert_ok(&out, "kiln build FROM stage");
+    let read = |name: &str| std::fs::read_to_string(dest.path().join(name)).unwrap();
+    assert_eq!(
+        read("seen"),
+        "one\ntwo\n",
+        "the triggers ran in order, first"
+    );
+    assert_eq!(read("trig"), "one\ntwo\n", "the triggers ran once");
+    let config = stored_config(&k, "docker.io/library/final:latest");
+    assert_eq!(config["config"]["Entrypoint"], serde_json::json!(["echo"]));
+    assert!(
+        config["config"].get("Cmd").is_none() && config["config"].get("OnBuild").is_none(),
+        "no CMD after ENTRYPOINT, no triggers left: {config}"
+    );
+}

@@ -222,7 +222,6 @@ struct StageDef<'a> {
 struct StageOut {
     state: Option<OutputRef>,
     image: ImageState,
-    cmd_set: bool,
     platform: Platform,
 }
 
@@ -777,7 +776,6 @@ impl<'a> Compiler<'a> {
                 return Ok(StageOut {
                     state: d.state,
                     image: d.image,
-                    cmd_set: d.cmd_set,
                     platform: d.platform,
                 });
             }
@@ -788,13 +786,18 @@ impl<'a> Compiler<'a> {
             .rposition(|s| s.name.as_deref() == Some(base_lower.as_str()));
         let mut triggers = Vec::new();
         if let Some(p) = parent {
+            // A stage is a base like an image (BuildKit clones only its image config): its
+            // `CMD` counts as inherited, so `ENTRYPOINT` here clears it, and its ONBUILD
+            // triggers run here, first, and go no further.
             let out = self.stage(p, from)?;
             d.state = out.state;
             d.image = out.image;
-            d.cmd_set = out.cmd_set;
             if self.stages[idx].platform.is_none() {
                 d.platform = out.platform;
             }
+            triggers = self.onbuild_triggers(&d.image.onbuild, from)?;
+            d.image.onbuild.clear();
+            d.cmd_total += triggers.len();
         } else if let Some(nc) = self.opts.named_contexts.get(&base).cloned() {
             d.cmd_total += 1;
             self.named_base(&mut d, &nc, &base, from)?;
@@ -820,7 +823,6 @@ impl<'a> Compiler<'a> {
         Ok(StageOut {
             state: d.state,
             image: d.image,
-            cmd_set: d.cmd_set,
             platform: d.platform,
         })
     }
