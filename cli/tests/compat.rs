@@ -222,3 +222,66 @@ ENTRYPOINT ["echo"]
         "no CMD after ENTRYPOINT, no triggers left: {config}"
     );
 }
+
+/// One ustar entry (header and padded data), written by hand so that a hard link's header can
+/// differ from its target's, as no tar tool writes it.
+fn ustar(
+    name: &str,
+    kind: u8,
+    mode: u32,
+    owner: u32,
+    mtime: u64,
+    link: &str,
+    data: &[u8],
+) -> Vec<u8> {
+    let mut h = [0u8; 512];
+    let octal = |h: &mut [u8; 512], at: usize, len: usize, v: u64| {
+        let s = format!("{v:0w$o}\0", w = len - 1);
+        h[at..at + len].copy_from_slice(s.as_bytes());
+    };
+    h[..name.len()].copy_from_slice(name.as_bytes());
+    octal(&mut h, 100, 8, mode.into());
+    octal(&mut h, 108, 8, owner.into());
+    octal(&mut h, 116, 8, owner.into());
+    octal(&mut h, 124, 12, data.len() as u64);
+    octal(&mut h, 136, 12, mtime);
+    h[156] = kind;
+    h[157..157 + link.len()].copy_from_slice(link.as_bytes());
+    h[257..263].copy_from_slice(b"ustar\0");
+    h[263..265].copy_from_slice(b"00");
+    h[148..156].copy_from_slice(b"        ");
+    let sum: u32 = h.iter().map(|b| u32::from(*b)).sum();
+    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
+    let mut out = h.to_vec();
+    out.extend_from_slice(data);
+    out.resize(out.len().div_ceil(512) * 512, 0);
+    out
+}
+
+#[test]
+fn add_tar_hard_link_header_was_ignored_for_the_shared_inode() {
+    let mut tar = ustar("file", b'0', 0o644, 1, 100, "", b"hi\n");
+    tar.extend(ustar("link", b'1', 0o750, 1000, 5000, "file", b""));
+    tar.resize(tar.len() + 1024, 0);
+    let ctx = temp_context(
+        "kiln-compat-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nADD links.tar /x/\n\
+             RUN stat -c '%n %h %a %u:%g %Y' /x/file /x/link > /stat\n",
+        )],
+    );
+    std::fs::write(ctx.path().join("links.tar"), tar).unwrap();
+    let k = Kiln::with_busybox();
+    let dest = tempfile::tempdir().unwrap();
+    let out = build(
+        &k,
+        ctx.path(),
+        &["-o", &format!("type=local,dest={}", dest.path().display())],
+    );
+    assert_ok(&out, "kiln build with ADD of a tar holding a hard link");
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("stat")).unwrap(),
+        "/x/file 2 750 1000:1000 5000\n/x/link 2 750 1000:1000 5000\n"
+    );
+}
