@@ -285,3 +285,43 @@ fn add_tar_hard_link_header_was_ignored_for_the_shared_inode() {
         "/x/file 2 750 1000:1000 5000\n/x/link 2 750 1000:1000 5000\n"
     );
 }
+
+#[test]
+fn escape_backtick_flag_values_lost_their_backslashes() {
+    let dockerfile = "# escape=`\nFROM busybox\n\
+                      RUN --mount=type=bind,source=in\\data,target=/m cat /m > /out\n";
+    let ctx = temp_context(
+        "kiln-compat-",
+        &[
+            ("Dockerfile", dockerfile),
+            ("in\\data", "windows-style name\n"),
+        ],
+    );
+    let k = Kiln::with_busybox();
+    let dest = tempfile::tempdir().unwrap();
+    let out = build(
+        &k,
+        ctx.path(),
+        &["-o", &format!("type=local,dest={}", dest.path().display())],
+    );
+    assert_ok(
+        &out,
+        "kiln build with a backslash in a flag under `# escape=`",
+    );
+    assert_eq!(
+        std::fs::read_to_string(dest.path().join("out")).unwrap(),
+        "windows-style name\n"
+    );
+    let debug = k.run(&[
+        "debug",
+        "parse",
+        "-f",
+        ctx.path().join("Dockerfile").to_str().unwrap(),
+    ]);
+    assert_ok(&debug, "kiln debug parse");
+    assert!(
+        stdout(&debug).contains(r#"(run ["--mount=type=bind,source=in\\data,target=/m"]"#),
+        "{}",
+        stdout(&debug)
+    );
+}
