@@ -801,6 +801,10 @@ impl<'a> Compiler<'a> {
         } else if let Some(nc) = self.opts.named_contexts.get(&base).cloned() {
             d.cmd_total += 1;
             self.named_base(&mut d, &nc, &base, from)?;
+            // An image given as a named context is a base image like any other.
+            triggers = self.onbuild_triggers(&d.image.onbuild, from)?;
+            d.image.onbuild.clear();
+            d.cmd_total += triggers.len();
         } else if base != "scratch" {
             d.cmd_total += 1;
             let resolved = self.resolve(&base, &d.platform.clone(), from)?;

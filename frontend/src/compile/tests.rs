@@ -367,6 +367,29 @@ fn base_image_onbuild_triggers_run_first_and_are_cleared() {
 }
 
 #[test]
+fn named_context_base_image_skipped_its_onbuild_triggers() {
+    let resolver = Resolver {
+        raw: serde_json::json!({"config": {"OnBuild": ["RUN echo from-trigger"]}}),
+        ..Default::default()
+    };
+    let mut o = opts();
+    o.named_contexts.insert(
+        "base".into(),
+        crate::NamedContext::Image("example.com/base:1".into()),
+    );
+    let c = match compile("FROM base\nRUN echo mine\n", &o, &resolver) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let args: Vec<String> = exec_metas(&c).iter().map(|m| m.args.join(" ")).collect();
+    assert_eq!(
+        args,
+        vec!["/bin/sh -c echo from-trigger", "/bin/sh -c echo mine"]
+    );
+    assert!(!c.config_extras.contains_key("OnBuild"));
+}
+
+#[test]
 fn bad_onbuild_trigger_names_the_from_line() {
     let raw = serde_json::json!({"config": {"OnBuild": ["RUNN oops"]}});
     let resolver = Resolver {
