@@ -164,7 +164,7 @@ fn every_output_type_from_one_build_checked_by_skopeo_umoci_and_runc() {
         oci["mediaType"], "application/vnd.oci.image.manifest.v1+json",
         "{oci}"
     );
-    let layout = skopeo_inspect(&format!("oci:{}:exp", p("layout")));
+    let layout = skopeo_inspect(&format!("oci:{}:latest", p("layout")));
     assert_eq!(oci, layout);
     let zstd = skopeo_inspect(&format!("oci-archive:{}", p("zstd.tar")));
     for l in zstd["layers"].as_array().unwrap() {
@@ -198,7 +198,7 @@ fn every_output_type_from_one_build_checked_by_skopeo_umoci_and_runc() {
     assert!(docker_tags["layers"].is_array(), "{docker_tags}");
     for (i, src) in [
         format!("oci-archive:{}", p("oci.tar")),
-        format!("oci:{}:exp", p("layout")),
+        format!("oci:{}:latest", p("layout")),
         format!("docker-archive:{}", p("docker.tar")),
         format!("oci-archive:{}", p("zstd.tar")),
         format!("oci-archive:{}", p("docker-types.tar")),
@@ -217,7 +217,7 @@ fn every_output_type_from_one_build_checked_by_skopeo_umoci_and_runc() {
         &[
             "unpack",
             "--image",
-            &format!("{}:exp", p("layout")),
+            &format!("{}:latest", p("layout")),
             bundle.to_str().unwrap(),
         ],
     );

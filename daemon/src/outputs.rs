@@ -33,10 +33,11 @@ pub enum OutputKind {
     /// `type=image`: the local store under `names` (the `-t` tags when empty); `push=true` also
     /// pushes to each name's registry.
     Image { names: Vec<String>, push: bool },
-    /// `type=oci,dest=FILE` (`-` for stdout): an OCI image layout as a tar.
-    OciArchive { dest: PathBuf, name: Option<String> },
+    /// `type=oci,dest=FILE` (`-` for stdout): an OCI image layout as a tar, its manifest listed
+    /// under each of `names` (the `-t` tags when empty).
+    OciArchive { dest: PathBuf, names: Vec<String> },
     /// `type=oci,dest=DIR,tar=false`: an OCI image layout directory.
-    OciDir { dest: PathBuf, name: Option<String> },
+    OciDir { dest: PathBuf, names: Vec<String> },
     /// `type=docker,dest=FILE` (`-` for stdout): a `docker load` archive.
     DockerArchive { dest: PathBuf, names: Vec<String> },
     /// `type=local,dest=DIR`: the final file system.
@@ -154,13 +155,13 @@ impl Output {
             "oci" => {
                 let tar = bool_of("tar", take("tar"))?.unwrap_or(true);
                 let d = dest(take("dest"))?;
-                let name = names(take("name")).into_iter().next();
+                let names = names(take("name"));
                 if tar {
-                    OutputKind::OciArchive { dest: d, name }
+                    OutputKind::OciArchive { dest: d, names }
                 } else if d.as_os_str() == "-" {
                     bail!("`--output {spec}`: an OCI layout directory cannot go to stdout; drop `tar=false`");
                 } else {
-                    OutputKind::OciDir { dest: d, name }
+                    OutputKind::OciDir { dest: d, names }
                 }
             }
             "docker" => OutputKind::DockerArchive {
@@ -285,6 +286,11 @@ async fn image_variant(
     Ok(d)
 }
 
+/// Each name in its full form (`docker.io/library/app:latest`).
+fn normalized(names: &[String]) -> Result<Vec<String>> {
+    names.iter().map(|n| normalize_name(n)).collect()
+}
+
 /// What the outputs made: the image (descriptor) a build reports, and the names it was given.
 pub(crate) struct Delivered {
     pub image: ImageDescriptor,
@@ -338,7 +344,6 @@ pub(crate) async fn deliver(
         if reported.is_none() {
             reported = desc.clone();
         }
-        let first_tag = tags.first().map(|t| normalize_name(t)).transpose()?;
         match (&out.kind, desc) {
             (OutputKind::Image { names, push }, Some(desc)) => {
                 let names = if names.is_empty() { tags } else { names };
@@ -381,29 +386,29 @@ pub(crate) async fn deliver(
                     }
                 }
             }
-            (OutputKind::OciArchive { dest, name }, Some(desc)) => {
-                let name = name.clone().or(first_tag);
+            (OutputKind::OciArchive { dest, names }, Some(desc)) => {
+                // BuildKit names the manifest by normalised names (`ref.name`: the tag).
+                let names = normalized(if names.is_empty() { tags } else { names })?;
                 let (s, d) = (store.clone(), dest.clone());
                 tokio::task::spawn_blocking(move || {
-                    kiln_exporter::write_oci_archive(&s, &desc, name.as_deref(), &d)
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    kiln_exporter::write_oci_archive(&s, &desc, &names, &d)
                         .with_context(|| format!("cannot write the OCI archive `{}`", d.display()))
                 })
                 .await??;
             }
-            (OutputKind::OciDir { dest, name }, Some(desc)) => {
-                let name = name.clone().or(first_tag);
+            (OutputKind::OciDir { dest, names }, Some(desc)) => {
+                let names = normalized(if names.is_empty() { tags } else { names })?;
                 let (s, d) = (store.clone(), dest.clone());
                 tokio::task::spawn_blocking(move || {
-                    kiln_exporter::write_oci_dir(&s, &desc, name.as_deref(), &d)
+                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+                    kiln_exporter::write_oci_dir(&s, &desc, &names, &d)
                         .with_context(|| format!("cannot write the OCI layout `{}`", d.display()))
                 })
                 .await??;
             }
             (OutputKind::DockerArchive { dest, names }, Some(desc)) => {
-                let names: Vec<String> = if names.is_empty() { tags } else { names }
-                    .iter()
-                    .map(|n| normalize_name(n))
-                    .collect::<Result<_>>()?;
+                let names = normalized(if names.is_empty() { tags } else { names })?;
                 let (s, d) = (store.clone(), dest.clone());
                 tokio::task::spawn_blocking(move || {
                     kiln_exporter::write_docker_archive(&s, &desc, &names, &d).with_context(|| {
@@ -466,14 +471,14 @@ mod tests {
             p("type=oci,dest=o.tar").kind,
             OutputKind::OciArchive {
                 dest: "o.tar".into(),
-                name: None
+                names: vec![]
             }
         );
         assert_eq!(
             p("type=oci,dest=o,tar=false,name=x").kind,
             OutputKind::OciDir {
                 dest: "o".into(),
-                name: Some("x".into())
+                names: vec!["x".into()]
             }
         );
         assert_eq!(

@@ -9,7 +9,9 @@ pub struct ResolvedUser {
     pub uid: u32,
     /// Primary group id.
     pub gid: u32,
-    /// Supplementary groups: those in `/etc/group` that list the user (without the primary gid).
+    /// Supplementary groups, as the OCI spec's `additionalGids` and as the process gets them:
+    /// the primary gid first (unless `/etc/group` already lists the user in it), then the
+    /// groups of `/etc/group` that list the user, in file order.
     pub additional_gids: Vec<u32>,
     /// Home directory from `/etc/passwd`, `/` when the user has no entry.
     pub home: String,
@@ -21,7 +23,7 @@ impl ResolvedUser {
         ResolvedUser {
             uid: 0,
             gid: 0,
-            additional_gids: Vec::new(),
+            additional_gids: vec![0],
             home: "/root".to_string(),
         }
     }
@@ -92,9 +94,12 @@ fn numeric(s: &str) -> Option<u32> {
 
 /// Resolve `user[:group]` (names or numbers) against the image's `/etc/passwd` and `/etc/group`.
 ///
-/// Either file may be missing (`None`): numeric ids still work, a name is then an error. As in
-/// Docker, a numeric uid without a passwd entry gets gid 0 and home `/`; an explicit group
-/// replaces the primary gid; supplementary groups are those listing the user by name.
+/// Either file may be missing (`None`): numeric ids still work, a name is then an error. The
+/// rules are BuildKit v0.11's (`executor/oci/user.go` over runc's `GetExecUser`), which Docker
+/// shares: an empty spec is uid 0; a numeric uid without a passwd entry gets gid 0 and home `/`;
+/// an explicit group replaces the primary gid and then `/etc/group` adds no groups (nor is it
+/// read when both parts are numbers or `root`); otherwise the supplementary groups are those
+/// listing the user by name. The primary gid always leads the supplementary groups.
 pub fn resolve_user(
     spec: &str,
     passwd: Option<&str>,
@@ -111,7 +116,7 @@ pub fn resolve_user(
     if user_part.is_empty() && group_part.is_none() {
         return Ok(ResolvedUser {
             home: home_of(passwd, 0).unwrap_or_else(|| "/root".to_string()),
-            ..ResolvedUser::root()
+            ..resolve_user("0", passwd, group)?
         });
     }
     if user_part.is_empty() {
@@ -119,6 +124,16 @@ pub fn resolve_user(
     }
     if group_part == Some("") {
         return Err(invalid("the group part is empty"));
+    }
+    // BuildKit's fast path: two numbers (`root` counting as 0) need neither file.
+    let id = |s: &str| if s == "root" { Some(0) } else { numeric(s) };
+    if let (Some(uid), Some(gid)) = (id(user_part), group_part.and_then(id)) {
+        return Ok(ResolvedUser {
+            uid,
+            gid,
+            additional_gids: vec![gid],
+            home: home_of(passwd, uid).unwrap_or_else(|| "/".to_string()),
+        });
     }
 
     let entry = match numeric(user_part) {
@@ -161,14 +176,18 @@ pub fn resolve_user(
         None => entry.as_ref().map(|e| e.gid).unwrap_or(0),
     };
 
-    // Docker: with an explicit group, supplementary groups are still those listing the user.
+    // runc's `GetExecUser` gives supplementary groups only to the implicit `user` form; BuildKit
+    // then puts the primary gid in front when the list lacks it (`ensureAdditionalGids`).
     let mut additional_gids = Vec::new();
-    if let (Some(name), Some(text)) = (user_name, group) {
-        for g in group_entries(text) {
-            if g.members.contains(&name) && g.gid != gid && !additional_gids.contains(&g.gid) {
-                additional_gids.push(g.gid);
-            }
-        }
+    if let (None, Some(name), Some(text)) = (group_part, user_name, group) {
+        additional_gids.extend(
+            group_entries(text)
+                .filter(|g| g.members.contains(&name))
+                .map(|g| g.gid),
+        );
+    }
+    if !additional_gids.contains(&gid) {
+        additional_gids.insert(0, gid);
     }
     Ok(ResolvedUser {
         uid,
@@ -210,7 +229,7 @@ mod tests {
             ResolvedUser {
                 uid: 1000,
                 gid: 1000,
-                additional_gids: vec![10, 29],
+                additional_gids: vec![1000, 10, 29],
                 home: "/home/app".into()
             }
         );
@@ -220,9 +239,16 @@ mod tests {
     fn explicit_group_by_name_and_number() {
         let u = resolve_user("app:staff", Some(PASSWD), Some(GROUP)).unwrap();
         assert_eq!((u.uid, u.gid), (1000, 50));
-        assert_eq!(u.additional_gids, vec![10, 29]);
+        // runc's rule: an explicit group means no groups from `/etc/group`.
+        assert_eq!(u.additional_gids, vec![50]);
         let u = resolve_user("app:4242", Some(PASSWD), Some(GROUP)).unwrap();
-        assert_eq!((u.uid, u.gid), (1000, 4242));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 4242, vec![4242]));
+        // Two numbers are BuildKit's fast path: `/etc/group` is not read.
+        let u = resolve_user("1000:1000", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!((u.uid, u.gid, u.additional_gids), (1000, 1000, vec![1000]));
+        assert_eq!(u.home, "/home/app");
+        let u = resolve_user("root:root", None, None).unwrap();
+        assert_eq!((u.uid, u.gid, u.additional_gids), (0, 0, vec![0]));
     }
 
     #[test]
@@ -233,19 +259,19 @@ mod tests {
             ResolvedUser {
                 uid: 1234,
                 gid: 5678,
-                additional_gids: vec![],
+                additional_gids: vec![5678],
                 home: "/".into()
             }
         );
         let u = resolve_user("1234", None, None).unwrap();
-        assert_eq!((u.uid, u.gid), (1234, 0));
+        assert_eq!((u.uid, u.gid, u.additional_gids), (1234, 0, vec![0]));
     }
 
     #[test]
     fn numeric_uid_with_entry_uses_its_gid_and_home() {
         let u = resolve_user("1000", Some(PASSWD), Some(GROUP)).unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (1000, 1000, "/home/app"));
-        assert_eq!(u.additional_gids, vec![10, 29]);
+        assert_eq!(u.additional_gids, vec![1000, 10, 29]);
     }
 
     #[test]
@@ -253,10 +279,33 @@ mod tests {
         let u = resolve_user("root", Some(PASSWD), Some(GROUP)).unwrap();
         assert_eq!(
             (u.uid, u.gid, u.home.as_str(), u.additional_gids),
-            (0, 0, "/root", vec![10])
+            (0, 0, "/root", vec![0, 10])
         );
         let u = resolve_user("", None, None).unwrap();
         assert_eq!((u.uid, u.gid, u.home.as_str()), (0, 0, "/root"));
+        assert_eq!(u.additional_gids, vec![0]);
+        // No `USER` is uid 0 looked up by number, so root's groups apply.
+        let u = resolve_user("", Some(PASSWD), Some(GROUP)).unwrap();
+        assert_eq!(u.additional_gids, vec![0, 10]);
+    }
+
+    #[test]
+    fn process_lacked_its_primary_group_among_its_groups() {
+        // `id` in Docker and BuildKit: `groups=0(root)`, `groups=65534(nogroup)`, `groups=5678`.
+        let passwd = "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n";
+        let group = "root:x:0:\nnogroup:x:65534:\n";
+        for (spec, want) in [
+            ("0", vec![0]),
+            ("nobody", vec![65534]),
+            ("1234:5678", vec![5678]),
+        ] {
+            let u = resolve_user(spec, Some(passwd), Some(group)).unwrap();
+            assert_eq!(u.additional_gids, want, "{spec}");
+        }
+        // Listed in its own primary group: kept where `/etc/group` puts it, not repeated.
+        let group = "wheel:x:10:app\napp:x:1000:app\n";
+        let u = resolve_user("app", Some(PASSWD), Some(group)).unwrap();
+        assert_eq!(u.additional_gids, vec![10, 1000]);
     }
 
     #[test]

@@ -79,7 +79,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let image = write_image(&store, &config, std::slice::from_ref(&blob))?;
     let dest = root.join("out.tar");
     let t2 = Instant::now();
-    kiln_exporter::write_oci_archive(&store, &image, Some("big"), &dest)?;
+    kiln_exporter::write_oci_archive(&store, &image, &["docker.io/library/big:latest"], &dest)?;
     let archive_secs = t2.elapsed().as_secs_f64();
     let mb = mib as f64 * 1048576.0 / 1e6;
     println!(

@@ -13,6 +13,8 @@ use crate::image::{canonical_json, parse_manifest, ImageDescriptor, MEDIA_MANIFE
 use crate::tarw::{Entry, Kind, TarError, TarWriter};
 
 pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
+/// containerd's annotation holding the full image name (`ref.name` holds only the tag).
+pub(crate) const IMAGE_NAME: &str = "io.containerd.image.name";
 const OCI_LAYOUT: &[u8] = br#"{"imageLayoutVersion":"1.0.0"}"#;
 
 /// Finds the file of a stored blob, or says it is missing.
@@ -92,6 +94,27 @@ fn check_name(name: &str) -> Result<(), ExportError> {
     Ok(())
 }
 
+/// The OCI `ref.name` of a full image name, as containerd's archive exporter (which BuildKit
+/// uses) derives it: the tag, or `@digest`, after the repository (`reference.Parse` → `Object`).
+fn oci_ref_name(full: &str) -> &str {
+    let Some((host, path)) = full.split_once('/') else {
+        return full;
+    };
+    if host.is_empty() || full.contains("://") {
+        return full;
+    }
+    match path.find([':', '@']) {
+        Some(i) => {
+            let object = &path[i..];
+            object.strip_prefix(':').unwrap_or(object)
+        }
+        // Never from the engine, which passes names with a tag or digest.
+        None => full,
+    }
+}
+
+/// The index entry of `image` under the full name `name`: `ref.name` is the tag and
+/// `io.containerd.image.name` the whole name, as in BuildKit's `type=oci` archives.
 fn manifest_entry(image: &ImageDescriptor, name: Option<&str>) -> Result<Descriptor, ExportError> {
     let digest: oci_spec::image::Digest =
         image
@@ -107,7 +130,10 @@ fn manifest_entry(image: &ImageDescriptor, name: Option<&str>) -> Result<Descrip
     };
     let mut d = Descriptor::new(MediaType::from(media), image.manifest_size, digest);
     if let Some(n) = name {
-        d.set_annotations(Some(HashMap::from([(REF_NAME.to_string(), n.to_string())])));
+        d.set_annotations(Some(HashMap::from([
+            (REF_NAME.to_string(), oci_ref_name(n).to_string()),
+            (IMAGE_NAME.to_string(), n.to_string()),
+        ])));
     }
     Ok(d)
 }
@@ -125,18 +151,34 @@ fn index_bytes(manifests: Vec<Descriptor>) -> Result<Vec<u8>, ExportError> {
     canonical_json(&index, "the layout index")
 }
 
-/// Writes the layout of one image as a tar to `out`; returns the sink.
+/// The index entries of `image`: one per name (full names), or one without a name.
+fn manifest_entries(
+    image: &ImageDescriptor,
+    names: &[&str],
+) -> Result<Vec<Descriptor>, ExportError> {
+    if names.is_empty() {
+        return Ok(vec![manifest_entry(image, None)?]);
+    }
+    names
+        .iter()
+        .map(|n| {
+            check_name(n)?;
+            manifest_entry(image, Some(n))
+        })
+        .collect()
+}
+
+/// Writes the layout of one image, listed under each of `names` (full names), as a tar to
+/// `out`; returns the sink.
 pub(crate) fn archive_to<W: Write>(
     lookup: BlobPath<'_>,
     image: &ImageDescriptor,
-    name: Option<&str>,
+    names: &[&str],
     out: W,
 ) -> Result<W, ExportError> {
-    if let Some(n) = name {
-        check_name(n)?;
-    }
+    let entries = manifest_entries(image, names)?;
     let blobs = image_blobs(lookup, image)?;
-    let index = index_bytes(vec![manifest_entry(image, name)?])?;
+    let index = index_bytes(entries)?;
     let mut tar = TarWriter::new(out);
     let werr = |e: TarError, path: &Path| match e {
         TarError::Source(source) => ExportError::read("read", path, source),
@@ -181,12 +223,12 @@ pub(crate) fn archive_to<W: Write>(
 pub(crate) fn write_archive(
     lookup: BlobPath<'_>,
     image: &ImageDescriptor,
-    name: Option<&str>,
+    names: &[&str],
     dest: &Path,
 ) -> Result<(), ExportError> {
     if dest == Path::new("-") {
         let stdout = io::stdout().lock();
-        let mut out = archive_to(lookup, image, name, BufWriter::new(stdout))?;
+        let mut out = archive_to(lookup, image, names, BufWriter::new(stdout))?;
         return out
             .flush()
             .map_err(|e| ExportError::write("the OCI archive to stdout", e));
@@ -200,7 +242,7 @@ pub(crate) fn write_archive(
         .prefix(".kiln-oci-")
         .tempfile_in(parent)
         .map_err(|e| ExportError::write(what(), e))?;
-    let out = archive_to(lookup, image, name, BufWriter::new(tmp))?;
+    let out = archive_to(lookup, image, names, BufWriter::new(tmp))?;
     let tmp = out
         .into_inner()
         .map_err(|e| ExportError::write(what(), e.into_error()))?;
@@ -212,17 +254,16 @@ pub(crate) fn write_archive(
     Ok(())
 }
 
-/// Adds the image to the layout directory `dest` (created if needed). An entry with the same
-/// `ref.name` is replaced; other images already in the layout are kept.
+/// Adds the image under each of `names` (full names) to the layout directory `dest` (created
+/// if needed). An entry of the same name is replaced; other images already in the layout are
+/// kept.
 pub(crate) fn write_dir(
     lookup: BlobPath<'_>,
     image: &ImageDescriptor,
-    name: Option<&str>,
+    names: &[&str],
     dest: &Path,
 ) -> Result<(), ExportError> {
-    if let Some(n) = name {
-        check_name(n)?;
-    }
+    let new = manifest_entries(image, names)?;
     let blobs = image_blobs(lookup, image)?;
     let blob_dir = dest.join("blobs").join("sha256");
     fs::create_dir_all(&blob_dir)
@@ -266,17 +307,18 @@ pub(crate) fn write_dir(
         Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
         Err(e) => return Err(ExportError::read("read", &index_path, e)),
     };
-    let ref_of = |d: &Descriptor| {
-        d.annotations()
-            .as_ref()
-            .and_then(|a| a.get(REF_NAME).cloned())
+    let annotation =
+        |d: &Descriptor, key: &str| d.annotations().as_ref().and_then(|a| a.get(key).cloned());
+    // An entry another tool wrote with only a `ref.name` is the same name when that matches.
+    let same = |old: &Descriptor, new: &Descriptor| match annotation(new, IMAGE_NAME) {
+        Some(n) => match annotation(old, IMAGE_NAME) {
+            Some(o) => o == n,
+            None => annotation(old, REF_NAME) == annotation(new, REF_NAME),
+        },
+        None => annotation(old, REF_NAME).is_none() && old.digest() == new.digest(),
     };
-    let new = manifest_entry(image, name)?;
-    manifests.retain(|d| match name {
-        Some(n) => ref_of(d).as_deref() != Some(n),
-        None => !(ref_of(d).is_none() && d.digest() == new.digest()),
-    });
-    manifests.push(new);
+    manifests.retain(|old| !new.iter().any(|n| same(old, n)));
+    manifests.extend(new);
     atomic_write(&index_path, &index_bytes(manifests)?)
 }
 
@@ -304,6 +346,20 @@ mod tests {
         assert!(check_name("").is_err());
         assert!(check_name("a b").is_err());
         assert!(check_name("x\n").is_err());
+    }
+
+    #[test]
+    fn oci_archive_ref_name_held_the_whole_name_instead_of_the_tag() {
+        assert_eq!(oci_ref_name("docker.io/reg/app:1"), "1");
+        assert_eq!(oci_ref_name("localhost:5000/a/b:v2.0"), "v2.0");
+        let digest = format!("sha256:{}", "a".repeat(64));
+        assert_eq!(
+            oci_ref_name(&format!("docker.io/library/x@{digest}")),
+            format!("@{digest}")
+        );
+        // Not a full name: kept whole rather than emptied.
+        assert_eq!(oci_ref_name("latest"), "latest");
+        assert_eq!(oci_ref_name("example.com/app"), "example.com/app");
     }
 
     #[test]

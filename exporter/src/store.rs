@@ -159,24 +159,27 @@ fn lookup(store: &Store) -> impl Fn(&str) -> Result<PathBuf, ExportError> + '_ {
     }
 }
 
-/// Writes the image as an OCI layout tar (`oci-archive:`) to `dest`, or to stdout for `-`.
+/// Writes the image as an OCI layout tar (`oci-archive:`) to `dest`, or to stdout for `-`,
+/// listed once under each of `names` (full, normalised names such as
+/// `docker.io/library/app:1`): `ref.name` is the tag, `io.containerd.image.name` the name.
 pub fn write_oci_archive(
     store: &Store,
     image: &ImageDescriptor,
-    name: Option<&str>,
+    names: &[&str],
     dest: &Path,
 ) -> Result<(), ExportError> {
-    layout::write_archive(&lookup(store), image, name, dest)
+    layout::write_archive(&lookup(store), image, names, dest)
 }
 
-/// Adds the image to the OCI layout directory `dest` (created when missing).
+/// Adds the image to the OCI layout directory `dest` (created when missing), named as
+/// [`write_oci_archive`] names it.
 pub fn write_oci_dir(
     store: &Store,
     image: &ImageDescriptor,
-    name: Option<&str>,
+    names: &[&str],
     dest: &Path,
 ) -> Result<(), ExportError> {
-    layout::write_dir(&lookup(store), image, name, dest)
+    layout::write_dir(&lookup(store), image, names, dest)
 }
 
 /// Runs `write` against `dest` (atomically: a temporary file in the same directory, synced and

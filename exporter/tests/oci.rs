@@ -191,8 +191,8 @@ fn archive_is_deterministic_and_accepted_by_skopeo() {
     let out = tempfile::tempdir().unwrap();
     let a = out.path().join("a.tar");
     let b = out.path().join("b.tar");
-    write_oci_archive(&store, &desc, Some("example.com/test:1"), &a).unwrap();
-    write_oci_archive(&store, &desc, Some("example.com/test:1"), &b).unwrap();
+    write_oci_archive(&store, &desc, &["example.com/test:1"], &a).unwrap();
+    write_oci_archive(&store, &desc, &["example.com/test:1"], &b).unwrap();
     assert_eq!(fs::read(&a).unwrap(), fs::read(&b).unwrap());
 
     // The archive holds exactly the layout.
@@ -225,7 +225,7 @@ fn archive_is_deterministic_and_accepted_by_skopeo() {
     let o = Command::new("skopeo")
         .args([
             "copy",
-            &format!("oci-archive:{}:example.com/test:1", a.display()),
+            &format!("oci-archive:{}:1", a.display()),
             &format!("oci:{}:copied", copy.display()),
         ])
         .output()
@@ -240,12 +240,12 @@ fn layout_dir_unpacks_with_umoci_and_keeps_other_images() {
     let (base, upper, layers, desc) = image(&store);
     let out = tempfile::tempdir().unwrap();
     let layout = out.path().join("layout");
-    write_oci_dir(&store, &desc, Some("latest"), &layout).unwrap();
+    write_oci_dir(&store, &desc, &["example.com/app:latest"], &layout).unwrap();
 
     // A second image under another name is added; the same name again replaces.
     let one = write_image(&store, &config(&layers[..1]), &layers[..1]).unwrap();
-    write_oci_dir(&store, &one, Some("base"), &layout).unwrap();
-    write_oci_dir(&store, &desc, Some("latest"), &layout).unwrap();
+    write_oci_dir(&store, &one, &["example.com/app:base"], &layout).unwrap();
+    write_oci_dir(&store, &desc, &["example.com/app:latest"], &layout).unwrap();
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
     let refs: Vec<&str> = index["manifests"]
@@ -264,7 +264,7 @@ fn layout_dir_unpacks_with_umoci_and_keeps_other_images() {
     let broken = out.path().join("broken");
     fs::create_dir_all(&broken).unwrap();
     fs::write(broken.join("index.json"), b"{not json").unwrap();
-    let err = write_oci_dir(&store, &desc, Some("x"), &broken).unwrap_err();
+    let err = write_oci_dir(&store, &desc, &["example.com/x:1"], &broken).unwrap_err();
     assert!(matches!(err, ExportError::BadLayoutIndex { .. }), "{err}");
 
     if !tool("umoci") {
@@ -299,10 +299,10 @@ fn missing_blobs_are_reported() {
     fs::remove_file(store.content().path(&layers[0].digest).unwrap()).unwrap();
     let out = tempfile::tempdir().unwrap();
     let dest = out.path().join("x.tar");
-    let err = write_oci_archive(&store, &desc, None, &dest).unwrap_err();
+    let err = write_oci_archive(&store, &desc, &[], &dest).unwrap_err();
     assert!(matches!(err, ExportError::MissingBlob { .. }), "{err}");
     assert!(err.to_string().contains(&layers[0].digest), "{err}");
     assert!(!dest.exists(), "no partial archive is left");
-    let err = write_oci_archive(&store, &desc, Some("bad name"), &dest).unwrap_err();
+    let err = write_oci_archive(&store, &desc, &["bad name"], &dest).unwrap_err();
     assert!(matches!(err, ExportError::BadName { .. }), "{err}");
 }

@@ -233,7 +233,6 @@ struct StageDef<'a> {
 struct StageOut {
     state: Option<OutputRef>,
     image: ImageState,
-    cmd_set: bool,
     platform: Platform,
 }
 
@@ -791,7 +790,6 @@ impl<'a> Compiler<'a> {
                 return Ok(StageOut {
                     state: d.state,
                     image: d.image,
-                    cmd_set: d.cmd_set,
                     platform: d.platform,
                 });
             }
@@ -802,16 +800,25 @@ impl<'a> Compiler<'a> {
             .rposition(|s| s.name.as_deref() == Some(base_lower.as_str()));
         let mut triggers = Vec::new();
         if let Some(p) = parent {
+            // A stage is a base like an image (BuildKit clones only its image config): its
+            // `CMD` counts as inherited, so `ENTRYPOINT` here clears it, and its ONBUILD
+            // triggers run here, first, and go no further.
             let out = self.stage(p, from)?;
             d.state = out.state;
             d.image = out.image;
-            d.cmd_set = out.cmd_set;
             if self.stages[idx].platform.is_none() {
                 d.platform = out.platform;
             }
+            triggers = self.onbuild_triggers(&d.image.onbuild, from)?;
+            d.image.onbuild.clear();
+            d.cmd_total += triggers.len();
         } else if let Some(nc) = self.opts.named_contexts.get(&base).cloned() {
             d.cmd_total += 1;
             self.named_base(&mut d, &nc, &base, from)?;
+            // An image given as a named context is a base image like any other.
+            triggers = self.onbuild_triggers(&d.image.onbuild, from)?;
+            d.image.onbuild.clear();
+            d.cmd_total += triggers.len();
         } else if base != "scratch" {
             d.cmd_total += 1;
             let resolved = self.resolve(&base, &d.platform.clone(), from)?;
@@ -834,7 +841,6 @@ impl<'a> Compiler<'a> {
         Ok(StageOut {
             state: d.state,
             image: d.image,
-            cmd_set: d.cmd_set,
             platform: d.platform,
         })
     }
@@ -2136,6 +2142,8 @@ impl<'a> Compiler<'a> {
             .add_history(format!("{kw} {}", go_quote_list(&args)), true);
         if instr.name == "cmd" {
             d.image.cmd = Some(args);
+            // BuildKit v0.11 (and later) marks every `CMD`, exec form too, for Docker's image spec.
+            d.image.args_escaped = true;
             d.cmd_set = true;
         } else {
             d.image.entrypoint = Some(args);

@@ -256,14 +256,14 @@ fn trim_continuation(line: &str, escape: char) -> (String, bool) {
 }
 
 /// Splits `RUN --flag x rest` into the lower-cased instruction, its flags and the rest.
-fn split_command(line: &str) -> (String, Vec<String>, String) {
+fn split_command(line: &str, escape: char) -> (String, Vec<String>, String) {
     let line = line.trim();
     let (cmd, rest) = match line.find(is_token_ws) {
         Some(i) => (&line[..i], Some(line[i..].trim_start_matches(is_token_ws))),
         None => (line, None),
     };
     let (args, flags) = match rest {
-        Some(rest) => extract_builder_flags(rest),
+        Some(rest) => extract_builder_flags(rest, escape),
         None => (String::new(), Vec::new()),
     };
     (cmd.to_ascii_lowercase(), flags, args.trim().to_string())
@@ -274,9 +274,13 @@ fn is_token_ws(c: char) -> bool {
     matches!(c, '\t' | '\x0b' | '\x0c' | '\r' | ' ')
 }
 
-/// Takes the leading `--flag[=value]` words off `line` (quotes and `\` escapes removed, as
+/// Takes the leading `--flag[=value]` words off `line` (quotes and `escape`s removed, as
 /// BuildKit does); a bare `--` ends the flags. Returns the remaining text and the flags.
-fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
+///
+/// The escape is the Dockerfile's (`# escape=`), as in the Dockerfile frontend since 1.15
+/// (BuildKit commit 877d8a7); BuildKit v0.11's built-in frontend took `\` whatever the
+/// directive said, which ate the backslashes of a Windows path in a flag.
+fn extract_builder_flags(line: &str, escape: char) -> (String, Vec<String>) {
     #[derive(PartialEq)]
     enum Phase {
         Spaces,
@@ -335,7 +339,7 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
                 continue;
             }
             let mut c = ch;
-            if ch == '\\' {
+            if ch == escape {
                 if i + 1 == chars.len() {
                     i += 1;
                     continue;
@@ -354,7 +358,7 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
             continue;
         }
         let mut c = ch;
-        if ch == '\\' {
+        if ch == escape {
             if i + 1 == chars.len() {
                 phase = Phase::Word;
                 i += 1;
@@ -371,7 +375,7 @@ fn extract_builder_flags(line: &str) -> (String, Vec<String>) {
 
 /// Parses one logical line (continuations joined) into an instruction.
 fn node_from_line(line: &str, escape: char) -> Result<Instruction, String> {
-    let (cmd, flags, rest) = split_command(line);
+    let (cmd, flags, rest) = split_command(line, escape);
     let mut inst = Instruction {
         name: cmd.clone(),
         original: line.trim().to_string(),
@@ -918,6 +922,26 @@ mod tests {
         );
         assert_eq!(df.warnings.len(), 1);
         assert_eq!(df.warnings[0].0, 2);
+    }
+
+    #[test]
+    fn escape_backtick_flag_values_lost_their_backslashes() {
+        let df = parse(
+            "# escape=`\nFROM a\nCOPY --chown=C:\\Users\\me --from=x`y --chmod=\"7`\"5\" s d\n\
+             ONBUILD RUN --mount=source=a\\b true\n",
+        )
+        .unwrap();
+        assert_eq!(
+            df.instructions[1].flags,
+            vec!["--chown=C:\\Users\\me", "--from=xy", "--chmod=7\"5"]
+        );
+        let trigger = df.instructions[2].next.as_ref().expect("trigger");
+        assert_eq!(trigger.flags, vec!["--mount=source=a\\b"]);
+        // With the default escape, a backslash escapes, as before.
+        assert_eq!(
+            one("COPY --chown=C:\\Users s d").flags,
+            vec!["--chown=C:Users"]
+        );
     }
 
     #[test]

@@ -624,3 +624,76 @@ fn repository_hello_example_compiles() {
     );
     assert_eq!(chain(&c.definition), vec!["file", "file"]);
 }
+
+/// BuildKit v0.11.6's `dispatchCmd` sets `ArgsEscaped` on every `CMD` (shell or exec form);
+/// `ENTRYPOINT` neither sets nor clears it.
+#[test]
+fn cmd_leaves_args_escaped_out_of_the_config() {
+    let extras = |dockerfile: &str| {
+        compile(dockerfile, &opts(), &FakeResolver::default())
+            .expect("compiles")
+            .config_extras
+    };
+    for df in [
+        "FROM scratch\nCMD [\"/app\"]\n",
+        "FROM busybox\nCMD echo hi\n",
+        "FROM busybox\nCMD [\"a\"]\nENTRYPOINT [\"b\"]\n",
+        "FROM busybox AS base\nCMD [\"a\"]\nFROM base\nENTRYPOINT [\"b\"]\n",
+    ] {
+        assert_eq!(
+            extras(df).get("ArgsEscaped"),
+            Some(&Value::Bool(true)),
+            "{df}"
+        );
+    }
+    for df in [
+        "FROM scratch\nENTRYPOINT [\"/app\"]\n",
+        "FROM busybox\nENTRYPOINT echo hi\n",
+    ] {
+        assert_eq!(extras(df).get("ArgsEscaped"), None, "{df}");
+    }
+}
+
+/// `FROM stage` applies an image base's rules (BuildKit clones only the stage's image config).
+#[test]
+fn stage_base_kept_cmd_after_entrypoint_and_skipped_its_onbuild_triggers() {
+    let c = compile(
+        "FROM busybox AS base\nCMD [\"a\"]\nFROM base\nENTRYPOINT [\"b\"]\n",
+        &opts(),
+        &FakeResolver::default(),
+    )
+    .expect("compiles");
+    let config = c.image_config.config().clone().expect("config");
+    assert_eq!(config.entrypoint().clone(), Some(vec!["b".to_string()]));
+    assert_eq!(
+        config.cmd().clone(),
+        None,
+        "ENTRYPOINT clears the stage's CMD"
+    );
+
+    let dockerfile = "FROM busybox AS base\nONBUILD RUN echo trig1\nONBUILD RUN echo trig2\n\
+                      FROM base AS child\nRUN echo own\nFROM child\nRUN echo grandchild\n";
+    for target in ["child", "final"] {
+        let mut o = opts();
+        if target == "child" {
+            o.target = Some("child".into());
+        }
+        let c = compile(dockerfile, &o, &FakeResolver::default()).expect("compiles");
+        let json = c.definition.to_json().to_string();
+        // A command as the exec op's argument (its step name holds it too, unquoted).
+        let at = |cmd: &str| {
+            let arg = format!("\"{cmd}\"");
+            assert_eq!(
+                json.matches(&arg).count(),
+                1,
+                "{target}: `{cmd}` once in {json}"
+            );
+            json.find(&arg).unwrap_or_default()
+        };
+        assert!(
+            at("echo trig1") < at("echo trig2") && at("echo trig2") < at("echo own"),
+            "{target}: triggers run in order, before the stage's own steps: {json}"
+        );
+        assert_eq!(c.config_extras.get("OnBuild"), None, "{target}");
+    }
+}

@@ -94,9 +94,10 @@ fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared
         .flatten()
         .map(|g| Gid::from_raw(*g))
         .collect();
-    // Rootless without subordinate gids, setgroups is denied in the namespace: there are no
-    // groups to drop anyway, as only gid 0 exists.
-    if !(groups.is_empty() && setgroups_denied()) {
+    // Rootless without subordinate gids, setgroups is denied in the namespace: only one gid
+    // exists there, so a list of no more than the primary gid asks for nothing to change.
+    let only_primary = groups.iter().all(|g| g.as_raw() == user.gid());
+    if !(only_primary && setgroups_denied()) {
         nix::unistd::setgroups(&groups).map_err(|e| {
             if setgroups_denied() {
                 format!(

@@ -99,6 +99,9 @@ pub(crate) struct ImageState {
     pub healthcheck: Option<Healthcheck>,
     pub onbuild: Vec<String>,
     pub shell: Option<Vec<String>>,
+    /// Docker's `ArgsEscaped`: BuildKit sets it on every `CMD` (any form, any platform) and keeps
+    /// a base image's value; `ENTRYPOINT` leaves it as it is.
+    pub args_escaped: bool,
     pub history: Vec<History>,
 }
 
@@ -146,8 +149,8 @@ impl ImageState {
         state
     }
 
-    /// Takes over the config fields oci-spec cannot hold (`Healthcheck`, `OnBuild`, `Shell`) from
-    /// a base image's raw config JSON. Malformed fields are ignored, as Docker ignores them.
+    /// Takes over the config fields oci-spec cannot hold (`Healthcheck`, `OnBuild`, `Shell`,
+    /// `ArgsEscaped`) from a base image's raw config JSON. Malformed fields are ignored, as Docker ignores them.
     pub(crate) fn apply_raw_config(&mut self, raw: &serde_json::Value) {
         let Some(c) = raw.get("config").and_then(|c| c.as_object()) else {
             return;
@@ -160,6 +163,9 @@ impl ImageState {
         };
         if let Some(list) = c.get("OnBuild").and_then(strings) {
             self.onbuild = list;
+        }
+        if let Some(escaped) = c.get("ArgsEscaped").and_then(|v| v.as_bool()) {
+            self.args_escaped = escaped;
         }
         if let Some(list) = c.get("Shell").and_then(strings) {
             if !list.is_empty() {
@@ -182,7 +188,8 @@ impl ImageState {
     }
 
     /// The config fields oci-spec cannot hold, as Docker writes them: `Healthcheck` (zero
-    /// durations and retries left out), `OnBuild` and `Shell`.
+    /// durations and retries left out), `OnBuild`, `Shell` and `ArgsEscaped` (left out when
+    /// false, as Go's `omitempty` does).
     pub(crate) fn extras(&self) -> serde_json::Map<String, serde_json::Value> {
         use serde_json::Value;
         let mut m = serde_json::Map::new();
@@ -209,6 +216,9 @@ impl ImageState {
         }
         if let Some(shell) = &self.shell {
             m.insert("Shell".into(), Value::from(shell.clone()));
+        }
+        if self.args_escaped {
+            m.insert("ArgsEscaped".into(), Value::Bool(true));
         }
         m
     }
@@ -300,6 +310,7 @@ mod tests {
         let mut s = ImageState::scratch();
         s.onbuild = vec!["RUN echo hi".into()];
         s.shell = Some(vec!["/bin/bash".into(), "-c".into()]);
+        s.args_escaped = true;
         s.healthcheck = Some(Healthcheck {
             test: vec!["CMD-SHELL".into(), "true".into()],
             interval: 30_000_000_000,
@@ -319,6 +330,10 @@ mod tests {
         assert_eq!(back.onbuild, s.onbuild);
         assert_eq!(back.shell, s.shell);
         assert_eq!(back.healthcheck, s.healthcheck);
+        assert!(
+            back.args_escaped,
+            "a base image's `ArgsEscaped` is inherited"
+        );
         // Junk in a base image's config is ignored, not fatal.
         back.apply_raw_config(&serde_json::json!({"config": {"OnBuild": [1], "Healthcheck": 2}}));
         assert_eq!(back.onbuild, s.onbuild);

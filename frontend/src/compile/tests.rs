@@ -207,10 +207,11 @@ fn entrypoint_resets_inherited_cmd_but_not_its_own() {
         cmd_of("FROM busybox\nCMD [\"x\"]\nENTRYPOINT [\"app\"]\n"),
         Ok(Some(vec!["x".to_string()]))
     );
-    // A CMD set by a parent stage of the same Dockerfile counts as set here.
+    // A CMD set by a parent stage of the same Dockerfile is inherited, as from an image: BuildKit
+    // clones only the stage's image config, not its `cmdSet`.
     assert_eq!(
         cmd_of("FROM busybox AS a\nCMD [\"y\"]\nFROM a\nENTRYPOINT [\"app\"]\n"),
-        Ok(Some(vec!["y".to_string()]))
+        Ok(None)
     );
     assert_eq!(
         cmd_of("FROM busybox\nCMD [\"x\"]\n"),
@@ -366,6 +367,29 @@ fn base_image_onbuild_triggers_run_first_and_are_cleared() {
 }
 
 #[test]
+fn named_context_base_image_skipped_its_onbuild_triggers() {
+    let resolver = Resolver {
+        raw: serde_json::json!({"config": {"OnBuild": ["RUN echo from-trigger"]}}),
+        ..Default::default()
+    };
+    let mut o = opts();
+    o.named_contexts.insert(
+        "base".into(),
+        crate::NamedContext::Image("example.com/base:1".into()),
+    );
+    let c = match compile("FROM base\nRUN echo mine\n", &o, &resolver) {
+        Ok(c) => c,
+        Err(e) => panic!("{e}"),
+    };
+    let args: Vec<String> = exec_metas(&c).iter().map(|m| m.args.join(" ")).collect();
+    assert_eq!(
+        args,
+        vec!["/bin/sh -c echo from-trigger", "/bin/sh -c echo mine"]
+    );
+    assert!(!c.config_extras.contains_key("OnBuild"));
+}
+
+#[test]
 fn bad_onbuild_trigger_names_the_from_line() {
     let raw = serde_json::json!({"config": {"OnBuild": ["RUNN oops"]}});
     let resolver = Resolver {
@@ -381,17 +405,14 @@ fn bad_onbuild_trigger_names_the_from_line() {
 }
 
 #[test]
-fn onbuild_of_an_earlier_stage_is_inherited_not_run() {
+fn onbuild_of_an_earlier_stage_runs_in_the_child_and_goes_no_further() {
     let c = build(
         "FROM busybox AS base\nONBUILD RUN echo later\nFROM base\nRUN echo mine\n",
         &opts(),
     );
     let args: Vec<String> = exec_metas(&c).iter().map(|m| m.args.join(" ")).collect();
-    assert_eq!(args, vec!["/bin/sh -c echo mine"]);
-    assert_eq!(
-        c.config_extras["OnBuild"],
-        serde_json::json!(["RUN echo later"])
-    );
+    assert_eq!(args, vec!["/bin/sh -c echo later", "/bin/sh -c echo mine"]);
+    assert_eq!(c.config_extras.get("OnBuild"), None);
 }
 
 fn undefined_vars(df: &str, config_env: &[&str]) -> Vec<(usize, String)> {

@@ -229,7 +229,17 @@ pub(crate) fn unpack(
             let src = dest_rel.join(link.as_ref());
             let src = resolve_in_root(root, &src, false).map_err(err)?;
             std::fs::hard_link(&src, &target).map_err(err)?;
-            continue;
+            // The link entry's own header applies to the shared inode, as Docker's
+            // `createTarFile` (BuildKit's ADD) does: owner always, mode and times unless the
+            // inode is a symlink.
+            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(err)?;
+            if std::fs::symlink_metadata(&target)
+                .map_err(err)?
+                .file_type()
+                .is_symlink()
+            {
+                continue;
+            }
         } else if kind.is_file() || kind == tar::EntryType::Continuous {
             let mut out = std::fs::File::create(&target).map_err(err)?;
             io::copy(&mut entry, &mut out).map_err(err)?;
@@ -359,5 +369,51 @@ mod tests {
             .to_string();
         assert!(e.contains("`..`"), "{e}");
         assert!(!t.path().join("evil").exists());
+    }
+
+    #[test]
+    fn tar_hard_link_header_was_ignored_for_the_shared_inode() {
+        use std::os::unix::fs::MetadataExt;
+        let mut b = tar::Builder::new(Vec::new());
+        let mut h = tar::Header::new_ustar();
+        h.set_mode(0o644);
+        h.set_size(2);
+        h.set_uid(1);
+        h.set_gid(1);
+        h.set_mtime(100);
+        b.append_data(&mut h, "file", &b"hi"[..]).unwrap();
+        let mut h = tar::Header::new_ustar();
+        h.set_entry_type(tar::EntryType::Symlink);
+        h.set_size(0);
+        h.set_mode(0o777);
+        h.set_mtime(200);
+        b.append_link(&mut h, "sym", "file").unwrap();
+        for (name, target) in [("link", "file"), ("symlink-link", "sym")] {
+            let mut h = tar::Header::new_ustar();
+            h.set_entry_type(tar::EntryType::Link);
+            h.set_size(0);
+            h.set_mode(0o4750);
+            h.set_uid(1000);
+            h.set_gid(2000);
+            h.set_mtime(5000);
+            b.append_link(&mut h, name, target).unwrap();
+        }
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("links.tar");
+        std::fs::write(&p, b.into_inner().unwrap()).unwrap();
+        let root = t.path().join("root");
+        std::fs::create_dir_all(&root).unwrap();
+        unpack(&root, &root.join("d"), &p, Compression::None, None).unwrap();
+
+        let file = std::fs::symlink_metadata(root.join("d/file")).unwrap();
+        let link = std::fs::symlink_metadata(root.join("d/link")).unwrap();
+        assert_eq!((file.ino(), file.nlink()), (link.ino(), 2));
+        assert_eq!(file.mode() & 0o7777, 0o4750);
+        assert_eq!((file.uid(), file.gid()), (1000, 2000));
+        assert_eq!(file.mtime(), 5000);
+        // A link to a symlink takes the owner only: a symlink has no mode and its times stay.
+        let sym = std::fs::symlink_metadata(root.join("d/sym")).unwrap();
+        assert!(sym.file_type().is_symlink());
+        assert_eq!((sym.uid(), sym.gid(), sym.mtime()), (1000, 2000, 200));
     }
 }
