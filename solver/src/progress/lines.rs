@@ -351,7 +351,10 @@ mod tests {
         }
         a.finish(&mut |l| out.push(l));
         assert!(out.iter().all(|l| l.text.len() <= MAX_LINE && !l.ended));
-        assert_eq!(out.iter().map(|l| l.text.len()).sum::<usize>(), 64 * 32 * 1024);
+        assert_eq!(
+            out.iter().map(|l| l.text.len()).sum::<usize>(),
+            64 * 32 * 1024
+        );
         // A redrawn bar that never ends its line keeps only its last state.
         let mut a = LineAssembler::default();
         for i in 0..100_000 {
@@ -372,7 +375,10 @@ mod tests {
             .iter()
             .map(|l| String::from_utf8(l.text.clone()).expect("valid UTF-8 in each piece"))
             .collect();
-        assert_eq!(text.concat(), String::from_utf8(data[..data.len() - 1].to_vec()).unwrap());
+        assert_eq!(
+            text.concat(),
+            String::from_utf8(data[..data.len() - 1].to_vec()).unwrap()
+        );
         assert_eq!(utf8_tail(b"a\xF0\x9F\x98"), 3);
         assert_eq!(utf8_tail(b"a\xF0\x9F\x98\x80"), 0);
         assert_eq!(utf8_tail(b"\xC3"), 1);
