@@ -1,9 +1,12 @@
 //! Build progress on the terminal, in one of three forms (`--progress` or `KILN_PROGRESS`):
-//! - `plain` (the default when stderr is not a terminal): BuildKit-style numbered lines, output
-//!   prefixed by the step number, the tail of a failed step's output, and a summary;
+//! - `plain` (the default when stderr is not a terminal): BuildKit-style numbered lines, each
+//!   output line prefixed by the step number and the seconds since the step started
+//!   (`#5 1.234 Collecting flask`), the tail of a failed step's output, and a summary;
 //! - `tty`: a live view with one spinner and timer per running step showing its last output
 //!   line, CACHED/DONE/ERROR lines above, and a summary line (steps, cached, elapsed);
-//! - `json`: one JSON object per event and line, for tools.
+//! - `json`: one JSON object per event and output line, for tools.
+//!
+//! The solver delivers a step's output as whole lines (see `Event::Log`).
 //!
 //! Everything goes to stderr: stdout stays free for what the command prints.
 
@@ -17,6 +20,20 @@ use std::time::{Duration, Instant};
 
 /// Output lines of a failed step shown under its error.
 const TAIL_LINES: usize = 10;
+
+/// An output line's time as BuildKit's plain view prints it: three decimals under 10 s, two
+/// under 100 s, one above.
+fn line_time(t: Duration) -> String {
+    let secs = t.as_secs_f64();
+    let prec = if secs < 10.0 {
+        3
+    } else if secs < 100.0 {
+        2
+    } else {
+        1
+    };
+    format!("{secs:.prec$}")
+}
 
 pub(crate) struct Renderer {
     started: Instant,
@@ -55,30 +72,28 @@ struct Tty {
     bars: HashMap<usize, ProgressBar>,
 }
 
+/// The last output lines of a step, with their times.
 #[derive(Default)]
 struct Tail {
-    lines: VecDeque<String>,
-    partial: String,
+    lines: VecDeque<(Duration, String)>,
 }
 
 impl Tail {
-    fn push(&mut self, data: &[u8]) {
-        self.partial.push_str(&String::from_utf8_lossy(data));
-        while let Some(pos) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=pos).collect();
-            self.lines.push_back(line.trim_end().to_string());
-            if self.lines.len() > TAIL_LINES {
-                self.lines.pop_front();
-            }
+    fn push(&mut self, time: Duration, line: String) {
+        self.lines.push_back((time, line));
+        if self.lines.len() > TAIL_LINES {
+            self.lines.pop_front();
         }
     }
 
-    fn lines(&self) -> impl Iterator<Item = &str> {
-        self.lines
-            .iter()
-            .map(String::as_str)
-            .chain(Some(self.partial.as_str()).filter(|p| !p.is_empty()))
+    fn lines(&self) -> impl Iterator<Item = &(Duration, String)> {
+        self.lines.iter()
     }
+}
+
+/// The text of an output line: without its newline, lossily decoded.
+fn line_text(data: &[u8]) -> String {
+    String::from_utf8_lossy(data.strip_suffix(b"\n").unwrap_or(data)).into_owned()
 }
 
 /// Chooses the mode: `auto` is `tty` on a terminal and `plain` elsewhere (CI, pipes).
@@ -206,8 +221,13 @@ impl ProgressSink for Renderer {
             Event::Done { .. } => st.counts.done += 1,
             Event::Failed { .. } => st.counts.failed += 1,
             Event::Canceled { .. } => st.counts.canceled += 1,
-            Event::Log { vertex, data, .. } => {
-                st.tails.entry(*vertex).or_default().push(data);
+            Event::Log {
+                vertex, data, time, ..
+            } => {
+                st.tails
+                    .entry(*vertex)
+                    .or_default()
+                    .push(*time, line_text(data));
             }
             // Not a step: the context is checked on every build.
             Event::Context { .. } => {}
@@ -247,8 +267,8 @@ fn plain(st: &State, event: &Event) {
             let first = error.lines().next().unwrap_or_default();
             let mut block = format!("#{vertex} ERROR: {first}\n------\n > {name}:\n");
             if let Some(t) = st.tails.get(vertex) {
-                for l in t.lines() {
-                    block.push_str(&format!("#{vertex} {l}\n"));
+                for (time, l) in t.lines() {
+                    block.push_str(&format!("#{vertex} {} {l}\n", line_time(*time)));
                 }
             }
             block.push_str("------\n");
@@ -258,11 +278,9 @@ fn plain(st: &State, event: &Event) {
         Event::Context { vertex, name, .. } => {
             writeln!(err, "#{vertex} {name}: {}", context_summary(event))
         }
-        Event::Log { vertex, data, .. } => {
-            let text = String::from_utf8_lossy(data);
-            text.lines()
-                .try_for_each(|l| writeln!(err, "#{vertex} {l}"))
-        }
+        Event::Log {
+            vertex, data, time, ..
+        } => writeln!(err, "#{vertex} {} {}", line_time(*time), line_text(data)),
     };
 }
 
@@ -297,10 +315,12 @@ fn json(elapsed: Duration, event: &Event) {
             vertex,
             stream,
             data,
+            time: since_start,
         } => serde_json::json!({
             "event": "log", "time": time, "vertex": vertex,
             "stream": match stream { Stream::Stdout => "stdout", Stream::Stderr => "stderr" },
             "data": String::from_utf8_lossy(data),
+            "step_time": round3(since_start.as_secs_f64()),
         }),
         Event::Context {
             vertex,
@@ -368,7 +388,7 @@ fn tty(st: &mut State, event: &Event) {
             }
             let mut block = format!("ERROR #{vertex} {name}");
             if let Some(tail) = st.tails.get(vertex) {
-                for l in tail.lines() {
+                for (_, l) in tail.lines() {
                     block.push_str(&format!("\n  > {l}"));
                 }
             }
@@ -388,8 +408,8 @@ fn tty(st: &mut State, event: &Event) {
         }
         Event::Log { vertex, .. } => {
             if let (Some(b), Some(tail)) = (t.bars.get(vertex), st.tails.get(vertex)) {
-                if let Some(last) = tail.lines().filter(|l| !l.trim().is_empty()).last() {
-                    b.set_message(last.to_string());
+                if let Some((_, last)) = tail.lines().filter(|(_, l)| !l.trim().is_empty()).last() {
+                    b.set_message(last.clone());
                 }
             }
         }
@@ -464,15 +484,26 @@ mod tests {
     }
 
     #[test]
-    fn tail_keeps_the_last_lines_and_the_unfinished_one() {
+    fn tail_keeps_the_last_lines() {
         let mut t = Tail::default();
         for i in 0..15 {
-            t.push(format!("line {i}\n").as_bytes());
+            t.push(
+                Duration::from_millis(i),
+                line_text(format!("line {i}\n").as_bytes()),
+            );
         }
-        t.push(b"partial");
-        let lines: Vec<&str> = t.lines().collect();
-        assert_eq!(lines.len(), TAIL_LINES + 1);
-        assert_eq!(lines[0], "line 5");
-        assert_eq!(lines[TAIL_LINES], "partial");
+        t.push(Duration::from_secs(1), line_text(b"partial"));
+        let lines: Vec<&str> = t.lines().map(|(_, l)| l.as_str()).collect();
+        assert_eq!(lines.len(), TAIL_LINES);
+        assert_eq!(lines[0], "line 6");
+        assert_eq!(lines[TAIL_LINES - 1], "partial");
+    }
+
+    #[test]
+    fn line_times_are_printed_as_buildkit_does() {
+        assert_eq!(line_time(Duration::from_millis(1234)), "1.234");
+        assert_eq!(line_time(Duration::ZERO), "0.000");
+        assert_eq!(line_time(Duration::from_millis(12_346)), "12.35");
+        assert_eq!(line_time(Duration::from_millis(123_456)), "123.5");
     }
 }

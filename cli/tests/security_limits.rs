@@ -81,7 +81,8 @@ fn read_while_step_runs(k: &Kiln, extra: &[&str], controller: &str, file: &str) 
     let mut seen = Vec::new();
     for line in BufReader::new(stderr).lines().map_while(Result::ok) {
         seen.push(line.clone());
-        let Some(cg_line) = line.strip_prefix("#2 ") else {
+        // `#2 0.012 0::/kiln/...`: the step's output line after its time.
+        let Some((_, cg_line)) = line.strip_prefix("#2 ").and_then(|l| l.split_once(' ')) else {
             continue;
         };
         if value.is_none() {

@@ -35,7 +35,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use kiln_cache::{CachedResult, SnapshotId, Store};
 use kiln_llb::{file_action::Action, op::Kind, Definition, MountType, NetworkMode, Op, OpMetadata};
 use kiln_registry::{Platform, RegistryClient};
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -705,12 +705,6 @@ impl VertexTask {
             state_dir: state,
             runtime: self.session.runtime.clone(),
         };
-        let tail = Arc::new(Mutex::new(Tail::default()));
-        let sink = LogSink {
-            vertex: self.vertex,
-            progress: self.progress.clone(),
-            tail: tail.clone(),
-        };
         let permit = self
             .solver
             .inner
@@ -719,7 +713,18 @@ impl VertexTask {
             .await
             .map_err(|e| SolveError::Op(e.to_string()))?;
         self.started();
-        let outcome = kiln_exec::run(config, Some(Box::new(sink))).await;
+        let log = progress::StepLog::new(self.vertex, Instant::now(), self.progress.clone());
+        let run = kiln_exec::run(config, Some(Box::new(log.clone())));
+        tokio::pin!(run);
+        // Lines a step leaves unfinished (a prompt before a long download) show after a pause.
+        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
+        let outcome = loop {
+            tokio::select! {
+                o = &mut run => break o,
+                _ = tick.tick() => log.flush_stale(),
+            }
+        };
+        log.finish();
         drop(permit);
         drop(extra);
         let outcome = match outcome {
@@ -727,7 +732,7 @@ impl VertexTask {
             Err(err) => return Err(SolveError::Op(err.to_string())),
         };
         if outcome.exit_code != 0 {
-            let mut lines = tail.lock().map(|t| t.render()).unwrap_or_default();
+            let mut lines = log.tail();
             // Rootless with only the caller's own ids mapped, every other id is missing: say
             // why `chown`/`setuid` to one fails, as the command's own message cannot.
             if lines.contains("Invalid argument")
@@ -844,63 +849,6 @@ fn snap_work_dir(store: &Store, snap: SnapshotId) -> Result<PathBuf, SolveError>
         .ok_or_else(|| SolveError::Op("snapshot dir has no parent".into()))?;
     std::fs::create_dir_all(&work).map_err(|e| SolveError::Op(e.to_string()))?;
     Ok(work)
-}
-
-/// The last lines of a step's output, for its error message.
-#[derive(Default)]
-struct Tail {
-    lines: VecDeque<String>,
-    partial: String,
-}
-
-const TAIL_LINES: usize = 10;
-
-impl Tail {
-    fn push(&mut self, data: &[u8]) {
-        self.partial.push_str(&String::from_utf8_lossy(data));
-        while let Some(pos) = self.partial.find('\n') {
-            let line: String = self.partial.drain(..=pos).collect();
-            self.lines.push_back(line.trim_end().to_string());
-            if self.lines.len() > TAIL_LINES {
-                self.lines.pop_front();
-            }
-        }
-    }
-
-    fn render(&self) -> String {
-        let mut out = String::new();
-        for l in self
-            .lines
-            .iter()
-            .chain(Some(&self.partial).filter(|p| !p.is_empty()))
-        {
-            out.push_str("\n  > ");
-            out.push_str(l);
-        }
-        out
-    }
-}
-
-struct LogSink {
-    vertex: usize,
-    progress: Arc<dyn ProgressSink>,
-    tail: Arc<Mutex<Tail>>,
-}
-
-impl kiln_exec::OutputSink for LogSink {
-    fn output(&mut self, stream: kiln_exec::OutputStream, data: &[u8]) {
-        if let Ok(mut t) = self.tail.lock() {
-            t.push(data);
-        }
-        self.progress.event(Event::Log {
-            vertex: self.vertex,
-            stream: match stream {
-                kiln_exec::OutputStream::Stdout => Stream::Stdout,
-                kiln_exec::OutputStream::Stderr => Stream::Stderr,
-            },
-            data: data.to_vec(),
-        });
-    }
 }
 
 /// Runs a file op: mounts the base with a new snapshot on top, applies the actions, commits.

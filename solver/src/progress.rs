@@ -5,6 +5,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+mod lines;
+pub(crate) use lines::StepLog;
+
 /// Which output stream a log chunk came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Stream {
@@ -34,11 +37,15 @@ pub enum Event {
     /// The vertex was running when the build stopped (another step failed, or the build was
     /// interrupted); its sandbox was killed.
     Canceled { vertex: usize, name: String },
-    /// Output of a running step.
+    /// One line of a running step's output, with its newline; the last state of a line
+    /// redrawn with `\r`. A line still unfinished after a pause, at the end, or longer than
+    /// 16 KiB comes without newline, and what follows as the next line.
     Log {
         vertex: usize,
         stream: Stream,
         data: Vec<u8>,
+        /// When the line began, counted from the step's start.
+        time: Duration,
     },
     /// A local context was checked for the steps that read it: walked (one `stat` per entry),
     /// and the files its checksum memo did not know read and hashed. Not a step that runs: it
@@ -180,6 +187,7 @@ mod tests {
             vertex: 1,
             stream: Stream::Stdout,
             data: b"hi\n".to_vec(),
+            time: Duration::ZERO,
         });
         let a = a.0.lock().unwrap();
         let b = b.0.lock().unwrap();
@@ -216,6 +224,7 @@ mod tests {
             vertex: 1,
             stream: Stream::Stdout,
             data: b"more\n".to_vec(),
+            time: Duration::ZERO,
         });
         assert_eq!(a.0.lock().unwrap().len(), 1);
         assert_eq!(late.0.lock().unwrap().len(), 2);
