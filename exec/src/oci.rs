@@ -148,6 +148,23 @@ fn runs_without_cgroups(binary: &str) -> bool {
     Path::new(binary).file_name().and_then(|n| n.to_str()) == Some("crun")
 }
 
+/// Say once per process that a device node an image ships opens under `binary`: it runs
+/// without a cgroup manager, so without a device filter, and remounts the root without
+/// `nodev`, and kiln could not make a v1 device cgroup for it (a cgroup v2 host, where device
+/// rules are an eBPF program kiln does not load). Not rootless: nodes in a user namespace's
+/// mounts never open (`SB_I_NODEV`).
+fn warn_device_nodes_open(binary: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if crate::rootless::in_user_namespace()
+        || WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        return;
+    }
+    eprintln!(
+        "warning: under `{binary}` on this host a device node that a base image ships can be opened by a step (no device cgroup); build untrusted images with the built-in sandbox or `--runtime runc`"
+    );
+}
+
 /// Without a device cgroup, and with a root crun remounts without `nodev` (it binds the root
 /// onto itself and resets the flags), only seccomp keeps a step from making a device node it
 /// could open: see [`crate::seccomp::refuse_device_nodes`]. A spec without seccomp gets a
@@ -479,7 +496,10 @@ pub(crate) async fn run(
     // The runtime process joins it before it execs, so that the container's limits hold (and
     // an out-of-memory kill is seen) whatever the runtime does with `linux.resources`: crun
     // runs without a cgroup manager here.
-    let cgroup = crate::cgroups::Cgroup::create(&config.spec);
+    let cgroup = crate::cgroups::Cgroup::create(&config.spec, !runs_without_cgroups(binary));
+    if runs_without_cgroups(binary) && !cgroup.as_ref().is_some_and(|c| c.restricts_devices()) {
+        warn_device_nodes_open(binary);
+    }
     let mut config = config;
     crate::cgroups::Cgroup::keep_enforceable(&mut config.spec, cgroup.as_ref());
     let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init, &runtime))
