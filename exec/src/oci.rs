@@ -165,10 +165,11 @@ fn warn_device_nodes_open(binary: &str) {
     );
 }
 
-/// Without a device cgroup, and with a root crun remounts without `nodev` (it binds the root
-/// onto itself and resets the flags), only seccomp keeps a step from making a device node it
-/// could open: see [`crate::seccomp::refuse_device_nodes`]. A spec without seccomp gets a
-/// profile that allows everything else.
+/// Without a device cgroup (see [`warn_device_nodes_open`]), and with a root crun remounts
+/// without `nodev` (it binds the root onto itself and resets the flags), only seccomp keeps a
+/// step from making a device node it could open: see [`crate::seccomp::refuse_device_nodes`].
+/// A spec without seccomp gets a profile that allows everything else. Under a device cgroup
+/// `mknod` works as with the other runtimes: the node stays in the layer and never opens.
 fn refuse_device_nodes(spec: &mut Spec) -> Result<(), ExecError> {
     let Some(mut linux) = spec.linux().clone() else {
         return Ok(());
@@ -212,8 +213,13 @@ struct Prepared {
 }
 
 /// Mounts the root, creates the mount points and writes the bundle with `init` as its process
-/// (blocking).
-fn prepare(config: &SandboxConfig, init: &Path, binary: &str) -> Result<Prepared, ExecError> {
+/// (blocking). `device_cgroup`: the run's cgroup lets only the standard devices open.
+fn prepare(
+    config: &SandboxConfig,
+    init: &Path,
+    binary: &str,
+    device_cgroup: bool,
+) -> Result<Prepared, ExecError> {
     let rootfs = &config.rootfs;
     let (upper, work, scratch) = match (&rootfs.upper, &rootfs.work) {
         (Some(u), Some(w)) => (u.clone(), w.clone(), false),
@@ -300,7 +306,7 @@ fn prepare(config: &SandboxConfig, init: &Path, binary: &str) -> Result<Prepared
         .map_err(|e| ExecError::Spec(e.to_string()))?;
     spec.set_root(Some(root_spec));
     cap_rlimits(&mut spec);
-    if runs_without_cgroups(binary) {
+    if runs_without_cgroups(binary) && !device_cgroup {
         refuse_device_nodes(&mut spec)?;
     }
     spec.set_mounts(Some(mounts));
@@ -369,8 +375,9 @@ fn rootless_mounts(mounts: Vec<Mount>, spec: &Spec) -> Result<Vec<Mount>, ExecEr
 
 /// The mounts with `nodev` on every one but devpts, as the built-in sandbox mounts them, and
 /// (with `bind_devices`) the host's standard devices bound into a `/dev` tmpfs: a node a step makes (`mknod`) in the
-/// root, `/dev` or a cache or bind mount then never opens. crun runs without cgroups (see
-/// [`global_args`]), so no device cgroup would stop it there. runc and crun find the standard
+/// root, `/dev` or a cache or bind mount then never opens. crun runs without a cgroup manager
+/// (see [`global_args`]), so only kiln's own device cgroup would stop it there, where the host
+/// has one (`cgroups.rs`). runc and crun find the standard
 /// nodes already in place and keep them (their `mknod` fails with `EEXIST`).
 fn without_device_nodes(mounts: Vec<Mount>, bind_devices: bool) -> Result<Vec<Mount>, ExecError> {
     let mut out = Vec::with_capacity(mounts.len() + crate::spec::STANDARD_DEVICES.len());
@@ -497,14 +504,16 @@ pub(crate) async fn run(
     // an out-of-memory kill is seen) whatever the runtime does with `linux.resources`: crun
     // runs without a cgroup manager here.
     let cgroup = crate::cgroups::Cgroup::create(&config.spec, !runs_without_cgroups(binary));
-    if runs_without_cgroups(binary) && !cgroup.as_ref().is_some_and(|c| c.restricts_devices()) {
+    let device_cgroup = cgroup.as_ref().is_some_and(|c| c.restricts_devices());
+    if runs_without_cgroups(binary) && !device_cgroup {
         warn_device_nodes_open(binary);
     }
     let mut config = config;
     crate::cgroups::Cgroup::keep_enforceable(&mut config.spec, cgroup.as_ref());
-    let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init, &runtime))
-        .await
-        .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare(&config, &init, &runtime, device_cgroup))
+            .await
+            .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
     let runtime_root = state_dir.join(RUNTIME_ROOT);
     let log = state_dir.join(RUNTIME_LOG);
     let _ = tokio::fs::remove_file(&log).await;
