@@ -8,6 +8,11 @@
 //! its config, so everything it forks starts there. After the run the cgroup tells whether the
 //! kernel killed a process for memory, and is removed (what is left in it killed first).
 //!
+//! Where the v1 `devices` controller exists, the same cgroup lets only the standard devices
+//! open (Docker's list), whatever the runtime: defence in depth under the `nodev` mounts of the
+//! built-in sandbox and runc, and the only thing keeping a node an image ships from opening
+//! under crun, which remounts the root without `nodev`.
+//!
 //! A controller kiln cannot use (rootless without delegation, a kernel without it) costs the
 //! limit, not the run: kiln says so once per process and goes on.
 
@@ -246,12 +251,37 @@ pub fn format_size(bytes: u64) -> String {
     format!("{bytes} bytes")
 }
 
+/// The devices a sandbox may open (`rwm`) besides making any node (`m`): Docker's and runc's
+/// default list. `null zero full random urandom`, `tty`, `console`, `ptmx` and `/dev/pts/*`.
+const ALLOWED_DEVICES: [&str; 11] = [
+    "c *:* m",
+    "b *:* m",
+    "c 1:3 rwm",
+    "c 1:5 rwm",
+    "c 1:7 rwm",
+    "c 1:8 rwm",
+    "c 1:9 rwm",
+    "c 5:0 rwm",
+    "c 5:1 rwm",
+    "c 5:2 rwm",
+    "c 136:* rwm",
+];
+
+/// What runc 1.1 allows besides [`ALLOWED_DEVICES`] (`/dev/net/tun`, dropped again in runc
+/// 1.2), in the device cgroup it makes below kiln's: v1 refuses a child any device its parent
+/// denies, so runc would fail to start unless kiln's allows it too. Only for a runtime with
+/// a cgroup of its own: the container then gets what that runtime grants, as under Docker.
+const RUNTIME_CGROUP_DEVICES: [&str; 1] = ["c 10:200 rwm"];
+
 /// The cgroup controllers kiln uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Controller {
     Memory,
     Pids,
     Cpu,
+    /// cgroup v1 only (v2 filters devices with an eBPF program instead, which kiln does not
+    /// load: there the `nodev` mounts alone keep nodes from opening).
+    Devices,
 }
 
 impl Controller {
@@ -260,6 +290,7 @@ impl Controller {
             Controller::Memory => "memory",
             Controller::Pids => "pids",
             Controller::Cpu => "cpu",
+            Controller::Devices => "devices",
         }
     }
 
@@ -269,11 +300,13 @@ impl Controller {
             Controller::Memory => "memory (`--memory`)",
             Controller::Pids => "number of processes (`--pids-limit`, 16384 by default)",
             Controller::Cpu => "CPU time (`--cpus`)",
+            Controller::Devices => "devices (to the standard ones)",
         }
     }
 
     fn warned(self) -> &'static AtomicBool {
-        static WARNED: [AtomicBool; 3] = [
+        static WARNED: [AtomicBool; 4] = [
+            AtomicBool::new(false),
             AtomicBool::new(false),
             AtomicBool::new(false),
             AtomicBool::new(false),
@@ -387,6 +420,15 @@ fn limit_files(
                 files.push(("pids.max", value));
             }
         }
+        // Deny everything first, so that a cgroup made below this one (runc's) can only
+        // narrow the list: a v1 child may allow nothing its parent denies.
+        Controller::Devices if !v2 => {
+            files.push(("devices.deny", "a".to_string()));
+            for rule in ALLOWED_DEVICES {
+                files.push(("devices.allow", rule.to_string()));
+            }
+        }
+        Controller::Devices => {}
         Controller::Cpu => {
             let Some(cpu) = resources.cpu() else {
                 return files;
@@ -414,6 +456,7 @@ fn needs(controller: Controller, resources: &LinuxResources) -> bool {
             !limit_files(controller, false, resources).is_empty()
         }
         Controller::Pids => resources.pids().is_some(),
+        Controller::Devices => true,
     }
 }
 
@@ -479,8 +522,14 @@ fn warn_once(controller: Controller, resources: &LinuxResources, why: &str) {
 impl Cgroup {
     /// The cgroup for `spec`'s `linux.resources`, set up with its limits; `None` when the spec
     /// sets none or no controller could be used (each one that could not is warned about once).
-    pub(crate) fn create(spec: &Spec) -> Option<Cgroup> {
-        let resources = spec.linux().as_ref()?.resources().as_ref()?;
+    /// `runtime_cgroup`: the run's OCI runtime makes its own cgroup below this one (runc).
+    pub(crate) fn create(spec: &Spec, runtime_cgroup: bool) -> Option<Cgroup> {
+        let no_limits = LinuxResources::default();
+        let resources = spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().as_ref())
+            .unwrap_or(&no_limits);
         let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let all = hierarchies(&mountinfo, |m| {
             std::fs::read_to_string(m.join("cgroup.controllers")).unwrap_or_default()
@@ -491,11 +540,26 @@ impl Cgroup {
             memory: None,
             limited: Vec::new(),
         };
-        for controller in [Controller::Pids, Controller::Memory, Controller::Cpu] {
-            if !needs(controller, resources) {
+        // Rootless, the devices controller is never delegated, and needs no cgroup: a user
+        // namespace can neither make a device node nor open one from a mount it made
+        // (`SB_I_NODEV`).
+        let devices = !crate::rootless::in_user_namespace();
+        for controller in [
+            Controller::Pids,
+            Controller::Memory,
+            Controller::Cpu,
+            Controller::Devices,
+        ] {
+            if !needs(controller, resources) || (controller == Controller::Devices && !devices) {
                 continue;
             }
-            let Some(h) = hierarchy_of(controller, &all) else {
+            let Some(h) = hierarchy_of(controller, &all).filter(|h| {
+                // v2 has no devices file to write (see `Controller::Devices`).
+                !(controller == Controller::Devices && h.v2)
+            }) else {
+                if controller == Controller::Devices {
+                    continue;
+                }
                 warn_once(
                     controller,
                     resources,
@@ -520,7 +584,12 @@ impl Cgroup {
                 },
             };
             let mut set = true;
-            for (file, value) in limit_files(controller, h.v2, resources) {
+            let mut files = limit_files(controller, h.v2, resources);
+            if controller == Controller::Devices && runtime_cgroup && !files.is_empty() {
+                files
+                    .extend(RUNTIME_CGROUP_DEVICES.map(|rule| ("devices.allow", rule.to_string())));
+            }
+            for (file, value) in files {
                 let path = dir.join(file);
                 match write_file(&path, &value) {
                     Ok(()) => {}
@@ -536,6 +605,11 @@ impl Cgroup {
                             &format!("cannot write `{value}` to `{}`: {e}", path.display()),
                         );
                         set = false;
+                        // Half a list (everything denied, not all of the standard devices
+                        // allowed) would break the run, not protect it: all or nothing.
+                        if controller == Controller::Devices {
+                            let _ = write_file(&dir.join("devices.allow"), "a");
+                        }
                         break;
                     }
                 }
@@ -552,6 +626,11 @@ impl Cgroup {
             return None;
         }
         Some(cgroup)
+    }
+
+    /// Whether only the standard devices open in the cgroup (a v1 device cgroup).
+    pub(crate) fn restricts_devices(&self) -> bool {
+        self.limited.contains(&Controller::Devices)
     }
 
     /// Drop from `spec` the limits `cgroup` could not set: an OCI runtime would fail where
@@ -1007,6 +1086,51 @@ mod tests {
         Cgroup::keep_enforceable(&mut spec, None);
         let r = spec.linux().as_ref().unwrap().resources().clone().unwrap();
         assert!(r.memory().is_none() && r.cpu().is_none() && r.pids().is_none());
+    }
+
+    #[test]
+    fn the_device_cgroup_denies_all_but_dockers_list() {
+        let r = resources(Limits::default());
+        assert!(needs(Controller::Devices, &r));
+        let files = limit_files(Controller::Devices, false, &r);
+        // Everything denied before anything is allowed, and only the writes of the list.
+        assert_eq!(files[0], ("devices.deny", "a".to_string()));
+        let allowed: Vec<&str> = files[1..]
+            .iter()
+            .map(|(f, v)| {
+                assert_eq!(*f, "devices.allow");
+                v.as_str()
+            })
+            .collect();
+        for rule in [
+            "c *:* m",
+            "b *:* m",
+            "c 1:3 rwm",
+            "c 1:9 rwm",
+            "c 5:2 rwm",
+            "c 136:* rwm",
+        ] {
+            assert!(allowed.contains(&rule), "{rule}: {allowed:?}");
+        }
+        assert!(
+            allowed
+                .iter()
+                .all(|r| !r.starts_with('b') || r.ends_with(" m")),
+            "no block device opens: {allowed:?}"
+        );
+        assert!(!allowed.contains(&"c 1:11 rwm") && !allowed.contains(&"a"));
+        // v2 filters devices with eBPF: no file to write there, and no v2 hierarchy offers it.
+        assert!(limit_files(Controller::Devices, true, &r).is_empty());
+        let all = hierarchies(HYBRID, |_| "hugetlb memory pids\n".to_string());
+        assert_eq!(hierarchy_of(Controller::Devices, &all), None);
+        let with_devices = format!(
+            "{HYBRID}34 26 0:31 / /sys/fs/cgroup/devices rw,relatime shared:16 - cgroup cgroup rw,devices\n"
+        );
+        let all = hierarchies(&with_devices, |_| "hugetlb\n".to_string());
+        assert_eq!(
+            hierarchy_of(Controller::Devices, &all).map(|h| (h.mount.clone(), h.v2)),
+            Some((PathBuf::from("/sys/fs/cgroup/devices"), false))
+        );
     }
 
     #[test]

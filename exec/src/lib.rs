@@ -23,8 +23,10 @@
 //! helper would fire when the engine *thread* that spawned it exits, not the engine).
 //!
 //! Every run gets a cgroup of its own with the spec's `linux.resources` ([`Limits`]: memory,
-//! CPU, and a pids limit even when none is asked for); the helper (or the OCI runtime) joins it
-//! before anything else runs, and it is emptied and removed after the run (`cgroups.rs`).
+//! CPU, and a pids limit even when none is asked for) and, where the v1 `devices` controller
+//! exists, Docker's device list (only the standard devices open); the helper (or the OCI
+//! runtime) joins it before anything else runs, and it is emptied and removed after the run
+//! (`cgroups.rs`).
 
 mod cgroups;
 mod error;

@@ -148,10 +148,28 @@ fn runs_without_cgroups(binary: &str) -> bool {
     Path::new(binary).file_name().and_then(|n| n.to_str()) == Some("crun")
 }
 
-/// Without a device cgroup, and with a root crun remounts without `nodev` (it binds the root
-/// onto itself and resets the flags), only seccomp keeps a step from making a device node it
-/// could open: see [`crate::seccomp::refuse_device_nodes`]. A spec without seccomp gets a
-/// profile that allows everything else.
+/// Say once per process that a device node an image ships opens under `binary`: it runs
+/// without a cgroup manager, so without a device filter, and remounts the root without
+/// `nodev`, and kiln could not make a v1 device cgroup for it (a cgroup v2 host, where device
+/// rules are an eBPF program kiln does not load). Not rootless: nodes in a user namespace's
+/// mounts never open (`SB_I_NODEV`).
+fn warn_device_nodes_open(binary: &str) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    if crate::rootless::in_user_namespace()
+        || WARNED.swap(true, std::sync::atomic::Ordering::Relaxed)
+    {
+        return;
+    }
+    eprintln!(
+        "warning: under `{binary}` on this host a device node that a base image ships can be opened by a step (no device cgroup); build untrusted images with the built-in sandbox or `--runtime runc`"
+    );
+}
+
+/// Without a device cgroup (see [`warn_device_nodes_open`]), and with a root crun remounts
+/// without `nodev` (it binds the root onto itself and resets the flags), only seccomp keeps a
+/// step from making a device node it could open: see [`crate::seccomp::refuse_device_nodes`].
+/// A spec without seccomp gets a profile that allows everything else. Under a device cgroup
+/// `mknod` works as with the other runtimes: the node stays in the layer and never opens.
 fn refuse_device_nodes(spec: &mut Spec) -> Result<(), ExecError> {
     let Some(mut linux) = spec.linux().clone() else {
         return Ok(());
@@ -195,8 +213,13 @@ struct Prepared {
 }
 
 /// Mounts the root, creates the mount points and writes the bundle with `init` as its process
-/// (blocking).
-fn prepare(config: &SandboxConfig, init: &Path, binary: &str) -> Result<Prepared, ExecError> {
+/// (blocking). `device_cgroup`: the run's cgroup lets only the standard devices open.
+fn prepare(
+    config: &SandboxConfig,
+    init: &Path,
+    binary: &str,
+    device_cgroup: bool,
+) -> Result<Prepared, ExecError> {
     let rootfs = &config.rootfs;
     let (upper, work, scratch) = match (&rootfs.upper, &rootfs.work) {
         (Some(u), Some(w)) => (u.clone(), w.clone(), false),
@@ -283,7 +306,7 @@ fn prepare(config: &SandboxConfig, init: &Path, binary: &str) -> Result<Prepared
         .map_err(|e| ExecError::Spec(e.to_string()))?;
     spec.set_root(Some(root_spec));
     cap_rlimits(&mut spec);
-    if runs_without_cgroups(binary) {
+    if runs_without_cgroups(binary) && !device_cgroup {
         refuse_device_nodes(&mut spec)?;
     }
     spec.set_mounts(Some(mounts));
@@ -352,8 +375,9 @@ fn rootless_mounts(mounts: Vec<Mount>, spec: &Spec) -> Result<Vec<Mount>, ExecEr
 
 /// The mounts with `nodev` on every one but devpts, as the built-in sandbox mounts them, and
 /// (with `bind_devices`) the host's standard devices bound into a `/dev` tmpfs: a node a step makes (`mknod`) in the
-/// root, `/dev` or a cache or bind mount then never opens. crun runs without cgroups (see
-/// [`global_args`]), so no device cgroup would stop it there. runc and crun find the standard
+/// root, `/dev` or a cache or bind mount then never opens. crun runs without a cgroup manager
+/// (see [`global_args`]), so only kiln's own device cgroup would stop it there, where the host
+/// has one (`cgroups.rs`). runc and crun find the standard
 /// nodes already in place and keep them (their `mknod` fails with `EEXIST`).
 fn without_device_nodes(mounts: Vec<Mount>, bind_devices: bool) -> Result<Vec<Mount>, ExecError> {
     let mut out = Vec::with_capacity(mounts.len() + crate::spec::STANDARD_DEVICES.len());
@@ -479,12 +503,17 @@ pub(crate) async fn run(
     // The runtime process joins it before it execs, so that the container's limits hold (and
     // an out-of-memory kill is seen) whatever the runtime does with `linux.resources`: crun
     // runs without a cgroup manager here.
-    let cgroup = crate::cgroups::Cgroup::create(&config.spec);
+    let cgroup = crate::cgroups::Cgroup::create(&config.spec, !runs_without_cgroups(binary));
+    let device_cgroup = cgroup.as_ref().is_some_and(|c| c.restricts_devices());
+    if runs_without_cgroups(binary) && !device_cgroup {
+        warn_device_nodes_open(binary);
+    }
     let mut config = config;
     crate::cgroups::Cgroup::keep_enforceable(&mut config.spec, cgroup.as_ref());
-    let prepared = tokio::task::spawn_blocking(move || prepare(&config, &init, &runtime))
-        .await
-        .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
+    let prepared =
+        tokio::task::spawn_blocking(move || prepare(&config, &init, &runtime, device_cgroup))
+            .await
+            .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
     let runtime_root = state_dir.join(RUNTIME_ROOT);
     let log = state_dir.join(RUNTIME_LOG);
     let _ = tokio::fs::remove_file(&log).await;

@@ -108,7 +108,7 @@ pub async fn run(
 
     let writable = config.rootfs.upper.is_some();
     let layers = (config.rootfs.lower.clone(), config.rootfs.upper.clone());
-    let mut cgroup = crate::cgroups::Cgroup::create(&config.spec);
+    let mut cgroup = crate::cgroups::Cgroup::create(&config.spec, false);
     let wire = WireConfig {
         spec: config.spec,
         rootfs: config.rootfs,
