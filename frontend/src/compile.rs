@@ -188,6 +188,11 @@ pub fn compile(
         )));
     }
     compiled.warnings.sort_by_key(|w| w.line);
+    for w in &mut compiled.warnings {
+        if let std::borrow::Cow::Owned(m) = crate::clip::clip_message(&w.message) {
+            w.message = m;
+        }
+    }
     Ok(compiled)
 }
 
@@ -522,7 +527,7 @@ impl<'a> Compiler<'a> {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<String, FrontendError> {
         crate::expand_word(word, lookup, self.df.escape)
-            .map_err(|e| self.fail(instr, format!("cannot expand `{word}`: {e}")))
+            .map_err(|e| self.fail(instr, e.to_string()))
     }
 
     fn global_value(&self, name: &str) -> Option<String> {

@@ -11,7 +11,11 @@ pub(crate) const MAX_NESTING: usize = 100;
 /// A word that cannot be expanded (bad substitution, unterminated quote, `${v:?}` on an unset
 /// variable, ...).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("cannot expand `{word}`: {reason}")]
+#[error(
+    "cannot expand `{}`: {}",
+    crate::clip::clip(word, crate::clip::QUOTE_CHARS),
+    crate::clip::clip_message(reason)
+)]
 pub struct ExpandError {
     /// The word as written.
     pub word: String,
