@@ -18,7 +18,7 @@ pub use compile::{
     compile, BuildOptions, Compiled, ImageResolver, NamedContext, ResolvedImage, Warning,
 };
 pub use dockerignore::{parse_dockerignore, IgnoreMatcher};
-pub use fuzz::fuzz_one;
+pub use fuzz::{fuzz_one, fuzz_shape, hostile_shape};
 pub use parser::{parse, ParseError};
 pub use shell::{expand_heredoc, expand_word, expand_words, ExpandError};
 

@@ -8,6 +8,19 @@
 /// Dockerfile writes.
 pub(crate) const MAX_NESTING: usize = 100;
 
+/// The most bytes one expanded word may hold. Each `ENV V=$V$V` doubles a value, so a few dozen
+/// lines would otherwise ask for terabytes; a process cannot take an argument or variable over
+/// 128 KiB anyway (Linux's `MAX_ARG_STRLEN`).
+pub(crate) const MAX_WORD_BYTES: usize = 1 << 20;
+
+/// The error for a word past [`MAX_WORD_BYTES`].
+fn too_long() -> String {
+    format!(
+        "the expanded word is longer than {} MiB: expand fewer or shorter variables",
+        MAX_WORD_BYTES >> 20
+    )
+}
+
 /// A word that cannot be expanded (bad substitution, unterminated quote, `${v:?}` on an unset
 /// variable, ...).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -80,6 +93,12 @@ pub fn expand_heredoc(
                 word: body.to_string(),
                 reason,
             })?;
+            if out.len() + value.len() > MAX_WORD_BYTES {
+                return Err(ExpandError {
+                    word: body.to_string(),
+                    reason: too_long(),
+                });
+            }
             out.push_str(&value);
             continue;
         }
@@ -238,6 +257,9 @@ impl Scan<'_> {
                         '"' => self.double_quote()?,
                         _ => self.dollar()?,
                     };
+                    if result.len() + tmp.len() > MAX_WORD_BYTES {
+                        return Err(too_long());
+                    }
                     result.push_str(&tmp);
                     if ch == '$' {
                         words.add_string(&tmp);
@@ -320,6 +342,9 @@ impl Scan<'_> {
                 }
                 Some('$') => {
                     let value = self.dollar()?;
+                    if result.len() + value.len() > MAX_WORD_BYTES {
+                        return Err(too_long());
+                    }
                     result.push_str(&value);
                 }
                 Some(_) => {
@@ -891,5 +916,29 @@ mod tests {
             expand_word(&format!("${{V#{}}}", "a".repeat(100_000)), &short, '\\').unwrap(),
             "abc"
         );
+    }
+
+    #[test]
+    fn a_value_doubled_on_every_line_stops_at_the_word_limit() {
+        let mut value = "ab".to_string();
+        let mut lines = 0;
+        loop {
+            let v = value.clone();
+            let e = move |_: &str| Some(v.clone());
+            match expand_word("$V$V", &e, '\\') {
+                Ok(doubled) => value = doubled,
+                Err(err) => {
+                    assert!(err.reason.contains("longer than 1 MiB"), "{}", err.reason);
+                    break;
+                }
+            }
+            lines += 1;
+            assert!(lines < 30, "never stopped");
+        }
+        assert!(value.len() <= MAX_WORD_BYTES);
+        let v = "x".repeat(MAX_WORD_BYTES / 2 + 1);
+        let e = move |_: &str| Some(v.clone());
+        assert!(expand_word("\"$V$V\"", &e, '\\').is_err());
+        assert!(expand_heredoc("$V$V", &e, '\\').is_err());
     }
 }

@@ -186,4 +186,24 @@ mod tests {
             Err(LlbError::DanglingInput { .. })
         ));
     }
+
+    #[test]
+    fn rendering_100000_ops_takes_linear_time() {
+        // Each op looked its metadata up in a list: 100,000 ops took minutes.
+        let mut b = DefinitionBuilder::default();
+        for i in 0..100_000 {
+            b.add(
+                image(&format!("i{i}")),
+                OpMetadata {
+                    name: format!("step {i}"),
+                    ..Default::default()
+                },
+            );
+        }
+        let def = b.build(None);
+        let start = std::time::Instant::now();
+        let json = def.to_json();
+        assert!(start.elapsed() < std::time::Duration::from_secs(30));
+        assert_eq!(json["ops"][99_999]["metadata"]["name"], "step 99999");
+    }
 }
