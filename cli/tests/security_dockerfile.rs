@@ -57,7 +57,10 @@ fn defaults_nested_5000_deep_fail_with_a_message_not_a_stack_overflow() {
     assert!(err.contains("nested deeper than 100 levels"), "{err}");
     assert!(err.len() < 2000, "{} bytes", err.len());
     // In a `RUN`, the shell expands it, not kiln; the parser looks for heredocs in it.
-    let ctx = context(&format!("FROM busybox\nRUN echo {}\n", nested_defaults(5000)));
+    let ctx = context(&format!(
+        "FROM busybox\nRUN echo {}\n",
+        nested_defaults(5000)
+    ));
     let dockerfile = ctx.path().join("Dockerfile");
     let out = k.run(&["debug", "parse", "-f", dockerfile.to_str().unwrap()]);
     assert_ok(&out, "debug parse");
@@ -103,7 +106,10 @@ fn hundred_thousand_env_lines_compile_in_linear_time() {
 #[test]
 fn a_value_doubled_on_every_line_stops_with_a_message() {
     let k = Kiln::new();
-    let ctx = context(&format!("FROM busybox\nENV V=ab\n{}", "ENV V=$V$V\n".repeat(64)));
+    let ctx = context(&format!(
+        "FROM busybox\nENV V=ab\n{}",
+        "ENV V=$V$V\n".repeat(64)
+    ));
     assert_clean_failure(&debug_llb(&k, ctx.path()), "longer than 1 MiB");
 }
 

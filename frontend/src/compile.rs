@@ -579,9 +579,7 @@ impl<'a> Compiler<'a> {
                 let value = match self.opts.build_args.get(name) {
                     Some(v) => Some(v.clone()),
                     None => match default {
-                        Some(d) => {
-                            Some(self.expand_with(instr, d, &|n| self.global_value(n))?)
-                        }
+                        Some(d) => Some(self.expand_with(instr, d, &|n| self.global_value(n))?),
                         None => None,
                     },
                 };
@@ -792,7 +790,11 @@ impl<'a> Compiler<'a> {
     }
 
     /// [`Compiler::stage`] without the look ahead along the `FROM` chain.
-    fn stage_once(&mut self, idx: usize, referrer: &Instruction) -> Result<StageOut, FrontendError> {
+    fn stage_once(
+        &mut self,
+        idx: usize,
+        referrer: &Instruction,
+    ) -> Result<StageOut, FrontendError> {
         match &self.status[idx] {
             Status::Done(out) => return Ok((**out).clone()),
             Status::InProgress => {

@@ -75,7 +75,17 @@ pub fn hostile_shape(data: &[u8], max_size: usize) -> String {
             for i in 0..n {
                 word = format!("${{v{i}{op}{word}}}");
             }
-            let kw = pick(4, &["ENV X=", "RUN echo ", "COPY a ", "LABEL l=", "WORKDIR /", "USER "]);
+            let kw = pick(
+                4,
+                &[
+                    "ENV X=",
+                    "RUN echo ",
+                    "COPY a ",
+                    "LABEL l=",
+                    "WORKDIR /",
+                    "USER ",
+                ],
+            );
             df = format!("FROM busybox\n{kw}{word}\n");
         }
         1 => {
@@ -88,8 +98,15 @@ pub fn hostile_shape(data: &[u8], max_size: usize) -> String {
         2 => {
             df.push_str("FROM busybox AS s0\n");
             for i in 0..n {
-                let from = pick(3, &["COPY --from=", "RUN --mount=type=bind,target=/m,from="]);
-                let tail = if from.starts_with("COPY") { " /a /a" } else { " true" };
+                let from = pick(
+                    3,
+                    &["COPY --from=", "RUN --mount=type=bind,target=/m,from="],
+                );
+                let tail = if from.starts_with("COPY") {
+                    " /a /a"
+                } else {
+                    " true"
+                };
                 df.push_str(&format!("FROM busybox AS s{}\n{from}s{i}{tail}\n", i + 1));
             }
         }
@@ -110,7 +127,11 @@ pub fn hostile_shape(data: &[u8], max_size: usize) -> String {
             );
             for i in 0..n {
                 let j = i / 2;
-                df.push_str(&line.replace("{i}", &i.to_string()).replace("{j}", &j.to_string()));
+                df.push_str(
+                    &line
+                        .replace("{i}", &i.to_string())
+                        .replace("{j}", &j.to_string()),
+                );
                 df.push('\n');
             }
         }

@@ -739,11 +739,7 @@ fn replace(toks: &[Tok], value: &str, replacement: &str, all: bool) -> Result<St
     let mut last_end: Option<usize> = None;
     let mut replaced = false;
     while i <= n {
-        let found = if replaced && !all {
-            None
-        } else {
-            ends[i]
-        };
+        let found = if replaced && !all { None } else { ends[i] };
         match found {
             // An empty match right after a previous match does not count (as in Go's regexp).
             Some(end) if !(end == i && last_end == Some(i)) => {

@@ -49,13 +49,23 @@ fn defaults_nested_5000_deep_are_an_error_naming_the_line() {
     let text = format!("FROM busybox\nENV X={}\n", nested_defaults(5000));
     let (r, _) = compile_on_worker_stack(text);
     let err = r.err().expect("an error");
-    assert!(err.starts_with("Dockerfile:2: cannot expand `${a4999:-"), "{err}");
+    assert!(
+        err.starts_with("Dockerfile:2: cannot expand `${a4999:-"),
+        "{err}"
+    );
     assert!(err.contains("nested deeper than 100 levels"), "{err}");
     assert!(err.len() < 1000, "{} bytes", err.len());
     // Under the limit the value is what it should be.
     let text = format!("FROM busybox\nENV X={}\n", nested_defaults(90));
     let c = compile_on_worker_stack(text).0.unwrap();
-    let env = c.image_config.config().as_ref().unwrap().env().clone().unwrap();
+    let env = c
+        .image_config
+        .config()
+        .as_ref()
+        .unwrap()
+        .env()
+        .clone()
+        .unwrap();
     assert!(env.contains(&"X=x".to_string()), "{env:?}");
 }
 
@@ -78,13 +88,19 @@ fn a_copy_from_chain_deeper_than_the_limit_is_an_error_naming_the_line() {
     let chain = |n: usize| {
         let mut text = "FROM busybox AS s0\n".to_string();
         for i in 0..n {
-            text.push_str(&format!("FROM busybox AS s{}\nCOPY --from=s{i} /a /a\n", i + 1));
+            text.push_str(&format!(
+                "FROM busybox AS s{}\nCOPY --from=s{i} /a /a\n",
+                i + 1
+            ));
         }
         text
     };
     let c = compile_on_worker_stack(chain(15)).0.unwrap();
     assert!(c.definition.ops.len() > 15);
-    let err = compile_on_worker_stack(chain(700)).0.err().expect("an error");
+    let err = compile_on_worker_stack(chain(700))
+        .0
+        .err()
+        .expect("an error");
     assert!(err.contains("more than 16 deep"), "{err}");
     assert!(err.contains(" | COPY --from=s"), "{err}");
 }

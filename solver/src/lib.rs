@@ -213,16 +213,15 @@ impl Solver {
                 continue;
             }
             let digest = op.digest();
-            let inputs: Vec<VertexFuture> = op
-                .inputs
-                .iter()
-                .map(|i| {
-                    futures
-                        .get(&i.digest)
-                        .cloned()
-                        .ok_or_else(|| SolveError::Graph(format!("dangling input {}", i.digest)))
-                })
-                .collect::<Result<_, _>>()?;
+            let inputs: Vec<VertexFuture> =
+                op.inputs
+                    .iter()
+                    .map(|i| {
+                        futures.get(&i.digest).cloned().ok_or_else(|| {
+                            SolveError::Graph(format!("dangling input {}", i.digest))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
             let meta = metadata
                 .get(digest.as_str())
                 .map(|m| (*m).clone())
@@ -239,20 +238,22 @@ impl Solver {
                 counters: counters.clone(),
                 prefetched: prefetch.for_op(&digest),
             };
-            let handle = tokio::spawn(async move {
+            let (done, result) = futures::channel::oneshot::channel();
+            tasks.0.push(tokio::spawn(async move {
                 // All inputs at once, so independent branches run in parallel; the first failure
-                // returns here at once and the solve drops (cancels) everything still running.
-                let results = futures::future::try_join_all(inputs).await?;
-                task.run(results).await.map_err(Arc::new)
-            });
-            tasks.0.push(handle.abort_handle());
+                // returns here at once and the solve cancels everything still running.
+                let r = match futures::future::try_join_all(inputs).await {
+                    Ok(results) => task.run(results).await.map_err(Arc::new),
+                    Err(e) => Err(e),
+                };
+                let _ = done.send(r);
+            }));
             let fut = async move {
-                match handle.await {
-                    Ok(result) => result,
-                    Err(e) => Err(Arc::new(SolveError::Op(format!(
-                        "the step's task ended abnormally: {e}"
-                    )))),
-                }
+                result.await.unwrap_or_else(|_| {
+                    Err(Arc::new(SolveError::Op(
+                        "the step's task ended without a result".into(),
+                    )))
+                })
             }
             .boxed()
             .shared();
@@ -268,7 +269,15 @@ impl Solver {
                 .cloned()
                 .ok_or_else(|| SolveError::Graph("root is not in the graph".into()))?;
             // The root's task ends when everything it needs has.
-            let r = f.await.map_err(unwrap_arc)?;
+            let r = match f.await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Wait for the steps still running to be canceled, so that they report it
+                    // and their sandboxes are gone before the build ends.
+                    tasks.cancel().await;
+                    return Err(unwrap_arc(e));
+                }
+            };
             created_unix = r.created_unix;
             r.output.clone()
         };
@@ -285,8 +294,20 @@ impl Solver {
     }
 }
 
-/// Aborts the tasks when dropped.
-struct AbortOnDrop(Vec<tokio::task::AbortHandle>);
+/// The vertex tasks of a solve, aborted when dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    /// Aborts every task and waits until each has ended.
+    async fn cancel(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+        for task in self.0.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {

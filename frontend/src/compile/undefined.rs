@@ -59,9 +59,7 @@ impl UndefinedVars {
         let candidates = known.into_iter().take(budget).inspect(|_| compared += 1);
         let hint = super::util::did_you_mean(name, candidates).map(str::to_string);
         self.budget.set(budget - compared);
-        self.found
-            .borrow_mut()
-            .push((line, name.to_string(), hint));
+        self.found.borrow_mut().push((line, name.to_string(), hint));
     }
 
     /// The findings as build checks, in the order they were found.
@@ -121,7 +119,11 @@ mod tests {
         u.record(0, "VERSION1x", false, known.iter().map(String::as_str));
         let checks = u.into_checks();
         assert_eq!(checks.len(), SUGGESTION_BUDGET / 1000 + 1);
-        assert!(checks[0].2.contains("did you mean $VERSION0?"), "{:?}", checks[0]);
+        assert!(
+            checks[0].2.contains("did you mean $VERSION0?"),
+            "{:?}",
+            checks[0]
+        );
         assert_eq!(
             checks.last().unwrap().2,
             "Usage of undefined variable '$VERSION1x'"
