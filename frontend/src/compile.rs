@@ -20,6 +20,7 @@ use kiln_llb::{
     OutputRef, SourceOp,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 use util::{clean_path, go_duration, go_list, go_quote_list, go_quote_rune, join_abs, suggestion};
 
 /// What to build and with which inputs.
@@ -228,7 +229,6 @@ struct StageDef<'a> {
 }
 
 /// A compiled stage, as later stages see it.
-#[derive(Clone)]
 struct StageOut {
     state: Option<OutputRef>,
     image: ImageState,
@@ -239,7 +239,9 @@ struct StageOut {
 enum Status {
     Pending,
     InProgress,
-    Done(Box<StageOut>),
+    /// Shared: every `COPY --from` of the stage reads it, and cloning its config each time made
+    /// many such lines quadratic.
+    Done(Rc<StageOut>),
 }
 
 /// Where a COPY reads from.
@@ -734,7 +736,7 @@ impl<'a> Compiler<'a> {
 
         let image_config = out.image.to_oci(&out.platform);
         let compiled = Compiled {
-            definition: self.builder.build(out.state),
+            definition: self.builder.build(out.state.clone()),
             image_config,
             config_extras: out.image.extras(),
             warnings: self.warnings,
@@ -748,15 +750,15 @@ impl<'a> Compiler<'a> {
     /// chain of hundreds of `FROM sN AS sN+1` stages then never nests. The order of the ops is
     /// the same as when each stage compiles its parent first. Other references (`COPY --from`,
     /// `RUN --mount=from=`) still nest, at most [`MAX_STAGE_NESTING`] deep.
-    fn stage(&mut self, idx: usize, referrer: &Instruction) -> Result<StageOut, FrontendError> {
+    fn stage(&mut self, idx: usize, referrer: &Instruction) -> Result<Rc<StageOut>, FrontendError> {
         let mut chain = Vec::new();
-        let mut at = self.from_parent(idx);
+        let mut at = self.base_stage(idx);
         while let Some(p) = at {
             if !matches!(self.status[p], Status::Pending) {
                 break;
             }
             chain.push(p);
-            at = self.from_parent(p);
+            at = self.base_stage(p);
         }
         for &p in chain.iter().rev() {
             let from = self.stages[p].from;
@@ -779,7 +781,7 @@ impl<'a> Compiler<'a> {
 
     /// The earlier stage that stage `idx` starts `FROM`, unless a named build context replaces
     /// the stage or its base.
-    fn from_parent(&self, idx: usize) -> Option<usize> {
+    fn base_stage(&self, idx: usize) -> Option<usize> {
         let def = &self.stages[idx];
         if let Some(own) = &def.name {
             if self.opts.named_contexts.contains_key(own) {
@@ -794,9 +796,9 @@ impl<'a> Compiler<'a> {
         &mut self,
         idx: usize,
         referrer: &Instruction,
-    ) -> Result<StageOut, FrontendError> {
+    ) -> Result<Rc<StageOut>, FrontendError> {
         match &self.status[idx] {
-            Status::Done(out) => return Ok((**out).clone()),
+            Status::Done(out) => return Ok(out.clone()),
             Status::InProgress => {
                 let name = self.stage_label(idx);
                 return Err(self.fail(
@@ -811,7 +813,8 @@ impl<'a> Compiler<'a> {
         }
         self.status[idx] = Status::InProgress;
         let out = self.compile_stage(idx)?;
-        self.status[idx] = Status::Done(Box::new(out.clone()));
+        let out = Rc::new(out);
+        self.status[idx] = Status::Done(out.clone());
         Ok(out)
     }
 
@@ -868,15 +871,15 @@ impl<'a> Compiler<'a> {
             }
         }
         // The latest stage of that name before this one, as BuildKit links them.
-        let parent = self.from_parent(idx);
+        let parent = self.base_stage(idx);
         let mut triggers = Vec::new();
         if let Some(p) = parent {
             let out = self.stage(p, from)?;
-            d.state = out.state;
-            d.image = out.image;
+            d.state = out.state.clone();
+            d.image = out.image.clone();
             d.cmd_set = out.cmd_set;
             if self.stages[idx].platform.is_none() {
-                d.platform = out.platform;
+                d.platform = out.platform.clone();
             }
         } else if let Some(nc) = self.opts.named_contexts.get(&base).cloned() {
             d.cmd_total += 1;
@@ -2126,7 +2129,7 @@ impl<'a> Compiler<'a> {
         // The last stage of that name in the file, as BuildKit resolves `--from`.
         if let Some(&i) = self.last_stage_named.get(&lower) {
             let out = self.stage(i, instr)?;
-            return Ok(CopySource::Stage(out.state));
+            return Ok(CopySource::Stage(out.state.clone()));
         }
         if !from.is_empty() && from.chars().all(|c| c.is_ascii_digit()) {
             let idx: usize = from
@@ -2142,7 +2145,7 @@ impl<'a> Compiler<'a> {
                 ));
             }
             let out = self.stage(idx, instr)?;
-            return Ok(CopySource::Stage(out.state));
+            return Ok(CopySource::Stage(out.state.clone()));
         }
         if let Some(nc) = self.opts.named_contexts.get(&from).cloned() {
             return Ok(match nc {
