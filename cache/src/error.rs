@@ -90,6 +90,13 @@ pub enum CacheError {
     #[error("layer tar entry `{entry}`: {reason}")]
     BadLayer { entry: String, reason: String },
 
+    /// A snapshot chain deeper than overlayfs can stack.
+    #[error(
+        "the filesystem has {layers} layers and overlayfs stacks at most {max}: use fewer steps \
+         (join `RUN` commands with `&&`, copy several files per `COPY`) or squash the base image"
+    )]
+    TooManyLayers { layers: usize, max: usize },
+
     /// A mount request is not possible as asked.
     #[error("cannot mount at `{}`: {reason}", target.display())]
     MountRequest { target: PathBuf, reason: String },

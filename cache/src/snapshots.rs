@@ -17,6 +17,10 @@ use crate::index::{decode_record, Db, COUNTERS, LAYERS, RESULTS, SNAPSHOTS};
 use crate::mount::{self, MountGuard, Mounter};
 use crate::CacheError;
 
+/// The most lower layers one mount may stack: overlayfs's `OVL_MAX_STACK`, the same through
+/// mount(2) and through `fsconfig` `lowerdir+`.
+pub(crate) const MAX_LAYERS: usize = 500;
+
 /// The xattr overlayfs reads to hide a lower directory's contents (value `y`).
 pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
 
@@ -324,6 +328,13 @@ impl Snapshots {
         upper: Option<SnapshotId>,
         target: &Path,
     ) -> Result<MountGuard, CacheError> {
+        if lower.len() > MAX_LAYERS {
+            // The kernel's own answer would be a bare `Invalid argument`.
+            return Err(CacheError::TooManyLayers {
+                layers: lower.len(),
+                max: MAX_LAYERS,
+            });
+        }
         for id in lower.iter().chain(upper.iter()) {
             if !self.fs_dir(*id).is_dir() {
                 return Err(CacheError::SnapshotNotFound(id.0));
@@ -571,6 +582,30 @@ mod tests {
     use crate::mount::tests::FakeMounter;
     use crate::Store;
     use nix::sys::stat::{makedev, mknod, Mode, SFlag};
+
+    #[test]
+    fn a_chain_of_501_layers_is_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let fake = Arc::new(FakeMounter::default());
+        let store = Store::open_with(dir.path(), false, fake.clone()).unwrap();
+        let snaps = store.snapshots();
+        let mut chain = vec![snaps.create(None).unwrap()];
+        for _ in 0..MAX_LAYERS {
+            let top = snaps.create(chain.last().copied()).unwrap();
+            chain.push(top);
+        }
+        chain.reverse();
+        let target = dir.path().join("mnt");
+        fs::create_dir(&target).unwrap();
+        let err = snaps.mount(&chain, None, &target).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "the filesystem has 501 layers and overlayfs stacks at most 500: use fewer steps \
+             (join `RUN` commands with `&&`, copy several files per `COPY`) or squash the base image"
+        );
+        assert!(fake.log.lock().unwrap().is_empty());
+        drop(snaps.mount(&chain[1..], None, &target).unwrap());
+    }
 
     #[test]
     fn mount_plans_with_snapshot_paths_without_root() {

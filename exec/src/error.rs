@@ -11,6 +11,19 @@ pub enum ExecError {
     #[error("invalid sandbox config: {0}")]
     InvalidConfig(String),
 
+    /// The root filesystem has more layers than overlayfs can stack.
+    #[error(
+        "the root filesystem has {layers} layers and overlayfs stacks at most {max}: use fewer \
+         steps (join `RUN` commands with `&&`, copy several files per `COPY`) or squash the base \
+         image"
+    )]
+    TooManyLayers {
+        /// Layers the root needs.
+        layers: usize,
+        /// [`crate::MAX_LAYERS`].
+        max: usize,
+    },
+
     /// `user[:group]` names a user or group the image does not define.
     #[error("unknown {kind} `{name}`: not found in the image's `{file}`; add it to the image or use a numeric id")]
     UnknownUser {

@@ -57,6 +57,10 @@ pub use seccomp::default_seccomp;
 pub use spec::{default_spec, Network, ProcessSpec, DEFAULT_NOFILE, DEFAULT_PATH};
 pub use user::{resolve_user, ResolvedUser};
 
+/// The most read-only layers a root filesystem may stack: overlayfs's `OVL_MAX_STACK`, the same
+/// through mount(2) and through `fsconfig` `lowerdir+`.
+pub const MAX_LAYERS: usize = 500;
+
 /// The directories stacked as the container's root filesystem.
 #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
 pub struct RootFs {

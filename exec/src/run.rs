@@ -43,6 +43,13 @@ pub(crate) fn validate(config: &SandboxConfig) -> Result<(), ExecError> {
     if rootfs.lower.is_empty() {
         return invalid("`rootfs.lower` is empty; give at least one layer directory");
     }
+    if rootfs.lower.len() > crate::MAX_LAYERS {
+        // The kernel's own answer would be a bare `Invalid argument` from the mount.
+        return Err(ExecError::TooManyLayers {
+            layers: rootfs.lower.len(),
+            max: crate::MAX_LAYERS,
+        });
+    }
     if rootfs.upper.is_some() != rootfs.work.is_some() {
         return invalid("`rootfs.upper` and `rootfs.work` must be given together");
     }

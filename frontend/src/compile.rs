@@ -20,6 +20,7 @@ use kiln_llb::{
     OutputRef, SourceOp,
 };
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::rc::Rc;
 use util::{clean_path, go_duration, go_list, go_quote_list, go_quote_rune, join_abs, suggestion};
 
 /// What to build and with which inputs.
@@ -199,8 +200,18 @@ pub fn compile(
         )));
     }
     compiled.warnings.sort_by_key(|w| w.line);
+    for w in &mut compiled.warnings {
+        if let std::borrow::Cow::Owned(m) = crate::clip::clip_message(&w.message) {
+            w.message = m;
+        }
+    }
     Ok(compiled)
 }
+
+/// How deeply stage compilations may nest (`COPY --from=a` in `b`, `COPY --from=b` in `c`, ...).
+/// Each level costs stack (up to 64 KiB in debug builds; 16 levels fit in half of the 2 MiB of a
+/// tokio thread, where the daemon compiles); `FROM` chains do not nest at all.
+const MAX_STAGE_NESTING: usize = 16;
 
 /// Build args BuildKit passes to `RUN` without an `ARG` and keeps out of the history.
 const PROXY_ARGS: &[&str] = &[
@@ -229,7 +240,6 @@ struct StageDef<'a> {
 }
 
 /// A compiled stage, as later stages see it.
-#[derive(Clone)]
 struct StageOut {
     state: Option<OutputRef>,
     image: ImageState,
@@ -239,7 +249,9 @@ struct StageOut {
 enum Status {
     Pending,
     InProgress,
-    Done(Box<StageOut>),
+    /// Shared: every `COPY --from` of the stage reads it, and cloning its config each time made
+    /// many such lines quadratic.
+    Done(Rc<StageOut>),
 }
 
 /// Where a COPY reads from.
@@ -259,6 +271,9 @@ struct Dispatch {
     image: ImageState,
     /// ARGs in scope, in declaration order.
     args: Vec<(String, Option<String>)>,
+    /// The last slot of each name in `args`, so that look-ups cost the same however many ARGs a
+    /// stage declares.
+    arg_slots: HashMap<String, usize>,
     cmd_set: bool,
     cmd_index: usize,
     cmd_total: usize,
@@ -271,11 +286,19 @@ impl Dispatch {
         if let Some(v) = self.image.env_get(name) {
             return Some(v.to_string());
         }
-        self.args
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
-            .and_then(|(_, v)| v.clone())
+        self.arg(name).and_then(|v| v.clone())
+    }
+
+    /// The value of the last `ARG name` in scope: `None` when there is none, `Some(None)` when it
+    /// has no value.
+    fn arg(&self, name: &str) -> Option<&Option<String>> {
+        let &i = self.arg_slots.get(name)?;
+        self.args.get(i).map(|(_, v)| v)
+    }
+
+    fn push_arg(&mut self, name: String, value: Option<String>) {
+        self.arg_slots.insert(name.clone(), self.args.len());
+        self.args.push((name, value));
     }
 
     /// `[label i/n] text`, counting this step.
@@ -300,7 +323,7 @@ impl Dispatch {
     /// The environment of a `RUN`: the image's env, then ARGs with a value not shadowed by an
     /// ENV, then proxy build args, then a default `PATH`.
     fn exec_env(&self, build_args: &BTreeMap<String, String>) -> Vec<String> {
-        let mut env = self.image.env.clone();
+        let mut env = self.image.env().to_vec();
         let key_of = |e: &str| e.split_once('=').map_or(e, |(k, _)| k).to_string();
         let env_keys: BTreeSet<String> = env.iter().map(|e| key_of(e)).collect();
         let mut arg_slots: HashMap<String, usize> = HashMap::new();
@@ -418,6 +441,8 @@ struct Compiler<'a> {
     warnings: Vec<Warning>,
     /// Global ARGs (before the first FROM) and the automatic platform args, with values.
     globals: Vec<(String, Option<String>)>,
+    /// The last slot of each name in `globals`.
+    global_slots: HashMap<String, usize>,
     /// The automatic platform args, only visible in a stage once declared.
     platform_args: Vec<(String, String)>,
     stages: Vec<StageDef<'a>>,
@@ -430,6 +455,12 @@ struct Compiler<'a> {
     /// UndefinedVar findings of the instructions compiled so far.
     undefined: undefined::UndefinedVars,
     runs: Vec<RunStep>,
+    /// How many stage compilations are open (one stage's `COPY --from` compiling another).
+    nesting: usize,
+    /// For each stage, the earlier stage its `FROM` names.
+    parents: Vec<Option<usize>>,
+    /// The last stage of each (lower-case) name.
+    last_stage_named: HashMap<String, usize>,
 }
 
 impl<'a> Compiler<'a> {
@@ -461,6 +492,11 @@ impl<'a> Compiler<'a> {
                 .iter()
                 .map(|(k, v)| (k.clone(), Some(v.clone())))
                 .collect(),
+            global_slots: platform_args
+                .iter()
+                .enumerate()
+                .map(|(i, (k, _))| (k.clone(), i))
+                .collect(),
             platform_args,
             stages: Vec::new(),
             status: Vec::new(),
@@ -471,6 +507,9 @@ impl<'a> Compiler<'a> {
             multi_stage: false,
             undefined: undefined::UndefinedVars::default(),
             runs: Vec::new(),
+            nesting: 0,
+            parents: Vec::new(),
+            last_stage_named: HashMap::new(),
         };
         c.split_stages()?;
         Ok(c)
@@ -503,14 +542,13 @@ impl<'a> Compiler<'a> {
         lookup: &dyn Fn(&str) -> Option<String>,
     ) -> Result<String, FrontendError> {
         crate::expand_word(word, lookup, self.df.escape)
-            .map_err(|e| self.fail(instr, format!("cannot expand `{word}`: {e}")))
+            .map_err(|e| self.fail(instr, e.to_string()))
     }
 
     fn global_value(&self, name: &str) -> Option<String> {
-        self.globals
-            .iter()
-            .rev()
-            .find(|(k, _)| k == name)
+        self.global_slots
+            .get(name)
+            .and_then(|&i| self.globals.get(i))
             .and_then(|(_, v)| v.clone())
     }
 
@@ -555,20 +593,12 @@ impl<'a> Compiler<'a> {
                 let value = match self.opts.build_args.get(name) {
                     Some(v) => Some(v.clone()),
                     None => match default {
-                        Some(d) => {
-                            let globals = self.globals.clone();
-                            let lookup = move |n: &str| {
-                                globals
-                                    .iter()
-                                    .rev()
-                                    .find(|(k, _)| k == n)
-                                    .and_then(|(_, v)| v.clone())
-                            };
-                            Some(self.expand_with(instr, d, &lookup)?)
-                        }
+                        Some(d) => Some(self.expand_with(instr, d, &|n| self.global_value(n))?),
                         None => None,
                     },
                 };
+                self.global_slots
+                    .insert(name.to_string(), self.globals.len());
                 self.globals.push((name.to_string(), value));
             }
         }
@@ -581,11 +611,11 @@ impl<'a> Compiler<'a> {
             .collect();
         starts.push(instrs.len());
         let globals = self.globals.clone();
+        let global_slots = self.global_slots.clone();
         let lookup = move |n: &str| {
-            globals
-                .iter()
-                .rev()
-                .find(|(k, _)| k == n)
+            global_slots
+                .get(n)
+                .and_then(|&i| globals.get(i))
                 .and_then(|(_, v)| v.clone())
         };
         for w in starts.windows(2) {
@@ -647,6 +677,16 @@ impl<'a> Compiler<'a> {
                 commands,
             });
         }
+        // The latest stage of the base's name before each stage, as BuildKit links them.
+        let mut named = HashMap::new();
+        for (i, def) in self.stages.iter().enumerate() {
+            self.parents
+                .push(named.get(&def.base.to_ascii_lowercase()).copied());
+            if let Some(n) = &def.name {
+                named.insert(n.clone(), i);
+            }
+        }
+        self.last_stage_named = named;
         self.status = self.stages.iter().map(|_| Status::Pending).collect();
         self.multi_stage = self.stages.len() > 1;
         Ok(())
@@ -667,12 +707,8 @@ impl<'a> Compiler<'a> {
             Some(t) => {
                 let lower = t.to_ascii_lowercase();
                 // The last stage of a name wins, as in BuildKit (DuplicateStageName warns).
-                match self
-                    .stages
-                    .iter()
-                    .rposition(|s| s.name.as_deref() == Some(&lower))
-                {
-                    Some(i) => i,
+                match self.last_stage_named.get(&lower) {
+                    Some(&i) => i,
                     None => {
                         let names = self.stage_names();
                         let hint = suggestion(&lower, names.iter().copied());
@@ -712,7 +748,7 @@ impl<'a> Compiler<'a> {
 
         let image_config = out.image.to_oci(&out.platform);
         let compiled = Compiled {
-            definition: self.builder.build(out.state),
+            definition: self.builder.build(out.state.clone()),
             image_config,
             config_extras: out.image.extras(),
             warnings: self.warnings,
@@ -722,9 +758,60 @@ impl<'a> Compiler<'a> {
     }
 
     /// The compiled stage `idx`, compiling it (and what it needs) on first use.
-    fn stage(&mut self, idx: usize, referrer: &Instruction) -> Result<StageOut, FrontendError> {
+    ///
+    /// A stage's `FROM <earlier stage>` chain is compiled first, from its far end, in a loop: a
+    /// chain of hundreds of `FROM sN AS sN+1` stages then never nests. The order of the ops is
+    /// the same as when each stage compiles its parent first. Other references (`COPY --from`,
+    /// `RUN --mount=from=`) still nest, at most [`MAX_STAGE_NESTING`] deep.
+    fn stage(&mut self, idx: usize, referrer: &Instruction) -> Result<Rc<StageOut>, FrontendError> {
+        let mut chain = Vec::new();
+        let mut at = self.base_stage(idx);
+        while let Some(p) = at {
+            if !matches!(self.status[p], Status::Pending) {
+                break;
+            }
+            chain.push(p);
+            at = self.base_stage(p);
+        }
+        for &p in chain.iter().rev() {
+            let from = self.stages[p].from;
+            self.stage_once(p, from)?;
+        }
+        if self.nesting >= MAX_STAGE_NESTING && matches!(self.status[idx], Status::Pending) {
+            return Err(self.fail(
+                referrer,
+                format!(
+                    "stages refer to each other (`COPY --from`, `RUN --mount=from=`) more than \
+                     {MAX_STAGE_NESTING} deep: copy from fewer stages in a row"
+                ),
+            ));
+        }
+        self.nesting += 1;
+        let out = self.stage_once(idx, referrer);
+        self.nesting -= 1;
+        out
+    }
+
+    /// The earlier stage that stage `idx` starts `FROM`, unless a named build context replaces
+    /// the stage or its base.
+    fn base_stage(&self, idx: usize) -> Option<usize> {
+        let def = &self.stages[idx];
+        if let Some(own) = &def.name {
+            if self.opts.named_contexts.contains_key(own) {
+                return None;
+            }
+        }
+        self.parents.get(idx).copied().flatten()
+    }
+
+    /// [`Compiler::stage`] without the look ahead along the `FROM` chain.
+    fn stage_once(
+        &mut self,
+        idx: usize,
+        referrer: &Instruction,
+    ) -> Result<Rc<StageOut>, FrontendError> {
         match &self.status[idx] {
-            Status::Done(out) => return Ok((**out).clone()),
+            Status::Done(out) => return Ok(out.clone()),
             Status::InProgress => {
                 let name = self.stage_label(idx);
                 return Err(self.fail(
@@ -739,7 +826,8 @@ impl<'a> Compiler<'a> {
         }
         self.status[idx] = Status::InProgress;
         let out = self.compile_stage(idx)?;
-        self.status[idx] = Status::Done(Box::new(out.clone()));
+        let out = Rc::new(out);
+        self.status[idx] = Status::Done(out.clone());
         Ok(out)
     }
 
@@ -755,7 +843,6 @@ impl<'a> Compiler<'a> {
         let from = def.from;
         let commands = def.commands;
         let base = def.base.clone();
-        let base_lower = base.to_ascii_lowercase();
         let meta_stage = self.stage_label(idx);
         let label = if self.multi_stage {
             meta_stage.clone()
@@ -777,6 +864,7 @@ impl<'a> Compiler<'a> {
             state: None,
             image: ImageState::scratch(),
             args: Vec::new(),
+            arg_slots: HashMap::new(),
             cmd_set: false,
             cmd_index: 0,
             cmd_total: ops_in_stage,
@@ -795,19 +883,17 @@ impl<'a> Compiler<'a> {
             }
         }
         // The latest stage of that name before this one, as BuildKit links them.
-        let parent = self.stages[..idx]
-            .iter()
-            .rposition(|s| s.name.as_deref() == Some(base_lower.as_str()));
+        let parent = self.base_stage(idx);
         let mut triggers = Vec::new();
         if let Some(p) = parent {
             // A stage is a base like an image (BuildKit clones only its image config): its
             // `CMD` counts as inherited, so `ENTRYPOINT` here clears it, and its ONBUILD
             // triggers run here, first, and go no further.
             let out = self.stage(p, from)?;
-            d.state = out.state;
-            d.image = out.image;
+            d.state = out.state.clone();
+            d.image = out.image.clone();
             if self.stages[idx].platform.is_none() {
-                d.platform = out.platform;
+                d.platform = out.platform.clone();
             }
             triggers = self.onbuild_triggers(&d.image.onbuild, from)?;
             d.image.onbuild.clear();
@@ -1042,13 +1128,13 @@ impl<'a> Compiler<'a> {
     /// `d.lookup(name)`, noting an UndefinedVar finding when the stage neither has an ENV nor
     /// declares an ARG of that name (an ARG without a value is declared: it expands to nothing).
     fn checked_lookup(&self, d: &Dispatch, instr: &Instruction, name: &str) -> Option<String> {
-        let declared = d.image.env_get(name).is_some() || d.args.iter().any(|(k, _)| k == name);
+        let declared = d.image.env_get(name).is_some() || d.arg(name).is_some();
         self.undefined.record(
             instr.start_line,
             name,
             declared,
             d.image
-                .env
+                .env()
                 .iter()
                 .map(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k))
                 .chain(d.args.iter().map(|(k, _)| k.as_str())),
@@ -1186,7 +1272,7 @@ impl<'a> Compiler<'a> {
             } else {
                 self.global_value(name)
             };
-            d.args.push((name.to_string(), value));
+            d.push_arg(name.to_string(), value);
         }
         d.image
             .add_history(format!("ARG {}", commit.join(" ")), true);
@@ -2065,13 +2151,9 @@ impl<'a> Compiler<'a> {
         }
         let lower = from.to_ascii_lowercase();
         // The last stage of that name in the file, as BuildKit resolves `--from`.
-        if let Some(i) = self
-            .stages
-            .iter()
-            .rposition(|s| s.name.as_deref() == Some(&lower))
-        {
+        if let Some(&i) = self.last_stage_named.get(&lower) {
             let out = self.stage(i, instr)?;
-            return Ok(CopySource::Stage(out.state));
+            return Ok(CopySource::Stage(out.state.clone()));
         }
         if !from.is_empty() && from.chars().all(|c| c.is_ascii_digit()) {
             let idx: usize = from
@@ -2087,7 +2169,7 @@ impl<'a> Compiler<'a> {
                 ));
             }
             let out = self.stage(idx, instr)?;
-            return Ok(CopySource::Stage(out.state));
+            return Ok(CopySource::Stage(out.state.clone()));
         }
         if let Some(nc) = self.opts.named_contexts.get(&from).cloned() {
             return Ok(match nc {

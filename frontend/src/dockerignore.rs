@@ -316,49 +316,63 @@ fn validate(pattern: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
-/// Whole-string match of `toks` against `text`, memoised over (token, position).
+/// Whole-string match of `toks` against `text`, a token at a time from the last: tokens ×
+/// characters of work, two rows of memory and no recursion, however long a hostile pattern is.
 fn glob_match(toks: &[Tok], text: &[char]) -> bool {
-    let mut memo = vec![vec![None; text.len() + 1]; toks.len() + 1];
-    go(toks, text, 0, 0, &mut memo)
-}
-
-fn go(toks: &[Tok], text: &[char], t: usize, p: usize, memo: &mut Vec<Vec<Option<bool>>>) -> bool {
-    if let Some(r) = memo[t][p] {
-        return r;
-    }
     let n = text.len();
-    let r = match toks.get(t) {
-        None => p == n,
-        Some(Tok::All) => go(toks, text, t + 1, n, memo),
-        Some(Tok::Star) => {
-            let mut q = p;
-            loop {
-                if go(toks, text, t + 1, q, memo) {
-                    break true;
+    // Each of these eats one character: a pattern with more of them than the path has
+    // characters cannot match, and a long hostile pattern costs nothing per path.
+    let eating = toks
+        .iter()
+        .filter(|t| matches!(t, Tok::One | Tok::Lit(_) | Tok::Class { .. }))
+        .count();
+    if eating > n {
+        return false;
+    }
+    // `next[p]`: whether the tokens after the current one match `text[p..]`.
+    let mut next: Vec<bool> = (0..=n).map(|p| p == n).collect();
+    for tok in toks.iter().rev() {
+        let mut row = vec![false; n + 1];
+        match tok {
+            Tok::All => row.fill(next[n]),
+            Tok::Star => {
+                // `*` stops at a `/`: the rest matches here, or one more non-`/` is eaten.
+                row[n] = next[n];
+                for p in (0..n).rev() {
+                    row[p] = next[p] || (text[p] != '/' && row[p + 1]);
                 }
-                if q >= n || text[q] == '/' {
-                    break false;
+            }
+            Tok::Dirs => {
+                // The rest matches here or just after some later `/`.
+                let mut after_a_slash = false;
+                row[n] = next[n];
+                for p in (0..n).rev() {
+                    after_a_slash |= text[p] == '/' && next[p + 1];
+                    row[p] = next[p] || after_a_slash;
                 }
-                q += 1;
+            }
+            Tok::One => {
+                for p in 0..n {
+                    row[p] = text[p] != '/' && next[p + 1];
+                }
+            }
+            Tok::Lit(c) => {
+                for p in 0..n {
+                    row[p] = text[p] == *c && next[p + 1];
+                }
+            }
+            Tok::Class { negated, ranges } => {
+                for p in 0..n {
+                    let inside = ranges
+                        .iter()
+                        .any(|&(lo, hi)| lo <= text[p] && text[p] <= hi);
+                    row[p] = inside != *negated && next[p + 1];
+                }
             }
         }
-        Some(Tok::Dirs) => {
-            go(toks, text, t + 1, p, memo)
-                || (p..n).any(|q| text[q] == '/' && go(toks, text, t + 1, q + 1, memo))
-        }
-        Some(Tok::One) => p < n && text[p] != '/' && go(toks, text, t + 1, p + 1, memo),
-        Some(Tok::Lit(c)) => p < n && text[p] == *c && go(toks, text, t + 1, p + 1, memo),
-        Some(Tok::Class { negated, ranges }) => {
-            p < n
-                && ranges
-                    .iter()
-                    .any(|&(lo, hi)| lo <= text[p] && text[p] <= hi)
-                    != *negated
-                && go(toks, text, t + 1, p + 1, memo)
-        }
-    };
-    memo[t][p] = Some(r);
-    r
+        next = row;
+    }
+    next[0]
 }
 
 /// Go's `path.Clean`: one `/` between elements, no `.` elements, `..` resolved lexically, no
@@ -659,5 +673,28 @@ mod tests {
         ] {
             assert_eq!(clean(input), want, "{input:?}");
         }
+    }
+
+    #[test]
+    fn a_path_as_long_as_linux_allows_does_not_overflow_the_stack() {
+        // Matching recursed once per character: a 4,096-character path against a pattern as
+        // long needed more than the 256 KiB given here.
+        let pattern = format!("{}*", "a?".repeat(2048));
+        let path = "ab".repeat(2048);
+        let matched = std::thread::Builder::new()
+            .stack_size(256 << 10)
+            .spawn(move || {
+                let m = matcher(&[pattern.as_str()]);
+                (m.matches(&path), m.matches(&path[1..]))
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(matched, (true, false));
+        // A pattern longer than any path is never matched character by character.
+        let long = format!("a*{}", "a".repeat(100_000));
+        let m = matcher(&[long.as_str(), "x/**/y*"]);
+        assert!(!m.matches("aaa"));
+        assert!(m.matches("x/q/r/y1"));
     }
 }

@@ -6,6 +6,7 @@
 //! expansion), `dockerignore` (moby's matcher), `compile` (ast → LLB + image config).
 
 pub mod ast;
+mod clip;
 mod compile;
 mod dockerignore;
 mod fuzz;
@@ -17,7 +18,7 @@ pub use compile::{
     compile, BuildOptions, Compiled, ImageResolver, NamedContext, ResolvedImage, RunStep, Warning,
 };
 pub use dockerignore::{parse_dockerignore, IgnoreMatcher};
-pub use fuzz::fuzz_one;
+pub use fuzz::{fuzz_one, fuzz_shape, hostile_shape};
 pub use parser::{parse, ParseError};
 pub use shell::{expand_heredoc, expand_word, expand_words, ExpandError};
 
@@ -26,14 +27,19 @@ pub use shell::{expand_heredoc, expand_word, expand_words, ExpandError};
 pub enum FrontendError {
     #[error(transparent)]
     Parse(#[from] ParseError),
-    /// An error tied to one instruction: `file:line: message`, quoting the instruction.
-    #[error("{file}:{line}: {message}\n  {line} | {instruction}")]
+    /// An error tied to one instruction: `file:line: message`, quoting the instruction (both cut
+    /// to a readable length when they quote long input).
+    #[error(
+        "{file}:{line}: {}\n  {line} | {}",
+        clip::clip_message(message),
+        clip::clip(instruction, clip::QUOTE_CHARS)
+    )]
     Instruction {
         file: String,
         line: usize,
         instruction: String,
         message: String,
     },
-    #[error("{0}")]
+    #[error("{}", clip::clip_message(.0))]
     Other(String),
 }

@@ -8,7 +8,7 @@ use crate::shell::Lexer;
 /// A Dockerfile that cannot be parsed. Displays as `Dockerfile:LINE: what is wrong`, with what
 /// to do about it where there is something to say.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("Dockerfile:{line}: {message}")]
+#[error("Dockerfile:{line}: {}", crate::clip::clip_message(message))]
 pub struct ParseError {
     /// 1-based line the problem is on (the instruction's first line).
     pub line: usize,

@@ -2,10 +2,33 @@
 //! (`frontend/dockerfile/shell/lex.go`): quotes, the escape character, `$var`, `${var}` and the
 //! `${var<op>word}` forms `:-` `-` `:+` `+` `:?` `?` `#` `##` `%` `%%` `/` `//`.
 
+/// How deeply `${...}` may nest inside another's word (`${a:-${b:-...}}`). Expansion recurses
+/// once per level; the limit keeps a hostile Dockerfile from overflowing the stack (a tokio
+/// worker's is 2 MiB; a level costs a few KiB in debug builds), far above anything a real
+/// Dockerfile writes.
+pub(crate) const MAX_NESTING: usize = 100;
+
+/// The most bytes one expanded word may hold. Each `ENV V=$V$V` doubles a value, so a few dozen
+/// lines would otherwise ask for terabytes; a process cannot take an argument or variable over
+/// 128 KiB anyway (Linux's `MAX_ARG_STRLEN`).
+pub(crate) const MAX_WORD_BYTES: usize = 1 << 20;
+
+/// The error for a word past [`MAX_WORD_BYTES`].
+fn too_long() -> String {
+    format!(
+        "the expanded word is longer than {} MiB: expand fewer or shorter variables",
+        MAX_WORD_BYTES >> 20
+    )
+}
+
 /// A word that cannot be expanded (bad substitution, unterminated quote, `${v:?}` on an unset
 /// variable, ...).
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("cannot expand `{word}`: {reason}")]
+#[error(
+    "cannot expand `{}`: {}",
+    crate::clip::clip(word, crate::clip::QUOTE_CHARS),
+    crate::clip::clip_message(reason)
+)]
 pub struct ExpandError {
     /// The word as written.
     pub word: String,
@@ -59,6 +82,7 @@ pub fn expand_heredoc(
     let mut scan = Scan {
         chars: body.chars().collect(),
         pos: 0,
+        depth: 0,
         env,
         lex: Lexer::new(escape),
     };
@@ -69,6 +93,12 @@ pub fn expand_heredoc(
                 word: body.to_string(),
                 reason,
             })?;
+            if out.len() + value.len() > MAX_WORD_BYTES {
+                return Err(ExpandError {
+                    word: body.to_string(),
+                    reason: too_long(),
+                });
+            }
             out.push_str(&value);
             continue;
         }
@@ -125,6 +155,7 @@ impl Lexer {
         let mut scan = Scan {
             chars: word.chars().collect(),
             pos: 0,
+            depth: 0,
             env,
             lex: *self,
         };
@@ -179,6 +210,8 @@ impl Words {
 struct Scan<'a> {
     chars: Vec<char>,
     pos: usize,
+    /// How many `${` are open around the current position.
+    depth: usize,
     env: &'a dyn Fn(&str) -> Option<String>,
     lex: Lexer,
 }
@@ -224,6 +257,9 @@ impl Scan<'_> {
                         '"' => self.double_quote()?,
                         _ => self.dollar()?,
                     };
+                    if result.len() + tmp.len() > MAX_WORD_BYTES {
+                        return Err(too_long());
+                    }
                     result.push_str(&tmp);
                     if ch == '$' {
                         words.add_string(&tmp);
@@ -306,6 +342,9 @@ impl Scan<'_> {
                 }
                 Some('$') => {
                     let value = self.dollar()?;
+                    if result.len() + value.len() > MAX_WORD_BYTES {
+                        return Err(too_long());
+                    }
                     result.push_str(&value);
                 }
                 Some(_) => {
@@ -354,6 +393,20 @@ impl Scan<'_> {
             Some('{' | '}' | ':') => return Err("syntax error: bad substitution".to_string()),
             Some(_) => {}
         }
+        if self.depth >= MAX_NESTING {
+            return Err(format!(
+                "variable expansion nested deeper than {MAX_NESTING} levels: flatten the `${{...}}` \
+                 defaults, or set the value with an `ARG`/`ENV` line first"
+            ));
+        }
+        self.depth += 1;
+        let r = self.braced();
+        self.depth -= 1;
+        r
+    }
+
+    /// `${...}` after the `${`.
+    fn braced(&mut self) -> Result<String, String> {
         let name = self.process_name();
         let Some(ch) = self.next() else {
             return Err("syntax error: missing `}`".to_string());
@@ -430,11 +483,11 @@ impl Scan<'_> {
                             None => (false, word.as_str()),
                         };
                         let toks = glob_tokens(pattern);
-                        Ok(if op == '#' {
+                        if op == '#' {
                             trim_prefix(&toks, &value, greedy)
                         } else {
                             trim_suffix(&toks, &value, greedy)
-                        })
+                        }
                     }
                     _ => Err(format!("unsupported modifier `{chs}` in substitution")),
                 }
@@ -471,7 +524,7 @@ impl Scan<'_> {
                     }
                     return Ok(String::new());
                 };
-                Ok(replace(&glob_tokens(&pattern), &value, &replacement, all))
+                replace(&glob_tokens(&pattern), &value, &replacement, all)
             }
             other => Err(format!("unsupported modifier `{other}` in substitution")),
         }
@@ -600,82 +653,93 @@ impl Tok {
     }
 }
 
-/// Matches `toks` against `text` starting at `start`, trying `*` lengths longest-first when
-/// `greedy` (shortest-first otherwise), and returns the end of the first match found in that
-/// order: the leftmost-first semantics of the regular expression BuildKit builds. Memoised so
-/// that patterns full of `*` stay polynomial.
-fn match_from(toks: &[Tok], text: &[char], start: usize, greedy: bool) -> Option<usize> {
-    let n = text.len();
-    // memo[t][p]: None = not computed, Some(r) = result for token t at position p.
-    let mut memo: Vec<Vec<Option<Option<usize>>>> = vec![vec![None; n + 1]; toks.len() + 1];
+/// Most matching work (pattern tokens × value characters) a `${v#p}`, `${v%p}` or `${v/p/r}`
+/// may cost; a pattern and value this large come only from a hostile Dockerfile.
+const MAX_MATCH_WORK: usize = 50_000_000;
 
-    fn go(
-        toks: &[Tok],
-        text: &[char],
-        t: usize,
-        p: usize,
-        greedy: bool,
-        memo: &mut Vec<Vec<Option<Option<usize>>>>,
-    ) -> Option<usize> {
-        if let Some(r) = memo[t][p] {
-            return r;
-        }
-        let r = match toks.get(t) {
-            None => Some(p),
-            Some(Tok::Star) => {
-                let n = text.len();
-                if greedy {
-                    (p..=n)
-                        .rev()
-                        .find_map(|q| go(toks, text, t + 1, q, greedy, memo))
-                } else {
-                    (p..=n).find_map(|q| go(toks, text, t + 1, q, greedy, memo))
+/// For every start position in `text` (`0..=len`), the end of the first match of `toks` found
+/// when `*` lengths are tried longest-first (`greedy`) or shortest-first: the leftmost-first
+/// semantics of the regular expression BuildKit builds. Computed a token at a time from the
+/// last, so the work is tokens × characters and no input recurses.
+fn match_ends(toks: &[Tok], text: &[char], greedy: bool) -> Vec<Option<usize>> {
+    let n = text.len();
+    // `next[p]`: the match of toks[t + 1..] from p.
+    let mut next: Vec<Option<usize>> = (0..=n).map(Some).collect();
+    for tok in toks.iter().rev() {
+        let mut row = vec![None; n + 1];
+        match tok {
+            Tok::Star if greedy => {
+                // The largest q >= p where the rest matches: the largest such q overall.
+                let best = (0..=n).rev().find_map(|q| next[q].map(|end| (q, end)));
+                if let Some((q, end)) = best {
+                    row[..=q].fill(Some(end));
                 }
             }
-            Some(tok) => match text.get(p) {
-                Some(&c) if tok.matches(c) => go(toks, text, t + 1, p + 1, greedy, memo),
-                _ => None,
-            },
-        };
-        memo[t][p] = Some(r);
-        r
+            Tok::Star => {
+                let mut nearest = None;
+                for p in (0..=n).rev() {
+                    if next[p].is_some() {
+                        nearest = next[p];
+                    }
+                    row[p] = nearest;
+                }
+            }
+            tok => {
+                for p in 0..n {
+                    if tok.matches(text[p]) {
+                        row[p] = next[p + 1];
+                    }
+                }
+            }
+        }
+        next = row;
     }
-
-    go(toks, text, 0, start, greedy, &mut memo)
+    next
 }
 
-fn trim_prefix(toks: &[Tok], value: &str, greedy: bool) -> String {
+/// Whether matching `toks` against `text` stays within [`MAX_MATCH_WORK`].
+fn check_match_work(toks: &[Tok], text_len: usize) -> Result<(), String> {
+    if toks.len().saturating_mul(text_len + 1) > MAX_MATCH_WORK {
+        return Err(format!(
+            "a pattern of {} characters against a value of {text_len} characters is too large to \
+             match: shorten the pattern or the value",
+            toks.len()
+        ));
+    }
+    Ok(())
+}
+
+fn trim_prefix(toks: &[Tok], value: &str, greedy: bool) -> Result<String, String> {
     let text: Vec<char> = value.chars().collect();
-    match match_from(toks, &text, 0, greedy) {
+    check_match_work(toks, text.len())?;
+    Ok(match match_ends(toks, &text, greedy)[0] {
         Some(end) => text[end..].iter().collect(),
         None => value.to_string(),
-    }
+    })
 }
 
 /// The shortest or longest matching suffix is the matching prefix of the reversed value under
 /// the reversed pattern.
-fn trim_suffix(toks: &[Tok], value: &str, greedy: bool) -> String {
+fn trim_suffix(toks: &[Tok], value: &str, greedy: bool) -> Result<String, String> {
     let reversed_toks: Vec<Tok> = toks.iter().rev().cloned().collect();
     let reversed: String = value.chars().rev().collect();
-    trim_prefix(&reversed_toks, &reversed, greedy)
+    Ok(trim_prefix(&reversed_toks, &reversed, greedy)?
         .chars()
         .rev()
-        .collect()
+        .collect())
 }
 
-fn replace(toks: &[Tok], value: &str, replacement: &str, all: bool) -> String {
+fn replace(toks: &[Tok], value: &str, replacement: &str, all: bool) -> Result<String, String> {
     let text: Vec<char> = value.chars().collect();
+    check_match_work(toks, text.len())?;
+    let ends = match_ends(toks, &text, true);
     let n = text.len();
     let mut out = String::new();
     let mut i = 0;
     let mut last_end: Option<usize> = None;
     let mut replaced = false;
     while i <= n {
-        let found = if replaced && !all {
-            None
-        } else {
-            match_from(toks, &text, i, true)
-        };
+        let found = if replaced && !all { None } else { ends[i] };
         match found {
             // An empty match right after a previous match does not count (as in Go's regexp).
             Some(end) if !(end == i && last_end == Some(i)) => {
@@ -694,7 +758,7 @@ fn replace(toks: &[Tok], value: &str, replacement: &str, all: bool) -> String {
         }
         i += 1;
     }
-    out
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -801,5 +865,76 @@ mod tests {
         let e = move |_: &str| Some(long.clone());
         let out = expand_word("${V%%*a*a*a*a*a*a*a*b}", &e, '\\').unwrap();
         assert_eq!(out.len(), 300);
+    }
+
+    fn nested(depth: usize) -> String {
+        let mut word = "x".to_string();
+        for i in 0..depth {
+            word = format!("${{a{i}:-{word}}}");
+        }
+        word
+    }
+
+    #[test]
+    fn defaults_nested_5000_deep_are_an_error_not_a_stack_overflow() {
+        let err = w(&nested(5000)).unwrap_err();
+        assert!(
+            err.reason.contains("nested deeper than 100 levels"),
+            "{}",
+            err.reason
+        );
+        let err = expand_heredoc(&nested(5000), &env, '\\').unwrap_err();
+        assert!(err.reason.contains("nested deeper"), "{}", err.reason);
+    }
+
+    #[test]
+    fn nesting_up_to_the_limit_fits_a_tokio_worker_stack() {
+        // Tokio's worker threads have 2 MiB of stack; leave half of it to the callers.
+        let word = nested(MAX_NESTING);
+        let out = std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || expand_word(&word, &env, '\\'))
+            .unwrap()
+            .join()
+            .unwrap();
+        assert_eq!(out.unwrap(), "x");
+    }
+
+    #[test]
+    fn a_pattern_of_100000_characters_does_not_overflow_the_stack() {
+        let long = "a".repeat(100_000);
+        let value = long.clone();
+        let e = move |_: &str| Some(value.clone());
+        let out = expand_word(&format!("${{V#{long}}}"), &e, '\\').unwrap_err();
+        assert!(out.reason.contains("too large to match"), "{}", out.reason);
+        let short = move |_: &str| Some("abc".to_string());
+        assert_eq!(
+            expand_word(&format!("${{V#{}}}", "a".repeat(100_000)), &short, '\\').unwrap(),
+            "abc"
+        );
+    }
+
+    #[test]
+    fn a_value_doubled_on_every_line_stops_at_the_word_limit() {
+        let mut value = "ab".to_string();
+        let mut lines = 0;
+        loop {
+            let v = value.clone();
+            let e = move |_: &str| Some(v.clone());
+            match expand_word("$V$V", &e, '\\') {
+                Ok(doubled) => value = doubled,
+                Err(err) => {
+                    assert!(err.reason.contains("longer than 1 MiB"), "{}", err.reason);
+                    break;
+                }
+            }
+            lines += 1;
+            assert!(lines < 30, "never stopped");
+        }
+        assert!(value.len() <= MAX_WORD_BYTES);
+        let v = "x".repeat(MAX_WORD_BYTES / 2 + 1);
+        let e = move |_: &str| Some(v.clone());
+        assert!(expand_word("\"$V$V\"", &e, '\\').is_err());
+        assert!(expand_heredoc("$V$V", &e, '\\').is_err());
     }
 }

@@ -109,3 +109,40 @@ fn random_dockerfiles_never_panic_the_parser_or_compiler() {
     }
     assert!(runs > 100, "only {runs} inputs in the time budget");
 }
+
+/// The shapes that crashed kiln or made it quadratic (deep `${...}` nesting, long `FROM` and
+/// `COPY --from` chains, many lines, huge lines, long patterns, doubling values), with random
+/// sizes: each must compile or fail with a short error, without a stack overflow.
+#[test]
+fn hostile_shapes_never_crash_the_parser_or_compiler() {
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut rand = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    // Every shape at its largest once, then random ones for the rest of the budget. Each input
+    // runs on a thread with half the stack of the tokio thread `kiln build` compiles on.
+    let run = |data: Vec<u8>, max_size: usize| {
+        std::thread::Builder::new()
+            .stack_size(1 << 20)
+            .spawn(move || kiln_frontend::fuzz_shape(&data, max_size))
+            .unwrap()
+            .join()
+            .unwrap();
+    };
+    for shape in 0..7u8 {
+        for variant in 0..4u8 {
+            run(vec![shape, 0xff, 0xff, variant, variant, b'x'], 2000);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut runs = 0;
+    while Instant::now() < deadline {
+        let data: Vec<u8> = (0..16).map(|_| rand() as u8).collect();
+        run(data, 2000);
+        runs += 1;
+    }
+    assert!(runs > 10, "only {runs} inputs in the time budget");
+}

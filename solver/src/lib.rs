@@ -213,20 +213,32 @@ impl Solver {
         });
         // Hashing of the local contexts starts now, beside the pulls and the first steps.
         let prefetch = prefetch::start(&def, &locals, &self.inner.store, &req.progress);
+        let metadata = def.metadata_by_digest();
+        let needed = needed_by_root(&def);
+        // Each vertex is its own task and waits for its inputs' tasks to finish: no future polls
+        // another vertex's, so a chain of thousands of steps needs no more stack than one step
+        // (nested futures recursed once per vertex and overflowed the stack at ~500 steps).
+        // Dropping `tasks` (the solve returned, failed or was dropped) aborts every vertex still
+        // running, which kills its sandbox.
+        let mut tasks = AbortOnDrop(Vec::new());
         for (idx, op) in def.ops.iter().enumerate() {
+            if !needed.contains(&idx) {
+                continue;
+            }
             let digest = op.digest();
-            let inputs: Vec<(VertexFuture, i64)> = op
-                .inputs
-                .iter()
-                .map(|i| {
-                    futures
-                        .get(&i.digest)
-                        .cloned()
-                        .map(|f| (f, i.index))
-                        .ok_or_else(|| SolveError::Graph(format!("dangling input {}", i.digest)))
-                })
-                .collect::<Result<_, _>>()?;
-            let meta = def.metadata(&digest).cloned().unwrap_or_default();
+            let inputs: Vec<VertexFuture> =
+                op.inputs
+                    .iter()
+                    .map(|i| {
+                        futures.get(&i.digest).cloned().ok_or_else(|| {
+                            SolveError::Graph(format!("dangling input {}", i.digest))
+                        })
+                    })
+                    .collect::<Result<_, _>>()?;
+            let meta = metadata
+                .get(digest.as_str())
+                .map(|m| (*m).clone())
+                .unwrap_or_default();
             let task = VertexTask {
                 solver: self.clone(),
                 vertex: idx + 1,
@@ -239,12 +251,22 @@ impl Solver {
                 counters: counters.clone(),
                 prefetched: prefetch.for_op(&digest),
             };
-            let fut = async move {
+            let (done, result) = futures::channel::oneshot::channel();
+            tasks.0.push(tokio::spawn(async move {
                 // All inputs at once, so independent branches run in parallel; the first failure
-                // returns here at once and the solve drops (cancels) everything still running.
-                let results =
-                    futures::future::try_join_all(inputs.into_iter().map(|(f, _index)| f)).await?;
-                task.run(results).await.map_err(Arc::new)
+                // returns here at once and the solve cancels everything still running.
+                let r = match futures::future::try_join_all(inputs).await {
+                    Ok(results) => task.run(results).await.map_err(Arc::new),
+                    Err(e) => Err(e),
+                };
+                let _ = done.send(r);
+            }));
+            let fut = async move {
+                result.await.unwrap_or_else(|_| {
+                    Err(Arc::new(SolveError::Op(
+                        "the step's task ended without a result".into(),
+                    )))
+                })
             }
             .boxed()
             .shared();
@@ -259,8 +281,16 @@ impl Solver {
                 .get(&root.digest)
                 .cloned()
                 .ok_or_else(|| SolveError::Graph("root is not in the graph".into()))?;
-            // Drive every vertex the root needs; a shared future runs once however many wait.
-            let r = f.await.map_err(unwrap_arc)?;
+            // The root's task ends when everything it needs has.
+            let r = match f.await {
+                Ok(r) => r,
+                Err(e) => {
+                    // Wait for the steps still running to be canceled, so that they report it
+                    // and their sandboxes are gone before the build ends.
+                    tasks.cancel().await;
+                    return Err(unwrap_arc(e));
+                }
+            };
             created_unix = r.created_unix;
             r.output.clone()
         };
@@ -275,6 +305,57 @@ impl Solver {
             created_unix,
         })
     }
+}
+
+/// The vertex tasks of a solve, aborted when dropped.
+struct AbortOnDrop(Vec<tokio::task::JoinHandle<()>>);
+
+impl AbortOnDrop {
+    /// Aborts every task and waits until each has ended.
+    async fn cancel(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+        for task in self.0.drain(..) {
+            let _ = task.await;
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        for task in &self.0 {
+            task.abort();
+        }
+    }
+}
+
+/// The indexes of the ops the root needs (itself included), found without recursion.
+fn needed_by_root(def: &Definition) -> std::collections::HashSet<usize> {
+    let by_digest: HashMap<String, usize> = def
+        .ops
+        .iter()
+        .enumerate()
+        .map(|(i, op)| (op.digest(), i))
+        .collect();
+    let mut needed = std::collections::HashSet::new();
+    let mut todo: Vec<usize> = def
+        .root
+        .as_ref()
+        .and_then(|r| by_digest.get(&r.digest).copied())
+        .into_iter()
+        .collect();
+    while let Some(i) = todo.pop() {
+        if !needed.insert(i) {
+            continue;
+        }
+        for input in &def.ops[i].inputs {
+            if let Some(&j) = by_digest.get(&input.digest) {
+                todo.push(j);
+            }
+        }
+    }
+    needed
 }
 
 fn unwrap_arc(e: Arc<SolveError>) -> SolveError {

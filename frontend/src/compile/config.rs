@@ -86,8 +86,11 @@ impl Platform {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ImageState {
     pub author: Option<String>,
-    /// `KEY=VALUE` entries in the order they were set.
-    pub env: Vec<String>,
+    /// `KEY=VALUE` entries in the order they were set; see [`ImageState::env`].
+    env: Vec<String>,
+    /// Each key's first and last slot in `env` (a base image may list a key twice), so that
+    /// `ENV` and look-ups stay constant-time however many variables a stage sets.
+    env_slots: HashMap<String, (usize, usize)>,
     pub user: String,
     pub working_dir: String,
     pub cmd: Option<Vec<String>>,
@@ -108,10 +111,9 @@ pub(crate) struct ImageState {
 impl ImageState {
     /// The config of `FROM scratch`: nothing but a default `PATH`, as BuildKit sets it.
     pub(crate) fn scratch() -> Self {
-        ImageState {
-            env: vec![format!("PATH={DEFAULT_PATH}")],
-            ..Default::default()
-        }
+        let mut state = ImageState::default();
+        state.set_env_list(vec![format!("PATH={DEFAULT_PATH}")]);
+        state
     }
 
     /// Takes over a base image's config.
@@ -122,7 +124,7 @@ impl ImageState {
             ..Default::default()
         };
         if let Some(c) = img.config() {
-            state.env = c.env().clone().unwrap_or_default();
+            state.set_env_list(c.env().clone().unwrap_or_default());
             state.user = c.user().clone().unwrap_or_default();
             state.working_dir = c.working_dir().clone().unwrap_or_default();
             state.cmd = c.cmd().clone();
@@ -223,24 +225,40 @@ impl ImageState {
         m
     }
 
-    /// The value of an environment variable set in the config.
-    pub(crate) fn env_get(&self, key: &str) -> Option<&str> {
-        self.env.iter().rev().find_map(|e| {
-            let (k, v) = e.split_once('=').unwrap_or((e.as_str(), ""));
-            (k == key).then_some(v)
-        })
+    /// The `KEY=VALUE` entries in the order they were set.
+    pub(crate) fn env(&self) -> &[String] {
+        &self.env
     }
 
-    /// Sets a variable, replacing it in place if already set (as Docker does).
+    /// Replaces the environment with `env` (a base image's list, as it is).
+    fn set_env_list(&mut self, env: Vec<String>) {
+        self.env_slots.clear();
+        for (i, e) in env.iter().enumerate() {
+            self.env_slots
+                .entry(env_key(e).to_string())
+                .and_modify(|slots| slots.1 = i)
+                .or_insert((i, i));
+        }
+        self.env = env;
+    }
+
+    /// The value of an environment variable set in the config (its last entry).
+    pub(crate) fn env_get(&self, key: &str) -> Option<&str> {
+        let &(_, last) = self.env_slots.get(key)?;
+        let e = self.env.get(last)?;
+        Some(e.split_once('=').map_or("", |(_, v)| v))
+    }
+
+    /// Sets a variable, replacing its first entry in place if already set (as Docker does).
     pub(crate) fn env_set(&mut self, key: &str, value: &str) {
         let entry = format!("{key}={value}");
-        match self
-            .env
-            .iter_mut()
-            .find(|e| e.split_once('=').map_or(e.as_str(), |(k, _)| k) == key)
-        {
-            Some(slot) => *slot = entry,
-            None => self.env.push(entry),
+        match self.env_slots.get(key) {
+            Some(&(first, _)) => self.env[first] = entry,
+            None => {
+                self.env_slots
+                    .insert(key.to_string(), (self.env.len(), self.env.len()));
+                self.env.push(entry);
+            }
         }
     }
 
@@ -288,6 +306,11 @@ impl ImageState {
         img.set_history(Some(self.history.clone()));
         img
     }
+}
+
+/// `KEY` of a `KEY=VALUE` entry (all of it when there is no `=`).
+fn env_key(entry: &str) -> &str {
+    entry.split_once('=').map_or(entry, |(k, _)| k)
 }
 
 #[cfg(test)]
