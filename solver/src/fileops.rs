@@ -158,6 +158,9 @@ fn copy(
     } else {
         None
     };
+    // One batch for every source: hard-link groups span the whole copy, as in BuildKit's copier
+    // (a wildcard's matches stay linked to each other).
+    let mut batch = batch::Batch::default();
     for (abs, name, rel) in &sources {
         let meta = std::fs::symlink_metadata(abs).map_err(|e| op_err(&c.src, e))?;
         if wildcard && !filter.keeps(name) && !(meta.is_dir() && filter.walk_anyway(name)) {
@@ -183,7 +186,6 @@ fn copy(
                 owner,
                 mode,
             };
-            let mut batch = batch::Batch::default();
             walk.copy_contents(&mut batch, abs, rel, frel, &dest, created)?;
             batch.flush(owner, mode)?;
         } else if c.attempt_unpack && meta.is_file() {
@@ -197,12 +199,12 @@ fn copy(
                 }
                 None => {
                     let target = copy_target(root, c, &dest, dest_is_dir, name, owner)?;
-                    copy_entry(abs, &meta, &target, owner, mode)?;
+                    copy_entry(&mut batch, abs, meta, target, name, owner, mode)?;
                 }
             }
         } else {
             let target = copy_target(root, c, &dest, dest_is_dir, name, owner)?;
-            copy_entry(abs, &meta, &target, owner, mode)?;
+            copy_entry(&mut batch, abs, meta, target, name, owner, mode)?;
         }
     }
     Ok(())
@@ -227,7 +229,9 @@ fn copy_target(
         }
         dest.join(name)
     } else {
-        mkdir_parents(root, dest, None)?;
+        // As BuildKit's `MkdirAll` with the copy's chown: the parents this copy creates are the
+        // `--chown` owner's; existing ones keep theirs.
+        mkdir_parents(root, dest, owner)?;
         dest.to_path_buf()
     })
 }
@@ -379,16 +383,25 @@ impl DirWalk<'_> {
     }
 }
 
-/// Copies one non-directory entry to `dst`, replacing what is there.
+/// Copies one non-directory source to `dst`, replacing what is there, at once: through the
+/// copy's batch, so a name of an inode an earlier source of the copy had becomes a link to it.
 fn copy_entry(
+    batch: &mut batch::Batch,
     src: &Path,
-    meta: &std::fs::Metadata,
-    dst: &Path,
+    meta: std::fs::Metadata,
+    dst: PathBuf,
+    name: &str,
     owner: Option<Owner>,
     mode: Option<u32>,
 ) -> Result<(), SolveError> {
-    batch::clear_target(dst, meta)?;
-    batch::create_entry(src, meta, dst, owner, mode).map(|_| ())
+    batch.push(batch::Leaf {
+        src: src.to_path_buf(),
+        meta,
+        dst,
+        fresh: false,
+        frel: name.to_string(),
+    });
+    batch.flush(owner, mode)
 }
 
 /// Sets owner (root when none is given, as `COPY` does), permission bits and, when copying,
