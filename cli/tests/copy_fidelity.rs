@@ -182,6 +182,19 @@ COPY app/f* /wild/
     ] {
         assert!(all.contains(entry), "no `{entry}` in the layers:\n{all}");
     }
+
+    // A rebuild after one other file changed links the unchanged files from the first build's
+    // snapshot (`reuse`): the group is still one inode of its own, and `g1` is not in it.
+    std::fs::write(ctx.path().join("app/g0"), "changed\n").unwrap();
+    let out2 = tempfile::tempdir().unwrap();
+    build(&k, ctx.path(), out2.path());
+    let d = out2.path().join("local/direct");
+    assert_eq!(ino_nlink(&d.join("f1")), ino_nlink(&d.join("sub/f2")));
+    assert_eq!(ino_nlink(&d.join("f1")), ino_nlink(&d.join("f3")));
+    assert_eq!(ino_nlink(&d.join("g1")).1, 1);
+    assert_eq!(std::fs::read_to_string(d.join("g0")).unwrap(), "changed\n");
+    let all = layer_listings(&out2.path().join("oci.tar")).join("\n");
+    assert!(all.contains("direct/sub/f2 link to direct/f1"), "{all}");
 }
 
 #[test]

@@ -608,6 +608,45 @@ mod tests {
     }
 
     #[test]
+    fn hard_links_in_a_copy_became_independent_files() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("d/sub")).unwrap();
+        // Enough leaves that the flush runs on the pool.
+        for i in 0..40 {
+            std::fs::write(src.path().join(format!("d/f{i}")), format!("{i}")).unwrap();
+        }
+        std::fs::hard_link(src.path().join("d/f7"), src.path().join("d/sub/again")).unwrap();
+        std::fs::hard_link(src.path().join("d/f7"), src.path().join("d/z7")).unwrap();
+        let source = CopySource::Dir(src.path());
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        for (from, to, names) in [
+            ("/d", "/out/", vec!["out/f7", "out/sub/again", "out/z7"]),
+            // A wildcard's matches are one copy: linked to each other too.
+            ("/d/*7", "/w/", vec!["w/f7", "w/z7"]),
+        ] {
+            let dst = tempfile::tempdir().unwrap();
+            apply(
+                dst.path(),
+                &copy_action(from, to, &[], &[]),
+                Some(&source),
+                None,
+            )
+            .unwrap();
+            let first = dst.path().join(names[0]);
+            for n in &names {
+                let p = dst.path().join(n);
+                assert_eq!(ino(&p), ino(&first), "{n}");
+                assert_eq!(std::fs::read_to_string(&p).unwrap(), "7");
+            }
+            let m = std::fs::metadata(&first).unwrap();
+            assert_eq!(m.nlink(), names.len() as u64);
+            // Files of one name stay their own inodes.
+            let other = dst.path().join(to.trim_start_matches('/')).join("f17");
+            assert_eq!(std::fs::metadata(&other).unwrap().nlink(), 1);
+        }
+    }
+
+    #[test]
     fn copy_through_a_destination_symlink_stays_in_source_order() {
         // `a` in the destination is a symlink to `b`: the file `a/x` lands in `b/x` first, then
         // the directory `b/x` replaces it, as a one-at-a-time copy would leave it.
