@@ -295,3 +295,29 @@ COPY --from=busybox /bin/sh /out/sh
     assert!(sh.file_type().is_file() && sh.len() > 100_000);
     assert_eq!(sh.mode() & 0o111, 0o111);
 }
+
+#[test]
+fn copy_from_stage_with_a_wildcard_directory_copied_nothing() {
+    let k = Kiln::with_busybox();
+    let df = "FROM busybox AS src
+RUN mkdir -p /app/a/t /app/b/t /app/b/u && echo 1 > /app/a/t/one.jar && echo 2 > /app/b/t/two.jar \\
+ && echo 3 > /app/b/u/three.jar && ln -s two.jar /app/b/t/link.jar
+FROM busybox
+COPY --from=src /app/*/t/*.jar /out/
+";
+    let ctx = write_context(&[("Dockerfile", df)]);
+    let out = tempfile::tempdir().unwrap();
+    build(&k, ctx.path(), out.path());
+    let o = out.path().join("local/out");
+    let mut names: Vec<String> = std::fs::read_dir(&o)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["link.jar", "one.jar", "two.jar"]);
+    assert_eq!(std::fs::read_to_string(o.join("one.jar")).unwrap(), "1\n");
+    // A matched link is followed: a regular file with its target's content.
+    let m = std::fs::symlink_metadata(o.join("link.jar")).unwrap();
+    assert!(m.file_type().is_file());
+    assert_eq!(std::fs::read_to_string(o.join("link.jar")).unwrap(), "2\n");
+}

@@ -236,40 +236,70 @@ fn copy_target(
     })
 }
 
-/// Sources in a mounted snapshot: the path resolved inside it, with wildcards in the last
-/// component.
+/// Sources in a mounted snapshot: the path resolved inside it. Wildcards may be in any
+/// component, as BuildKit's `ResolveWildcards` takes them: the path up to the first wildcard is
+/// resolved inside the root, and below it every entry whose components match the rest of the
+/// pattern is a source, found by walking real directories only (a link is never descended into,
+/// though a match that is a link is followed when the copy follows links). Matches come in path
+/// order; the name a match gets under a directory destination is its last component.
 fn resolve_dir_sources(
     dir: &Path,
     src: &str,
     follow: bool,
 ) -> Result<Vec<(PathBuf, String, String)>, SolveError> {
     let clean = context::clean_rel(src);
-    let (parent, last) = match clean.rsplit_once('/') {
-        Some((p, l)) => (p.to_string(), l.to_string()),
-        None => (String::new(), clean.clone()),
-    };
-    if last.is_empty() {
+    if clean.is_empty() {
         return Ok(vec![(dir.to_path_buf(), String::new(), String::new())]);
     }
-    let pdir = resolve_in_root(dir, &parent, true).map_err(|e| op_err(src, e))?;
-    let mut out = Vec::new();
-    if glob::has_wildcard(&last) {
-        if let Ok(rd) = std::fs::read_dir(&pdir) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if glob::matches(&last, &name) {
-                    let p = resolve_in_root(dir, format!("{parent}/{name}"), follow)
-                        .map_err(|e| op_err(src, e))?;
-                    out.push((p, name.clone(), context::join_rel(&parent, &name)));
+    let parts: Vec<&str> = clean.split('/').collect();
+    let last_name = |rel: &str| rel.rsplit('/').next().unwrap_or(rel).to_string();
+    let Some(first_wild) = parts.iter().position(|p| glob::has_wildcard(p)) else {
+        let p = resolve_in_root(dir, &clean, follow).map_err(|e| op_err(src, e))?;
+        if std::fs::symlink_metadata(&p).is_err() {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![(p, last_name(&clean), clean.clone())]);
+    };
+    let prefix = parts[..first_wild].join("/");
+    let base = resolve_in_root(dir, &prefix, true).map_err(|e| op_err(src, e))?;
+    // (path on the host, path as written with the matched names)
+    let mut found = vec![(base, prefix)];
+    for part in &parts[first_wild..] {
+        let mut next = Vec::new();
+        for (abs, rel) in &found {
+            if !std::fs::symlink_metadata(abs).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            if !glob::has_wildcard(part) {
+                let p = abs.join(part);
+                if std::fs::symlink_metadata(&p).is_ok() {
+                    next.push((p, context::join_rel(rel, part)));
                 }
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(abs) else {
+                continue;
+            };
+            let mut names: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| glob::matches(part, name))
+                .collect();
+            names.sort();
+            for name in names {
+                next.push((abs.join(&name), context::join_rel(rel, &name)));
             }
         }
-        out.sort_by(|a, b| a.1.cmp(&b.1));
-    } else {
-        let p = resolve_in_root(dir, &clean, follow).map_err(|e| op_err(src, e))?;
-        if std::fs::symlink_metadata(&p).is_ok() {
-            out.push((p, last.clone(), clean.clone()));
-        }
+        found = next;
+    }
+    let mut out = Vec::with_capacity(found.len());
+    for (abs, rel) in found {
+        let p = if follow {
+            resolve_in_root(dir, &rel, true).map_err(|e| op_err(src, e))?
+        } else {
+            abs
+        };
+        out.push((p, last_name(&rel), rel));
     }
     Ok(out)
 }
@@ -644,6 +674,32 @@ mod tests {
             let other = dst.path().join(to.trim_start_matches('/')).join("f17");
             assert_eq!(std::fs::metadata(&other).unwrap().nlink(), 1);
         }
+    }
+
+    #[test]
+    fn stage_wildcards_past_the_last_component_matched_nothing() {
+        let src = tempfile::tempdir().unwrap();
+        for f in ["a/t/x", "b/t/y", "b/u/z"] {
+            let p = src.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, f).unwrap();
+        }
+        // Walked as BuildKit walks: a link to a directory is matched but never descended into.
+        std::os::unix::fs::symlink("/a", src.path().join("l")).unwrap();
+        std::os::unix::fs::symlink("../../b/t/y", src.path().join("a/t/w")).unwrap();
+        let got = resolve_dir_sources(src.path(), "/*/t/*", true).unwrap();
+        let rels: Vec<(&str, &str)> = got
+            .iter()
+            .map(|(_, n, r)| (n.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(rels, [("w", "a/t/w"), ("x", "a/t/x"), ("y", "b/t/y")]);
+        // The matched link is followed inside the root.
+        assert_eq!(got[0].0, src.path().join("b/t/y"));
+        let got = resolve_dir_sources(src.path(), "/l/*", true).unwrap();
+        assert_eq!(got.len(), 1, "a link before the first wildcard is followed");
+        assert!(resolve_dir_sources(src.path(), "/nope/*/x", true)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
