@@ -209,7 +209,10 @@ ADD --chown=1000:1000 f /addnew/sub/
 ADD --chown=1000:1000 f /addfile/sub/g
 COPY --chown=1000:1000 d f /multi/deep/
 COPY f /plain/sub/f
-RUN stat -c '%n %u:%g %a' /new /new/sub /new/sub/f /old /old/made /dnew /dnew/deep /multi /multi/deep /addnew /addnew/sub /addfile /addfile/sub /plain /plain/sub > /owners
+COPY --chown=1000:1000 <<EOF /here/doc/f
+text
+EOF
+RUN stat -c '%n %u:%g %a' /here /here/doc /here/doc/f /new /new/sub /new/sub/f /old /old/made /dnew /dnew/deep /multi /multi/deep /addnew /addnew/sub /addfile /addfile/sub /plain /plain/sub > /owners
 ";
     let ctx = write_context(&[("Dockerfile", df), ("f", "f\n"), ("d/x", "x\n")]);
     std::fs::set_permissions(
@@ -222,7 +225,10 @@ RUN stat -c '%n %u:%g %a' /new /new/sub /new/sub/f /old /old/made /dnew /dnew/de
     let owners = std::fs::read_to_string(out.path().join("local/owners")).unwrap();
     assert_eq!(
         owners,
-        "/new 1000:1000 755
+        "/here 1000:1000 755
+/here/doc 1000:1000 755
+/here/doc/f 1000:1000 644
+/new 1000:1000 755
 /new/sub 1000:1000 755
 /new/sub/f 1000:1000 644
 /old 7:8 700

@@ -100,8 +100,10 @@ pub(crate) fn apply(
         }
         Action::Mkfile(m) => {
             let dst = resolve_in_root(root, &m.path, false).map_err(|e| op_err(&m.path, e))?;
+            // Only a heredoc `COPY` makes files: its parents are the `--chown` owner's, as the
+            // copy BuildKit makes of it gives them.
             if let Some(parent) = dst.parent() {
-                mkdir_parents(root, &parent.join("x"), None)?;
+                mkdir_parents(root, &parent.join("x"), owner)?;
             }
             std::fs::write(&dst, &m.data).map_err(|e| op_err(&m.path, e))?;
             set_meta(&dst, mode_of(m.mode, 0o644), owner, None)
