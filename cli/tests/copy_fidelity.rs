@@ -327,3 +327,20 @@ COPY --from=src /app/*/t/*.jar /out/
     assert!(m.file_type().is_file());
     assert_eq!(std::fs::read_to_string(o.join("link.jar")).unwrap(), "2\n");
 }
+
+#[test]
+fn a_hard_link_added_to_the_context_reused_the_unlinked_copy() {
+    let k = Kiln::with_busybox();
+    let df = "FROM busybox\nCOPY app /app\n";
+    let ctx = write_context(&[("Dockerfile", df), ("app/a", "same\n"), ("app/b", "same\n")]);
+    let out = tempfile::tempdir().unwrap();
+    build(&k, ctx.path(), out.path());
+    assert_eq!(ino_nlink(&out.path().join("local/app/a")).1, 1);
+    // Same contents, now one inode: the copy is not the cached one.
+    std::fs::remove_file(ctx.path().join("app/b")).unwrap();
+    std::fs::hard_link(ctx.path().join("app/a"), ctx.path().join("app/b")).unwrap();
+    let out2 = tempfile::tempdir().unwrap();
+    build(&k, ctx.path(), out2.path());
+    let app = out2.path().join("local/app");
+    assert_linked(&app.join("a"), &app.join("b"));
+}
