@@ -7,6 +7,7 @@ use crate::inroot::resolve_in_root;
 use crate::SolveError;
 use kiln_cache::CacheIndex;
 use rayon::prelude::*;
+use std::collections::HashMap;
 use std::io::Read;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -288,7 +289,7 @@ pub(crate) fn checksum(
         }
         hasher.update(&[0xff]);
     }
-    let sum = hasher.finalize();
+    let sum = hard_link_groups(&entries, hasher.finalize());
     // Without links the sum is what it always was, so existing cache keys stay valid.
     let mut linked: Vec<&Source> = sources.iter().filter(|s| s.named != s.rel).collect();
     if linked.is_empty() {
@@ -306,6 +307,40 @@ pub(crate) fn checksum(
         }
     }
     Ok((outer.finalize().to_hex().to_string(), stats))
+}
+
+/// `sum`, covering which selected files are one inode: a copy keeps them linked
+/// (`fileops::batch`), so linking two equal files in the context changes what a copy makes.
+/// Without hard links inside the selection the sum is unchanged, so existing keys stay valid.
+fn hard_link_groups(entries: &[Entry], sum: blake3::Hash) -> blake3::Hash {
+    let mut firsts: HashMap<(u64, u64), &str> = HashMap::new();
+    let mut pairs: Vec<(&str, &str)> = Vec::new();
+    for e in entries {
+        if !e.meta.is_file() || e.meta.nlink() < 2 {
+            continue;
+        }
+        match firsts.entry((e.meta.dev(), e.meta.ino())) {
+            std::collections::hash_map::Entry::Occupied(first) => {
+                pairs.push((e.rel.as_str(), first.get()))
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(e.rel.as_str());
+            }
+        }
+    }
+    if pairs.is_empty() {
+        return sum;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-context-hardlinks-v1\0");
+    h.update(sum.as_bytes());
+    for (name, first) in pairs {
+        for part in [name, first] {
+            h.update(&(part.len() as u64).to_le_bytes());
+            h.update(part.as_bytes());
+        }
+    }
+    h.finalize()
 }
 
 /// Memo keys looked up per read transaction.
@@ -503,6 +538,31 @@ mod tests {
                 pair("datalink/flink", "data/f")
             ]
         );
+    }
+
+    #[test]
+    fn a_hard_link_added_to_the_context_kept_the_checksum() {
+        let (t, ctx) = hostile();
+        let store = kiln_cache::Store::open(&t.path().join("store")).unwrap();
+        let dir = ctx.root.join("hl");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("a"), "same").unwrap();
+        std::fs::write(dir.join("b"), "same").unwrap();
+        let sum = || {
+            let sources = resolve_sources(&ctx, "hl", true).unwrap();
+            checksum(&ctx, &sources, store.index()).unwrap().0
+        };
+        let separate = sum();
+        std::fs::remove_file(dir.join("b")).unwrap();
+        std::fs::hard_link(dir.join("a"), dir.join("b")).unwrap();
+        let linked = sum();
+        assert_ne!(separate, linked);
+        // A link to a file outside the selection changes nothing.
+        std::fs::remove_file(dir.join("b")).unwrap();
+        std::fs::write(dir.join("b"), "same").unwrap();
+        assert_eq!(sum(), separate);
+        std::fs::hard_link(dir.join("a"), ctx.root.join("outside")).unwrap();
+        assert_eq!(sum(), separate);
     }
 
     #[test]

@@ -100,8 +100,10 @@ pub(crate) fn apply(
         }
         Action::Mkfile(m) => {
             let dst = resolve_in_root(root, &m.path, false).map_err(|e| op_err(&m.path, e))?;
+            // Only a heredoc `COPY` makes files: its parents are the `--chown` owner's, as the
+            // copy BuildKit makes of it gives them.
             if let Some(parent) = dst.parent() {
-                mkdir_parents(root, &parent.join("x"), None)?;
+                mkdir_parents(root, &parent.join("x"), owner)?;
             }
             std::fs::write(&dst, &m.data).map_err(|e| op_err(&m.path, e))?;
             set_meta(&dst, mode_of(m.mode, 0o644), owner, None)
@@ -158,6 +160,9 @@ fn copy(
     } else {
         None
     };
+    // One batch for every source: hard-link groups span the whole copy, as in BuildKit's copier
+    // (a wildcard's matches stay linked to each other).
+    let mut batch = batch::Batch::default();
     for (abs, name, rel) in &sources {
         let meta = std::fs::symlink_metadata(abs).map_err(|e| op_err(&c.src, e))?;
         if wildcard && !filter.keeps(name) && !(meta.is_dir() && filter.walk_anyway(name)) {
@@ -183,7 +188,6 @@ fn copy(
                 owner,
                 mode,
             };
-            let mut batch = batch::Batch::default();
             walk.copy_contents(&mut batch, abs, rel, frel, &dest, created)?;
             batch.flush(owner, mode)?;
         } else if c.attempt_unpack && meta.is_file() {
@@ -197,12 +201,12 @@ fn copy(
                 }
                 None => {
                     let target = copy_target(root, c, &dest, dest_is_dir, name, owner)?;
-                    copy_entry(abs, &meta, &target, owner, mode)?;
+                    copy_entry(&mut batch, abs, meta, target, name, owner, mode)?;
                 }
             }
         } else {
             let target = copy_target(root, c, &dest, dest_is_dir, name, owner)?;
-            copy_entry(abs, &meta, &target, owner, mode)?;
+            copy_entry(&mut batch, abs, meta, target, name, owner, mode)?;
         }
     }
     Ok(())
@@ -227,45 +231,77 @@ fn copy_target(
         }
         dest.join(name)
     } else {
-        mkdir_parents(root, dest, None)?;
+        // As BuildKit's `MkdirAll` with the copy's chown: the parents this copy creates are the
+        // `--chown` owner's; existing ones keep theirs.
+        mkdir_parents(root, dest, owner)?;
         dest.to_path_buf()
     })
 }
 
-/// Sources in a mounted snapshot: the path resolved inside it, with wildcards in the last
-/// component.
+/// Sources in a mounted snapshot: the path resolved inside it. Wildcards may be in any
+/// component, as BuildKit's `ResolveWildcards` takes them: the path up to the first wildcard is
+/// resolved inside the root, and below it every entry whose components match the rest of the
+/// pattern is a source, found by walking real directories only (a link is never descended into,
+/// though a match that is a link is followed when the copy follows links). Matches come in path
+/// order; the name a match gets under a directory destination is its last component.
 fn resolve_dir_sources(
     dir: &Path,
     src: &str,
     follow: bool,
 ) -> Result<Vec<(PathBuf, String, String)>, SolveError> {
     let clean = context::clean_rel(src);
-    let (parent, last) = match clean.rsplit_once('/') {
-        Some((p, l)) => (p.to_string(), l.to_string()),
-        None => (String::new(), clean.clone()),
-    };
-    if last.is_empty() {
+    if clean.is_empty() {
         return Ok(vec![(dir.to_path_buf(), String::new(), String::new())]);
     }
-    let pdir = resolve_in_root(dir, &parent, true).map_err(|e| op_err(src, e))?;
-    let mut out = Vec::new();
-    if glob::has_wildcard(&last) {
-        if let Ok(rd) = std::fs::read_dir(&pdir) {
-            for e in rd.flatten() {
-                let name = e.file_name().to_string_lossy().into_owned();
-                if glob::matches(&last, &name) {
-                    let p = resolve_in_root(dir, format!("{parent}/{name}"), follow)
-                        .map_err(|e| op_err(src, e))?;
-                    out.push((p, name.clone(), context::join_rel(&parent, &name)));
+    let parts: Vec<&str> = clean.split('/').collect();
+    let last_name = |rel: &str| rel.rsplit('/').next().unwrap_or(rel).to_string();
+    let Some(first_wild) = parts.iter().position(|p| glob::has_wildcard(p)) else {
+        let p = resolve_in_root(dir, &clean, follow).map_err(|e| op_err(src, e))?;
+        if std::fs::symlink_metadata(&p).is_err() {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![(p, last_name(&clean), clean.clone())]);
+    };
+    let prefix = parts[..first_wild].join("/");
+    let base = resolve_in_root(dir, &prefix, true).map_err(|e| op_err(src, e))?;
+    // (path on the host, path as written with the matched names)
+    let mut found = vec![(base, prefix)];
+    for part in &parts[first_wild..] {
+        let mut next = Vec::new();
+        for (abs, rel) in &found {
+            if !std::fs::symlink_metadata(abs).is_ok_and(|m| m.is_dir()) {
+                continue;
+            }
+            if !glob::has_wildcard(part) {
+                let p = abs.join(part);
+                if std::fs::symlink_metadata(&p).is_ok() {
+                    next.push((p, context::join_rel(rel, part)));
                 }
+                continue;
+            }
+            let Ok(rd) = std::fs::read_dir(abs) else {
+                continue;
+            };
+            let mut names: Vec<String> = rd
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|name| glob::matches(part, name))
+                .collect();
+            names.sort();
+            for name in names {
+                next.push((abs.join(&name), context::join_rel(rel, &name)));
             }
         }
-        out.sort_by(|a, b| a.1.cmp(&b.1));
-    } else {
-        let p = resolve_in_root(dir, &clean, follow).map_err(|e| op_err(src, e))?;
-        if std::fs::symlink_metadata(&p).is_ok() {
-            out.push((p, last.clone(), clean.clone()));
-        }
+        found = next;
+    }
+    let mut out = Vec::with_capacity(found.len());
+    for (abs, rel) in found {
+        let p = if follow {
+            resolve_in_root(dir, &rel, true).map_err(|e| op_err(src, e))?
+        } else {
+            abs
+        };
+        out.push((p, last_name(&rel), rel));
     }
     Ok(out)
 }
@@ -379,16 +415,25 @@ impl DirWalk<'_> {
     }
 }
 
-/// Copies one non-directory entry to `dst`, replacing what is there.
+/// Copies one non-directory source to `dst`, replacing what is there, at once: through the
+/// copy's batch, so a name of an inode an earlier source of the copy had becomes a link to it.
 fn copy_entry(
+    batch: &mut batch::Batch,
     src: &Path,
-    meta: &std::fs::Metadata,
-    dst: &Path,
+    meta: std::fs::Metadata,
+    dst: PathBuf,
+    name: &str,
     owner: Option<Owner>,
     mode: Option<u32>,
 ) -> Result<(), SolveError> {
-    batch::clear_target(dst, meta)?;
-    batch::create_entry(src, meta, dst, owner, mode).map(|_| ())
+    batch.push(batch::Leaf {
+        src: src.to_path_buf(),
+        meta,
+        dst,
+        fresh: false,
+        frel: name.to_string(),
+    });
+    batch.flush(owner, mode)
 }
 
 /// Sets owner (root when none is given, as `COPY` does), permission bits and, when copying,
@@ -592,6 +637,71 @@ mod tests {
             let link = dst.path().join(format!("out/d{d}/link"));
             assert_eq!(std::fs::read_link(link).unwrap(), Path::new("sub/f0"));
         }
+    }
+
+    #[test]
+    fn hard_links_in_a_copy_became_independent_files() {
+        let src = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(src.path().join("d/sub")).unwrap();
+        // Enough leaves that the flush runs on the pool.
+        for i in 0..40 {
+            std::fs::write(src.path().join(format!("d/f{i}")), format!("{i}")).unwrap();
+        }
+        std::fs::hard_link(src.path().join("d/f7"), src.path().join("d/sub/again")).unwrap();
+        std::fs::hard_link(src.path().join("d/f7"), src.path().join("d/z7")).unwrap();
+        let source = CopySource::Dir(src.path());
+        let ino = |p: &Path| std::fs::metadata(p).unwrap().ino();
+        for (from, to, names) in [
+            ("/d", "/out/", vec!["out/f7", "out/sub/again", "out/z7"]),
+            // A wildcard's matches are one copy: linked to each other too.
+            ("/d/*7", "/w/", vec!["w/f7", "w/z7"]),
+        ] {
+            let dst = tempfile::tempdir().unwrap();
+            apply(
+                dst.path(),
+                &copy_action(from, to, &[], &[]),
+                Some(&source),
+                None,
+            )
+            .unwrap();
+            let first = dst.path().join(names[0]);
+            for n in &names {
+                let p = dst.path().join(n);
+                assert_eq!(ino(&p), ino(&first), "{n}");
+                assert_eq!(std::fs::read_to_string(&p).unwrap(), "7");
+            }
+            let m = std::fs::metadata(&first).unwrap();
+            assert_eq!(m.nlink(), names.len() as u64);
+            // Files of one name stay their own inodes.
+            let other = dst.path().join(to.trim_start_matches('/')).join("f17");
+            assert_eq!(std::fs::metadata(&other).unwrap().nlink(), 1);
+        }
+    }
+
+    #[test]
+    fn stage_wildcards_past_the_last_component_matched_nothing() {
+        let src = tempfile::tempdir().unwrap();
+        for f in ["a/t/x", "b/t/y", "b/u/z"] {
+            let p = src.path().join(f);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, f).unwrap();
+        }
+        // Walked as BuildKit walks: a link to a directory is matched but never descended into.
+        std::os::unix::fs::symlink("/a", src.path().join("l")).unwrap();
+        std::os::unix::fs::symlink("../../b/t/y", src.path().join("a/t/w")).unwrap();
+        let got = resolve_dir_sources(src.path(), "/*/t/*", true).unwrap();
+        let rels: Vec<(&str, &str)> = got
+            .iter()
+            .map(|(_, n, r)| (n.as_str(), r.as_str()))
+            .collect();
+        assert_eq!(rels, [("w", "a/t/w"), ("x", "a/t/x"), ("y", "b/t/y")]);
+        // The matched link is followed inside the root.
+        assert_eq!(got[0].0, src.path().join("b/t/y"));
+        let got = resolve_dir_sources(src.path(), "/l/*", true).unwrap();
+        assert_eq!(got.len(), 1, "a link before the first wildcard is followed");
+        assert!(resolve_dir_sources(src.path(), "/nope/*/x", true)
+            .unwrap()
+            .is_empty());
     }
 
     #[test]

@@ -3,11 +3,16 @@
 //! flush copies them on rayon's pool, then gives the new directories back their source mtimes,
 //! which copying into them moved. A COPY of tens of thousands of small files is bound by per-file
 //! syscalls, so spreading them over the cores is what makes it fast.
+//!
+//! Hard links stay links, as BuildKit's copier keeps them: within one copy, a regular file whose
+//! source inode an earlier leaf already had is not copied but linked to that leaf's destination,
+//! after the flush that placed it.
 
 use super::reuse::Plan;
 use super::{op_err, Owner};
 use crate::SolveError;
 use rayon::prelude::*;
+use std::collections::hash_map::{Entry, HashMap};
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
@@ -24,15 +29,35 @@ pub(super) struct Leaf {
     pub frel: String,
 }
 
-/// Leaves waiting to be copied and directories waiting for their mtime.
+/// Leaves waiting to be copied and directories waiting for their mtime. One batch serves one
+/// copy action (all its sources), since hard-link groups span it.
 #[derive(Default)]
 pub(super) struct Batch {
     leaves: Vec<Leaf>,
+    /// Leaves whose source inode an earlier leaf has, with that leaf's destination: linked to it
+    /// once it is placed. They are not in `leaves`, so a reuse plan neither links them from an
+    /// earlier snapshot nor records them in its manifest: only the first name of a group is.
+    links: Vec<(Leaf, PathBuf)>,
+    /// The destination of the first leaf of each source (dev, inode) with more than one name.
+    firsts: HashMap<(u64, u64), PathBuf>,
     dir_times: Vec<(PathBuf, filetime::FileTime)>,
 }
 
 impl Batch {
     pub(super) fn push(&mut self, leaf: Leaf) {
+        // As BuildKit, only regular files: a hard-linked symlink or device is copied per name.
+        if leaf.meta.is_file() && leaf.meta.nlink() > 1 {
+            match self.firsts.entry((leaf.meta.dev(), leaf.meta.ino())) {
+                Entry::Occupied(first) => {
+                    let first = first.get().clone();
+                    self.links.push((leaf, first));
+                    return;
+                }
+                Entry::Vacant(v) => {
+                    v.insert(leaf.dst.clone());
+                }
+            }
+        }
         self.leaves.push(leaf);
     }
 
@@ -74,6 +99,10 @@ impl Batch {
         } else {
             leaves.par_iter().enumerate().try_for_each(place)?;
         }
+        // Every first name is in place now (in this flush or an earlier one).
+        for (leaf, first) in std::mem::take(&mut self.links) {
+            link_leaf(&leaf, &first, owner, mode)?;
+        }
         for (dir, mtime) in std::mem::take(&mut self.dir_times) {
             filetime::set_file_times(&dir, mtime, mtime)
                 .map_err(|e| op_err(&dir.display().to_string(), e))?;
@@ -93,6 +122,26 @@ pub(super) fn copy_leaf(
         clear_target(&l.dst, &l.meta)?;
     }
     create_entry(&l.src, &l.meta, &l.dst, owner, mode)
+}
+
+/// Places `l` as a second name of `first`, the destination of an earlier leaf with the same
+/// source inode. The inode already has the content and metadata a copy of `l` would get (same
+/// source, same owner and mode). When the link cannot be made (`EMLINK`, or the first name was
+/// replaced by a later entry of the copy), `l` is copied, as it would be without the link.
+fn link_leaf(
+    l: &Leaf,
+    first: &Path,
+    owner: Option<Owner>,
+    mode: Option<u32>,
+) -> Result<(), SolveError> {
+    if !l.fresh {
+        clear_target(&l.dst, &l.meta)?;
+    }
+    let first_is_file = std::fs::symlink_metadata(first).is_ok_and(|m| m.is_file());
+    if first_is_file && std::fs::hard_link(first, &l.dst).is_ok() {
+        return Ok(());
+    }
+    create_entry(&l.src, &l.meta, &l.dst, owner, mode).map(|_| ())
 }
 
 /// Removes what is in the way of a non-directory at `dst`.
