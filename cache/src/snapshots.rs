@@ -587,7 +587,14 @@ mod tests {
     fn a_chain_of_501_layers_is_refused_naming_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(FakeMounter::default());
-        let store = Store::open_with(dir.path(), false, fake.clone()).unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            crate::LockWait::Never,
+            "test",
+            &mut |_| {},
+            fake.clone(),
+        )
+        .unwrap();
         let snaps = store.snapshots();
         let mut chain = vec![snaps.create(None).unwrap()];
         for _ in 0..MAX_LAYERS {
