@@ -17,16 +17,22 @@ pub(crate) fn clip(text: &str, max: usize) -> Cow<'_, str> {
     }
 }
 
-/// A message with every piece between backticks (and every piece outside them) cut to
-/// [`QUOTE_CHARS`], then the whole cut to [`MESSAGE_CHARS`]: the quoted input shrinks, the
-/// advice around it stays.
+/// The most characters of one piece of a message outside backticks: wording and advice, and
+/// the text of the errors it wraps (a registry's answer, an I/O error), which can be long but is
+/// not the Dockerfile's input.
+const PROSE_CHARS: usize = MESSAGE_CHARS / 2;
+
+/// A message with every piece between backticks cut to [`QUOTE_CHARS`] (and every piece outside
+/// them to [`PROSE_CHARS`]), then the whole cut to [`MESSAGE_CHARS`]: the quoted input shrinks,
+/// the advice around it stays.
 pub(crate) fn clip_message(message: &str) -> Cow<'_, str> {
     if message.len() <= QUOTE_CHARS {
         return Cow::Borrowed(message);
     }
     let pieces: Vec<Cow<'_, str>> = message
         .split('`')
-        .map(|piece| clip(piece, QUOTE_CHARS))
+        .enumerate()
+        .map(|(i, piece)| clip(piece, if i % 2 == 1 { QUOTE_CHARS } else { PROSE_CHARS }))
         .collect();
     if pieces.iter().all(|p| matches!(p, Cow::Borrowed(_))) {
         return clip(message, MESSAGE_CHARS);
@@ -37,6 +43,18 @@ pub(crate) fn clip_message(message: &str) -> Cow<'_, str> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_wrapped_registry_error_lost_its_advice() {
+        // A pull error quoted through `Dockerfile:1: cannot resolve image`: the prose between the
+        // quoted names is longer than a quote may be, and its advice must survive.
+        let prose = "error decoding response body: request or response body error: ".repeat(4);
+        let message = format!(
+            "cannot resolve image `r/x:v1`: downloading blob `sha256:ab` failed: {prose}; check the network and run the command again"
+        );
+        let clipped = clip_message(&message);
+        assert!(clipped.ends_with("run the command again"), "{clipped}");
+    }
 
     #[test]
     fn short_text_is_left_alone() {
