@@ -57,6 +57,10 @@ impl fmt::Display for SnapshotId {
 pub(crate) struct SnapshotRecord {
     pub(crate) parent: Option<u64>,
     pub(crate) created_unix: u64,
+    /// Set on a snapshot whose changes are relative to only part of its parent chain (a merge's
+    /// re-applied layer): the ancestor at which that part ends (exclusive; 0: none of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) diff_floor: Option<u64>,
 }
 
 /// A layer blob known for a snapshot (one per media type).
@@ -108,6 +112,25 @@ impl Snapshots {
 
     /// Creates a new, empty snapshot on `parent` (which must exist).
     pub fn create(&self, parent: Option<SnapshotId>) -> Result<SnapshotId, CacheError> {
+        self.create_record(parent, None)
+    }
+
+    /// Creates a new, empty snapshot on `parent` whose changes are a diff against the chain
+    /// below it only down to `floor` (exclusive; `None`: against nothing). A merge re-applies a
+    /// layer on another base this way: its layer stays the diff it was made as, whatever the base.
+    pub fn create_over(
+        &self,
+        parent: Option<SnapshotId>,
+        floor: Option<SnapshotId>,
+    ) -> Result<SnapshotId, CacheError> {
+        self.create_record(parent, Some(floor.map_or(0, |f| f.0)))
+    }
+
+    fn create_record(
+        &self,
+        parent: Option<SnapshotId>,
+        diff_floor: Option<u64>,
+    ) -> Result<SnapshotId, CacheError> {
         let txn = self.db.begin_write()?;
         let id;
         {
@@ -145,6 +168,7 @@ impl Snapshots {
             let record = SnapshotRecord {
                 parent: parent.map(|p| p.0),
                 created_unix: now_unix(),
+                diff_floor,
             };
             let bytes = serde_json::to_vec(&record).map_err(|e| CacheError::Corrupt {
                 what: "snapshot record",
@@ -213,6 +237,26 @@ impl Snapshots {
                 }
             }
         }
+    }
+
+    /// The snapshots a snapshot's own changes are a diff against, top first: its parent chain,
+    /// cut at the floor given to [`Snapshots::create_over`]. A layer leaves out what this chain
+    /// already has.
+    pub fn diff_lowers(&self, id: SnapshotId) -> Result<Vec<SnapshotId>, CacheError> {
+        let rec = self.record(id)?;
+        let Some(parent) = rec.parent else {
+            return Ok(Vec::new());
+        };
+        if rec.diff_floor == Some(0) {
+            return Ok(Vec::new());
+        }
+        let mut chain = self.chain(SnapshotId(parent))?;
+        if let Some(floor) = rec.diff_floor {
+            if let Some(i) = chain.iter().position(|s| s.0 == floor) {
+                chain.truncate(i);
+            }
+        }
+        Ok(chain)
     }
 
     /// All recorded snapshots with their parents, for garbage collection.
