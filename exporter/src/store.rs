@@ -66,9 +66,16 @@ pub fn export_layer(
         }
     }
     let dir = store.snapshots().fs_dir(snapshot);
+    // A layer holds only what its lower layers do not have already, as BuildKit's differ makes it.
+    let lowers: Vec<PathBuf> = store
+        .snapshots()
+        .diff_lowers(snapshot)?
+        .into_iter()
+        .map(|s| store.snapshots().fs_dir(s))
+        .collect();
     // The blob writer hashes what it stores: the pipe need not hash the blob a second time.
     let writer = store.content().writer()?;
-    let piped = pipe_layer(&dir, writer, opts, false)?;
+    let piped = pipe_layer(&dir, &lowers, writer, opts, false)?;
     let (digest, size) = piped.out.commit(None)?;
     let blob = LayerBlob {
         diff_id: piped.diff_id.unwrap_or_else(|| digest.clone()),
