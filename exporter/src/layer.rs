@@ -98,7 +98,7 @@ pub fn write_layer_tar(
     out: impl Write,
     opts: &LayerOptions,
 ) -> Result<(), ExportError> {
-    write_layer_diff_tar(dir, &[], out, opts)
+    tar_dir(dir, None, TarWriter::new(out), opts.source_date_epoch).map(|_| ())
 }
 
 /// [`write_layer_tar`] of the snapshot dir `dir` as a diff over `lowers` (the snapshot dirs
@@ -109,7 +109,13 @@ pub fn write_layer_diff_tar(
     out: impl Write,
     opts: &LayerOptions,
 ) -> Result<(), ExportError> {
-    tar_dir(dir, lowers, TarWriter::new(out), opts.source_date_epoch).map(|_| ())
+    tar_dir(
+        dir,
+        Some(lowers),
+        TarWriter::new(out),
+        opts.source_date_epoch,
+    )
+    .map(|_| ())
 }
 
 /// Tar, hash, compress and hash again in one pass into `out`; returns the blob's description
@@ -119,7 +125,7 @@ pub fn write_layer_blob<W: Write + Send>(
     out: W,
     opts: &LayerOptions,
 ) -> Result<(LayerBlob, W), ExportError> {
-    let piped = pipe_layer(dir, &[], out, opts, true)?;
+    let piped = pipe_layer(dir, None, out, opts, true)?;
     let (digest, size) = piped.digest.unwrap_or_default();
     Ok((
         LayerBlob {
@@ -152,7 +158,7 @@ pub(crate) struct Piped<W> {
 /// it to another thread as well measured slower (more kernel time copying into the page cache).
 pub(crate) fn pipe_layer<W: Write + Send>(
     dir: &Path,
-    lowers: &[PathBuf],
+    lowers: Option<&[PathBuf]>,
     out: W,
     opts: &LayerOptions,
     hash_out: bool,
@@ -236,7 +242,7 @@ impl<W: Write> Write for OutputSink<W> {
 /// Writes the tar; returns whether the directory had no entries, and the sink.
 fn tar_dir<W: Write>(
     dir: &Path,
-    lowers: &[PathBuf],
+    lowers: Option<&[PathBuf]>,
     tar: TarWriter<W>,
     epoch: Option<i64>,
 ) -> Result<(bool, W), ExportError> {
@@ -252,7 +258,8 @@ fn tar_dir<W: Write>(
     }
     let mut w = Walker {
         root: dir,
-        lowers,
+        diff: lowers.is_some(),
+        lowers: lowers.unwrap_or_default(),
         tar,
         links: HashMap::new(),
         epoch,
@@ -270,6 +277,9 @@ fn tar_dir<W: Write>(
 
 struct Walker<'a, W: Write> {
     root: &'a Path,
+    /// Whether the snapshot is written as a diff over `lowers` (else as it is, whiteouts and
+    /// opaque markers included).
+    diff: bool,
     /// The snapshot dirs below this one, top first.
     lowers: &'a [PathBuf],
     tar: TarWriter<W>,
@@ -341,7 +351,7 @@ impl<W: Write> Walker<'_, W> {
             if ft.is_char_device() && md.rdev() == 0 {
                 // Checked before hard links: the kernel may link all whiteouts to one shared
                 // inode. A whiteout of a name no lower layer has deletes nothing.
-                if lower.is_some() {
+                if lower.is_some() || !self.diff {
                     self.release(&mut stack)?;
                     self.write_whiteout(&full, &rel, &md)?;
                 }
@@ -363,7 +373,7 @@ impl<W: Write> Walker<'_, W> {
                     _ => Vec::new(),
                 };
                 // An opaque marker means something only over a directory a lower layer has.
-                let marker = opaque && lower_dir.is_some();
+                let marker = opaque && (lower_dir.is_some() || !self.diff);
                 let same = match &lower_dir {
                     Some(l) => same_dir(&md, &xattrs, l)?,
                     None => false,
@@ -902,6 +912,79 @@ mod tests {
             .collect();
         assert!(kinds.contains(&("data/f".into(), tar::EntryType::Regular)));
         assert!(kinds.contains(&("data/g".into(), tar::EntryType::Link)));
+    }
+
+    fn names_of(tar: &[u8]) -> Vec<String> {
+        let mut ar = tar::Archive::new(tar);
+        ar.entries()
+            .unwrap()
+            .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+            .collect()
+    }
+
+    fn whiteout(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mknod keeps no pointer (the suite runs as root).
+        assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0);
+    }
+
+    /// The differ walks the lower layers as overlayfs stacks them: a name a higher lower layer
+    /// deleted is not there, an opaque lower directory hides the ones below it, and a held-back
+    /// directory is written (once, before them) only when something below it is.
+    #[test]
+    fn diff_over_lowers_follows_overlay_rules() {
+        let t = tempfile::tempdir().unwrap();
+        let (l1, l2, up) = (
+            t.path().join("l1"),
+            t.path().join("l2"),
+            t.path().join("up"),
+        );
+        let when = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        for d in [&l1, &l2, &up] {
+            fs::create_dir_all(d.join("a/b")).unwrap();
+        }
+        // l1: a/b/old, a/gone, o/x; l2 (above): deletes a/gone, makes o opaque with o/y.
+        fs::write(l1.join("a/b/old"), "old").unwrap();
+        fs::write(l1.join("a/gone"), "g").unwrap();
+        fs::create_dir_all(l1.join("o")).unwrap();
+        fs::write(l1.join("o/x"), "x").unwrap();
+        whiteout(&l2.join("a/gone"));
+        fs::create_dir_all(l2.join("o")).unwrap();
+        xattr::set(l2.join("o"), "trusted.overlay.opaque", b"y").unwrap();
+        fs::write(l2.join("o/y"), "y").unwrap();
+        // The upper: a/b/old rewritten the same; a/gone deleted again (nothing to delete);
+        // o/x deleted (hidden already by l2's opaque o); a/b/new added; o/y changed.
+        fs::write(up.join("a/b/old"), "old").unwrap();
+        whiteout(&up.join("a/gone"));
+        fs::create_dir_all(up.join("o")).unwrap();
+        whiteout(&up.join("o/x"));
+        fs::write(up.join("o/y"), "Y").unwrap();
+        for p in ["a/b/old", "o/y"] {
+            filetime::set_file_mtime(
+                l1.join(p)
+                    .exists()
+                    .then(|| l1.join(p))
+                    .unwrap_or(l2.join(p)),
+                when,
+            )
+            .unwrap();
+            filetime::set_file_mtime(up.join(p), when).unwrap();
+        }
+        let tar_over = |lowers: &[PathBuf]| {
+            let mut out = Vec::new();
+            write_layer_diff_tar(&up, lowers, &mut out, &LayerOptions::default()).unwrap();
+            names_of(&out)
+        };
+        let lowers = [l2.clone(), l1.clone()];
+        assert_eq!(tar_over(&lowers), ["o/", "o/y"]);
+        fs::write(up.join("a/b/new"), "n").unwrap();
+        assert_eq!(tar_over(&lowers), ["a/", "a/b/", "a/b/new", "o/", "o/y"]);
+        // Verbatim without lowers: every entry, whiteouts and all.
+        let mut out = Vec::new();
+        write_layer_tar(&up, &mut out, &LayerOptions::default()).unwrap();
+        assert!(names_of(&out).contains(&"a/.wh.gone".to_string()));
+        // Over nothing (a bottom layer), a whiteout deletes nothing.
+        assert!(!tar_over(&[]).contains(&"a/.wh.gone".to_string()));
     }
 
     /// The pipe once flushed the compressor before finishing it, which ends a zstd block early:

@@ -75,7 +75,7 @@ pub fn export_layer(
         .collect();
     // The blob writer hashes what it stores: the pipe need not hash the blob a second time.
     let writer = store.content().writer()?;
-    let piped = pipe_layer(&dir, &lowers, writer, opts, false)?;
+    let piped = pipe_layer(&dir, Some(&lowers), writer, opts, false)?;
     let (digest, size) = piped.out.commit(None)?;
     let blob = LayerBlob {
         diff_id: piped.diff_id.unwrap_or_else(|| digest.clone()),
