@@ -616,6 +616,35 @@ mod tests {
     use crate::Store;
 
     #[test]
+    fn a_merged_layer_is_a_diff_against_its_own_chain_not_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            crate::LockWait::Never,
+            "test",
+            &mut |_| {},
+            Arc::new(FakeMounter::default()),
+        )
+        .unwrap();
+        let snaps = store.snapshots();
+        let a = snaps.create(None).unwrap();
+        let b = snaps.create(Some(a)).unwrap();
+        assert_eq!(snaps.diff_lowers(a).unwrap(), []);
+        assert_eq!(snaps.diff_lowers(b).unwrap(), [a]);
+        // Two layers re-applied on `b`: the first is a diff against nothing, the second against
+        // the first only.
+        let r1 = snaps.create_over(Some(b), Some(b)).unwrap();
+        let r2 = snaps.create_over(Some(r1), Some(b)).unwrap();
+        let top = snaps.create(Some(r2)).unwrap();
+        assert_eq!(snaps.diff_lowers(r1).unwrap(), []);
+        assert_eq!(snaps.diff_lowers(r2).unwrap(), [r1]);
+        assert_eq!(snaps.diff_lowers(top).unwrap(), [r2, r1, b, a]);
+        let none = snaps.create_over(Some(b), None).unwrap();
+        assert_eq!(snaps.diff_lowers(none).unwrap(), []);
+        assert_eq!(snaps.chain(r2).unwrap(), [r2, r1, b, a]);
+    }
+
+    #[test]
     fn mount_plans_with_snapshot_paths_without_root() {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(FakeMounter::default());
