@@ -265,6 +265,7 @@ fn tar_dir<W: Write>(
         epoch,
         entries: 0,
         pending: 0,
+        cmp_bufs: (Vec::new(), Vec::new()),
     };
     w.walk()?;
     let empty = w.entries == 0;
@@ -289,7 +290,11 @@ struct Walker<'a, W: Write> {
     entries: u64,
     /// How many frames of the walk hold back their directory's entry.
     pending: usize,
+    /// Buffers for content comparisons, allocated at the first one.
+    cmp_bufs: CmpBufs,
 }
+
+type CmpBufs = (Vec<u8>, Vec<u8>);
 
 /// A directory being walked.
 struct Frame {
@@ -403,7 +408,7 @@ impl<W: Write> Walker<'_, W> {
                 continue;
             }
             if let Some(l) = &lower {
-                if same_file(&full, &md, l)? {
+                if same_file(&full, &md, l, &mut self.cmp_bufs)? {
                     continue;
                 }
             }
@@ -632,7 +637,12 @@ fn same_dir(md: &Metadata, xattrs: &Xattrs, lower: &Lower) -> Result<bool, Expor
 /// when all of it matches, the symlink target or the content. Unlike BuildKit, a file with equal
 /// nanosecond mtimes is still compared by content: a tool that restores mtimes must not make a
 /// changed file vanish from its layer.
-fn same_file(full: &Path, md: &Metadata, lower: &Lower) -> Result<bool, ExportError> {
+fn same_file(
+    full: &Path,
+    md: &Metadata,
+    lower: &Lower,
+    bufs: &mut CmpBufs,
+) -> Result<bool, ExportError> {
     let l = &lower.md;
     if (md.dev(), md.ino()) == (l.dev(), l.ino()) {
         return Ok(true);
@@ -654,7 +664,7 @@ fn same_file(full: &Path, md: &Metadata, lower: &Lower) -> Result<bool, ExportEr
         return Ok(read(full)? == read(&lower.path)?);
     }
     if ft.is_file() && md.len() > 0 {
-        return same_content(full, &lower.path);
+        return same_content(full, &lower.path, bufs);
     }
     Ok(true)
 }
@@ -663,7 +673,7 @@ fn same_stat(a: &Metadata, b: &Metadata) -> bool {
     a.mode() == b.mode() && a.uid() == b.uid() && a.gid() == b.gid() && a.rdev() == b.rdev()
 }
 
-fn same_content(a: &Path, b: &Path) -> Result<bool, ExportError> {
+fn same_content(a: &Path, b: &Path, bufs: &mut CmpBufs) -> Result<bool, ExportError> {
     use std::io::Read;
     let open = |p: &Path| {
         fs::OpenOptions::new()
@@ -673,10 +683,13 @@ fn same_content(a: &Path, b: &Path) -> Result<bool, ExportError> {
             .map_err(|e| ExportError::read("open", p, e))
     };
     let (mut fa, mut fb) = (open(a)?, open(b)?);
-    let (mut ba, mut bb) = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    if bufs.0.is_empty() {
+        *bufs = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    }
+    let (ba, bb) = (&mut bufs.0, &mut bufs.1);
     loop {
-        let na = read_full(&mut fa, &mut ba).map_err(|e| ExportError::read("read", a, e))?;
-        let nb = read_full(&mut fb, &mut bb).map_err(|e| ExportError::read("read", b, e))?;
+        let na = read_full(&mut fa, ba).map_err(|e| ExportError::read("read", a, e))?;
+        let nb = read_full(&mut fb, bb).map_err(|e| ExportError::read("read", b, e))?;
         if ba[..na] != bb[..nb] {
             return Ok(false);
         }
@@ -959,16 +972,13 @@ mod tests {
         fs::create_dir_all(up.join("o")).unwrap();
         whiteout(&up.join("o/x"));
         fs::write(up.join("o/y"), "Y").unwrap();
-        for p in ["a/b/old", "o/y"] {
-            filetime::set_file_mtime(
-                l1.join(p)
-                    .exists()
-                    .then(|| l1.join(p))
-                    .unwrap_or(l2.join(p)),
-                when,
-            )
-            .unwrap();
-            filetime::set_file_mtime(up.join(p), when).unwrap();
+        for p in [
+            l1.join("a/b/old"),
+            l2.join("o/y"),
+            up.join("a/b/old"),
+            up.join("o/y"),
+        ] {
+            filetime::set_file_mtime(p, when).unwrap();
         }
         let tar_over = |lowers: &[PathBuf]| {
             let mut out = Vec::new();
