@@ -24,9 +24,11 @@ pub enum ManifestFormat {
 }
 
 /// The key a layer blob is recorded under for a snapshot: its media type, plus the level and
-/// epoch when they are not the defaults, since both change the bytes.
+/// epoch when they are not the defaults, since both change the bytes, and the differ's version
+/// (blobs recorded before layers left out what the lower layers have are not reused).
 fn record_key(opts: &LayerOptions) -> String {
     let mut key = opts.compression.media_type().to_string();
+    key.push_str(";kiln.differ=1");
     if let Some(l) = opts.level {
         key.push_str(&format!(";kiln.level={l}"));
     }
