@@ -61,6 +61,10 @@ impl fmt::Display for SnapshotId {
 pub(crate) struct SnapshotRecord {
     pub(crate) parent: Option<u64>,
     pub(crate) created_unix: u64,
+    /// Set on a snapshot whose changes are relative to only part of its parent chain (a merge's
+    /// re-applied layer): the ancestor at which that part ends (exclusive; 0: none of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) diff_floor: Option<u64>,
 }
 
 /// A layer blob known for a snapshot (one per media type).
@@ -112,6 +116,25 @@ impl Snapshots {
 
     /// Creates a new, empty snapshot on `parent` (which must exist).
     pub fn create(&self, parent: Option<SnapshotId>) -> Result<SnapshotId, CacheError> {
+        self.create_record(parent, None)
+    }
+
+    /// Creates a new, empty snapshot on `parent` whose changes are a diff against the chain
+    /// below it only down to `floor` (exclusive; `None`: against nothing). A merge re-applies a
+    /// layer on another base this way: its layer stays the diff it was made as, whatever the base.
+    pub fn create_over(
+        &self,
+        parent: Option<SnapshotId>,
+        floor: Option<SnapshotId>,
+    ) -> Result<SnapshotId, CacheError> {
+        self.create_record(parent, Some(floor.map_or(0, |f| f.0)))
+    }
+
+    fn create_record(
+        &self,
+        parent: Option<SnapshotId>,
+        diff_floor: Option<u64>,
+    ) -> Result<SnapshotId, CacheError> {
         let txn = self.db.begin_write()?;
         let id;
         {
@@ -149,6 +172,7 @@ impl Snapshots {
             let record = SnapshotRecord {
                 parent: parent.map(|p| p.0),
                 created_unix: now_unix(),
+                diff_floor,
             };
             let bytes = serde_json::to_vec(&record).map_err(|e| CacheError::Corrupt {
                 what: "snapshot record",
@@ -217,6 +241,26 @@ impl Snapshots {
                 }
             }
         }
+    }
+
+    /// The snapshots a snapshot's own changes are a diff against, top first: its parent chain,
+    /// cut at the floor given to [`Snapshots::create_over`]. A layer leaves out what this chain
+    /// already has.
+    pub fn diff_lowers(&self, id: SnapshotId) -> Result<Vec<SnapshotId>, CacheError> {
+        let rec = self.record(id)?;
+        let Some(parent) = rec.parent else {
+            return Ok(Vec::new());
+        };
+        if rec.diff_floor == Some(0) {
+            return Ok(Vec::new());
+        }
+        let mut chain = self.chain(SnapshotId(parent))?;
+        if let Some(floor) = rec.diff_floor {
+            if let Some(i) = chain.iter().position(|s| s.0 == floor) {
+                chain.truncate(i);
+            }
+        }
+        Ok(chain)
     }
 
     /// All recorded snapshots with their parents, for garbage collection.
@@ -612,6 +656,35 @@ mod tests {
         );
         assert!(fake.log.lock().unwrap().is_empty());
         drop(snaps.mount(&chain[1..], None, &target).unwrap());
+    }
+
+    #[test]
+    fn a_merged_layer_is_a_diff_against_its_own_chain_not_the_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            crate::LockWait::Never,
+            "test",
+            &mut |_| {},
+            Arc::new(FakeMounter::default()),
+        )
+        .unwrap();
+        let snaps = store.snapshots();
+        let a = snaps.create(None).unwrap();
+        let b = snaps.create(Some(a)).unwrap();
+        assert_eq!(snaps.diff_lowers(a).unwrap(), []);
+        assert_eq!(snaps.diff_lowers(b).unwrap(), [a]);
+        // Two layers re-applied on `b`: the first is a diff against nothing, the second against
+        // the first only.
+        let r1 = snaps.create_over(Some(b), Some(b)).unwrap();
+        let r2 = snaps.create_over(Some(r1), Some(b)).unwrap();
+        let top = snaps.create(Some(r2)).unwrap();
+        assert_eq!(snaps.diff_lowers(r1).unwrap(), []);
+        assert_eq!(snaps.diff_lowers(r2).unwrap(), [r1]);
+        assert_eq!(snaps.diff_lowers(top).unwrap(), [r2, r1, b, a]);
+        let none = snaps.create_over(Some(b), None).unwrap();
+        assert_eq!(snaps.diff_lowers(none).unwrap(), []);
+        assert_eq!(snaps.chain(r2).unwrap(), [r2, r1, b, a]);
     }
 
     #[test]

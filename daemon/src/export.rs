@@ -236,18 +236,17 @@ pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage
     };
     let epoch = source_date_epoch();
     let (blob, _) = layer_of(store, snap, epoch)?;
-    if epoch.is_some() {
-        // The exporter records only unclamped layers; this one is the image's own from now on.
-        store.snapshots().set_layer(
-            snap,
-            LayerInfo {
-                diff_id: blob.diff_id.clone(),
-                digest: blob.digest.clone(),
-                size: blob.size,
-                media_type: blob.media_type.clone(),
-            },
-        )?;
-    }
+    // The exporter's records carry its own parameters; this blob is the image's own from
+    // now on, recorded under its plain media type as a pulled layer's is.
+    store.snapshots().set_layer(
+        snap,
+        LayerInfo {
+            diff_id: blob.diff_id.clone(),
+            digest: blob.digest.clone(),
+            size: blob.size,
+            media_type: blob.media_type.clone(),
+        },
+    )?;
     kiln_solver::images::mark_image_layer(store, snap)?;
     let platform = kiln_registry::Platform::host();
     let created = rfc3339(epoch.unwrap_or_else(|| {

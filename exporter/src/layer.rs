@@ -1,5 +1,13 @@
 //! Snapshot directory (overlayfs upper-dir form) → deterministic layer tar → compressed blob,
 //! in one streaming pass that also computes the diffID and the blob digest.
+//!
+//! Given the snapshot's lower layers, the walk is BuildKit's overlay differ
+//! (`util/overlay.Changes`): an upper entry that overlayfs copied up but that equals the lower
+//! one (a directory with the same mode, owner and xattrs, whatever its mtime; a file with the
+//! same metadata, mtime to the nanosecond, and content) is left out, a directory only as long as
+//! nothing below it is written (then it comes first, as containerd's change writer adds
+//! parents); whiteouts of names no lower layer has, and opaque markers on directories no lower
+//! layer has, are left out too.
 
 use std::collections::HashMap;
 use std::ffi::{OsStr, OsString};
@@ -7,7 +15,7 @@ use std::fs::{self, File, Metadata};
 use std::io::{self, Write};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest as _, Sha256};
 
@@ -90,7 +98,24 @@ pub fn write_layer_tar(
     out: impl Write,
     opts: &LayerOptions,
 ) -> Result<(), ExportError> {
-    tar_dir(dir, TarWriter::new(out), opts.source_date_epoch).map(|_| ())
+    tar_dir(dir, None, TarWriter::new(out), opts.source_date_epoch).map(|_| ())
+}
+
+/// [`write_layer_tar`] of the snapshot dir `dir` as a diff over `lowers` (the snapshot dirs
+/// below it, top first): what `lowers` already has is left out (see the module docs).
+pub fn write_layer_diff_tar(
+    dir: &Path,
+    lowers: &[PathBuf],
+    out: impl Write,
+    opts: &LayerOptions,
+) -> Result<(), ExportError> {
+    tar_dir(
+        dir,
+        Some(lowers),
+        TarWriter::new(out),
+        opts.source_date_epoch,
+    )
+    .map(|_| ())
 }
 
 /// Tar, hash, compress and hash again in one pass into `out`; returns the blob's description
@@ -100,7 +125,7 @@ pub fn write_layer_blob<W: Write + Send>(
     out: W,
     opts: &LayerOptions,
 ) -> Result<(LayerBlob, W), ExportError> {
-    let piped = pipe_layer(dir, out, opts, true)?;
+    let piped = pipe_layer(dir, None, out, opts, true)?;
     let (digest, size) = piped.digest.unwrap_or_default();
     Ok((
         LayerBlob {
@@ -133,6 +158,7 @@ pub(crate) struct Piped<W> {
 /// it to another thread as well measured slower (more kernel time copying into the page cache).
 pub(crate) fn pipe_layer<W: Write + Send>(
     dir: &Path,
+    lowers: Option<&[PathBuf]>,
     out: W,
     opts: &LayerOptions,
     hash_out: bool,
@@ -141,7 +167,7 @@ pub(crate) fn pipe_layer<W: Write + Send>(
     if opts.compression == Compression::Uncompressed {
         // The blob is the tar: its digest is the diffID, one sha256 pass is enough.
         let sink = OutputSink::new(out, hash_out);
-        let (empty, sink) = tar_dir(dir, TarWriter::new(sink), opts.source_date_epoch)?;
+        let (empty, sink) = tar_dir(dir, lowers, TarWriter::new(sink), opts.source_date_epoch)?;
         let (digest, mut out) = sink.finish();
         out.flush().map_err(werr)?;
         return Ok(Piped {
@@ -154,7 +180,12 @@ pub(crate) fn pipe_layer<W: Write + Send>(
     std::thread::scope(|s| {
         let comp = Compressor::new(opts, OutputSink::new(out, hash_out)).map_err(werr)?;
         let tee = Staged::spawn(s, comp, HashingWriter::new(io::sink()));
-        let (empty, tee) = tar_dir(dir, TarWriter::new_direct(tee), opts.source_date_epoch)?;
+        let (empty, tee) = tar_dir(
+            dir,
+            lowers,
+            TarWriter::new_direct(tee),
+            opts.source_date_epoch,
+        )?;
         let (comp, diff) = tee.finish().map_err(werr)?;
         let (diff_id, _, _) = diff.finish();
         let sink = comp.finish().map_err(werr)?;
@@ -211,6 +242,7 @@ impl<W: Write> Write for OutputSink<W> {
 /// Writes the tar; returns whether the directory had no entries, and the sink.
 fn tar_dir<W: Write>(
     dir: &Path,
+    lowers: Option<&[PathBuf]>,
     tar: TarWriter<W>,
     epoch: Option<i64>,
 ) -> Result<(bool, W), ExportError> {
@@ -226,10 +258,14 @@ fn tar_dir<W: Write>(
     }
     let mut w = Walker {
         root: dir,
+        diff: lowers.is_some(),
+        lowers: lowers.unwrap_or_default(),
         tar,
         links: HashMap::new(),
         epoch,
         entries: 0,
+        pending: 0,
+        cmp_bufs: (Vec::new(), Vec::new()),
     };
     w.walk()?;
     let empty = w.entries == 0;
@@ -242,32 +278,210 @@ fn tar_dir<W: Write>(
 
 struct Walker<'a, W: Write> {
     root: &'a Path,
+    /// Whether the snapshot is written as a diff over `lowers` (else as it is, whiteouts and
+    /// opaque markers included).
+    diff: bool,
+    /// The snapshot dirs below this one, top first.
+    lowers: &'a [PathBuf],
     tar: TarWriter<W>,
     /// First tar path of each multiply-linked inode, so later paths become hard links to it.
     links: HashMap<(u64, u64), Vec<u8>>,
     epoch: Option<i64>,
     entries: u64,
+    /// How many frames of the walk hold back their directory's entry.
+    pending: usize,
+    /// Buffers for content comparisons, allocated at the first one.
+    cmp_bufs: CmpBufs,
+}
+
+type CmpBufs = (Vec<u8>, Vec<u8>);
+
+/// A directory being walked.
+struct Frame {
+    /// Its tar path with a trailing `/` (empty for the root).
+    prefix: Vec<u8>,
+    children: std::vec::IntoIter<OsString>,
+    /// Indices into `lowers` of the layers in which this directory is visible as a directory,
+    /// top first: where its children's lower versions are looked up.
+    below: Vec<usize>,
+    /// Its entry, held back while it equals the lower directory: written before the first
+    /// entry below it, if any.
+    held: Option<HeldDir>,
+}
+
+struct HeldDir {
+    full: PathBuf,
+    rel: Vec<u8>,
+    md: Metadata,
+    xattrs: Xattrs,
+}
+
+/// The version of a path that the lower layers show.
+struct Lower {
+    /// Position in the parent's `below` of the layer it was found in.
+    at: usize,
+    path: PathBuf,
+    md: Metadata,
 }
 
 impl<W: Write> Walker<'_, W> {
     fn walk(&mut self) -> Result<(), ExportError> {
         // An explicit stack, not recursion: snapshot trees can be arbitrarily deep.
-        let mut stack: Vec<(Vec<u8>, std::vec::IntoIter<OsString>)> =
-            vec![(Vec::new(), sorted_children(self.root)?.into_iter())];
-        while let Some((prefix, children)) = stack.last_mut() {
-            let Some(name) = children.next() else {
-                stack.pop();
+        let mut stack = vec![Frame {
+            prefix: Vec::new(),
+            children: sorted_children(self.root)?.into_iter(),
+            below: (0..self.lowers.len()).collect(),
+            held: None,
+        }];
+        while let Some(frame) = stack.last_mut() {
+            let Some(name) = frame.children.next() else {
+                if stack.pop().is_some_and(|f| f.held.is_some()) {
+                    self.pending -= 1;
+                }
                 continue;
             };
-            let mut rel = prefix.clone();
+            let mut rel = frame.prefix.clone();
             rel.extend_from_slice(name.as_bytes());
             let full = self.root.join(OsStr::from_bytes(&rel));
             let md = fs::symlink_metadata(&full)
                 .map_err(|e| ExportError::read("stat", full.clone(), e))?;
-            if self.emit(&full, &rel, &md)? {
-                let children = sorted_children(&full)?;
-                rel.push(b'/');
-                stack.push((rel, children.into_iter()));
+            let ft = md.file_type();
+            // Only a path whose parent a lower layer has can exist below: a new directory's
+            // contents cost no lookups.
+            let lower = if frame.below.is_empty() {
+                None
+            } else {
+                self.lookup(&rel, &frame.below)?
+            };
+            if ft.is_char_device() && md.rdev() == 0 {
+                // Checked before hard links: the kernel may link all whiteouts to one shared
+                // inode. A whiteout of a name no lower layer has deletes nothing.
+                if lower.is_some() || !self.diff {
+                    self.release(&mut stack)?;
+                    self.write_whiteout(&full, &rel, &md)?;
+                }
+                continue;
+            }
+            if ft.is_socket() {
+                // Sockets cannot be stored in a tar and are meaningless in an image.
+                continue;
+            }
+            if ft.is_dir() {
+                let (xattrs, opaque) = read_xattrs(&full)?;
+                let lower_dir = lower.filter(|l| l.md.is_dir());
+                let below = match &lower_dir {
+                    // An opaque directory hides what the lower ones hold.
+                    Some(l) if !opaque => {
+                        let parent_below = stack.last().map_or(&[][..], |f| &f.below[..]);
+                        self.dir_below(&rel, l, parent_below)?
+                    }
+                    _ => Vec::new(),
+                };
+                // An opaque marker means something only over a directory a lower layer has.
+                let marker = opaque && (lower_dir.is_some() || !self.diff);
+                let same = match &lower_dir {
+                    Some(l) => same_dir(&md, &xattrs, l)?,
+                    None => false,
+                };
+                let mut prefix = rel.clone();
+                prefix.push(b'/');
+                let children = sorted_children(&full)?.into_iter();
+                let held = if same && !marker {
+                    self.pending += 1;
+                    Some(HeldDir {
+                        full,
+                        rel,
+                        md,
+                        xattrs,
+                    })
+                } else {
+                    self.release(&mut stack)?;
+                    self.write_dir(&full, &rel, &md, &xattrs, marker)?;
+                    None
+                };
+                stack.push(Frame {
+                    prefix,
+                    children,
+                    below,
+                    held,
+                });
+                continue;
+            }
+            if let Some(l) = &lower {
+                if same_file(&full, &md, l, &mut self.cmp_bufs)? {
+                    continue;
+                }
+            }
+            self.release(&mut stack)?;
+            self.write_other(&full, &rel, &md)?;
+        }
+        Ok(())
+    }
+
+    /// The version of `rel` the layers `below` (where its parent is a visible directory) show.
+    fn lookup(&self, rel: &[u8], below: &[usize]) -> Result<Option<Lower>, ExportError> {
+        for (at, &i) in below.iter().enumerate() {
+            let path = self.lowers[i].join(OsStr::from_bytes(rel));
+            match fs::symlink_metadata(&path) {
+                Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => return Ok(None),
+                Ok(md) => return Ok(Some(Lower { at, path, md })),
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(ExportError::read("stat", path, e)),
+            }
+        }
+        Ok(None)
+    }
+
+    /// The layers in which the directory `rel`, found as `found` in the parent's layers
+    /// `parent_below`, is visible as a directory: down to the first layer where it is opaque,
+    /// or something else hides it.
+    fn dir_below(
+        &self,
+        rel: &[u8],
+        found: &Lower,
+        parent_below: &[usize],
+    ) -> Result<Vec<usize>, ExportError> {
+        let mut below = vec![parent_below[found.at]];
+        if is_opaque_dir(&found.path)? {
+            return Ok(below);
+        }
+        for &i in &parent_below[found.at + 1..] {
+            let path = self.lowers[i].join(OsStr::from_bytes(rel));
+            match fs::symlink_metadata(&path) {
+                Ok(md) if md.is_dir() => {
+                    below.push(i);
+                    if is_opaque_dir(&path)? {
+                        break;
+                    }
+                }
+                // A whiteout or another kind of file hides the layers below it.
+                Ok(_) => break,
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    continue
+                }
+                Err(e) => return Err(ExportError::read("stat", path, e)),
+            }
+        }
+        Ok(below)
+    }
+
+    /// Writes the held-back entries of the directories above the next entry.
+    fn release(&mut self, stack: &mut [Frame]) -> Result<(), ExportError> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        for f in stack.iter_mut() {
+            if let Some(h) = f.held.take() {
+                self.pending -= 1;
+                self.write_dir(&h.full, &h.rel, &h.md, &h.xattrs, false)?;
             }
         }
         Ok(())
@@ -289,44 +503,52 @@ impl<W: Write> Walker<'_, W> {
         e
     }
 
-    /// Writes the entries for one path; returns true when it is a directory to descend into.
-    fn emit(&mut self, full: &Path, rel: &[u8], md: &Metadata) -> Result<bool, ExportError> {
-        let ft = md.file_type();
-        if ft.is_char_device() && md.rdev() == 0 {
-            // Checked before hard links: the kernel may link all whiteouts to one shared inode.
-            let (parent, name) = split_parent(rel);
-            let path = [parent, WHITEOUT_PREFIX, name].concat();
+    /// Overlayfs whiteouts (0/0 character devices) become empty `.wh.NAME` files.
+    fn write_whiteout(
+        &mut self,
+        full: &Path,
+        rel: &[u8],
+        md: &Metadata,
+    ) -> Result<(), ExportError> {
+        let (parent, name) = split_parent(rel);
+        let path = [parent, WHITEOUT_PREFIX, name].concat();
+        let mut e = self.base(&path, Kind::Regular, md);
+        e.mode = 0o600;
+        self.append(full, &e, None)
+    }
+
+    /// A directory's entry, and its opaque marker right after it when `marker`.
+    fn write_dir(
+        &mut self,
+        full: &Path,
+        rel: &[u8],
+        md: &Metadata,
+        xattrs: &Xattrs,
+        marker: bool,
+    ) -> Result<(), ExportError> {
+        let path = [rel, b"/"].concat();
+        let mut e = self.base(&path, Kind::Dir, md);
+        e.xattrs = xattrs;
+        self.append(full, &e, None)?;
+        if marker {
+            let path = [rel, b"/", OPAQUE_MARKER].concat();
             let mut e = self.base(&path, Kind::Regular, md);
-            e.mode = 0o600;
+            e.mode = md.mode() & 0o777;
             self.append(full, &e, None)?;
-            return Ok(false);
         }
-        if ft.is_socket() {
-            // Sockets cannot be stored in a tar and are meaningless in an image.
-            return Ok(false);
-        }
-        if ft.is_dir() {
-            let (xattrs, opaque) = read_xattrs(full)?;
-            let path = [rel, b"/"].concat();
-            let mut e = self.base(&path, Kind::Dir, md);
-            e.xattrs = &xattrs;
-            self.append(full, &e, None)?;
-            if opaque {
-                let path = [rel, b"/", OPAQUE_MARKER].concat();
-                let mut e = self.base(&path, Kind::Regular, md);
-                e.mode = md.mode() & 0o777;
-                self.append(full, &e, None)?;
-            }
-            return Ok(true);
-        }
+        Ok(())
+    }
+
+    /// The entry of anything but a directory, a whiteout or a socket.
+    fn write_other(&mut self, full: &Path, rel: &[u8], md: &Metadata) -> Result<(), ExportError> {
+        let ft = md.file_type();
         if md.nlink() > 1 {
             let key = (md.dev(), md.ino());
             if let Some(first) = self.links.get(&key) {
                 let first = first.clone();
                 let mut e = self.base(rel, Kind::HardLink, md);
                 e.link = &first;
-                self.append(full, &e, None)?;
-                return Ok(false);
+                return self.append(full, &e, None);
             }
             self.links.insert(key, rel.to_vec());
         }
@@ -366,7 +588,7 @@ impl<W: Write> Walker<'_, W> {
             e.xattrs = &xattrs;
             self.append(full, &e, None)?;
         }
-        Ok(false)
+        Ok(())
     }
 
     fn append(
@@ -399,6 +621,99 @@ fn split_parent(rel: &[u8]) -> (&[u8], &[u8]) {
         Some(i) => (&rel[..=i], &rel[i + 1..]),
         None => (&[], rel),
     }
+}
+
+/// Whether a copied-up directory equals the lower one as BuildKit's `sameDirent` has it: same
+/// mode, owner and xattrs (its mtime, which any change of its entries moves, does not count).
+fn same_dir(md: &Metadata, xattrs: &Xattrs, lower: &Lower) -> Result<bool, ExportError> {
+    if !same_stat(md, &lower.md) {
+        return Ok(false);
+    }
+    Ok(read_xattrs(&lower.path)?.0 == *xattrs)
+}
+
+/// Whether a copied-up non-directory equals the lower one: the metadata BuildKit's
+/// `sameDirent` compares (mode, owner, device, size, mtime to the nanosecond, xattrs), then, only
+/// when all of it matches, the symlink target or the content. Unlike BuildKit, a file with equal
+/// nanosecond mtimes is still compared by content: a tool that restores mtimes must not make a
+/// changed file vanish from its layer.
+fn same_file(
+    full: &Path,
+    md: &Metadata,
+    lower: &Lower,
+    bufs: &mut CmpBufs,
+) -> Result<bool, ExportError> {
+    let l = &lower.md;
+    if (md.dev(), md.ino()) == (l.dev(), l.ino()) {
+        return Ok(true);
+    }
+    if !same_stat(md, l)
+        || md.len() != l.len()
+        || md.mtime() != l.mtime()
+        || md.mtime_nsec() != l.mtime_nsec()
+    {
+        return Ok(false);
+    }
+    if read_xattrs(full)?.0 != read_xattrs(&lower.path)?.0 {
+        return Ok(false);
+    }
+    let ft = md.file_type();
+    if ft.is_symlink() {
+        let read =
+            |p: &Path| fs::read_link(p).map_err(|e| ExportError::read("read the symlink", p, e));
+        return Ok(read(full)? == read(&lower.path)?);
+    }
+    if ft.is_file() && md.len() > 0 {
+        return same_content(full, &lower.path, bufs);
+    }
+    Ok(true)
+}
+
+fn same_stat(a: &Metadata, b: &Metadata) -> bool {
+    a.mode() == b.mode() && a.uid() == b.uid() && a.gid() == b.gid() && a.rdev() == b.rdev()
+}
+
+fn same_content(a: &Path, b: &Path, bufs: &mut CmpBufs) -> Result<bool, ExportError> {
+    use std::io::Read;
+    let open = |p: &Path| {
+        fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(p)
+            .map_err(|e| ExportError::read("open", p, e))
+    };
+    let (mut fa, mut fb) = (open(a)?, open(b)?);
+    if bufs.0.is_empty() {
+        *bufs = (vec![0u8; 64 * 1024], vec![0u8; 64 * 1024]);
+    }
+    let (ba, bb) = (&mut bufs.0, &mut bufs.1);
+    loop {
+        let na = read_full(&mut fa, ba).map_err(|e| ExportError::read("read", a, e))?;
+        let nb = read_full(&mut fb, bb).map_err(|e| ExportError::read("read", b, e))?;
+        if ba[..na] != bb[..nb] {
+            return Ok(false);
+        }
+        if na < ba.len() {
+            return Ok(true);
+        }
+    }
+
+    fn read_full(f: &mut File, buf: &mut [u8]) -> io::Result<usize> {
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(n)
+    }
+}
+
+fn is_opaque_dir(path: &Path) -> Result<bool, ExportError> {
+    Ok(read_xattrs(path)?.1)
 }
 
 fn sorted_children(dir: &Path) -> Result<Vec<OsString>, ExportError> {
@@ -610,6 +925,76 @@ mod tests {
             .collect();
         assert!(kinds.contains(&("data/f".into(), tar::EntryType::Regular)));
         assert!(kinds.contains(&("data/g".into(), tar::EntryType::Link)));
+    }
+
+    fn names_of(tar: &[u8]) -> Vec<String> {
+        let mut ar = tar::Archive::new(tar);
+        ar.entries()
+            .unwrap()
+            .map(|e| String::from_utf8_lossy(&e.unwrap().path_bytes()).into_owned())
+            .collect()
+    }
+
+    fn whiteout(path: &Path) {
+        let c = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; mknod keeps no pointer (the suite runs as root).
+        assert_eq!(unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) }, 0);
+    }
+
+    /// The differ walks the lower layers as overlayfs stacks them: a name a higher lower layer
+    /// deleted is not there, an opaque lower directory hides the ones below it, and a held-back
+    /// directory is written (once, before them) only when something below it is.
+    #[test]
+    fn diff_over_lowers_follows_overlay_rules() {
+        let t = tempfile::tempdir().unwrap();
+        let (l1, l2, up) = (
+            t.path().join("l1"),
+            t.path().join("l2"),
+            t.path().join("up"),
+        );
+        let when = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        for d in [&l1, &l2, &up] {
+            fs::create_dir_all(d.join("a/b")).unwrap();
+        }
+        // l1: a/b/old, a/gone, o/x; l2 (above): deletes a/gone, makes o opaque with o/y.
+        fs::write(l1.join("a/b/old"), "old").unwrap();
+        fs::write(l1.join("a/gone"), "g").unwrap();
+        fs::create_dir_all(l1.join("o")).unwrap();
+        fs::write(l1.join("o/x"), "x").unwrap();
+        whiteout(&l2.join("a/gone"));
+        fs::create_dir_all(l2.join("o")).unwrap();
+        xattr::set(l2.join("o"), "trusted.overlay.opaque", b"y").unwrap();
+        fs::write(l2.join("o/y"), "y").unwrap();
+        // The upper: a/b/old rewritten the same; a/gone deleted again (nothing to delete);
+        // o/x deleted (hidden already by l2's opaque o); a/b/new added; o/y changed.
+        fs::write(up.join("a/b/old"), "old").unwrap();
+        whiteout(&up.join("a/gone"));
+        fs::create_dir_all(up.join("o")).unwrap();
+        whiteout(&up.join("o/x"));
+        fs::write(up.join("o/y"), "Y").unwrap();
+        for p in [
+            l1.join("a/b/old"),
+            l2.join("o/y"),
+            up.join("a/b/old"),
+            up.join("o/y"),
+        ] {
+            filetime::set_file_mtime(p, when).unwrap();
+        }
+        let tar_over = |lowers: &[PathBuf]| {
+            let mut out = Vec::new();
+            write_layer_diff_tar(&up, lowers, &mut out, &LayerOptions::default()).unwrap();
+            names_of(&out)
+        };
+        let lowers = [l2.clone(), l1.clone()];
+        assert_eq!(tar_over(&lowers), ["o/", "o/y"]);
+        fs::write(up.join("a/b/new"), "n").unwrap();
+        assert_eq!(tar_over(&lowers), ["a/", "a/b/", "a/b/new", "o/", "o/y"]);
+        // Verbatim without lowers: every entry, whiteouts and all.
+        let mut out = Vec::new();
+        write_layer_tar(&up, &mut out, &LayerOptions::default()).unwrap();
+        assert!(names_of(&out).contains(&"a/.wh.gone".to_string()));
+        // Over nothing (a bottom layer), a whiteout deletes nothing.
+        assert!(!tar_over(&[]).contains(&"a/.wh.gone".to_string()));
     }
 
     /// The pipe once flushed the compressor before finishing it, which ends a zstd block early:

@@ -18,7 +18,9 @@ mod variant;
 
 pub use error::ExportError;
 pub use image::{fill_rootfs, ImageDescriptor};
-pub use layer::{write_layer_blob, write_layer_tar, Compression, LayerBlob, LayerOptions};
+pub use layer::{
+    write_layer_blob, write_layer_diff_tar, write_layer_tar, Compression, LayerBlob, LayerOptions,
+};
 pub use store::{
     export_layer, tag_image, write_docker_archive, write_image, write_image_as,
     write_image_with_extras, write_oci_archive, write_oci_dir, write_rootfs, write_rootfs_tar,

@@ -24,9 +24,11 @@ pub enum ManifestFormat {
 }
 
 /// The key a layer blob is recorded under for a snapshot: its media type, plus the level and
-/// epoch when they are not the defaults, since both change the bytes.
+/// epoch when they are not the defaults, since both change the bytes, and the differ's version
+/// (blobs recorded before layers left out what the lower layers have are not reused).
 fn record_key(opts: &LayerOptions) -> String {
     let mut key = opts.compression.media_type().to_string();
+    key.push_str(";kiln.differ=1");
     if let Some(l) = opts.level {
         key.push_str(&format!(";kiln.level={l}"));
     }
@@ -66,9 +68,16 @@ pub fn export_layer(
         }
     }
     let dir = store.snapshots().fs_dir(snapshot);
+    // A layer holds only what its lower layers do not have already, as BuildKit's differ makes it.
+    let lowers: Vec<PathBuf> = store
+        .snapshots()
+        .diff_lowers(snapshot)?
+        .into_iter()
+        .map(|s| store.snapshots().fs_dir(s))
+        .collect();
     // The blob writer hashes what it stores: the pipe need not hash the blob a second time.
     let writer = store.content().writer()?;
-    let piped = pipe_layer(&dir, writer, opts, false)?;
+    let piped = pipe_layer(&dir, Some(&lowers), writer, opts, false)?;
     let (digest, size) = piped.out.commit(None)?;
     let blob = LayerBlob {
         diff_id: piped.diff_id.unwrap_or_else(|| digest.clone()),

@@ -52,8 +52,14 @@ fn merge(store: &Store, inputs: &[Output]) -> Result<Output, SolveError> {
             let mut chain = snaps.chain(upper).map_err(SolveError::cache)?;
             // Bottom first.
             chain.reverse();
+            // Each re-applied layer is a diff against the input's own layers below it, never
+            // against the base, so its blob is the same on any base (as BuildKit's merge keeps
+            // the input's blobs).
+            let floor = top;
             for layer in chain {
-                let snap = snaps.create(Some(top)).map_err(SolveError::cache)?;
+                let snap = snaps
+                    .create_over(Some(top), Some(floor))
+                    .map_err(SolveError::cache)?;
                 created.push(snap);
                 let (from, to) = (snaps.fs_dir(layer), snaps.fs_dir(snap));
                 copy_tree(&from, &to).map_err(|e| {
