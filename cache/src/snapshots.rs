@@ -1,7 +1,6 @@
 //! Snapshots: one directory of changes per snapshot (`snapshots/<id>/fs`, overlay whiteout
 //! form) plus a parent recorded in the index; chains, mounts, layer info and merged reads.
 
-use std::fmt;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -13,55 +12,19 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{validate_digest, Digest};
-use crate::index::{decode_record, Db, COUNTERS, LAYERS, RESULTS, SNAPSHOTS};
+use crate::index::{
+    decode_record, Db, SnapshotId, SnapshotRecord, COUNTERS, LAYERS, RESULTS, SNAPSHOTS,
+};
 use crate::mount::{self, MountGuard, Mounter};
+use crate::unpack::{OPAQUE_XATTR, USER_OPAQUE_XATTR};
 use crate::CacheError;
 
 /// The most lower layers one mount may stack: overlayfs's `OVL_MAX_STACK`, the same through
 /// mount(2) and through `fsconfig` `lowerdir+`.
 pub(crate) const MAX_LAYERS: usize = 500;
 
-/// The xattr overlayfs reads to hide a lower directory's contents (value `y`).
-pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-
-/// The same in a user namespace (rootless kiln), where overlayfs runs with `userxattr` and
-/// `trusted.*` cannot be set.
-pub const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
-
-/// Whether this process runs in a user namespace other than the host's (rootless kiln).
-pub(crate) fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
-}
-
-/// The opaque xattr overlayfs uses here: [`USER_OPAQUE_XATTR`] when rootless.
-pub fn opaque_xattr() -> &'static str {
-    if in_user_namespace() {
-        USER_OPAQUE_XATTR
-    } else {
-        OPAQUE_XATTR
-    }
-}
-
 /// Deepest chain followed before the index is declared corrupt (a parent cycle).
 const MAX_CHAIN: usize = 100_000;
-
-/// A snapshot's number; small so overlay option strings stay short.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Ord, PartialOrd, Serialize, Deserialize)]
-pub struct SnapshotId(pub u64);
-
-impl fmt::Display for SnapshotId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
-    }
-}
-
-/// How a snapshot is stored in the index.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SnapshotRecord {
-    pub(crate) parent: Option<u64>,
-    pub(crate) created_unix: u64,
-}
 
 /// A layer blob known for a snapshot (one per media type).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -587,7 +550,14 @@ mod tests {
     fn a_chain_of_501_layers_is_refused_naming_the_limit() {
         let dir = tempfile::tempdir().unwrap();
         let fake = Arc::new(FakeMounter::default());
-        let store = Store::open_with(dir.path(), false, fake.clone()).unwrap();
+        let store = Store::open_with(
+            dir.path(),
+            crate::LockWait::Never,
+            "test",
+            &mut |_| {},
+            fake.clone(),
+        )
+        .unwrap();
         let snaps = store.snapshots();
         let mut chain = vec![snaps.create(None).unwrap()];
         for _ in 0..MAX_LAYERS {

@@ -36,6 +36,7 @@ mod rootless;
 mod run;
 mod sandbox;
 mod seccomp_profile;
+mod spawn;
 mod spec;
 mod stubs;
 mod user;

@@ -429,9 +429,7 @@ fn without_device_nodes(mounts: Vec<Mount>, bind_devices: bool) -> Result<Vec<Mo
 /// Whether this process may raise hard resource limits: CAP_SYS_RESOURCE counts only in the
 /// host's user namespace.
 fn can_raise_hard_limits() -> bool {
-    let initial_userns = std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-        .unwrap_or(false);
+    let initial_userns = kiln_sys::in_initial_user_namespace() == Some(true);
     let cap_sys_resource = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -557,20 +555,20 @@ pub(crate) async fn run(
     ]);
     // The runtime runs under a watcher that takes the container down if this process dies
     // (see `oci/watch.rs`); `alive` is held until the watcher is gone.
-    let (engine_end, alive) =
-        crate::run::child_pipe().map_err(|e| not_started(format!("cannot create a pipe: {e}")))?;
+    let (engine_end, alive) = crate::spawn::child_pipe()
+        .map_err(|e| not_started(format!("cannot create a pipe: {e}")))?;
     let watch = watch::Watch {
         alive_fd: engine_end.as_raw_fd(),
         rootfs: &container_rootfs,
         runtime_root: &runtime_root,
         id: &id,
     };
-    let exe = crate::run::sandbox_exe()?;
+    let exe = crate::spawn::sandbox_exe()?;
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.args(watch::args(&watch, &located, &runtime_args));
     stdio.apply_to(&mut cmd);
     cmd.kill_on_drop(true);
-    crate::run::inherit(cmd.as_std_mut(), [engine_end.as_raw_fd()]);
+    crate::spawn::inherit(cmd.as_std_mut(), [engine_end.as_raw_fd()]);
     // The watcher (and so the runtime it starts) is in the step's cgroup before it execs.
     if let Some(cg) = &cgroup {
         cg.join_before_exec(cmd.as_std_mut());
@@ -588,7 +586,7 @@ pub(crate) async fn run(
         }
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    crate::run::pump_output(stdout, stderr, &mut sink).await;
+    crate::spawn::pump_output(stdout, stderr, &mut sink).await;
     let status = child.wait().await.map_err(|source| ExecError::Io {
         what: "cannot wait for the OCI runtime",
         path: PathBuf::from(binary),
