@@ -37,7 +37,7 @@ pub use images::{ImageRecord, ImageStore, CREATED_ANNOTATION, REF_NAME_ANNOTATIO
 pub use index::{CacheIndex, CachedResult, SnapshotId};
 pub use lock::LockWait;
 pub use mount::MountGuard;
-pub use snapshots::{is_whiteout, LayerInfo, Snapshots};
+pub use snapshots::{is_whiteout, LayerInfo, MutableSnapshot, Snapshots};
 pub use unpack::{opaque_xattr, OPAQUE_XATTR, USER_OPAQUE_XATTR};
 
 use mount::{Mounter, RealMounter};

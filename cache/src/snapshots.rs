@@ -26,6 +26,45 @@ pub(crate) const MAX_LAYERS: usize = 500;
 /// Deepest chain followed before the index is declared corrupt (a parent cycle).
 const MAX_CHAIN: usize = 100_000;
 
+/// A snapshot being written: it removes itself when dropped unless [`MutableSnapshot::commit`]
+/// was called, as BuildKit's `MutableRef` until `Commit`. A step that fails (an error, `?`, a
+/// panic, a cancelled future) thus leaves no half-made snapshot behind, without a hand-written
+/// removal on each error path.
+#[must_use = "a mutable snapshot is removed when dropped; `commit` it to keep it"]
+#[derive(Debug)]
+pub struct MutableSnapshot {
+    snaps: Snapshots,
+    id: SnapshotId,
+    committed: bool,
+}
+
+impl MutableSnapshot {
+    /// The snapshot's id, to write into it or to mount it; it is still removed on drop.
+    pub fn id(&self) -> SnapshotId {
+        self.id
+    }
+
+    /// The directory the snapshot's files go into.
+    pub fn fs_dir(&self) -> PathBuf {
+        self.snaps.fs_dir(self.id)
+    }
+
+    /// Keeps the snapshot: from now on it is an ordinary snapshot, removed only by GC or prune.
+    pub fn commit(mut self) -> SnapshotId {
+        self.committed = true;
+        self.id
+    }
+}
+
+impl Drop for MutableSnapshot {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: a snapshot no result points at is collected by `kiln prune` anyway.
+            let _ = self.snaps.remove(self.id);
+        }
+    }
+}
+
 /// A layer blob known for a snapshot (one per media type).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayerInfo {
@@ -35,8 +74,8 @@ pub struct LayerInfo {
     pub media_type: String,
 }
 
-/// The snapshot store. Obtained from [`crate::Store::snapshots`].
-#[derive(Debug)]
+/// The snapshot store. Obtained from [`crate::Store::snapshots`]; cheap to clone.
+#[derive(Clone, Debug)]
 pub struct Snapshots {
     dir: PathBuf,
     pub(crate) db: Arc<Db>,
@@ -71,6 +110,19 @@ impl Snapshots {
     /// The overlay work dir of a snapshot used as an upper; beside `fs/`, same file system.
     pub fn work_dir(&self, id: SnapshotId) -> PathBuf {
         self.snapshot_dir(id).join("work")
+    }
+
+    /// A new empty snapshot on `parent` that is removed again unless committed: see
+    /// [`MutableSnapshot`].
+    pub fn create_mutable(
+        &self,
+        parent: Option<SnapshotId>,
+    ) -> Result<MutableSnapshot, CacheError> {
+        Ok(MutableSnapshot {
+            id: self.create(parent)?,
+            snaps: self.clone(),
+            committed: false,
+        })
     }
 
     /// Creates a new, empty snapshot on `parent` (which must exist).
@@ -341,15 +393,21 @@ impl Snapshots {
         parent: Option<SnapshotId>,
         tar: impl io::Read,
     ) -> Result<SnapshotId, CacheError> {
-        let id = self.create(parent)?;
-        let fs_dir = self.fs_dir(id);
-        match crate::unpack::unpack(&fs_dir, tar).and_then(|_| sync_fs(&fs_dir)) {
-            Ok(()) => Ok(id),
-            Err(e) => {
-                let _ = self.remove(id);
-                Err(e)
-            }
-        }
+        self.unpack_layer_mutable(parent, tar)
+            .map(MutableSnapshot::commit)
+    }
+
+    /// As [`Snapshots::unpack_layer`], left uncommitted: for a caller that has more to check
+    /// (the blob's digest) before the snapshot may stay.
+    pub fn unpack_layer_mutable(
+        &self,
+        parent: Option<SnapshotId>,
+        tar: impl io::Read,
+    ) -> Result<MutableSnapshot, CacheError> {
+        let snap = self.create_mutable(parent)?;
+        let fs_dir = snap.fs_dir();
+        crate::unpack::unpack(&fs_dir, tar).and_then(|_| sync_fs(&fs_dir))?;
+        Ok(snap)
     }
 
     /// Flushes a snapshot's file system to disk, so a result may be recorded for it.
