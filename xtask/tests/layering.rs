@@ -414,7 +414,7 @@ fn module_graph(files: &[(ModPath, String)]) -> BTreeMap<ModPath, BTreeMap<ModPa
     // The deepest module an absolute path names, and what follows it.
     let deepest = |abs: &[String]| -> (ModPath, Option<String>) {
         let mut n = abs.len();
-        while n > 0 && !modules.contains(&abs[..n].to_vec()) {
+        while n > 0 && !modules.contains(&abs[..n]) {
             n -= 1;
         }
         (abs[..n].to_vec(), abs.get(n).cloned())
