@@ -8,8 +8,9 @@ use redb::ReadableTable;
 use serde_json::Value;
 
 use crate::digest::{validate_digest, Digest};
+use crate::index::SnapshotId;
 use crate::index::LAYERS;
-use crate::snapshots::{LayerInfo, SnapshotId};
+use crate::snapshots::LayerInfo;
 use crate::{CacheError, Store};
 
 /// What [`Store::check`] found and dropped.

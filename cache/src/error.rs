@@ -20,10 +20,7 @@ pub enum CacheError {
         "store `{}` is in use by {holder}; let it finish and try again (without `--lock-timeout 0`, kiln waits for it), or use another `KILN_ROOT`",
         root.display()
     )]
-    Locked {
-        root: PathBuf,
-        holder: crate::LockHolder,
-    },
+    Locked { root: PathBuf, holder: LockHolder },
 
     /// Another process kept the store root longer than the caller would wait.
     #[error(
@@ -32,7 +29,7 @@ pub enum CacheError {
     )]
     LockTimeout {
         root: PathBuf,
-        holder: crate::LockHolder,
+        holder: LockHolder,
         waited: std::time::Duration,
     },
 
@@ -194,4 +191,23 @@ pub(crate) fn is_disk_full(e: &io::Error) -> bool {
     e.get_ref()
         .and_then(|inner| inner.downcast_ref::<io::Error>())
         .is_some_and(is_disk_full)
+}
+
+/// Who holds a store, as its lock file says.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct LockHolder {
+    /// `None` when the holder has not written its name yet (or the file was damaged).
+    pub pid: Option<u32>,
+    /// What the holder is, e.g. `kiln build`.
+    pub command: String,
+}
+
+impl std::fmt::Display for LockHolder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.pid, self.command.is_empty()) {
+            (Some(pid), false) => write!(f, "process {pid} ({})", self.command),
+            (Some(pid), true) => write!(f, "process {pid}"),
+            (None, _) => f.write_str("another process"),
+        }
+    }
 }

@@ -7,7 +7,7 @@ use std::fs;
 use serde_json::Value;
 
 use crate::digest::{validate_digest, Digest};
-use crate::snapshots::SnapshotId;
+use crate::index::SnapshotId;
 use crate::{CacheError, Store};
 
 /// What to collect. The default keeps every result and collects only what nothing reaches.

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 
-use crate::snapshots::{SnapshotId, SnapshotRecord};
 use crate::CacheError;
 
 pub(crate) const RESULTS: TableDefinition<&str, &[u8]> = TableDefinition::new("results");
@@ -245,6 +244,27 @@ impl CacheIndex {
         }
         self.db.commit(txn)
     }
+}
+
+/// A snapshot's number; small so overlay option strings stay short.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Ord, PartialOrd, Serialize, Deserialize)]
+pub struct SnapshotId(pub u64);
+
+impl std::fmt::Display for SnapshotId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// How a snapshot is stored in the index.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct SnapshotRecord {
+    pub(crate) parent: Option<u64>,
+    pub(crate) created_unix: u64,
+    /// Set on a snapshot whose changes are relative to only part of its parent chain (a merge's
+    /// re-applied layer): the ancestor at which that part ends (exclusive; 0: none of it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) diff_floor: Option<u64>,
 }
 
 /// Parses a stored snapshot record.

@@ -31,15 +31,14 @@ use std::sync::Arc;
 pub use check::CheckReport;
 pub use content::{BlobWriter, ContentStore, VerifyingReader};
 pub use digest::{validate_digest, Digest};
-pub use error::CacheError;
+pub use error::{CacheError, LockHolder};
 pub use gc::{GcOptions, GcReport};
 pub use images::{ImageRecord, ImageStore, CREATED_ANNOTATION, REF_NAME_ANNOTATION};
-pub use index::{CacheIndex, CachedResult};
-pub use lock::{LockHolder, LockWait};
+pub use index::{CacheIndex, CachedResult, SnapshotId};
+pub use lock::LockWait;
 pub use mount::MountGuard;
-pub use snapshots::{
-    is_whiteout, opaque_xattr, LayerInfo, SnapshotId, Snapshots, OPAQUE_XATTR, USER_OPAQUE_XATTR,
-};
+pub use snapshots::{is_whiteout, LayerInfo, MutableSnapshot, Snapshots};
+pub use unpack::{opaque_xattr, OPAQUE_XATTR, USER_OPAQUE_XATTR};
 
 use mount::{Mounter, RealMounter};
 

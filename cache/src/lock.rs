@@ -4,7 +4,6 @@
 //! writer polls for the lock (a blocking `flock` cannot time out or be told to stop) and readers
 //! that only need the image list do not take it at all (see [`crate::read_images`]).
 
-use std::fmt;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
@@ -13,7 +12,7 @@ use std::time::{Duration, Instant};
 use nix::errno::Errno;
 use nix::fcntl::{Flock, FlockArg};
 
-use crate::CacheError;
+use crate::{CacheError, LockHolder};
 
 /// How often a waiting process tries the lock again.
 const POLL: Duration = Duration::from_millis(100);
@@ -31,25 +30,7 @@ pub enum LockWait {
     AtMost(Duration),
 }
 
-/// Who holds a store, as its lock file says.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct LockHolder {
-    /// `None` when the holder has not written its name yet (or the file was damaged).
-    pub pid: Option<u32>,
-    /// What the holder is, e.g. `kiln build`.
-    pub command: String,
-}
-
-impl fmt::Display for LockHolder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (self.pid, self.command.is_empty()) {
-            (Some(pid), false) => write!(f, "process {pid} ({})", self.command),
-            (Some(pid), true) => write!(f, "process {pid}"),
-            (None, _) => f.write_str("another process"),
-        }
-    }
-}
-
+/// The lock file's side of [`LockHolder`] (defined with the errors that carry it).
 impl LockHolder {
     /// Parses the first line of a lock file; an unfinished line (no newline yet) names no one.
     fn parse(text: &str) -> LockHolder {

@@ -109,166 +109,37 @@ impl Mounter for RealMounter {
     }
 }
 
-// From <linux/mount.h>; libc has the syscall numbers but not these flags.
-const FSOPEN_CLOEXEC: libc::c_uint = 0x1;
-const FSCONFIG_SET_STRING: libc::c_uint = 1;
-const FSCONFIG_CMD_CREATE: libc::c_uint = 6;
-const FSMOUNT_CLOEXEC: libc::c_uint = 0x1;
-const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 0x4;
-const MOUNT_ATTR_NODEV: libc::c_uint = 0x4;
-
-fn cpath(p: &Path, target: &Path) -> Result<std::ffi::CString, CacheError> {
-    use std::os::unix::ffi::OsStrExt;
-    std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| CacheError::MountRequest {
-        target: target.to_path_buf(),
-        reason: format!("path `{}` holds a NUL byte", p.display()),
-    })
-}
-
-/// Takes ownership of a descriptor returned by a raw syscall, or reports its errno.
-fn owned_fd(
-    ret: libc::c_long,
-    action: &'static str,
-    target: &Path,
-) -> Result<std::os::fd::OwnedFd, CacheError> {
-    use std::os::fd::FromRawFd;
-    if ret < 0 {
-        return Err(CacheError::Mount {
-            action,
-            target: target.to_path_buf(),
-            source: nix::Error::last(),
-        });
-    }
-    let fd = libc::c_int::try_from(ret).map_err(|_| CacheError::Mount {
-        action,
-        target: target.to_path_buf(),
-        source: nix::Error::EBADF,
-    })?;
-    // SAFETY: the kernel just returned this descriptor to us and nothing else owns it.
-    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
-}
-
 /// Mounts an overlay with one `lowerdir+` per layer, so the stack depth is not limited by the
-/// size of a mount option string (Linux 6.8+).
+/// size of a mount option string (Linux 6.8+). The calls are kiln-sys's, shared with the sandbox.
 fn fsconfig_overlay(
     lower: &[PathBuf],
     upper: Option<&(PathBuf, PathBuf)>,
     target: &Path,
 ) -> Result<(), CacheError> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: fsopen reads a NUL-terminated name that outlives the call.
-    let ret = unsafe { libc::syscall(libc::SYS_fsopen, c"overlay".as_ptr(), FSOPEN_CLOEXEC) };
-    let fs_fd = owned_fd(ret, "fsopen(overlay)", target)?;
-    let set = |key: &std::ffi::CStr, value: &std::ffi::CStr| -> Result<(), CacheError> {
-        // SAFETY: a live fs context fd, NUL-terminated key and value that outlive the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                fs_fd.as_raw_fd(),
-                FSCONFIG_SET_STRING,
-                key.as_ptr(),
-                value.as_ptr(),
-                0,
-            )
-        };
-        if r < 0 {
-            return Err(CacheError::Mount {
-                action: "fsconfig of the overlay",
-                target: target.to_path_buf(),
-                source: nix::Error::last(),
-            });
-        }
-        Ok(())
-    };
-    for l in lower {
-        set(c"lowerdir+", &cpath(l, target)?)?;
+    use kiln_sys::{OverlayError, OverlayParam, OverlayStep};
+    let mut params = vec![OverlayParam::String("index", "off")];
+    if kiln_sys::in_user_namespace() {
+        params.push(OverlayParam::String("redirect_dir", "nofollow"));
+        params.push(OverlayParam::Flag("userxattr"));
     }
-    if let Some((fs, work)) = upper {
-        set(c"upperdir", &cpath(fs, target)?)?;
-        set(c"workdir", &cpath(work, target)?)?;
-    }
-    set(c"index", c"off")?;
-    if crate::snapshots::in_user_namespace() {
-        set(c"redirect_dir", c"nofollow")?;
-        set_flag(&fs_fd, c"userxattr", target)?;
-    }
-    // SAFETY: a live fs context fd; CMD_CREATE takes no key or value.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs_fd.as_raw_fd(),
-            FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(CacheError::Mount {
-            action: "creating the overlay",
+    let upper = upper.map(|(fs, work)| (fs.as_path(), work.as_path()));
+    kiln_sys::mount_overlay_layers(lower, upper, &params, target).map_err(|e| match e {
+        OverlayError::NulInPath(p) => CacheError::MountRequest {
             target: target.to_path_buf(),
-            source: nix::Error::last(),
-        });
-    }
-    // SAFETY: a created fs context fd and plain attribute flags.
-    let ret = unsafe {
-        libc::syscall(
-            libc::SYS_fsmount,
-            fs_fd.as_raw_fd(),
-            FSMOUNT_CLOEXEC,
-            MOUNT_ATTR_NODEV,
-        )
-    };
-    let mnt_fd = owned_fd(ret, "fsmount of the overlay", target)?;
-    let target_c = cpath(target, target)?;
-    // SAFETY: a live mount fd, an empty NUL-terminated from-path (F_EMPTY_PATH) and a
-    // NUL-terminated target path, all outliving the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mnt_fd.as_raw_fd(),
-            c"".as_ptr(),
-            libc::AT_FDCWD,
-            target_c.as_ptr(),
-            MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(CacheError::Mount {
-            action: "move_mount of the overlay",
+            reason: format!("path `{}` holds a NUL byte", p.display()),
+        },
+        OverlayError::Syscall { step, source } => CacheError::Mount {
+            action: match step {
+                OverlayStep::Open => "fsopen(overlay)",
+                OverlayStep::Config { .. } => "fsconfig of the overlay",
+                OverlayStep::Create => "creating the overlay",
+                OverlayStep::Mount => "fsmount of the overlay",
+                OverlayStep::Move => "move_mount of the overlay",
+            },
             target: target.to_path_buf(),
-            source: nix::Error::last(),
-        });
-    }
-    Ok(())
-}
-
-/// `fsconfig(FSCONFIG_SET_FLAG, key)`.
-fn set_flag(
-    fs_fd: &std::os::fd::OwnedFd,
-    key: &std::ffi::CStr,
-    target: &Path,
-) -> Result<(), CacheError> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a live fs context fd and a NUL-terminated key that outlives the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs_fd.as_raw_fd(),
-            libc::FSCONFIG_SET_FLAG,
-            key.as_ptr(),
-            std::ptr::null::<libc::c_char>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(CacheError::Mount {
-            action: "fsconfig of the overlay",
-            target: target.to_path_buf(),
-            source: nix::Error::last(),
-        });
-    }
-    Ok(())
+            source: nix::Error::from_raw(source.raw_os_error().unwrap_or(0)),
+        },
+    })
 }
 
 /// Checks a directory can be named inside overlay options (`,` and `:` are separators there).
@@ -327,7 +198,7 @@ pub(crate) fn plan(
             }
             // No inode index: the same lower dirs are shared by many concurrent mounts.
             options.push_str(",index=off");
-            if crate::snapshots::in_user_namespace() {
+            if kiln_sys::in_user_namespace() {
                 // Rootless: overlayfs keeps its xattrs in `user.*`, and then refuses to follow
                 // redirects.
                 options.push_str(",redirect_dir=nofollow,userxattr");

@@ -1,7 +1,6 @@
 //! Snapshots: one directory of changes per snapshot (`snapshots/<id>/fs`, overlay whiteout
 //! form) plus a parent recorded in the index; chains, mounts, layer info and merged reads.
 
-use std::fmt;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -13,58 +12,57 @@ use redb::ReadableTable;
 use serde::{Deserialize, Serialize};
 
 use crate::digest::{validate_digest, Digest};
-use crate::index::{decode_record, Db, COUNTERS, LAYERS, RESULTS, SNAPSHOTS};
+use crate::index::{
+    decode_record, Db, SnapshotId, SnapshotRecord, COUNTERS, LAYERS, RESULTS, SNAPSHOTS,
+};
 use crate::mount::{self, MountGuard, Mounter};
+use crate::unpack::{OPAQUE_XATTR, USER_OPAQUE_XATTR};
 use crate::CacheError;
 
 /// The most lower layers one mount may stack: overlayfs's `OVL_MAX_STACK`, the same through
 /// mount(2) and through `fsconfig` `lowerdir+`.
 pub(crate) const MAX_LAYERS: usize = 500;
 
-/// The xattr overlayfs reads to hide a lower directory's contents (value `y`).
-pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
-
-/// The same in a user namespace (rootless kiln), where overlayfs runs with `userxattr` and
-/// `trusted.*` cannot be set.
-pub const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
-
-/// Whether this process runs in a user namespace other than the host's (rootless kiln).
-pub(crate) fn in_user_namespace() -> bool {
-    std::fs::read_to_string("/proc/self/uid_map")
-        .is_ok_and(|m| m.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"])
-}
-
-/// The opaque xattr overlayfs uses here: [`USER_OPAQUE_XATTR`] when rootless.
-pub fn opaque_xattr() -> &'static str {
-    if in_user_namespace() {
-        USER_OPAQUE_XATTR
-    } else {
-        OPAQUE_XATTR
-    }
-}
-
 /// Deepest chain followed before the index is declared corrupt (a parent cycle).
 const MAX_CHAIN: usize = 100_000;
 
-/// A snapshot's number; small so overlay option strings stay short.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Ord, PartialOrd, Serialize, Deserialize)]
-pub struct SnapshotId(pub u64);
+/// A snapshot being written: it removes itself when dropped unless [`MutableSnapshot::commit`]
+/// was called, as BuildKit's `MutableRef` until `Commit`. A step that fails (an error, `?`, a
+/// panic, a cancelled future) thus leaves no half-made snapshot behind, without a hand-written
+/// removal on each error path.
+#[must_use = "a mutable snapshot is removed when dropped; `commit` it to keep it"]
+#[derive(Debug)]
+pub struct MutableSnapshot {
+    snaps: Snapshots,
+    id: SnapshotId,
+    committed: bool,
+}
 
-impl fmt::Display for SnapshotId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}", self.0)
+impl MutableSnapshot {
+    /// The snapshot's id, to write into it or to mount it; it is still removed on drop.
+    pub fn id(&self) -> SnapshotId {
+        self.id
+    }
+
+    /// The directory the snapshot's files go into.
+    pub fn fs_dir(&self) -> PathBuf {
+        self.snaps.fs_dir(self.id)
+    }
+
+    /// Keeps the snapshot: from now on it is an ordinary snapshot, removed only by GC or prune.
+    pub fn commit(mut self) -> SnapshotId {
+        self.committed = true;
+        self.id
     }
 }
 
-/// How a snapshot is stored in the index.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct SnapshotRecord {
-    pub(crate) parent: Option<u64>,
-    pub(crate) created_unix: u64,
-    /// Set on a snapshot whose changes are relative to only part of its parent chain (a merge's
-    /// re-applied layer): the ancestor at which that part ends (exclusive; 0: none of it).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) diff_floor: Option<u64>,
+impl Drop for MutableSnapshot {
+    fn drop(&mut self) {
+        if !self.committed {
+            // Best effort: a snapshot no result points at is collected by `kiln prune` anyway.
+            let _ = self.snaps.remove(self.id);
+        }
+    }
 }
 
 /// A layer blob known for a snapshot (one per media type).
@@ -76,8 +74,8 @@ pub struct LayerInfo {
     pub media_type: String,
 }
 
-/// The snapshot store. Obtained from [`crate::Store::snapshots`].
-#[derive(Debug)]
+/// The snapshot store. Obtained from [`crate::Store::snapshots`]; cheap to clone.
+#[derive(Clone, Debug)]
 pub struct Snapshots {
     dir: PathBuf,
     pub(crate) db: Arc<Db>,
@@ -112,6 +110,19 @@ impl Snapshots {
     /// The overlay work dir of a snapshot used as an upper; beside `fs/`, same file system.
     pub fn work_dir(&self, id: SnapshotId) -> PathBuf {
         self.snapshot_dir(id).join("work")
+    }
+
+    /// A new empty snapshot on `parent` that is removed again unless committed: see
+    /// [`MutableSnapshot`].
+    pub fn create_mutable(
+        &self,
+        parent: Option<SnapshotId>,
+    ) -> Result<MutableSnapshot, CacheError> {
+        Ok(MutableSnapshot {
+            id: self.create(parent)?,
+            snaps: self.clone(),
+            committed: false,
+        })
     }
 
     /// Creates a new, empty snapshot on `parent` (which must exist).
@@ -422,15 +433,21 @@ impl Snapshots {
         parent: Option<SnapshotId>,
         tar: impl io::Read,
     ) -> Result<SnapshotId, CacheError> {
-        let id = self.create(parent)?;
-        let fs_dir = self.fs_dir(id);
-        match crate::unpack::unpack(&fs_dir, tar).and_then(|_| sync_fs(&fs_dir)) {
-            Ok(()) => Ok(id),
-            Err(e) => {
-                let _ = self.remove(id);
-                Err(e)
-            }
-        }
+        self.unpack_layer_mutable(parent, tar)
+            .map(MutableSnapshot::commit)
+    }
+
+    /// As [`Snapshots::unpack_layer`], left uncommitted: for a caller that has more to check
+    /// (the blob's digest) before the snapshot may stay.
+    pub fn unpack_layer_mutable(
+        &self,
+        parent: Option<SnapshotId>,
+        tar: impl io::Read,
+    ) -> Result<MutableSnapshot, CacheError> {
+        let snap = self.create_mutable(parent)?;
+        let fs_dir = snap.fs_dir();
+        crate::unpack::unpack(&fs_dir, tar).and_then(|_| sync_fs(&fs_dir))?;
+        Ok(snap)
     }
 
     /// Flushes a snapshot's file system to disk, so a result may be recorded for it.

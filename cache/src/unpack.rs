@@ -12,8 +12,23 @@ use nix::sys::stat::{makedev, mknod, utimensat, Mode, SFlag, UtimensatFlags};
 use nix::sys::time::TimeSpec;
 use tar::EntryType;
 
-use crate::snapshots::opaque_xattr;
 use crate::CacheError;
+
+/// The xattr overlayfs reads to hide a lower directory's contents (value `y`).
+pub const OPAQUE_XATTR: &str = "trusted.overlay.opaque";
+
+/// The same in a user namespace (rootless kiln), where overlayfs runs with `userxattr` and
+/// `trusted.*` cannot be set.
+pub const USER_OPAQUE_XATTR: &str = "user.overlay.opaque";
+
+/// The opaque xattr overlayfs uses here: [`USER_OPAQUE_XATTR`] when rootless.
+pub fn opaque_xattr() -> &'static str {
+    if kiln_sys::in_user_namespace() {
+        USER_OPAQUE_XATTR
+    } else {
+        OPAQUE_XATTR
+    }
+}
 
 const WHITEOUT_PREFIX: &[u8] = b".wh.";
 const OPAQUE_MARKER: &[u8] = b".wh..wh..opq";

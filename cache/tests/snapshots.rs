@@ -22,6 +22,35 @@ fn digest(c: char) -> String {
 }
 
 #[test]
+fn a_mutable_snapshot_is_removed_unless_committed() {
+    let (_d, store) = store();
+    let snaps = store.snapshots();
+    let base = snaps.create(None).unwrap();
+
+    let dropped = snaps.create_mutable(Some(base)).unwrap();
+    let (gone, gone_dir) = (dropped.id(), dropped.fs_dir());
+    std::fs::write(gone_dir.join("f"), "half made").unwrap();
+    drop(dropped);
+    assert!(!snaps.exists(gone).unwrap());
+    assert!(!gone_dir.exists());
+
+    let kept = snaps.create_mutable(Some(base)).unwrap();
+    std::fs::write(kept.fs_dir().join("f"), "done").unwrap();
+    let kept = kept.commit();
+    assert!(snaps.exists(kept).unwrap());
+    assert_eq!(snaps.chain(kept).unwrap(), vec![kept, base]);
+    assert_eq!(
+        std::fs::read_to_string(snaps.fs_dir(kept).join("f")).unwrap(),
+        "done"
+    );
+
+    // A layer whose tar is bad leaves no snapshot behind.
+    let before = snaps.list().unwrap().len();
+    assert!(snaps.unpack_layer(Some(base), &b"not a tar"[..]).is_err());
+    assert_eq!(snaps.list().unwrap().len(), before);
+}
+
+#[test]
 fn chains_parents_and_removal() {
     let (_d, store) = store();
     let snaps = store.snapshots();

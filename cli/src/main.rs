@@ -9,7 +9,7 @@ mod transfer;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kiln_daemon::{
-    BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, Output, RunRequest,
+    BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec, RunRequest,
 };
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -470,17 +470,17 @@ fn images(root: &Path, quiet: bool) -> Result<i32> {
 }
 
 /// `--output` specs and the `--push` shortcut (the daemon parses BuildKit's syntax).
-fn parse_outputs(b: &BuildArgs) -> Result<Vec<Output>> {
+fn parse_outputs(b: &BuildArgs) -> Result<Vec<OutputSpec>> {
     let mut outputs = b
         .outputs
         .iter()
-        .map(|o| Output::parse(o))
+        .map(|o| OutputSpec::parse(o))
         .collect::<Result<Vec<_>>>()?;
     if b.push {
         if b.tags.is_empty() {
             bail!("`--push` needs a name to push to: add `-t REGISTRY/NAME[:TAG]`");
         }
-        outputs.push(Output::new(kiln_daemon::OutputKind::Image {
+        outputs.push(OutputSpec::new(kiln_daemon::OutputKind::Image {
             names: b.tags.clone(),
             push: true,
         }));

@@ -75,6 +75,15 @@ impl Kiln {
     }
 }
 
+/// `kiln build --progress plain EXTRA... CTX` in this store: the one build helper of the
+/// end-to-end tests (a test needing other fixed flags passes them in `extra`).
+pub fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> Output {
+    let mut args = vec!["build", "--progress", "plain"];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    k.run(&args)
+}
+
 pub fn assert_ok(out: &Output, what: &str) {
     assert!(
         out.status.success(),

@@ -6,13 +6,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["build", "--progress", "plain"];
-    args.extend_from_slice(extra);
-    args.push(ctx.to_str().unwrap());
-    k.run(&args)
-}
-
 /// The config of a stored image, as skopeo reads it from the store's OCI layout.
 fn stored_config(k: &Kiln, name: &str) -> serde_json::Value {
     let layout = format!("oci:{}/images:{name}", k.root.path().display());

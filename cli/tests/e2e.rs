@@ -5,17 +5,9 @@
 mod common;
 
 use common::*;
-use std::path::Path;
 
 fn hello_context() -> std::path::PathBuf {
     workspace().join("testdata/examples/hello")
-}
-
-fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["build", "--progress", "plain"];
-    args.extend_from_slice(extra);
-    args.push(ctx.to_str().unwrap());
-    k.run(&args)
 }
 
 #[test]

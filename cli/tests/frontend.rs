@@ -7,13 +7,6 @@ mod common;
 use common::*;
 use std::path::Path;
 
-fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["build", "--progress", "plain"];
-    args.extend_from_slice(extra);
-    args.push(ctx.to_str().unwrap());
-    k.run(&args)
-}
-
 /// The image config of a built image, read from the store through its `--iidfile`.
 fn image_config(k: &Kiln, iidfile: &Path) -> serde_json::Value {
     let digest = std::fs::read_to_string(iidfile).unwrap();

@@ -12,13 +12,6 @@ fn context(files: &[(&str, &str)]) -> tempfile::TempDir {
     temp_context("kiln-sandbox-ctx-", files)
 }
 
-fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["build", "--progress", "plain"];
-    args.extend_from_slice(extra);
-    args.push(ctx.to_str().unwrap());
-    k.run(&args)
-}
-
 fn run_in(k: &Kiln, image: &str, script: &str) -> String {
     let out = k.run(&["run", "--rm", image, "sh", "-c", script]);
     assert_ok(&out, &format!("kiln run {image} {script}"));

@@ -3,20 +3,12 @@
 
 mod common;
 
-use common::{assert_ok, stderr, temp_context, Kiln};
-use std::path::Path;
+use common::{assert_ok, build, stderr, temp_context, Kiln};
 use std::process::{Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn context(dockerfile: &str) -> tempfile::TempDir {
     temp_context("kiln-ctx-", &[("Dockerfile", dockerfile)])
-}
-
-fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> Output {
-    let mut args = vec!["build", "--progress", "plain"];
-    args.extend_from_slice(extra);
-    args.push(ctx.to_str().unwrap());
-    k.run(&args)
 }
 
 /// Host processes whose command line contains `needle` (sandboxed ones included).

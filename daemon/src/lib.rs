@@ -47,7 +47,7 @@ pub struct Engine {
 
 pub use kiln_exporter::Compression;
 /// Where a build's image goes besides the `-t` tags (`--output`, BuildKit's syntax).
-pub use outputs::{ImageFormat, Output, OutputKind};
+pub use outputs::{ImageFormat, OutputKind, OutputSpec};
 
 /// One `kiln build`.
 #[derive(Clone, Debug, Default)]
@@ -59,7 +59,7 @@ pub struct BuildRequest {
     pub target: Option<String>,
     /// Names to tag the image with in the local store.
     pub tags: Vec<String>,
-    pub outputs: Vec<Output>,
+    pub outputs: Vec<OutputSpec>,
     pub no_cache: bool,
     /// Stages whose steps ignore the cache (`--no-cache-filter`), with the steps that use them.
     pub no_cache_filter: Vec<String>,

@@ -48,15 +48,15 @@ pub enum OutputKind {
 
 /// One `--output`.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Output {
+pub struct OutputSpec {
     pub kind: OutputKind,
     pub format: ImageFormat,
 }
 
-impl Output {
+impl OutputSpec {
     /// An output of `kind` with the default format (gzip, OCI media types).
-    pub fn new(kind: OutputKind) -> Output {
-        Output {
+    pub fn new(kind: OutputKind) -> OutputSpec {
+        OutputSpec {
             kind,
             format: ImageFormat::default(),
         }
@@ -64,10 +64,10 @@ impl Output {
 
     /// Parses `type=...,key=value,...` as `docker buildx build --output` does; a field holding
     /// commas is quoted: `type=image,"name=a:1,a:2"`. A bare path is `type=local,dest=PATH`.
-    pub fn parse(spec: &str) -> Result<Output> {
+    pub fn parse(spec: &str) -> Result<OutputSpec> {
         let fields = split_csv(spec).with_context(|| format!("`--output {spec}`"))?;
         if fields.len() == 1 && !fields[0].contains('=') {
-            return Ok(Output::new(OutputKind::Local {
+            return Ok(OutputSpec::new(OutputKind::Local {
                 dest: PathBuf::from(&fields[0]),
             }));
         }
@@ -195,7 +195,7 @@ impl Output {
         if let Some(k) = kv.keys().next() {
             bail!("`--output {spec}`: unknown key `{k}` for `type={kind}`");
         }
-        Ok(Output {
+        Ok(OutputSpec {
             kind: out_kind,
             format,
         })
@@ -301,14 +301,14 @@ pub(crate) async fn deliver(
     engine: &Engine,
     image: &ExportedImage,
     tags: &[String],
-    outputs: &[Output],
+    outputs: &[OutputSpec],
 ) -> Result<Delivered> {
     let store = engine.store().clone();
     let mut reported: Option<ImageDescriptor> = None;
     let mut variants: Vec<(VariantOptions, ImageDescriptor)> = Vec::new();
-    let mut all: Vec<Output> = Vec::new();
+    let mut all: Vec<OutputSpec> = Vec::new();
     if !tags.is_empty() {
-        all.push(Output::new(OutputKind::Image {
+        all.push(OutputSpec::new(OutputKind::Image {
             names: tags.to_vec(),
             push: false,
         }));
@@ -457,12 +457,12 @@ fn unreachable_output() -> Result<()> {
 mod tests {
     use super::*;
 
-    fn p(s: &str) -> Output {
-        Output::parse(s).unwrap_or_else(|e| panic!("{s}: {e:#}"))
+    fn p(s: &str) -> OutputSpec {
+        OutputSpec::parse(s).unwrap_or_else(|e| panic!("{s}: {e:#}"))
     }
 
     fn err(s: &str) -> String {
-        format!("{:#}", Output::parse(s).unwrap_err())
+        format!("{:#}", OutputSpec::parse(s).unwrap_err())
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //! `crun run` of a bundle over the same rootfs, when installed. Prints the medians.
 //!
 //! On a hybrid cgroup host the process first moves into a mount namespace of its own that hides
-//! the cgroup v2 controllers from crun, as kiln does for its crun runs (`oci_cgroups.rs`).
+//! the cgroup v2 controllers from crun, as kiln does for its crun runs (`exec/src/oci/cgroups.rs`).
 //!
 //! `cargo run --release -p kiln-exec --example overhead -- ROOTFS [N]` (as root; ROOTFS e.g.
 //! from `testdata/make-busybox-rootfs.sh`).

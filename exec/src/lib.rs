@@ -11,9 +11,9 @@
 //! thing in `main()` (or point `KILN_SANDBOX_EXE` at one that does).
 //!
 //! With [`Runtime::Oci`] the same spec runs under `runc` or `crun` instead: the engine mounts
-//! the overlay root itself and hands the runtime a bundle (see `oci.rs`) whose process is a static
+//! the overlay root itself and hands the runtime a bundle (see `oci.rs` and `oci/`) whose process is a static
 //! `tini` with the command as its argument, so that the command is not pid 1 there either
-//! (`oci_init.rs`).
+//! (`oci/init.rs`).
 //!
 //! Process tree: helper (host pid ns, waits) → init (pid 1 of the new pid ns: mounts, pivots,
 //! reaps, forwards SIGTERM/SIGINT) → command. When the init exits the kernel kills everything
@@ -32,13 +32,11 @@ mod cgroups;
 mod error;
 mod etc;
 mod oci;
-mod oci_cgroups;
-mod oci_init;
-mod oci_watch;
 mod rootless;
 mod run;
 mod sandbox;
-mod seccomp;
+mod seccomp_profile;
+mod spawn;
 mod spec;
 mod stubs;
 mod user;
@@ -53,7 +51,7 @@ pub use rootless::{
     has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged, rootless_store_dir,
 };
 pub use run::run;
-pub use seccomp::default_seccomp;
+pub use seccomp_profile::default_seccomp;
 pub use spec::{default_spec, Network, ProcessSpec, DEFAULT_NOFILE, DEFAULT_PATH};
 pub use user::{resolve_user, ResolvedUser};
 
@@ -165,8 +163,8 @@ pub struct RunOutcome {
 pub fn sandbox_main_if_requested() {
     let mut args = std::env::args_os();
     let mode = args.nth(1);
-    if mode.as_deref() == Some(std::ffi::OsStr::new(oci_watch::WATCH_ARG)) {
-        std::process::exit(oci_watch::main(args.collect()));
+    if mode.as_deref() == Some(std::ffi::OsStr::new(oci::watch::WATCH_ARG)) {
+        std::process::exit(oci::watch::main(args.collect()));
     }
     if mode.as_deref() != Some(std::ffi::OsStr::new(wire::SANDBOX_ARG)) {
         return;

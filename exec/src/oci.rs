@@ -7,6 +7,10 @@
 //! runs it with the same standard streams. The runtime keeps its state under the state
 //! directory (`--root`), so that nothing is shared between runs.
 
+mod cgroups;
+mod init;
+pub(crate) mod watch;
+
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
@@ -108,8 +112,8 @@ pub(crate) fn delete_command(binary: &str, runtime_root: &Path, id: &str) -> std
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    if crate::oci_cgroups::crun_needs_hiding(binary) {
-        crate::oci_cgroups::hide_unified_controllers(&mut cmd);
+    if cgroups::crun_needs_hiding(binary) {
+        cgroups::hide_unified_controllers(&mut cmd);
     }
     cmd
 }
@@ -133,7 +137,7 @@ fn locate(binary: &str) -> Option<PathBuf> {
 /// Options the runtime `binary` needs before its command. crun is told not to manage cgroups:
 /// kiln has put it in the step's cgroup already (`cgroups.rs`), and crun refuses to start at
 /// all on a host with cgroup v1 and v2 hierarchies both mounted (hybrid mode: see
-/// `oci_cgroups.rs`). runc needs nothing: it makes a cgroup of its own below kiln's, with the
+/// `oci/cgroups.rs`). runc needs nothing: it makes a cgroup of its own below kiln's, with the
 /// spec's `linux.resources`.
 fn global_args(binary: &str) -> &'static [&'static str] {
     if runs_without_cgroups(binary) {
@@ -167,7 +171,7 @@ fn warn_device_nodes_open(binary: &str) {
 
 /// Without a device cgroup (see [`warn_device_nodes_open`]), and with a root crun remounts
 /// without `nodev` (it binds the root onto itself and resets the flags), only seccomp keeps a
-/// step from making a device node it could open: see [`crate::seccomp::refuse_device_nodes`].
+/// step from making a device node it could open: see [`crate::seccomp_profile::refuse_device_nodes`].
 /// A spec without seccomp gets a profile that allows everything else. Under a device cgroup
 /// `mknod` works as with the other runtimes: the node stays in the layer and never opens.
 fn refuse_device_nodes(spec: &mut Spec) -> Result<(), ExecError> {
@@ -181,7 +185,7 @@ fn refuse_device_nodes(spec: &mut Spec) -> Result<(), ExecError> {
             .build()
             .map_err(|e| ExecError::Spec(e.to_string()))?,
     };
-    crate::seccomp::refuse_device_nodes(&mut profile)?;
+    crate::seccomp_profile::refuse_device_nodes(&mut profile)?;
     linux.set_seccomp(Some(profile));
     spec.set_linux(Some(linux));
     Ok(())
@@ -260,8 +264,8 @@ fn prepare(
     // would fail opening ours (`/dev/tty` without a terminal) to bind over them.
     let mut mounts = without_device_nodes(mounts, !crate::rootless::in_user_namespace())?;
     // Last, so that no `RUN --mount` can hide it.
-    mounts.push(crate::oci_init::mount(init)?);
-    crate::oci_init::wrap(&mut spec);
+    mounts.push(init::mount(init)?);
+    init::wrap(&mut spec);
     let mut mounter = Mounter::new(&rootfs.target);
     let mut points = Ok(());
     for m in &mounts {
@@ -425,9 +429,7 @@ fn without_device_nodes(mounts: Vec<Mount>, bind_devices: bool) -> Result<Vec<Mo
 /// Whether this process may raise hard resource limits: CAP_SYS_RESOURCE counts only in the
 /// host's user namespace.
 fn can_raise_hard_limits() -> bool {
-    let initial_userns = std::fs::read_to_string("/proc/self/uid_map")
-        .map(|m| m.split_whitespace().collect::<Vec<_>>() == ["0", "0", "4294967295"])
-        .unwrap_or(false);
+    let initial_userns = kiln_sys::in_initial_user_namespace() == Some(true);
     let cap_sys_resource = std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
@@ -498,7 +500,7 @@ pub(crate) async fn run(
     let layers = (config.rootfs.lower.clone(), config.rootfs.upper.clone());
     let stdio = config.stdio;
     let state_dir = config.state_dir.clone();
-    let init = crate::oci_init::find(binary)?;
+    let init = init::find(binary)?;
     let runtime = binary.to_string();
     // The runtime process joins it before it execs, so that the container's limits hold (and
     // an out-of-memory kill is seen) whatever the runtime does with `linux.resources`: crun
@@ -552,21 +554,21 @@ pub(crate) async fn run(
         id.clone().into(),
     ]);
     // The runtime runs under a watcher that takes the container down if this process dies
-    // (see `oci_watch.rs`); `alive` is held until the watcher is gone.
-    let (engine_end, alive) =
-        crate::run::child_pipe().map_err(|e| not_started(format!("cannot create a pipe: {e}")))?;
-    let watch = crate::oci_watch::Watch {
+    // (see `oci/watch.rs`); `alive` is held until the watcher is gone.
+    let (engine_end, alive) = crate::spawn::child_pipe()
+        .map_err(|e| not_started(format!("cannot create a pipe: {e}")))?;
+    let watch = watch::Watch {
         alive_fd: engine_end.as_raw_fd(),
         rootfs: &container_rootfs,
         runtime_root: &runtime_root,
         id: &id,
     };
-    let exe = crate::run::sandbox_exe()?;
+    let exe = crate::spawn::sandbox_exe()?;
     let mut cmd = tokio::process::Command::new(&exe);
-    cmd.args(crate::oci_watch::args(&watch, &located, &runtime_args));
+    cmd.args(watch::args(&watch, &located, &runtime_args));
     stdio.apply_to(&mut cmd);
     cmd.kill_on_drop(true);
-    crate::run::inherit(cmd.as_std_mut(), [engine_end.as_raw_fd()]);
+    crate::spawn::inherit(cmd.as_std_mut(), [engine_end.as_raw_fd()]);
     // The watcher (and so the runtime it starts) is in the step's cgroup before it execs.
     if let Some(cg) = &cgroup {
         cg.join_before_exec(cmd.as_std_mut());
@@ -584,7 +586,7 @@ pub(crate) async fn run(
         }
     };
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    crate::run::pump_output(stdout, stderr, &mut sink).await;
+    crate::spawn::pump_output(stdout, stderr, &mut sink).await;
     let status = child.wait().await.map_err(|source| ExecError::Io {
         what: "cannot wait for the OCI runtime",
         path: PathBuf::from(binary),

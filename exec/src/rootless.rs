@@ -21,13 +21,9 @@ use crate::ExecError;
 /// Set in the re-executed kiln: the namespace is already there.
 const CHILD_ENV: &str = "_KILN_ROOTLESS_CHILD";
 
-/// Whether this process runs in a user namespace other than the host's (rootless mode).
-pub fn in_user_namespace() -> bool {
-    match std::fs::read_to_string("/proc/self/uid_map") {
-        Ok(map) => map.split_whitespace().collect::<Vec<_>>() != ["0", "0", "4294967295"],
-        Err(_) => false,
-    }
-}
+/// Whether this process runs in a user namespace other than the host's (rootless mode); the
+/// check is kiln-sys's, shared with the cache.
+pub use kiln_sys::in_user_namespace;
 
 /// Whether ids other than 0 exist in this namespace (subordinate ranges were mapped).
 pub fn has_subordinate_ids() -> bool {

@@ -235,7 +235,7 @@ pub fn default_spec(p: &ProcessSpec) -> Result<Spec, ExecError> {
         )]));
     }
     let linux = linux
-        .seccomp(crate::seccomp::default_seccomp(&caps_for_seccomp)?)
+        .seccomp(crate::seccomp_profile::default_seccomp(&caps_for_seccomp)?)
         .namespaces(namespaces)
         .masked_paths(oci_spec::runtime::get_default_maskedpaths())
         .readonly_paths(oci_spec::runtime::get_default_readonly_paths())

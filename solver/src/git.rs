@@ -467,16 +467,10 @@ fn materialize(store: &Store, spec: &Spec, resolved: &Resolved) -> Result<Snapsh
     let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
     fetch(&mirror, spec, Some(&resolved.commit))?;
     let snaps = store.snapshots();
-    let snap = snaps.create(None).map_err(SolveError::cache)?;
-    let made = checkout(store, &mirror, spec, resolved, &snaps.fs_dir(snap))
-        .and_then(|()| snaps.sync(snap).map_err(SolveError::cache));
-    match made {
-        Ok(()) => Ok(snap),
-        Err(e) => {
-            let _ = snaps.remove(snap);
-            Err(e)
-        }
-    }
+    let snap = snaps.create_mutable(None).map_err(SolveError::cache)?;
+    checkout(store, &mirror, spec, resolved, &snap.fs_dir())?;
+    snaps.sync(snap.id()).map_err(SolveError::cache)?;
+    Ok(snap.commit())
 }
 
 /// Resolves the source's commit, fetching into the mirror when `ls-remote` does not name it (a

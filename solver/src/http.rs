@@ -142,25 +142,17 @@ fn checksum_algo(s: &SourceOp) -> Option<&str> {
 /// Puts the download into a new snapshot, as its only file.
 fn commit(store: &Store, d: &Download) -> Result<Output, SolveError> {
     let snaps = store.snapshots();
-    let snap = snaps.create(None).map_err(SolveError::cache)?;
-    let result = (|| {
-        let path = snaps.fs_dir(snap).join(&d.name);
-        let err = |e: std::io::Error| SolveError::Op(format!("`{}`: {e}", path.display()));
-        std::fs::copy(d.file.path(), &path).map_err(err)?;
-        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
-        if let Some(t) = d.mtime {
-            let t = filetime::FileTime::from_unix_time(t, 0);
-            filetime::set_file_times(&path, t, t).map_err(err)?;
-        }
-        snaps.sync(snap).map_err(SolveError::cache)
-    })();
-    match result {
-        Ok(()) => Ok(Output::Snapshot(snap)),
-        Err(e) => {
-            let _ = snaps.remove(snap);
-            Err(e)
-        }
+    let snap = snaps.create_mutable(None).map_err(SolveError::cache)?;
+    let path = snap.fs_dir().join(&d.name);
+    let err = |e: std::io::Error| SolveError::Op(format!("`{}`: {e}", path.display()));
+    std::fs::copy(d.file.path(), &path).map_err(err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    if let Some(t) = d.mtime {
+        let t = filetime::FileTime::from_unix_time(t, 0);
+        filetime::set_file_times(&path, t, t).map_err(err)?;
     }
+    snaps.sync(snap.id()).map_err(SolveError::cache)?;
+    Ok(Output::Snapshot(snap.commit()))
 }
 
 /// Runs a pinned (`--checksum`) http source: download, verify, commit.

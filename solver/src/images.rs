@@ -571,13 +571,11 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
             image: image.name.clone(),
             message: m,
         })?;
-        let unpacked = store.snapshots().unpack_layer(parent, reader);
+        let unpacked = store.snapshots().unpack_layer_mutable(parent, reader);
         let snap = match (unpacked, verifying.finish()) {
-            (Ok(snap), Ok(())) => snap,
-            (unpacked, Err(corrupt)) => {
-                if let Ok(snap) = unpacked {
-                    let _ = store.snapshots().remove(snap);
-                }
+            (Ok(snap), Ok(())) => snap.commit(),
+            // An unpacked snapshot is dropped uncommitted, and so removed.
+            (_, Err(corrupt)) => {
                 return Err(SolveError::Image {
                     image: image.name.clone(),
                     message: corrupt.to_string(),

@@ -959,7 +959,9 @@ fn file_op(
     };
     let snaps = store.snapshots();
     let (chain, passwd, group) = chain_and_accounts(store, parent)?;
-    let snap = snaps.create(parent).map_err(SolveError::cache)?;
+    // Removed again unless the op succeeds.
+    let made = snaps.create_mutable(parent).map_err(SolveError::cache)?;
+    let snap = made.id();
     let result = (|| {
         let tmp = tempfile::Builder::new()
             .prefix("fileop-")
@@ -1073,11 +1075,5 @@ fn file_op(
         }
         Ok(())
     })();
-    match result {
-        Ok(()) => Ok(Output::Snapshot(snap)),
-        Err(e) => {
-            let _ = snaps.remove(snap);
-            Err(e)
-        }
-    }
+    result.map(|()| Output::Snapshot(made.commit()))
 }

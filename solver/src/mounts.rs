@@ -14,7 +14,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-use kiln_cache::{MountGuard, SnapshotId, Store};
+use kiln_cache::{MountGuard, MutableSnapshot, Store};
 use kiln_llb::MountType;
 use oci_spec::runtime::{Mount, MountBuilder};
 
@@ -63,9 +63,9 @@ pub(crate) struct Prepared {
     host_mounts: Vec<PathBuf>,
     /// Held `flock`s of cache mounts (`locked`, `private`).
     locks: Vec<File>,
-    /// Throwaway snapshots that receive the writes of `rw` binds.
-    temp_snapshots: Vec<SnapshotId>,
-    store: Store,
+    /// Throwaway snapshots that receive the writes of `rw` binds, never committed: they remove
+    /// themselves when dropped.
+    temp_snapshots: Vec<MutableSnapshot>,
     scratch: Option<tempfile::TempDir>,
     /// Forwarders of `type=ssh` mounts, stopped on drop.
     ssh_proxies: Vec<ssh_proxy::SshProxy>,
@@ -78,9 +78,7 @@ impl Drop for Prepared {
         for p in self.host_mounts.drain(..).rev() {
             let _ = umount_detach(&p);
         }
-        for s in self.temp_snapshots.drain(..) {
-            let _ = self.store.snapshots().remove(s);
-        }
+        self.temp_snapshots.clear();
         self.locks.clear();
         self.ssh_proxies.clear();
         self.scratch.take();
@@ -227,7 +225,6 @@ pub(crate) fn prepare(
         host_mounts: Vec::new(),
         locks: Vec::new(),
         temp_snapshots: Vec::new(),
-        store: store.clone(),
         scratch: None,
         ssh_proxies: Vec::new(),
     };
@@ -326,9 +323,10 @@ fn bind(
             let upper = if m.readonly {
                 None
             } else {
-                let t = snaps.create(Some(s)).map_err(SolveError::cache)?;
+                let t = snaps.create_mutable(Some(s)).map_err(SolveError::cache)?;
+                let id = t.id();
                 p.temp_snapshots.push(t);
-                Some(t)
+                Some(id)
             };
             let mnt = work.join("mnt");
             std::fs::create_dir_all(&mnt).map_err(|e| io_err("cannot create", &mnt, e))?;

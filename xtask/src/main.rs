@@ -23,7 +23,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("uidmap", "/usr/bin/newuidmap"),
     // `ADD` of git repositories runs the host's git (solver/src/git.rs, cli/tests/git.rs).
     ("git", "/usr/bin/git"),
-    // tini-static: the init of containers run with `--runtime runc|crun` (exec/src/oci_init.rs).
+    // tini-static: the init of containers run with `--runtime runc|crun` (exec/src/oci/init.rs).
     ("tini", "/usr/bin/tini-static"),
     // `--runtime crun` is tested beside runc (cli/tests/runtime.rs).
     ("crun", "/usr/bin/crun"),

@@ -70,7 +70,7 @@ fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared
         .to_string();
 
     // Compiled while we may still allocate freely; loaded below at the last possible moment.
-    let filters = seccomp.map(super::seccomp::compile).transpose()?;
+    let filters = seccomp.map(super::seccomp_filter::compile).transpose()?;
     let no_new_privs = process.no_new_privileges() == Some(true);
     apply_rlimits(process)?;
     join_new_session_keyring()?;
@@ -86,7 +86,7 @@ fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared
     }
     if let (Some(f), false) = (&filters, no_new_privs) {
         // Without no_new_privs, loading needs CAP_SYS_ADMIN: before the credentials change.
-        super::seccomp::load(f)?;
+        super::seccomp_filter::load(f)?;
     }
     let groups: Vec<Gid> = user
         .additional_gids()
@@ -118,7 +118,7 @@ fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared
     if no_new_privs {
         prctl(libc::PR_SET_NO_NEW_PRIVS, 1, "set no_new_privs")?;
         if let Some(f) = &filters {
-            super::seccomp::load(f)?;
+            super::seccomp_filter::load(f)?;
         }
     }
     let cwd = process.cwd();

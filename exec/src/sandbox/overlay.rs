@@ -1,9 +1,6 @@
 //! Mounts the overlay root: mount(2) when the options fit in a page, else the new mount API
 //! (`fsconfig` `lowerdir+`, one layer per call), which has no length or character limits.
 
-use std::ffi::CString;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use nix::mount::{mount, MsFlags};
@@ -93,120 +90,36 @@ pub(crate) fn mount_overlay(l: &Layers<'_>, target: &Path) -> Result<(), String>
     })
 }
 
-fn cpath(p: &Path) -> Result<CString, String> {
-    CString::new(p.as_os_str().as_bytes())
-        .map_err(|_| format!("path `{}` contains a NUL byte", p.display()))
-}
-
-fn last_error(what: &str) -> String {
-    format!("{what}: {}", std::io::Error::last_os_error())
-}
-
-fn set_string(fs: &OwnedFd, key: &str, value: &CString) -> Result<(), String> {
-    let ckey = CString::new(key).map_err(|_| "bad key".to_string())?;
-    // SAFETY: fsconfig reads two NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            libc::FSCONFIG_SET_STRING,
-            ckey.as_ptr(),
-            value.as_ptr(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(last_error(&format!(
-            "fsconfig `{key}={}`",
-            value.to_string_lossy()
-        )));
-    }
-    Ok(())
-}
-
+/// The new mount API through kiln-sys (shared with the cache's deep stacks), with the sandbox's
+/// own options and wording.
 fn mount_with_fsconfig(l: &Layers<'_>, target: &Path) -> Result<(), String> {
-    let name = CString::new("overlay").map_err(|_| "bad name".to_string())?;
-    // SAFETY: fsopen reads one NUL-terminated string.
-    let fd = unsafe { libc::syscall(libc::SYS_fsopen, name.as_ptr(), libc::FSOPEN_CLOEXEC) };
-    if fd < 0 {
-        return Err(last_error("fsopen(overlay)"));
-    }
-    // SAFETY: not a syscall; fsopen returned a fresh descriptor nothing else owns.
-    let fs = unsafe { OwnedFd::from_raw_fd(fd as i32) };
-    for lower in l.lower {
-        set_string(&fs, "lowerdir+", &cpath(lower)?)?;
-    }
-    set_string(&fs, "upperdir", &cpath(l.upper)?)?;
-    set_string(&fs, "workdir", &cpath(l.work)?)?;
-    for (k, v) in plain_diff(l.userxattr) {
-        set_string(
-            &fs,
-            k,
-            &CString::new(v).map_err(|_| "bad value".to_string())?,
-        )?;
-    }
+    use kiln_sys::{OverlayError, OverlayParam, OverlayStep};
+    let mut params: Vec<OverlayParam<'_>> = plain_diff(l.userxattr)
+        .iter()
+        .map(|(k, v)| OverlayParam::String(k, v))
+        .collect();
     if l.userxattr {
-        let key = CString::new("userxattr").map_err(|_| "bad key".to_string())?;
-        // SAFETY: fsconfig reads one NUL-terminated key that outlives the call.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_fsconfig,
-                fs.as_raw_fd(),
-                libc::FSCONFIG_SET_FLAG,
-                key.as_ptr(),
-                std::ptr::null::<libc::c_char>(),
-                0,
-            )
-        };
-        if r < 0 {
-            return Err(last_error("fsconfig `userxattr`"));
+        params.push(OverlayParam::Flag("userxattr"));
+    }
+    kiln_sys::mount_overlay_layers(l.lower, Some((l.upper, l.work)), &params, target).map_err(|e| {
+        match e {
+            OverlayError::NulInPath(p) => format!("path `{}` contains a NUL byte", p.display()),
+            OverlayError::Syscall { step, source } => {
+                let what = match step {
+                    OverlayStep::Open => "fsopen(overlay)".to_string(),
+                    OverlayStep::Config { key, value: None } => format!("fsconfig `{key}`"),
+                    OverlayStep::Config {
+                        key,
+                        value: Some(v),
+                    } => format!("fsconfig `{key}={v}`"),
+                    OverlayStep::Create => "creating the overlay (fsconfig)".to_string(),
+                    OverlayStep::Mount => "fsmount".to_string(),
+                    OverlayStep::Move => "move_mount".to_string(),
+                };
+                format!("{what}: {source}")
+            }
         }
-    }
-    // SAFETY: fsconfig with a command and no pointers.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_fsconfig,
-            fs.as_raw_fd(),
-            libc::FSCONFIG_CMD_CREATE,
-            std::ptr::null::<libc::c_char>(),
-            std::ptr::null::<libc::c_void>(),
-            0,
-        )
-    };
-    if r < 0 {
-        return Err(last_error("creating the overlay (fsconfig)"));
-    }
-    // SAFETY: fsmount takes the fs context descriptor and flags.
-    let m = unsafe {
-        libc::syscall(
-            libc::SYS_fsmount,
-            fs.as_raw_fd(),
-            libc::FSMOUNT_CLOEXEC,
-            super::mounts::MOUNT_ATTR_NODEV,
-        )
-    };
-    if m < 0 {
-        return Err(last_error("fsmount"));
-    }
-    // SAFETY: not a syscall; fsmount returned a fresh descriptor nothing else owns.
-    let mnt = unsafe { OwnedFd::from_raw_fd(m as i32) };
-    let empty = CString::new("").map_err(|_| "bad path".to_string())?;
-    let ctarget = cpath(target)?;
-    // SAFETY: move_mount reads two NUL-terminated strings that outlive the call.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_move_mount,
-            mnt.as_raw_fd(),
-            empty.as_ptr(),
-            libc::AT_FDCWD,
-            ctarget.as_ptr(),
-            libc::MOVE_MOUNT_F_EMPTY_PATH,
-        )
-    };
-    if r < 0 {
-        return Err(last_error("move_mount"));
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

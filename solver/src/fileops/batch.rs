@@ -8,7 +8,6 @@
 //! source inode an earlier leaf already had is not copied but linked to that leaf's destination,
 //! after the flush that placed it.
 
-use super::reuse::Plan;
 use super::{op_err, Owner};
 use crate::SolveError;
 use rayon::prelude::*;
@@ -66,7 +65,7 @@ impl Batch {
         self.dir_times.push((dir, mtime));
     }
 
-    /// The leaves queued so far, in the order a flush hands them to a [`Plan`].
+    /// The leaves queued so far, in the order a flush hands them to a [`Place`].
     pub(super) fn leaves(&self) -> &[Leaf] {
         &self.leaves
     }
@@ -86,7 +85,7 @@ impl Batch {
         &mut self,
         owner: Option<Owner>,
         mode: Option<u32>,
-        plan: Option<&Plan<'_>>,
+        plan: Option<&dyn Place>,
     ) -> Result<(), SolveError> {
         let leaves = std::mem::take(&mut self.leaves);
         let place = |(i, l): (usize, &Leaf)| match plan {
@@ -109,6 +108,19 @@ impl Batch {
         }
         Ok(())
     }
+}
+
+/// Places a flush's leaves other than by copying (the reuse plan links equal files from an
+/// earlier snapshot); defined here so that the batch needs nothing of its users.
+pub(super) trait Place: Sync {
+    /// Places leaf `i` (of [`Batch::leaves`]) at its destination.
+    fn place(
+        &self,
+        i: usize,
+        l: &Leaf,
+        owner: Option<Owner>,
+        mode: Option<u32>,
+    ) -> Result<(), SolveError>;
 }
 
 /// Copies one leaf; true when it is a regular file whose source did not change while it was

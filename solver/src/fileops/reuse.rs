@@ -28,7 +28,7 @@
 //! and garbage collection unlinks (the other snapshot keeps its link). The layer writer makes a
 //! hard-link entry only for an inode it meets twice in one layer, never from `nlink` alone.
 
-use super::batch::{self, Leaf};
+use super::batch::{self, Leaf, Place};
 use super::{op_err, Owner};
 use crate::context;
 use crate::SolveError;
@@ -237,8 +237,23 @@ impl<'a> Plan<'a> {
         })
     }
 
+    fn record(&self, frel: &str, h: [u8; 32]) {
+        if let Ok(mut r) = self.recorded.lock() {
+            r.push((frel.to_string(), h));
+        }
+    }
+
+    /// The new snapshot's manifest entries, and how many files were linked.
+    pub(super) fn finish(self) -> (Vec<(String, [u8; 32])>, usize) {
+        let linked = self.linked.into_inner();
+        let files = self.recorded.into_inner().unwrap_or_default();
+        (files, linked)
+    }
+}
+
+impl Place for Plan<'_> {
     /// Places leaf `i`: a link to the earlier snapshot's equal file, or a copy.
-    pub(super) fn place(
+    fn place(
         &self,
         i: usize,
         l: &Leaf,
@@ -258,19 +273,6 @@ impl<'a> Plan<'a> {
             self.record(&l.frel, h);
         }
         Ok(())
-    }
-
-    fn record(&self, frel: &str, h: [u8; 32]) {
-        if let Ok(mut r) = self.recorded.lock() {
-            r.push((frel.to_string(), h));
-        }
-    }
-
-    /// The new snapshot's manifest entries, and how many files were linked.
-    pub(super) fn finish(self) -> (Vec<(String, [u8; 32])>, usize) {
-        let linked = self.linked.into_inner();
-        let files = self.recorded.into_inner().unwrap_or_default();
-        (files, linked)
     }
 }
 

@@ -5,7 +5,7 @@ pub(crate) mod command;
 mod init;
 pub(crate) mod mounts;
 pub(crate) mod overlay;
-mod seccomp;
+mod seccomp_filter;
 pub(crate) mod signals;
 mod syscalls;
 

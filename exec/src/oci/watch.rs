@@ -75,8 +75,8 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
     signals::install()?;
     let mut cmd = std::process::Command::new(binary);
     cmd.args(runtime_args);
-    if crate::oci_cgroups::crun_needs_hiding(&binary_name) {
-        crate::oci_cgroups::hide_unified_controllers(&mut cmd);
+    if super::cgroups::crun_needs_hiding(&binary_name) {
+        super::cgroups::hide_unified_controllers(&mut cmd);
     }
     let watcher = std::process::id() as libc::pid_t;
     // SAFETY: runs in the forked child before exec and makes only async-signal-safe calls
@@ -108,12 +108,8 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
     let orphaned = watch(pid, &engine);
     let status = wait(pid);
     if orphaned {
-        let _ = crate::oci::delete_command(
-            &binary_name,
-            Path::new(runtime_root),
-            &id.to_string_lossy(),
-        )
-        .status();
+        let _ = super::delete_command(&binary_name, Path::new(runtime_root), &id.to_string_lossy())
+            .status();
         let _ = umount2(&PathBuf::from(rootfs), MntFlags::MNT_DETACH);
     }
     match status {

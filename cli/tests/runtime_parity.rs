@@ -155,7 +155,7 @@ fn a_background_process_does_not_outlive_its_step_with_every_runtime() {
     for runtime in runtimes() {
         let marker = unique("kiln-left-behind");
         let ctx = temp_context(
-            "kiln-sandbox2-ctx-",
+            "kiln-runtime-parity-ctx-",
             &[(
                 "Dockerfile",
                 &format!(
@@ -232,7 +232,7 @@ fn etc_stubs_leaked_into_first_run_layer() {
         FROM busybox AS full\nRUN mkdir /x\n\
         RUN --mount=type=cache,target=/var/cache/thing --mount=type=tmpfs,target=/opt/t touch /y\n\
         RUN echo z > /etc/z\n";
-    let ctx = temp_context("kiln-sandbox2-ctx-", &[("Dockerfile", dockerfile)]);
+    let ctx = temp_context("kiln-runtime-parity-ctx-", &[("Dockerfile", dockerfile)]);
     for runtime in runtimes() {
         for target in ["bare", "full"] {
             let out_dir = tempfile::tempdir().unwrap();

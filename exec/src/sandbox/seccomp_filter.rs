@@ -169,7 +169,7 @@ mod tests {
     fn docker_profile_compiles_for_this_machine() {
         let caps: oci_spec::runtime::Capabilities =
             crate::spec::DOCKER_CAPS.iter().copied().collect();
-        let profile = crate::seccomp::default_seccomp(&caps).unwrap();
+        let profile = crate::seccomp_profile::default_seccomp(&caps).unwrap();
         let programs = compile(&profile).unwrap();
         // Allow-list filter plus the `clone3` → ENOSYS one.
         assert_eq!(programs.len(), 2);

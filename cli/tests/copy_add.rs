@@ -11,13 +11,6 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::Path;
 
-fn build(k: &Kiln, ctx: &Path, extra: &[&str]) -> std::process::Output {
-    let mut args = vec!["build", "--progress", "plain"];
-    args.extend_from_slice(extra);
-    args.push(ctx.to_str().unwrap());
-    k.run(&args)
-}
-
 fn blob(k: &Kiln, digest: &str) -> Vec<u8> {
     let hex = digest.trim().trim_start_matches("sha256:").to_string();
     std::fs::read(k.root.path().join("blobs/sha256").join(hex)).unwrap()

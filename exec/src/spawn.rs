@@ -1,0 +1,98 @@
+//! The plumbing both runtimes start their helper with: the binary to re-execute, pipes a child
+//! inherits, and the pump that carries its output to the caller's sink. Below `run.rs` (the
+//! built-in sandbox) and `oci.rs` (runc/crun), which both use it.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+
+use tokio::io::AsyncReadExt;
+
+use crate::{ExecError, OutputSink, OutputStream};
+/// Environment variable naming the binary to re-execute instead of the current one.
+const EXE_ENV: &str = "KILN_SANDBOX_EXE";
+
+pub(crate) fn sandbox_exe() -> Result<PathBuf, ExecError> {
+    if let Some(p) = std::env::var_os(EXE_ENV) {
+        return Ok(PathBuf::from(p));
+    }
+    std::env::current_exe().map_err(|source| ExecError::Io {
+        what: "cannot find the current executable",
+        path: PathBuf::from("/proc/self/exe"),
+        source,
+    })
+}
+
+/// A pipe (read end, write end) for a child: both ends close-on-exec, so concurrent spawns
+/// elsewhere in the engine never inherit them, and the read end above 2, as descriptors 0-2 are
+/// rewired in the child before a `pre_exec` hook runs. [`inherit`] passes the read end on.
+pub(crate) fn child_pipe() -> Result<(OwnedFd, OwnedFd), nix::Error> {
+    let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    if read_end.as_raw_fd() >= 3 {
+        return Ok((read_end, write_end));
+    }
+    let dup = nix::fcntl::fcntl(
+        read_end.as_raw_fd(),
+        nix::fcntl::FcntlArg::F_DUPFD_CLOEXEC(3),
+    )?;
+    // SAFETY: not a syscall; `dup` is a fresh descriptor that nothing else owns.
+    let dup = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+    Ok((dup, write_end))
+}
+
+/// Let the child started by `cmd` (alone) inherit `fds`.
+pub(crate) fn inherit<const N: usize>(cmd: &mut std::process::Command, fds: [i32; N]) {
+    // SAFETY: runs in the forked child before exec; fcntl is async-signal-safe and touches only
+    // the child's copy of the descriptor table.
+    unsafe {
+        cmd.pre_exec(move || {
+            for fd in fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
+pub(crate) async fn pump_output(
+    stdout: Option<tokio::process::ChildStdout>,
+    stderr: Option<tokio::process::ChildStderr>,
+    sink: &mut Option<Box<dyn OutputSink>>,
+) {
+    let mut out = stdout;
+    let mut err = stderr;
+    let mut out_buf = vec![0u8; 32 * 1024];
+    let mut err_buf = vec![0u8; 32 * 1024];
+    while out.is_some() || err.is_some() {
+        tokio::select! {
+            r = read_some(&mut out, &mut out_buf), if out.is_some() => match r {
+                Some(n) => deliver(sink, OutputStream::Stdout, &out_buf[..n]),
+                None => out = None,
+            },
+            r = read_some(&mut err, &mut err_buf), if err.is_some() => match r {
+                Some(n) => deliver(sink, OutputStream::Stderr, &err_buf[..n]),
+                None => err = None,
+            },
+        }
+    }
+}
+
+/// `None` at end of stream or on a read error (the helper is gone either way).
+async fn read_some<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut Option<R>,
+    buf: &mut [u8],
+) -> Option<usize> {
+    let reader = r.as_mut()?;
+    match reader.read(buf).await {
+        Ok(0) | Err(_) => None,
+        Ok(n) => Some(n),
+    }
+}
+
+fn deliver(sink: &mut Option<Box<dyn OutputSink>>, stream: OutputStream, data: &[u8]) {
+    if let Some(s) = sink.as_mut() {
+        s.output(stream, data);
+    }
+}
