@@ -49,12 +49,29 @@ fn parse(args: &[String]) -> Result<Opts> {
     Ok(o)
 }
 
-/// One case's build options, from its `options` file: `target=STAGE`, `build-arg=K=V`.
+/// One case's build options, from its `options` file: `target=STAGE`, `build-arg=K=V`,
+/// `secret=ID=FILE` (FILE in the case's directory).
 struct Case {
     name: String,
     dir: PathBuf,
     target: Option<String>,
     build_args: Vec<String>,
+    secrets: Vec<String>,
+}
+
+impl Case {
+    /// `id=ID,src=PATH`, the `--secret` value both builders take.
+    fn secret_flags(&self) -> Result<Vec<String>> {
+        self.secrets
+            .iter()
+            .map(|s| {
+                let (id, file) = s.split_once('=').with_context(|| {
+                    format!("`{}/options`: `secret={s}` needs `ID=FILE`", self.name)
+                })?;
+                Ok(format!("id={id},src={}", self.dir.join(file).display()))
+            })
+            .collect()
+    }
 }
 
 fn load_cases(corpus: &Path, only: &Option<Vec<String>>) -> Result<Vec<Case>> {
@@ -81,6 +98,7 @@ fn load_cases(corpus: &Path, only: &Option<Vec<String>>) -> Result<Vec<Case>> {
             dir: dir.clone(),
             target: None,
             build_args: Vec::new(),
+            secrets: Vec::new(),
         };
         if let Ok(text) = std::fs::read_to_string(dir.join("options")) {
             for line in text
@@ -92,6 +110,8 @@ fn load_cases(corpus: &Path, only: &Option<Vec<String>>) -> Result<Vec<Case>> {
                     case.target = Some(t.to_string());
                 } else if let Some(a) = line.strip_prefix("build-arg=") {
                     case.build_args.push(a.to_string());
+                } else if let Some(a) = line.strip_prefix("secret=") {
+                    case.secrets.push(a.to_string());
                 } else {
                     bail!("`{}/options`: unknown line `{line}`", case.name);
                 }
@@ -206,6 +226,9 @@ impl Kiln {
         for a in &case.build_args {
             c.arg("--build-arg").arg(a);
         }
+        for s in case.secret_flags()? {
+            c.arg("--secret").arg(s);
+        }
         if let Some(t) = &case.target {
             c.arg("--target").arg(t);
         }
@@ -250,6 +273,9 @@ impl BuildKit {
         .stdin(Stdio::null());
         for a in &case.build_args {
             c.arg("--opt").arg(format!("build-arg:{a}"));
+        }
+        for s in case.secret_flags()? {
+            c.arg("--secret").arg(s);
         }
         if let Some(t) = &case.target {
             c.arg("--opt").arg(format!("target={t}"));
@@ -390,6 +416,7 @@ pub fn run(root: &Path, args: &[String]) -> Result<()> {
         dir: probe_dir.clone(),
         target: None,
         build_args: vec![],
+        secrets: vec![],
     };
     let base_ids = |archive: PathBuf| -> Result<Vec<String>> {
         let image = summary::read_archive(&archive)?;
