@@ -164,10 +164,7 @@ fn context_dir(case: &Case, work: &Path) -> Result<PathBuf> {
 /// What a builder made of a case: the summary, or the fact that the build failed.
 fn outcome(built: Result<PathBuf>, base: &[String]) -> Result<String> {
     match built {
-        Err(e) => Ok(format!(
-            "build fails\n# {}\n",
-            first_line(&format!("{e:#}"))
-        )),
+        Err(e) => Ok(format!("build fails\n# {}\n", last_line(&format!("{e:#}")))),
         Ok(archive) => {
             let image = summary::read_archive(&archive)?;
             let diff_ids: Vec<String> = image.config["rootfs"]["diff_ids"]
@@ -188,14 +185,21 @@ fn outcome(built: Result<PathBuf>, base: &[String]) -> Result<String> {
     }
 }
 
-fn first_line(s: &str) -> String {
-    s.lines()
+/// The error's last line, with BuildKit's per-run ref ids (`abc::def`) scrubbed so that a
+/// re-blessed summary does not churn.
+fn last_line(s: &str) -> String {
+    let line: String = s
+        .lines()
         .rev()
         .find(|l| !l.trim().is_empty())
         .unwrap_or("")
         .chars()
-        .take(200)
-        .collect()
+        .take(300)
+        .collect();
+    line.split(' ')
+        .map(|w| if w.contains("::") { "<ref>:" } else { w })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 struct Kiln {

@@ -324,12 +324,10 @@ fn config_lines(config: &Value) -> Vec<String> {
         "OnBuild",
         "ArgsEscaped",
     ] {
+        // Absent and null only: BuildKit's Go writer omits empty values (`omitempty`), so an
+        // empty string, list or map that kiln writes is a difference worth seeing.
         match c.get(key) {
             None | Some(Value::Null) => {}
-            // Empty strings and collections are what an unset field looks like in some writers.
-            Some(Value::String(s)) if s.is_empty() => {}
-            Some(Value::Object(m)) if m.is_empty() => {}
-            Some(Value::Array(a)) if a.is_empty() => {}
             Some(v) => out.push(format!("config {key} {v}")),
         }
     }
@@ -524,12 +522,13 @@ mod tests {
     }
 
     #[test]
-    fn config_leaves_out_unset_fields_and_history() {
-        let s = summarise(&image(vec![]), 0).unwrap();
-        assert!(
-            s.starts_with("config Cmd [\"sh\"]\nlayers 0 (base 0)\n"),
-            "{s}"
-        );
+    fn config_keeps_empty_values_and_leaves_out_history() {
+        let mut img = image(vec![]);
+        img.config["history"] = serde_json::json!([{"created": "now"}]);
+        img.config["config"]["Labels"] = Value::Null;
+        let s = summarise(&img, 0).unwrap();
+        let want = "config User \"\"\nconfig Env []\nconfig Cmd [\"sh\"]\nlayers 0 (base 0)\n";
+        assert!(s.starts_with(want), "{s}");
     }
 
     #[test]
