@@ -697,3 +697,25 @@ fn stage_base_kept_cmd_after_entrypoint_and_skipped_its_onbuild_triggers() {
         assert_eq!(c.config_extras.get("OnBuild"), None, "{target}");
     }
 }
+
+/// BuildKit's `emptyImage` gives `FROM scratch` `WorkingDir` `/` besides the default `PATH`;
+/// kiln left `WorkingDir` out (found by `cargo xtask differential`, case multistage-scratch).
+#[test]
+fn from_scratch_left_working_dir_out_of_the_config() {
+    let c = compile(
+        "FROM scratch\nCOPY f /f\n",
+        &opts(),
+        &FakeResolver::default(),
+    )
+    .expect("compiles");
+    let config = c.image_config.config().clone().expect("config");
+    assert_eq!(config.working_dir().clone(), Some("/".to_string()));
+    let c = compile(
+        "FROM scratch\nWORKDIR /w\n",
+        &opts(),
+        &FakeResolver::default(),
+    )
+    .expect("compiles");
+    let config = c.image_config.config().clone().expect("config");
+    assert_eq!(config.working_dir().clone(), Some("/w".to_string()));
+}

@@ -1,5 +1,8 @@
-//! kiln's automation: `cargo xtask setup|demo|test|bench`. Everything a fresh machine needs is
+//! kiln's automation: `cargo xtask setup|demo|test|bench|differential`. Everything a fresh machine needs is
 //! installed here, so the README's two commands work with nothing but the Rust toolchain.
+
+mod differential;
+mod summary;
 
 use anyhow::{bail, Context, Result};
 use std::net::TcpStream;
@@ -40,12 +43,15 @@ fn main() -> Result<()> {
         Some("demo") => demo(&root),
         Some("test") => test(&root, &args[1..]),
         Some("bench") => bench(&root, &args[1..]),
+        Some("differential") => differential::run(&root, &args[1..]),
         _ => {
-            eprintln!("usage: cargo xtask <setup|demo|test|bench>");
+            eprintln!("usage: cargo xtask <setup|demo|test|bench|differential>");
             eprintln!("  setup   install the Debian packages kiln's demo and tests use");
             eprintln!("  demo    set up, build kiln, build and run testdata/examples/hello");
             eprintln!("  test    set up, start a registry on {TEST_REGISTRY}, run every test");
             eprintln!("  bench   run the whole-build benchmarks in benches/");
+            eprintln!("  differential [--cases a,b] [--bless] [--no-buildkit]");
+            eprintln!("          build testdata/differential/ with kiln, compare with BuildKit's summaries");
             std::process::exit(2);
         }
     }

@@ -109,10 +109,12 @@ pub(crate) struct ImageState {
 }
 
 impl ImageState {
-    /// The config of `FROM scratch`: nothing but a default `PATH`, as BuildKit sets it.
+    /// The config of `FROM scratch`: a default `PATH` and `WorkingDir` `/`, as BuildKit's
+    /// `emptyImage` sets them.
     pub(crate) fn scratch() -> Self {
         let mut state = ImageState::default();
         state.set_env_list(vec![format!("PATH={DEFAULT_PATH}")]);
+        state.working_dir = "/".to_string();
         state
     }
 
