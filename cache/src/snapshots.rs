@@ -644,18 +644,24 @@ mod tests {
     use crate::Store;
     use nix::sys::stat::{makedev, mknod, Mode, SFlag};
 
-    #[test]
-    fn a_chain_of_501_layers_is_refused_naming_the_limit() {
-        let dir = tempfile::tempdir().unwrap();
+    /// A store in `dir` whose mounts the returned fake records instead of making.
+    fn fake_store(dir: &Path) -> (Store, Arc<FakeMounter>) {
         let fake = Arc::new(FakeMounter::default());
         let store = Store::open_with(
-            dir.path(),
+            dir,
             crate::LockWait::Never,
             "test",
             &mut |_| {},
             fake.clone(),
         )
         .unwrap();
+        (store, fake)
+    }
+
+    #[test]
+    fn a_chain_of_501_layers_is_refused_naming_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, fake) = fake_store(dir.path());
         let snaps = store.snapshots();
         let mut chain = vec![snaps.create(None).unwrap()];
         for _ in 0..MAX_LAYERS {
@@ -678,14 +684,7 @@ mod tests {
     #[test]
     fn a_merged_layer_is_a_diff_against_its_own_chain_not_the_base() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_with(
-            dir.path(),
-            crate::LockWait::Never,
-            "test",
-            &mut |_| {},
-            Arc::new(FakeMounter::default()),
-        )
-        .unwrap();
+        let (store, _) = fake_store(dir.path());
         let snaps = store.snapshots();
         let a = snaps.create(None).unwrap();
         let b = snaps.create(Some(a)).unwrap();
@@ -707,15 +706,7 @@ mod tests {
     #[test]
     fn mount_plans_with_snapshot_paths_without_root() {
         let dir = tempfile::tempdir().unwrap();
-        let fake = Arc::new(FakeMounter::default());
-        let store = Store::open_with(
-            dir.path(),
-            crate::LockWait::Never,
-            "test",
-            &mut |_| {},
-            fake.clone(),
-        )
-        .unwrap();
+        let (store, fake) = fake_store(dir.path());
         let snaps = store.snapshots();
         let a = snaps.create(None).unwrap();
         let b = snaps.create(Some(a)).unwrap();
