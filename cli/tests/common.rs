@@ -106,12 +106,17 @@ pub fn stderr(out: &Output) -> String {
 /// made), removed when dropped.
 pub fn temp_context(prefix: &str, files: &[(&str, &str)]) -> tempfile::TempDir {
     let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    write_files(dir.path(), files);
+    dir
+}
+
+/// Writes these files under `dir`, making their parent directories.
+pub fn write_files(dir: &Path, files: &[(&str, &str)]) {
     for (name, text) in files {
-        let p = dir.path().join(name);
+        let p = dir.join(name);
         std::fs::create_dir_all(p.parent().unwrap()).unwrap();
         std::fs::write(p, text).unwrap();
     }
-    dir
 }
 
 /// Copies a directory tree (the example contexts), so a test may change files in it.
@@ -368,4 +373,65 @@ fn serve_git(conn: std::net::TcpStream, root: &Path) {
         let _ = conn.write_all(&b);
     }
     let _ = conn.flush();
+}
+
+/// Pids of host processes whose argv is exactly `argv`.
+pub fn processes_running(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv
+        .iter()
+        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
+        .collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            (cmdline == want).then_some(pid)
+        })
+        .collect()
+}
+
+/// Waits up to five seconds for the processes running exactly `argv` to exit, SIGKILLs any still
+/// there (so a failing test leaves nothing behind) and returns their pids.
+pub fn kill_survivors(argv: &[&str]) -> Vec<i32> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_running(argv).is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left = processes_running(argv);
+    for pid in &left {
+        let _ = Command::new("kill")
+            .args(["-KILL", &pid.to_string()])
+            .status();
+    }
+    left
+}
+
+/// Host processes whose command line contains `marker`.
+pub fn host_processes_with(marker: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
+            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if text.contains(marker) {
+                found.push(text);
+            }
+        }
+    }
+    found
+}
+
+/// `kiln run --rm --runtime RUNTIME busybox sh -c SCRIPT`.
+pub fn run_sh(k: &Kiln, runtime: &str, script: &str) -> Output {
+    k.run(&[
+        "run",
+        "--rm",
+        "--runtime",
+        runtime,
+        "busybox",
+        "sh",
+        "-c",
+        script,
+    ])
 }

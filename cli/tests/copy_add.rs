@@ -28,14 +28,6 @@ fn layers(k: &Kiln, iidfile: &Path) -> Vec<String> {
         .collect()
 }
 
-fn write(dir: &Path, files: &[(&str, &str)]) {
-    for (name, content) in files {
-        let p = dir.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, content).unwrap();
-    }
-}
-
 fn run_in(k: &Kiln, image: &str, script: &str) -> String {
     let out = k.run(&["run", "--rm", image, "sh", "-c", script]);
     assert_ok(&out, script);
@@ -46,7 +38,7 @@ fn run_in(k: &Kiln, image: &str, script: &str) -> String {
 fn copy_link_layer_is_the_same_whatever_the_base() {
     let k = Kiln::with_busybox();
     let ctx = tempfile::tempdir().unwrap();
-    write(
+    write_files(
         ctx.path(),
         &[
             ("data/a.txt", "a\n"),
@@ -95,7 +87,7 @@ fn copy_link_layer_is_the_same_whatever_the_base() {
 fn copy_parents_keeps_the_source_directories() {
     let k = Kiln::with_busybox();
     let ctx = tempfile::tempdir().unwrap();
-    write(
+    write_files(
         ctx.path(),
         &[
             ("src/pkg/x/go.mod", "x\n"),
@@ -196,7 +188,7 @@ fn add_downloads_urls_with_name_mtime_owner_and_mode() {
         hello = server.url("/files/hello.txt"),
         dl = server.url("/"),
     );
-    write(ctx.path(), &[("Dockerfile", &dockerfile)]);
+    write_files(ctx.path(), &[("Dockerfile", &dockerfile)]);
     let out = build(&k, ctx.path(), &["-t", "http-add"]);
     assert_ok(&out, "build with ADD <url>");
     let listing = run_in(
@@ -221,7 +213,7 @@ fn add_downloads_urls_with_name_mtime_owner_and_mode() {
         "FROM busybox\nADD {hello} /web/\n",
         hello = server.url("/files/hello.txt")
     );
-    write(ctx.path(), &[("Dockerfile", &dockerfile2)]);
+    write_files(ctx.path(), &[("Dockerfile", &dockerfile2)]);
     let out = build(&k, ctx.path(), &["-t", "http-add2"]);
     assert_ok(&out, "rebuild");
     assert_eq!(run_in(&k, "http-add2", "cat /web/hello.txt"), "changed\n");
@@ -249,7 +241,7 @@ fn add_checksum_mismatch_names_both_digests() {
         "FROM busybox\nADD --checksum=sha256:{wrong} {} /x\n",
         server.url("/files/hello.txt")
     );
-    write(ctx.path(), &[("Dockerfile", &dockerfile)]);
+    write_files(ctx.path(), &[("Dockerfile", &dockerfile)]);
     let out = build(&k, ctx.path(), &[]);
     assert!(!out.status.success(), "a wrong checksum was accepted");
     let err = stderr(&out);
@@ -261,7 +253,7 @@ fn add_checksum_mismatch_names_both_digests() {
         "{err}"
     );
     let dockerfile = format!("FROM busybox\nADD {} /x\n", server.url("/missing"));
-    write(ctx.path(), &[("Dockerfile", &dockerfile)]);
+    write_files(ctx.path(), &[("Dockerfile", &dockerfile)]);
     let out = build(&k, ctx.path(), &[]);
     assert!(!out.status.success());
     assert!(stderr(&out).contains("404"), "{}", stderr(&out));
@@ -271,7 +263,7 @@ fn add_checksum_mismatch_names_both_digests() {
 fn run_heredoc_with_a_shebang_runs_as_a_script() {
     let k = Kiln::with_busybox();
     let ctx = tempfile::tempdir().unwrap();
-    write(
+    write_files(
         ctx.path(),
         &[(
             "Dockerfile",
@@ -290,7 +282,7 @@ fn run_heredoc_with_a_shebang_runs_as_a_script() {
 fn foreign_syntax_frontend_is_refused_with_a_clear_error() {
     let k = Kiln::with_busybox();
     let ctx = tempfile::tempdir().unwrap();
-    write(
+    write_files(
         ctx.path(),
         &[(
             "Dockerfile",
@@ -304,7 +296,7 @@ fn foreign_syntax_frontend_is_refused_with_a_clear_error() {
         err.contains("Dockerfile:1") && err.contains("custom frontend image"),
         "{err}"
     );
-    write(
+    write_files(
         ctx.path(),
         &[(
             "Dockerfile",
@@ -320,7 +312,7 @@ fn foreign_syntax_frontend_is_refused_with_a_clear_error() {
 fn copy_from_a_stage_reset_owners_to_root() {
     let k = Kiln::with_busybox();
     let ctx = tempfile::tempdir().unwrap();
-    write(ctx.path(), &[("ctx.txt", "c\n")]);
+    write_files(ctx.path(), &[("ctx.txt", "c\n")]);
     // Owned by the test's (root) user on the host, but a context copy is 0:0 regardless.
     std::os::unix::fs::chown(ctx.path().join("ctx.txt"), Some(4321), Some(4321)).unwrap();
     std::fs::write(

@@ -37,6 +37,16 @@ fn build_layers(k: &Kiln, dir: &Path, dockerfile: &str, files: &[(&str, &str)]) 
     read_oci_layers(&oci)
 }
 
+/// The names in `dir`, sorted.
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
 fn read_oci_layers(archive: &Path) -> Vec<Layer> {
     let mut blobs: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     let mut ar = tar::Archive::new(std::fs::File::open(archive).unwrap());
@@ -179,14 +189,7 @@ fn new_directories_got_opaque_markers_that_hide_nothing() {
         "opaque markers on directories no lower layer has: {markers:?}"
     );
     let rootfs = t.path().join("rootfs");
-    let ls = |d: &str| -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(rootfs.join(d))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        v.sort();
-        v
-    };
+    let ls = |d: &str| entries(&rootfs.join(d));
     assert_eq!(ls("gone"), ["g"]);
     assert_eq!(ls("newdir"), ["f"]);
     assert_eq!(ls("thing"), ["t"]);
@@ -241,19 +244,13 @@ fn directory_made_again_over_an_existing_one_lost_its_opaque_marker() {
                 bundle.to_str().unwrap(),
             ],
         );
-        let mut got: Vec<String> = std::fs::read_dir(bundle.join("rootfs/dir"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .collect();
-        got.sort();
-        assert_eq!(got, ["c"], "umoci's tree (manifest {digest})");
+        assert_eq!(
+            entries(&bundle.join("rootfs/dir")),
+            ["c"],
+            "umoci's tree (manifest {digest})"
+        );
     }
-    let mut got: Vec<String> = std::fs::read_dir(t.path().join("rootfs/dir"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-        .collect();
-    got.sort();
-    assert_eq!(got, ["c"]);
+    assert_eq!(entries(&t.path().join("rootfs/dir")), ["c"]);
 }
 
 #[test]

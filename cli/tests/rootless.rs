@@ -57,6 +57,16 @@ impl User {
         Some(user)
     }
 
+    /// Makes `path` and all below it the user's own, as a context they wrote would be.
+    fn own(&self, path: &Path) {
+        let out = Command::new("chown")
+            .args(["-R", &format!("{0}:{0}", self.name)])
+            .arg(path)
+            .output()
+            .unwrap();
+        assert_ok(&out, "chown the context");
+    }
+
     fn data_home(&self) -> PathBuf {
         self.home.path().join("data")
     }
@@ -100,21 +110,13 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
-fn write(dir: &Path, files: &[(&str, &str)]) {
-    for (name, text) in files {
-        let p = dir.join(name);
-        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
-        std::fs::write(p, text).unwrap();
-    }
-}
-
 const HOST_PATH: &str = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin";
 
 #[test]
 fn an_unprivileged_user_builds_and_runs_images() {
     let Some(user) = User::create() else { return };
     let ctx = user.home.path().join("ctx");
-    write(
+    write_files(
         &ctx,
         &[
             (
@@ -129,12 +131,7 @@ fn an_unprivileged_user_builds_and_runs_images() {
             ("f", "from the context\n"),
         ],
     );
-    let out = Command::new("chown")
-        .args(["-R", &format!("{0}:{0}", user.name)])
-        .arg(&ctx)
-        .output()
-        .unwrap();
-    assert_ok(&out, "chown the context");
+    user.own(&ctx);
     let out = user.sh(
         "set -e; sh \"$MKROOTFS\" rootfs >/dev/null; \"$K\" import rootfs busybox:latest >/dev/null; \
          \"$K\" build --progress plain -t rootless ctx; \
@@ -171,7 +168,7 @@ fn an_unprivileged_user_builds_and_runs_images() {
 fn rootless_without_subordinate_ids_runs_as_root_and_explains_other_users() {
     let Some(user) = User::create() else { return };
     let ctx = user.home.path().join("ctx");
-    write(
+    write_files(
         &ctx,
         &[(
             "Dockerfile",
@@ -179,12 +176,12 @@ fn rootless_without_subordinate_ids_runs_as_root_and_explains_other_users() {
         )],
     );
     let nobody = user.home.path().join("nobody");
-    write(
+    write_files(
         &nobody,
         &[("Dockerfile", "FROM busybox\nUSER nobody\nRUN true\n")],
     );
     let chown = user.home.path().join("chown");
-    write(
+    write_files(
         &chown,
         &[(
             "Dockerfile",
@@ -192,12 +189,7 @@ fn rootless_without_subordinate_ids_runs_as_root_and_explains_other_users() {
         )],
     );
     for d in [&ctx, &nobody, &chown] {
-        let out = Command::new("chown")
-            .args(["-R", &format!("{0}:{0}", user.name)])
-            .arg(d)
-            .output()
-            .unwrap();
-        assert_ok(&out, "chown the context");
+        user.own(d);
     }
     let out = user.sh(
         "sh \"$MKROOTFS\" rootfs >/dev/null && \"$K\" import rootfs busybox:latest >/dev/null",
@@ -260,7 +252,7 @@ fn rootless_secret_mount_and_network_none_work_with_every_runtime() {
     let Some(user) = User::create() else { return };
     let secret = unique("rootless-secret");
     let ctx = user.home.path().join("ctx");
-    write(
+    write_files(
         &ctx,
         &[(
             "Dockerfile",
@@ -270,13 +262,8 @@ fn rootless_secret_mount_and_network_none_work_with_every_runtime() {
              RUN test ! -e /run/secrets/tok\n",
         )],
     );
-    write(user.home.path(), &[("secret.txt", &secret)]);
-    let out = Command::new("chown")
-        .args(["-R", &format!("{0}:{0}", user.name)])
-        .arg(user.home.path())
-        .output()
-        .unwrap();
-    assert_ok(&out, "chown the context");
+    write_files(user.home.path(), &[("secret.txt", &secret)]);
+    user.own(user.home.path());
     let out = user.sh(
         "sh \"$MKROOTFS\" rootfs >/dev/null && \"$K\" import rootfs busybox:latest >/dev/null",
         HOST_PATH,
@@ -305,23 +292,6 @@ fn rootless_secret_mount_and_network_none_work_with_every_runtime() {
     }
     let hits = found_in_files(&user.data_home().join("kiln"), secret.as_bytes());
     assert!(hits.is_empty(), "the secret is in the store: {hits:?}");
-}
-
-/// Pids of host processes whose argv is exactly `argv`.
-fn processes_running(argv: &[&str]) -> Vec<i32> {
-    let want: Vec<u8> = argv
-        .iter()
-        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
-        .collect();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            (cmdline == want).then_some(pid)
-        })
-        .collect()
 }
 
 #[test]
@@ -376,16 +346,7 @@ fn kill_9_of_rootless_kiln_run_leaves_no_step_running() {
         .unwrap();
     assert!(status.success());
     let _ = kiln.wait();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while !processes_running(&argv).is_empty() && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(50));
-    }
-    let left = processes_running(&argv);
-    for pid in &left {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
+    let left = kill_survivors(&argv);
     assert!(
         left.is_empty(),
         "the step outlived the killed rootless kiln"
@@ -398,19 +359,14 @@ fn kill_9_of_rootless_kiln_run_leaves_no_step_running() {
 fn rootless_limits_without_cgroups_warn_once_and_never_fail_the_build() {
     let Some(user) = User::create() else { return };
     let ctx = user.home.path().join("ctx");
-    write(
+    write_files(
         &ctx,
         &[(
             "Dockerfile",
             "FROM busybox\nRUN echo one > /one\nRUN echo two > /two\n",
         )],
     );
-    let out = Command::new("chown")
-        .args(["-R", &format!("{0}:{0}", user.name)])
-        .arg(&ctx)
-        .output()
-        .unwrap();
-    assert_ok(&out, "chown the context");
+    user.own(&ctx);
     let out = user.sh(
         "set -e; sh \"$MKROOTFS\" rootfs >/dev/null; \"$K\" import rootfs busybox:latest >/dev/null; \
          \"$K\" build --progress plain --memory 64m --cpus 0.5 --pids-limit 100 -t limited ctx; \

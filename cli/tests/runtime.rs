@@ -313,20 +313,6 @@ fn nofile_limits() -> (u64, u64) {
     (nums[0], nums[1])
 }
 
-/// Host processes whose command line contains `marker`.
-fn host_processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(marker) {
-                found.push(text);
-            }
-        }
-    }
-    found
-}
-
 #[test]
 fn interrupted_runc_step_leaves_no_container_or_mount() {
     let k = Kiln::with_busybox();

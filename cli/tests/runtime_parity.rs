@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use std::path::Path;
-use std::process::Output;
 
 /// `/proc/1/comm` under `runtime`: kiln's own init is the kiln binary; runc and crun run tini,
 /// mounted at `/dev/init`.
@@ -17,19 +16,6 @@ fn init_name(runtime: &str) -> &'static str {
     } else {
         "init"
     }
-}
-
-fn run_sh(k: &Kiln, runtime: &str, script: &str) -> Output {
-    k.run(&[
-        "run",
-        "--rm",
-        "--runtime",
-        runtime,
-        "busybox",
-        "sh",
-        "-c",
-        script,
-    ])
 }
 
 /// Host processes whose command line contains `marker`: (pid, parent pid, command line).

@@ -21,20 +21,6 @@ fn build(k: &Kiln, ctx: &tempfile::TempDir, extra: &[&str]) -> std::process::Out
     k.run(&args)
 }
 
-/// Host processes whose command line contains `marker`.
-fn host_processes_with(marker: &str) -> Vec<String> {
-    let mut found = Vec::new();
-    for e in std::fs::read_dir("/proc").unwrap().flatten() {
-        if let Ok(cmdline) = std::fs::read(e.path().join("cmdline")) {
-            let text = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if text.contains(marker) {
-                found.push(text);
-            }
-        }
-    }
-    found
-}
-
 /// The host path of `file` in the cgroup a `/proc/self/cgroup` line names, when that line is
 /// the one of `controller` (a v1 hierarchy with it, or the v2 hierarchy offering it).
 fn host_cgroup_file(line: &str, controller: &str, file: &str) -> Option<PathBuf> {

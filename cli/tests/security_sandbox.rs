@@ -4,7 +4,9 @@
 
 mod common;
 
-use common::{assert_ok, runtimes, stdout, temp_context, Kiln};
+use common::{
+    assert_ok, kill_survivors, processes_running, run_sh, runtimes, stdout, temp_context, Kiln,
+};
 use std::os::unix::fs::FileTypeExt;
 use std::os::unix::fs::MetadataExt;
 use std::process::{Command, Output, Stdio};
@@ -25,6 +27,13 @@ fn build(k: &Kiln, dockerfile: &str, runtime: &str, extra: &[&str]) -> Output {
         .arg(ctx.path())
         .output()
         .expect("run kiln build")
+}
+
+/// Builds `dockerfile` under `runtime`, which must succeed, and returns all it printed.
+fn build_output(k: &Kiln, dockerfile: &str, runtime: &str) -> String {
+    let out = build(k, dockerfile, runtime, &[]);
+    assert_ok(&out, &format!("the build under {runtime}"));
+    all_output(&out)
 }
 
 /// Everything the build printed (the step's output is in the plain progress on stderr).
@@ -120,9 +129,7 @@ fn mknod_of_a_loop_device_cannot_read_or_write_the_hosts_disk() {
             maj = disk.major,
             min = disk.minor,
         );
-        let out = build(&k, &dockerfile, runtime, &[]);
-        assert_ok(&out, &format!("the build under {runtime}"));
-        let text = all_output(&out);
+        let text = build_output(&k, &dockerfile, runtime);
         assert!(
             !text.contains("kiln-secret"),
             "under {runtime} the step read the host's disk:\n{text}"
@@ -142,7 +149,7 @@ fn mknod_of_a_loop_device_cannot_read_or_write_the_hosts_disk() {
 fn mknod_of_kmsg_cannot_write_the_kernel_log() {
     let k = Kiln::with_busybox();
     for runtime in runtimes() {
-        let out = build(
+        let text = build_output(
             &k,
             "FROM busybox\n\
              RUN for n in /kmsg /dev/kmsg2 /tmp/kmsg; do \
@@ -150,10 +157,7 @@ fn mknod_of_kmsg_cannot_write_the_kernel_log() {
                    test -c $n && echo kiln-kmsg-probe > $n && echo \"wr\"\"ote-$n\"; \
                  done; true\n",
             runtime,
-            &[],
         );
-        assert_ok(&out, &format!("the build under {runtime}"));
-        let text = all_output(&out);
         assert!(
             !text.contains("wrote-"),
             "under {runtime} the step wrote the kernel log:\n{text}"
@@ -165,7 +169,7 @@ fn mknod_of_kmsg_cannot_write_the_kernel_log() {
 fn mknod_in_cache_and_tmpfs_mounts_cannot_open_a_device() {
     let k = Kiln::with_busybox();
     for runtime in runtimes() {
-        let out = build(
+        let text = build_output(
             &k,
             "FROM busybox\n\
              RUN --mount=type=cache,target=/cache --mount=type=tmpfs,target=/scratch \
@@ -175,10 +179,7 @@ fn mknod_in_cache_and_tmpfs_mounts_cannot_open_a_device() {
                    rm -f $n; \
                  done; true\n",
             runtime,
-            &[],
         );
-        assert_ok(&out, &format!("the build under {runtime}"));
-        let text = all_output(&out);
         assert!(
             !text.contains("wrote-"),
             "under {runtime} a node in a mount opened:\n{text}"
@@ -190,17 +191,12 @@ fn mknod_in_cache_and_tmpfs_mounts_cannot_open_a_device() {
 fn kiln_run_cannot_open_a_device_it_makes() {
     let k = Kiln::with_busybox();
     for runtime in runtimes() {
-        let out = k.run(&[
-            "run",
-            "--rm",
-            "--runtime",
+        let out = run_sh(
+            &k,
             runtime,
-            "busybox",
-            "sh",
-            "-c",
             "for n in /kmsg /dev/kmsg2; do mknod $n c 1 11; \
              test -c $n && echo kiln-kmsg-probe > $n && echo \"wr\"\"ote-$n\"; done; true",
-        ]);
+        );
         assert_ok(&out, &format!("kiln run under {runtime}"));
         assert!(
             !stdout(&out).contains("wrote-"),
@@ -317,42 +313,12 @@ fn standard_devices_still_work() {
          echo x > /dev/shm/f; test -d /dev/mqueue; \
          mkfifo /tmp/fifo; echo standard-devices-ok";
     for runtime in runtimes() {
-        let out = build(&k, &format!("FROM busybox\nRUN {script}\n"), runtime, &[]);
-        assert_ok(&out, &format!("the build under {runtime}"));
-        assert!(
-            all_output(&out).contains("standard-devices-ok"),
-            "{runtime}"
-        );
-        let out = k.run(&[
-            "run",
-            "--rm",
-            "--runtime",
-            runtime,
-            "busybox",
-            "sh",
-            "-c",
-            script,
-        ]);
+        let text = build_output(&k, &format!("FROM busybox\nRUN {script}\n"), runtime);
+        assert!(text.contains("standard-devices-ok"), "{runtime}");
+        let out = run_sh(&k, runtime, script);
         assert_ok(&out, &format!("kiln run under {runtime}"));
         assert!(stdout(&out).contains("standard-devices-ok"), "{runtime}");
     }
-}
-
-/// Pids of host processes whose argv is exactly `argv`.
-fn processes_running(argv: &[&str]) -> Vec<i32> {
-    let want: Vec<u8> = argv
-        .iter()
-        .flat_map(|a| [a.as_bytes(), b"\0"].concat())
-        .collect();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| {
-            let pid: i32 = e.file_name().to_str()?.parse().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            (cmdline == want).then_some(pid)
-        })
-        .collect()
 }
 
 /// A `sleep` argument no other test (or test run) uses.
@@ -389,16 +355,7 @@ fn sleep_dies_with_kiln(k: &Kiln, args: &[&str], seconds: &str, what: &str) {
     }
     kiln.kill().unwrap();
     kiln.wait().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !processes_running(&argv).is_empty() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let left = processes_running(&argv);
-    for pid in &left {
-        let _ = Command::new("kill")
-            .args(["-KILL", &pid.to_string()])
-            .status();
-    }
+    let left = kill_survivors(&argv);
     assert!(
         left.is_empty(),
         "{what}: the step's `sleep {seconds}` outlived a killed kiln"
