@@ -18,7 +18,7 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use oci_spec::runtime::{
@@ -478,19 +478,6 @@ pub(crate) struct Cgroup {
     limited: Vec<Controller>,
 }
 
-fn unique_name() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "{}-{}-{nanos:08x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
 fn write_file(path: &Path, value: &str) -> std::io::Result<()> {
     // One write call: cgroup files take a value per write.
     std::fs::OpenOptions::new()
@@ -534,7 +521,7 @@ impl Cgroup {
         let all = hierarchies(&mountinfo, |m| {
             std::fs::read_to_string(m.join("cgroup.controllers")).unwrap_or_default()
         });
-        let name = unique_name();
+        let name = crate::spawn::unique_name();
         let mut cgroup = Cgroup {
             dirs: Vec::new(),
             memory: None,

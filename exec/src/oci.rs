@@ -14,7 +14,6 @@ pub(crate) mod watch;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::mount::{umount2, MntFlags};
 use oci_spec::runtime::{Mount, MountBuilder, Spec};
@@ -189,19 +188,6 @@ fn refuse_device_nodes(spec: &mut Spec) -> Result<(), ExecError> {
     linux.set_seccomp(Some(profile));
     spec.set_linux(Some(linux));
     Ok(())
-}
-
-fn container_id() -> String {
-    static NEXT: AtomicU64 = AtomicU64::new(0);
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    format!(
-        "kiln-{}-{}-{nanos:08x}",
-        std::process::id(),
-        NEXT.fetch_add(1, Ordering::Relaxed)
-    )
 }
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ExecError {
@@ -519,7 +505,7 @@ pub(crate) async fn run(
     let runtime_root = state_dir.join(RUNTIME_ROOT);
     let log = state_dir.join(RUNTIME_LOG);
     let _ = tokio::fs::remove_file(&log).await;
-    let id = container_id();
+    let id = format!("kiln-{}", crate::spawn::unique_name());
     let container_rootfs = prepared.root.target.clone();
     let mut container = Container {
         binary: binary.to_string(),

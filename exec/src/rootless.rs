@@ -223,19 +223,7 @@ pub fn reexec_rootless_if_unprivileged() -> Result<Option<i32>, ExecError> {
             // The engine (and so its sandboxes) dies with the kiln the user started and may
             // kill: this process, which spawns it from its main thread (the one that lives as
             // long as the process, as the signal is tied to the spawning thread).
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
+            crate::spawn::die_with_parent(parent)?;
             if libc::unshare(libc::CLONE_NEWUSER | libc::CLONE_NEWNS) != 0 {
                 return Err(std::io::Error::last_os_error());
             }

@@ -96,3 +96,48 @@ fn deliver(sink: &mut Option<Box<dyn OutputSink>>, stream: OutputStream, data: &
         s.output(stream, data);
     }
 }
+
+/// A name no other run of this process, or of another process at the same time, has: the pid, a
+/// counter, and the clock's nanoseconds (so a pid reused after a crash gets a new name). Names
+/// the runtime's container and the run's cgroup.
+pub(crate) fn unique_name() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0);
+    format!(
+        "{}-{}-{nanos:08x}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// For a `pre_exec` hook: the child gets SIGKILL when its parent dies. The signal is tied to the
+/// thread that forked, so only a single-threaded parent (or its main thread) may rely on it;
+/// `parent` is that process, checked after arming, as it may have died before.
+///
+/// # Safety
+/// Called in the forked child before exec: it makes only async-signal-safe calls (prctl,
+/// getppid) on integers.
+pub(crate) unsafe fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: plain syscalls on integers, async-signal-safe, as the caller's contract requires.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0,
+            0,
+            0,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        // The parent died before the signal was armed: it would never come.
+        if libc::getppid() != parent {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}

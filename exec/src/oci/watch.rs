@@ -79,24 +79,10 @@ fn run(args: Vec<OsString>) -> Result<i32, String> {
         super::cgroups::hide_unified_controllers(&mut cmd);
     }
     let watcher = std::process::id() as libc::pid_t;
-    // SAFETY: runs in the forked child before exec and makes only async-signal-safe calls
-    // (prctl, getppid) on integers.
+    // SAFETY: runs in the forked child before exec; `die_with_parent` is async-signal-safe.
     unsafe {
         cmd.pre_exec(move || {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The watcher died before the signal was armed: it would never come.
-            if libc::getppid() != watcher {
-                return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
-            }
+            crate::spawn::die_with_parent(watcher)?;
             Ok(())
         });
     }
