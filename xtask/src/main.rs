@@ -24,7 +24,7 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssl", "/usr/bin/openssl"),
     // newuidmap/newgidmap: rootless kiln maps /etc/subuid ranges (cli/tests/rootless.rs).
     ("uidmap", "/usr/bin/newuidmap"),
-    // `ADD` of git repositories runs the host's git (solver/src/git.rs, cli/tests/git.rs).
+    // `ADD` of git repositories runs the host's git (solver/src/ops/git.rs, cli/tests/git.rs).
     ("git", "/usr/bin/git"),
     // tini-static: the init of containers run with `--runtime runc|crun` (exec/src/oci/init.rs).
     ("tini", "/usr/bin/tini-static"),

@@ -4,28 +4,37 @@
 //! opaque markers recreated), so each keeps its own layer, byte for byte the same whatever the
 //! base: a linked layer's blob does not change when the image below it does.
 
-use crate::{Output, SolveError, VertexResult};
+use super::{Inputs, Operation};
+use crate::{Output, SolveError, VertexTask};
+use futures::future::{BoxFuture, FutureExt};
 use kiln_cache::{SnapshotId, Store};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
 
-/// Runs a merge of the op's `inputs` (indices into the vertex's inputs).
-pub(crate) async fn execute(
-    store: &Store,
-    m: &kiln_llb::MergeOp,
-    inputs: &[Arc<VertexResult>],
-) -> Result<Output, SolveError> {
-    let outputs: Vec<Output> = m
-        .inputs
-        .iter()
-        .map(|i| crate::input_output(inputs, *i))
-        .collect::<Result<_, _>>()?;
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || merge(&store, &outputs))
-        .await
-        .map_err(|e| SolveError::Op(e.to_string()))?
+pub(super) struct Merge<'a>(pub &'a kiln_llb::MergeOp);
+
+impl Operation for Merge<'_> {
+    /// Merges the op's `inputs` (indices into the vertex's inputs).
+    fn execute<'a>(
+        &'a self,
+        v: &'a VertexTask,
+        inputs: &'a Inputs,
+    ) -> BoxFuture<'a, Result<Output, SolveError>> {
+        async move {
+            let outputs: Vec<Output> = self
+                .0
+                .inputs
+                .iter()
+                .map(|i| super::input_output(inputs, *i))
+                .collect::<Result<_, _>>()?;
+            let store = v.solver.inner.store.clone();
+            tokio::task::spawn_blocking(move || merge(&store, &outputs))
+                .await
+                .map_err(|e| SolveError::Op(e.to_string()))?
+        }
+        .boxed()
+    }
 }
 
 fn merge(store: &Store, inputs: &[Output]) -> Result<Output, SolveError> {
