@@ -42,15 +42,47 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
-/// Errors from solving a graph. Step failures carry the step's name and Dockerfile location.
+/// Errors from solving a graph, one variant per layer that can fail, so a caller can match on
+/// them. Step failures carry the step's name and Dockerfile location.
+///
+/// Std errors (`io`, a blocking task's end) are each a variant's `source`, and the variant's
+/// text says only what failed, so the chain (`{:#}`) prints everything once. Errors of kiln's
+/// other crates already print their own cause, so they are held as they are (match on them,
+/// e.g. `CacheError::is_disk_full`) and printed as the variant's text, not again as a source.
 #[derive(Debug, thiserror::Error)]
 pub enum SolveError {
+    /// The store: index, snapshots, content store.
     #[error("store: {0}")]
-    Cache(String),
+    Cache(kiln_cache::CacheError),
     #[error("image `{image}`: {message}")]
     Image { image: String, message: String },
+    /// The registry, about an image.
+    #[error("image `{image}`: {error}")]
+    Registry {
+        image: String,
+        error: Box<kiln_registry::RegistryError>,
+    },
     #[error("build context: `{path}`: {message}")]
     Context { path: String, message: String },
+    /// Reading the build context.
+    #[error("build context: `{path}`")]
+    ContextIo {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The sandbox (not the step's command, whose failure is [`SolveError::ExecFailed`]).
+    #[error("{0}")]
+    Sandbox(kiln_exec::ExecError),
+    /// A file system call on what a step reads or writes; `what` names the call and the path.
+    #[error("{what}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// A step's work on a blocking thread panicked or was aborted.
+    #[error("the step's work stopped")]
+    Task(#[from] tokio::task::JoinError),
+    /// A step's failure that has no underlying error: bad input, a missing file, a refused path.
     #[error("{0}")]
     Op(String),
     #[error("{0} is not supported yet")]
@@ -68,19 +100,55 @@ pub enum SolveError {
         limit: u64,
         tail: String,
     },
-    #[error("{location}{sep}{name}: {source}", sep = if location.is_empty() { "" } else { ": " })]
+    /// The step that failed, around its error.
+    #[error("{location}{sep}{name}", sep = if location.is_empty() { "" } else { ": " })]
     Step {
         name: String,
         location: String,
         source: Arc<SolveError>,
     },
+    /// An error several waiters share (one failed step that many steps needed).
+    #[error(transparent)]
+    Shared(Arc<SolveError>),
     #[error("invalid build graph: {0}")]
     Graph(String),
+    #[error("invalid build graph: {0}")]
+    InvalidGraph(kiln_llb::LlbError),
+}
+
+impl From<kiln_cache::CacheError> for SolveError {
+    fn from(e: kiln_cache::CacheError) -> Self {
+        SolveError::Cache(e)
+    }
+}
+
+impl From<kiln_exec::ExecError> for SolveError {
+    fn from(e: kiln_exec::ExecError) -> Self {
+        SolveError::Sandbox(e)
+    }
 }
 
 impl SolveError {
-    pub(crate) fn cache(e: kiln_cache::CacheError) -> Self {
-        SolveError::Cache(e.to_string())
+    /// A failed file system call on `what` (a path in backticks, with the action when it helps:
+    /// ``cannot create `/x` ``).
+    pub(crate) fn io(what: impl Into<String>) -> impl Fn(std::io::Error) -> SolveError {
+        let what = what.into();
+        move |source| SolveError::Io {
+            what: what.clone(),
+            source,
+        }
+    }
+
+    /// The error with its whole chain of causes, as one line of text (what `{:#}` prints).
+    pub fn chain_text(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
     }
 }
 
@@ -200,8 +268,7 @@ impl Solver {
     /// cancels the rest (their sandboxes are killed when their futures drop).
     pub async fn solve(&self, req: SolveRequest) -> Result<SolveOutput, SolveError> {
         let def = Arc::new(req.definition);
-        def.validate()
-            .map_err(|e| SolveError::Graph(e.to_string()))?;
+        def.validate().map_err(SolveError::InvalidGraph)?;
         let counters = Arc::new(Mutex::new(Counters::default()));
         let mut futures: HashMap<String, VertexFuture> = HashMap::new();
         let locals = Arc::new(req.locals);
@@ -360,7 +427,7 @@ fn needed_by_root(def: &Definition) -> std::collections::HashSet<usize> {
 }
 
 fn unwrap_arc(e: Arc<SolveError>) -> SolveError {
-    Arc::try_unwrap(e).unwrap_or_else(|e| SolveError::Op(e.to_string()))
+    Arc::try_unwrap(e).unwrap_or_else(SolveError::Shared)
 }
 
 #[derive(Clone)]
@@ -384,7 +451,7 @@ impl VertexTask {
         self.progress.event(Event::Failed {
             vertex: self.vertex,
             name: self.name(),
-            error: e.to_string(),
+            error: e.chain_text(),
         });
         SolveError::Step {
             name: self.name(),
@@ -533,7 +600,7 @@ impl VertexTask {
         // be an image's, shared.)
         let owned = snapshot
             .filter(|_| op.owns_snapshot())
-            .map(|s| cleanup::SnapshotGuard::new(self.solver.inner.store.clone(), s));
+            .map(|s| self.solver.inner.store.snapshots().adopt(s));
         if let Some(snap) = snapshot {
             // The index must never name a snapshot whose files a crash could lose: one syncfs of
             // the snapshot's file system per step, before the result is recorded.
@@ -541,8 +608,8 @@ impl VertexTask {
             let started = std::time::Instant::now();
             tokio::task::spawn_blocking(move || store.snapshots().sync(snap))
                 .await
-                .map_err(|e| Arc::new(SolveError::Op(e.to_string())))?
-                .map_err(|e| Arc::new(SolveError::cache(e)))?;
+                .map_err(|e| Arc::new(SolveError::from(e)))?
+                .map_err(|e| Arc::new(SolveError::from(e)))?;
             tracing::debug!(snapshot = %snap, elapsed = ?started.elapsed(), "snapshot synced");
         }
         let created_unix = std::time::SystemTime::now()
@@ -560,9 +627,9 @@ impl VertexTask {
                     created_unix,
                 },
             )
-            .map_err(|e| Arc::new(SolveError::cache(e)))?;
+            .map_err(|e| Arc::new(SolveError::from(e)))?;
         if let Some(g) = owned {
-            g.keep();
+            g.commit();
         }
         if let Some(snap) = snapshot {
             op.recorded(self, inputs, snap);
@@ -607,7 +674,7 @@ impl Drop for CancelGuard {
 
 /// The result recorded under `key`, if its snapshot is still there.
 fn cached_result(store: &Store, key: &str) -> Result<Option<CachedResult>, SolveError> {
-    let Some(hit) = store.index().get(key).map_err(SolveError::cache)? else {
+    let Some(hit) = store.index().get(key).map_err(SolveError::from)? else {
         return Ok(None);
     };
     let usable = match hit.snapshot {

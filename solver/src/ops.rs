@@ -130,7 +130,7 @@ pub(crate) async fn content_key(v: &VertexTask, inputs: &Inputs) -> Result<Strin
                         prefetch::checksum(ctx.as_ref(), &selectors, &store)
                     })
                     .await
-                    .map_err(|e| SolveError::Op(e.to_string()))??
+                    .map_err(SolveError::from)??
                     .0
                 }
             };
@@ -196,7 +196,7 @@ fn chain_and_accounts(
     parent: Option<SnapshotId>,
 ) -> Result<(Vec<SnapshotId>, Option<String>, Option<String>), SolveError> {
     let chain = match parent {
-        Some(p) => store.snapshots().chain(p).map_err(SolveError::cache)?,
+        Some(p) => store.snapshots().chain(p).map_err(SolveError::from)?,
         None => vec![],
     };
     let passwd = read_text(store, &chain, "/etc/passwd")?;
@@ -212,7 +212,7 @@ fn read_text(
     Ok(store
         .snapshots()
         .read_file(chain, path)
-        .map_err(SolveError::cache)?
+        .map_err(SolveError::from)?
         .map(|b| String::from_utf8_lossy(&b).into_owned()))
 }
 
@@ -223,6 +223,9 @@ fn snap_work_dir(store: &Store, snap: SnapshotId) -> Result<PathBuf, SolveError>
         .parent()
         .map(|p| p.join("work"))
         .ok_or_else(|| SolveError::Op("snapshot dir has no parent".into()))?;
-    std::fs::create_dir_all(&work).map_err(|e| SolveError::Op(e.to_string()))?;
+    std::fs::create_dir_all(&work).map_err(SolveError::io(format!(
+        "cannot create `{}`",
+        work.display()
+    )))?;
     Ok(work)
 }

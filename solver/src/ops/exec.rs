@@ -3,7 +3,7 @@
 //! (`crate::mounts`); the overlay's upper directory becomes the step's snapshot.
 
 use super::{chain_and_accounts, input_output, snap_work_dir, Inputs, Operation};
-use crate::{cleanup, mounts, progress, Output, SolveError, VertexTask};
+use crate::{mounts, progress, Output, SolveError, VertexTask};
 use futures::future::{BoxFuture, FutureExt};
 use kiln_llb::{MountType, NetworkMode};
 use std::path::PathBuf;
@@ -59,7 +59,7 @@ async fn exec(v: &VertexTask, e: &kiln_llb::ExecOp, inputs: &Inputs) -> Result<O
         &meta.user
     };
     let user = kiln_exec::resolve_user(user_spec, passwd.as_deref(), group.as_deref())
-        .map_err(|e| SolveError::Op(e.to_string()))?;
+        .map_err(SolveError::from)?;
     let network = if e.network == NetworkMode::None as i32 || v.session.network_none {
         kiln_exec::Network::None
     } else {
@@ -82,7 +82,7 @@ async fn exec(v: &VertexTask, e: &kiln_llb::ExecOp, inputs: &Inputs) -> Result<O
         network,
         terminal: false,
     })
-    .map_err(|e| SolveError::Op(e.to_string()))?;
+    .map_err(SolveError::from)?;
     // `RUN --mount`s: prepared (and, for `sharing=locked`, waited for) before taking a slot.
     let mount_inputs: Vec<mounts::MountInput> = inputs
         .iter()
@@ -96,24 +96,27 @@ async fn exec(v: &VertexTask, e: &kiln_llb::ExecOp, inputs: &Inputs) -> Result<O
         mounts::prepare(&store2, &session, &llb_mounts, &mount_inputs)
     })
     .await
-    .map_err(|e| SolveError::Op(e.to_string()))??;
+    .map_err(SolveError::from)??;
     let mut spec = spec;
     mounts::add_to_spec(&mut spec, &extra)?;
     v.session
         .limits
         .apply_to(&mut spec)
-        .map_err(|e| SolveError::Op(e.to_string()))?;
-    let snap = snaps.create(parent).map_err(SolveError::cache)?;
+        .map_err(SolveError::from)?;
     // Removed unless the step succeeds: a failed or canceled `RUN` leaves nothing behind.
-    let owned = cleanup::SnapshotGuard::new(store.clone(), snap);
+    let owned = snaps.create_mutable(parent)?;
+    let snap = owned.id();
     let scratch = tempfile::Builder::new()
         .prefix("exec-")
         .tempdir_in(store.tmp_dir())
-        .map_err(|e| SolveError::Op(format!("cannot make a temp dir: {e}")))?;
+        .map_err(SolveError::io("cannot make a temp dir"))?;
     let mut lower: Vec<PathBuf> = chain.iter().map(|s| snaps.fs_dir(*s)).collect();
     if lower.is_empty() {
         let empty = scratch.path().join("empty");
-        std::fs::create_dir_all(&empty).map_err(|e| SolveError::Op(e.to_string()))?;
+        std::fs::create_dir_all(&empty).map_err(SolveError::io(format!(
+            "cannot create `{}`",
+            empty.display()
+        )))?;
         lower.push(empty);
     }
     let upper = snaps.fs_dir(snap);
@@ -121,7 +124,8 @@ async fn exec(v: &VertexTask, e: &kiln_llb::ExecOp, inputs: &Inputs) -> Result<O
     let target = scratch.path().join("rootfs");
     let state = scratch.path().join("state");
     for d in [&target, &state] {
-        std::fs::create_dir_all(d).map_err(|e| SolveError::Op(e.to_string()))?;
+        std::fs::create_dir_all(d)
+            .map_err(SolveError::io(format!("cannot create `{}`", d.display())))?;
     }
     let config = kiln_exec::SandboxConfig {
         spec,
@@ -142,7 +146,7 @@ async fn exec(v: &VertexTask, e: &kiln_llb::ExecOp, inputs: &Inputs) -> Result<O
         .exec_slots
         .acquire()
         .await
-        .map_err(|e| SolveError::Op(e.to_string()))?;
+        .map_err(|_| SolveError::Op("the build's `--jobs` slots were closed".into()))?;
     v.started();
     let log = progress::StepLog::new(v.vertex, Instant::now(), v.progress.clone());
     let run = kiln_exec::run(config, Some(Box::new(log.clone())));
@@ -160,7 +164,7 @@ async fn exec(v: &VertexTask, e: &kiln_llb::ExecOp, inputs: &Inputs) -> Result<O
     drop(extra);
     let outcome = match outcome {
         Ok(o) => o,
-        Err(err) => return Err(SolveError::Op(err.to_string())),
+        Err(err) => return Err(SolveError::Sandbox(err)),
     };
     if outcome.exit_code != 0 {
         let mut lines = log.tail();
@@ -189,5 +193,5 @@ async fn exec(v: &VertexTask, e: &kiln_llb::ExecOp, inputs: &Inputs) -> Result<O
     }
     // The mount points the sandbox had to create are gone already: `kiln_exec::run` removes
     // them (and the directories copied up only for them) from the upper directory.
-    Ok(Output::Snapshot(owned.keep()))
+    Ok(Output::Snapshot(owned.commit()))
 }

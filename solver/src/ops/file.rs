@@ -73,19 +73,22 @@ fn file_op(
     let snaps = store.snapshots();
     let (chain, passwd, group) = chain_and_accounts(store, parent)?;
     // Removed again unless the op succeeds.
-    let made = snaps.create_mutable(parent).map_err(SolveError::cache)?;
+    let made = snaps.create_mutable(parent).map_err(SolveError::from)?;
     let snap = made.id();
     let result = (|| {
         let tmp = tempfile::Builder::new()
             .prefix("fileop-")
             .tempdir_in(store.tmp_dir())
-            .map_err(|e| SolveError::Op(format!("cannot make a temp dir: {e}")))?;
+            .map_err(SolveError::io("cannot make a temp dir"))?;
         let target = tmp.path().join("root");
-        std::fs::create_dir_all(&target).map_err(|e| SolveError::Op(e.to_string()))?;
+        std::fs::create_dir_all(&target).map_err(SolveError::io(format!(
+            "cannot create `{}`",
+            target.display()
+        )))?;
         let _work = snap_work_dir(store, snap)?;
         let guard = snaps
             .mount(&chain, Some(snap), &target)
-            .map_err(SolveError::cache)?;
+            .map_err(SolveError::from)?;
         let root = guard.path().to_path_buf();
         let mut direct = None;
         for (n, action) in f.actions.iter().enumerate() {
@@ -125,13 +128,15 @@ fn file_op(
                             fileops::apply(&root, action, Some(&source), owner)?;
                         }
                         Output::Snapshot(s) => {
-                            let src_chain = snaps.chain(s).map_err(SolveError::cache)?;
+                            let src_chain = snaps.chain(s).map_err(SolveError::from)?;
                             let mnt = tmp.path().join(format!("src-{n}"));
-                            std::fs::create_dir_all(&mnt)
-                                .map_err(|e| SolveError::Op(e.to_string()))?;
+                            std::fs::create_dir_all(&mnt).map_err(SolveError::io(format!(
+                                "cannot create `{}`",
+                                mnt.display()
+                            )))?;
                             let g = snaps
                                 .mount(&src_chain, None, &mnt)
-                                .map_err(SolveError::cache)?;
+                                .map_err(SolveError::from)?;
                             let held = fileops::direct::Held::Mounted(g);
                             // `COPY --from` a directory to a new destination: direct too.
                             if f.actions.len() == 1 && direct.is_none() {
@@ -147,8 +152,10 @@ fn file_op(
                         }
                         Output::Scratch => {
                             let empty = tmp.path().join(format!("empty-{n}"));
-                            std::fs::create_dir_all(&empty)
-                                .map_err(|e| SolveError::Op(e.to_string()))?;
+                            std::fs::create_dir_all(&empty).map_err(SolveError::io(format!(
+                                "cannot create `{}`",
+                                empty.display()
+                            )))?;
                             let source = fileops::CopySource::Dir(&empty);
                             fileops::apply(&root, action, Some(&source), owner)?;
                         }

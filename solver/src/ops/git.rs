@@ -289,12 +289,12 @@ fn ensure_mirror(store: &Store, url: &str) -> Result<PathBuf, SolveError> {
     if dir.join("HEAD").is_file() {
         return Ok(dir);
     }
-    let io = |e: std::io::Error| SolveError::Op(format!("git mirror `{}`: {e}", dir.display()));
-    std::fs::create_dir_all(&base).map_err(io)?;
+    let io = SolveError::io(format!("git mirror `{}`", dir.display()));
+    std::fs::create_dir_all(&base).map_err(&io)?;
     let tmp = tempfile::Builder::new()
         .prefix(".new-")
         .tempdir_in(&base)
-        .map_err(io)?;
+        .map_err(&io)?;
     let init = |f| failure(f, "cannot make a git mirror", "check the store's disk");
     run(git().args(["init", "--bare", "--quiet"]).arg(tmp.path())).map_err(init)?;
     // Lets `--keep-git-dir` checkouts fetch a commit by hash from the mirror.
@@ -429,7 +429,7 @@ fn checkout(
     let index_dir = tempfile::Builder::new()
         .prefix("git-index-")
         .tempdir_in(store.tmp_dir())
-        .map_err(|e| SolveError::Op(format!("cannot make a temp dir: {e}")))?;
+        .map_err(SolveError::io("cannot make a temp dir"))?;
     let tree = if spec.subdir.is_empty() {
         commit.to_string()
     } else {
@@ -469,9 +469,9 @@ fn materialize(store: &Store, spec: &Spec, resolved: &Resolved) -> Result<Snapsh
     let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
     fetch(&mirror, spec, Some(&resolved.commit))?;
     let snaps = store.snapshots();
-    let snap = snaps.create_mutable(None).map_err(SolveError::cache)?;
+    let snap = snaps.create_mutable(None).map_err(SolveError::from)?;
     checkout(store, &mirror, spec, resolved, &snap.fs_dir())?;
-    snaps.sync(snap.id()).map_err(SolveError::cache)?;
+    snaps.sync(snap.id()).map_err(SolveError::from)?;
     Ok(snap.commit())
 }
 
@@ -536,7 +536,7 @@ async fn fetch_commit(
     let (store2, spec2) = (store.clone(), spec.clone());
     let resolved = tokio::task::spawn_blocking(move || resolve_or_fetch(&store2, &spec2))
         .await
-        .map_err(|e| SolveError::Op(e.to_string()))??;
+        .map_err(SolveError::from)??;
     if let Some(want) = attr_value(s, GIT_CHECKSUM) {
         verify_checksum(want, &spec, &resolved.commit)?;
     }
@@ -547,7 +547,7 @@ async fn fetch_commit(
     h.update(resolved.commit.as_bytes());
     let commit_key = h.finalize().to_hex().to_string();
     if !v.meta.ignore_cache {
-        if let Some(hit) = store.index().get(&commit_key).map_err(SolveError::cache)? {
+        if let Some(hit) = store.index().get(&commit_key).map_err(SolveError::from)? {
             if let Some(snap) = hit.snapshot {
                 if store.snapshots().fs_dir(snap).is_dir() {
                     let r = VertexResult {
@@ -564,7 +564,7 @@ async fn fetch_commit(
     let store2 = store.clone();
     let snap = tokio::task::spawn_blocking(move || materialize(&store2, &spec, &resolved))
         .await
-        .map_err(|e| SolveError::Op(e.to_string()))??;
+        .map_err(SolveError::from)??;
     let created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -578,7 +578,7 @@ async fn fetch_commit(
                 created_unix,
             },
         )
-        .map_err(SolveError::cache)?;
+        .map_err(SolveError::from)?;
     Ok((
         VertexResult {
             key: commit_key,

@@ -143,16 +143,16 @@ fn checksum_algo(s: &SourceOp) -> Option<&str> {
 /// Puts the download into a new snapshot, as its only file.
 fn commit(store: &Store, d: &Download) -> Result<Output, SolveError> {
     let snaps = store.snapshots();
-    let snap = snaps.create_mutable(None).map_err(SolveError::cache)?;
+    let snap = snaps.create_mutable(None).map_err(SolveError::from)?;
     let path = snap.fs_dir().join(&d.name);
-    let err = |e: std::io::Error| SolveError::Op(format!("`{}`: {e}", path.display()));
-    std::fs::copy(d.file.path(), &path).map_err(err)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    let err = SolveError::io(format!("`{}`", path.display()));
+    std::fs::copy(d.file.path(), &path).map_err(&err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(&err)?;
     if let Some(t) = d.mtime {
         let t = filetime::FileTime::from_unix_time(t, 0);
-        filetime::set_file_times(&path, t, t).map_err(err)?;
+        filetime::set_file_times(&path, t, t).map_err(&err)?;
     }
-    snaps.sync(snap.id()).map_err(SolveError::cache)?;
+    snaps.sync(snap.id()).map_err(SolveError::from)?;
     Ok(Output::Snapshot(snap.commit()))
 }
 
@@ -162,7 +162,7 @@ async fn execute(store: &Store, s: &SourceOp) -> Result<Output, SolveError> {
     let store2 = store.clone();
     tokio::task::spawn_blocking(move || commit(&store2, &d))
         .await
-        .map_err(|e| SolveError::Op(e.to_string()))?
+        .map_err(SolveError::from)?
 }
 
 pub(super) struct Http<'a>(pub &'a SourceOp);
@@ -209,7 +209,7 @@ async fn fetch(
     h.update(d.mtime.unwrap_or(-1).to_string().as_bytes());
     let content_key = h.finalize().to_hex().to_string();
     if !v.meta.ignore_cache {
-        if let Some(hit) = store.index().get(&content_key).map_err(SolveError::cache)? {
+        if let Some(hit) = store.index().get(&content_key).map_err(SolveError::from)? {
             if let Some(snap) = hit.snapshot {
                 if store.snapshots().fs_dir(snap).is_dir() {
                     return Ok((
@@ -228,7 +228,7 @@ async fn fetch(
     let store2 = store.clone();
     let output = tokio::task::spawn_blocking(move || commit(&store2, &d))
         .await
-        .map_err(|e| SolveError::Op(e.to_string()))??;
+        .map_err(SolveError::from)??;
     let created_unix = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -246,7 +246,7 @@ async fn fetch(
                 created_unix,
             },
         )
-        .map_err(SolveError::cache)?;
+        .map_err(SolveError::from)?;
     Ok((
         VertexResult {
             key: content_key,

@@ -29,7 +29,7 @@ impl Operation for Image<'_> {
             let store = inner.store.clone();
             let top = tokio::task::spawn_blocking(move || images::unpack(&store, &image))
                 .await
-                .map_err(|e| SolveError::Op(e.to_string()))??;
+                .map_err(SolveError::from)??;
             Ok(top.map_or(Output::Scratch, Output::Snapshot))
         }
         .boxed()
