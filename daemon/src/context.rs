@@ -247,7 +247,7 @@ impl StoreResolver {
                 reference,
                 lookup,
             ))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.chain_text())?;
         // A single-platform image is never taken for another platform (BuildKit refuses too):
         // its files would run, or be shipped, under a config that lies about them.
         if let Some(made_for) = config_platform(&image.config) {

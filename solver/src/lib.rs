@@ -5,8 +5,8 @@
 //! Cache keys (see `docs/cache-keys.md`): `key(v) = blake3("kiln-cache-v1", digest(v),
 //! key(input)…, checksum(local parts)…)`. An op's digest covers everything it does; its inputs'
 //! keys cover everything it reads, except local contexts, whose key covers only the files that
-//! the op selects (a `COPY` keys on the checksum of its sources, an exec mount on the whole
-//! context after `.dockerignore`).
+//! the op selects (a `COPY` keys on the checksum of its sources, a `RUN --mount` on its
+//! `source`, the whole context after `.dockerignore` when it mounts all of it).
 //!
 //! This file is the API and the scheduler; each kind of op is a module of `ops` behind one trait
 //! (`ops::Operation`: its cache key, its execution).

@@ -1,6 +1,7 @@
 //! Pins the cache keys of a small build (file ops, copies from a context, a merge, an exec with a
 //! context mount, a git source): a changed key silently throws away every user's cache, so a
-//! change here must be deliberate (and bump `kiln-cache-v1`).
+//! change here must be deliberate (and bump `kiln-cache-v1`). And what a step's key covers: a
+//! bind mount of part of the context keys on that part only.
 //!
 //! A test binary of its own (`harness = false`): the exec step's sandbox re-executes the current
 //! binary, so `main` must hand over to the sandbox first thing, as kiln's own `main` does.
@@ -11,7 +12,7 @@ use kiln_llb::{
     FileMkdir, FileMkfile, FileOp, KeyValue, MergeOp, Mount, Op, OpMetadata, SourceOp,
 };
 use kiln_registry::{ClientOptions, Platform, RegistryClient};
-use kiln_solver::{LocalContext, NoProgress, Output, SolveRequest, Solver};
+use kiln_solver::{LocalContext, NoProgress, Output, SolveOutput, SolveRequest, Solver};
 use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -127,6 +128,8 @@ fn main() {
         .unwrap();
     rt.block_on(cache_keys_stay_the_same_across_kiln_versions());
     println!("test cache_keys_stay_the_same_across_kiln_versions ... ok");
+    rt.block_on(bind_mount_of_one_file_reruns_only_when_that_file_changes());
+    println!("test bind_mount_of_one_file_reruns_only_when_that_file_changes ... ok");
 }
 
 async fn cache_keys_stay_the_same_across_kiln_versions() {
@@ -256,23 +259,7 @@ async fn cache_keys_stay_the_same_across_kiln_versions() {
     let definition = b.build(Some(all));
 
     let store = Store::open(&t.path().join("store")).unwrap();
-    let registry = RegistryClient::new(ClientOptions::default()).unwrap();
-    let solver = Solver::new(store.clone(), registry, Platform::host(), 2);
-    let locals: HashMap<String, Arc<dyn LocalContext>> =
-        HashMap::from([("context".to_string(), Arc::new(Dir(ctx)) as _)]);
-    let out = solver
-        .solve(SolveRequest {
-            definition,
-            locals,
-            progress: Arc::new(NoProgress),
-            secrets: HashMap::new(),
-            ssh: HashMap::new(),
-            network_none: true,
-            runtime: kiln_exec::Runtime::default(),
-            limits: kiln_exec::Limits::default(),
-        })
-        .await
-        .unwrap();
+    let out = solve(&store, definition, &ctx).await;
     assert!(matches!(out.root, Output::Snapshot(_)));
     let keys: BTreeSet<String> = store
         .index()
@@ -297,5 +284,92 @@ async fn cache_keys_stay_the_same_across_kiln_versions() {
             "b9681b76010e7f589aaf2f2c3a9e6254fb14d6fed2420c536f2adfc65dc6bda3",
             "e6aaad872a0688d7876404c3d59972227bcf37ac58de61e9a69f50f833135e39",
         ]
+    );
+}
+
+async fn solve(store: &Store, definition: kiln_llb::Definition, ctx: &Path) -> SolveOutput {
+    let registry = RegistryClient::new(ClientOptions::default()).unwrap();
+    let solver = Solver::new(store.clone(), registry, Platform::host(), 2);
+    let locals: HashMap<String, Arc<dyn LocalContext>> =
+        HashMap::from([("context".to_string(), Arc::new(Dir(ctx.into())) as _)]);
+    solver
+        .solve(SolveRequest {
+            definition,
+            locals,
+            progress: Arc::new(NoProgress),
+            secrets: HashMap::new(),
+            ssh: HashMap::new(),
+            network_none: true,
+            runtime: kiln_exec::Runtime::default(),
+            limits: kiln_exec::Limits::default(),
+        })
+        .await
+        .unwrap()
+}
+
+/// `RUN --mount=type=bind,source=package.json,target=/package.json` keys on that file only, as
+/// BuildKit does: editing another file of the context leaves the step cached.
+async fn bind_mount_of_one_file_reruns_only_when_that_file_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("package.json"), b"{}\n", 0o644);
+    write(&ctx.join("src/index.js"), b"one\n", 0o644);
+    write(&ctx.join("bin/true"), &exit_zero_elf(), 0o755);
+    let definition = || {
+        let mut b = DefinitionBuilder::default();
+        let context = b.add(
+            op(
+                &[],
+                Kind::Source(SourceOp {
+                    identifier: "local://context".into(),
+                    attrs: vec![],
+                }),
+            ),
+            OpMetadata::default(),
+        );
+        let rootfs = b.add(
+            op(&[&context], file(-1, vec![copy(0, "/bin", "/bin/")])),
+            OpMetadata::default(),
+        );
+        let mut package = Mount::rootfs(1);
+        package.selector = "/package.json".into();
+        package.dest = "/package.json".into();
+        package.output = -1;
+        package.readonly = true;
+        let run = b.add(
+            op(
+                &[&rootfs, &context],
+                Kind::Exec(ExecOp {
+                    meta: Some(ExecMeta {
+                        args: vec!["/bin/true".into()],
+                        cwd: "/".into(),
+                        ..Default::default()
+                    }),
+                    mounts: vec![Mount::rootfs(0), package],
+                    network: 0,
+                }),
+            ),
+            OpMetadata::default(),
+        );
+        b.build(Some(run))
+    };
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let first = solve(&store, definition(), &ctx).await;
+    assert_eq!((first.executed, first.cached), (2, 0));
+
+    write(&ctx.join("src/index.js"), b"two\n", 0o644);
+    let unselected = solve(&store, definition(), &ctx).await;
+    assert_eq!(
+        (unselected.executed, unselected.cached),
+        (0, 2),
+        "a file the mount does not select changed: nothing runs again"
+    );
+
+    write(&ctx.join("package.json"), b"{\"a\": 1}\n", 0o644);
+    let selected = solve(&store, definition(), &ctx).await;
+    assert_eq!(
+        (selected.executed, selected.cached),
+        (1, 1),
+        "the mounted file changed: the step runs again"
     );
 }
