@@ -10,8 +10,10 @@ mod clip;
 mod compile;
 mod dockerignore;
 mod fuzz;
+mod instructions;
 mod parser;
 mod shell;
+mod util;
 
 pub use ast::{Directive, Dockerfile, Heredoc, Instruction};
 pub use compile::{
