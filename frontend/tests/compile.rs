@@ -719,3 +719,50 @@ fn from_scratch_left_working_dir_out_of_the_config() {
     let config = c.image_config.config().clone().expect("config");
     assert_eq!(config.working_dir().clone(), Some("/w".to_string()));
 }
+
+// Issue 13 item 7: `kiln debug parse` now dumps these (the parser does not validate); a build
+// still fails on them with the message and line it always gave, even in a stage it skips.
+#[test]
+fn parser_validated_instruction_words_still_fail_the_build() {
+    let mut target_a = opts();
+    target_a.target = Some("a".into());
+    for (dockerfile, o, want) in [
+        (
+            "FROM busybox\n\nRUNN echo\n",
+            opts(),
+            "Dockerfile:3: unknown instruction `RUNN`: did you mean `RUN`?",
+        ),
+        (
+            "FROM busybox\nONBUILD ONBUILD RUN a\n",
+            opts(),
+            "Dockerfile:2: chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+        ),
+        (
+            "FROM busybox\nONBUILD FROM y\n",
+            opts(),
+            "Dockerfile:2: `FROM` isn't allowed as an ONBUILD trigger",
+        ),
+        (
+            "FROM busybox\nONBUILD COPPY a b\n",
+            opts(),
+            "Dockerfile:2: unknown instruction `COPPY`: did you mean `COPY`?",
+        ),
+        (
+            "\\",
+            opts(),
+            "Dockerfile:1: expected an instruction such as `FROM` or `RUN`",
+        ),
+        (
+            "FROM busybox AS a\nFROM busybox AS b\nRUNN true\n",
+            target_a,
+            "Dockerfile:3: unknown instruction `RUNN`: did you mean `RUN`?",
+        ),
+    ] {
+        assert_eq!(compile_err(dockerfile, &o), want, "{dockerfile:?}");
+    }
+    let err = compile_err("FROM busybox\nZZZZZ\n", &opts());
+    assert!(
+        err.starts_with("Dockerfile:2: unknown instruction `ZZZZZ`: use one of `ADD`"),
+        "{err}"
+    );
+}
