@@ -65,9 +65,13 @@ pub(crate) fn resolve_owner(
         return Ok(None);
     }
     let user = if c.user.is_empty() { "0" } else { &c.user };
-    let uid = kiln_exec::resolve_user(user, passwd, group)
-        .map_err(|e| SolveError::Op(e.to_string()))?
-        .uid;
+    let uid = match kiln_exec::resolve_user(user, passwd, group) {
+        Ok(u) => u.uid,
+        // BuildKit (solver/llbsolver/ops/user_linux.go) gives a name the image's `/etc/passwd`
+        // lacks uid 0 and builds.
+        Err(kiln_exec::ExecError::UnknownUser { kind: "user", .. }) => 0,
+        Err(e) => return Err(SolveError::Op(e.to_string())),
+    };
     let gid = if c.group.is_empty() {
         uid
     } else {
@@ -761,5 +765,27 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o, Some(Owner { uid: 1000, gid: 50 }));
+    }
+
+    /// KNOWN.md `copy-chown-unknown-user`: kiln failed the build.
+    #[test]
+    fn copy_chown_unknown_user() {
+        let passwd = "app:x:1000:1000::/home/app:/bin/sh\n";
+        let group = "staff:x:50:\n";
+        let chown = |user: &str, group: &str| Chown {
+            user: user.into(),
+            group: group.into(),
+        };
+        let o = resolve_owner(Some(&chown("nosuchuser", "")), Some(passwd), Some(group));
+        assert_eq!(o.unwrap(), Some(Owner { uid: 0, gid: 0 }));
+        let o = resolve_owner(
+            Some(&chown("nosuchuser", "staff")),
+            Some(passwd),
+            Some(group),
+        );
+        assert_eq!(o.unwrap(), Some(Owner { uid: 0, gid: 50 }));
+        // No `/etc/passwd` at all (a scratch base) reads the same.
+        let o = resolve_owner(Some(&chown("nosuchuser", "")), None, None);
+        assert_eq!(o.unwrap(), Some(Owner { uid: 0, gid: 0 }));
     }
 }

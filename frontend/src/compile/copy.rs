@@ -18,6 +18,21 @@ impl Compiler<'_> {
     ) -> Result<(), FrontendError> {
         let is_add = cmd.add;
         let kw = cmd.keyword();
+        if let Some(from) = &cmd.from {
+            // As BuildKit: `--from` is taken as written (which stage it names must not depend on
+            // a stage's variables), and a value the shell lexer would change is refused.
+            let literal = crate::expand_word(from, &|_| None, self.df.escape);
+            if !matches!(&literal, Ok(word) if word == from) {
+                return Err(self.fail(
+                    instr,
+                    format!(
+                        "variable expansion is not supported for `--from` (`--from={from}`): \
+                         define a stage with `FROM` (an `ARG` before the first `FROM` may name \
+                         its image) and copy from that stage"
+                    ),
+                ));
+            }
+        }
         let parents = cmd.parents;
         // Validated below, once the sources say whether it is a digest or a git commit.
         let checksum = match &cmd.checksum {
@@ -70,15 +85,6 @@ impl Compiler<'_> {
                 CopySourceArg::Heredoc(name) => (true, name.clone()),
                 CopySourceArg::Path(raw) => (false, self.expand(d, instr, raw)?),
             });
-        }
-        if srcs.len() > 1 && !dest_expanded.ends_with('/') {
-            return Err(self.fail(
-                instr,
-                format!(
-                    "`{kw}` with more than one source needs a directory destination ending in `/`: \
-                     write `{dest_expanded}/`"
-                ),
-            ));
         }
         let current = if d.image.working_dir.is_empty() {
             "/".to_string()
