@@ -64,16 +64,29 @@ pub(crate) fn resolve_owner(
     if c.user.is_empty() && c.group.is_empty() {
         return Ok(None);
     }
+    // As BuildKit's `readUser` (solver/llbsolver/ops/user_linux.go): a numeric user is its own
+    // gid; a name takes uid and gid from `/etc/passwd`, or 0:0 when the file lacks it; a group
+    // name the image's `/etc/group` lacks keeps the user's gid.
     let user = if c.user.is_empty() { "0" } else { &c.user };
-    let uid = kiln_exec::resolve_user(user, passwd, group)
-        .map_err(SolveError::from)?
-        .uid;
-    let gid = if c.group.is_empty() {
-        uid
+    let (uid, user_gid) = if let Ok(id) = user.parse::<u32>() {
+        (id, id)
     } else {
-        kiln_exec::resolve_user(&format!("0:{}", c.group), passwd, group)
-            .map_err(SolveError::from)?
-            .gid
+        match kiln_exec::resolve_user(user, passwd, group) {
+            Ok(u) => (u.uid, u.gid),
+            Err(kiln_exec::ExecError::UnknownUser { kind: "user", .. }) => (0, 0),
+            Err(e) => return Err(SolveError::from(e)),
+        }
+    };
+    let gid = if c.group.is_empty() {
+        user_gid
+    } else if let Ok(id) = c.group.parse::<u32>() {
+        id
+    } else {
+        match kiln_exec::resolve_user(&format!("0:{}", c.group), passwd, group) {
+            Ok(u) => u.gid,
+            Err(kiln_exec::ExecError::UnknownUser { kind: "group", .. }) => user_gid,
+            Err(e) => return Err(SolveError::from(e)),
+        }
     };
     Ok(Some(Owner { uid, gid }))
 }
@@ -766,5 +779,64 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o, Some(Owner { uid: 1000, gid: 50 }));
+    }
+
+    /// KNOWN.md `copy-chown-unknown-user`: kiln failed the build.
+    #[test]
+    fn copy_chown_unknown_user() {
+        let passwd = "app:x:1000:1000::/home/app:/bin/sh\n";
+        let group = "staff:x:50:\n";
+        let chown = |user: &str, group: &str| Chown {
+            user: user.into(),
+            group: group.into(),
+        };
+        let o = resolve_owner(Some(&chown("nosuchuser", "")), Some(passwd), Some(group));
+        assert_eq!(o.unwrap(), Some(Owner { uid: 0, gid: 0 }));
+        let o = resolve_owner(
+            Some(&chown("nosuchuser", "staff")),
+            Some(passwd),
+            Some(group),
+        );
+        assert_eq!(o.unwrap(), Some(Owner { uid: 0, gid: 50 }));
+        // No `/etc/passwd` at all (a scratch base) reads the same.
+        let o = resolve_owner(Some(&chown("nosuchuser", "")), None, None);
+        assert_eq!(o.unwrap(), Some(Owner { uid: 0, gid: 0 }));
+    }
+
+    #[test]
+    fn copy_chown_name_takes_the_users_gid_and_an_unknown_group_keeps_it() {
+        let passwd = "app:x:1000:1001::/home/app:/bin/sh\n";
+        let group = "staff:x:50:\n";
+        let chown = |user: &str, group: &str| Chown {
+            user: user.into(),
+            group: group.into(),
+        };
+        let o = |u: &str, g: &str| resolve_owner(Some(&chown(u, g)), Some(passwd), Some(group));
+        assert_eq!(
+            o("app", "").unwrap(),
+            Some(Owner {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(
+            o("1000", "").unwrap(),
+            Some(Owner {
+                uid: 1000,
+                gid: 1000
+            })
+        );
+        assert_eq!(
+            o("app", "nosuchgroup").unwrap(),
+            Some(Owner {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(
+            o("app", "staff").unwrap(),
+            Some(Owner { uid: 1000, gid: 50 })
+        );
+        assert_eq!(o("app", "7").unwrap(), Some(Owner { uid: 1000, gid: 7 }));
     }
 }
