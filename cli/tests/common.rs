@@ -268,6 +268,22 @@ pub fn tool(program: &str, args: &[&str]) -> String {
     stdout(&out)
 }
 
+pub fn sha256_file(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    let text = stdout(&out);
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
+/// Writes `bytes` as a blob of the OCI layout and returns its descriptor fields.
+pub fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+    let tmp = layout.join("tmp-blob");
+    std::fs::write(&tmp, bytes).unwrap();
+    let d = sha256_file(&tmp);
+    let hex = d.trim_start_matches("sha256:");
+    std::fs::rename(&tmp, layout.join("blobs/sha256").join(hex)).unwrap();
+    (d, bytes.len())
+}
+
 /// Whether `program --version` runs here; when it does not, prints that the test skips it and
 /// how to install it, so a skip is never silent.
 pub fn installed(program: &str, package: &str) -> bool {

@@ -303,3 +303,162 @@ fn a_base_image_without_the_platform_names_the_one_it_has() {
         "{err}"
     );
 }
+
+/// Pushes an OCI index of `k`'s host busybox and arm64 busybox to the registry `reg` (made as an
+/// OCI layout and copied by skopeo, which keeps every digest) and returns its name.
+fn push_busybox_index(k: &Kiln, reg: &str) -> String {
+    let scratch = tempfile::tempdir().unwrap();
+    let layout = scratch.path().join("layout");
+    let mut entries = Vec::new();
+    for (name, arch) in [("busybox", "amd64"), ("busybox-arm64", "arm64")] {
+        let src = format!(
+            "oci:{}/images:docker.io/library/{name}:latest",
+            k.root.path().display()
+        );
+        tool(
+            "skopeo",
+            &["copy", &src, &format!("oci:{}:{arch}", layout.display())],
+        );
+        let index: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(layout.join("index.json")).unwrap()).unwrap();
+        let desc = index["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == arch)
+            .unwrap()
+            .clone();
+        entries.push(serde_json::json!({
+            "mediaType": desc["mediaType"], "digest": desc["digest"], "size": desc["size"],
+            "platform": {"os": "linux", "architecture": arch}
+        }));
+    }
+    let multi = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let (digest, size) = put_blob(&layout, multi.to_string().as_bytes());
+    let top = serde_json::json!({"schemaVersion": 2, "manifests": [
+        {"mediaType": "application/vnd.oci.image.index.v1+json", "digest": digest, "size": size,
+         "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
+    std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
+    let dest = format!("{reg}/{}:multi", unique("busybox-index"));
+    tool(
+        "skopeo",
+        &[
+            "copy",
+            "--all",
+            "--dest-tls-verify=false",
+            &format!("oci:{}:multi", layout.display()),
+            &format!("docker://{dest}"),
+        ],
+    );
+    dest
+}
+
+/// The platforms an index names, as `os/arch`, in its order.
+fn platforms_of(index_json: &str) -> Vec<String> {
+    let index: serde_json::Value = serde_json::from_str(index_json).unwrap();
+    index["manifests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("not an index: {index_json}"))
+        .iter()
+        .map(|m| {
+            format!(
+                "{}/{}",
+                m["platform"]["os"].as_str().unwrap_or(""),
+                m["platform"]["architecture"].as_str().unwrap_or("")
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_tag_keeps_every_platform_pulled_under_it_and_pushes_them_all() {
+    if !amd64_host() {
+        return;
+    }
+    emulators_registered();
+    let k = two_busyboxes();
+    let (reg, _guard) = registry();
+    let dest = push_busybox_index(&k, &reg);
+    let inspect_remote = |name: &str| {
+        tool(
+            "skopeo",
+            &[
+                "inspect",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{name}"),
+            ],
+        )
+    };
+    let remote = inspect_remote(&dest);
+    assert_eq!(platforms_of(&remote), ["linux/amd64", "linux/arm64"]);
+
+    // One platform, then the other: the second pull does not drop the first.
+    let fresh = Kiln::new();
+    run_out(&fresh, &["pull", "--platform", "linux/arm64", &dest]);
+    run_out(&fresh, &["pull", &dest]);
+    let stored = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}/images:{dest}", fresh.root.path().display()),
+        ],
+    );
+    assert_eq!(stored, remote, "the store's tag names the registry's index");
+    assert_eq!(
+        run_out(
+            &fresh,
+            &[
+                "run",
+                "--rm",
+                "--platform",
+                "linux/arm64",
+                &dest,
+                "uname",
+                "-m"
+            ]
+        ),
+        "aarch64\n"
+    );
+    assert_eq!(
+        run_out(&fresh, &["run", "--rm", &dest, "uname", "-m"]),
+        "x86_64\n"
+    );
+    // A build for either platform takes its base from the stored index.
+    let ctx = temp_context(
+        "kiln-ctx-",
+        &[(
+            "Dockerfile",
+            &format!("FROM {dest}\nRUN uname -m > /arch\n"),
+        )],
+    );
+    for (platform, tag, want) in [
+        ("linux/arm64", "from-index-arm64", "aarch64\n"),
+        ("linux/amd64", "from-index-amd64", "x86_64\n"),
+    ] {
+        let out = build(&fresh, ctx.path(), &["--platform", platform, "-t", tag]);
+        assert_ok(&out, &format!("build for {platform}"));
+        assert_eq!(run_out(&fresh, &["run", "--rm", tag, "cat", "/arch"]), want);
+    }
+
+    // Pushed again, the index keeps both platforms.
+    let copy = format!("{reg}/{}:copy", unique("busybox-index"));
+    run_out(&fresh, &["push", &dest, &copy]);
+    assert_eq!(inspect_remote(&copy), remote);
+
+    // A platform the index lacks: the error lists the ones it has.
+    let out = fresh.run(&["run", "--rm", "--platform", "linux/s390x", &dest, "true"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "has no image for platform `linux/s390x`; available: linux/amd64, linux/arm64"
+        ),
+        "{err}"
+    );
+}
