@@ -244,8 +244,13 @@ fn main() {
     kiln_exec::sandbox_main_if_requested();
     let cli = Cli::parse();
     // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
-    // with its store under $XDG_DATA_HOME/kiln.
-    match kiln_exec::reexec_rootless_if_unprivileged() {
+    // with its store under $XDG_DATA_HOME/kiln. Setting up the host needs no engine, and a
+    // user namespace's root could not do it anyway: it says to run as root instead.
+    let needs_engine = !matches!(cli.command, Command::Setup(_));
+    match needs_engine
+        .then(kiln_exec::reexec_rootless_if_unprivileged)
+        .unwrap_or(Ok(None))
+    {
         Ok(None) => {}
         Ok(Some(code)) => std::process::exit(code),
         Err(e) => {

@@ -258,11 +258,8 @@ pub fn register_qemu_handlers(
                 RegistrationOutcome::AlreadyRegistered
             }
             Some(_) => {
-                std::fs::write(&entry, "-1").map_err(|source| ExecError::Io {
-                    what: "cannot remove the binfmt_misc handler",
-                    path: entry.clone(),
-                    source,
-                })?;
+                std::fs::write(&entry, "-1")
+                    .map_err(|e| write_failed(&entry, "replace", &conf.name, e))?;
                 RegistrationOutcome::Replaced
             }
             None => RegistrationOutcome::Registered,
@@ -276,13 +273,8 @@ pub fn register_qemu_handlers(
                     conf.interpreter.display()
                 )));
             }
-            std::fs::write(&register, conf.line_with_fix_binary()).map_err(|source| {
-                ExecError::Io {
-                    what: "cannot register a binfmt_misc handler through",
-                    path: register.clone(),
-                    source,
-                }
-            })?;
+            std::fs::write(&register, conf.line_with_fix_binary())
+                .map_err(|e| write_failed(&register, "register", &conf.name, e))?;
         }
         done.push(Registration {
             handler: conf.name,
@@ -291,6 +283,20 @@ pub fn register_qemu_handlers(
         });
     }
     Ok(done)
+}
+
+/// A write to binfmt_misc that failed, with what to do when it is a matter of privilege.
+fn write_failed(path: &Path, action: &str, handler: &str, e: std::io::Error) -> ExecError {
+    let hint = match e.kind() {
+        std::io::ErrorKind::PermissionDenied => {
+            "; only root may change binfmt_misc: run `kiln setup emulators` as root"
+        }
+        _ => "",
+    };
+    ExecError::Emulation(format!(
+        "cannot {action} the binfmt_misc handler `{handler}` through `{}`: {e}{hint}",
+        path.display()
+    ))
 }
 
 /// The start of this program's own executable: no handler may capture it.
@@ -514,6 +520,63 @@ mod tests {
         ] {
             assert!(parse_conf_line(Path::new("x.conf"), bad).is_none(), "{bad}");
         }
+    }
+
+    /// A stand-in binfmt_misc (its `register` an ordinary file) and a conf directory whose one
+    /// handler runs `/bin/sh`, so the registration logic runs without touching the host's.
+    fn fake_host(existing: Option<String>) -> (tempfile::TempDir, tempfile::TempDir) {
+        let confs = tempfile::tempdir().unwrap();
+        let line = AARCH64_CONF
+            .replace(":OPF", ":OP")
+            .replace("/usr/libexec/qemu-binfmt/aarch64-binfmt-P", "/bin/sh");
+        std::fs::write(confs.path().join("qemu-aarch64.conf"), line).unwrap();
+        std::fs::write(confs.path().join("python3.conf"), ":python:M::ab::/bin/sh:").unwrap();
+        let binfmt = dir_with(&[("register", String::new())]);
+        if let Some(text) = existing {
+            std::fs::write(binfmt.path().join("qemu-aarch64"), text).unwrap();
+        }
+        (confs, binfmt)
+    }
+
+    #[test]
+    fn registration_adds_f_and_leaves_a_good_handler_alone() {
+        let (confs, binfmt) = fake_host(None);
+        let done = register_qemu_handlers(confs.path(), binfmt.path()).unwrap();
+        assert_eq!(
+            done,
+            [Registration {
+                handler: "qemu-aarch64".into(),
+                interpreter: "/bin/sh".into(),
+                outcome: RegistrationOutcome::Registered
+            }],
+            "only qemu-*.conf files count"
+        );
+        let written = std::fs::read_to_string(binfmt.path().join("register")).unwrap();
+        assert!(written.starts_with(":qemu-aarch64:M::") && written.ends_with(":/bin/sh:OPF"));
+
+        let good =
+            listing("POF", true).replace("/usr/libexec/qemu-binfmt/aarch64-binfmt-P", "/bin/sh");
+        let (confs, binfmt) = fake_host(Some(good));
+        let done = register_qemu_handlers(confs.path(), binfmt.path()).unwrap();
+        assert_eq!(done[0].outcome, RegistrationOutcome::AlreadyRegistered);
+        assert_eq!(
+            std::fs::read_to_string(binfmt.path().join("register")).unwrap(),
+            ""
+        );
+
+        let without_f =
+            listing("OP", true).replace("/usr/libexec/qemu-binfmt/aarch64-binfmt-P", "/bin/sh");
+        let (confs, binfmt) = fake_host(Some(without_f));
+        let done = register_qemu_handlers(confs.path(), binfmt.path()).unwrap();
+        assert_eq!(done[0].outcome, RegistrationOutcome::Replaced);
+        // The old handler was removed (`-1`) before the new one was registered.
+        assert_eq!(
+            std::fs::read_to_string(binfmt.path().join("qemu-aarch64")).unwrap(),
+            "-1"
+        );
+        assert!(std::fs::read_to_string(binfmt.path().join("register"))
+            .unwrap()
+            .ends_with(":OPF"));
     }
 
     #[test]
