@@ -149,13 +149,26 @@ pub async fn resolve_image_progress(
     let image = load(store, &tagged, &digest)?;
     ensure_layers_with(store, registry, &image, progress).await?;
     if wanted.digest.is_none() {
+        // A tag naming an index keeps naming the index in the store (as containerd's store
+        // does), so every platform pulled under it stays reachable by the name; the others are
+        // fetched by digest when asked for.
+        let (digest, size, media_type) = match &resolved.index {
+            Some(index) => {
+                let (d, s) = store
+                    .content()
+                    .put_bytes(&index.bytes)
+                    .map_err(SolveError::cache)?;
+                (d, s, index.media_type.clone())
+            }
+            None => (digest.clone(), size, resolved.media_type.clone()),
+        };
         store
             .images()
             .put(&ImageRecord {
                 name: tagged.clone(),
-                digest: digest.clone(),
+                digest,
                 size,
-                media_type: resolved.media_type.clone(),
+                media_type,
                 created: None,
             })
             .map_err(SolveError::from)?;
