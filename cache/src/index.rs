@@ -87,6 +87,13 @@ pub struct CachedResult {
     pub created_unix: u64,
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// The cache index. Obtained from [`crate::Store::index`].
 #[derive(Debug)]
 pub struct CacheIndex {
@@ -118,7 +125,7 @@ impl CacheIndex {
         let found = self.peek(key)?;
         if found.is_some() {
             if let Ok(mut t) = self.touched.lock() {
-                t.insert(key.to_string(), crate::snapshots::now_unix());
+                t.insert(key.to_string(), unix_now());
             }
         }
         Ok(found)
