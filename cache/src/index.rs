@@ -16,6 +16,9 @@ pub(crate) const LAYERS: TableDefinition<u64, &[u8]> = TableDefinition::new("lay
 pub(crate) const MEMO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("memo");
 pub(crate) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// Snapshots whose records are removed and whose directories may not be yet (id → 0): finished
+/// when the store is opened, so a directory never outlives its record for a reader.
+pub(crate) const REMOVING: TableDefinition<u64, u64> = TableDefinition::new("removing");
 /// Cache key → when a build last used its result (unix seconds), for least-recently-used GC.
 pub(crate) const USED: TableDefinition<&str, u64> = TableDefinition::new("used");
 
@@ -49,6 +52,8 @@ impl Db {
             txn.open_table(COUNTERS)
                 .map_err(CacheError::db("create tables", path))?;
             txn.open_table(USED)
+                .map_err(CacheError::db("create tables", path))?;
+            txn.open_table(REMOVING)
                 .map_err(CacheError::db("create tables", path))?;
         }
         this.commit(txn)?;
@@ -262,6 +267,28 @@ impl CacheIndex {
                 .open_table(RESULTS)
                 .map_err(self.db.err("open results"))?;
             table.remove(key).map_err(self.db.err("remove a result"))?;
+        }
+        self.db.commit(txn)
+    }
+
+    /// Forgets several cache keys in one transaction, with their use records.
+    pub fn remove_many(&self, keys: &[String]) -> Result<(), CacheError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn
+                .open_table(RESULTS)
+                .map_err(self.db.err("open results"))?;
+            let mut used = txn.open_table(USED).map_err(self.db.err("open used"))?;
+            for key in keys {
+                table
+                    .remove(key.as_str())
+                    .map_err(self.db.err("remove a result"))?;
+                used.remove(key.as_str())
+                    .map_err(self.db.err("remove used"))?;
+            }
         }
         self.db.commit(txn)
     }

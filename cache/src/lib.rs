@@ -129,10 +129,13 @@ impl Store {
         }
         let db = Arc::new(index::Db::open(&root.join("index.redb"))?);
         let images = ImageStore::init(&root)?;
+        let snapshots = Snapshots::new(&root, db.clone(), mounter);
+        // A removal a killed process left half-done is finished before anything reads.
+        snapshots.finish_removals()?;
         Ok(Store {
             inner: Arc::new(Inner {
                 content: ContentStore::new(&root),
-                snapshots: Snapshots::new(&root, db.clone(), mounter),
+                snapshots,
                 index: CacheIndex::new(db),
                 images,
                 _lock: lock,

@@ -28,7 +28,10 @@ fn seed_mirror() {
             "FROM busybox\nRUN echo served-by-the-mirror > /mirror-marker\n",
         )],
     );
-    assert_ok(&build(&k, ctx.path(), &["-t", "seed"]), "build the seed image");
+    assert_ok(
+        &build(&k, ctx.path(), &["-t", "seed"]),
+        "build the seed image",
+    );
     let dest = format!("{MIRROR}/library/python:3.12");
     assert_ok(
         &k.run(&["push", "--progress", "plain", "seed", &dest]),
@@ -80,7 +83,14 @@ fn from_a_docker_hub_image_resolves_through_the_first_mirror_that_has_it() {
     // `kiln pull` goes through the mirror too and records the Docker Hub name.
     let k2 = Kiln::new();
     assert_ok(
-        &k2.run(&["--config", &config, "pull", "--progress", "plain", "python:3.12"]),
+        &k2.run(&[
+            "--config",
+            &config,
+            "pull",
+            "--progress",
+            "plain",
+            "python:3.12",
+        ]),
         "pull python:3.12 through the mirror",
     );
     let images = stdout(&k2.run(&["images", "-q"]));
