@@ -177,7 +177,13 @@ impl RegistryGuard {
     /// An empty registry on `addr`, a fixed loopback port the test owns (for config files that
     /// must name it before it starts).
     pub fn start_at(addr: &str) -> Self {
-        Self::serve(tempfile::tempdir().unwrap(), "", addr.to_string())
+        Self::start_at_with(addr, "")
+    }
+
+    /// [`RegistryGuard::start_at`] with lines added under the config's `http:` section (such
+    /// as `  tls:` with its certificate and key).
+    pub fn start_at_with(addr: &str, http_config: &str) -> Self {
+        Self::serve(tempfile::tempdir().unwrap(), http_config, addr.to_string())
     }
 
     fn serve(dir: tempfile::TempDir, extra_config: &str, addr: String) -> Self {

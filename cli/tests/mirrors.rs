@@ -166,3 +166,133 @@ fn a_bad_config_file_names_the_file_line_and_what_to_write() {
         "{err}"
     );
 }
+
+/// A CA and a server certificate for 127.0.0.1 signed by it, in `dir`: `ca.pem`, `leaf.pem`,
+/// `leaf.key`.
+fn make_certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let out = std::process::Command::new("openssl")
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .expect("run openssl (Debian's `openssl`)");
+        assert_ok(&out, &format!("openssl {}", args.join(" ")));
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=kiln test CA",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-keyout",
+        "leaf.key",
+        "-out",
+        "leaf.csr",
+        "-subj",
+        "/CN=127.0.0.1",
+    ]);
+    std::fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "leaf.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-out",
+        "leaf.pem",
+        "-days",
+        "2",
+        "-extfile",
+        "leaf.ext",
+    ]);
+}
+
+#[test]
+fn a_tls_registry_is_reached_with_its_ca_or_as_insecure() {
+    const TLS: &str = "127.0.0.1:5146";
+    let certs = tempfile::tempdir().unwrap();
+    make_certificates(certs.path());
+    let _registry = RegistryGuard::start_at_with(
+        TLS,
+        &format!(
+            "  tls:\n    certificate: {}\n    key: {}\n",
+            certs.path().join("leaf.pem").display(),
+            certs.path().join("leaf.key").display()
+        ),
+    );
+    let name = format!("{TLS}/tls/busybox:1");
+    let k = Kiln::with_busybox();
+
+    // Loopback is plain http by default: a TLS registry there needs its settings.
+    let out = k.run(&["push", "--progress", "plain", "busybox", &name]);
+    assert!(
+        !out.status.success(),
+        "pushed over plain http to a TLS port"
+    );
+
+    // `ca`, relative to the config file.
+    let with_ca = write_config(
+        certs.path(),
+        &format!("[registry.\"{TLS}\"]\nca = [\"ca.pem\"]\n"),
+    );
+    let out = k.run(&[
+        "--config",
+        &with_ca,
+        "push",
+        "--progress",
+        "plain",
+        "busybox",
+        &name,
+    ]);
+    assert_ok(&out, "push with the registry's CA");
+    let fresh = Kiln::new();
+    let out = fresh.run(&["--config", &with_ca, "pull", "--progress", "plain", &name]);
+    assert_ok(&out, "pull with the registry's CA");
+
+    // `insecure = true`: https without verifying the certificate.
+    let dir = tempfile::tempdir().unwrap();
+    let insecure = write_config(
+        dir.path(),
+        &format!("[registry.\"{TLS}\"]\ninsecure = true\n"),
+    );
+    let fresh = Kiln::new();
+    let out = fresh.run(&["--config", &insecure, "pull", "--progress", "plain", &name]);
+    assert_ok(&out, "pull from an unverified TLS registry");
+    let out = fresh.run(&["run", "--rm", &name, "echo", "tls"]);
+    assert_eq!(stdout(&out).trim(), "tls");
+
+    // A CA that did not sign it: the certificate is refused.
+    let other = tempfile::tempdir().unwrap();
+    make_certificates(other.path());
+    let wrong = write_config(
+        other.path(),
+        &format!("[registry.\"{TLS}\"]\nca = [\"ca.pem\"]\n"),
+    );
+    let out = Kiln::new().run(&["--config", &wrong, "pull", "--progress", "plain", &name]);
+    assert!(
+        !out.status.success(),
+        "trusted a certificate its CA did not sign"
+    );
+}

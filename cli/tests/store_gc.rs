@@ -322,3 +322,45 @@ fn a_gc_killed_at_any_point_leaves_a_store_the_next_build_uses() {
     assert_eq!(df(&k)["Total"].2, 0);
     assert_matches_du(&k, "at the end");
 }
+
+#[test]
+fn a_prune_started_during_a_build_waits_for_it_and_keeps_its_image() {
+    let k = Kiln::with_busybox();
+    let ctx = temp_context(
+        "kiln-gc-busy-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN sleep 3 && echo done > /done\n",
+        )],
+    );
+    let building = k
+        .cmd()
+        .args(["build", "--progress", "plain", "-t", "slow"])
+        .arg(ctx.path())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lock = k.root.path().join("lock");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !std::fs::read_to_string(&lock)
+        .unwrap_or_default()
+        .contains("kiln build")
+    {
+        assert!(Instant::now() < deadline, "the build never took the store");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let pruned = k.run(&["prune", "--all"]);
+    let built = building.wait_with_output().unwrap();
+    assert_ok(&built, "the build a prune waited for");
+    assert_ok(&pruned, "the prune that waited");
+    assert!(
+        stderr(&pruned).contains("(kiln build) holds it"),
+        "{}",
+        stderr(&pruned)
+    );
+    check_is_clean(&k, "after a prune that waited for a build");
+    let out = k.run(&["run", "--rm", "slow", "cat", "/done"]);
+    assert_ok(&out, "run the image built during the prune");
+    assert_eq!(stdout(&out).trim(), "done");
+}

@@ -1034,8 +1034,17 @@ impl RegistryClient {
         Ok((bytes, content_type))
     }
 
-    /// `http` only for loopback hosts and the configured insecure registries.
+    /// `http` only for loopback hosts and the configured insecure registries; a registry given
+    /// TLS settings (`insecure`, `ca`) is spoken to over https, even on loopback.
     fn plain_http_allowed(&self, registry: &str) -> bool {
+        if let Some(h) = self.inner.hosts.get(registry) {
+            if h.plain_http {
+                return true;
+            }
+            if h.insecure || !h.ca_certs.is_empty() {
+                return false;
+            }
+        }
         let host = host_of(registry);
         let loopback = host == "localhost"
             || host
@@ -1049,7 +1058,6 @@ impl RegistryClient {
                 .insecure
                 .iter()
                 .any(|i| i == registry || i == host)
-            || self.inner.hosts.get(registry).is_some_and(|h| h.plain_http)
     }
 
     fn url(&self, r: &Reference, tail: &str) -> Result<Url, RegistryError> {

@@ -5,7 +5,8 @@
 //! are HEAD requests, and plain http is only used for loopback hosts and hosts the caller
 //! names in [`ClientOptions::insecure_registries`] or marks `plain_http` in
 //! [`ClientOptions::hosts`], whose [`HostOptions`] also give a registry its mirrors (tried in
-//! order for pulls, then the registry itself), extra CA certificates or no TLS verification.
+//! order for pulls, then the registry itself), extra CA certificates or no TLS verification (a
+//! registry with either is spoken to over https, loopback too).
 //! Credentials come from `~/.docker/config.json` (or `$DOCKER_CONFIG/config.json`): its
 //! `credHelpers` and `credsStore` (`docker-credential-*` programs), then its `auths`;
 //! [`store_login`] and [`erase_login`] write them back as `docker login`/`logout` do. Basic and Bearer token challenges are answered and
