@@ -102,4 +102,35 @@ mod tests {
         let cutoff = until.drop_unused_before.unwrap();
         assert!(unix_now() - cutoff >= 3600 && unix_now() - cutoff < 3700);
     }
+    #[tokio::test]
+    async fn the_policy_waits_for_the_last_build_of_the_engine() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = crate::Engine::open(
+            dir.path(),
+            crate::EngineOptions {
+                gc: GcPolicy {
+                    keep_storage: Some(0),
+                    keep_duration: None,
+                },
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let store = engine.store();
+        let snap = store.snapshots().create(None).unwrap();
+        let result = kiln_cache::CachedResult {
+            snapshot: Some(snap),
+            created_unix: 1,
+        };
+        store.index().put("k", &result).unwrap();
+        {
+            // Another build of this engine is still running: it may need the result.
+            let _other_build = engine.busy.read().await;
+            assert!(engine.collect_after_build().await.unwrap().is_none());
+            assert!(store.index().get("k").unwrap().is_some());
+        }
+        let report = engine.collect_after_build().await.unwrap().unwrap();
+        assert_eq!((report.results, report.snapshots), (1, 1));
+        assert!(store.index().get("k").unwrap().is_none());
+    }
 }
