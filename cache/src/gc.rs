@@ -93,6 +93,13 @@ enum Candidate {
     Mount(usize),
 }
 
+/// Bytes in use on the file system holding `path` (`statvfs`), if it can be asked.
+fn file_system_used(path: &Path) -> Option<u64> {
+    let st = nix::sys::statvfs::statvfs(path).ok()?;
+    let blocks = st.blocks().saturating_sub(st.blocks_free());
+    Some(blocks.saturating_mul(st.fragment_size()))
+}
+
 fn mtime_unix(p: &Path) -> Option<u64> {
     use std::os::unix::fs::MetadataExt;
     fs::symlink_metadata(p)
@@ -198,7 +205,11 @@ impl Store {
         // 3. Past `keep_storage`, drop results and mounts least recently used first. Each
         //    snapshot and layer blob counts how many live results reach it; what drops to zero
         //    is freed.
-        if let Some(limit) = opts.keep_storage {
+        // The store cannot take more than its file system uses: under the limit, no walk.
+        let keep_storage = opts
+            .keep_storage
+            .filter(|limit| file_system_used(self.root()).is_none_or(|used| used > *limit));
+        if let Some(limit) = keep_storage {
             let chain_of = |top: SnapshotId| -> Vec<SnapshotId> {
                 let mut out = Vec::new();
                 let mut cur = Some(top);
@@ -593,6 +604,7 @@ mod tests {
                 .unwrap();
             ids.push(s);
         }
+        assert!(file_system_used(dir.path()).is_some_and(|u| u > 0));
         // A hit makes the oldest the most recently used.
         assert!(store.index().get("oldest").unwrap().is_some());
         let mount = dir.path().join(CACHE_MOUNTS_DIR).join("m1");
