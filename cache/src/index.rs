@@ -1,7 +1,9 @@
 //! The redb index: cache keys → results, snapshot records, layer info, checksum memo and small
 //! metadata, each in its own table. Every write transaction commits durably.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,11 @@ pub(crate) const LAYERS: TableDefinition<u64, &[u8]> = TableDefinition::new("lay
 pub(crate) const MEMO: TableDefinition<&[u8], &[u8]> = TableDefinition::new("memo");
 pub(crate) const META: TableDefinition<&str, &str> = TableDefinition::new("meta");
 pub(crate) const COUNTERS: TableDefinition<&str, u64> = TableDefinition::new("counters");
+/// Snapshots whose records are removed and whose directories may not be yet (id → 0): finished
+/// when the store is opened, so a directory never outlives its record for a reader.
+pub(crate) const REMOVING: TableDefinition<u64, u64> = TableDefinition::new("removing");
+/// Cache key → when a build last used its result (unix seconds), for least-recently-used GC.
+pub(crate) const USED: TableDefinition<&str, u64> = TableDefinition::new("used");
 
 /// The one `Database` of a store, shared by the index and the snapshots.
 #[derive(Debug)]
@@ -43,6 +50,10 @@ impl Db {
             txn.open_table(META)
                 .map_err(CacheError::db("create tables", path))?;
             txn.open_table(COUNTERS)
+                .map_err(CacheError::db("create tables", path))?;
+            txn.open_table(USED)
+                .map_err(CacheError::db("create tables", path))?;
+            txn.open_table(REMOVING)
                 .map_err(CacheError::db("create tables", path))?;
         }
         this.commit(txn)?;
@@ -81,19 +92,126 @@ pub struct CachedResult {
     pub created_unix: u64,
 }
 
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
 /// The cache index. Obtained from [`crate::Store::index`].
 #[derive(Debug)]
 pub struct CacheIndex {
     db: std::sync::Arc<Db>,
+    /// Hits since the last [`CacheIndex::flush_usage`]: key → unix seconds. Kept in memory so
+    /// a cache hit costs no durable write; lost on a crash, which only makes GC think those
+    /// results a little older.
+    touched: Mutex<HashMap<String, u64>>,
+}
+
+impl Drop for CacheIndex {
+    fn drop(&mut self) {
+        // Best effort: a use not recorded only makes its result look older to the GC.
+        let _ = self.flush_usage();
+    }
 }
 
 impl CacheIndex {
     pub(crate) fn new(db: std::sync::Arc<Db>) -> Self {
-        CacheIndex { db }
+        CacheIndex {
+            db,
+            touched: Mutex::new(HashMap::new()),
+        }
     }
 
-    /// The result recorded for a cache key.
+    /// The result recorded for a cache key. A hit counts as a use of the result (see
+    /// [`CacheIndex::last_used`]).
     pub fn get(&self, key: &str) -> Result<Option<CachedResult>, CacheError> {
+        let found = self.peek(key)?;
+        if found.is_some() {
+            if let Ok(mut t) = self.touched.lock() {
+                t.insert(key.to_string(), unix_now());
+            }
+        }
+        Ok(found)
+    }
+
+    /// Writes the uses recorded by [`CacheIndex::get`] since the last flush, in one transaction.
+    pub fn flush_usage(&self) -> Result<(), CacheError> {
+        let touched = match self.touched.lock() {
+            Ok(mut t) => std::mem::take(&mut *t),
+            Err(_) => return Ok(()),
+        };
+        if touched.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let results = txn
+                .open_table(RESULTS)
+                .map_err(self.db.err("open results"))?;
+            let mut used = txn.open_table(USED).map_err(self.db.err("open used"))?;
+            for (key, when) in &touched {
+                // A result removed since its hit needs no record.
+                if results
+                    .get(key.as_str())
+                    .map_err(self.db.err("read a result"))?
+                    .is_some()
+                {
+                    used.insert(key.as_str(), *when)
+                        .map_err(self.db.err("write used"))?;
+                }
+            }
+        }
+        self.db.commit(txn)
+    }
+
+    /// When each result was last used: its last recorded hit, else its creation.
+    pub fn last_used(&self) -> Result<HashMap<String, u64>, CacheError> {
+        self.flush_usage()?;
+        let txn = self.db.begin_read()?;
+        let table = txn.open_table(USED).map_err(self.db.err("open used"))?;
+        let mut out = HashMap::new();
+        for item in table.iter().map_err(self.db.err("list used"))? {
+            let (k, v) = item.map_err(self.db.err("list used"))?;
+            out.insert(k.value().to_string(), v.value());
+        }
+        for (key, result) in self.list()? {
+            let e = out.entry(key).or_insert(result.created_unix);
+            *e = (*e).max(result.created_unix);
+        }
+        Ok(out)
+    }
+
+    /// Drops the use records of results that are gone.
+    pub(crate) fn forget_unused_records(&self) -> Result<(), CacheError> {
+        let txn = self.db.begin_write()?;
+        {
+            let results = txn
+                .open_table(RESULTS)
+                .map_err(self.db.err("open results"))?;
+            let mut used = txn.open_table(USED).map_err(self.db.err("open used"))?;
+            let mut stale = Vec::new();
+            for item in used.iter().map_err(self.db.err("list used"))? {
+                let (k, _) = item.map_err(self.db.err("list used"))?;
+                if results
+                    .get(k.value())
+                    .map_err(self.db.err("read a result"))?
+                    .is_none()
+                {
+                    stale.push(k.value().to_string());
+                }
+            }
+            for k in stale {
+                used.remove(k.as_str())
+                    .map_err(self.db.err("remove used"))?;
+            }
+        }
+        self.db.commit(txn)
+    }
+
+    /// The result recorded for a cache key, without counting a use.
+    fn peek(&self, key: &str) -> Result<Option<CachedResult>, CacheError> {
         let txn = self.db.begin_read()?;
         let table = txn
             .open_table(RESULTS)
@@ -149,6 +267,28 @@ impl CacheIndex {
                 .open_table(RESULTS)
                 .map_err(self.db.err("open results"))?;
             table.remove(key).map_err(self.db.err("remove a result"))?;
+        }
+        self.db.commit(txn)
+    }
+
+    /// Forgets several cache keys in one transaction, with their use records.
+    pub fn remove_many(&self, keys: &[String]) -> Result<(), CacheError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn
+                .open_table(RESULTS)
+                .map_err(self.db.err("open results"))?;
+            let mut used = txn.open_table(USED).map_err(self.db.err("open used"))?;
+            for key in keys {
+                table
+                    .remove(key.as_str())
+                    .map_err(self.db.err("remove a result"))?;
+                used.remove(key.as_str())
+                    .map_err(self.db.err("remove used"))?;
+            }
         }
         self.db.commit(txn)
     }

@@ -8,12 +8,14 @@
 //! root/snapshots/<id>/fs one directory per snapshot (overlay whiteout form); work/ beside it
 //! root/images/           OCI image layout; images/blobs -> ../blobs
 //! root/containers/<id>/  kiln run
+//! root/cache-mounts/<h>/ RUN --mount=type=cache (the solver's; collected whole by GC)
 //! root/tmp/              staging for atomic writes (emptied on open)
 //! ```
 
 mod check;
 mod content;
 mod digest;
+mod du;
 mod error;
 mod gc;
 mod images;
@@ -22,6 +24,7 @@ mod lock;
 mod mount;
 mod snapshots;
 mod unpack;
+mod usage;
 
 use std::fmt;
 use std::fs;
@@ -31,14 +34,16 @@ use std::sync::Arc;
 pub use check::CheckReport;
 pub use content::{BlobWriter, ContentStore, VerifyingReader};
 pub use digest::{validate_digest, Digest};
+pub use du::{human_size, parse_size};
 pub use error::{CacheError, LockHolder};
-pub use gc::{GcOptions, GcReport};
+pub use gc::{GcOptions, GcReport, CACHE_MOUNTS_DIR};
 pub use images::{ImageRecord, ImageStore, CREATED_ANNOTATION, REF_NAME_ANNOTATION};
 pub use index::{CacheIndex, CachedResult, SnapshotId};
 pub use lock::LockWait;
 pub use mount::MountGuard;
 pub use snapshots::{is_whiteout, LayerInfo, MutableSnapshot, Snapshots};
 pub use unpack::{opaque_xattr, OPAQUE_XATTR, USER_OPAQUE_XATTR};
+pub use usage::{KindUsage, StoreUsage};
 
 use mount::{Mounter, RealMounter};
 
@@ -124,10 +129,13 @@ impl Store {
         }
         let db = Arc::new(index::Db::open(&root.join("index.redb"))?);
         let images = ImageStore::init(&root)?;
+        let snapshots = Snapshots::new(&root, db.clone(), mounter);
+        // A removal a killed process left half-done is finished before anything reads.
+        snapshots.finish_removals()?;
         Ok(Store {
             inner: Arc::new(Inner {
                 content: ContentStore::new(&root),
-                snapshots: Snapshots::new(&root, db.clone(), mounter),
+                snapshots,
                 index: CacheIndex::new(db),
                 images,
                 _lock: lock,

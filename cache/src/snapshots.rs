@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{validate_digest, Digest};
 use crate::index::{
-    decode_record, Db, SnapshotId, SnapshotRecord, COUNTERS, LAYERS, RESULTS, SNAPSHOTS,
+    decode_record, Db, SnapshotId, SnapshotRecord, COUNTERS, LAYERS, REMOVING, RESULTS, SNAPSHOTS,
 };
 use crate::mount::{self, MountGuard, Mounter};
 use crate::unpack::{OPAQUE_XATTR, USER_OPAQUE_XATTR};
@@ -382,9 +382,42 @@ impl Snapshots {
                     .remove(k.as_str())
                     .map_err(self.db.err("remove a result"))?;
             }
+            // The directories go after the commit; until they are gone, the journal says so.
+            let mut removing = txn
+                .open_table(REMOVING)
+                .map_err(self.db.err("open removing"))?;
+            for id in &doomed {
+                removing
+                    .insert(*id, 0)
+                    .map_err(self.db.err("journal a removal"))?;
+            }
         }
         self.db.commit(txn)?;
-        for id in &doomed {
+        self.finish_removals()
+    }
+
+    /// Removes the directories of snapshots whose records are gone (the `removing` journal),
+    /// then the journal. A process killed while removing them leaves the journal, and the next
+    /// [`crate::Store::open`] finishes the job before anything reads a snapshot: so no reader
+    /// ever finds a directory whose record is gone (the image unpacker reuses a snapshot by its
+    /// directory).
+    pub(crate) fn finish_removals(&self) -> Result<(), CacheError> {
+        let ids: Vec<u64> = {
+            let txn = self.db.begin_read()?;
+            let table = txn
+                .open_table(REMOVING)
+                .map_err(self.db.err("open removing"))?;
+            let mut ids = Vec::new();
+            for item in table.iter().map_err(self.db.err("list removing"))? {
+                let (k, _) = item.map_err(self.db.err("list removing"))?;
+                ids.push(k.value());
+            }
+            ids
+        };
+        if ids.is_empty() {
+            return Ok(());
+        }
+        for id in &ids {
             let dir = self.snapshot_dir(SnapshotId(*id));
             match fs::remove_dir_all(&dir) {
                 Ok(()) => {}
@@ -392,7 +425,18 @@ impl Snapshots {
                 Err(e) => return Err(CacheError::io("remove snapshot directory", &dir)(e)),
             }
         }
-        Ok(())
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn
+                .open_table(REMOVING)
+                .map_err(self.db.err("open removing"))?;
+            for id in &ids {
+                table
+                    .remove(*id)
+                    .map_err(self.db.err("clear the removal journal"))?;
+            }
+        }
+        self.db.commit(txn)
     }
 
     /// Mounts `lower` (top first) at `target`; with `upper` the mount is writable and changes

@@ -40,6 +40,10 @@ struct Cli {
         value_parser = parse_duration
     )]
     lock_timeout: Option<Duration>,
+    /// The config file (registry mirrors and settings, GC policy). Default:
+    /// /etc/kiln/kiln.toml as root, $XDG_CONFIG_HOME/kiln/kiln.toml otherwise, when it exists.
+    #[arg(long, env = "KILN_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -75,8 +79,13 @@ enum Command {
     Login(login::LoginArgs),
     /// Forget the credentials for a registry.
     Logout(login::LogoutArgs),
-    /// Remove build cache mounts (`RUN --mount=type=cache`) and unused snapshots and blobs.
-    Prune,
+    /// Remove build cache: by default every cache mount (`RUN --mount=type=cache`) and the
+    /// snapshots and blobs nothing uses; with options, cache results too, least recently used
+    /// first. Tagged images always stay whole.
+    Prune(PruneArgs),
+    /// The store as a whole.
+    #[command(subcommand)]
+    System(SystemCommand),
     /// Verify every blob of the store; drop corrupt blobs and the images and records that need
     /// them (exit code 1 when something was dropped).
     Check,
@@ -96,6 +105,46 @@ enum SetupCommand {
     /// with the `F` flag, so `RUN` steps and `kiln run` work for foreign platforms such as
     /// linux/arm64. Running it again changes nothing.
     Emulators,
+}
+
+#[derive(clap::Args)]
+struct PruneArgs {
+    /// Remove every cache result and cache mount.
+    #[arg(short, long)]
+    all: bool,
+    /// Keep this much build cache (e.g. `10GB`, `512MB`), removing the least recently used
+    /// results and cache mounts beyond it.
+    #[arg(long = "keep-storage", value_name = "SIZE", value_parser = parse_size)]
+    keep_storage: Option<u64>,
+    /// `until=DURATION` (e.g. `until=24h`): remove results and cache mounts unused for longer.
+    #[arg(long = "filter", value_name = "FILTER", value_parser = parse_prune_filter)]
+    filter: Vec<Duration>,
+}
+
+#[derive(Subcommand)]
+enum SystemCommand {
+    /// Show the store's disk usage by kind, as `du` counts it, and what `kiln prune --all`
+    /// would free.
+    Df {
+        /// Sizes in bytes instead of kB, MB, GB.
+        #[arg(long)]
+        bytes: bool,
+    },
+}
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    kiln_daemon::parse_size(s)
+        .ok_or_else(|| format!("`{s}` is not a size: write e.g. `10GB`, `512MB` or `1048576`"))
+}
+
+fn parse_prune_filter(s: &str) -> std::result::Result<Duration, String> {
+    let Some(d) = s.strip_prefix("until=") else {
+        return Err(format!(
+            "unknown filter `{s}`: kiln prune knows `until=DURATION`, e.g. `until=24h`"
+        ));
+    };
+    kiln_daemon::parse_duration(d)
+        .ok_or_else(|| format!("`{d}` is not a duration: write e.g. `24h`, `30m` or `7d`"))
 }
 
 #[derive(clap::Args)]
@@ -219,10 +268,13 @@ struct RunArgs {
     command: Vec<String>,
 }
 
-fn default_root() -> PathBuf {
+fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
-    let euid = unsafe { libc_geteuid() };
-    if euid == 0 {
+    unsafe { libc_geteuid() == 0 }
+}
+
+fn default_root() -> PathBuf {
+    if is_root() {
         return PathBuf::from("/var/lib/kiln");
     }
     if let Some(d) = std::env::var_os("XDG_DATA_HOME") {
@@ -305,7 +357,8 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         Command::Import { .. } => Some("kiln import"),
         Command::Pull(_) => Some("kiln pull"),
         Command::Push(_) => Some("kiln push"),
-        Command::Prune => Some("kiln prune"),
+        Command::Prune(_) => Some("kiln prune"),
+        Command::System(SystemCommand::Df { .. }) => Some("kiln system df"),
         Command::Check => Some("kiln check"),
         Command::Debug(d) if d.needs_store() => Some("kiln debug llb --resolve"),
         Command::Images { .. }
@@ -331,11 +384,17 @@ fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
         Some(d) if d.is_zero() => LockWait::Never,
         Some(d) => LockWait::AtMost(d),
     };
+    let config = kiln_daemon::Config::load(
+        cli.config.as_deref(),
+        &kiln_daemon::default_config_path(is_root()),
+    )?;
     let engine = Engine::open_locked(
         root,
         EngineOptions {
             jobs,
             insecure_registries: cli.insecure_registries.clone(),
+            registries: config.registries,
+            gc: config.gc,
         },
         wait,
         command,
@@ -433,12 +492,20 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
             println!("{digest}");
             Ok(0)
         }
-        Command::Prune => {
-            let r = engine.prune().await?;
-            println!(
-                "removed {} cache mounts, {} snapshots, {} blobs ({} bytes)",
-                r.cache_mounts, r.snapshots, r.blobs, r.blob_bytes
-            );
+        Command::Prune(p) => {
+            let r = engine
+                .prune(kiln_daemon::PruneOptions {
+                    all: p.all,
+                    keep_storage: p.keep_storage,
+                    unused_for: p.filter.into_iter().min(),
+                })
+                .await?;
+            println!("{}", prune_summary(&r));
+            Ok(0)
+        }
+        Command::System(SystemCommand::Df { bytes }) => {
+            let u = engine.disk_usage().await?;
+            print!("{}", df_table(&u, bytes));
             Ok(0)
         }
         Command::Check => {
@@ -510,6 +577,61 @@ fn setup_emulators() -> Result<i32> {
         binfmt.display()
     );
     Ok(0)
+}
+
+fn prune_summary(r: &kiln_daemon::PruneReport) -> String {
+    format!(
+        "removed {} cache mounts, {} cache results, {} snapshots, {} blobs ({} bytes); freed {}",
+        r.cache_mounts,
+        r.results,
+        r.snapshots,
+        r.blobs,
+        r.blob_bytes,
+        kiln_daemon::human_size(r.bytes_freed)
+    )
+}
+
+/// `kiln system df`, laid out as `docker system df`.
+fn df_table(u: &kiln_daemon::StoreUsage, bytes: bool) -> String {
+    let size = |n: u64| {
+        if bytes {
+            n.to_string()
+        } else {
+            kiln_daemon::human_size(n)
+        }
+    };
+    let mut out = format!(
+        "{:<14} {:>8} {:>14} {:>14}\n",
+        "TYPE", "TOTAL", "SIZE", "RECLAIMABLE"
+    );
+    for (name, k) in [
+        ("Images", u.images),
+        ("Build Cache", u.build_cache),
+        ("Cache Mounts", u.cache_mounts),
+    ] {
+        out += &format!(
+            "{name:<14} {:>8} {:>14} {:>14}\n",
+            k.count,
+            size(k.bytes),
+            size(k.reclaimable)
+        );
+    }
+    out += &format!(
+        "{:<14} {:>8} {:>14} {:>14}\n",
+        "Other",
+        "",
+        size(u.other),
+        size(0)
+    );
+    let reclaimable = u.build_cache.reclaimable + u.cache_mounts.reclaimable;
+    out += &format!(
+        "{:<14} {:>8} {:>14} {:>14}\n",
+        "Total",
+        "",
+        size(u.total),
+        size(reclaimable)
+    );
+    out
 }
 
 /// `kiln images`: reads the image layout without the store's lock, so it answers while a build
@@ -667,6 +789,11 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
             format!(", tagged {}", b.tags.join(", "))
         }
     );
+    if let Some(r) = &result.collected {
+        if r.results + r.snapshots + r.blobs + r.cache_mounts > 0 {
+            eprintln!("gc (config file `[gc]`): {}", prune_summary(r));
+        }
+    }
     if let Some(f) = b.iidfile {
         std::fs::write(&f, &result.manifest_digest)
             .with_context(|| format!("cannot write `{}`", f.display()))?;

@@ -216,7 +216,22 @@ impl RegistryGuard {
             .local_addr()
             .unwrap()
             .port();
-        let addr = format!("127.0.0.1:{port}");
+        Self::serve(dir, extra_config, format!("127.0.0.1:{port}"))
+    }
+
+    /// An empty registry on `addr`, a fixed loopback port the test owns (for config files that
+    /// must name it before it starts).
+    pub fn start_at(addr: &str) -> Self {
+        Self::start_at_with(addr, "")
+    }
+
+    /// [`RegistryGuard::start_at`] with lines added under the config's `http:` section (such
+    /// as `  tls:` with its certificate and key).
+    pub fn start_at_with(addr: &str, http_config: &str) -> Self {
+        Self::serve(tempfile::tempdir().unwrap(), http_config, addr.to_string())
+    }
+
+    fn serve(dir: tempfile::TempDir, extra_config: &str, addr: String) -> Self {
         let config = dir.path().join("config.yml");
         std::fs::write(
             &config,

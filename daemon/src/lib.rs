@@ -3,6 +3,7 @@
 //! service will wrap the same type.
 
 mod changes;
+mod config;
 mod context;
 mod debug;
 mod diskfull;
@@ -10,16 +11,20 @@ mod export;
 mod outputs;
 mod run;
 mod sandbox_opts;
+mod store_gc;
 mod transfer;
 
+pub use config::{default_config_path, parse_duration, Config, GcPolicy};
 pub use context::parse_build_context;
 pub use debug::{debug_llb, debug_llb_resolved, debug_parse};
+pub use kiln_cache::{human_size, parse_size, KindUsage, StoreUsage};
 pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
 pub use run::RunRequest;
-pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, PruneReport, Secrets};
+pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, Secrets};
+pub use store_gc::{PruneOptions, PruneReport};
 pub use transfer::{login, logout, PullOptions, PushReport};
 
 use anyhow::{bail, Context, Result};
@@ -37,12 +42,21 @@ pub struct EngineOptions {
     pub jobs: usize,
     /// Registries reachable over plain http besides loopback.
     pub insecure_registries: Vec<String>,
+    /// Per-registry settings from the config file (mirrors, http, TLS).
+    pub registries: std::collections::HashMap<String, kiln_registry::HostOptions>,
+    /// The config file's `[gc]`: collected after each build.
+    pub gc: GcPolicy,
 }
 
 /// The build engine. One per store root (the store holds an exclusive lock).
 pub struct Engine {
     store: Store,
     solver: Solver,
+    gc: GcPolicy,
+    /// Held shared by every build, run, pull and push, and exclusively by a collection: so GC
+    /// never runs while something of this engine may need what it would remove (other
+    /// processes are kept out by the store's lock).
+    busy: tokio::sync::RwLock<()>,
 }
 
 pub use kiln_exporter::Compression;
@@ -96,6 +110,8 @@ pub struct BuildResult {
     pub cached: usize,
     /// `Dockerfile:LINE: message` warnings from the frontend.
     pub warnings: Vec<String>,
+    /// What the config file's GC policy collected after the build, when it ran.
+    pub collected: Option<PruneReport>,
 }
 
 /// `kiln import`.
@@ -141,6 +157,7 @@ impl Engine {
         let registry = RegistryClient::new(ClientOptions {
             insecure_registries: opts.insecure_registries.clone(),
             user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
+            hosts: opts.registries.clone(),
             ..ClientOptions::default()
         })?;
         let jobs = if opts.jobs == 0 {
@@ -151,7 +168,12 @@ impl Engine {
             opts.jobs
         };
         let solver = Solver::new(store.clone(), registry, Platform::host(), jobs);
-        Ok(Engine { store, solver })
+        Ok(Engine {
+            store,
+            solver,
+            gc: opts.gc,
+            busy: tokio::sync::RwLock::new(()),
+        })
     }
 
     pub fn store(&self) -> &Store {
@@ -165,7 +187,53 @@ impl Engine {
 
     /// Builds a Dockerfile: compile, solve, export to the local store and any outputs. A build
     /// that stops on a full disk drops the cache results it recorded and says the disk is full.
+    /// Then, when the config file sets a GC policy and no other build of this engine runs, it
+    /// is applied (a failed build is collected after too; its error wins).
     pub async fn build(
+        &self,
+        req: BuildRequest,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<BuildResult> {
+        let busy = self.busy.read().await;
+        let built = self.build_recording_usage(req, progress).await;
+        drop(busy);
+        let collected = self.collect_after_build().await;
+        let mut built = built?;
+        built.collected = collected?;
+        Ok(built)
+    }
+
+    async fn build_recording_usage(
+        &self,
+        req: BuildRequest,
+        progress: Arc<dyn ProgressSink>,
+    ) -> Result<BuildResult> {
+        let built = self.build_cleaning_up(req, progress).await;
+        // The hits of this build make their results recently used for the next GC.
+        if let Err(e) = self.store.index().flush_usage() {
+            tracing::warn!("cannot record which cache results the build used: {e}");
+        }
+        built
+    }
+
+    /// The config file's GC policy, unless another build of this engine is running (the last
+    /// one to finish collects).
+    async fn collect_after_build(&self) -> Result<Option<PruneReport>> {
+        if !self.gc.is_set() {
+            return Ok(None);
+        }
+        let Ok(_alone) = self.busy.try_write() else {
+            return Ok(None);
+        };
+        let store = self.store.clone();
+        let opts = store_gc::policy_prune(&self.gc);
+        let report = tokio::task::spawn_blocking(move || store_gc::prune(&store, &opts))
+            .await?
+            .context("the GC policy of the config file (`[gc]`) failed after the build")?;
+        Ok(Some(report))
+    }
+
+    async fn build_cleaning_up(
         &self,
         req: BuildRequest,
         progress: Arc<dyn ProgressSink>,
@@ -283,6 +351,7 @@ impl Engine {
             executed: solved.executed,
             cached: solved.cached,
             warnings,
+            collected: None,
         })
     }
 
@@ -305,12 +374,14 @@ impl Engine {
 
     /// `kiln run`: runs an image's command in a sandbox; returns its exit code.
     pub async fn run(&self, req: RunRequest) -> Result<i32> {
+        let _busy = self.busy.read().await;
         run::run(&self.store, &self.solver, req).await
     }
 
     /// `kiln check`: hashes every blob of the store and drops the corrupt ones, the images and
     /// records that need a blob no longer stored, and snapshot records without a directory.
     pub async fn check(&self) -> Result<kiln_cache::CheckReport> {
+        let _alone = self.busy.write().await;
         let store = self.store.clone();
         let root = store.root().to_path_buf();
         tokio::task::spawn_blocking(move || store.check())
@@ -318,11 +389,24 @@ impl Engine {
             .with_context(|| format!("cannot check the store `{}`", root.display()))
     }
 
-    /// `kiln prune`: removes every `RUN --mount=type=cache` directory, then the snapshots and
-    /// blobs no cache result or image reaches.
-    pub async fn prune(&self) -> Result<PruneReport> {
+    /// `kiln prune`: drops cache results and `RUN --mount=type=cache` directories as `opts`
+    /// says (by default every cache mount and no result), then the snapshots and blobs no
+    /// cache result or image reaches. Waits for this engine's builds to finish.
+    pub async fn prune(&self, opts: PruneOptions) -> Result<PruneReport> {
+        let _alone = self.busy.write().await;
         let store = self.store.clone();
-        tokio::task::spawn_blocking(move || sandbox_opts::prune(&store)).await?
+        tokio::task::spawn_blocking(move || store_gc::prune(&store, &opts)).await?
+    }
+
+    /// `kiln system df`: the store's size by kind, as `du` measures it, with what `kiln prune
+    /// --all` would free.
+    pub async fn disk_usage(&self) -> Result<StoreUsage> {
+        let _alone = self.busy.write().await;
+        let store = self.store.clone();
+        let root = store.root().to_path_buf();
+        tokio::task::spawn_blocking(move || store.usage())
+            .await?
+            .with_context(|| format!("cannot measure the store `{}`", root.display()))
     }
 }
 

@@ -1,5 +1,5 @@
 //! Build options for the sandbox: `--secret`, `--ssh` and `--network` as the CLI writes them,
-//! parsed into what the solver takes; and `kiln prune`.
+//! parsed into what the solver takes.
 
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
@@ -94,31 +94,6 @@ pub fn parse_network(spec: &str) -> Result<bool> {
         "none" => Ok(true),
         other => bail!("unknown network `{other}`: use `default`, `host` or `none`"),
     }
-}
-
-/// What `kiln prune` removed.
-#[derive(Clone, Debug, Default)]
-pub struct PruneReport {
-    pub cache_mounts: usize,
-    pub snapshots: usize,
-    pub blobs: usize,
-    pub blob_bytes: u64,
-}
-
-pub(crate) fn prune(store: &kiln_cache::Store) -> Result<PruneReport> {
-    let cache_mounts = kiln_solver::prune_cache_mounts(store).with_context(|| {
-        format!(
-            "cannot remove the cache mounts under `{}`",
-            store.root().display()
-        )
-    })?;
-    let gc = store.gc(&kiln_cache::GcOptions::default())?;
-    Ok(PruneReport {
-        cache_mounts,
-        snapshots: gc.snapshots_removed.len(),
-        blobs: gc.blobs_removed.len(),
-        blob_bytes: gc.blob_bytes_freed,
-    })
 }
 
 #[cfg(test)]

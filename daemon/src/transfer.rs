@@ -54,6 +54,7 @@ impl Engine {
 
     /// [`Engine::pull`] with a platform and progress.
     pub async fn pull_with(&self, name: &str, opts: PullOptions) -> Result<String> {
+        let _busy = self.busy.read().await;
         if opts.all_platforms {
             anyhow::ensure!(
                 opts.platform.is_none(),
@@ -98,6 +99,7 @@ impl Engine {
         dest: Option<&str>,
         progress: Option<BlobProgress>,
     ) -> Result<PushReport> {
+        let _busy = self.busy.read().await;
         let local = normalize_name(name)?;
         let record = self.store.images().get(&local)?.with_context(|| {
             format!("no image `{local}` in the local store: build, import or pull it first (see `kiln images`)")

@@ -46,6 +46,9 @@ pub struct ClientOptions {
     /// Blobs larger than this are uploaded in chunks of this size (`PATCH`); smaller ones in
     /// one `PUT`.
     pub upload_chunk_size: u64,
+    /// Settings per registry (`host` or `host:port`, `docker.io` for Docker Hub), as
+    /// `buildkitd.toml`'s `[registry."HOST"]` sections give them.
+    pub hosts: HashMap<String, HostOptions>,
 }
 
 impl Default for ClientOptions {
@@ -54,8 +57,24 @@ impl Default for ClientOptions {
             insecure_registries: Vec::new(),
             user_agent: format!("kiln/{}", env!("CARGO_PKG_VERSION")),
             upload_chunk_size: 128 << 20,
+            hosts: HashMap::new(),
         }
     }
+}
+
+/// How to reach one registry.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostOptions {
+    /// Registries (`host` or `host:port`) asked first, in order, for what is pulled from this
+    /// one: the same repository path, e.g. `library/python` for `python:3.12`. The registry
+    /// itself is asked when no mirror answers. Pushes never go to a mirror.
+    pub mirrors: Vec<String>,
+    /// Speak plain http to it (loopback hosts always may).
+    pub plain_http: bool,
+    /// Accept its TLS certificate without verifying it.
+    pub insecure: bool,
+    /// PEM certificates of the authorities that sign its certificate, besides the system's.
+    pub ca_certs: Vec<Vec<u8>>,
 }
 
 /// What [`RegistryClient::push_blob`] did.
@@ -87,6 +106,11 @@ pub struct RegistryClient {
 
 struct Inner {
     http: reqwest::Client,
+    /// Clients of the registries with their own TLS settings (`insecure`, `ca`).
+    tls_clients: HashMap<String, reqwest::Client>,
+    hosts: HashMap<String, HostOptions>,
+    /// Mirrors that could not be reached: not asked again by this client.
+    dead_mirrors: Mutex<std::collections::HashSet<String>>,
     insecure: Vec<String>,
     credentials: Keychain,
     /// `(registry, scope)` → `Authorization` value that worked last time.
@@ -260,17 +284,48 @@ impl RegistryClient {
     }
 
     fn build(opts: ClientOptions, credentials: Keychain) -> Result<Self, RegistryError> {
-        let http = reqwest::Client::builder()
-            .user_agent(opts.user_agent.clone())
-            .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
-            .build()
-            .map_err(|e| RegistryError::ClientSetup {
-                detail: error_chain(&e),
-            })?;
+        let builder = || {
+            reqwest::Client::builder()
+                .user_agent(opts.user_agent.clone())
+                .connect_timeout(CONNECT_TIMEOUT)
+                .read_timeout(READ_TIMEOUT)
+        };
+        let setup = |e: reqwest::Error| RegistryError::ClientSetup {
+            detail: error_chain(&e),
+        };
+        let http = builder().build().map_err(setup)?;
+        let mut tls_clients = HashMap::new();
+        let mut hosts = HashMap::new();
+        for (host, o) in opts.hosts {
+            let host = auth::normalize_host(&host);
+            if o.insecure || !o.ca_certs.is_empty() {
+                let mut b = builder().danger_accept_invalid_certs(o.insecure);
+                for pem in &o.ca_certs {
+                    let not_pem = |detail: String| RegistryError::ClientSetup {
+                        detail: format!(
+                            "a `ca` file of registry `{host}` holds no PEM certificate{detail}: \
+                             give the CA certificate in PEM form (`-----BEGIN CERTIFICATE-----`)"
+                        ),
+                    };
+                    let certs = reqwest::Certificate::from_pem_bundle(pem)
+                        .map_err(|e| not_pem(format!(" ({})", error_chain(&e))))?;
+                    if certs.is_empty() {
+                        return Err(not_pem(String::new()));
+                    }
+                    for cert in certs {
+                        b = b.add_root_certificate(cert);
+                    }
+                }
+                tls_clients.insert(host.clone(), b.build().map_err(setup)?);
+            }
+            hosts.insert(host, o);
+        }
         Ok(RegistryClient {
             inner: Arc::new(Inner {
                 http,
+                tls_clients,
+                hosts,
+                dead_mirrors: Mutex::new(Default::default()),
                 insecure: opts.insecure_registries,
                 credentials,
                 auth_cache: Mutex::new(HashMap::new()),
@@ -280,9 +335,64 @@ impl RegistryClient {
         })
     }
 
+    /// Where a pull of `r` is tried, in order: its registry's mirrors (same repository and
+    /// tag or digest), then the registry itself.
+    fn pull_sources(&self, r: &Reference) -> Vec<Reference> {
+        let mut out: Vec<Reference> = self
+            .inner
+            .hosts
+            .get(&r.registry)
+            .map(|h| h.mirrors.as_slice())
+            .unwrap_or_default()
+            .iter()
+            .filter(|m| **m != r.registry && !self.mirror_is_dead(m))
+            .map(|m| Reference {
+                registry: m.clone(),
+                ..r.clone()
+            })
+            .collect();
+        out.push(r.clone());
+        out
+    }
+
+    fn mirror_is_dead(&self, mirror: &str) -> bool {
+        self.inner
+            .dead_mirrors
+            .lock()
+            .is_ok_and(|d| d.contains(mirror))
+    }
+
+    /// Notes a mirror's failure; one that cannot be connected to is skipped from now on, so a
+    /// mirror that is down costs its retries once, not once per blob.
+    fn mirror_failed(&self, mirror: &Reference, r: &Reference, e: &RegistryError) {
+        tracing::warn!(mirror = %mirror.registry, reference = %r, "mirror failed, trying the next source: {e}");
+        if matches!(e, RegistryError::Connection { .. }) {
+            if let Ok(mut d) = self.inner.dead_mirrors.lock() {
+                d.insert(mirror.registry.clone());
+            }
+        }
+    }
+
     /// Resolves a reference to one image manifest for `platform`, picking from an index when
-    /// the reference names one, and verifying every digest that is known in advance.
+    /// the reference names one, and verifying every digest that is known in advance. A
+    /// registry with mirrors is resolved through the first mirror that answers.
     pub async fn resolve(
+        &self,
+        r: &Reference,
+        platform: &Platform,
+    ) -> Result<ResolvedManifest, RegistryError> {
+        let sources = self.pull_sources(r);
+        let last = sources.len() - 1;
+        for (i, source) in sources.iter().enumerate() {
+            match self.resolve_at(source, platform).await {
+                Err(e) if i < last => self.mirror_failed(source, r, &e),
+                other => return other,
+            }
+        }
+        unreachable_sources(r)
+    }
+
+    async fn resolve_at(
         &self,
         r: &Reference,
         platform: &Platform,
@@ -355,6 +465,18 @@ impl RegistryClient {
     /// `r` is pinned to one). For copying whole multi-platform images; [`resolve`](Self::resolve)
     /// picks one platform.
     pub async fn fetch_manifest(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
+        let sources = self.pull_sources(r);
+        let last = sources.len() - 1;
+        for (i, source) in sources.iter().enumerate() {
+            match self.fetch_manifest_at(source).await {
+                Err(e) if i < last => self.mirror_failed(source, r, &e),
+                other => return other,
+            }
+        }
+        unreachable_sources(r)
+    }
+
+    async fn fetch_manifest_at(&self, r: &Reference) -> Result<FetchedManifest, RegistryError> {
         let (bytes, content_type) = self.get_manifest(r, r.manifest_ref()).await?;
         let digest = match &r.digest {
             Some(pinned) => {
@@ -396,6 +518,37 @@ impl RegistryClient {
         progress: Option<Progress>,
     ) -> Result<u64, RegistryError> {
         digest::validate(digest)?;
+        // A blob download cannot move to another source once bytes reached `dest`: a mirror
+        // is used for a blob when it says it has it.
+        let sources = self.pull_sources(r);
+        let last = sources.len() - 1;
+        for (i, source) in sources.iter().enumerate() {
+            if i == last {
+                return self
+                    .fetch_blob_at(source, digest, size, dest, progress)
+                    .await;
+            }
+            match self.head_blob(source, digest, Access::Pull, "pull").await {
+                Ok(true) => {
+                    return self
+                        .fetch_blob_at(source, digest, size, dest, progress)
+                        .await
+                }
+                Ok(false) => {}
+                Err(e) => self.mirror_failed(source, r, &e),
+            }
+        }
+        unreachable_sources(r)
+    }
+
+    async fn fetch_blob_at(
+        &self,
+        r: &Reference,
+        digest: &str,
+        size: Option<u64>,
+        dest: &mut (dyn AsyncWrite + Unpin + Send),
+        progress: Option<Progress>,
+    ) -> Result<u64, RegistryError> {
         let url = self.url(r, &format!("blobs/{digest}"))?;
         let mut hasher = Hasher::for_digest(digest);
         let mut written: u64 = 0;
@@ -893,8 +1046,17 @@ impl RegistryClient {
         Ok((bytes, content_type))
     }
 
-    /// `http` only for loopback hosts and the configured insecure registries.
+    /// `http` only for loopback hosts and the configured insecure registries; a registry given
+    /// TLS settings (`insecure`, `ca`) is spoken to over https, even on loopback.
     fn plain_http_allowed(&self, registry: &str) -> bool {
+        if let Some(h) = self.inner.hosts.get(registry) {
+            if h.plain_http {
+                return true;
+            }
+            if h.insecure || !h.ca_certs.is_empty() {
+                return false;
+            }
+        }
         let host = host_of(registry);
         let loopback = host == "localhost"
             || host
@@ -1102,10 +1264,12 @@ impl RegistryClient {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut rb = self
+            let http = self
                 .inner
-                .http
-                .request(call.method.clone(), call.url.clone());
+                .tls_clients
+                .get(&call.reference.registry)
+                .unwrap_or(&self.inner.http);
+            let mut rb = http.request(call.method.clone(), call.url.clone());
             for (k, v) in &call.headers {
                 rb = rb.header(k, v);
             }
@@ -1231,6 +1395,14 @@ impl RegistryClient {
             }
         }
     }
+}
+
+/// `pull_sources` always ends with the registry itself, so no loop above gets here.
+fn unreachable_sources<T>(r: &Reference) -> Result<T, RegistryError> {
+    Err(RegistryError::InvalidReference {
+        input: r.to_string(),
+        reason: "no registry to pull it from".to_string(),
+    })
 }
 
 fn host_of(registry: &str) -> &str {
@@ -1444,6 +1616,81 @@ mod upload_hash_tests {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pulls_try_mirrors_in_order_then_the_registry() {
+        let hub = HostOptions {
+            mirrors: vec![
+                "mirror-a:5000".into(),
+                "docker.io".into(),
+                "mirror-b".into(),
+            ],
+            ..HostOptions::default()
+        };
+        let plain = HostOptions {
+            plain_http: true,
+            ..HostOptions::default()
+        };
+        let c = RegistryClient::build(
+            ClientOptions {
+                hosts: HashMap::from([
+                    ("index.docker.io".to_string(), hub),
+                    ("mirror-b".to_string(), plain),
+                ]),
+                ..ClientOptions::default()
+            },
+            Keychain::new(Default::default()),
+        )
+        .unwrap();
+        let r = Reference::parse("python:3.12").unwrap();
+        let sources: Vec<String> = c.pull_sources(&r).iter().map(|s| s.to_string()).collect();
+        assert_eq!(
+            sources,
+            vec![
+                "mirror-a:5000/library/python:3.12",
+                "mirror-b/library/python:3.12",
+                "docker.io/library/python:3.12",
+            ]
+        );
+        assert_eq!(
+            c.url(&c.pull_sources(&r)[1], "manifests/3.12")
+                .unwrap()
+                .as_str(),
+            "http://mirror-b/v2/library/python/manifests/3.12"
+        );
+        // A mirror that cannot be reached is not asked again.
+        let e = RegistryError::Connection {
+            action: "pull".into(),
+            reference: r.to_string(),
+            host: "mirror-a:5000".into(),
+            attempts: 4,
+            detail: "refused".into(),
+        };
+        c.mirror_failed(&c.pull_sources(&r)[0], &r, &e);
+        assert_eq!(c.pull_sources(&r).len(), 2);
+        // Other registries have no mirrors.
+        let other = Reference::parse("ghcr.io/a/b:1").unwrap();
+        assert_eq!(c.pull_sources(&other), vec![other]);
+    }
+
+    #[test]
+    fn a_ca_that_is_not_pem_is_a_setup_error_naming_the_registry() {
+        let err = RegistryClient::build(
+            ClientOptions {
+                hosts: HashMap::from([(
+                    "reg.example:443".to_string(),
+                    HostOptions {
+                        ca_certs: vec![b"not a certificate".to_vec()],
+                        ..HostOptions::default()
+                    },
+                )]),
+                ..ClientOptions::default()
+            },
+            Keychain::new(Default::default()),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("reg.example:443"), "{err}");
+    }
 
     fn client(insecure: &[&str]) -> RegistryClient {
         RegistryClient::build(

@@ -3,10 +3,13 @@
 //!
 //! HTTP is done directly with reqwest (rustls): every blob transfer streams, existence checks
 //! are HEAD requests, and plain http is only used for loopback hosts and hosts the caller
-//! names in [`ClientOptions::insecure_registries`]. Credentials come from
-//! `~/.docker/config.json` (or `$DOCKER_CONFIG/config.json`): its `credHelpers` and `credsStore`
-//! (`docker-credential-*` programs), then its `auths`; [`store_login`] and [`erase_login`] write
-//! them back as `docker login`/`logout` do. Basic and Bearer token challenges are answered and
+//! names in [`ClientOptions::insecure_registries`] or marks `plain_http` in
+//! [`ClientOptions::hosts`], whose [`HostOptions`] also give a registry its mirrors (tried in
+//! order for pulls, then the registry itself), extra CA certificates or no TLS verification (a
+//! registry with either is spoken to over https, loopback too).
+//! Credentials come from `~/.docker/config.json` (or `$DOCKER_CONFIG/config.json`): its
+//! `credHelpers` and `credsStore` (`docker-credential-*` programs), then its `auths`;
+//! [`store_login`] and [`erase_login`] write them back as `docker login`/`logout` do. Basic and Bearer token challenges are answered and
 //! the answer cached per registry and scope; an identity token (user `<token>` from a helper, or
 //! `identitytoken` in `auths`) is sent to the token service as an OAuth2 refresh token.
 //! Connection errors, 5xx and 429 are retried (four attempts, honouring `Retry-After` in seconds
@@ -43,7 +46,7 @@ mod platform;
 mod reference;
 
 pub use auth::normalize_host as registry_host;
-pub use client::{ClientOptions, Progress, PushOptions, PushedBlob, RegistryClient};
+pub use client::{ClientOptions, HostOptions, Progress, PushOptions, PushedBlob, RegistryClient};
 pub use credentials::{erase_login, store_login, LoginStore};
 pub use error::RegistryError;
 pub use manifest::{
