@@ -108,7 +108,7 @@ impl Store {
         // 3. Blobs reached from images, kept snapshots' layers, meta digests and kept roots.
         let mut pending: Vec<Digest> = self
             .images()
-            .list()?
+            .list_all()?
             .into_iter()
             .map(|r| r.digest)
             .chain(opts.keep_blobs.iter().cloned())

@@ -1,6 +1,7 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
 mod debug;
+mod images;
 mod interrupt;
 mod login;
 mod progress;
@@ -61,11 +62,20 @@ enum Command {
         name: String,
     },
     /// List the images in the local store.
-    Images {
-        /// Only print image names.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Images(images::ImagesArgs),
+    /// Give an image another name: `kiln tag SOURCE TARGET`.
+    Tag(images::TagArgs),
+    /// Remove images (a name; the image with its last name).
+    Rmi(images::RmiArgs),
+    /// Show the history of an image.
+    History(images::HistoryArgs),
+    /// Write images to a docker-archive (`docker load` reads it).
+    Save(images::SaveArgs),
+    /// Load images from a docker-archive or OCI archive.
+    Load(images::LoadArgs),
+    /// Manage images: ls, inspect, rm, tag, history, save, load, prune.
+    #[command(subcommand)]
+    Image(images::ImageCommand),
     /// Pull an image from a registry into the local store.
     Pull(transfer::PullArgs),
     /// Log in to a registry (credentials go where `docker login` puts them).
@@ -153,7 +163,7 @@ struct BuildArgs {
     /// Exec steps to run at once (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
-    /// Write the image's manifest digest to this file.
+    /// Write the image ID (the config digest) to this file, as `docker build --iidfile` does.
     #[arg(long)]
     iidfile: Option<PathBuf>,
     /// The build context: a directory, or a git repository URL
@@ -285,7 +295,13 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         Command::Prune => Some("kiln prune"),
         Command::Check => Some("kiln check"),
         Command::Debug(d) if d.needs_store() => Some("kiln debug llb --resolve"),
-        Command::Images { .. } | Command::Login(_) | Command::Logout(_) | Command::Debug(_) => None,
+        Command::Tag(_) => Some("kiln tag"),
+        Command::Rmi(_) => Some("kiln rmi"),
+        Command::History(_) => Some("kiln history"),
+        Command::Save(_) => Some("kiln save"),
+        Command::Load(_) => Some("kiln load"),
+        Command::Image(c) => c.store_writer(),
+        Command::Images(_) | Command::Login(_) | Command::Logout(_) | Command::Debug(_) => None,
     }
 }
 
@@ -352,13 +368,29 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
     if let Command::Logout(a) = cli.command {
         return login::logout(a).await;
     }
-    if let Command::Images { quiet } = cli.command {
-        let root = cli.root.clone().unwrap_or_else(default_root);
-        return images(&root, quiet);
-    }
-    let engine = engine.context("no store was opened for this command")?;
+    let root = cli.root.clone().unwrap_or_else(default_root);
     match cli.command {
-        Command::Build(b) => build(&engine, b).await,
+        Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => images::list(&root, &a),
+        command => real_main_store(command, engine).await,
+    }
+}
+
+async fn real_main_store(command: Command, engine: Option<Engine>) -> Result<i32> {
+    let engine = engine.context("no store was opened for this command")?;
+    match command {
+        Command::Tag(a) => images::tag(&engine, a),
+        Command::Rmi(a) => images::rmi(&engine, a),
+        Command::History(a) => images::history(&engine, a),
+        Command::Save(a) => images::save(&engine, a).await,
+        Command::Load(a) => images::load(&engine, a).await,
+        Command::Image(c) => images::image(&engine, c).await,
+        other => store_command(&engine, other).await,
+    }
+}
+
+async fn store_command(engine: &Engine, command: Command) -> Result<i32> {
+    match command {
+        Command::Build(b) => build(engine, b).await,
         Command::Run(r) => {
             let network_none = match r.network.as_str() {
                 "host" | "default" => false,
@@ -437,36 +469,11 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
                 && r.snapshots_removed.is_empty();
             Ok(if clean { 0 } else { 1 })
         }
-        Command::Pull(p) => transfer::pull(&engine, p).await,
-        Command::Push(p) => transfer::push(&engine, p).await,
-        // Handled above, without the store's lock.
-        Command::Login(_) | Command::Logout(_) | Command::Debug(_) | Command::Images { .. } => {
-            Ok(0)
-        }
+        Command::Pull(p) => transfer::pull(engine, p).await,
+        Command::Push(p) => transfer::push(engine, p).await,
+        // Handled above.
+        _ => Ok(0),
     }
-}
-
-/// `kiln images`: reads the image layout without the store's lock, so it answers while a build
-/// runs.
-fn images(root: &Path, quiet: bool) -> Result<i32> {
-    let images = kiln_daemon::list_images(root)?;
-    if quiet {
-        for i in images {
-            println!("{}", i.name);
-        }
-    } else {
-        println!("{:<50} {:<20} {:<25}", "NAME", "DIGEST", "CREATED");
-        for i in images {
-            let short = i.digest.strip_prefix("sha256:").unwrap_or(&i.digest);
-            println!(
-                "{:<50} {:<20} {:<25}",
-                i.name,
-                &short[..short.len().min(12)],
-                i.created.unwrap_or_default()
-            );
-        }
-    }
-    Ok(0)
 }
 
 /// `--output` specs and the `--push` shortcut (the daemon parses BuildKit's syntax).
@@ -602,7 +609,8 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
         }
     );
     if let Some(f) = b.iidfile {
-        std::fs::write(&f, &result.manifest_digest)
+        // Docker's image ID: the config digest.
+        std::fs::write(&f, &result.config_digest)
             .with_context(|| format!("cannot write `{}`", f.display()))?;
     }
     if let Some(f) = &b.metadata_file {

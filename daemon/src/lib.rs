@@ -7,6 +7,8 @@ mod context;
 mod debug;
 mod diskfull;
 mod export;
+mod images;
+mod load;
 mod outputs;
 mod run;
 mod sandbox_opts;
@@ -14,10 +16,14 @@ mod transfer;
 
 pub use context::parse_build_context;
 pub use debug::{debug_llb, debug_llb_resolved, debug_parse};
+pub use images::{
+    all_images, familiar_parts, short_id, HistoryEntry, ImageFilter, ImageSummary, Removed,
+};
 pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
+pub use load::Loaded;
 pub use run::RunRequest;
 pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, PruneReport, Secrets};
 pub use transfer::{login, logout, PullOptions, PushReport};
@@ -294,7 +300,25 @@ impl Engine {
         Ok(image.manifest_digest)
     }
 
-    // `pull`, `push`: see transfer.rs.
+    /// `kiln load`: the images of a docker-archive or OCI archive (plain, gzip or zstd), read
+    /// from `input` (a file, or stdin for `-`).
+    pub async fn load_images(&self, input: &Path) -> Result<Vec<Loaded>> {
+        let store = self.store.clone();
+        let input = input.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if input == Path::new("-") {
+                load::load(&store, &mut std::io::stdin().lock())
+            } else {
+                let mut f = std::fs::File::open(&input)
+                    .with_context(|| format!("cannot open `{}`", input.display()))?;
+                load::load(&store, &mut f)
+            }
+            .with_context(|| format!("cannot load `{}`", input.display()))
+        })
+        .await?
+    }
+
+    // `pull`, `push`: see transfer.rs; `tag`, `rmi`, `inspect`, `history`, `save`: images.rs.
 
     /// `kiln run`: runs an image's command in a sandbox; returns its exit code.
     pub async fn run(&self, req: RunRequest) -> Result<i32> {
