@@ -1,6 +1,7 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
 mod debug;
+mod flags;
 mod images;
 mod interrupt;
 mod login;
@@ -48,7 +49,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Run a command in a new container from an image.
     Run(RunArgs),
     /// Make a single-layer image from a root filesystem directory or tar.
@@ -99,9 +100,15 @@ struct BuildArgs {
     /// Name (and tag) for the image; may be repeated.
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
-    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    /// The Dockerfile (default: CONTEXT/Dockerfile); `-` reads it from stdin.
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
+    /// Print only the image ID (the config digest) on stdout, and no progress.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Set a label on the image, KEY=VALUE (over the Dockerfile's `LABEL`); may be repeated.
+    #[arg(long = "label")]
+    labels: Vec<String>,
     /// A build argument, KEY=VALUE (or KEY to take it from the environment).
     #[arg(long = "build-arg")]
     build_args: Vec<String>,
@@ -166,8 +173,9 @@ struct BuildArgs {
     /// Write the image ID (the config digest) to this file, as `docker build --iidfile` does.
     #[arg(long)]
     iidfile: Option<PathBuf>,
-    /// The build context: a directory, or a git repository URL
-    /// (`https://host/repo.git#ref:subdir`, `git://...`, `git@host:repo.git`).
+    /// The build context: a directory, a git repository URL
+    /// (`https://host/repo.git#ref:subdir`, `git://...`, `git@host:repo.git`), or `-` for a
+    /// context tar (plain, gzip or zstd) or a lone Dockerfile on stdin.
     context: PathBuf,
 }
 
@@ -234,7 +242,7 @@ extern "C" {
 fn main() {
     // The sandbox is this same binary re-executed; it must not start any thread first.
     kiln_exec::sandbox_main_if_requested();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| flags::exit_on_parse_error(e));
     // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
     // with its store under $XDG_DATA_HOME/kiln.
     match kiln_exec::reexec_rootless_if_unprivileged() {
@@ -390,7 +398,7 @@ async fn real_main_store(command: Command, engine: Option<Engine>) -> Result<i32
 
 async fn store_command(engine: &Engine, command: Command) -> Result<i32> {
     match command {
-        Command::Build(b) => build(engine, b).await,
+        Command::Build(b) => build(engine, *b).await,
         Command::Run(r) => {
             let network_none = match r.network.as_str() {
                 "host" | "default" => false,
@@ -568,20 +576,73 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
         )?,
         pull: b.pull,
         platform: b.platform.clone(),
+        labels: b
+            .labels
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => bail!("`--label {l}` is not KEY=VALUE"),
+            })
+            .collect::<Result<_>>()?,
     })
 }
 
+/// `kiln build -` and `-f -`: stdin as the context or the Dockerfile; the returned input must
+/// outlive the build.
+fn stdin_input(
+    engine: &Engine,
+    b: &BuildArgs,
+    request: &mut BuildRequest,
+) -> Result<Option<kiln_daemon::StdinInput>> {
+    let dash = Path::new("-");
+    let file_dash = b.file.as_deref() == Some(dash);
+    if b.context != dash && !file_dash {
+        return Ok(None);
+    }
+    if b.context == dash && file_dash {
+        bail!("stdin cannot be both the context and the Dockerfile: give `-f` a file, or the context a directory");
+    }
+    let kind = if file_dash {
+        kiln_daemon::StdinKind::Dockerfile
+    } else {
+        kiln_daemon::StdinKind::ContextOrDockerfile
+    };
+    let input = engine.stdin_input(kind, &mut std::io::stdin().lock())?;
+    if b.context == dash {
+        request.context = input.context();
+    }
+    if let Some(f) = &input.dockerfile {
+        request.dockerfile = Some(f.clone());
+    }
+    Ok(Some(input))
+}
+
 async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
-    let request = build_request(&b)?;
-    let renderer = Arc::new(progress::Renderer::new(&b.progress)?);
+    let mut request = build_request(&b)?;
+    let _stdin = stdin_input(engine, &b, &mut request)?;
+    // `-q`: no progress at all; a failure still says which step failed and shows its output.
+    let renderer = if b.quiet {
+        None
+    } else {
+        Some(Arc::new(progress::Renderer::new(&b.progress)?))
+    };
+    let sink: Arc<dyn kiln_daemon::ProgressSink> = match &renderer {
+        Some(r) => r.clone(),
+        None => Arc::new(kiln_daemon::NoProgress),
+    };
+    let finish = || {
+        if let Some(r) = &renderer {
+            r.finish();
+        }
+    };
     let started = std::time::Instant::now();
-    let mut running = Box::pin(engine.build(request, renderer.clone()));
+    let mut running = Box::pin(engine.build(request, sink));
     let result = tokio::select! {
         biased;
         code = interrupt::signalled() => {
             // Dropping the build stops its steps (and reports them canceled) before the summary.
             drop(running);
-            renderer.finish();
+            finish();
             eprintln!(
                 "error: the build was interrupted: its running steps were stopped and nothing \
                  was recorded for them; run it again to continue"
@@ -591,23 +652,27 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
         r = &mut running => r,
     };
     drop(running);
-    renderer.finish();
+    finish();
     let result = result?;
     for w in &result.warnings {
         eprintln!("warning: {w}");
     }
-    eprintln!(
-        "built {} in {:.1}s ({} steps run, {} cached){}",
-        result.manifest_digest,
-        started.elapsed().as_secs_f64(),
-        result.executed,
-        result.cached,
-        if b.tags.is_empty() {
-            String::new()
-        } else {
-            format!(", tagged {}", b.tags.join(", "))
-        }
-    );
+    if b.quiet {
+        println!("{}", result.config_digest);
+    } else {
+        eprintln!(
+            "built {} in {:.1}s ({} steps run, {} cached){}",
+            result.manifest_digest,
+            started.elapsed().as_secs_f64(),
+            result.executed,
+            result.cached,
+            if b.tags.is_empty() {
+                String::new()
+            } else {
+                format!(", tagged {}", b.tags.join(", "))
+            }
+        );
+    }
     if let Some(f) = b.iidfile {
         // Docker's image ID: the config digest.
         std::fs::write(&f, &result.config_digest)

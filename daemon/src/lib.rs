@@ -12,6 +12,7 @@ mod load;
 mod outputs;
 mod run;
 mod sandbox_opts;
+mod stdin;
 mod transfer;
 
 pub use context::parse_build_context;
@@ -26,6 +27,7 @@ pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
 pub use load::Loaded;
 pub use run::RunRequest;
 pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, PruneReport, Secrets};
+pub use stdin::{StdinInput, StdinKind};
 pub use transfer::{login, logout, PullOptions, PushReport};
 
 use anyhow::{bail, Context, Result};
@@ -88,6 +90,8 @@ pub struct BuildRequest {
     /// `--platform os/arch[/variant]`: the platform to build for (default: this host's); picked
     /// from multi-platform base images and given to the Dockerfile as `TARGETPLATFORM` etc.
     pub platform: Option<String>,
+    /// `--label K=V`: labels set on the image config, over the Dockerfile's `LABEL`s.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a build produced.
@@ -265,10 +269,19 @@ impl Engine {
                 limits: req.limits,
             })
             .await?;
+        let mut image_config = compiled.image_config;
+        if !req.labels.is_empty() {
+            // As `docker build --label`: on the image only, so no step's cache key changes.
+            let mut config = image_config.config().clone().unwrap_or_default();
+            let mut labels = config.labels().clone().unwrap_or_default();
+            labels.extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            config.set_labels(Some(labels));
+            image_config.set_config(Some(config));
+        }
         let image = export::export_image(
             &self.store,
             &solved,
-            compiled.image_config,
+            image_config,
             &compiled.config_extras,
             outputs::source_date_epoch(&req.build_args)?,
         )
