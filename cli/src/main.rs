@@ -167,6 +167,15 @@ struct BuildArgs {
     /// Most processes (and threads) of each `RUN` step at once: 16384 by default, -1 for no limit.
     #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pids_limit: Option<String>,
+    /// Size of each `RUN` step's `/dev/shm`, e.g. `128m` (default 64m).
+    #[arg(long = "shm-size")]
+    shm_size: Option<String>,
+    /// An rlimit of each `RUN` step, NAME=SOFT[:HARD] (`nofile=1024:2048`); may be repeated.
+    #[arg(long = "ulimit")]
+    ulimits: Vec<String>,
+    /// A line for each `RUN` step's `/etc/hosts`, NAME:IP; may be repeated.
+    #[arg(long = "add-host")]
+    add_hosts: Vec<String>,
     /// Exec steps to run at once (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
@@ -569,11 +578,28 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
             .collect::<Result<_>>()?,
         network_none: kiln_daemon::parse_network(&b.network)?,
         runtime: b.runtime.parse()?,
-        limits: kiln_exec::Limits::parse(
-            b.memory.as_deref(),
-            b.cpus.as_deref(),
-            b.pids_limit.as_deref(),
-        )?,
+        limits: kiln_exec::Limits {
+            shm_size: b
+                .shm_size
+                .as_deref()
+                .map(kiln_exec::parse_shm_size)
+                .transpose()?,
+            ulimits: b
+                .ulimits
+                .iter()
+                .map(|u| kiln_exec::parse_ulimit(u))
+                .collect::<Result<_, _>>()?,
+            extra_hosts: b
+                .add_hosts
+                .iter()
+                .map(|h| kiln_exec::parse_add_host(h))
+                .collect::<Result<_, _>>()?,
+            ..kiln_exec::Limits::parse(
+                b.memory.as_deref(),
+                b.cpus.as_deref(),
+                b.pids_limit.as_deref(),
+            )?
+        },
         pull: b.pull,
         platform: b.platform.clone(),
         labels: b

@@ -210,3 +210,55 @@ fn a_failed_step_exits_1_as_docker_build_does() {
     assert_eq!(stdout(&out), "");
     assert!(stderr(&out).contains("exit 3"), "{}", stderr(&out));
 }
+
+#[test]
+fn add_host_shm_size_and_ulimit_reach_every_run_step() {
+    let k = Kiln::with_busybox();
+    let ctx = temp_context(
+        "kiln-sandbox-flags-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN grep db /etc/hosts > /hosts && df -k /dev/shm | tail -1 | awk '{print $2}' > /shm \
+             && ulimit -n > /nofile && ulimit -Hn >> /nofile\n",
+        )],
+    );
+    for runtime in runtimes() {
+        let tag = format!("flags-{runtime}");
+        let out = build(
+            &k,
+            ctx.path(),
+            &[
+                "--no-cache",
+                "--runtime",
+                runtime,
+                "-t",
+                &tag,
+                "--add-host",
+                "db:10.0.0.5",
+                "--shm-size",
+                "128m",
+                "--ulimit",
+                "nofile=100:200",
+            ],
+        );
+        assert_ok(&out, &format!("build with sandbox flags under {runtime}"));
+        let out = k.run(&["run", "--rm", &tag, "cat", "/hosts", "/shm", "/nofile"]);
+        assert_eq!(
+            stdout(&out),
+            "10.0.0.5\tdb\n131072\n100\n200\n",
+            "{runtime}"
+        );
+    }
+    // Bad values: one line naming the flag, before anything runs.
+    for (flag, value) in [
+        ("--ulimit", "files=1"),
+        ("--add-host", "db"),
+        ("--shm-size", "lots"),
+    ] {
+        let out = build(&k, ctx.path(), &[flag, value]);
+        assert_eq!(out.status.code(), Some(1), "{flag} {value}");
+        let err = stderr(&out);
+        assert!(err.contains(flag), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+    }
+}
