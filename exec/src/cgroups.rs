@@ -225,6 +225,18 @@ fn parse_cpus(value: &str) -> Result<u64, ExecError> {
     Ok((cpus * 1e9).round() as u64)
 }
 
+/// `--shm-size 128m`: bytes, above zero.
+pub fn parse_shm_size(value: &str) -> Result<u64, ExecError> {
+    match parse_size("--shm-size", value)? {
+        0 => Err(invalid(
+            "--shm-size",
+            value,
+            "give a size above zero, e.g. `128m`",
+        )),
+        n => Ok(n),
+    }
+}
+
 /// `--pids-limit`: a positive number; `-1` or `0` for none (Docker's meaning).
 fn parse_pids(value: &str) -> Result<i64, ExecError> {
     let n: i64 = value.trim().parse().map_err(|_| {
@@ -862,6 +874,12 @@ mod tests {
 
     fn mib(n: u64) -> u64 {
         n << 20
+    }
+
+    #[test]
+    fn shm_size_is_a_size_above_zero() {
+        assert_eq!(parse_shm_size("128m").unwrap(), 128 << 20);
+        assert!(parse_shm_size("0").is_err());
     }
 
     #[test]

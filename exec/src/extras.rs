@@ -4,7 +4,6 @@
 
 use oci_spec::runtime::{PosixRlimitBuilder, PosixRlimitType, Spec};
 
-use crate::cgroups::parse_size;
 use crate::ExecError;
 
 /// The spec annotation carrying `--add-host` entries to [`crate::etc`], one `IP\tNAME` a line.
@@ -96,18 +95,6 @@ pub fn parse_add_host(value: &str) -> Result<(String, String), ExecError> {
     Ok((name.to_string(), ip.to_string()))
 }
 
-/// `--shm-size 128m`: bytes, above zero.
-pub fn parse_shm_size(value: &str) -> Result<u64, ExecError> {
-    match parse_size("--shm-size", value)? {
-        0 => Err(invalid(
-            "--shm-size",
-            value,
-            "give a size above zero, e.g. `128m`",
-        )),
-        n => Ok(n),
-    }
-}
-
 /// Writes the `/dev/shm` size, the rlimits and the extra hosts into `spec`.
 pub(crate) fn apply(
     spec: &mut Spec,
@@ -195,8 +182,6 @@ mod tests {
             ("v6".into(), "::1".into())
         );
         assert!(parse_add_host("db:nowhere").is_err());
-        assert_eq!(parse_shm_size("128m").unwrap(), 128 << 20);
-        assert!(parse_shm_size("0").is_err());
     }
 
     #[test]

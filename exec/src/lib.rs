@@ -45,9 +45,9 @@ mod wire;
 
 use std::path::PathBuf;
 
-pub use cgroups::{format_size, parse_size, Limits, DEFAULT_PIDS_LIMIT};
+pub use cgroups::{format_size, parse_shm_size, parse_size, Limits, DEFAULT_PIDS_LIMIT};
 pub use error::ExecError;
-pub use extras::{parse_add_host, parse_shm_size, parse_ulimit, Ulimit};
+pub use extras::{parse_add_host, parse_ulimit, Ulimit};
 pub use oci::Runtime;
 pub use rootless::{
     has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged, rootless_store_dir,
