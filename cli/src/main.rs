@@ -57,6 +57,9 @@ enum Command {
         /// Apply a Dockerfile instruction to the image config (CMD, ENTRYPOINT, ENV, ...).
         #[arg(short = 'c', long = "change")]
         changes: Vec<String>,
+        /// The platform the files are for, os/arch[/variant] (default: this host's).
+        #[arg(long)]
+        platform: Option<String>,
         /// A directory or a tar file (plain, gzip or zstd).
         source: PathBuf,
         /// NAME[:TAG]
@@ -93,6 +96,17 @@ enum Command {
     Debug(debug::DebugCommand),
     /// Push a local image to a registry.
     Push(transfer::PushArgs),
+    /// Prepare this host for kiln (as root).
+    #[command(subcommand)]
+    Setup(SetupCommand),
+}
+
+#[derive(Subcommand)]
+enum SetupCommand {
+    /// Register QEMU's user-mode emulators (from Debian's `qemu-user-static`) with binfmt_misc,
+    /// with the `F` flag, so `RUN` steps and `kiln run` work for foreign platforms such as
+    /// linux/arm64. Running it again changes nothing.
+    Emulators,
 }
 
 #[derive(clap::Args)]
@@ -221,6 +235,10 @@ struct RunArgs {
     /// Most processes (and threads) of the container at once: 16384 by default, -1 for no limit.
     #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pids_limit: Option<String>,
+    /// The platform to run, os/arch[/variant]: picks it from a multi-platform image; a foreign
+    /// one runs through its emulator (`kiln setup emulators`).
+    #[arg(long)]
+    platform: Option<String>,
     /// The image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -253,8 +271,13 @@ fn main() {
     kiln_exec::sandbox_main_if_requested();
     let cli = Cli::try_parse().unwrap_or_else(|e| flags::exit_on_parse_error(e));
     // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
-    // with its store under $XDG_DATA_HOME/kiln.
-    match kiln_exec::reexec_rootless_if_unprivileged() {
+    // with its store under $XDG_DATA_HOME/kiln. Setting up the host needs no engine, and a
+    // user namespace's root could not do it anyway: it says to run as root instead.
+    let needs_engine = !matches!(cli.command, Command::Setup(_));
+    match needs_engine
+        .then(kiln_exec::reexec_rootless_if_unprivileged)
+        .unwrap_or(Ok(None))
+    {
         Ok(None) => {}
         Ok(Some(code)) => std::process::exit(code),
         Err(e) => {
@@ -318,7 +341,11 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         Command::Save(_) => Some("kiln save"),
         Command::Load(_) => Some("kiln load"),
         Command::Image(c) => c.store_writer(),
-        Command::Images(_) | Command::Login(_) | Command::Logout(_) | Command::Debug(_) => None,
+        Command::Images(_)
+        | Command::Login(_)
+        | Command::Logout(_)
+        | Command::Debug(_)
+        | Command::Setup(_) => None,
     }
 }
 
@@ -385,6 +412,10 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
     if let Command::Logout(a) = cli.command {
         return login::logout(a).await;
     }
+    // The host's set-up is not the store's business either.
+    if let Command::Setup(SetupCommand::Emulators) = cli.command {
+        return setup_emulators();
+    }
     let root = cli.root.clone().unwrap_or_else(default_root);
     match cli.command {
         Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => images::list(&root, &a),
@@ -430,11 +461,13 @@ async fn store_command(engine: &Engine, command: Command) -> Result<i32> {
                         r.cpus.as_deref(),
                         r.pids_limit.as_deref(),
                     )?,
+                    platform: r.platform,
                 })
                 .await
         }
         Command::Import {
             changes,
+            platform,
             source,
             name,
         } => {
@@ -443,6 +476,7 @@ async fn store_command(engine: &Engine, command: Command) -> Result<i32> {
                     source,
                     name,
                     changes,
+                    platform,
                 })
                 .await?;
             println!("{digest}");
@@ -491,6 +525,36 @@ async fn store_command(engine: &Engine, command: Command) -> Result<i32> {
         // Handled above.
         _ => Ok(0),
     }
+}
+
+/// `kiln setup emulators`: registers QEMU's handlers and says what it did with each.
+fn setup_emulators() -> Result<i32> {
+    let binfmt = Path::new(kiln_exec::BINFMT_MISC_DIR);
+    let done =
+        kiln_exec::register_qemu_handlers(Path::new(kiln_exec::QEMU_BINFMT_CONF_DIR), binfmt)
+            .context("`kiln setup emulators`")?;
+    for r in &done {
+        let what = match r.outcome {
+            kiln_exec::RegistrationOutcome::Registered => "registered",
+            kiln_exec::RegistrationOutcome::Replaced => "registered again (with the `F` flag)",
+            kiln_exec::RegistrationOutcome::AlreadyRegistered => "already registered",
+        };
+        println!(
+            "{}: {what}, interpreter `{}`",
+            r.handler,
+            r.interpreter.display()
+        );
+    }
+    let new = done
+        .iter()
+        .filter(|r| r.outcome != kiln_exec::RegistrationOutcome::AlreadyRegistered)
+        .count();
+    println!(
+        "{} emulators in `{}` ({new} newly registered)",
+        done.len(),
+        binfmt.display()
+    );
+    Ok(0)
 }
 
 /// `--output` specs and the `--push` shortcut (the daemon parses BuildKit's syntax).
