@@ -51,10 +51,16 @@ impl Store {
             .iter()
             .map(|(d, _)| d.clone())
             .collect();
-        for image in self.images().list()? {
+        for image in self.images().list_all()? {
             if let Some(missing) = self.first_missing(&image.digest, &corrupt)? {
-                self.images().remove(&image.name)?;
-                report.images_removed.push((image.name, missing));
+                if image.name.is_empty() {
+                    // A dangling image is reported by its manifest digest.
+                    self.images().remove_dangling(&image.digest)?;
+                    report.images_removed.push((image.digest, missing));
+                } else {
+                    self.images().remove(&image.name)?;
+                    report.images_removed.push((image.name, missing));
+                }
             }
         }
 

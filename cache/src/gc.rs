@@ -108,11 +108,11 @@ fn mtime_unix(p: &Path) -> Option<u64> {
 }
 
 impl Store {
-    /// Blobs reachable from tagged images (and the caller's kept blobs), with what they name.
+    /// Blobs reachable from images, named or dangling (and the caller's kept blobs), with what they name.
     pub(crate) fn image_blobs(&self, extra: &[Digest]) -> Result<HashSet<Digest>, CacheError> {
         let mut pending: Vec<Digest> = self
             .images()
-            .list()?
+            .list_all()?
             .into_iter()
             .map(|r| r.digest)
             .chain(extra.iter().cloned())

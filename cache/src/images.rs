@@ -1,5 +1,9 @@
 //! The local image store: an OCI image layout in `root/images` whose `blobs` is a symlink to the
 //! content store, so skopeo and umoci read it as it is. `index.json` is rewritten atomically.
+//!
+//! An image that lost its last name (its tag moved to another image, or it was built or loaded
+//! without one) stays as a *dangling* entry, a descriptor without the ref-name annotation, as
+//! Docker keeps `<none>` images until `image prune` or `rmi` removes them.
 
 use std::fs;
 use std::io;
@@ -18,7 +22,10 @@ pub const REF_NAME_ANNOTATION: &str = "org.opencontainers.image.ref.name";
 /// The annotation holding the image's creation time.
 pub const CREATED_ANNOTATION: &str = "org.opencontainers.image.created";
 
-/// One named image in the local store.
+/// The annotation that marks a dangling entry (an image without a name) as kiln's own.
+pub const DANGLING_ANNOTATION: &str = "io.kiln.image.dangling";
+
+/// One named image in the local store; a dangling image's `name` is empty.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// Full name, e.g. `docker.io/library/app:latest`.
@@ -100,10 +107,15 @@ impl ImageStore {
             .unwrap_or(&[])
     }
 
-    fn record(desc: &Value) -> Option<ImageRecord> {
+    fn record(desc: &Value, dangling: bool) -> Option<ImageRecord> {
         let ann = desc.get("annotations")?;
+        let name = match ann.get(REF_NAME_ANNOTATION) {
+            Some(n) => n.as_str()?.to_string(),
+            None if dangling && ann.get(DANGLING_ANNOTATION).is_some() => String::new(),
+            None => return None,
+        };
         Some(ImageRecord {
-            name: ann.get(REF_NAME_ANNOTATION)?.as_str()?.to_string(),
+            name,
             digest: desc.get("digest")?.as_str()?.to_string(),
             size: desc.get("size")?.as_u64()?,
             media_type: desc.get("mediaType")?.as_str()?.to_string(),
@@ -116,15 +128,23 @@ impl ImageStore {
 
     /// All named images, sorted by name.
     pub fn list(&self) -> Result<Vec<ImageRecord>, CacheError> {
-        Self::records(&self.load()?)
+        Self::records(&self.load()?, false)
     }
 
-    fn records(index: &Value) -> Result<Vec<ImageRecord>, CacheError> {
+    /// The named images and then the dangling ones (empty `name`), which also keep their blobs.
+    pub fn list_all(&self) -> Result<Vec<ImageRecord>, CacheError> {
+        Self::records(&self.load()?, true)
+    }
+
+    fn records(index: &Value, dangling: bool) -> Result<Vec<ImageRecord>, CacheError> {
         let mut out: Vec<ImageRecord> = Self::manifests(index)
             .iter()
-            .filter_map(Self::record)
+            .filter_map(|d| Self::record(d, dangling))
             .collect();
-        out.sort_by(|a, b| a.name.cmp(&b.name));
+        // Dangling images (empty names) sort last.
+        out.sort_by(|a, b| {
+            (a.name.is_empty(), &a.name, &a.digest).cmp(&(b.name.is_empty(), &b.name, &b.digest))
+        });
         Ok(out)
     }
 
@@ -135,7 +155,69 @@ impl ImageStore {
 
     /// Names an image, replacing any image of the same name. The manifest blob must already be
     /// in the content store, so the layout is always readable.
+    /// An image the name named before stays as a dangling image when no other name has it.
     pub fn put(&self, record: &ImageRecord) -> Result<(), CacheError> {
+        self.check_manifest(record)?;
+        if record.name.is_empty() {
+            return Err(CacheError::BadImage {
+                name: record.name.clone(),
+                reason:
+                    "the name is empty; give a full reference like `docker.io/library/app:latest`"
+                        .into(),
+            });
+        }
+        let desc = descriptor(record, Some(&record.name));
+        self.modify(|manifests| {
+            let replaced: Vec<Value> = manifests
+                .iter()
+                .filter(|d| has_name(d, &record.name))
+                .cloned()
+                .collect();
+            manifests.retain(|d| !has_name(d, &record.name));
+            // A name given to a dangling image takes the place of its dangling entry.
+            manifests.retain(|d| !(is_dangling(d) && digest_of(d) == Some(&record.digest)));
+            manifests.push(desc);
+            for old in replaced {
+                let Some(digest) = digest_of(&old).map(str::to_string) else {
+                    continue;
+                };
+                if !manifests.iter().any(|d| digest_of(d) == Some(&digest)) {
+                    manifests.push(dangling_descriptor(&old));
+                }
+            }
+            true
+        })
+        .map(|_| ())
+    }
+
+    /// Keeps an image that has no name (a build without `-t`, a loaded archive without tags) as
+    /// a dangling image, unless an entry already holds its manifest.
+    pub fn put_dangling(&self, record: &ImageRecord) -> Result<(), CacheError> {
+        self.check_manifest(record)?;
+        let desc = descriptor(record, None);
+        self.modify(|manifests| {
+            if manifests
+                .iter()
+                .any(|d| digest_of(d) == Some(&record.digest))
+            {
+                return false;
+            }
+            manifests.push(desc);
+            true
+        })
+        .map(|_| ())
+    }
+
+    /// Forgets a dangling image; `Ok(false)` when there was none with that manifest.
+    pub fn remove_dangling(&self, digest: &str) -> Result<bool, CacheError> {
+        self.modify(|manifests| {
+            let before = manifests.len();
+            manifests.retain(|d| !(is_dangling(d) && digest_of(d) == Some(digest)));
+            manifests.len() != before
+        })
+    }
+
+    fn check_manifest(&self, record: &ImageRecord) -> Result<(), CacheError> {
         validate_digest(&record.digest)?;
         if !self.content.has(&record.digest) {
             return Err(CacheError::BadImage {
@@ -146,31 +228,7 @@ impl ImageStore {
                 ),
             });
         }
-        if record.name.is_empty() {
-            return Err(CacheError::BadImage {
-                name: record.name.clone(),
-                reason:
-                    "the name is empty; give a full reference like `docker.io/library/app:latest`"
-                        .into(),
-            });
-        }
-        let mut ann = Map::new();
-        ann.insert(REF_NAME_ANNOTATION.into(), Value::from(record.name.clone()));
-        if let Some(c) = &record.created {
-            ann.insert(CREATED_ANNOTATION.into(), Value::from(c.clone()));
-        }
-        let desc = json!({
-            "mediaType": record.media_type,
-            "digest": record.digest,
-            "size": record.size,
-            "annotations": ann,
-        });
-        self.modify(|manifests| {
-            manifests.retain(|d| !has_name(d, &record.name));
-            manifests.push(desc);
-            true
-        })
-        .map(|_| ())
+        Ok(())
     }
 
     /// Removes the name; `Ok(false)` when no image had it. Blobs are left for GC.
@@ -203,7 +261,50 @@ impl ImageStore {
 
 /// The images of the OCI layout in `dir`, read without the store's lock (`kiln images`).
 pub(crate) fn list_layout(dir: &Path) -> Result<Vec<ImageRecord>, CacheError> {
-    ImageStore::records(&load_index(&dir.join("index.json"))?)
+    ImageStore::records(&load_index(&dir.join("index.json"))?, false)
+}
+
+/// [`list_layout`] with the dangling images (empty names) last.
+pub(crate) fn list_layout_all(dir: &Path) -> Result<Vec<ImageRecord>, CacheError> {
+    ImageStore::records(&load_index(&dir.join("index.json"))?, true)
+}
+
+/// The index entry of an image: named by `name`, or dangling without one.
+fn descriptor(record: &ImageRecord, name: Option<&str>) -> Value {
+    let mut ann = Map::new();
+    match name {
+        Some(n) => ann.insert(REF_NAME_ANNOTATION.into(), Value::from(n)),
+        None => ann.insert(DANGLING_ANNOTATION.into(), Value::from("true")),
+    };
+    if let Some(c) = &record.created {
+        ann.insert(CREATED_ANNOTATION.into(), Value::from(c.clone()));
+    }
+    json!({
+        "mediaType": record.media_type,
+        "digest": record.digest,
+        "size": record.size,
+        "annotations": ann,
+    })
+}
+
+/// A named entry made dangling: the same descriptor without its name.
+fn dangling_descriptor(named: &Value) -> Value {
+    let mut d = named.clone();
+    if let Some(ann) = d.get_mut("annotations").and_then(Value::as_object_mut) {
+        ann.remove(REF_NAME_ANNOTATION);
+        ann.insert(DANGLING_ANNOTATION.into(), Value::from("true"));
+    }
+    d
+}
+
+fn is_dangling(desc: &Value) -> bool {
+    desc.get("annotations")
+        .and_then(|a| a.get(DANGLING_ANNOTATION))
+        .is_some()
+}
+
+fn digest_of(desc: &Value) -> Option<&str> {
+    desc.get("digest").and_then(Value::as_str)
 }
 
 /// Reads an `index.json`; a missing one is empty.

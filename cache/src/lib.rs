@@ -37,7 +37,9 @@ pub use digest::{validate_digest, Digest};
 pub use du::{human_size, parse_size};
 pub use error::{CacheError, LockHolder};
 pub use gc::{GcOptions, GcReport, CACHE_MOUNTS_DIR};
-pub use images::{ImageRecord, ImageStore, CREATED_ANNOTATION, REF_NAME_ANNOTATION};
+pub use images::{
+    ImageRecord, ImageStore, CREATED_ANNOTATION, DANGLING_ANNOTATION, REF_NAME_ANNOTATION,
+};
 pub use index::{CacheIndex, CachedResult, SnapshotId};
 pub use lock::LockWait;
 pub use mount::MountGuard;
@@ -185,6 +187,11 @@ impl Store {
 /// version of it. A store that does not exist yet has no images.
 pub fn read_images(root: &Path) -> Result<Vec<ImageRecord>, CacheError> {
     images::list_layout(&root.join("images"))
+}
+
+/// [`read_images`] with the dangling images (empty names) after the named ones.
+pub fn read_all_images(root: &Path) -> Result<Vec<ImageRecord>, CacheError> {
+    images::list_layout_all(&root.join("images"))
 }
 
 /// Makes the store root `0700` (an existing one too) and takes write access for others away from

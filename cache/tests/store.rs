@@ -84,7 +84,8 @@ fn put_image(store: &Store, name: &str) -> ImageRecord {
     let config = serde_json::json!({
         "architecture": "amd64",
         "os": "linux",
-        "config": {"Cmd": ["/bin/sh"]},
+        // Each name its own image, so that moving a name leaves one behind.
+        "config": {"Cmd": ["/bin/sh"], "Labels": {"kiln.test.name": name}},
         "rootfs": {"type": "layers", "diff_ids": [layer_digest]},
     });
     let (config_digest, config_size) = cs.put_bytes(config.to_string().as_bytes()).unwrap();
@@ -131,13 +132,19 @@ fn image_store_round_trip() {
     };
     images.put(&newer).unwrap();
     assert_eq!(images.list().unwrap().len(), 2);
-    assert_eq!(images.get(&app.name).unwrap(), Some(newer));
+    assert_eq!(images.get(&app.name).unwrap(), Some(newer.clone()));
+    // The image the name left has no other name: it stays, dangling, as `docker build` leaves
+    // a `<none>` image behind.
+    let all = images.list_all().unwrap();
+    assert_eq!(all.len(), 3);
+    assert_eq!(all[2].name, "");
+    assert_eq!(all[2].digest, app.digest);
 
     // The index on disk is a plain OCI index with the ref-name annotation.
     let index: serde_json::Value =
         serde_json::from_slice(&fs::read(images.layout_dir().join("index.json")).unwrap()).unwrap();
     assert_eq!(index["schemaVersion"], 2);
-    assert_eq!(index["manifests"].as_array().unwrap().len(), 2);
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 3);
     assert!(index["manifests"]
         .as_array()
         .unwrap()
@@ -174,6 +181,56 @@ fn image_store_round_trip() {
             ..missing
         })
         .is_err());
+}
+
+#[test]
+fn dangling_images_are_kept_until_named_or_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let images = store.images();
+    let app = put_image(&store, "docker.io/library/app:1");
+    let dangling = ImageRecord {
+        name: String::new(),
+        ..app.clone()
+    };
+    // Already named: no second entry.
+    images.put_dangling(&dangling).unwrap();
+    assert_eq!(images.list_all().unwrap(), vec![app.clone()]);
+    // Its last name removed, the image is gone (as `docker rmi` deletes an image with one tag).
+    assert!(images.remove(&app.name).unwrap());
+    assert!(images.list_all().unwrap().is_empty());
+    images.put_dangling(&dangling).unwrap();
+    images.put_dangling(&dangling).unwrap();
+    assert_eq!(images.list_all().unwrap(), vec![dangling.clone()]);
+    assert!(images.list().unwrap().is_empty());
+    // Naming it again replaces the dangling entry.
+    images.put(&app).unwrap();
+    assert_eq!(images.list_all().unwrap(), vec![app.clone()]);
+    images.remove(&app.name).unwrap();
+    images.put_dangling(&dangling).unwrap();
+    assert!(images.remove_dangling(&app.digest).unwrap());
+    assert!(!images.remove_dangling(&app.digest).unwrap());
+    assert!(images.list_all().unwrap().is_empty());
+    // A retag where another name keeps the image leaves nothing dangling.
+    images.put(&app).unwrap();
+    images
+        .put(&ImageRecord {
+            name: "docker.io/library/app:2".into(),
+            ..app.clone()
+        })
+        .unwrap();
+    let other = put_image(&store, "docker.io/library/other:1");
+    images
+        .put(&ImageRecord {
+            name: app.name.clone(),
+            ..other.clone()
+        })
+        .unwrap();
+    assert!(images
+        .list_all()
+        .unwrap()
+        .iter()
+        .all(|r| !r.name.is_empty()));
 }
 
 #[test]

@@ -1,6 +1,8 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
 mod debug;
+mod flags;
+mod images;
 mod interrupt;
 mod login;
 mod progress;
@@ -51,7 +53,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile.
-    Build(BuildArgs),
+    Build(Box<BuildArgs>),
     /// Run a command in a new container from an image.
     Run(RunArgs),
     /// Make a single-layer image from a root filesystem directory or tar.
@@ -68,11 +70,20 @@ enum Command {
         name: String,
     },
     /// List the images in the local store.
-    Images {
-        /// Only print image names.
-        #[arg(short, long)]
-        quiet: bool,
-    },
+    Images(images::ImagesArgs),
+    /// Give an image another name: `kiln tag SOURCE TARGET`.
+    Tag(images::TagArgs),
+    /// Remove images (a name; the image with its last name).
+    Rmi(images::RmiArgs),
+    /// Show the history of an image.
+    History(images::HistoryArgs),
+    /// Write images to a docker-archive (`docker load` reads it).
+    Save(images::SaveArgs),
+    /// Load images from a docker-archive or OCI archive.
+    Load(images::LoadArgs),
+    /// Manage images: ls, inspect, rm, tag, history, save, load, prune.
+    #[command(subcommand)]
+    Image(images::ImageCommand),
     /// Pull an image from a registry into the local store.
     Pull(transfer::PullArgs),
     /// Log in to a registry (credentials go where `docker login` puts them).
@@ -152,9 +163,15 @@ struct BuildArgs {
     /// Name (and tag) for the image; may be repeated.
     #[arg(short = 't', long = "tag")]
     tags: Vec<String>,
-    /// The Dockerfile (default: CONTEXT/Dockerfile).
+    /// The Dockerfile (default: CONTEXT/Dockerfile); `-` reads it from stdin.
     #[arg(short = 'f', long = "file")]
     file: Option<PathBuf>,
+    /// Print only the image ID (the config digest) on stdout, and no progress.
+    #[arg(short = 'q', long)]
+    quiet: bool,
+    /// Set a label on the image, KEY=VALUE (over the Dockerfile's `LABEL`); may be repeated.
+    #[arg(long = "label")]
+    labels: Vec<String>,
     /// A build argument, KEY=VALUE (or KEY to take it from the environment).
     #[arg(long = "build-arg")]
     build_args: Vec<String>,
@@ -213,14 +230,24 @@ struct BuildArgs {
     /// Most processes (and threads) of each `RUN` step at once: 16384 by default, -1 for no limit.
     #[arg(long = "pids-limit", allow_hyphen_values = true)]
     pids_limit: Option<String>,
+    /// Size of each `RUN` step's `/dev/shm`, e.g. `128m` (default 64m).
+    #[arg(long = "shm-size")]
+    shm_size: Option<String>,
+    /// An rlimit of each `RUN` step, NAME=SOFT[:HARD] (`nofile=1024:2048`); may be repeated.
+    #[arg(long = "ulimit")]
+    ulimits: Vec<String>,
+    /// A line for each `RUN` step's `/etc/hosts`, NAME:IP; may be repeated.
+    #[arg(long = "add-host")]
+    add_hosts: Vec<String>,
     /// Exec steps to run at once (default: number of CPUs).
     #[arg(long, default_value_t = 0)]
     jobs: usize,
-    /// Write the image's manifest digest to this file.
+    /// Write the image ID (the config digest) to this file, as `docker build --iidfile` does.
     #[arg(long)]
     iidfile: Option<PathBuf>,
-    /// The build context: a directory, or a git repository URL
-    /// (`https://host/repo.git#ref:subdir`, `git://...`, `git@host:repo.git`).
+    /// The build context: a directory, a git repository URL
+    /// (`https://host/repo.git#ref:subdir`, `git://...`, `git@host:repo.git`), or `-` for a
+    /// context tar (plain, gzip or zstd) or a lone Dockerfile on stdin.
     context: PathBuf,
 }
 
@@ -294,7 +321,7 @@ extern "C" {
 fn main() {
     // The sandbox is this same binary re-executed; it must not start any thread first.
     kiln_exec::sandbox_main_if_requested();
-    let cli = Cli::parse();
+    let cli = Cli::try_parse().unwrap_or_else(|e| flags::exit_on_parse_error(e));
     // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
     // with its store under $XDG_DATA_HOME/kiln. Setting up the host needs no engine, and a
     // user namespace's root could not do it anyway: it says to run as root instead.
@@ -361,7 +388,13 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         Command::System(SystemCommand::Df { .. }) => Some("kiln system df"),
         Command::Check => Some("kiln check"),
         Command::Debug(d) if d.needs_store() => Some("kiln debug llb --resolve"),
-        Command::Images { .. }
+        Command::Tag(_) => Some("kiln tag"),
+        Command::Rmi(_) => Some("kiln rmi"),
+        Command::History(_) => Some("kiln history"),
+        Command::Save(_) => Some("kiln save"),
+        Command::Load(_) => Some("kiln load"),
+        Command::Image(c) => c.store_writer(),
+        Command::Images(_)
         | Command::Login(_)
         | Command::Logout(_)
         | Command::Debug(_)
@@ -442,13 +475,29 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
     if let Command::Setup(SetupCommand::Emulators) = cli.command {
         return setup_emulators();
     }
-    if let Command::Images { quiet } = cli.command {
-        let root = cli.root.clone().unwrap_or_else(default_root);
-        return images(&root, quiet);
-    }
-    let engine = engine.context("no store was opened for this command")?;
+    let root = cli.root.clone().unwrap_or_else(default_root);
     match cli.command {
-        Command::Build(b) => build(&engine, b).await,
+        Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => images::list(&root, &a),
+        command => real_main_store(command, engine).await,
+    }
+}
+
+async fn real_main_store(command: Command, engine: Option<Engine>) -> Result<i32> {
+    let engine = engine.context("no store was opened for this command")?;
+    match command {
+        Command::Tag(a) => images::tag(&engine, a),
+        Command::Rmi(a) => images::rmi(&engine, a),
+        Command::History(a) => images::history(&engine, a),
+        Command::Save(a) => images::save(&engine, a).await,
+        Command::Load(a) => images::load(&engine, a).await,
+        Command::Image(c) => images::image(&engine, c).await,
+        other => store_command(&engine, other).await,
+    }
+}
+
+async fn store_command(engine: &Engine, command: Command) -> Result<i32> {
+    match command {
+        Command::Build(b) => build(engine, *b).await,
         Command::Run(r) => {
             let network_none = match r.network.as_str() {
                 "host" | "default" => false,
@@ -538,14 +587,10 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
                 && r.snapshots_removed.is_empty();
             Ok(if clean { 0 } else { 1 })
         }
-        Command::Pull(p) => transfer::pull(&engine, p).await,
-        Command::Push(p) => transfer::push(&engine, p).await,
-        // Handled above, without the store's lock.
-        Command::Login(_)
-        | Command::Logout(_)
-        | Command::Debug(_)
-        | Command::Images { .. }
-        | Command::Setup(_) => Ok(0),
+        Command::Pull(p) => transfer::pull(engine, p).await,
+        Command::Push(p) => transfer::push(engine, p).await,
+        // Handled above.
+        _ => Ok(0),
     }
 }
 
@@ -634,29 +679,6 @@ fn df_table(u: &kiln_daemon::StoreUsage, bytes: bool) -> String {
     out
 }
 
-/// `kiln images`: reads the image layout without the store's lock, so it answers while a build
-/// runs.
-fn images(root: &Path, quiet: bool) -> Result<i32> {
-    let images = kiln_daemon::list_images(root)?;
-    if quiet {
-        for i in images {
-            println!("{}", i.name);
-        }
-    } else {
-        println!("{:<50} {:<20} {:<25}", "NAME", "DIGEST", "CREATED");
-        for i in images {
-            let short = i.digest.strip_prefix("sha256:").unwrap_or(&i.digest);
-            println!(
-                "{:<50} {:<20} {:<25}",
-                i.name,
-                &short[..short.len().min(12)],
-                i.created.unwrap_or_default()
-            );
-        }
-    }
-    Ok(0)
-}
-
 /// `--output` specs and the `--push` shortcut (the daemon parses BuildKit's syntax).
 fn parse_outputs(b: &BuildArgs) -> Result<Vec<OutputSpec>> {
     let mut outputs = b
@@ -742,27 +764,97 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
             .collect::<Result<_>>()?,
         network_none: kiln_daemon::parse_network(&b.network)?,
         runtime: b.runtime.parse()?,
-        limits: kiln_exec::Limits::parse(
-            b.memory.as_deref(),
-            b.cpus.as_deref(),
-            b.pids_limit.as_deref(),
-        )?,
+        limits: kiln_exec::Limits {
+            shm_size: b
+                .shm_size
+                .as_deref()
+                .map(kiln_exec::parse_shm_size)
+                .transpose()?,
+            ulimits: b
+                .ulimits
+                .iter()
+                .map(|u| kiln_exec::parse_ulimit(u))
+                .collect::<Result<_, _>>()?,
+            extra_hosts: b
+                .add_hosts
+                .iter()
+                .map(|h| kiln_exec::parse_add_host(h))
+                .collect::<Result<_, _>>()?,
+            ..kiln_exec::Limits::parse(
+                b.memory.as_deref(),
+                b.cpus.as_deref(),
+                b.pids_limit.as_deref(),
+            )?
+        },
         pull: b.pull,
         platform: b.platform.clone(),
+        labels: b
+            .labels
+            .iter()
+            .map(|l| match l.split_once('=') {
+                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+                _ => bail!("`--label {l}` is not KEY=VALUE"),
+            })
+            .collect::<Result<_>>()?,
     })
 }
 
+/// `kiln build -` and `-f -`: stdin as the context or the Dockerfile; the returned input must
+/// outlive the build.
+fn stdin_input(
+    engine: &Engine,
+    b: &BuildArgs,
+    request: &mut BuildRequest,
+) -> Result<Option<kiln_daemon::StdinInput>> {
+    let dash = Path::new("-");
+    let file_dash = b.file.as_deref() == Some(dash);
+    if b.context != dash && !file_dash {
+        return Ok(None);
+    }
+    if b.context == dash && file_dash {
+        bail!("stdin cannot be both the context and the Dockerfile: give `-f` a file, or the context a directory");
+    }
+    let kind = if file_dash {
+        kiln_daemon::StdinKind::Dockerfile
+    } else {
+        kiln_daemon::StdinKind::ContextOrDockerfile
+    };
+    let input = engine.stdin_input(kind, &mut std::io::stdin().lock())?;
+    if b.context == dash {
+        request.context = input.context();
+    }
+    if let Some(f) = &input.dockerfile {
+        request.dockerfile = Some(f.clone());
+    }
+    Ok(Some(input))
+}
+
 async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
-    let request = build_request(&b)?;
-    let renderer = Arc::new(progress::Renderer::new(&b.progress)?);
+    let mut request = build_request(&b)?;
+    let _stdin = stdin_input(engine, &b, &mut request)?;
+    // `-q`: no progress at all; a failure still says which step failed and shows its output.
+    let renderer = if b.quiet {
+        None
+    } else {
+        Some(Arc::new(progress::Renderer::new(&b.progress)?))
+    };
+    let sink: Arc<dyn kiln_daemon::ProgressSink> = match &renderer {
+        Some(r) => r.clone(),
+        None => Arc::new(kiln_daemon::NoProgress),
+    };
+    let finish = || {
+        if let Some(r) = &renderer {
+            r.finish();
+        }
+    };
     let started = std::time::Instant::now();
-    let mut running = Box::pin(engine.build(request, renderer.clone()));
+    let mut running = Box::pin(engine.build(request, sink));
     let result = tokio::select! {
         biased;
         code = interrupt::signalled() => {
             // Dropping the build stops its steps (and reports them canceled) before the summary.
             drop(running);
-            renderer.finish();
+            finish();
             eprintln!(
                 "error: the build was interrupted: its running steps were stopped and nothing \
                  was recorded for them; run it again to continue"
@@ -772,30 +864,35 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
         r = &mut running => r,
     };
     drop(running);
-    renderer.finish();
+    finish();
     let result = result?;
     for w in &result.warnings {
         eprintln!("warning: {w}");
     }
-    eprintln!(
-        "built {} in {:.1}s ({} steps run, {} cached){}",
-        result.manifest_digest,
-        started.elapsed().as_secs_f64(),
-        result.executed,
-        result.cached,
-        if b.tags.is_empty() {
-            String::new()
-        } else {
-            format!(", tagged {}", b.tags.join(", "))
-        }
-    );
+    if b.quiet {
+        println!("{}", result.config_digest);
+    } else {
+        eprintln!(
+            "built {} in {:.1}s ({} steps run, {} cached){}",
+            result.manifest_digest,
+            started.elapsed().as_secs_f64(),
+            result.executed,
+            result.cached,
+            if b.tags.is_empty() {
+                String::new()
+            } else {
+                format!(", tagged {}", b.tags.join(", "))
+            }
+        );
+    }
     if let Some(r) = &result.collected {
         if r.results + r.snapshots + r.blobs + r.cache_mounts > 0 {
             eprintln!("gc (config file `[gc]`): {}", prune_summary(r));
         }
     }
     if let Some(f) = b.iidfile {
-        std::fs::write(&f, &result.manifest_digest)
+        // Docker's image ID: the config digest.
+        std::fs::write(&f, &result.config_digest)
             .with_context(|| format!("cannot write `{}`", f.display()))?;
     }
     if let Some(f) = &b.metadata_file {

@@ -337,6 +337,50 @@ fn json(elapsed: Duration, event: &Event) {
     let _ = writeln!(std::io::stderr().lock(), "{v}");
 }
 
+/// The terminal's width in columns (80 when it cannot be told).
+fn term_width() -> usize {
+    let (_, cols) = console::Term::stderr().size();
+    if cols == 0 {
+        80
+    } else {
+        usize::from(cols)
+    }
+}
+
+/// Columns a running step's line spends before its text: spinner, `[ 12s]`, spaces.
+const RUNNING_LEAD: usize = 10;
+/// The least of a step's name kept when its output needs the room.
+const MIN_NAME: usize = 16;
+
+/// A line cut to `width` columns with `…`, instead of wrapping.
+fn cut(line: &str, width: usize) -> String {
+    if console::measure_text_width(line) <= width {
+        return line.to_string();
+    }
+    console::truncate_str(line, width, "…").into_owned()
+}
+
+/// A running step's line, `name  output`, in `width` columns: the name (the command) is cut
+/// first, down to [`MIN_NAME`] columns, so the last output line stays readable; only then is
+/// the output cut.
+fn running_line(name: &str, output: &str, width: usize) -> String {
+    let avail = width.saturating_sub(RUNNING_LEAD).max(MIN_NAME + 2);
+    let (nw, ow) = (
+        console::measure_text_width(name),
+        console::measure_text_width(output),
+    );
+    if output.is_empty() {
+        return cut(name, avail);
+    }
+    if nw + 2 + ow <= avail {
+        return format!("{name}  {output}");
+    }
+    let name_room = avail.saturating_sub(ow + 2).max(MIN_NAME.min(nw));
+    let name = cut(name, name_room);
+    let out_room = avail.saturating_sub(console::measure_text_width(&name) + 2);
+    format!("{name}  {}", cut(output, out_room))
+}
+
 fn tty(st: &mut State, event: &Event) {
     let summary = format!(
         "({} steps, {} cached, {} done{})",
@@ -359,15 +403,19 @@ fn tty(st: &mut State, event: &Event) {
                 .multi
                 .insert_before(&t.summary, ProgressBar::new_spinner());
             bar.set_style(
-                ProgressStyle::with_template("{spinner} [{elapsed:>4}] {prefix} {wide_msg:.dim}")
+                ProgressStyle::with_template("{spinner} [{elapsed:>4}] {msg}")
                     .unwrap_or_else(|_| ProgressStyle::default_spinner()),
             );
-            bar.set_prefix(format!("#{vertex} {name}"));
+            let prefix = format!("#{vertex} {name}");
+            bar.set_message(running_line(&prefix, "", term_width()));
+            bar.set_prefix(prefix);
             bar.enable_steady_tick(Duration::from_millis(100));
             t.bars.insert(*vertex, bar);
         }
         Event::Cached { vertex, name } => {
-            let _ = t.multi.println(format!("CACHED #{vertex} {name}"));
+            let _ = t
+                .multi
+                .println(cut(&format!("CACHED #{vertex} {name}"), term_width()));
         }
         Event::Done {
             vertex,
@@ -377,19 +425,21 @@ fn tty(st: &mut State, event: &Event) {
             if let Some(b) = t.bars.remove(vertex) {
                 b.finish_and_clear();
             }
-            let _ = t.multi.println(format!(
-                "DONE {:>5.1}s #{vertex} {name}",
-                elapsed.as_secs_f64()
+            let _ = t.multi.println(cut(
+                &format!("DONE {:>5.1}s #{vertex} {name}", elapsed.as_secs_f64()),
+                term_width(),
             ));
         }
         Event::Failed { vertex, name, .. } => {
             if let Some(b) = t.bars.remove(vertex) {
                 b.finish_and_clear();
             }
-            let mut block = format!("ERROR #{vertex} {name}");
+            let width = term_width();
+            let mut block = cut(&format!("ERROR #{vertex} {name}"), width);
             if let Some(tail) = st.tails.get(vertex) {
                 for (_, l) in tail.lines() {
-                    block.push_str(&format!("\n  > {l}"));
+                    block.push('\n');
+                    block.push_str(&cut(&format!("  > {l}"), width));
                 }
             }
             let _ = t.multi.println(block);
@@ -398,18 +448,20 @@ fn tty(st: &mut State, event: &Event) {
             if let Some(b) = t.bars.remove(vertex) {
                 b.finish_and_clear();
             }
-            let _ = t.multi.println(format!("CANCELED #{vertex} {name}"));
+            let _ = t
+                .multi
+                .println(cut(&format!("CANCELED #{vertex} {name}"), term_width()));
         }
         Event::Context { vertex, name, .. } => {
-            let _ = t.multi.println(format!(
-                "CONTEXT #{vertex} {name}: {}",
-                context_summary(event)
+            let _ = t.multi.println(cut(
+                &format!("CONTEXT #{vertex} {name}: {}", context_summary(event)),
+                term_width(),
             ));
         }
         Event::Log { vertex, .. } => {
             if let (Some(b), Some(tail)) = (t.bars.get(vertex), st.tails.get(vertex)) {
                 if let Some((_, last)) = tail.lines().filter(|(_, l)| !l.trim().is_empty()).last() {
-                    b.set_message(last.clone());
+                    b.set_message(running_line(&b.prefix(), last, term_width()));
                 }
             }
         }
@@ -497,6 +549,33 @@ mod tests {
         assert_eq!(lines.len(), TAIL_LINES);
         assert_eq!(lines[0], "line 6");
         assert_eq!(lines[TAIL_LINES - 1], "partial");
+    }
+
+    #[test]
+    fn a_narrow_terminal_cuts_the_command_and_keeps_the_output() {
+        let name = "#7 RUN apt-get update && apt-get install -y build-essential python3";
+        let out = "Unpacking libc6 (2.36-9)";
+        // Wide: both whole.
+        assert_eq!(running_line(name, out, 200), format!("{name}  {out}"));
+        // Narrow: the command is cut, the output stays whole.
+        let line = running_line(name, out, 60);
+        assert!(line.ends_with(&format!("  {out}")), "{line}");
+        assert!(line.starts_with("#7 RUN apt-get"), "{line}");
+        assert!(line.contains('…'), "{line}");
+        assert!(
+            console::measure_text_width(&line) <= 60 - RUNNING_LEAD,
+            "{line}"
+        );
+        // Very narrow: the command keeps its first columns, then the output is cut too.
+        let line = running_line(name, out, 30);
+        assert!(line.starts_with("#7 RUN apt-get"), "{line}");
+        assert!(
+            console::measure_text_width(&line) <= 30 - RUNNING_LEAD,
+            "{line}"
+        );
+        // Finished lines are cut, never wrapped.
+        assert_eq!(cut("DONE 1.0s #3 RUN make all", 12), "DONE 1.0s #…");
+        assert_eq!(cut("short", 12), "short");
     }
 
     #[test]

@@ -16,15 +16,15 @@ fn blob(k: &Kiln, digest: &str) -> Vec<u8> {
     std::fs::read(k.root.path().join("blobs/sha256").join(hex)).unwrap()
 }
 
-/// The layer digests of a built image, read from the store through its `--iidfile`.
+/// The layer diffIDs of a built image, read from its config (the `--iidfile` digest).
 fn layers(k: &Kiln, iidfile: &Path) -> Vec<String> {
     let digest = std::fs::read_to_string(iidfile).unwrap();
-    let manifest: serde_json::Value = serde_json::from_slice(&blob(k, &digest)).unwrap();
-    manifest["layers"]
+    let config: serde_json::Value = serde_json::from_slice(&blob(k, &digest)).unwrap();
+    config["rootfs"]["diff_ids"]
         .as_array()
         .unwrap()
         .iter()
-        .map(|l| l["digest"].as_str().unwrap().to_string())
+        .map(|l| l.as_str().unwrap().to_string())
         .collect()
 }
 

@@ -150,13 +150,17 @@ fn every_output_type_from_one_build_checked_by_skopeo_umoci_and_runc() {
     // --metadata-file and --iidfile agree, as buildx writes them.
     let meta: serde_json::Value =
         serde_json::from_slice(&std::fs::read(p("meta.json")).unwrap()).unwrap();
+    // `--iidfile` holds the image ID, the config digest, as `docker build` writes it.
     let iid = std::fs::read_to_string(p("iid")).unwrap();
-    assert_eq!(meta["containerimage.digest"], iid.as_str());
-    assert!(meta["containerimage.config.digest"]
+    assert_eq!(meta["containerimage.config.digest"], iid.as_str());
+    assert!(meta["containerimage.digest"]
         .as_str()
         .unwrap()
         .starts_with("sha256:"));
-    assert_eq!(meta["containerimage.descriptor"]["digest"], iid.as_str());
+    assert_eq!(
+        meta["containerimage.descriptor"]["digest"],
+        meta["containerimage.digest"]
+    );
 
     // skopeo reads every image output, and copies each (which checks every digest).
     let oci = skopeo_inspect(&format!("oci-archive:{}", p("oci.tar")));

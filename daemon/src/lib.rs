@@ -8,22 +8,30 @@ mod context;
 mod debug;
 mod diskfull;
 mod export;
+mod images;
+mod load;
 mod outputs;
 mod run;
 mod sandbox_opts;
+mod stdin;
 mod store_gc;
 mod transfer;
 
 pub use config::{default_config_path, parse_duration, Config, GcPolicy};
 pub use context::parse_build_context;
 pub use debug::{debug_llb, debug_llb_resolved, debug_parse};
+pub use images::{
+    all_images, familiar_parts, short_id, HistoryEntry, ImageFilter, ImageSummary, Removed,
+};
 pub use kiln_cache::{human_size, parse_size, KindUsage, StoreUsage};
 pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
+pub use load::Loaded;
 pub use run::RunRequest;
 pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, Secrets};
+pub use stdin::{StdinInput, StdinKind};
 pub use store_gc::{PruneOptions, PruneReport};
 pub use transfer::{login, logout, PullOptions, PushReport};
 
@@ -96,6 +104,8 @@ pub struct BuildRequest {
     /// `--platform os/arch[/variant]`: the platform to build for (default: this host's); picked
     /// from multi-platform base images and given to the Dockerfile as `TARGETPLATFORM` etc.
     pub platform: Option<String>,
+    /// `--label K=V`: labels set on the image config, over the Dockerfile's `LABEL`s.
+    pub labels: BTreeMap<String, String>,
 }
 
 /// What a build produced.
@@ -334,10 +344,19 @@ impl Engine {
                 limits: req.limits,
             })
             .await?;
+        let mut image_config = compiled.image_config;
+        if !req.labels.is_empty() {
+            // As `docker build --label`: on the image only, so no step's cache key changes.
+            let mut config = image_config.config().clone().unwrap_or_default();
+            let mut labels = config.labels().clone().unwrap_or_default();
+            labels.extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+            config.set_labels(Some(labels));
+            image_config.set_config(Some(config));
+        }
         let image = export::export_image(
             &self.store,
             &solved,
-            compiled.image_config,
+            image_config,
             &compiled.config_extras,
             outputs::source_date_epoch(&req.build_args)?,
         )
@@ -370,7 +389,25 @@ impl Engine {
         Ok(image.manifest_digest)
     }
 
-    // `pull`, `push`: see transfer.rs.
+    /// `kiln load`: the images of a docker-archive or OCI archive (plain, gzip or zstd), read
+    /// from `input` (a file, or stdin for `-`).
+    pub async fn load_images(&self, input: &Path) -> Result<Vec<Loaded>> {
+        let store = self.store.clone();
+        let input = input.to_path_buf();
+        tokio::task::spawn_blocking(move || {
+            if input == Path::new("-") {
+                load::load(&store, &mut std::io::stdin().lock())
+            } else {
+                let mut f = std::fs::File::open(&input)
+                    .with_context(|| format!("cannot open `{}`", input.display()))?;
+                load::load(&store, &mut f)
+            }
+            .with_context(|| format!("cannot load `{}`", input.display()))
+        })
+        .await?
+    }
+
+    // `pull`, `push`: see transfer.rs; `tag`, `rmi`, `inspect`, `history`, `save`: images.rs.
 
     /// `kiln run`: runs an image's command in a sandbox; returns its exit code.
     pub async fn run(&self, req: RunRequest) -> Result<i32> {

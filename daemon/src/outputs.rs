@@ -314,6 +314,18 @@ pub(crate) async fn deliver(
         }));
     }
     all.extend(outputs.iter().cloned());
+    if all.is_empty() {
+        // As `docker build` without `-t`: the image stays in the store without a name (a
+        // dangling image), so the ID the build prints names something.
+        let d = image.descriptor();
+        store.images().put_dangling(&ImageRecord {
+            name: String::new(),
+            digest: d.manifest_digest,
+            size: d.manifest_size,
+            media_type: d.media_type,
+            created: image.created.clone(),
+        })?;
+    }
     for out in &all {
         let fmt = &out.format;
         let desc = match &out.kind {

@@ -37,8 +37,10 @@ const CPU_PERIOD_US: u64 = 100_000;
 /// The smallest `--memory` Docker accepts: below it a container cannot even start.
 const MIN_MEMORY: u64 = 6 * 1024 * 1024;
 
-/// Resource limits of a sandbox (`kiln build`/`kiln run` `--memory`, `--cpus`, `--pids-limit`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// Resource limits of a sandbox (`kiln build`/`kiln run` `--memory`, `--cpus`, `--pids-limit`),
+/// and what else a build gives each of its sandboxes (`--shm-size`, `--ulimit`, `--add-host`,
+/// see `extras.rs`): one value that reaches every `RUN` step's spec.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Limits {
     /// Bytes of memory the processes may use together, swap included.
     pub memory: Option<u64>,
@@ -46,6 +48,12 @@ pub struct Limits {
     pub nano_cpus: Option<u64>,
     /// Most processes and threads at once; `None` is [`DEFAULT_PIDS_LIMIT`], `Some(-1)` none.
     pub pids: Option<i64>,
+    /// `--shm-size`: bytes of the `/dev/shm` tmpfs (64 MiB when `None`, as Docker's).
+    pub shm_size: Option<u64>,
+    /// `--ulimit`: rlimits replacing the defaults of the same name.
+    pub ulimits: Vec<crate::extras::Ulimit>,
+    /// `--add-host`: `(name, ip)` lines added to `/etc/hosts`.
+    pub extra_hosts: Vec<(String, String)>,
 }
 
 impl Limits {
@@ -63,6 +71,7 @@ impl Limits {
                 .filter(|b| *b > 0),
             nano_cpus: cpus.map(parse_cpus).transpose()?.filter(|n| *n > 0),
             pids: pids.map(parse_pids).transpose()?,
+            ..Limits::default()
         })
     }
 
@@ -72,7 +81,7 @@ impl Limits {
         let mut linux = spec.linux().clone().unwrap_or_default();
         linux.set_resources(Some(self.resources()?));
         spec.set_linux(Some(linux));
-        Ok(())
+        crate::extras::apply(spec, self.shm_size, &self.ulimits, &self.extra_hosts)
     }
 
     fn resources(&self) -> Result<LinuxResources, ExecError> {
@@ -214,6 +223,18 @@ fn parse_cpus(value: &str) -> Result<u64, ExecError> {
         ));
     }
     Ok((cpus * 1e9).round() as u64)
+}
+
+/// `--shm-size 128m`: bytes, above zero.
+pub fn parse_shm_size(value: &str) -> Result<u64, ExecError> {
+    match parse_size("--shm-size", value)? {
+        0 => Err(invalid(
+            "--shm-size",
+            value,
+            "give a size above zero, e.g. `128m`",
+        )),
+        n => Ok(n),
+    }
 }
 
 /// `--pids-limit`: a positive number; `-1` or `0` for none (Docker's meaning).
@@ -856,6 +877,12 @@ mod tests {
     }
 
     #[test]
+    fn shm_size_is_a_size_above_zero() {
+        assert_eq!(parse_shm_size("128m").unwrap(), 128 << 20);
+        assert!(parse_shm_size("0").is_err());
+    }
+
+    #[test]
     fn sizes_parse_as_docker_parses_them() {
         let ok = |s: &str| parse_size("--memory", s).unwrap();
         assert_eq!(ok("1073741824"), 1 << 30);
@@ -912,7 +939,8 @@ mod tests {
             Limits {
                 memory: Some(mib(64)),
                 nano_cpus: Some(500_000_000),
-                pids: Some(-1)
+                pids: Some(-1),
+                ..Limits::default()
             }
         );
     }
@@ -937,6 +965,7 @@ mod tests {
             memory: Some(mib(512)),
             nano_cpus: Some(500_000_000),
             pids: Some(200),
+            ..Limits::default()
         });
         assert_eq!(
             limit_files(Controller::Memory, false, &r),
@@ -1058,6 +1087,7 @@ mod tests {
             memory: Some(mib(64)),
             nano_cpus: Some(1_000_000_000),
             pids: Some(100),
+            ..Limits::default()
         }
         .apply_to(&mut spec)
         .unwrap();

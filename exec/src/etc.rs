@@ -68,8 +68,17 @@ pub(crate) fn provide(
     let has = |dest: &str| mounts.iter().any(|m| m.destination() == Path::new(dest));
     let hostname = spec.hostname().clone().unwrap_or_default();
     let host_resolv = std::fs::read_to_string("/etc/resolv.conf").ok();
+    let mut hosts_text = hosts(&hostname);
+    // `--add-host` lines, put in the spec by `Limits::apply_to`.
+    if let Some(extra) = spec
+        .annotations()
+        .as_ref()
+        .and_then(|a| a.get(crate::extras::EXTRA_HOSTS_ANNOTATION))
+    {
+        hosts_text.push_str(extra);
+    }
     let files = [
-        ("/etc/hosts", "hosts", hosts(&hostname)),
+        ("/etc/hosts", "hosts", hosts_text),
         (
             "/etc/resolv.conf",
             "resolv.conf",

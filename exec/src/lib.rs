@@ -32,6 +32,7 @@ mod cgroups;
 mod emulation;
 mod error;
 mod etc;
+mod extras;
 mod oci;
 mod rootless;
 mod run;
@@ -45,12 +46,13 @@ mod wire;
 
 use std::path::PathBuf;
 
-pub use cgroups::{format_size, parse_size, Limits, DEFAULT_PIDS_LIMIT};
+pub use cgroups::{format_size, parse_shm_size, parse_size, Limits, DEFAULT_PIDS_LIMIT};
 pub use emulation::{
     binfmt_misc_dir, emulation_for, register_qemu_handlers, Emulation, Registration,
     RegistrationOutcome, BINFMT_MISC_DIR, QEMU_BINFMT_CONF_DIR,
 };
 pub use error::ExecError;
+pub use extras::{parse_add_host, parse_ulimit, Ulimit};
 pub use oci::Runtime;
 pub use rootless::{
     has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged, rootless_store_dir,

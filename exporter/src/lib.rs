@@ -22,8 +22,8 @@ pub use layer::{
     write_layer_blob, write_layer_diff_tar, write_layer_tar, Compression, LayerBlob, LayerOptions,
 };
 pub use store::{
-    export_layer, tag_image, write_docker_archive, write_image, write_image_as,
-    write_image_with_extras, write_oci_archive, write_oci_dir, write_rootfs, write_rootfs_tar,
-    ManifestFormat,
+    export_layer, save_docker_archive, tag_image, write_docker_archive, write_image,
+    write_image_as, write_image_with_extras, write_oci_archive, write_oci_dir, write_rootfs,
+    write_rootfs_tar, ManifestFormat,
 };
 pub use variant::{image_variant, layer_variant, VariantOptions};

@@ -232,11 +232,21 @@ pub fn write_docker_archive(
     tags: &[String],
     dest: &Path,
 ) -> Result<(), ExportError> {
+    save_docker_archive(store, &[(image.clone(), tags.to_vec())], dest)
+}
+
+/// Writes several images, each with its names (`RepoTags`), as one docker-archive to `dest` (or
+/// stdout for `-`), as `docker save IMAGE...` does: shared layers and configs are written once.
+pub fn save_docker_archive(
+    store: &Store,
+    images: &[(ImageDescriptor, Vec<String>)],
+    dest: &Path,
+) -> Result<(), ExportError> {
     let tmp = store.tmp_dir();
     std::fs::create_dir_all(&tmp)
         .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
     write_dest(dest, |out| {
-        docker::docker_archive_to(&lookup(store), image, tags, &tmp, out).map(|_| ())
+        docker::docker_archive_to(&lookup(store), images, &tmp, out).map(|_| ())
     })
 }
 
