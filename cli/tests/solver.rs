@@ -158,10 +158,12 @@ fn sigint_stops_the_build_and_leaves_the_store_usable() {
 #[test]
 fn no_cache_filter_reruns_the_stage_and_what_uses_it() {
     let k = Kiln::with_busybox();
+    // The fresh stage makes `/fresh` the same and `/id` new on every run.
     let ctx = context(
         "FROM busybox AS keep\nRUN echo keep > /keep\n\
-         FROM busybox AS fresh\nRUN echo fresh > /fresh\n\
-         FROM busybox\nCOPY --from=keep /keep /keep\nCOPY --from=fresh /fresh /fresh\n",
+         FROM busybox AS fresh\nRUN echo fresh > /fresh && cat /proc/sys/kernel/random/uuid > /id\n\
+         FROM busybox\nCOPY --from=keep /keep /keep\nCOPY --from=fresh /fresh /fresh\n\
+         COPY --from=fresh /id /id\n",
     );
     assert_ok(&build(&k, ctx.path(), &[]), "first build");
     let out = build(&k, ctx.path(), &["--no-cache-filter", "fresh,nosuchstage"]);
@@ -191,7 +193,9 @@ fn no_cache_filter_reruns_the_stage_and_what_uses_it() {
     };
     assert_eq!(status_of("RUN echo keep"), "cached", "{log}");
     assert_eq!(status_of("RUN echo fresh"), "run", "{log}");
-    assert_eq!(status_of("COPY --from=fresh"), "run", "{log}");
+    assert_eq!(status_of("COPY --from=fresh /id"), "run", "{log}");
+    // Its key is the content it copies, as BuildKit's: the same bytes, so it is cached.
+    assert_eq!(status_of("COPY --from=fresh /fresh"), "cached", "{log}");
     assert!(
         log.contains("`--no-cache-filter nosuchstage`"),
         "an unknown stage is warned about:\n{log}"
