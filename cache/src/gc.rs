@@ -166,6 +166,12 @@ impl Store {
         for key in &report.results_removed {
             self.index().remove(key)?;
         }
+        // What was memoised for the snapshots and the aliases of the results goes with them.
+        let owned = self.index().meta_owned_by(
+            &drop_snaps.iter().copied().collect(),
+            &report.results_removed.iter().map(String::as_str).collect(),
+        )?;
+        self.index().meta_remove_many(&owned)?;
         snaps.remove_many(&drop_snaps)?;
         // Directories no record names are left from a crash between mkdir and commit.
         let dir = self.root().join("snapshots");
@@ -268,6 +274,12 @@ mod tests {
         let (pinned, _) = cs.put_bytes(b"pinned by meta").unwrap();
         store.index().meta_put("image:x", &pinned).unwrap();
         std::fs::create_dir_all(dir.path().join("snapshots/999/fs")).unwrap();
+        // Rows memoised for snapshots and aliases of results.
+        let idx = store.index();
+        idx.snapshot_meta_put(old, "sum", "of old").unwrap();
+        idx.snapshot_meta_put(top, "sum", "of top").unwrap();
+        idx.alias_put("by-content-of-old", "old").unwrap();
+        idx.alias_put("by-content-of-new", "new").unwrap();
 
         let opts = GcOptions {
             drop_results_before: Some(1_500),
@@ -292,6 +304,16 @@ mod tests {
         assert!(!cs.has(&junk));
         assert!(!snaps.exists(old).unwrap());
         assert!(!dir.path().join("snapshots/999").exists());
+        assert_eq!(idx.snapshot_meta_get(old, "sum").unwrap(), None);
+        assert_eq!(idx.alias_get("by-content-of-old").unwrap(), None);
+        assert_eq!(
+            idx.snapshot_meta_get(top, "sum").unwrap().as_deref(),
+            Some("of top")
+        );
+        assert_eq!(
+            idx.alias_get("by-content-of-new").unwrap().as_deref(),
+            Some("new")
+        );
         for d in [&layer, &config, &mdigest, &base_blob, &pinned] {
             assert!(cs.has(d), "{d} was collected");
         }

@@ -246,6 +246,83 @@ impl CacheIndex {
     }
 }
 
+/// `meta` rows that belong to a snapshot: removed by GC with it.
+const SNAPSHOT_META: &str = "snapshot/";
+/// `meta` rows naming a result's key by another key: removed by GC with the result.
+const RESULT_ALIAS: &str = "result-alias/";
+
+impl CacheIndex {
+    /// A value memoised for snapshot `id` under `name` (a committed snapshot never changes, and
+    /// ids are never reused, so it stays true until the snapshot is removed).
+    pub fn snapshot_meta_get(
+        &self,
+        id: SnapshotId,
+        name: &str,
+    ) -> Result<Option<String>, CacheError> {
+        self.meta_get(&format!("{SNAPSHOT_META}{id}/{name}"))
+    }
+
+    /// Memoises `value` for snapshot `id` under `name`; [`crate::Store::gc`] removes it with
+    /// the snapshot.
+    pub fn snapshot_meta_put(
+        &self,
+        id: SnapshotId,
+        name: &str,
+        value: &str,
+    ) -> Result<(), CacheError> {
+        self.meta_put(&format!("{SNAPSHOT_META}{id}/{name}"), value)
+    }
+
+    /// The result key that `alias` names, if recorded.
+    pub fn alias_get(&self, alias: &str) -> Result<Option<String>, CacheError> {
+        self.meta_get(&format!("{RESULT_ALIAS}{alias}"))
+    }
+
+    /// Records that `alias` names the result under `key`; [`crate::Store::gc`] removes it with
+    /// that result.
+    pub fn alias_put(&self, alias: &str, key: &str) -> Result<(), CacheError> {
+        self.meta_put(&format!("{RESULT_ALIAS}{alias}"), key)
+    }
+
+    /// The `meta` rows that belong to one of `snapshots` or alias one of `results`.
+    pub(crate) fn meta_owned_by(
+        &self,
+        snapshots: &std::collections::HashSet<SnapshotId>,
+        results: &std::collections::HashSet<&str>,
+    ) -> Result<Vec<String>, CacheError> {
+        Ok(self
+            .meta_list()?
+            .into_iter()
+            .filter(|(k, v)| {
+                let snap = k
+                    .strip_prefix(SNAPSHOT_META)
+                    .and_then(|rest| rest.split('/').next())
+                    .and_then(|id| id.parse().ok())
+                    .is_some_and(|id| snapshots.contains(&SnapshotId(id)));
+                snap || (k.starts_with(RESULT_ALIAS) && results.contains(v.as_str()))
+            })
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Removes `meta` rows in one transaction.
+    pub(crate) fn meta_remove_many(&self, keys: &[String]) -> Result<(), CacheError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(META).map_err(self.db.err("open meta"))?;
+            for key in keys {
+                table
+                    .remove(key.as_str())
+                    .map_err(self.db.err("remove meta"))?;
+            }
+        }
+        self.db.commit(txn)
+    }
+}
+
 /// A snapshot's number; small so overlay option strings stay short.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Ord, PartialOrd, Serialize, Deserialize)]
 pub struct SnapshotId(pub u64);

@@ -495,7 +495,7 @@ impl VertexTask {
         if let Some(sk) = &selection {
             let recorded = store
                 .index()
-                .meta_get(&ops::selection_row(sk))
+                .alias_get(&ops::selection_alias(sk))
                 .map_err(SolveError::from)?;
             if let Some(earlier) = recorded {
                 if let Some(hit) = cached_result(store, &earlier)? {
@@ -562,7 +562,7 @@ impl VertexTask {
                     c.executed += 1;
                 }
                 if let Some(sk) = &selection {
-                    if let Err(e) = store.index().meta_put(&ops::selection_row(sk), &key) {
+                    if let Err(e) = store.index().alias_put(&ops::selection_alias(sk), &key) {
                         tracing::warn!(step = %self.name(), "cannot record the step's selection key: {e}");
                     }
                 }

@@ -216,9 +216,10 @@ pub(crate) async fn selection_key(
     Ok(Some(h.finalize().to_hex().to_string()))
 }
 
-/// The index's `meta` row that maps a selection key to the key its result was recorded under.
-pub(crate) fn selection_row(selection_key: &str) -> String {
-    format!("selection-key/{selection_key}")
+/// The alias under which the index maps a selection key to the key its result was recorded
+/// under.
+pub(crate) fn selection_alias(selection_key: &str) -> String {
+    format!("selection-v1/{selection_key}")
 }
 
 /// A source that must be fetched before its result's key is known (unpinned http, git): the

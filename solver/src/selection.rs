@@ -71,7 +71,7 @@ pub(crate) fn checksum(
     let mut missing = Vec::new();
     let mut sums = HashMap::new();
     for sel in selectors {
-        match store.index().meta_get(&memo_key(snap, sel))? {
+        match store.index().snapshot_meta_get(snap, &memo_name(sel))? {
             Some(sum) => {
                 sums.insert(sel.clone(), sum);
             }
@@ -80,7 +80,10 @@ pub(crate) fn checksum(
     }
     if !missing.is_empty() {
         for (sel, sum) in hash_selections(store, snap, &missing)? {
-            if let Err(e) = store.index().meta_put(&memo_key(snap, &sel), &sum) {
+            if let Err(e) = store
+                .index()
+                .snapshot_meta_put(snap, &memo_name(&sel), &sum)
+            {
                 tracing::warn!(%snap, "cannot memoise a snapshot checksum: {e}");
             }
             sums.insert(sel, sum);
@@ -97,8 +100,8 @@ pub(crate) fn checksum(
     Ok(h.finalize().to_hex().to_string())
 }
 
-fn memo_key(snap: SnapshotId, (path, follow): &Selector) -> String {
-    format!("snapshot-sum-v1/{snap}/{}{path}", u8::from(*follow))
+fn memo_name((path, follow): &Selector) -> String {
+    format!("selection-sum-v1/{}{path}", u8::from(*follow))
 }
 
 /// Mounts the snapshot's chain read-only and hashes each selection.
