@@ -112,6 +112,17 @@ impl CacheIndex {
     /// Records a result. Its snapshot must already exist (and be durable): a result never points
     /// at a snapshot the store does not have.
     pub fn put(&self, key: &str, result: &CachedResult) -> Result<(), CacheError> {
+        self.put_aliased(key, result, None)
+    }
+
+    /// As [`CacheIndex::put`], and records `alias` (see [`CacheIndex::alias_put`]) for `key` in
+    /// the same transaction: one commit per step, not two.
+    pub fn put_aliased(
+        &self,
+        key: &str,
+        result: &CachedResult,
+        alias: Option<&str>,
+    ) -> Result<(), CacheError> {
         let bytes = serde_json::to_vec(result).map_err(|e| CacheError::Corrupt {
             what: "cache result",
             location: key.to_string(),
@@ -137,6 +148,11 @@ impl CacheIndex {
             table
                 .insert(key, bytes.as_slice())
                 .map_err(self.db.err("write a result"))?;
+            if let Some(alias) = alias {
+                let mut meta = txn.open_table(META).map_err(self.db.err("open meta"))?;
+                meta.insert(format!("{RESULT_ALIAS}{alias}").as_str(), key)
+                    .map_err(self.db.err("write meta"))?;
+            }
         }
         self.db.commit(txn)
     }
@@ -377,6 +393,24 @@ mod tests {
         assert_eq!(idx.list().unwrap(), vec![("k".to_string(), r)]);
         idx.remove("k").unwrap();
         assert_eq!(idx.get("k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_result_put_with_an_alias_is_found_by_it_and_a_failed_put_records_neither() {
+        let (_d, idx) = index();
+        let r = CachedResult {
+            snapshot: None,
+            created_unix: 42,
+        };
+        idx.put_aliased("k", &r, Some("by-content")).unwrap();
+        assert_eq!(idx.alias_get("by-content").unwrap().as_deref(), Some("k"));
+        assert_eq!(idx.get("k").unwrap(), Some(r));
+        let missing = CachedResult {
+            snapshot: Some(SnapshotId(7)),
+            created_unix: 1,
+        };
+        assert!(idx.put_aliased("k2", &missing, Some("other")).is_err());
+        assert_eq!(idx.alias_get("other").unwrap(), None);
     }
 
     #[test]

@@ -516,6 +516,7 @@ impl VertexTask {
         let runner = self.clone();
         let run_inputs = inputs.clone();
         let run_key = key.clone();
+        let run_alias = selection.as_deref().map(ops::selection_alias);
         let index_store = store.clone();
         let index_key = key.clone();
         let waiting = self.solver.inner.inflight.join_or_start(
@@ -534,7 +535,12 @@ impl VertexTask {
             move |sink| {
                 let mut runner = runner;
                 runner.progress = sink;
-                async move { runner.execute_and_record(&run_key, &run_inputs).await }.boxed()
+                async move {
+                    runner
+                        .execute_and_record(&run_key, run_alias.as_deref(), &run_inputs)
+                        .await
+                }
+                .boxed()
             },
         );
         canceled.run = Some(waiting.progress.clone());
@@ -560,11 +566,6 @@ impl VertexTask {
                 });
                 if let Ok(mut c) = self.counters.lock() {
                     c.executed += 1;
-                }
-                if let Some(sk) = &selection {
-                    if let Err(e) = store.index().alias_put(&ops::selection_alias(sk), &key) {
-                        tracing::warn!(step = %self.name(), "cannot record the step's selection key: {e}");
-                    }
                 }
                 Ok(Arc::new(VertexResult {
                     key,
@@ -607,10 +608,12 @@ impl VertexTask {
         });
     }
 
-    /// Runs the op and records its result in the cache index under `key`.
+    /// Runs the op and records its result in the cache index under `key`, and `alias` (its
+    /// selection key) for it.
     async fn execute_and_record(
         &self,
         key: &str,
+        alias: Option<&str>,
         inputs: &[Arc<VertexResult>],
     ) -> Result<inflight::Executed, Arc<SolveError>> {
         let op = ops::of(&self.op);
@@ -647,12 +650,13 @@ impl VertexTask {
             .inner
             .store
             .index()
-            .put(
+            .put_aliased(
                 key,
                 &CachedResult {
                     snapshot,
                     created_unix,
                 },
+                alias,
             )
             .map_err(|e| Arc::new(SolveError::from(e)))?;
         if let Some(g) = owned {
