@@ -53,10 +53,12 @@ pub(crate) fn selectors(op: &Op, index: i64) -> Option<Vec<Selector>> {
     Some(picked)
 }
 
-/// `path` with one leading `/`, unless it is the root or has a wildcard character.
+/// `path` with one leading `/`, unless it is the root (`/`, `.`, `./`) or has a wildcard
+/// character.
 fn plain_path(path: &str) -> Option<String> {
     let p = path.trim_matches('/');
-    (!p.is_empty() && !p.contains(['*', '?', '[', '\\'])).then(|| format!("/{p}"))
+    let root = p.split('/').all(|c| c.is_empty() || c == ".");
+    (!root && !p.contains(['*', '?', '[', '\\'])).then(|| format!("/{p}"))
 }
 
 /// The checksum of what `selectors` pick of snapshot `snap` (its whole chain, as mounted),
@@ -305,6 +307,8 @@ mod tests {
         // Read whole: the root, a wildcard, the base of the file op, the rootfs mount, a mount
         // that keeps its changes.
         assert_eq!(selectors(&copy_of(0, &["/"]), 1), None);
+        assert_eq!(selectors(&copy_of(0, &["./"]), 1), None);
+        assert_eq!(selectors(&exec_mounting(".", -1), 1), None);
         assert_eq!(selectors(&copy_of(0, &["/out/*.so"]), 1), None);
         assert_eq!(selectors(&copy_of(1, &["/out"]), 1), None);
         assert_eq!(selectors(&exec_mounting("/x", -1), 0), None);
