@@ -111,3 +111,26 @@ DF
     printf '.complete\n' >"$d/.dockerignore"
     done_ target "$stamp"
 fi
+
+# ---------------------------------------------------------------- incremental-bind
+# A Node-style build: the dependency step bind-mounts only the lock file (an `npm ci` stand-in:
+# 2 s, then reads the lock file), then the sources are copied. The case edits one source file
+# between builds: only the `COPY` and what follows may run again.
+stamp="v1 $base"
+if fresh incremental-bind "$stamp"; then
+    d="$dir/incremental-bind"
+    mkdir -p "$d/src"
+    head -c 30000 /dev/urandom | od -An -tx1 >"$d/package-lock.json"
+    for i in $(seq -w 0 199); do
+        head -c 2000 /dev/urandom | od -An -tx1 >"$d/src/m$i.js"
+    done
+    cat >"$d/Dockerfile" <<DF
+FROM $base
+RUN --mount=type=bind,source=package-lock.json,target=/app/package-lock.json \\
+    sleep 2 && mkdir -p /app/node_modules && wc -c /app/package-lock.json > /app/node_modules/.installed
+COPY src /app/src
+RUN ls /app/src | wc -l > /app/count && cat /app/node_modules/.installed /app/count
+DF
+    printf '.complete\n' >"$d/.dockerignore"
+    done_ incremental-bind "$stamp"
+fi

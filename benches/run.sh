@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
-# Whole-build benchmark of kiln, and of the peers (Buildah, Docker's legacy builder) when
-# ../shared/peers is set up, on the same cases in the same run, interleaved: every iteration runs
+# Whole-build benchmark of kiln, and of the peers (Buildah, Docker's legacy builder, and BuildKit
+# for the cases that say so) when ../shared/peers is set up, on the same cases in the same run, interleaved: every iteration runs
 # each tool once, so a noisy disk hurts all of them alike. Prints median wall time and peak
 # memory per case and tool, and the ratios kiln/peer.
 #
 # usage: benches/run.sh [--runs N] [--cases LIST] [--no-peers] [--work DIR] [--keep]
 #   --runs N      timed runs per case and tool (default 3; the median is reported)
-#   --cases LIST  comma-separated subset of: manyfiles,noop,incremental,parallel,chain,bigfile,target
+#   --cases LIST  comma-separated subset of:
+#                 manyfiles,noop,incremental,parallel,chain,bigfile,target,incremental-bind
 #   --no-peers    measure kiln only
 #   --work DIR    where contexts, stores and logs go (default /var/tmp/kiln-bench)
 # env: KILN (the kiln binary; `cargo xtask bench` passes target/release/kiln), PEERS_DIR
@@ -21,7 +22,11 @@
 #     rebuilds;
 #   parallel: kiln with its default `--jobs` and again with `--jobs 1`; Buildah with `--jobs 6`;
 #   bigfile: the build plus writing the image as a tar (kiln `-o type=oci`, `buildah push
-#     oci-archive:`, `docker save`).
+#     oci-archive:`, `docker save`);
+#   incremental-bind: after one untimed build, one source file is rewritten before each
+#     iteration and every tool rebuilds; its `RUN --mount=type=bind,source=package-lock.json`
+#     step (2 s) should stay cached. Kiln, Buildah and BuildKit (`buildctl`, image output into
+#     its own store); Docker's legacy builder has no `RUN --mount`.
 # Peak memory is the largest resident set among the timed command's own processes (GNU time's
 # %M); the peers' daemons (dockerd) are not in it.
 set -euo pipefail
@@ -31,7 +36,7 @@ root=$(cd "$here/.." && pwd)
 KILN=${KILN:-$root/target/release/kiln}
 PEERS_DIR=${PEERS_DIR:-$root/../shared/peers}
 runs=3
-cases=manyfiles,noop,incremental,parallel,chain,bigfile,target
+cases=manyfiles,noop,incremental,parallel,chain,bigfile,target,incremental-bind
 use_peers=1
 work=/var/tmp/kiln-bench
 keep=0
@@ -72,7 +77,14 @@ if [ "$use_peers" = 1 ]; then
     else
         log "Docker is not set up: run $PEERS_DIR/setup.sh to compare with it"
     fi
+    # BuildKit measures only the cases it is listed for (see `bk_cases`).
+    if [ -n "${BUILDCTL:-}" ] && [ -x "$BUILDCTL" ] && timeout 60 "$BUILDCTL" debug workers >/dev/null 2>&1; then
+        tools+=(buildkit)
+    else
+        log "BuildKit is not running: start it with $PEERS_DIR/buildkit.sh to compare with it"
+    fi
 fi
+bk_cases=" incremental-bind "
 curl -fsS -o /dev/null --max-time 3 "http://${BASE_IMAGE%%/*}/v2/" 2>/dev/null ||
     die "no registry answers for \`$BASE_IMAGE\`: run $PEERS_DIR/setup.sh (or set BASE_IMAGE)"
 
@@ -126,10 +138,14 @@ docker_build() { # docker_build CONTEXT ARGS...
     local c=$1; shift
     "$DOCKER" build --rm "$@" "$c"
 }
+buildkit_build() { # buildkit_build CONTEXT NAME: the image goes to BuildKit's own store
+    "$BUILDCTL" build --progress plain --frontend dockerfile.v0 --local "context=$1" \
+        --local "dockerfile=$1" --output "type=image,name=$2"
+}
 # The timed commands run in `bash -c` under GNU time: they need these functions and settings.
-export -f kiln_build buildah_build docker_build kiln_store
+export -f kiln_build buildah_build docker_build buildkit_build kiln_store
 if declare -F peers_buildah >/dev/null; then export -f peers_buildah; fi
-export KILN work DOCKER PEERS_BUILDAH_ROOT PEERS_BUILDAH_RUNROOT
+export KILN work DOCKER PEERS_BUILDAH_ROOT PEERS_BUILDAH_RUNROOT BUILDCTL BUILDKIT_HOST
 
 peer_cleanup() { # drop the images a cold case made, so the disk does not fill up
     case $1 in
@@ -170,6 +186,7 @@ warm_up() { # one untimed manyfiles build per tool, so noop and incremental star
                   kiln_build kiln-warm "$ctx/manyfiles" -t bench-warm >"$work/logs/warm-kiln.log" 2>&1 ;;
             buildah) buildah_build "$ctx/manyfiles" -t bench-warm >"$work/logs/warm-buildah.log" 2>&1 ;;
             docker) docker_build "$ctx/manyfiles" -t bench-warm >"$work/logs/warm-docker.log" 2>&1 ;;
+            buildkit) true ;;
         esac || die "warm-up build with $tool failed: see $work/logs/warm-$tool.log"
     done
 }
@@ -185,6 +202,7 @@ for case in "${selected[@]}"; do
                 extra=()
                 [ "$case" = target ] && extra=(--target b)
                 for tool in "${tools[@]}"; do
+                    [ "$tool" = buildkit ] && continue
                     args=("${extra[@]}")
                     if [ "$case" = parallel ] && [ "$tool" = buildah ]; then args+=(--jobs 6); fi
                     if [ "$case" = bigfile ]; then
@@ -210,12 +228,37 @@ for case in "${selected[@]}"; do
                     fi
                 done
                 ;;
+            incremental-bind)
+                c="$ctx/incremental-bind"
+                if [ "$run" = 1 ]; then
+                    [ -d "$(kiln_store kiln-bind)" ] || kiln_fresh kiln-bind
+                    for tool in "${tools[@]}"; do
+                        case $tool in
+                            kiln) kiln_build kiln-bind "$c" -t bench-bind ;;
+                            buildah) buildah_build "$c" -t bench-bind ;;
+                            buildkit) buildkit_build "$c" bench-bind ;;
+                            *) true ;;
+                        esac >"$work/logs/warm-bind-$tool.log" 2>&1 ||
+                            die "warm-up build with $tool failed: see $work/logs/warm-bind-$tool.log"
+                    done
+                fi
+                head -c 2000 /dev/urandom | od -An -tx1 >"$c/src/m100.js"
+                for tool in "${tools[@]}"; do
+                    case $tool in
+                        kiln) measure kiln "$case" "$run" bash -c 'kiln_build kiln-bind "$@"' _ "$c" -t bench-bind ;;
+                        buildah) measure buildah "$case" "$run" bash -c 'buildah_build "$@"' _ "$c" -t bench-bind ;;
+                        buildkit) measure buildkit "$case" "$run" bash -c 'buildkit_build "$@"' _ "$c" bench-bind ;;
+                    esac
+                done
+                ;;
             noop|incremental)
                 if [ "$warmed" = 0 ]; then warm_up; warmed=1; fi
                 if [ "$case" = incremental ]; then
                     head -c 5000 /dev/urandom >"$ctx/manyfiles/data/d42/f100"
                 fi
-                for tool in "${tools[@]}"; do run_warm "$case" "$run" "$tool"; done
+                for tool in "${tools[@]}"; do
+                    [ "$tool" = buildkit ] || run_warm "$case" "$run" "$tool"
+                done
                 ;;
             *) die "unknown case \`$case\`: see --help" ;;
         esac
@@ -246,6 +289,7 @@ END {
     for (i = 1; i <= nt; i++) if (seen[t[i]]) printf " %18s", t[i] " s (MB)"
     if (seen["buildah"]) printf " %10s", "kiln/bah"
     if (seen["docker"]) printf " %10s", "kiln/dock"
+    if (seen["buildkit"]) printf " %10s", "kiln/bk"
     if (seen["kiln-j1"]) printf " %10s", "kiln/j1"
     printf "\n"
     for (j = 1; j <= nc; j++) {
@@ -258,8 +302,8 @@ END {
             m[t[i]] = median(ms[k]) / 1000
             printf " %11.3f (%4d)", m[t[i]], peak[k] / 1024
         }
-        for (p = 1; p <= 3; p++) {
-            peer = p == 1 ? "buildah" : p == 2 ? "docker" : "kiln-j1"
+        for (p = 1; p <= 4; p++) {
+            peer = p == 1 ? "buildah" : p == 2 ? "docker" : p == 3 ? "buildkit" : "kiln-j1"
             if (!seen[peer]) continue
             kk = "kiln" SUBSEP c[j]; pk = peer SUBSEP c[j]
             if ((kk in ms) && (pk in ms) && median(ms[pk]) > 0) printf " %9.3fx", median(ms[kk]) / median(ms[pk])

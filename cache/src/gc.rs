@@ -429,6 +429,12 @@ impl Store {
         // b. results, then snapshot records with their layer records (one transaction), then
         //    their directories: a record never outlives what it names;
         self.index().remove_many(&report.results_removed)?;
+        // What was memoised for the snapshots and the aliases of the results goes with them.
+        let owned = self.index().meta_owned_by(
+            &drop_snaps.iter().copied().collect(),
+            &report.results_removed.iter().map(String::as_str).collect(),
+        )?;
+        self.index().meta_remove_many(&owned)?;
         snaps.remove_many(&drop_snaps)?;
         self.index().forget_unused_records()?;
         // c. the blobs only those records named;
@@ -547,6 +553,12 @@ mod tests {
         let (pinned, _) = cs.put_bytes(b"pinned by meta").unwrap();
         store.index().meta_put("image:x", &pinned).unwrap();
         std::fs::create_dir_all(dir.path().join("snapshots/999/fs")).unwrap();
+        // Rows memoised for snapshots and aliases of results.
+        let idx = store.index();
+        idx.snapshot_meta_put(old, "sum", "of old").unwrap();
+        idx.snapshot_meta_put(top, "sum", "of top").unwrap();
+        idx.alias_put("by-content-of-old", "old").unwrap();
+        idx.alias_put("by-content-of-new", "new").unwrap();
 
         let opts = GcOptions {
             drop_unused_before: Some(1_500),
@@ -571,6 +583,16 @@ mod tests {
         assert!(!cs.has(&junk));
         assert!(!snaps.exists(old).unwrap());
         assert!(!dir.path().join("snapshots/999").exists());
+        assert_eq!(idx.snapshot_meta_get(old, "sum").unwrap(), None);
+        assert_eq!(idx.alias_get("by-content-of-old").unwrap(), None);
+        assert_eq!(
+            idx.snapshot_meta_get(top, "sum").unwrap().as_deref(),
+            Some("of top")
+        );
+        assert_eq!(
+            idx.alias_get("by-content-of-new").unwrap().as_deref(),
+            Some("new")
+        );
         for d in [&layer, &config, &mdigest, &base_blob, &pinned] {
             assert!(cs.has(d), "{d} was collected");
         }

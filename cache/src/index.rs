@@ -230,6 +230,17 @@ impl CacheIndex {
     /// Records a result. Its snapshot must already exist (and be durable): a result never points
     /// at a snapshot the store does not have.
     pub fn put(&self, key: &str, result: &CachedResult) -> Result<(), CacheError> {
+        self.put_aliased(key, result, None)
+    }
+
+    /// As [`CacheIndex::put`], and records `alias` (see [`CacheIndex::alias_put`]) for `key` in
+    /// the same transaction: one commit per step, not two.
+    pub fn put_aliased(
+        &self,
+        key: &str,
+        result: &CachedResult,
+        alias: Option<&str>,
+    ) -> Result<(), CacheError> {
         let bytes = serde_json::to_vec(result).map_err(|e| CacheError::Corrupt {
             what: "cache result",
             location: key.to_string(),
@@ -255,6 +266,11 @@ impl CacheIndex {
             table
                 .insert(key, bytes.as_slice())
                 .map_err(self.db.err("write a result"))?;
+            if let Some(alias) = alias {
+                let mut meta = txn.open_table(META).map_err(self.db.err("open meta"))?;
+                meta.insert(format!("{RESULT_ALIAS}{alias}").as_str(), key)
+                    .map_err(self.db.err("write meta"))?;
+            }
         }
         self.db.commit(txn)
     }
@@ -386,6 +402,83 @@ impl CacheIndex {
     }
 }
 
+/// `meta` rows that belong to a snapshot: removed by GC with it.
+const SNAPSHOT_META: &str = "snapshot/";
+/// `meta` rows naming a result's key by another key: removed by GC with the result.
+const RESULT_ALIAS: &str = "result-alias/";
+
+impl CacheIndex {
+    /// A value memoised for snapshot `id` under `name` (a committed snapshot never changes, and
+    /// ids are never reused, so it stays true until the snapshot is removed).
+    pub fn snapshot_meta_get(
+        &self,
+        id: SnapshotId,
+        name: &str,
+    ) -> Result<Option<String>, CacheError> {
+        self.meta_get(&format!("{SNAPSHOT_META}{id}/{name}"))
+    }
+
+    /// Memoises `value` for snapshot `id` under `name`; [`crate::Store::gc`] removes it with
+    /// the snapshot.
+    pub fn snapshot_meta_put(
+        &self,
+        id: SnapshotId,
+        name: &str,
+        value: &str,
+    ) -> Result<(), CacheError> {
+        self.meta_put(&format!("{SNAPSHOT_META}{id}/{name}"), value)
+    }
+
+    /// The result key that `alias` names, if recorded.
+    pub fn alias_get(&self, alias: &str) -> Result<Option<String>, CacheError> {
+        self.meta_get(&format!("{RESULT_ALIAS}{alias}"))
+    }
+
+    /// Records that `alias` names the result under `key`; [`crate::Store::gc`] removes it with
+    /// that result.
+    pub fn alias_put(&self, alias: &str, key: &str) -> Result<(), CacheError> {
+        self.meta_put(&format!("{RESULT_ALIAS}{alias}"), key)
+    }
+
+    /// The `meta` rows that belong to one of `snapshots` or alias one of `results`.
+    pub(crate) fn meta_owned_by(
+        &self,
+        snapshots: &std::collections::HashSet<SnapshotId>,
+        results: &std::collections::HashSet<&str>,
+    ) -> Result<Vec<String>, CacheError> {
+        Ok(self
+            .meta_list()?
+            .into_iter()
+            .filter(|(k, v)| {
+                let snap = k
+                    .strip_prefix(SNAPSHOT_META)
+                    .and_then(|rest| rest.split('/').next())
+                    .and_then(|id| id.parse().ok())
+                    .is_some_and(|id| snapshots.contains(&SnapshotId(id)));
+                snap || (k.starts_with(RESULT_ALIAS) && results.contains(v.as_str()))
+            })
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Removes `meta` rows in one transaction.
+    pub(crate) fn meta_remove_many(&self, keys: &[String]) -> Result<(), CacheError> {
+        if keys.is_empty() {
+            return Ok(());
+        }
+        let txn = self.db.begin_write()?;
+        {
+            let mut table = txn.open_table(META).map_err(self.db.err("open meta"))?;
+            for key in keys {
+                table
+                    .remove(key.as_str())
+                    .map_err(self.db.err("remove meta"))?;
+            }
+        }
+        self.db.commit(txn)
+    }
+}
+
 /// A snapshot's number; small so overlay option strings stay short.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, Ord, PartialOrd, Serialize, Deserialize)]
 pub struct SnapshotId(pub u64);
@@ -440,6 +533,24 @@ mod tests {
         assert_eq!(idx.list().unwrap(), vec![("k".to_string(), r)]);
         idx.remove("k").unwrap();
         assert_eq!(idx.get("k").unwrap(), None);
+    }
+
+    #[test]
+    fn a_result_put_with_an_alias_is_found_by_it_and_a_failed_put_records_neither() {
+        let (_d, idx) = index();
+        let r = CachedResult {
+            snapshot: None,
+            created_unix: 42,
+        };
+        idx.put_aliased("k", &r, Some("by-content")).unwrap();
+        assert_eq!(idx.alias_get("by-content").unwrap().as_deref(), Some("k"));
+        assert_eq!(idx.get("k").unwrap(), Some(r));
+        let missing = CachedResult {
+            snapshot: Some(SnapshotId(7)),
+            created_unix: 1,
+        };
+        assert!(idx.put_aliased("k2", &missing, Some("other")).is_err());
+        assert_eq!(idx.alias_get("other").unwrap(), None);
     }
 
     #[test]

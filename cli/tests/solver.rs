@@ -155,43 +155,72 @@ fn sigint_stops_the_build_and_leaves_the_store_usable() {
     assert_ok(&out, "build after an interrupted one");
 }
 
+/// Whether the step whose name line contains `part` was `cached` or `run`, from a plain log.
+fn step_status(log: &str, part: &str) -> &'static str {
+    let lines: Vec<&str> = log.lines().collect();
+    // A step's number is on its name line; find whether that number is CACHED or DONE.
+    let head = lines
+        .iter()
+        .find(|l| l.contains(part))
+        .unwrap_or_else(|| panic!("no step `{part}` in:\n{log}"));
+    let num = head.split_whitespace().next().unwrap_or_default();
+    lines
+        .iter()
+        .filter(|l| l.starts_with(&format!("{num} ")))
+        .find_map(|l| {
+            if l.ends_with("CACHED") {
+                Some("cached")
+            } else if l.contains(" DONE ") {
+                Some("run")
+            } else {
+                None
+            }
+        })
+        .unwrap_or("unknown")
+}
+
+/// A stage runs again (a build arg it does not use changed) and makes the same bytes: the `COPY
+/// --from` of it and the steps after it stay cached, as BuildKit finds them by the copied
+/// content (issue 18 item 2).
+#[test]
+fn a_stage_rerun_to_the_same_bytes_leaves_the_copy_from_and_later_steps_cached() {
+    let k = Kiln::with_busybox();
+    let ctx = context(
+        "FROM busybox AS build\nARG V\nRUN echo same > /out\n\
+         FROM busybox\nCOPY --from=build /out /out\nRUN cat /out > /seen\n",
+    );
+    assert_ok(
+        &build(&k, ctx.path(), &["--build-arg", "V=1"]),
+        "first build",
+    );
+    let out = build(&k, ctx.path(), &["--build-arg", "V=2"]);
+    assert_ok(&out, "build with another V");
+    let log = stderr(&out);
+    assert_eq!(step_status(&log, "RUN echo same"), "run", "{log}");
+    assert_eq!(step_status(&log, "COPY --from=build"), "cached", "{log}");
+    assert_eq!(step_status(&log, "RUN cat /out"), "cached", "{log}");
+}
+
 #[test]
 fn no_cache_filter_reruns_the_stage_and_what_uses_it() {
     let k = Kiln::with_busybox();
+    // The fresh stage makes `/fresh` the same and `/id` new on every run.
     let ctx = context(
         "FROM busybox AS keep\nRUN echo keep > /keep\n\
-         FROM busybox AS fresh\nRUN echo fresh > /fresh\n\
-         FROM busybox\nCOPY --from=keep /keep /keep\nCOPY --from=fresh /fresh /fresh\n",
+         FROM busybox AS fresh\nRUN echo fresh > /fresh && cat /proc/sys/kernel/random/uuid > /id\n\
+         FROM busybox\nCOPY --from=keep /keep /keep\nCOPY --from=fresh /fresh /fresh\n\
+         COPY --from=fresh /id /id\n",
     );
     assert_ok(&build(&k, ctx.path(), &[]), "first build");
     let out = build(&k, ctx.path(), &["--no-cache-filter", "fresh,nosuchstage"]);
     assert_ok(&out, "build with --no-cache-filter");
     let log = stderr(&out);
-    let lines: Vec<&str> = log.lines().collect();
-    // A step's number is on its name line; find whether that number is CACHED or DONE.
-    let status_of = |part: &str| -> &str {
-        let head = lines
-            .iter()
-            .find(|l| l.contains(part))
-            .unwrap_or_else(|| panic!("no step `{part}` in:\n{log}"));
-        let num = head.split_whitespace().next().unwrap();
-        lines
-            .iter()
-            .filter(|l| l.starts_with(&format!("{num} ")))
-            .find_map(|l| {
-                if l.ends_with("CACHED") {
-                    Some("cached")
-                } else if l.contains(" DONE ") {
-                    Some("run")
-                } else {
-                    None
-                }
-            })
-            .unwrap_or("unknown")
-    };
+    let status_of = |part: &str| step_status(&log, part);
     assert_eq!(status_of("RUN echo keep"), "cached", "{log}");
     assert_eq!(status_of("RUN echo fresh"), "run", "{log}");
-    assert_eq!(status_of("COPY --from=fresh"), "run", "{log}");
+    assert_eq!(status_of("COPY --from=fresh /id"), "run", "{log}");
+    // Its key is the content it copies, as BuildKit's: the same bytes, so it is cached.
+    assert_eq!(status_of("COPY --from=fresh /fresh"), "cached", "{log}");
     assert!(
         log.contains("`--no-cache-filter nosuchstage`"),
         "an unknown stage is warned about:\n{log}"

@@ -6,7 +6,9 @@
 //! key(input)…, checksum(local parts)…)`. An op's digest covers everything it does; its inputs'
 //! keys cover everything it reads, except local contexts, whose key covers only the files that
 //! the op selects (a `COPY` keys on the checksum of its sources, a `RUN --mount` on its
-//! `source`, the whole context after `.dockerignore` when it mounts all of it).
+//! `source`, the whole context after `.dockerignore` when it mounts all of it). On a miss, a
+//! second key counts what the op selects of a stage by content (`ops::selection_key`), so a
+//! stage that re-ran to the same bytes leaves the steps after it cached.
 //!
 //! This file is the API and the scheduler; each kind of op is a module of `ops` behind one trait
 //! (`ops::Operation`: its cache key, its execution).
@@ -23,6 +25,7 @@ mod nocache;
 mod ops;
 mod prefetch;
 pub mod progress;
+mod selection;
 
 pub use context::LocalContext;
 pub use images::ImageRef;
@@ -481,6 +484,25 @@ impl VertexTask {
                 return Ok(self.cached(key, hit.snapshot, hit.created_unix));
             }
         }
+        // The op's own key missed: what it selects of a stage may still be the same bytes as
+        // when it last ran (the stage re-ran to the same output). The step is then that earlier
+        // step, under its key, so the steps after it are found too.
+        let selection = if self.meta.ignore_cache {
+            None
+        } else {
+            ops::selection_key(&self, &inputs).await?
+        };
+        if let Some(sk) = &selection {
+            let recorded = store
+                .index()
+                .alias_get(&ops::selection_alias(sk))
+                .map_err(SolveError::from)?;
+            if let Some(earlier) = recorded {
+                if let Some(hit) = cached_result(store, &earlier)? {
+                    return Ok(self.cached(earlier, hit.snapshot, hit.created_unix));
+                }
+            }
+        }
         // Until the run ends, dropping this future (a sibling failed, the build was interrupted)
         // reports the step as canceled, if it had started.
         let mut canceled = CancelGuard {
@@ -494,6 +516,7 @@ impl VertexTask {
         let runner = self.clone();
         let run_inputs = inputs.clone();
         let run_key = key.clone();
+        let run_alias = selection.as_deref().map(ops::selection_alias);
         let index_store = store.clone();
         let index_key = key.clone();
         let waiting = self.solver.inner.inflight.join_or_start(
@@ -512,7 +535,12 @@ impl VertexTask {
             move |sink| {
                 let mut runner = runner;
                 runner.progress = sink;
-                async move { runner.execute_and_record(&run_key, &run_inputs).await }.boxed()
+                async move {
+                    runner
+                        .execute_and_record(&run_key, run_alias.as_deref(), &run_inputs)
+                        .await
+                }
+                .boxed()
             },
         );
         canceled.run = Some(waiting.progress.clone());
@@ -580,10 +608,12 @@ impl VertexTask {
         });
     }
 
-    /// Runs the op and records its result in the cache index under `key`.
+    /// Runs the op and records its result in the cache index under `key`, and `alias` (its
+    /// selection key) for it.
     async fn execute_and_record(
         &self,
         key: &str,
+        alias: Option<&str>,
         inputs: &[Arc<VertexResult>],
     ) -> Result<inflight::Executed, Arc<SolveError>> {
         let op = ops::of(&self.op);
@@ -620,12 +650,13 @@ impl VertexTask {
             .inner
             .store
             .index()
-            .put(
+            .put_aliased(
                 key,
                 &CachedResult {
                     snapshot,
                     created_unix,
                 },
+                alias,
             )
             .map_err(|e| Arc::new(SolveError::from(e)))?;
         if let Some(g) = owned {

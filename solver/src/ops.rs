@@ -11,7 +11,7 @@ mod local;
 mod merge;
 
 use crate::progress::Event;
-use crate::{prefetch, unwrap_arc, Output, SolveError, VertexResult, VertexTask};
+use crate::{prefetch, selection, unwrap_arc, Output, SolveError, VertexResult, VertexTask};
 use futures::future::{BoxFuture, FutureExt};
 use kiln_cache::{SnapshotId, Store};
 use kiln_llb::op::Kind;
@@ -119,26 +119,107 @@ pub(crate) async fn content_key(v: &VertexTask, inputs: &Inputs) -> Result<Strin
         h.update(b"\0input\0");
         h.update(input.key.as_bytes());
         if let Output::Local(ctx) = &input.output {
-            // Usually computed ahead, since the solve started (see `prefetch`).
-            let sum = match v.prefetched.get(&(i as i64)) {
-                Some(ahead) => ahead.clone().await.map_err(unwrap_arc)?,
-                None => {
-                    let selectors = prefetch::selectors(&v.op, i as i64);
-                    let ctx = ctx.clone();
-                    let store = v.solver.inner.store.clone();
-                    tokio::task::spawn_blocking(move || {
-                        prefetch::checksum(ctx.as_ref(), &selectors, &store)
-                    })
-                    .await
-                    .map_err(SolveError::from)??
-                    .0
-                }
-            };
             h.update(b"\0local\0");
-            h.update(sum.as_bytes());
+            h.update(local_sum(v, i, ctx).await?.as_bytes());
         }
     }
     Ok(h.finalize().to_hex().to_string())
+}
+
+/// The checksum of what op `v` reads of its local input `i`.
+async fn local_sum(
+    v: &VertexTask,
+    i: usize,
+    ctx: &Arc<dyn crate::LocalContext>,
+) -> Result<String, SolveError> {
+    // Usually computed ahead, since the solve started (see `prefetch`).
+    if let Some(ahead) = v.prefetched.get(&(i as i64)) {
+        return ahead.clone().await.map_err(unwrap_arc);
+    }
+    let selectors = prefetch::selectors(&v.op, i as i64);
+    let ctx = ctx.clone();
+    let store = v.solver.inner.store.clone();
+    Ok(
+        tokio::task::spawn_blocking(move || prefetch::checksum(ctx.as_ref(), &selectors, &store))
+            .await
+            .map_err(SolveError::from)??
+            .0,
+    )
+}
+
+/// The op's second key, found on a miss of its own ([`content_key`]): the op without its
+/// inputs' op digests, each input counting by its key or, when the op selects part of a stage
+/// (`COPY --from=stage /x`, `RUN --mount=from=stage,source=/x`), by the checksum of the selected
+/// content. So a step whose stage re-ran to the same bytes there is found, and so are the steps
+/// after it: their inputs' keys are the same, though the ops' digests, which name the op of
+/// each input, are not. `None` for an op without inputs, or when an input the op reads whole ran
+/// again regardless of the cache (`--no-cache-filter`): its bytes may differ under the same key.
+pub(crate) async fn selection_key(
+    v: &VertexTask,
+    inputs: &Inputs,
+) -> Result<Option<String>, SolveError> {
+    let selected: Vec<Option<(SnapshotId, Vec<selection::Selector>)>> = inputs
+        .iter()
+        .enumerate()
+        .map(|(i, input)| match input.output {
+            Output::Snapshot(s) => selection::selectors(&v.op, i as i64).map(|sel| (s, sel)),
+            _ => None,
+        })
+        .collect();
+    let whole_fresh = inputs
+        .iter()
+        .zip(&selected)
+        .any(|(input, sel)| input.fresh && sel.is_none());
+    if whole_fresh || inputs.is_empty() {
+        return Ok(None);
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-selection-key-v1\0");
+    // The op's digest names its inputs' ops, and a stage that re-ran is a new op: the op is
+    // taken without them, each input counting by its key or by what is selected of it.
+    let mut own = v.op.clone();
+    for input in &mut own.inputs {
+        input.digest.clear();
+    }
+    h.update(own.digest().as_bytes());
+    for (i, (input, sel)) in inputs.iter().zip(selected).enumerate() {
+        h.update(b"\0input\0");
+        match sel {
+            Some((snap, selectors)) => {
+                let store = v.solver.inner.store.clone();
+                let sum = tokio::task::spawn_blocking(move || {
+                    selection::checksum(&store, snap, &selectors)
+                })
+                .await
+                .map_err(SolveError::from)?;
+                match sum {
+                    Ok(sum) => {
+                        h.update(b"\0selected\0");
+                        h.update(sum.as_bytes());
+                    }
+                    // Only a second way to find a result: without it the step runs.
+                    Err(e) => {
+                        tracing::warn!(step = %v.name(), "cannot checksum what the step selects of its input {i}: {}", e.chain_text());
+                        return Ok(None);
+                    }
+                }
+            }
+            None => {
+                h.update(input.key.as_bytes());
+                if let Output::Local(ctx) = &input.output {
+                    h.update(b"\0local\0");
+                    h.update(local_sum(v, i, ctx).await?.as_bytes());
+                }
+            }
+        }
+    }
+    Ok(Some(h.finalize().to_hex().to_string()))
+}
+
+/// The alias under which the index maps a selection key to the key its result was recorded
+/// under.
+pub(crate) fn selection_alias(selection_key: &str) -> String {
+    format!("selection-v1/{selection_key}")
 }
 
 /// A source that must be fetched before its result's key is known (unpinned http, git): the

@@ -130,6 +130,10 @@ fn main() {
     println!("test cache_keys_stay_the_same_across_kiln_versions ... ok");
     rt.block_on(bind_mount_of_one_file_reruns_only_when_that_file_changes());
     println!("test bind_mount_of_one_file_reruns_only_when_that_file_changes ... ok");
+    rt.block_on(copy_and_bind_of_part_of_a_stage_rerun_only_when_that_part_changes());
+    println!("test copy_and_bind_of_part_of_a_stage_rerun_only_when_that_part_changes ... ok");
+    rt.block_on(a_stage_that_reruns_to_the_same_bytes_leaves_the_steps_after_it_cached());
+    println!("test a_stage_that_reruns_to_the_same_bytes_leaves_the_steps_after_it_cached ... ok");
 }
 
 async fn cache_keys_stay_the_same_across_kiln_versions() {
@@ -372,4 +376,154 @@ async fn bind_mount_of_one_file_reruns_only_when_that_file_changes() {
         (1, 1),
         "the mounted file changed: the step runs again"
     );
+}
+
+fn context_source(b: &mut DefinitionBuilder) -> kiln_llb::OutputRef {
+    b.add(
+        op(
+            &[],
+            Kind::Source(SourceOp {
+                identifier: "local://context".into(),
+                attrs: vec![],
+            }),
+        ),
+        OpMetadata::default(),
+    )
+}
+
+fn exec_true(env: Vec<String>, mounts: Vec<Mount>) -> Kind {
+    Kind::Exec(ExecOp {
+        meta: Some(ExecMeta {
+            args: vec!["/bin/true".into()],
+            env,
+            cwd: "/".into(),
+            ..Default::default()
+        }),
+        mounts,
+        network: 0,
+    })
+}
+
+fn mkfile(path: &str, data: &[u8]) -> Action {
+    Action::Mkfile(FileMkfile {
+        path: path.into(),
+        mode: 0o644,
+        data: data.to_vec(),
+        owner: None,
+    })
+}
+
+/// `COPY --from=stage /out/x` and `RUN --mount=from=stage,source=/out` key on what they select
+/// of the stage, as BuildKit does: a change elsewhere in the stage leaves them cached.
+async fn copy_and_bind_of_part_of_a_stage_rerun_only_when_that_part_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("bin/true"), &exit_zero_elf(), 0o755);
+    let definition = |x: &[u8], y: &[u8]| {
+        let mut b = DefinitionBuilder::default();
+        let context = context_source(&mut b);
+        let rootfs = b.add(
+            op(&[&context], file(-1, vec![copy(0, "/bin", "/bin/")])),
+            OpMetadata::default(),
+        );
+        let stage = b.add(
+            op(
+                &[],
+                file(
+                    -1,
+                    vec![
+                        Action::Mkdir(FileMkdir {
+                            path: "/out".into(),
+                            mode: 0o755,
+                            make_parents: true,
+                            owner: None,
+                        }),
+                        mkfile("/out/x", x),
+                        mkfile("/y", y),
+                    ],
+                ),
+            ),
+            OpMetadata::default(),
+        );
+        let copied = b.add(
+            op(&[&rootfs, &stage], file(0, vec![copy(1, "/out/x", "/x")])),
+            OpMetadata::default(),
+        );
+        let mut out = Mount::rootfs(1);
+        out.selector = "/out".into();
+        out.dest = "/out".into();
+        out.output = -1;
+        out.readonly = true;
+        let run = b.add(
+            op(
+                &[&copied, &stage],
+                exec_true(vec![], vec![Mount::rootfs(0), out]),
+            ),
+            OpMetadata::default(),
+        );
+        b.build(Some(run))
+    };
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let first = solve(&store, definition(b"x", b"one"), &ctx).await;
+    assert_eq!((first.executed, first.cached), (4, 0));
+
+    let unselected = solve(&store, definition(b"x", b"two"), &ctx).await;
+    assert_eq!(
+        (unselected.executed, unselected.cached),
+        (1, 3),
+        "only the stage's `/y` changed: the COPY and the RUN that read `/out` stay cached"
+    );
+
+    let selected = solve(&store, definition(b"x2", b"two"), &ctx).await;
+    assert_eq!(
+        (selected.executed, selected.cached),
+        (3, 1),
+        "the stage's `/out/x` changed: the COPY and the RUN run again"
+    );
+}
+
+/// A stage's `RUN` runs again (its environment changed) and makes the same bytes: the `COPY
+/// --from` of its output and the steps after it stay cached, as BuildKit finds them by the
+/// checksum of the copied content.
+async fn a_stage_that_reruns_to_the_same_bytes_leaves_the_steps_after_it_cached() {
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    write(&ctx.join("bin/true"), &exit_zero_elf(), 0o755);
+    let definition = |version: &str| {
+        let mut b = DefinitionBuilder::default();
+        let context = context_source(&mut b);
+        let rootfs = b.add(
+            op(&[&context], file(-1, vec![copy(0, "/bin", "/bin/")])),
+            OpMetadata::default(),
+        );
+        let build = b.add(
+            op(
+                &[&rootfs],
+                exec_true(vec![format!("VERSION={version}")], vec![Mount::rootfs(0)]),
+            ),
+            OpMetadata::default(),
+        );
+        let copied = b.add(
+            op(&[&build], file(-1, vec![copy(0, "/bin/true", "/bin/true")])),
+            OpMetadata::default(),
+        );
+        let after = b.add(
+            op(&[&copied], exec_true(vec![], vec![Mount::rootfs(0)])),
+            OpMetadata::default(),
+        );
+        b.build(Some(after))
+    };
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let first = solve(&store, definition("1"), &ctx).await;
+    assert_eq!((first.executed, first.cached), (4, 0));
+
+    let rerun = solve(&store, definition("2"), &ctx).await;
+    assert_eq!(
+        (rerun.executed, rerun.cached),
+        (1, 3),
+        "the stage's RUN ran again to the same `/bin/true`: the COPY and the RUN after it stay cached"
+    );
+    // Warm: the stage's new result is cached, and so is everything after it, again.
+    let warm = solve(&store, definition("2"), &ctx).await;
+    assert_eq!((warm.executed, warm.cached), (0, 4));
 }
