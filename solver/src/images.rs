@@ -157,7 +157,7 @@ pub async fn resolve_image_progress(
                 let (d, s) = store
                     .content()
                     .put_bytes(&index.bytes)
-                    .map_err(SolveError::cache)?;
+                    .map_err(SolveError::Cache)?;
                 (d, s, index.media_type.clone())
             }
             None => (digest.clone(), size, resolved.media_type.clone()),
