@@ -202,7 +202,8 @@ struct BuildArgs {
     /// Ask the registry what each base image tag names now, even when the local store has it.
     #[arg(long)]
     pull: bool,
-    /// The platform to build for, os/arch[/variant] (default: this host's).
+    /// The platforms to build for, os/arch[/variant][,...] (default: this host's); several give
+    /// one image index.
     #[arg(long)]
     platform: Option<String>,
     /// Do not use the cache for these stages (and what uses them): STAGE[,STAGE...].

@@ -1,6 +1,7 @@
-//! Issue 17, one foreign platform per build: `kiln setup emulators` registers QEMU with
-//! binfmt_misc, linux/arm64 `RUN` steps and `kiln run` of an arm64 image go through it, the
-//! BuildKit platform build args, and the errors for a platform kiln cannot build or run. The
+//! Issue 17: `kiln setup emulators` registers QEMU with binfmt_misc, linux/arm64 `RUN` steps
+//! and `kiln run` of an arm64 image go through it, the BuildKit platform build args, the errors
+//! for a platform kiln cannot build or run, and multi-platform builds (`--platform
+//! linux/amd64,linux/arm64`: one solve, an image index, shared cross-compiling stages). The
 //! base is Debian's arm64 busybox-static (`cargo xtask setup`). They need root, as CI runs them,
 //! and an amd64 host.
 
@@ -461,4 +462,243 @@ fn a_tag_keeps_every_platform_pulled_under_it_and_pushes_them_all() {
         ),
         "{err}"
     );
+}
+
+/// A store with the host's busybox as `busybox` and `busybox-amd64`, the arm64 one as
+/// `busybox-arm64`: `FROM busybox-$TARGETARCH` picks each platform's base.
+fn busyboxes_by_arch() -> Kiln {
+    let k = two_busyboxes();
+    let rootfs = busybox_rootfs().to_str().unwrap();
+    run_out(
+        &k,
+        &[
+            "import",
+            "--change",
+            "CMD [\"sh\"]",
+            rootfs,
+            "busybox-amd64",
+        ],
+    );
+    k
+}
+
+/// A cross-compiling Dockerfile: the build stage runs on the build platform; its first `RUN`
+/// (before `ARG TARGETARCH`) is the same for every target, the second is per target; the final
+/// stage's `RUN` runs on each target platform (emulated for arm64).
+const CROSS_DOCKERFILE: &str = "FROM --platform=$BUILDPLATFORM busybox AS build\n\
+RUN echo \"$((6*7))-fetched on $(uname -m)\" && echo deps > /deps\n\
+ARG TARGETARCH\n\
+RUN echo \"built on $(uname -m) for $TARGETARCH\" > /tool\n\
+FROM busybox-$TARGETARCH\n\
+COPY --from=build /deps /tool /\n\
+RUN uname -m > /arch\n";
+
+fn both(out: &std::process::Output) -> String {
+    format!("{}{}", stdout(out), stderr(out))
+}
+
+#[test]
+fn multi_platform_build_pushes_an_index_of_both_platforms_and_each_runs() {
+    if !amd64_host() {
+        return;
+    }
+    emulators_registered();
+    let k = busyboxes_by_arch();
+    let (reg, _guard) = registry();
+    let ctx = temp_context("kiln-ctx-", &[("Dockerfile", CROSS_DOCKERFILE)]);
+    let dest = format!("{reg}/{}:multi", unique("multi-platform"));
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            &dest,
+            "--push",
+        ],
+    );
+    assert_ok(&out, "kiln build --platform linux/amd64,linux/arm64 --push");
+    let remote = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{dest}"),
+        ],
+    );
+    assert_eq!(platforms_of(&remote), ["linux/amd64", "linux/arm64"]);
+    assert!(
+        remote.contains("\"mediaType\":\"application/vnd.oci.image.index.v1+json\""),
+        "{remote}"
+    );
+    // The store's name is the index too: `kiln images` lists it, `kiln run --platform` picks.
+    let stored = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}/images:{dest}", k.root.path().display()),
+        ],
+    );
+    assert_eq!(platforms_of(&stored), ["linux/amd64", "linux/arm64"]);
+    assert!(
+        run_out(&k, &["images"]).contains(&dest),
+        "kiln images lacks {dest}"
+    );
+    let run = |k: &Kiln, platform: &str, cmd: &[&str]| {
+        let mut args = vec!["run", "--rm", "--platform", platform, &dest];
+        args.extend_from_slice(cmd);
+        run_out(k, &args)
+    };
+    assert_eq!(run(&k, "linux/arm64", &["uname", "-m"]), "aarch64\n");
+    assert_eq!(
+        run(&k, "linux/arm64", &["cat", "/arch", "/tool"]),
+        "aarch64\nbuilt on x86_64 for arm64\n"
+    );
+    assert_eq!(
+        run(&k, "linux/amd64", &["cat", "/arch", "/tool"]),
+        "x86_64\nbuilt on x86_64 for amd64\n"
+    );
+    // Pulled into another store, the arm64 image runs under emulation.
+    let fresh = Kiln::new();
+    run_out(&fresh, &["pull", "--all-platforms", &dest]);
+    assert_eq!(run(&fresh, "linux/arm64", &["uname", "-m"]), "aarch64\n");
+
+    // `oci-mediatypes=false`: a Docker manifest list of Docker manifests.
+    let list = format!("{reg}/{}:list", unique("multi-platform"));
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--output",
+            &format!("type=registry,name={list},oci-mediatypes=false"),
+        ],
+    );
+    assert_ok(
+        &out,
+        "kiln build --output type=registry,oci-mediatypes=false",
+    );
+    let remote = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{list}"),
+        ],
+    );
+    assert_eq!(platforms_of(&remote), ["linux/amd64", "linux/arm64"]);
+    assert!(
+        remote.contains("manifest.list.v2+json")
+            && remote
+                .matches("vnd.docker.distribution.manifest.v2+json")
+                .count()
+                == 2,
+        "{remote}"
+    );
+}
+
+#[test]
+fn cross_compiling_dockerfile_shares_its_build_stage_across_platforms() {
+    if !amd64_host() {
+        return;
+    }
+    emulators_registered();
+    let k = busyboxes_by_arch();
+    let ctx = temp_context("kiln-ctx-", &[("Dockerfile", CROSS_DOCKERFILE)]);
+    let dest = tempfile::tempdir().unwrap();
+    let local = dest.path().join("local");
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--output",
+            &format!("type=local,dest={}", local.display()),
+        ],
+    );
+    assert_ok(&out, "kiln build --platform linux/amd64,linux/arm64");
+    let log = both(&out);
+    // The shared step ran once, natively; the per-target ones are named by their platform.
+    assert_eq!(log.matches("42-fetched on x86_64").count(), 1, "{log}");
+    assert!(
+        log.contains("[linux/arm64 stage-1 3/3] RUN uname -m > /arch"),
+        "{log}"
+    );
+    assert!(log.contains("[build 2/3] RUN echo"), "{log}");
+    // `type=local`: one directory per platform, as BuildKit's platform-split names them.
+    let read = |p: &str| std::fs::read_to_string(local.join(p)).unwrap();
+    assert_eq!(read("linux_amd64/arch"), "x86_64\n");
+    assert_eq!(read("linux_arm64/arch"), "aarch64\n");
+    assert_eq!(read("linux_arm64/tool"), "built on x86_64 for arm64\n");
+    assert_eq!(read("linux_amd64/deps"), "deps\n");
+
+    // `type=oci`: a layout whose image is the index of both platforms.
+    let archive = dest.path().join("multi.tar");
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--output",
+            &format!("type=oci,dest={}", archive.display()),
+        ],
+    );
+    assert_ok(&out, "kiln build --output type=oci");
+    assert!(both(&out).contains("(0 steps run, "), "{}", both(&out));
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci-archive:{}", archive.display()),
+        ],
+    );
+    assert_eq!(platforms_of(&raw), ["linux/amd64", "linux/arm64"]);
+    let arm = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--override-arch",
+            "arm64",
+            &format!("oci-archive:{}", archive.display()),
+        ],
+    );
+    assert!(arm.contains("\"Architecture\": \"arm64\""), "{arm}");
+}
+
+#[test]
+fn several_platforms_into_a_single_platform_output_say_what_to_do() {
+    if !amd64_host() {
+        return;
+    }
+    let k = busyboxes_by_arch();
+    let ctx = temp_context("kiln-ctx-", &[("Dockerfile", CROSS_DOCKERFILE)]);
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--output",
+            "type=docker,dest=img.tar",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "`--output type=docker` holds one platform's image, but this build is for \
+             linux/amd64,linux/arm64: build one platform (e.g. `--platform linux/amd64`), or use \
+             `type=oci` or `type=registry`, which keep every platform in one image index"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("RUN"), "refused before any step ran: {err}");
 }

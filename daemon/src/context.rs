@@ -9,7 +9,7 @@ use kiln_registry::{Platform, Reference};
 use kiln_solver::{images, Solver};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 /// A context directory with its `.dockerignore` rules.
 pub(crate) struct ContextDir {
@@ -247,8 +247,9 @@ pub(crate) struct StoreResolver {
     handle: tokio::runtime::Handle,
     platform: Platform,
     pull: bool,
-    /// Normalised reference → what it resolved to in this build.
-    resolved: Mutex<HashMap<String, kiln_frontend::ResolvedImage>>,
+    /// Normalised reference and platform → what it resolved to in this build (shared by the
+    /// resolvers of every target platform).
+    resolved: Arc<Mutex<HashMap<String, kiln_frontend::ResolvedImage>>>,
 }
 
 impl StoreResolver {
@@ -263,7 +264,19 @@ impl StoreResolver {
             handle,
             platform,
             pull,
-            resolved: Mutex::new(HashMap::new()),
+            resolved: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// This build's resolver for another target platform: the same answers for the same
+    /// (name, platform), so every platform's `FROM --platform=$BUILDPLATFORM x` sees one digest.
+    pub(crate) fn for_platform(&self, platform: Platform) -> StoreResolver {
+        StoreResolver {
+            solver: self.solver.clone(),
+            handle: self.handle.clone(),
+            platform,
+            pull: self.pull,
+            resolved: self.resolved.clone(),
         }
     }
 

@@ -5,7 +5,7 @@ use crate::ImportRequest;
 use anyhow::{bail, Context, Result};
 use kiln_cache::{LayerInfo, SnapshotId, Store};
 use kiln_exporter::{Compression, LayerBlob, LayerOptions};
-use kiln_solver::{Output, SolveOutput};
+use kiln_solver::Output;
 use oci_spec::image::{ConfigBuilder, History, HistoryBuilder, ImageConfiguration, RootFsBuilder};
 use std::io::Read;
 
@@ -103,12 +103,13 @@ fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<(Laye
 /// frontend marked as creating a layer.
 pub(crate) async fn export_image(
     store: &Store,
-    solved: &SolveOutput,
+    root: &Output,
+    root_created_unix: u64,
     mut config: ImageConfiguration,
     extras: &serde_json::Map<String, serde_json::Value>,
     epoch: Option<i64>,
 ) -> Result<ExportedImage> {
-    let chain: Vec<SnapshotId> = match &solved.root {
+    let chain: Vec<SnapshotId> = match root {
         Output::Scratch => vec![],
         Output::Snapshot(s) => {
             let mut c = store.snapshots().chain(*s)?;
@@ -128,7 +129,7 @@ pub(crate) async fn export_image(
             .collect::<Result<Vec<_>>>()
     })
     .await??;
-    let created_unix = epoch.unwrap_or(solved.created_unix as i64);
+    let created_unix = epoch.unwrap_or(root_created_unix as i64);
     let created = rfc3339(created_unix);
 
     // Pair layers with the history entries that create one; empty new layers are dropped and

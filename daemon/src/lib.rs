@@ -11,6 +11,7 @@ mod export;
 mod images;
 mod load;
 mod outputs;
+mod platforms;
 mod run;
 mod sandbox_opts;
 mod stdin;
@@ -290,38 +291,62 @@ impl Engine {
             &ignore_patterns,
         )?);
         let named = context::named_contexts(&req.build_contexts)?;
-        let platform = context::build_platform(req.platform.as_deref(), self.solver.platform())?;
-        let opts = kiln_frontend::BuildOptions {
-            dockerfile_name: dockerfile_name.clone(),
-            build_args: req.build_args.clone(),
-            target: req.target.clone(),
-            platform: context::frontend_platform(&platform),
-            context_name: "context".into(),
-            exclude_patterns: ignore_patterns,
-            no_cache: req.no_cache,
-            named_contexts: named.contexts,
-        };
+        let platforms =
+            platforms::target_platforms(req.platform.as_deref(), self.solver.platform())?;
+        if platforms.len() > 1 {
+            outputs::check_multi_platform(&req.outputs, &platforms)?;
+        }
         let resolver = context::StoreResolver::new(
             self.solver.clone(),
             tokio::runtime::Handle::current(),
-            platform,
+            platforms[0].clone(),
             req.pull,
         );
-        let compiled =
-            tokio::task::spawn_blocking(move || kiln_frontend::compile(&text, &opts, &resolver))
-                .await??;
-        context::check_runs(
-            &compiled.runs,
-            &dockerfile_name,
-            self.solver.platform(),
-            &kiln_exec::binfmt_misc_dir(),
-        )?;
-        let mut warnings: Vec<String> = compiled
-            .warnings
-            .iter()
-            .map(|w| format!("{dockerfile_name}:{}: {}", w.line, w.message))
-            .collect();
-        let mut definition = compiled.definition;
+        let mut compiles = Vec::with_capacity(platforms.len());
+        for platform in &platforms {
+            let opts = kiln_frontend::BuildOptions {
+                dockerfile_name: dockerfile_name.clone(),
+                build_args: req.build_args.clone(),
+                target: req.target.clone(),
+                platform: context::frontend_platform(platform),
+                context_name: "context".into(),
+                exclude_patterns: ignore_patterns.clone(),
+                no_cache: req.no_cache,
+                named_contexts: named.contexts.clone(),
+            };
+            let resolver = resolver.for_platform(platform.clone());
+            let text = text.clone();
+            let compiled = tokio::task::spawn_blocking(move || {
+                kiln_frontend::compile(&text, &opts, &resolver)
+            })
+            .await??;
+            context::check_runs(
+                &compiled.runs,
+                &dockerfile_name,
+                self.solver.platform(),
+                &kiln_exec::binfmt_misc_dir(),
+            )?;
+            compiles.push(compiled);
+        }
+        let mut warnings: Vec<String> = Vec::new();
+        for w in compiles.iter().flat_map(|c| &c.warnings) {
+            let w = format!("{dockerfile_name}:{}: {}", w.line, w.message);
+            // Every platform's compile warns about the same lines.
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+        let (mut definition, roots) = platforms::merge_graphs(
+            platforms
+                .iter()
+                .cloned()
+                .zip(
+                    compiles
+                        .iter_mut()
+                        .map(|c| std::mem::take(&mut c.definition)),
+                )
+                .collect(),
+        );
         for stage in kiln_solver::ignore_cache_for_stages(&mut definition, &req.no_cache_filter) {
             warnings.push(format!(
                 "`--no-cache-filter {stage}`: no step of this build is in a stage named `{stage}`"
@@ -333,35 +358,52 @@ impl Engine {
         locals.extend(named.locals);
         let solved = self
             .solver
-            .solve(kiln_solver::SolveRequest {
-                definition,
-                locals,
-                progress,
-                secrets: req.secrets.0.clone(),
-                ssh: req.ssh.clone(),
-                network_none: req.network_none,
-                runtime: req.runtime.clone(),
-                limits: req.limits,
-            })
+            .solve_roots(
+                kiln_solver::SolveRequest {
+                    definition,
+                    locals,
+                    progress,
+                    secrets: req.secrets.0.clone(),
+                    ssh: req.ssh.clone(),
+                    network_none: req.network_none,
+                    runtime: req.runtime.clone(),
+                    limits: req.limits,
+                },
+                roots,
+            )
             .await?;
-        let mut image_config = compiled.image_config;
-        if !req.labels.is_empty() {
-            // As `docker build --label`: on the image only, so no step's cache key changes.
-            let mut config = image_config.config().clone().unwrap_or_default();
-            let mut labels = config.labels().clone().unwrap_or_default();
-            labels.extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
-            config.set_labels(Some(labels));
-            image_config.set_config(Some(config));
+        let epoch = outputs::source_date_epoch(&req.build_args)?;
+        let mut images = Vec::with_capacity(platforms.len());
+        for ((platform, compiled), (root, created_unix)) in
+            platforms.iter().zip(compiles).zip(solved.roots)
+        {
+            let mut image_config = compiled.image_config;
+            if !req.labels.is_empty() {
+                // As `docker build --label`: on the image only, so no step's cache key changes.
+                let mut config = image_config.config().clone().unwrap_or_default();
+                let mut labels = config.labels().clone().unwrap_or_default();
+                labels.extend(req.labels.iter().map(|(k, v)| (k.clone(), v.clone())));
+                config.set_labels(Some(labels));
+                image_config.set_config(Some(config));
+            }
+            let image = export::export_image(
+                &self.store,
+                &root,
+                created_unix,
+                image_config,
+                &compiled.config_extras,
+                epoch,
+            )
+            .await
+            .with_context(|| format!("cannot export the {platform} image"))?;
+            images.push((platform.clone(), image));
         }
-        let image = export::export_image(
-            &self.store,
-            &solved,
-            image_config,
-            &compiled.config_extras,
-            outputs::source_date_epoch(&req.build_args)?,
-        )
-        .await?;
-        let delivered = outputs::deliver(self, &image, &req.tags, &req.outputs).await?;
+        let delivered = if images.len() == 1 {
+            let (_, image) = &images[0];
+            outputs::deliver(self, image, &req.tags, &req.outputs).await?
+        } else {
+            outputs::deliver_platforms(self, &images, &req.tags, &req.outputs).await?
+        };
         Ok(BuildResult {
             manifest_digest: delivered.image.manifest_digest,
             config_digest: delivered.image.config_digest,

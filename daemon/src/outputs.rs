@@ -2,6 +2,10 @@
 //! exported image to each of them: the local store, a registry, OCI and Docker archives, or the
 //! final file system as a directory or a tar.
 
+mod index;
+
+pub(crate) use index::{check_multi_platform, deliver_platforms};
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 

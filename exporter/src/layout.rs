@@ -63,14 +63,30 @@ fn checked_blob(lookup: BlobPath<'_>, digest: &str, size: u64) -> Result<Blob, E
     })
 }
 
-/// The manifest, config and layer blobs of an image, sorted by digest, each once.
+/// The manifest, config and layer blobs of an image, sorted by digest, each once; for an index,
+/// the index and those of each manifest it lists.
 fn image_blobs(lookup: BlobPath<'_>, image: &ImageDescriptor) -> Result<Vec<Blob>, ExportError> {
     let manifest = checked_blob(lookup, &image.manifest_digest, image.manifest_size)?;
     let bytes =
         fs::read(&manifest.path).map_err(|e| ExportError::read("read", &manifest.path, e))?;
     let mut blobs = vec![manifest];
-    for (_, digest, size) in parse_manifest(&bytes, &image.manifest_digest)? {
-        blobs.push(checked_blob(lookup, &digest, size)?);
+    if crate::index::read::is_index_media_type(&image.media_type) {
+        // One level: kiln writes no index of indexes.
+        for m in crate::index::read::index_manifests(&bytes, &image.manifest_digest)? {
+            let mbytes = {
+                let b = checked_blob(lookup, &m.manifest_digest, m.manifest_size)?;
+                let bytes = fs::read(&b.path).map_err(|e| ExportError::read("read", &b.path, e))?;
+                blobs.push(b);
+                bytes
+            };
+            for (_, digest, size) in parse_manifest(&mbytes, &m.manifest_digest)? {
+                blobs.push(checked_blob(lookup, &digest, size)?);
+            }
+        }
+    } else {
+        for (_, digest, size) in parse_manifest(&bytes, &image.manifest_digest)? {
+            blobs.push(checked_blob(lookup, &digest, size)?);
+        }
     }
     blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
     blobs.dedup_by(|a, b| a.digest == b.digest);

@@ -37,7 +37,7 @@ pub use progress::{Event, NoProgress, ProgressSink, Stream};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use kiln_cache::{CachedResult, SnapshotId, Store};
-use kiln_llb::{Definition, Op, OpMetadata};
+use kiln_llb::{Definition, Input, Op, OpMetadata};
 use kiln_registry::{Platform, RegistryClient};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -207,6 +207,16 @@ pub struct SolveOutput {
     pub created_unix: u64,
 }
 
+/// What a solve of several roots produced ([`Solver::solve_roots`]): one result per root, in the
+/// order asked, with the steps of all of them counted once.
+#[derive(Debug)]
+pub struct RootsOutput {
+    /// Each root's result and when it was first produced (unix seconds).
+    pub roots: Vec<(Output, u64)>,
+    pub executed: usize,
+    pub cached: usize,
+}
+
 /// The scheduler. Cheap to clone; one per engine.
 #[derive(Clone)]
 pub struct Solver {
@@ -270,6 +280,25 @@ impl Solver {
     /// Solves the definition's root. Independent vertices run concurrently; the first failure
     /// cancels the rest (their sandboxes are killed when their futures drop).
     pub async fn solve(&self, req: SolveRequest) -> Result<SolveOutput, SolveError> {
+        let root = req.definition.root.clone().unwrap_or_default();
+        let mut out = self.solve_roots(req, vec![root]).await?;
+        let (root, created_unix) = out.roots.pop().unwrap_or((Output::Scratch, 0));
+        Ok(SolveOutput {
+            root,
+            executed: out.executed,
+            cached: out.cached,
+            created_unix,
+        })
+    }
+
+    /// Solves several roots of one definition in one pass (a multi-platform build: one root
+    /// per platform): a vertex they share runs once. The definition's own root is ignored; an
+    /// empty digest is scratch.
+    pub async fn solve_roots(
+        &self,
+        req: SolveRequest,
+        roots: Vec<Input>,
+    ) -> Result<RootsOutput, SolveError> {
         let def = Arc::new(req.definition);
         def.validate().map_err(SolveError::InvalidGraph)?;
         let counters = Arc::new(Mutex::new(Counters::default()));
@@ -283,9 +312,9 @@ impl Solver {
             limits: req.limits,
         });
         // Hashing of the local contexts starts now, beside the pulls and the first steps.
-        let prefetch = prefetch::start(&def, &locals, &self.inner.store, &req.progress);
+        let prefetch = prefetch::start(&def, &roots, &locals, &self.inner.store, &req.progress);
         let metadata = def.metadata_by_digest();
-        let needed = needed_by_root(&def);
+        let needed = needed_by_roots(&def, &roots);
         // Each vertex is its own task and waits for its inputs' tasks to finish: no future polls
         // another vertex's, so a chain of thousands of steps needs no more stack than one step
         // (nested futures recursed once per vertex and overflowed the stack at ~500 steps).
@@ -343,11 +372,12 @@ impl Solver {
             .shared();
             futures.insert(digest, fut);
         }
-        let root = def.root.clone().unwrap_or_default();
-        let mut created_unix = 0;
-        let output = if root.digest.is_empty() {
-            Output::Scratch
-        } else {
+        let mut results = Vec::with_capacity(roots.len());
+        for root in &roots {
+            if root.digest.is_empty() {
+                results.push((Output::Scratch, 0));
+                continue;
+            }
             let f = futures
                 .get(&root.digest)
                 .cloned()
@@ -362,18 +392,16 @@ impl Solver {
                     return Err(unwrap_arc(e));
                 }
             };
-            created_unix = r.created_unix;
-            r.output.clone()
-        };
+            results.push((r.output.clone(), r.created_unix));
+        }
         let c = counters
             .lock()
             .map(|c| (c.executed, c.cached))
             .unwrap_or((0, 0));
-        Ok(SolveOutput {
-            root: output,
+        Ok(RootsOutput {
+            roots: results,
             executed: c.0,
             cached: c.1,
-            created_unix,
         })
     }
 }
@@ -401,8 +429,8 @@ impl Drop for AbortOnDrop {
     }
 }
 
-/// The indexes of the ops the root needs (itself included), found without recursion.
-fn needed_by_root(def: &Definition) -> std::collections::HashSet<usize> {
+/// The indexes of the ops the roots need (themselves included), found without recursion.
+fn needed_by_roots(def: &Definition, roots: &[Input]) -> std::collections::HashSet<usize> {
     let by_digest: HashMap<String, usize> = def
         .ops
         .iter()
@@ -410,11 +438,9 @@ fn needed_by_root(def: &Definition) -> std::collections::HashSet<usize> {
         .map(|(i, op)| (op.digest(), i))
         .collect();
     let mut needed = std::collections::HashSet::new();
-    let mut todo: Vec<usize> = def
-        .root
-        .as_ref()
-        .and_then(|r| by_digest.get(&r.digest).copied())
-        .into_iter()
+    let mut todo: Vec<usize> = roots
+        .iter()
+        .filter_map(|r| by_digest.get(&r.digest).copied())
         .collect();
     while let Some(i) = todo.pop() {
         if !needed.insert(i) {

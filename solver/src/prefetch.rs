@@ -10,7 +10,7 @@ use crate::SolveError;
 use futures::channel::oneshot;
 use futures::future::{BoxFuture, FutureExt, Shared};
 use kiln_cache::Store;
-use kiln_llb::{file_action::Action, op::Kind, Definition, Op};
+use kiln_llb::{file_action::Action, op::Kind, Definition, Input, Op};
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -57,6 +57,7 @@ struct Job {
 /// Starts hashing, on the blocking pool, every local context that an op the root needs reads.
 pub(crate) fn start(
     def: &Definition,
+    roots: &[Input],
     locals: &HashMap<String, Arc<dyn LocalContext>>,
     store: &Store,
     progress: &Arc<dyn ProgressSink>,
@@ -69,7 +70,7 @@ pub(crate) fn start(
         .enumerate()
         .map(|(i, d)| (d.as_str(), i))
         .collect();
-    let needed = needed_by_root(def, &by_digest);
+    let needed = needed_by_roots(def, roots, &by_digest);
     let mut jobs: Vec<Job> = Vec::new();
     let mut job_of: HashMap<usize, usize> = HashMap::new();
     for (idx, op) in def.ops.iter().enumerate() {
@@ -146,14 +147,16 @@ fn run(job: Job, store: &Store, progress: &dyn ProgressSink, stop: &AtomicBool) 
     }
 }
 
-/// The ops the root needs, by index.
-fn needed_by_root(def: &Definition, by_digest: &HashMap<&str, usize>) -> HashSet<usize> {
+/// The ops the roots need, by index.
+fn needed_by_roots(
+    def: &Definition,
+    roots: &[Input],
+    by_digest: &HashMap<&str, usize>,
+) -> HashSet<usize> {
     let mut needed = HashSet::new();
-    let mut todo: Vec<usize> = def
-        .root
-        .as_ref()
-        .and_then(|r| by_digest.get(r.digest.as_str()).copied())
-        .into_iter()
+    let mut todo: Vec<usize> = roots
+        .iter()
+        .filter_map(|r| by_digest.get(r.digest.as_str()).copied())
         .collect();
     while let Some(i) = todo.pop() {
         if !needed.insert(i) {
