@@ -1,12 +1,15 @@
-//! OCI image layouts (`oci-layout`, `index.json`, `blobs/sha256/…`) as a tar archive or a
-//! directory, from blobs found through a digest → path lookup.
+//! OCI image layouts (`oci-layout`, `index.json`, `blobs/sha256/…`) as a tar archive (with the
+//! `manifest.json` that `docker load` reads, as BuildKit's) or a directory, from blobs found
+//! through a digest → path lookup.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
+use oci_spec::image::{
+    Arch, Descriptor, ImageIndex, ImageIndexBuilder, MediaType, Os, Platform, PlatformBuilder,
+};
 
 use crate::error::ExportError;
 use crate::image::{canonical_json, parse_manifest, ImageDescriptor, MEDIA_MANIFEST};
@@ -63,18 +66,97 @@ fn checked_blob(lookup: BlobPath<'_>, digest: &str, size: u64) -> Result<Blob, E
     })
 }
 
-/// The manifest, config and layer blobs of an image, sorted by digest, each once.
-fn image_blobs(lookup: BlobPath<'_>, image: &ImageDescriptor) -> Result<Vec<Blob>, ExportError> {
+/// An image's blobs as a layout holds them, and what its index entry and `manifest.json` say.
+struct ImageParts {
+    /// The manifest, config and layer blobs, sorted by digest, each once.
+    blobs: Vec<Blob>,
+    config: String,
+    /// In manifest order, repeats kept.
+    layers: Vec<String>,
+    /// From the config, as BuildKit puts the build's platform on the manifest's descriptor.
+    platform: Option<Platform>,
+}
+
+/// The platform a stored config names (`architecture`, `os` and `variant`), if it names one.
+fn config_platform(config: &[u8]) -> Option<Platform> {
+    let v: serde_json::Value = serde_json::from_slice(config).ok()?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty());
+    let mut p = PlatformBuilder::default()
+        .architecture(Arch::from(field("architecture")?))
+        .os(Os::from(field("os")?));
+    if let Some(variant) = field("variant") {
+        p = p.variant(variant.to_string());
+    }
+    p.build().ok()
+}
+
+fn image_parts(lookup: BlobPath<'_>, image: &ImageDescriptor) -> Result<ImageParts, ExportError> {
     let manifest = checked_blob(lookup, &image.manifest_digest, image.manifest_size)?;
     let bytes =
         fs::read(&manifest.path).map_err(|e| ExportError::read("read", &manifest.path, e))?;
+    let descs = parse_manifest(&bytes, &image.manifest_digest)?;
     let mut blobs = vec![manifest];
-    for (_, digest, size) in parse_manifest(&bytes, &image.manifest_digest)? {
-        blobs.push(checked_blob(lookup, &digest, size)?);
+    for (_, digest, size) in &descs {
+        blobs.push(checked_blob(lookup, digest, *size)?);
     }
+    let (config, layers) = match descs.split_first() {
+        Some(((_, config, _), layers)) => (
+            config.clone(),
+            layers.iter().map(|(_, d, _)| d.clone()).collect(),
+        ),
+        None => {
+            return Err(ExportError::Oci {
+                what: format!("manifest `{}`", image.manifest_digest),
+                detail: "it has no config".into(),
+            })
+        }
+    };
+    // `blobs[1]` is the config, checked above.
+    let config_path = &blobs[1].path;
+    let config_bytes =
+        fs::read(config_path).map_err(|e| ExportError::read("read", config_path, e))?;
+    let platform = config_platform(&config_bytes);
     blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
     blobs.dedup_by(|a, b| a.digest == b.digest);
-    Ok(blobs)
+    Ok(ImageParts {
+        blobs,
+        config,
+        layers,
+        platform,
+    })
+}
+
+/// One image of a `manifest.json`, Docker's `docker save` index, with the fields in the order
+/// containerd's archive writer (BuildKit's) gives them.
+#[derive(serde::Serialize)]
+struct DockerManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    /// Left empty (`null`), as BuildKit's OCI archives leave it: their names are in
+    /// `index.json`.
+    #[serde(rename = "RepoTags")]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// The `manifest.json` BuildKit's OCI archives carry beside `index.json`, so that `docker load`
+/// reads them too.
+fn docker_manifest_json(parts: &ImageParts) -> Result<Vec<u8>, ExportError> {
+    let path = |d: &str| hex_of(d).map(|h| format!("blobs/sha256/{h}"));
+    let entry = DockerManifestEntry {
+        config: path(&parts.config)?,
+        repo_tags: None,
+        layers: parts
+            .layers
+            .iter()
+            .map(|d| path(d))
+            .collect::<Result<_, _>>()?,
+    };
+    serde_json::to_vec(&[entry]).map_err(|source| ExportError::Json {
+        what: "the archive's manifest.json",
+        source,
+    })
 }
 
 fn check_name(name: &str) -> Result<(), ExportError> {
@@ -115,7 +197,11 @@ fn oci_ref_name(full: &str) -> &str {
 
 /// The index entry of `image` under the full name `name`: `ref.name` is the tag and
 /// `io.containerd.image.name` the whole name, as in BuildKit's `type=oci` archives.
-fn manifest_entry(image: &ImageDescriptor, name: Option<&str>) -> Result<Descriptor, ExportError> {
+fn manifest_entry(
+    image: &ImageDescriptor,
+    platform: Option<&Platform>,
+    name: Option<&str>,
+) -> Result<Descriptor, ExportError> {
     let digest: oci_spec::image::Digest =
         image
             .manifest_digest
@@ -129,6 +215,7 @@ fn manifest_entry(image: &ImageDescriptor, name: Option<&str>) -> Result<Descrip
         &image.media_type
     };
     let mut d = Descriptor::new(MediaType::from(media), image.manifest_size, digest);
+    d.set_platform(platform.cloned());
     if let Some(n) = name {
         d.set_annotations(Some(HashMap::from([
             (REF_NAME.to_string(), oci_ref_name(n).to_string()),
@@ -154,16 +241,17 @@ fn index_bytes(manifests: Vec<Descriptor>) -> Result<Vec<u8>, ExportError> {
 /// The index entries of `image`: one per name (full names), or one without a name.
 fn manifest_entries(
     image: &ImageDescriptor,
+    platform: Option<&Platform>,
     names: &[&str],
 ) -> Result<Vec<Descriptor>, ExportError> {
     if names.is_empty() {
-        return Ok(vec![manifest_entry(image, None)?]);
+        return Ok(vec![manifest_entry(image, platform, None)?]);
     }
     names
         .iter()
         .map(|n| {
             check_name(n)?;
-            manifest_entry(image, Some(n))
+            manifest_entry(image, platform, Some(n))
         })
         .collect()
 }
@@ -176,9 +264,12 @@ pub(crate) fn archive_to<W: Write>(
     names: &[&str],
     out: W,
 ) -> Result<W, ExportError> {
-    let entries = manifest_entries(image, names)?;
-    let blobs = image_blobs(lookup, image)?;
+    // A bad name is the caller's mistake: named before any blob is looked at.
+    names.iter().try_for_each(|n| check_name(n))?;
+    let parts = image_parts(lookup, image)?;
+    let entries = manifest_entries(image, parts.platform.as_ref(), names)?;
     let index = index_bytes(entries)?;
+    let docker_manifest = docker_manifest_json(&parts)?;
     let mut tar = TarWriter::new(out);
     let werr = |e: TarError, path: &Path| match e {
         TarError::Source(source) => ExportError::read("read", path, source),
@@ -194,7 +285,11 @@ pub(crate) fn archive_to<W: Write>(
         ),
     };
     let here = Path::new("-");
-    for (path, data) in [(&b"oci-layout"[..], OCI_LAYOUT), (b"index.json", &index)] {
+    for (path, data) in [
+        (&b"oci-layout"[..], OCI_LAYOUT),
+        (b"index.json", &index),
+        (b"manifest.json", &docker_manifest),
+    ] {
         let mut e = Entry::new(path, Kind::Regular);
         e.size = data.len() as u64;
         let mut r = data;
@@ -205,7 +300,7 @@ pub(crate) fn archive_to<W: Write>(
         e.mode = 0o755;
         tar.append(&e, None).map_err(|e| werr(e, here))?;
     }
-    for b in &blobs {
+    for b in &parts.blobs {
         let path = format!("blobs/sha256/{}", hex_of(&b.digest)?);
         let mut e = Entry::new(path.as_bytes(), Kind::Regular);
         e.size = b.size;
@@ -263,8 +358,10 @@ pub(crate) fn write_dir(
     names: &[&str],
     dest: &Path,
 ) -> Result<(), ExportError> {
-    let new = manifest_entries(image, names)?;
-    let blobs = image_blobs(lookup, image)?;
+    names.iter().try_for_each(|n| check_name(n))?;
+    let parts = image_parts(lookup, image)?;
+    let new = manifest_entries(image, parts.platform.as_ref(), names)?;
+    let blobs = parts.blobs;
     let blob_dir = dest.join("blobs").join("sha256");
     fs::create_dir_all(&blob_dir)
         .map_err(|e| ExportError::write(format!("`{}`", blob_dir.display()), e))?;

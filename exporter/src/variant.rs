@@ -219,7 +219,15 @@ pub fn image_variant(
         DOCKER_MANIFEST
     };
     let same_type = image.media_type == media_type || (oci && image.media_type.is_empty());
-    if same_type && converted == blobs {
+    // A layer recorded under the other kind's media type (a base pulled with Docker types, in
+    // an OCI manifest) needs a new manifest even when no blob changes.
+    let layer_types_fit = converted
+        .iter()
+        .map(|b| Ok(crate::image::layer_type_for(&b.media_type, oci)? == b.media_type))
+        .collect::<Result<Vec<bool>, ExportError>>()?
+        .into_iter()
+        .all(|fits| fits);
+    if same_type && layer_types_fit && converted == blobs {
         return Ok(image.clone());
     }
     let bytes = manifest_bytes(config_digest, *config_size, &converted, oci)?;

@@ -202,8 +202,11 @@ fn archive_is_deterministic_and_accepted_by_skopeo() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 4 + 2 + layers.len());
+    // oci-layout, index.json, manifest.json (for `docker load`, as BuildKit's), the two blob
+    // directories, the manifest, the config and the layers.
+    assert_eq!(names.len(), 5 + 2 + layers.len());
     assert!(names.contains(&"oci-layout".to_string()));
+    assert!(names.contains(&"manifest.json".to_string()));
     assert!(names.contains(&format!(
         "blobs/sha256/{}",
         &desc.manifest_digest["sha256:".len()..]
