@@ -55,6 +55,9 @@ pub fn layer_variant(
     if from == opts.compression || (from != Compression::Uncompressed && !opts.force) {
         return Ok(blob.clone());
     }
+    if let Some(empty) = empty_gzip_layer(store, blob, from, opts)? {
+        return Ok(empty);
+    }
     let key = variant_key(&blob.diff_id, opts.compression, opts.level);
     if let Some(value) = store.index().meta_get(&key)? {
         let known = value
@@ -77,6 +80,48 @@ pub fn layer_variant(
         .index()
         .meta_put(&key, &format!("{} {}", converted.digest, converted.size))?;
     Ok(converted)
+}
+
+/// The diffID of the empty tar (1024 zero bytes): the layer of a step that changed nothing.
+const EMPTY_TAR_DIFF_ID: &str =
+    "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+
+/// The empty tar as Go's gzip writer compresses it (default level), the blob
+/// `sha256:4f4fb700ef54461cfa02571ae0db9a0dc1e0cdb5577484a6d75e68dc38e8acc1` that BuildKit's and
+/// Docker's images share and that registries already hold.
+const EMPTY_TAR_GZIP: [u8; 32] = [
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0x62, 0x18, 0x05, 0xa3, 0x60, 0x14,
+    0x8c, 0x58, 0x00, 0x08, 0x00, 0x00, 0xff, 0xff, 0x2e, 0xaf, 0xb5, 0xef, 0x00, 0x04, 0x00, 0x00,
+];
+
+/// An uncompressed empty layer gzipped at the default level gets BuildKit's empty blob rather
+/// than our compressor's (valid, but with other bytes), so its digest is the one BuildKit gives.
+fn empty_gzip_layer(
+    store: &Store,
+    blob: &LayerBlob,
+    from: Compression,
+    opts: &VariantOptions,
+) -> Result<Option<LayerBlob>, ExportError> {
+    if from != Compression::Uncompressed
+        || opts.compression != Compression::Gzip
+        || opts.level.is_some()
+        || blob.diff_id != EMPTY_TAR_DIFF_ID
+        || blob.size != 1024
+    {
+        return Ok(None);
+    }
+    // The config says the blob is the empty tar; the blob itself must agree.
+    if blob.digest != EMPTY_TAR_DIFF_ID {
+        return Ok(None);
+    }
+    let (digest, size) = store.content().put_bytes(&EMPTY_TAR_GZIP)?;
+    Ok(Some(LayerBlob {
+        diff_id: blob.diff_id.clone(),
+        digest,
+        size,
+        media_type: Compression::Gzip.media_type().to_string(),
+        empty: blob.empty,
+    }))
 }
 
 /// Decompresses `blob` (when compressed) and compresses it as asked into a new store blob,
