@@ -268,20 +268,31 @@ fn variant_options(fmt: &ImageFormat, dest: Destination) -> VariantOptions {
 }
 
 /// The image as `opts` wants it; each compressed layer is made once per (diffID, compression,
-/// level) and reused by later builds and pushes, see [`kiln_exporter::image_variant`].
+/// level) and reused by later builds and pushes, see [`kiln_exporter::image_variant`]. Several
+/// platforms' images become one index over their variants.
 async fn image_variant(
     store: &kiln_cache::Store,
-    image: &ExportedImage,
+    platforms: &[ExportedImage],
     opts: VariantOptions,
     made: &mut Vec<(VariantOptions, ImageDescriptor)>,
 ) -> Result<ImageDescriptor> {
     if let Some((_, d)) = made.iter().find(|(o, _)| *o == opts) {
         return Ok(d.clone());
     }
-    let (s, base) = (store.clone(), image.descriptor());
-    let d = tokio::task::spawn_blocking(move || kiln_exporter::image_variant(&s, &base, &opts))
-        .await?
-        .context("cannot write the image")?;
+    let s = store.clone();
+    let bases: Vec<ImageDescriptor> = platforms.iter().map(ExportedImage::descriptor).collect();
+    let d = tokio::task::spawn_blocking(move || {
+        let variants = bases
+            .iter()
+            .map(|b| kiln_exporter::image_variant(&s, b, &opts))
+            .collect::<Result<Vec<_>, _>>()?;
+        match variants.as_slice() {
+            [one] => Ok(one.clone()),
+            _ => kiln_exporter::write_image_index(&s, &variants, opts.format),
+        }
+    })
+    .await?
+    .context("cannot write the image")?;
     made.push((opts, d.clone()));
     Ok(d)
 }
@@ -303,6 +314,22 @@ pub(crate) async fn deliver(
     tags: &[String],
     outputs: &[OutputSpec],
 ) -> Result<Delivered> {
+    deliver_platforms(engine, std::slice::from_ref(image), tags, outputs).await
+}
+
+/// [`deliver`] for a build of one or more platforms (one image each, in the order given): with
+/// several, the store, registries and OCI archives and layouts get one image index over them,
+/// as BuildKit's image and OCI exporters write it; file-system and docker-archive outputs,
+/// which hold one platform, refuse them.
+pub(crate) async fn deliver_platforms(
+    engine: &Engine,
+    platforms: &[ExportedImage],
+    tags: &[String],
+    outputs: &[OutputSpec],
+) -> Result<Delivered> {
+    let Some(image) = platforms.first() else {
+        bail!("internal error: a build delivered no image");
+    };
     let store = engine.store().clone();
     let mut reported: Option<ImageDescriptor> = None;
     let mut variants: Vec<(VariantOptions, ImageDescriptor)> = Vec::new();
@@ -316,6 +343,17 @@ pub(crate) async fn deliver(
     all.extend(outputs.iter().cloned());
     for out in &all {
         let fmt = &out.format;
+        if platforms.len() > 1 {
+            let single = match &out.kind {
+                OutputKind::Local { .. } => Some("local"),
+                OutputKind::Tar { .. } => Some("tar"),
+                OutputKind::DockerArchive { .. } => Some("docker"),
+                _ => None,
+            };
+            if let Some(kind) = single {
+                bail!("`--output type={kind}` holds one platform's image and this build made {}: use `type=oci` or `type=image`, or build one platform", platforms.len());
+            }
+        }
         let desc = match &out.kind {
             OutputKind::Local { .. } | OutputKind::Tar { .. } => None,
             // A docker-archive holds uncompressed layer tars whatever the manifest says: the
@@ -323,7 +361,7 @@ pub(crate) async fn deliver(
             OutputKind::Image { push: false, .. } | OutputKind::DockerArchive { .. } => Some(
                 image_variant(
                     &store,
-                    image,
+                    platforms,
                     variant_options(fmt, Destination::Store),
                     &mut variants,
                 )
@@ -334,7 +372,7 @@ pub(crate) async fn deliver(
             | OutputKind::OciDir { .. } => Some(
                 image_variant(
                     &store,
-                    image,
+                    platforms,
                     variant_options(fmt, Destination::Transport),
                     &mut variants,
                 )
@@ -355,7 +393,7 @@ pub(crate) async fn deliver(
                 let stored = if *push {
                     image_variant(
                         &store,
-                        image,
+                        platforms,
                         variant_options(fmt, Destination::Store),
                         &mut variants,
                     )
@@ -443,9 +481,20 @@ pub(crate) async fn deliver(
             (_, None) => unreachable_output()?,
         }
     }
-    Ok(Delivered {
-        image: reported.unwrap_or_else(|| image.descriptor()),
-    })
+    let image = match reported {
+        Some(d) => d,
+        None if platforms.len() > 1 => {
+            image_variant(
+                &store,
+                platforms,
+                variant_options(&ImageFormat::default(), Destination::Store),
+                &mut variants,
+            )
+            .await?
+        }
+        None => image.descriptor(),
+    };
+    Ok(Delivered { image })
 }
 
 /// Image outputs always get a descriptor above; this keeps the match total without a panic.
@@ -456,6 +505,125 @@ fn unreachable_output() -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The image of `image` for another architecture: its config with `architecture` changed,
+    /// over the same layers.
+    fn for_architecture(
+        store: &kiln_cache::Store,
+        image: &ExportedImage,
+        arch: &str,
+    ) -> ExportedImage {
+        let read = |d: &str| -> serde_json::Value {
+            serde_json::from_slice(&store.content().read_verified(d).unwrap()).unwrap()
+        };
+        let mut manifest = read(&image.manifest_digest);
+        let mut config = read(manifest["config"]["digest"].as_str().unwrap());
+        config["architecture"] = arch.into();
+        let (config_digest, config_size) = store
+            .content()
+            .put_bytes(&serde_json::to_vec(&config).unwrap())
+            .unwrap();
+        manifest["config"]["digest"] = config_digest.clone().into();
+        manifest["config"]["size"] = config_size.into();
+        let (manifest_digest, manifest_size) = store
+            .content()
+            .put_bytes(&serde_json::to_vec(&manifest).unwrap())
+            .unwrap();
+        ExportedImage {
+            manifest_digest,
+            manifest_size,
+            config_digest,
+            ..image.clone()
+        }
+    }
+
+    /// Issue 17 (exporter side): the images of two platforms reach `-t`, `type=oci` and a
+    /// registry as one image index naming each platform; outputs holding one platform refuse.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn platform_images_are_delivered_as_one_index() {
+        const INDEX: &str = "application/vnd.oci.image.index.v1+json";
+        let root = tempfile::tempdir().unwrap();
+        let engine = Engine::open(root.path(), crate::EngineOptions::default()).unwrap();
+        let src = tempfile::tempdir().unwrap();
+        std::fs::write(src.path().join("f"), "x").unwrap();
+        let host = crate::export::import(
+            engine.store(),
+            &crate::ImportRequest {
+                source: src.path().to_path_buf(),
+                name: "x".into(),
+                changes: Vec::new(),
+            },
+        )
+        .unwrap();
+        let other = for_architecture(engine.store(), &host, "riscv64");
+        let out = tempfile::tempdir().unwrap();
+        let archive = out.path().join("multi.tar");
+        let mut outputs = vec![p(&format!("type=oci,dest={}", archive.display()))];
+        let pushed = std::env::var("KILN_TEST_REGISTRY")
+            .ok()
+            .map(|reg| format!("{reg}/kiln-multi-{}:1", std::process::id()));
+        if let Some(name) = &pushed {
+            outputs.push(p(&format!("type=registry,name={name}")));
+        }
+        let platforms = [host.clone(), other];
+        let delivered = deliver_platforms(&engine, &platforms, &["multi:1".into()], &outputs)
+            .await
+            .unwrap();
+        assert_eq!(delivered.image.media_type, INDEX);
+        let record = engine
+            .store()
+            .images()
+            .get("docker.io/library/multi:1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(record.media_type, INDEX);
+        assert_eq!(record.digest, delivered.image.manifest_digest);
+
+        let inspect = |transport: &str| -> serde_json::Value {
+            let o = std::process::Command::new("skopeo")
+                .args(["inspect", "--raw", "--tls-verify=false", transport])
+                .output()
+                .expect("run skopeo (`cargo xtask setup` installs it)");
+            assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+            serde_json::from_slice(&o.stdout).unwrap()
+        };
+        let archived = inspect(&format!("oci-archive:{}:1", archive.display()));
+        assert_eq!(archived["mediaType"], INDEX, "{archived}");
+        let archs: Vec<&str> = archived["manifests"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["platform"]["architecture"].as_str().unwrap())
+            .collect();
+        let host_arch = kiln_registry::Platform::host().architecture;
+        assert_eq!(archs, [host_arch.as_str(), "riscv64"]);
+        if let Some(name) = &pushed {
+            let remote = inspect(&format!("docker://{name}"));
+            assert_eq!(remote["manifests"], archived["manifests"], "{remote}");
+        }
+
+        for kind in ["local", "tar", "docker"] {
+            let spec = p(&format!(
+                "type={kind},dest={}",
+                out.path().join(kind).display()
+            ));
+            let Err(err) = deliver_platforms(&engine, &platforms, &[], &[spec]).await else {
+                panic!("`type={kind}` took two platforms");
+            };
+            assert!(
+                format!("{err:#}").contains("holds one platform's image"),
+                "{kind}: {err:#}"
+            );
+        }
+        // One platform is delivered as it always was: a manifest.
+        let one = deliver_platforms(&engine, &platforms[..1], &["one:1".into()], &[])
+            .await
+            .unwrap();
+        assert_eq!(
+            one.image.media_type,
+            "application/vnd.oci.image.manifest.v1+json"
+        );
+    }
 
     fn p(s: &str) -> OutputSpec {
         OutputSpec::parse(s).unwrap_or_else(|e| panic!("{s}: {e:#}"))

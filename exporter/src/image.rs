@@ -2,7 +2,8 @@
 //! the same image always has the same digests.
 
 use oci_spec::image::{
-    Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType, RootFsBuilder,
+    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, ImageManifestBuilder,
+    MediaType, Os, Platform, PlatformBuilder, RootFsBuilder,
 };
 use serde::Serialize;
 
@@ -57,6 +58,28 @@ pub(crate) fn layer_type_for(media_type: &str, oci: bool) -> Result<&str, Export
     // Already of the wanted kind, or a type neither table knows: kept as it is, as BuildKit
     // keeps an unhandled one.
     Ok(converted.unwrap_or(media_type))
+}
+
+/// The platform a stored config names (`architecture`, `os` and `variant`), if it names one.
+pub(crate) fn config_platform(config: &[u8]) -> Option<Platform> {
+    let v: serde_json::Value = serde_json::from_slice(config).ok()?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty());
+    let mut p = PlatformBuilder::default()
+        .architecture(Arch::from(field("architecture")?))
+        .os(Os::from(field("os")?));
+    if let Some(variant) = field("variant") {
+        p = p.variant(variant.to_string());
+    }
+    p.build().ok()
+}
+
+pub(crate) const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Whether a top-level media type is an index (OCI) or a manifest list (Docker).
+pub(crate) fn is_index(media_type: &str) -> bool {
+    media_type == MEDIA_INDEX || media_type == DOCKER_MANIFEST_LIST
 }
 
 /// The stored manifest of an image.
@@ -223,6 +246,27 @@ pub(crate) fn parse_manifest(
         out.push((l.media_type().to_string(), l.digest().to_string(), l.size()));
     }
     Ok(out)
+}
+
+/// The entries of a stored index, as image descriptors (without their config digests).
+pub(crate) fn index_entries(
+    bytes: &[u8],
+    digest: &str,
+) -> Result<Vec<ImageDescriptor>, ExportError> {
+    let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| ExportError::Oci {
+        what: format!("index `{digest}`"),
+        detail: e.to_string(),
+    })?;
+    Ok(index
+        .manifests()
+        .iter()
+        .map(|d| ImageDescriptor {
+            manifest_digest: d.digest().to_string(),
+            manifest_size: d.size(),
+            config_digest: String::new(),
+            media_type: d.media_type().to_string(),
+        })
+        .collect())
 }
 
 #[cfg(test)]

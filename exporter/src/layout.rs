@@ -7,12 +7,12 @@ use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{
-    Arch, Descriptor, ImageIndex, ImageIndexBuilder, MediaType, Os, Platform, PlatformBuilder,
-};
+use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType, Platform};
 
 use crate::error::ExportError;
-use crate::image::{canonical_json, parse_manifest, ImageDescriptor, MEDIA_MANIFEST};
+use crate::image::{
+    canonical_json, config_platform, parse_manifest, ImageDescriptor, MEDIA_MANIFEST,
+};
 use crate::tarw::{Entry, Kind, TarError, TarWriter};
 
 pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -68,32 +68,39 @@ fn checked_blob(lookup: BlobPath<'_>, digest: &str, size: u64) -> Result<Blob, E
 
 /// An image's blobs as a layout holds them, and what its index entry and `manifest.json` say.
 struct ImageParts {
-    /// The manifest, config and layer blobs, sorted by digest, each once.
+    /// The manifest (or index, and each of its manifests), config and layer blobs, sorted by
+    /// digest, each once.
     blobs: Vec<Blob>,
-    config: String,
-    /// In manifest order, repeats kept.
-    layers: Vec<String>,
+    /// A single image's config and layers (in manifest order, repeats kept), for
+    /// `manifest.json`; none for an index, as BuildKit writes none for one.
+    single: Option<(String, Vec<String>)>,
     /// From the config, as BuildKit puts the build's platform on the manifest's descriptor.
     platform: Option<Platform>,
-}
-
-/// The platform a stored config names (`architecture`, `os` and `variant`), if it names one.
-fn config_platform(config: &[u8]) -> Option<Platform> {
-    let v: serde_json::Value = serde_json::from_slice(config).ok()?;
-    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty());
-    let mut p = PlatformBuilder::default()
-        .architecture(Arch::from(field("architecture")?))
-        .os(Os::from(field("os")?));
-    if let Some(variant) = field("variant") {
-        p = p.variant(variant.to_string());
-    }
-    p.build().ok()
 }
 
 fn image_parts(lookup: BlobPath<'_>, image: &ImageDescriptor) -> Result<ImageParts, ExportError> {
     let manifest = checked_blob(lookup, &image.manifest_digest, image.manifest_size)?;
     let bytes =
         fs::read(&manifest.path).map_err(|e| ExportError::read("read", &manifest.path, e))?;
+    if crate::image::is_index(&image.media_type) {
+        let mut blobs = vec![manifest];
+        for entry in crate::image::index_entries(&bytes, &image.manifest_digest)? {
+            if crate::image::is_index(&entry.media_type) {
+                return Err(ExportError::Oci {
+                    what: format!("index `{}`", image.manifest_digest),
+                    detail: "it holds another index, which kiln does not export".into(),
+                });
+            }
+            blobs.extend(image_parts(lookup, &entry)?.blobs);
+        }
+        blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+        blobs.dedup_by(|a, b| a.digest == b.digest);
+        return Ok(ImageParts {
+            blobs,
+            single: None,
+            platform: None,
+        });
+    }
     let descs = parse_manifest(&bytes, &image.manifest_digest)?;
     let mut blobs = vec![manifest];
     for (_, digest, size) in &descs {
@@ -120,8 +127,7 @@ fn image_parts(lookup: BlobPath<'_>, image: &ImageDescriptor) -> Result<ImagePar
     blobs.dedup_by(|a, b| a.digest == b.digest);
     Ok(ImageParts {
         blobs,
-        config,
-        layers,
+        single: Some((config, layers)),
         platform,
     })
 }
@@ -140,18 +146,14 @@ struct DockerManifestEntry {
     layers: Vec<String>,
 }
 
-/// The `manifest.json` BuildKit's OCI archives carry beside `index.json`, so that `docker load`
-/// reads them too.
-fn docker_manifest_json(parts: &ImageParts) -> Result<Vec<u8>, ExportError> {
+/// The `manifest.json` BuildKit's OCI archives of a single image carry beside `index.json`, so
+/// that `docker load` reads them too.
+fn docker_manifest_json(config: &str, layers: &[String]) -> Result<Vec<u8>, ExportError> {
     let path = |d: &str| hex_of(d).map(|h| format!("blobs/sha256/{h}"));
     let entry = DockerManifestEntry {
-        config: path(&parts.config)?,
+        config: path(config)?,
         repo_tags: None,
-        layers: parts
-            .layers
-            .iter()
-            .map(|d| path(d))
-            .collect::<Result<_, _>>()?,
+        layers: layers.iter().map(|d| path(d)).collect::<Result<_, _>>()?,
     };
     serde_json::to_vec(&[entry]).map_err(|source| ExportError::Json {
         what: "the archive's manifest.json",
@@ -269,7 +271,10 @@ pub(crate) fn archive_to<W: Write>(
     let parts = image_parts(lookup, image)?;
     let entries = manifest_entries(image, parts.platform.as_ref(), names)?;
     let index = index_bytes(entries)?;
-    let docker_manifest = docker_manifest_json(&parts)?;
+    let docker_manifest = match &parts.single {
+        Some((config, layers)) => Some(docker_manifest_json(config, layers)?),
+        None => None,
+    };
     let mut tar = TarWriter::new(out);
     let werr = |e: TarError, path: &Path| match e {
         TarError::Source(source) => ExportError::read("read", path, source),
@@ -285,11 +290,11 @@ pub(crate) fn archive_to<W: Write>(
         ),
     };
     let here = Path::new("-");
-    for (path, data) in [
-        (&b"oci-layout"[..], OCI_LAYOUT),
-        (b"index.json", &index),
-        (b"manifest.json", &docker_manifest),
-    ] {
+    let mut files: Vec<(&[u8], &[u8])> = vec![(b"oci-layout", OCI_LAYOUT), (b"index.json", &index)];
+    if let Some(m) = &docker_manifest {
+        files.push((b"manifest.json", m));
+    }
+    for (path, data) in files {
         let mut e = Entry::new(path, Kind::Regular);
         e.size = data.len() as u64;
         let mut r = data;

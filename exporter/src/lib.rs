@@ -7,6 +7,7 @@
 mod docker;
 mod error;
 mod image;
+mod index;
 mod layer;
 mod layout;
 mod pargz;
@@ -18,6 +19,7 @@ mod variant;
 
 pub use error::ExportError;
 pub use image::{fill_rootfs, ImageDescriptor};
+pub use index::write_image_index;
 pub use layer::{
     write_layer_blob, write_layer_diff_tar, write_layer_tar, Compression, LayerBlob, LayerOptions,
 };

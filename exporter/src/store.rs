@@ -232,6 +232,13 @@ pub fn write_docker_archive(
     tags: &[String],
     dest: &Path,
 ) -> Result<(), ExportError> {
+    if crate::image::is_index(&image.media_type) {
+        // As BuildKit's docker exporter, which refuses manifest lists.
+        return Err(ExportError::Oci {
+            what: "the docker archive".into(),
+            detail: "a docker archive holds one platform's image: export a multi-platform image with `type=oci`".into(),
+        });
+    }
     let tmp = store.tmp_dir();
     std::fs::create_dir_all(&tmp)
         .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;

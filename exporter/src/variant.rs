@@ -225,6 +225,9 @@ pub fn image_variant(
     opts: &VariantOptions,
 ) -> Result<ImageDescriptor, ExportError> {
     let manifest = store.content().read_verified(&image.manifest_digest)?;
+    if crate::image::is_index(&image.media_type) {
+        return index_variant(store, image, &manifest, opts);
+    }
     let descs = parse_manifest(&manifest, &image.manifest_digest)?;
     let Some(((_, config_digest, config_size), layers)) = descs.split_first() else {
         return Err(ExportError::Oci {
@@ -283,4 +286,43 @@ pub fn image_variant(
         config_digest: config_digest.clone(),
         media_type: media_type.to_string(),
     })
+}
+
+/// [`image_variant`] of each platform's image of an index, under a new index when any changed
+/// (or the index's own media type does not fit `opts.format`).
+fn index_variant(
+    store: &Store,
+    image: &ImageDescriptor,
+    bytes: &[u8],
+    opts: &VariantOptions,
+) -> Result<ImageDescriptor, ExportError> {
+    let entries = crate::image::index_entries(bytes, &image.manifest_digest)?;
+    if let Some(nested) = entries
+        .iter()
+        .find(|e| crate::image::is_index(&e.media_type))
+    {
+        return Err(ExportError::Oci {
+            what: format!("index `{}`", image.manifest_digest),
+            detail: format!(
+                "it holds another index (`{}`), which kiln does not export",
+                nested.manifest_digest
+            ),
+        });
+    }
+    let converted = entries
+        .iter()
+        .map(|e| image_variant(store, e, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wanted = match opts.format {
+        ManifestFormat::Oci => crate::image::MEDIA_INDEX,
+        ManifestFormat::Docker => crate::image::DOCKER_MANIFEST_LIST,
+    };
+    let unchanged = converted
+        .iter()
+        .zip(&entries)
+        .all(|(c, e)| c.manifest_digest == e.manifest_digest);
+    if unchanged && image.media_type == wanted {
+        return Ok(image.clone());
+    }
+    crate::index::write_image_index(store, &converted, opts.format)
 }
