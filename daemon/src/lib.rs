@@ -2,6 +2,7 @@
 //! registry together into builds, runs, imports, pulls and pushes. The CLI embeds it; a gRPC
 //! service will wrap the same type.
 
+mod build_cache;
 mod changes;
 mod context;
 mod debug;
@@ -12,6 +13,7 @@ mod run;
 mod sandbox_opts;
 mod transfer;
 
+pub use build_cache::{parse_cache_spec, CacheLocation, CacheSpec};
 pub use context::parse_build_context;
 pub use debug::{debug_llb, debug_llb_resolved, debug_parse};
 pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
@@ -82,6 +84,10 @@ pub struct BuildRequest {
     /// `--platform os/arch[/variant]`: the platform to build for (default: this host's); picked
     /// from multi-platform base images and given to the Dockerfile as `TARGETPLATFORM` etc.
     pub platform: Option<String>,
+    /// `--cache-from`: build caches to import before the solve, in order.
+    pub cache_from: Vec<CacheSpec>,
+    /// `--cache-to`: where to export this build's cache after it.
+    pub cache_to: Vec<CacheSpec>,
 }
 
 /// What a build produced.
@@ -253,6 +259,15 @@ impl Engine {
             Default::default();
         locals.insert("context".into(), local);
         locals.extend(named.locals);
+        // A cache that cannot be read is not the build's failure: it goes on cold.
+        for spec in &req.cache_from {
+            if let Err(e) = build_cache::import(&self.store, self.solver.registry(), spec).await {
+                warnings.push(format!(
+                    "cannot import the build cache {}: {e:#}; building without it",
+                    spec.location
+                ));
+            }
+        }
         let solved = self
             .solver
             .solve(kiln_solver::SolveRequest {
@@ -275,6 +290,33 @@ impl Engine {
         )
         .await?;
         let delivered = outputs::deliver(self, &image, &req.tags, &req.outputs).await?;
+        let root = match &solved.root {
+            kiln_solver::Output::Snapshot(s) => Some(*s),
+            _ => None,
+        };
+        for spec in &req.cache_to {
+            let exported = build_cache::export(
+                &self.store,
+                self.solver.registry(),
+                &solved.keys,
+                root,
+                spec,
+            )
+            .await;
+            match exported {
+                Ok(()) => {}
+                Err(e) if spec.ignore_error => warnings.push(format!(
+                    "cannot export the build cache to {}: {e:#}",
+                    spec.location
+                )),
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "cannot export the build cache to {} (`ignore-error=true` makes this a warning)",
+                        spec.location
+                    )))
+                }
+            }
+        }
         Ok(BuildResult {
             manifest_digest: delivered.image.manifest_digest,
             config_digest: delivered.image.config_digest,

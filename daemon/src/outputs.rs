@@ -552,6 +552,7 @@ mod tests {
                 source: src.path().to_path_buf(),
                 name: "x".into(),
                 changes: Vec::new(),
+                platform: None,
             },
         )
         .unwrap();

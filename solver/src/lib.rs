@@ -202,6 +202,9 @@ pub struct SolveOutput {
     pub cached: usize,
     /// When the root's result was first produced (unix seconds).
     pub created_unix: u64,
+    /// The cache keys of the steps this solve resolved (ran or found cached), for a cache
+    /// export: each names its result in the store's index.
+    pub keys: Vec<String>,
 }
 
 /// The scheduler. Cheap to clone; one per engine.
@@ -366,11 +369,18 @@ impl Solver {
             .lock()
             .map(|c| (c.executed, c.cached))
             .unwrap_or((0, 0));
+        let mut keys: Vec<String> = futures
+            .values()
+            .filter_map(|f| f.peek()?.as_ref().ok().map(|r| r.key.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
         Ok(SolveOutput {
             root: output,
             executed: c.0,
             cached: c.1,
             created_unix,
+            keys,
         })
     }
 }

@@ -1,0 +1,254 @@
+//! `kiln build --cache-to` / `--cache-from` against the real registry and OCI layout
+//! directories: a second "CI machine" (another store, another checkout path, other mtimes) hits
+//! every step of the first's build; broken caches are warnings, failed exports are errors.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const DOCKERFILE: &str = "FROM BASE AS build
+COPY src /src
+RUN cat /src/a.txt > /out && echo ran-build-$((40+2))
+FROM BASE
+COPY --from=build /out /out
+COPY b.txt /b.txt
+RUN echo ran-final-$((40+2)) | tee /final
+";
+
+/// A context for `DOCKERFILE` on `base`, in a new directory named from `prefix`, its files
+/// touched to `mtime` (seconds since the epoch).
+fn context(prefix: &str, base: &str, mtime: &str) -> tempfile::TempDir {
+    let dir = temp_context(
+        prefix,
+        &[
+            ("Dockerfile", &DOCKERFILE.replace("BASE", base)),
+            ("src/a.txt", "hello from a\n"),
+            ("b.txt", "bee\n"),
+        ],
+    );
+    for f in ["Dockerfile", "src/a.txt", "b.txt", "src"] {
+        let out = std::process::Command::new("touch")
+            .args(["-d", mtime, dir.path().join(f).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    dir
+}
+
+/// Pushes the test busybox to the registry, so that two stores resolve `FROM` to one image.
+fn push_base(reg: &str) -> String {
+    let k = Kiln::with_busybox();
+    let base = format!("{reg}/{}:1", unique("cache-base"));
+    assert_ok(&k.run(&["push", "busybox", &base]), "push the base image");
+    base
+}
+
+fn count(text: &str, what: &str) -> usize {
+    text.lines().filter(|l| l.contains(what)).count()
+}
+
+/// The `(N steps run, M cached)` figures of a build's summary.
+fn run_and_cached(out: &std::process::Output) -> (usize, usize) {
+    let err = stderr(out);
+    let summary = err
+        .lines()
+        .find(|l| l.starts_with("built "))
+        .unwrap_or_else(|| panic!("no summary:\n{err}"));
+    let nums: Vec<usize> = summary
+        .split(['(', ' ', ','])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+fn iidfile(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("iid")).unwrap()
+}
+
+#[test]
+fn a_second_ci_machine_hits_every_step_from_a_registry_cache() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let cache = format!("{reg}/{}:cache", unique("build-cache"));
+    let out_dir = tempfile::tempdir().unwrap();
+
+    let first = Kiln::new();
+    let ctx1 = context("ci-machine-one-", &base, "2020-01-01 00:00:00");
+    let iid1 = out_dir.path().join("one");
+    std::fs::create_dir_all(&iid1).unwrap();
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache},mode=max"),
+            "--iidfile",
+            iid1.join("iid").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "first machine's build with --cache-to");
+    assert_eq!(count(&stderr(&out), "ran-build-42"), 1, "{}", stderr(&out));
+
+    // The cache is an OCI manifest other tools read.
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{cache}"),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.kiln.cache.config.v1+json"
+    );
+    assert!(!manifest["layers"].as_array().unwrap().is_empty(), "{raw}");
+
+    let second = Kiln::new();
+    let ctx2 = context("ci-machine-two-other-path-", &base, "2024-06-30 12:34:56");
+    let iid2 = out_dir.path().join("two");
+    std::fs::create_dir_all(&iid2).unwrap();
+    let out = build(
+        &second,
+        ctx2.path(),
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+            "--iidfile",
+            iid2.join("iid").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "second machine's build with --cache-from");
+    let err = stderr(&out);
+    assert!(!err.contains("-42"), "a RUN ran again:\n{err}");
+    assert!(!err.contains("warning"), "{err}");
+    let (ran, cached) = run_and_cached(&out);
+    assert_eq!(ran, 0, "every step is cached:\n{err}");
+    assert!(cached >= 6, "{err}");
+    assert_eq!(
+        iidfile(&iid1),
+        iidfile(&iid2),
+        "the cached build gives the first machine's image"
+    );
+}
+
+#[test]
+fn a_local_cache_directory_in_min_mode_holds_the_final_stage_only() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+
+    let first = Kiln::new();
+    let ctx1 = context("local-cache-one-", &base, "2021-01-01 00:00:00");
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--cache-to",
+            &format!("type=local,dest={}", cache_dir.display()),
+        ],
+    );
+    assert_ok(&out, "build with --cache-to type=local");
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:latest", cache_dir.display()),
+        ],
+    );
+    assert!(
+        raw.contains("application/vnd.kiln.cache.config.v1+json"),
+        "{raw}"
+    );
+
+    let second = Kiln::new();
+    let ctx2 = context("local-cache-two-", &base, "2025-02-02 00:00:00");
+    let out = build(
+        &second,
+        ctx2.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", cache_dir.display()),
+        ],
+    );
+    assert_ok(&out, "build with --cache-from type=local");
+    let err = stderr(&out);
+    // mode=min: the final stage's steps are in the cache, the build stage's are not (this
+    // solver runs a step's inputs before it looks its key up, so the build stage runs again).
+    assert!(!err.contains("ran-final-42"), "{err}");
+    assert_eq!(count(&err, "ran-build-42"), 1, "{err}");
+    assert_eq!(run_and_cached(&out), (2, 4), "{err}");
+}
+
+#[test]
+fn an_unreadable_cache_is_a_warning_naming_it_and_the_build_goes_on_cold() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let k = Kiln::new();
+    let ctx = context("bad-cache-", &base, "2022-01-01 00:00:00");
+    let missing = format!("{reg}/{}:nope", unique("no-such-cache"));
+    let corrupt = tempfile::tempdir().unwrap();
+    std::fs::write(corrupt.path().join("index.json"), "{ not json").unwrap();
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={missing}"),
+            "--cache-from",
+            &format!("type=local,src={}", corrupt.path().display()),
+            // An image that is not a cache.
+            "--cache-from",
+            &base,
+        ],
+    );
+    assert_ok(&out, "build with unusable caches");
+    let err = stderr(&out);
+    assert!(err.contains(&format!("build cache `{missing}`")), "{err}");
+    assert!(
+        err.contains(&format!("build cache `{}`", corrupt.path().display())),
+        "{err}"
+    );
+    assert!(err.contains("not a kiln build cache"), "{err}");
+    assert_eq!(count(&err, "ran-build-42"), 1, "{err}");
+}
+
+#[test]
+fn a_failed_export_fails_the_build_unless_ignore_error() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let k = Kiln::new();
+    let ctx = context("export-fails-", &base, "2022-01-01 00:00:00");
+    // Nothing listens on port 1 of loopback.
+    let out = build(
+        &k,
+        ctx.path(),
+        &["--cache-to", "type=registry,ref=127.0.0.1:1/cache:x"],
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot export the build cache to `127.0.0.1:1/cache:x`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--cache-to",
+            "type=registry,ref=127.0.0.1:1/cache:x,ignore-error=true",
+        ],
+    );
+    assert_ok(&out, "export failure with ignore-error=true");
+    assert!(
+        stderr(&out).contains("warning: cannot export the build cache to `127.0.0.1:1/cache:x`"),
+        "{}",
+        stderr(&out)
+    );
+}
