@@ -252,3 +252,94 @@ fn a_failed_export_fails_the_build_unless_ignore_error() {
         stderr(&out)
     );
 }
+
+#[test]
+fn secrets_and_cache_mount_contents_are_never_exported() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let k = Kiln::new();
+    let ctx = temp_context(
+        "cache-secrets-",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {base}\nRUN --mount=type=cache,target=/cache --mount=type=secret,id=tok \
+                 printf 'in-the-%s\\n' cache-mount > /cache/m && cp /run/secrets/tok /seen-secret \
+                 && rm /seen-secret && printf 'in-the-%s\\n' layer > /d\n"
+            ),
+        )],
+    );
+    let secret = ctx.path().join("tok.txt");
+    std::fs::write(&secret, "s3cr3t-value").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--secret",
+            &format!("id=tok,src={}", secret.display()),
+            "--cache-to",
+            &format!(
+                "type=local,dest={},mode=max,compression=uncompressed",
+                cache_dir.display()
+            ),
+        ],
+    );
+    assert_ok(&out, "build with a secret and a cache mount");
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(cache_dir.join("blobs/sha256")).unwrap() {
+        all.extend(std::fs::read(e.unwrap().path()).unwrap());
+    }
+    let has = |needle: &str| all.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has("in-the-layer"), "the step's own file is in the cache");
+    assert!(
+        !has("in-the-cache-mount"),
+        "a cache mount's file was exported"
+    );
+    assert!(!has("s3cr3t-value"), "the secret was exported");
+}
+
+#[test]
+fn several_caches_share_one_local_directory_under_tags() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let first = Kiln::new();
+    let ctx_a = context("tag-a-", &base, "2021-01-01 00:00:00");
+    let ctx_b = temp_context(
+        "tag-b-",
+        &[(
+            "Dockerfile",
+            &format!("FROM {base}\nRUN echo other-$((40+2)) > /o\n"),
+        )],
+    );
+    for (ctx, tag) in [(ctx_a.path(), "a"), (ctx_b.path(), "b")] {
+        let out = build(
+            &first,
+            ctx,
+            &[
+                "--cache-to",
+                &format!("type=local,dest={},tag={tag}", cache_dir.display()),
+            ],
+        );
+        assert_ok(&out, "export under a tag");
+    }
+    let index = std::fs::read_to_string(cache_dir.join("index.json")).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&index).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+
+    let second = Kiln::new();
+    let out = build(
+        &second,
+        ctx_b.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={},tag=b", cache_dir.display()),
+        ],
+    );
+    assert_ok(&out, "import tag b");
+    assert!(!stderr(&out).contains("other-42"), "{}", stderr(&out));
+    assert_eq!(run_and_cached(&out).0, 0, "{}", stderr(&out));
+}
