@@ -195,6 +195,17 @@ fn an_unreadable_cache_is_a_warning_naming_it_and_the_build_goes_on_cold() {
     let missing = format!("{reg}/{}:nope", unique("no-such-cache"));
     let corrupt = tempfile::tempdir().unwrap();
     std::fs::write(corrupt.path().join("index.json"), "{ not json").unwrap();
+    // An index that names a 100 GB manifest: refused before anything is read.
+    let huge = tempfile::tempdir().unwrap();
+    std::fs::write(
+        huge.path().join("index.json"),
+        format!(
+            r#"{{"manifests":[{{"digest":"sha256:{}","size":100000000000,
+                "annotations":{{"org.opencontainers.image.ref.name":"latest"}}}}]}}"#,
+            "a".repeat(64)
+        ),
+    )
+    .unwrap();
     let out = build(
         &k,
         ctx.path(),
@@ -206,6 +217,8 @@ fn an_unreadable_cache_is_a_warning_naming_it_and_the_build_goes_on_cold() {
             // An image that is not a cache.
             "--cache-from",
             &base,
+            "--cache-from",
+            &format!("type=local,src={}", huge.path().display()),
         ],
     );
     assert_ok(&out, "build with unusable caches");
@@ -216,6 +229,7 @@ fn an_unreadable_cache_is_a_warning_naming_it_and_the_build_goes_on_cold() {
         "{err}"
     );
     assert!(err.contains("not a kiln build cache"), "{err}");
+    assert!(err.contains("more than a cache document may be"), "{err}");
     assert_eq!(count(&err, "ran-build-42"), 1, "{err}");
 }
 

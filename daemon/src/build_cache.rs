@@ -19,6 +19,8 @@ use std::path::{Path, PathBuf};
 pub(crate) const CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
 const ARTIFACT_TYPE: &str = "application/vnd.kiln.cache.v1";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The largest cache manifest or config read (a config of 100,000 steps is ~30 MB).
+const MAX_DOCUMENT: u64 = 64 << 20;
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// Where a cache goes or comes from.
@@ -397,20 +399,37 @@ impl Source<'_> {
                     })
                     .with_context(|| format!("`{}` has no tag `{tag}`", index_path.display()))?;
                 let digest = entry["digest"].as_str().unwrap_or_default();
-                self.blob_bytes(digest).await
+                let size = entry["size"].as_u64().unwrap_or(u64::MAX);
+                self.blob_bytes(digest, size).await
             }
         }
     }
 
-    async fn blob_bytes(&self, digest: &str) -> Result<Vec<u8>> {
+    /// A small blob (a manifest, a config) read whole: `size` is what its descriptor says, and
+    /// more than [`MAX_DOCUMENT`] is refused before anything is read.
+    async fn blob_bytes(&self, digest: &str, size: u64) -> Result<Vec<u8>> {
+        if size > MAX_DOCUMENT {
+            bail!("the blob `{digest}` is {size} bytes, more than a cache document may be ({MAX_DOCUMENT})");
+        }
         match self {
             Source::Registry(client, r) => {
                 let mut buf: Vec<u8> = Vec::new();
-                client.fetch_blob(r, digest, &mut buf).await?;
+                client
+                    .fetch_blob_with(r, digest, Some(size), &mut buf, None)
+                    .await?;
                 Ok(buf)
             }
             Source::Local(dir) => {
                 let p = blob_path(dir, digest)?;
+                let len = std::fs::metadata(&p)
+                    .with_context(|| format!("cannot read `{}`", p.display()))?
+                    .len();
+                if len != size {
+                    bail!(
+                        "the blob `{}` is {len} bytes, its descriptor says {size}",
+                        p.display()
+                    );
+                }
                 let bytes =
                     std::fs::read(&p).with_context(|| format!("cannot read `{}`", p.display()))?;
                 if sha256_of(&bytes) != digest {
@@ -483,8 +502,12 @@ pub(crate) async fn import(
     let config_digest = config_desc["digest"]
         .as_str()
         .context("the cache manifest has no config digest")?;
-    let config: CacheConfig = serde_json::from_slice(&source.blob_bytes(config_digest).await?)
-        .context("the cache config is not valid")?;
+    let config_size = config_desc["size"]
+        .as_u64()
+        .context("the cache manifest has no config size")?;
+    let config: CacheConfig =
+        serde_json::from_slice(&source.blob_bytes(config_digest, config_size).await?)
+            .context("the cache config is not valid")?;
     for l in &config.layers {
         if Compression::from_media_type(&l.media_type).is_none() {
             bail!(
