@@ -357,3 +357,89 @@ fn several_caches_share_one_local_directory_under_tags() {
     assert!(!stderr(&out).contains("other-42"), "{}", stderr(&out));
     assert_eq!(run_and_cached(&out).0, 0, "{}", stderr(&out));
 }
+
+/// Regression: a record whose layer could not be fetched left the snapshots made for it behind,
+/// named by nothing.
+#[test]
+fn an_import_that_fails_half_way_leaves_no_snapshot_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let first = Kiln::new();
+    // No image: the keys, and so the order of the records, are the same on every run. The
+    // second layer's blob is missing: the two records that need it make the first layer's
+    // snapshot, fail, and must remove it; the first COPY's record is still imported.
+    let ctx = temp_context(
+        "half-import-",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY a /a\nCOPY b /b\nCOPY c /c\n",
+            ),
+            ("a", "a"),
+            ("b", "b"),
+            ("c", "c"),
+        ],
+    );
+    let out = build(
+        &first,
+        ctx.path(),
+        &[
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", cache_dir.display()),
+        ],
+    );
+    assert_ok(&out, "export");
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:latest", cache_dir.display()),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    let second_layer = layers[1]["digest"].as_str().unwrap();
+    std::fs::remove_file(cache_dir.join("blobs/sha256").join(&second_layer[7..])).unwrap();
+
+    let snapshots = |k: &Kiln| {
+        std::fs::read_dir(k.root.path().join("snapshots"))
+            .unwrap()
+            .count()
+    };
+    let cold = Kiln::new();
+    assert_ok(&build(&cold, ctx.path(), &[]), "cold build");
+    let second = Kiln::new();
+    let out = build(
+        &second,
+        ctx.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", cache_dir.display()),
+        ],
+    );
+    assert_ok(&out, "build with a cache missing a blob");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "warning: cannot import the build cache `{}`",
+            cache_dir.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 of its 3 steps could not be imported"),
+        "{err}"
+    );
+    assert_eq!(
+        run_and_cached(&out),
+        (2, 1),
+        "the first COPY comes from the cache:\n{err}"
+    );
+    assert!(
+        snapshots(&second) <= snapshots(&cold),
+        "{} snapshots after the failed import, {} after a cold build",
+        snapshots(&second),
+        snapshots(&cold)
+    );
+}

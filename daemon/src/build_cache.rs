@@ -519,6 +519,8 @@ pub(crate) async fn import(
     // Snapshots made by this import, by the layer chain (indexes bottom-up) they hold.
     let mut made: HashMap<Vec<usize>, SnapshotId> = HashMap::new();
     let mut imported = 0;
+    let mut failed = 0;
+    let mut first_error: Option<anyhow::Error> = None;
     for rec in &config.records {
         if let Some(hit) = store.index().get(&rec.key)? {
             if hit
@@ -528,36 +530,95 @@ pub(crate) async fn import(
                 continue;
             }
         }
-        let mut parent: Option<SnapshotId> = None;
-        for n in 1..=rec.layers.len() {
-            let prefix = &rec.layers[..n];
-            if let Some(&s) = made.get(prefix) {
-                parent = Some(s);
+        // The snapshots this record makes, removed (newest first) if it fails half-way: they
+        // would be named by nothing. The other records are still imported.
+        let mut pending: Vec<SnapshotId> = Vec::new();
+        let top = import_record(store, &source, &config, rec, &mut made, &mut pending).await;
+        let top = match top {
+            Ok(top) => top,
+            Err(e) => {
+                made.retain(|_, s| !pending.contains(s));
+                for s in pending.iter().rev() {
+                    if let Err(r) = store.snapshots().remove(*s) {
+                        tracing::warn!("cannot remove snapshot {s} of a failed cache import: {r}");
+                    }
+                }
+                failed += 1;
+                first_error.get_or_insert(e);
                 continue;
             }
-            let l = config
-                .layers
-                .get(prefix[n - 1])
-                .context("a cache record names a layer the cache does not have")?;
-            source.fetch_into(store, l).await?;
-            let snap = {
-                let store = store.clone();
-                let l = l.clone();
-                tokio::task::spawn_blocking(move || unpack(&store, parent, &l)).await??
-            };
-            made.insert(prefix.to_vec(), snap);
-            parent = Some(snap);
-        }
+        };
         store.index().put(
             &rec.key,
             &CachedResult {
-                snapshot: parent,
+                snapshot: top,
                 created_unix: rec.created_unix,
             },
         )?;
         imported += 1;
     }
-    Ok(imported)
+    match first_error {
+        Some(e) => Err(e.context(format!(
+            "{failed} of its {} steps could not be imported",
+            config.records.len()
+        ))),
+        None => Ok(imported),
+    }
+}
+
+/// Makes the snapshot chain of one record, reusing what this import or an earlier pull made
+/// (a snapshot is named by the chain ID of its layers' diff IDs, as pulled images' are).
+async fn import_record(
+    store: &Store,
+    source: &Source<'_>,
+    config: &CacheConfig,
+    rec: &StepRecord,
+    made: &mut HashMap<Vec<usize>, SnapshotId>,
+    pending: &mut Vec<SnapshotId>,
+) -> Result<Option<SnapshotId>> {
+    let mut parent: Option<SnapshotId> = None;
+    let mut chain_id = String::new();
+    for n in 1..=rec.layers.len() {
+        let prefix = &rec.layers[..n];
+        let l = config
+            .layers
+            .get(prefix[n - 1])
+            .context("a cache record names a layer the cache does not have")?;
+        chain_id = if chain_id.is_empty() {
+            l.diff_id.clone()
+        } else {
+            sha256_of(format!("{chain_id} {}", l.diff_id).as_bytes())
+        };
+        if let Some(&s) = made.get(prefix) {
+            parent = Some(s);
+            continue;
+        }
+        let chain_key = format!("layerchain:{chain_id}");
+        let known = store
+            .index()
+            .meta_get(&chain_key)?
+            .and_then(|id| id.parse::<u64>().ok())
+            .map(SnapshotId)
+            .filter(|s| store.snapshots().fs_dir(*s).is_dir());
+        let snap = match known {
+            Some(s) => s,
+            None => {
+                source.fetch_into(store, l).await?;
+                let store2 = store.clone();
+                let l2 = l.clone();
+                let snap =
+                    tokio::task::spawn_blocking(move || unpack(&store2, parent, &l2)).await??;
+                pending.push(snap);
+                if l.image {
+                    store.index().meta_put(&chain_key, &snap.0.to_string())?;
+                }
+                snap
+            }
+        };
+        made.insert(prefix.to_vec(), snap);
+        parent = Some(snap);
+    }
+    Ok(parent)
 }
 
 /// A file removed when dropped.

@@ -263,7 +263,7 @@ impl Engine {
         for spec in &req.cache_from {
             if let Err(e) = build_cache::import(&self.store, self.solver.registry(), spec).await {
                 warnings.push(format!(
-                    "cannot import the build cache {}: {e:#}; building without it",
+                    "cannot import the build cache {}: {e:#}; the steps it lacks are built",
                     spec.location
                 ));
             }
