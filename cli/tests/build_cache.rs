@@ -443,3 +443,60 @@ fn an_import_that_fails_half_way_leaves_no_snapshot_behind() {
         snapshots(&cold)
     );
 }
+
+/// The registry's garbage collector sees every blob of a cache as referenced: after a GC run the
+/// cache still gives every step.
+#[test]
+fn a_registry_garbage_collection_keeps_every_blob_of_a_cache() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("config.yml");
+    let reg = RegistryGuard::start_with(data, "");
+    let base = push_base(&reg.addr);
+    let cache = format!("{}/{}:cache", reg.addr, unique("gc-cache"));
+    let ctx = context("gc-cache-", &base, "2021-01-01 00:00:00");
+    let out = build(
+        &Kiln::new(),
+        ctx.path(),
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    );
+    assert_ok(&out, "export");
+    let gc = std::process::Command::new("docker-registry")
+        .args([
+            "garbage-collect",
+            "--delete-untagged",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&gc, "docker-registry garbage-collect");
+    // The collector marks what a tagged manifest references: every layer and the config.
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{cache}"),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let marked = format!("{}{}", stdout(&gc), stderr(&gc));
+    for l in manifest["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        assert!(
+            marked.contains(&format!("marking blob {d}")),
+            "{d} unmarked:\n{marked}"
+        );
+    }
+    let config_digest = manifest["config"]["digest"].as_str().unwrap();
+    assert!(marked.contains(config_digest), "{marked}");
+    let out = build(
+        &Kiln::new(),
+        ctx.path(),
+        &["--cache-from", &format!("type=registry,ref={cache}")],
+    );
+    assert_ok(&out, "import after GC");
+    let err = stderr(&out);
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(run_and_cached(&out).0, 0, "{err}");
+}
