@@ -150,7 +150,10 @@ fn a_local_cache_directory_in_min_mode_holds_the_final_stage_only() {
         ctx1.path(),
         &[
             "--cache-to",
-            &format!("type=local,dest={}", cache_dir.display()),
+            &format!(
+                "type=local,dest={},compression=zstd,compression-level=5",
+                cache_dir.display()
+            ),
         ],
     );
     assert_ok(&out, "build with --cache-to type=local");

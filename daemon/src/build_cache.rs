@@ -41,6 +41,8 @@ pub struct CacheSpec {
     /// `ignore-error=true`: a failed export is a warning.
     pub ignore_error: bool,
     pub compression: Compression,
+    /// `compression-level=N`; `None` is the compressor's default.
+    pub compression_level: Option<i32>,
 }
 
 impl std::fmt::Display for CacheLocation {
@@ -62,6 +64,7 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
             mode_max: false,
             ignore_error: false,
             compression: Compression::Gzip,
+            compression_level: None,
         });
     }
     let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
@@ -76,6 +79,7 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
         mode_max: false,
         ignore_error: false,
         compression: Compression::Gzip,
+        compression_level: None,
     };
     let kind = kv.remove("type").unwrap_or("");
     spec.location = match kind {
@@ -122,6 +126,20 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
                 bail!("`{flag} {s}`: `compression` is `gzip`, `zstd` or `uncompressed`, not `{c}`")
             }
         };
+    }
+    if let Some(l) = kv.remove("compression-level") {
+        spec.compression_level = Some(l.parse().map_err(|_| {
+            anyhow::anyhow!("`{flag} {s}`: `compression-level` is a number, not `{l}`")
+        })?);
+    }
+    // kiln always writes OCI media types and an image manifest (BuildKit's `image-manifest=true`
+    // form): asking for exactly that is fine, asking for the other form is not supported.
+    for (k, want) in [("oci-mediatypes", "true"), ("image-manifest", "true")] {
+        if let Some(v) = kv.remove(k) {
+            if v != want {
+                bail!("`{flag} {s}`: only `{k}={want}` is supported (kiln writes one OCI image manifest)");
+            }
+        }
     }
     if let Some((k, _)) = kv.into_iter().next() {
         bail!("`{flag} {s}`: the option `{k}` is not supported");
@@ -180,7 +198,7 @@ fn collect(
     let opts = LayerOptions {
         compression: spec.compression,
         source_date_epoch: None,
-        level: None,
+        level: spec.compression_level,
     };
     let mut layers: Vec<LayerRecord> = Vec::new();
     let mut layer_of_snap: HashMap<SnapshotId, usize> = HashMap::new();
@@ -683,7 +701,18 @@ mod tests {
         assert!(!s.mode_max);
         let s = parse_cache_spec("r:5/img:1", false).unwrap();
         assert_eq!(s.location, CacheLocation::Registry("r:5/img:1".into()));
+        let s = parse_cache_spec(
+            "type=registry,ref=x,compression=zstd,compression-level=9,oci-mediatypes=true,image-manifest=true",
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.compression, s.compression_level),
+            (Compression::Zstd, Some(9))
+        );
         for bad in [
+            "type=registry,ref=x,oci-mediatypes=false",
+            "type=registry,ref=x,compression-level=high",
             "type=local,src=/x",
             "type=registry",
             "type=s3,ref=x",
