@@ -8,6 +8,7 @@
 //! are fetched and unpacked before the solve, which then finds the keys in the local index.
 
 use anyhow::{bail, Context, Result};
+use futures::{StreamExt as _, TryStreamExt as _};
 use kiln_cache::{CachedResult, LayerInfo, SnapshotId, Store};
 use kiln_exporter::{Compression, LayerOptions};
 use kiln_registry::{Reference, RegistryClient};
@@ -21,6 +22,7 @@ const ARTIFACT_TYPE: &str = "application/vnd.kiln.cache.v1";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 /// The largest cache manifest or config read (a config of 100,000 steps is ~30 MB).
 const MAX_DOCUMENT: u64 = 64 << 20;
+const PARALLEL_UPLOADS: usize = 4;
 const REF_NAME: &str = "org.opencontainers.image.ref.name";
 
 /// Where a cache goes or comes from.
@@ -310,18 +312,24 @@ pub(crate) async fn export(
     match &spec.location {
         CacheLocation::Registry(r) => {
             let reference = Reference::parse(r)?;
-            for l in &exported.layers {
+            // A few uploads at once: most layers of a cache are small, so round trips dominate.
+            let reference = &reference;
+            futures::stream::iter(exported.layers.iter().map(|l| async move {
                 let path = store.content().path(&l.digest)?;
                 registry
-                    .push_blob(&reference, &l.digest, l.size, &path)
+                    .push_blob(reference, &l.digest, l.size, &path)
                     .await?;
-            }
+                anyhow::Ok(())
+            }))
+            .buffer_unordered(PARALLEL_UPLOADS)
+            .try_collect::<Vec<()>>()
+            .await?;
             let path = store.content().path(&config_digest)?;
             registry
-                .push_blob(&reference, &config_digest, config_size, &path)
+                .push_blob(reference, &config_digest, config_size, &path)
                 .await?;
             registry
-                .push_manifest(&reference, MANIFEST_MEDIA_TYPE, &manifest)
+                .push_manifest(reference, MANIFEST_MEDIA_TYPE, &manifest)
                 .await?;
         }
         CacheLocation::Local { dir, tag } => {
