@@ -50,6 +50,8 @@ struct Cli {
     command: Command,
 }
 
+// One value per process, parsed once: boxing the big variant would save nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Build an image from a Dockerfile.
@@ -209,6 +211,14 @@ struct BuildArgs {
     /// Do not use the cache for these stages (and what uses them): STAGE[,STAGE...].
     #[arg(long = "no-cache-filter", value_delimiter = ',')]
     no_cache_filter: Vec<String>,
+    /// Export the build cache: type=registry,ref=REF[,mode=min|max][,ignore-error=true] or
+    /// type=local,dest=DIR[,tag=TAG]. May be repeated.
+    #[arg(long = "cache-to")]
+    cache_to: Vec<String>,
+    /// Import a build cache: type=registry,ref=REF, type=local,src=DIR[,tag=TAG], or an image
+    /// reference. May be repeated; tried in order.
+    #[arg(long = "cache-from")]
+    cache_from: Vec<String>,
     /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VAR. May be repeated.
     #[arg(long = "secret")]
     secrets: Vec<String>,
@@ -796,6 +806,16 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
                 Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
                 _ => bail!("`--label {l}` is not KEY=VALUE"),
             })
+            .collect::<Result<_>>()?,
+        cache_from: b
+            .cache_from
+            .iter()
+            .map(|s| kiln_daemon::parse_cache_spec(s, false))
+            .collect::<Result<_>>()?,
+        cache_to: b
+            .cache_to
+            .iter()
+            .map(|s| kiln_daemon::parse_cache_spec(s, true))
             .collect::<Result<_>>()?,
     })
 }

@@ -458,3 +458,194 @@ CMD ["cat", "/app/hello.txt"]
         assert_eq!(h["created"], "2023-11-14T22:13:20Z", "{h}");
     }
 }
+
+/// The media types of a manifest's layers.
+fn layer_media_types(manifest: &serde_json::Value) -> Vec<String> {
+    manifest["layers"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a manifest with layers: {manifest}"))
+        .iter()
+        .map(|l| l["mediaType"].as_str().unwrap_or_default().to_string())
+        .collect()
+}
+
+/// Issue 18 item 4: a base pulled with Docker media types kept them inside the OCI manifest of
+/// `-o type=oci` and `kiln push`; the OCI archive had no `manifest.json` and no platform on its
+/// index entry.
+#[test]
+fn oci_output_kept_docker_layer_media_types_of_a_pulled_base() {
+    const OCI_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+    const DOCKER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+    let (addr, _guard) = common::registry();
+    let t = tempfile::tempdir().unwrap();
+    let p = |n: &str| t.path().join(n).to_str().unwrap().to_string();
+
+    // A base image with Docker schema2 media types in the registry.
+    let k = Kiln::with_busybox();
+    let base = format!("{addr}/{}:base", common::unique("docker-types"));
+    let base_ctx = t.path().join("base");
+    context(&base_ctx, "FROM busybox:latest\nRUN echo base > /base\n");
+    let out = k.run(&[
+        "build",
+        "-o",
+        &format!("type=registry,name={base},oci-mediatypes=false"),
+        base_ctx.to_str().unwrap(),
+    ]);
+    assert_ok(&out, "push a base with Docker media types");
+    let pushed = skopeo_inspect_remote(&base);
+    assert_eq!(layer_media_types(&pushed), [DOCKER_GZIP, DOCKER_GZIP]);
+
+    // A fresh store pulls it and builds on it.
+    let k2 = Kiln::new();
+    let ctx = t.path().join("ctx");
+    context(&ctx, &format!("FROM {base}\nCOPY hello.txt /\n"));
+    let tag = format!("{addr}/{}:v1", common::unique("oci-types"));
+    let out = k2.run(&[
+        "build",
+        "-t",
+        &tag,
+        "-o",
+        &format!("type=oci,dest={}", p("oci.tar")),
+        "-o",
+        &format!("type=oci,dest={},oci-mediatypes=false", p("docker.tar")),
+        ctx.to_str().unwrap(),
+    ]);
+    assert_ok(&out, "build on the Docker-typed base");
+
+    let oci = skopeo_inspect(&format!("oci-archive:{}", p("oci.tar")));
+    assert_eq!(
+        oci["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(
+        oci["config"]["mediaType"],
+        "application/vnd.oci.image.config.v1+json"
+    );
+    assert_eq!(layer_media_types(&oci), [OCI_GZIP, OCI_GZIP, OCI_GZIP]);
+    // The base layers are the pulled blobs, only typed anew.
+    let base_digests: Vec<&serde_json::Value> = pushed["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["digest"])
+        .collect();
+    let oci_digests: Vec<&serde_json::Value> = oci["layers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| &l["digest"])
+        .collect();
+    assert_eq!(oci_digests[..2], base_digests[..]);
+
+    let docker = skopeo_inspect(&format!("oci-archive:{}", p("docker.tar")));
+    assert_eq!(
+        docker["mediaType"],
+        "application/vnd.docker.distribution.manifest.v2+json"
+    );
+    assert_eq!(
+        docker["config"]["mediaType"],
+        "application/vnd.docker.container.image.v1+json"
+    );
+    assert_eq!(
+        layer_media_types(&docker),
+        [DOCKER_GZIP, DOCKER_GZIP, DOCKER_GZIP]
+    );
+
+    // The archive carries BuildKit's `manifest.json` and the platform on the index entry.
+    let unpacked = t.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    tool(
+        "tar",
+        &["-xf", &p("oci.tar"), "-C", unpacked.to_str().unwrap()],
+    );
+    let read_json = |name: &str| -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(unpacked.join(name)).unwrap()).unwrap()
+    };
+    let index = read_json("index.json");
+    let config = config_of(&format!("oci-archive:{}", p("oci.tar")));
+    assert_eq!(
+        index["manifests"][0]["platform"],
+        serde_json::json!({"architecture": config["architecture"], "os": "linux"}),
+        "{index}"
+    );
+    let blob_path = |d: &serde_json::Value| {
+        format!(
+            "blobs/sha256/{}",
+            d.as_str().unwrap().trim_start_matches("sha256:")
+        )
+    };
+    let docker_manifest = read_json("manifest.json");
+    assert_eq!(
+        docker_manifest,
+        serde_json::json!([{
+            "Config": blob_path(&oci["config"]["digest"]),
+            "RepoTags": null,
+            "Layers": oci_digests.iter().map(|d| blob_path(d)).collect::<Vec<_>>(),
+        }])
+    );
+    // umoci reads the layout (named by the `-t` tag) and unpacks every layer.
+    assert_eq!(
+        index["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"],
+        "v1"
+    );
+    let bundle = t.path().join("bundle");
+    tool(
+        "umoci",
+        &[
+            "unpack",
+            "--image",
+            &format!("{}:v1", unpacked.display()),
+            bundle.to_str().unwrap(),
+        ],
+    );
+    assert!(bundle.join("rootfs/base").is_file());
+    assert!(bundle.join("rootfs/hello.txt").is_file());
+
+    // `kiln push` of the stored image: OCI types throughout too.
+    assert_ok(&k2.run(&["push", &tag]), "push the built image");
+    let remote = skopeo_inspect_remote(&tag);
+    assert_eq!(
+        remote["mediaType"],
+        "application/vnd.oci.image.manifest.v1+json"
+    );
+    assert_eq!(layer_media_types(&remote), [OCI_GZIP, OCI_GZIP, OCI_GZIP]);
+
+    // docker load reads the OCI archive, where an engine answers.
+    match docker_host() {
+        Some(host) => {
+            let out = Command::new("docker")
+                .env("DOCKER_HOST", &host)
+                .args(["load", "-i", &p("oci.tar")])
+                .output()
+                .unwrap();
+            assert_ok(&out, &format!("DOCKER_HOST={host} docker load"));
+            // Untagged, as BuildKit's archive loads: known by its image ID.
+            let id = oci["config"]["digest"].as_str().unwrap();
+            let out = Command::new("docker")
+                .env("DOCKER_HOST", &host)
+                .args(["rmi", id])
+                .output()
+                .unwrap();
+            assert_ok(&out, &format!("DOCKER_HOST={host} docker rmi {id}"));
+        }
+        None => eprintln!("docker load skipped: no Docker engine answers `docker info` here"),
+    }
+}
+
+fn skopeo_inspect_remote(name: &str) -> serde_json::Value {
+    let out = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{name}"),
+        ],
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn config_of(transport: &str) -> serde_json::Value {
+    let out = tool("skopeo", &["inspect", "--config", transport]);
+    serde_json::from_slice(&out.stdout).unwrap()
+}

@@ -62,10 +62,9 @@ fn rfc3339(unix: i64) -> String {
     )
 }
 
-/// The layer of one snapshot, and whether it is an image's own layer. An image layer (pulled or
-/// imported) keeps its original blob, even when empty; a built one is exported uncompressed (once:
-/// the exporter records the blob per snapshot) and may turn out empty.
-fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<(LayerBlob, bool)> {
+/// The layer of one snapshot. An image layer (pulled or imported) keeps its original blob; a
+/// built one is exported uncompressed (once: the exporter records the blob per snapshot).
+fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<LayerBlob> {
     if kiln_solver::images::is_image_layer(store, snap)? {
         // The blob the image came with: recorded under a plain media type (re-compressed
         // variants carry `;kiln.` parameters).
@@ -75,16 +74,13 @@ fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<(Laye
             .into_iter()
             .find(|l| !l.media_type.contains(';'));
         if let Some(l) = original {
-            return Ok((
-                LayerBlob {
-                    diff_id: l.diff_id,
-                    digest: l.digest,
-                    size: l.size,
-                    media_type: l.media_type,
-                    empty: false,
-                },
-                true,
-            ));
+            return Ok(LayerBlob {
+                diff_id: l.diff_id,
+                digest: l.digest,
+                size: l.size,
+                media_type: l.media_type,
+                empty: false,
+            });
         }
     }
     // Uncompressed in the local store, as Docker's and Buildah's stores keep layers: pushes and
@@ -94,9 +90,8 @@ fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<(Laye
         source_date_epoch: epoch,
         level: None,
     };
-    let blob = kiln_exporter::export_layer(store, snap, &opts)
-        .with_context(|| format!("cannot export the layer of snapshot {snap}"))?;
-    Ok((blob, false))
+    kiln_exporter::export_layer(store, snap, &opts)
+        .with_context(|| format!("cannot export the layer of snapshot {snap}"))
 }
 
 /// Exports the solve's result as an image: layers bottom-up, paired with the history entries the
@@ -121,7 +116,7 @@ pub(crate) async fn export_image(
     let store2 = store.clone();
     let chain2 = chain.clone();
     // Layers compress in parallel across layers (and gzip/zstd in parallel within each).
-    let layers: Vec<(LayerBlob, bool)> = tokio::task::spawn_blocking(move || {
+    let layers: Vec<LayerBlob> = tokio::task::spawn_blocking(move || {
         use rayon::prelude::*;
         chain2
             .par_iter()
@@ -132,34 +127,23 @@ pub(crate) async fn export_image(
     let created_unix = epoch.unwrap_or(root_created_unix as i64);
     let created = rfc3339(created_unix);
 
-    // Pair layers with the history entries that create one; empty new layers are dropped and
-    // their entry marked `empty_layer`, as Docker does.
+    // Every snapshot of the chain is a layer, even one whose step changed nothing: BuildKit
+    // keeps such an empty layer (the empty tar), where Docker's legacy builder dropped it and
+    // marked its history entry `empty_layer`. Steps that change only the config already have
+    // entries marked `empty_layer` by the frontend, and no snapshot.
     let mut history: Vec<History> = config.history().clone().unwrap_or_default();
-    let mut kept: Vec<LayerBlob> = Vec::new();
-    let mut hi = 0usize;
-    for (blob, known) in layers {
-        while hi < history.len() && history[hi].empty_layer().unwrap_or(false) {
-            hi += 1;
-        }
-        let drop_it = blob.empty && !known;
-        if hi < history.len() {
-            if drop_it {
-                history[hi].set_empty_layer(Some(true));
-            }
-            hi += 1;
-        } else if !drop_it {
-            // More layers than history: describe them rather than leave the image inconsistent.
-            history.push(
-                HistoryBuilder::default()
-                    .created_by("kiln build".to_string())
-                    .build()
-                    .context("cannot build a history entry")?,
-            );
-            hi = history.len();
-        }
-        if !drop_it {
-            kept.push(blob);
-        }
+    let described = history
+        .iter()
+        .filter(|h| !h.empty_layer().unwrap_or(false))
+        .count();
+    for _ in described..layers.len() {
+        // More layers than history: describe them rather than leave the image inconsistent.
+        history.push(
+            HistoryBuilder::default()
+                .created_by("kiln build".to_string())
+                .build()
+                .context("cannot build a history entry")?,
+        );
     }
     for h in history.iter_mut() {
         if h.created().is_none() {
@@ -170,11 +154,11 @@ pub(crate) async fn export_image(
     config.set_created(Some(created.clone()));
     let rootfs = RootFsBuilder::default()
         .typ("layers".to_string())
-        .diff_ids(kept.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>())
+        .diff_ids(layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>())
         .build()
         .context("cannot build the image rootfs")?;
     config.set_rootfs(rootfs);
-    let desc = kiln_exporter::write_image_with_extras(store, &config, extras, &kept)?;
+    let desc = kiln_exporter::write_image_with_extras(store, &config, extras, &layers)?;
     Ok(ExportedImage {
         manifest_digest: desc.manifest_digest,
         manifest_size: desc.manifest_size,
@@ -240,7 +224,7 @@ pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage
             .with_context(|| format!("`{}` is not a valid tar archive", src.display()))?
     };
     let epoch = source_date_epoch();
-    let (blob, _) = layer_of(store, snap, epoch)?;
+    let blob = layer_of(store, snap, epoch)?;
     // The exporter's records carry its own parameters; this blob is the image's own from
     // now on, recorded under its plain media type as a pulled layer's is.
     store.snapshots().set_layer(

@@ -2,6 +2,7 @@
 //! registry together into builds, runs, imports, pulls and pushes. The CLI embeds it; a gRPC
 //! service will wrap the same type.
 
+mod build_cache;
 mod changes;
 mod config;
 mod context;
@@ -18,6 +19,7 @@ mod stdin;
 mod store_gc;
 mod transfer;
 
+pub use build_cache::{parse_cache_spec, CacheLocation, CacheSpec};
 pub use config::{default_config_path, parse_duration, Config, GcPolicy};
 pub use context::parse_build_context;
 pub use debug::{debug_llb, debug_llb_resolved, debug_parse};
@@ -107,6 +109,10 @@ pub struct BuildRequest {
     pub platform: Option<String>,
     /// `--label K=V`: labels set on the image config, over the Dockerfile's `LABEL`s.
     pub labels: BTreeMap<String, String>,
+    /// `--cache-from`: build caches to import before the solve, in order.
+    pub cache_from: Vec<CacheSpec>,
+    /// `--cache-to`: where to export this build's cache after it.
+    pub cache_to: Vec<CacheSpec>,
 }
 
 /// What a build produced.
@@ -356,6 +362,15 @@ impl Engine {
             Default::default();
         locals.insert("context".into(), local);
         locals.extend(named.locals);
+        // A cache that cannot be read is not the build's failure: it goes on cold.
+        for spec in &req.cache_from {
+            if let Err(e) = build_cache::import(&self.store, self.solver.registry(), spec).await {
+                warnings.push(format!(
+                    "cannot import the build cache {}: {e:#}; the steps it lacks are built",
+                    spec.location
+                ));
+            }
+        }
         let solved = self
             .solver
             .solve_roots(
@@ -374,9 +389,13 @@ impl Engine {
             .await?;
         let epoch = outputs::source_date_epoch(&req.build_args)?;
         let mut images = Vec::with_capacity(platforms.len());
+        let mut final_roots = Vec::new();
         for ((platform, compiled), (root, created_unix)) in
             platforms.iter().zip(compiles).zip(solved.roots)
         {
+            if let kiln_solver::Output::Snapshot(s) = &root {
+                final_roots.push(*s);
+            }
             let mut image_config = compiled.image_config;
             if !req.labels.is_empty() {
                 // As `docker build --label`: on the image only, so no step's cache key changes.
@@ -404,6 +423,29 @@ impl Engine {
         } else {
             outputs::deliver_platforms(self, &images, &req.tags, &req.outputs).await?
         };
+        for spec in &req.cache_to {
+            let exported = build_cache::export(
+                &self.store,
+                self.solver.registry(),
+                &solved.keys,
+                &final_roots,
+                spec,
+            )
+            .await;
+            match exported {
+                Ok(()) => {}
+                Err(e) if spec.ignore_error => warnings.push(format!(
+                    "cannot export the build cache to {}: {e:#}",
+                    spec.location
+                )),
+                Err(e) => {
+                    return Err(e.context(format!(
+                        "cannot export the build cache to {} (`ignore-error=true` makes this a warning)",
+                        spec.location
+                    )))
+                }
+            }
+        }
         Ok(BuildResult {
             manifest_digest: delivered.image.manifest_digest,
             config_digest: delivered.image.config_digest,

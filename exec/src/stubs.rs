@@ -1,24 +1,42 @@
 //! Removes the mount stubs a run created in the upper directory, as BuildKit's stub cleaner
 //! does, so that a step that did not touch `/etc` leaves no `etc/` in its layer.
 //!
-//! A mount point missing from the image (`/etc/hosts`, a `RUN --mount` target, `/proc` in an
-//! image without it) is created in the overlay before the mount, and overlayfs copies every
+//! A mount point missing from the image (`/etc/hosts`, a `RUN --mount` target) is created in the overlay before the mount, and overlayfs copies every
 //! existing directory above it up into the upper directory. Removing the stub alone leaves
 //! those copied-up directories behind, and the layer differ sees `etc/` (or `var/`, ...)
 //! changed in every step. So after the stubs, each of their ancestors in the upper directory is
 //! removed too when it is no more than an untouched copy: empty, not opaque, and with the mode,
 //! owner and extended attributes of the directory it copies in the layers below. Only its
 //! modification time may differ, and that the stub's creation and removal changed anyway.
+//!
+//! `/dev`, `/proc` and `/sys` are the exception: runc creates them (mode 0755) for its own
+//! mounts and leaves them, and BuildKit's stub cleaner only knows the build's mounts, so a
+//! `RUN` on a root filesystem without them leaves them in its layer. Kiln keeps them too.
 
 use std::ffi::{CString, OsStr};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
+/// The mount points runc leaves in the root filesystem (see the module's header).
+const RUNTIME_MOUNT_POINTS: [&str; 3] = ["dev", "proc", "sys"];
+
 /// Remove `created` (paths relative to the root, parents before children, as the sandbox
 /// reports them) from `upper`, each only if it is still an empty directory or an empty file,
-/// then the copied-up directories above them that the step left untouched.
+/// then the copied-up directories above them that the step left untouched. The runtime's own
+/// mount points are kept, with runc's mode.
 pub(crate) fn remove(lower: &[PathBuf], upper: &Path, created: &[PathBuf]) {
+    let (kept, created): (Vec<PathBuf>, Vec<PathBuf>) = created
+        .iter()
+        .cloned()
+        .partition(|p| RUNTIME_MOUNT_POINTS.iter().any(|r| p.as_os_str() == *r));
+    for rel in kept {
+        use std::os::unix::fs::PermissionsExt;
+        let abs = upper.join(rel);
+        if std::fs::symlink_metadata(&abs).is_ok_and(|md| md.is_dir()) {
+            let _ = std::fs::set_permissions(&abs, std::fs::Permissions::from_mode(0o755));
+        }
+    }
     let mut ordered: Vec<&PathBuf> = created.iter().collect();
     ordered.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
     for rel in &ordered {

@@ -2,7 +2,8 @@
 //! the same image always has the same digests.
 
 use oci_spec::image::{
-    Descriptor, ImageConfiguration, ImageManifest, ImageManifestBuilder, MediaType, RootFsBuilder,
+    Arch, Descriptor, ImageConfiguration, ImageIndex, ImageManifest, ImageManifestBuilder,
+    MediaType, Os, Platform, PlatformBuilder, RootFsBuilder,
 };
 use serde::Serialize;
 
@@ -16,18 +17,69 @@ pub(crate) const DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v
 pub(crate) const DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
 pub(crate) const DOCKER_LAYER_TAR: &str = "application/vnd.docker.image.rootfs.diff.tar";
 
-/// The Docker schema2 media type of a layer, for `--oci-mediatypes=false`.
-fn docker_layer_type(oci: &str) -> Result<&'static str, ExportError> {
-    match crate::layer::Compression::from_media_type(oci) {
-        Some(crate::layer::Compression::Gzip) => Ok(DOCKER_LAYER_GZIP),
-        Some(crate::layer::Compression::Uncompressed) => Ok(DOCKER_LAYER_TAR),
-        _ => Err(ExportError::Oci {
-            what: "the image manifest".into(),
-            detail: format!(
-                "layer media type `{oci}` has no Docker schema2 equivalent; use `oci-mediatypes=true` or `compression=gzip`"
-            ),
-        }),
+const DOCKER_LAYER_FOREIGN: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar";
+const DOCKER_LAYER_FOREIGN_GZIP: &str = "application/vnd.docker.image.rootfs.foreign.diff.tar.gzip";
+const OCI_LAYER_NONDIST: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar";
+const OCI_LAYER_NONDIST_GZIP: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+gzip";
+const OCI_LAYER_NONDIST_ZSTD: &str = "application/vnd.oci.image.layer.nondistributable.v1.tar+zstd";
+
+/// The media type a layer has in a manifest of the given kind (OCI or Docker schema2), as
+/// BuildKit's `compression.ConvertAllLayerMediaTypes` maps it: a base layer pulled with Docker
+/// types gets the OCI ones in an OCI manifest, and the other way round.
+pub(crate) fn layer_type_for(media_type: &str, oci: bool) -> Result<&str, ExportError> {
+    use crate::layer::{MEDIA_TAR, MEDIA_TAR_GZIP, MEDIA_TAR_ZSTD};
+    let converted = if oci {
+        match media_type {
+            DOCKER_LAYER_TAR => Some(MEDIA_TAR),
+            DOCKER_LAYER_GZIP => Some(MEDIA_TAR_GZIP),
+            DOCKER_LAYER_FOREIGN => Some(OCI_LAYER_NONDIST),
+            DOCKER_LAYER_FOREIGN_GZIP => Some(OCI_LAYER_NONDIST_GZIP),
+            // Not a registered type, but what containerd and BuildKit write for zstd.
+            "application/vnd.docker.image.rootfs.diff.tar.zstd" => Some(MEDIA_TAR_ZSTD),
+            _ => None,
+        }
+    } else {
+        match media_type {
+            MEDIA_TAR => Some(DOCKER_LAYER_TAR),
+            MEDIA_TAR_GZIP => Some(DOCKER_LAYER_GZIP),
+            OCI_LAYER_NONDIST => Some(DOCKER_LAYER_FOREIGN),
+            OCI_LAYER_NONDIST_GZIP => Some(DOCKER_LAYER_FOREIGN_GZIP),
+            MEDIA_TAR_ZSTD | OCI_LAYER_NONDIST_ZSTD => {
+                return Err(ExportError::Oci {
+                    what: "the image manifest".into(),
+                    detail: format!(
+                        "layer media type `{media_type}` has no Docker schema2 equivalent; use `oci-mediatypes=true` or `compression=gzip`"
+                    ),
+                })
+            }
+            _ => None,
+        }
+    };
+    // Already of the wanted kind, or a type neither table knows: kept as it is, as BuildKit
+    // keeps an unhandled one.
+    Ok(converted.unwrap_or(media_type))
+}
+
+/// The platform a stored config names (`architecture`, `os` and `variant`), if it names one.
+pub(crate) fn config_platform(config: &[u8]) -> Option<Platform> {
+    let v: serde_json::Value = serde_json::from_slice(config).ok()?;
+    let field = |k: &str| v.get(k).and_then(|x| x.as_str()).filter(|x| !x.is_empty());
+    let mut p = PlatformBuilder::default()
+        .architecture(Arch::from(field("architecture")?))
+        .os(Os::from(field("os")?));
+    if let Some(variant) = field("variant") {
+        p = p.variant(variant.to_string());
     }
+    p.build().ok()
+}
+
+pub(crate) const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const DOCKER_MANIFEST_LIST: &str =
+    "application/vnd.docker.distribution.manifest.list.v2+json";
+
+/// Whether a top-level media type is an index (OCI) or a manifest list (Docker).
+pub(crate) fn is_index(media_type: &str) -> bool {
+    media_type == MEDIA_INDEX || media_type == DOCKER_MANIFEST_LIST
 }
 
 /// The stored manifest of an image.
@@ -146,8 +198,8 @@ fn descriptor(media_type: &str, digest: &str, size: u64) -> Result<Descriptor, E
     Ok(Descriptor::new(MediaType::from(media_type), size, d))
 }
 
-/// The manifest bytes for a stored config and layers: OCI media types, or Docker schema2 ones
-/// when `oci` is false.
+/// The manifest bytes for a stored config and layers: OCI media types (layers pulled with Docker
+/// types included), or Docker schema2 ones when `oci` is false.
 pub(crate) fn manifest_bytes(
     config_digest: &str,
     config_size: u64,
@@ -156,14 +208,7 @@ pub(crate) fn manifest_bytes(
 ) -> Result<Vec<u8>, ExportError> {
     let layer_descs = layers
         .iter()
-        .map(|l| {
-            let media = if oci {
-                l.media_type.as_str()
-            } else {
-                docker_layer_type(&l.media_type)?
-            };
-            descriptor(media, &l.digest, l.size)
-        })
+        .map(|l| descriptor(layer_type_for(&l.media_type, oci)?, &l.digest, l.size))
         .collect::<Result<Vec<_>, _>>()?;
     let (manifest_type, config_type) = if oci {
         (MediaType::ImageManifest, MEDIA_CONFIG)
@@ -201,6 +246,27 @@ pub(crate) fn parse_manifest(
         out.push((l.media_type().to_string(), l.digest().to_string(), l.size()));
     }
     Ok(out)
+}
+
+/// The entries of a stored index, as image descriptors (without their config digests).
+pub(crate) fn index_entries(
+    bytes: &[u8],
+    digest: &str,
+) -> Result<Vec<ImageDescriptor>, ExportError> {
+    let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| ExportError::Oci {
+        what: format!("index `{digest}`"),
+        detail: e.to_string(),
+    })?;
+    Ok(index
+        .manifests()
+        .iter()
+        .map(|d| ImageDescriptor {
+            manifest_digest: d.digest().to_string(),
+            manifest_size: d.size(),
+            config_digest: String::new(),
+            media_type: d.media_type().to_string(),
+        })
+        .collect())
 }
 
 #[cfg(test)]

@@ -8,9 +8,7 @@ use crate::error::ExportError;
 use crate::image::{canonical_json, ImageDescriptor, DOCKER_MANIFEST, MEDIA_MANIFEST};
 use crate::store::ManifestFormat;
 
-pub(crate) mod read;
-
-use read::{DOCKER_MANIFEST_LIST, MEDIA_INDEX};
+use crate::image::{DOCKER_MANIFEST_LIST, MEDIA_INDEX};
 
 /// One platform's image of a multi-platform build.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -134,7 +132,7 @@ mod tests {
         assert!(text.ends_with(
             r#""mediaType":"application/vnd.oci.image.index.v1+json","schemaVersion":2}"#
         ));
-        let back = read::index_manifests(&bytes, "x").unwrap();
+        let back = crate::image::index_entries(&bytes, "x").unwrap();
         assert_eq!(back.len(), 2);
         assert_eq!(
             back[1].manifest_digest,

@@ -300,13 +300,18 @@ type CmpBufs = (Vec<u8>, Vec<u8>);
 struct Frame {
     /// Its tar path with a trailing `/` (empty for the root).
     prefix: Vec<u8>,
-    children: std::vec::IntoIter<OsString>,
+    /// Its entries by name, with `true` for a name the lowers show that an opaque directory
+    /// (this one or one above) no longer holds: deleted, so written as a whiteout.
+    children: std::vec::IntoIter<(OsString, bool)>,
     /// Indices into `lowers` of the layers in which this directory is visible as a directory,
     /// top first: where its children's lower versions are looked up.
     below: Vec<usize>,
     /// Its entry, held back while it equals the lower directory: written before the first
     /// entry below it, if any.
     held: Option<HeldDir>,
+    /// Whether the upper holds its whole contents (it, or a directory above it, is opaque), so
+    /// that a name only the lowers show was deleted.
+    whole: bool,
 }
 
 struct HeldDir {
@@ -329,12 +334,13 @@ impl<W: Write> Walker<'_, W> {
         // An explicit stack, not recursion: snapshot trees can be arbitrarily deep.
         let mut stack = vec![Frame {
             prefix: Vec::new(),
-            children: sorted_children(self.root)?.into_iter(),
+            children: unmarked(sorted_children(self.root)?).into_iter(),
             below: (0..self.lowers.len()).collect(),
             held: None,
+            whole: false,
         }];
         while let Some(frame) = stack.last_mut() {
-            let Some(name) = frame.children.next() else {
+            let Some((name, deleted)) = frame.children.next() else {
                 if stack.pop().is_some_and(|f| f.held.is_some()) {
                     self.pending -= 1;
                 }
@@ -343,6 +349,12 @@ impl<W: Write> Walker<'_, W> {
             let mut rel = frame.prefix.clone();
             rel.extend_from_slice(name.as_bytes());
             let full = self.root.join(OsStr::from_bytes(&rel));
+            let in_whole = frame.whole;
+            if deleted {
+                self.release(&mut stack)?;
+                self.write_deleted(&rel)?;
+                continue;
+            }
             let md = fs::symlink_metadata(&full)
                 .map_err(|e| ExportError::read("stat", full.clone(), e))?;
             let ft = md.file_type();
@@ -369,23 +381,33 @@ impl<W: Write> Walker<'_, W> {
             if ft.is_dir() {
                 let (xattrs, opaque) = read_xattrs(&full)?;
                 let lower_dir = lower.filter(|l| l.md.is_dir());
+                // Over a directory a lower layer has, an opaque one (`rm -rf /d && mkdir /d`)
+                // is written as BuildKit's overlay differ writes it: a diff of its whole
+                // contents against the lower directory, with a whiteout per name it no longer
+                // holds, and no opaque marker. Below it, the upper holds every name.
+                let whole = in_whole || (opaque && self.diff);
                 let below = match &lower_dir {
-                    // An opaque directory hides what the lower ones hold.
-                    Some(l) if !opaque => {
+                    Some(l) => {
                         let parent_below = stack.last().map_or(&[][..], |f| &f.below[..]);
                         self.dir_below(&rel, l, parent_below)?
                     }
-                    _ => Vec::new(),
+                    None => Vec::new(),
                 };
-                // An opaque marker means something only over a directory a lower layer has.
-                let marker = opaque && (lower_dir.is_some() || !self.diff);
+                // Verbatim (not a diff), the marker is the layer's own.
+                let marker = opaque && !self.diff;
                 let same = match &lower_dir {
                     Some(l) => same_dir(&md, &xattrs, l)?,
                     None => false,
                 };
                 let mut prefix = rel.clone();
                 prefix.push(b'/');
-                let children = sorted_children(&full)?.into_iter();
+                let upper = sorted_children(&full)?;
+                let children = if whole && !below.is_empty() {
+                    self.with_deleted(&prefix, upper, &below)?
+                } else {
+                    unmarked(upper)
+                }
+                .into_iter();
                 let held = if same && !marker {
                     self.pending += 1;
                     Some(HeldDir {
@@ -404,6 +426,7 @@ impl<W: Write> Walker<'_, W> {
                     children,
                     below,
                     held,
+                    whole,
                 });
                 continue;
             }
@@ -471,6 +494,65 @@ impl<W: Write> Walker<'_, W> {
             }
         }
         Ok(below)
+    }
+
+    /// The names of the directory `prefix` (its upper's `upper`, sorted), merged with the names
+    /// the lower layers `below` show there that `upper` lacks, marked deleted.
+    fn with_deleted(
+        &self,
+        prefix: &[u8],
+        upper: Vec<OsString>,
+        below: &[usize],
+    ) -> Result<Vec<(OsString, bool)>, ExportError> {
+        let mut lower_names: Vec<OsString> = Vec::new();
+        for &i in below {
+            let dir = self.lowers[i].join(OsStr::from_bytes(prefix));
+            match fs::read_dir(&dir) {
+                Ok(rd) => {
+                    for e in rd {
+                        lower_names.push(
+                            e.map_err(|e| ExportError::read("list", &dir, e))?
+                                .file_name(),
+                        );
+                    }
+                }
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) => {}
+                Err(e) => return Err(ExportError::read("list", dir, e)),
+            }
+        }
+        lower_names.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+        lower_names.dedup();
+        let mut deleted = Vec::new();
+        for name in lower_names {
+            if upper
+                .binary_search_by(|u| u.as_bytes().cmp(name.as_bytes()))
+                .is_ok()
+            {
+                continue;
+            }
+            // A name a higher lower layer deleted (or hid) is not there to delete.
+            let rel = [prefix, name.as_bytes()].concat();
+            if self.lookup(&rel, below)?.is_some() {
+                deleted.push(name);
+            }
+        }
+        let mut all: Vec<(OsString, bool)> = unmarked(upper);
+        all.extend(deleted.into_iter().map(|n| (n, true)));
+        all.sort_unstable_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        Ok(all)
+    }
+
+    /// The whiteout of a name an opaque directory no longer holds, as containerd's change
+    /// writer (BuildKit's) writes a deletion: an empty file owned by root.
+    fn write_deleted(&mut self, rel: &[u8]) -> Result<(), ExportError> {
+        let (parent, name) = split_parent(rel);
+        let path = [parent, WHITEOUT_PREFIX, name].concat();
+        let mut e = Entry::new(&path, Kind::Regular);
+        e.mode = 0o600;
+        e.mtime = self.epoch.unwrap_or(0).max(0);
+        self.append(self.root, &e, None)
     }
 
     /// Writes the held-back entries of the directories above the next entry.
@@ -710,6 +792,11 @@ fn same_content(a: &Path, b: &Path, bufs: &mut CmpBufs) -> Result<bool, ExportEr
         }
         Ok(n)
     }
+}
+
+/// Names that are all present in the upper.
+fn unmarked(names: Vec<OsString>) -> Vec<(OsString, bool)> {
+    names.into_iter().map(|n| (n, false)).collect()
 }
 
 fn is_opaque_dir(path: &Path) -> Result<bool, ExportError> {
@@ -995,6 +1082,53 @@ mod tests {
         assert!(names_of(&out).contains(&"a/.wh.gone".to_string()));
         // Over nothing (a bottom layer), a whiteout deletes nothing.
         assert!(!tar_over(&[]).contains(&"a/.wh.gone".to_string()));
+    }
+
+    /// `rm -rf /d && mkdir /d` leaves `d` opaque in the upper. Its layer carried the opaque
+    /// marker; BuildKit's overlay differ writes a whiteout per name the lowers show that `d` no
+    /// longer holds (a removed subdirectory once, not its contents) and no marker.
+    #[test]
+    fn whiteout_dir_recreate_wrote_an_opaque_marker_instead_of_whiteouts() {
+        let t = tempfile::tempdir().unwrap();
+        let (l1, l2, up) = (
+            t.path().join("l1"),
+            t.path().join("l2"),
+            t.path().join("up"),
+        );
+        let when = filetime::FileTime::from_unix_time(1_600_000_000, 0);
+        // Lowers: d/b, d/keep, d/sub/x, d/gone (deleted again by l2), d/new2 (from l2).
+        fs::create_dir_all(l1.join("d/sub")).unwrap();
+        fs::write(l1.join("d/b"), "b").unwrap();
+        fs::write(l1.join("d/keep"), "k").unwrap();
+        fs::write(l1.join("d/sub/x"), "x").unwrap();
+        fs::write(l1.join("d/gone"), "g").unwrap();
+        fs::create_dir_all(l2.join("d")).unwrap();
+        whiteout(&l2.join("d/gone"));
+        fs::write(l2.join("d/new2"), "n").unwrap();
+        // The upper: d re-created (opaque), with keep written back the same and sub re-made
+        // empty.
+        fs::create_dir_all(up.join("d/sub")).unwrap();
+        xattr::set(up.join("d"), "trusted.overlay.opaque", b"y").unwrap();
+        fs::write(up.join("d/keep"), "k").unwrap();
+        for p in [l1.join("d/keep"), up.join("d/keep")] {
+            filetime::set_file_mtime(p, when).unwrap();
+        }
+        let mut out = Vec::new();
+        write_layer_diff_tar(
+            &up,
+            &[l2.clone(), l1.clone()],
+            &mut out,
+            &LayerOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(
+            names_of(&out),
+            ["d/", "d/.wh.b", "d/.wh.new2", "d/sub/", "d/sub/.wh.x"]
+        );
+        // Verbatim, the marker stays: it is the layer's own.
+        let mut out = Vec::new();
+        write_layer_tar(&up, &mut out, &LayerOptions::default()).unwrap();
+        assert!(names_of(&out).contains(&"d/.wh..wh..opq".to_string()));
     }
 
     /// The pipe once flushed the compressor before finishing it, which ends a zstd block early:

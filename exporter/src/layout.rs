@@ -1,15 +1,18 @@
-//! OCI image layouts (`oci-layout`, `index.json`, `blobs/sha256/…`) as a tar archive or a
-//! directory, from blobs found through a digest → path lookup.
+//! OCI image layouts (`oci-layout`, `index.json`, `blobs/sha256/…`) as a tar archive (with the
+//! `manifest.json` that `docker load` reads, as BuildKit's) or a directory, from blobs found
+//! through a digest → path lookup.
 
 use std::collections::HashMap;
 use std::fs::{self, File};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
-use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType};
+use oci_spec::image::{Descriptor, ImageIndex, ImageIndexBuilder, MediaType, Platform};
 
 use crate::error::ExportError;
-use crate::image::{canonical_json, parse_manifest, ImageDescriptor, MEDIA_MANIFEST};
+use crate::image::{
+    canonical_json, config_platform, parse_manifest, ImageDescriptor, MEDIA_MANIFEST,
+};
 use crate::tarw::{Entry, Kind, TarError, TarWriter};
 
 pub(crate) const REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -63,34 +66,99 @@ fn checked_blob(lookup: BlobPath<'_>, digest: &str, size: u64) -> Result<Blob, E
     })
 }
 
-/// The manifest, config and layer blobs of an image, sorted by digest, each once; for an index,
-/// the index and those of each manifest it lists.
-fn image_blobs(lookup: BlobPath<'_>, image: &ImageDescriptor) -> Result<Vec<Blob>, ExportError> {
+/// An image's blobs as a layout holds them, and what its index entry and `manifest.json` say.
+struct ImageParts {
+    /// The manifest (or index, and each of its manifests), config and layer blobs, sorted by
+    /// digest, each once.
+    blobs: Vec<Blob>,
+    /// A single image's config and layers (in manifest order, repeats kept), for
+    /// `manifest.json`; none for an index, as BuildKit writes none for one.
+    single: Option<(String, Vec<String>)>,
+    /// From the config, as BuildKit puts the build's platform on the manifest's descriptor.
+    platform: Option<Platform>,
+}
+
+fn image_parts(lookup: BlobPath<'_>, image: &ImageDescriptor) -> Result<ImageParts, ExportError> {
     let manifest = checked_blob(lookup, &image.manifest_digest, image.manifest_size)?;
     let bytes =
         fs::read(&manifest.path).map_err(|e| ExportError::read("read", &manifest.path, e))?;
-    let mut blobs = vec![manifest];
-    if crate::index::read::is_index_media_type(&image.media_type) {
-        // One level: kiln writes no index of indexes.
-        for m in crate::index::read::index_manifests(&bytes, &image.manifest_digest)? {
-            let mbytes = {
-                let b = checked_blob(lookup, &m.manifest_digest, m.manifest_size)?;
-                let bytes = fs::read(&b.path).map_err(|e| ExportError::read("read", &b.path, e))?;
-                blobs.push(b);
-                bytes
-            };
-            for (_, digest, size) in parse_manifest(&mbytes, &m.manifest_digest)? {
-                blobs.push(checked_blob(lookup, &digest, size)?);
+    if crate::image::is_index(&image.media_type) {
+        let mut blobs = vec![manifest];
+        for entry in crate::image::index_entries(&bytes, &image.manifest_digest)? {
+            if crate::image::is_index(&entry.media_type) {
+                return Err(ExportError::Oci {
+                    what: format!("index `{}`", image.manifest_digest),
+                    detail: "it holds another index, which kiln does not export".into(),
+                });
             }
+            blobs.extend(image_parts(lookup, &entry)?.blobs);
         }
-    } else {
-        for (_, digest, size) in parse_manifest(&bytes, &image.manifest_digest)? {
-            blobs.push(checked_blob(lookup, &digest, size)?);
-        }
+        blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
+        blobs.dedup_by(|a, b| a.digest == b.digest);
+        return Ok(ImageParts {
+            blobs,
+            single: None,
+            platform: None,
+        });
     }
+    let descs = parse_manifest(&bytes, &image.manifest_digest)?;
+    let mut blobs = vec![manifest];
+    for (_, digest, size) in &descs {
+        blobs.push(checked_blob(lookup, digest, *size)?);
+    }
+    let (config, layers) = match descs.split_first() {
+        Some(((_, config, _), layers)) => (
+            config.clone(),
+            layers.iter().map(|(_, d, _)| d.clone()).collect(),
+        ),
+        None => {
+            return Err(ExportError::Oci {
+                what: format!("manifest `{}`", image.manifest_digest),
+                detail: "it has no config".into(),
+            })
+        }
+    };
+    // `blobs[1]` is the config, checked above.
+    let config_path = &blobs[1].path;
+    let config_bytes =
+        fs::read(config_path).map_err(|e| ExportError::read("read", config_path, e))?;
+    let platform = config_platform(&config_bytes);
     blobs.sort_by(|a, b| a.digest.cmp(&b.digest));
     blobs.dedup_by(|a, b| a.digest == b.digest);
-    Ok(blobs)
+    Ok(ImageParts {
+        blobs,
+        single: Some((config, layers)),
+        platform,
+    })
+}
+
+/// One image of a `manifest.json`, Docker's `docker save` index, with the fields in the order
+/// containerd's archive writer (BuildKit's) gives them.
+#[derive(serde::Serialize)]
+struct DockerManifestEntry {
+    #[serde(rename = "Config")]
+    config: String,
+    /// Left empty (`null`), as BuildKit's OCI archives leave it: their names are in
+    /// `index.json`.
+    #[serde(rename = "RepoTags")]
+    repo_tags: Option<Vec<String>>,
+    #[serde(rename = "Layers")]
+    layers: Vec<String>,
+}
+
+/// The `manifest.json` BuildKit's OCI archives of a single image carry beside `index.json`, so
+/// that `docker load` reads them too.
+fn docker_manifest_json(config: &str, layers: &[String]) -> Result<Vec<u8>, ExportError> {
+    let path = |d: &str| hex_of(d).map(|h| format!("blobs/sha256/{h}"));
+    let entry = DockerManifestEntry {
+        config: path(config)?,
+        repo_tags: None,
+        layers: layers.iter().map(|d| path(d)).collect::<Result<_, _>>()?,
+    };
+    serde_json::to_vec(&[entry]).map_err(|source| ExportError::Json {
+        what: "the archive's manifest.json",
+        source,
+    })
 }
 
 fn check_name(name: &str) -> Result<(), ExportError> {
@@ -131,7 +199,11 @@ fn oci_ref_name(full: &str) -> &str {
 
 /// The index entry of `image` under the full name `name`: `ref.name` is the tag and
 /// `io.containerd.image.name` the whole name, as in BuildKit's `type=oci` archives.
-fn manifest_entry(image: &ImageDescriptor, name: Option<&str>) -> Result<Descriptor, ExportError> {
+fn manifest_entry(
+    image: &ImageDescriptor,
+    platform: Option<&Platform>,
+    name: Option<&str>,
+) -> Result<Descriptor, ExportError> {
     let digest: oci_spec::image::Digest =
         image
             .manifest_digest
@@ -145,6 +217,7 @@ fn manifest_entry(image: &ImageDescriptor, name: Option<&str>) -> Result<Descrip
         &image.media_type
     };
     let mut d = Descriptor::new(MediaType::from(media), image.manifest_size, digest);
+    d.set_platform(platform.cloned());
     if let Some(n) = name {
         d.set_annotations(Some(HashMap::from([
             (REF_NAME.to_string(), oci_ref_name(n).to_string()),
@@ -170,16 +243,17 @@ fn index_bytes(manifests: Vec<Descriptor>) -> Result<Vec<u8>, ExportError> {
 /// The index entries of `image`: one per name (full names), or one without a name.
 fn manifest_entries(
     image: &ImageDescriptor,
+    platform: Option<&Platform>,
     names: &[&str],
 ) -> Result<Vec<Descriptor>, ExportError> {
     if names.is_empty() {
-        return Ok(vec![manifest_entry(image, None)?]);
+        return Ok(vec![manifest_entry(image, platform, None)?]);
     }
     names
         .iter()
         .map(|n| {
             check_name(n)?;
-            manifest_entry(image, Some(n))
+            manifest_entry(image, platform, Some(n))
         })
         .collect()
 }
@@ -192,9 +266,15 @@ pub(crate) fn archive_to<W: Write>(
     names: &[&str],
     out: W,
 ) -> Result<W, ExportError> {
-    let entries = manifest_entries(image, names)?;
-    let blobs = image_blobs(lookup, image)?;
+    // A bad name is the caller's mistake: named before any blob is looked at.
+    names.iter().try_for_each(|n| check_name(n))?;
+    let parts = image_parts(lookup, image)?;
+    let entries = manifest_entries(image, parts.platform.as_ref(), names)?;
     let index = index_bytes(entries)?;
+    let docker_manifest = match &parts.single {
+        Some((config, layers)) => Some(docker_manifest_json(config, layers)?),
+        None => None,
+    };
     let mut tar = TarWriter::new(out);
     let werr = |e: TarError, path: &Path| match e {
         TarError::Source(source) => ExportError::read("read", path, source),
@@ -210,7 +290,11 @@ pub(crate) fn archive_to<W: Write>(
         ),
     };
     let here = Path::new("-");
-    for (path, data) in [(&b"oci-layout"[..], OCI_LAYOUT), (b"index.json", &index)] {
+    let mut files: Vec<(&[u8], &[u8])> = vec![(b"oci-layout", OCI_LAYOUT), (b"index.json", &index)];
+    if let Some(m) = &docker_manifest {
+        files.push((b"manifest.json", m));
+    }
+    for (path, data) in files {
         let mut e = Entry::new(path, Kind::Regular);
         e.size = data.len() as u64;
         let mut r = data;
@@ -221,7 +305,7 @@ pub(crate) fn archive_to<W: Write>(
         e.mode = 0o755;
         tar.append(&e, None).map_err(|e| werr(e, here))?;
     }
-    for b in &blobs {
+    for b in &parts.blobs {
         let path = format!("blobs/sha256/{}", hex_of(&b.digest)?);
         let mut e = Entry::new(path.as_bytes(), Kind::Regular);
         e.size = b.size;
@@ -279,8 +363,10 @@ pub(crate) fn write_dir(
     names: &[&str],
     dest: &Path,
 ) -> Result<(), ExportError> {
-    let new = manifest_entries(image, names)?;
-    let blobs = image_blobs(lookup, image)?;
+    names.iter().try_for_each(|n| check_name(n))?;
+    let parts = image_parts(lookup, image)?;
+    let new = manifest_entries(image, parts.platform.as_ref(), names)?;
+    let blobs = parts.blobs;
     let blob_dir = dest.join("blobs").join("sha256");
     fs::create_dir_all(&blob_dir)
         .map_err(|e| ExportError::write(format!("`{}`", blob_dir.display()), e))?;

@@ -7,6 +7,7 @@
 mod docker;
 mod error;
 mod image;
+mod image_index;
 mod index;
 mod layer;
 mod layout;
@@ -19,6 +20,7 @@ mod variant;
 
 pub use error::ExportError;
 pub use image::{fill_rootfs, ImageDescriptor};
+pub use image_index::write_image_index;
 pub use index::{write_index, PlatformImage};
 pub use layer::{
     write_layer_blob, write_layer_diff_tar, write_layer_tar, Compression, LayerBlob, LayerOptions,

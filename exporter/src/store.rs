@@ -242,6 +242,16 @@ pub fn save_docker_archive(
     images: &[(ImageDescriptor, Vec<String>)],
     dest: &Path,
 ) -> Result<(), ExportError> {
+    if let Some((image, _)) = images
+        .iter()
+        .find(|(i, _)| crate::image::is_index(&i.media_type))
+    {
+        // As BuildKit's docker exporter, which refuses manifest lists.
+        return Err(ExportError::Oci {
+            what: format!("the docker archive of `{}`", image.manifest_digest),
+            detail: "a docker archive holds one platform's image: export a multi-platform image with `type=oci`".into(),
+        });
+    }
     let tmp = store.tmp_dir();
     std::fs::create_dir_all(&tmp)
         .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;

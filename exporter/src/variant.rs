@@ -55,6 +55,9 @@ pub fn layer_variant(
     if from == opts.compression || (from != Compression::Uncompressed && !opts.force) {
         return Ok(blob.clone());
     }
+    if let Some(empty) = empty_gzip_layer(store, blob, from, opts)? {
+        return Ok(empty);
+    }
     let key = variant_key(&blob.diff_id, opts.compression, opts.level);
     if let Some(value) = store.index().meta_get(&key)? {
         let known = value
@@ -77,6 +80,48 @@ pub fn layer_variant(
         .index()
         .meta_put(&key, &format!("{} {}", converted.digest, converted.size))?;
     Ok(converted)
+}
+
+/// The diffID of the empty tar (1024 zero bytes): the layer of a step that changed nothing.
+const EMPTY_TAR_DIFF_ID: &str =
+    "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+
+/// The empty tar as Go's gzip writer compresses it (default level), the blob
+/// `sha256:4f4fb700ef54461cfa02571ae0db9a0dc1e0cdb5577484a6d75e68dc38e8acc1` that BuildKit's and
+/// Docker's images share and that registries already hold.
+const EMPTY_TAR_GZIP: [u8; 32] = [
+    0x1f, 0x8b, 0x08, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0xff, 0x62, 0x18, 0x05, 0xa3, 0x60, 0x14,
+    0x8c, 0x58, 0x00, 0x08, 0x00, 0x00, 0xff, 0xff, 0x2e, 0xaf, 0xb5, 0xef, 0x00, 0x04, 0x00, 0x00,
+];
+
+/// An uncompressed empty layer gzipped at the default level gets BuildKit's empty blob rather
+/// than our compressor's (valid, but with other bytes), so its digest is the one BuildKit gives.
+fn empty_gzip_layer(
+    store: &Store,
+    blob: &LayerBlob,
+    from: Compression,
+    opts: &VariantOptions,
+) -> Result<Option<LayerBlob>, ExportError> {
+    if from != Compression::Uncompressed
+        || opts.compression != Compression::Gzip
+        || opts.level.is_some()
+        || blob.diff_id != EMPTY_TAR_DIFF_ID
+        || blob.size != 1024
+    {
+        return Ok(None);
+    }
+    // The config says the blob is the empty tar; the blob itself must agree.
+    if blob.digest != EMPTY_TAR_DIFF_ID {
+        return Ok(None);
+    }
+    let (digest, size) = store.content().put_bytes(&EMPTY_TAR_GZIP)?;
+    Ok(Some(LayerBlob {
+        diff_id: blob.diff_id.clone(),
+        digest,
+        size,
+        media_type: Compression::Gzip.media_type().to_string(),
+        empty: blob.empty,
+    }))
 }
 
 /// Decompresses `blob` (when compressed) and compresses it as asked into a new store blob,
@@ -180,6 +225,9 @@ pub fn image_variant(
     opts: &VariantOptions,
 ) -> Result<ImageDescriptor, ExportError> {
     let manifest = store.content().read_verified(&image.manifest_digest)?;
+    if crate::image::is_index(&image.media_type) {
+        return index_variant(store, image, &manifest, opts);
+    }
     let descs = parse_manifest(&manifest, &image.manifest_digest)?;
     let Some(((_, config_digest, config_size), layers)) = descs.split_first() else {
         return Err(ExportError::Oci {
@@ -219,7 +267,15 @@ pub fn image_variant(
         DOCKER_MANIFEST
     };
     let same_type = image.media_type == media_type || (oci && image.media_type.is_empty());
-    if same_type && converted == blobs {
+    // A layer recorded under the other kind's media type (a base pulled with Docker types, in
+    // an OCI manifest) needs a new manifest even when no blob changes.
+    let layer_types_fit = converted
+        .iter()
+        .map(|b| Ok(crate::image::layer_type_for(&b.media_type, oci)? == b.media_type))
+        .collect::<Result<Vec<bool>, ExportError>>()?
+        .into_iter()
+        .all(|fits| fits);
+    if same_type && layer_types_fit && converted == blobs {
         return Ok(image.clone());
     }
     let bytes = manifest_bytes(config_digest, *config_size, &converted, oci)?;
@@ -230,4 +286,43 @@ pub fn image_variant(
         config_digest: config_digest.clone(),
         media_type: media_type.to_string(),
     })
+}
+
+/// [`image_variant`] of each platform's image of an index, under a new index when any changed
+/// (or the index's own media type does not fit `opts.format`).
+fn index_variant(
+    store: &Store,
+    image: &ImageDescriptor,
+    bytes: &[u8],
+    opts: &VariantOptions,
+) -> Result<ImageDescriptor, ExportError> {
+    let entries = crate::image::index_entries(bytes, &image.manifest_digest)?;
+    if let Some(nested) = entries
+        .iter()
+        .find(|e| crate::image::is_index(&e.media_type))
+    {
+        return Err(ExportError::Oci {
+            what: format!("index `{}`", image.manifest_digest),
+            detail: format!(
+                "it holds another index (`{}`), which kiln does not export",
+                nested.manifest_digest
+            ),
+        });
+    }
+    let converted = entries
+        .iter()
+        .map(|e| image_variant(store, e, opts))
+        .collect::<Result<Vec<_>, _>>()?;
+    let wanted = match opts.format {
+        ManifestFormat::Oci => crate::image::MEDIA_INDEX,
+        ManifestFormat::Docker => crate::image::DOCKER_MANIFEST_LIST,
+    };
+    let unchanged = converted
+        .iter()
+        .zip(&entries)
+        .all(|(c, e)| c.manifest_digest == e.manifest_digest);
+    if unchanged && image.media_type == wanted {
+        return Ok(image.clone());
+    }
+    crate::image_index::write_image_index(store, &converted, opts.format)
 }

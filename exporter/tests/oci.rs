@@ -173,14 +173,21 @@ fn store_unpacker_reproduces_the_layer() {
         .unwrap();
     // A whiteout's own mode and time are not carried by `.wh.` files: compare it by kind.
     let split = |v: Vec<String>| -> (Vec<String>, Vec<String>) {
-        v.into_iter().partition(|l| l.starts_with("etc/removed "))
+        v.into_iter().partition(|l| l.contains(" char 0:0 "))
     };
     let (src_wh, src) = split(describe(&store.snapshots().fs_dir(upper), false));
     let (got_wh, got) = split(describe(&store.snapshots().fs_dir(snap), false));
     assert_eq!(got, src);
     assert_eq!(src_wh.len(), 1);
-    assert_eq!(got_wh.len(), 1);
+    assert!(src_wh[0].starts_with("etc/removed "), "{src_wh:?}");
+    // The upper's opaque `var/cache`, over the base's, is written as BuildKit's differ writes
+    // it: a whiteout of the base's `old` it hides, unpacked as one.
+    assert_eq!(got_wh.len(), 2, "{got_wh:?}");
     assert!(got_wh[0].starts_with("etc/removed char 0:0 "), "{got_wh:?}");
+    assert!(
+        got_wh[1].starts_with("var/cache/old char 0:0 "),
+        "{got_wh:?}"
+    );
 }
 
 #[test]
@@ -202,8 +209,11 @@ fn archive_is_deterministic_and_accepted_by_skopeo() {
         .map(|e| e.unwrap().path().unwrap().display().to_string())
         .collect();
     names.sort();
-    assert_eq!(names.len(), 4 + 2 + layers.len());
+    // oci-layout, index.json, manifest.json (for `docker load`, as BuildKit's), the two blob
+    // directories, the manifest, the config and the layers.
+    assert_eq!(names.len(), 5 + 2 + layers.len());
     assert!(names.contains(&"oci-layout".to_string()));
+    assert!(names.contains(&"manifest.json".to_string()));
     assert!(names.contains(&format!(
         "blobs/sha256/{}",
         &desc.manifest_digest["sha256:".len()..]
@@ -305,4 +315,128 @@ fn missing_blobs_are_reported() {
     assert!(!dest.exists(), "no partial archive is left");
     let err = write_oci_archive(&store, &desc, &["bad name"], &dest).unwrap_err();
     assert!(matches!(err, ExportError::BadName { .. }), "{err}");
+}
+
+/// Issue 17 (exporter side): N per-platform images become one OCI index, each entry naming its
+/// platform; the OCI archive holds every platform's blobs and no `manifest.json` (BuildKit
+/// writes none for an index), and `skopeo copy --all` reads it whole.
+#[test]
+fn platform_images_become_one_index_in_an_oci_archive() {
+    use kiln_exporter::{image_variant, write_image_index, ManifestFormat, VariantOptions};
+    let root = tempfile::tempdir().unwrap();
+    let store = Store::open(root.path()).unwrap();
+    let (_, _, layers, amd64) = image(&store);
+    let mut arm = config(&layers);
+    arm.set_architecture("arm64".into());
+    arm.set_variant(Some("v8".into()));
+    let arm64 = write_image(&store, &arm, &layers).unwrap();
+    let index =
+        write_image_index(&store, &[amd64.clone(), arm64.clone()], ManifestFormat::Oci).unwrap();
+    assert_eq!(index.media_type, "application/vnd.oci.image.index.v1+json");
+    let doc: serde_json::Value =
+        serde_json::from_slice(&store.content().read(&index.manifest_digest).unwrap()).unwrap();
+    let platforms: Vec<(String, String)> = doc["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| {
+            (
+                m["digest"].as_str().unwrap().to_string(),
+                m["platform"].to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        platforms,
+        [
+            (
+                amd64.manifest_digest.clone(),
+                r#"{"architecture":"amd64","os":"linux"}"#.to_string()
+            ),
+            (
+                arm64.manifest_digest.clone(),
+                r#"{"architecture":"arm64","os":"linux","variant":"v8"}"#.to_string()
+            ),
+        ]
+    );
+    // One image per platform.
+    let err = write_image_index(&store, &[amd64.clone(), amd64.clone()], ManifestFormat::Oci)
+        .unwrap_err();
+    assert!(err.to_string().contains("linux/amd64"), "{err}");
+
+    let t = tempfile::tempdir().unwrap();
+    let archive = t.path().join("multi.tar");
+    write_oci_archive(&store, &index, &["docker.io/library/multi:1"], &archive).unwrap();
+    let list = Command::new("tar")
+        .arg("-tf")
+        .arg(&archive)
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(!list.contains("manifest.json"), "{list}");
+    for d in [
+        &index.manifest_digest,
+        &amd64.manifest_digest,
+        &arm64.manifest_digest,
+    ] {
+        assert!(
+            list.contains(d.trim_start_matches("sha256:")),
+            "{d}: {list}"
+        );
+    }
+    if tool("skopeo") {
+        let raw = Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci-archive:{}:1", archive.display()))
+            .output()
+            .unwrap();
+        assert!(
+            raw.status.success(),
+            "{}",
+            String::from_utf8_lossy(&raw.stderr)
+        );
+        let raw: serde_json::Value = serde_json::from_slice(&raw.stdout).unwrap();
+        assert_eq!(raw, doc);
+        let copy = Command::new("skopeo")
+            .args(["copy", "--quiet", "--all"])
+            .arg(format!("oci-archive:{}:1", archive.display()))
+            .arg(format!("oci:{}:copy", t.path().join("copy").display()))
+            .output()
+            .unwrap();
+        assert!(
+            copy.status.success(),
+            "{}",
+            String::from_utf8_lossy(&copy.stderr)
+        );
+    }
+
+    // A variant of the index is an index of the platforms' variants.
+    let zstd = image_variant(
+        &store,
+        &index,
+        &VariantOptions {
+            compression: Compression::Zstd,
+            force: true,
+            ..VariantOptions::default()
+        },
+    )
+    .unwrap();
+    assert_ne!(zstd.manifest_digest, index.manifest_digest);
+    let doc: serde_json::Value =
+        serde_json::from_slice(&store.content().read(&zstd.manifest_digest).unwrap()).unwrap();
+    for m in doc["manifests"].as_array().unwrap() {
+        let manifest: ImageManifest =
+            serde_json::from_slice(&store.content().read(m["digest"].as_str().unwrap()).unwrap())
+                .unwrap();
+        for l in manifest.layers() {
+            assert_eq!(
+                l.media_type().to_string(),
+                "application/vnd.oci.image.layer.v1.tar+zstd"
+            );
+        }
+    }
+    // A docker archive holds one image.
+    let err = kiln_exporter::write_docker_archive(&store, &index, &[], &t.path().join("d.tar"))
+        .unwrap_err();
+    assert!(err.to_string().contains("type=oci"), "{err}");
 }

@@ -205,6 +205,9 @@ pub struct SolveOutput {
     pub cached: usize,
     /// When the root's result was first produced (unix seconds).
     pub created_unix: u64,
+    /// The cache keys of the steps this solve resolved (ran or found cached), for a cache
+    /// export: each names its result in the store's index.
+    pub keys: Vec<String>,
 }
 
 /// What a solve of several roots produced ([`Solver::solve_roots`]): one result per root, in the
@@ -215,6 +218,9 @@ pub struct RootsOutput {
     pub roots: Vec<(Output, u64)>,
     pub executed: usize,
     pub cached: usize,
+    /// The cache keys of the steps this solve resolved (ran or found cached), for a cache
+    /// export: each names its result in the store's index.
+    pub keys: Vec<String>,
 }
 
 /// The scheduler. Cheap to clone; one per engine.
@@ -288,6 +294,7 @@ impl Solver {
             executed: out.executed,
             cached: out.cached,
             created_unix,
+            keys: out.keys,
         })
     }
 
@@ -398,10 +405,17 @@ impl Solver {
             .lock()
             .map(|c| (c.executed, c.cached))
             .unwrap_or((0, 0));
+        let mut keys: Vec<String> = futures
+            .values()
+            .filter_map(|f| f.peek()?.as_ref().ok().map(|r| r.key.clone()))
+            .collect();
+        keys.sort();
+        keys.dedup();
         Ok(RootsOutput {
             roots: results,
             executed: c.0,
             cached: c.1,
+            keys,
         })
     }
 }

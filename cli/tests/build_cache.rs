@@ -1,0 +1,505 @@
+//! `kiln build --cache-to` / `--cache-from` against the real registry and OCI layout
+//! directories: a second "CI machine" (another store, another checkout path, other mtimes) hits
+//! every step of the first's build; broken caches are warnings, failed exports are errors.
+
+mod common;
+
+use common::*;
+use std::path::Path;
+
+const DOCKERFILE: &str = "FROM BASE AS build
+COPY src /src
+RUN cat /src/a.txt > /out && echo ran-build-$((40+2))
+FROM BASE
+COPY --from=build /out /out
+COPY b.txt /b.txt
+RUN echo ran-final-$((40+2)) | tee /final
+";
+
+/// A context for `DOCKERFILE` on `base`, in a new directory named from `prefix`, its files
+/// touched to `mtime` (seconds since the epoch).
+fn context(prefix: &str, base: &str, mtime: &str) -> tempfile::TempDir {
+    let dir = temp_context(
+        prefix,
+        &[
+            ("Dockerfile", &DOCKERFILE.replace("BASE", base)),
+            ("src/a.txt", "hello from a\n"),
+            ("b.txt", "bee\n"),
+        ],
+    );
+    for f in ["Dockerfile", "src/a.txt", "b.txt", "src"] {
+        let out = std::process::Command::new("touch")
+            .args(["-d", mtime, dir.path().join(f).to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+    }
+    dir
+}
+
+/// Pushes the test busybox to the registry, so that two stores resolve `FROM` to one image.
+fn push_base(reg: &str) -> String {
+    let k = Kiln::with_busybox();
+    let base = format!("{reg}/{}:1", unique("cache-base"));
+    assert_ok(&k.run(&["push", "busybox", &base]), "push the base image");
+    base
+}
+
+fn count(text: &str, what: &str) -> usize {
+    text.lines().filter(|l| l.contains(what)).count()
+}
+
+/// The `(N steps run, M cached)` figures of a build's summary.
+fn run_and_cached(out: &std::process::Output) -> (usize, usize) {
+    let err = stderr(out);
+    let summary = err
+        .lines()
+        .find(|l| l.starts_with("built "))
+        .unwrap_or_else(|| panic!("no summary:\n{err}"));
+    let nums: Vec<usize> = summary
+        .split(['(', ' ', ','])
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    (nums[0], nums[1])
+}
+
+fn iidfile(dir: &Path) -> String {
+    std::fs::read_to_string(dir.join("iid")).unwrap()
+}
+
+#[test]
+fn a_second_ci_machine_hits_every_step_from_a_registry_cache() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let cache = format!("{reg}/{}:cache", unique("build-cache"));
+    let out_dir = tempfile::tempdir().unwrap();
+
+    let first = Kiln::new();
+    let ctx1 = context("ci-machine-one-", &base, "2020-01-01 00:00:00");
+    let iid1 = out_dir.path().join("one");
+    std::fs::create_dir_all(&iid1).unwrap();
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache},mode=max"),
+            "--iidfile",
+            iid1.join("iid").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "first machine's build with --cache-to");
+    assert_eq!(count(&stderr(&out), "ran-build-42"), 1, "{}", stderr(&out));
+
+    // The cache is an OCI manifest other tools read.
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{cache}"),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        manifest["config"]["mediaType"],
+        "application/vnd.kiln.cache.config.v1+json"
+    );
+    assert!(!manifest["layers"].as_array().unwrap().is_empty(), "{raw}");
+
+    let second = Kiln::new();
+    let ctx2 = context("ci-machine-two-other-path-", &base, "2024-06-30 12:34:56");
+    let iid2 = out_dir.path().join("two");
+    std::fs::create_dir_all(&iid2).unwrap();
+    let out = build(
+        &second,
+        ctx2.path(),
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+            "--iidfile",
+            iid2.join("iid").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "second machine's build with --cache-from");
+    let err = stderr(&out);
+    assert!(!err.contains("-42"), "a RUN ran again:\n{err}");
+    assert!(!err.contains("warning"), "{err}");
+    let (ran, cached) = run_and_cached(&out);
+    assert_eq!(ran, 0, "every step is cached:\n{err}");
+    assert!(cached >= 6, "{err}");
+    assert_eq!(
+        iidfile(&iid1),
+        iidfile(&iid2),
+        "the cached build gives the first machine's image"
+    );
+}
+
+#[test]
+fn a_local_cache_directory_in_min_mode_holds_the_final_stage_only() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+
+    let first = Kiln::new();
+    let ctx1 = context("local-cache-one-", &base, "2021-01-01 00:00:00");
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--cache-to",
+            &format!(
+                "type=local,dest={},compression=zstd,compression-level=5",
+                cache_dir.display()
+            ),
+        ],
+    );
+    assert_ok(&out, "build with --cache-to type=local");
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:latest", cache_dir.display()),
+        ],
+    );
+    assert!(
+        raw.contains("application/vnd.kiln.cache.config.v1+json"),
+        "{raw}"
+    );
+
+    let second = Kiln::new();
+    let ctx2 = context("local-cache-two-", &base, "2025-02-02 00:00:00");
+    let out = build(
+        &second,
+        ctx2.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", cache_dir.display()),
+        ],
+    );
+    assert_ok(&out, "build with --cache-from type=local");
+    let err = stderr(&out);
+    // mode=min: the final stage's steps are in the cache, the build stage's are not (this
+    // solver runs a step's inputs before it looks its key up, so the build stage runs again).
+    assert!(!err.contains("ran-final-42"), "{err}");
+    assert_eq!(count(&err, "ran-build-42"), 1, "{err}");
+    assert_eq!(run_and_cached(&out), (2, 4), "{err}");
+}
+
+#[test]
+fn an_unreadable_cache_is_a_warning_naming_it_and_the_build_goes_on_cold() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let k = Kiln::new();
+    let ctx = context("bad-cache-", &base, "2022-01-01 00:00:00");
+    let missing = format!("{reg}/{}:nope", unique("no-such-cache"));
+    let corrupt = tempfile::tempdir().unwrap();
+    std::fs::write(corrupt.path().join("index.json"), "{ not json").unwrap();
+    // An index that names a 100 GB manifest: refused before anything is read.
+    let huge = tempfile::tempdir().unwrap();
+    std::fs::write(
+        huge.path().join("index.json"),
+        format!(
+            r#"{{"manifests":[{{"digest":"sha256:{}","size":100000000000,
+                "annotations":{{"org.opencontainers.image.ref.name":"latest"}}}}]}}"#,
+            "a".repeat(64)
+        ),
+    )
+    .unwrap();
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={missing}"),
+            "--cache-from",
+            &format!("type=local,src={}", corrupt.path().display()),
+            // An image that is not a cache.
+            "--cache-from",
+            &base,
+            "--cache-from",
+            &format!("type=local,src={}", huge.path().display()),
+        ],
+    );
+    assert_ok(&out, "build with unusable caches");
+    let err = stderr(&out);
+    assert!(err.contains(&format!("build cache `{missing}`")), "{err}");
+    assert!(
+        err.contains(&format!("build cache `{}`", corrupt.path().display())),
+        "{err}"
+    );
+    assert!(err.contains("not a kiln build cache"), "{err}");
+    assert!(err.contains("more than a cache document may be"), "{err}");
+    assert_eq!(count(&err, "ran-build-42"), 1, "{err}");
+}
+
+#[test]
+fn a_failed_export_fails_the_build_unless_ignore_error() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let k = Kiln::new();
+    let ctx = context("export-fails-", &base, "2022-01-01 00:00:00");
+    // Nothing listens on port 1 of loopback.
+    let out = build(
+        &k,
+        ctx.path(),
+        &["--cache-to", "type=registry,ref=127.0.0.1:1/cache:x"],
+    );
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("cannot export the build cache to `127.0.0.1:1/cache:x`"),
+        "{}",
+        stderr(&out)
+    );
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--cache-to",
+            "type=registry,ref=127.0.0.1:1/cache:x,ignore-error=true",
+        ],
+    );
+    assert_ok(&out, "export failure with ignore-error=true");
+    assert!(
+        stderr(&out).contains("warning: cannot export the build cache to `127.0.0.1:1/cache:x`"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn secrets_and_cache_mount_contents_are_never_exported() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let k = Kiln::new();
+    let ctx = temp_context(
+        "cache-secrets-",
+        &[(
+            "Dockerfile",
+            &format!(
+                "FROM {base}\nRUN --mount=type=cache,target=/cache --mount=type=secret,id=tok \
+                 printf 'in-the-%s\\n' cache-mount > /cache/m && cp /run/secrets/tok /seen-secret \
+                 && rm /seen-secret && printf 'in-the-%s\\n' layer > /d\n"
+            ),
+        )],
+    );
+    let secret = ctx.path().join("tok.txt");
+    std::fs::write(&secret, "s3cr3t-value").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--secret",
+            &format!("id=tok,src={}", secret.display()),
+            "--cache-to",
+            &format!(
+                "type=local,dest={},mode=max,compression=uncompressed",
+                cache_dir.display()
+            ),
+        ],
+    );
+    assert_ok(&out, "build with a secret and a cache mount");
+    let mut all = Vec::new();
+    for e in std::fs::read_dir(cache_dir.join("blobs/sha256")).unwrap() {
+        all.extend(std::fs::read(e.unwrap().path()).unwrap());
+    }
+    let has = |needle: &str| all.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(has("in-the-layer"), "the step's own file is in the cache");
+    assert!(
+        !has("in-the-cache-mount"),
+        "a cache mount's file was exported"
+    );
+    assert!(!has("s3cr3t-value"), "the secret was exported");
+}
+
+#[test]
+fn several_caches_share_one_local_directory_under_tags() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let first = Kiln::new();
+    let ctx_a = context("tag-a-", &base, "2021-01-01 00:00:00");
+    let ctx_b = temp_context(
+        "tag-b-",
+        &[(
+            "Dockerfile",
+            &format!("FROM {base}\nRUN echo other-$((40+2)) > /o\n"),
+        )],
+    );
+    for (ctx, tag) in [(ctx_a.path(), "a"), (ctx_b.path(), "b")] {
+        let out = build(
+            &first,
+            ctx,
+            &[
+                "--cache-to",
+                &format!("type=local,dest={},tag={tag}", cache_dir.display()),
+            ],
+        );
+        assert_ok(&out, "export under a tag");
+    }
+    let index = std::fs::read_to_string(cache_dir.join("index.json")).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&index).unwrap();
+    assert_eq!(index["manifests"].as_array().unwrap().len(), 2, "{index}");
+
+    let second = Kiln::new();
+    let out = build(
+        &second,
+        ctx_b.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={},tag=b", cache_dir.display()),
+        ],
+    );
+    assert_ok(&out, "import tag b");
+    assert!(!stderr(&out).contains("other-42"), "{}", stderr(&out));
+    assert_eq!(run_and_cached(&out).0, 0, "{}", stderr(&out));
+}
+
+/// Regression: a record whose layer could not be fetched left the snapshots made for it behind,
+/// named by nothing.
+#[test]
+fn an_import_that_fails_half_way_leaves_no_snapshot_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache_dir = dir.path().join("cache");
+    let first = Kiln::new();
+    // No image: the keys, and so the order of the records, are the same on every run. The
+    // second layer's blob is missing: the two records that need it make the first layer's
+    // snapshot, fail, and must remove it; the first COPY's record is still imported.
+    let ctx = temp_context(
+        "half-import-",
+        &[
+            (
+                "Dockerfile",
+                "FROM scratch\nCOPY a /a\nCOPY b /b\nCOPY c /c\n",
+            ),
+            ("a", "a"),
+            ("b", "b"),
+            ("c", "c"),
+        ],
+    );
+    let out = build(
+        &first,
+        ctx.path(),
+        &[
+            "--cache-to",
+            &format!("type=local,dest={},mode=max", cache_dir.display()),
+        ],
+    );
+    assert_ok(&out, "export");
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}:latest", cache_dir.display()),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let layers = manifest["layers"].as_array().unwrap();
+    let second_layer = layers[1]["digest"].as_str().unwrap();
+    std::fs::remove_file(cache_dir.join("blobs/sha256").join(&second_layer[7..])).unwrap();
+
+    let snapshots = |k: &Kiln| {
+        std::fs::read_dir(k.root.path().join("snapshots"))
+            .unwrap()
+            .count()
+    };
+    let cold = Kiln::new();
+    assert_ok(&build(&cold, ctx.path(), &[]), "cold build");
+    let second = Kiln::new();
+    let out = build(
+        &second,
+        ctx.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={}", cache_dir.display()),
+        ],
+    );
+    assert_ok(&out, "build with a cache missing a blob");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!(
+            "warning: cannot import the build cache `{}`",
+            cache_dir.display()
+        )),
+        "{err}"
+    );
+    assert!(
+        err.contains("2 of its 3 steps could not be imported"),
+        "{err}"
+    );
+    assert_eq!(
+        run_and_cached(&out),
+        (2, 1),
+        "the first COPY comes from the cache:\n{err}"
+    );
+    assert!(
+        snapshots(&second) <= snapshots(&cold),
+        "{} snapshots after the failed import, {} after a cold build",
+        snapshots(&second),
+        snapshots(&cold)
+    );
+}
+
+/// The registry's garbage collector sees every blob of a cache as referenced: after a GC run the
+/// cache still gives every step.
+#[test]
+fn a_registry_garbage_collection_keeps_every_blob_of_a_cache() {
+    let data = tempfile::tempdir().unwrap();
+    let config = data.path().join("config.yml");
+    let reg = RegistryGuard::start_with(data, "");
+    let base = push_base(&reg.addr);
+    let cache = format!("{}/{}:cache", reg.addr, unique("gc-cache"));
+    let ctx = context("gc-cache-", &base, "2021-01-01 00:00:00");
+    let out = build(
+        &Kiln::new(),
+        ctx.path(),
+        &["--cache-to", &format!("type=registry,ref={cache},mode=max")],
+    );
+    assert_ok(&out, "export");
+    let gc = std::process::Command::new("docker-registry")
+        .args([
+            "garbage-collect",
+            "--delete-untagged",
+            config.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&gc, "docker-registry garbage-collect");
+    // The collector marks what a tagged manifest references: every layer and the config.
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{cache}"),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let marked = format!("{}{}", stdout(&gc), stderr(&gc));
+    for l in manifest["layers"].as_array().unwrap() {
+        let d = l["digest"].as_str().unwrap();
+        assert!(
+            marked.contains(&format!("marking blob {d}")),
+            "{d} unmarked:\n{marked}"
+        );
+    }
+    let config_digest = manifest["config"]["digest"].as_str().unwrap();
+    assert!(marked.contains(config_digest), "{marked}");
+    let out = build(
+        &Kiln::new(),
+        ctx.path(),
+        &["--cache-from", &format!("type=registry,ref={cache}")],
+    );
+    assert_ok(&out, "import after GC");
+    let err = stderr(&out);
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(run_and_cached(&out).0, 0, "{err}");
+}

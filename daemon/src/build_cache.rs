@@ -1,0 +1,741 @@
+//! Build cache export and import (`kiln build --cache-to` / `--cache-from`): the steps' cache
+//! keys with their result layers, as one OCI manifest in a registry or an OCI layout directory.
+//!
+//! The format (docs/architecture.md, "Build cache export"): an OCI image manifest whose config
+//! (`application/vnd.kiln.cache.config.v1+json`) lists each step's key with the indexes of the
+//! layers that make its result, bottom-up, and whose layers are those layers, each the diff of
+//! a snapshot against its parent as images' layers are. Import is eager: every record's layers
+//! are fetched and unpacked before the solve, which then finds the keys in the local index.
+
+use anyhow::{bail, Context, Result};
+use futures::{StreamExt as _, TryStreamExt as _};
+use kiln_cache::{CachedResult, LayerInfo, SnapshotId, Store};
+use kiln_exporter::{Compression, LayerOptions};
+use kiln_registry::{Reference, RegistryClient};
+use sha2::{Digest as _, Sha256};
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+pub(crate) const CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
+const ARTIFACT_TYPE: &str = "application/vnd.kiln.cache.v1";
+const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The largest cache manifest or config read (a config of 100,000 steps is ~30 MB).
+const MAX_DOCUMENT: u64 = 64 << 20;
+const PARALLEL_UPLOADS: usize = 4;
+const REF_NAME: &str = "org.opencontainers.image.ref.name";
+
+/// Where a cache goes or comes from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CacheLocation {
+    /// `type=registry,ref=REF`.
+    Registry(String),
+    /// `type=local,dest=DIR` / `src=DIR`, under a tag of the layout's index.
+    Local { dir: PathBuf, tag: String },
+}
+
+/// One `--cache-to` or `--cache-from`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CacheSpec {
+    pub location: CacheLocation,
+    /// `mode=max`: every step that ran; `min` (default): the final image's steps.
+    pub mode_max: bool,
+    /// `ignore-error=true`: a failed export is a warning.
+    pub ignore_error: bool,
+    pub compression: Compression,
+    /// `compression-level=N`; `None` is the compressor's default.
+    pub compression_level: Option<i32>,
+}
+
+impl std::fmt::Display for CacheLocation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CacheLocation::Registry(r) => write!(f, "`{r}`"),
+            CacheLocation::Local { dir, tag } => write!(f, "`{}` (tag `{tag}`)", dir.display()),
+        }
+    }
+}
+
+/// Parses a `--cache-to` (`export`) or `--cache-from` value, BuildKit's syntax; a `--cache-from`
+/// without `=` is an image reference (`type=registry,ref=IMAGE`).
+pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
+    let flag = if export { "--cache-to" } else { "--cache-from" };
+    if !export && !s.contains('=') {
+        return Ok(CacheSpec {
+            location: CacheLocation::Registry(s.to_string()),
+            mode_max: false,
+            ignore_error: false,
+            compression: Compression::Gzip,
+            compression_level: None,
+        });
+    }
+    let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
+    for part in s.split(',') {
+        let Some((k, v)) = part.split_once('=') else {
+            bail!("`{flag} {s}`: `{part}` is not KEY=VALUE");
+        };
+        kv.insert(k.trim(), v.trim());
+    }
+    let mut spec = CacheSpec {
+        location: CacheLocation::Registry(String::new()),
+        mode_max: false,
+        ignore_error: false,
+        compression: Compression::Gzip,
+        compression_level: None,
+    };
+    let kind = kv.remove("type").unwrap_or("");
+    spec.location = match kind {
+        "registry" => match kv.remove("ref") {
+            Some(r) if !r.is_empty() => CacheLocation::Registry(r.to_string()),
+            _ => bail!("`{flag} {s}`: `type=registry` needs `ref=REGISTRY/REPOSITORY:TAG`"),
+        },
+        "local" => {
+            let dir_key = if export { "dest" } else { "src" };
+            let Some(dir) = kv.remove(dir_key).filter(|d| !d.is_empty()) else {
+                bail!("`{flag} {s}`: `type=local` needs `{dir_key}=DIRECTORY`");
+            };
+            let tag = kv.remove("tag").unwrap_or("latest").to_string();
+            CacheLocation::Local {
+                dir: PathBuf::from(dir),
+                tag,
+            }
+        }
+        "" => bail!("`{flag} {s}`: give the cache's `type=registry` or `type=local`"),
+        other => bail!(
+            "`{flag} {s}`: the cache type `{other}` is not supported; use `type=registry` or `type=local`"
+        ),
+    };
+    if let Some(m) = kv.remove("mode") {
+        spec.mode_max = match m {
+            "max" => true,
+            "min" => false,
+            _ => bail!("`{flag} {s}`: `mode` is `min` or `max`, not `{m}`"),
+        };
+    }
+    if let Some(v) = kv.remove("ignore-error") {
+        spec.ignore_error = match v {
+            "true" => true,
+            "false" => false,
+            _ => bail!("`{flag} {s}`: `ignore-error` is `true` or `false`, not `{v}`"),
+        };
+    }
+    if let Some(c) = kv.remove("compression") {
+        spec.compression = match c {
+            "gzip" => Compression::Gzip,
+            "zstd" => Compression::Zstd,
+            "uncompressed" => Compression::Uncompressed,
+            _ => {
+                bail!("`{flag} {s}`: `compression` is `gzip`, `zstd` or `uncompressed`, not `{c}`")
+            }
+        };
+    }
+    if let Some(l) = kv.remove("compression-level") {
+        spec.compression_level = Some(l.parse().map_err(|_| {
+            anyhow::anyhow!("`{flag} {s}`: `compression-level` is a number, not `{l}`")
+        })?);
+    }
+    // kiln always writes OCI media types and an image manifest (BuildKit's `image-manifest=true`
+    // form): asking for exactly that is fine, asking for the other form is not supported.
+    for (k, want) in [("oci-mediatypes", "true"), ("image-manifest", "true")] {
+        if let Some(v) = kv.remove(k) {
+            if v != want {
+                bail!("`{flag} {s}`: only `{k}={want}` is supported (kiln writes one OCI image manifest)");
+            }
+        }
+    }
+    if let Some((k, _)) = kv.into_iter().next() {
+        bail!("`{flag} {s}`: the option `{k}` is not supported");
+    }
+    Ok(spec)
+}
+
+/// The config blob of an exported cache.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct CacheConfig {
+    /// Layers, in the manifest's order.
+    layers: Vec<LayerRecord>,
+    records: Vec<StepRecord>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Clone)]
+struct LayerRecord {
+    digest: String,
+    diff_id: String,
+    size: u64,
+    media_type: String,
+    /// A layer of a pulled or imported image, exported as the blob the image came with, so that
+    /// an image built on it is the same on the importing machine.
+    #[serde(default)]
+    image: bool,
+}
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct StepRecord {
+    /// The step's cache key (docs/cache-keys.md).
+    key: String,
+    /// When the result was first produced, so that a hit gives the same image.
+    created_unix: u64,
+    /// Indexes into `layers`, bottom-up: the result's snapshot chain. Empty: an empty result.
+    layers: Vec<usize>,
+}
+
+/// A cache ready to be written: the config and the blobs, all in the local content store.
+struct Exported {
+    config: Vec<u8>,
+    layers: Vec<LayerRecord>,
+}
+
+/// Makes the cache of a solve: the records of `keys` (mode=max) or of those whose result is in
+/// the final image's snapshot chain (mode=min).
+fn collect(
+    store: &Store,
+    keys: &[String],
+    roots: &[SnapshotId],
+    spec: &CacheSpec,
+) -> Result<Exported> {
+    // Every platform's final image counts as final (a multi-platform build has several).
+    let mut final_chain: Vec<SnapshotId> = Vec::new();
+    for r in roots {
+        final_chain.extend(store.snapshots().chain(*r)?);
+    }
+    let opts = LayerOptions {
+        compression: spec.compression,
+        source_date_epoch: None,
+        level: spec.compression_level,
+    };
+    let mut layers: Vec<LayerRecord> = Vec::new();
+    let mut layer_of_snap: HashMap<SnapshotId, usize> = HashMap::new();
+    let mut records = Vec::new();
+    for key in keys {
+        let Some(hit) = store.index().get(key)? else {
+            continue;
+        };
+        if !spec.mode_max {
+            match hit.snapshot {
+                Some(s) if final_chain.contains(&s) => {}
+                _ => continue,
+            }
+        }
+        let mut idx = Vec::new();
+        if let Some(s) = hit.snapshot {
+            let mut chain = store.snapshots().chain(s)?;
+            chain.reverse();
+            for snap in chain {
+                if let Some(&i) = layer_of_snap.get(&snap) {
+                    idx.push(i);
+                    continue;
+                }
+                layers.push(layer_record(store, snap, &opts)?);
+                layer_of_snap.insert(snap, layers.len() - 1);
+                idx.push(layers.len() - 1);
+            }
+        }
+        records.push(StepRecord {
+            key: key.clone(),
+            created_unix: hit.created_unix,
+            layers: idx,
+        });
+    }
+    let config = serde_json::to_vec(&CacheConfig {
+        layers: layers.clone(),
+        records,
+    })?;
+    Ok(Exported { config, layers })
+}
+
+/// The layer of one snapshot: an image's own blob, or the snapshot's diff as the exporter
+/// makes it.
+fn layer_record(store: &Store, snap: SnapshotId, opts: &LayerOptions) -> Result<LayerRecord> {
+    if kiln_solver::images::is_image_layer(store, snap)? {
+        // Re-compressed variants carry `;kiln.` parameters; the image's own blob does not.
+        let original = store
+            .snapshots()
+            .layers(snap)?
+            .into_iter()
+            .find(|l| !l.media_type.contains(';') && store.content().has(&l.digest));
+        if let Some(l) = original {
+            return Ok(LayerRecord {
+                digest: l.digest,
+                diff_id: l.diff_id,
+                size: l.size,
+                media_type: l.media_type,
+                image: true,
+            });
+        }
+    }
+    let blob = kiln_exporter::export_layer(store, snap, opts)
+        .with_context(|| format!("cannot export the layer of snapshot {snap}"))?;
+    Ok(LayerRecord {
+        digest: blob.digest,
+        diff_id: blob.diff_id,
+        size: blob.size,
+        media_type: blob.media_type,
+        image: false,
+    })
+}
+
+fn descriptor(media_type: &str, digest: &str, size: u64) -> serde_json::Value {
+    serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size })
+}
+
+fn manifest_bytes(config_digest: &str, config_size: u64, layers: &[LayerRecord]) -> Vec<u8> {
+    let m = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MANIFEST_MEDIA_TYPE,
+        "artifactType": ARTIFACT_TYPE,
+        "config": descriptor(CONFIG_MEDIA_TYPE, config_digest, config_size),
+        "layers": layers.iter().map(|l| descriptor(&l.media_type, &l.digest, l.size)).collect::<Vec<_>>(),
+    });
+    serde_json::to_vec(&m).unwrap_or_default()
+}
+
+fn sha256_of(bytes: &[u8]) -> String {
+    format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
+}
+
+/// Exports the cache of a solve to one destination.
+pub(crate) async fn export(
+    store: &Store,
+    registry: &RegistryClient,
+    keys: &[String],
+    roots: &[SnapshotId],
+    spec: &CacheSpec,
+) -> Result<()> {
+    let exported = {
+        let store = store.clone();
+        let keys = keys.to_vec();
+        let roots = roots.to_vec();
+        let spec = spec.clone();
+        tokio::task::spawn_blocking(move || collect(&store, &keys, &roots, &spec)).await??
+    };
+    let (config_digest, config_size) = store.content().put_bytes(&exported.config)?;
+    let config_digest = config_digest.to_string();
+    let manifest = manifest_bytes(&config_digest, config_size, &exported.layers);
+    match &spec.location {
+        CacheLocation::Registry(r) => {
+            let reference = Reference::parse(r)?;
+            // A few uploads at once: most layers of a cache are small, so round trips dominate.
+            let reference = &reference;
+            futures::stream::iter(exported.layers.iter().map(|l| async move {
+                let path = store.content().path(&l.digest)?;
+                registry
+                    .push_blob(reference, &l.digest, l.size, &path)
+                    .await?;
+                anyhow::Ok(())
+            }))
+            .buffer_unordered(PARALLEL_UPLOADS)
+            .try_collect::<Vec<()>>()
+            .await?;
+            let path = store.content().path(&config_digest)?;
+            registry
+                .push_blob(reference, &config_digest, config_size, &path)
+                .await?;
+            registry
+                .push_manifest(reference, MANIFEST_MEDIA_TYPE, &manifest)
+                .await?;
+        }
+        CacheLocation::Local { dir, tag } => {
+            let mut blobs: Vec<String> = exported.layers.iter().map(|l| l.digest.clone()).collect();
+            blobs.push(config_digest.clone());
+            write_layout(store, dir, tag, &blobs, &manifest)?;
+        }
+    }
+    Ok(())
+}
+
+fn blob_path(dir: &Path, digest: &str) -> Result<PathBuf> {
+    let Some(hex) = digest.strip_prefix("sha256:") else {
+        bail!("unsupported digest `{digest}`");
+    };
+    if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        bail!("invalid digest `{digest}`");
+    }
+    Ok(dir.join("blobs").join("sha256").join(hex))
+}
+
+/// Writes the blobs and the manifest into the OCI layout `dir`, naming the manifest `tag` in its
+/// `index.json` (other tags' entries stay: several caches may share one directory).
+fn write_layout(
+    store: &Store,
+    dir: &Path,
+    tag: &str,
+    blobs: &[String],
+    manifest: &[u8],
+) -> Result<()> {
+    std::fs::create_dir_all(dir.join("blobs").join("sha256"))
+        .with_context(|| format!("cannot create the cache directory `{}`", dir.display()))?;
+    for d in blobs {
+        let to = blob_path(dir, d)?;
+        if to.exists() {
+            continue;
+        }
+        let from = store.content().path(d)?;
+        let tmp = to.with_extension("tmp");
+        std::fs::copy(&from, &tmp).with_context(|| format!("cannot write `{}`", tmp.display()))?;
+        std::fs::rename(&tmp, &to).with_context(|| format!("cannot write `{}`", to.display()))?;
+    }
+    let manifest_digest = sha256_of(manifest);
+    std::fs::write(blob_path(dir, &manifest_digest)?, manifest)
+        .with_context(|| format!("cannot write the cache manifest in `{}`", dir.display()))?;
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion":"1.0.0"}"#)
+        .with_context(|| format!("cannot write `{}/oci-layout`", dir.display()))?;
+    let index_path = dir.join("index.json");
+    let mut entries: Vec<serde_json::Value> = std::fs::read(&index_path)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .and_then(|v| v.get("manifests")?.as_array().cloned())
+        .unwrap_or_default();
+    entries.retain(|e| e["annotations"][REF_NAME].as_str() != Some(tag));
+    let mut entry = descriptor(MANIFEST_MEDIA_TYPE, &manifest_digest, manifest.len() as u64);
+    entry["artifactType"] = ARTIFACT_TYPE.into();
+    entry["annotations"] = serde_json::json!({ REF_NAME: tag });
+    entries.push(entry);
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.index.v1+json",
+        "manifests": entries,
+    });
+    let tmp = dir.join("index.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(&index)?)
+        .with_context(|| format!("cannot write `{}`", tmp.display()))?;
+    std::fs::rename(&tmp, &index_path)
+        .with_context(|| format!("cannot write `{}`", index_path.display()))?;
+    Ok(())
+}
+
+/// Where an import reads its blobs from.
+enum Source<'a> {
+    Registry(&'a RegistryClient, Reference),
+    Local(PathBuf),
+}
+
+impl Source<'_> {
+    async fn manifest(&self, tag: &str) -> Result<Vec<u8>> {
+        match self {
+            Source::Registry(client, r) => Ok(client.fetch_manifest(r).await?.bytes),
+            Source::Local(dir) => {
+                let index_path = dir.join("index.json");
+                let bytes = std::fs::read(&index_path)
+                    .with_context(|| format!("cannot read `{}`", index_path.display()))?;
+                let index: serde_json::Value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("`{}` is not JSON", index_path.display()))?;
+                let entry = index["manifests"]
+                    .as_array()
+                    .and_then(|m| {
+                        m.iter()
+                            .find(|e| e["annotations"][REF_NAME].as_str() == Some(tag))
+                    })
+                    .with_context(|| format!("`{}` has no tag `{tag}`", index_path.display()))?;
+                let digest = entry["digest"].as_str().unwrap_or_default();
+                let size = entry["size"].as_u64().unwrap_or(u64::MAX);
+                self.blob_bytes(digest, size).await
+            }
+        }
+    }
+
+    /// A small blob (a manifest, a config) read whole: `size` is what its descriptor says, and
+    /// more than [`MAX_DOCUMENT`] is refused before anything is read.
+    async fn blob_bytes(&self, digest: &str, size: u64) -> Result<Vec<u8>> {
+        if size > MAX_DOCUMENT {
+            bail!("the blob `{digest}` is {size} bytes, more than a cache document may be ({MAX_DOCUMENT})");
+        }
+        match self {
+            Source::Registry(client, r) => {
+                let mut buf: Vec<u8> = Vec::new();
+                client
+                    .fetch_blob_with(r, digest, Some(size), &mut buf, None)
+                    .await?;
+                Ok(buf)
+            }
+            Source::Local(dir) => {
+                let p = blob_path(dir, digest)?;
+                let len = std::fs::metadata(&p)
+                    .with_context(|| format!("cannot read `{}`", p.display()))?
+                    .len();
+                if len != size {
+                    bail!(
+                        "the blob `{}` is {len} bytes, its descriptor says {size}",
+                        p.display()
+                    );
+                }
+                let bytes =
+                    std::fs::read(&p).with_context(|| format!("cannot read `{}`", p.display()))?;
+                if sha256_of(&bytes) != digest {
+                    bail!("the blob `{}` does not match its digest", p.display());
+                }
+                Ok(bytes)
+            }
+        }
+    }
+
+    /// Puts a blob into the local content store (verified) unless it is there.
+    async fn fetch_into(&self, store: &Store, l: &LayerRecord) -> Result<()> {
+        if store.content().has(&l.digest) {
+            return Ok(());
+        }
+        let mut w = store.content().writer()?;
+        match self {
+            Source::Registry(client, r) => {
+                // The registry client writes asynchronously; the blob goes through a file in
+                // the store's tmp dir, removed by the guard, then into the verifying writer.
+                let tmp = TempPath(store.tmp_dir().join(format!(
+                    "cache-import-{}-{}",
+                    std::process::id(),
+                    l.digest.trim_start_matches("sha256:")
+                )));
+                let mut f = tokio::fs::File::create(&tmp.0)
+                    .await
+                    .with_context(|| format!("cannot create `{}`", tmp.0.display()))?;
+                client
+                    .fetch_blob_with(r, &l.digest, Some(l.size), &mut f, None)
+                    .await?;
+                tokio::io::AsyncWriteExt::flush(&mut f).await?;
+                std::io::copy(&mut std::fs::File::open(&tmp.0)?, &mut w)?;
+            }
+            Source::Local(dir) => {
+                let p = blob_path(dir, &l.digest)?;
+                let mut f = std::fs::File::open(&p)
+                    .with_context(|| format!("cannot read `{}`", p.display()))?;
+                std::io::copy(&mut f, &mut w)?;
+            }
+        }
+        w.commit(Some(&l.digest))?;
+        Ok(())
+    }
+}
+
+/// Imports one cache: records whose keys the local index lacks get their layers fetched and
+/// unpacked and are recorded. Returns how many steps were imported.
+pub(crate) async fn import(
+    store: &Store,
+    registry: &RegistryClient,
+    spec: &CacheSpec,
+) -> Result<usize> {
+    let (source, tag) = match &spec.location {
+        CacheLocation::Registry(r) => (
+            Source::Registry(registry, Reference::parse(r)?),
+            String::new(),
+        ),
+        CacheLocation::Local { dir, tag } => (Source::Local(dir.clone()), tag.clone()),
+    };
+    let manifest: serde_json::Value = serde_json::from_slice(&source.manifest(&tag).await?)
+        .context("the cache manifest is not JSON")?;
+    let config_desc = &manifest["config"];
+    if config_desc["mediaType"].as_str() != Some(CONFIG_MEDIA_TYPE) {
+        bail!(
+            "not a kiln build cache (its config is `{}`, not `{CONFIG_MEDIA_TYPE}`)",
+            config_desc["mediaType"].as_str().unwrap_or("missing")
+        );
+    }
+    let config_digest = config_desc["digest"]
+        .as_str()
+        .context("the cache manifest has no config digest")?;
+    let config_size = config_desc["size"]
+        .as_u64()
+        .context("the cache manifest has no config size")?;
+    let config: CacheConfig =
+        serde_json::from_slice(&source.blob_bytes(config_digest, config_size).await?)
+            .context("the cache config is not valid")?;
+    for l in &config.layers {
+        if Compression::from_media_type(&l.media_type).is_none() {
+            bail!(
+                "the cache has a layer of unknown media type `{}`",
+                l.media_type
+            );
+        }
+    }
+    // Snapshots made by this import, by the layer chain (indexes bottom-up) they hold.
+    let mut made: HashMap<Vec<usize>, SnapshotId> = HashMap::new();
+    let mut imported = 0;
+    let mut failed = 0;
+    let mut first_error: Option<anyhow::Error> = None;
+    for rec in &config.records {
+        if let Some(hit) = store.index().get(&rec.key)? {
+            if hit
+                .snapshot
+                .is_none_or(|s| store.snapshots().fs_dir(s).is_dir())
+            {
+                continue;
+            }
+        }
+        // The snapshots this record makes, removed (newest first) if it fails half-way: they
+        // would be named by nothing. The other records are still imported.
+        let mut pending: Vec<SnapshotId> = Vec::new();
+        let top = import_record(store, &source, &config, rec, &mut made, &mut pending).await;
+        let top = match top {
+            Ok(top) => top,
+            Err(e) => {
+                made.retain(|_, s| !pending.contains(s));
+                for s in pending.iter().rev() {
+                    if let Err(r) = store.snapshots().remove(*s) {
+                        tracing::warn!("cannot remove snapshot {s} of a failed cache import: {r}");
+                    }
+                }
+                failed += 1;
+                first_error.get_or_insert(e);
+                continue;
+            }
+        };
+        store.index().put(
+            &rec.key,
+            &CachedResult {
+                snapshot: top,
+                created_unix: rec.created_unix,
+            },
+        )?;
+        imported += 1;
+    }
+    match first_error {
+        Some(e) => Err(e.context(format!(
+            "{failed} of its {} steps could not be imported",
+            config.records.len()
+        ))),
+        None => Ok(imported),
+    }
+}
+
+/// Makes the snapshot chain of one record, reusing what this import or an earlier pull made
+/// (a snapshot is named by the chain ID of its layers' diff IDs, as pulled images' are).
+async fn import_record(
+    store: &Store,
+    source: &Source<'_>,
+    config: &CacheConfig,
+    rec: &StepRecord,
+    made: &mut HashMap<Vec<usize>, SnapshotId>,
+    pending: &mut Vec<SnapshotId>,
+) -> Result<Option<SnapshotId>> {
+    let mut parent: Option<SnapshotId> = None;
+    let mut chain_id = String::new();
+    for n in 1..=rec.layers.len() {
+        let prefix = &rec.layers[..n];
+        let l = config
+            .layers
+            .get(prefix[n - 1])
+            .context("a cache record names a layer the cache does not have")?;
+        chain_id = if chain_id.is_empty() {
+            l.diff_id.clone()
+        } else {
+            sha256_of(format!("{chain_id} {}", l.diff_id).as_bytes())
+        };
+        if let Some(&s) = made.get(prefix) {
+            parent = Some(s);
+            continue;
+        }
+        let chain_key = format!("layerchain:{chain_id}");
+        let known = store
+            .index()
+            .meta_get(&chain_key)?
+            .and_then(|id| id.parse::<u64>().ok())
+            .map(SnapshotId)
+            .filter(|s| store.snapshots().fs_dir(*s).is_dir());
+        let snap = match known {
+            Some(s) => s,
+            None => {
+                source.fetch_into(store, l).await?;
+                let store2 = store.clone();
+                let l2 = l.clone();
+                let snap =
+                    tokio::task::spawn_blocking(move || unpack(&store2, parent, &l2)).await??;
+                pending.push(snap);
+                if l.image {
+                    store.index().meta_put(&chain_key, &snap.0.to_string())?;
+                }
+                snap
+            }
+        };
+        made.insert(prefix.to_vec(), snap);
+        parent = Some(snap);
+    }
+    Ok(parent)
+}
+
+/// A file removed when dropped.
+struct TempPath(PathBuf);
+
+impl Drop for TempPath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn unpack(store: &Store, parent: Option<SnapshotId>, l: &LayerRecord) -> Result<SnapshotId> {
+    let file = store.content().open(&l.digest)?;
+    let r = std::io::BufReader::with_capacity(1 << 20, file);
+    let reader: Box<dyn Read> = match Compression::from_media_type(&l.media_type) {
+        Some(Compression::Gzip) => Box::new(flate2::read::GzDecoder::new(r)),
+        Some(Compression::Zstd) => Box::new(zstd::stream::read::Decoder::new(r)?),
+        _ => Box::new(r),
+    };
+    let snap = store.snapshots().unpack_layer(parent, reader)?;
+    // A built layer is recorded under the exporter's key for it (media type and differ), so a
+    // later export of this snapshot with the same compression reuses the blob; an image's layer
+    // under its plain media type, as a pull records it.
+    let media_type = if l.image {
+        l.media_type.clone()
+    } else {
+        format!("{};kiln.differ=1", l.media_type)
+    };
+    store.snapshots().set_layer(
+        snap,
+        LayerInfo {
+            diff_id: l.diff_id.clone(),
+            digest: l.digest.clone(),
+            size: l.size,
+            media_type,
+        },
+    )?;
+    if l.image {
+        kiln_solver::images::mark_image_layer(store, snap)?;
+    }
+    Ok(snap)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_specs_parse_as_buildkit_names_them() {
+        let s =
+            parse_cache_spec("type=registry,ref=r:5/c:t,mode=max,ignore-error=true", true).unwrap();
+        assert_eq!(s.location, CacheLocation::Registry("r:5/c:t".into()));
+        assert!(s.mode_max && s.ignore_error);
+        let s = parse_cache_spec("type=local,dest=/tmp/c", true).unwrap();
+        assert_eq!(
+            s.location,
+            CacheLocation::Local {
+                dir: "/tmp/c".into(),
+                tag: "latest".into()
+            }
+        );
+        assert!(!s.mode_max);
+        let s = parse_cache_spec("r:5/img:1", false).unwrap();
+        assert_eq!(s.location, CacheLocation::Registry("r:5/img:1".into()));
+        let s = parse_cache_spec(
+            "type=registry,ref=x,compression=zstd,compression-level=9,oci-mediatypes=true,image-manifest=true",
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            (s.compression, s.compression_level),
+            (Compression::Zstd, Some(9))
+        );
+        for bad in [
+            "type=registry,ref=x,oci-mediatypes=false",
+            "type=registry,ref=x,compression-level=high",
+            "type=local,src=/x",
+            "type=registry",
+            "type=s3,ref=x",
+            "type=registry,ref=x,mode=mid",
+            "type=registry,ref=x,color=blue",
+        ] {
+            assert!(parse_cache_spec(bad, true).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn blob_paths_stay_in_the_layout() {
+        assert!(blob_path(Path::new("/c"), "sha256:../../etc/passwd").is_err());
+        assert!(blob_path(Path::new("/c"), &format!("sha256:{}", "a".repeat(64))).is_ok());
+    }
+}
