@@ -7,9 +7,6 @@ use clap::CommandFactory;
 /// What kiln offers for a Docker flag it does not take; `None` for flags Docker does not have.
 pub(crate) fn instead(flag: &str) -> Option<&'static str> {
     Some(match flag {
-        "--cache-from" | "--cache-to" => {
-            "kiln has no cache import or export yet: every build uses the store's cache (`--no-cache` skips it)"
-        }
         "--load" => {
             "a build with `-t NAME` is in kiln's store already (`kiln images`); `kiln save` writes a `docker load` archive"
         }
@@ -71,7 +68,7 @@ mod tests {
 
     #[test]
     fn docker_flags_name_what_kiln_has() {
-        assert!(instead("--cache-from").unwrap().contains("--no-cache"));
+        assert!(instead("--squash").unwrap().contains("COPY --from"));
         assert!(instead("--memory-swap").unwrap().contains("--memory"));
         assert_eq!(instead("--frobnicate"), None);
     }

@@ -177,7 +177,7 @@ fn unknown_flags_say_what_kiln_has_instead() {
     let k = Kiln::new();
     let ctx = temp_context("kiln-flags-", &[("Dockerfile", "FROM busybox\n")]);
     for (flag, says) in [
-        ("--cache-from=app", "--no-cache"),
+        ("--load", "kiln save"),
         ("--squash", "COPY --from"),
         ("--memory-swap=1g", "`--memory`"),
         ("--frobnicate", "kiln build --help"),
