@@ -1,5 +1,6 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
+mod containers;
 mod debug;
 mod interrupt;
 mod login;
@@ -8,9 +9,7 @@ mod transfer;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use kiln_daemon::{
-    BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec, RunRequest,
-};
+use kiln_daemon::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -49,7 +48,26 @@ enum Command {
     /// Build an image from a Dockerfile.
     Build(BuildArgs),
     /// Run a command in a new container from an image.
-    Run(RunArgs),
+    Run(containers::RunArgs),
+    /// List containers.
+    Ps(containers::PsArgs),
+    /// Print a detached container's output.
+    Logs(containers::LogsArgs),
+    /// Stop running containers (SIGTERM, then SIGKILL).
+    Stop(containers::StopArgs),
+    /// Send a signal to running containers (SIGKILL by default).
+    Kill(containers::KillArgs),
+    /// Start stopped containers again, detached.
+    Start(containers::StartArgs),
+    /// Remove containers.
+    Rm(containers::RmArgs),
+    /// Wait for containers to stop and print their exit codes.
+    Wait(containers::WaitArgs),
+    /// Show containers as JSON.
+    Inspect(containers::InspectArgs),
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(containers::ContainerCommand),
     /// Make a single-layer image from a root filesystem directory or tar.
     Import {
         /// Apply a Dockerfile instruction to the image config (CMD, ENTRYPOINT, ENV, ...).
@@ -161,46 +179,6 @@ struct BuildArgs {
     context: PathBuf,
 }
 
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Remove the container when it exits.
-    #[arg(long)]
-    rm: bool,
-    /// Set an environment variable, KEY=VALUE (or KEY to pass the caller's).
-    #[arg(short = 'e', long = "env")]
-    env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long = "workdir")]
-    workdir: Option<String>,
-    /// User to run as: name|uid[:group|gid].
-    #[arg(short = 'u', long = "user")]
-    user: Option<String>,
-    /// Overwrite the image's ENTRYPOINT.
-    #[arg(long)]
-    entrypoint: Option<String>,
-    /// Network: host (default) or none.
-    #[arg(long, default_value = "host")]
-    network: String,
-    /// What runs the container: builtin (kiln's sandbox), runc or crun.
-    #[arg(long, default_value = "builtin")]
-    runtime: String,
-    /// Memory limit of the container, swap included: a size such as `512m` or `1g` (units b, k,
-    /// m, g), as Docker reads it; 0 for no limit.
-    #[arg(short = 'm', long)]
-    memory: Option<String>,
-    /// CPUs the container may use, e.g. `0.5` or `2`; 0 for no limit.
-    #[arg(long)]
-    cpus: Option<String>,
-    /// Most processes (and threads) of the container at once: 16384 by default, -1 for no limit.
-    #[arg(long = "pids-limit", allow_hyphen_values = true)]
-    pids_limit: Option<String>,
-    /// The image to run.
-    image: String,
-    /// Command and arguments (replace the image's CMD).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
-}
-
 fn default_root() -> PathBuf {
     // SAFETY: geteuid has no preconditions and cannot fail.
     let euid = unsafe { libc_geteuid() };
@@ -224,6 +202,8 @@ extern "C" {
 fn main() {
     // The sandbox is this same binary re-executed; it must not start any thread first.
     kiln_exec::sandbox_main_if_requested();
+    // A detached container's monitor is this binary too.
+    kiln_daemon::containers::monitor_main_if_requested();
     let cli = Cli::parse();
     // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
     // with its store under $XDG_DATA_HOME/kiln.
@@ -285,7 +265,19 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         Command::Prune => Some("kiln prune"),
         Command::Check => Some("kiln check"),
         Command::Debug(d) if d.needs_store() => Some("kiln debug llb --resolve"),
-        Command::Images { .. } | Command::Login(_) | Command::Logout(_) | Command::Debug(_) => None,
+        Command::Images { .. }
+        | Command::Login(_)
+        | Command::Logout(_)
+        | Command::Debug(_)
+        | Command::Ps(_)
+        | Command::Logs(_)
+        | Command::Stop(_)
+        | Command::Kill(_)
+        | Command::Start(_)
+        | Command::Rm(_)
+        | Command::Wait(_)
+        | Command::Inspect(_)
+        | Command::Container(_) => None,
     }
 }
 
@@ -356,34 +348,24 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         let root = cli.root.clone().unwrap_or_else(default_root);
         return images(&root, quiet);
     }
+    // Containers are read and signalled without the store's lock.
+    let root = cli.root.clone().unwrap_or_else(default_root);
+    match cli.command {
+        Command::Ps(a) => return containers::ps(&root, a),
+        Command::Logs(a) => return containers::logs(&root, a),
+        Command::Stop(a) => return Ok(containers::stop(&root, a)),
+        Command::Kill(a) => return containers::kill(&root, a),
+        Command::Start(a) => return Ok(containers::start(&root, a)),
+        Command::Rm(a) => return Ok(containers::rm(&root, a)),
+        Command::Wait(a) => return Ok(containers::wait(&root, a)),
+        Command::Inspect(a) => return containers::inspect(&root, a),
+        Command::Container(c) => return containers::container(&root, c),
+        _ => {}
+    }
     let engine = engine.context("no store was opened for this command")?;
     match cli.command {
         Command::Build(b) => build(&engine, b).await,
-        Command::Run(r) => {
-            let network_none = match r.network.as_str() {
-                "host" | "default" => false,
-                "none" => true,
-                other => bail!("unknown network `{other}`: use `host` or `none`"),
-            };
-            engine
-                .run(RunRequest {
-                    image: r.image,
-                    command: r.command,
-                    entrypoint: r.entrypoint,
-                    env: r.env,
-                    workdir: r.workdir,
-                    user: r.user,
-                    network_none,
-                    remove: r.rm,
-                    runtime: r.runtime.parse()?,
-                    limits: kiln_exec::Limits::parse(
-                        r.memory.as_deref(),
-                        r.cpus.as_deref(),
-                        r.pids_limit.as_deref(),
-                    )?,
-                })
-                .await
-        }
+        Command::Run(r) => Ok(containers::run(engine, r).await),
         Command::Import {
             changes,
             source,
@@ -440,9 +422,19 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         Command::Pull(p) => transfer::pull(&engine, p).await,
         Command::Push(p) => transfer::push(&engine, p).await,
         // Handled above, without the store's lock.
-        Command::Login(_) | Command::Logout(_) | Command::Debug(_) | Command::Images { .. } => {
-            Ok(0)
-        }
+        Command::Login(_)
+        | Command::Logout(_)
+        | Command::Debug(_)
+        | Command::Images { .. }
+        | Command::Ps(_)
+        | Command::Logs(_)
+        | Command::Stop(_)
+        | Command::Kill(_)
+        | Command::Start(_)
+        | Command::Rm(_)
+        | Command::Wait(_)
+        | Command::Inspect(_)
+        | Command::Container(_) => Ok(0),
     }
 }
 

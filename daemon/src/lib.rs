@@ -3,6 +3,7 @@
 //! service will wrap the same type.
 
 mod changes;
+pub mod containers;
 mod context;
 mod debug;
 mod diskfull;
@@ -18,7 +19,7 @@ pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
-pub use run::RunRequest;
+pub use run::{CreatedContainer, RunRequest};
 pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, PruneReport, Secrets};
 pub use transfer::{login, logout, PullOptions, PushReport};
 
@@ -296,9 +297,11 @@ impl Engine {
 
     // `pull`, `push`: see transfer.rs.
 
-    /// `kiln run`: runs an image's command in a sandbox; returns its exit code.
-    pub async fn run(&self, req: RunRequest) -> Result<i32> {
-        run::run(&self.store, &self.solver, req).await
+    /// `kiln run`'s first half: makes the container (its directory, config and name) from an
+    /// image, pulled when absent; `containers::run_foreground` or `start_detached` runs it,
+    /// without the engine (so without the store's lock).
+    pub async fn create_container(&self, req: RunRequest) -> Result<CreatedContainer> {
+        run::create(&self.store, &self.solver, req).await
     }
 
     /// `kiln check`: hashes every blob of the store and drops the corrupt ones, the images and

@@ -112,7 +112,14 @@ pub(crate) fn prune(store: &kiln_cache::Store) -> Result<PruneReport> {
             store.root().display()
         )
     })?;
-    let gc = store.gc(&kiln_cache::GcOptions::default())?;
+    // A container's image may be gone (or never tagged): its snapshots stay while it exists.
+    let gc = store.gc(&kiln_cache::GcOptions {
+        keep_snapshots: crate::containers::snapshots_in_use(store.root())
+            .into_iter()
+            .map(kiln_cache::SnapshotId)
+            .collect(),
+        ..Default::default()
+    })?;
     Ok(PruneReport {
         cache_mounts,
         snapshots: gc.snapshots_removed.len(),

@@ -52,8 +52,12 @@ pub use rootless::{
 };
 pub use run::run;
 pub use seccomp_profile::default_seccomp;
-pub use spec::{default_spec, Network, ProcessSpec, DEFAULT_NOFILE, DEFAULT_PATH};
+pub use spawn::PID_FILE;
+pub use spec::{
+    all_capabilities, default_spec, Network, ProcessSpec, DEFAULT_NOFILE, DEFAULT_PATH,
+};
 pub use user::{resolve_user, ResolvedUser};
+pub use wire::RESULT_FILE;
 
 /// The most read-only layers a root filesystem may stack: overlayfs's `OVL_MAX_STACK`, the same
 /// through mount(2) and through `fsconfig` `lowerdir+`.

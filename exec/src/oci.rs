@@ -571,6 +571,7 @@ pub(crate) async fn run(
             )));
         }
     };
+    crate::spawn::record_pid(&state_dir, child.id());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     crate::spawn::pump_output(stdout, stderr, &mut sink).await;
     let status = child.wait().await.map_err(|source| ExecError::Io {

@@ -132,6 +132,7 @@ pub async fn run(
     })?;
     drop(read_end);
     drop(engine_end);
+    crate::spawn::record_pid(&wire_state_dir, child.id());
     // The helper reads its config before it forks anything: moved now, all it starts is in
     // the cgroup from the first instruction.
     if let (Some(cg), Some(pid)) = (&cgroup, child.id()) {

@@ -7,8 +7,9 @@ use crate::{Network, RootFs};
 /// Hidden first argument that turns a kiln binary into the sandbox helper.
 pub(crate) const SANDBOX_ARG: &str = "__kiln-sandbox";
 
-/// Name of the result file the sandbox writes into the state directory.
-pub(crate) const RESULT_FILE: &str = "sandbox-result.json";
+/// Name of the result file the sandbox writes into the state directory: empty until the init
+/// has set the sandbox up, then its result.
+pub const RESULT_FILE: &str = "sandbox-result.json";
 
 /// Directory in the state directory holding the throwaway upper layer of a read-only root.
 pub(crate) const SCRATCH_DIR: &str = "scratch";

@@ -1,0 +1,482 @@
+//! Containers: the records `kiln run` leaves in `containers/<id>/` and what `kiln ps`, `logs`,
+//! `stop`, `kill`, `start`, `rm`, `wait`, `inspect` and `container prune` do with them. None of
+//! these takes the store's lock: a container's monitor owns its state, and the others only read
+//! it or signal the monitor's sandbox.
+
+mod logs;
+mod monitor;
+mod names;
+mod state;
+
+pub use logs::{LogLine, DEFAULT_LOG_MAX_SIZE};
+pub use monitor::monitor_main_if_requested;
+pub use state::{ContainerConfig, ContainerState, RestartPolicy, Status};
+
+pub use nix::sys::signal::Signal;
+pub(crate) use state::{write_json, CONFIG_FILE};
+
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// One container as `kiln ps -a` sees it.
+#[derive(Clone, Debug)]
+pub struct Container {
+    pub id: String,
+    pub dir: PathBuf,
+    /// `None` for a directory an older kiln left without a config: listed and removable.
+    pub config: Option<ContainerConfig>,
+    /// As observed now (a dead monitor reads as exited, code unknown).
+    pub state: ContainerState,
+}
+
+impl Container {
+    pub fn name(&self) -> String {
+        match &self.config {
+            Some(c) => c.name.clone(),
+            None => self.short_id().to_string(),
+        }
+    }
+
+    pub fn short_id(&self) -> &str {
+        &self.id[..self.id.len().min(12)]
+    }
+
+    pub fn image(&self) -> String {
+        self.config
+            .as_ref()
+            .map(|c| c.image.clone())
+            .unwrap_or_default()
+    }
+
+    pub fn created(&self) -> Option<i64> {
+        self.config.as_ref().map(|c| c.created)
+    }
+
+    /// The command line it runs (argv joined by spaces).
+    pub fn command(&self) -> String {
+        self.args().join(" ")
+    }
+
+    fn args(&self) -> Vec<String> {
+        self.config
+            .as_ref()
+            .and_then(|c| c.spec.process().as_ref())
+            .and_then(|p| p.args().clone())
+            .unwrap_or_default()
+    }
+
+    fn load(dir: PathBuf) -> Option<Container> {
+        let id = dir.file_name()?.to_str()?.to_string();
+        if id.starts_with('.') {
+            return None;
+        }
+        let config = state::read_config(&dir).ok();
+        let mut st = state::read_state(&dir).observed();
+        if config.is_none() {
+            // Left by a kiln before containers had a monitor: it is not running.
+            st.status = Status::Exited;
+        }
+        Some(Container {
+            id,
+            dir,
+            config,
+            state: st,
+        })
+    }
+
+    fn reload(&self) -> Container {
+        Container::load(self.dir.clone()).unwrap_or_else(|| self.clone())
+    }
+}
+
+fn containers_dir(root: &Path) -> PathBuf {
+    root.join("containers")
+}
+
+/// Every container of the store at `root`, newest first.
+pub fn list(root: &Path) -> Result<Vec<Container>> {
+    let dir = containers_dir(root);
+    let entries = match std::fs::read_dir(&dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot list `{}`", dir.display())),
+    };
+    let mut all: Vec<Container> = entries
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| Container::load(e.path()))
+        .collect();
+    all.sort_by(|a, b| b.created().cmp(&a.created()).then(a.id.cmp(&b.id)));
+    Ok(all)
+}
+
+/// The container named `query`: its full id, its name, or a prefix of its id that only it has.
+pub fn find(root: &Path, query: &str) -> Result<Container> {
+    let q = query.strip_prefix('/').unwrap_or(query);
+    let all = list(root)?;
+    if let Some(c) = all.iter().find(|c| c.id == q || c.name() == q) {
+        return Ok(c.clone());
+    }
+    let hex = !q.is_empty() && q.bytes().all(|b| b.is_ascii_hexdigit());
+    let matches: Vec<&Container> = if hex {
+        all.iter().filter(|c| c.id.starts_with(q)).collect()
+    } else {
+        Vec::new()
+    };
+    match matches.as_slice() {
+        [one] => Ok((*one).clone()),
+        [] => bail!("no container `{query}`: `kiln ps -a` lists them"),
+        _ => bail!(
+            "`{query}` is the start of {} container ids: give more of the id, or the name",
+            matches.len()
+        ),
+    }
+}
+
+/// Whether a container called `name` exists in the store at `root`.
+pub(crate) fn name_taken(root: &Path, name: &str) -> bool {
+    list(root)
+        .map(|all| all.iter().any(|c| c.name() == name))
+        .unwrap_or(false)
+}
+
+/// A new container's name: `requested` when it is valid and free, else one made up.
+pub(crate) fn choose_name(root: &Path, id: &str, requested: Option<&str>) -> Result<String> {
+    match requested {
+        Some(n) => {
+            if !names::valid(n) {
+                bail!("invalid container name `{n}`: use letters, digits and `_.-`, starting with a letter or digit");
+            }
+            if name_taken(root, n) {
+                bail!("the container name `{n}` is already in use: remove that container (`kiln rm {n}`) or choose another name");
+            }
+            Ok(n.to_string())
+        }
+        None => {
+            let existing: Vec<String> = list(root)?.iter().map(Container::name).collect();
+            Ok(names::generate(id, &|n| existing.iter().any(|e| e == n)))
+        }
+    }
+}
+
+/// The snapshots containers stand on, which `kiln prune` must keep.
+pub(crate) fn snapshots_in_use(root: &Path) -> Vec<u64> {
+    list(root)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| c.config.as_ref()?.snapshot)
+        .collect()
+}
+
+/// Runs a created container in this process, its streams the caller's, and returns how it
+/// ended (the container dies with this process).
+pub async fn run_foreground(dir: &Path) -> Result<ContainerState> {
+    monitor::supervise(dir, monitor::Attach::Caller).await
+}
+
+/// Starts a created container under a monitor process of its own, its output going to its log.
+pub fn start_detached(dir: &Path) -> Result<()> {
+    monitor::spawn_detached(dir)
+}
+
+/// `kiln start`: runs a stopped container again, detached.
+pub fn start(c: &Container) -> Result<()> {
+    if c.state.is_running() {
+        return Ok(());
+    }
+    if c.config.is_none() {
+        bail!(
+            "container `{}` was made by an older kiln and cannot be started again: remove it with `kiln rm {}`",
+            c.name(),
+            c.short_id()
+        );
+    }
+    start_detached(&c.dir)
+}
+
+/// A signal by name (`KILL`, `SIGTERM`) or number, as `docker kill -s` reads it.
+pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal> {
+    use nix::sys::signal::Signal;
+    let bad = || {
+        anyhow::anyhow!("invalid signal `{s}`: use a name such as `TERM` or `SIGKILL`, or a number")
+    };
+    if let Ok(n) = s.parse::<i32>() {
+        return Signal::try_from(n).map_err(|_| bad());
+    }
+    let upper = s.to_ascii_uppercase();
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    name.parse::<Signal>().map_err(|_| bad())
+}
+
+/// Sends `sig` to a running container's command (through the sandbox process its monitor
+/// started, which forwards it; SIGKILL takes the whole sandbox down).
+pub fn signal(c: &Container, sig: nix::sys::signal::Signal) -> Result<()> {
+    let not_running = || anyhow::anyhow!("container `{}` is not running", c.name());
+    if !c.state.is_running() {
+        return Err(not_running());
+    }
+    let pid_file = state::sandbox_state_dir(&c.dir).join(kiln_exec::PID_FILE);
+    let pid: u32 = match std::fs::read_to_string(&pid_file) {
+        Ok(t) => t.trim().parse().map_err(|_| not_running())?,
+        // Between two runs of `--restart`: nothing to signal.
+        Err(_) => return Err(not_running()),
+    };
+    // The pid file may be older than the current run: only a child of the live monitor counts.
+    if state::parent_of(pid) != Some(c.state.monitor_pid) {
+        return Err(not_running());
+    }
+    // SIGKILL cannot be forwarded: it goes to the sandbox's init (the helper's child), whose
+    // death takes the container down and lets the helper report 137, as Docker does.
+    let mut targets = Vec::new();
+    if sig == Signal::SIGKILL {
+        // Just after a start the init may still be setting up, and killed then it reports
+        // nothing: wait until its result file says the set-up is done.
+        let result = state::sandbox_state_dir(&c.dir).join(kiln_exec::RESULT_FILE);
+        let deadline = Instant::now() + Duration::from_secs(1);
+        loop {
+            targets = state::children_of(pid);
+            let set_up = std::fs::metadata(&result).is_ok_and(|m| m.len() > 0);
+            if (set_up && !targets.is_empty()) || Instant::now() > deadline {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+    let targets = if targets.is_empty() {
+        vec![pid]
+    } else {
+        targets
+    };
+    for t in targets {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(t as i32), sig)
+            .with_context(|| format!("cannot signal container `{}`", c.name()))?;
+    }
+    Ok(())
+}
+
+/// `kiln kill`: sends `sig`; SIGKILL also keeps `--restart` from running the container again,
+/// and returns once it is down.
+pub fn kill(c: &Container, sig: Signal) -> Result<()> {
+    if sig != Signal::SIGKILL {
+        return signal(c, sig);
+    }
+    if c.state.is_running() {
+        let _ = std::fs::write(c.dir.join(state::STOP_MARKER), b"");
+    }
+    signal(c, sig)?;
+    if !wait_at_most(c, Duration::from_secs(10)) {
+        bail!(
+            "container `{}` did not die within 10 s of SIGKILL",
+            c.name()
+        );
+    }
+    Ok(())
+}
+
+/// `kiln wait`: blocks until the container is not running; its exit code (`None`: unknown).
+pub fn wait(c: &Container) -> Option<i32> {
+    let mut c = c.clone();
+    while c.state.is_running() {
+        std::thread::sleep(Duration::from_millis(20));
+        c = c.reload();
+    }
+    c.state.exit_code
+}
+
+fn wait_at_most(c: &Container, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    let mut c = c.clone();
+    while c.state.is_running() {
+        if Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+        c = c.reload();
+    }
+    true
+}
+
+/// `kiln stop`: SIGTERM, then SIGKILL after `grace`; no `--restart` after either.
+pub fn stop(c: &Container, grace: Duration) -> Result<()> {
+    if !c.state.is_running() {
+        return Ok(());
+    }
+    std::fs::write(c.dir.join(state::STOP_MARKER), b"")
+        .with_context(|| format!("cannot stop container `{}`", c.name()))?;
+    let _ = signal(c, nix::sys::signal::Signal::SIGTERM);
+    if wait_at_most(c, grace) {
+        return Ok(());
+    }
+    let _ = signal(c, nix::sys::signal::Signal::SIGKILL);
+    if !wait_at_most(c, Duration::from_secs(10)) {
+        bail!(
+            "container `{}` did not stop within 10 s of SIGKILL",
+            c.name()
+        );
+    }
+    Ok(())
+}
+
+/// `kiln rm`: removes a container that is not running; `force` kills a running one first.
+pub fn remove(c: &Container, force: bool) -> Result<()> {
+    if c.state.is_running() {
+        if !force {
+            bail!(
+                "container `{}` is running: stop it first (`kiln stop {}`) or remove it with `kiln rm -f`",
+                c.name(),
+                c.name()
+            );
+        }
+        let _ = std::fs::write(c.dir.join(state::STOP_MARKER), b"");
+        let _ = signal(c, nix::sys::signal::Signal::SIGKILL);
+        if !wait_at_most(c, Duration::from_secs(10)) {
+            bail!(
+                "container `{}` did not die within 10 s of SIGKILL",
+                c.name()
+            );
+        }
+    }
+    remove_dir(&c.dir);
+    if c.dir.exists() {
+        bail!("cannot remove `{}`", c.dir.display());
+    }
+    Ok(())
+}
+
+/// Removes a container's directory, first unmounting a root an OCI runtime's dead monitor left.
+pub(crate) fn remove_dir(dir: &Path) {
+    let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// `kiln container prune`: removes every container that is not running; their ids.
+pub fn prune(root: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for c in list(root)? {
+        if !c.state.is_running() {
+            remove(&c, false)?;
+            removed.push(c.id);
+        }
+    }
+    Ok(removed)
+}
+
+/// `kiln logs`: calls `out` with each recorded line, the last `tail` only when given; with
+/// `follow`, goes on with new lines until the container stops.
+pub fn logs(
+    c: &Container,
+    tail: Option<usize>,
+    follow: bool,
+    out: &mut dyn FnMut(&LogLine),
+) -> Result<()> {
+    let (lines, mut offset) = logs::read_all(&c.dir);
+    let skip = tail.map_or(0, |n| lines.len().saturating_sub(n));
+    for l in &lines[skip..] {
+        out(l);
+    }
+    if !follow {
+        return Ok(());
+    }
+    let mut c = c.clone();
+    loop {
+        let running = c.state.is_running();
+        let (more, next) = logs::read_from(&c.dir, offset);
+        offset = next;
+        for l in &more {
+            out(l);
+        }
+        if !running {
+            return Ok(());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        c = c.reload();
+    }
+}
+
+/// `kiln inspect`: the container as `docker inspect` shows one (the fields kiln has).
+pub fn inspect(c: &Container) -> serde_json::Value {
+    use serde_json::json;
+    let time = |t: Option<i64>| {
+        t.map(crate::export::rfc3339)
+            .unwrap_or_else(|| "0001-01-01T00:00:00Z".into())
+    };
+    let args = c.args();
+    let st = &c.state;
+    let mut v = json!({
+        "Id": c.id,
+        "Created": time(c.created()),
+        "Path": args.first().cloned().unwrap_or_default(),
+        "Args": args.iter().skip(1).collect::<Vec<_>>(),
+        "State": {
+            "Status": st.status.as_str(),
+            "Running": st.status == Status::Running,
+            "Paused": false,
+            "Restarting": st.status == Status::Restarting,
+            "OOMKilled": st.oom_killed,
+            "Dead": false,
+            "Pid": if st.is_running() { st.monitor_pid } else { 0 },
+            "ExitCode": st.exit_code.unwrap_or(if st.is_running() { 0 } else { -1 }),
+            "Error": st.error.clone().unwrap_or_default(),
+            "StartedAt": time(st.started_at),
+            "FinishedAt": time(st.finished_at),
+        },
+        "Name": format!("/{}", c.name()),
+        "RestartCount": st.restart_count,
+        "LogPath": c.dir.join(logs::LOG_FILE),
+    });
+    if let Some(cfg) = &c.config {
+        let process = cfg.spec.process().clone().unwrap_or_default();
+        let resources = cfg
+            .spec
+            .linux()
+            .as_ref()
+            .and_then(|l| l.resources().clone());
+        let memory = resources
+            .as_ref()
+            .and_then(|r| r.memory().as_ref())
+            .and_then(|m| m.limit())
+            .unwrap_or(0);
+        let cpu = resources.as_ref().and_then(|r| r.cpu().clone());
+        let nano_cpus = match cpu.as_ref().and_then(|c| Some((c.quota()?, c.period()?))) {
+            Some((q, p)) if p > 0 && q > 0 => (q as u128 * 1_000_000_000 / p as u128) as i64,
+            _ => 0,
+        };
+        let pids = resources
+            .as_ref()
+            .and_then(|r| r.pids().as_ref())
+            .map(|p| p.limit())
+            .unwrap_or(0);
+        v["Image"] = json!(cfg.image_digest);
+        v["HostConfig"] = json!({
+            "Memory": memory,
+            "NanoCpus": nano_cpus,
+            "PidsLimit": pids,
+            "RestartPolicy": {"Name": cfg.restart.name, "MaximumRetryCount": cfg.restart.max_retries},
+            "AutoRemove": cfg.auto_remove,
+            "ReadonlyRootfs": cfg.read_only,
+            "Init": cfg.init,
+            "CapAdd": cfg.cap_add,
+            "CapDrop": cfg.cap_drop,
+            "SecurityOpt": cfg.security_opt,
+            "ExtraHosts": cfg.extra_hosts,
+            "NetworkMode": match cfg.network { kiln_exec::Network::Host => "host", kiln_exec::Network::None => "none" },
+            "Runtime": cfg.runtime,
+        });
+        v["Config"] = json!({
+            "Hostname": cfg.spec.hostname().clone().unwrap_or_default(),
+            "User": format!("{}:{}", process.user().uid(), process.user().gid()),
+            "Env": process.env().clone().unwrap_or_default(),
+            "Cmd": args,
+            "WorkingDir": process.cwd(),
+            "Image": cfg.image,
+            "Tty": cfg.tty,
+            "OpenStdin": cfg.interactive,
+        });
+    }
+    v
+}
