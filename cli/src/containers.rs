@@ -178,6 +178,7 @@ pub(crate) async fn run(engine: Engine, r: RunArgs) -> i32 {
 
 async fn run_inner(engine: Engine, r: RunArgs) -> Result<i32> {
     let (req, detach) = request(r)?;
+    let tty = req.tty;
     let created = engine.create_container(req).await?;
     // The container needs nothing more from the store: other kiln commands may use it now.
     drop(engine);
@@ -186,11 +187,59 @@ async fn run_inner(engine: Engine, r: RunArgs) -> Result<i32> {
         println!("{}", created.id);
         return Ok(0);
     }
-    let st = containers::run_foreground(&created.dir).await?;
+    let forwarder = tokio::spawn(forward_signals(created.dir.clone(), tty));
+    let st = containers::run_foreground(&created.dir).await;
+    forwarder.abort();
+    let st = st?;
     if let Some(e) = &st.error {
         eprintln!("error: {e}");
     }
     Ok(st.exit_code.unwrap_or(125))
+}
+
+/// Passes the signals `kiln run` gets on to its foreground container, as `docker run`'s
+/// sig-proxy does, instead of dying of them (which would take the container down with its exit
+/// code). With `-t`, Ctrl-C and Ctrl-backslash already reach the command from the terminal (it
+/// is in the terminal's foreground process group): they are not sent twice.
+async fn forward_signals(dir: PathBuf, tty: bool) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let kinds = [
+        (SignalKind::interrupt(), containers::Signal::SIGINT),
+        (SignalKind::terminate(), containers::Signal::SIGTERM),
+        (SignalKind::hangup(), containers::Signal::SIGHUP),
+        (SignalKind::quit(), containers::Signal::SIGQUIT),
+        (SignalKind::user_defined1(), containers::Signal::SIGUSR1),
+        (SignalKind::user_defined2(), containers::Signal::SIGUSR2),
+    ];
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    for (kind, sig) in kinds {
+        let Ok(mut stream) = signal(kind) else {
+            continue;
+        };
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(sig).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    drop(tx);
+    while let Some(sig) = rx.recv().await {
+        let from_terminal = matches!(
+            sig,
+            containers::Signal::SIGINT | containers::Signal::SIGQUIT
+        );
+        if tty && from_terminal {
+            continue;
+        }
+        let dir = dir.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            containers::open(&dir).and_then(|c| containers::signal(&c, sig))
+        })
+        .await;
+    }
 }
 
 #[derive(clap::Args)]

@@ -366,3 +366,94 @@ fn prune_keeps_the_snapshots_of_a_container_whose_image_is_gone() {
     assert_eq!(stdout(&k.run(&["wait", "keep"])).trim(), "0");
     assert_eq!(stdout(&k.run(&["logs", "keep"])), "built\n");
 }
+
+/// Drives `kiln run -it` through a real pty (python3's `pty`): the command sees a terminal of
+/// the size set on the pty, is told of a resize, gets Ctrl-C, and its exit code is kiln's.
+#[test]
+fn run_it_gives_a_real_terminal_with_resize_ctrl_c_and_the_exit_code() {
+    if !installed("python3", "python3") {
+        return;
+    }
+    let k = Kiln::with_busybox();
+    let script = r#"
+import os, pty, sys, time, select, struct, fcntl, termios
+kiln, root = sys.argv[1], sys.argv[2]
+os.environ["KILN_ROOT"] = root
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(kiln, [kiln, "run", "-it", "--rm", "busybox", "sh", "-c",
+        'test -t 0 && echo IS-TTY; trap "stty size" WINCH; trap "echo got-int; exit 5" INT; '
+        'echo ready; while :; do sleep 1; done'])
+fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+out, step, deadline = b"", 0, time.time() + 30
+while time.time() < deadline:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    if step == 0 and b"ready\r\n" in out:
+        time.sleep(0.3)
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
+        step = 1
+    elif step == 1 and b"40 120" in out:
+        os.write(fd, b"\x03")
+        step = 2
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+print("exit", os.waitstatus_to_exitcode(status))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, env!("CARGO_BIN_EXE_kiln")])
+        .arg(k.root.path())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(text.contains("IS-TTY"), "{text}");
+    assert!(
+        text.contains("40 120"),
+        "the resize reached the command: {text}"
+    );
+    assert!(
+        text.contains("got-int"),
+        "Ctrl-C reached the command: {text}"
+    );
+    assert!(text.trim_end().ends_with("exit 5"), "{text}");
+}
+
+#[test]
+fn signals_to_a_foreground_kiln_run_reach_its_command() {
+    let k = Kiln::with_busybox();
+    let mut child = k
+        .cmd()
+        .args([
+            "run",
+            "--name",
+            "fg",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo got-term; exit 7' TERM; echo ready; while :; do sleep 1; done",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout_pipe = std::io::BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stdout_pipe, &mut line).unwrap();
+    assert_eq!(line, "ready\n");
+    std::process::Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    let mut rest = String::new();
+    std::io::Read::read_to_string(&mut stdout_pipe, &mut rest).unwrap();
+    assert_eq!(rest, "got-term\n");
+    assert_eq!(status.code(), Some(7), "the command's exit code");
+    assert_eq!(inspect(&k, "fg")["State"]["ExitCode"], 7);
+}

@@ -94,6 +94,12 @@ fn containers_dir(root: &Path) -> PathBuf {
     root.join("containers")
 }
 
+/// The container whose directory is `dir`.
+pub fn open(dir: &Path) -> Result<Container> {
+    Container::load(dir.to_path_buf())
+        .with_context(|| format!("`{}` is not a container directory", dir.display()))
+}
+
 /// Every container of the store at `root`, newest first.
 pub fn list(root: &Path) -> Result<Vec<Container>> {
     let dir = containers_dir(root);
