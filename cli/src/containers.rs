@@ -456,6 +456,60 @@ pub(crate) fn wait(root: &Path, a: WaitArgs) -> i32 {
 }
 
 #[derive(clap::Args)]
+pub(crate) struct ExecArgs {
+    /// Keep stdin open (kiln passes its stdin in any case).
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Tell the process it has a terminal.
+    #[arg(short = 't', long)]
+    tty: bool,
+    /// Set an environment variable, KEY=VALUE (or KEY to pass the caller's).
+    #[arg(short = 'e', long = "env")]
+    env: Vec<String>,
+    /// User to run as: name|uid[:group|gid], looked up in the container.
+    #[arg(short = 'u', long)]
+    user: Option<String>,
+    /// Working directory inside the container.
+    #[arg(short = 'w', long = "workdir")]
+    workdir: Option<String>,
+    container: String,
+    /// Command and arguments.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    command: Vec<String>,
+}
+
+/// `kiln exec`: kiln's own failures exit 125 (126/127 come from the command), as `docker exec`.
+pub(crate) fn exec(root: &Path, a: ExecArgs) -> i32 {
+    let _ = a.interactive;
+    let c = match containers::find(root, &a.container) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return 1;
+        }
+    };
+    let run = {
+        containers::exec(
+            &c,
+            containers::ExecOptions {
+                command: a.command,
+                env: a.env,
+                user: a.user,
+                workdir: a.workdir,
+                tty: a.tty,
+            },
+        )
+    };
+    match run {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            125
+        }
+    }
+}
+
+#[derive(clap::Args)]
 pub(crate) struct InspectArgs {
     #[arg(required = true)]
     names: Vec<String>,

@@ -61,6 +61,8 @@ enum Command {
     Start(containers::StartArgs),
     /// Remove containers.
     Rm(containers::RmArgs),
+    /// Run a command in a running container.
+    Exec(containers::ExecArgs),
     /// Wait for containers to stop and print their exit codes.
     Wait(containers::WaitArgs),
     /// Show containers as JSON.
@@ -276,6 +278,7 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         | Command::Start(_)
         | Command::Rm(_)
         | Command::Wait(_)
+        | Command::Exec(_)
         | Command::Inspect(_)
         | Command::Container(_) => None,
     }
@@ -358,6 +361,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         Command::Start(a) => return Ok(containers::start(&root, a)),
         Command::Rm(a) => return Ok(containers::rm(&root, a)),
         Command::Wait(a) => return Ok(containers::wait(&root, a)),
+        Command::Exec(a) => return Ok(containers::exec(&root, a)),
         Command::Inspect(a) => return containers::inspect(&root, a),
         Command::Container(c) => return containers::container(&root, c),
         _ => {}
@@ -433,6 +437,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         | Command::Start(_)
         | Command::Rm(_)
         | Command::Wait(_)
+        | Command::Exec(_)
         | Command::Inspect(_)
         | Command::Container(_) => Ok(0),
     }

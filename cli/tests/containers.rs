@@ -457,3 +457,76 @@ fn signals_to_a_foreground_kiln_run_reach_its_command() {
     assert_eq!(status.code(), Some(7), "the command's exit code");
     assert_eq!(inspect(&k, "fg")["State"]["ExitCode"], 7);
 }
+
+#[test]
+fn exec_runs_in_the_containers_namespaces_cgroup_and_profile() {
+    let k = Kiln::with_busybox();
+    run_detached(
+        &k,
+        &[
+            "--name",
+            "ex",
+            "--hostname",
+            "exbox",
+            "busybox",
+            "sh",
+            "-c",
+            "echo made > /tmp/made; exec sleep 300",
+        ],
+    );
+    eventually(10, "the container wrote its file", || {
+        k.run(&["exec", "ex", "test", "-f", "/tmp/made"])
+            .status
+            .success()
+    });
+    let out = k.run(&[
+        "exec",
+        "ex",
+        "sh",
+        "-c",
+        "hostname; cat /tmp/made; ls -d /proc/[0-9]* | wc -l; grep -c kiln/ /proc/self/cgroup; grep Seccomp: /proc/self/status",
+    ]);
+    assert_ok(&out, "kiln exec");
+    let lines: Vec<String> = stdout(&out).lines().map(|l| l.trim().to_string()).collect();
+    assert_eq!(lines[0], "exbox", "the container's UTS namespace");
+    assert_eq!(lines[1], "made", "the container's root");
+    let procs: usize = lines[2].parse().unwrap();
+    assert!(
+        procs < 10,
+        "the container's pid namespace: {procs} processes"
+    );
+    assert_ne!(lines[3], "0", "the container's cgroups");
+    assert_eq!(lines[4], "Seccomp:\t2", "the container's seccomp profile");
+
+    let out = k.run(&[
+        "exec",
+        "-u",
+        "nobody",
+        "-w",
+        "/tmp",
+        "-e",
+        "X=1",
+        "ex",
+        "sh",
+        "-c",
+        "id -u; pwd; echo $X",
+    ]);
+    assert_eq!(stdout(&out), "65534\n/tmp\n1\n");
+    assert_eq!(
+        k.run(&["exec", "ex", "no-such-command"]).status.code(),
+        Some(127)
+    );
+    assert_eq!(k.run(&["exec", "ex", "/etc"]).status.code(), Some(126));
+    assert_eq!(
+        k.run(&["exec", "ex", "sh", "-c", "exit 9"]).status.code(),
+        Some(9)
+    );
+    assert_ok(&k.run(&["stop", "-t", "1", "ex"]), "kiln stop");
+    let out = k.run(&["exec", "ex", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+    assert!(
+        stderr(&out).contains("`ex` is not running"),
+        "{}",
+        stderr(&out)
+    );
+}

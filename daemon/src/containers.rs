@@ -19,6 +19,25 @@ use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+/// Merges `-e` settings over the image's environment (same key: the later one wins).
+pub(crate) fn merge_env(image_env: &[String], overrides: &[String]) -> Vec<String> {
+    let mut env: Vec<String> = image_env.to_vec();
+    for o in overrides {
+        let entry = if o.contains('=') {
+            o.clone()
+        } else {
+            match std::env::var(o) {
+                Ok(v) => format!("{o}={v}"),
+                Err(_) => continue,
+            }
+        };
+        let key = entry.split('=').next().unwrap_or("").to_string();
+        env.retain(|e| e.split('=').next() != Some(key.as_str()));
+        env.push(entry);
+    }
+    env
+}
+
 /// One container as `kiln ps -a` sees it.
 #[derive(Clone, Debug)]
 pub struct Container {
@@ -282,6 +301,67 @@ pub fn kill(c: &Container, sig: Signal) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `kiln exec`'s options.
+#[derive(Clone, Debug, Default)]
+pub struct ExecOptions {
+    pub command: Vec<String>,
+    /// `-e K=V` (or `-e K` to pass the caller's value), over the container's environment.
+    pub env: Vec<String>,
+    pub user: Option<String>,
+    pub workdir: Option<String>,
+    pub tty: bool,
+}
+
+/// `kiln exec`: runs one more command in a running container, with this process's streams, and
+/// returns its exit code (126/127 when it cannot be run, 125 when kiln cannot start it there).
+pub fn exec(c: &Container, opts: ExecOptions) -> Result<i32> {
+    let cfg = c
+        .config
+        .as_ref()
+        .with_context(|| format!("container `{}` is not running", c.name()))?;
+    if cfg.runtime != "builtin" {
+        bail!(
+            "`kiln exec` works in containers of kiln's own sandbox; `{}` runs under `{}`",
+            c.name(),
+            cfg.runtime
+        );
+    }
+    if opts.command.is_empty() {
+        bail!("`kiln exec` needs a command to run after the container's name");
+    }
+    let not_running = || anyhow::anyhow!("container `{}` is not running", c.name());
+    if c.state.status != Status::Running {
+        return Err(not_running());
+    }
+    let pid_file = state::sandbox_state_dir(&c.dir).join(kiln_exec::PID_FILE);
+    let helper: u32 = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|t| t.trim().parse().ok())
+        .ok_or_else(not_running)?;
+    if state::parent_of(helper) != Some(c.state.monitor_pid) {
+        return Err(not_running());
+    }
+    let init_pid = *state::children_of(helper).first().ok_or_else(not_running)?;
+    let mut process = cfg.spec.process().clone().unwrap_or_default();
+    let env = merge_env(process.env().as_deref().unwrap_or(&[]), &opts.env);
+    process.set_env(Some(env));
+    process.set_args(Some(opts.command));
+    process.set_terminal(Some(opts.tty));
+    if let Some(w) = opts.workdir {
+        if !w.starts_with('/') {
+            bail!("working directory `{w}` is not absolute; start it with `/`");
+        }
+        process.set_cwd(PathBuf::from(w));
+    }
+    let seccomp = cfg.spec.linux().as_ref().and_then(|l| l.seccomp().clone());
+    Ok(kiln_exec::enter(kiln_exec::EnterRequest {
+        init_pid,
+        process,
+        seccomp,
+        user: opts.user,
+    })?)
 }
 
 /// `kiln wait`: blocks until the container is not running; its exit code (`None`: unknown).

@@ -80,25 +80,6 @@ pub(crate) fn command_line(
     ep.into_iter().chain(cmd).collect()
 }
 
-/// Merges `-e` settings over the image's environment (same key: the later one wins).
-pub(crate) fn merge_env(image_env: &[String], overrides: &[String]) -> Vec<String> {
-    let mut env: Vec<String> = image_env.to_vec();
-    for o in overrides {
-        let entry = if o.contains('=') {
-            o.clone()
-        } else {
-            match std::env::var(o) {
-                Ok(v) => format!("{o}={v}"),
-                Err(_) => continue,
-            }
-        };
-        let key = entry.split('=').next().unwrap_or("").to_string();
-        env.retain(|e| e.split('=').next() != Some(key.as_str()));
-        env.push(entry);
-    }
-    env
-}
-
 pub(crate) async fn create(
     store: &Store,
     solver: &Solver,
@@ -175,7 +156,7 @@ pub(crate) async fn create(
     } else {
         kiln_exec::Network::Host
     };
-    let env = merge_env(cfg.env().as_deref().unwrap_or(&[]), &req.env);
+    let env = crate::containers::merge_env(cfg.env().as_deref().unwrap_or(&[]), &req.env);
     let cwd = req
         .workdir
         .clone()
@@ -422,7 +403,7 @@ mod tests {
 
     #[test]
     fn env_overrides_replace_by_key() {
-        let env = merge_env(&v(&["PATH=/bin", "A=1"]), &v(&["A=2", "B=3"]));
+        let env = crate::containers::merge_env(&v(&["PATH=/bin", "A=1"]), &v(&["A=2", "B=3"]));
         assert_eq!(env, v(&["PATH=/bin", "A=2", "B=3"]));
     }
 }

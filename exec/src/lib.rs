@@ -50,7 +50,7 @@ pub use oci::Runtime;
 pub use rootless::{
     has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged, rootless_store_dir,
 };
-pub use run::run;
+pub use run::{enter, run, EnterRequest};
 pub use seccomp_profile::default_seccomp;
 pub use spawn::PID_FILE;
 pub use spec::{
@@ -169,6 +169,9 @@ pub fn sandbox_main_if_requested() {
     let mode = args.nth(1);
     if mode.as_deref() == Some(std::ffi::OsStr::new(oci::watch::WATCH_ARG)) {
         std::process::exit(oci::watch::main(args.collect()));
+    }
+    if mode.as_deref() == Some(std::ffi::OsStr::new(sandbox::enter::ENTER_ARG)) {
+        std::process::exit(sandbox::enter::main(args.next()));
     }
     if mode.as_deref() != Some(std::ffi::OsStr::new(wire::SANDBOX_ARG)) {
         return;

@@ -32,3 +32,14 @@ pub(crate) struct WireResult {
     /// Set when the sandbox failed before the command could start.
     pub error: Option<String>,
 }
+
+/// What `kiln exec`'s helper is told: whose namespaces to join and what to run there.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct EnterConfig {
+    /// The host pid of the sandbox's init (pid 1 of the container).
+    pub init_pid: u32,
+    pub process: oci_spec::runtime::Process,
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// `-u`: resolved inside the container, against its `/etc/passwd` and `/etc/group`.
+    pub user: Option<String>,
+}
