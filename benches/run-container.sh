@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Container start benchmark: wall time of `kiln run --rm IMG true` on a warm store, where IMG
-# was built on that store (so the run stacks the build's snapshots, unpacks nothing). The time
-# covers the whole command: opening the store, resolving the image, making the container,
-# starting the sandbox, exec of `true`, its exit and the removal of the container; so it is an
-# upper bound of start-to-exec. With the peers set up (../shared/peers), `docker run --rm` and
-# `podman run --rm` of the peers' busybox are timed in the same loop, interleaved.
+# Container start benchmark: `kiln run --rm IMG /now` on a warm store, where IMG was built on
+# that store (so the run stacks the build's snapshots, unpacks nothing) and `/now` is a tiny
+# static program (compiled here with gcc) that prints the wall clock in nanoseconds and exits,
+# like `true`. Two figures per run:
+#   start-to-exec  from just before `kiln run` is started to the moment `/now` runs in the
+#                  container (opening the store, resolving the image, making the container,
+#                  starting the sandbox, exec);
+#   total          the whole command, with the container's exit and removal.
+# With the peers set up (../shared/peers), `docker run --rm` and `podman run --rm` of the same
+# image (pushed to the peers' registry) are timed in the same loop, interleaved.
 #
 # usage: benches/run-container.sh [--runs N] [--no-peers] [--work DIR]
 #   --runs N      timed runs per tool (default 20; median and 90th percentile reported)
@@ -40,27 +44,43 @@ export KILN_ROOT=$work/store
 sh "$root/testdata/make-busybox-rootfs.sh" "$work/rootfs" >/dev/null
 "$KILN" import --change 'CMD ["sh"]' "$work/rootfs" busybox:latest >/dev/null
 mkdir -p "$work/ctx"
-printf 'FROM busybox\nRUN echo built > /built\n' >"$work/ctx/Dockerfile"
+command -v gcc >/dev/null || die "gcc is missing (it compiles /now): run \`apt-get install gcc libc6-dev\`"
+cat >"$work/now.c" <<'C'
+#include <stdio.h>
+#include <time.h>
+int main(void) {
+    struct timespec t;
+    clock_gettime(CLOCK_REALTIME, &t);
+    printf("%lld\n", (long long)t.tv_sec * 1000000000LL + t.tv_nsec);
+    return 0;
+}
+C
+gcc -O2 -static -o "$work/ctx/now" "$work/now.c"
+printf 'FROM busybox\nCOPY now /now\nRUN echo built > /built\n' >"$work/ctx/Dockerfile"
 "$KILN" build --progress plain -t bench-run "$work/ctx" >/dev/null 2>&1
-"$KILN" run --rm bench-run true # warm-up, untimed
+"$KILN" run --rm bench-run /now >/dev/null # warm-up, untimed
 
 tools=(kiln)
 if [ "$use_peers" = 1 ] && [ -f "$PEERS_DIR/env.sh" ]; then
     # shellcheck source=/dev/null
     . "$PEERS_DIR/env.sh"
-    if "$DOCKER" image inspect "$BASE_IMAGE" >/dev/null 2>&1 || "$DOCKER" pull -q "$BASE_IMAGE" >/dev/null 2>&1; then
-        "$DOCKER" run --rm "$BASE_IMAGE" true && tools+=(docker)
-    fi
-    if command -v podman >/dev/null && { podman image exists "$BASE_IMAGE" || podman pull -q --tls-verify=false "$BASE_IMAGE" >/dev/null 2>&1; }; then
-        podman run --rm "$BASE_IMAGE" true && tools+=(podman)
+    peer_image=$REGISTRY/kiln-bench-run:latest
+    if "$KILN" push "bench-run" "$peer_image" >/dev/null 2>&1; then
+        if "$DOCKER" pull -q "$peer_image" >/dev/null 2>&1 && "$DOCKER" run --rm "$peer_image" /now >/dev/null; then
+            tools+=(docker)
+        fi
+        if command -v podman >/dev/null && podman pull -q --tls-verify=false "$peer_image" >/dev/null 2>&1 &&
+            podman run --rm "$peer_image" /now >/dev/null; then
+            tools+=(podman)
+        fi
     fi
 fi
 
 one() {
     case $1 in
-        kiln) "$KILN" run --rm bench-run true ;;
-        docker) "$DOCKER" run --rm "$BASE_IMAGE" true ;;
-        podman) podman run --rm "$BASE_IMAGE" true ;;
+        kiln) "$KILN" run --rm bench-run /now ;;
+        docker) "$DOCKER" run --rm "$peer_image" /now ;;
+        podman) podman run --rm "$peer_image" /now ;;
     esac
 }
 
@@ -69,13 +89,17 @@ results=$work/results.tsv
 for ((i = 1; i <= runs; i++)); do
     for tool in "${tools[@]}"; do
         t0=$(date +%s%N)
-        one "$tool" >/dev/null
+        at=$(one "$tool")
         t1=$(date +%s%N)
-        printf '%s\t%s\n' "$tool" "$(((t1 - t0) / 1000))" >>"$results"
+        printf '%s\t%s\t%s\n' "$tool" "$(((at - t0) / 1000))" "$(((t1 - t0) / 1000))" >>"$results"
     done
 done
 for tool in "${tools[@]}"; do
-    awk -F'\t' -v t="$tool" '$1 == t { print $2 }' "$results" | sort -n | awk -v t="$tool" '
-        { v[NR] = $1 }
-        END { printf "%-7s median %7.1f ms   p90 %7.1f ms   (%d runs)\n", t, v[int((NR + 1) / 2)] / 1000, v[int(NR * 0.9 + 0.5)] / 1000, NR }'
+    for col in 2 3; do
+        what=start-to-exec
+        [ "$col" = 3 ] && what=total
+        awk -F'\t' -v t="$tool" -v c="$col" '$1 == t { print $c }' "$results" | sort -n | awk -v t="$tool" -v w="$what" '
+            { v[NR] = $1 }
+            END { printf "%-7s %-14s median %7.1f ms   p90 %7.1f ms   (%d runs)\n", t, w, v[int((NR + 1) / 2)] / 1000, v[int(NR * 0.9 + 0.5)] / 1000, NR }'
+    done
 done

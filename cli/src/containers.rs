@@ -181,15 +181,24 @@ async fn run_inner(engine: Engine, r: RunArgs) -> Result<i32> {
     let tty = req.tty;
     let created = engine.create_container(req).await?;
     // The container needs nothing more from the store: other kiln commands may use it now.
-    drop(engine);
+    // Closing the index syncs it to disk (tens of milliseconds), so it is closed while the
+    // container starts, not before; and waited for before this process exits.
+    let closing = tokio::task::spawn_blocking(move || drop(engine));
     if detach {
-        containers::start_detached(&created.dir)?;
+        let started = tokio::task::spawn_blocking({
+            let dir = created.dir.clone();
+            move || containers::start_detached(&dir)
+        })
+        .await;
+        let _ = closing.await;
+        started??;
         println!("{}", created.id);
         return Ok(0);
     }
     let forwarder = tokio::spawn(forward_signals(created.dir.clone(), tty));
     let st = containers::run_foreground(&created.dir).await;
     forwarder.abort();
+    let _ = closing.await;
     let st = st?;
     if let Some(e) = &st.error {
         eprintln!("error: {e}");

@@ -262,7 +262,7 @@ pub fn signal(c: &Container, sig: nix::sys::signal::Signal) -> Result<()> {
         // Just after a start the init may still be setting up, and killed then it reports
         // nothing: wait until its result file says the set-up is done.
         let result = state::sandbox_state_dir(&c.dir).join(kiln_exec::RESULT_FILE);
-        let deadline = Instant::now() + Duration::from_secs(1);
+        let deadline = Instant::now() + Duration::from_secs(5);
         loop {
             targets = state::children_of(pid);
             let set_up = std::fs::metadata(&result).is_ok_and(|m| m.len() > 0);
