@@ -530,3 +530,30 @@ fn exec_runs_in_the_containers_namespaces_cgroup_and_profile() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_memory_hog_in_a_detached_container_is_killed_and_reported() {
+    let k = Kiln::with_busybox();
+    run_detached(
+        &k,
+        &[
+            "--name",
+            "hog",
+            "--memory",
+            "32m",
+            "busybox",
+            "sh",
+            "-c",
+            "head -c 200m /dev/zero | tail > /dev/null",
+        ],
+    );
+    assert_eq!(stdout(&k.run(&["wait", "hog"])).trim(), "137");
+    let v = inspect(&k, "hog");
+    assert_eq!(v["State"]["OOMKilled"], true);
+    assert_eq!(v["HostConfig"]["Memory"], 32 << 20);
+    let error = v["State"]["Error"].as_str().unwrap();
+    assert!(
+        error.contains("out of memory") && error.contains("--memory"),
+        "{error}"
+    );
+}
