@@ -201,7 +201,13 @@ async fn run_inner(engine: Engine, r: RunArgs) -> Result<i32> {
     let _ = closing.await;
     let st = st?;
     if let Some(e) = &st.error {
-        eprintln!("error: {e}");
+        // 125: kiln could not run the command; otherwise a limit the container reached.
+        let prefix = if st.exit_code == Some(125) {
+            "error"
+        } else {
+            "kiln"
+        };
+        eprintln!("{prefix}: {e}");
     }
     Ok(st.exit_code.unwrap_or(125))
 }

@@ -557,3 +557,31 @@ fn a_memory_hog_in_a_detached_container_is_killed_and_reported() {
         "{error}"
     );
 }
+
+#[test]
+fn a_fork_bomb_stops_at_the_pids_limit_and_is_reported() {
+    let k = Kiln::with_busybox();
+    let out = k.run(&[
+        "run",
+        "--name",
+        "bomb",
+        "--pids-limit",
+        "20",
+        "busybox",
+        "sh",
+        "-c",
+        "i=0; while [ $i -lt 100 ]; do sleep 30 & i=$((i+1)); done",
+    ]);
+    assert_ne!(out.status.code(), Some(0));
+    assert!(
+        stderr(&out).contains("kiln: the container reached its limit of 20 processes"),
+        "{}",
+        stderr(&out)
+    );
+    let v = inspect(&k, "bomb");
+    assert!(v["State"]["Error"]
+        .as_str()
+        .unwrap()
+        .contains("--pids-limit"));
+    assert_eq!(v["HostConfig"]["PidsLimit"], 20);
+}

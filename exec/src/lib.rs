@@ -157,6 +157,8 @@ pub struct RunOutcome {
     /// The memory limit (bytes) when the kernel killed a process of the run for reaching it
     /// (the spec's `linux.resources.memory`, see [`Limits`]).
     pub out_of_memory: Option<u64>,
+    /// The pids limit when a process of the run could not fork for reaching it.
+    pub pids_limit_reached: Option<u64>,
 }
 
 /// Run the sandbox when this process was started as one, and never return then.

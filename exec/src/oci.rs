@@ -598,6 +598,7 @@ pub(crate) async fn run(
         (None, None) => 255,
     };
     let out_of_memory = cgroup.as_ref().and_then(|c| c.out_of_memory(exit_code));
+    let pids_limit_reached = cgroup.as_ref().and_then(|c| c.pids_limit_reached());
     drop(cgroup);
     if exit_code != 0 {
         let errors = log_errors(&tokio::fs::read(&log).await.unwrap_or_default());
@@ -616,6 +617,7 @@ pub(crate) async fn run(
             Vec::new()
         },
         out_of_memory,
+        pids_limit_reached,
     })
 }
 

@@ -164,6 +164,7 @@ pub async fn run(
         (None, None) => 255,
     };
     let out_of_memory = cgroup.as_ref().and_then(|c| c.out_of_memory(exit_code));
+    let pids_limit_reached = cgroup.as_ref().and_then(|c| c.pids_limit_reached());
     drop(cgroup);
     let result = read_result(&result_path).await;
     if !writable {
@@ -190,6 +191,7 @@ pub async fn run(
                     Vec::new()
                 },
                 out_of_memory,
+                pids_limit_reached,
             })
         }
         None => Err(ExecError::NoResult {

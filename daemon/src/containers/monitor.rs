@@ -147,6 +147,11 @@ pub(crate) async fn supervise(dir: &Path, attach: Attach) -> Result<ContainerSta
                         kiln_exec::format_size(limit)
                     ));
                 }
+                if let (Some(limit), None) = (o.pids_limit_reached, &st.error) {
+                    st.error = Some(format!(
+                        "the container reached its limit of {limit} processes: forks failed; raise it with `--pids-limit`"
+                    ));
+                }
                 o.exit_code
             }
             Err(e) => {
