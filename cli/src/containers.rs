@@ -326,12 +326,12 @@ pub(crate) fn ps(root: &Path, a: PsArgs) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<14}{:<20}{:<24}{:<24}{:<34}NAMES",
+        "{:<14}{:<20}{:<24}{:<24}{:<36}NAMES",
         "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS"
     );
     for c in shown {
         println!(
-            "{:<14}{:<20}{:<24}{:<24}{:<34}{}",
+            "{:<14}{:<20}{:<24}{:<24}{:<36}{}",
             c.short_id(),
             cut(&c.image(), 19),
             cut(&format!("\"{}\"", c.command()), 23),
@@ -454,11 +454,7 @@ pub(crate) struct WaitArgs {
 pub(crate) fn wait(root: &Path, a: WaitArgs) -> i32 {
     let mut code = 0;
     for n in &a.containers {
-        let found = containers::find(root, n).and_then(|c| {
-            containers::wait(&c).with_context(|| {
-                format!("container `{n}` stopped with its exit code unknown: its monitor died")
-            })
-        });
+        let found = containers::find(root, n).and_then(|c| containers::wait(&c));
         match found {
             Ok(exit) => println!("{exit}"),
             Err(e) => {

@@ -104,7 +104,14 @@ impl Container {
         })
     }
 
+    /// The container as it is now; one removed meanwhile (`--rm`) reads as exited.
     fn reload(&self) -> Container {
+        if !self.dir.exists() {
+            let mut gone = self.clone();
+            gone.state.status = Status::Exited;
+            gone.state.error = Some("it was removed when it exited (`--rm`)".into());
+            return gone;
+        }
         Container::load(self.dir.clone()).unwrap_or_else(|| self.clone())
     }
 }
@@ -364,14 +371,20 @@ pub fn exec(c: &Container, opts: ExecOptions) -> Result<i32> {
     })?)
 }
 
-/// `kiln wait`: blocks until the container is not running; its exit code (`None`: unknown).
-pub fn wait(c: &Container) -> Option<i32> {
+/// `kiln wait`: blocks until the container is not running; its exit code, or why it is unknown.
+pub fn wait(c: &Container) -> Result<i32> {
     let mut c = c.clone();
     while c.state.is_running() {
         std::thread::sleep(Duration::from_millis(20));
         c = c.reload();
     }
-    c.state.exit_code
+    c.state.exit_code.with_context(|| {
+        format!(
+            "container `{}` stopped with its exit code unknown: {}",
+            c.name(),
+            c.state.error.as_deref().unwrap_or("nothing recorded it")
+        )
+    })
 }
 
 fn wait_at_most(c: &Container, limit: Duration) -> bool {
@@ -435,9 +448,20 @@ pub fn remove(c: &Container, force: bool) -> Result<()> {
 }
 
 /// Removes a container's directory, first unmounting a root an OCI runtime's dead monitor left.
+/// The directory is first renamed to a hidden name (which `list` skips), so that nobody sees a
+/// container half removed.
 pub(crate) fn remove_dir(dir: &Path) {
     let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
-    let _ = std::fs::remove_dir_all(dir);
+    let hidden = match (dir.parent(), dir.file_name()) {
+        (Some(parent), Some(name)) => {
+            let mut hidden = std::ffi::OsString::from(".removing-");
+            hidden.push(name);
+            let hidden = parent.join(hidden);
+            std::fs::rename(dir, &hidden).ok().map(|()| hidden)
+        }
+        _ => None,
+    };
+    let _ = std::fs::remove_dir_all(hidden.as_deref().unwrap_or(dir));
 }
 
 /// `kiln container prune`: removes every container that is not running; their ids.
