@@ -125,6 +125,29 @@ impl Snapshots {
         })
     }
 
+    /// As [`Snapshots::create_over`], but removed on drop unless committed.
+    pub fn create_over_mutable(
+        &self,
+        parent: Option<SnapshotId>,
+        floor: Option<SnapshotId>,
+    ) -> Result<MutableSnapshot, CacheError> {
+        Ok(MutableSnapshot {
+            id: self.create_over(parent, floor)?,
+            snaps: self.clone(),
+            committed: false,
+        })
+    }
+
+    /// Takes back `id`, a committed snapshot that nothing records yet (a step's new result, until
+    /// the index names it): it is removed on drop unless committed again.
+    pub fn adopt(&self, id: SnapshotId) -> MutableSnapshot {
+        MutableSnapshot {
+            id,
+            snaps: self.clone(),
+            committed: false,
+        }
+    }
+
     /// Creates a new, empty snapshot on `parent` (which must exist).
     pub fn create(&self, parent: Option<SnapshotId>) -> Result<SnapshotId, CacheError> {
         self.create_record(parent, None)

@@ -44,6 +44,25 @@ fn a_mutable_snapshot_is_removed_unless_committed() {
         "done"
     );
 
+    // A committed snapshot taken back (a result the index does not name yet) goes on drop.
+    let adopted = snaps.adopt(kept);
+    drop(adopted);
+    assert!(!snaps.exists(kept).unwrap());
+    let made = snaps.create(Some(base)).unwrap();
+    assert_eq!(snaps.adopt(made).commit(), made);
+    assert!(snaps.exists(made).unwrap());
+
+    // Over a floor, as a merge re-applies a layer: gone on drop, kept once committed.
+    let over = snaps.create_over_mutable(Some(made), Some(base)).unwrap();
+    let over_id = over.id();
+    drop(over);
+    assert!(!snaps.exists(over_id).unwrap());
+    let over = snaps
+        .create_over_mutable(Some(made), Some(base))
+        .unwrap()
+        .commit();
+    assert_eq!(snaps.chain(over).unwrap(), vec![over, made, base]);
+
     // A layer whose tar is bad leaves no snapshot behind.
     let before = snaps.list().unwrap().len();
     assert!(snaps.unpack_layer(Some(base), &b"not a tar"[..]).is_err());

@@ -83,6 +83,10 @@ pub(crate) struct RunArgs {
     /// Log options: max-size=SIZE (default 10m) caps the log file (one older file is kept).
     #[arg(long = "log-opt")]
     log_opts: Vec<String>,
+    /// The platform to run, os/arch[/variant]: picks it from a multi-platform image; a foreign
+    /// one runs through its emulator (`kiln setup emulators`).
+    #[arg(long)]
+    platform: Option<String>,
     /// The image to run.
     image: String,
     /// Command and arguments (replace the image's CMD).
@@ -161,6 +165,7 @@ fn request(r: RunArgs) -> Result<(RunRequest, bool)> {
         cap_drop: r.cap_drop,
         security_opt: r.security_opt,
         log_max_size: log_max_size(&r.log_opts)?,
+        platform: r.platform,
     };
     Ok((req, r.detach))
 }

@@ -75,6 +75,9 @@ enum Command {
         /// Apply a Dockerfile instruction to the image config (CMD, ENTRYPOINT, ENV, ...).
         #[arg(short = 'c', long = "change")]
         changes: Vec<String>,
+        /// The platform the files are for, os/arch[/variant] (default: this host's).
+        #[arg(long)]
+        platform: Option<String>,
         /// A directory or a tar file (plain, gzip or zstd).
         source: PathBuf,
         /// NAME[:TAG]
@@ -102,6 +105,17 @@ enum Command {
     Debug(debug::DebugCommand),
     /// Push a local image to a registry.
     Push(transfer::PushArgs),
+    /// Prepare this host for kiln (as root).
+    #[command(subcommand)]
+    Setup(SetupCommand),
+}
+
+#[derive(Subcommand)]
+enum SetupCommand {
+    /// Register QEMU's user-mode emulators (from Debian's `qemu-user-static`) with binfmt_misc,
+    /// with the `F` flag, so `RUN` steps and `kiln run` work for foreign platforms such as
+    /// linux/arm64. Running it again changes nothing.
+    Emulators,
 }
 
 #[derive(clap::Args)]
@@ -208,8 +222,13 @@ fn main() {
     kiln_daemon::containers::monitor_main_if_requested();
     let cli = Cli::parse();
     // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
-    // with its store under $XDG_DATA_HOME/kiln.
-    match kiln_exec::reexec_rootless_if_unprivileged() {
+    // with its store under $XDG_DATA_HOME/kiln. Setting up the host needs no engine, and a
+    // user namespace's root could not do it anyway: it says to run as root instead.
+    let needs_engine = !matches!(cli.command, Command::Setup(_));
+    match needs_engine
+        .then(kiln_exec::reexec_rootless_if_unprivileged)
+        .unwrap_or(Ok(None))
+    {
         Ok(None) => {}
         Ok(Some(code)) => std::process::exit(code),
         Err(e) => {
@@ -280,7 +299,8 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         | Command::Wait(_)
         | Command::Exec(_)
         | Command::Inspect(_)
-        | Command::Container(_) => None,
+        | Command::Container(_)
+        | Command::Setup(_) => None,
     }
 }
 
@@ -347,6 +367,10 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
     if let Command::Logout(a) = cli.command {
         return login::logout(a).await;
     }
+    // The host's set-up is not the store's business either.
+    if let Command::Setup(SetupCommand::Emulators) = cli.command {
+        return setup_emulators();
+    }
     if let Command::Images { quiet } = cli.command {
         let root = cli.root.clone().unwrap_or_else(default_root);
         return images(&root, quiet);
@@ -372,6 +396,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         Command::Run(r) => Ok(containers::run(engine, r).await),
         Command::Import {
             changes,
+            platform,
             source,
             name,
         } => {
@@ -380,6 +405,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
                     source,
                     name,
                     changes,
+                    platform,
                 })
                 .await?;
             println!("{digest}");
@@ -439,8 +465,39 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         | Command::Wait(_)
         | Command::Exec(_)
         | Command::Inspect(_)
-        | Command::Container(_) => Ok(0),
+        | Command::Container(_)
+        | Command::Setup(_) => Ok(0),
     }
+}
+
+/// `kiln setup emulators`: registers QEMU's handlers and says what it did with each.
+fn setup_emulators() -> Result<i32> {
+    let binfmt = Path::new(kiln_exec::BINFMT_MISC_DIR);
+    let done =
+        kiln_exec::register_qemu_handlers(Path::new(kiln_exec::QEMU_BINFMT_CONF_DIR), binfmt)
+            .context("`kiln setup emulators`")?;
+    for r in &done {
+        let what = match r.outcome {
+            kiln_exec::RegistrationOutcome::Registered => "registered",
+            kiln_exec::RegistrationOutcome::Replaced => "registered again (with the `F` flag)",
+            kiln_exec::RegistrationOutcome::AlreadyRegistered => "already registered",
+        };
+        println!(
+            "{}: {what}, interpreter `{}`",
+            r.handler,
+            r.interpreter.display()
+        );
+    }
+    let new = done
+        .iter()
+        .filter(|r| r.outcome != kiln_exec::RegistrationOutcome::AlreadyRegistered)
+        .count();
+    println!(
+        "{} emulators in `{}` ({new} newly registered)",
+        done.len(),
+        binfmt.display()
+    );
+    Ok(0)
 }
 
 /// `kiln images`: reads the image layout without the store's lock, so it answers while a build

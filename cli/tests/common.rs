@@ -32,6 +32,37 @@ pub fn busybox_rootfs() -> &'static Path {
     })
 }
 
+/// Debian's arm64 `busybox-static` binary, where `cargo xtask setup` puts it (its
+/// `ARM64_BUSYBOX`); `KILN_TEST_ARM64_BUSYBOX` names another.
+pub fn arm64_busybox() -> PathBuf {
+    std::env::var_os("KILN_TEST_ARM64_BUSYBOX")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/local/lib/kiln-test/arm64/busybox"))
+}
+
+/// The arm64 busybox root filesystem, made once per test binary as [`busybox_rootfs`] is (its
+/// applets are listed through `qemu-aarch64-static`, so no handler need be registered yet).
+pub fn arm64_busybox_rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let dir =
+            std::env::temp_dir().join(format!("kiln-e2e-arm64-rootfs-{}", std::process::id()));
+        let mut cmd = Command::new("sh");
+        cmd.arg(workspace().join("testdata/make-busybox-rootfs.sh"))
+            .arg(&dir)
+            .env("BUSYBOX", arm64_busybox());
+        if !cfg!(target_arch = "aarch64") {
+            cmd.env("BUSYBOX_EMULATOR", "/usr/bin/qemu-aarch64-static");
+        }
+        let status = cmd.status().expect("run make-busybox-rootfs.sh");
+        assert!(
+            status.success(),
+            "make-busybox-rootfs.sh failed for the arm64 busybox: run `cargo xtask setup`"
+        );
+        dir
+    })
+}
+
 /// A private kiln store, removed when dropped.
 pub struct Kiln {
     pub root: tempfile::TempDir,
@@ -60,6 +91,20 @@ impl Kiln {
         ]);
         assert_ok(&out, "kiln import busybox");
         k
+    }
+
+    /// Imports the arm64 busybox as `name`, an image for linux/arm64.
+    pub fn import_arm64_busybox(&self, name: &str) {
+        let out = self.run(&[
+            "import",
+            "--platform",
+            "linux/arm64",
+            "--change",
+            "CMD [\"sh\"]",
+            arm64_busybox_rootfs().to_str().unwrap(),
+            name,
+        ]);
+        assert_ok(&out, "kiln import --platform linux/arm64 busybox");
     }
 
     pub fn cmd(&self) -> Command {
@@ -221,6 +266,22 @@ pub fn tool(program: &str, args: &[&str]) -> String {
         });
     assert_ok(&out, &format!("{program} {}", args.join(" ")));
     stdout(&out)
+}
+
+pub fn sha256_file(p: &Path) -> String {
+    let out = Command::new("sha256sum").arg(p).output().unwrap();
+    let text = stdout(&out);
+    format!("sha256:{}", text.split_whitespace().next().unwrap())
+}
+
+/// Writes `bytes` as a blob of the OCI layout and returns its descriptor fields.
+pub fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
+    let tmp = layout.join("tmp-blob");
+    std::fs::write(&tmp, bytes).unwrap();
+    let d = sha256_file(&tmp);
+    let hex = d.trim_start_matches("sha256:");
+    std::fs::rename(&tmp, layout.join("blobs/sha256").join(hex)).unwrap();
+    (d, bytes.len())
 }
 
 /// Whether `program --version` runs here; when it does not, prints that the test skips it and

@@ -139,11 +139,16 @@ fn debug_errors_name_the_line() {
     let df = dir.path().join("Dockerfile.bad");
     std::fs::write(&df, "FROM busybox\nCOPPY a b\n").unwrap();
     let k = Kiln::new();
-    let out = k.run(&["debug", "parse", "-f", df.to_str().unwrap()]);
+    let out = k.run(&[
+        "debug",
+        "llb",
+        "-f",
+        df.to_str().unwrap(),
+        dir.path().to_str().unwrap(),
+    ]);
     assert!(!out.status.success());
     assert!(
-        stderr(&out)
-            .contains("Dockerfile.bad:2: unknown instruction `COPPY`: did you mean `COPY`?"),
+        stderr(&out).contains(":2: unknown instruction `COPPY`: did you mean `COPY`?"),
         "{}",
         stderr(&out)
     );
@@ -247,4 +252,42 @@ fn debug_llb_resolve_shows_the_base_images_config_and_onbuild_triggers() {
     assert_ok(&out, "kiln debug llb");
     assert!(!stdout(&out).contains("from-trigger"), "{}", stdout(&out));
     assert!(stderr(&out).contains("UndefinedVar"), "{}", stderr(&out));
+}
+
+// Issue 13 item 7: as BuildKit's parser, `debug parse` dumps what it cannot compile (an unknown
+// word, `ONBUILD ONBUILD`, a file holding only `\`); compiling it is what fails.
+#[test]
+fn debug_parse_dumps_instructions_it_does_not_validate() {
+    let dir = tempfile::tempdir().unwrap();
+    let k = Kiln::new();
+    for (text, dump, error) in [
+        (
+            "FROM busybox\nCOPPY --x=1 a b\n",
+            "(from \"busybox\")\n(coppy [\"--x=1\"])\n",
+            "Dockerfile:2: unknown instruction `COPPY`: did you mean `COPY`?",
+        ),
+        (
+            "FROM busybox\nONBUILD ONBUILD RUN a\n",
+            "(from \"busybox\")\n(onbuild (onbuild (run \"a\")))\n",
+            "Dockerfile:2: chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+        ),
+        (
+            "\\\n",
+            "()\n",
+            "Dockerfile:1: expected an instruction such as `FROM` or `RUN`",
+        ),
+    ] {
+        let df = dir.path().join("Dockerfile");
+        std::fs::write(&df, text).unwrap();
+        let out = k.run(&["debug", "parse", "-f", df.to_str().unwrap()]);
+        assert_ok(&out, "kiln debug parse");
+        assert_eq!(stdout(&out), dump, "{text:?}");
+        for command in ["debug llb", "build"] {
+            let mut args: Vec<&str> = command.split(' ').collect();
+            args.push(dir.path().to_str().unwrap());
+            let out = k.run(&args);
+            assert!(!out.status.success(), "`kiln {command}` accepted {text:?}");
+            assert!(stderr(&out).contains(error), "{}", stderr(&out));
+        }
+    }
 }

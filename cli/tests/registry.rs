@@ -125,22 +125,6 @@ fn login_push_pull_logout_with_basic_auth() {
     assert!(!out.status.success(), "pull after logout worked");
 }
 
-fn sha256_file(p: &Path) -> String {
-    let out = Command::new("sha256sum").arg(p).output().unwrap();
-    let text = stdout(&out);
-    format!("sha256:{}", text.split_whitespace().next().unwrap())
-}
-
-/// Writes `bytes` as a blob of the OCI layout and returns its descriptor fields.
-fn put_blob(layout: &Path, bytes: &[u8]) -> (String, usize) {
-    let tmp = layout.join("tmp-blob");
-    std::fs::write(&tmp, bytes).unwrap();
-    let d = sha256_file(&tmp);
-    let hex = d.trim_start_matches("sha256:");
-    std::fs::rename(&tmp, layout.join("blobs/sha256").join(hex)).unwrap();
-    (d, bytes.len())
-}
-
 fn read_blob(layout: &Path, digest: &str) -> serde_json::Value {
     let p = layout
         .join("blobs/sha256")
@@ -453,8 +437,8 @@ fn build_platform_picks_from_the_index_and_sets_target_args() {
     let (reg, _guard) = registry();
     let k = Kiln::with_busybox();
     let multi = push_two_platform_index(&k, &reg);
-    // No RUN: this host cannot run the other platform's steps (see security_concurrency.rs),
-    // but it can build its image from the other platform's base.
+    // No RUN: the other platform's "image" is the host's busybox relabelled, which no emulator
+    // would run (see platform.rs for emulated steps), but the image builds from it.
     let ctx = temp_context("kiln-ctx-", &[("Dockerfile", format!(
             "FROM {}\nARG TARGETPLATFORM\nARG TARGETARCH\nLABEL target=\"$TARGETPLATFORM $TARGETARCH\"\n",
             multi.dest
@@ -500,7 +484,8 @@ fn build_platform_picks_from_the_index_and_sets_target_args() {
         multi.other_arch.as_str(),
         "{config}"
     );
-    // The base came from the other platform's manifest: the store's tag names it.
+    // The base came from the other platform's manifest, and the store's tag names the index it
+    // was picked from, so the name keeps every platform pulled under it.
     let base = tool(
         "skopeo",
         &[
@@ -509,12 +494,27 @@ fn build_platform_picks_from_the_index_and_sets_target_args() {
             &format!("oci:{}/images:{}", k2.root.path().display(), multi.dest),
         ],
     );
-    assert!(
-        sha256_of_text(&base) == multi.other_digest,
-        "the stored base is not the other platform's manifest: {base}"
+    let index: serde_json::Value = serde_json::from_str(&base).unwrap();
+    let named: Vec<&str> = index["manifests"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the stored tag is not the index: {base}"))
+        .iter()
+        .map(|m| m["digest"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        named,
+        [multi.host_digest.as_str(), multi.other_digest.as_str()]
     );
+    let stored = |digest: &str| {
+        k2.root
+            .path()
+            .join("blobs/sha256")
+            .join(digest.trim_start_matches("sha256:"))
+            .exists()
+    };
+    assert!(stored(&multi.other_digest) && !stored(&multi.host_digest));
 
-    // The stored tag is for the other platform: a build for this host looks again.
+    // A build for this host takes its manifest from the stored index, by digest.
     let out = k2.run(&[
         "build",
         "--progress",
@@ -530,6 +530,16 @@ fn build_platform_picks_from_the_index_and_sets_target_args() {
         format!("linux/{} {}", multi.host_arch, multi.host_arch).as_str(),
         "{config}"
     );
+    assert!(stored(&multi.other_digest) && stored(&multi.host_digest));
+    let again = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            &format!("oci:{}/images:{}", k2.root.path().display(), multi.dest),
+        ],
+    );
+    assert_eq!(again, base, "the tag still names the index");
 
     let out = k2.run(&[
         "build",

@@ -165,6 +165,38 @@ fn an_unprivileged_user_builds_and_runs_images() {
 }
 
 #[test]
+fn an_unprivileged_user_builds_and_runs_arm64_images_under_the_emulator() {
+    if !cfg!(target_arch = "x86_64") {
+        println!("skipped: this test emulates arm64 on an amd64 host");
+        return;
+    }
+    let Some(user) = User::create() else { return };
+    // Registering is root's job, done once for the host (platform.rs does the same).
+    assert_ok(
+        &Kiln::new().run(&["setup", "emulators"]),
+        "kiln setup emulators",
+    );
+    let ctx = user.home.path().join("ctx");
+    write_files(
+        &ctx,
+        &[("Dockerfile", "FROM busybox-arm64\nRUN uname -m > /arch\n")],
+    );
+    user.own(&ctx);
+    let out = user.sh(
+        &format!(
+            "set -e; BUSYBOX={} BUSYBOX_EMULATOR=/usr/bin/qemu-aarch64-static sh \"$MKROOTFS\" \
+             rootfs >/dev/null; \"$K\" import --platform linux/arm64 rootfs busybox-arm64 \
+             >/dev/null; \"$K\" build --progress plain --platform linux/arm64 -t arch ctx; \
+             \"$K\" run --rm arch cat /arch; \"$K\" run --rm arch uname -m",
+            arm64_busybox().display()
+        ),
+        HOST_PATH,
+    );
+    assert_ok(&out, "rootless arm64 import/build/run");
+    assert_eq!(stdout(&out), "aarch64\naarch64\n");
+}
+
+#[test]
 fn rootless_without_subordinate_ids_runs_as_root_and_explains_other_users() {
     let Some(user) = User::create() else { return };
     let ctx = user.home.path().join("ctx");

@@ -279,18 +279,24 @@ fn build_platform_ran_the_host_base_and_labelled_it_another_platform() {
     let foreign = format!("linux/{foreign_arch}");
     let host = format!("linux/{host_arch}");
     let k = Kiln::with_busybox();
+    // With no emulator registered (an empty binfmt_misc: the host's may have QEMU's).
+    let no_handlers = tempfile::tempdir().unwrap();
     let build = |k: &Kiln, df: &str, tag: &str| {
         let ctx = temp_context("kiln-ctx-", &[("Dockerfile", df), ("f", "data\n")]);
-        k.run(&[
-            "build",
-            "--progress",
-            "plain",
-            "--platform",
-            &foreign,
-            "-t",
-            tag,
-            ctx.path().to_str().unwrap(),
-        ])
+        k.cmd()
+            .env("KILN_BINFMT_MISC_DIR", no_handlers.path())
+            .args([
+                "build",
+                "--progress",
+                "plain",
+                "--platform",
+                &foreign,
+                "-t",
+                tag,
+                ctx.path().to_str().unwrap(),
+            ])
+            .output()
+            .unwrap()
     };
 
     // A RUN for a platform this host cannot run is refused before anything runs.
@@ -299,7 +305,8 @@ fn build_platform_ran_the_host_base_and_labelled_it_another_platform() {
     let err = stderr(&out);
     assert!(
         err.contains(&format!(
-            "Dockerfile:3: RUN: cannot run {foreign} steps on this {host} host"
+            "Dockerfile:3: RUN for {foreign}: this {host} host cannot run {foreign} programs: no \
+             emulator for {foreign} is registered"
         )),
         "{err}"
     );
@@ -348,12 +355,20 @@ fn build_platform_ran_the_host_base_and_labelled_it_another_platform() {
     );
     let config: serde_json::Value = serde_json::from_str(&config).unwrap();
     assert_eq!(config["architecture"], foreign_arch, "{config}");
-    // And the foreign image is not run on this host.
-    let out = k2.run(&["run", "--rm", "cross", "/target"]);
+    // And the foreign image is not run on this host without its emulator.
+    let out = k2
+        .cmd()
+        .env("KILN_BINFMT_MISC_DIR", no_handlers.path())
+        .args(["run", "--rm", "cross", "/target"])
+        .output()
+        .unwrap();
     assert!(!out.status.success());
     let err = stderr(&out);
     assert!(
-        err.contains(&format!("is an image for {foreign}")) && err.contains("cannot run it"),
+        err.contains(&format!(
+            "cannot run `cross`, an image for {foreign}: this {host} host cannot run {foreign} \
+             programs: no emulator"
+        )),
         "{err}"
     );
 }

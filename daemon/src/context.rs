@@ -134,7 +134,6 @@ pub(crate) fn build_platform(given: Option<&str>, default: &Platform) -> Result<
 }
 
 /// The platforms this host runs without emulation: its own, and 32-bit x86 on an amd64 host.
-/// Emulation (binfmt_misc handlers) is not used yet, so nothing else runs.
 pub(crate) fn native_platforms(host: &Platform) -> Vec<Platform> {
     let mut native = vec![host.clone()];
     if host.os == "linux" && host.architecture == "amd64" {
@@ -152,24 +151,65 @@ pub(crate) fn runs_natively(host: &Platform, p: &Platform) -> bool {
     native_platforms(host).iter().any(|n| n.matches(p))
 }
 
-/// Refuses a build whose `RUN` steps are for a platform this host cannot run, before any step
-/// starts: running them would execute the host's binaries or fail with `exec format error`.
-/// Steps without `RUN` (COPY, config) build for any platform, as in BuildKit.
+/// Why this host cannot run programs made for `p`, natively or through a binfmt_misc emulator
+/// that works inside the sandbox (one with the `F` flag); `None` when it can.
+/// `binfmt` is where binfmt_misc lists its handlers ([`kiln_exec::binfmt_misc_dir`]).
+pub(crate) fn cannot_run(host: &Platform, p: &Platform, binfmt: &Path) -> Option<String> {
+    if runs_natively(host, p) {
+        return None;
+    }
+    if p.os != host.os {
+        return Some(format!(
+            "this {host} host cannot run {p} programs (no emulator runs another OS's \
+             programs); use an image made for {}",
+            host.os
+        ));
+    }
+    const INSTALL: &str =
+        "install QEMU with `apt-get install qemu-user-static`, then register it with `kiln setup emulators` (as root)";
+    match kiln_exec::emulation_for(binfmt, &p.architecture) {
+        kiln_exec::Emulation::Ready { .. } => None,
+        kiln_exec::Emulation::NotFixBinary { handler } => Some(format!(
+            "this {host} host cannot run {p} programs in a sandbox: its binfmt_misc handler \
+             `{handler}` lacks the `F` (fix-binary) flag, so its interpreter is looked for inside \
+             the image; register it again with `kiln setup emulators` (as root)"
+        )),
+        kiln_exec::Emulation::Missing => Some(format!(
+            "this {host} host cannot run {p} programs: no emulator for {p} is registered with \
+             binfmt_misc; {INSTALL}"
+        )),
+        kiln_exec::Emulation::UnknownArchitecture => Some(format!(
+            "this {host} host cannot run {p} programs: kiln knows no emulator for the \
+             architecture `{}`",
+            p.architecture
+        )),
+    }
+}
+
+/// Refuses a build whose `RUN` steps are for a platform this host cannot run, natively or
+/// through a registered emulator, before any step starts: running them would fail with
+/// `exec format error` (or run the host's binaries). Steps without `RUN` (COPY, config) build
+/// for any platform, as in BuildKit.
 pub(crate) fn check_runs(
     runs: &[kiln_frontend::RunStep],
     dockerfile_name: &str,
     host: &Platform,
+    binfmt: &Path,
 ) -> Result<()> {
+    let mut checked: Vec<Platform> = Vec::new();
     for r in runs {
         let p = Platform::parse(&r.platform)
             .with_context(|| format!("{dockerfile_name}:{}: RUN", r.line))?;
-        if !runs_natively(host, &p) {
+        if checked.contains(&p) {
+            continue;
+        }
+        if let Some(why) = cannot_run(host, &p, binfmt) {
             anyhow::bail!(
-                "{dockerfile_name}:{}: RUN: cannot run {p} steps on this {host} host (no \
-                 emulation yet); build for {host} or drop `--platform` (and `FROM --platform`)",
+                "{dockerfile_name}:{}: RUN for {p}: {why}; or build for {host}",
                 r.line
             );
         }
+        checked.push(p);
     }
     Ok(())
 }
@@ -247,7 +287,7 @@ impl StoreResolver {
                 reference,
                 lookup,
             ))
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| e.chain_text())?;
         // A single-platform image is never taken for another platform (BuildKit refuses too):
         // its files would run, or be shipped, under a config that lies about them.
         if let Some(made_for) = config_platform(&image.config) {
@@ -482,34 +522,63 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_runs_for_platforms_the_host_runs_natively_pass() {
+    fn runs_pass_for_native_platforms_and_registered_emulators_only() {
         let amd64 = Platform::parse("linux/amd64").unwrap();
         let run = |line, p: &str| kiln_frontend::RunStep {
             line,
             platform: p.into(),
         };
+        let none_dir = tempfile::tempdir().unwrap();
+        let none = none_dir.path();
         let ok = [
             run(2, "linux/amd64"),
             run(3, "linux/386"),
             run(4, "linux/amd64/v2"),
         ];
-        check_runs(&ok, "Dockerfile", &amd64).unwrap();
-        let err = check_runs(
-            &[run(2, "linux/amd64"), run(7, "linux/arm64")],
-            "Dockerfile",
-            &amd64,
-        )
-        .unwrap_err()
-        .to_string();
+        check_runs(&ok, "Dockerfile", &amd64, none).unwrap();
+        let arm_runs = [run(2, "linux/amd64"), run(7, "linux/arm64")];
+        let err = check_runs(&arm_runs, "Dockerfile", &amd64, none)
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            err,
+            "Dockerfile:7: RUN for linux/arm64: this linux/amd64 host cannot run linux/arm64 \
+             programs: no emulator for linux/arm64 is registered with binfmt_misc; install QEMU \
+             with `apt-get install qemu-user-static`, then register it with `kiln setup \
+             emulators` (as root); or build for linux/amd64"
+        );
+        let handler = |flags: &str| {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(
+                dir.path().join("qemu-aarch64"),
+                format!(
+                    "enabled\ninterpreter /usr/libexec/qemu-binfmt/aarch64-binfmt-P\n\
+                     flags: {flags}\noffset 0\nmagic 7f454c460201010000000000000000000200b700\n\
+                     mask ffffffffffffff00fffffffffffffffffeffffff\n"
+                ),
+            )
+            .unwrap();
+            dir
+        };
+        check_runs(&arm_runs, "Dockerfile", &amd64, handler("POCF").path()).unwrap();
+        let err = check_runs(&arm_runs, "Dockerfile", &amd64, handler("OC").path())
+            .unwrap_err()
+            .to_string();
         assert!(
-            err.starts_with(
-                "Dockerfile:7: RUN: cannot run linux/arm64 steps on this linux/amd64 host"
-            ),
+            err.contains("`qemu-aarch64` lacks the `F` (fix-binary) flag")
+                && err.contains("`kiln setup emulators`"),
+            "{err}"
+        );
+        let err = check_runs(&[run(3, "windows/amd64")], "Dockerfile", &amd64, none)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("no emulator runs another OS's programs"),
             "{err}"
         );
         let arm64 = Platform::parse("linux/arm64").unwrap();
-        check_runs(&[run(1, "linux/arm64/v8")], "Dockerfile", &arm64).unwrap();
-        assert!(check_runs(&[run(1, "linux/386")], "Dockerfile", &arm64).is_err());
+        check_runs(&[run(1, "linux/arm64/v8")], "Dockerfile", &arm64, none).unwrap();
+        assert!(check_runs(&[run(1, "linux/386")], "Dockerfile", &arm64, none).is_err());
     }
 
     #[test]

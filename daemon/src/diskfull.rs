@@ -30,12 +30,23 @@ pub(crate) fn is_disk_full(e: &anyhow::Error) -> bool {
                 .map(|a| a.as_ref())
         });
         match solve {
-            Some(SolveError::Cache(text) | SolveError::Op(text)) => names_disk_full(text),
-            Some(SolveError::Image { message, .. }) => names_disk_full(message),
-            Some(_) => false,
+            Some(e) => solve_is_disk_full(e),
             None => names_disk_full(&cause.to_string()),
         }
     })
+}
+
+/// Whether the solver's own part of an error says the disk is full (its sources are looked at
+/// by the chain walk).
+fn solve_is_disk_full(e: &SolveError) -> bool {
+    match e {
+        SolveError::Cache(c) => c.is_disk_full(),
+        SolveError::Op(text) | SolveError::Image { message: text, .. } => names_disk_full(text),
+        SolveError::Sandbox(e) => names_disk_full(&e.to_string()),
+        SolveError::Registry { error, .. } => names_disk_full(&error.to_string()),
+        SolveError::Shared(inner) => solve_is_disk_full(inner),
+        _ => false,
+    }
 }
 
 fn names_disk_full(text: &str) -> bool {
@@ -76,10 +87,16 @@ mod tests {
         let full = anyhow::Error::from(std::io::Error::from(std::io::ErrorKind::StorageFull))
             .context("cannot export the layer");
         assert!(is_disk_full(&full));
-        let cache = anyhow::Error::from(SolveError::Cache(
-            "the disk is full: cannot write blob".into(),
-        ));
+        let cache = anyhow::Error::from(SolveError::Cache(CacheError::DiskFull {
+            action: "write",
+            path: "blob".into(),
+        }));
         assert!(is_disk_full(&cache));
+        let io = anyhow::Error::from(SolveError::Io {
+            what: "`/x`".into(),
+            source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+        });
+        assert!(is_disk_full(&io));
         let step = anyhow::Error::from(SolveError::Step {
             name: "RUN dd".into(),
             location: "Dockerfile:2".into(),

@@ -187,6 +187,10 @@ pub(crate) async fn export_image(
 
 /// `kiln import`: the source (directory or tar, possibly compressed) becomes one layer.
 pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage> {
+    let platform = match &req.platform {
+        Some(p) => kiln_registry::Platform::parse(p).context("`kiln import --platform`")?,
+        None => kiln_registry::Platform::host(),
+    };
     let src = &req.source;
     let meta = std::fs::metadata(src).with_context(|| {
         format!(
@@ -248,7 +252,6 @@ pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage
         },
     )?;
     kiln_solver::images::mark_image_layer(store, snap)?;
-    let platform = kiln_registry::Platform::host();
     let created = rfc3339(epoch.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -266,6 +269,7 @@ pub(crate) fn import(store: &Store, req: &ImportRequest) -> Result<ExportedImage
     config.set_config(Some(cfg));
     config.set_os(platform.os.as_str().into());
     config.set_architecture(platform.architecture.as_str().into());
+    config.set_variant(platform.variant.clone());
     config.set_history(Some(vec![HistoryBuilder::default()
         .created(created.clone())
         .created_by(format!(

@@ -107,6 +107,8 @@ pub struct ImportRequest {
     pub name: String,
     /// `--change` instructions.
     pub changes: Vec<String>,
+    /// `--platform os/arch[/variant]`: the platform the files are for (default: this host's).
+    pub platform: Option<String>,
 }
 
 /// The images of the store at `root`, without opening it: a listing never waits for a build.
@@ -231,7 +233,12 @@ impl Engine {
         let compiled =
             tokio::task::spawn_blocking(move || kiln_frontend::compile(&text, &opts, &resolver))
                 .await??;
-        context::check_runs(&compiled.runs, &dockerfile_name, self.solver.platform())?;
+        context::check_runs(
+            &compiled.runs,
+            &dockerfile_name,
+            self.solver.platform(),
+            &kiln_exec::binfmt_misc_dir(),
+        )?;
         let mut warnings: Vec<String> = compiled
             .warnings
             .iter()

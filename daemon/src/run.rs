@@ -48,6 +48,9 @@ pub struct RunRequest {
     pub security_opt: Vec<String>,
     /// `--log-opt max-size=`: the size cap of the container's log file.
     pub log_max_size: Option<u64>,
+    /// `--platform os/arch[/variant]`: the manifest to pick from a multi-platform image, which
+    /// a single-platform image must match (default: this host's, any image accepted).
+    pub platform: Option<String>,
 }
 
 /// A container `Engine::create_container` made: run it in the foreground or detached
@@ -88,30 +91,31 @@ pub(crate) async fn create(
     if req.remove && req.restart.name != "no" && !req.restart.name.is_empty() {
         bail!("`--restart` and `--rm` conflict: a container removed when it exits cannot restart");
     }
-    let image = images::resolve_image(
-        store,
-        solver.registry(),
-        solver.platform(),
-        &req.image,
-        false,
-    )
-    .await
-    .with_context(|| format!("cannot find image `{}`", req.image))?;
+    let wanted = match &req.platform {
+        Some(p) => kiln_registry::Platform::parse(p).context("`kiln run --platform`")?,
+        None => solver.platform().clone(),
+    };
+    let image = images::resolve_image(store, solver.registry(), &wanted, &req.image, false)
+        .await
+        .with_context(|| format!("cannot find image `{}`", req.image))?;
     let made_for = kiln_registry::Platform {
         os: image.config.os().to_string(),
         architecture: image.config.architecture().to_string(),
         variant: image.config.variant().clone(),
     };
-    if !made_for.architecture.is_empty()
-        && !crate::context::runs_natively(solver.platform(), &made_for)
-    {
-        bail!(
-            "`{}` is an image for {made_for}: this {} host cannot run it (no emulation yet); \
-             run an image made for {}",
-            req.image,
-            solver.platform(),
-            solver.platform()
-        );
+    if !made_for.architecture.is_empty() {
+        if req.platform.is_some() && !wanted.matches(&made_for) {
+            bail!(
+                "`{}` is an image for {made_for}, not {wanted}: drop `--platform`, or pull its \
+                 {wanted} image with `kiln pull --platform {wanted} {}`",
+                req.image,
+                req.image
+            );
+        }
+        let binfmt = kiln_exec::binfmt_misc_dir();
+        if let Some(why) = crate::context::cannot_run(solver.platform(), &made_for, &binfmt) {
+            bail!("cannot run `{}`, an image for {made_for}: {why}", req.image);
+        }
     }
     images::ensure_layers(store, solver.registry(), &image).await?;
     let store2 = store.clone();

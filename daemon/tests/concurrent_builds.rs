@@ -94,6 +94,7 @@ async fn concurrent_builds_share_the_running_step(tmp: &Path) {
             source: rootfs,
             name: "busybox:latest".into(),
             changes: vec![],
+            platform: None,
         })
         .await
         .unwrap();

@@ -94,6 +94,10 @@ pub enum ExecError {
         message: String,
     },
 
+    /// Foreign-platform emulation (binfmt_misc) cannot be set up.
+    #[error("{0}")]
+    Emulation(String),
+
     /// Rootless mode could not set up its user namespace.
     #[error("rootless mode: {0}")]
     Rootless(String),

@@ -29,6 +29,7 @@
 //! (`cgroups.rs`).
 
 mod cgroups;
+mod emulation;
 mod error;
 mod etc;
 mod oci;
@@ -45,6 +46,10 @@ mod wire;
 use std::path::PathBuf;
 
 pub use cgroups::{format_size, parse_size, Limits, DEFAULT_PIDS_LIMIT};
+pub use emulation::{
+    binfmt_misc_dir, emulation_for, register_qemu_handlers, Emulation, Registration,
+    RegistrationOutcome, BINFMT_MISC_DIR, QEMU_BINFMT_CONF_DIR,
+};
 pub use error::ExecError;
 pub use oci::Runtime;
 pub use rootless::{

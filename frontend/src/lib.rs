@@ -2,16 +2,19 @@
 //! produces. No I/O beyond the Dockerfile text it is given; base image configs come through the
 //! [`ImageResolver`] the caller provides.
 //!
-//! Modules: `ast` (the parsed form), `parser` (text → ast, BuildKit-conformant), `shell` (word
-//! expansion), `dockerignore` (moby's matcher), `compile` (ast → LLB + image config).
+//! Modules: `ast` (the parsed form), `parser` (text → ast, BuildKit-conformant: it parses and
+//! does not validate), `instructions` (ast → typed commands, checked), `shell` (word expansion),
+//! `dockerignore` (moby's matcher), `compile` (typed commands → LLB + image config).
 
 pub mod ast;
 mod clip;
 mod compile;
 mod dockerignore;
 mod fuzz;
+mod instructions;
 mod parser;
 mod shell;
+mod util;
 
 pub use ast::{Directive, Dockerfile, Heredoc, Instruction};
 pub use compile::{

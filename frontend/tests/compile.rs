@@ -507,7 +507,6 @@ fn bad_input_gives_located_errors() {
         ),
         ("FROM busybox\nLABEL a=1 b\n", "did you mean `b=`?"),
         ("FROM busybox\nCOPY --form=x a b\n", "did you mean `from`"),
-        ("FROM busybox\nCOPY a b c\n", "ending in `/`"),
         (
             "FROM busybox\nRUN --mount=type=cache true\n",
             "needs a target",
@@ -718,4 +717,129 @@ fn from_scratch_left_working_dir_out_of_the_config() {
     .expect("compiles");
     let config = c.image_config.config().clone().expect("config");
     assert_eq!(config.working_dir().clone(), Some("/w".to_string()));
+}
+
+// Issue 13 item 7: `kiln debug parse` now dumps these (the parser does not validate); a build
+// still fails on them with the message and line it always gave, even in a stage it skips.
+#[test]
+fn parser_validated_instruction_words_still_fail_the_build() {
+    let mut target_a = opts();
+    target_a.target = Some("a".into());
+    for (dockerfile, o, want) in [
+        (
+            "FROM busybox\n\nRUNN echo\n",
+            opts(),
+            "Dockerfile:3: unknown instruction `RUNN`: did you mean `RUN`?",
+        ),
+        (
+            "FROM busybox\nONBUILD ONBUILD RUN a\n",
+            opts(),
+            "Dockerfile:2: chaining ONBUILD via `ONBUILD ONBUILD` isn't allowed",
+        ),
+        (
+            "FROM busybox\nONBUILD FROM y\n",
+            opts(),
+            "Dockerfile:2: `FROM` isn't allowed as an ONBUILD trigger",
+        ),
+        (
+            "FROM busybox\nONBUILD COPPY a b\n",
+            opts(),
+            "Dockerfile:2: unknown instruction `COPPY`: did you mean `COPY`?",
+        ),
+        (
+            "\\",
+            opts(),
+            "Dockerfile:1: expected an instruction such as `FROM` or `RUN`",
+        ),
+        (
+            "FROM busybox AS a\nFROM busybox AS b\nRUNN true\n",
+            target_a,
+            "Dockerfile:3: unknown instruction `RUNN`: did you mean `RUN`?",
+        ),
+    ] {
+        assert_eq!(compile_err(dockerfile, &o), want, "{dockerfile:?}");
+    }
+    let err = compile_err("FROM busybox\nZZZZZ\n", &opts());
+    assert!(
+        err.starts_with("Dockerfile:2: unknown instruction `ZZZZZ`: use one of `ADD`"),
+        "{err}"
+    );
+}
+
+/// KNOWN.md `error-copy-from-variable`: BuildKit takes `--from` as written and refuses a value
+/// with a variable; kiln expanded it and built.
+#[test]
+fn error_copy_from_variable() {
+    for dockerfile in [
+        "ARG BASE=busybox\nFROM $BASE\nARG BASE\nCOPY --from=$BASE /etc/passwd /passwd-copy\n",
+        "FROM busybox AS build\nFROM busybox\nCOPY --from=${STAGE:-build} /a /a\n",
+    ] {
+        match compile(dockerfile, &opts(), &FakeResolver::default()) {
+            Err(FrontendError::Instruction { line, message, .. }) => {
+                assert_eq!(line, dockerfile.lines().count(), "{dockerfile:?}");
+                assert!(
+                    message.starts_with("variable expansion is not supported for `--from`"),
+                    "{message}"
+                );
+            }
+            other => panic!("{dockerfile:?}: {other:?}"),
+        }
+    }
+    // Stage names, indexes and image references as written still work.
+    for from in ["build", "0", "busybox:1.36"] {
+        let df = format!("FROM busybox AS build\nFROM busybox\nCOPY --from={from} /a /a\n");
+        compile(&df, &opts(), &FakeResolver::default()).unwrap_or_else(|e| panic!("{df}: {e}"));
+    }
+}
+
+/// KNOWN.md `copy-multiple-no-slash`: `COPY a b /dst` builds, as in BuildKit, which copies each
+/// source to `/dst` in turn (the destination ends as the last source); kiln refused it.
+#[test]
+fn copy_multiple_no_slash() {
+    let c = compile(
+        "FROM busybox\nCOPY a b /dst\n",
+        &opts(),
+        &FakeResolver::default(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    let mut copies = Vec::new();
+    for op in &c.definition.ops {
+        if let Some(op::Kind::File(f)) = &op.kind {
+            for a in &f.actions {
+                if let Some(file_action::Action::Copy(cp)) = &a.action {
+                    copies.push((cp.src.clone(), cp.dest.clone()));
+                }
+            }
+        }
+    }
+    assert_eq!(
+        copies,
+        [("/a".into(), "/dst".into()), ("/b".into(), "/dst".into())] as [(String, String); 2]
+    );
+}
+
+/// KNOWN.md `cmd-empty` and `entrypoint-empty`: `CMD []` and `ENTRYPOINT []` leave the field out
+/// of the config, as BuildKit's Go writer does (`omitempty`); kiln wrote `[]`.
+#[test]
+fn cmd_empty_and_entrypoint_empty() {
+    let config = |dockerfile: &str| {
+        let c = compile(dockerfile, &opts(), &FakeResolver::default())
+            .unwrap_or_else(|e| panic!("{e}"));
+        let json = serde_json::to_value(&c.image_config).expect("serialises");
+        (json["config"].clone(), c.config_extras)
+    };
+    let (cmd_empty, extras) = config("FROM busybox\nCMD []\n");
+    assert_eq!(cmd_empty.get("Cmd"), None, "{cmd_empty}");
+    assert_eq!(extras.get("ArgsEscaped"), Some(&Value::Bool(true)));
+    let (entrypoint_empty, _) =
+        config("FROM busybox AS e\nENTRYPOINT [\"/bin/echo\"]\nFROM e\nENTRYPOINT []\n");
+    assert_eq!(
+        entrypoint_empty.get("Entrypoint"),
+        None,
+        "{entrypoint_empty}"
+    );
+    assert_eq!(entrypoint_empty.get("Cmd"), None, "{entrypoint_empty}");
+    let (kept, _) = config("FROM busybox\nENTRYPOINT [\"/bin/echo\"]\nCMD [\"hi\"]\n");
+    assert_eq!(kept["Entrypoint"], serde_json::json!(["/bin/echo"]));
+    assert_eq!(kept["Cmd"], serde_json::json!(["hi"]));
 }

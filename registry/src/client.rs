@@ -292,6 +292,7 @@ impl RegistryClient {
             verify_digest(r, "manifest", pinned, &bytes)?;
         }
         let (kind, media_type) = manifest::classify(r, content_type.as_deref(), &bytes)?;
+        let mut index = None;
         let (digest, media_type, bytes) = match kind {
             Kind::Manifest => {
                 let d = r
@@ -318,7 +319,17 @@ impl RegistryClient {
                     });
                 }
                 match manifest::classify(r, child_type.as_deref(), &child)? {
-                    (Kind::Manifest, mt) => (entry.digest, mt, child),
+                    (Kind::Manifest, mt) => {
+                        index = Some(FetchedManifest {
+                            digest: r
+                                .digest
+                                .clone()
+                                .unwrap_or_else(|| digest::sha256_of(&bytes)),
+                            media_type,
+                            bytes,
+                        });
+                        (entry.digest, mt, child)
+                    }
                     (Kind::Index, mt) => {
                         return Err(RegistryError::UnsupportedMediaType {
                             reference: r.to_string(),
@@ -335,6 +346,7 @@ impl RegistryClient {
             bytes,
             config,
             layers,
+            index,
         })
     }
 

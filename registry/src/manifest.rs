@@ -75,6 +75,9 @@ pub struct ResolvedManifest {
     pub bytes: Vec<u8>,
     pub config: Descriptor,
     pub layers: Vec<Descriptor>,
+    /// The index (or manifest list) it was picked from, as the registry sent it; `None` when
+    /// the reference named the manifest itself.
+    pub index: Option<FetchedManifest>,
 }
 
 pub(crate) const ACCEPT_ALL: &str = "application/vnd.oci.image.manifest.v1+json, \

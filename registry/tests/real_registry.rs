@@ -118,6 +118,7 @@ async fn push_then_pull_round_trip() {
         assert_eq!(m.media_type, media_type::OCI_MANIFEST);
         assert_eq!(m.config.digest, p.config_digest);
         assert_eq!(m.layers.len(), 1);
+        assert_eq!(m.index, None, "a manifest named directly has no index");
         assert_eq!(m.layers[0].digest, p.layer_digest);
         assert_eq!(m.layers[0].size, p.layer.len() as u64);
 
@@ -232,6 +233,10 @@ async fn index_selects_platform_and_lists_choices() {
             let m = c.resolve(&r, &Platform::parse("linux/arm64").unwrap()).await.unwrap();
             assert_eq!(m.digest, pb.manifest_digest, "{tag}");
             assert_eq!(m.layers[0].digest, pb.layer_digest);
+            // The index it was picked from comes along, as sent, for the store to keep.
+            let picked_from = m.index.expect("the index of a tag that names one");
+            assert_eq!((picked_from.digest, picked_from.bytes), (index_digest.clone(), index.clone()));
+            assert_eq!(picked_from.media_type, index_type);
             let m = c.resolve(&r, &Platform::parse("linux/amd64").unwrap()).await.unwrap();
             assert_eq!(m.digest, pa.manifest_digest, "{tag}");
             // Pinning the index digest still selects (and verifies) the platform manifest.

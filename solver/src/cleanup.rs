@@ -1,41 +1,11 @@
-//! Removal of the snapshot a step was making when the step does not finish: it failed, or its
-//! future was dropped (a sibling failed, the build was interrupted). Without this a canceled
-//! `RUN` or `COPY` left its half-written snapshot in the store until `kiln prune`.
+//! Removal of the snapshot a blocking step (a file op) made when its caller stopped waiting (a
+//! sibling failed, the build was interrupted): the step cannot be stopped, so its snapshot is
+//! removed when it ends. Other steps hold theirs as a `kiln_cache::MutableSnapshot`, removed on
+//! drop unless committed.
 
 use crate::{Output, SolveError};
 use kiln_cache::{SnapshotId, Store};
 use std::sync::{Arc, Mutex};
-
-/// Owns a snapshot a step is making: removes it on drop unless [`SnapshotGuard::keep`] was called.
-pub(crate) struct SnapshotGuard {
-    store: Store,
-    snap: SnapshotId,
-    armed: bool,
-}
-
-impl SnapshotGuard {
-    pub(crate) fn new(store: Store, snap: SnapshotId) -> Self {
-        SnapshotGuard {
-            store,
-            snap,
-            armed: true,
-        }
-    }
-
-    /// The step finished: the snapshot stays.
-    pub(crate) fn keep(mut self) -> SnapshotId {
-        self.armed = false;
-        self.snap
-    }
-}
-
-impl Drop for SnapshotGuard {
-    fn drop(&mut self) {
-        if self.armed {
-            remove(&self.store, self.snap);
-        }
-    }
-}
 
 fn remove(store: &Store, snap: SnapshotId) {
     match store.snapshots().remove(snap) {
@@ -90,9 +60,7 @@ where
         state: state.clone(),
         store,
     };
-    let result = handle
-        .await
-        .map_err(|e| SolveError::Op(format!("a file operation stopped: {e}")))?;
+    let result = handle.await?;
     // No await between the result and this: the caller has it now.
     *abandon.state.lock().unwrap_or_else(|p| p.into_inner()) = Handoff::Taken;
     result
@@ -126,25 +94,13 @@ mod tests {
         (dir, store)
     }
 
-    #[test]
-    fn a_dropped_guard_removes_its_snapshot_and_a_kept_one_stays() {
-        let (_dir, store) = store();
-        let a = store.snapshots().create(None).unwrap();
-        let b = store.snapshots().create(None).unwrap();
-        drop(SnapshotGuard::new(store.clone(), a));
-        let kept = SnapshotGuard::new(store.clone(), b).keep();
-        assert_eq!(kept, b);
-        assert!(!store.snapshots().fs_dir(a).exists(), "dropped: removed");
-        assert!(store.snapshots().fs_dir(b).is_dir(), "kept: still there");
-    }
-
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_file_op_whose_caller_stopped_waiting_left_its_snapshot() {
         let (_dir, store) = store();
         let made = Arc::new(Mutex::new(None));
         let (s2, made2) = (store.clone(), made.clone());
         let fut = blocking_snapshot(store.clone(), move || {
-            let snap = s2.snapshots().create(None).map_err(SolveError::cache)?;
+            let snap = s2.snapshots().create(None).map_err(SolveError::from)?;
             *made2.lock().unwrap() = Some(snap);
             std::thread::sleep(Duration::from_millis(200));
             Ok(Output::Snapshot(snap))
@@ -175,7 +131,7 @@ mod tests {
         let s2 = store.clone();
         let out = blocking_snapshot(store.clone(), move || {
             Ok(Output::Snapshot(
-                s2.snapshots().create(None).map_err(SolveError::cache)?,
+                s2.snapshots().create(None).map_err(SolveError::from)?,
             ))
         })
         .await

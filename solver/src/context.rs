@@ -108,9 +108,9 @@ pub(crate) fn resolve_sources(
                         // A looping link a wildcard matched leads nowhere, as a dangling one.
                         Err(_) if wildcard => continue,
                         Err(e) => {
-                            return Err(SolveError::Context {
+                            return Err(SolveError::ContextIo {
                                 path: named,
-                                message: e.to_string(),
+                                source: e,
                             })
                         }
                     };
@@ -137,9 +137,9 @@ pub(crate) fn resolve_sources(
 pub(crate) fn walk(ctx: &dyn LocalContext, rel: &str) -> Result<Vec<Entry>, SolveError> {
     let mut out = Vec::new();
     let abs = ctx.root().join(rel);
-    let meta = std::fs::symlink_metadata(&abs).map_err(|e| SolveError::Context {
+    let meta = std::fs::symlink_metadata(&abs).map_err(|e| SolveError::ContextIo {
         path: rel.to_string(),
-        message: e.to_string(),
+        source: e,
     })?;
     walk_into(ctx, rel.to_string(), abs, meta, &mut out)?;
     Ok(out)
@@ -167,9 +167,9 @@ fn walk_into(
     if !is_dir {
         return Ok(());
     }
-    let rd = std::fs::read_dir(&abs).map_err(|e| SolveError::Context {
+    let rd = std::fs::read_dir(&abs).map_err(|e| SolveError::ContextIo {
         path: rel.clone(),
-        message: e.to_string(),
+        source: e,
     })?;
     // `DirEntry::metadata` stats relative to the open directory (`statx(dirfd, name)`), which
     // spares the kernel a lookup of the whole path per file: the walk is mostly these calls.
@@ -245,7 +245,7 @@ pub(crate) fn checksum(
     // Batched, and in parallel chunks (each its own read transaction).
     let memo: Vec<Option<[u8; 32]>> = keys
         .par_chunks(MEMO_CHUNK)
-        .map(|chunk| index.memo_get_many(chunk).map_err(SolveError::cache))
+        .map(|chunk| index.memo_get_many(chunk).map_err(SolveError::from))
         .collect::<Result<Vec<_>, _>>()?
         .into_iter()
         .flatten()
@@ -265,7 +265,7 @@ pub(crate) fn checksum(
             .iter()
             .map(|(i, h)| (keys[*i].clone(), *h))
             .collect();
-        index.memo_put_many(&puts).map_err(SolveError::cache)?;
+        index.memo_put_many(&puts).map_err(SolveError::from)?;
     }
     let mut file_hashes: Vec<Option<[u8; 32]>> = memo;
     for (i, h) in computed {
@@ -370,9 +370,9 @@ pub(crate) fn memo_key_of(abs: &Path, m: &std::fs::Metadata) -> Vec<u8> {
 }
 
 fn hash_file(path: &Path) -> Result<[u8; 32], SolveError> {
-    let err = |e: std::io::Error| SolveError::Context {
+    let err = |e: std::io::Error| SolveError::ContextIo {
         path: path.display().to_string(),
-        message: e.to_string(),
+        source: e,
     };
     let mut f = std::fs::File::open(path).map_err(err)?;
     let mut hasher = blake3::Hasher::new();
@@ -493,7 +493,7 @@ mod tests {
         }
         let e = resolve_sources(&ctx, "loop/x", true)
             .unwrap_err()
-            .to_string();
+            .chain_text();
         assert!(e.contains("too many levels of symbolic links"), "{e}");
     }
 

@@ -64,16 +64,29 @@ pub(crate) fn resolve_owner(
     if c.user.is_empty() && c.group.is_empty() {
         return Ok(None);
     }
+    // As BuildKit's `readUser` (solver/llbsolver/ops/user_linux.go): a numeric user is its own
+    // gid; a name takes uid and gid from `/etc/passwd`, or 0:0 when the file lacks it; a group
+    // name the image's `/etc/group` lacks keeps the user's gid.
     let user = if c.user.is_empty() { "0" } else { &c.user };
-    let uid = kiln_exec::resolve_user(user, passwd, group)
-        .map_err(|e| SolveError::Op(e.to_string()))?
-        .uid;
-    let gid = if c.group.is_empty() {
-        uid
+    let (uid, user_gid) = if let Ok(id) = user.parse::<u32>() {
+        (id, id)
     } else {
-        kiln_exec::resolve_user(&format!("0:{}", c.group), passwd, group)
-            .map_err(|e| SolveError::Op(e.to_string()))?
-            .gid
+        match kiln_exec::resolve_user(user, passwd, group) {
+            Ok(u) => (u.uid, u.gid),
+            Err(kiln_exec::ExecError::UnknownUser { kind: "user", .. }) => (0, 0),
+            Err(e) => return Err(SolveError::from(e)),
+        }
+    };
+    let gid = if c.group.is_empty() {
+        user_gid
+    } else if let Ok(id) = c.group.parse::<u32>() {
+        id
+    } else {
+        match kiln_exec::resolve_user(&format!("0:{}", c.group), passwd, group) {
+            Ok(u) => u.gid,
+            Err(kiln_exec::ExecError::UnknownUser { kind: "group", .. }) => user_gid,
+            Err(e) => return Err(SolveError::from(e)),
+        }
     };
     Ok(Some(Owner { uid, gid }))
 }
@@ -87,36 +100,39 @@ pub(crate) fn apply(
 ) -> Result<(), SolveError> {
     match action {
         Action::Mkdir(m) => {
-            let dst = resolve_in_root(root, &m.path, true).map_err(|e| op_err(&m.path, e))?;
+            let dst = resolve_in_root(root, &m.path, true)
+                .map_err(SolveError::io(format!("`{}`", m.path)))?;
             if dst.is_dir() {
                 return Ok(());
             }
             if m.make_parents {
                 mkdir_parents(root, &dst, owner)?;
             }
-            std::fs::create_dir(&dst).map_err(|e| op_err(&m.path, e))?;
+            std::fs::create_dir(&dst).map_err(SolveError::io(format!("`{}`", m.path)))?;
             set_meta(&dst, mode_of(m.mode, 0o755), owner, None)?;
             Ok(())
         }
         Action::Mkfile(m) => {
-            let dst = resolve_in_root(root, &m.path, false).map_err(|e| op_err(&m.path, e))?;
+            let dst = resolve_in_root(root, &m.path, false)
+                .map_err(SolveError::io(format!("`{}`", m.path)))?;
             // Only a heredoc `COPY` makes files: its parents are the `--chown` owner's, as the
             // copy BuildKit makes of it gives them.
             if let Some(parent) = dst.parent() {
                 mkdir_parents(root, &parent.join("x"), owner)?;
             }
-            std::fs::write(&dst, &m.data).map_err(|e| op_err(&m.path, e))?;
+            std::fs::write(&dst, &m.data).map_err(SolveError::io(format!("`{}`", m.path)))?;
             set_meta(&dst, mode_of(m.mode, 0o644), owner, None)
         }
         Action::Rm(r) => {
-            let dst = resolve_in_root(root, &r.path, false).map_err(|e| op_err(&r.path, e))?;
+            let dst = resolve_in_root(root, &r.path, false)
+                .map_err(SolveError::io(format!("`{}`", r.path)))?;
             match std::fs::symlink_metadata(&dst) {
                 Ok(m) if m.is_dir() => std::fs::remove_dir_all(&dst),
                 Ok(_) => std::fs::remove_file(&dst),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && r.allow_not_found => Ok(()),
                 Err(e) => Err(e),
             }
-            .map_err(|e| op_err(&r.path, e))
+            .map_err(SolveError::io(format!("`{}`", r.path)))
         }
         Action::Copy(c) => {
             let source = source.ok_or_else(|| SolveError::Op("copy has no source".into()))?;
@@ -154,7 +170,8 @@ fn copy(
     // `--exclude` and include patterns apply below the named source; an entry a wildcard
     // matched is itself subject to them by its name.
     let filter = filter::Filter::new(&c.include_patterns, &c.exclude_patterns);
-    let dest = resolve_in_root(root, &c.dest, true).map_err(|e| op_err(&c.dest, e))?;
+    let dest =
+        resolve_in_root(root, &c.dest, true).map_err(SolveError::io(format!("`{}`", c.dest)))?;
     let mode = if c.mode >= 0 {
         Some(c.mode as u32)
     } else {
@@ -164,7 +181,8 @@ fn copy(
     // (a wildcard's matches stay linked to each other).
     let mut batch = batch::Batch::default();
     for (abs, name, rel) in &sources {
-        let meta = std::fs::symlink_metadata(abs).map_err(|e| op_err(&c.src, e))?;
+        let meta =
+            std::fs::symlink_metadata(abs).map_err(SolveError::io(format!("`{}`", c.src)))?;
         if wildcard && !filter.keeps(name) && !(meta.is_dir() && filter.walk_anyway(name)) {
             continue;
         }
@@ -178,7 +196,7 @@ fn copy(
             mkdir_parents(root, &dest.join("x"), owner)?;
             let created = !dest.exists();
             if created {
-                std::fs::create_dir(&dest).map_err(|e| op_err(&c.dest, e))?;
+                std::fs::create_dir(&dest).map_err(SolveError::io(format!("`{}`", c.dest)))?;
                 set_meta(&dest, meta.mode() & 0o7777, owner, None)?;
             }
             let walk = DirWalk {
@@ -226,7 +244,7 @@ fn copy_target(
     Ok(if dest_is_dir || dest.is_dir() {
         mkdir_parents(root, &dest.join("x"), owner)?;
         if !dest.exists() {
-            std::fs::create_dir(dest).map_err(|e| op_err(&c.dest, e))?;
+            std::fs::create_dir(dest).map_err(SolveError::io(format!("`{}`", c.dest)))?;
             set_meta(dest, 0o755, owner, None)?;
         }
         dest.join(name)
@@ -256,14 +274,15 @@ fn resolve_dir_sources(
     let parts: Vec<&str> = clean.split('/').collect();
     let last_name = |rel: &str| rel.rsplit('/').next().unwrap_or(rel).to_string();
     let Some(first_wild) = parts.iter().position(|p| glob::has_wildcard(p)) else {
-        let p = resolve_in_root(dir, &clean, follow).map_err(|e| op_err(src, e))?;
+        let p =
+            resolve_in_root(dir, &clean, follow).map_err(SolveError::io(format!("`{}`", src)))?;
         if std::fs::symlink_metadata(&p).is_err() {
             return Ok(Vec::new());
         }
         return Ok(vec![(p, last_name(&clean), clean.clone())]);
     };
     let prefix = parts[..first_wild].join("/");
-    let base = resolve_in_root(dir, &prefix, true).map_err(|e| op_err(src, e))?;
+    let base = resolve_in_root(dir, &prefix, true).map_err(SolveError::io(format!("`{}`", src)))?;
     // (path on the host, path as written with the matched names)
     let mut found = vec![(base, prefix)];
     for part in &parts[first_wild..] {
@@ -297,7 +316,7 @@ fn resolve_dir_sources(
     let mut out = Vec::with_capacity(found.len());
     for (abs, rel) in found {
         let p = if follow {
-            resolve_in_root(dir, &rel, true).map_err(|e| op_err(src, e))?
+            resolve_in_root(dir, &rel, true).map_err(SolveError::io(format!("`{}`", src)))?
         } else {
             abs
         };
@@ -332,7 +351,7 @@ impl DirWalk<'_> {
         fresh: bool,
     ) -> Result<bool, SolveError> {
         let (root, owner, mode) = (self.root, self.owner, self.mode);
-        let rd = std::fs::read_dir(src).map_err(|e| op_err(&src.display().to_string(), e))?;
+        let rd = std::fs::read_dir(src).map_err(SolveError::io(format!("`{}`", src.display())))?;
         let mut entries: Vec<_> = rd.filter_map(Result::ok).collect();
         entries.sort_by_key(|e| e.file_name());
         let mut placed = false;
@@ -365,14 +384,16 @@ impl DirWalk<'_> {
                         .unwrap_or(&target)
                         .to_string_lossy()
                         .into_owned();
-                    target = resolve_in_root(root, &rel_t, true).map_err(|e| op_err(&rel_t, e))?;
+                    target = resolve_in_root(root, &rel_t, true)
+                        .map_err(SolveError::io(format!("`{}`", rel_t)))?;
                 }
                 let mut created = false;
                 if fresh || !target.is_dir() {
                     if !fresh {
                         let _ = std::fs::remove_file(&target);
                     }
-                    std::fs::create_dir(&target).map_err(|e| op_err(&child_rel, e))?;
+                    std::fs::create_dir(&target)
+                        .map_err(SolveError::io(format!("`{}`", child_rel)))?;
                     created = true;
                     // A directory walked only for what it may hold keeps its source mode.
                     let m = if is_excluded {
@@ -386,7 +407,8 @@ impl DirWalk<'_> {
                     self.copy_contents(batch, &child, &child_rel, &child_frel, &target, created)?;
                 if created && is_excluded && !inner {
                     // Nothing below it was selected: it is not part of the copy.
-                    std::fs::remove_dir(&target).map_err(|e| op_err(&child_rel, e))?;
+                    std::fs::remove_dir(&target)
+                        .map_err(SolveError::io(format!("`{}`", child_rel)))?;
                 } else {
                     placed = true;
                     if created {
@@ -444,15 +466,15 @@ fn set_meta(
     owner: Option<Owner>,
     src: Option<&std::fs::Metadata>,
 ) -> Result<(), SolveError> {
-    let err = |e| op_err(&path.display().to_string(), e);
+    let err = SolveError::io(format!("`{}`", path.display()));
     let o = owner.unwrap_or_default();
-    std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid)).map_err(err)?;
+    std::os::unix::fs::lchown(path, Some(o.uid), Some(o.gid)).map_err(&err)?;
     // chown clears setuid bits, so permissions come after it.
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(err)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).map_err(&err)?;
     if let Some(m) = src {
         let mtime = filetime::FileTime::from_last_modification_time(m);
         // Never opens the path (a fifo would block the copy).
-        filetime::set_symlink_file_times(path, mtime, mtime).map_err(err)?;
+        filetime::set_symlink_file_times(path, mtime, mtime).map_err(&err)?;
     }
     Ok(())
 }
@@ -467,7 +489,7 @@ fn mkdir_parents(root: &Path, path: &Path, owner: Option<Owner>) -> Result<(), S
     }
     mkdir_parents(root, parent, owner)?;
     if !parent.is_dir() {
-        std::fs::create_dir(parent).map_err(|e| op_err(&parent.display().to_string(), e))?;
+        std::fs::create_dir(parent).map_err(SolveError::io(format!("`{}`", parent.display())))?;
         set_meta(parent, 0o755, owner, None)?;
     }
     Ok(())
@@ -479,10 +501,6 @@ fn mode_of(mode: i32, default: u32) -> u32 {
     } else {
         default
     }
-}
-
-fn op_err(path: &str, e: io::Error) -> SolveError {
-    SolveError::Op(format!("`{path}`: {e}"))
 }
 
 #[cfg(test)]
@@ -761,5 +779,64 @@ mod tests {
         )
         .unwrap();
         assert_eq!(o, Some(Owner { uid: 1000, gid: 50 }));
+    }
+
+    /// KNOWN.md `copy-chown-unknown-user`: kiln failed the build.
+    #[test]
+    fn copy_chown_unknown_user() {
+        let passwd = "app:x:1000:1000::/home/app:/bin/sh\n";
+        let group = "staff:x:50:\n";
+        let chown = |user: &str, group: &str| Chown {
+            user: user.into(),
+            group: group.into(),
+        };
+        let o = resolve_owner(Some(&chown("nosuchuser", "")), Some(passwd), Some(group));
+        assert_eq!(o.unwrap(), Some(Owner { uid: 0, gid: 0 }));
+        let o = resolve_owner(
+            Some(&chown("nosuchuser", "staff")),
+            Some(passwd),
+            Some(group),
+        );
+        assert_eq!(o.unwrap(), Some(Owner { uid: 0, gid: 50 }));
+        // No `/etc/passwd` at all (a scratch base) reads the same.
+        let o = resolve_owner(Some(&chown("nosuchuser", "")), None, None);
+        assert_eq!(o.unwrap(), Some(Owner { uid: 0, gid: 0 }));
+    }
+
+    #[test]
+    fn copy_chown_name_takes_the_users_gid_and_an_unknown_group_keeps_it() {
+        let passwd = "app:x:1000:1001::/home/app:/bin/sh\n";
+        let group = "staff:x:50:\n";
+        let chown = |user: &str, group: &str| Chown {
+            user: user.into(),
+            group: group.into(),
+        };
+        let o = |u: &str, g: &str| resolve_owner(Some(&chown(u, g)), Some(passwd), Some(group));
+        assert_eq!(
+            o("app", "").unwrap(),
+            Some(Owner {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(
+            o("1000", "").unwrap(),
+            Some(Owner {
+                uid: 1000,
+                gid: 1000
+            })
+        );
+        assert_eq!(
+            o("app", "nosuchgroup").unwrap(),
+            Some(Owner {
+                uid: 1000,
+                gid: 1001
+            })
+        );
+        assert_eq!(
+            o("app", "staff").unwrap(),
+            Some(Owner { uid: 1000, gid: 50 })
+        );
+        assert_eq!(o("app", "7").unwrap(), Some(Owner { uid: 1000, gid: 7 }));
     }
 }

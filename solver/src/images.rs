@@ -81,9 +81,9 @@ pub async fn resolve_image_progress(
     lookup: Lookup,
     progress: Option<BlobProgress>,
 ) -> Result<ImageRef, SolveError> {
-    let reference = Reference::parse(name).map_err(|e| SolveError::Image {
+    let reference = Reference::parse(name).map_err(|e| SolveError::Registry {
         image: name.to_string(),
-        message: e.to_string(),
+        error: Box::new(e),
     })?;
     let full = reference.full_name();
     let tagged = without_digest(&reference);
@@ -93,7 +93,7 @@ pub async fn resolve_image_progress(
         Some(d) if store.content().has(d) => Some(d.clone()),
         Some(_) => None,
         None if lookup == Lookup::Remote => None,
-        None => match store.images().get(&full).map_err(SolveError::cache)? {
+        None => match store.images().get(&full).map_err(SolveError::from)? {
             Some(rec) => Some(rec.digest),
             None => {
                 why = " (the image is not in the local store either: see `kiln images`)".into();
@@ -133,7 +133,7 @@ pub async fn resolve_image_progress(
     let (digest, size) = store
         .content()
         .put_bytes(&resolved.bytes)
-        .map_err(SolveError::cache)?;
+        .map_err(SolveError::from)?;
     if !store.content().has(&resolved.config.digest) {
         let config = &resolved.config;
         fetch_blob(
@@ -149,16 +149,29 @@ pub async fn resolve_image_progress(
     let image = load(store, &tagged, &digest)?;
     ensure_layers_with(store, registry, &image, progress).await?;
     if wanted.digest.is_none() {
+        // A tag naming an index keeps naming the index in the store (as containerd's store
+        // does), so every platform pulled under it stays reachable by the name; the others are
+        // fetched by digest when asked for.
+        let (digest, size, media_type) = match &resolved.index {
+            Some(index) => {
+                let (d, s) = store
+                    .content()
+                    .put_bytes(&index.bytes)
+                    .map_err(SolveError::from)?;
+                (d, s, index.media_type.clone())
+            }
+            None => (digest.clone(), size, resolved.media_type.clone()),
+        };
         store
             .images()
             .put(&ImageRecord {
                 name: tagged.clone(),
-                digest: digest.clone(),
+                digest,
                 size,
-                media_type: resolved.media_type.clone(),
+                media_type,
                 created: None,
             })
-            .map_err(SolveError::cache)?;
+            .map_err(SolveError::from)?;
     }
     Ok(image)
 }
@@ -173,14 +186,14 @@ pub async fn pull_all_platforms(
     name: &str,
     progress: Option<BlobProgress>,
 ) -> Result<String, SolveError> {
-    let reference = Reference::parse(name).map_err(|e| SolveError::Image {
+    let reference = Reference::parse(name).map_err(|e| SolveError::Registry {
         image: name.to_string(),
-        message: e.to_string(),
+        error: Box::new(e),
     })?;
     let full = reference.full_name();
-    let failed = |e: RegistryError| SolveError::Image {
+    let failed = |e: RegistryError| SolveError::Registry {
         image: full.clone(),
-        message: e.to_string(),
+        error: Box::new(e),
     };
     let top = registry.fetch_manifest(&reference).await.map_err(failed)?;
     if !kiln_registry::is_index(&top.media_type) {
@@ -214,7 +227,7 @@ pub async fn pull_all_platforms(
     let (digest, size) = store
         .content()
         .put_bytes(&top.bytes)
-        .map_err(SolveError::cache)?;
+        .map_err(SolveError::from)?;
     if reference.digest.is_none() {
         store
             .images()
@@ -225,7 +238,7 @@ pub async fn pull_all_platforms(
                 media_type: top.media_type.clone(),
                 created: None,
             })
-            .map_err(SolveError::cache)?;
+            .map_err(SolveError::from)?;
     }
     Ok(digest)
 }
@@ -247,14 +260,14 @@ fn local_image(
     let bytes = store
         .content()
         .read_verified(digest)
-        .map_err(SolveError::cache)?;
+        .map_err(SolveError::from)?;
     if !looks_like_index(&bytes) {
         return load(store, name, digest).map(|i| Local::Found(Box::new(i)));
     }
     let entry = kiln_registry::select_platform(reference, &bytes, platform).map_err(|e| {
-        SolveError::Image {
+        SolveError::Registry {
             image: reference.full_name(),
-            message: e.to_string(),
+            error: Box::new(e),
         }
     })?;
     if store.content().has(&entry.digest) {
@@ -307,7 +320,7 @@ pub fn load(store: &Store, name: &str, manifest_digest: &str) -> Result<ImageRef
     let bytes = store
         .content()
         .read_verified(manifest_digest)
-        .map_err(SolveError::cache)?;
+        .map_err(SolveError::from)?;
     let manifest = ImageManifest::from_reader(bytes.as_slice()).map_err(|e| {
         bad(format!(
             "manifest {manifest_digest} is not an image manifest: {e}"
@@ -317,7 +330,7 @@ pub fn load(store: &Store, name: &str, manifest_digest: &str) -> Result<ImageRef
     let cbytes = store
         .content()
         .read_verified(&config_digest)
-        .map_err(SolveError::cache)?;
+        .map_err(SolveError::from)?;
     let config = ImageConfiguration::from_reader(cbytes.as_slice()).map_err(|e| {
         bad(format!(
             "config {config_digest} is not an image config: {e}"
@@ -348,7 +361,7 @@ pub fn record_blob_source(
             &blob_source_key(digest),
             &format!("{}/{}", reference.registry, reference.repository),
         )
-        .map_err(SolveError::cache)
+        .map_err(SolveError::from)
 }
 
 /// A repository of `registry` known to hold the blob, if [`record_blob_source`] saw one.
@@ -360,7 +373,7 @@ pub fn blob_source(
     let Some(v) = store
         .index()
         .meta_get(&blob_source_key(digest))
-        .map_err(SolveError::cache)?
+        .map_err(SolveError::from)?
     else {
         return Ok(None);
     };
@@ -413,6 +426,10 @@ enum FetchError {
     Solve(SolveError),
 }
 
+fn is_disk_full(e: &SolveError) -> bool {
+    matches!(e, SolveError::Cache(c) if c.is_disk_full())
+}
+
 async fn fetch_blob_once(
     store: &Store,
     registry: &RegistryClient,
@@ -424,7 +441,7 @@ async fn fetch_blob_once(
     let mut writer = store
         .content()
         .writer()
-        .map_err(|e| FetchError::Solve(SolveError::cache(e)))?;
+        .map_err(|e| FetchError::Solve(SolveError::from(e)))?;
     let (tx, mut rx) = tokio::io::duplex(1 << 20);
     let reg = registry.clone();
     let r = reference.clone();
@@ -442,31 +459,29 @@ async fn fetch_blob_once(
         loop {
             let n = rt
                 .block_on(tokio::io::AsyncReadExt::read(&mut rx, &mut buf))
-                .map_err(|e| SolveError::Op(e.to_string()))?;
+                .map_err(SolveError::io("cannot read a downloading blob"))?;
             if n == 0 {
                 break;
             }
             writer.write_all(&buf[..n]).map_err(|e| {
-                let e = kiln_cache::CacheError::io("write a downloaded blob into", &tmp_dir)(e);
-                if e.is_disk_full() {
-                    SolveError::cache(e)
-                } else {
-                    SolveError::Op(e.to_string())
-                }
+                SolveError::from(kiln_cache::CacheError::io(
+                    "write a downloaded blob into",
+                    &tmp_dir,
+                )(e))
             })?;
         }
         Ok(writer)
     });
     let fetched = fetch
         .await
-        .map_err(|e| FetchError::Solve(SolveError::Op(e.to_string())))?;
+        .map_err(|e| FetchError::Solve(SolveError::from(e)))?;
     let written = write
         .await
-        .map_err(|e| FetchError::Solve(SolveError::Op(e.to_string())))?;
+        .map_err(|e| FetchError::Solve(SolveError::from(e)))?;
     // A full disk stops the writer, which closes the pipe under the download: say so, not that
     // the pipe broke. Otherwise a failed download closed the pipe early: its error matters.
     let written = match written {
-        Err(e @ SolveError::Cache(_)) => return Err(FetchError::Solve(e)),
+        Err(e @ SolveError::Cache(_)) if is_disk_full(&e) => return Err(FetchError::Solve(e)),
         w => w,
     };
     fetched.map_err(FetchError::Registry)?;
@@ -474,7 +489,7 @@ async fn fetch_blob_once(
     // `commit` hashes what was written again: a blob on disk always matches its name.
     writer
         .commit(Some(digest))
-        .map_err(|e| FetchError::Solve(SolveError::cache(e)))?;
+        .map_err(|e| FetchError::Solve(SolveError::from(e)))?;
     Ok(())
 }
 
@@ -494,9 +509,9 @@ pub async fn ensure_layers_with(
     image: &ImageRef,
     progress: Option<BlobProgress>,
 ) -> Result<(), SolveError> {
-    let reference = Reference::parse(&image.name).map_err(|e| SolveError::Image {
+    let reference = Reference::parse(&image.name).map_err(|e| SolveError::Registry {
         image: image.name.clone(),
-        message: e.to_string(),
+        error: Box::new(e),
     })?;
     let mut missing: Vec<(String, u64)> = image
         .manifest
@@ -551,7 +566,7 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
             )
         };
         let key = format!("layerchain:{chain_id}");
-        if let Some(id) = store.index().meta_get(&key).map_err(SolveError::cache)? {
+        if let Some(id) = store.index().meta_get(&key).map_err(SolveError::from)? {
             if let Ok(n) = id.parse::<u64>() {
                 let snap = SnapshotId(n);
                 if store.snapshots().fs_dir(snap).is_dir() {
@@ -562,7 +577,7 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
         }
         let digest = layer.digest().to_string();
         let media_type = layer.media_type().to_string();
-        let file = store.content().open(&digest).map_err(SolveError::cache)?;
+        let file = store.content().open(&digest).map_err(SolveError::from)?;
         // The blob is hashed as it is unpacked (one pass), and the snapshot is dropped before
         // anything records it when the content is not the blob's.
         let mut verifying =
@@ -581,7 +596,7 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
                     message: corrupt.to_string(),
                 });
             }
-            (Err(e), Ok(())) => return Err(SolveError::cache(e)),
+            (Err(e), Ok(())) => return Err(SolveError::from(e)),
         };
         store
             .snapshots()
@@ -594,11 +609,11 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
                     media_type,
                 },
             )
-            .map_err(SolveError::cache)?;
+            .map_err(SolveError::from)?;
         store
             .index()
             .meta_put(&key, &snap.0.to_string())
-            .map_err(SolveError::cache)?;
+            .map_err(SolveError::from)?;
         mark_image_layer(store, snap)?;
         parent = Some(snap);
     }
@@ -629,7 +644,7 @@ pub fn mark_image_layer(store: &Store, snap: SnapshotId) -> Result<(), SolveErro
     store
         .index()
         .meta_put(&image_layer_key(snap), "1")
-        .map_err(SolveError::cache)
+        .map_err(SolveError::from)
 }
 
 /// Whether [`mark_image_layer`] was called for this snapshot.
@@ -637,6 +652,6 @@ pub fn is_image_layer(store: &Store, snap: SnapshotId) -> Result<bool, SolveErro
     Ok(store
         .index()
         .meta_get(&image_layer_key(snap))
-        .map_err(SolveError::cache)?
+        .map_err(SolveError::from)?
         .is_some())
 }

@@ -5,35 +5,36 @@
 //! Cache keys (see `docs/cache-keys.md`): `key(v) = blake3("kiln-cache-v1", digest(v),
 //! key(input)…, checksum(local parts)…)`. An op's digest covers everything it does; its inputs'
 //! keys cover everything it reads, except local contexts, whose key covers only the files that
-//! the op selects (a `COPY` keys on the checksum of its sources, an exec mount on the whole
-//! context after `.dockerignore`).
+//! the op selects (a `COPY` keys on the checksum of its sources, a `RUN --mount` on its
+//! `source`, the whole context after `.dockerignore` when it mounts all of it).
+//!
+//! This file is the API and the scheduler; each kind of op is a module of `ops` behind one trait
+//! (`ops::Operation`: its cache key, its execution).
 
 mod cleanup;
 mod context;
 mod fileops;
-mod git;
 mod glob;
-mod http;
 pub mod images;
 mod inflight;
 mod inroot;
-mod merge;
 mod mounts;
 mod nocache;
+mod ops;
 mod prefetch;
 pub mod progress;
 
 pub use context::LocalContext;
-pub use git::{checkout_git_context, is_git_context};
 pub use images::ImageRef;
 pub use inroot::resolve_in_root;
 pub use mounts::prune_cache_mounts;
 pub use nocache::ignore_cache_for_stages;
+pub use ops::git::{checkout_git_context, is_git_context};
 pub use progress::{Event, NoProgress, ProgressSink, Stream};
 
 use futures::future::{BoxFuture, FutureExt, Shared};
 use kiln_cache::{CachedResult, SnapshotId, Store};
-use kiln_llb::{file_action::Action, op::Kind, Definition, MountType, NetworkMode, Op, OpMetadata};
+use kiln_llb::{Definition, Op, OpMetadata};
 use kiln_registry::{Platform, RegistryClient};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -41,15 +42,47 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use tokio::sync::Semaphore;
 
-/// Errors from solving a graph. Step failures carry the step's name and Dockerfile location.
+/// Errors from solving a graph, one variant per layer that can fail, so a caller can match on
+/// them. Step failures carry the step's name and Dockerfile location.
+///
+/// Std errors (`io`, a blocking task's end) are each a variant's `source`, and the variant's
+/// text says only what failed, so the chain (`{:#}`) prints everything once. Errors of kiln's
+/// other crates already print their own cause, so they are held as they are (match on them,
+/// e.g. `CacheError::is_disk_full`) and printed as the variant's text, not again as a source.
 #[derive(Debug, thiserror::Error)]
 pub enum SolveError {
+    /// The store: index, snapshots, content store.
     #[error("store: {0}")]
-    Cache(String),
+    Cache(kiln_cache::CacheError),
     #[error("image `{image}`: {message}")]
     Image { image: String, message: String },
+    /// The registry, about an image.
+    #[error("image `{image}`: {error}")]
+    Registry {
+        image: String,
+        error: Box<kiln_registry::RegistryError>,
+    },
     #[error("build context: `{path}`: {message}")]
     Context { path: String, message: String },
+    /// Reading the build context.
+    #[error("build context: `{path}`")]
+    ContextIo {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The sandbox (not the step's command, whose failure is [`SolveError::ExecFailed`]).
+    #[error("{0}")]
+    Sandbox(kiln_exec::ExecError),
+    /// A file system call on what a step reads or writes; `what` names the call and the path.
+    #[error("{what}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    /// A step's work on a blocking thread panicked or was aborted.
+    #[error("the step's work stopped")]
+    Task(#[from] tokio::task::JoinError),
+    /// A step's failure that has no underlying error: bad input, a missing file, a refused path.
     #[error("{0}")]
     Op(String),
     #[error("{0} is not supported yet")]
@@ -67,19 +100,55 @@ pub enum SolveError {
         limit: u64,
         tail: String,
     },
-    #[error("{location}{sep}{name}: {source}", sep = if location.is_empty() { "" } else { ": " })]
+    /// The step that failed, around its error.
+    #[error("{location}{sep}{name}", sep = if location.is_empty() { "" } else { ": " })]
     Step {
         name: String,
         location: String,
         source: Arc<SolveError>,
     },
+    /// An error several waiters share (one failed step that many steps needed).
+    #[error(transparent)]
+    Shared(Arc<SolveError>),
     #[error("invalid build graph: {0}")]
     Graph(String),
+    #[error("invalid build graph: {0}")]
+    InvalidGraph(kiln_llb::LlbError),
+}
+
+impl From<kiln_cache::CacheError> for SolveError {
+    fn from(e: kiln_cache::CacheError) -> Self {
+        SolveError::Cache(e)
+    }
+}
+
+impl From<kiln_exec::ExecError> for SolveError {
+    fn from(e: kiln_exec::ExecError) -> Self {
+        SolveError::Sandbox(e)
+    }
 }
 
 impl SolveError {
-    pub(crate) fn cache(e: kiln_cache::CacheError) -> Self {
-        SolveError::Cache(e.to_string())
+    /// A failed file system call on `what` (a path in backticks, with the action when it helps:
+    /// ``cannot create `/x` ``).
+    pub(crate) fn io(what: impl Into<String>) -> impl Fn(std::io::Error) -> SolveError {
+        let what = what.into();
+        move |source| SolveError::Io {
+            what: what.clone(),
+            source,
+        }
+    }
+
+    /// The error with its whole chain of causes, as one line of text (what `{:#}` prints).
+    pub fn chain_text(&self) -> String {
+        let mut text = self.to_string();
+        let mut cause = std::error::Error::source(self);
+        while let Some(c) = cause {
+            text.push_str(": ");
+            text.push_str(&c.to_string());
+            cause = c.source();
+        }
+        text
     }
 }
 
@@ -199,8 +268,7 @@ impl Solver {
     /// cancels the rest (their sandboxes are killed when their futures drop).
     pub async fn solve(&self, req: SolveRequest) -> Result<SolveOutput, SolveError> {
         let def = Arc::new(req.definition);
-        def.validate()
-            .map_err(|e| SolveError::Graph(e.to_string()))?;
+        def.validate().map_err(SolveError::InvalidGraph)?;
         let counters = Arc::new(Mutex::new(Counters::default()));
         let mut futures: HashMap<String, VertexFuture> = HashMap::new();
         let locals = Arc::new(req.locals);
@@ -359,7 +427,7 @@ fn needed_by_root(def: &Definition) -> std::collections::HashSet<usize> {
 }
 
 fn unwrap_arc(e: Arc<SolveError>) -> SolveError {
-    Arc::try_unwrap(e).unwrap_or_else(|e| SolveError::Op(e.to_string()))
+    Arc::try_unwrap(e).unwrap_or_else(SolveError::Shared)
 }
 
 #[derive(Clone)]
@@ -383,7 +451,7 @@ impl VertexTask {
         self.progress.event(Event::Failed {
             vertex: self.vertex,
             name: self.name(),
-            error: e.to_string(),
+            error: e.chain_text(),
         });
         SolveError::Step {
             name: self.name(),
@@ -402,30 +470,10 @@ impl VertexTask {
 
     async fn run(self, inputs: Vec<Arc<VertexResult>>) -> Result<Arc<VertexResult>, SolveError> {
         let store = &self.solver.inner.store;
-        let key = self.cache_key(&inputs).await?;
-        // Local sources are read in place; they have nothing to cache.
-        if let Some(Kind::Source(s)) = &self.op.kind {
-            if let Some(name) = s.identifier.strip_prefix("local://") {
-                let ctx = self.locals.get(name).cloned().ok_or_else(|| {
-                    SolveError::Op(format!("build context `{name}` was not provided"))
-                })?;
-                return Ok(Arc::new(VertexResult {
-                    key,
-                    output: Output::Local(ctx),
-                    created_unix: 0,
-                    fresh: false,
-                }));
-            }
-        }
-        // An http source without `--checksum` is fetched every time and keyed by its content.
-        if let Some(Kind::Source(s)) = &self.op.kind {
-            if http::is_http(&s.identifier) && !http::is_pinned(s) {
-                return self.run_http(s, key).await;
-            }
-            // A git source is resolved to a commit every time and keyed by it.
-            if git::is_git(&s.identifier) {
-                return self.run_git(s, key).await;
-            }
+        let op = ops::of(&self.op);
+        let key = op.cache_key(&self, &inputs).await?;
+        if let Some(resolved) = op.resolve(&self, &key) {
+            return resolved.await;
         }
         let fresh = self.meta.ignore_cache || inputs.iter().any(|i| i.fresh);
         if !fresh {
@@ -538,12 +586,11 @@ impl VertexTask {
         key: &str,
         inputs: &[Arc<VertexResult>],
     ) -> Result<inflight::Executed, Arc<SolveError>> {
-        // An exec step starts when it gets its `--jobs` slot and says so itself.
-        let is_exec = matches!(self.op.kind, Some(Kind::Exec(_)));
-        if !is_exec {
+        let op = ops::of(&self.op);
+        if !op.reports_start() {
             self.started();
         }
-        let output = self.execute(inputs).await.map_err(Arc::new)?;
+        let output = op.execute(self, inputs).await.map_err(Arc::new)?;
         let snapshot = match &output {
             Output::Snapshot(s) => Some(*s),
             _ => None,
@@ -552,8 +599,8 @@ impl VertexTask {
         // stopping here (canceled while syncing) or failing removes it. (A source's snapshot may
         // be an image's, shared.)
         let owned = snapshot
-            .filter(|_| is_exec || matches!(self.op.kind, Some(Kind::File(_))))
-            .map(|s| cleanup::SnapshotGuard::new(self.solver.inner.store.clone(), s));
+            .filter(|_| op.owns_snapshot())
+            .map(|s| self.solver.inner.store.snapshots().adopt(s));
         if let Some(snap) = snapshot {
             // The index must never name a snapshot whose files a crash could lose: one syncfs of
             // the snapshot's file system per step, before the result is recorded.
@@ -561,8 +608,8 @@ impl VertexTask {
             let started = std::time::Instant::now();
             tokio::task::spawn_blocking(move || store.snapshots().sync(snap))
                 .await
-                .map_err(|e| Arc::new(SolveError::Op(e.to_string())))?
-                .map_err(|e| Arc::new(SolveError::cache(e)))?;
+                .map_err(|e| Arc::new(SolveError::from(e)))?
+                .map_err(|e| Arc::new(SolveError::from(e)))?;
             tracing::debug!(snapshot = %snap, elapsed = ?started.elapsed(), "snapshot synced");
         }
         let created_unix = std::time::SystemTime::now()
@@ -580,266 +627,17 @@ impl VertexTask {
                     created_unix,
                 },
             )
-            .map_err(|e| Arc::new(SolveError::cache(e)))?;
+            .map_err(|e| Arc::new(SolveError::from(e)))?;
         if let Some(g) = owned {
-            g.keep();
+            g.commit();
         }
-        if let (Some(snap), Some(Kind::File(_))) = (snapshot, &self.op.kind) {
-            // Later runs of this COPY link their unchanged files from this snapshot.
-            let identity = self.copy_identity(inputs);
-            if let Err(e) = fileops::reuse::remember(&self.solver.inner.store, &identity, snap) {
-                tracing::warn!(%snap, "cannot record the snapshot for link reuse: {e}");
-            }
+        if let Some(snap) = snapshot {
+            op.recorded(self, inputs, snap);
         }
         Ok(inflight::Executed {
             output,
             created_unix,
         })
-    }
-
-    /// What makes two runs of a file op the same COPY apart from the content it reads (see
-    /// `fileops::reuse`).
-    fn copy_identity(&self, inputs: &[Arc<VertexResult>]) -> String {
-        fileops::reuse::identity(&self.digest, inputs.iter().map(|i| i.key.as_str()))
-    }
-
-    /// The vertex's cache key: its op digest, its inputs' keys, and for local inputs the
-    /// checksum of exactly what this op reads from them.
-    async fn cache_key(&self, inputs: &[Arc<VertexResult>]) -> Result<String, SolveError> {
-        let mut h = blake3::Hasher::new();
-        h.update(b"kiln-cache-v1\0");
-        h.update(self.digest.as_bytes());
-        for (i, input) in inputs.iter().enumerate() {
-            h.update(b"\0input\0");
-            h.update(input.key.as_bytes());
-            if let Output::Local(ctx) = &input.output {
-                // Usually computed ahead, since the solve started (see `prefetch`).
-                let sum = match self.prefetched.get(&(i as i64)) {
-                    Some(ahead) => ahead.clone().await.map_err(unwrap_arc)?,
-                    None => {
-                        let selectors = prefetch::selectors(&self.op, i as i64);
-                        let ctx = ctx.clone();
-                        let store = self.solver.inner.store.clone();
-                        tokio::task::spawn_blocking(move || {
-                            prefetch::checksum(ctx.as_ref(), &selectors, &store)
-                        })
-                        .await
-                        .map_err(|e| SolveError::Op(e.to_string()))??
-                        .0
-                    }
-                };
-                h.update(b"\0local\0");
-                h.update(sum.as_bytes());
-            }
-        }
-        Ok(h.finalize().to_hex().to_string())
-    }
-
-    async fn execute(&self, inputs: &[Arc<VertexResult>]) -> Result<Output, SolveError> {
-        match &self.op.kind {
-            Some(Kind::Source(s)) if http::is_http(&s.identifier) => {
-                http::execute(&self.solver.inner.store, s).await
-            }
-            Some(Kind::Source(s)) => self.source(&s.identifier).await,
-            Some(Kind::Exec(e)) => self.exec(e, inputs).await,
-            Some(Kind::File(f)) => {
-                let f = f.clone();
-                let store = self.solver.inner.store.clone();
-                let outputs: Vec<Output> = inputs.iter().map(|r| r.output.clone()).collect();
-                let op_store = store.clone();
-                let identity = self.copy_identity(inputs);
-                cleanup::blocking_snapshot(store, move || {
-                    file_op(&op_store, &f, &outputs, &identity)
-                })
-                .await
-            }
-            Some(Kind::Merge(m)) => merge::execute(&self.solver.inner.store, m, inputs).await,
-            Some(Kind::Diff(_)) => Err(SolveError::Unsupported("diff".into())),
-            None => Err(SolveError::Graph(format!("op {} has no kind", self.digest))),
-        }
-    }
-
-    async fn source(&self, identifier: &str) -> Result<Output, SolveError> {
-        let Some(name) = identifier.strip_prefix("docker-image://") else {
-            return Err(SolveError::Unsupported(format!("source `{identifier}`")));
-        };
-        let inner = &self.solver.inner;
-        let image =
-            images::resolve_image(&inner.store, &inner.registry, &inner.platform, name, false)
-                .await?;
-        images::ensure_layers(&inner.store, &inner.registry, &image).await?;
-        let store = inner.store.clone();
-        let top = tokio::task::spawn_blocking(move || images::unpack(&store, &image))
-            .await
-            .map_err(|e| SolveError::Op(e.to_string()))??;
-        Ok(top.map_or(Output::Scratch, Output::Snapshot))
-    }
-
-    async fn exec(
-        &self,
-        e: &kiln_llb::ExecOp,
-        inputs: &[Arc<VertexResult>],
-    ) -> Result<Output, SolveError> {
-        let store = &self.solver.inner.store;
-        let meta = e.meta.clone().unwrap_or_default();
-        let mut rootfs_input: Option<Output> = None;
-        for m in &e.mounts {
-            if m.dest == "/" && m.mount_type == MountType::Bind as i32 {
-                rootfs_input = Some(if m.input < 0 {
-                    Output::Scratch
-                } else {
-                    input_output(inputs, m.input)?
-                });
-            }
-        }
-        let parent = match rootfs_input {
-            Some(Output::Snapshot(s)) => Some(s),
-            Some(Output::Scratch) | None => None,
-            Some(Output::Local(_)) => {
-                return Err(SolveError::Unsupported(
-                    "a local context as the root filesystem".into(),
-                ))
-            }
-        };
-        let snaps = store.snapshots();
-        let (chain, passwd, group) = chain_and_accounts(store, parent)?;
-        let user_spec = if meta.user.is_empty() {
-            "0"
-        } else {
-            &meta.user
-        };
-        let user = kiln_exec::resolve_user(user_spec, passwd.as_deref(), group.as_deref())
-            .map_err(|e| SolveError::Op(e.to_string()))?;
-        let network = if e.network == NetworkMode::None as i32 || self.session.network_none {
-            kiln_exec::Network::None
-        } else {
-            kiln_exec::Network::Host
-        };
-        let spec = kiln_exec::default_spec(&kiln_exec::ProcessSpec {
-            args: meta.args.clone(),
-            env: meta.env.clone(),
-            cwd: if meta.cwd.is_empty() {
-                "/".into()
-            } else {
-                meta.cwd.clone()
-            },
-            user,
-            hostname: if meta.hostname.is_empty() {
-                "kiln".into()
-            } else {
-                meta.hostname.clone()
-            },
-            network,
-            terminal: false,
-        })
-        .map_err(|e| SolveError::Op(e.to_string()))?;
-        // `RUN --mount`s: prepared (and, for `sharing=locked`, waited for) before taking a slot.
-        let mount_inputs: Vec<mounts::MountInput> = inputs
-            .iter()
-            .map(|r| mounts::MountInput {
-                output: r.output.clone(),
-                key: r.key.clone(),
-            })
-            .collect();
-        let (store2, session, llb_mounts) = (store.clone(), self.session.clone(), e.mounts.clone());
-        let extra = tokio::task::spawn_blocking(move || {
-            mounts::prepare(&store2, &session, &llb_mounts, &mount_inputs)
-        })
-        .await
-        .map_err(|e| SolveError::Op(e.to_string()))??;
-        let mut spec = spec;
-        mounts::add_to_spec(&mut spec, &extra)?;
-        self.session
-            .limits
-            .apply_to(&mut spec)
-            .map_err(|e| SolveError::Op(e.to_string()))?;
-        let snap = snaps.create(parent).map_err(SolveError::cache)?;
-        // Removed unless the step succeeds: a failed or canceled `RUN` leaves nothing behind.
-        let owned = cleanup::SnapshotGuard::new(store.clone(), snap);
-        let scratch = tempfile::Builder::new()
-            .prefix("exec-")
-            .tempdir_in(store.tmp_dir())
-            .map_err(|e| SolveError::Op(format!("cannot make a temp dir: {e}")))?;
-        let mut lower: Vec<PathBuf> = chain.iter().map(|s| snaps.fs_dir(*s)).collect();
-        if lower.is_empty() {
-            let empty = scratch.path().join("empty");
-            std::fs::create_dir_all(&empty).map_err(|e| SolveError::Op(e.to_string()))?;
-            lower.push(empty);
-        }
-        let upper = snaps.fs_dir(snap);
-        let work = snap_work_dir(store, snap)?;
-        let target = scratch.path().join("rootfs");
-        let state = scratch.path().join("state");
-        for d in [&target, &state] {
-            std::fs::create_dir_all(d).map_err(|e| SolveError::Op(e.to_string()))?;
-        }
-        let config = kiln_exec::SandboxConfig {
-            spec,
-            rootfs: kiln_exec::RootFs {
-                lower,
-                upper: Some(upper.clone()),
-                work: Some(work),
-                target,
-            },
-            network,
-            stdio: kiln_exec::Stdio::Piped,
-            state_dir: state,
-            runtime: self.session.runtime.clone(),
-        };
-        let permit = self
-            .solver
-            .inner
-            .exec_slots
-            .acquire()
-            .await
-            .map_err(|e| SolveError::Op(e.to_string()))?;
-        self.started();
-        let log = progress::StepLog::new(self.vertex, Instant::now(), self.progress.clone());
-        let run = kiln_exec::run(config, Some(Box::new(log.clone())));
-        tokio::pin!(run);
-        // Lines a step leaves unfinished (a prompt before a long download) show after a pause.
-        let mut tick = tokio::time::interval(std::time::Duration::from_millis(250));
-        let outcome = loop {
-            tokio::select! {
-                o = &mut run => break o,
-                _ = tick.tick() => log.flush_stale(),
-            }
-        };
-        log.finish();
-        drop(permit);
-        drop(extra);
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(err) => return Err(SolveError::Op(err.to_string())),
-        };
-        if outcome.exit_code != 0 {
-            let mut lines = log.tail();
-            // Rootless with only the caller's own ids mapped, every other id is missing: say
-            // why `chown`/`setuid` to one fails, as the command's own message cannot.
-            if lines.contains("Invalid argument")
-                && kiln_exec::in_user_namespace()
-                && !kiln_exec::has_subordinate_ids()
-            {
-                lines.push_str(
-                    "\nnote: rootless kiln has only your own user mapped (as root): other user and group ids do not exist here, so changing to them fails with `Invalid argument`; give your user ranges in /etc/subuid and /etc/subgid and install newuidmap/newgidmap (package uidmap), or build as root",
-                );
-            }
-            if let Some(limit) = outcome.out_of_memory {
-                return Err(SolveError::OutOfMemory {
-                    command: meta.args.join(" "),
-                    limit,
-                    tail: lines,
-                });
-            }
-            return Err(SolveError::ExecFailed {
-                command: meta.args.join(" "),
-                exit_code: outcome.exit_code,
-                tail: lines,
-            });
-        }
-        // The mount points the sandbox had to create are gone already: `kiln_exec::run` removes
-        // them (and the directories copied up only for them) from the upper directory.
-        Ok(Output::Snapshot(owned.keep()))
     }
 }
 
@@ -876,7 +674,7 @@ impl Drop for CancelGuard {
 
 /// The result recorded under `key`, if its snapshot is still there.
 fn cached_result(store: &Store, key: &str) -> Result<Option<CachedResult>, SolveError> {
-    let Some(hit) = store.index().get(key).map_err(SolveError::cache)? else {
+    let Some(hit) = store.index().get(key).map_err(SolveError::from)? else {
         return Ok(None);
     };
     let usable = match hit.snapshot {
@@ -884,196 +682,4 @@ fn cached_result(store: &Store, key: &str) -> Result<Option<CachedResult>, Solve
         Some(s) => store.snapshots().fs_dir(s).is_dir(),
     };
     Ok(usable.then_some(hit))
-}
-
-fn input_output(inputs: &[Arc<VertexResult>], index: i64) -> Result<Output, SolveError> {
-    usize::try_from(index)
-        .ok()
-        .and_then(|i| inputs.get(i))
-        .map(|r| r.output.clone())
-        .ok_or_else(|| SolveError::Graph(format!("input index {index} out of range")))
-}
-
-/// The snapshot chain of `parent` (empty for scratch), with its `/etc/passwd` and `/etc/group`.
-#[allow(clippy::type_complexity)]
-fn chain_and_accounts(
-    store: &Store,
-    parent: Option<SnapshotId>,
-) -> Result<(Vec<SnapshotId>, Option<String>, Option<String>), SolveError> {
-    let chain = match parent {
-        Some(p) => store.snapshots().chain(p).map_err(SolveError::cache)?,
-        None => vec![],
-    };
-    let passwd = read_text(store, &chain, "/etc/passwd")?;
-    let group = read_text(store, &chain, "/etc/group")?;
-    Ok((chain, passwd, group))
-}
-
-fn read_text(
-    store: &Store,
-    chain: &[SnapshotId],
-    path: &str,
-) -> Result<Option<String>, SolveError> {
-    Ok(store
-        .snapshots()
-        .read_file(chain, path)
-        .map_err(SolveError::cache)?
-        .map(|b| String::from_utf8_lossy(&b).into_owned()))
-}
-
-/// The overlay work dir of a snapshot: beside its `fs` dir, on the same filesystem.
-fn snap_work_dir(store: &Store, snap: SnapshotId) -> Result<PathBuf, SolveError> {
-    let fs = store.snapshots().fs_dir(snap);
-    let work = fs
-        .parent()
-        .map(|p| p.join("work"))
-        .ok_or_else(|| SolveError::Op("snapshot dir has no parent".into()))?;
-    std::fs::create_dir_all(&work).map_err(|e| SolveError::Op(e.to_string()))?;
-    Ok(work)
-}
-
-/// Runs a file op: mounts the base with a new snapshot on top, applies the actions, commits.
-/// `identity` finds an earlier run of the same COPY to hard-link unchanged files from.
-fn file_op(
-    store: &Store,
-    f: &kiln_llb::FileOp,
-    inputs: &[Output],
-    identity: &str,
-) -> Result<Output, SolveError> {
-    let base = if f.base < 0 {
-        Output::Scratch
-    } else {
-        inputs
-            .get(f.base as usize)
-            .cloned()
-            .ok_or_else(|| SolveError::Graph(format!("file op base {} out of range", f.base)))?
-    };
-    let parent = match base {
-        Output::Snapshot(s) => Some(s),
-        Output::Scratch => None,
-        Output::Local(_) => {
-            return Err(SolveError::Unsupported(
-                "a file op on a local context".into(),
-            ))
-        }
-    };
-    let snaps = store.snapshots();
-    let (chain, passwd, group) = chain_and_accounts(store, parent)?;
-    // Removed again unless the op succeeds.
-    let made = snaps.create_mutable(parent).map_err(SolveError::cache)?;
-    let snap = made.id();
-    let result = (|| {
-        let tmp = tempfile::Builder::new()
-            .prefix("fileop-")
-            .tempdir_in(store.tmp_dir())
-            .map_err(|e| SolveError::Op(format!("cannot make a temp dir: {e}")))?;
-        let target = tmp.path().join("root");
-        std::fs::create_dir_all(&target).map_err(|e| SolveError::Op(e.to_string()))?;
-        let _work = snap_work_dir(store, snap)?;
-        let guard = snaps
-            .mount(&chain, Some(snap), &target)
-            .map_err(SolveError::cache)?;
-        let root = guard.path().to_path_buf();
-        let mut direct = None;
-        for (n, action) in f.actions.iter().enumerate() {
-            let Some(action) = &action.action else {
-                continue;
-            };
-            let owner_opt = match action {
-                Action::Copy(c) => c.owner.as_ref(),
-                Action::Mkdir(m) => m.owner.as_ref(),
-                Action::Mkfile(m) => m.owner.as_ref(),
-                Action::Rm(_) => None,
-            };
-            let owner = fileops::resolve_owner(owner_opt, passwd.as_deref(), group.as_deref())?;
-            match action {
-                Action::Copy(c) => {
-                    let src = if c.src_input < 0 {
-                        Output::Scratch
-                    } else {
-                        inputs.get(c.src_input as usize).cloned().ok_or_else(|| {
-                            SolveError::Graph(format!("copy source {} out of range", c.src_input))
-                        })?
-                    };
-                    match src {
-                        // A lone COPY of a context directory to a new destination: filled in the
-                        // snapshot's directory once the overlay is unmounted (`fileops::direct`).
-                        Output::Local(ctx) if f.actions.len() == 1 && direct.is_none() => {
-                            let held = fileops::direct::Held::Local(ctx);
-                            let pending =
-                                fileops::direct::prepare(&root, c, &held.source(), owner)?;
-                            match pending {
-                                Some(p) => direct = Some((p, c, held, owner)),
-                                None => fileops::apply(&root, action, Some(&held.source()), owner)?,
-                            }
-                        }
-                        Output::Local(ctx) => {
-                            let source = fileops::CopySource::Local(ctx.as_ref());
-                            fileops::apply(&root, action, Some(&source), owner)?;
-                        }
-                        Output::Snapshot(s) => {
-                            let src_chain = snaps.chain(s).map_err(SolveError::cache)?;
-                            let mnt = tmp.path().join(format!("src-{n}"));
-                            std::fs::create_dir_all(&mnt)
-                                .map_err(|e| SolveError::Op(e.to_string()))?;
-                            let g = snaps
-                                .mount(&src_chain, None, &mnt)
-                                .map_err(SolveError::cache)?;
-                            let held = fileops::direct::Held::Mounted(g);
-                            // `COPY --from` a directory to a new destination: direct too.
-                            if f.actions.len() == 1 && direct.is_none() {
-                                let pending =
-                                    fileops::direct::prepare(&root, c, &held.source(), owner)?;
-                                if let Some(p) = pending {
-                                    direct = Some((p, c, held, owner));
-                                    continue;
-                                }
-                            }
-                            fileops::apply(&root, action, Some(&held.source()), owner)?;
-                            drop(held);
-                        }
-                        Output::Scratch => {
-                            let empty = tmp.path().join(format!("empty-{n}"));
-                            std::fs::create_dir_all(&empty)
-                                .map_err(|e| SolveError::Op(e.to_string()))?;
-                            let source = fileops::CopySource::Dir(&empty);
-                            fileops::apply(&root, action, Some(&source), owner)?;
-                        }
-                    }
-                }
-                _ => fileops::apply(&root, action, None, owner)?,
-            }
-        }
-        drop(guard);
-        if let Some((pending, c, held, owner)) = direct {
-            let dest = pending.dest().to_path_buf();
-            // Link reuse needs the content hashes a context checksum memoises.
-            let local = matches!(held, fileops::direct::Held::Local(_));
-            let previous = local
-                .then(|| fileops::reuse::previous(store, identity, &dest))
-                .flatten();
-            let placed = fileops::direct::finish(
-                &snaps.fs_dir(snap),
-                pending,
-                c,
-                &held.source(),
-                owner,
-                local.then(|| store.index()),
-                previous.as_ref(),
-            )?;
-            drop(held);
-            if let Some(placed) = placed {
-                tracing::debug!(
-                    %snap,
-                    from = ?previous.as_ref().map(|p| p.snap),
-                    linked = placed.linked,
-                    recorded = placed.files.len(),
-                    "direct COPY placed"
-                );
-                fileops::reuse::write_manifest(store, snap, &dest, placed.files)?;
-            }
-        }
-        Ok(())
-    })();
-    result.map(|()| Output::Snapshot(made.commit()))
 }

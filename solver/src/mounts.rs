@@ -97,7 +97,7 @@ pub(crate) fn add_to_spec(
     }
     if !p.env.is_empty() {
         let Some(process) = spec.process_mut() else {
-            return Err(op_err("the step's spec has no process"));
+            return Err(SolveError::Op("the step's spec has no process".into()));
         };
         let mut env = process.env().clone().unwrap_or_default();
         for e in &p.env {
@@ -108,14 +108,6 @@ pub(crate) fn add_to_spec(
         process.set_env(Some(env));
     }
     Ok(())
-}
-
-fn op_err(msg: impl Into<String>) -> SolveError {
-    SolveError::Op(msg.into())
-}
-
-fn io_err(what: &str, path: &Path, e: std::io::Error) -> SolveError {
-    op_err(format!("{what} `{}`: {e}", path.display()))
 }
 
 fn oci_mount(
@@ -130,7 +122,7 @@ fn oci_mount(
         .source(source.to_path_buf())
         .options(options.to_vec())
         .build()
-        .map_err(|e| op_err(format!("cannot describe the mount at `{dest}`: {e}")))
+        .map_err(|e| SolveError::Op(format!("cannot describe the mount at `{dest}`: {e}")))
 }
 
 fn option<'a>(m: &'a kiln_llb::Mount, key: &str) -> Option<&'a str> {
@@ -146,7 +138,7 @@ fn flag(m: &kiln_llb::Mount, key: &str) -> Result<Option<bool>, SolveError> {
         None => Ok(None),
         Some(v) if v.eq_ignore_ascii_case("true") || v == "1" => Ok(Some(true)),
         Some(v) if v.eq_ignore_ascii_case("false") || v == "0" || v.is_empty() => Ok(Some(false)),
-        Some(v) => Err(op_err(format!(
+        Some(v) => Err(SolveError::Op(format!(
             "mount at `{}`: `{key}={v}` is not a boolean; write `{key}=true` or `{key}=false`",
             m.dest
         ))),
@@ -161,7 +153,7 @@ fn mode_opt(m: &kiln_llb::Mount, default: u32) -> Result<u32, SolveError> {
             .ok()
             .filter(|n| *n <= 0o7777)
             .ok_or_else(|| {
-                op_err(format!(
+                SolveError::Op(format!(
                     "mount at `{}`: `mode={v}` is not an octal file mode; write e.g. `mode=0755`",
                     m.dest
                 ))
@@ -173,7 +165,7 @@ fn id_opt(m: &kiln_llb::Mount, key: &str) -> Result<u32, SolveError> {
     match option(m, key) {
         None => Ok(0),
         Some(v) => v.parse().map_err(|_| {
-            op_err(format!(
+            SolveError::Op(format!(
                 "mount at `{}`: `{key}={v}` is not a numeric id; write e.g. `{key}=1000`",
                 m.dest
             ))
@@ -240,13 +232,18 @@ pub(crate) fn prepare(
     let scratch = tempfile::Builder::new()
         .prefix("mounts-")
         .tempdir_in(store.tmp_dir())
-        .map_err(|e| op_err(format!("cannot make a temp dir for the step's mounts: {e}")))?;
+        .map_err(SolveError::io(
+            "cannot make a temp dir for the step's mounts",
+        ))?;
     let dir = scratch.path().to_path_buf();
     p.scratch = Some(scratch);
     let mut ssh_count = 0;
     for (n, m) in others.into_iter().enumerate() {
         let work = dir.join(n.to_string());
-        std::fs::create_dir_all(&work).map_err(|e| io_err("cannot create", &work, e))?;
+        std::fs::create_dir_all(&work).map_err(SolveError::io(format!(
+            "cannot create `{}`",
+            work.display()
+        )))?;
         match MountType::try_from(m.mount_type) {
             Ok(MountType::Bind) => bind(&mut p, store, m, inputs, &work)?,
             Ok(MountType::Cache) => cache(&mut p, store, m, inputs, &work)?,
@@ -261,7 +258,7 @@ pub(crate) fn prepare(
                 }
             }
             Err(_) => {
-                return Err(op_err(format!(
+                return Err(SolveError::Op(format!(
                     "mount at `{}` has unknown type {}; rebuild with a matching frontend",
                     m.dest, m.mount_type
                 )))
@@ -289,9 +286,9 @@ fn input<'a>(
 fn source_in(root: &Path, selector: &str, dest: &str) -> Result<PathBuf, SolveError> {
     let sel = if selector.is_empty() { "/" } else { selector };
     let path = crate::inroot::resolve_in_root(root, sel, true)
-        .map_err(|e| op_err(format!("mount at `{dest}`: source `{sel}`: {e}")))?;
+        .map_err(SolveError::io(format!("mount at `{dest}`: source `{sel}`")))?;
     if std::fs::symlink_metadata(&path).is_err() {
-        return Err(op_err(format!(
+        return Err(SolveError::Op(format!(
             "mount at `{dest}`: source `{sel}` does not exist in the mount's `from`; check `source=`"
         )));
     }
@@ -314,25 +311,27 @@ fn bind(
     let source = match output {
         None | Some(Output::Scratch) => {
             let empty = work.join("empty");
-            std::fs::create_dir_all(&empty).map_err(|e| io_err("cannot create", &empty, e))?;
+            std::fs::create_dir_all(&empty).map_err(SolveError::io(format!(
+                "cannot create `{}`",
+                empty.display()
+            )))?;
             source_in(&empty, &m.selector, &m.dest)?
         }
         Some(Output::Snapshot(s)) => {
             let snaps = store.snapshots();
-            let chain = snaps.chain(s).map_err(SolveError::cache)?;
+            let chain = snaps.chain(s).map_err(SolveError::from)?;
             let upper = if m.readonly {
                 None
             } else {
-                let t = snaps.create_mutable(Some(s)).map_err(SolveError::cache)?;
+                let t = snaps.create_mutable(Some(s)).map_err(SolveError::from)?;
                 let id = t.id();
                 p.temp_snapshots.push(t);
                 Some(id)
             };
             let mnt = work.join("mnt");
-            std::fs::create_dir_all(&mnt).map_err(|e| io_err("cannot create", &mnt, e))?;
-            let guard = snaps
-                .mount(&chain, upper, &mnt)
-                .map_err(SolveError::cache)?;
+            std::fs::create_dir_all(&mnt)
+                .map_err(SolveError::io(format!("cannot create `{}`", mnt.display())))?;
+            let guard = snaps.mount(&chain, upper, &mnt).map_err(SolveError::from)?;
             let root = guard.path().to_path_buf();
             p.guards.push(guard);
             source_in(&root, &m.selector, &m.dest)?
@@ -361,10 +360,12 @@ fn local_overlay(
     hidden: Option<&Path>,
     work: &Path,
 ) -> Result<(), SolveError> {
-    let md = std::fs::metadata(src).map_err(|e| io_err("cannot read", src, e))?;
+    let md = std::fs::metadata(src)
+        .map_err(SolveError::io(format!("cannot read `{}`", src.display())))?;
     if !md.is_dir() {
         let copy = work.join("file");
-        std::fs::copy(src, &copy).map_err(|e| io_err("cannot copy", src, e))?;
+        std::fs::copy(src, &copy)
+            .map_err(SolveError::io(format!("cannot copy `{}`", src.display())))?;
         let mut opts = vec!["rbind".to_string()];
         if m.readonly {
             opts.push("ro".into());
@@ -376,7 +377,7 @@ fn local_overlay(
     for dir in hidden.into_iter().chain(std::iter::once(src)) {
         let s = dir.to_string_lossy().into_owned();
         if s.contains([',', ':', '\\']) {
-            return Err(op_err(format!(
+            return Err(SolveError::Op(format!(
                 "mount at `{}`: the path `{s}` contains `,`, `:` or `\\`, which overlayfs cannot take; move the context or the kiln store",
                 m.dest
             )));
@@ -390,7 +391,8 @@ fn local_overlay(
     } else {
         let (upper, wdir) = (work.join("upper"), work.join("work"));
         for d in [&upper, &wdir] {
-            std::fs::create_dir_all(d).map_err(|e| io_err("cannot create", d, e))?;
+            std::fs::create_dir_all(d)
+                .map_err(SolveError::io(format!("cannot create `{}`", d.display())))?;
         }
         opts.push(format!("upperdir={}", upper.display()));
         opts.push(format!("workdir={}", wdir.display()));
@@ -430,7 +432,10 @@ fn lock_file(path: &Path) -> Result<File, SolveError> {
         .create(true)
         .truncate(false)
         .open(path)
-        .map_err(|e| io_err("cannot open the lock", path, e))
+        .map_err(SolveError::io(format!(
+            "cannot open the lock `{}`",
+            path.display()
+        )))
 }
 
 /// `flock`; `Ok(false)` when `nonblocking` and someone else holds it.
@@ -446,7 +451,7 @@ fn flock(f: &File, nonblocking: bool) -> Result<bool, SolveError> {
         match e.raw_os_error() {
             Some(libc::EINTR) => continue,
             Some(libc::EWOULDBLOCK) if nonblocking => return Ok(false),
-            _ => return Err(op_err(format!("cannot lock a cache mount: {e}"))),
+            _ => return Err(SolveError::io("cannot lock a cache mount")(e)),
         }
     }
 }
@@ -465,7 +470,10 @@ fn cache(
     let (uid, gid) = (id_opt(m, "uid")?, id_opt(m, "gid")?);
     let from = input(inputs, m)?;
     let root = cache_root(store, id, from.map_or("", |f| f.key.as_str()));
-    std::fs::create_dir_all(&root).map_err(|e| io_err("cannot create", &root, e))?;
+    std::fs::create_dir_all(&root).map_err(SolveError::io(format!(
+        "cannot create `{}`",
+        root.display()
+    )))?;
     let _ = std::fs::write(root.join("id"), id);
     let data = match sharing {
         "shared" => root.join("data"),
@@ -496,7 +504,7 @@ fn cache(
             }
         }
         other => {
-            return Err(op_err(format!(
+            return Err(SolveError::Op(format!(
             "cache mount at `{}`: unknown sharing `{other}`; use `shared`, `private` or `locked`",
             m.dest
         )))
@@ -526,14 +534,18 @@ fn init_cache_dir(
     let fresh = tempfile::Builder::new()
         .prefix(".new-")
         .tempdir_in(parent)
-        .map_err(|e| io_err("cannot create a cache directory in", parent, e))?;
+        .map_err(SolveError::io(format!(
+            "cannot create a cache directory in `{}`",
+            parent.display()
+        )))?;
     match from.map(|f| &f.output) {
         Some(Output::Snapshot(s)) => {
             let snaps = store.snapshots();
-            let chain = snaps.chain(*s).map_err(SolveError::cache)?;
+            let chain = snaps.chain(*s).map_err(SolveError::from)?;
             let mnt = work.join("from");
-            std::fs::create_dir_all(&mnt).map_err(|e| io_err("cannot create", &mnt, e))?;
-            let guard = snaps.mount(&chain, None, &mnt).map_err(SolveError::cache)?;
+            std::fs::create_dir_all(&mnt)
+                .map_err(SolveError::io(format!("cannot create `{}`", mnt.display())))?;
+            let guard = snaps.mount(&chain, None, &mnt).map_err(SolveError::from)?;
             let src = source_in(guard.path(), &m.selector, &m.dest)?;
             copy_tree(&src, fresh.path())?;
             drop(guard);
@@ -543,10 +555,12 @@ fn init_cache_dir(
             copy_tree(&src, fresh.path())?;
         }
         Some(Output::Scratch) | None => {
-            std::os::unix::fs::chown(fresh.path(), Some(uid), Some(gid))
-                .map_err(|e| io_err("cannot chown", fresh.path(), e))?;
-            std::fs::set_permissions(fresh.path(), std::fs::Permissions::from_mode(mode))
-                .map_err(|e| io_err("cannot chmod", fresh.path(), e))?;
+            std::os::unix::fs::chown(fresh.path(), Some(uid), Some(gid)).map_err(
+                SolveError::io(format!("cannot chown `{}`", fresh.path().display())),
+            )?;
+            std::fs::set_permissions(fresh.path(), std::fs::Permissions::from_mode(mode)).map_err(
+                SolveError::io(format!("cannot chmod `{}`", fresh.path().display())),
+            )?;
         }
     }
     let tmp = fresh.keep();
@@ -554,7 +568,10 @@ fn init_cache_dir(
         let _ = std::fs::remove_dir_all(&tmp);
         // Another step made it first: use theirs.
         if !data.is_dir() {
-            return Err(io_err("cannot create the cache directory", data, e));
+            return Err(SolveError::io(format!(
+                "cannot create the cache directory `{}`",
+                data.display()
+            ))(e));
         }
     }
     Ok(())
@@ -562,18 +579,23 @@ fn init_cache_dir(
 
 /// Copies a directory's contents (or a file) keeping modes, owners and symlinks.
 fn copy_tree(src: &Path, dest: &Path) -> Result<(), SolveError> {
-    let md = std::fs::symlink_metadata(src).map_err(|e| io_err("cannot read", src, e))?;
+    let md = std::fs::symlink_metadata(src)
+        .map_err(SolveError::io(format!("cannot read `{}`", src.display())))?;
     if !md.is_dir() {
         let name = src.file_name().unwrap_or(src.as_os_str());
         return copy_entry(src, &md, &dest.join(name));
     }
-    for entry in std::fs::read_dir(src).map_err(|e| io_err("cannot list", src, e))? {
-        let entry = entry.map_err(|e| io_err("cannot list", src, e))?;
+    for entry in std::fs::read_dir(src)
+        .map_err(SolveError::io(format!("cannot list `{}`", src.display())))?
+    {
+        let entry = entry.map_err(SolveError::io(format!("cannot list `{}`", src.display())))?;
         let from = entry.path();
         let to = dest.join(entry.file_name());
-        let md = std::fs::symlink_metadata(&from).map_err(|e| io_err("cannot read", &from, e))?;
+        let md = std::fs::symlink_metadata(&from)
+            .map_err(SolveError::io(format!("cannot read `{}`", from.display())))?;
         if md.is_dir() {
-            std::fs::create_dir(&to).map_err(|e| io_err("cannot create", &to, e))?;
+            std::fs::create_dir(&to)
+                .map_err(SolveError::io(format!("cannot create `{}`", to.display())))?;
             copy_tree(&from, &to)?;
             set_owner_mode(&to, &md)?;
         } else {
@@ -586,14 +608,17 @@ fn copy_tree(src: &Path, dest: &Path) -> Result<(), SolveError> {
 fn copy_entry(from: &Path, md: &std::fs::Metadata, to: &Path) -> Result<(), SolveError> {
     let ft = md.file_type();
     if ft.is_symlink() {
-        let target = std::fs::read_link(from).map_err(|e| io_err("cannot read", from, e))?;
-        std::os::unix::fs::symlink(&target, to).map_err(|e| io_err("cannot create", to, e))?;
+        let target = std::fs::read_link(from)
+            .map_err(SolveError::io(format!("cannot read `{}`", from.display())))?;
+        std::os::unix::fs::symlink(&target, to)
+            .map_err(SolveError::io(format!("cannot create `{}`", to.display())))?;
         use std::os::unix::fs::MetadataExt;
         return std::os::unix::fs::lchown(to, Some(md.uid()), Some(md.gid()))
-            .map_err(|e| io_err("cannot chown", to, e));
+            .map_err(SolveError::io(format!("cannot chown `{}`", to.display())));
     }
     if ft.is_file() {
-        std::fs::copy(from, to).map_err(|e| io_err("cannot copy", from, e))?;
+        std::fs::copy(from, to)
+            .map_err(SolveError::io(format!("cannot copy `{}`", from.display())))?;
         return set_owner_mode(to, md);
     }
     // Devices, fifos and sockets have no place in a cache seed.
@@ -603,9 +628,9 @@ fn copy_entry(from: &Path, md: &std::fs::Metadata, to: &Path) -> Result<(), Solv
 fn set_owner_mode(path: &Path, md: &std::fs::Metadata) -> Result<(), SolveError> {
     use std::os::unix::fs::MetadataExt;
     std::os::unix::fs::lchown(path, Some(md.uid()), Some(md.gid()))
-        .map_err(|e| io_err("cannot chown", path, e))?;
+        .map_err(SolveError::io(format!("cannot chown `{}`", path.display())))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(md.mode() & 0o7777))
-        .map_err(|e| io_err("cannot chmod", path, e))
+        .map_err(SolveError::io(format!("cannot chmod `{}`", path.display())))
 }
 
 /// `type=tmpfs`: a fresh tmpfs, `nosuid` as BuildKit mounts it.
@@ -613,7 +638,7 @@ fn tmpfs(p: &mut Prepared, m: &kiln_llb::Mount) -> Result<(), SolveError> {
     let mut opts = vec!["nosuid".to_string(), "nodev".to_string()];
     if let Some(size) = option(m, "size") {
         let bytes = parse_size(size).ok_or_else(|| {
-            op_err(format!(
+            SolveError::Op(format!(
                 "tmpfs mount at `{}`: `size={size}` is not a size; write e.g. `size=64m`",
                 m.dest
             ))
@@ -638,7 +663,7 @@ fn secret(
     let required = flag(m, "required")?.unwrap_or(false);
     let Some(value) = session.secrets.get(id) else {
         if required {
-            return Err(op_err(format!(
+            return Err(SolveError::Op(format!(
                 "secret `{id}` is required but was not given; pass `--secret id={id},src=FILE` (or `env=VAR`) to `kiln build`"
             )));
         }
@@ -649,7 +674,7 @@ fn secret(
             .ok()
             .filter(|t| !t.contains('\0'))
             .ok_or_else(|| {
-                op_err(format!(
+                SolveError::Op(format!(
                     "secret `{id}` cannot go in the environment variable `{var}`: it is not text without NUL bytes; mount it as a file instead"
                 ))
             })?;
@@ -663,7 +688,10 @@ fn secret(
     let (uid, gid) = (id_opt(m, "uid")?, id_opt(m, "gid")?);
     let secrets = dir.join("secrets");
     if !p.host_mounts.contains(&secrets) {
-        std::fs::create_dir_all(&secrets).map_err(|e| io_err("cannot create", &secrets, e))?;
+        std::fs::create_dir_all(&secrets).map_err(SolveError::io(format!(
+            "cannot create `{}`",
+            secrets.display()
+        )))?;
         // A tmpfs, so that the bytes never reach the store's disk.
         mount_tmpfs(&secrets)?;
         p.host_mounts.push(secrets.clone());
@@ -674,14 +702,19 @@ fn secret(
         .create_new(true)
         .mode(0o600)
         .open(&file)
-        .map_err(|e| io_err("cannot write the secret file", &file, e))?;
-    f.write_all(value)
-        .map_err(|e| io_err("cannot write the secret file", &file, e))?;
+        .map_err(SolveError::io(format!(
+            "cannot write the secret file `{}`",
+            file.display()
+        )))?;
+    f.write_all(value).map_err(SolveError::io(format!(
+        "cannot write the secret file `{}`",
+        file.display()
+    )))?;
     drop(f);
     std::os::unix::fs::chown(&file, Some(uid), Some(gid))
-        .map_err(|e| io_err("cannot chown", &file, e))?;
+        .map_err(SolveError::io(format!("cannot chown `{}`", file.display())))?;
     std::fs::set_permissions(&file, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| io_err("cannot chmod", &file, e))?;
+        .map_err(SolveError::io(format!("cannot chmod `{}`", file.display())))?;
     let opts: Vec<String> = ["rbind", "ro", "nosuid", "nodev", "noexec"]
         .iter()
         .map(|s| s.to_string())
@@ -697,20 +730,20 @@ fn ssh(p: &mut Prepared, session: &Session, m: &kiln_llb::Mount) -> Result<bool,
     let required = flag(m, "required")?.unwrap_or(false);
     let Some(sock) = session.ssh.get(id) else {
         if required {
-            return Err(op_err(format!(
+            return Err(SolveError::Op(format!(
                 "ssh agent `{id}` is required but was not given; pass `--ssh {id}` (uses `$SSH_AUTH_SOCK`) or `--ssh {id}=SOCKET` to `kiln build`"
             )));
         }
         return Ok(false);
     };
     let md = std::fs::metadata(sock).map_err(|e| {
-        op_err(format!(
+        SolveError::Op(format!(
             "ssh agent `{id}`: `{}`: {e}; start an agent (`eval $(ssh-agent)`) or pass its socket",
             sock.display()
         ))
     })?;
     if !md.file_type().is_socket() {
-        return Err(op_err(format!(
+        return Err(SolveError::Op(format!(
             "ssh agent `{id}`: `{}` is not a socket; pass an ssh agent's socket (key files are not supported)",
             sock.display()
         )));
@@ -731,7 +764,7 @@ fn ssh(p: &mut Prepared, session: &Session, m: &kiln_llb::Mount) -> Result<bool,
 
 fn cstr(p: &Path) -> Result<std::ffi::CString, SolveError> {
     std::ffi::CString::new(p.as_os_str().as_encoded_bytes())
-        .map_err(|_| op_err(format!("path `{}` contains a NUL byte", p.display())))
+        .map_err(|_| SolveError::Op(format!("path `{}` contains a NUL byte", p.display())))
 }
 
 fn mount_tmpfs(target: &Path) -> Result<(), SolveError> {
@@ -748,7 +781,7 @@ fn mount_tmpfs(target: &Path) -> Result<(), SolveError> {
         )
     };
     if r != 0 {
-        return Err(op_err(format!(
+        return Err(SolveError::Op(format!(
             "cannot mount a tmpfs for secrets at `{}`: {}; kiln needs to run as root for secrets",
             target.display(),
             std::io::Error::last_os_error()
@@ -762,11 +795,10 @@ fn umount_detach(target: &Path) -> Result<(), SolveError> {
     // SAFETY: umount2(2) with a NUL-terminated string that outlives the call.
     let r = unsafe { libc::umount2(t.as_ptr(), libc::MNT_DETACH) };
     if r != 0 {
-        return Err(op_err(format!(
-            "cannot unmount `{}`: {}",
-            target.display(),
-            std::io::Error::last_os_error()
-        )));
+        return Err(SolveError::io(format!(
+            "cannot unmount `{}`",
+            target.display()
+        ))(std::io::Error::last_os_error()));
     }
     Ok(())
 }

@@ -181,9 +181,28 @@ fn local_name(op: &Op) -> Option<&str> {
 pub(crate) type Selector = (String, bool);
 
 /// The paths an op reads from its input `index` when that input is a local context: a file op
-/// its copies' sources, anything else (an exec mount) the whole context.
+/// its copies' sources, an exec op its mounts' selectors (the whole context when one mounts all
+/// of it, as `""`: the key of such a step is the same as before selectors counted).
 pub(crate) fn selectors(op: &Op, index: i64) -> Vec<Selector> {
+    let whole = || vec![(String::new(), true)];
     match &op.kind {
+        Some(Kind::Exec(e)) => {
+            let mut picked = Vec::new();
+            for m in e.mounts.iter().filter(|m| m.input == index) {
+                // A mount source is a path, not a pattern: one with a wildcard character is
+                // keyed on the whole context rather than on what the pattern would match.
+                let sel = m.selector.trim_matches('/');
+                if sel.is_empty() || sel.contains(['*', '?', '[', '\\']) {
+                    return whole();
+                }
+                // Followed through a last symlink, as `mounts.rs` mounts it.
+                picked.push((m.selector.clone(), true));
+            }
+            if picked.is_empty() {
+                return whole();
+            }
+            picked
+        }
         Some(Kind::File(f)) => f
             .actions
             .iter()
@@ -194,7 +213,7 @@ pub(crate) fn selectors(op: &Op, index: i64) -> Vec<Selector> {
                 _ => None,
             })
             .collect(),
-        _ => vec![(String::new(), true)],
+        _ => whole(),
     }
 }
 
@@ -212,4 +231,52 @@ pub(crate) fn checksum(
     sources.sort();
     sources.dedup();
     context::checksum(ctx, &sources, store.index())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_llb::{ExecOp, Mount};
+
+    fn exec_mounting(selectors: &[&str]) -> Op {
+        let mut mounts = vec![Mount::rootfs(0)];
+        for (n, s) in selectors.iter().enumerate() {
+            let mut m = Mount::rootfs(1);
+            m.selector = (*s).into();
+            m.dest = format!("/m{n}");
+            m.output = -1;
+            mounts.push(m);
+        }
+        Op {
+            inputs: vec![],
+            kind: Some(Kind::Exec(ExecOp {
+                meta: None,
+                mounts,
+                network: 0,
+            })),
+        }
+    }
+
+    fn sel(s: &str) -> Selector {
+        (s.into(), true)
+    }
+
+    #[test]
+    fn an_exec_reads_what_its_mounts_select_of_a_context() {
+        let two = exec_mounting(&["/package.json", "/src/lib"]);
+        assert_eq!(
+            selectors(&two, 1),
+            vec![sel("/package.json"), sel("/src/lib")]
+        );
+        // All of it: the selector the frontend writes for a mount without `source`.
+        assert_eq!(selectors(&exec_mounting(&["/"]), 1), vec![sel("")]);
+        assert_eq!(
+            selectors(&exec_mounting(&["/package.json", ""]), 1),
+            vec![sel("")]
+        );
+        // A path with a wildcard character is not taken as a pattern.
+        assert_eq!(selectors(&exec_mounting(&["/a[1].txt"]), 1), vec![sel("")]);
+        // An input no mount reads (here the root filesystem's) is read whole, as before.
+        assert_eq!(selectors(&two, 2), vec![sel("")]);
+    }
 }

@@ -24,13 +24,21 @@ const PACKAGES: &[(&str, &str)] = &[
     ("openssl", "/usr/bin/openssl"),
     // newuidmap/newgidmap: rootless kiln maps /etc/subuid ranges (cli/tests/rootless.rs).
     ("uidmap", "/usr/bin/newuidmap"),
-    // `ADD` of git repositories runs the host's git (solver/src/git.rs, cli/tests/git.rs).
+    // `ADD` of git repositories runs the host's git (solver/src/ops/git.rs, cli/tests/git.rs).
     ("git", "/usr/bin/git"),
     // tini-static: the init of containers run with `--runtime runc|crun` (exec/src/oci/init.rs).
     ("tini", "/usr/bin/tini-static"),
     // `--runtime crun` is tested beside runc (cli/tests/runtime.rs).
     ("crun", "/usr/bin/crun"),
+    // QEMU user mode: `kiln setup emulators` registers it to run foreign `RUN` steps
+    // (exec/src/emulation.rs, cli/tests/platform.rs).
+    ("qemu-user-static", "/usr/bin/qemu-aarch64-static"),
 ];
+
+/// Where the set-up puts Debian's arm64 `busybox-static` binary, from which the tests make an
+/// arm64 base image as they make the amd64 one from `/bin/busybox` (cli/tests/common.rs reads
+/// the same path).
+const ARM64_BUSYBOX: &str = "/usr/local/lib/kiln-test/arm64/busybox";
 
 /// The test registry's address. Not 5000, which `../shared/peers` uses.
 const TEST_REGISTRY: &str = "127.0.0.1:5050";
@@ -83,17 +91,77 @@ fn setup() -> Result<()> {
         .filter(|(_, file)| !Path::new(file).exists())
         .map(|(pkg, _)| *pkg)
         .collect();
-    if missing.is_empty() {
+    if !missing.is_empty() {
+        println!("xtask: installing {}", missing.join(" "));
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"))?;
+        // Debian's package may start its own registry on :5000; ours runs on its own port.
+    }
+    arm64_busybox()
+}
+
+/// Puts Debian's `busybox-static:arm64` binary at [`ARM64_BUSYBOX`]: downloaded, not installed,
+/// so the host's own `/bin/busybox` stays amd64.
+fn arm64_busybox() -> Result<()> {
+    let target = Path::new(ARM64_BUSYBOX);
+    if target.exists() {
         return Ok(());
     }
-    println!("xtask: installing {}", missing.join(" "));
-    run(Command::new("apt-get").args(["update", "-qq"]))?;
-    run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "--no-install-recommends"])
-        .args(&missing)
-        .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    // Debian's package may start its own registry on :5000; ours runs on its own port.
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .context("cannot run `dpkg`")?;
+    if !String::from_utf8_lossy(&foreign.stdout)
+        .split_whitespace()
+        .any(|a| a == "arm64")
+    {
+        println!("xtask: adding the arm64 architecture to dpkg for busybox-static:arm64");
+        run(Command::new("dpkg").args(["--add-architecture", "arm64"]))?;
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+    }
+    let work = tempfile_dir("kiln-arm64-busybox")?;
+    let fetched = run(Command::new("apt-get").current_dir(&work).args([
+        "download",
+        "-qq",
+        "busybox-static:arm64",
+    ]));
+    if fetched.is_err() {
+        // The package lists may predate the architecture's addition.
+        run(Command::new("apt-get").args(["update", "-qq"]))?;
+        run(Command::new("apt-get").current_dir(&work).args([
+            "download",
+            "-qq",
+            "busybox-static:arm64",
+        ]))?;
+    }
+    let deb = std::fs::read_dir(&work)?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.extension().is_some_and(|e| e == "deb"))
+        .context("`apt-get download busybox-static:arm64` left no .deb")?;
+    let tree = work.join("tree");
+    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&tree))?;
+    let parent = target.parent().context("ARM64_BUSYBOX has a parent")?;
+    std::fs::create_dir_all(parent)
+        .with_context(|| format!("cannot create `{}`", parent.display()))?;
+    std::fs::copy(tree.join("bin/busybox"), target)
+        .with_context(|| format!("cannot copy the arm64 busybox to `{ARM64_BUSYBOX}`"))?;
+    std::fs::remove_dir_all(&work).ok();
+    println!("xtask: arm64 busybox-static at {ARM64_BUSYBOX}");
     Ok(())
+}
+
+/// A new empty directory under the system's temp dir, readable by apt's `_apt` user.
+fn tempfile_dir(prefix: &str) -> Result<PathBuf> {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777))?;
+    Ok(dir)
 }
 
 fn is_root() -> bool {

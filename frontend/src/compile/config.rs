@@ -282,8 +282,10 @@ impl ImageState {
         config.set_user(opt_string(&self.user));
         config.set_working_dir(opt_string(&self.working_dir));
         config.set_env((!self.env.is_empty()).then(|| self.env.clone()));
-        config.set_cmd(self.cmd.clone());
-        config.set_entrypoint(self.entrypoint.clone());
+        // `CMD []`/`ENTRYPOINT []` leave the field out, as BuildKit's Go writer does
+        // (`omitempty`): the config bytes, and so the image digest, match.
+        config.set_cmd(self.cmd.clone().filter(|c| !c.is_empty()));
+        config.set_entrypoint(self.entrypoint.clone().filter(|e| !e.is_empty()));
         config.set_exposed_ports(
             (!self.exposed_ports.is_empty()).then(|| self.exposed_ports.iter().cloned().collect()),
         );

@@ -247,12 +247,9 @@ pub(crate) fn from_args(df: &Dockerfile) -> Vec<(usize, &'static str, String)> {
                     }
                 }
                 for name in &undeclared {
-                    let hint = crate::compile::util::did_you_mean(
-                        name,
-                        declared.iter().map(String::as_str),
-                    )
-                    .map(|c| format!(" (did you mean {c}?)"))
-                    .unwrap_or_default();
+                    let hint = crate::util::did_you_mean(name, declared.iter().map(String::as_str))
+                        .map(|c| format!(" (did you mean {c}?)"))
+                        .unwrap_or_default();
                     out.push((
                         i.start_line,
                         "UndefinedArgInFrom",
@@ -359,7 +356,7 @@ pub(crate) fn duplicate_stage_names(df: &Dockerfile) -> Vec<(usize, &'static str
                 "DuplicateStageName",
                 format!(
                     "Duplicate stage name {}, stage names should be unique",
-                    crate::compile::util::go_quote(&name)
+                    crate::util::go_quote(&name)
                 ),
             ));
         } else {

@@ -1,6 +1,7 @@
 //! Unit tests of compilation rules: stage selection, ARG scoping, CMD/ENTRYPOINT, suggestions.
 
 use super::*;
+use kiln_llb::ExecMeta;
 use oci_spec::image::ImageConfiguration;
 use std::sync::Mutex;
 

@@ -57,7 +57,7 @@ impl UndefinedVars {
         let budget = self.budget.get();
         let mut compared = 0;
         let candidates = known.into_iter().take(budget).inspect(|_| compared += 1);
-        let hint = super::util::did_you_mean(name, candidates).map(str::to_string);
+        let hint = crate::util::did_you_mean(name, candidates).map(str::to_string);
         self.budget.set(budget - compared);
         self.found.borrow_mut().push((line, name.to_string(), hint));
     }

@@ -3,7 +3,7 @@
 //! copied. A file that only looks like one (a `.gz` of plain text) is copied as it is. Entries
 //! are written through `resolve_in_root`, so an archive can never write outside the root.
 
-use super::{op_err, resolve_in_root, Owner};
+use super::{resolve_in_root, Owner};
 use crate::SolveError;
 use std::io::{self, BufReader, Read, Seek};
 use std::os::unix::fs::PermissionsExt;
@@ -105,17 +105,17 @@ fn is_tar_header(block: &[u8]) -> bool {
 /// The archive's compression when `path` is a tar archive kiln should unpack, `None` when it is
 /// to be copied as a plain file.
 pub(crate) fn detect(path: &Path) -> Result<Option<Compression>, SolveError> {
-    let err = |e| op_err(&path.display().to_string(), e);
+    let err = SolveError::io(format!("`{}`", path.display()));
     let mut magic = [0u8; 6];
-    let mut f = std::fs::File::open(path).map_err(err)?;
-    let n = read_up_to(&mut f, &mut magic).map_err(err)?;
+    let mut f = std::fs::File::open(path).map_err(&err)?;
+    let n = read_up_to(&mut f, &mut magic).map_err(&err)?;
     let c = compression_of(&magic[..n]);
     if c == Compression::Xz {
-        let f = std::fs::File::open(path).map_err(err)?;
+        let f = std::fs::File::open(path).map_err(&err)?;
         let head = xz_head(f, 512);
         return Ok(is_tar_header(&head).then_some(c));
     }
-    let f = std::fs::File::open(path).map_err(err)?;
+    let f = std::fs::File::open(path).map_err(&err)?;
     let Ok(mut r) = decoder(f, c) else {
         return Ok(None);
     };
@@ -148,19 +148,19 @@ pub(crate) fn unpack(
     owner: Option<Owner>,
 ) -> Result<(), SolveError> {
     let name = path.display().to_string();
-    let err = |e: io::Error| op_err(&name, e);
-    let f = std::fs::File::open(path).map_err(err)?;
-    let mut archive = tar::Archive::new(decoder(f, compression).map_err(err)?);
-    std::fs::create_dir_all(dest).map_err(|e| op_err(&dest.display().to_string(), e))?;
+    let err = SolveError::io(format!("`{}`", name));
+    let f = std::fs::File::open(path).map_err(&err)?;
+    let mut archive = tar::Archive::new(decoder(f, compression).map_err(&err)?);
+    std::fs::create_dir_all(dest).map_err(SolveError::io(format!("`{}`", dest.display())))?;
     let dest_rel = dest
         .strip_prefix(root)
         .map(Path::to_path_buf)
         .unwrap_or_default();
     // Directory times are set last: writing into a directory changes its mtime.
     let mut dir_times: Vec<(PathBuf, filetime::FileTime)> = Vec::new();
-    for entry in archive.entries().map_err(err)? {
-        let mut entry = entry.map_err(err)?;
-        let raw = entry.path().map_err(err)?.into_owned();
+    for entry in archive.entries().map_err(&err)? {
+        let mut entry = entry.map_err(&err)?;
+        let raw = entry.path().map_err(&err)?.into_owned();
         let mut rel = PathBuf::new();
         for c in raw.components() {
             match c {
@@ -180,8 +180,8 @@ pub(crate) fn unpack(
         let in_root = dest_rel.join(&rel);
         let in_root_s = in_root.to_string_lossy().into_owned();
         let parent = in_root.parent().unwrap_or(Path::new(""));
-        let parent_abs = resolve_in_root(root, parent, true).map_err(err)?;
-        std::fs::create_dir_all(&parent_abs).map_err(err)?;
+        let parent_abs = resolve_in_root(root, parent, true).map_err(&err)?;
+        std::fs::create_dir_all(&parent_abs).map_err(&err)?;
         let file_name = rel.file_name().unwrap_or_default();
         let target = parent_abs.join(file_name);
         let header = entry.header().clone();
@@ -198,62 +198,63 @@ pub(crate) fn unpack(
         if !kind.is_dir() {
             if let Ok(m) = std::fs::symlink_metadata(&target) {
                 if m.is_dir() {
-                    std::fs::remove_dir_all(&target).map_err(err)?;
+                    std::fs::remove_dir_all(&target).map_err(&err)?;
                 } else {
-                    std::fs::remove_file(&target).map_err(err)?;
+                    std::fs::remove_file(&target).map_err(&err)?;
                 }
             }
         }
         if kind.is_dir() {
             if !target.is_dir() {
                 let _ = std::fs::remove_file(&target);
-                std::fs::create_dir(&target).map_err(err)?;
+                std::fs::create_dir(&target).map_err(&err)?;
             }
-            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(err)?;
+            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(&err)?;
             std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode))
-                .map_err(err)?;
+                .map_err(&err)?;
             dir_times.push((target, mtime));
             continue;
         } else if kind.is_symlink() {
-            let link = entry.link_name().map_err(err)?.ok_or_else(|| {
+            let link = entry.link_name().map_err(&err)?.ok_or_else(|| {
                 SolveError::Op(format!("`{name}`: symlink `{in_root_s}` has no target"))
             })?;
-            std::os::unix::fs::symlink(&link, &target).map_err(err)?;
-            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(err)?;
-            filetime::set_symlink_file_times(&target, mtime, mtime).map_err(err)?;
+            std::os::unix::fs::symlink(&link, &target).map_err(&err)?;
+            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(&err)?;
+            filetime::set_symlink_file_times(&target, mtime, mtime).map_err(&err)?;
             continue;
         } else if kind.is_hard_link() {
-            let link = entry.link_name().map_err(err)?.ok_or_else(|| {
+            let link = entry.link_name().map_err(&err)?.ok_or_else(|| {
                 SolveError::Op(format!("`{name}`: hard link `{in_root_s}` has no target"))
             })?;
             let src = dest_rel.join(link.as_ref());
-            let src = resolve_in_root(root, &src, false).map_err(err)?;
-            std::fs::hard_link(&src, &target).map_err(err)?;
+            let src = resolve_in_root(root, &src, false).map_err(&err)?;
+            std::fs::hard_link(&src, &target).map_err(&err)?;
             // The link entry's own header applies to the shared inode, as Docker's
             // `createTarFile` (BuildKit's ADD) does: owner always, mode and times unless the
             // inode is a symlink.
-            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(err)?;
+            std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(&err)?;
             if std::fs::symlink_metadata(&target)
-                .map_err(err)?
+                .map_err(&err)?
                 .file_type()
                 .is_symlink()
             {
                 continue;
             }
         } else if kind.is_file() || kind == tar::EntryType::Continuous {
-            let mut out = std::fs::File::create(&target).map_err(err)?;
-            io::copy(&mut entry, &mut out).map_err(err)?;
+            let mut out = std::fs::File::create(&target).map_err(&err)?;
+            io::copy(&mut entry, &mut out).map_err(&err)?;
         } else {
             // Devices, fifos and GNU/PAX metadata entries: Docker's ADD needs privileges for
             // devices and builds almost never ship them; leave them out.
             continue;
         }
-        std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(err)?;
-        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(err)?;
-        filetime::set_file_times(&target, mtime, mtime).map_err(err)?;
+        std::os::unix::fs::lchown(&target, Some(uid), Some(gid)).map_err(&err)?;
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(mode)).map_err(&err)?;
+        filetime::set_file_times(&target, mtime, mtime).map_err(&err)?;
     }
     for (dir, t) in dir_times.into_iter().rev() {
-        filetime::set_file_times(&dir, t, t).map_err(|e| op_err(&dir.display().to_string(), e))?;
+        filetime::set_file_times(&dir, t, t)
+            .map_err(SolveError::io(format!("`{}`", dir.display())))?;
     }
     Ok(())
 }

@@ -8,7 +8,7 @@
 //! source inode an earlier leaf already had is not copied but linked to that leaf's destination,
 //! after the flush that placed it.
 
-use super::{op_err, Owner};
+use super::Owner;
 use crate::SolveError;
 use rayon::prelude::*;
 use std::collections::hash_map::{Entry, HashMap};
@@ -104,7 +104,7 @@ impl Batch {
         }
         for (dir, mtime) in std::mem::take(&mut self.dir_times) {
             filetime::set_file_times(&dir, mtime, mtime)
-                .map_err(|e| op_err(&dir.display().to_string(), e))?;
+                .map_err(SolveError::io(format!("`{}`", dir.display())))?;
         }
         Ok(())
     }
@@ -158,12 +158,12 @@ fn link_leaf(
 
 /// Removes what is in the way of a non-directory at `dst`.
 pub(super) fn clear_target(dst: &Path, meta: &Metadata) -> Result<(), SolveError> {
-    let err = |e| op_err(&dst.display().to_string(), e);
+    let err = SolveError::io(format!("`{}`", dst.display()));
     if let Ok(m) = std::fs::symlink_metadata(dst) {
         if m.is_dir() && !meta.is_dir() {
-            std::fs::remove_dir_all(dst).map_err(err)?;
+            std::fs::remove_dir_all(dst).map_err(&err)?;
         } else if !m.is_dir() {
-            std::fs::remove_file(dst).map_err(err)?;
+            std::fs::remove_file(dst).map_err(&err)?;
         }
     }
     Ok(())
@@ -183,7 +183,7 @@ pub(super) fn create_entry(
     owner: Option<Owner>,
     mode: Option<u32>,
 ) -> Result<bool, SolveError> {
-    let err = |e| op_err(&dst.display().to_string(), e);
+    let err = SolveError::io(format!("`{}`", dst.display()));
     let ft = meta.file_type();
     let o = owner.unwrap_or(Owner {
         uid: meta.uid(),
@@ -191,32 +191,32 @@ pub(super) fn create_entry(
     });
     let mtime = filetime::FileTime::from_last_modification_time(meta);
     if ft.is_symlink() {
-        let target = std::fs::read_link(src).map_err(err)?;
-        std::os::unix::fs::symlink(&target, dst).map_err(err)?;
-        std::os::unix::fs::lchown(dst, Some(o.uid), Some(o.gid)).map_err(err)?;
-        filetime::set_symlink_file_times(dst, mtime, mtime).map_err(err)?;
+        let target = std::fs::read_link(src).map_err(&err)?;
+        std::os::unix::fs::symlink(&target, dst).map_err(&err)?;
+        std::os::unix::fs::lchown(dst, Some(o.uid), Some(o.gid)).map_err(&err)?;
+        filetime::set_symlink_file_times(dst, mtime, mtime).map_err(&err)?;
         return Ok(false);
     }
     let perm = mode.unwrap_or(meta.mode() & 0o7777);
     if ft.is_file() {
         // Everything through the two descriptors: no further path lookups on the overlay.
-        let mut from = File::open(src).map_err(|e| op_err(&src.display().to_string(), e))?;
+        let mut from = File::open(src).map_err(SolveError::io(format!("`{}`", src.display())))?;
         let mut to = OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(dst)
-            .map_err(err)?;
+            .map_err(&err)?;
         // std's File-to-File copy uses copy_file_range (reflinks or in-kernel copies).
-        io::copy(&mut from, &mut to).map_err(err)?;
-        std::os::unix::fs::fchown(&to, Some(o.uid), Some(o.gid)).map_err(err)?;
+        io::copy(&mut from, &mut to).map_err(&err)?;
+        std::os::unix::fs::fchown(&to, Some(o.uid), Some(o.gid)).map_err(&err)?;
         // chown clears setuid bits, so permissions come after it.
         to.set_permissions(std::fs::Permissions::from_mode(perm))
-            .map_err(err)?;
-        filetime::set_file_handle_times(&to, Some(mtime), Some(mtime)).map_err(err)?;
+            .map_err(&err)?;
+        filetime::set_file_handle_times(&to, Some(mtime), Some(mtime)).map_err(&err)?;
         let after = from
             .metadata()
-            .map_err(|e| op_err(&src.display().to_string(), e))?;
+            .map_err(SolveError::io(format!("`{}`", src.display())))?;
         return Ok(same_file_state(meta, &after));
     }
     // Devices, fifos and sockets are recreated, not read.
@@ -227,10 +227,10 @@ pub(super) fn create_entry(
     if rc != 0 {
         return Err(err(io::Error::last_os_error()));
     }
-    std::os::unix::fs::lchown(dst, Some(o.uid), Some(o.gid)).map_err(err)?;
-    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(perm)).map_err(err)?;
+    std::os::unix::fs::lchown(dst, Some(o.uid), Some(o.gid)).map_err(&err)?;
+    std::fs::set_permissions(dst, std::fs::Permissions::from_mode(perm)).map_err(&err)?;
     // Not `set_file_times`: it may open the path, and opening a fifo blocks until a writer comes.
-    filetime::set_symlink_file_times(dst, mtime, mtime).map_err(err)?;
+    filetime::set_symlink_file_times(dst, mtime, mtime).map_err(&err)?;
     Ok(false)
 }
 

@@ -14,8 +14,8 @@
 //! A `--from` source stays mounted (read-only, on its own mount point) until they are.
 
 use super::{
-    batch, filter, mkdir_parents, op_err, resolve_dir_sources, resolve_in_root, reuse, CopySource,
-    DirWalk, Owner,
+    batch, filter, mkdir_parents, resolve_dir_sources, resolve_in_root, reuse, CopySource, DirWalk,
+    Owner,
 };
 use crate::context;
 use crate::glob;
@@ -94,12 +94,13 @@ pub(crate) fn prepare(
         }
     };
     if !std::fs::symlink_metadata(&src)
-        .map_err(|e| op_err(&c.src, e))?
+        .map_err(SolveError::io(format!("`{}`", c.src)))?
         .is_dir()
     {
         return Ok(None);
     }
-    let dest = resolve_in_root(root, &c.dest, true).map_err(|e| op_err(&c.dest, e))?;
+    let dest =
+        resolve_in_root(root, &c.dest, true).map_err(SolveError::io(format!("`{}`", c.dest)))?;
     if std::fs::symlink_metadata(&dest).is_ok() {
         return Ok(None);
     }
@@ -132,7 +133,7 @@ pub(crate) fn finish(
     previous: Option<&reuse::Previous>,
 ) -> Result<Option<Placed>, SolveError> {
     let dest = upper.join(&pending.dest);
-    let m = std::fs::symlink_metadata(&dest).map_err(|e| op_err(&c.dest, e))?;
+    let m = std::fs::symlink_metadata(&dest).map_err(SolveError::io(format!("`{}`", c.dest)))?;
     if !m.is_dir() {
         return Err(SolveError::Op(format!(
             "`{}` was created by this COPY but is not a directory in the new snapshot",

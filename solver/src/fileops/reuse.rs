@@ -29,7 +29,7 @@
 //! hard-link entry only for an inode it meets twice in one layer, never from `nlink` alone.
 
 use super::batch::{self, Leaf, Place};
-use super::{op_err, Owner};
+use super::Owner;
 use crate::context;
 use crate::SolveError;
 use kiln_cache::{CacheIndex, SnapshotId, Store};
@@ -79,7 +79,7 @@ pub(crate) fn remember(store: &Store, identity: &str, snap: SnapshotId) -> Resul
     store
         .index()
         .meta_put(&format!("{META_PREFIX}{identity}"), &snap.0.to_string())
-        .map_err(SolveError::cache)
+        .map_err(SolveError::from)
 }
 
 /// The files of an earlier run of this COPY: its destination directory in that snapshot and,
@@ -128,9 +128,9 @@ pub(crate) fn write_manifest(
     let bytes = encode(dest.as_os_str().as_bytes(), &files);
     // Through a temp name: a manifest is whole or absent (the trailer catches the rest).
     let tmp = path.with_extension("tmp");
-    let err = |e| op_err(&path.display().to_string(), e);
-    std::fs::write(&tmp, bytes).map_err(err)?;
-    std::fs::rename(&tmp, &path).map_err(err)
+    let err = SolveError::io(format!("`{}`", path.display()));
+    std::fs::write(&tmp, bytes).map_err(&err)?;
+    std::fs::rename(&tmp, &path).map_err(&err)
 }
 
 /// `MAGIC`, the destination, the entries (path, hash), then the blake3 of all before it.
@@ -220,7 +220,7 @@ impl<'a> Plan<'a> {
             .collect();
         let found: Vec<Option<[u8; 32]>> = keys
             .par_chunks(context::MEMO_CHUNK)
-            .map(|chunk| index.memo_get_many(chunk).map_err(SolveError::cache))
+            .map(|chunk| index.memo_get_many(chunk).map_err(SolveError::from))
             .collect::<Result<Vec<_>, _>>()?
             .into_iter()
             .flatten()
@@ -294,7 +294,7 @@ fn link(
         .is_ok_and(|m| copy_would_match(&m, &l.meta, owner, mode))
         && xattr::list(&l.dst).is_ok_and(|mut names| names.next().is_none());
     if !ok {
-        std::fs::remove_file(&l.dst).map_err(|e| op_err(&l.dst.display().to_string(), e))?;
+        std::fs::remove_file(&l.dst).map_err(SolveError::io(format!("`{}`", l.dst.display())))?;
     }
     Ok(ok)
 }

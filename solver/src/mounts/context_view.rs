@@ -21,10 +21,6 @@ struct Hider<'a> {
     whiteouts: usize,
 }
 
-fn io_err(what: &str, path: &Path, e: impl std::fmt::Display) -> SolveError {
-    SolveError::Op(format!("{what} `{}`: {e}", path.display()))
-}
-
 impl Hider<'_> {
     /// Create `rel` (relative to `src`) and its parents in the layer, each with the metadata of
     /// the same directory in the context.
@@ -36,9 +32,11 @@ impl Hider<'_> {
             if dst.exists() {
                 continue;
             }
-            let md = std::fs::symlink_metadata(self.src.join(&cur))
-                .map_err(|e| io_err("cannot read", &self.src.join(&cur), e))?;
-            std::fs::create_dir(&dst).map_err(|e| io_err("cannot create", &dst, e))?;
+            let md = std::fs::symlink_metadata(self.src.join(&cur)).map_err(SolveError::io(
+                format!("cannot read `{}`", self.src.join(&cur).display()),
+            ))?;
+            std::fs::create_dir(&dst)
+                .map_err(SolveError::io(format!("cannot create `{}`", dst.display())))?;
             copy_metadata(&dst, &md)?;
         }
         Ok(())
@@ -49,15 +47,18 @@ impl Hider<'_> {
             self.ensure_dir(parent)?;
         }
         let path = self.layer.join(rel);
-        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| io_err("cannot create a whiteout", &path, "the path has a NUL byte"))?;
+        let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| {
+            SolveError::Op(format!(
+                "cannot create a whiteout `{}`: the path has a NUL byte",
+                path.display()
+            ))
+        })?;
         // SAFETY: mknod(2) reads one NUL-terminated path that outlives the call.
         if unsafe { libc::mknod(c.as_ptr(), libc::S_IFCHR, 0) } != 0 {
-            return Err(io_err(
-                "cannot create a whiteout",
-                &path,
-                std::io::Error::last_os_error(),
-            ));
+            return Err(SolveError::io(format!(
+                "cannot create a whiteout `{}`",
+                path.display()
+            ))(std::io::Error::last_os_error()));
         }
         self.whiteouts += 1;
         Ok(())
@@ -67,16 +68,21 @@ impl Hider<'_> {
     /// context root). Returns how many entries stay visible in it.
     fn hide_in(&mut self, rel: &Path, ctx_rel: &str) -> Result<usize, SolveError> {
         let dir = self.src.join(rel);
-        let rd = std::fs::read_dir(&dir).map_err(|e| io_err("cannot read", &dir, e))?;
+        let rd = std::fs::read_dir(&dir)
+            .map_err(SolveError::io(format!("cannot read `{}`", dir.display())))?;
         let mut visible = 0;
         for entry in rd {
-            let entry = entry.map_err(|e| io_err("cannot read", &dir, e))?;
+            let entry =
+                entry.map_err(SolveError::io(format!("cannot read `{}`", dir.display())))?;
             let name = entry.file_name();
             let child_rel = rel.join(&name);
             let child_ctx = join_rel(ctx_rel, &name.to_string_lossy());
             let is_dir = entry
                 .file_type()
-                .map_err(|e| io_err("cannot read", &entry.path(), e))?
+                .map_err(SolveError::io(format!(
+                    "cannot read `{}`",
+                    entry.path().display()
+                )))?
                 .is_dir();
             let excluded = self.ctx.excluded(&child_ctx);
             if excluded && !(is_dir && self.ctx.may_reinclude()) {
@@ -100,13 +106,15 @@ impl Hider<'_> {
 
 fn copy_metadata(dst: &Path, md: &std::fs::Metadata) -> Result<(), SolveError> {
     std::os::unix::fs::chown(dst, Some(md.uid()), Some(md.gid()))
-        .map_err(|e| io_err("cannot chown", dst, e))?;
+        .map_err(SolveError::io(format!("cannot chown `{}`", dst.display())))?;
     std::fs::set_permissions(dst, std::fs::Permissions::from_mode(md.mode() & 0o7777))
-        .map_err(|e| io_err("cannot chmod", dst, e))?;
+        .map_err(SolveError::io(format!("cannot chmod `{}`", dst.display())))?;
     let mtime = filetime::FileTime::from_last_modification_time(md);
     let atime = filetime::FileTime::from_last_access_time(md);
-    filetime::set_symlink_file_times(dst, atime, mtime)
-        .map_err(|e| io_err("cannot set the times of", dst, e))
+    filetime::set_symlink_file_times(dst, atime, mtime).map_err(SolveError::io(format!(
+        "cannot set the times of `{}`",
+        dst.display()
+    )))
 }
 
 /// Builds, under `layer` (an empty directory), the whiteouts that hide the context's excluded
@@ -126,12 +134,15 @@ pub(crate) fn whiteout_layer(
         )));
     }
     if !std::fs::metadata(src)
-        .map_err(|e| io_err("cannot read", src, e))?
+        .map_err(SolveError::io(format!("cannot read `{}`", src.display())))?
         .is_dir()
     {
         return Ok(None);
     }
-    std::fs::create_dir_all(layer).map_err(|e| io_err("cannot create", layer, e))?;
+    std::fs::create_dir_all(layer).map_err(SolveError::io(format!(
+        "cannot create `{}`",
+        layer.display()
+    )))?;
     let mut hider = Hider {
         ctx,
         src,
@@ -142,7 +153,8 @@ pub(crate) fn whiteout_layer(
     if hider.whiteouts == 0 {
         return Ok(None);
     }
-    let md = std::fs::metadata(src).map_err(|e| io_err("cannot read", src, e))?;
+    let md = std::fs::metadata(src)
+        .map_err(SolveError::io(format!("cannot read `{}`", src.display())))?;
     copy_metadata(layer, &md)?;
     Ok(Some(layer.to_path_buf()))
 }

@@ -40,40 +40,30 @@ impl Drop for SshProxy {
     }
 }
 
-fn op_err(msg: String) -> SolveError {
-    SolveError::Op(msg)
-}
-
 /// Listen on a new socket owned by `uid:gid` with `mode` and forward to `agent`.
 pub(crate) fn start(agent: &Path, uid: u32, gid: u32, mode: u32) -> Result<SshProxy, SolveError> {
     let dir = tempfile::Builder::new()
         .prefix("kiln-ssh-")
         .tempdir()
-        .map_err(|e| {
-            op_err(format!(
-                "cannot make a directory for the ssh agent socket: {e}"
-            ))
-        })?;
+        .map_err(SolveError::io(
+            "cannot make a directory for the ssh agent socket",
+        ))?;
     let socket = dir.path().join("agent.sock");
-    let listener = UnixListener::bind(&socket).map_err(|e| {
-        op_err(format!(
-            "cannot create the ssh agent socket `{}`: {e}",
-            socket.display()
-        ))
-    })?;
-    std::os::unix::fs::chown(&socket, Some(uid), Some(gid)).map_err(|e| {
-        op_err(format!(
-            "cannot give the ssh agent socket to {uid}:{gid}: {e}"
-        ))
-    })?;
+    let listener = UnixListener::bind(&socket).map_err(SolveError::io(format!(
+        "cannot create the ssh agent socket `{}`",
+        socket.display()
+    )))?;
+    std::os::unix::fs::chown(&socket, Some(uid), Some(gid)).map_err(SolveError::io(format!(
+        "cannot give the ssh agent socket to {uid}:{gid}"
+    )))?;
     std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(mode))
-        .map_err(|e| op_err(format!("cannot set the ssh agent socket's mode: {e}")))?;
+        .map_err(SolveError::io("cannot set the ssh agent socket's mode"))?;
     let stop = Arc::new(AtomicBool::new(false));
     let (agent, flag) = (agent.to_path_buf(), stop.clone());
     let acceptor = std::thread::Builder::new()
         .name("kiln-ssh-proxy".into())
         .spawn(move || accept_loop(listener, &agent, &flag))
-        .map_err(|e| op_err(format!("cannot start the ssh agent forwarder: {e}")))?;
+        .map_err(SolveError::io("cannot start the ssh agent forwarder"))?;
     Ok(SshProxy {
         socket,
         stop,

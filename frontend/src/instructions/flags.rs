@@ -1,7 +1,7 @@
 //! Instruction flags (`--from=build`, `--link`): checked against what each instruction accepts,
 //! so a typo is an error with a suggestion rather than silently ignored.
 
-use super::util::suggestion;
+use crate::util::suggestion;
 
 /// The flags of one instruction, in the order written.
 pub(crate) struct Flags {

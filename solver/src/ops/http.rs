@@ -8,15 +8,16 @@
 //! result is keyed by what was downloaded (content digest, name, Last-Modified), so steps that
 //! use it are cached while the content stays the same and rebuilt when it changes.
 
-use crate::progress::Event;
+use super::{Inputs, Operation};
 use crate::{Output, SolveError, VertexResult, VertexTask};
+use futures::future::{BoxFuture, FutureExt};
 use kiln_cache::{CachedResult, Store};
 use kiln_llb::SourceOp;
 use sha2::Digest as _;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Mirrors the frontend's attribute names (BuildKit's).
 const HTTP_FILENAME: &str = "http.filename";
@@ -142,143 +143,119 @@ fn checksum_algo(s: &SourceOp) -> Option<&str> {
 /// Puts the download into a new snapshot, as its only file.
 fn commit(store: &Store, d: &Download) -> Result<Output, SolveError> {
     let snaps = store.snapshots();
-    let snap = snaps.create_mutable(None).map_err(SolveError::cache)?;
+    let snap = snaps.create_mutable(None).map_err(SolveError::from)?;
     let path = snap.fs_dir().join(&d.name);
-    let err = |e: std::io::Error| SolveError::Op(format!("`{}`: {e}", path.display()));
-    std::fs::copy(d.file.path(), &path).map_err(err)?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(err)?;
+    let err = SolveError::io(format!("`{}`", path.display()));
+    std::fs::copy(d.file.path(), &path).map_err(&err)?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(&err)?;
     if let Some(t) = d.mtime {
         let t = filetime::FileTime::from_unix_time(t, 0);
-        filetime::set_file_times(&path, t, t).map_err(err)?;
+        filetime::set_file_times(&path, t, t).map_err(&err)?;
     }
-    snaps.sync(snap.id()).map_err(SolveError::cache)?;
+    snaps.sync(snap.id()).map_err(SolveError::from)?;
     Ok(Output::Snapshot(snap.commit()))
 }
 
 /// Runs a pinned (`--checksum`) http source: download, verify, commit.
-pub(crate) async fn execute(store: &Store, s: &SourceOp) -> Result<Output, SolveError> {
+async fn execute(store: &Store, s: &SourceOp) -> Result<Output, SolveError> {
     let d = download(store, s).await?;
     let store2 = store.clone();
     tokio::task::spawn_blocking(move || commit(&store2, &d))
         .await
-        .map_err(|e| SolveError::Op(e.to_string()))?
+        .map_err(SolveError::from)?
 }
 
-impl VertexTask {
+pub(super) struct Http<'a>(pub &'a SourceOp);
+
+impl Operation for Http<'_> {
     /// An unpinned http source: always fetched, then keyed by what was downloaded.
-    pub(crate) async fn run_http(
-        &self,
-        s: &SourceOp,
-        key: String,
-    ) -> Result<Arc<VertexResult>, SolveError> {
-        self.run_fetched(self.fetch_http(s, &key)).await
-    }
-
-    /// A source that must be fetched before its result's key is known (unpinned http, git):
-    /// the step's progress events and counters around `fetch`, which says whether its result
-    /// was already cached. The future is lazy, so it starts after `Started` is reported.
-    pub(crate) async fn run_fetched(
-        &self,
-        fetch: impl std::future::Future<Output = Result<(VertexResult, bool), SolveError>>,
-    ) -> Result<Arc<VertexResult>, SolveError> {
-        let started = Instant::now();
-        self.progress.event(Event::Started {
-            vertex: self.vertex,
-            name: self.name(),
-        });
-        match fetch.await {
-            Ok((r, cached)) => {
-                self.progress.event(if cached {
-                    Event::Cached {
-                        vertex: self.vertex,
-                        name: self.name(),
-                    }
-                } else {
-                    Event::Done {
-                        vertex: self.vertex,
-                        name: self.name(),
-                        elapsed: started.elapsed(),
-                    }
-                });
-                if let Ok(mut c) = self.counters.lock() {
-                    if cached {
-                        c.cached += 1;
-                    } else {
-                        c.executed += 1;
-                    }
-                }
-                Ok(Arc::new(r))
-            }
-            Err(e) => Err(self.failed(Arc::new(e))),
+    fn resolve<'a>(
+        &'a self,
+        v: &'a VertexTask,
+        key: &'a str,
+    ) -> Option<BoxFuture<'a, Result<Arc<VertexResult>, SolveError>>> {
+        if is_pinned(self.0) {
+            return None;
         }
+        Some(super::run_fetched(v, fetch(v, self.0, key)).boxed())
     }
 
-    async fn fetch_http(
-        &self,
-        s: &SourceOp,
-        key: &str,
-    ) -> Result<(VertexResult, bool), SolveError> {
-        let store = &self.solver.inner.store;
-        let d = download(store, s).await?;
-        let mut h = blake3::Hasher::new();
-        h.update(b"kiln-http-v1\0");
-        h.update(key.as_bytes());
-        h.update(b"\0");
-        h.update(d.sha256.as_bytes());
-        h.update(b"\0");
-        h.update(d.name.as_bytes());
-        h.update(b"\0");
-        h.update(d.mtime.unwrap_or(-1).to_string().as_bytes());
-        let content_key = h.finalize().to_hex().to_string();
-        if !self.meta.ignore_cache {
-            if let Some(hit) = store.index().get(&content_key).map_err(SolveError::cache)? {
-                if let Some(snap) = hit.snapshot {
-                    if store.snapshots().fs_dir(snap).is_dir() {
-                        return Ok((
-                            VertexResult {
-                                key: content_key,
-                                output: Output::Snapshot(snap),
-                                created_unix: hit.created_unix,
-                                fresh: false,
-                            },
-                            true,
-                        ));
-                    }
+    fn execute<'a>(
+        &'a self,
+        v: &'a VertexTask,
+        _inputs: &'a Inputs,
+    ) -> BoxFuture<'a, Result<Output, SolveError>> {
+        execute(&v.solver.inner.store, self.0).boxed()
+    }
+}
+
+/// Downloads an unpinned source and keys its result by what came: the cached result when there
+/// is one for that content (`true`), else a new one, recorded.
+async fn fetch(
+    v: &VertexTask,
+    s: &SourceOp,
+    key: &str,
+) -> Result<(VertexResult, bool), SolveError> {
+    let store = &v.solver.inner.store;
+    let d = download(store, s).await?;
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-http-v1\0");
+    h.update(key.as_bytes());
+    h.update(b"\0");
+    h.update(d.sha256.as_bytes());
+    h.update(b"\0");
+    h.update(d.name.as_bytes());
+    h.update(b"\0");
+    h.update(d.mtime.unwrap_or(-1).to_string().as_bytes());
+    let content_key = h.finalize().to_hex().to_string();
+    if !v.meta.ignore_cache {
+        if let Some(hit) = store.index().get(&content_key).map_err(SolveError::from)? {
+            if let Some(snap) = hit.snapshot {
+                if store.snapshots().fs_dir(snap).is_dir() {
+                    return Ok((
+                        VertexResult {
+                            key: content_key,
+                            output: Output::Snapshot(snap),
+                            created_unix: hit.created_unix,
+                            fresh: false,
+                        },
+                        true,
+                    ));
                 }
             }
         }
-        let store2 = store.clone();
-        let output = tokio::task::spawn_blocking(move || commit(&store2, &d))
-            .await
-            .map_err(|e| SolveError::Op(e.to_string()))??;
-        let created_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let snapshot = match &output {
-            Output::Snapshot(s) => Some(*s),
-            _ => None,
-        };
-        store
-            .index()
-            .put(
-                &content_key,
-                &CachedResult {
-                    snapshot,
-                    created_unix,
-                },
-            )
-            .map_err(SolveError::cache)?;
-        Ok((
-            VertexResult {
-                key: content_key,
-                output,
+    }
+    let store2 = store.clone();
+    let output = tokio::task::spawn_blocking(move || commit(&store2, &d))
+        .await
+        .map_err(SolveError::from)??;
+    let created_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let snapshot = match &output {
+        Output::Snapshot(s) => Some(*s),
+        _ => None,
+    };
+    store
+        .index()
+        .put(
+            &content_key,
+            &CachedResult {
+                snapshot,
                 created_unix,
-                fresh: self.meta.ignore_cache,
             },
-            false,
-        ))
-    }
+        )
+        .map_err(SolveError::from)?;
+    Ok((
+        VertexResult {
+            key: content_key,
+            output,
+            created_unix,
+            fresh: v.meta.ignore_cache,
+        },
+        false,
+    ))
 }
 
 /// The file name of a `Content-Disposition: attachment; filename="x"` header, reduced to a safe

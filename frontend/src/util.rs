@@ -1,4 +1,4 @@
-//! Small pure helpers for compilation: path cleaning, Go-style formatting (BuildKit writes image
+//! Small pure helpers for the frontend: path cleaning, Go-style formatting (BuildKit writes image
 //! history with Go's `fmt`), durations, ports and did-you-mean suggestions.
 
 /// Cleans a slash-separated path the way Go's `path.Clean` does: `.` and `..` resolved, repeated

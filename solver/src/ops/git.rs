@@ -7,7 +7,9 @@
 //! unless the source has `git.keepgitdir` (then `.git` is a shallow repository of that commit
 //! whose `origin` is the remote, as BuildKit leaves it).
 
+use super::{Inputs, Operation};
 use crate::{Output, SolveError, VertexResult, VertexTask};
+use futures::future::{BoxFuture, FutureExt};
 use kiln_cache::{CachedResult, SnapshotId, Store};
 use kiln_llb::{attr, SourceOp};
 use std::collections::HashMap;
@@ -287,12 +289,12 @@ fn ensure_mirror(store: &Store, url: &str) -> Result<PathBuf, SolveError> {
     if dir.join("HEAD").is_file() {
         return Ok(dir);
     }
-    let io = |e: std::io::Error| SolveError::Op(format!("git mirror `{}`: {e}", dir.display()));
-    std::fs::create_dir_all(&base).map_err(io)?;
+    let io = SolveError::io(format!("git mirror `{}`", dir.display()));
+    std::fs::create_dir_all(&base).map_err(&io)?;
     let tmp = tempfile::Builder::new()
         .prefix(".new-")
         .tempdir_in(&base)
-        .map_err(io)?;
+        .map_err(&io)?;
     let init = |f| failure(f, "cannot make a git mirror", "check the store's disk");
     run(git().args(["init", "--bare", "--quiet"]).arg(tmp.path())).map_err(init)?;
     // Lets `--keep-git-dir` checkouts fetch a commit by hash from the mirror.
@@ -427,7 +429,7 @@ fn checkout(
     let index_dir = tempfile::Builder::new()
         .prefix("git-index-")
         .tempdir_in(store.tmp_dir())
-        .map_err(|e| SolveError::Op(format!("cannot make a temp dir: {e}")))?;
+        .map_err(SolveError::io("cannot make a temp dir"))?;
     let tree = if spec.subdir.is_empty() {
         commit.to_string()
     } else {
@@ -467,9 +469,9 @@ fn materialize(store: &Store, spec: &Spec, resolved: &Resolved) -> Result<Snapsh
     let _held = lock.lock().unwrap_or_else(|p| p.into_inner());
     fetch(&mirror, spec, Some(&resolved.commit))?;
     let snaps = store.snapshots();
-    let snap = snaps.create_mutable(None).map_err(SolveError::cache)?;
+    let snap = snaps.create_mutable(None).map_err(SolveError::from)?;
     checkout(store, &mirror, spec, resolved, &snap.fs_dir())?;
-    snaps.sync(snap.id()).map_err(SolveError::cache)?;
+    snaps.sync(snap.id()).map_err(SolveError::from)?;
     Ok(snap.commit())
 }
 
@@ -495,75 +497,97 @@ fn resolve_or_fetch(store: &Store, spec: &Spec) -> Result<Resolved, SolveError> 
     })
 }
 
-impl VertexTask {
-    /// A git source: resolved on every build, then keyed by the commit.
-    pub(crate) async fn run_git(
-        &self,
-        s: &SourceOp,
-        key: String,
-    ) -> Result<Arc<VertexResult>, SolveError> {
-        self.run_fetched(self.fetch_git(s, &key)).await
+pub(super) struct Git<'a>(pub &'a SourceOp);
+
+impl Operation for Git<'_> {
+    /// Resolved on every build, then keyed by the commit.
+    fn resolve<'a>(
+        &'a self,
+        v: &'a VertexTask,
+        key: &'a str,
+    ) -> Option<BoxFuture<'a, Result<Arc<VertexResult>, SolveError>>> {
+        Some(super::run_fetched(v, fetch_commit(v, self.0, key)).boxed())
     }
 
-    async fn fetch_git(&self, s: &SourceOp, key: &str) -> Result<(VertexResult, bool), SolveError> {
-        let store = self.solver.inner.store.clone();
-        let spec = spec(s)?;
-        let (store2, spec2) = (store.clone(), spec.clone());
-        let resolved = tokio::task::spawn_blocking(move || resolve_or_fetch(&store2, &spec2))
-            .await
-            .map_err(|e| SolveError::Op(e.to_string()))??;
-        if let Some(want) = attr_value(s, GIT_CHECKSUM) {
-            verify_checksum(want, &spec, &resolved.commit)?;
+    /// The checkout alone (the scheduler runs [`Operation::resolve`] instead).
+    fn execute<'a>(
+        &'a self,
+        v: &'a VertexTask,
+        inputs: &'a Inputs,
+    ) -> BoxFuture<'a, Result<Output, SolveError>> {
+        async move {
+            let key = self.cache_key(v, inputs).await?;
+            let (result, _cached) = fetch_commit(v, self.0, &key).await?;
+            Ok(result.output)
         }
-        let mut h = blake3::Hasher::new();
-        h.update(b"kiln-git-v1\0");
-        h.update(key.as_bytes());
-        h.update(b"\0");
-        h.update(resolved.commit.as_bytes());
-        let commit_key = h.finalize().to_hex().to_string();
-        if !self.meta.ignore_cache {
-            if let Some(hit) = store.index().get(&commit_key).map_err(SolveError::cache)? {
-                if let Some(snap) = hit.snapshot {
-                    if store.snapshots().fs_dir(snap).is_dir() {
-                        let r = VertexResult {
-                            key: commit_key,
-                            output: Output::Snapshot(snap),
-                            created_unix: hit.created_unix,
-                            fresh: false,
-                        };
-                        return Ok((r, true));
-                    }
+        .boxed()
+    }
+}
+
+/// Resolves the source's ref and keys its result by the commit: the cached result when there is
+/// one for that commit (`true`), else a new checkout, recorded.
+async fn fetch_commit(
+    v: &VertexTask,
+    s: &SourceOp,
+    key: &str,
+) -> Result<(VertexResult, bool), SolveError> {
+    let store = v.solver.inner.store.clone();
+    let spec = spec(s)?;
+    let (store2, spec2) = (store.clone(), spec.clone());
+    let resolved = tokio::task::spawn_blocking(move || resolve_or_fetch(&store2, &spec2))
+        .await
+        .map_err(SolveError::from)??;
+    if let Some(want) = attr_value(s, GIT_CHECKSUM) {
+        verify_checksum(want, &spec, &resolved.commit)?;
+    }
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-git-v1\0");
+    h.update(key.as_bytes());
+    h.update(b"\0");
+    h.update(resolved.commit.as_bytes());
+    let commit_key = h.finalize().to_hex().to_string();
+    if !v.meta.ignore_cache {
+        if let Some(hit) = store.index().get(&commit_key).map_err(SolveError::from)? {
+            if let Some(snap) = hit.snapshot {
+                if store.snapshots().fs_dir(snap).is_dir() {
+                    let r = VertexResult {
+                        key: commit_key,
+                        output: Output::Snapshot(snap),
+                        created_unix: hit.created_unix,
+                        fresh: false,
+                    };
+                    return Ok((r, true));
                 }
             }
         }
-        let store2 = store.clone();
-        let snap = tokio::task::spawn_blocking(move || materialize(&store2, &spec, &resolved))
-            .await
-            .map_err(|e| SolveError::Op(e.to_string()))??;
-        let created_unix = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        store
-            .index()
-            .put(
-                &commit_key,
-                &CachedResult {
-                    snapshot: Some(snap),
-                    created_unix,
-                },
-            )
-            .map_err(SolveError::cache)?;
-        Ok((
-            VertexResult {
-                key: commit_key,
-                output: Output::Snapshot(snap),
-                created_unix,
-                fresh: self.meta.ignore_cache,
-            },
-            false,
-        ))
     }
+    let store2 = store.clone();
+    let snap = tokio::task::spawn_blocking(move || materialize(&store2, &spec, &resolved))
+        .await
+        .map_err(SolveError::from)??;
+    let created_unix = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    store
+        .index()
+        .put(
+            &commit_key,
+            &CachedResult {
+                snapshot: Some(snap),
+                created_unix,
+            },
+        )
+        .map_err(SolveError::from)?;
+    Ok((
+        VertexResult {
+            key: commit_key,
+            output: Output::Snapshot(snap),
+            created_unix,
+            fresh: v.meta.ignore_cache,
+        },
+        false,
+    ))
 }
 
 #[cfg(test)]

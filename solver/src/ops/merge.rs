@@ -4,28 +4,37 @@
 //! opaque markers recreated), so each keeps its own layer, byte for byte the same whatever the
 //! base: a linked layer's blob does not change when the image below it does.
 
-use crate::{Output, SolveError, VertexResult};
-use kiln_cache::{SnapshotId, Store};
+use super::{Inputs, Operation};
+use crate::{Output, SolveError, VertexTask};
+use futures::future::{BoxFuture, FutureExt};
+use kiln_cache::{MutableSnapshot, Store};
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, PermissionsExt};
 use std::path::Path;
-use std::sync::Arc;
 
-/// Runs a merge of the op's `inputs` (indices into the vertex's inputs).
-pub(crate) async fn execute(
-    store: &Store,
-    m: &kiln_llb::MergeOp,
-    inputs: &[Arc<VertexResult>],
-) -> Result<Output, SolveError> {
-    let outputs: Vec<Output> = m
-        .inputs
-        .iter()
-        .map(|i| crate::input_output(inputs, *i))
-        .collect::<Result<_, _>>()?;
-    let store = store.clone();
-    tokio::task::spawn_blocking(move || merge(&store, &outputs))
-        .await
-        .map_err(|e| SolveError::Op(e.to_string()))?
+pub(super) struct Merge<'a>(pub &'a kiln_llb::MergeOp);
+
+impl Operation for Merge<'_> {
+    /// Merges the op's `inputs` (indices into the vertex's inputs).
+    fn execute<'a>(
+        &'a self,
+        v: &'a VertexTask,
+        inputs: &'a Inputs,
+    ) -> BoxFuture<'a, Result<Output, SolveError>> {
+        async move {
+            let outputs: Vec<Output> = self
+                .0
+                .inputs
+                .iter()
+                .map(|i| super::input_output(inputs, *i))
+                .collect::<Result<_, _>>()?;
+            let store = v.solver.inner.store.clone();
+            tokio::task::spawn_blocking(move || merge(&store, &outputs))
+                .await
+                .map_err(SolveError::from)?
+        }
+        .boxed()
+    }
 }
 
 fn merge(store: &Store, inputs: &[Output]) -> Result<Output, SolveError> {
@@ -46,39 +55,48 @@ fn merge(store: &Store, inputs: &[Output]) -> Result<Output, SolveError> {
     };
     let snaps = store.snapshots();
     let mut top = base;
-    let mut created: Vec<SnapshotId> = Vec::new();
-    let result = (|| {
-        for &upper in rest {
-            let mut chain = snaps.chain(upper).map_err(SolveError::cache)?;
-            // Bottom first.
-            chain.reverse();
-            // Each re-applied layer is a diff against the input's own layers below it, never
-            // against the base, so its blob is the same on any base (as BuildKit's merge keeps
-            // the input's blobs).
-            let floor = top;
-            for layer in chain {
-                let snap = snaps
-                    .create_over(Some(top), Some(floor))
-                    .map_err(SolveError::cache)?;
-                created.push(snap);
-                let (from, to) = (snaps.fs_dir(layer), snaps.fs_dir(snap));
-                copy_tree(&from, &to).map_err(|e| {
-                    SolveError::Op(format!(
-                        "cannot re-apply snapshot `{layer}` (`{}`) in a merge: {e}",
-                        from.display()
-                    ))
-                })?;
-                snaps.sync(snap).map_err(SolveError::cache)?;
-                top = snap;
-            }
+    // Removed again unless the whole merge succeeds, children before their parents.
+    let mut created = Made(Vec::new());
+    for &upper in rest {
+        let mut chain = snaps.chain(upper)?;
+        // Bottom first.
+        chain.reverse();
+        // Each re-applied layer is a diff against the input's own layers below it, never
+        // against the base, so its blob is the same on any base (as BuildKit's merge keeps
+        // the input's blobs).
+        let floor = top;
+        for layer in chain {
+            let snap = snaps.create_over_mutable(Some(top), Some(floor))?;
+            let (from, to) = (snaps.fs_dir(layer), snap.fs_dir());
+            top = snap.id();
+            created.0.push(snap);
+            copy_tree(&from, &to).map_err(SolveError::io(format!(
+                "cannot re-apply snapshot `{layer}` (`{}`) in a merge",
+                from.display()
+            )))?;
+            snaps.sync(top)?;
         }
-        Ok(())
-    })();
-    match result {
-        Ok(()) => Ok(Output::Snapshot(top)),
-        Err(e) => {
-            let _ = snaps.remove_many(&created);
-            Err(e)
+    }
+    created.commit();
+    Ok(Output::Snapshot(top))
+}
+
+/// The snapshots a merge made, each on the one before: dropped, they are removed newest first
+/// (a snapshot with a child cannot be removed).
+struct Made(Vec<MutableSnapshot>);
+
+impl Made {
+    fn commit(mut self) {
+        for s in std::mem::take(&mut self.0) {
+            s.commit();
+        }
+    }
+}
+
+impl Drop for Made {
+    fn drop(&mut self) {
+        while let Some(s) = self.0.pop() {
+            drop(s);
         }
     }
 }
