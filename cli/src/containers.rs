@@ -83,6 +83,17 @@ pub(crate) struct RunArgs {
     /// Log options: max-size=SIZE (default 10m) caps the log file (one older file is kept).
     #[arg(long = "log-opt")]
     log_opts: Vec<String>,
+    /// Bind a host directory or mount a volume: /HOST/PATH:/PATH[:ro], NAME:/PATH[:ro] (a named
+    /// volume, made and seeded from the image when new) or /PATH (an anonymous volume).
+    #[arg(short = 'v', long = "volume")]
+    volumes: Vec<String>,
+    /// A mount: type=bind|volume|tmpfs,source=..,target=..[,readonly][,volume-nocopy]
+    /// [,tmpfs-size=..][,tmpfs-mode=..].
+    #[arg(long = "mount")]
+    mounts: Vec<String>,
+    /// A tmpfs at /PATH[:size=..,mode=..].
+    #[arg(long = "tmpfs")]
+    tmpfs: Vec<String>,
     /// The platform to run, os/arch[/variant]: picks it from a multi-platform image; a foreign
     /// one runs through its emulator (`kiln setup emulators`).
     #[arg(long)]
@@ -138,6 +149,16 @@ fn request(r: RunArgs) -> Result<(RunRequest, bool)> {
         env.extend(read_env_file(f)?);
     }
     env.extend(r.env);
+    let mut mounts = Vec::new();
+    for v in &r.volumes {
+        mounts.push(kiln_daemon::parse_volume_flag(v)?);
+    }
+    for m in &r.mounts {
+        mounts.push(kiln_daemon::parse_mount_flag(m)?);
+    }
+    for t in &r.tmpfs {
+        mounts.push(kiln_daemon::parse_tmpfs_flag(t)?);
+    }
     let req = RunRequest {
         image: r.image,
         command: r.command,
@@ -166,6 +187,7 @@ fn request(r: RunArgs) -> Result<(RunRequest, bool)> {
         security_opt: r.security_opt,
         log_max_size: log_max_size(&r.log_opts)?,
         platform: r.platform,
+        mounts,
     };
     Ok((req, r.detach))
 }
@@ -441,12 +463,20 @@ pub(crate) struct RmArgs {
     /// Kill a running container first.
     #[arg(short, long)]
     force: bool,
+    /// Remove the container's anonymous volumes too.
+    #[arg(short = 'v', long = "volumes")]
+    volumes: bool,
     #[arg(required = true)]
     containers: Vec<String>,
 }
 
 pub(crate) fn rm(root: &Path, a: RmArgs) -> i32 {
-    each(root, &a.containers, &|c| containers::remove(c, a.force))
+    each(root, &a.containers, &|c| {
+        for kept in containers::remove(c, a.force, a.volumes)? {
+            eprintln!("warning: {kept}");
+        }
+        Ok(())
+    })
 }
 
 #[derive(clap::Args)]

@@ -6,6 +6,7 @@ mod interrupt;
 mod login;
 mod progress;
 mod transfer;
+mod volumes;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -70,6 +71,9 @@ enum Command {
     /// Manage containers.
     #[command(subcommand)]
     Container(containers::ContainerCommand),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volumes::VolumeCommand),
     /// Make a single-layer image from a root filesystem directory or tar.
     Import {
         /// Apply a Dockerfile instruction to the image config (CMD, ENTRYPOINT, ENV, ...).
@@ -300,6 +304,7 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         | Command::Exec(_)
         | Command::Inspect(_)
         | Command::Container(_)
+        | Command::Volume(_)
         | Command::Setup(_) => None,
     }
 }
@@ -388,6 +393,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         Command::Exec(a) => return Ok(containers::exec(&root, a)),
         Command::Inspect(a) => return containers::inspect(&root, a),
         Command::Container(c) => return containers::container(&root, c),
+        Command::Volume(c) => return volumes::volume(&root, c),
         _ => {}
     }
     let engine = engine.context("no store was opened for this command")?;
@@ -466,6 +472,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         | Command::Exec(_)
         | Command::Inspect(_)
         | Command::Container(_)
+        | Command::Volume(_)
         | Command::Setup(_) => Ok(0),
     }
 }

@@ -10,11 +10,12 @@ mod state;
 
 pub use logs::{LogLine, DEFAULT_LOG_MAX_SIZE};
 pub use monitor::monitor_main_if_requested;
-pub use state::{ContainerConfig, ContainerState, RestartPolicy, Status};
+pub use state::{ContainerConfig, ContainerState, MountKind, MountRecord, RestartPolicy, Status};
 
 pub use nix::sys::signal::Signal;
 pub(crate) use state::{write_json, CONFIG_FILE};
 
+use crate::volumes;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -421,8 +422,10 @@ pub fn stop(c: &Container, grace: Duration) -> Result<()> {
     Ok(())
 }
 
-/// `kiln rm`: removes a container that is not running; `force` kills a running one first.
-pub fn remove(c: &Container, force: bool) -> Result<()> {
+/// `kiln rm`: removes a container that is not running; `force` kills a running one first;
+/// `volumes` (`-v`) removes its anonymous volumes too, but for one another container uses
+/// (returned, with why it was kept).
+pub fn remove(c: &Container, force: bool, volumes: bool) -> Result<Vec<String>> {
     if c.state.is_running() {
         if !force {
             bail!(
@@ -444,7 +447,82 @@ pub fn remove(c: &Container, force: bool) -> Result<()> {
     if c.dir.exists() {
         bail!("cannot remove `{}`", c.dir.display());
     }
-    Ok(())
+    Ok(match (&c.config, volumes) {
+        (Some(cfg), true) => remove_anonymous_volumes(&c.dir, cfg),
+        _ => Vec::new(),
+    })
+}
+
+/// The anonymous volumes of the removed container at `dir` go too (`rm -v`, `--rm`), but for
+/// one another container uses; what was kept and why.
+pub(crate) fn remove_anonymous_volumes(dir: &Path, cfg: &ContainerConfig) -> Vec<String> {
+    let Some(root) = dir.parent().and_then(Path::parent) else {
+        return Vec::new();
+    };
+    let anonymous: Vec<&MountRecord> = cfg
+        .mounts
+        .iter()
+        .filter(|m| m.kind == MountKind::Volume && m.anonymous)
+        .collect();
+    if anonymous.is_empty() {
+        return Vec::new();
+    }
+    let Ok(lock) = volumes::lock(root) else {
+        return Vec::new();
+    };
+    let mut kept = Vec::new();
+    for m in anonymous {
+        if let Err(e) = remove_volume(&lock, root, &m.source) {
+            kept.push(format!("{e:#}"));
+        }
+    }
+    kept
+}
+
+/// The containers (names) whose mounts use volume `name`.
+pub fn volume_users(root: &Path, name: &str) -> Vec<String> {
+    list(root)
+        .unwrap_or_default()
+        .iter()
+        .filter(|c| {
+            c.config.as_ref().is_some_and(|cfg| {
+                cfg.mounts
+                    .iter()
+                    .any(|m| m.kind == MountKind::Volume && m.source == name)
+            })
+        })
+        .map(Container::name)
+        .collect()
+}
+
+/// `kiln volume rm`: refuses a volume any container (running or not) uses, as Docker does.
+pub fn remove_volume(lock: &volumes::VolumesLock, root: &Path, name: &str) -> Result<()> {
+    let v = volumes::find(root, name)?;
+    let users = volume_users(root, &v.name);
+    if let Some(first) = users.first() {
+        let many = users.len() > 1;
+        bail!(
+            "volume `{}` is in use by container{} `{}`: remove {} first (`kiln rm {first}`)",
+            v.name,
+            if many { "s" } else { "" },
+            users.join("`, `"),
+            if many { "them" } else { "it" },
+        );
+    }
+    volumes::delete(lock, root, &v)
+}
+
+/// `kiln volume prune`: removes the volumes no container uses, only anonymous ones unless
+/// `all` (as Docker 23 does); their names.
+pub fn prune_volumes(lock: &volumes::VolumesLock, root: &Path, all: bool) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for v in volumes::list(root)? {
+        if (all || v.meta.anonymous) && volume_users(root, &v.name).is_empty() {
+            volumes::delete(lock, root, &v)?;
+            removed.push(v.name);
+        }
+    }
+    Ok(removed)
 }
 
 /// Removes a container's directory, first unmounting a root an OCI runtime's dead monitor left.
@@ -469,7 +547,7 @@ pub fn prune(root: &Path) -> Result<Vec<String>> {
     let mut removed = Vec::new();
     for c in list(root)? {
         if !c.state.is_running() {
-            remove(&c, false)?;
+            remove(&c, false, false)?;
             removed.push(c.id);
         }
     }
@@ -577,6 +655,12 @@ pub fn inspect(c: &Container) -> serde_json::Value {
             "NetworkMode": match cfg.network { kiln_exec::Network::Host => "host", kiln_exec::Network::None => "none" },
             "Runtime": cfg.runtime,
         });
+        let root = c.dir.parent().and_then(Path::parent);
+        v["Mounts"] = json!(cfg
+            .mounts
+            .iter()
+            .map(|m| root.map(|r| m.inspect(r)).unwrap_or_default())
+            .collect::<Vec<_>>());
         v["Config"] = json!({
             "Hostname": cfg.spec.hostname().clone().unwrap_or_default(),
             "User": format!("{}:{}", process.user().uid(), process.user().gid()),

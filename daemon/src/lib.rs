@@ -12,6 +12,7 @@ mod outputs;
 mod run;
 mod sandbox_opts;
 mod transfer;
+pub mod volumes;
 
 pub use context::parse_build_context;
 pub use debug::{debug_llb, debug_llb_resolved, debug_parse};
@@ -19,7 +20,10 @@ pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
-pub use run::{CreatedContainer, RunRequest};
+pub use run::{
+    parse_mount_flag, parse_tmpfs_flag, parse_volume_flag, CreatedContainer, MountKind,
+    MountRecord, RunRequest,
+};
 pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, PruneReport, Secrets};
 pub use transfer::{login, logout, PullOptions, PushReport};
 

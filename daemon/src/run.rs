@@ -6,6 +6,10 @@ use kiln_cache::Store;
 use kiln_solver::{images, Solver};
 use std::path::PathBuf;
 
+mod mounts;
+
+pub use mounts::{parse_mount_flag, parse_tmpfs_flag, parse_volume_flag, MountKind, MountRecord};
+
 /// One `kiln run`.
 #[derive(Clone, Debug, Default)]
 pub struct RunRequest {
@@ -51,6 +55,8 @@ pub struct RunRequest {
     /// `--platform os/arch[/variant]`: the manifest to pick from a multi-platform image, which
     /// a single-platform image must match (default: this host's, any image accepted).
     pub platform: Option<String>,
+    /// `-v`, `--mount` and `--tmpfs`, parsed.
+    pub mounts: Vec<MountRecord>,
 }
 
 /// A container `Engine::create_container` made: run it in the foreground or detached
@@ -193,9 +199,24 @@ pub(crate) async fn create(
     for d in [&upper, &work, &target, &state] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create `{}`", d.display()))?;
     }
-    if !req.add_hosts.is_empty() {
-        add_hosts(&mut spec, &state, &hostname, &req.add_hosts)?;
-    }
+    let mut mounts = req.mounts.clone();
+    let prepared = (|| -> Result<Option<crate::volumes::VolumesLock>> {
+        if !req.add_hosts.is_empty() {
+            add_hosts(&mut spec, &state, &hostname, &req.add_hosts)?;
+        }
+        if mounts.is_empty() {
+            return Ok(None);
+        }
+        add_mounts(store, &chain, &dir, &req.image, &mut mounts, &mut spec).map(Some)
+    })();
+    // Held until the config that names the container's volumes is written.
+    let volumes_lock = match prepared {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let mut lower: Vec<PathBuf> = chain.iter().map(|s| store.snapshots().fs_dir(*s)).collect();
     if lower.is_empty() {
         let empty = dir.join("empty");
@@ -241,12 +262,59 @@ pub(crate) async fn create(
         cap_drop: req.cap_drop.clone(),
         security_opt: req.security_opt.clone(),
         extra_hosts: req.add_hosts.clone(),
+        mounts,
     };
     if let Err(e) = crate::containers::write_json(&dir, crate::containers::CONFIG_FILE, &config) {
         let _ = std::fs::remove_dir_all(&dir);
         return Err(e);
     }
+    drop(volumes_lock);
     Ok(CreatedContainer { id, name, dir })
+}
+
+/// `-v`/`--mount`/`--tmpfs`: their OCI mounts added to `spec`, checked against the image's
+/// files, which are mounted read-only under `dir` for the while (only when a bind or volume
+/// needs them). Returns the volumes lock, to be held until the container's config is written.
+fn add_mounts(
+    store: &Store,
+    chain: &[kiln_cache::SnapshotId],
+    dir: &std::path::Path,
+    image: &str,
+    mounts: &mut [MountRecord],
+    spec: &mut oci_spec::runtime::Spec,
+) -> Result<crate::volumes::VolumesLock> {
+    let root = store.root().to_path_buf();
+    let lock = crate::volumes::lock(&root)?;
+    let needs_image = !chain.is_empty() && mounts.iter().any(|m| m.kind != MountKind::Tmpfs);
+    let image_root = dir.join("image");
+    let guard = if needs_image {
+        std::fs::create_dir_all(&image_root)
+            .with_context(|| format!("cannot create `{}`", image_root.display()))?;
+        Some(
+            store
+                .snapshots()
+                .mount(chain, None, &image_root)
+                .with_context(|| format!("cannot mount the files of `{image}`"))?,
+        )
+    } else {
+        None
+    };
+    let made = mounts::prepare(
+        &lock,
+        &root,
+        image,
+        guard.as_ref().map(|_| image_root.as_path()),
+        mounts,
+    );
+    drop(guard);
+    let _ = std::fs::remove_dir(&image_root);
+    let mut all = spec.mounts().clone().unwrap_or_default();
+    all.extend(made?);
+    // Parents before children (stable, so the defaults keep their order): a volume at `/etc`
+    // is mounted before the `/etc/hosts` bind lands on it, as in Docker.
+    all.sort_by_key(|m| m.destination().components().count());
+    spec.set_mounts(Some(all));
+    Ok(lock)
 }
 
 /// A capability as `--cap-add` names it (`NET_ADMIN`, `cap_net_admin`), or every one for `ALL`.

@@ -181,6 +181,8 @@ pub(crate) async fn supervise(dir: &Path, attach: Attach) -> Result<ContainerSta
     }
     if config.auto_remove {
         super::remove_dir(dir);
+        // Docker's `--rm` takes the container's anonymous volumes with it.
+        super::remove_anonymous_volumes(dir, &config);
     }
     Ok(st)
 }

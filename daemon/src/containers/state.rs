@@ -83,6 +83,9 @@ pub struct ContainerConfig {
     pub cap_drop: Vec<String>,
     pub security_opt: Vec<String>,
     pub extra_hosts: Vec<String>,
+    /// `-v`, `--mount`, `--tmpfs` (volumes by name; the spec has their mounts).
+    #[serde(default)]
+    pub mounts: Vec<MountRecord>,
 }
 
 /// Where a container is in its life.
@@ -234,6 +237,79 @@ pub(crate) fn read_state(dir: &Path) -> ContainerState {
 /// The sandbox's private directory of a container.
 pub(crate) fn sandbox_state_dir(dir: &Path) -> PathBuf {
     dir.join("state")
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MountKind {
+    Bind,
+    Volume,
+    Tmpfs,
+}
+
+impl MountKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MountKind::Bind => "bind",
+            MountKind::Volume => "volume",
+            MountKind::Tmpfs => "tmpfs",
+        }
+    }
+}
+
+/// One mount of a container, as `config.json` records it (and `kiln inspect` shows it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MountRecord {
+    pub kind: MountKind,
+    /// A host path (bind), a volume's name (empty until an anonymous one is made), or empty.
+    pub source: String,
+    pub destination: String,
+    pub read_only: bool,
+    /// A volume made for this container (`-v /path`): `kiln rm -v` and `--rm` remove it.
+    #[serde(default)]
+    pub anonymous: bool,
+    /// `volume-nocopy` / `:nocopy`: a new volume is not seeded from the image.
+    #[serde(default)]
+    pub nocopy: bool,
+    /// tmpfs `size=`/`mode=` options.
+    #[serde(default)]
+    pub options: Vec<String>,
+}
+
+impl MountRecord {
+    pub(crate) fn new(kind: MountKind, source: &str, destination: &str) -> MountRecord {
+        MountRecord {
+            kind,
+            source: source.to_string(),
+            destination: destination.to_string(),
+            read_only: false,
+            anonymous: false,
+            nocopy: false,
+            options: Vec::new(),
+        }
+    }
+
+    /// `docker inspect`'s `Mounts` entry.
+    pub fn inspect(&self, root: &Path) -> serde_json::Value {
+        let source = match self.kind {
+            MountKind::Volume => crate::volumes::find(root, &self.source)
+                .map(|v| v.mountpoint.display().to_string())
+                .unwrap_or_default(),
+            _ => self.source.clone(),
+        };
+        let mut v = serde_json::json!({
+            "Type": self.kind.as_str(),
+            "Source": source,
+            "Destination": self.destination,
+            "Mode": if self.kind == MountKind::Tmpfs { "" } else if self.read_only { "ro" } else { "" },
+            "RW": !self.read_only,
+        });
+        if self.kind == MountKind::Volume {
+            v["Name"] = serde_json::json!(self.source);
+            v["Driver"] = serde_json::json!("local");
+        }
+        v
+    }
 }
 
 #[cfg(test)]
