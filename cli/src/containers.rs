@@ -55,9 +55,13 @@ pub(crate) struct RunArgs {
     /// What to do when the command exits: no, on-failure or on-failure:N.
     #[arg(long, default_value = "no")]
     restart: String,
-    /// Network: host (default) or none.
-    #[arg(long, default_value = "host")]
-    network: String,
+    /// Network: host (default, but none with `-p`) or none.
+    #[arg(long)]
+    network: Option<String>,
+    /// Publish a container's TCP port on the host: [IP:]HOST_PORT:CONTAINER_PORT[/tcp] (IP
+    /// 0.0.0.0 when not given); the container gets a network namespace of its own.
+    #[arg(short = 'p', long = "publish")]
+    publish: Vec<String>,
     /// What runs the container: builtin (kiln's sandbox), runc or crun.
     #[arg(long, default_value = "builtin")]
     runtime: String,
@@ -139,10 +143,15 @@ fn log_max_size(opts: &[String]) -> Result<Option<u64>> {
 }
 
 fn request(r: RunArgs) -> Result<(RunRequest, bool)> {
-    let network_none = match r.network.as_str() {
-        "host" | "default" => false,
-        "none" => true,
-        other => bail!("unknown network `{other}`: use `host` or `none`"),
+    let mut ports = Vec::new();
+    for p in &r.publish {
+        ports.push(containers::parse_publish(p)?);
+    }
+    let network_none = match r.network.as_deref() {
+        None => !ports.is_empty(),
+        Some("host" | "default") => false,
+        Some("none") => true,
+        Some(other) => bail!("unknown network `{other}`: use `host` or `none`"),
     };
     let mut env = Vec::new();
     for f in &r.env_files {
@@ -188,6 +197,7 @@ fn request(r: RunArgs) -> Result<(RunRequest, bool)> {
         log_max_size: log_max_size(&r.log_opts)?,
         platform: r.platform,
         mounts,
+        ports,
     };
     Ok((req, r.detach))
 }

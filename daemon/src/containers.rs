@@ -6,10 +6,12 @@
 mod logs;
 mod monitor;
 mod names;
+mod ports;
 mod state;
 
 pub use logs::{LogLine, DEFAULT_LOG_MAX_SIZE};
 pub use monitor::monitor_main_if_requested;
+pub use ports::{check_free as check_ports_free, parse_publish, PortMapping};
 pub use state::{ContainerConfig, ContainerState, MountKind, MountRecord, RestartPolicy, Status};
 
 pub use nix::sys::signal::Signal;
@@ -586,6 +588,20 @@ pub fn logs(
     }
 }
 
+/// `{"80/tcp": [{"HostIp": "127.0.0.1", "HostPort": "8080"}]}`, as Docker shows ports.
+fn port_bindings(ports: &[PortMapping]) -> serde_json::Value {
+    let mut map = serde_json::Map::new();
+    for p in ports {
+        let entry = map
+            .entry(format!("{}/tcp", p.container_port))
+            .or_insert_with(|| serde_json::json!([]));
+        if let Some(list) = entry.as_array_mut() {
+            list.push(serde_json::json!({"HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string()}));
+        }
+    }
+    serde_json::Value::Object(map)
+}
+
 /// `kiln inspect`: the container as `docker inspect` shows one (the fields kiln has).
 pub fn inspect(c: &Container) -> serde_json::Value {
     use serde_json::json;
@@ -653,8 +669,10 @@ pub fn inspect(c: &Container) -> serde_json::Value {
             "SecurityOpt": cfg.security_opt,
             "ExtraHosts": cfg.extra_hosts,
             "NetworkMode": match cfg.network { kiln_exec::Network::Host => "host", kiln_exec::Network::None => "none" },
+            "PortBindings": port_bindings(&cfg.ports),
             "Runtime": cfg.runtime,
         });
+        v["NetworkSettings"] = json!({ "Ports": port_bindings(&cfg.ports) });
         let root = c.dir.parent().and_then(Path::parent);
         v["Mounts"] = json!(cfg
             .mounts

@@ -57,6 +57,9 @@ pub struct RunRequest {
     pub platform: Option<String>,
     /// `-v`, `--mount` and `--tmpfs`, parsed.
     pub mounts: Vec<MountRecord>,
+    /// `-p`: the container gets a network namespace of its own (as `--network none`), which
+    /// the ports reach through its monitor's proxy.
+    pub ports: Vec<crate::containers::PortMapping>,
 }
 
 /// A container `Engine::create_container` made: run it in the foreground or detached
@@ -161,6 +164,12 @@ pub(crate) async fn create(
         read("/etc/passwd")?.as_deref(),
         read("/etc/group")?.as_deref(),
     )?;
+    if !req.ports.is_empty() {
+        if !req.network_none {
+            bail!("`-p` publishes ports of a container with a network of its own: drop `--network host`");
+        }
+        crate::containers::check_ports_free(&req.ports)?;
+    }
     let network = if req.network_none {
         kiln_exec::Network::None
     } else {
@@ -263,6 +272,7 @@ pub(crate) async fn create(
         security_opt: req.security_opt.clone(),
         extra_hosts: req.add_hosts.clone(),
         mounts,
+        ports: req.ports.clone(),
     };
     if let Err(e) = crate::containers::write_json(&dir, crate::containers::CONFIG_FILE, &config) {
         let _ = std::fs::remove_dir_all(&dir);

@@ -109,6 +109,21 @@ pub(crate) async fn supervise(dir: &Path, attach: Attach) -> Result<ContainerSta
         ..Default::default()
     };
     let _ = std::fs::remove_file(dir.join(state::STOP_MARKER));
+    if !config.ports.is_empty() {
+        // The proxies outlive restarts: each connection goes to the init running then.
+        let pid_file = state::sandbox_state_dir(dir).join(kiln_exec::PID_FILE);
+        let find_init: super::ports::FindInit = std::sync::Arc::new(move || {
+            let helper: u32 = std::fs::read_to_string(&pid_file)
+                .ok()?
+                .trim()
+                .parse()
+                .ok()?;
+            (state::parent_of(helper) == Some(me))
+                .then(|| state::children_of(helper).first().copied())
+                .flatten()
+        });
+        super::ports::start_proxies(&config.ports, find_init)?;
+    }
     loop {
         st.status = Status::Running;
         st.started_at = Some(state::now());

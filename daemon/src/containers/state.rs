@@ -86,6 +86,9 @@ pub struct ContainerConfig {
     /// `-v`, `--mount`, `--tmpfs` (volumes by name; the spec has their mounts).
     #[serde(default)]
     pub mounts: Vec<MountRecord>,
+    /// `-p`: served by the monitor's proxy into the container's network namespace.
+    #[serde(default)]
+    pub ports: Vec<super::ports::PortMapping>,
 }
 
 /// Where a container is in its life.
