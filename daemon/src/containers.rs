@@ -353,7 +353,20 @@ pub fn exec(c: &Container, opts: ExecOptions) -> Result<i32> {
     if state::parent_of(helper) != Some(c.state.monitor_pid) {
         return Err(not_running());
     }
-    let init_pid = *state::children_of(helper).first().ok_or_else(not_running)?;
+    // `kiln run -d` returns once the helper exists; its init may still be setting up (and,
+    // under an emulator or on a busy host, for a while): entering it then would join the
+    // wrong namespaces. Wait until its result file says the set-up is done.
+    let result = state::sandbox_state_dir(&c.dir).join(kiln_exec::RESULT_FILE);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let init_pid = loop {
+        let init = state::children_of(helper).first().copied();
+        let set_up = std::fs::metadata(&result).is_ok_and(|m| m.len() > 0);
+        match init {
+            Some(pid) if set_up => break pid,
+            _ if Instant::now() > deadline => return Err(not_running()),
+            _ => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
     let mut process = cfg.spec.process().clone().unwrap_or_default();
     let env = merge_env(process.env().as_deref().unwrap_or(&[]), &opts.env);
     process.set_env(Some(env));
