@@ -234,3 +234,46 @@ fn bad_mounts_are_one_line_and_exit_125() {
     let ps = k.run(&["ps", "-a", "-q"]);
     assert_eq!(stdout(&ps), "");
 }
+
+#[test]
+fn an_image_volume_gets_an_anonymous_volume_seeded_from_the_image() {
+    let k = Kiln::with_busybox();
+    let ctx = temp_context(
+        "kiln-volumes-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN mkdir /state && echo from-image > /state/f\nVOLUME /state\n",
+        )],
+    );
+    assert_ok(&build(&k, ctx.path(), &["-t", "withvol"]), "kiln build");
+    let out = k.run(&[
+        "run",
+        "--name",
+        "v1",
+        "withvol",
+        "sh",
+        "-c",
+        "cat /state/f; echo new > /state/g",
+    ]);
+    assert_ok(&out, "kiln run of an image with VOLUME");
+    assert_eq!(stdout(&out), "from-image\n");
+    let mount = &inspect_container(&k, "v1")["Mounts"][0];
+    assert_eq!(mount["Destination"], "/state");
+    let name = mount["Name"].as_str().unwrap().to_string();
+    assert_eq!(volume_names(&k), vec![name]);
+    // A mount the user gives at that path replaces it.
+    let out = k.run(&[
+        "run",
+        "--rm",
+        "-v",
+        "mine:/state",
+        "withvol",
+        "ls",
+        "/state",
+    ]);
+    assert_ok(&out, "kiln run -v over the image's VOLUME");
+    assert_eq!(stdout(&out), "f\n");
+    assert_eq!(volume_names(&k).len(), 2, "{:?}", volume_names(&k));
+    assert_ok(&k.run(&["rm", "-v", "v1"]), "kiln rm -v");
+    assert_eq!(volume_names(&k), vec!["mine"]);
+}

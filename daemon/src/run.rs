@@ -209,6 +209,23 @@ pub(crate) async fn create(
         std::fs::create_dir_all(d).with_context(|| format!("cannot create `{}`", d.display()))?;
     }
     let mut mounts = req.mounts.clone();
+    // As Docker does, each `VOLUME` of the image gets an anonymous volume (seeded from the
+    // image) unless the user mounts something there.
+    for path in cfg.volumes().clone().unwrap_or_default() {
+        let path = path.trim_end_matches('/');
+        if !path.starts_with('/') || path.is_empty() {
+            continue;
+        }
+        if mounts
+            .iter()
+            .any(|m| m.destination.trim_end_matches('/') == path)
+        {
+            continue;
+        }
+        let mut m = MountRecord::new(MountKind::Volume, "", path);
+        m.anonymous = true;
+        mounts.push(m);
+    }
     let prepared = (|| -> Result<Option<crate::volumes::VolumesLock>> {
         if !req.add_hosts.is_empty() {
             add_hosts(&mut spec, &state, &hostname, &req.add_hosts)?;
