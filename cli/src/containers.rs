@@ -353,6 +353,24 @@ fn cut(s: &str, n: usize) -> String {
     }
 }
 
+/// `127.0.0.1:8080->80/tcp, ...` for a running container, as `docker ps` shows its ports.
+fn ports_text(c: &Container) -> String {
+    if !c.state.is_running() {
+        return String::new();
+    }
+    let ports = c
+        .config
+        .as_ref()
+        .map(|cfg| cfg.ports.as_slice())
+        .unwrap_or(&[]);
+    ports
+        .iter()
+        .map(|p| format!("{}->{}/tcp ", p.host_addr(), p.container_port))
+        .collect::<String>()
+        .trim_end()
+        .replace(' ', ", ")
+}
+
 pub(crate) fn ps(root: &Path, a: PsArgs) -> Result<i32> {
     let all = containers::list(root)?;
     let shown = all.iter().filter(|c| a.all || c.state.is_running());
@@ -363,12 +381,12 @@ pub(crate) fn ps(root: &Path, a: PsArgs) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<14}{:<20}{:<24}{:<24}{:<36}NAMES",
-        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS"
+        "{:<14}{:<20}{:<24}{:<24}{:<36}{:<24}NAMES",
+        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
     );
     for c in shown {
         println!(
-            "{:<14}{:<20}{:<24}{:<24}{:<36}{}",
+            "{:<14}{:<20}{:<24}{:<24}{:<36}{:<24}{}",
             c.short_id(),
             cut(&c.image(), 19),
             cut(&format!("\"{}\"", c.command()), 23),
@@ -376,6 +394,7 @@ pub(crate) fn ps(root: &Path, a: PsArgs) -> Result<i32> {
                 .map(|t| format!("{} ago", ago(t)))
                 .unwrap_or_default(),
             status_text(c),
+            ports_text(c),
             c.name()
         );
     }

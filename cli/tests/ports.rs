@@ -56,6 +56,8 @@ fn a_page_served_in_the_container_is_fetched_through_a_published_port() {
     // Twice: the proxy serves connection after connection.
     assert_eq!(fetch(5140), "hello from the container\n");
 
+    let ps = stdout(&k.run(&["ps"]));
+    assert!(ps.contains(" 127.0.0.1:5140->80/tcp "), "{ps}");
     let inspect = k.run(&["inspect", "web"]);
     let v: serde_json::Value = serde_json::from_str(&stdout(&inspect)).unwrap();
     assert_eq!(

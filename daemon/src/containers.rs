@@ -267,20 +267,23 @@ pub fn signal(c: &Container, sig: nix::sys::signal::Signal) -> Result<()> {
     }
     // SIGKILL cannot be forwarded: it goes to the sandbox's init (the helper's child), whose
     // death takes the container down and lets the helper report 137, as Docker does.
-    let mut targets = Vec::new();
-    if sig == Signal::SIGKILL {
-        // Just after a start the init may still be setting up, and killed then it reports
-        // nothing: wait until its result file says the set-up is done.
-        let result = state::sandbox_state_dir(&c.dir).join(kiln_exec::RESULT_FILE);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        loop {
-            targets = state::children_of(pid);
-            let set_up = std::fs::metadata(&result).is_ok_and(|m| m.len() > 0);
-            if (set_up && !targets.is_empty()) || Instant::now() > deadline {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(5));
+    // Just after a start the init may still be setting up: killed then it reports nothing,
+    // and a signal the helper forwards then interrupts the set-up (exit 125). Wait until its
+    // result file says the set-up is done, as `docker kill` after `docker start` reaches the
+    // command.
+    let result = state::sandbox_state_dir(&c.dir).join(kiln_exec::RESULT_FILE);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut targets;
+    loop {
+        targets = state::children_of(pid);
+        let set_up = std::fs::metadata(&result).is_ok_and(|m| m.len() > 0);
+        if (set_up && !targets.is_empty()) || Instant::now() > deadline {
+            break;
         }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if sig != Signal::SIGKILL {
+        targets.clear();
     }
     let targets = if targets.is_empty() {
         vec![pid]
