@@ -125,11 +125,12 @@ pub(crate) fn take(
         });
     };
     // The name is written before the old, possibly longer, one is cut: a reader takes only the
-    // first line, so it sees either no name or a whole one.
+    // first line, so it sees either no name or a whole one. Not synced: other processes read it
+    // from the page cache, and after a crash the name means nothing (the flock is gone), while
+    // a sync costs every command up to hundreds of milliseconds on a busy disk.
     let line = format!("{} {}\n", std::process::id(), one_line(command));
     lock.write_all_at(line.as_bytes(), 0)
         .and_then(|_| lock.set_len(line.len() as u64))
-        .and_then(|_| lock.sync_data())
         .map_err(CacheError::io("write the owner to", &path))?;
     Ok(OwnerLock(lock))
 }

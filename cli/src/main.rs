@@ -1,5 +1,6 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
+mod containers;
 mod debug;
 mod flags;
 mod images;
@@ -7,12 +8,11 @@ mod interrupt;
 mod login;
 mod progress;
 mod transfer;
+mod volumes;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use kiln_daemon::{
-    BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec, RunRequest,
-};
+use kiln_daemon::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -57,7 +57,31 @@ enum Command {
     /// Build an image from a Dockerfile.
     Build(Box<BuildArgs>),
     /// Run a command in a new container from an image.
-    Run(RunArgs),
+    Run(containers::RunArgs),
+    /// List containers.
+    Ps(containers::PsArgs),
+    /// Print a detached container's output.
+    Logs(containers::LogsArgs),
+    /// Stop running containers (SIGTERM, then SIGKILL).
+    Stop(containers::StopArgs),
+    /// Send a signal to running containers (SIGKILL by default).
+    Kill(containers::KillArgs),
+    /// Start stopped containers again, detached.
+    Start(containers::StartArgs),
+    /// Remove containers.
+    Rm(containers::RmArgs),
+    /// Run a command in a running container.
+    Exec(containers::ExecArgs),
+    /// Wait for containers to stop and print their exit codes.
+    Wait(containers::WaitArgs),
+    /// Show containers as JSON.
+    Inspect(containers::InspectArgs),
+    /// Manage containers.
+    #[command(subcommand)]
+    Container(containers::ContainerCommand),
+    /// Manage volumes.
+    #[command(subcommand)]
+    Volume(volumes::VolumeCommand),
     /// Make a single-layer image from a root filesystem directory or tar.
     Import {
         /// Apply a Dockerfile instruction to the image config (CMD, ENTRYPOINT, ENV, ...).
@@ -262,50 +286,6 @@ struct BuildArgs {
     context: PathBuf,
 }
 
-#[derive(clap::Args)]
-struct RunArgs {
-    /// Remove the container when it exits.
-    #[arg(long)]
-    rm: bool,
-    /// Set an environment variable, KEY=VALUE (or KEY to pass the caller's).
-    #[arg(short = 'e', long = "env")]
-    env: Vec<String>,
-    /// Working directory inside the container.
-    #[arg(short = 'w', long = "workdir")]
-    workdir: Option<String>,
-    /// User to run as: name|uid[:group|gid].
-    #[arg(short = 'u', long = "user")]
-    user: Option<String>,
-    /// Overwrite the image's ENTRYPOINT.
-    #[arg(long)]
-    entrypoint: Option<String>,
-    /// Network: host (default) or none.
-    #[arg(long, default_value = "host")]
-    network: String,
-    /// What runs the container: builtin (kiln's sandbox), runc or crun.
-    #[arg(long, default_value = "builtin")]
-    runtime: String,
-    /// Memory limit of the container, swap included: a size such as `512m` or `1g` (units b, k,
-    /// m, g), as Docker reads it; 0 for no limit.
-    #[arg(short = 'm', long)]
-    memory: Option<String>,
-    /// CPUs the container may use, e.g. `0.5` or `2`; 0 for no limit.
-    #[arg(long)]
-    cpus: Option<String>,
-    /// Most processes (and threads) of the container at once: 16384 by default, -1 for no limit.
-    #[arg(long = "pids-limit", allow_hyphen_values = true)]
-    pids_limit: Option<String>,
-    /// The platform to run, os/arch[/variant]: picks it from a multi-platform image; a foreign
-    /// one runs through its emulator (`kiln setup emulators`).
-    #[arg(long)]
-    platform: Option<String>,
-    /// The image to run.
-    image: String,
-    /// Command and arguments (replace the image's CMD).
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
-    command: Vec<String>,
-}
-
 fn is_root() -> bool {
     // SAFETY: geteuid has no preconditions and cannot fail.
     unsafe { libc_geteuid() == 0 }
@@ -332,6 +312,8 @@ extern "C" {
 fn main() {
     // The sandbox is this same binary re-executed; it must not start any thread first.
     kiln_exec::sandbox_main_if_requested();
+    // A detached container's monitor is this binary too.
+    kiln_daemon::containers::monitor_main_if_requested();
     let cli = Cli::try_parse().unwrap_or_else(|e| flags::exit_on_parse_error(e));
     // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
     // with its store under $XDG_DATA_HOME/kiln. Setting up the host needs no engine, and a
@@ -409,6 +391,17 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         | Command::Login(_)
         | Command::Logout(_)
         | Command::Debug(_)
+        | Command::Ps(_)
+        | Command::Logs(_)
+        | Command::Stop(_)
+        | Command::Kill(_)
+        | Command::Start(_)
+        | Command::Rm(_)
+        | Command::Wait(_)
+        | Command::Exec(_)
+        | Command::Inspect(_)
+        | Command::Container(_)
+        | Command::Volume(_)
         | Command::Setup(_) => None,
     }
 }
@@ -487,54 +480,34 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         return setup_emulators();
     }
     let root = cli.root.clone().unwrap_or_else(default_root);
+    // Images are listed, and containers read and signalled, without the store's lock.
     match cli.command {
-        Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => images::list(&root, &a),
-        command => real_main_store(command, engine).await,
+        Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => {
+            return images::list(&root, &a)
+        }
+        Command::Ps(a) => return containers::ps(&root, a),
+        Command::Logs(a) => return containers::logs(&root, a),
+        Command::Stop(a) => return Ok(containers::stop(&root, a)),
+        Command::Kill(a) => return containers::kill(&root, a),
+        Command::Start(a) => return Ok(containers::start(&root, a)),
+        Command::Rm(a) => return Ok(containers::rm(&root, a)),
+        Command::Wait(a) => return Ok(containers::wait(&root, a)),
+        Command::Exec(a) => return Ok(containers::exec(&root, a)),
+        Command::Inspect(a) => return containers::inspect(&root, a),
+        Command::Container(c) => return containers::container(&root, c),
+        Command::Volume(c) => return volumes::volume(&root, c),
+        _ => {}
     }
-}
-
-async fn real_main_store(command: Command, engine: Option<Engine>) -> Result<i32> {
     let engine = engine.context("no store was opened for this command")?;
-    match command {
+    match cli.command {
         Command::Tag(a) => images::tag(&engine, a),
         Command::Rmi(a) => images::rmi(&engine, a),
         Command::History(a) => images::history(&engine, a),
         Command::Save(a) => images::save(&engine, a).await,
         Command::Load(a) => images::load(&engine, a).await,
         Command::Image(c) => images::image(&engine, c).await,
-        other => store_command(&engine, other).await,
-    }
-}
-
-async fn store_command(engine: &Engine, command: Command) -> Result<i32> {
-    match command {
-        Command::Build(b) => build(engine, *b).await,
-        Command::Run(r) => {
-            let network_none = match r.network.as_str() {
-                "host" | "default" => false,
-                "none" => true,
-                other => bail!("unknown network `{other}`: use `host` or `none`"),
-            };
-            engine
-                .run(RunRequest {
-                    image: r.image,
-                    command: r.command,
-                    entrypoint: r.entrypoint,
-                    env: r.env,
-                    workdir: r.workdir,
-                    user: r.user,
-                    network_none,
-                    remove: r.rm,
-                    runtime: r.runtime.parse()?,
-                    limits: kiln_exec::Limits::parse(
-                        r.memory.as_deref(),
-                        r.cpus.as_deref(),
-                        r.pids_limit.as_deref(),
-                    )?,
-                    platform: r.platform,
-                })
-                .await
-        }
+        Command::Build(b) => build(&engine, *b).await,
+        Command::Run(r) => Ok(containers::run(engine, r).await),
         Command::Import {
             changes,
             platform,
@@ -598,9 +571,9 @@ async fn store_command(engine: &Engine, command: Command) -> Result<i32> {
                 && r.snapshots_removed.is_empty();
             Ok(if clean { 0 } else { 1 })
         }
-        Command::Pull(p) => transfer::pull(engine, p).await,
-        Command::Push(p) => transfer::push(engine, p).await,
-        // Handled above.
+        Command::Pull(p) => transfer::pull(&engine, p).await,
+        Command::Push(p) => transfer::push(&engine, p).await,
+        // Handled above, without the store's lock.
         _ => Ok(0),
     }
 }

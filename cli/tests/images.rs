@@ -311,3 +311,18 @@ fn load_refuses_archives_that_are_not_images_in_one_line() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("cannot open `/nonexistent.tar`"));
 }
+
+#[test]
+fn inspect_of_a_name_that_is_no_container_showed_nothing() {
+    let k = Kiln::with_busybox();
+    let id = build_as(&k, "app:1", "FROM busybox\nRUN echo x > /x\n");
+    let out = k.run(&["inspect", "app:1"]);
+    assert_ok(&out, "kiln inspect IMAGE");
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v[0]["Id"], id.trim(), "{v}");
+    // A name that is neither is an error, and the others are still shown.
+    let out = k.run(&["inspect", "app:1", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
+}

@@ -119,6 +119,37 @@ fn arm64_run_steps_and_kiln_run_go_through_the_emulator() {
         ),
         "aarch64\n"
     );
+    // Detached too: the monitor runs the foreign container, `kiln exec` enters it.
+    let id = run_out(
+        &k,
+        &[
+            "run",
+            "-d",
+            "--platform",
+            "linux/arm64",
+            "--name",
+            "emulated",
+            "busybox-arm64",
+            "sh",
+            "-c",
+            "uname -m; exec sleep 300",
+        ],
+    );
+    assert_eq!(id.trim().len(), 64, "{id}");
+    assert_eq!(
+        run_out(&k, &["exec", "emulated", "uname", "-m"]),
+        "aarch64\n"
+    );
+    // The command prints as it starts, which under the emulator may follow the exec.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while run_out(&k, &["logs", "emulated"]) != "aarch64\n" {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no `aarch64` in the logs"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    run_out(&k, &["rm", "-f", "emulated"]);
     let config = tool(
         "skopeo",
         &[

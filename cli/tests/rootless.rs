@@ -419,3 +419,28 @@ fn rootless_limits_without_cgroups_warn_once_and_never_fail_the_build() {
     assert_ok(&out, "rootless kiln run without limits");
     assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
 }
+
+#[test]
+fn rootless_volumes_binds_and_published_ports_work() {
+    let Some(user) = User::create() else { return };
+    write_files(user.home.path(), &[("host/f", "from the host\n")]);
+    user.own(user.home.path());
+    let out = user.sh(
+        "set -e; sh \"$MKROOTFS\" rootfs >/dev/null; \"$K\" import rootfs busybox:latest >/dev/null; \
+         \"$K\" run --rm -v data:/etc -v \"$HOME/host:/mnt:ro\" busybox \
+           sh -c 'cat /mnt/f; test -f /etc/passwd && echo seeded; echo kept > /etc/kept'; \
+         \"$K\" run --rm -v data:/etc busybox cat /etc/kept; \
+         \"$K\" volume ls -q; \
+         \"$K\" run -d --name web -p 127.0.0.1:5143:80 busybox \
+           sh -c 'mkdir /www; echo rootless page > /www/index.html; exec httpd -f -p 80 -h /www' >/dev/null; \
+         i=0; until busybox wget -q -O- http://127.0.0.1:5143/ 2>/dev/null; do \
+           i=$((i+1)); [ $i -lt 200 ] || exit 9; sleep 0.1; done; \
+         \"$K\" rm -f web >/dev/null",
+        HOST_PATH,
+    );
+    assert_ok(&out, "rootless -v, volumes and -p");
+    assert_eq!(
+        stdout(&out),
+        "from the host\nseeded\nkept\ndata\nrootless page\n"
+    );
+}

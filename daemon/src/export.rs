@@ -40,7 +40,7 @@ fn source_date_epoch() -> Option<i64> {
     std::env::var("SOURCE_DATE_EPOCH").ok()?.trim().parse().ok()
 }
 
-fn rfc3339(unix: i64) -> String {
+pub(crate) fn rfc3339(unix: i64) -> String {
     // Civil-from-days (Howard Hinnant's algorithm): no date crate needed for one format.
     let days = unix.div_euclid(86_400);
     let secs = unix.rem_euclid(86_400);

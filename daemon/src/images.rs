@@ -224,25 +224,16 @@ pub enum Removed {
     Deleted(String),
 }
 
-/// The manifests that containers of this store were made from (`containers/*/container.json`).
+/// The manifests that containers of this store were made from, by container id.
 fn images_of_containers(store: &Store) -> Vec<(String, String)> {
-    let mut out = Vec::new();
-    let Ok(dir) = std::fs::read_dir(store.containers_dir()) else {
-        return out;
-    };
-    for e in dir.flatten() {
-        let Ok(bytes) = std::fs::read(e.path().join("container.json")) else {
-            continue;
-        };
-        let Ok(v) = serde_json::from_slice::<Value>(&bytes) else {
-            continue;
-        };
-        if let Some(m) = v.get("manifest").and_then(Value::as_str) {
-            let id = e.file_name().to_string_lossy().into_owned();
-            out.push((id, m.to_string()));
-        }
-    }
-    out
+    crate::containers::list(store.root())
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|c| {
+            let config = c.config.as_ref()?;
+            Some((config.id.clone(), config.image_digest.clone()))
+        })
+        .collect()
 }
 
 /// How an argument named the image: by one of its names, or by its ID or a digest.
@@ -256,51 +247,12 @@ impl Engine {
         self.store().root().to_path_buf()
     }
 
-    /// Finds the image an argument names: a name (`app`, `app:1`, a full name), an image ID
-    /// (`sha256:HEX`, or at least 4 hex digits of it) or a manifest digest, as Docker accepts them.
     fn find_image(&self, spec: &str) -> Result<(ImageSummary, Named)> {
-        let images = all_images(&self.image_root())?;
-        if let Ok(full) = normalize_name(spec) {
-            if let Some(i) = images
-                .iter()
-                .find(|i| i.name.as_deref() == Some(full.as_str()))
-            {
-                return Ok((i.clone(), Named::Name(full)));
-            }
-        }
-        let hex = spec.strip_prefix("sha256:").unwrap_or(spec);
-        let is_hex = hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit());
-        if is_hex {
-            let hex = hex.to_ascii_lowercase();
-            let mut found: Vec<&ImageSummary> = images
-                .iter()
-                .filter(|i| {
-                    i.id.strip_prefix("sha256:")
-                        .unwrap_or(&i.id)
-                        .starts_with(&hex)
-                        || i.manifest_digest
-                            .strip_prefix("sha256:")
-                            .unwrap_or(&i.manifest_digest)
-                            .starts_with(&hex)
-                })
-                .collect();
-            found.sort_by(|a, b| a.id.cmp(&b.id));
-            found.dedup_by(|a, b| a.id == b.id);
-            match found.as_slice() {
-                [one] => return Ok(((*one).clone(), Named::Id)),
-                [] => {}
-                _ => bail!("`{spec}` names more than one image: give more digits of the ID"),
-            }
-        }
-        bail!("no such image: `{spec}` (see `kiln images`)")
+        find_image_at(&self.image_root(), spec)
     }
 
-    /// Every record of the image with ID `id`.
     fn records_of(&self, id: &str) -> Result<Vec<ImageSummary>> {
-        Ok(all_images(&self.image_root())?
-            .into_iter()
-            .filter(|i| i.id == id)
-            .collect())
+        records_of_at(&self.image_root(), id)
     }
 
     /// `kiln tag SOURCE TARGET`: gives the image `SOURCE` names the name `TARGET` too.
@@ -406,52 +358,7 @@ impl Engine {
     /// `kiln image inspect`: Docker's fields for an image (`Id`, `RepoTags`, `Created`,
     /// `Config`, `RootFS`...), plus its manifest's `Descriptor`.
     pub fn inspect_image(&self, spec: &str) -> Result<Value> {
-        let (image, _) = self.find_image(spec)?;
-        let root = self.image_root();
-        let config = parse_json(
-            &read_blob(&root, &image.id)?,
-            &format!("config `{}`", image.id),
-        )?;
-        let records = self.records_of(&image.id)?;
-        let mut tags: Vec<String> = records
-            .iter()
-            .filter_map(|r| r.name.as_deref())
-            .map(|n| {
-                let (repo, tag) = familiar_parts(n);
-                format!("{repo}:{tag}")
-            })
-            .collect();
-        tags.sort();
-        let repo_digests: Vec<String> = records
-            .iter()
-            .filter_map(|r| {
-                r.name
-                    .as_deref()
-                    .map(|n| format!("{}@{}", familiar_parts(n).0, r.manifest_digest))
-            })
-            .collect();
-        let get = |k: &str| config.get(k).cloned().unwrap_or(Value::Null);
-        let text = |k: &str| config.get(k).cloned().unwrap_or(Value::from(""));
-        Ok(serde_json::json!({
-            "Id": image.id,
-            "RepoTags": tags,
-            "RepoDigests": repo_digests,
-            "Parent": "",
-            "Comment": text("comment"),
-            "Created": get("created"),
-            "Author": text("author"),
-            "Config": get("config"),
-            "Architecture": get("architecture"),
-            "Os": get("os"),
-            "Size": image.size,
-            "RootFS": get("rootfs"),
-            "Metadata": { "LastTagTime": image.created },
-            "Descriptor": {
-                "mediaType": image.media_type,
-                "digest": image.manifest_digest,
-                "size": image.manifest_size,
-            },
-        }))
+        inspect_image_at(&self.image_root(), spec)
     }
 
     /// `kiln history`: the config's history, newest first, each entry with the size of the
@@ -544,6 +451,103 @@ pub struct HistoryEntry {
 pub fn short_id(id: &str) -> &str {
     let hex = id.strip_prefix("sha256:").unwrap_or(id);
     &hex[..hex.len().min(12)]
+}
+
+/// Finds the image an argument names: a name (`app`, `app:1`, a full name), an image ID
+/// (`sha256:HEX`, or at least 4 hex digits of it) or a manifest digest, as Docker accepts them.
+fn find_image_at(root: &Path, spec: &str) -> Result<(ImageSummary, Named)> {
+    let images = all_images(root)?;
+    if let Ok(full) = normalize_name(spec) {
+        if let Some(i) = images
+            .iter()
+            .find(|i| i.name.as_deref() == Some(full.as_str()))
+        {
+            return Ok((i.clone(), Named::Name(full)));
+        }
+    }
+    let hex = spec.strip_prefix("sha256:").unwrap_or(spec);
+    let is_hex = hex.len() >= 4 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_hex {
+        let hex = hex.to_ascii_lowercase();
+        let mut found: Vec<&ImageSummary> = images
+            .iter()
+            .filter(|i| {
+                i.id.strip_prefix("sha256:")
+                    .unwrap_or(&i.id)
+                    .starts_with(&hex)
+                    || i.manifest_digest
+                        .strip_prefix("sha256:")
+                        .unwrap_or(&i.manifest_digest)
+                        .starts_with(&hex)
+            })
+            .collect();
+        found.sort_by(|a, b| a.id.cmp(&b.id));
+        found.dedup_by(|a, b| a.id == b.id);
+        match found.as_slice() {
+            [one] => return Ok(((*one).clone(), Named::Id)),
+            [] => {}
+            _ => bail!("`{spec}` names more than one image: give more digits of the ID"),
+        }
+    }
+    bail!("no such image: `{spec}` (see `kiln images`)")
+}
+
+/// Every record of the image with ID `id`.
+fn records_of_at(root: &Path, id: &str) -> Result<Vec<ImageSummary>> {
+    Ok(all_images(root)?
+        .into_iter()
+        .filter(|i| i.id == id)
+        .collect())
+}
+
+/// `kiln image inspect` of the store at `root`, read without its lock (as `kiln images`), so
+/// `kiln inspect` can show an image without taking the store.
+pub fn inspect_image_at(root: &Path, spec: &str) -> Result<Value> {
+    let (image, _) = find_image_at(root, spec)?;
+    let config = parse_json(
+        &read_blob(root, &image.id)?,
+        &format!("config `{}`", image.id),
+    )?;
+    let records = records_of_at(root, &image.id)?;
+    let mut tags: Vec<String> = records
+        .iter()
+        .filter_map(|r| r.name.as_deref())
+        .map(|n| {
+            let (repo, tag) = familiar_parts(n);
+            format!("{repo}:{tag}")
+        })
+        .collect();
+    tags.sort();
+    let repo_digests: Vec<String> = records
+        .iter()
+        .filter_map(|r| {
+            r.name
+                .as_deref()
+                .map(|n| format!("{}@{}", familiar_parts(n).0, r.manifest_digest))
+        })
+        .collect();
+    let get = |k: &str| config.get(k).cloned().unwrap_or(Value::Null);
+    let text = |k: &str| config.get(k).cloned().unwrap_or(Value::from(""));
+    Ok(serde_json::json!({
+        "Id": image.id,
+        "RepoTags": tags,
+        "RepoDigests": repo_digests,
+        "Parent": "",
+        "Comment": text("comment"),
+        "Created": get("created"),
+        "Author": text("author"),
+        "Config": get("config"),
+        "Architecture": get("architecture"),
+        "Os": get("os"),
+        "Size": image.size,
+        "RootFS": get("rootfs"),
+        "Metadata": { "LastTagTime": image.created },
+        "Descriptor": {
+            "mediaType": image.media_type,
+            "digest": image.manifest_digest,
+            "size": image.manifest_size,
+        },
+    }))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod build_cache;
 mod changes;
 mod config;
+pub mod containers;
 mod context;
 mod debug;
 mod diskfull;
@@ -18,13 +19,15 @@ mod sandbox_opts;
 mod stdin;
 mod store_gc;
 mod transfer;
+pub mod volumes;
 
 pub use build_cache::{parse_cache_spec, CacheLocation, CacheSpec};
 pub use config::{default_config_path, parse_duration, Config, GcPolicy};
 pub use context::parse_build_context;
 pub use debug::{debug_llb, debug_llb_resolved, debug_parse};
 pub use images::{
-    all_images, familiar_parts, short_id, HistoryEntry, ImageFilter, ImageSummary, Removed,
+    all_images, familiar_parts, inspect_image_at, short_id, HistoryEntry, ImageFilter,
+    ImageSummary, Removed,
 };
 pub use kiln_cache::{human_size, parse_size, KindUsage, StoreUsage};
 pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
@@ -32,7 +35,10 @@ pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
 pub use load::Loaded;
-pub use run::RunRequest;
+pub use run::{
+    parse_mount_flag, parse_tmpfs_flag, parse_volume_flag, CreatedContainer, MountKind,
+    MountRecord, RunRequest,
+};
 pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, Secrets};
 pub use stdin::{StdinInput, StdinKind};
 pub use store_gc::{PruneOptions, PruneReport};
@@ -493,10 +499,14 @@ impl Engine {
 
     // `pull`, `push`: see transfer.rs; `tag`, `rmi`, `inspect`, `history`, `save`: images.rs.
 
-    /// `kiln run`: runs an image's command in a sandbox; returns its exit code.
-    pub async fn run(&self, req: RunRequest) -> Result<i32> {
+    /// `kiln run`'s first half: makes the container (its directory, config and name) from an
+    /// image, pulled when absent; `containers::run_foreground` or `start_detached` runs it,
+    /// without the engine (so without the store's lock).
+    pub async fn create_container(&self, req: RunRequest) -> Result<CreatedContainer> {
+        // Held while the image's snapshots are looked up, so the config's `[gc]` policy of a
+        // build in this engine does not collect them meanwhile.
         let _busy = self.busy.read().await;
-        run::run(&self.store, &self.solver, req).await
+        run::create(&self.store, &self.solver, req).await
     }
 
     /// `kiln check`: hashes every blob of the store and drops the corrupt ones, the images and

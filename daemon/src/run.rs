@@ -6,6 +6,10 @@ use kiln_cache::Store;
 use kiln_solver::{images, Solver};
 use std::path::PathBuf;
 
+mod mounts;
+
+pub use mounts::{parse_mount_flag, parse_tmpfs_flag, parse_volume_flag, MountKind, MountRecord};
+
 /// One `kiln run`.
 #[derive(Clone, Debug, Default)]
 pub struct RunRequest {
@@ -14,7 +18,7 @@ pub struct RunRequest {
     pub command: Vec<String>,
     /// `--entrypoint`: replaces the image's ENTRYPOINT and resets its CMD.
     pub entrypoint: Option<String>,
-    /// `-e K=V` (or `-e K` to pass the caller's value).
+    /// `-e K=V` (or `-e K` to pass the caller's value), `--env-file` lines included.
     pub env: Vec<String>,
     pub workdir: Option<String>,
     pub user: Option<String>,
@@ -26,9 +30,45 @@ pub struct RunRequest {
     pub runtime: kiln_exec::Runtime,
     /// `--memory`, `--cpus`, `--pids-limit` (a default pids limit without them).
     pub limits: kiln_exec::Limits,
+    /// `--name` (made up when not given).
+    pub name: Option<String>,
+    /// `--hostname` (the id's first 12 characters when not given).
+    pub hostname: Option<String>,
+    /// `--add-host HOST:IP` lines for `/etc/hosts`.
+    pub add_hosts: Vec<String>,
+    /// `--init`: recorded only; kiln's sandbox always runs the command under an init.
+    pub init: bool,
+    /// `--read-only`: the root filesystem refuses writes.
+    pub read_only: bool,
+    /// `-t`: the process is told it has a terminal.
+    pub tty: bool,
+    /// `-i`.
+    pub interactive: bool,
+    pub restart: crate::containers::RestartPolicy,
+    /// `--cap-add`, `--cap-drop` (`NET_ADMIN` or `CAP_NET_ADMIN`, or `ALL`).
+    pub cap_add: Vec<String>,
+    pub cap_drop: Vec<String>,
+    /// `--security-opt`: `seccomp=unconfined`, `no-new-privileges[:true]`.
+    pub security_opt: Vec<String>,
+    /// `--log-opt max-size=`: the size cap of the container's log file.
+    pub log_max_size: Option<u64>,
     /// `--platform os/arch[/variant]`: the manifest to pick from a multi-platform image, which
     /// a single-platform image must match (default: this host's, any image accepted).
     pub platform: Option<String>,
+    /// `-v`, `--mount` and `--tmpfs`, parsed.
+    pub mounts: Vec<MountRecord>,
+    /// `-p`: the container gets a network namespace of its own (as `--network none`), which
+    /// the ports reach through its monitor's proxy.
+    pub ports: Vec<crate::containers::PortMapping>,
+}
+
+/// A container `Engine::create_container` made: run it in the foreground or detached
+/// (`kiln_daemon::containers`).
+#[derive(Clone, Debug)]
+pub struct CreatedContainer {
+    pub id: String,
+    pub name: String,
+    pub dir: PathBuf,
 }
 
 /// The argv Docker would run: ENTRYPOINT + (given command, or CMD unless the entrypoint was
@@ -52,26 +92,14 @@ pub(crate) fn command_line(
     ep.into_iter().chain(cmd).collect()
 }
 
-/// Merges `-e` settings over the image's environment (same key: the later one wins).
-pub(crate) fn merge_env(image_env: &[String], overrides: &[String]) -> Vec<String> {
-    let mut env: Vec<String> = image_env.to_vec();
-    for o in overrides {
-        let entry = if o.contains('=') {
-            o.clone()
-        } else {
-            match std::env::var(o) {
-                Ok(v) => format!("{o}={v}"),
-                Err(_) => continue,
-            }
-        };
-        let key = entry.split('=').next().unwrap_or("").to_string();
-        env.retain(|e| e.split('=').next() != Some(key.as_str()));
-        env.push(entry);
+pub(crate) async fn create(
+    store: &Store,
+    solver: &Solver,
+    req: RunRequest,
+) -> Result<CreatedContainer> {
+    if req.remove && req.restart.name != "no" && !req.restart.name.is_empty() {
+        bail!("`--restart` and `--rm` conflict: a container removed when it exits cannot restart");
     }
-    env
-}
-
-pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Result<i32> {
     let wanted = match &req.platform {
         Some(p) => kiln_registry::Platform::parse(p).context("`kiln run --platform`")?,
         None => solver.platform().clone(),
@@ -136,12 +164,18 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
         read("/etc/passwd")?.as_deref(),
         read("/etc/group")?.as_deref(),
     )?;
+    if !req.ports.is_empty() {
+        if !req.network_none {
+            bail!("`-p` publishes ports of a container with a network of its own: drop `--network host`");
+        }
+        crate::containers::check_ports_free(&req.ports)?;
+    }
     let network = if req.network_none {
         kiln_exec::Network::None
     } else {
         kiln_exec::Network::Host
     };
-    let env = merge_env(cfg.env().as_deref().unwrap_or(&[]), &req.env);
+    let env = crate::containers::merge_env(cfg.env().as_deref().unwrap_or(&[]), &req.env);
     let cwd = req
         .workdir
         .clone()
@@ -149,6 +183,21 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
         .filter(|w| !w.is_empty())
         .unwrap_or_else(|| "/".into());
     let id = container_id();
+    let root = store.root().to_path_buf();
+    let name = crate::containers::choose_name(&root, &id, req.name.as_deref())?;
+    let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+    let mut spec = kiln_exec::default_spec(&kiln_exec::ProcessSpec {
+        args: argv,
+        env,
+        cwd,
+        user,
+        hostname: hostname.clone(),
+        network,
+        terminal: req.tty,
+    })?;
+    req.limits.apply_to(&mut spec)?;
+    apply_capabilities(&mut spec, &req.cap_add, &req.cap_drop)?;
+    apply_security_opts(&mut spec, &req.security_opt)?;
     let dir = store.containers_dir().join(&id);
     let (upper, work, target, state) = (
         dir.join("upper"),
@@ -159,62 +208,259 @@ pub(crate) async fn run(store: &Store, solver: &Solver, req: RunRequest) -> Resu
     for d in [&upper, &work, &target, &state] {
         std::fs::create_dir_all(d).with_context(|| format!("cannot create `{}`", d.display()))?;
     }
-    let spec = kiln_exec::default_spec(&kiln_exec::ProcessSpec {
-        args: argv,
-        env,
-        cwd,
-        user,
-        hostname: id[..12].to_string(),
-        network,
-        terminal: false,
-    })?;
-    let mut spec = spec;
-    req.limits.apply_to(&mut spec)?;
+    let mut mounts = req.mounts.clone();
+    // As Docker does, each `VOLUME` of the image gets an anonymous volume (seeded from the
+    // image) unless the user mounts something there.
+    for path in cfg.volumes().clone().unwrap_or_default() {
+        let path = path.trim_end_matches('/');
+        if !path.starts_with('/') || path.is_empty() {
+            continue;
+        }
+        if mounts
+            .iter()
+            .any(|m| m.destination.trim_end_matches('/') == path)
+        {
+            continue;
+        }
+        let mut m = MountRecord::new(MountKind::Volume, "", path);
+        m.anonymous = true;
+        mounts.push(m);
+    }
+    let prepared = (|| -> Result<Option<crate::volumes::VolumesLock>> {
+        if !req.add_hosts.is_empty() {
+            add_hosts(&mut spec, &state, &hostname, &req.add_hosts)?;
+        }
+        if mounts.is_empty() {
+            return Ok(None);
+        }
+        add_mounts(store, &chain, &dir, &req.image, &mut mounts, &mut spec).map(Some)
+    })();
+    // Held until the config that names the container's volumes is written.
+    let volumes_lock = match prepared {
+        Ok(l) => l,
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(&dir);
+            return Err(e);
+        }
+    };
     let mut lower: Vec<PathBuf> = chain.iter().map(|s| store.snapshots().fs_dir(*s)).collect();
     if lower.is_empty() {
         let empty = dir.join("empty");
         std::fs::create_dir_all(&empty)?;
         lower.push(empty);
     }
-    let outcome = kiln_exec::run(
-        kiln_exec::SandboxConfig {
-            spec,
-            rootfs: kiln_exec::RootFs {
-                lower,
-                upper: Some(upper),
-                work: Some(work),
-                target,
-            },
-            network,
-            stdio: kiln_exec::Stdio::Inherit,
-            state_dir: state,
-            runtime: req.runtime.clone(),
+    let config = crate::containers::ContainerConfig {
+        id: id.clone(),
+        name: name.clone(),
+        image: req.image.clone(),
+        image_digest: image.manifest_digest.clone(),
+        created: std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs() as i64)
+            .unwrap_or(0),
+        spec,
+        rootfs: kiln_exec::RootFs {
+            lower,
+            upper: (!req.read_only).then_some(upper),
+            work: (!req.read_only).then_some(work),
+            target,
         },
-        None,
-    )
-    .await;
-    if req.remove {
+        network,
+        runtime: match &req.runtime {
+            kiln_exec::Runtime::Builtin => "builtin".into(),
+            kiln_exec::Runtime::Oci(b) => b.clone(),
+        },
+        restart: if req.restart.name.is_empty() {
+            crate::containers::RestartPolicy::parse("no")?
+        } else {
+            req.restart.clone()
+        },
+        auto_remove: req.remove,
+        log_max_size: req
+            .log_max_size
+            .unwrap_or(crate::containers::DEFAULT_LOG_MAX_SIZE),
+        snapshot: top.map(|t| t.0),
+        read_only: req.read_only,
+        init: req.init,
+        tty: req.tty,
+        interactive: req.interactive,
+        cap_add: req.cap_add.clone(),
+        cap_drop: req.cap_drop.clone(),
+        security_opt: req.security_opt.clone(),
+        extra_hosts: req.add_hosts.clone(),
+        mounts,
+        ports: req.ports.clone(),
+    };
+    if let Err(e) = crate::containers::write_json(&dir, crate::containers::CONFIG_FILE, &config) {
         let _ = std::fs::remove_dir_all(&dir);
+        return Err(e);
+    }
+    drop(volumes_lock);
+    Ok(CreatedContainer { id, name, dir })
+}
+
+/// `-v`/`--mount`/`--tmpfs`: their OCI mounts added to `spec`, checked against the image's
+/// files, which are mounted read-only under `dir` for the while (only when a bind or volume
+/// needs them). Returns the volumes lock, to be held until the container's config is written.
+fn add_mounts(
+    store: &Store,
+    chain: &[kiln_cache::SnapshotId],
+    dir: &std::path::Path,
+    image: &str,
+    mounts: &mut [MountRecord],
+    spec: &mut oci_spec::runtime::Spec,
+) -> Result<crate::volumes::VolumesLock> {
+    let root = store.root().to_path_buf();
+    let lock = crate::volumes::lock(&root)?;
+    let needs_image = !chain.is_empty() && mounts.iter().any(|m| m.kind != MountKind::Tmpfs);
+    let image_root = dir.join("image");
+    let guard = if needs_image {
+        std::fs::create_dir_all(&image_root)
+            .with_context(|| format!("cannot create `{}`", image_root.display()))?;
+        Some(
+            store
+                .snapshots()
+                .mount(chain, None, &image_root)
+                .with_context(|| format!("cannot mount the files of `{image}`"))?,
+        )
     } else {
-        let record = serde_json::json!({
-            "id": id,
-            "image": image.name,
-            "manifest": image.manifest_digest,
-            "exit_code": outcome.as_ref().map(|o| o.exit_code).ok(),
-        });
-        let _ = std::fs::write(
-            dir.join("container.json"),
-            serde_json::to_vec_pretty(&record)?,
-        );
+        None
+    };
+    let made = mounts::prepare(
+        &lock,
+        &root,
+        image,
+        guard.as_ref().map(|_| image_root.as_path()),
+        mounts,
+    );
+    drop(guard);
+    let _ = std::fs::remove_dir(&image_root);
+    let mut all = spec.mounts().clone().unwrap_or_default();
+    all.extend(made?);
+    // Parents before children (stable, so the defaults keep their order): a volume at `/etc`
+    // is mounted before the `/etc/hosts` bind lands on it, as in Docker.
+    all.sort_by_key(|m| m.destination().components().count());
+    spec.set_mounts(Some(all));
+    Ok(lock)
+}
+
+/// A capability as `--cap-add` names it (`NET_ADMIN`, `cap_net_admin`), or every one for `ALL`.
+fn parse_capabilities(names: &[String]) -> Result<Vec<oci_spec::runtime::Capability>> {
+    use std::str::FromStr;
+    let mut caps = Vec::new();
+    for n in names {
+        let upper = n.to_ascii_uppercase();
+        if upper == "ALL" {
+            caps.extend(kiln_exec::all_capabilities());
+            continue;
+        }
+        // oci-spec reads `NET_ADMIN`; Docker takes `CAP_NET_ADMIN` too.
+        let short = upper.strip_prefix("CAP_").unwrap_or(&upper);
+        let cap = oci_spec::runtime::Capability::from_str(short).map_err(|_| {
+            anyhow::anyhow!("unknown capability `{n}`: use a name such as `NET_ADMIN` or `ALL`")
+        })?;
+        caps.push(cap);
     }
-    let outcome = outcome?;
-    if let Some(limit) = outcome.out_of_memory {
-        eprintln!(
-            "kiln: out of memory: the container used its {} limit; give it more with `--memory`",
-            kiln_exec::format_size(limit)
-        );
+    Ok(caps)
+}
+
+/// `--cap-add`/`--cap-drop` over Docker's default set; the seccomp profile follows the new
+/// bounding set, as Docker's does.
+fn apply_capabilities(
+    spec: &mut oci_spec::runtime::Spec,
+    add: &[String],
+    drop: &[String],
+) -> Result<()> {
+    if add.is_empty() && drop.is_empty() {
+        return Ok(());
     }
-    Ok(outcome.exit_code)
+    let (add, drop) = (parse_capabilities(add)?, parse_capabilities(drop)?);
+    let Some(mut process) = spec.process().clone() else {
+        return Ok(());
+    };
+    let Some(mut caps) = process.capabilities().clone() else {
+        return Ok(());
+    };
+    let root = process.user().uid() == 0;
+    let mut bounding = caps.bounding().clone().unwrap_or_default();
+    for c in &drop {
+        bounding.remove(c);
+    }
+    bounding.extend(add.iter().copied());
+    caps.set_bounding(Some(bounding.clone()));
+    if root {
+        caps.set_effective(Some(bounding.clone()));
+        caps.set_permitted(Some(bounding.clone()));
+    }
+    process.set_capabilities(Some(caps));
+    spec.set_process(Some(process));
+    if let Some(mut linux) = spec.linux().clone() {
+        if linux.seccomp().is_some() {
+            linux.set_seccomp(Some(kiln_exec::default_seccomp(&bounding)?));
+        }
+        spec.set_linux(Some(linux));
+    }
+    Ok(())
+}
+
+/// `--security-opt seccomp=unconfined` and `no-new-privileges`.
+fn apply_security_opts(spec: &mut oci_spec::runtime::Spec, opts: &[String]) -> Result<()> {
+    for o in opts {
+        match o.as_str() {
+            "seccomp=unconfined" | "seccomp:unconfined" => {
+                if let Some(mut linux) = spec.linux().clone() {
+                    linux.set_seccomp(None);
+                    spec.set_linux(Some(linux));
+                }
+            }
+            "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" => {
+                if let Some(mut p) = spec.process().clone() {
+                    p.set_no_new_privileges(Some(true));
+                    spec.set_process(Some(p));
+                }
+            }
+            other => bail!(
+                "unsupported `--security-opt {other}`: kiln knows `seccomp=unconfined` and `no-new-privileges`"
+            ),
+        }
+    }
+    Ok(())
+}
+
+/// `--add-host`: the container's `/etc/hosts` with the extra lines, bound over the image's.
+fn add_hosts(
+    spec: &mut oci_spec::runtime::Spec,
+    state: &std::path::Path,
+    hostname: &str,
+    extra: &[String],
+) -> Result<()> {
+    let mut text =
+        String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    for h in extra {
+        let (host, ip) = h
+            .split_once(':')
+            .filter(|(host, ip)| !host.is_empty() && ip.parse::<std::net::IpAddr>().is_ok())
+            .with_context(|| {
+                format!("invalid `--add-host {h}`: write HOST:IP, e.g. `db:10.0.0.5`")
+            })?;
+        text.push_str(&format!("{ip}\t{host}\n"));
+    }
+    if !hostname.is_empty() {
+        text.push_str(&format!("127.0.1.1\t{hostname}\n"));
+    }
+    let path = state.join("hosts.extra");
+    std::fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))?;
+    let mut mounts = spec.mounts().clone().unwrap_or_default();
+    mounts.push(
+        oci_spec::runtime::MountBuilder::default()
+            .destination(PathBuf::from("/etc/hosts"))
+            .typ("bind".to_string())
+            .source(path)
+            .options(vec!["rbind".to_string(), "ro".to_string()])
+            .build()?,
+    );
+    spec.set_mounts(Some(mounts));
+    Ok(())
 }
 
 fn container_id() -> String {
@@ -256,7 +502,7 @@ mod tests {
 
     #[test]
     fn env_overrides_replace_by_key() {
-        let env = merge_env(&v(&["PATH=/bin", "A=1"]), &v(&["A=2", "B=3"]));
+        let env = crate::containers::merge_env(&v(&["PATH=/bin", "A=1"]), &v(&["A=2", "B=3"]));
         assert_eq!(env, v(&["PATH=/bin", "A=2", "B=3"]));
     }
 }

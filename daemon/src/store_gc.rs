@@ -67,8 +67,15 @@ fn gc_options(opts: &PruneOptions) -> GcOptions {
 }
 
 pub(crate) fn prune(store: &Store, opts: &PruneOptions) -> Result<PruneReport> {
+    let mut gc = gc_options(opts);
+    // A container's image may be gone (or never tagged): its snapshots stay while it exists.
+    gc.keep_snapshots.extend(
+        crate::containers::snapshots_in_use(store.root())
+            .into_iter()
+            .map(kiln_cache::SnapshotId),
+    );
     let report = store
-        .gc(&gc_options(opts))
+        .gc(&gc)
         .with_context(|| format!("cannot prune the store `{}`", store.root().display()))?;
     Ok(report.into())
 }

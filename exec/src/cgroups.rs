@@ -495,6 +495,8 @@ pub(crate) struct Cgroup {
     dirs: Vec<Dir>,
     /// The memory controller's directory and the limit, to tell an out-of-memory kill.
     memory: Option<(PathBuf, bool, u64)>,
+    /// The pids controller's directory and the limit, to tell a run that hit it.
+    pids: Option<(PathBuf, u64)>,
     /// The controllers whose limits are set.
     limited: Vec<Controller>,
 }
@@ -546,6 +548,7 @@ impl Cgroup {
         let mut cgroup = Cgroup {
             dirs: Vec::new(),
             memory: None,
+            pids: None,
             limited: Vec::new(),
         };
         // Rootless, the devices controller is never delegated, and needs no cgroup: a user
@@ -619,6 +622,11 @@ impl Cgroup {
                             let _ = write_file(&dir.join("devices.allow"), "a");
                         }
                         break;
+                    }
+                }
+                if controller == Controller::Pids && file == "pids.max" {
+                    if let Ok(limit) = value.parse() {
+                        cgroup.pids = Some((dir.clone(), limit));
                     }
                 }
                 if controller == Controller::Memory && cgroup.memory.is_none() {
@@ -720,6 +728,14 @@ impl Cgroup {
                 Ok(())
             });
         }
+    }
+
+    /// The pids limit when a fork or clone of the run failed for reaching it (`pids.events`'
+    /// `max` counter, in v1 and v2 alike).
+    pub(crate) fn pids_limit_reached(&self) -> Option<u64> {
+        let (dir, limit) = self.pids.as_ref()?;
+        let text = std::fs::read_to_string(dir.join("pids.events")).ok()?;
+        (counter(&text, "max").unwrap_or(0) > 0).then_some(*limit)
     }
 
     /// The memory limit when the kernel killed a process of the cgroup for reaching it.
@@ -1094,6 +1110,7 @@ mod tests {
         let limited = Cgroup {
             dirs: Vec::new(),
             memory: None,
+            pids: None,
             limited: vec![Controller::Memory],
         };
         let mut kept = spec.clone();

@@ -57,10 +57,14 @@ pub use oci::Runtime;
 pub use rootless::{
     has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged, rootless_store_dir,
 };
-pub use run::run;
+pub use run::{enter, run, EnterRequest};
 pub use seccomp_profile::default_seccomp;
-pub use spec::{default_spec, Network, ProcessSpec, DEFAULT_NOFILE, DEFAULT_PATH};
+pub use spawn::PID_FILE;
+pub use spec::{
+    all_capabilities, default_spec, Network, ProcessSpec, DEFAULT_NOFILE, DEFAULT_PATH,
+};
 pub use user::{resolve_user, ResolvedUser};
+pub use wire::RESULT_FILE;
 
 /// The most read-only layers a root filesystem may stack: overlayfs's `OVL_MAX_STACK`, the same
 /// through mount(2) and through `fsconfig` `lowerdir+`.
@@ -160,6 +164,8 @@ pub struct RunOutcome {
     /// The memory limit (bytes) when the kernel killed a process of the run for reaching it
     /// (the spec's `linux.resources.memory`, see [`Limits`]).
     pub out_of_memory: Option<u64>,
+    /// The pids limit when a process of the run could not fork for reaching it.
+    pub pids_limit_reached: Option<u64>,
 }
 
 /// Run the sandbox when this process was started as one, and never return then.
@@ -172,6 +178,9 @@ pub fn sandbox_main_if_requested() {
     let mode = args.nth(1);
     if mode.as_deref() == Some(std::ffi::OsStr::new(oci::watch::WATCH_ARG)) {
         std::process::exit(oci::watch::main(args.collect()));
+    }
+    if mode.as_deref() == Some(std::ffi::OsStr::new(sandbox::enter::ENTER_ARG)) {
+        std::process::exit(sandbox::enter::main(args.next()));
     }
     if mode.as_deref() != Some(std::ffi::OsStr::new(wire::SANDBOX_ARG)) {
         return;

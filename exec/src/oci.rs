@@ -571,6 +571,7 @@ pub(crate) async fn run(
             )));
         }
     };
+    crate::spawn::record_pid(&state_dir, child.id());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
     crate::spawn::pump_output(stdout, stderr, &mut sink).await;
     let status = child.wait().await.map_err(|source| ExecError::Io {
@@ -597,6 +598,7 @@ pub(crate) async fn run(
         (None, None) => 255,
     };
     let out_of_memory = cgroup.as_ref().and_then(|c| c.out_of_memory(exit_code));
+    let pids_limit_reached = cgroup.as_ref().and_then(|c| c.pids_limit_reached());
     drop(cgroup);
     if exit_code != 0 {
         let errors = log_errors(&tokio::fs::read(&log).await.unwrap_or_default());
@@ -615,6 +617,7 @@ pub(crate) async fn run(
             Vec::new()
         },
         out_of_memory,
+        pids_limit_reached,
     })
 }
 

@@ -132,6 +132,7 @@ pub async fn run(
     })?;
     drop(read_end);
     drop(engine_end);
+    crate::spawn::record_pid(&wire_state_dir, child.id());
     // The helper reads its config before it forks anything: moved now, all it starts is in
     // the cgroup from the first instruction.
     if let (Some(cg), Some(pid)) = (&cgroup, child.id()) {
@@ -163,6 +164,7 @@ pub async fn run(
         (None, None) => 255,
     };
     let out_of_memory = cgroup.as_ref().and_then(|c| c.out_of_memory(exit_code));
+    let pids_limit_reached = cgroup.as_ref().and_then(|c| c.pids_limit_reached());
     drop(cgroup);
     let result = read_result(&result_path).await;
     if !writable {
@@ -189,6 +191,7 @@ pub async fn run(
                     Vec::new()
                 },
                 out_of_memory,
+                pids_limit_reached,
             })
         }
         None => Err(ExecError::NoResult {
@@ -206,4 +209,58 @@ fn write_config(fd: OwnedFd, payload: &[u8]) -> std::io::Result<()> {
 async fn read_result(path: &Path) -> Option<WireResult> {
     let bytes = tokio::fs::read(path).await.ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// One more process in a running built-in sandbox (`kiln exec`).
+#[derive(Clone, Debug)]
+pub struct EnterRequest {
+    /// Host pid of the sandbox's init: a child of the helper whose pid [`crate::PID_FILE`] holds.
+    pub init_pid: u32,
+    /// What to run: args, env, cwd, terminal, capabilities, rlimits (usually the container's
+    /// process with the command replaced).
+    pub process: oci_spec::runtime::Process,
+    /// The container's seccomp profile.
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// `-u`: a user resolved against the container's own `/etc/passwd` and `/etc/group`.
+    pub user: Option<String>,
+}
+
+/// Runs `req.process` in the namespaces, cgroups and root of a running sandbox, with this
+/// process's stdin, stdout and stderr, and waits for it: its exit code, 125 when it could not be
+/// started there (the helper says why on stderr). Blocks.
+pub fn enter(req: EnterRequest) -> Result<i32, ExecError> {
+    let exe = sandbox_exe()?;
+    let payload = serde_json::to_vec(&crate::wire::EnterConfig {
+        init_pid: req.init_pid,
+        process: req.process,
+        seccomp: req.seccomp,
+        user: req.user,
+    })
+    .map_err(|e| ExecError::InvalidConfig(format!("the exec config cannot be encoded: {e}")))?;
+    let spawn_err = |e: nix::Error| ExecError::Spawn {
+        exe: exe.clone(),
+        source: e.into(),
+    };
+    let (read_end, write_end) = child_pipe().map_err(spawn_err)?;
+    let mut cmd = std::process::Command::new(&exe);
+    cmd.arg(crate::sandbox::enter::ENTER_ARG)
+        .arg(read_end.as_raw_fd().to_string());
+    inherit(&mut cmd, [read_end.as_raw_fd()]);
+    let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
+        exe: exe.clone(),
+        source,
+    })?;
+    drop(read_end);
+    // A write error only means the helper died early; its status says how.
+    let _ = write_config(write_end, &payload);
+    let status = child.wait().map_err(|source| ExecError::Io {
+        what: "cannot wait for the exec helper",
+        path: exe.clone(),
+        source,
+    })?;
+    Ok(match (status.code(), status.signal()) {
+        (Some(code), _) => code,
+        (None, Some(sig)) => 128 + sig,
+        (None, None) => 255,
+    })
 }

@@ -2,6 +2,7 @@
 //! waits for the init it forks into them.
 
 pub(crate) mod command;
+pub(crate) mod enter;
 mod init;
 pub(crate) mod mounts;
 pub(crate) mod overlay;

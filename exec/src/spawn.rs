@@ -141,3 +141,16 @@ pub(crate) unsafe fn die_with_parent(parent: libc::pid_t) -> std::io::Result<()>
     }
     Ok(())
 }
+
+/// File in the state directory holding the pid of the process the engine started (the helper,
+/// or the OCI runtime's watcher): signals sent to it are forwarded to the command.
+pub const PID_FILE: &str = "pid";
+
+/// Writes the started process's pid to the state directory's [`PID_FILE`], so that a
+/// process other than the engine (`kiln stop`, `kiln kill`) can signal the command through it.
+/// Best effort: a run whose pid is not recorded only cannot be signalled that way.
+pub(crate) fn record_pid(state_dir: &std::path::Path, pid: Option<u32>) {
+    if let Some(pid) = pid {
+        let _ = std::fs::write(state_dir.join(PID_FILE), pid.to_string());
+    }
+}

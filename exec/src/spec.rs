@@ -264,6 +264,54 @@ pub fn default_spec(p: &ProcessSpec) -> Result<Spec, ExecError> {
     Ok(spec)
 }
 
+/// Every capability kiln knows (`--cap-add ALL`).
+pub fn all_capabilities() -> Vec<Capability> {
+    use Capability::*;
+    vec![
+        Chown,
+        DacOverride,
+        DacReadSearch,
+        Fowner,
+        Fsetid,
+        Kill,
+        Setgid,
+        Setuid,
+        Setpcap,
+        LinuxImmutable,
+        NetBindService,
+        NetBroadcast,
+        NetAdmin,
+        NetRaw,
+        IpcLock,
+        IpcOwner,
+        SysModule,
+        SysRawio,
+        SysChroot,
+        SysPtrace,
+        SysPacct,
+        SysAdmin,
+        SysBoot,
+        SysNice,
+        SysResource,
+        SysTime,
+        SysTtyConfig,
+        Mknod,
+        Lease,
+        AuditWrite,
+        AuditControl,
+        Setfcap,
+        MacOverride,
+        MacAdmin,
+        Syslog,
+        WakeAlarm,
+        BlockSuspend,
+        AuditRead,
+        Perfmon,
+        Bpf,
+        CheckpointRestore,
+    ]
+}
+
 /// Kernel number of a capability.
 pub(crate) fn cap_number(cap: Capability) -> Option<u8> {
     use Capability::*;

@@ -7,8 +7,9 @@ use crate::{Network, RootFs};
 /// Hidden first argument that turns a kiln binary into the sandbox helper.
 pub(crate) const SANDBOX_ARG: &str = "__kiln-sandbox";
 
-/// Name of the result file the sandbox writes into the state directory.
-pub(crate) const RESULT_FILE: &str = "sandbox-result.json";
+/// Name of the result file the sandbox writes into the state directory: empty until the init
+/// has set the sandbox up, then its result.
+pub const RESULT_FILE: &str = "sandbox-result.json";
 
 /// Directory in the state directory holding the throwaway upper layer of a read-only root.
 pub(crate) const SCRATCH_DIR: &str = "scratch";
@@ -30,4 +31,15 @@ pub(crate) struct WireResult {
     pub created_mountpoints: Vec<PathBuf>,
     /// Set when the sandbox failed before the command could start.
     pub error: Option<String>,
+}
+
+/// What `kiln exec`'s helper is told: whose namespaces to join and what to run there.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub(crate) struct EnterConfig {
+    /// The host pid of the sandbox's init (pid 1 of the container).
+    pub init_pid: u32,
+    pub process: oci_spec::runtime::Process,
+    pub seccomp: Option<oci_spec::runtime::LinuxSeccomp>,
+    /// `-u`: resolved inside the container, against its `/etc/passwd` and `/etc/group`.
+    pub user: Option<String>,
 }
