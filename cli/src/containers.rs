@@ -2,8 +2,8 @@
 //! `wait`, `inspect` and `container prune`, which work without the store's lock.
 
 use anyhow::{bail, Context, Result};
-use kiln_daemon::containers::{self, Container, Status};
-use kiln_daemon::{Engine, RunRequest};
+use kiln_engine::containers::{self, Container, Status};
+use kiln_engine::{Engine, RunRequest};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -160,13 +160,13 @@ fn request(r: RunArgs) -> Result<(RunRequest, bool)> {
     env.extend(r.env);
     let mut mounts = Vec::new();
     for v in &r.volumes {
-        mounts.push(kiln_daemon::parse_volume_flag(v)?);
+        mounts.push(kiln_engine::parse_volume_flag(v)?);
     }
     for m in &r.mounts {
-        mounts.push(kiln_daemon::parse_mount_flag(m)?);
+        mounts.push(kiln_engine::parse_mount_flag(m)?);
     }
     for t in &r.tmpfs {
-        mounts.push(kiln_daemon::parse_tmpfs_flag(t)?);
+        mounts.push(kiln_engine::parse_tmpfs_flag(t)?);
     }
     let req = RunRequest {
         image: r.image,
@@ -612,7 +612,7 @@ pub(crate) fn inspect(root: &Path, a: InspectArgs) -> Result<i32> {
 
 /// A name that is no container falls through to `kiln image inspect`, as `docker inspect` does.
 fn inspect_image(root: &Path, name: &str) -> Option<serde_json::Value> {
-    kiln_daemon::inspect_image_at(root, name).ok()
+    kiln_engine::inspect_image_at(root, name).ok()
 }
 
 #[derive(clap::Subcommand)]

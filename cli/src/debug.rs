@@ -36,10 +36,10 @@ impl DebugCommand {
 }
 
 /// Runs a debug command; `engine` is the open store when [`DebugCommand::needs_store`].
-pub(crate) async fn run(cmd: DebugCommand, engine: Option<&kiln_daemon::Engine>) -> Result<i32> {
+pub(crate) async fn run(cmd: DebugCommand, engine: Option<&kiln_engine::Engine>) -> Result<i32> {
     match cmd {
         DebugCommand::Parse { file } => {
-            let (dump, warnings) = kiln_daemon::debug_parse(&file)?;
+            let (dump, warnings) = kiln_engine::debug_parse(&file)?;
             for w in warnings {
                 eprintln!("warning: {w}");
             }
@@ -49,9 +49,9 @@ pub(crate) async fn run(cmd: DebugCommand, engine: Option<&kiln_daemon::Engine>)
             let req = crate::build_request(&a.build)?;
             let doc = if a.resolve {
                 let engine = engine.context("`kiln debug llb --resolve` needs the store")?;
-                kiln_daemon::debug_llb_resolved(engine, &req).await?
+                kiln_engine::debug_llb_resolved(engine, &req).await?
             } else {
-                kiln_daemon::debug_llb(&req)?
+                kiln_engine::debug_llb(&req)?
             };
             if let Some(warnings) = doc.get("warnings").and_then(|w| w.as_array()) {
                 for w in warnings.iter().filter_map(|w| w.as_str()) {

@@ -5,7 +5,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
-use kiln_daemon::{Engine, ImageFilter, Loaded, Removed};
+use kiln_engine::{Engine, ImageFilter, Loaded, Removed};
 
 #[derive(clap::Args)]
 pub(crate) struct ImagesArgs {
@@ -146,7 +146,7 @@ pub(crate) fn list(root: &Path, a: &ImagesArgs) -> Result<i32> {
         .iter()
         .map(|f| ImageFilter::parse(f))
         .collect::<Result<Vec<_>>>()?;
-    let images = ImageFilter::select(&filters, kiln_daemon::all_images(root)?);
+    let images = ImageFilter::select(&filters, kiln_engine::all_images(root)?);
     if a.quiet {
         for i in images {
             println!("{}", i.name.as_deref().unwrap_or(&i.id));
@@ -161,8 +161,8 @@ pub(crate) fn list(root: &Path, a: &ImagesArgs) -> Result<i32> {
         println!(
             "{:<50} {:<14} {:<14} {:<25} {}",
             i.name.as_deref().unwrap_or("<none>"),
-            kiln_daemon::short_id(&i.id),
-            kiln_daemon::short_id(&i.manifest_digest),
+            kiln_engine::short_id(&i.id),
+            kiln_engine::short_id(&i.manifest_digest),
             i.created.as_deref().unwrap_or(""),
             human_size(i.size)
         );
@@ -221,7 +221,7 @@ pub(crate) fn history(engine: &Engine, a: HistoryArgs) -> Result<i32> {
         .unwrap_or_default()
         .to_string();
     if a.quiet {
-        println!("{}", kiln_daemon::short_id(&id));
+        println!("{}", kiln_engine::short_id(&id));
         return Ok(0);
     }
     println!(
@@ -231,7 +231,7 @@ pub(crate) fn history(engine: &Engine, a: HistoryArgs) -> Result<i32> {
     for (n, e) in entries.iter().enumerate() {
         // As Docker's: only the top step is an image of its own.
         let image = if n == 0 {
-            kiln_daemon::short_id(&id)
+            kiln_engine::short_id(&id)
         } else {
             "<missing>"
         };
@@ -278,7 +278,7 @@ pub(crate) async fn load(engine: &Engine, a: LoadArgs) -> Result<i32> {
         for l in loaded {
             match l {
                 Loaded::Named(n) => {
-                    let (repo, tag) = kiln_daemon::familiar_parts(&n);
+                    let (repo, tag) = kiln_engine::familiar_parts(&n);
                     println!("Loaded image: {repo}:{tag}");
                 }
                 Loaded::Unnamed(id) => println!("Loaded image ID: {id}"),

@@ -65,14 +65,14 @@ pub(crate) async fn login(a: LoginArgs, insecure_registries: &[String]) -> Resul
         bail!("`kiln login {}`: the password is empty", a.registry);
     }
     let (host, stored) =
-        kiln_daemon::login(&a.registry, &username, &password, insecure_registries).await?;
+        kiln_engine::login(&a.registry, &username, &password, insecure_registries).await?;
     eprintln!("credentials for `{host}` stored in {stored}");
     println!("Login Succeeded");
     Ok(0)
 }
 
 pub(crate) async fn logout(a: LogoutArgs) -> Result<i32> {
-    let (host, removed) = kiln_daemon::logout(&a.registry).await?;
+    let (host, removed) = kiln_engine::logout(&a.registry).await?;
     if removed {
         println!("Removed login credentials for {host}");
     } else {

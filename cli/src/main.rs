@@ -12,7 +12,7 @@ mod volumes;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use kiln_daemon::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec};
+use kiln_engine::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -170,7 +170,7 @@ enum SystemCommand {
 }
 
 fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    kiln_daemon::parse_size(s)
+    kiln_engine::parse_size(s)
         .ok_or_else(|| format!("`{s}` is not a size: write e.g. `10GB`, `512MB` or `1048576`"))
 }
 
@@ -180,7 +180,7 @@ fn parse_prune_filter(s: &str) -> std::result::Result<Duration, String> {
             "unknown filter `{s}`: kiln prune knows `until=DURATION`, e.g. `until=24h`"
         ));
     };
-    kiln_daemon::parse_duration(d)
+    kiln_engine::parse_duration(d)
         .ok_or_else(|| format!("`{d}` is not a duration: write e.g. `24h`, `30m` or `7d`"))
 }
 
@@ -313,7 +313,7 @@ fn main() {
     // The sandbox is this same binary re-executed; it must not start any thread first.
     kiln_exec::sandbox_main_if_requested();
     // A detached container's monitor is this binary too.
-    kiln_daemon::containers::monitor_main_if_requested();
+    kiln_engine::containers::monitor_main_if_requested();
     let cli = Cli::try_parse().unwrap_or_else(|e| flags::exit_on_parse_error(e));
     // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
     // with its store under $XDG_DATA_HOME/kiln. Setting up the host needs no engine, and a
@@ -421,9 +421,9 @@ fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
         Some(d) if d.is_zero() => LockWait::Never,
         Some(d) => LockWait::AtMost(d),
     };
-    let config = kiln_daemon::Config::load(
+    let config = kiln_engine::Config::load(
         cli.config.as_deref(),
-        &kiln_daemon::default_config_path(is_root()),
+        &kiln_engine::default_config_path(is_root()),
     )?;
     let engine = Engine::open_locked(
         root,
@@ -527,7 +527,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         }
         Command::Prune(p) => {
             let r = engine
-                .prune(kiln_daemon::PruneOptions {
+                .prune(kiln_engine::PruneOptions {
                     all: p.all,
                     keep_storage: p.keep_storage,
                     unused_for: p.filter.into_iter().min(),
@@ -608,7 +608,7 @@ fn setup_emulators() -> Result<i32> {
     Ok(0)
 }
 
-fn prune_summary(r: &kiln_daemon::PruneReport) -> String {
+fn prune_summary(r: &kiln_engine::PruneReport) -> String {
     format!(
         "removed {} cache mounts, {} cache results, {} snapshots, {} blobs ({} bytes); freed {}",
         r.cache_mounts,
@@ -616,17 +616,17 @@ fn prune_summary(r: &kiln_daemon::PruneReport) -> String {
         r.snapshots,
         r.blobs,
         r.blob_bytes,
-        kiln_daemon::human_size(r.bytes_freed)
+        kiln_engine::human_size(r.bytes_freed)
     )
 }
 
 /// `kiln system df`, laid out as `docker system df`.
-fn df_table(u: &kiln_daemon::StoreUsage, bytes: bool) -> String {
+fn df_table(u: &kiln_engine::StoreUsage, bytes: bool) -> String {
     let size = |n: u64| {
         if bytes {
             n.to_string()
         } else {
-            kiln_daemon::human_size(n)
+            kiln_engine::human_size(n)
         }
     };
     let mut out = format!(
@@ -674,7 +674,7 @@ fn parse_outputs(b: &BuildArgs) -> Result<Vec<OutputSpec>> {
         if b.tags.is_empty() {
             bail!("`--push` needs a name to push to: add `-t REGISTRY/NAME[:TAG]`");
         }
-        outputs.push(OutputSpec::new(kiln_daemon::OutputKind::Image {
+        outputs.push(OutputSpec::new(kiln_engine::OutputKind::Image {
             names: b.tags.clone(),
             push: true,
         }));
@@ -685,7 +685,7 @@ fn parse_outputs(b: &BuildArgs) -> Result<Vec<OutputSpec>> {
 /// `--metadata-file`: the keys `docker buildx build --metadata-file` writes for an image.
 fn write_metadata(
     path: &std::path::Path,
-    r: &kiln_daemon::BuildResult,
+    r: &kiln_engine::BuildResult,
     tags: &[String],
 ) -> Result<()> {
     let mut m = serde_json::json!({
@@ -723,7 +723,7 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
     let build_contexts = b
         .build_contexts
         .iter()
-        .map(|c| kiln_daemon::parse_build_context(c))
+        .map(|c| kiln_engine::parse_build_context(c))
         .collect::<Result<Vec<_>>>()?;
     Ok(BuildRequest {
         context: b.context.clone(),
@@ -735,18 +735,18 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
         no_cache: b.no_cache,
         no_cache_filter: b.no_cache_filter.clone(),
         build_contexts,
-        secrets: kiln_daemon::Secrets(
+        secrets: kiln_engine::Secrets(
             b.secrets
                 .iter()
-                .map(|s| kiln_daemon::parse_secret(s))
+                .map(|s| kiln_engine::parse_secret(s))
                 .collect::<Result<_>>()?,
         ),
         ssh: b
             .ssh
             .iter()
-            .map(|s| kiln_daemon::parse_ssh(s))
+            .map(|s| kiln_engine::parse_ssh(s))
             .collect::<Result<_>>()?,
-        network_none: kiln_daemon::parse_network(&b.network)?,
+        network_none: kiln_engine::parse_network(&b.network)?,
         runtime: b.runtime.parse()?,
         limits: kiln_exec::Limits {
             shm_size: b
@@ -783,12 +783,12 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
         cache_from: b
             .cache_from
             .iter()
-            .map(|s| kiln_daemon::parse_cache_spec(s, false))
+            .map(|s| kiln_engine::parse_cache_spec(s, false))
             .collect::<Result<_>>()?,
         cache_to: b
             .cache_to
             .iter()
-            .map(|s| kiln_daemon::parse_cache_spec(s, true))
+            .map(|s| kiln_engine::parse_cache_spec(s, true))
             .collect::<Result<_>>()?,
     })
 }
@@ -799,7 +799,7 @@ fn stdin_input(
     engine: &Engine,
     b: &BuildArgs,
     request: &mut BuildRequest,
-) -> Result<Option<kiln_daemon::StdinInput>> {
+) -> Result<Option<kiln_engine::StdinInput>> {
     let dash = Path::new("-");
     let file_dash = b.file.as_deref() == Some(dash);
     if b.context != dash && !file_dash {
@@ -809,9 +809,9 @@ fn stdin_input(
         bail!("stdin cannot be both the context and the Dockerfile: give `-f` a file, or the context a directory");
     }
     let kind = if file_dash {
-        kiln_daemon::StdinKind::Dockerfile
+        kiln_engine::StdinKind::Dockerfile
     } else {
-        kiln_daemon::StdinKind::ContextOrDockerfile
+        kiln_engine::StdinKind::ContextOrDockerfile
     };
     let input = engine.stdin_input(kind, &mut std::io::stdin().lock())?;
     if b.context == dash {
@@ -832,9 +832,9 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
     } else {
         Some(Arc::new(progress::Renderer::new(&b.progress)?))
     };
-    let sink: Arc<dyn kiln_daemon::ProgressSink> = match &renderer {
+    let sink: Arc<dyn kiln_engine::ProgressSink> = match &renderer {
         Some(r) => r.clone(),
-        None => Arc::new(kiln_daemon::NoProgress),
+        None => Arc::new(kiln_engine::NoProgress),
     };
     let finish = || {
         if let Some(r) = &renderer {

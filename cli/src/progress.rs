@@ -12,7 +12,7 @@
 
 use anyhow::{bail, Result};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
-use kiln_daemon::{Event, ProgressSink, Stream};
+use kiln_engine::{Event, ProgressSink, Stream};
 use std::collections::{HashMap, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::sync::Mutex;

@@ -3,7 +3,7 @@
 
 use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kiln_daemon::{BlobProgress, Engine, PullOptions};
+use kiln_engine::{BlobProgress, Engine, PullOptions};
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};

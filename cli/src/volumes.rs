@@ -1,7 +1,7 @@
 //! `kiln volume create|ls|rm|inspect|prune`, without the store's lock (volumes have their own).
 
 use anyhow::Result;
-use kiln_daemon::{containers, volumes};
+use kiln_engine::{containers, volumes};
 use std::path::Path;
 
 #[derive(clap::Subcommand)]

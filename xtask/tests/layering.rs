@@ -7,9 +7,9 @@ use std::path::Path;
 
 /// The arrows of docs/architecture.md: crate directory → kiln crates it may use.
 const ALLOWED: &[(&str, &[&str])] = &[
-    ("cli", &["kiln-daemon", "kiln-exec"]),
+    ("cli", &["kiln-engine", "kiln-exec"]),
     (
-        "daemon",
+        "engine",
         &[
             "kiln-llb",
             "kiln-frontend",

@@ -5,7 +5,7 @@
 //! A test binary of its own (`harness = false`): the engine's sandbox re-executes the current
 //! binary, so `main` must hand over to the sandbox first thing, as kiln's own `main` does.
 
-use kiln_daemon::{BuildRequest, Engine, EngineOptions, Event, ImportRequest, ProgressSink};
+use kiln_engine::{BuildRequest, Engine, EngineOptions, Event, ImportRequest, ProgressSink};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
@@ -58,7 +58,7 @@ fn workspace() -> PathBuf {
 fn main() {
     kiln_exec::sandbox_main_if_requested();
     let tmp = TempDir(
-        std::env::temp_dir().join(format!("kiln-daemon-concurrent-{}", std::process::id())),
+        std::env::temp_dir().join(format!("kiln-engine-concurrent-{}", std::process::id())),
     );
     let _ = std::fs::remove_dir_all(&tmp.0);
     std::fs::create_dir_all(&tmp.0).unwrap();

@@ -63,7 +63,7 @@ pub struct RunRequest {
 }
 
 /// A container `Engine::create_container` made: run it in the foreground or detached
-/// (`kiln_daemon::containers`).
+/// (`kiln_engine::containers`).
 #[derive(Clone, Debug)]
 pub struct CreatedContainer {
     pub id: String,

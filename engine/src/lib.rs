@@ -1,4 +1,4 @@
-//! kiln-daemon: the [`Engine`], which owns a store and wires the frontend, solver, exporter and
+//! kiln-engine: the [`Engine`], which owns a store and wires the frontend, solver, exporter and
 //! registry together into builds, runs, imports, pulls and pushes. The CLI embeds it; a gRPC
 //! service will wrap the same type.
 
