@@ -295,6 +295,37 @@ fn normalized(names: &[String]) -> Result<Vec<String>> {
     names.iter().map(|n| normalize_name(n)).collect()
 }
 
+/// How `type=oci` writes: a tar (the default) or a layout directory (`tar=false`).
+#[derive(Clone, Copy)]
+pub(crate) enum OciForm {
+    Archive,
+    Layout,
+}
+
+/// Writes an image or an index as `type=oci` does, its manifest named by the output's `names`
+/// or else the build's `tags`, normalised as BuildKit names them (`ref.name`: the tag).
+pub(crate) async fn write_oci(
+    store: &kiln_cache::Store,
+    desc: ImageDescriptor,
+    names: &[String],
+    tags: &[String],
+    dest: &std::path::Path,
+    form: OciForm,
+) -> Result<()> {
+    let names = normalized(if names.is_empty() { tags } else { names })?;
+    let (s, d) = (store.clone(), dest.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        match form {
+            OciForm::Archive => kiln_exporter::write_oci_archive(&s, &desc, &names, &d)
+                .with_context(|| format!("cannot write the OCI archive `{}`", d.display())),
+            OciForm::Layout => kiln_exporter::write_oci_dir(&s, &desc, &names, &d)
+                .with_context(|| format!("cannot write the OCI layout `{}`", d.display())),
+        }
+    })
+    .await?
+}
+
 /// What the outputs made: the image (descriptor) a build reports, and the names it was given.
 pub(crate) struct Delivered {
     pub image: ImageDescriptor,
@@ -403,25 +434,10 @@ pub(crate) async fn deliver(
                 }
             }
             (OutputKind::OciArchive { dest, names }, Some(desc)) => {
-                // BuildKit names the manifest by normalised names (`ref.name`: the tag).
-                let names = normalized(if names.is_empty() { tags } else { names })?;
-                let (s, d) = (store.clone(), dest.clone());
-                tokio::task::spawn_blocking(move || {
-                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                    kiln_exporter::write_oci_archive(&s, &desc, &names, &d)
-                        .with_context(|| format!("cannot write the OCI archive `{}`", d.display()))
-                })
-                .await??;
+                write_oci(&store, desc, names, tags, dest, OciForm::Archive).await?;
             }
             (OutputKind::OciDir { dest, names }, Some(desc)) => {
-                let names = normalized(if names.is_empty() { tags } else { names })?;
-                let (s, d) = (store.clone(), dest.clone());
-                tokio::task::spawn_blocking(move || {
-                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                    kiln_exporter::write_oci_dir(&s, &desc, &names, &d)
-                        .with_context(|| format!("cannot write the OCI layout `{}`", d.display()))
-                })
-                .await??;
+                write_oci(&store, desc, names, tags, dest, OciForm::Layout).await?;
             }
             (OutputKind::DockerArchive { dest, names }, Some(desc)) => {
                 let names = normalized(if names.is_empty() { tags } else { names })?;

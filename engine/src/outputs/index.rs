@@ -7,7 +7,8 @@ use kiln_exporter::{ImageDescriptor, PlatformImage, VariantOptions};
 use kiln_registry::Platform;
 
 use super::{
-    image_variant, normalized, variant_options, Delivered, Destination, OutputKind, OutputSpec,
+    image_variant, variant_options, write_oci, Delivered, Destination, OciForm, OutputKind,
+    OutputSpec,
 };
 use crate::export::ExportedImage;
 use crate::{normalize_name, Engine, ImageRecord};
@@ -156,24 +157,10 @@ pub(crate) async fn deliver_platforms(
                 }
             }
             (OutputKind::OciArchive { dest, names }, Some(index)) => {
-                let names = normalized(if names.is_empty() { tags } else { names })?;
-                let (s, d) = (store.clone(), dest.clone());
-                tokio::task::spawn_blocking(move || {
-                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                    kiln_exporter::write_oci_archive(&s, &index, &names, &d)
-                        .with_context(|| format!("cannot write the OCI archive `{}`", d.display()))
-                })
-                .await??;
+                write_oci(&store, index, names, tags, dest, OciForm::Archive).await?;
             }
             (OutputKind::OciDir { dest, names }, Some(index)) => {
-                let names = normalized(if names.is_empty() { tags } else { names })?;
-                let (s, d) = (store.clone(), dest.clone());
-                tokio::task::spawn_blocking(move || {
-                    let names: Vec<&str> = names.iter().map(String::as_str).collect();
-                    kiln_exporter::write_oci_dir(&s, &index, &names, &d)
-                        .with_context(|| format!("cannot write the OCI layout `{}`", d.display()))
-                })
-                .await??;
+                write_oci(&store, index, names, tags, dest, OciForm::Layout).await?;
             }
             (OutputKind::Local { dest }, _) => {
                 for (platform, image) in images {
