@@ -8,6 +8,9 @@
 #   DIR/chain       40 sequential RUN steps
 #   DIR/bigfile     a RUN writing 1 GiB of incompressible data
 #   DIR/target      4 stages; --target b needs only a and b
+#   DIR/ci          the manyfiles data (a copy: the ci case rewrites one file) and a three-stage
+#                   Dockerfile: a dependency stage (~1 s CPU), a build stage copying the data and
+#                   the dependency output, a final stage copying the build's results
 # A context that is already complete is left alone (its `.complete` marker), so repeated runs
 # do not pay for the generation again.
 set -euo pipefail
@@ -49,6 +52,25 @@ COPY data /data
 RUN find /data -type f | wc -l > /count && cat /count
 DF
     done_ manyfiles "$stamp"
+fi
+
+# ---------------------------------------------------------------- ci
+stamp="v1 $base $(cat "$dir/manyfiles/.complete")"
+if fresh ci "$stamp"; then
+    d="$dir/ci"
+    cp -r "$dir/manyfiles/data" "$d/data"
+    printf '.complete\n' >"$d/.dockerignore"
+    cat >"$d/Dockerfile" <<DF
+FROM $base AS deps
+RUN busybox awk 'BEGIN { for (i = 0; i < 2500000; i++) s += i % 7; print s }' > /deps.txt
+FROM $base AS build
+COPY --from=deps /deps.txt /deps.txt
+COPY data /src
+RUN find /src -type f | wc -l > /count && cat /src/d4*/f1* | md5sum > /sum
+FROM $base
+COPY --from=build /count /sum /out/
+DF
+    done_ ci "$stamp"
 fi
 
 # ---------------------------------------------------------------- parallel

@@ -7,7 +7,7 @@
 # usage: benches/run.sh [--runs N] [--cases LIST] [--no-peers] [--work DIR] [--keep]
 #   --runs N      timed runs per case and tool (default 3; the median is reported)
 #   --cases LIST  comma-separated subset of:
-#                 manyfiles,noop,incremental,parallel,chain,bigfile,target,incremental-bind
+#                 manyfiles,noop,incremental,parallel,chain,bigfile,target,incremental-bind,ci
 #   --no-peers    measure kiln only
 #   --work DIR    where contexts, stores and logs go (default /var/tmp/kiln-bench)
 # env: KILN (the kiln binary; `cargo xtask bench` passes target/release/kiln), PEERS_DIR
@@ -27,6 +27,11 @@
 #     iteration and every tool rebuilds; its `RUN --mount=type=bind,source=package-lock.json`
 #     step (2 s) should stay cached. Kiln, Buildah and BuildKit (`buildctl`, image output into
 #     its own store); Docker's legacy builder has no `RUN --mount`.
+#   ci: kiln and BuildKit only, every step from an empty store (a new kiln store; `buildctl
+#     prune --all`, untimed): ci-export builds the three-stage ci context and exports its cache
+#     (mode=max) to the registry; ci-cached rebuilds it from that cache and pushes the image;
+#     ci-changed does the same after one source file was rewritten. Each run and tool uses its
+#     own repositories, so every push uploads every blob.
 # Peak memory is the largest resident set among the timed command's own processes (GNU time's
 # %M); the peers' daemons (dockerd) are not in it.
 set -euo pipefail
@@ -36,7 +41,7 @@ root=$(cd "$here/.." && pwd)
 KILN=${KILN:-$root/target/release/kiln}
 PEERS_DIR=${PEERS_DIR:-$root/../shared/peers}
 runs=3
-cases=manyfiles,noop,incremental,parallel,chain,bigfile,target,incremental-bind
+cases=manyfiles,noop,incremental,parallel,chain,bigfile,target,incremental-bind,ci
 use_peers=1
 work=/var/tmp/kiln-bench
 keep=0
@@ -84,7 +89,7 @@ if [ "$use_peers" = 1 ]; then
         log "BuildKit is not running: start it with $PEERS_DIR/buildkit.sh to compare with it"
     fi
 fi
-bk_cases=" incremental-bind "
+bk_cases=" incremental-bind ci "
 curl -fsS -o /dev/null --max-time 3 "http://${BASE_IMAGE%%/*}/v2/" 2>/dev/null ||
     die "no registry answers for \`$BASE_IMAGE\`: run $PEERS_DIR/setup.sh (or set BASE_IMAGE)"
 
@@ -142,8 +147,26 @@ buildkit_build() { # buildkit_build CONTEXT NAME: the image goes to BuildKit's o
     "$BUILDCTL" build --progress plain --frontend dockerfile.v0 --local "context=$1" \
         --local "dockerfile=$1" --output "type=image,name=$2"
 }
+# The registry of the ci case's cache and images, and a stamp keeping this run's repositories
+# apart from earlier runs' (a blob already in a repository is not uploaded again).
+ci_registry=${BASE_IMAGE%%/*}
+ci_stamp=$(date +%s)
+kiln_empty() { # a new, empty store: not even the base image
+    local s
+    s=$(kiln_store "$1")
+    if [ -d "$s" ]; then mv "$s" "$work/old-store-$1-$(date +%s%N)"; fi
+    mkdir -p "$s"
+}
+buildkit_ci() { # buildkit_ci CONTEXT ARGS...: a build of the ci case, result and cache per ARGS
+    local c=$1; shift
+    "$BUILDCTL" build --progress plain --frontend dockerfile.v0 --local "context=$c" \
+        --local "dockerfile=$c" "$@"
+}
+buildkit_empty() {
+    "$BUILDCTL" prune --all >/dev/null 2>&1 || die "\`$BUILDCTL prune --all\` failed"
+}
 # The timed commands run in `bash -c` under GNU time: they need these functions and settings.
-export -f kiln_build buildah_build docker_build buildkit_build kiln_store
+export -f kiln_build buildah_build docker_build buildkit_build buildkit_ci kiln_store
 if declare -F peers_buildah >/dev/null; then export -f peers_buildah; fi
 export KILN work DOCKER PEERS_BUILDAH_ROOT PEERS_BUILDAH_RUNROOT BUILDCTL BUILDKIT_HOST
 
@@ -251,6 +274,41 @@ for case in "${selected[@]}"; do
                     esac
                 done
                 ;;
+            ci)
+                c="$ctx/ci"
+                # steps: ci-export, ci-cached, ci-changed (one file rewritten before it)
+                for step in export cached changed; do
+                    if [ "$step" = changed ]; then
+                        head -c 5000 /dev/urandom >"$c/data/d42/f100"
+                    fi
+                    for tool in "${tools[@]}"; do
+                        cache="$ci_registry/kiln-bench-ci/$tool-cache-$ci_stamp-$run"
+                        image="$ci_registry/kiln-bench-ci/$tool-$step-$ci_stamp-$run:latest"
+                        case $tool in
+                            kiln)
+                                kiln_empty ci
+                                if [ "$step" = export ]; then
+                                    measure kiln "ci-$step" "$run" bash -c 'kiln_build ci "$@"' _ "$c" \
+                                        -t bench-ci --cache-to "type=registry,ref=$cache,mode=max"
+                                else
+                                    measure kiln "ci-$step" "$run" bash -c 'kiln_build ci "$@"' _ "$c" \
+                                        -t "$image" --cache-from "type=registry,ref=$cache" --push
+                                fi ;;
+                            buildkit)
+                                buildkit_empty
+                                if [ "$step" = export ]; then
+                                    measure buildkit "ci-$step" "$run" bash -c 'buildkit_ci "$@"' _ "$c" \
+                                        --output type=image,name=bench-ci \
+                                        --export-cache "type=registry,ref=$cache,mode=max"
+                                else
+                                    measure buildkit "ci-$step" "$run" bash -c 'buildkit_ci "$@"' _ "$c" \
+                                        --output "type=image,name=$image,push=true" \
+                                        --import-cache "type=registry,ref=$cache"
+                                fi ;;
+                        esac
+                    done
+                done
+                ;;
             noop|incremental)
                 if [ "$warmed" = 0 ]; then warm_up; warmed=1; fi
                 if [ "$case" = incremental ]; then
@@ -268,7 +326,8 @@ done
 
 # ---------------------------------------------------------------- the table
 echo
-awk -F'\t' -v tools="kiln kiln-j1 ${tools[*]:1}" -v order="$cases" '
+table_order=$(echo ",$cases," | sed 's/,ci,/,ci-export,ci-cached,ci-changed,/; s/^,//; s/,$//')
+awk -F'\t' -v tools="kiln kiln-j1 ${tools[*]:1}" -v order="$table_order" '
 function median(list,   n, a, i, j, t) {
     n = split(list, a, " ")
     for (i = 2; i <= n; i++) { t = a[i]; j = i - 1; while (j > 0 && a[j] + 0 > t + 0) { a[j + 1] = a[j]; j-- } a[j + 1] = t }
