@@ -444,20 +444,34 @@ impl<W: Write> Walker<'_, W> {
     /// The version of `rel` the layers `below` (where its parent is a visible directory) show.
     fn lookup(&self, rel: &[u8], below: &[usize]) -> Result<Option<Lower>, ExportError> {
         for (at, &i) in below.iter().enumerate() {
-            let path = self.lowers[i].join(OsStr::from_bytes(rel));
-            match fs::symlink_metadata(&path) {
-                Ok(md) if md.file_type().is_char_device() && md.rdev() == 0 => return Ok(None),
-                Ok(md) => return Ok(Some(Lower { at, path, md })),
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
-                {
-                    continue
+            match self.stat_in(i, rel)? {
+                Some((_, md)) if md.file_type().is_char_device() && md.rdev() == 0 => {
+                    return Ok(None)
                 }
-                Err(e) => return Err(ExportError::read("stat", path, e)),
+                Some((path, md)) => return Ok(Some(Lower { at, path, md })),
+                None => continue,
             }
         }
         Ok(None)
+    }
+
+    /// `rel` in the lower layer `i`, or `None` where that layer has no such path.
+    fn stat_in(
+        &self,
+        i: usize,
+        rel: &[u8],
+    ) -> Result<Option<(PathBuf, fs::Metadata)>, ExportError> {
+        let path = self.lowers[i].join(OsStr::from_bytes(rel));
+        match fs::symlink_metadata(&path) {
+            Ok(md) => Ok(Some((path, md))),
+            Err(e)
+                if e.kind() == io::ErrorKind::NotFound
+                    || e.raw_os_error() == Some(libc::ENOTDIR) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(ExportError::read("stat", path, e)),
+        }
     }
 
     /// The layers in which the directory `rel`, found as `found` in the parent's layers
@@ -474,23 +488,16 @@ impl<W: Write> Walker<'_, W> {
             return Ok(below);
         }
         for &i in &parent_below[found.at + 1..] {
-            let path = self.lowers[i].join(OsStr::from_bytes(rel));
-            match fs::symlink_metadata(&path) {
-                Ok(md) if md.is_dir() => {
+            match self.stat_in(i, rel)? {
+                Some((path, md)) if md.is_dir() => {
                     below.push(i);
                     if is_opaque_dir(&path)? {
                         break;
                     }
                 }
                 // A whiteout or another kind of file hides the layers below it.
-                Ok(_) => break,
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
-                {
-                    continue
-                }
-                Err(e) => return Err(ExportError::read("stat", path, e)),
+                Some(_) => break,
+                None => continue,
             }
         }
         Ok(below)
