@@ -45,6 +45,22 @@ fn solve_is_disk_full(e: &SolveError) -> bool {
         SolveError::Sandbox(e) => names_disk_full(&e.to_string()),
         SolveError::Registry { error, .. } => names_disk_full(&error.to_string()),
         SolveError::Shared(inner) => solve_is_disk_full(inner),
+        // Its cause is printed in its text, not a source the chain walk sees.
+        SolveError::Hinted { cause, .. } => {
+            let mut at: Option<&(dyn std::error::Error + 'static)> = Some(cause.as_ref());
+            while let Some(c) = at {
+                if c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                    matches!(
+                        io.kind(),
+                        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                    )
+                }) {
+                    return true;
+                }
+                at = c.source();
+            }
+            names_disk_full(&e.to_string())
+        }
         _ => false,
     }
 }
@@ -97,6 +113,16 @@ mod tests {
             source: std::io::Error::from(std::io::ErrorKind::StorageFull),
         });
         assert!(is_disk_full(&io));
+        let hinted = anyhow::Error::from(SolveError::Step {
+            name: "ADD https://example.com/x /x".into(),
+            location: "Dockerfile:3".into(),
+            source: std::sync::Arc::new(SolveError::Hinted {
+                what: "download `https://example.com/x`".into(),
+                cause: Box::new(std::io::Error::from(std::io::ErrorKind::StorageFull)),
+                hint: "free some space".into(),
+            }),
+        });
+        assert!(is_disk_full(&hinted));
         let step = anyhow::Error::from(SolveError::Step {
             name: "RUN dd".into(),
             location: "Dockerfile:2".into(),

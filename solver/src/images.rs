@@ -87,8 +87,8 @@ pub async fn resolve_image_progress(
     })?;
     let full = reference.full_name();
     let tagged = without_digest(&reference);
-    // Why the registry is asked, for its error message.
-    let mut why = String::new();
+    // Why the registry is asked, said after its error.
+    let mut why = None;
     let stored = match &reference.digest {
         Some(d) if store.content().has(d) => Some(d.clone()),
         Some(_) => None,
@@ -96,7 +96,7 @@ pub async fn resolve_image_progress(
         None => match store.images().get(&full).map_err(SolveError::from)? {
             Some(rec) => Some(rec.digest),
             None => {
-                why = " (the image is not in the local store either: see `kiln images`)".into();
+                why = Some("the image is not in the local store either: see `kiln images`".into());
                 None
             }
         },
@@ -112,13 +112,15 @@ pub async fn resolve_image_progress(
                 {
                     return Ok(*image);
                 }
-                why = format!(
-                    " (the local store's `{full}` is for `{made_for}`, not `{platform}`: pull the \
-                     `{platform}` image with `kiln pull --platform {platform} {full}`)"
-                );
+                why = Some(format!(
+                    "the local store's `{full}` is for `{made_for}`, not `{platform}`: pull the \
+                     `{platform}` image with `kiln pull --platform {platform} {full}`"
+                ));
             }
             Local::Missing(child) => {
-                why = format!(" (the local store has the index of `{full}` but not its `{platform}` manifest)");
+                why = Some(format!(
+                    "the local store has the index of `{full}` but not its `{platform}` manifest"
+                ));
                 wanted = reference.with_digest(&child);
             }
         }
@@ -126,9 +128,12 @@ pub async fn resolve_image_progress(
     let resolved = registry
         .resolve(&wanted, platform)
         .await
-        .map_err(|e| SolveError::Image {
-            image: full.clone(),
-            message: format!("{e}{why}"),
+        .map_err(|e| match why {
+            Some(why) => SolveError::hinted(format!("image `{full}`"), e, why),
+            None => SolveError::Registry {
+                image: full.clone(),
+                error: Box::new(e),
+            },
         })?;
     let (digest, size) = store
         .content()
@@ -312,30 +317,26 @@ fn without_digest(r: &Reference) -> String {
 
 /// Reads a stored manifest and its config.
 pub fn load(store: &Store, name: &str, manifest_digest: &str) -> Result<ImageRef, SolveError> {
-    let bad = |m: String| SolveError::Image {
-        image: name.to_string(),
-        message: m,
-    };
     // Both are small and used as they are read: verify them here, every time.
     let bytes = store
         .content()
         .read_verified(manifest_digest)
         .map_err(SolveError::from)?;
-    let manifest = ImageManifest::from_reader(bytes.as_slice()).map_err(|e| {
-        bad(format!(
-            "manifest {manifest_digest} is not an image manifest: {e}"
-        ))
-    })?;
+    let manifest =
+        ImageManifest::from_reader(bytes.as_slice()).map_err(|source| SolveError::Spec {
+            what: format!("image `{name}`: manifest {manifest_digest} is not an image manifest"),
+            source,
+        })?;
     let config_digest = manifest.config().digest().to_string();
     let cbytes = store
         .content()
         .read_verified(&config_digest)
         .map_err(SolveError::from)?;
-    let config = ImageConfiguration::from_reader(cbytes.as_slice()).map_err(|e| {
-        bad(format!(
-            "config {config_digest} is not an image config: {e}"
-        ))
-    })?;
+    let config =
+        ImageConfiguration::from_reader(cbytes.as_slice()).map_err(|source| SolveError::Spec {
+            what: format!("image `{name}`: config {config_digest} is not an image config"),
+            source,
+        })?;
     Ok(ImageRef {
         name: name.to_string(),
         manifest_digest: manifest_digest.to_string(),
@@ -406,14 +407,15 @@ async fn fetch_blob(
                     Some(n) => format!("blob `{digest}` ({n} bytes)"),
                     None => format!("blob `{digest}`"),
                 };
-                return Err(SolveError::Image {
-                    image: reference.full_name(),
-                    message: format!(
-                        "downloading {what} failed: {e}; nothing of it was stored: run the \
-                         command again once the registry answers (blobs already downloaded are \
-                         kept)"
+                return Err(SolveError::hinted(
+                    format!(
+                        "image `{}`: downloading {what} failed",
+                        reference.full_name()
                     ),
-                });
+                    e,
+                    "nothing of it was stored: run the command again once the registry answers \
+                     (blobs already downloaded are kept)",
+                ));
             }
             Err(FetchError::Solve(e)) => return Err(e),
             Ok(()) => return record_blob_source(store, reference, digest),
@@ -582,10 +584,7 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
         // anything records it when the content is not the blob's.
         let mut verifying =
             VerifyingReader::new(std::io::BufReader::with_capacity(1 << 20, file), &digest);
-        let reader = decompressor(&media_type, &mut verifying).map_err(|m| SolveError::Image {
-            image: image.name.clone(),
-            message: m,
-        })?;
+        let reader = decompressor(&image.name, &media_type, &mut verifying)?;
         let unpacked = store.snapshots().unpack_layer_mutable(parent, reader);
         let snap = match (unpacked, verifying.finish()) {
             (Ok(snap), Ok(())) => snap.commit(),
@@ -620,17 +619,24 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
     Ok(parent)
 }
 
-fn decompressor<'a>(media_type: &str, r: impl Read + 'a) -> Result<Box<dyn Read + 'a>, String> {
+fn decompressor<'a>(
+    image: &str,
+    media_type: &str,
+    r: impl Read + 'a,
+) -> Result<Box<dyn Read + 'a>, SolveError> {
     if media_type.ends_with("gzip") {
         Ok(Box::new(flate2::read::GzDecoder::new(r)))
     } else if media_type.ends_with("zstd") {
-        Ok(Box::new(
-            zstd::stream::read::Decoder::new(r).map_err(|e| e.to_string())?,
-        ))
+        Ok(Box::new(zstd::stream::read::Decoder::new(r).map_err(
+            SolveError::io(format!("image `{image}`: cannot start a zstd decoder")),
+        )?))
     } else if media_type.ends_with(".tar") || media_type.ends_with("tar") {
         Ok(Box::new(r))
     } else {
-        Err(format!("unsupported layer media type `{media_type}`"))
+        Err(SolveError::Image {
+            image: image.to_string(),
+            message: format!("unsupported layer media type `{media_type}`"),
+        })
     }
 }
 

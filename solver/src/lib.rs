@@ -82,12 +82,37 @@ pub enum SolveError {
         what: String,
         source: std::io::Error,
     },
+    /// An http source's request or transfer; `what` names the URL.
+    #[error("{what}")]
+    Http {
+        what: String,
+        source: reqwest::Error,
+    },
+    /// An OCI document a step makes or reads: its runtime spec, an image's manifest or config.
+    #[error("{what}")]
+    Spec {
+        what: String,
+        source: oci_spec::OciSpecError,
+    },
     /// A step's work on a blocking thread panicked or was aborted.
     #[error("the step's work stopped")]
     Task(#[from] tokio::task::JoinError),
     /// A step's failure that has no underlying error: bad input, a missing file, a refused path.
     #[error("{0}")]
     Op(String),
+    /// A failure with an underlying error and a hint on what to do: ``download `URL` ``, the
+    /// transfer's error, `check the URL and the network`.
+    ///
+    /// It reads `what: cause: hint`, the cause with all of its own causes. The hint must come
+    /// after the cause, and `{:#}` prints a source after its wrapper's text; so the cause is
+    /// printed here and is not the `source()` (it would print twice). Match on it through
+    /// [`SolveError::cause`].
+    #[error("{what}: {}; {hint}", Chain(cause.as_ref()))]
+    Hinted {
+        what: String,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+        hint: String,
+    },
     #[error("{0} is not supported yet")]
     Unsupported(String),
     #[error("process \"{command}\" did not complete successfully: exit code: {exit_code}{tail}")]
@@ -142,6 +167,29 @@ impl SolveError {
         }
     }
 
+    /// A failure with a hint on what to do after its cause (see [`SolveError::Hinted`]).
+    pub(crate) fn hinted(
+        what: impl Into<String>,
+        cause: impl std::error::Error + Send + Sync + 'static,
+        hint: impl Into<String>,
+    ) -> SolveError {
+        SolveError::Hinted {
+            what: what.into(),
+            cause: Box::new(cause),
+            hint: hint.into(),
+        }
+    }
+
+    /// The underlying error a [`SolveError::Hinted`] prints in its text, for a caller that
+    /// matches on it (e.g. an `io::Error` saying the disk is full).
+    pub fn cause(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            SolveError::Hinted { cause, .. } => Some(cause.as_ref()),
+            SolveError::Shared(inner) => inner.cause(),
+            _ => None,
+        }
+    }
+
     /// The error with its whole chain of causes, as one line of text (what `{:#}` prints).
     pub fn chain_text(&self) -> String {
         let mut text = self.to_string();
@@ -152,6 +200,21 @@ impl SolveError {
             cause = c.source();
         }
         text
+    }
+}
+
+/// An error and its causes, as `{:#}` prints them: `error: cause: cause's cause`.
+struct Chain<'a>(&'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for Chain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut cause = self.0.source();
+        while let Some(c) = cause {
+            write!(f, ": {c}")?;
+            cause = c.source();
+        }
+        Ok(())
     }
 }
 
@@ -753,4 +816,59 @@ fn cached_result(store: &Store, key: &str) -> Result<Option<CachedResult>, Solve
         Some(s) => store.snapshots().fs_dir(s).is_dir(),
     };
     Ok(usable.then_some(hit))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An error with a cause of its own, as reqwest's and registry errors have.
+    #[derive(Debug, thiserror::Error)]
+    #[error("error sending request")]
+    struct Outer(#[source] std::io::Error);
+
+    #[test]
+    fn a_hinted_error_prints_its_whole_cause_once_then_the_hint() {
+        let e = SolveError::Step {
+            name: "ADD https://example.com/x /x".into(),
+            location: "Dockerfile:3".into(),
+            source: Arc::new(SolveError::hinted(
+                "download `https://example.com/x`",
+                Outer(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionRefused,
+                    "connection refused",
+                )),
+                "check the URL and the network",
+            )),
+        };
+        let want = "Dockerfile:3: ADD https://example.com/x /x: download `https://example.com/x`: \
+                    error sending request: connection refused; check the URL and the network";
+        assert_eq!(e.chain_text(), want);
+        let cause = e.cause();
+        assert!(cause.is_none(), "a step is not the hinted error itself");
+        let Some(SolveError::Hinted { .. }) = std::error::Error::source(&e)
+            .and_then(|s| s.downcast_ref::<Arc<SolveError>>())
+            .map(|a| a.as_ref())
+        else {
+            panic!("the step's source is not the hinted error");
+        };
+    }
+
+    #[test]
+    fn a_hinted_error_keeps_its_cause_typed() {
+        let e = SolveError::hinted(
+            "ssh agent `default`: `/tmp/none`",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+            "start an agent (`eval $(ssh-agent)`) or pass its socket",
+        );
+        let io = e.cause().and_then(|c| c.downcast_ref::<std::io::Error>());
+        assert_eq!(io.map(|io| io.kind()), Some(std::io::ErrorKind::NotFound));
+        assert!(
+            std::error::Error::source(&e).is_none(),
+            "the cause would print twice"
+        );
+        assert!(e
+            .to_string()
+            .ends_with("; start an agent (`eval $(ssh-agent)`) or pass its socket"));
+    }
 }

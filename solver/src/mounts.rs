@@ -122,7 +122,10 @@ fn oci_mount(
         .source(source.to_path_buf())
         .options(options.to_vec())
         .build()
-        .map_err(|e| SolveError::Op(format!("cannot describe the mount at `{dest}`: {e}")))
+        .map_err(|source| SolveError::Spec {
+            what: format!("cannot describe the mount at `{dest}`"),
+            source,
+        })
 }
 
 fn option<'a>(m: &'a kiln_llb::Mount, key: &str) -> Option<&'a str> {
@@ -737,10 +740,11 @@ fn ssh(p: &mut Prepared, session: &Session, m: &kiln_llb::Mount) -> Result<bool,
         return Ok(false);
     };
     let md = std::fs::metadata(sock).map_err(|e| {
-        SolveError::Op(format!(
-            "ssh agent `{id}`: `{}`: {e}; start an agent (`eval $(ssh-agent)`) or pass its socket",
-            sock.display()
-        ))
+        SolveError::hinted(
+            format!("ssh agent `{id}`: `{}`", sock.display()),
+            e,
+            "start an agent (`eval $(ssh-agent)`) or pass its socket",
+        )
     })?;
     if !md.file_type().is_socket() {
         return Err(SolveError::Op(format!(

@@ -43,8 +43,12 @@ fn decoder(file: std::fs::File, c: Compression) -> io::Result<Box<dyn Read>> {
         Compression::Xz => {
             // lzma-rs decodes into a writer: the tar is staged in an unnamed temp file.
             let mut out = tempfile::tempfile()?;
-            lzma_rs::xz_decompress(&mut r, &mut out)
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            lzma_rs::xz_decompress(&mut r, &mut out).map_err(|e| match e {
+                // A failed read or write of the temp file stays what it is (a full disk too).
+                lzma_rs::error::Error::IoError(e) => e,
+                // lzma-rs prints its source in its own text: as text, it is printed once.
+                e => io::Error::new(io::ErrorKind::InvalidData, e.to_string()),
+            })?;
             out.seek(io::SeekFrom::Start(0))?;
             Box::new(BufReader::new(out))
         }

@@ -171,6 +171,8 @@ fn git() -> Command {
 /// Why a git command failed: git's own message, or that it could not be run.
 enum GitFailure {
     NotInstalled,
+    /// `git` could not be started.
+    Spawn(std::io::Error),
     Failed(String),
 }
 
@@ -180,7 +182,7 @@ fn run(cmd: &mut Command) -> Result<String, GitFailure> {
         if e.kind() == std::io::ErrorKind::NotFound {
             GitFailure::NotInstalled
         } else {
-            GitFailure::Failed(format!("cannot run `git`: {e}"))
+            GitFailure::Spawn(e)
         }
     })?;
     if out.status.success() {
@@ -209,6 +211,7 @@ fn failure(f: GitFailure, what: &str, hint: &str) -> SolveError {
              git repositories"
                 .into(),
         ),
+        GitFailure::Spawn(e) => SolveError::hinted(format!("{what}: cannot run `git`"), e, hint),
         GitFailure::Failed(msg) => SolveError::Op(format!("{what}: {msg}: {hint}")),
     }
 }

@@ -56,15 +56,21 @@ struct Download {
 async fn download(store: &Store, s: &SourceOp) -> Result<Download, SolveError> {
     let url = s.identifier.as_str();
     let fail = |what: String| SolveError::Op(format!("download `{url}`: {what}"));
+    let http = |what: &str| {
+        let what = format!("download `{url}`{what}");
+        move |source| SolveError::Http { what, source }
+    };
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .build()
-        .map_err(|e| fail(e.to_string()))?;
-    let mut resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| fail(format!("{e}: check the URL and the network")))?;
+        .map_err(http(""))?;
+    let mut resp = client.get(url).send().await.map_err(|e| {
+        SolveError::hinted(
+            format!("download `{url}`"),
+            e,
+            "check the URL and the network",
+        )
+    })?;
     if !resp.status().is_success() {
         return Err(fail(format!(
             "the server answered `{}`: check the URL",
@@ -90,7 +96,9 @@ async fn download(store: &Store, s: &SourceOp) -> Result<Download, SolveError> {
     let mut file = tempfile::Builder::new()
         .prefix("http-")
         .tempfile_in(store.tmp_dir())
-        .map_err(|e| fail(format!("cannot make a temp file: {e}")))?;
+        .map_err(SolveError::io(format!(
+            "download `{url}`: cannot make a temp file"
+        )))?;
     let mut sha = sha2::Sha256::new();
     let mut sha384 = checksum_algo(s)
         .filter(|a| *a == "sha384")
@@ -101,7 +109,7 @@ async fn download(store: &Store, s: &SourceOp) -> Result<Download, SolveError> {
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(|e| fail(format!("the transfer broke off: {e}")))?
+        .map_err(http(": the transfer broke off"))?
     {
         sha.update(&chunk);
         if let Some(h) = sha384.as_mut() {
@@ -110,8 +118,9 @@ async fn download(store: &Store, s: &SourceOp) -> Result<Download, SolveError> {
         if let Some(h) = sha512.as_mut() {
             h.update(&chunk);
         }
-        file.write_all(&chunk)
-            .map_err(|e| fail(format!("cannot write the temp file: {e}")))?;
+        file.write_all(&chunk).map_err(SolveError::io(format!(
+            "download `{url}`: cannot write the temp file"
+        )))?;
     }
     let sha256 = format!("sha256:{}", hex::encode(sha.finalize()));
     if let Some(want) = attr(s, HTTP_CHECKSUM) {
