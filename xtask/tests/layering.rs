@@ -104,8 +104,9 @@ fn every_workspace_crate_is_covered() {
 //
 // A module may use what its ancestors define (a crate's `lib.rs` holds its API types, a parent
 // module the types its children share), so references to an ancestor are not edges. Every
-// other reference (`crate::a::b`, `super::x`, `self::x`, or a child module by name) is an edge
-// to the deepest module the path names, following `pub use` re-exports one step, and the graph
+// other reference (`crate::a::b`, `super::x`, `self::x`, a child module by name, or a name a
+// `use` brought into scope, renamed or by a glob) is an edge to the deepest module the path
+// names, following `pub use` re-exports (renamed, or by a glob) one step, and the graph
 // of those edges must have no cycle: two modules that need each other are one module, or share
 // a piece that belongs below both.
 
@@ -135,6 +136,8 @@ enum Tok {
     Open,
     Close,
     Comma,
+    /// `*`, in a glob import.
+    Star,
     /// `#[cfg(test)]`: the `mod` that follows is test code, which may use any module.
     CfgTest,
     Other,
@@ -238,6 +241,7 @@ fn tokens(src: &str) -> Vec<Tok> {
                 b'{' => out.push(Tok::Open),
                 b'}' => out.push(Tok::Close),
                 b',' => out.push(Tok::Comma),
+                b'*' => out.push(Tok::Star),
                 c if c.is_ascii_whitespace() => {}
                 _ => out.push(Tok::Other),
             }
@@ -263,6 +267,19 @@ fn lex_ident(b: &[u8], mut i: usize, out: &mut Vec<Tok>) -> usize {
 struct SrcPath {
     segs: Vec<String>,
     reexport: bool,
+    /// In a `use`: it brings a name into the module's scope.
+    import: bool,
+    /// `use a::b as c`: `c`.
+    alias: Option<String>,
+    /// `use a::*`: every name of `a`.
+    glob: bool,
+}
+
+/// A path as `path_tree` finds it: its segments, its `as` name, whether it ends in `::*`.
+struct Found {
+    segs: Vec<String>,
+    alias: Option<String>,
+    glob: bool,
 }
 
 /// Every path of two or more segments in `toks`.
@@ -282,9 +299,16 @@ fn paths(toks: &[Tok]) -> Vec<SrcPath> {
             continue;
         }
         let reexport = is_pub_use(toks, i);
+        let import = is_use(toks, i);
         let mut found = Vec::new();
         i = path_tree(toks, i, Vec::new(), &mut found);
-        out.extend(found.into_iter().map(|segs| SrcPath { segs, reexport }));
+        out.extend(found.into_iter().map(|f| SrcPath {
+            segs: f.segs,
+            reexport,
+            import,
+            alias: f.alias,
+            glob: f.glob,
+        }));
     }
     out
 }
@@ -313,6 +337,11 @@ fn skip_test_module(toks: &[Tok], i: usize) -> usize {
     toks.len()
 }
 
+/// Whether the path at `i` follows `use` (any visibility).
+fn is_use(toks: &[Tok], i: usize) -> bool {
+    i > 0 && matches!(&toks[i - 1], Tok::Ident(x) if x == "use")
+}
+
 /// Whether the path at `i` follows `pub use` or `pub(...) use`.
 fn is_pub_use(toks: &[Tok], i: usize) -> bool {
     let ident = |j: usize, s: &str| matches!(toks.get(j), Some(Tok::Ident(x)) if x == s);
@@ -333,18 +362,44 @@ fn is_pub_use(toks: &[Tok], i: usize) -> bool {
     false
 }
 
-/// Parses `a::b::{c, d::e}` from `i`, pushing each full path; returns the index after it.
-fn path_tree(
-    toks: &[Tok],
-    mut i: usize,
-    mut prefix: Vec<String>,
-    out: &mut Vec<Vec<String>>,
-) -> usize {
+/// Parses `a::b::{c, d::e as f, g::*}` from `i`, pushing each full path; returns the index
+/// after it.
+fn path_tree(toks: &[Tok], mut i: usize, mut prefix: Vec<String>, out: &mut Vec<Found>) -> usize {
+    // The end of one path: its `as NAME`, if any.
+    let end = |i: usize, segs: Vec<String>, out: &mut Vec<Found>| -> usize {
+        let is_as = matches!(toks.get(i), Some(Tok::Ident(x)) if x == "as");
+        match toks.get(i + 1) {
+            Some(Tok::Ident(alias)) if is_as => {
+                out.push(Found {
+                    segs,
+                    alias: Some(alias.clone()),
+                    glob: false,
+                });
+                i + 2
+            }
+            _ => {
+                out.push(Found {
+                    segs,
+                    alias: None,
+                    glob: false,
+                });
+                i
+            }
+        }
+    };
     loop {
         match toks.get(i) {
             Some(Tok::Ident(s)) => {
                 prefix.push(s.clone());
                 i += 1;
+            }
+            Some(Tok::Star) => {
+                out.push(Found {
+                    segs: prefix,
+                    alias: None,
+                    glob: true,
+                });
+                return i + 1;
             }
             Some(Tok::Open) => {
                 i += 1;
@@ -352,7 +407,7 @@ fn path_tree(
                     match toks.get(i) {
                         Some(Tok::Close) => return i + 1,
                         Some(Tok::Comma) => i += 1,
-                        Some(Tok::Ident(_)) | Some(Tok::Open) => {
+                        Some(Tok::Ident(_)) | Some(Tok::Open) | Some(Tok::Star) => {
                             i = path_tree(toks, i, prefix.clone(), out);
                         }
                         None => return i,
@@ -360,18 +415,28 @@ fn path_tree(
                     }
                 }
             }
-            _ => {
-                out.push(prefix);
-                return i;
-            }
+            _ => return end(i, prefix, out),
         }
         if matches!(toks.get(i), Some(Tok::Sep)) {
             i += 1;
         } else {
-            out.push(prefix);
-            return i;
+            return end(i, prefix, out);
         }
     }
+}
+
+/// The names a module's source defines (`fn`, `struct`, `mod`...): what a glob re-export of it
+/// brings. Over-counting is harmless: a name is looked up only when a path ends in it.
+fn defined_names(toks: &[Tok]) -> std::collections::BTreeSet<String> {
+    const ITEMS: &[&str] = &[
+        "fn", "struct", "enum", "union", "trait", "type", "const", "static", "mod",
+    ];
+    toks.windows(2)
+        .filter_map(|w| match w {
+            [Tok::Ident(k), Tok::Ident(name)] if ITEMS.contains(&k.as_str()) => Some(name.clone()),
+            _ => None,
+        })
+        .collect()
 }
 
 /// The module graph of one crate: for each module, the modules it uses (with one reference
@@ -383,9 +448,14 @@ fn module_graph(files: &[(ModPath, String)]) -> BTreeMap<ModPath, BTreeMap<ModPa
         .iter()
         .map(|(m, src)| (m.clone(), paths(&tokens(src))))
         .collect();
+    let defined: BTreeMap<ModPath, std::collections::BTreeSet<String>> = files
+        .iter()
+        .map(|(m, src)| (m.clone(), defined_names(&tokens(src))))
+        .collect();
 
-    // The absolute form of a path written in `module`, if it starts inside the crate.
-    let absolute = |module: &ModPath, segs: &[String]| -> Option<Vec<String>> {
+    // The absolute form of a path written in `module`, if it starts inside the crate: at
+    // `crate`, `self`, `super` or a child module.
+    let rooted = |module: &ModPath, segs: &[String]| -> Option<Vec<String>> {
         let mut base = module.clone();
         let mut rest = segs;
         match rest.first()?.as_str() {
@@ -409,6 +479,10 @@ fn module_graph(files: &[(ModPath, String)]) -> BTreeMap<ModPath, BTreeMap<ModPa
             }
         }
         base.extend(rest.iter().cloned());
+        // `use a::b::{self}` names `a::b`.
+        if base.last().map(String::as_str) == Some("self") {
+            base.pop();
+        }
         Some(base)
     };
     // The deepest module an absolute path names, and what follows it.
@@ -419,17 +493,75 @@ fn module_graph(files: &[(ModPath, String)]) -> BTreeMap<ModPath, BTreeMap<ModPa
         }
         (abs[..n].to_vec(), abs.get(n).cloned())
     };
+    // The name a `use` path brings into scope.
+    let bound = |p: &SrcPath| -> Option<String> {
+        p.alias
+            .clone()
+            .or_else(|| p.segs.iter().rev().find(|s| *s != "self").cloned())
+    };
 
-    // Re-exports: (module, name) → the module the name comes from.
+    // What each module's `use`s bring into scope: names (`use super::b`, `use crate::c as d`)
+    // and globs (`use super::*`), so a path that starts at such a name is followed too.
+    let mut imports: BTreeMap<ModPath, BTreeMap<String, Vec<String>>> = BTreeMap::new();
+    let mut globs: BTreeMap<ModPath, Vec<ModPath>> = BTreeMap::new();
+    for (module, ps) in &parsed {
+        for p in ps.iter().filter(|p| p.import) {
+            let Some(abs) = rooted(module, &p.segs) else {
+                continue;
+            };
+            if p.glob {
+                if modules.contains(&abs) {
+                    globs.entry(module.clone()).or_default().push(abs);
+                }
+            } else if let Some(name) = bound(p) {
+                imports.entry(module.clone()).or_default().insert(name, abs);
+            }
+        }
+    }
+    let absolute = |module: &ModPath, segs: &[String]| -> Option<Vec<String>> {
+        if let Some(abs) = rooted(module, segs) {
+            return Some(abs);
+        }
+        let (first, rest) = segs.split_first()?;
+        let mut abs = match imports.get(module).and_then(|i| i.get(first)) {
+            Some(abs) => abs.clone(),
+            None => {
+                let from = globs.get(module)?.iter().find(|g| {
+                    let mut child = (*g).clone();
+                    child.push(first.clone());
+                    modules.contains(&child)
+                })?;
+                let mut child = from.clone();
+                child.push(first.clone());
+                child
+            }
+        };
+        abs.extend(rest.iter().cloned());
+        Some(abs)
+    };
+
+    // Re-exports: (module, name) → the module the name comes from; and glob re-exports
+    // (`pub use a::*`): module → the modules whose names it passes on.
     let mut reexports: BTreeMap<(ModPath, String), ModPath> = BTreeMap::new();
+    let mut reexport_globs: BTreeMap<ModPath, Vec<ModPath>> = BTreeMap::new();
     for (module, ps) in &parsed {
         for p in ps.iter().filter(|p| p.reexport) {
-            if let Some(abs) = absolute(module, &p.segs) {
-                if let (target, Some(name)) = deepest(&abs) {
-                    if target != *module {
-                        reexports.insert((module.clone(), name), target);
-                    }
+            let Some(abs) = absolute(module, &p.segs) else {
+                continue;
+            };
+            let (target, _) = deepest(&abs);
+            if target == *module {
+                continue;
+            }
+            if p.glob {
+                if target == abs {
+                    reexport_globs
+                        .entry(module.clone())
+                        .or_default()
+                        .push(target);
                 }
+            } else if let Some(name) = bound(p) {
+                reexports.insert((module.clone(), name), target);
             }
         }
     }
@@ -443,7 +575,16 @@ fn module_graph(files: &[(ModPath, String)]) -> BTreeMap<ModPath, BTreeMap<ModPa
             };
             let (mut target, name) = deepest(&abs);
             if let Some(name) = name {
-                if let Some(t) = reexports.get(&(target.clone(), name)) {
+                let through_glob = || {
+                    reexport_globs.get(&target).and_then(|gs| {
+                        gs.iter()
+                            .find(|g| defined.get(*g).is_some_and(|d| d.contains(&name)))
+                    })
+                };
+                if let Some(t) = reexports
+                    .get(&(target.clone(), name.clone()))
+                    .or_else(through_glob)
+                {
                     target = t.clone();
                 }
             }
@@ -603,4 +744,103 @@ fn the_cycle_checker_sees_crate_super_and_child_paths() {
         found[0].iter().map(show).collect::<Vec<_>>(),
         ["a", "b", "a"]
     );
+}
+
+/// One synthetic crate per way of naming a module: each has one cycle, `a` ↔ `b`, that the
+/// checker must find.
+#[test]
+fn the_cycle_checker_finds_a_cycle_in_every_path_form() {
+    let m = |s: &str| -> ModPath {
+        s.split("::")
+            .filter(|x| !x.is_empty())
+            .map(str::to_string)
+            .collect()
+    };
+    let crate_of = |a: &str, b: &str| {
+        vec![
+            (m(""), "mod a; mod b;".to_string()),
+            (m("a"), a.to_string()),
+            (m("b"), b.to_string()),
+        ]
+    };
+    let forms = [
+        (
+            "crate:: paths in code",
+            crate_of(
+                "pub fn f() -> crate::b::Y { crate::b::Y::new() }",
+                "pub struct Y; impl Y { pub fn new() -> Self { crate::a::f(); Y } }",
+            ),
+        ),
+        (
+            "crate:: in a type position",
+            crate_of(
+                "pub struct X(pub Vec<crate::b::Y>);",
+                "pub struct Y; fn g(_: &crate::a::X) {}",
+            ),
+        ),
+        (
+            "super:: paths",
+            crate_of("fn f() { super::b::g() }", "pub fn g() { super::a::f() }"),
+        ),
+        (
+            "use groups",
+            crate_of("use crate::{b::{self, Y}};", "use crate::{a::{X as Z}, c};"),
+        ),
+        (
+            "use super:: groups",
+            crate_of("use super::{b::Y};", "use super::{a::{self}};"),
+        ),
+        ("a glob", crate_of("use crate::b::*;", "use super::a::*;")),
+        (
+            "a module named through a glob import of its parent",
+            crate_of(
+                "use super::*;\nfn f() { b::g() }",
+                "use crate::*;\npub fn g() { a::f() }",
+            ),
+        ),
+        (
+            "a module named through a renamed import",
+            crate_of(
+                "use super::b as other;\nfn f() { other::g() }",
+                "use crate::a as first; fn g() { first::f() }",
+            ),
+        ),
+    ];
+    for (form, files) in forms {
+        let found = cycles(&module_graph(&files));
+        assert_eq!(
+            found
+                .iter()
+                .map(|c| c.iter().map(show).collect::<Vec<_>>())
+                .collect::<Vec<_>>(),
+            [["a", "b", "a"]],
+            "{form}"
+        );
+    }
+    // Items re-exported by the crate root, renamed or by a glob, are their module's.
+    let files = vec![
+        (
+            m(""),
+            "mod a; mod b; pub use a::Thing as Renamed; pub(crate) use b::*;".to_string(),
+        ),
+        (
+            m("a"),
+            "pub struct Thing; fn f() { crate::Other::new(); }".to_string(),
+        ),
+        (
+            m("b"),
+            "pub struct Other; fn g(_: super::Renamed) {}".to_string(),
+        ),
+    ];
+    let found = cycles(&module_graph(&files));
+    assert_eq!(found.len(), 1, "re-exports {found:?}");
+    // `self::` names a child: `p` → `p::x` → `q` → `p`.
+    let files = vec![
+        (m(""), "mod p; mod q;".to_string()),
+        (m("p"), "mod x; fn f() { self::x::g() }".to_string()),
+        (m("p::x"), "pub fn g() { crate::q::h() }".to_string()),
+        (m("q"), "pub fn h() { crate::p::f() }".to_string()),
+    ];
+    let found = cycles(&module_graph(&files));
+    assert_eq!(found.len(), 1, "self:: {found:?}");
 }
