@@ -615,6 +615,16 @@ impl<'a> Compiler<'a> {
     /// Compiles one instruction of a stage onto `d`.
     fn dispatch(&mut self, d: &mut Dispatch, instr: &Instruction) -> Result<(), FrontendError> {
         let command = instructions::parse(instr).map_err(|m| self.fail(instr, m))?;
+        self.dispatch_command(d, instr, command)
+    }
+
+    /// Compiles one typed instruction of a stage onto `d`.
+    fn dispatch_command(
+        &mut self,
+        d: &mut Dispatch,
+        instr: &Instruction,
+        command: Command,
+    ) -> Result<(), FrontendError> {
         match command {
             Command::Arg(c) => self.dispatch_arg(d, instr, c),
             Command::Env(c) => self.dispatch_env(d, instr, c),

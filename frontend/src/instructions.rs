@@ -34,6 +34,67 @@ const INSTRUCTIONS: &[&str] = &[
     "workdir",
 ];
 
+/// What an instruction is, from its word: the first step of typing it, which cannot fail once
+/// [`check_words`] has accepted the file. The compiler decides on it (where stages start, what
+/// may come before the first `FROM`), not on the word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Keyword {
+    Add,
+    Arg,
+    Cmd,
+    Copy,
+    Entrypoint,
+    Env,
+    Expose,
+    From,
+    Healthcheck,
+    Label,
+    Maintainer,
+    Onbuild,
+    Run,
+    Shell,
+    StopSignal,
+    User,
+    Volume,
+    Workdir,
+}
+
+impl Keyword {
+    /// The instruction's keyword; `None` for a word kiln does not know.
+    pub(crate) fn of(instr: &Instruction) -> Option<Keyword> {
+        Self::from_word(&instr.name)
+    }
+
+    fn from_word(word: &str) -> Option<Keyword> {
+        Some(match word {
+            "add" => Keyword::Add,
+            "arg" => Keyword::Arg,
+            "cmd" => Keyword::Cmd,
+            "copy" => Keyword::Copy,
+            "entrypoint" => Keyword::Entrypoint,
+            "env" => Keyword::Env,
+            "expose" => Keyword::Expose,
+            "from" => Keyword::From,
+            "healthcheck" => Keyword::Healthcheck,
+            "label" => Keyword::Label,
+            "maintainer" => Keyword::Maintainer,
+            "onbuild" => Keyword::Onbuild,
+            "run" => Keyword::Run,
+            "shell" => Keyword::Shell,
+            "stopsignal" => Keyword::StopSignal,
+            "user" => Keyword::User,
+            "volume" => Keyword::Volume,
+            "workdir" => Keyword::Workdir,
+            _ => return None,
+        })
+    }
+
+    /// Whether `ONBUILD` may trigger it (not `ONBUILD`, `FROM` or `MAINTAINER`).
+    pub(crate) fn may_trigger(self) -> bool {
+        !matches!(self, Keyword::Onbuild | Keyword::From | Keyword::Maintainer)
+    }
+}
+
 /// One instruction of a stage, typed.
 pub(crate) enum Command {
     Arg(ArgCommand),
@@ -55,6 +116,16 @@ pub(crate) enum Command {
     Onbuild(OnbuildCommand),
     /// `FROM` inside a stage: the stage splitter never leaves one there.
     From,
+}
+
+impl Command {
+    /// Whether the instruction is a step of its own (an op, numbered in `[stage n/total]`).
+    pub(crate) fn is_step(&self) -> bool {
+        matches!(
+            self,
+            Command::Run(_) | Command::Copy(_) | Command::Add(_) | Command::Workdir(_)
+        )
+    }
 }
 
 /// `ARG NAME[=default] ...`: names and unexpanded defaults.
@@ -349,36 +420,45 @@ pub(crate) fn parse_from(instr: &Instruction) -> Result<FromCommand, String> {
 /// Parses an instruction of a stage (anything but `FROM`, which starts one).
 pub(crate) fn parse(instr: &Instruction) -> Result<Command, String> {
     let name = instr.name.as_str();
+    let Some(keyword) = Keyword::of(instr) else {
+        return Err(format!(
+            "unknown instruction `{}`",
+            name.to_ascii_uppercase()
+        ));
+    };
     // RUN, COPY/ADD and HEALTHCHECK parse their own flags; every other instruction takes none.
-    if !matches!(name, "run" | "copy" | "add" | "healthcheck") {
+    if !matches!(
+        keyword,
+        Keyword::Run | Keyword::Copy | Keyword::Add | Keyword::Healthcheck
+    ) {
         Flags::parse(name, &instr.flags, &[])?;
     }
-    Ok(match name {
-        "arg" => Command::Arg(parse_arg(instr)?),
-        "env" => Command::Env(EnvCommand {
+    Ok(match keyword {
+        Keyword::Arg => Command::Arg(parse_arg(instr)?),
+        Keyword::Env => Command::Env(EnvCommand {
             pairs: pairs(instr, "ENV KEY=value")?,
         }),
-        "label" => Command::Label(LabelCommand {
+        Keyword::Label => Command::Label(LabelCommand {
             pairs: pairs(instr, "LABEL key=value")?,
         }),
-        "workdir" => Command::Workdir(WorkdirCommand {
+        Keyword::Workdir => Command::Workdir(WorkdirCommand {
             path: one_arg(instr, "WORKDIR <path>")?,
         }),
-        "run" => Command::Run(parse_run(instr)?),
-        "copy" => Command::Copy(parse_copy(instr, false)?),
-        "add" => Command::Add(parse_copy(instr, true)?),
-        "user" => Command::User(UserCommand {
+        Keyword::Run => Command::Run(parse_run(instr)?),
+        Keyword::Copy => Command::Copy(parse_copy(instr, false)?),
+        Keyword::Add => Command::Add(parse_copy(instr, true)?),
+        Keyword::User => Command::User(UserCommand {
             user: one_arg(instr, "USER <user>[:<group>]")?,
         }),
-        "cmd" => Command::Cmd(CmdCommand {
+        Keyword::Cmd => Command::Cmd(CmdCommand {
             args: instr.args.clone(),
             json: instr.json,
         }),
-        "entrypoint" => Command::Entrypoint(EntrypointCommand {
+        Keyword::Entrypoint => Command::Entrypoint(EntrypointCommand {
             args: instr.args.clone(),
             json: instr.json,
         }),
-        "expose" => {
+        Keyword::Expose => {
             if instr.args.is_empty() {
                 return Err("`EXPOSE` needs a port: write `EXPOSE 80` or `EXPOSE 53/udp`".into());
             }
@@ -386,7 +466,7 @@ pub(crate) fn parse(instr: &Instruction) -> Result<Command, String> {
                 ports: instr.args.clone(),
             })
         }
-        "volume" => {
+        Keyword::Volume => {
             if instr.args.is_empty() {
                 return Err("`VOLUME` needs a path: write `VOLUME /data`".into());
             }
@@ -394,10 +474,10 @@ pub(crate) fn parse(instr: &Instruction) -> Result<Command, String> {
                 paths: instr.args.clone(),
             })
         }
-        "stopsignal" => Command::StopSignal(StopSignalCommand {
+        Keyword::StopSignal => Command::StopSignal(StopSignalCommand {
             signal: one_arg(instr, "STOPSIGNAL <signal>")?,
         }),
-        "shell" => {
+        Keyword::Shell => {
             if !instr.json || instr.args.is_empty() {
                 return Err(
                     "`SHELL` takes a JSON array: write `SHELL [\"/bin/bash\", \"-c\"]`".into(),
@@ -407,15 +487,15 @@ pub(crate) fn parse(instr: &Instruction) -> Result<Command, String> {
                 shell: instr.args.clone(),
             })
         }
-        "healthcheck" => Command::Healthcheck(parse_healthcheck(instr)?),
-        "maintainer" => Command::Maintainer(MaintainerCommand {
+        Keyword::Healthcheck => Command::Healthcheck(parse_healthcheck(instr)?),
+        Keyword::Maintainer => Command::Maintainer(MaintainerCommand {
             name: one_arg(instr, "MAINTAINER <name>")?,
         }),
-        "onbuild" => {
+        Keyword::Onbuild => {
             let Some(next) = &instr.next else {
                 return Err("`ONBUILD` needs an instruction: write `ONBUILD RUN ...`".into());
             };
-            if matches!(next.name.as_str(), "onbuild" | "from" | "maintainer") {
+            if Keyword::of(next).is_some_and(|k| !k.may_trigger()) {
                 return Err(format!(
                     "`ONBUILD {}` is not allowed: ONBUILD cannot trigger `ONBUILD`, `FROM` or `MAINTAINER`",
                     next.name.to_ascii_uppercase()
@@ -425,13 +505,7 @@ pub(crate) fn parse(instr: &Instruction) -> Result<Command, String> {
                 expression: display(next),
             })
         }
-        "from" => Command::From,
-        other => {
-            return Err(format!(
-                "unknown instruction `{}`",
-                other.to_ascii_uppercase()
-            ))
-        }
+        Keyword::From => Command::From,
     })
 }
 
@@ -745,5 +819,32 @@ mod tests {
             panic!("not an ONBUILD");
         };
         assert_eq!(o.expression, "RUN echo hi");
+    }
+
+    #[test]
+    fn every_known_word_has_a_keyword() {
+        for word in INSTRUCTIONS {
+            assert!(
+                Keyword::from_word(word).is_some(),
+                "`{word}` has no keyword"
+            );
+        }
+        assert_eq!(Keyword::from_word("frm"), None);
+    }
+
+    #[test]
+    fn the_steps_of_a_stage_are_run_copy_add_and_workdir() {
+        let steps: Vec<&str> = [
+            "RUN x",
+            "COPY a b",
+            "ADD a b",
+            "WORKDIR /w",
+            "ENV A=b",
+            "ARG X",
+        ]
+        .into_iter()
+        .filter(|t| parse(&first(t)).is_ok_and(|c| c.is_step()))
+        .collect();
+        assert_eq!(steps, ["RUN x", "COPY a b", "ADD a b", "WORKDIR /w"]);
     }
 }

@@ -5,7 +5,7 @@
 use super::config::{ImageState, Platform};
 use super::{image_source, Compiled, Compiler, Dispatch, NamedContext, PROXY_ARGS};
 use crate::ast::Instruction;
-use crate::instructions;
+use crate::instructions::{self, Command, Keyword};
 use crate::util::{did_you_mean, suggestion};
 use crate::FrontendError;
 use kiln_llb::{file_action, op, FileAction, FileCopy, FileOp, Op, OutputRef};
@@ -55,7 +55,8 @@ impl Compiler<'_> {
     /// Global ARGs, then one [`StageDef`] per FROM, with base names expanded.
     pub(super) fn split_stages(&mut self) -> Result<(), FrontendError> {
         let instrs = &self.df.instructions;
-        let first_from = instrs.iter().position(|i| i.name == "from");
+        let is_from = |i: &Instruction| Keyword::of(i) == Some(Keyword::From);
+        let first_from = instrs.iter().position(is_from);
         let Some(first_from) = first_from else {
             return match instrs.first() {
                 Some(i) => Err(self.fail(
@@ -70,7 +71,7 @@ impl Compiler<'_> {
             };
         };
         for instr in &instrs[..first_from] {
-            if instr.name != "arg" {
+            if Keyword::of(instr) != Some(Keyword::Arg) {
                 return Err(self.fail(
                     instr,
                     format!(
@@ -98,7 +99,7 @@ impl Compiler<'_> {
         let mut starts: Vec<usize> = instrs
             .iter()
             .enumerate()
-            .filter(|(_, i)| i.name == "from")
+            .filter(|(_, i)| is_from(i))
             .map(|(n, _)| n)
             .collect();
         starts.push(instrs.len());
@@ -324,9 +325,15 @@ impl Compiler<'_> {
         } else {
             String::new()
         };
+        // Typed once, here; a command that does not parse fails when its turn comes, so the
+        // steps before it compile (and fail) as they did.
+        let commands: Vec<(&Instruction, Result<Command, String>)> = commands
+            .iter()
+            .map(|c| (c, instructions::parse(c)))
+            .collect();
         let ops_in_stage = commands
             .iter()
-            .filter(|c| matches!(c.name.as_str(), "run" | "copy" | "add" | "workdir"))
+            .filter(|(_, c)| c.as_ref().is_ok_and(Command::is_step))
             .count();
 
         let platform = self.stages[idx]
@@ -396,8 +403,12 @@ impl Compiler<'_> {
             d.state = Some(self.add_op(source, name, from, &d.meta_stage));
         }
 
-        for instr in triggers.iter().chain(commands) {
+        for instr in &triggers {
             self.dispatch(&mut d, instr)?;
+        }
+        for (instr, command) in commands {
+            let command = command.map_err(|m| self.fail(instr, m))?;
+            self.dispatch_command(&mut d, instr, command)?;
         }
         Ok(StageOut {
             state: d.state,
@@ -430,7 +441,7 @@ impl Compiler<'_> {
             })?;
         let mut out = Vec::new();
         for mut instr in parsed.instructions {
-            if matches!(instr.name.as_str(), "onbuild" | "from" | "maintainer") {
+            if Keyword::of(&instr).is_some_and(|k| !k.may_trigger()) {
                 return Err(self.fail(
                     from,
                     format!(
