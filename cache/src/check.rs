@@ -152,10 +152,10 @@ impl Store {
             for item in table.iter().map_err(db.err("list layer info"))? {
                 let (k, v) = item.map_err(db.err("list layer info"))?;
                 let list: Vec<LayerInfo> =
-                    serde_json::from_slice(v.value()).map_err(|e| CacheError::Corrupt {
+                    serde_json::from_slice(v.value()).map_err(|e| CacheError::CorruptJson {
                         what: "layer info",
                         location: format!("{} (snapshot `{}`)", db.path.display(), k.value()),
-                        detail: e.to_string(),
+                        cause: e,
                     })?;
                 let before = list.len();
                 let kept: Vec<LayerInfo> = list
@@ -175,10 +175,10 @@ impl Store {
         {
             let mut table = txn.open_table(LAYERS).map_err(db.err("open layers"))?;
             for (id, list) in changed {
-                let bytes = serde_json::to_vec(&list).map_err(|e| CacheError::Corrupt {
+                let bytes = serde_json::to_vec(&list).map_err(|e| CacheError::CorruptJson {
                     what: "layer info",
                     location: id.to_string(),
-                    detail: e.to_string(),
+                    cause: e,
                 })?;
                 table
                     .insert(id, bytes.as_slice())

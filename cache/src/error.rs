@@ -75,6 +75,19 @@ pub enum CacheError {
         detail: String,
     },
 
+    /// A record of the index or a file of the store that does not encode or decode as JSON.
+    ///
+    /// Like [`CacheError::Corrupt`], with the JSON error kept typed. It is printed in the text,
+    /// before the hint, and is not also the `source()`, which `{:#}` would print a second time.
+    #[error(
+        "corrupt {what} at `{location}`: {cause}; remove it (or the whole store) and build again"
+    )]
+    CorruptJson {
+        what: &'static str,
+        location: String,
+        cause: serde_json::Error,
+    },
+
     /// A snapshot id is not recorded in the index.
     #[error("snapshot `{0}` does not exist in the store; its result was removed, build again")]
     SnapshotNotFound(u64),
@@ -86,6 +99,17 @@ pub enum CacheError {
     /// A layer tar is malformed or holds an entry kiln refuses to unpack.
     #[error("layer tar entry `{entry}`: {reason}")]
     BadLayer { entry: String, reason: String },
+
+    /// A layer tar cannot be read: the stream (a download, a decompressor) or a header field.
+    /// The I/O error is printed in the text (the solver holds a `CacheError` as
+    /// text), so it is not also the `source()`.
+    #[error("layer tar entry `{entry}`: {what}: {cause}")]
+    LayerRead {
+        entry: String,
+        /// What could not be read: `cannot read the tar`, `bad uid`.
+        what: String,
+        cause: io::Error,
+    },
 
     /// A snapshot chain deeper than overlayfs can stack.
     #[error(

@@ -248,10 +248,10 @@ impl ImageStore {
             None => false,
         };
         if changed {
-            let bytes = serde_json::to_vec_pretty(&index).map_err(|e| CacheError::Corrupt {
+            let bytes = serde_json::to_vec_pretty(&index).map_err(|e| CacheError::CorruptJson {
                 what: "image index",
                 location: self.index_path().display().to_string(),
-                detail: e.to_string(),
+                cause: e,
             })?;
             write_atomic(&self.tmp, &self.index_path(), &bytes)?;
         }
@@ -319,7 +319,11 @@ fn load_index(path: &Path) -> Result<Value, CacheError> {
         location: path.display().to_string(),
         detail,
     };
-    let v: Value = serde_json::from_slice(&bytes).map_err(|e| corrupt(e.to_string()))?;
+    let v: Value = serde_json::from_slice(&bytes).map_err(|cause| CacheError::CorruptJson {
+        what: "image index",
+        location: path.display().to_string(),
+        cause,
+    })?;
     if !v.get("manifests").map(Value::is_array).unwrap_or(false) || !v.is_object() {
         return Err(corrupt("no `manifests` array".into()));
     }

@@ -219,11 +219,12 @@ impl CacheIndex {
         let Some(value) = table.get(key).map_err(self.db.err("read a result"))? else {
             return Ok(None);
         };
-        let result = serde_json::from_slice(value.value()).map_err(|e| CacheError::Corrupt {
-            what: "cache result",
-            location: format!("{} (key `{key}`)", self.db.path.display()),
-            detail: e.to_string(),
-        })?;
+        let result =
+            serde_json::from_slice(value.value()).map_err(|e| CacheError::CorruptJson {
+                what: "cache result",
+                location: format!("{} (key `{key}`)", self.db.path.display()),
+                cause: e,
+            })?;
         Ok(Some(result))
     }
 
@@ -241,10 +242,10 @@ impl CacheIndex {
         result: &CachedResult,
         alias: Option<&str>,
     ) -> Result<(), CacheError> {
-        let bytes = serde_json::to_vec(result).map_err(|e| CacheError::Corrupt {
+        let bytes = serde_json::to_vec(result).map_err(|e| CacheError::CorruptJson {
             what: "cache result",
             location: key.to_string(),
-            detail: e.to_string(),
+            cause: e,
         })?;
         let txn = self.db.begin_write()?;
         {
@@ -319,11 +320,12 @@ impl CacheIndex {
         for item in table.iter().map_err(self.db.err("list results"))? {
             let (k, v) = item.map_err(self.db.err("list results"))?;
             let key = k.value().to_string();
-            let result = serde_json::from_slice(v.value()).map_err(|e| CacheError::Corrupt {
-                what: "cache result",
-                location: format!("{} (key `{key}`)", self.db.path.display()),
-                detail: e.to_string(),
-            })?;
+            let result =
+                serde_json::from_slice(v.value()).map_err(|e| CacheError::CorruptJson {
+                    what: "cache result",
+                    location: format!("{} (key `{key}`)", self.db.path.display()),
+                    cause: e,
+                })?;
             out.push((key, result));
         }
         Ok(out)
@@ -502,10 +504,10 @@ pub(crate) struct SnapshotRecord {
 
 /// Parses a stored snapshot record.
 pub(crate) fn decode_record(db: &Db, id: u64, bytes: &[u8]) -> Result<SnapshotRecord, CacheError> {
-    serde_json::from_slice(bytes).map_err(|e| CacheError::Corrupt {
+    serde_json::from_slice(bytes).map_err(|e| CacheError::CorruptJson {
         what: "snapshot record",
         location: format!("{} (snapshot `{id}`)", db.path.display()),
-        detail: e.to_string(),
+        cause: e,
     })
 }
 

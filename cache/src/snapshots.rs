@@ -208,10 +208,10 @@ impl Snapshots {
                 created_unix: now_unix(),
                 diff_floor,
             };
-            let bytes = serde_json::to_vec(&record).map_err(|e| CacheError::Corrupt {
+            let bytes = serde_json::to_vec(&record).map_err(|e| CacheError::CorruptJson {
                 what: "snapshot record",
                 location: id.to_string(),
-                detail: e.to_string(),
+                cause: e,
             })?;
             snaps
                 .insert(id.0, bytes.as_slice())
@@ -576,10 +576,10 @@ impl Snapshots {
             list.retain(|l| l.media_type != layer.media_type);
             list.push(layer);
             list.sort_by(|a, b| a.media_type.cmp(&b.media_type));
-            let bytes = serde_json::to_vec(&list).map_err(|e| CacheError::Corrupt {
+            let bytes = serde_json::to_vec(&list).map_err(|e| CacheError::CorruptJson {
                 what: "layer info",
                 location: id.to_string(),
-                detail: e.to_string(),
+                cause: e,
             })?;
             table
                 .insert(id.0, bytes.as_slice())
@@ -600,10 +600,10 @@ impl Snapshots {
 }
 
 fn decode_layers(db: &Db, id: SnapshotId, bytes: &[u8]) -> Result<Vec<LayerInfo>, CacheError> {
-    serde_json::from_slice(bytes).map_err(|e| CacheError::Corrupt {
+    serde_json::from_slice(bytes).map_err(|e| CacheError::CorruptJson {
         what: "layer info",
         location: format!("{} (snapshot `{id}`)", db.path.display()),
-        detail: e.to_string(),
+        cause: e,
     })
 }
 

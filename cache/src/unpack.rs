@@ -188,8 +188,21 @@ fn parse_pax_time(v: &[u8]) -> Option<(i64, i64)> {
     Some((secs, if secs < 0 { 0 } else { nanos }))
 }
 
+/// The tar stream itself failed (a broken download, a bad compressed stream).
+fn unreadable_tar(cause: io::Error) -> CacheError {
+    CacheError::LayerRead {
+        entry: "(archive)".into(),
+        what: "cannot read the tar".into(),
+        cause,
+    }
+}
+
 fn attrs<R: Read>(entry: &mut tar::Entry<'_, R>, name: &str) -> Result<Attrs, CacheError> {
-    let bad = |what: &str, e: io::Error| CacheError::bad_layer(name, format!("bad {what}: {e}"));
+    let bad = |what: &str, cause: io::Error| CacheError::LayerRead {
+        entry: name.to_string(),
+        what: format!("bad {what}"),
+        cause,
+    };
     let h = entry.header();
     let uid = h.uid().map_err(|e| bad("uid", e))?;
     let gid = h.gid().map_err(|e| bad("gid", e))?;
@@ -253,14 +266,11 @@ fn set_mtime(p: &Path, a: &Attrs) -> Result<(), CacheError> {
 /// Unpacks an uncompressed tar stream into `root` (an empty snapshot fs dir).
 pub(crate) fn unpack(root: &Path, reader: impl Read) -> Result<(), CacheError> {
     let mut archive = tar::Archive::new(reader);
-    let entries = archive
-        .entries()
-        .map_err(|e| CacheError::bad_layer("(archive)", format!("cannot read the tar: {e}")))?;
+    let entries = archive.entries().map_err(unreadable_tar)?;
     // Directory modes and mtimes are applied last: creating children would change them.
     let mut dirs: Vec<(Vec<OsString>, Attrs)> = Vec::new();
     for entry in entries {
-        let mut entry = entry
-            .map_err(|e| CacheError::bad_layer("(archive)", format!("cannot read the tar: {e}")))?;
+        let mut entry = entry.map_err(unreadable_tar)?;
         let raw = entry.path_bytes().into_owned();
         let name = String::from_utf8_lossy(&raw).into_owned();
         let kind = entry.header().entry_type();
@@ -379,9 +389,12 @@ pub(crate) fn unpack(root: &Path, reader: impl Read) -> Result<(), CacheError> {
             EntryType::Char | EntryType::Block | EntryType::Fifo => {
                 let h = entry.header();
                 let dev = |r: io::Result<Option<u32>>| -> Result<u64, CacheError> {
-                    r.map(|v| u64::from(v.unwrap_or(0))).map_err(|e| {
-                        CacheError::bad_layer(&name, format!("bad device number: {e}"))
-                    })
+                    r.map(|v| u64::from(v.unwrap_or(0)))
+                        .map_err(|cause| CacheError::LayerRead {
+                            entry: name.clone(),
+                            what: "bad device number".into(),
+                            cause,
+                        })
                 };
                 let (sflag, rdev) = match kind {
                     EntryType::Char => (
@@ -413,8 +426,7 @@ pub(crate) fn unpack(root: &Path, reader: impl Read) -> Result<(), CacheError> {
     }
     // Read to EOF: the tar crate stops at the first zero block, and a caller hashing the stream
     // for the layer's diff ID must see every byte, trailing padding included.
-    io::copy(&mut archive.into_inner(), &mut io::sink())
-        .map_err(|e| CacheError::bad_layer("(archive)", format!("cannot read the tar: {e}")))?;
+    io::copy(&mut archive.into_inner(), &mut io::sink()).map_err(unreadable_tar)?;
     for (comps, a) in &dirs {
         // A later entry may have replaced this directory (or a parent, with a symlink):
         // re-check the whole path so nothing outside the snapshot is touched.
@@ -436,6 +448,40 @@ pub(crate) fn unpack(root: &Path, reader: impl Read) -> Result<(), CacheError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream that breaks off after its first bytes, as a cut download does.
+    struct BrokenStream(&'static [u8]);
+
+    impl Read for BrokenStream {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            if self.0.is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionReset,
+                    "the peer hung up",
+                ));
+            }
+            let n = buf.len().min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_broken_layer_stream_keeps_its_io_error_and_says_it_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = unpack(dir.path(), BrokenStream(&[0u8; 100])).unwrap_err();
+        let CacheError::LayerRead { cause, .. } = &err else {
+            panic!("not a LayerRead: {err}");
+        };
+        assert_eq!(cause.kind(), io::ErrorKind::ConnectionReset);
+        // Printed in the text, not again as a source (a chain would print it twice).
+        assert!(std::error::Error::source(&err).is_none());
+        assert_eq!(
+            err.to_string(),
+            "layer tar entry `(archive)`: cannot read the tar: the peer hung up"
+        );
+    }
 
     #[test]
     fn components_are_made_safe() {
