@@ -844,3 +844,34 @@ fn the_cycle_checker_finds_a_cycle_in_every_path_form() {
     let found = cycles(&module_graph(&files));
     assert_eq!(found.len(), 1, "self:: {found:?}");
 }
+
+/// docs/architecture.md's one module layout: `foo.rs` beside `foo/`, never `foo/mod.rs`, in a
+/// crate's sources and its tests alike.
+#[test]
+fn no_module_is_a_mod_rs() {
+    fn walk(dir: &Path, found: &mut Vec<String>) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for entry in entries {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.file_name().is_some_and(|n| n == "mod.rs") {
+                found.push(path.display().to_string());
+            }
+        }
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut found = Vec::new();
+    for dir in ALLOWED.iter().map(|(d, _)| *d).chain(["xtask"]) {
+        for sub in ["src", "tests", "examples", "benches"] {
+            walk(&root.join(dir).join(sub), &mut found);
+        }
+    }
+    walk(&root.join("benches"), &mut found);
+    assert!(
+        found.is_empty(),
+        "`mod.rs` files (write `foo.rs` beside `foo/` instead): {found:?}"
+    );
+}

@@ -12,7 +12,11 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+// `#[path]`: this file is also a test crate of its own (cargo builds every `tests/*.rs`), whose
+// submodules would otherwise be looked for beside it rather than in `common/`.
+#[path = "common/auth.rs"]
 pub mod auth;
+#[path = "common/proxy.rs"]
 pub mod proxy;
 
 pub const TEST_TIMEOUT: Duration = Duration::from_secs(120);
