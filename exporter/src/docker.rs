@@ -86,9 +86,9 @@ pub(crate) fn docker_archive_to<W: Write>(
             std::fs::read(&config_path).map_err(|e| ExportError::read("read", &config_path, e))?;
         verify_bytes(&config_bytes, config_digest)?;
         let config: serde_json::Value =
-            serde_json::from_slice(&config_bytes).map_err(|e| ExportError::Oci {
+            serde_json::from_slice(&config_bytes).map_err(|e| ExportError::OciData {
                 what: format!("config `{config_digest}`"),
-                detail: e.to_string(),
+                cause: Box::new(e),
             })?;
         let diff_ids: Vec<String> = config
             .pointer("/rootfs/diff_ids")

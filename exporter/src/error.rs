@@ -54,6 +54,15 @@ pub enum ExportError {
     #[error("invalid OCI data in {what}: {detail}")]
     Oci { what: String, detail: String },
 
+    /// OCI data that does not build or decode: the oci-spec or JSON error is kept typed, and
+    /// printed in the text only (a holder prints this error as text; as a `source()` too,
+    /// `{:#}` would print it twice).
+    #[error("invalid OCI data in {what}: {cause}")]
+    OciData {
+        what: String,
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
+
     #[error(
         "`{digest}` is not a valid sha256 digest (expected `sha256:` and 64 lowercase hex digits)"
     )]
@@ -69,8 +78,11 @@ pub enum ExportError {
         actual: u64,
     },
 
-    #[error("`{path}` is not a valid OCI layout index: {detail}; choose an empty directory or repair `index.json`")]
-    BadLayoutIndex { path: PathBuf, detail: String },
+    #[error("`{path}` is not a valid OCI layout index: {cause}; choose an empty directory or repair `index.json`")]
+    BadLayoutIndex {
+        path: PathBuf,
+        cause: serde_json::Error,
+    },
 
     #[error("image name `{name}` is not usable as `org.opencontainers.image.ref.name`: {reason}")]
     BadName { name: String, reason: &'static str },

@@ -100,9 +100,9 @@ pub fn fill_rootfs(
         .typ("layers")
         .diff_ids(layers.iter().map(|l| l.diff_id.clone()).collect::<Vec<_>>())
         .build()
-        .map_err(|e| ExportError::Oci {
+        .map_err(|e| ExportError::OciData {
             what: "the image config rootfs".into(),
-            detail: e.to_string(),
+            cause: Box::new(e),
         })?;
     config.set_rootfs(rootfs);
     Ok(())
@@ -221,9 +221,9 @@ pub(crate) fn manifest_bytes(
         .config(descriptor(config_type, config_digest, config_size)?)
         .layers(layer_descs)
         .build()
-        .map_err(|e| ExportError::Oci {
+        .map_err(|e| ExportError::OciData {
             what: "the image manifest".into(),
-            detail: e.to_string(),
+            cause: Box::new(e),
         })?;
     canonical_json(&manifest, "the image manifest")
 }
@@ -233,9 +233,9 @@ pub(crate) fn parse_manifest(
     bytes: &[u8],
     digest: &str,
 ) -> Result<Vec<(String, String, u64)>, ExportError> {
-    let m: ImageManifest = serde_json::from_slice(bytes).map_err(|e| ExportError::Oci {
+    let m: ImageManifest = serde_json::from_slice(bytes).map_err(|e| ExportError::OciData {
         what: format!("manifest `{digest}`"),
-        detail: e.to_string(),
+        cause: Box::new(e),
     })?;
     let mut out = vec![(
         m.config().media_type().to_string(),
@@ -253,9 +253,9 @@ pub(crate) fn index_entries(
     bytes: &[u8],
     digest: &str,
 ) -> Result<Vec<ImageDescriptor>, ExportError> {
-    let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| ExportError::Oci {
+    let index: ImageIndex = serde_json::from_slice(bytes).map_err(|e| ExportError::OciData {
         what: format!("index `{digest}`"),
-        detail: e.to_string(),
+        cause: Box::new(e),
     })?;
     Ok(index
         .manifests()

@@ -89,9 +89,9 @@ pub fn write_image_index(
         .media_type(MediaType::from(media_type))
         .manifests(manifests)
         .build()
-        .map_err(|e| ExportError::Oci {
+        .map_err(|e| ExportError::OciData {
             what: "the image index".into(),
-            detail: e.to_string(),
+            cause: Box::new(e),
         })?;
     let bytes = canonical_json(&index, "the image index")?;
     let (manifest_digest, manifest_size) = store.content().put_bytes(&bytes)?;

@@ -233,9 +233,9 @@ fn index_bytes(manifests: Vec<Descriptor>) -> Result<Vec<u8>, ExportError> {
         .media_type(MediaType::ImageIndex)
         .manifests(manifests)
         .build()
-        .map_err(|e| ExportError::Oci {
+        .map_err(|e| ExportError::OciData {
             what: "the layout index".into(),
-            detail: e.to_string(),
+            cause: Box::new(e),
         })?;
     canonical_json(&index, "the layout index")
 }
@@ -402,7 +402,7 @@ pub(crate) fn write_dir(
             let idx: ImageIndex =
                 serde_json::from_slice(&bytes).map_err(|e| ExportError::BadLayoutIndex {
                     path: index_path.clone(),
-                    detail: e.to_string(),
+                    cause: e,
                 })?;
             idx.manifests().clone()
         }

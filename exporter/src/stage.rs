@@ -127,8 +127,7 @@ impl<'scope, A: Write, S: Write + Send + 'scope> ReadInto for Staged<'scope, A, 
         let n = src.read(&mut self.buf[self.filled..self.filled + want])?;
         self.filled += n;
         if self.filled == STAGE {
-            self.hand_over()
-                .map_err(|e| io::Error::other(SinkError(e.to_string())))?;
+            self.hand_over().map_err(SinkError::wrap)?;
         }
         Ok(n)
     }

@@ -314,17 +314,31 @@ fn direct_error(err: io::Error) -> TarError {
     }
 }
 
-/// Marks an error of a [`ReadInto`] sink as a write error (the others are read errors).
+/// Marks an error of a [`ReadInto`] sink as a write error (the others are read errors). It
+/// reads as the sink's own error, whose kind the wrapping `io::Error` keeps (a full disk stays
+/// one).
 #[derive(Debug)]
-pub(crate) struct SinkError(pub String);
+pub(crate) struct SinkError(pub io::Error);
 
-impl std::fmt::Display for SinkError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
+impl SinkError {
+    /// `e`, marked as the sink's.
+    pub(crate) fn wrap(e: io::Error) -> io::Error {
+        io::Error::new(e.kind(), SinkError(e))
     }
 }
 
-impl std::error::Error for SinkError {}
+impl std::fmt::Display for SinkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for SinkError {
+    /// The sink error's own cause: its text is this error's, so it is not a cause again.
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.0.source()
+    }
+}
 
 /// Splits a path into ustar (prefix, name), or `None` when it needs a PAX/GNU record.
 fn split_ustar_path(path: &[u8]) -> Option<(&[u8], &[u8])> {
@@ -418,6 +432,19 @@ fn set_checksum(h: &mut [u8; BLOCK]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_full_disk_under_a_sink_stays_a_full_disk_said_once() {
+        let e = SinkError::wrap(io::Error::from(io::ErrorKind::StorageFull));
+        assert_eq!(e.kind(), io::ErrorKind::StorageFull);
+        assert!(matches!(
+            crate::ExportError::write("the layer", e),
+            crate::ExportError::DiskFull { .. }
+        ));
+        let e = SinkError::wrap(io::Error::new(io::ErrorKind::BrokenPipe, "the reader left"));
+        assert_eq!(e.to_string(), "the reader left");
+        assert!(std::error::Error::source(&e).is_none_or(|s| s.to_string() != "the reader left"));
+    }
 
     fn one(e: &Entry<'_>, data: &[u8]) -> Vec<u8> {
         let mut w = TarWriter::new(Vec::new());

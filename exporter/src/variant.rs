@@ -201,9 +201,9 @@ fn is_sink_error(e: &io::Error) -> bool {
 fn diff_ids(store: &Store, config_digest: &str) -> Result<Vec<String>, ExportError> {
     let bytes = store.content().read_verified(config_digest)?;
     let config: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| ExportError::Oci {
+        serde_json::from_slice(&bytes).map_err(|e| ExportError::OciData {
             what: format!("config `{config_digest}`"),
-            detail: e.to_string(),
+            cause: Box::new(e),
         })?;
     Ok(config
         .pointer("/rootfs/diff_ids")
