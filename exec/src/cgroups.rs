@@ -85,7 +85,7 @@ impl Limits {
     }
 
     fn resources(&self) -> Result<LinuxResources, ExecError> {
-        let err = |e: oci_spec::OciSpecError| ExecError::Spec(e.to_string());
+        let err = ExecError::Spec;
         let mut r = LinuxResources::default();
         if let Some(bytes) = self.memory {
             let bytes = i64::try_from(bytes).unwrap_or(i64::MAX);

@@ -55,9 +55,26 @@ pub enum ExecError {
         reason: String,
     },
 
-    /// The oci-spec builders rejected a value.
+    /// The oci-spec builders rejected a value. The oci-spec error is printed in the text
+    /// only: the solver prints an `ExecError` as text, and as a `source()` too `{:#}` would
+    /// print it twice.
     #[error("cannot build the OCI runtime spec: {0}")]
-    Spec(String),
+    Spec(oci_spec::OciSpecError),
+
+    /// What kiln hands to its sandbox helper or the OCI runtime does not encode as JSON.
+    #[error("cannot encode {what} as JSON: {cause}")]
+    Json {
+        /// `the spec`, `the exec config`.
+        what: &'static str,
+        cause: serde_json::Error,
+    },
+
+    /// Preparing the container on a blocking thread panicked or was aborted.
+    #[error("sandbox setup failed: {what}: {cause}")]
+    Task {
+        what: &'static str,
+        cause: tokio::task::JoinError,
+    },
 
     /// A file or directory on the host could not be used.
     #[error("{what} `{path}`: {source}")]

@@ -99,7 +99,7 @@ pub(crate) fn provide(
                 .source(source)
                 .options(vec!["rbind".to_string(), "rprivate".to_string()])
                 .build()
-                .map_err(|e| ExecError::Spec(e.to_string()))?,
+                .map_err(ExecError::Spec)?,
         );
     }
     // Before the caller's mounts: a `RUN --mount` at `/etc` must stay on top.

@@ -102,7 +102,7 @@ pub(crate) fn apply(
     ulimits: &[Ulimit],
     extra_hosts: &[(String, String)],
 ) -> Result<(), ExecError> {
-    let err = |e: oci_spec::OciSpecError| ExecError::Spec(e.to_string());
+    let err = ExecError::Spec;
     if let Some(size) = shm_size {
         let mut mounts = spec.mounts().clone().unwrap_or_default();
         for m in mounts

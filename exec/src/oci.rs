@@ -182,7 +182,7 @@ fn refuse_device_nodes(spec: &mut Spec) -> Result<(), ExecError> {
         None => oci_spec::runtime::LinuxSeccompBuilder::default()
             .default_action(oci_spec::runtime::LinuxSeccompAction::ScmpActAllow)
             .build()
-            .map_err(|e| ExecError::Spec(e.to_string()))?,
+            .map_err(ExecError::Spec)?,
     };
     crate::seccomp_profile::refuse_device_nodes(&mut profile)?;
     linux.set_seccomp(Some(profile));
@@ -293,7 +293,7 @@ fn prepare(
         .path(rootfs.target.clone())
         .readonly(scratch || spec_ro)
         .build()
-        .map_err(|e| ExecError::Spec(e.to_string()))?;
+        .map_err(ExecError::Spec)?;
     spec.set_root(Some(root_spec));
     cap_rlimits(&mut spec);
     if runs_without_cgroups(binary) && !device_cgroup {
@@ -303,8 +303,10 @@ fn prepare(
     spec.set_hooks(None);
     let bundle = config.state_dir.join(BUNDLE_DIR);
     std::fs::create_dir_all(&bundle).map_err(io("cannot create the bundle directory", &bundle))?;
-    let json = serde_json::to_vec_pretty(&spec)
-        .map_err(|e| ExecError::Spec(format!("the spec cannot be encoded: {e}")))?;
+    let json = serde_json::to_vec_pretty(&spec).map_err(|cause| ExecError::Json {
+        what: "the spec",
+        cause,
+    })?;
     let path = bundle.join("config.json");
     std::fs::write(&path, json).map_err(io("cannot write", &path))?;
     Ok(Prepared {
@@ -344,7 +346,7 @@ fn rootless_mounts(mounts: Vec<Mount>, spec: &Spec) -> Result<Vec<Mount>, ExecEr
                             .collect::<Vec<_>>(),
                     )
                     .build()
-                    .map_err(|e| ExecError::Spec(e.to_string()));
+                    .map_err(ExecError::Spec);
             }
             if typ == "devpts" && !subids {
                 let mut m = m;
@@ -404,7 +406,7 @@ fn without_device_nodes(mounts: Vec<Mount>, bind_devices: bool) -> Result<Vec<Mo
                         .source(host)
                         .options(vec!["bind".to_string(), "nosuid".to_string()])
                         .build()
-                        .map_err(|e| ExecError::Spec(e.to_string()))?,
+                        .map_err(ExecError::Spec)?,
                 );
             }
         }
@@ -501,7 +503,10 @@ pub(crate) async fn run(
     let prepared =
         tokio::task::spawn_blocking(move || prepare(&config, &init, &runtime, device_cgroup))
             .await
-            .map_err(|e| ExecError::Setup(format!("the bundle preparation failed: {e}")))??;
+            .map_err(|cause| ExecError::Task {
+                what: "the bundle preparation stopped",
+                cause,
+            })??;
     let runtime_root = state_dir.join(RUNTIME_ROOT);
     let log = state_dir.join(RUNTIME_LOG);
     let _ = tokio::fs::remove_file(&log).await;

@@ -108,8 +108,10 @@ pub async fn run(
         state_dir: config.state_dir,
     };
     let wire_state_dir = wire.state_dir.clone();
-    let payload = serde_json::to_vec(&wire)
-        .map_err(|e| ExecError::InvalidConfig(format!("the spec cannot be encoded: {e}")))?;
+    let payload = serde_json::to_vec(&wire).map_err(|cause| ExecError::Json {
+        what: "the spec",
+        cause,
+    })?;
 
     let spawn_err = |e: nix::Error| ExecError::Spawn {
         exe: exe.clone(),
@@ -236,7 +238,10 @@ pub fn enter(req: EnterRequest) -> Result<i32, ExecError> {
         seccomp: req.seccomp,
         user: req.user,
     })
-    .map_err(|e| ExecError::InvalidConfig(format!("the exec config cannot be encoded: {e}")))?;
+    .map_err(|cause| ExecError::Json {
+        what: "the exec config",
+        cause,
+    })?;
     let spawn_err = |e: nix::Error| ExecError::Spawn {
         exe: exe.clone(),
         source: e.into(),

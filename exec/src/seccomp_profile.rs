@@ -442,7 +442,7 @@ const CLONE_NAMESPACE_FLAGS: u64 = 0x7E02_0000;
 const PERSONALITIES: [u64; 5] = [0x0, 0x0008, 0x20000, 0x20008, 0xffff_ffff];
 
 fn spec_err(e: oci_spec::OciSpecError) -> ExecError {
-    ExecError::Spec(e.to_string())
+    ExecError::Spec(e)
 }
 
 fn names(list: &[&str]) -> Vec<String> {

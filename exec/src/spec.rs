@@ -69,7 +69,7 @@ pub(crate) const DOCKER_CAPS: &[Capability] = &[
 ];
 
 fn spec_err(e: oci_spec::OciSpecError) -> ExecError {
-    ExecError::Spec(e.to_string())
+    ExecError::Spec(e)
 }
 
 fn mount(dest: &str, typ: &str, source: &str, options: &[&str]) -> Result<Mount, ExecError> {

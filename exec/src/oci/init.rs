@@ -84,7 +84,7 @@ pub(crate) fn mount(binary: &Path) -> Result<Mount, ExecError> {
                 .collect::<Vec<_>>(),
         )
         .build()
-        .map_err(|e| ExecError::Spec(e.to_string()))
+        .map_err(ExecError::Spec)
 }
 
 /// Make the spec's process `INIT_PATH -- ARGS...`; the rest of the process (user, env, cwd,
