@@ -690,13 +690,16 @@ fn write_metadata(
 ) -> Result<()> {
     let mut m = serde_json::json!({
         "containerimage.digest": r.manifest_digest,
-        "containerimage.config.digest": r.config_digest,
         "containerimage.descriptor": {
             "mediaType": r.media_type,
             "digest": r.manifest_digest,
             "size": r.manifest_size,
         },
     });
+    // BuildKit names a config only for a single image: an index has one per platform.
+    if !r.is_index() {
+        m["containerimage.config.digest"] = serde_json::Value::String(r.config_digest.clone());
+    }
     if !tags.is_empty() {
         m["image.name"] = serde_json::Value::String(tags.join(","));
     }

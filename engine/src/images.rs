@@ -24,6 +24,9 @@ pub struct ImageSummary {
     pub created: Option<String>,
     /// The layers' sizes as stored, plus the config's.
     pub size: u64,
+    /// `os/arch[/variant]` of each image an index lists, in its order; of the image itself for
+    /// a single manifest.
+    pub platforms: Vec<String>,
 }
 
 /// Reads a blob of the store at `root` without its lock: blobs never change once written.
@@ -60,6 +63,41 @@ fn image_manifest(root: &Path, digest: &str) -> Result<(String, Value)> {
     Ok((pick.to_string(), m))
 }
 
+/// `os/arch[/variant]` of a descriptor's `platform` or of an image config.
+fn platform_name(p: &Value) -> Option<String> {
+    let s = |k: &str| p.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
+    let mut name = format!("{}/{}", s("os")?, s("architecture")?);
+    if let Some(v) = s("variant") {
+        name = format!("{name}/{v}");
+    }
+    Some(name)
+}
+
+/// The platforms a record holds: an index's entries (attestations and entries without a
+/// platform left out), else its image config's.
+fn platforms_of(root: &Path, digest: &str, config_digest: &str) -> Vec<String> {
+    let top = read_blob(root, digest)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
+    if let Some(entries) = top
+        .as_ref()
+        .and_then(|m| m.get("manifests"))
+        .and_then(Value::as_array)
+    {
+        return entries
+            .iter()
+            .filter_map(|e| e.get("platform").and_then(platform_name))
+            .filter(|p| p != "unknown/unknown")
+            .collect();
+    }
+    read_blob(root, config_digest)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|c| platform_name(&c))
+        .into_iter()
+        .collect()
+}
+
 fn summary(root: &Path, r: ImageRecord) -> Result<ImageSummary> {
     let (_, manifest) = image_manifest(root, &r.digest)?;
     let id = manifest
@@ -67,6 +105,7 @@ fn summary(root: &Path, r: ImageRecord) -> Result<ImageSummary> {
         .and_then(Value::as_str)
         .with_context(|| format!("manifest `{}` has no config", r.digest))?
         .to_string();
+    let platforms = platforms_of(root, &r.digest, &id);
     let size = manifest
         .get("layers")
         .and_then(Value::as_array)
@@ -88,6 +127,7 @@ fn summary(root: &Path, r: ImageRecord) -> Result<ImageSummary> {
         media_type: r.media_type,
         created: r.created,
         size,
+        platforms,
     })
 }
 
