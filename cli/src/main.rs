@@ -557,18 +557,26 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
                     r.snapshots_removed.len()
                 );
             }
+            if r.meta_rows_removed > 0 {
+                println!(
+                    "{} memo and alias rows naming a snapshot or cache result that is gone: removed",
+                    r.meta_rows_removed
+                );
+            }
             println!(
-                "checked {} blobs: {} corrupt, {} images removed, {} layer records removed, {} snapshots removed",
+                "checked {} blobs: {} corrupt, {} images removed, {} layer records removed, {} snapshots removed, {} memo and alias rows removed",
                 r.blobs_checked,
                 r.corrupt_blobs.len(),
                 r.images_removed.len(),
                 r.layer_records_removed,
-                r.snapshots_removed.len()
+                r.snapshots_removed.len(),
+                r.meta_rows_removed
             );
             let clean = r.corrupt_blobs.is_empty()
                 && r.images_removed.is_empty()
                 && r.layer_records_removed == 0
-                && r.snapshots_removed.is_empty();
+                && r.snapshots_removed.is_empty()
+                && r.meta_rows_removed == 0;
             Ok(if clean { 0 } else { 1 })
         }
         Command::Pull(p) => transfer::pull(&engine, p).await,
