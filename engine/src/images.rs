@@ -45,6 +45,11 @@ fn parse_json(bytes: &[u8], what: &str) -> Result<Value> {
 /// platform (else its first entry).
 fn image_manifest(root: &Path, digest: &str) -> Result<(String, Value)> {
     let m = parse_json(&read_blob(root, digest)?, &format!("manifest `{digest}`"))?;
+    pick_manifest(root, digest, m)
+}
+
+/// [`image_manifest`] of the manifest or index `m`, already read.
+fn pick_manifest(root: &Path, digest: &str, m: Value) -> Result<(String, Value)> {
     let Some(entries) = m.get("manifests").and_then(Value::as_array) else {
         return Ok((digest.to_string(), m));
     };
@@ -75,15 +80,8 @@ fn platform_name(p: &Value) -> Option<String> {
 
 /// The platforms a record holds: an index's entries (attestations and entries without a
 /// platform left out), else its image config's.
-fn platforms_of(root: &Path, digest: &str, config_digest: &str) -> Vec<String> {
-    let top = read_blob(root, digest)
-        .ok()
-        .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-    if let Some(entries) = top
-        .as_ref()
-        .and_then(|m| m.get("manifests"))
-        .and_then(Value::as_array)
-    {
+fn platforms_of(root: &Path, top: &Value, config_digest: &str) -> Vec<String> {
+    if let Some(entries) = top.get("manifests").and_then(Value::as_array) {
         return entries
             .iter()
             .filter_map(|e| e.get("platform").and_then(platform_name))
@@ -99,13 +97,17 @@ fn platforms_of(root: &Path, digest: &str, config_digest: &str) -> Vec<String> {
 }
 
 fn summary(root: &Path, r: ImageRecord) -> Result<ImageSummary> {
-    let (_, manifest) = image_manifest(root, &r.digest)?;
+    let top = parse_json(
+        &read_blob(root, &r.digest)?,
+        &format!("manifest `{}`", r.digest),
+    )?;
+    let (_, manifest) = pick_manifest(root, &r.digest, top.clone())?;
     let id = manifest
         .pointer("/config/digest")
         .and_then(Value::as_str)
         .with_context(|| format!("manifest `{}` has no config", r.digest))?
         .to_string();
-    let platforms = platforms_of(root, &r.digest, &id);
+    let platforms = platforms_of(root, &top, &id);
     let size = manifest
         .get("layers")
         .and_then(Value::as_array)
