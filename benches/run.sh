@@ -6,8 +6,9 @@
 #
 # usage: benches/run.sh [--runs N] [--cases LIST] [--no-peers] [--work DIR] [--keep]
 #   --runs N      timed runs per case and tool (default 3; the median is reported)
-#   --cases LIST  comma-separated subset of:
-#                 manyfiles,noop,incremental,parallel,chain,bigfile,target,incremental-bind,ci
+#   --cases LIST  comma-separated subset of (default all but multiplatform):
+#                 manyfiles,noop,incremental,parallel,chain,bigfile,target,incremental-bind,ci,
+#                 multiplatform
 #   --no-peers    measure kiln only
 #   --work DIR    where contexts, stores and logs go (default /var/tmp/kiln-bench)
 # env: KILN (the kiln binary; `cargo xtask bench` passes target/release/kiln), PEERS_DIR
@@ -32,6 +33,11 @@
 #     (mode=max) to the registry; ci-cached rebuilds it from that cache and pushes the image;
 #     ci-changed does the same after one source file was rewritten. Each run and tool uses its
 #     own repositories, so every push uploads every blob.
+#   multiplatform: kiln and BuildKit only, one cold build for linux/amd64,linux/arm64 (kiln from
+#     a fresh store holding only the base index, BuildKit `--no-cache`), the arm64 `RUN`s of the
+#     final stage emulated by the host's QEMU binfmt_misc handlers (`kiln setup emulators`); the
+#     base index (Debian's busybox-static for both) is pushed once, untimed, by kiln. Also
+#     prints each tool's emulated share. Needs the arm64 busybox of `cargo xtask setup`.
 # Peak memory is the largest resident set among the timed command's own processes (GNU time's
 # %M); the peers' daemons (dockerd) are not in it.
 set -euo pipefail
@@ -89,16 +95,19 @@ if [ "$use_peers" = 1 ]; then
         log "BuildKit is not running: start it with $PEERS_DIR/buildkit.sh to compare with it"
     fi
 fi
-bk_cases=" incremental-bind ci "
+bk_cases=" incremental-bind ci multiplatform "
 curl -fsS -o /dev/null --max-time 3 "http://${BASE_IMAGE%%/*}/v2/" 2>/dev/null ||
     die "no registry answers for \`$BASE_IMAGE\`: run $PEERS_DIR/setup.sh (or set BASE_IMAGE)"
 
 mkdir -p "$work/logs"
 ctx="$work/ctx"
 log "generating contexts in $ctx"
-"$here/gen.sh" "$ctx" "$BASE_IMAGE"
+contexts=$(echo ",$cases," | sed 's/,noop,/,manyfiles,/; s/,incremental,/,manyfiles,/; s/,ci,/,manyfiles,ci,/; s/^,//; s/,$//')
+"$here/gen.sh" "$ctx" "$BASE_IMAGE" "$contexts"
 results="$work/results.tsv"
 : >"$results"
+emulated="$work/emulated.tsv"
+: >"$emulated"
 
 # ---------------------------------------------------------------- running and timing
 # measure TOOL CASE RUN CMD...: runs CMD, appends "TOOL CASE MS KB" to the results.
@@ -165,8 +174,57 @@ buildkit_ci() { # buildkit_ci CONTEXT ARGS...: a build of the ci case, result an
 buildkit_empty() {
     "$BUILDCTL" prune --all >/dev/null 2>&1 || die "\`$BUILDCTL prune --all\` failed"
 }
+# The multiplatform case: its platforms and its base, an index of Debian's busybox-static for
+# amd64 and arm64 in the peers' registry.
+mp_platforms=linux/amd64,linux/arm64
+mp_base=${BASE_IMAGE%%/*}/kiln-bench/busybox-multi:latest
+mp_seed() { # pushes the base index with kiln, untimed, unless the registry has it
+    local seed=$work/mp-seed arm64_busybox=${KILN_TEST_ARM64_BUSYBOX:-/usr/local/lib/kiln-test/arm64/busybox}
+    if skopeo inspect --raw --tls-verify=false "docker://$mp_base" 2>/dev/null | grep -q arm64; then
+        return 0
+    fi
+    [ -x "$arm64_busybox" ] || die "no arm64 busybox at $arm64_busybox: run \`cargo xtask setup\`"
+    log "pushing the two-platform base $mp_base"
+    rm -rf "$seed"; mkdir -p "$seed/ctx"
+    sh "$root/testdata/make-busybox-rootfs.sh" "$seed/amd64"
+    BUSYBOX=$arm64_busybox BUSYBOX_EMULATOR=/usr/bin/qemu-aarch64-static \
+        sh "$root/testdata/make-busybox-rootfs.sh" "$seed/arm64"
+    {
+        KILN_ROOT=$seed/store "$KILN" import --change 'CMD ["sh"]' "$seed/amd64" bb-amd64 &&
+        KILN_ROOT=$seed/store "$KILN" import --platform linux/arm64 --change 'CMD ["sh"]' "$seed/arm64" bb-arm64 &&
+        echo 'FROM bb-$TARGETARCH' >"$seed/ctx/Dockerfile" &&
+        KILN_ROOT=$seed/store "$KILN" build --progress plain --platform "$mp_platforms" \
+            -o "type=registry,name=$mp_base" "$seed/ctx"
+    } >"$work/logs/mp-seed.log" 2>&1 || die "cannot push the base: see $work/logs/mp-seed.log"
+    rm -rf "$seed"
+}
+kiln_fresh_multi() { # a store holding only the base index
+    local s
+    s=$(kiln_store "$1")
+    if [ -d "$s" ]; then mv "$s" "$work/old-store-$1-$(date +%s%N)"; fi
+    KILN_ROOT=$s "$KILN" pull --all-platforms "$mp_base" >/dev/null 2>&1 ||
+        die "kiln cannot pull \`$mp_base\`: see \`KILN_ROOT=$s $KILN pull --all-platforms $mp_base\`"
+}
+buildkit_multi() { # buildkit_multi CONTEXT BASE PLATFORMS: nothing cached, image into its store
+    "$BUILDCTL" build --progress plain --no-cache --frontend dockerfile.v0 --local "context=$1" \
+        --local "dockerfile=$1" --opt "platform=$3" --opt "build-arg:BASE=$2" \
+        --output type=image,name=bench-multiplatform
+}
+# mp_emulated TOOL LOG: appends "TOOL EMULATED_S STEPS_S" from the plain progress in LOG: the
+# summed last DONE time of the final stage's arm64 `RUN` steps (BuildKit repeats a vertex's
+# DONE line as its progress is redrawn) and of every step. Both builders name those steps
+# `[linux/arm64 stage-1 N/M] RUN ...`.
+mp_emulated() {
+    [ -f "$2" ] || return 0
+    awk -v tool="$1" '
+        /^#[0-9]+ \[/ { n = $1; name[n] = $0 }
+        /^#[0-9]+ DONE [0-9.]+s$/ { t = $3; sub(/s$/, "", t); done[$1] = t }
+        END { for (v in done) { all += done[v]
+                  if (name[v] ~ /\[linux\/arm64 stage-1 [0-9]+\/[0-9]+\] RUN/) emu += done[v] }
+              printf "%s\t%.2f\t%.2f\n", tool, emu, all }' "$2" >>"$emulated"
+}
 # The timed commands run in `bash -c` under GNU time: they need these functions and settings.
-export -f kiln_build buildah_build docker_build buildkit_build buildkit_ci kiln_store
+export -f kiln_build buildah_build docker_build buildkit_build buildkit_ci buildkit_multi kiln_store
 if declare -F peers_buildah >/dev/null; then export -f peers_buildah; fi
 export KILN work DOCKER PEERS_BUILDAH_ROOT PEERS_BUILDAH_RUNROOT BUILDCTL BUILDKIT_HOST
 
@@ -309,6 +367,22 @@ for case in "${selected[@]}"; do
                     done
                 done
                 ;;
+            multiplatform)
+                [ "$run" = 1 ] && mp_seed
+                for tool in "${tools[@]}"; do
+                    logf="$work/logs/multiplatform-$tool-$run.log"
+                    case $tool in
+                        kiln) kiln_fresh_multi mp
+                              measure kiln multiplatform "$run" bash -c 'kiln_build mp "$@"' _ \
+                                  "$ctx/multiplatform" --platform "$mp_platforms" \
+                                  --build-arg "BASE=$mp_base" -t bench-multiplatform
+                              mp_emulated kiln "$logf" ;;
+                        buildkit) measure buildkit multiplatform "$run" bash -c 'buildkit_multi "$@"' _ \
+                                      "$ctx/multiplatform" "$mp_base" "$mp_platforms"
+                                  mp_emulated buildkit "$logf" ;;
+                    esac
+                done
+                ;;
             noop|incremental)
                 if [ "$warmed" = 0 ]; then warm_up; warmed=1; fi
                 if [ "$case" = incremental ]; then
@@ -372,7 +446,26 @@ END {
     }
 }' "$results" | tee "$work/results.txt"
 echo "(median wall seconds of $runs runs, peak RSS MB in brackets; raw data: $results; logs: $work/logs)"
+if [ -s "$emulated" ]; then
+    echo
+    awk -F'\t' '
+    function median(list,   n, a, i, j, x) {
+        n = split(list, a, " ")
+        for (i = 2; i <= n; i++) { x = a[i]; j = i - 1; while (j > 0 && a[j] + 0 > x + 0) { a[j + 1] = a[j]; j-- } a[j + 1] = x }
+        if (n % 2) return a[(n + 1) / 2]
+        return (a[n / 2] + a[n / 2 + 1]) / 2
+    }
+    { emu[$1] = emu[$1] " " $2; all[$1] = all[$1] " " $3 }
+    END {
+        printf "%-14s %16s %16s %14s\n", "multiplatform", "arm64 RUNs s", "all steps s", "emulated share"
+        for (t in emu) {
+            em = median(emu[t]); st = median(all[t])
+            printf "%-14s %16.2f %16.2f %13.0f%%\n", t, em, st, (st > 0 ? 100 * em / st : 0)
+        }
+    }' "$emulated" | tee -a "$work/results.txt"
+    echo "(medians; emulated share: the final stage's arm64 RUN steps over the summed time of every step, which overlap, so not a share of the wall time)"
+fi
 
 if [ "$keep" = 0 ]; then
-    rm -rf "$(kiln_store kiln)" "$(kiln_store kiln-j1)"
+    rm -rf "$(kiln_store kiln)" "$(kiln_store kiln-j1)" "$(kiln_store mp)"
 fi

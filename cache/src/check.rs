@@ -1,6 +1,7 @@
 //! `kiln check`: verifies the whole store and drops what is bad, so nothing left names content
 //! that is not there: blobs that no longer hash to their name, the images and records that need
-//! them, and snapshot records whose directory is gone.
+//! them, snapshot records whose directory is gone, and the memo and alias rows of snapshots and
+//! results no longer recorded.
 
 use std::collections::{HashMap, HashSet};
 
@@ -26,6 +27,9 @@ pub struct CheckReport {
     pub layer_records_removed: usize,
     /// Snapshot records removed because their directory is gone (with what builds on them).
     pub snapshots_removed: Vec<SnapshotId>,
+    /// `meta` rows removed because the snapshot they memoise (a selection checksum) or the
+    /// result they alias (a selection key) is no longer recorded.
+    pub meta_rows_removed: usize,
 }
 
 /// Manifests and indexes are small; never parse a layer as JSON.
@@ -77,6 +81,7 @@ impl Store {
         }
 
         report.snapshots_removed = self.drop_snapshots_without_dirs()?;
+        report.meta_rows_removed = self.drop_dangling_meta()?;
         Ok(report)
     }
 
@@ -187,6 +192,24 @@ impl Store {
         }
         db.commit(txn)?;
         Ok(removed)
+    }
+
+    /// Removes the `meta` rows of snapshots and results no longer recorded (dropped above, or
+    /// left by an older kiln or a crash between two writes); returns how many. A memo of a
+    /// missing snapshot is harmless until its id is reused, an alias to a missing result is a
+    /// look-up that always misses: neither should stay.
+    fn drop_dangling_meta(&self) -> Result<usize, CacheError> {
+        let live_snapshots: HashSet<SnapshotId> = self
+            .snapshots()
+            .list()?
+            .into_iter()
+            .map(|(id, _)| id)
+            .collect();
+        let live_results: HashSet<String> =
+            self.index().list()?.into_iter().map(|(k, _)| k).collect();
+        let doomed = self.index().meta_dangling(&live_snapshots, &live_results)?;
+        self.index().meta_remove_many(&doomed)?;
+        Ok(doomed.len())
     }
 
     /// Removes the records of snapshots whose directory is missing, with every snapshot built on
@@ -303,6 +326,47 @@ mod tests {
         fs::write(store.content().path(&child).unwrap(), b"{}x").unwrap();
         let report = store.check().unwrap();
         assert_eq!(report.images_removed, vec![("multi".to_string(), child)]);
+    }
+
+    #[test]
+    fn memo_and_alias_rows_of_missing_snapshots_and_results_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let kept = store.snapshots().create(None).unwrap();
+        let gone = store.snapshots().create(None).unwrap();
+        let index = store.index();
+        let result = crate::CachedResult {
+            snapshot: Some(kept),
+            created_unix: 1,
+        };
+        index.put("key-kept", &result).unwrap();
+        index.snapshot_meta_put(kept, "sum/a", "x").unwrap();
+        index.snapshot_meta_put(gone, "sum/a", "y").unwrap();
+        index.alias_put("selection/1", "key-kept").unwrap();
+        index
+            .alias_put("selection/2", "key-never-recorded")
+            .unwrap();
+        index.meta_put("blob-source:other", "z").unwrap();
+        fs::remove_dir_all(store.snapshots().fs_dir(gone)).unwrap();
+
+        let report = store.check().unwrap();
+        assert_eq!(report.snapshots_removed, vec![gone]);
+        assert_eq!(report.meta_rows_removed, 2);
+        assert_eq!(
+            index.snapshot_meta_get(kept, "sum/a").unwrap().as_deref(),
+            Some("x")
+        );
+        assert_eq!(index.snapshot_meta_get(gone, "sum/a").unwrap(), None);
+        assert_eq!(
+            index.alias_get("selection/1").unwrap().as_deref(),
+            Some("key-kept")
+        );
+        assert_eq!(index.alias_get("selection/2").unwrap(), None);
+        assert_eq!(
+            index.meta_get("blob-source:other").unwrap().as_deref(),
+            Some("z")
+        );
+        assert_eq!(store.check().unwrap().meta_rows_removed, 0);
     }
 
     #[test]

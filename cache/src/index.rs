@@ -463,6 +463,28 @@ impl CacheIndex {
             .collect())
     }
 
+    /// The `meta` rows that outlived what they are about: a snapshot's memo whose snapshot is
+    /// not in `live_snapshots`, an alias whose result key is not in `live_results`.
+    pub(crate) fn meta_dangling(
+        &self,
+        live_snapshots: &std::collections::HashSet<SnapshotId>,
+        live_results: &std::collections::HashSet<String>,
+    ) -> Result<Vec<String>, CacheError> {
+        Ok(self
+            .meta_list()?
+            .into_iter()
+            .filter(|(k, v)| {
+                let dead_snap = k
+                    .strip_prefix(SNAPSHOT_META)
+                    .and_then(|rest| rest.split('/').next())
+                    .and_then(|id| id.parse().ok())
+                    .is_some_and(|id| !live_snapshots.contains(&SnapshotId(id)));
+                dead_snap || (k.starts_with(RESULT_ALIAS) && !live_results.contains(v))
+            })
+            .map(|(k, _)| k)
+            .collect())
+    }
+
     /// Removes `meta` rows in one transaction.
     pub(crate) fn meta_remove_many(&self, keys: &[String]) -> Result<(), CacheError> {
         if keys.is_empty() {

@@ -154,17 +154,19 @@ pub(crate) fn list(root: &Path, a: &ImagesArgs) -> Result<i32> {
         return Ok(0);
     }
     println!(
-        "{:<50} {:<14} {:<14} {:<25} SIZE",
-        "NAME", "IMAGE ID", "DIGEST", "CREATED"
+        "{:<50} {:<14} {:<14} {:<25} {:<10} PLATFORMS",
+        "NAME", "IMAGE ID", "DIGEST", "CREATED", "SIZE"
     );
     for i in images {
+        // An index's ID and size are those of the image for this host (else its first).
         println!(
-            "{:<50} {:<14} {:<14} {:<25} {}",
+            "{:<50} {:<14} {:<14} {:<25} {:<10} {}",
             i.name.as_deref().unwrap_or("<none>"),
             kiln_engine::short_id(&i.id),
             kiln_engine::short_id(&i.manifest_digest),
             i.created.as_deref().unwrap_or(""),
-            human_size(i.size)
+            human_size(i.size),
+            i.platforms.join(",")
         );
     }
     Ok(0)

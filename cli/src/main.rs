@@ -557,18 +557,26 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
                     r.snapshots_removed.len()
                 );
             }
+            if r.meta_rows_removed > 0 {
+                println!(
+                    "{} memo and alias rows naming a snapshot or cache result that is gone: removed",
+                    r.meta_rows_removed
+                );
+            }
             println!(
-                "checked {} blobs: {} corrupt, {} images removed, {} layer records removed, {} snapshots removed",
+                "checked {} blobs: {} corrupt, {} images removed, {} layer records removed, {} snapshots removed, {} memo and alias rows removed",
                 r.blobs_checked,
                 r.corrupt_blobs.len(),
                 r.images_removed.len(),
                 r.layer_records_removed,
-                r.snapshots_removed.len()
+                r.snapshots_removed.len(),
+                r.meta_rows_removed
             );
             let clean = r.corrupt_blobs.is_empty()
                 && r.images_removed.is_empty()
                 && r.layer_records_removed == 0
-                && r.snapshots_removed.is_empty();
+                && r.snapshots_removed.is_empty()
+                && r.meta_rows_removed == 0;
             Ok(if clean { 0 } else { 1 })
         }
         Command::Pull(p) => transfer::pull(&engine, p).await,
@@ -690,13 +698,16 @@ fn write_metadata(
 ) -> Result<()> {
     let mut m = serde_json::json!({
         "containerimage.digest": r.manifest_digest,
-        "containerimage.config.digest": r.config_digest,
         "containerimage.descriptor": {
             "mediaType": r.media_type,
             "digest": r.manifest_digest,
             "size": r.manifest_size,
         },
     });
+    // BuildKit names a config only for a single image: an index has one per platform.
+    if !r.is_index() {
+        m["containerimage.config.digest"] = serde_json::Value::String(r.config_digest.clone());
+    }
     if !tags.is_empty() {
         m["image.name"] = serde_json::Value::String(tags.join(","));
     }

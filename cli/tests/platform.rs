@@ -661,13 +661,67 @@ fn cross_compiling_dockerfile_shares_its_build_stage_across_platforms() {
         log.contains("[linux/arm64 stage-1 3/3] RUN uname -m > /arch"),
         "{log}"
     );
-    assert!(log.contains("[build 2/3] RUN echo"), "{log}");
+    // Step names as BuildKit's for several platforms: the stage's platform, and the target
+    // when the stage's `TARGETARCH` names another one.
+    assert!(log.contains("[linux/amd64 build 2/3] RUN echo"), "{log}");
+    assert!(
+        log.contains("[linux/amd64->arm64 build 3/3] RUN echo \"built on"),
+        "{log}"
+    );
+    assert!(
+        log.contains("[linux/amd64 build 3/3] RUN echo \"built on"),
+        "{log}"
+    );
     // `type=local`: one directory per platform, as BuildKit's platform-split names them.
     let read = |p: &str| std::fs::read_to_string(local.join(p)).unwrap();
     assert_eq!(read("linux_amd64/arch"), "x86_64\n");
     assert_eq!(read("linux_arm64/arch"), "aarch64\n");
     assert_eq!(read("linux_arm64/tool"), "built on x86_64 for arm64\n");
     assert_eq!(read("linux_amd64/deps"), "deps\n");
+
+    // `type=tar`: the same split inside one tar, each platform's top directory 0755 and dated
+    // the epoch, as BuildKit's tar exporter writes it.
+    let fs_tar = dest.path().join("fs.tar");
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "--output",
+            &format!("type=tar,dest={}", fs_tar.display()),
+        ],
+    );
+    assert_ok(
+        &out,
+        "kiln build --platform linux/amd64,linux/arm64 -o type=tar",
+    );
+    let mut entries = std::collections::BTreeMap::new();
+    let mut tops = Vec::new();
+    let mut archive = tar::Archive::new(std::fs::File::open(&fs_tar).unwrap());
+    for e in archive.entries().unwrap() {
+        let mut e = e.unwrap();
+        let path = e.path().unwrap().to_string_lossy().into_owned();
+        let h = e.header();
+        if !path.trim_end_matches('/').contains('/') {
+            tops.push((path.clone(), h.mode().unwrap(), h.mtime().unwrap()));
+        }
+        let mut body = String::new();
+        if h.entry_type().is_file() && (path.ends_with("/arch") || path.ends_with("/tool")) {
+            std::io::Read::read_to_string(&mut e, &mut body).unwrap();
+            entries.insert(path, body);
+        }
+    }
+    assert_eq!(
+        tops,
+        [
+            ("linux_amd64/".to_string(), 0o755, 0),
+            ("linux_arm64/".to_string(), 0o755, 0)
+        ]
+    );
+    assert_eq!(entries["linux_amd64/arch"], "x86_64\n");
+    assert_eq!(entries["linux_arm64/arch"], "aarch64\n");
+    assert_eq!(entries["linux_arm64/tool"], "built on x86_64 for arm64\n");
 
     // `type=oci`: a layout whose image is the index of both platforms.
     let archive = dest.path().join("multi.tar");
@@ -702,6 +756,96 @@ fn cross_compiling_dockerfile_shares_its_build_stage_across_platforms() {
         ],
     );
     assert!(arm.contains("\"Architecture\": \"arm64\""), "{arm}");
+
+    // `--metadata-file` names the index, and no config (an index has one per platform), as
+    // BuildKit's; `kiln images` lists the index's platforms.
+    let meta = dest.path().join("meta.json");
+    let out = build(
+        &k,
+        ctx.path(),
+        &[
+            "--platform",
+            "linux/amd64,linux/arm64",
+            "-t",
+            "multi:1",
+            "--metadata-file",
+            meta.to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "kiln build -t multi:1 --metadata-file");
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&meta).unwrap()).unwrap();
+    let layout: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(k.root.path().join("images/index.json")).unwrap(),
+    )
+    .unwrap();
+    let index_digest = layout["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| {
+            m["annotations"]["org.opencontainers.image.ref.name"] == "docker.io/library/multi:1"
+        })
+        .map(|m| m["digest"].clone())
+        .unwrap_or_else(|| panic!("no multi:1 in {layout}"));
+    assert_eq!(meta["containerimage.digest"], index_digest, "{meta}");
+    assert_eq!(
+        meta["containerimage.descriptor"]["mediaType"],
+        "application/vnd.oci.image.index.v1+json"
+    );
+    assert!(meta.get("containerimage.config.digest").is_none(), "{meta}");
+    let images = run_out(&k, &["images"]);
+    let line = images
+        .lines()
+        .find(|l| l.starts_with("docker.io/library/multi:1 "))
+        .unwrap_or_else(|| panic!("{images}"));
+    assert!(line.ends_with(" linux/amd64,linux/arm64"), "{images}");
+    assert!(
+        images.lines().next().unwrap().ends_with(" PLATFORMS"),
+        "{images}"
+    );
+}
+
+#[test]
+fn debug_llb_of_several_platforms_is_the_one_graph_a_build_solves() {
+    let ctx = temp_context("kiln-ctx-", &[("Dockerfile", CROSS_DOCKERFILE)]);
+    let out = Kiln::new().run(&[
+        "debug",
+        "llb",
+        "--platform",
+        "linux/amd64,linux/arm64",
+        ctx.path().to_str().unwrap(),
+    ]);
+    assert_ok(&out, "kiln debug llb --platform linux/amd64,linux/arm64");
+    let doc: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let names: Vec<&str> = doc["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|o| o["metadata"]["name"].as_str())
+        .collect();
+    let count = |prefix: &str| names.iter().filter(|n| n.starts_with(prefix)).count();
+    // The shared step is one op; the per-target ones name their platform as BuildKit does.
+    assert_eq!(count("[linux/amd64 build 2/3] RUN echo"), 1, "{names:?}");
+    assert_eq!(
+        count("[linux/amd64->arm64 build 3/3] RUN echo"),
+        1,
+        "{names:?}"
+    );
+    assert_eq!(count("[linux/amd64 build 3/3] RUN echo"), 1, "{names:?}");
+    assert_eq!(
+        count("[linux/arm64 stage-1 3/3] RUN uname -m"),
+        1,
+        "{names:?}"
+    );
+    let platforms = doc["platforms"].as_array().unwrap();
+    let listed: Vec<&str> = platforms
+        .iter()
+        .map(|p| p["platform"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["linux/amd64", "linux/arm64"]);
+    assert_ne!(platforms[0]["root"], platforms[1]["root"]);
+    assert_eq!(platforms[1]["image_config"]["architecture"], "arm64");
 }
 
 #[test]

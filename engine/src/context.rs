@@ -125,14 +125,6 @@ fn lexical_absolute(path: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
-/// The platform a build is for: `--platform` when given, else the engine's (this host's).
-pub(crate) fn build_platform(given: Option<&str>, default: &Platform) -> Result<Platform> {
-    match given {
-        Some(p) => Platform::parse(p).context("`kiln build --platform`"),
-        None => Ok(default.clone()),
-    }
-}
-
 /// The platforms this host runs without emulation: its own, and 32-bit x86 on an amd64 host.
 pub(crate) fn native_platforms(host: &Platform) -> Vec<Platform> {
     let mut native = vec![host.clone()];

@@ -5,7 +5,7 @@
 //! `.dockerignore` and the flags. `llb` with the engine ([`debug_llb_resolved`]) resolves base
 //! images as a build does instead, so their config, ENV and ONBUILD triggers show in the graph.
 
-use crate::{context, BuildRequest};
+use crate::{context, platforms, BuildRequest};
 use anyhow::{Context, Result};
 use kiln_registry::Reference;
 use std::path::Path;
@@ -34,72 +34,99 @@ pub fn debug_parse(path: &Path) -> Result<(String, Vec<String>)> {
 
 /// The compiled build graph of a build request as JSON: the definition (`ops`, `root`), the image
 /// config (`image_config`, with the fields oci-spec lacks in `config_extras`) and `warnings`.
+/// With several `--platform`s, the one graph a build solves (each shared op once, names
+/// prefixed with their stage's platform) and, under `platforms`, each platform's `root`,
+/// `image_config` and `config_extras`.
 pub fn debug_llb(req: &BuildRequest) -> Result<serde_json::Value> {
-    let platform = kiln_registry::Platform::host();
-    llb_json(
-        req,
-        (platform.os.clone(), platform.architecture.clone()),
-        &OfflineResolver,
-    )
+    let platforms =
+        platforms::target_platforms(req.platform.as_deref(), &kiln_registry::Platform::host())?;
+    llb_json(req, &platforms, |_| OfflineResolver)
 }
 
 /// [`debug_llb`] with base images resolved as `kiln build` resolves them: from the engine's store
-/// (the registry with `req.pull`, or when the store lacks them), for the build's platform. Base
+/// (the registry with `req.pull`, or when the store lacks them), for the build's platforms. Base
 /// image digests, configs and ONBUILD triggers are in the output, which therefore depends on the
 /// store and the registry.
 pub async fn debug_llb_resolved(
     engine: &crate::Engine,
     req: &BuildRequest,
 ) -> Result<serde_json::Value> {
-    let platform = context::build_platform(req.platform.as_deref(), engine.solver.platform())?;
-    let frontend_platform = context::frontend_platform(&platform);
+    let platforms = platforms::target_platforms(req.platform.as_deref(), engine.solver.platform())?;
     let resolver = context::StoreResolver::new(
         engine.solver.clone(),
         tokio::runtime::Handle::current(),
-        platform,
+        platforms[0].clone(),
         req.pull,
     );
     let req = req.clone();
     // The resolver waits on the runtime: compile on a blocking thread, as a build does.
-    tokio::task::spawn_blocking(move || llb_json(&req, frontend_platform, &resolver)).await?
+    tokio::task::spawn_blocking(move || {
+        llb_json(&req, &platforms, |p| resolver.for_platform(p.clone()))
+    })
+    .await?
 }
 
-fn llb_json(
+fn llb_json<R: kiln_frontend::ImageResolver>(
     req: &BuildRequest,
-    platform: (String, String),
-    resolver: &dyn kiln_frontend::ImageResolver,
+    platforms: &[kiln_registry::Platform],
+    resolver_for: impl Fn(&kiln_registry::Platform) -> R,
 ) -> Result<serde_json::Value> {
     let context_dir = context::context_dir(req)?;
     let (dockerfile, text) = context::read_dockerfile(req, &context_dir)?;
     let dockerfile_name = context::dockerfile_name(&dockerfile);
     let ignore_patterns = context::read_dockerignore(&context_dir, &req.context, &dockerfile)?;
     let named = context::named_contexts(&req.build_contexts)?;
-    let opts = kiln_frontend::BuildOptions {
-        dockerfile_name: dockerfile_name.clone(),
-        build_args: req.build_args.clone(),
-        target: req.target.clone(),
-        platform,
-        context_name: "context".into(),
-        exclude_patterns: ignore_patterns,
-        no_cache: req.no_cache,
-        named_contexts: named.contexts,
-    };
-    let compiled = kiln_frontend::compile(&text, &opts, resolver)?;
-    let warnings: Vec<String> = compiled
-        .warnings
-        .iter()
-        .map(|w| format!("{dockerfile_name}:{}: {}", w.line, w.message))
-        .collect();
-    let mut doc = compiled.definition.to_json();
-    if let Some(obj) = doc.as_object_mut() {
-        obj.insert(
-            "image_config".into(),
+    let mut warnings: Vec<String> = Vec::new();
+    let mut graphs = Vec::with_capacity(platforms.len());
+    let mut images = Vec::with_capacity(platforms.len());
+    for platform in platforms {
+        let opts = kiln_frontend::BuildOptions {
+            dockerfile_name: dockerfile_name.clone(),
+            build_args: req.build_args.clone(),
+            target: req.target.clone(),
+            platform: context::frontend_platform(platform),
+            context_name: "context".into(),
+            exclude_patterns: ignore_patterns.clone(),
+            no_cache: req.no_cache,
+            named_contexts: named.contexts.clone(),
+            prefix_platform: platforms.len() > 1,
+        };
+        let compiled = kiln_frontend::compile(&text, &opts, &resolver_for(platform))?;
+        for w in &compiled.warnings {
+            let w = format!("{dockerfile_name}:{}: {}", w.line, w.message);
+            // Every platform's compile warns about the same lines.
+            if !warnings.contains(&w) {
+                warnings.push(w);
+            }
+        }
+        graphs.push((platform.clone(), compiled.definition));
+        images.push((
+            platform.to_string(),
             serde_json::to_value(&compiled.image_config)?,
-        );
-        obj.insert(
-            "config_extras".into(),
             serde_json::Value::Object(compiled.config_extras),
-        );
+        ));
+    }
+    let (definition, roots) = platforms::merge_graphs(graphs);
+    let mut doc = definition.to_json();
+    if let Some(obj) = doc.as_object_mut() {
+        if let [(_, config, extras)] = images.as_slice() {
+            obj.insert("image_config".into(), config.clone());
+            obj.insert("config_extras".into(), extras.clone());
+        } else {
+            let each: Vec<serde_json::Value> = images
+                .into_iter()
+                .zip(roots)
+                .map(|((platform, config, extras), root)| {
+                    serde_json::json!({
+                        "platform": platform,
+                        "root": root,
+                        "image_config": config,
+                        "config_extras": extras,
+                    })
+                })
+                .collect();
+            obj.insert("platforms".into(), serde_json::Value::from(each));
+        }
         obj.insert("warnings".into(), serde_json::Value::from(warnings));
     }
     Ok(doc)

@@ -24,6 +24,9 @@ pub struct ImageSummary {
     pub created: Option<String>,
     /// The layers' sizes as stored, plus the config's.
     pub size: u64,
+    /// `os/arch[/variant]` of each image an index lists, in its order; of the image itself for
+    /// a single manifest.
+    pub platforms: Vec<String>,
 }
 
 /// Reads a blob of the store at `root` without its lock: blobs never change once written.
@@ -42,6 +45,11 @@ fn parse_json(bytes: &[u8], what: &str) -> Result<Value> {
 /// platform (else its first entry).
 fn image_manifest(root: &Path, digest: &str) -> Result<(String, Value)> {
     let m = parse_json(&read_blob(root, digest)?, &format!("manifest `{digest}`"))?;
+    pick_manifest(root, digest, m)
+}
+
+/// [`image_manifest`] of the manifest or index `m`, already read.
+fn pick_manifest(root: &Path, digest: &str, m: Value) -> Result<(String, Value)> {
     let Some(entries) = m.get("manifests").and_then(Value::as_array) else {
         return Ok((digest.to_string(), m));
     };
@@ -60,13 +68,46 @@ fn image_manifest(root: &Path, digest: &str) -> Result<(String, Value)> {
     Ok((pick.to_string(), m))
 }
 
+/// `os/arch[/variant]` of a descriptor's `platform` or of an image config.
+fn platform_name(p: &Value) -> Option<String> {
+    let s = |k: &str| p.get(k).and_then(Value::as_str).filter(|v| !v.is_empty());
+    let mut name = format!("{}/{}", s("os")?, s("architecture")?);
+    if let Some(v) = s("variant") {
+        name = format!("{name}/{v}");
+    }
+    Some(name)
+}
+
+/// The platforms a record holds: an index's entries (attestations and entries without a
+/// platform left out), else its image config's.
+fn platforms_of(root: &Path, top: &Value, config_digest: &str) -> Vec<String> {
+    if let Some(entries) = top.get("manifests").and_then(Value::as_array) {
+        return entries
+            .iter()
+            .filter_map(|e| e.get("platform").and_then(platform_name))
+            .filter(|p| p != "unknown/unknown")
+            .collect();
+    }
+    read_blob(root, config_digest)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
+        .and_then(|c| platform_name(&c))
+        .into_iter()
+        .collect()
+}
+
 fn summary(root: &Path, r: ImageRecord) -> Result<ImageSummary> {
-    let (_, manifest) = image_manifest(root, &r.digest)?;
+    let top = parse_json(
+        &read_blob(root, &r.digest)?,
+        &format!("manifest `{}`", r.digest),
+    )?;
+    let (_, manifest) = pick_manifest(root, &r.digest, top.clone())?;
     let id = manifest
         .pointer("/config/digest")
         .and_then(Value::as_str)
         .with_context(|| format!("manifest `{}` has no config", r.digest))?
         .to_string();
+    let platforms = platforms_of(root, &top, &id);
     let size = manifest
         .get("layers")
         .and_then(Value::as_array)
@@ -88,6 +129,7 @@ fn summary(root: &Path, r: ImageRecord) -> Result<ImageSummary> {
         media_type: r.media_type,
         created: r.created,
         size,
+        platforms,
     })
 }
 

@@ -124,7 +124,8 @@ pub struct BuildRequest {
 /// What a build produced.
 #[derive(Clone, Debug)]
 pub struct BuildResult {
-    /// The image the first image output got (the `-t` one when tagged).
+    /// The image the first image output got (the `-t` one when tagged); the index of a
+    /// multi-platform build.
     pub manifest_digest: String,
     pub config_digest: String,
     pub manifest_size: u64,
@@ -135,6 +136,18 @@ pub struct BuildResult {
     pub warnings: Vec<String>,
     /// What the config file's GC policy collected after the build, when it ran.
     pub collected: Option<PruneReport>,
+}
+
+impl BuildResult {
+    /// Whether the build made an image index (or a Docker manifest list): a multi-platform
+    /// build. Its `manifest_digest` and `config_digest` are then the index's digest.
+    pub fn is_index(&self) -> bool {
+        matches!(
+            self.media_type.as_str(),
+            "application/vnd.oci.image.index.v1+json"
+                | "application/vnd.docker.distribution.manifest.list.v2+json"
+        )
+    }
 }
 
 /// `kiln import`.
@@ -325,6 +338,7 @@ impl Engine {
                 exclude_patterns: ignore_patterns.clone(),
                 no_cache: req.no_cache,
                 named_contexts: named.contexts.clone(),
+                prefix_platform: platforms.len() > 1,
             };
             let resolver = resolver.for_platform(platform.clone());
             let text = text.clone();

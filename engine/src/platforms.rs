@@ -31,25 +31,15 @@ pub(crate) fn split_dir_name(p: &Platform) -> String {
     p.to_string().replace('/', "_")
 }
 
-/// One graph with every platform's ops, each op once, and each platform's root in order. An op
-/// that only some platforms have gets its platform in its progress name (`[linux/arm64 2/3]
-/// RUN ...`), as BuildKit shows it; a shared one keeps its name and runs once.
+/// One graph with every platform's ops, each op once, and each platform's root in order. A
+/// shared op runs once and keeps the name of its first platform's graph (the frontend already
+/// put each stage's platform in its step names, as BuildKit does for several platforms).
 pub(crate) fn merge_graphs(graphs: Vec<(Platform, Definition)>) -> (Definition, Vec<Input>) {
     let count = graphs.len();
-    let mut users: HashMap<String, usize> = HashMap::new();
-    for (_, def) in &graphs {
-        let mut seen = HashSet::new();
-        for op in &def.ops {
-            let d = op.digest();
-            if seen.insert(d.clone()) {
-                *users.entry(d).or_default() += 1;
-            }
-        }
-    }
     let mut merged = Definition::default();
     let mut roots = Vec::with_capacity(count);
     let mut added: HashSet<String> = HashSet::new();
-    for (platform, def) in graphs {
+    for (_, def) in graphs {
         roots.push(def.root.clone().unwrap_or_default());
         let mut meta: HashMap<String, kiln_llb::OpMetadata> = def
             .metadata
@@ -63,13 +53,7 @@ pub(crate) fn merge_graphs(graphs: Vec<(Platform, Definition)>) -> (Definition, 
             if !added.insert(d.clone()) {
                 continue;
             }
-            if let Some(mut m) = meta.remove(&d) {
-                if count > 1 && users.get(&d).copied().unwrap_or(0) < count {
-                    m.name = match m.name.strip_prefix('[') {
-                        Some(rest) => format!("[{platform} {rest}"),
-                        None => format!("[{platform}] {}", m.name),
-                    };
-                }
+            if let Some(m) = meta.remove(&d) {
                 merged.metadata.push(m);
             }
             merged.ops.push(op);
@@ -117,19 +101,19 @@ mod tests {
 
     #[test]
     fn shared_ops_appear_once_and_keep_their_name() {
-        let graph = |image: &str| {
+        let graph = |image: &str, platform: &str| {
             let mut b = DefinitionBuilder::default();
             let shared = b.add(
                 source("docker-image://build"),
                 OpMetadata {
-                    name: "[build 1/2] FROM build".into(),
+                    name: "[linux/amd64 build 1/2] FROM build".into(),
                     ..Default::default()
                 },
             );
             let own = b.add(
                 source(image),
                 OpMetadata {
-                    name: "[stage-1 1/2] FROM x".into(),
+                    name: format!("[{platform} stage-1 1/2] FROM x"),
                     ..Default::default()
                 },
             );
@@ -137,8 +121,8 @@ mod tests {
             b.build(Some(own))
         };
         let (merged, roots) = merge_graphs(vec![
-            (p("linux/amd64"), graph("docker-image://a")),
-            (p("linux/arm64"), graph("docker-image://b")),
+            (p("linux/amd64"), graph("docker-image://a", "linux/amd64")),
+            (p("linux/arm64"), graph("docker-image://b", "linux/arm64")),
         ]);
         assert_eq!(merged.ops.len(), 3);
         assert!(merged.validate().is_ok());
@@ -148,7 +132,7 @@ mod tests {
         assert_eq!(
             names,
             [
-                "[build 1/2] FROM build",
+                "[linux/amd64 build 1/2] FROM build",
                 "[linux/amd64 stage-1 1/2] FROM x",
                 "[linux/arm64 stage-1 1/2] FROM x"
             ]

@@ -291,3 +291,50 @@ pub fn write_rootfs_tar(
         crate::layer::write_layer_tar(staging.path(), out, &opts)
     })
 }
+
+/// Writes the final file systems of several platforms' images as one tar to `dest` (or stdout
+/// for `-`), each under its own top directory (`linux_amd64/`, named by the caller), as
+/// BuildKit's tar exporter splits a multi-platform build. Each top directory is 0755 with the
+/// mtime `source_date_epoch` (or 0), as BuildKit makes it; mtimes below are clamped as in
+/// [`write_rootfs_tar`].
+pub fn write_split_rootfs_tar(
+    store: &Store,
+    parts: &[(String, Vec<SnapshotId>)],
+    dest: &Path,
+    source_date_epoch: Option<i64>,
+) -> Result<(), ExportError> {
+    let tmp = store.tmp_dir();
+    std::fs::create_dir_all(&tmp)
+        .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".kiln-rootfs-")
+        .tempdir_in(&tmp)
+        .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
+    for (name, chain) in parts {
+        let dir = staging.path().join(name);
+        write_rootfs(store, chain, &dir)?;
+        split_dir_metadata(&dir, source_date_epoch)
+            .map_err(|e| ExportError::write(format!("`{}`", dir.display()), e))?;
+    }
+    let opts = LayerOptions {
+        compression: Compression::Uncompressed,
+        source_date_epoch,
+        level: None,
+    };
+    write_dest(dest, |out| {
+        crate::layer::write_layer_tar(staging.path(), out, &opts)
+    })
+}
+
+/// BuildKit's platform directory: mode 0755, mtime the epoch or 0, whatever the image's root has.
+fn split_dir_metadata(dir: &Path, source_date_epoch: Option<i64>) -> io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))?;
+    let secs = u64::try_from(source_date_epoch.unwrap_or(0)).unwrap_or(0);
+    let mtime = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    std::fs::File::open(dir)?.set_times(
+        std::fs::FileTimes::new()
+            .set_modified(mtime)
+            .set_accessed(mtime),
+    )
+}

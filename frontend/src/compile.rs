@@ -51,6 +51,9 @@ pub struct BuildOptions {
     /// Named build contexts (`--build-context NAME=...`): they replace a stage of that name, an
     /// image of that name in `FROM`, or the source of `COPY --from=NAME`.
     pub named_contexts: BTreeMap<String, NamedContext>,
+    /// Put each stage's platform in its step names (`[linux/amd64->arm64 build 2/3] RUN ...`),
+    /// as BuildKit's `PrefixPlatform` does for a build of several platforms.
+    pub prefix_platform: bool,
 }
 
 /// What a named build context is.
@@ -79,6 +82,7 @@ impl Default for BuildOptions {
             exclude_patterns: Vec::new(),
             no_cache: false,
             named_contexts: BTreeMap::new(),
+            prefix_platform: false,
         }
     }
 }
@@ -247,6 +251,8 @@ struct Dispatch {
     cmd_index: usize,
     cmd_total: usize,
     platform: Platform,
+    /// See [`BuildOptions::prefix_platform`].
+    prefix_platform: bool,
 }
 
 impl Dispatch {
@@ -270,16 +276,60 @@ impl Dispatch {
         self.args.push((name, value));
     }
 
-    /// `[label i/n] text`, counting this step.
+    /// `[platform label i/n] text`, counting this step: BuildKit's `prefixCommand`, with the
+    /// target from the stage's `TARGET*` variables when it differs (`linux/amd64->arm64`).
     fn step_name(&mut self, text: &str) -> String {
+        let platform = self.prefix_platform.then(|| {
+            let target = self.target_from_env();
+            format!(
+                "{}{}",
+                self.platform.spec(),
+                config::arrow_to_target(&self.platform, target)
+            )
+        });
+        self.counted_step_name(platform, text)
+    }
+
+    /// The `FROM` step's name: BuildKit names it before the stage has an environment, so it
+    /// never shows a target.
+    fn base_step_name(&mut self, text: &str) -> String {
+        let platform = self.prefix_platform.then(|| self.platform.spec());
+        self.counted_step_name(platform, text)
+    }
+
+    fn counted_step_name(&mut self, platform: Option<String>, text: &str) -> String {
         self.cmd_index += 1;
         let width = self.cmd_total.to_string().len();
         let counter = format!("{:>width$}/{}", self.cmd_index, self.cmd_total);
-        if self.label.is_empty() {
-            format!("[{counter}] {text}")
-        } else {
-            format!("[{} {counter}] {text}", self.label)
+        let mut out = String::from("[");
+        for part in [platform.unwrap_or_default(), self.label.clone()] {
+            if !part.is_empty() {
+                out.push_str(&part);
+                out.push(' ');
+            }
         }
+        format!("{out}{counter}] {text}")
+    }
+
+    /// The platform the stage's `TARGETPLATFORM` (else `TARGETOS`, `TARGETARCH`,
+    /// `TARGETVARIANT`) names, as BuildKit's `platformFromEnv` reads them; `None` when unset.
+    fn target_from_env(&self) -> Option<Platform> {
+        if let Some(p) = self
+            .lookup("TARGETPLATFORM")
+            .and_then(|v| Platform::parse(&v))
+        {
+            return Some(p);
+        }
+        let [os, arch, variant] =
+            ["TARGETOS", "TARGETARCH", "TARGETVARIANT"].map(|k| self.lookup(k));
+        if os.is_none() && arch.is_none() && variant.is_none() {
+            return None;
+        }
+        Some(Platform {
+            os: os.unwrap_or_default(),
+            arch: arch.unwrap_or_default(),
+            variant: variant.unwrap_or_default(),
+        })
     }
 
     fn shell(&self) -> Vec<String> {

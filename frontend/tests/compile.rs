@@ -71,6 +71,7 @@ fn opts() -> BuildOptions {
         exclude_patterns: vec![],
         no_cache: false,
         named_contexts: BTreeMap::new(),
+        prefix_platform: false,
     }
 }
 

@@ -262,7 +262,7 @@ fn copy_target(
 /// pattern is a source, found by walking real directories only (a link is never descended into,
 /// though a match that is a link is followed when the copy follows links). Matches come in path
 /// order; the name a match gets under a directory destination is its last component.
-fn resolve_dir_sources(
+pub(crate) fn resolve_dir_sources(
     dir: &Path,
     src: &str,
     follow: bool,

@@ -1,6 +1,7 @@
-//! Checksums of what an op selects from a snapshot input (`COPY --from=stage /x`, `RUN
-//! --mount=from=stage,source=/x`): the key a step's result is also found under when the input's
-//! own key changed but the selected content did not, as BuildKit's content-based cache keys.
+//! Checksums of what an op selects from a snapshot input (`COPY --from=stage /x`, `COPY
+//! --from=stage /out/*.txt`, `RUN --mount=from=stage,source=/x`): the key a step's result is
+//! also found under when the input's own key changed but the selected content did not, as
+//! BuildKit's content-based cache keys.
 //! A committed snapshot never changes, so a checksum is memoised in the index by snapshot and
 //! selector: a warm build reads one row instead of hashing again.
 
@@ -13,13 +14,14 @@ use std::io;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
-/// A path an op reads from a snapshot input, and whether a symlink as its last component is
-/// followed.
+/// A path an op reads from a snapshot input (a copy's may hold wildcards), and whether a
+/// symlink as its last component is followed.
 pub(crate) type Selector = (String, bool);
 
 /// The paths op `op` reads of its input `index`, when it reads nothing else of it: a file op's
-/// copy sources (the input is no action's base), an exec op's bind mounts that keep no output.
-/// `None` when it reads the input whole or in a way a path cannot say (a wildcard, the root).
+/// copy sources (the input is no action's base; wildcards allowed, as the copy expands them),
+/// an exec op's bind mounts that keep no output. `None` when it reads the input whole or in a
+/// way a path cannot say (the root, a bind mount's wildcard).
 pub(crate) fn selectors(op: &Op, index: i64) -> Option<Vec<Selector>> {
     let mut picked = Vec::new();
     match &op.kind {
@@ -30,7 +32,7 @@ pub(crate) fn selectors(op: &Op, index: i64) -> Option<Vec<Selector>> {
             for a in &f.actions {
                 if let Some(Action::Copy(c)) = &a.action {
                     if c.src_input == index {
-                        picked.push((plain_path(&c.src)?, c.follow_symlinks));
+                        picked.push((copy_path(&c.src)?, c.follow_symlinks));
                     }
                 }
             }
@@ -59,6 +61,17 @@ fn plain_path(path: &str) -> Option<String> {
     let p = path.trim_matches('/');
     let root = p.split('/').all(|c| c.is_empty() || c == ".");
     (!root && !p.contains(['*', '?', '[', '\\'])).then(|| format!("/{p}"))
+}
+
+/// A copy source as a selector: [`plain_path`], or the pattern when it has wildcards (matched
+/// as the copy matches them, see [`hash_selection`]). A `\` without a wildcard is left to the
+/// whole input, as [`plain_path`] leaves it.
+fn copy_path(path: &str) -> Option<String> {
+    if !crate::glob::has_wildcard(path) {
+        return plain_path(path);
+    }
+    let p = path.trim_matches('/');
+    Some(format!("/{p}"))
 }
 
 /// The checksum of what `selectors` pick of snapshot `snap` (its whole chain, as mounted),
@@ -129,10 +142,28 @@ fn hash_selections(
 /// The checksum of one selected path below `root`: where it resolves to (symlinks inside the
 /// root), then every entry from there down, sorted by path, with type, permission bits, owner,
 /// xattrs, content or link target, device number and hard-link group. mtimes are left out, as
-/// BuildKit's content checksums leave them out.
+/// BuildKit's content checksums leave them out. A pattern with wildcards is expanded as the
+/// copy expands it (`fileops::resolve_dir_sources`); its checksum is each match's path and
+/// checksum, in order, so a change elsewhere leaves it alone, as BuildKit's `ChecksumWildcard`.
 fn hash_selection(root: &Path, (path, follow): &Selector) -> Result<String, SolveError> {
+    if crate::glob::has_wildcard(path) {
+        let matches = crate::fileops::resolve_dir_sources(root, path, *follow)?;
+        let mut h = blake3::Hasher::new();
+        h.update(b"wildcard\0");
+        for (abs, _, rel) in matches {
+            h.update(rel.as_bytes());
+            h.update(b"\0");
+            h.update(hash_resolved(root, &abs, &rel)?.as_bytes());
+        }
+        return Ok(h.finalize().to_hex().to_string());
+    }
     let resolved = inroot::resolve_in_root(root, path, *follow)
         .map_err(SolveError::io(format!("cannot resolve `{path}`")))?;
+    hash_resolved(root, &resolved, path)
+}
+
+/// [`hash_selection`] of a path already resolved inside `root`; `path` names it in errors.
+fn hash_resolved(root: &Path, resolved: &Path, path: &str) -> Result<String, SolveError> {
     let rel = resolved
         .strip_prefix(root)
         .map_err(|_| SolveError::Op(format!("`{path}` resolved outside its root")))?;
@@ -140,8 +171,8 @@ fn hash_selection(root: &Path, (path, follow): &Selector) -> Result<String, Solv
     h.update(rel.as_os_str().as_encoded_bytes());
     h.update(b"\0");
     let mut entries = Vec::new();
-    match std::fs::symlink_metadata(&resolved) {
-        Ok(meta) => walk(&resolved, meta, &mut entries)?,
+    match std::fs::symlink_metadata(resolved) {
+        Ok(meta) => walk(resolved, meta, &mut entries)?,
         // Absent: the step fails when it runs; the key says only that it is absent.
         Err(e) if e.kind() == io::ErrorKind::NotFound => {
             h.update(b"absent");
@@ -158,7 +189,7 @@ fn hash_selection(root: &Path, (path, follow): &Selector) -> Result<String, Solv
     // File contents and xattrs in parallel; the combining is in walk order.
     let sums: Vec<[u8; 32]> = entries
         .par_iter()
-        .map(|e| entry_sum(&resolved, e))
+        .map(|e| entry_sum(resolved, e))
         .collect::<Result<_, _>>()?;
     let mut first_of_inode: HashMap<(u64, u64), usize> = HashMap::new();
     for (n, (e, sum)) in entries.iter().zip(&sums).enumerate() {
@@ -304,12 +335,17 @@ mod tests {
             selectors(&exec_mounting("/x", -1), 1),
             Some(vec![sel("/x")])
         );
-        // Read whole: the root, a wildcard, the base of the file op, the rootfs mount, a mount
-        // that keeps its changes.
+        // A copy's wildcard selects what it matches.
+        assert_eq!(
+            selectors(&copy_of(0, &["out/*.so"]), 1),
+            Some(vec![sel("/out/*.so")])
+        );
+        // Read whole: the root, a bind mount's wildcard, the base of the file op, the rootfs
+        // mount, a mount that keeps its changes.
         assert_eq!(selectors(&copy_of(0, &["/"]), 1), None);
         assert_eq!(selectors(&copy_of(0, &["./"]), 1), None);
         assert_eq!(selectors(&exec_mounting(".", -1), 1), None);
-        assert_eq!(selectors(&copy_of(0, &["/out/*.so"]), 1), None);
+        assert_eq!(selectors(&exec_mounting("/out/*.so", -1), 1), None);
         assert_eq!(selectors(&copy_of(1, &["/out"]), 1), None);
         assert_eq!(selectors(&exec_mounting("/x", -1), 0), None);
         assert_eq!(selectors(&exec_mounting("/x", 1), 1), None);
@@ -319,6 +355,36 @@ mod tests {
 
     fn sum_of(root: &Path, path: &str) -> String {
         hash_selection(root, &(path.into(), true)).unwrap()
+    }
+
+    #[test]
+    fn a_wildcard_sum_covers_its_matches_only() {
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path();
+        std::fs::create_dir_all(root.join("out")).unwrap();
+        std::fs::write(root.join("out/a.txt"), b"a").unwrap();
+        std::fs::write(root.join("out/b.bin"), b"b").unwrap();
+        let before = sum_of(root, "/out/*.txt");
+
+        std::fs::write(root.join("out/b.bin"), b"b2").unwrap();
+        std::fs::write(root.join("other"), b"x").unwrap();
+        assert_eq!(sum_of(root, "/out/*.txt"), before, "what it does not match");
+
+        std::fs::write(root.join("out/c.txt"), b"c").unwrap();
+        let more = sum_of(root, "/out/*.txt");
+        assert_ne!(more, before, "a new match");
+
+        std::fs::write(root.join("out/a.txt"), b"a2").unwrap();
+        assert_ne!(sum_of(root, "/out/*.txt"), more, "a match's content");
+
+        // The same content under another matched name is another selection.
+        std::fs::remove_file(root.join("out/c.txt")).unwrap();
+        std::fs::write(root.join("out/a.txt"), b"a").unwrap();
+        assert_eq!(sum_of(root, "/out/*.txt"), before);
+        std::fs::rename(root.join("out/a.txt"), root.join("out/z.txt")).unwrap();
+        assert_ne!(sum_of(root, "/out/*.txt"), before, "a renamed match");
+        // No match at all is a selection too (the copy fails or copies nothing).
+        assert_ne!(sum_of(root, "/out/*.none"), sum_of(root, "/out/*.txt"));
     }
 
     #[test]

@@ -134,6 +134,8 @@ fn main() {
     println!("test copy_and_bind_of_part_of_a_stage_rerun_only_when_that_part_changes ... ok");
     rt.block_on(a_stage_that_reruns_to_the_same_bytes_leaves_the_steps_after_it_cached());
     println!("test a_stage_that_reruns_to_the_same_bytes_leaves_the_steps_after_it_cached ... ok");
+    rt.block_on(wildcard_copy_of_a_stage_reruns_only_when_what_it_matches_changes());
+    println!("test wildcard_copy_of_a_stage_reruns_only_when_what_it_matches_changes ... ok");
 }
 
 async fn cache_keys_stay_the_same_across_kiln_versions() {
@@ -526,4 +528,89 @@ async fn a_stage_that_reruns_to_the_same_bytes_leaves_the_steps_after_it_cached(
     // Warm: the stage's new result is cached, and so is everything after it, again.
     let warm = solve(&store, definition("2"), &ctx).await;
     assert_eq!((warm.executed, warm.cached), (0, 4));
+}
+
+/// `COPY --from=stage /out/*.txt /dst/` keys on the files the pattern matched, as BuildKit's
+/// wildcard checksum: a change elsewhere in the stage, even beside the matches, leaves it
+/// cached; a new match or a match's new content runs it again.
+async fn wildcard_copy_of_a_stage_reruns_only_when_what_it_matches_changes() {
+    let t = tempfile::tempdir().unwrap();
+    let ctx = t.path().join("ctx");
+    std::fs::create_dir_all(&ctx).unwrap();
+    let definition = |files: &[(&str, &[u8])]| {
+        let mut b = DefinitionBuilder::default();
+        let mut actions = vec![Action::Mkdir(FileMkdir {
+            path: "/out".into(),
+            mode: 0o755,
+            make_parents: true,
+            owner: None,
+        })];
+        actions.extend(files.iter().map(|(path, data)| mkfile(path, data)));
+        let stage = b.add(op(&[], file(-1, actions)), OpMetadata::default());
+        let copied = b.add(
+            op(&[&stage], file(-1, vec![copy(0, "/out/*.txt", "/dst/")])),
+            OpMetadata::default(),
+        );
+        b.build(Some(copied))
+    };
+    let store = Store::open(&t.path().join("store")).unwrap();
+    let first = solve(
+        &store,
+        definition(&[("/out/a.txt", b"a"), ("/out/b.bin", b"b"), ("/y", b"1")]),
+        &ctx,
+    )
+    .await;
+    assert_eq!((first.executed, first.cached), (2, 0));
+
+    let elsewhere = solve(
+        &store,
+        definition(&[("/out/a.txt", b"a"), ("/out/b.bin", b"b2"), ("/y", b"2")]),
+        &ctx,
+    )
+    .await;
+    assert_eq!(
+        (elsewhere.executed, elsewhere.cached),
+        (1, 1),
+        "the stage changed only where `/out/*.txt` does not match: the COPY stays cached"
+    );
+
+    let new_match = solve(
+        &store,
+        definition(&[
+            ("/out/a.txt", b"a"),
+            ("/out/b.bin", b"b2"),
+            ("/out/c.txt", b"c"),
+            ("/y", b"2"),
+        ]),
+        &ctx,
+    )
+    .await;
+    assert_eq!(
+        (new_match.executed, new_match.cached),
+        (2, 0),
+        "a new match: the COPY runs again"
+    );
+
+    let changed = solve(
+        &store,
+        definition(&[
+            ("/out/a.txt", b"a2"),
+            ("/out/b.bin", b"b2"),
+            ("/out/c.txt", b"c"),
+            ("/y", b"2"),
+        ]),
+        &ctx,
+    )
+    .await;
+    assert_eq!(
+        (changed.executed, changed.cached),
+        (2, 0),
+        "a match's content changed: the COPY runs again"
+    );
+    let Output::Snapshot(snap) = changed.root else {
+        panic!("the COPY made no snapshot");
+    };
+    let dst = store.snapshots().fs_dir(snap).join("dst");
+    assert_eq!(std::fs::read(dst.join("a.txt")).unwrap(), b"a2");
+    assert!(!dst.join("b.bin").exists());
 }

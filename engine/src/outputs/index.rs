@@ -1,6 +1,7 @@
 //! Delivering a multi-platform build: one image per platform, tied together by an OCI image
 //! index (or a Docker manifest list with `oci-mediatypes=false`) for the store, registries and
-//! OCI layouts, and one directory per platform for `type=local` (BuildKit's `platform-split`).
+//! OCI layouts, and one directory per platform for `type=local` and `type=tar` (BuildKit's
+//! platform split).
 
 use anyhow::{bail, Context, Result};
 use kiln_exporter::{ImageDescriptor, PlatformImage, VariantOptions};
@@ -20,22 +21,16 @@ pub(crate) fn check_multi_platform(outputs: &[OutputSpec], platforms: &[Platform
         .map(ToString::to_string)
         .collect::<Vec<_>>()
         .join(",");
-    for out in outputs {
-        match &out.kind {
-            OutputKind::DockerArchive { .. } => bail!(
-                "`--output type=docker` holds one platform's image, but this build is for \
-                 {list}: build one platform (e.g. `--platform {}`), or use `type=oci` or \
-                 `type=registry`, which keep every platform in one image index",
-                platforms[0]
-            ),
-            OutputKind::Tar { .. } => bail!(
-                "`--output type=tar` holds one platform's file system, but this build is for \
-                 {list}: build one platform (e.g. `--platform {}`), or use `type=local`, which \
-                 writes one directory per platform",
-                platforms[0]
-            ),
-            _ => {}
-        }
+    if outputs
+        .iter()
+        .any(|o| matches!(o.kind, OutputKind::DockerArchive { .. }))
+    {
+        bail!(
+            "`--output type=docker` holds one platform's image, but this build is for \
+             {list}: build one platform (e.g. `--platform {}`), or use `type=oci` or \
+             `type=registry`, which keep every platform in one image index",
+            platforms[0]
+        );
     }
     Ok(())
 }
@@ -173,6 +168,20 @@ pub(crate) async fn deliver_platforms(
                     })
                     .await??;
                 }
+            }
+            (OutputKind::Tar { dest }, _) => {
+                let parts: Vec<(String, Vec<kiln_cache::SnapshotId>)> = images
+                    .iter()
+                    .map(|(p, i)| (crate::platforms::split_dir_name(p), i.chain.clone()))
+                    .collect();
+                let epoch = images.first().and_then(|(_, i)| i.epoch);
+                let (s, d) = (store.clone(), dest.clone());
+                tokio::task::spawn_blocking(move || {
+                    kiln_exporter::write_split_rootfs_tar(&s, &parts, &d, epoch).with_context(
+                        || format!("cannot write the file system tar `{}`", d.display()),
+                    )
+                })
+                .await??;
             }
             _ => bail!("internal error: an output kind a multi-platform build does not deliver"),
         }

@@ -72,6 +72,40 @@ impl Platform {
         Platform::new(std::env::consts::OS, arch)
     }
 
+    /// As containerd's `platforms.Normalize`: lower-case OS, Go's architecture names and the
+    /// variants that name the default dropped (`aarch64` is `arm64`, `arm64/v8` is `arm64`).
+    pub(crate) fn normalized(&self) -> Platform {
+        let os = self.os.to_ascii_lowercase();
+        let (arch, variant) = match (
+            self.arch.to_ascii_lowercase().as_str(),
+            self.variant.as_str(),
+        ) {
+            ("i386", _) => ("386", ""),
+            ("x86_64" | "x86-64" | "amd64", "v1") => ("amd64", ""),
+            ("x86_64" | "x86-64" | "amd64", v) => ("amd64", v),
+            ("aarch64" | "arm64", "8" | "v8") => ("arm64", ""),
+            ("aarch64" | "arm64", v) => ("arm64", v),
+            ("armhf", _) => ("arm", "v7"),
+            ("armel", _) => ("arm", "v6"),
+            ("arm", "" | "7") => ("arm", "v7"),
+            ("arm", "5") => ("arm", "v5"),
+            ("arm", "6") => ("arm", "v6"),
+            ("arm", "8") => ("arm", "v8"),
+            (a, v) => {
+                return Platform {
+                    os,
+                    arch: a.to_string(),
+                    variant: v.to_string(),
+                }
+            }
+        };
+        Platform {
+            os,
+            arch: arch.to_string(),
+            variant: variant.to_string(),
+        }
+    }
+
     /// `os/arch[/variant]`.
     pub(crate) fn spec(&self) -> String {
         if self.variant.is_empty() {
@@ -79,6 +113,33 @@ impl Platform {
         } else {
             format!("{}/{}/{}", self.os, self.arch, self.variant)
         }
+    }
+}
+
+/// BuildKit's `formatTargetPlatform`: `->arch[/variant]` when `target` is another
+/// architecture of the stage's OS, `->os/arch[/variant]` for another OS, else nothing. Empty
+/// parts of `target` are the stage's.
+pub(crate) fn arrow_to_target(base: &Platform, target: Option<Platform>) -> String {
+    let Some(mut target) = target else {
+        return String::new();
+    };
+    if target.os.is_empty() {
+        target.os = base.os.clone();
+    }
+    if target.arch.is_empty() {
+        target.arch = base.arch.clone();
+    }
+    let target = target.normalized();
+    if target.os == base.os && target.arch != base.arch {
+        if target.variant.is_empty() {
+            format!("->{}", target.arch)
+        } else {
+            format!("->{}/{}", target.arch, target.variant)
+        }
+    } else if target.os != base.os {
+        format!("->{}", target.spec())
+    } else {
+        String::new()
     }
 }
 

@@ -351,6 +351,7 @@ impl Compiler<'_> {
             cmd_index: 0,
             cmd_total: ops_in_stage,
             platform,
+            prefix_platform: self.opts.prefix_platform,
         };
         // A named context of the stage's own name replaces the whole stage, as in BuildKit.
         if let Some(own) = self.stages[idx].name.clone() {
@@ -398,7 +399,7 @@ impl Compiler<'_> {
             triggers = self.onbuild_triggers(&d.image.onbuild, from)?;
             d.image.onbuild.clear();
             d.cmd_total += triggers.len();
-            let name = d.step_name(&format!("FROM {}", resolved.reference));
+            let name = d.base_step_name(&format!("FROM {}", resolved.reference));
             let source = image_source(&resolved.reference, &d.platform);
             d.state = Some(self.add_op(source, name, from, &d.meta_stage));
         }
@@ -472,7 +473,7 @@ impl Compiler<'_> {
                 let resolved = self.resolve(reference, &d.platform.clone(), from)?;
                 d.image = ImageState::from_oci(&resolved.config);
                 d.image.apply_raw_config(&resolved.raw_config);
-                let step = d.step_name(&format!("FROM {}", resolved.reference));
+                let step = d.base_step_name(&format!("FROM {}", resolved.reference));
                 let source = image_source(&resolved.reference, &d.platform);
                 d.state = Some(self.add_op(source, step, from, &d.meta_stage));
             }
@@ -504,7 +505,7 @@ impl Compiler<'_> {
                         }],
                     })),
                 };
-                let step = d.step_name(&format!("FROM context `{name}`"));
+                let step = d.base_step_name(&format!("FROM context `{name}`"));
                 d.state = Some(self.add_op(op, step, from, &d.meta_stage));
             }
         }

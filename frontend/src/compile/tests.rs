@@ -108,6 +108,88 @@ fn stage_names_label_steps_only_in_multi_stage_files() {
     assert_eq!(run.map(|m| m.location.as_str()), Some("Dockerfile:3"));
 }
 
+fn step_names(c: &Compiled) -> Vec<&str> {
+    c.definition
+        .metadata
+        .iter()
+        .map(|m| m.name.as_str())
+        .collect()
+}
+
+#[test]
+fn step_names_carry_the_stage_platform_and_its_target_only_for_several_platforms() {
+    let df = "FROM --platform=linux/amd64 busybox AS build\nRUN fetch\nARG TARGETARCH\n\
+              RUN make\nWORKDIR /src\n\
+              FROM --platform=linux/amd64 busybox AS other\nARG TARGETPLATFORM=windows/amd64\n\
+              RUN x\n\
+              FROM busybox\nCOPY --from=build /x /x\nCOPY --from=other /y /y\n";
+    let arm = BuildOptions {
+        platform: ("linux".into(), "arm64".into()),
+        ..opts()
+    };
+    // One platform, even a foreign one: no platform in the names, as BuildKit.
+    let c = build(df, &arm);
+    assert!(
+        step_names(&c).contains(&"[build 3/4] RUN make"),
+        "{:?}",
+        step_names(&c)
+    );
+    let c = build(
+        df,
+        &BuildOptions {
+            prefix_platform: true,
+            ..arm.clone()
+        },
+    );
+    let names = step_names(&c);
+    for want in [
+        "[linux/amd64 build 1/4] FROM busybox@sha256:",
+        "[linux/amd64 build 2/4] RUN fetch",
+        "[linux/amd64->arm64 build 3/4] RUN make",
+        "[linux/amd64->arm64 build 4/4] WORKDIR /src",
+        "[linux/amd64->windows/amd64 other 2/2] RUN x",
+        "[linux/arm64 stage-2 2/3] COPY --from=build /x /x",
+    ] {
+        assert!(
+            names.iter().any(|n| n.starts_with(want)),
+            "{want}: {names:?}"
+        );
+    }
+    // The target's own architecture: no arrow.
+    let c = build(
+        df,
+        &BuildOptions {
+            platform: ("linux".into(), "amd64".into()),
+            prefix_platform: true,
+            ..opts()
+        },
+    );
+    assert!(
+        step_names(&c).contains(&"[linux/amd64 build 3/4] RUN make"),
+        "{:?}",
+        step_names(&c)
+    );
+}
+
+#[test]
+fn target_arrows_normalize_as_containerd() {
+    let amd = Platform::new("linux", "amd64");
+    let arrow = |t: Option<Platform>| config::arrow_to_target(&amd, t);
+    assert_eq!(arrow(None), "");
+    assert_eq!(arrow(Platform::parse("linux/x86_64")), "");
+    assert_eq!(arrow(Platform::parse("linux/aarch64/v8")), "->arm64");
+    assert_eq!(arrow(Platform::parse("linux/arm")), "->arm/v7");
+    assert_eq!(
+        arrow(Some(Platform {
+            os: String::new(),
+            arch: "arm64".into(),
+            variant: String::new()
+        })),
+        "->arm64"
+    );
+    assert_eq!(arrow(Platform::parse("darwin/amd64")), "->darwin/amd64");
+}
+
 #[test]
 fn arg_scoping() {
     let df = "ARG GLOBAL=g\nARG BOTH=outer\nFROM busybox\nRUN echo 1\nARG GLOBAL\nARG BOTH=inner\nARG LATE\nRUN echo 2\nFROM busybox\nRUN echo 3\n";
