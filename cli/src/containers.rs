@@ -55,7 +55,8 @@ pub(crate) struct RunArgs {
     /// What to do when the command exits: no, on-failure or on-failure:N.
     #[arg(long, default_value = "no")]
     restart: String,
-    /// Network: host (default, but none with `-p`) or none.
+    /// Network: host (default, but none with `-p`), none, bridge (kiln's default bridge
+    /// network) or the name of a network from `kiln network create`.
     #[arg(long)]
     network: Option<String>,
     /// Publish a container's TCP port on the host: [IP:]HOST_PORT:CONTAINER_PORT[/tcp] (IP
@@ -147,11 +148,12 @@ fn request(r: RunArgs) -> Result<(RunRequest, bool)> {
     for p in &r.publish {
         ports.push(containers::parse_publish(p)?);
     }
-    let network_none = match r.network.as_deref() {
-        None => !ports.is_empty(),
-        Some("host" | "default") => false,
-        Some("none") => true,
-        Some(other) => bail!("unknown network `{other}`: use `host` or `none`"),
+    let (network_none, bridge_network) = match r.network.as_deref() {
+        None => (!ports.is_empty(), None),
+        Some("host" | "default") => (false, None),
+        Some("none") => (true, None),
+        Some("") => bail!("`--network` needs a value: host, none, bridge or a network's name"),
+        Some(name) => (false, Some(name.to_string())),
     };
     let mut env = Vec::new();
     for f in &r.env_files {
@@ -176,6 +178,7 @@ fn request(r: RunArgs) -> Result<(RunRequest, bool)> {
         workdir: r.workdir,
         user: r.user,
         network_none,
+        bridge_network,
         remove: r.rm,
         runtime: r.runtime.parse()?,
         limits: kiln_exec::Limits::parse(
@@ -479,12 +482,38 @@ pub(crate) fn kill(root: &Path, a: KillArgs) -> Result<i32> {
 
 #[derive(clap::Args)]
 pub(crate) struct StartArgs {
+    /// Pass on the container's output until it stops, and exit with its code.
+    #[arg(short, long)]
+    attach: bool,
     #[arg(required = true)]
     containers: Vec<String>,
 }
 
 pub(crate) fn start(root: &Path, a: StartArgs) -> i32 {
-    each(root, &a.containers, &|c| containers::start(c))
+    if !a.attach {
+        return each(root, &a.containers, &|c| containers::start(c));
+    }
+    if a.containers.len() > 1 {
+        eprintln!("error: `kiln start -a` attaches to one container at a time");
+        return 1;
+    }
+    let attached = containers::find(root, &a.containers[0]).and_then(|c| {
+        let (mut out, mut err) = (std::io::stdout().lock(), std::io::stderr().lock());
+        containers::start_attached(&c, &mut |l| {
+            let _ = if l.stream == "stderr" {
+                err.write_all(l.log.as_bytes()).and_then(|_| err.flush())
+            } else {
+                out.write_all(l.log.as_bytes()).and_then(|_| out.flush())
+            };
+        })
+    });
+    match attached {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            1
+        }
+    }
 }
 
 #[derive(clap::Args)]

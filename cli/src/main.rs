@@ -6,6 +6,7 @@ mod flags;
 mod images;
 mod interrupt;
 mod login;
+mod networks;
 mod progress;
 mod transfer;
 mod volumes;
@@ -82,6 +83,9 @@ enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    /// Manage bridge networks.
+    #[command(subcommand)]
+    Network(networks::NetworkCommand),
     /// Make a single-layer image from a root filesystem directory or tar.
     Import {
         /// Apply a Dockerfile instruction to the image config (CMD, ENTRYPOINT, ENV, ...).
@@ -402,6 +406,7 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         | Command::Inspect(_)
         | Command::Container(_)
         | Command::Volume(_)
+        | Command::Network(_)
         | Command::Setup(_) => None,
     }
 }
@@ -496,6 +501,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         Command::Inspect(a) => return containers::inspect(&root, a),
         Command::Container(c) => return containers::container(&root, c),
         Command::Volume(c) => return volumes::volume(&root, c),
+        Command::Network(c) => return networks::network(&root, c),
         _ => {}
     }
     let engine = engine.context("no store was opened for this command")?;

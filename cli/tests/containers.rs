@@ -214,6 +214,51 @@ fn kill_start_and_exit_codes_follow_docker() {
 }
 
 #[test]
+fn start_attach_passes_on_the_new_output_and_the_exit_code() {
+    let k = Kiln::with_busybox();
+    let out = k.run(&[
+        "run",
+        "--name",
+        "a",
+        "busybox",
+        "sh",
+        "-c",
+        "echo out; echo err >&2; exit 4",
+    ]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let out = k.run(&["start", "-a", "a"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "out\n");
+    assert_eq!(stderr(&out), "err\n");
+    // Once more: only what this start wrote, not the earlier run's output.
+    assert_eq!(stdout(&k.run(&["start", "-a", "a"])), "out\n");
+    let out = k.run(&["start", "-a", "a", "b"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("one container at a time"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn run_takes_an_image_id_full_or_short() {
+    let k = Kiln::with_busybox();
+    let v: serde_json::Value =
+        serde_json::from_str(&stdout(&k.run(&["image", "inspect", "busybox"]))).unwrap();
+    let id = v[0]["Id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("sha256:"), "{id}");
+    let short = &id["sha256:".len().."sha256:".len() + 12];
+    for spec in [id.as_str(), short] {
+        let out = k.run(&["run", "--rm", spec, "echo", "ran"]);
+        assert_ok(&out, &format!("kiln run {spec}"));
+        assert_eq!(stdout(&out), "ran\n");
+    }
+    let out = k.run(&["run", "--rm", "0000000000ab", "true"]);
+    assert_eq!(out.status.code(), Some(125));
+}
+
+#[test]
 fn on_failure_restarts_up_to_its_limit_and_names_are_unique() {
     let k = Kiln::with_busybox();
     run_detached(

@@ -230,6 +230,29 @@ pub fn start(c: &Container) -> Result<()> {
     start_detached(&c.dir)
 }
 
+/// `kiln start -a`: starts the container (a running one is only attached to) and passes on
+/// what it writes from then on until it stops; its exit code.
+pub fn start_attached(c: &Container, out: &mut dyn FnMut(&LogLine)) -> Result<i32> {
+    // Where the log ends now: older output is not shown again, as with `docker start -a`.
+    let (_, mut offset) = logs::read_all(&c.dir);
+    start(c)?;
+    let mut c = c.reload();
+    loop {
+        let running = c.state.is_running();
+        let (more, next) = logs::read_from(&c.dir, offset);
+        offset = next;
+        for l in &more {
+            out(l);
+        }
+        if !running {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        c = c.reload();
+    }
+    wait(&c)
+}
+
 /// A signal by name (`KILL`, `SIGTERM`) or number, as `docker kill -s` reads it.
 pub fn parse_signal(s: &str) -> Result<nix::sys::signal::Signal> {
     use nix::sys::signal::Signal;
@@ -465,6 +488,9 @@ pub fn remove(c: &Container, force: bool, volumes: bool) -> Result<Vec<String>> 
     if c.dir.exists() {
         bail!("cannot remove `{}`", c.dir.display());
     }
+    if let Some(cfg) = &c.config {
+        release_address(&c.dir, cfg);
+    }
     Ok(match (&c.config, volumes) {
         (Some(cfg), true) => remove_anonymous_volumes(&c.dir, cfg),
         _ => Vec::new(),
@@ -495,6 +521,13 @@ pub(crate) fn remove_anonymous_volumes(dir: &Path, cfg: &ContainerConfig) -> Vec
         }
     }
     kept
+}
+
+/// A removed container's address on its network goes back to the network.
+pub(crate) fn release_address(dir: &Path, cfg: &ContainerConfig) {
+    if let (Some(a), Some(root)) = (&cfg.attachment, dir.parent().and_then(Path::parent)) {
+        crate::networks::release(root, a, &cfg.id);
+    }
 }
 
 /// The containers (names) whose mounts use volume `name`.
@@ -548,6 +581,8 @@ pub fn prune_volumes(lock: &volumes::VolumesLock, root: &Path, all: bool) -> Res
 /// container half removed.
 pub(crate) fn remove_dir(dir: &Path) {
     let _ = nix::mount::umount2(&dir.join("rootfs"), nix::mount::MntFlags::MNT_DETACH);
+    // A bridge network's namespace a killed monitor left bound.
+    crate::networks::unbind(&dir.join(crate::networks::NETNS_FILE));
     let hidden = match (dir.parent(), dir.file_name()) {
         (Some(parent), Some(name)) => {
             let mut hidden = std::ffi::OsString::from(".removing-");
@@ -684,11 +719,26 @@ pub fn inspect(c: &Container) -> serde_json::Value {
             "CapDrop": cfg.cap_drop,
             "SecurityOpt": cfg.security_opt,
             "ExtraHosts": cfg.extra_hosts,
-            "NetworkMode": match cfg.network { kiln_exec::Network::Host => "host", kiln_exec::Network::None => "none" },
+            "NetworkMode": match (&cfg.attachment, cfg.network) {
+                (Some(a), _) => a.network.as_str(),
+                (None, kiln_exec::Network::Host) => "host",
+                (None, kiln_exec::Network::None) => "none",
+            },
             "PortBindings": port_bindings(&cfg.ports),
             "Runtime": cfg.runtime,
         });
-        v["NetworkSettings"] = json!({ "Ports": port_bindings(&cfg.ports) });
+        let mut settings = json!({ "Ports": port_bindings(&cfg.ports) });
+        if let Some(a) = &cfg.attachment {
+            settings["IPAddress"] = json!(a.ip.to_string());
+            settings["Gateway"] = json!(a.gateway.to_string());
+            settings["IPPrefixLen"] = json!(a.prefix);
+            settings["Networks"] = json!({ a.network.clone(): {
+                "IPAddress": a.ip.to_string(),
+                "Gateway": a.gateway.to_string(),
+                "IPPrefixLen": a.prefix,
+            }});
+        }
+        v["NetworkSettings"] = settings;
         let root = c.dir.parent().and_then(Path::parent);
         v["Mounts"] = json!(cfg
             .mounts

@@ -534,6 +534,26 @@ fn find_image_at(root: &Path, spec: &str) -> Result<(ImageSummary, Named)> {
     bail!("no such image: `{spec}` (see `kiln images`)")
 }
 
+/// What `kiln run` resolves for `spec`: `spec` itself, unless it names no image of the store
+/// but is (the start of) an image's ID, as `docker run sha256:ID` and `docker run 0123abcd`
+/// take; then that image's name, or its manifest by digest for a dangling one.
+pub(crate) fn run_reference(root: &Path, spec: &str) -> String {
+    let named = normalize_name(spec)
+        .ok()
+        .zip(all_images(root).ok())
+        .is_some_and(|(full, all)| all.iter().any(|i| i.name.as_deref() == Some(full.as_str())));
+    if named {
+        return spec.to_string();
+    }
+    match find_image_at(root, spec) {
+        Ok((image, Named::Id)) => match image.name {
+            Some(name) => name,
+            None => format!("kiln-image@{}", image.manifest_digest),
+        },
+        _ => spec.to_string(),
+    }
+}
+
 /// Every record of the image with ID `id`.
 fn records_of_at(root: &Path, id: &str) -> Result<Vec<ImageSummary>> {
     Ok(all_images(root)?

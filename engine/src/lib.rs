@@ -12,6 +12,7 @@ mod diskfull;
 mod export;
 mod images;
 mod load;
+pub mod networks;
 mod outputs;
 mod platforms;
 mod run;

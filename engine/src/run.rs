@@ -24,6 +24,9 @@ pub struct RunRequest {
     pub user: Option<String>,
     /// `none` for a network namespace with only loopback; the host's otherwise.
     pub network_none: bool,
+    /// `--network bridge|NAME`: a namespace of its own on that bridge network (`network_none`
+    /// is then ignored).
+    pub bridge_network: Option<String>,
     /// Remove the container's directory when it exits.
     pub remove: bool,
     /// `--runtime`: the built-in sandbox (default) or `runc`/`crun`.
@@ -104,7 +107,8 @@ pub(crate) async fn create(
         Some(p) => kiln_registry::Platform::parse(p).context("`kiln run --platform`")?,
         None => solver.platform().clone(),
     };
-    let image = images::resolve_image(store, solver.registry(), &wanted, &req.image, false)
+    let reference = crate::images::run_reference(store.root(), &req.image);
+    let image = images::resolve_image(store, solver.registry(), &wanted, &reference, false)
         .await
         .with_context(|| format!("cannot find image `{}`", req.image))?;
     let made_for = kiln_registry::Platform {
@@ -165,12 +169,19 @@ pub(crate) async fn create(
         read("/etc/group")?.as_deref(),
     )?;
     if !req.ports.is_empty() {
-        if !req.network_none {
+        if !req.network_none && req.bridge_network.is_none() {
             bail!("`-p` publishes ports of a container with a network of its own: drop `--network host`");
         }
         crate::containers::check_ports_free(&req.ports)?;
     }
-    let network = if req.network_none {
+    let bridged = match &req.bridge_network {
+        Some(n) => {
+            crate::networks::check_possible()?;
+            Some(crate::networks::find(store.root(), n)?)
+        }
+        None => None,
+    };
+    let network = if req.network_none || bridged.is_some() {
         kiln_exec::Network::None
     } else {
         kiln_exec::Network::Host
@@ -226,9 +237,26 @@ pub(crate) async fn create(
         m.anonymous = true;
         mounts.push(m);
     }
+    // The address is taken before anything else can fail late, and given back on failure.
+    let attachment = match &bridged {
+        Some(net) => {
+            let lock = crate::networks::lock(&root)?;
+            match crate::networks::allocate(&lock, &root, net, &id, &name) {
+                Ok(a) => Some(a),
+                Err(e) => {
+                    let _ = std::fs::remove_dir_all(&dir);
+                    return Err(e);
+                }
+            }
+        }
+        None => None,
+    };
     let prepared = (|| -> Result<Option<crate::volumes::VolumesLock>> {
-        if !req.add_hosts.is_empty() {
-            add_hosts(&mut spec, &state, &hostname, &req.add_hosts)?;
+        if let Some(a) = &attachment {
+            kiln_exec::join_network_namespace(&mut spec, &dir.join(crate::networks::NETNS_FILE))?;
+            add_hosts(&mut spec, &state, &hostname, &req.add_hosts, Some(a.ip))?;
+        } else if !req.add_hosts.is_empty() {
+            add_hosts(&mut spec, &state, &hostname, &req.add_hosts, None)?;
         }
         if mounts.is_empty() {
             return Ok(None);
@@ -240,6 +268,9 @@ pub(crate) async fn create(
         Ok(l) => l,
         Err(e) => {
             let _ = std::fs::remove_dir_all(&dir);
+            if let Some(a) = &attachment {
+                crate::networks::release(&root, a, &id);
+            }
             return Err(e);
         }
     };
@@ -290,12 +321,20 @@ pub(crate) async fn create(
         extra_hosts: req.add_hosts.clone(),
         mounts,
         ports: req.ports.clone(),
+        attachment: attachment.clone(),
     };
     if let Err(e) = crate::containers::write_json(&dir, crate::containers::CONFIG_FILE, &config) {
         let _ = std::fs::remove_dir_all(&dir);
+        if let Some(a) = &attachment {
+            crate::networks::release(&root, a, &id);
+        }
         return Err(e);
     }
     drop(volumes_lock);
+    if let Some(a) = &attachment {
+        // This container's name reaches the others of its network, and theirs reach it.
+        crate::networks::refresh_hosts(&root, &a.network);
+    }
     Ok(CreatedContainer { id, name, dir })
 }
 
@@ -427,12 +466,14 @@ fn apply_security_opts(spec: &mut oci_spec::runtime::Spec, opts: &[String]) -> R
     Ok(())
 }
 
-/// `--add-host`: the container's `/etc/hosts` with the extra lines, bound over the image's.
+/// `--add-host` (or a bridge network): the container's `/etc/hosts` with the extra lines and
+/// its hostname at its address (`ip` on a bridge network), bound over the image's.
 fn add_hosts(
     spec: &mut oci_spec::runtime::Spec,
     state: &std::path::Path,
     hostname: &str,
     extra: &[String],
+    ip: Option<std::net::Ipv4Addr>,
 ) -> Result<()> {
     let mut text =
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
@@ -446,7 +487,10 @@ fn add_hosts(
         text.push_str(&format!("{ip}\t{host}\n"));
     }
     if !hostname.is_empty() {
-        text.push_str(&format!("127.0.1.1\t{hostname}\n"));
+        match ip {
+            Some(ip) => text.push_str(&format!("{ip}\t{hostname}\n")),
+            None => text.push_str(&format!("127.0.1.1\t{hostname}\n")),
+        }
     }
     let path = state.join("hosts.extra");
     std::fs::write(&path, text).with_context(|| format!("cannot write `{}`", path.display()))?;

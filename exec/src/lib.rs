@@ -61,7 +61,8 @@ pub use run::{enter, run, EnterRequest};
 pub use seccomp_profile::default_seccomp;
 pub use spawn::PID_FILE;
 pub use spec::{
-    all_capabilities, default_spec, Network, ProcessSpec, DEFAULT_NOFILE, DEFAULT_PATH,
+    all_capabilities, default_spec, join_network_namespace, network_namespace_path, Network,
+    ProcessSpec, DEFAULT_NOFILE, DEFAULT_PATH,
 };
 pub use user::{resolve_user, ResolvedUser};
 pub use wire::RESULT_FILE;

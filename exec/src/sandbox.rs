@@ -129,8 +129,25 @@ fn helper(config: &WireConfig, result: &ResultFile, engine: &OwnedFd) -> Result<
         | CloneFlags::CLONE_NEWUTS
         | CloneFlags::CLONE_NEWIPC
         | CloneFlags::CLONE_NEWPID;
-    if config.network == Network::None {
-        flags |= CloneFlags::CLONE_NEWNET;
+    // A network namespace the spec names by path (a bridge network's, set up by the caller
+    // before the sandbox starts) is joined; otherwise `Network::None` makes a new one.
+    match crate::spec::network_namespace_path(&config.spec) {
+        Some(path) => {
+            let ns = File::open(&path).map_err(|e| {
+                format!(
+                    "cannot open the network namespace `{}`: {e}",
+                    path.display()
+                )
+            })?;
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| {
+                format!(
+                    "cannot join the network namespace `{}`: {e}",
+                    path.display()
+                )
+            })?;
+        }
+        None if config.network == Network::None => flags |= CloneFlags::CLONE_NEWNET,
+        None => {}
     }
     unshare(flags).map_err(|e| {
         format!("cannot create namespaces (unshare): {e}; kiln must run as root on a kernel with namespaces")

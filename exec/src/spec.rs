@@ -22,6 +22,33 @@ pub enum Network {
     None,
 }
 
+/// The network namespace `spec` joins by path, if any (OCI's `linux.namespaces[].path`).
+pub fn network_namespace_path(spec: &Spec) -> Option<PathBuf> {
+    spec.linux()
+        .as_ref()?
+        .namespaces()
+        .as_ref()?
+        .iter()
+        .find(|n| n.typ() == LinuxNamespaceType::Network)?
+        .path()
+        .clone()
+}
+
+/// Makes `spec` join the network namespace bound at `path` instead of making a new one (the
+/// spec must have been made for [`Network::None`]); runc and crun read the same field.
+pub fn join_network_namespace(spec: &mut Spec, path: &std::path::Path) -> Result<(), ExecError> {
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    let mut namespaces = linux.namespaces().clone().unwrap_or_default();
+    let ns = namespaces
+        .iter_mut()
+        .find(|n| n.typ() == LinuxNamespaceType::Network)
+        .ok_or_else(|| ExecError::Spec("the spec has no network namespace to join".into()))?;
+    ns.set_path(Some(path.to_path_buf()));
+    linux.set_namespaces(Some(namespaces));
+    spec.set_linux(Some(linux));
+    Ok(())
+}
+
 /// What to run, as a Dockerfile `RUN` or `kiln run` describes it.
 #[derive(Clone, Debug)]
 pub struct ProcessSpec {
@@ -431,6 +458,21 @@ mod tests {
             .as_ref()
             .unwrap();
         assert!(ns.iter().any(|n| n.typ() == LinuxNamespaceType::Network));
+    }
+
+    #[test]
+    fn a_private_network_can_be_joined_by_path_and_a_host_one_cannot() {
+        let mut spec = default_spec(&process(0)).unwrap();
+        assert_eq!(network_namespace_path(&spec), None);
+        join_network_namespace(&mut spec, std::path::Path::new("/run/c1/netns")).unwrap();
+        assert_eq!(
+            network_namespace_path(&spec),
+            Some(PathBuf::from("/run/c1/netns"))
+        );
+        let mut p = process(0);
+        p.network = Network::Host;
+        let mut host = default_spec(&p).unwrap();
+        assert!(join_network_namespace(&mut host, std::path::Path::new("/x")).is_err());
     }
 
     #[test]

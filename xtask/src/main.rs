@@ -33,6 +33,10 @@ const PACKAGES: &[(&str, &str)] = &[
     // QEMU user mode: `kiln setup emulators` registers it to run foreign `RUN` steps
     // (exec/src/emulation.rs, cli/tests/platform.rs).
     ("qemu-user-static", "/usr/bin/qemu-aarch64-static"),
+    // Bridge networks: `ip` makes bridges and veth pairs, `iptables` their NAT
+    // (engine/src/networks/commands.rs, cli/tests/networks.rs).
+    ("iproute2", "/usr/sbin/ip"),
+    ("iptables", "/usr/sbin/iptables"),
 ];
 
 /// Where the set-up puts Debian's arm64 `busybox-static` binary, from which the tests make an

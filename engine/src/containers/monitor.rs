@@ -124,6 +124,11 @@ pub(crate) async fn supervise(dir: &Path, attach: Attach) -> Result<ContainerSta
         });
         super::ports::start_proxies(&config.ports, find_init)?;
     }
+    // Plugged in once: the namespace (and its address) outlives restarts, as the ports do.
+    let attached: Option<crate::networks::Attached> = match &config.attachment {
+        Some(a) => Some(crate::networks::attach(dir, a)?),
+        None => None,
+    };
     loop {
         st.status = Status::Running;
         st.started_at = Some(state::now());
@@ -194,8 +199,10 @@ pub(crate) async fn supervise(dir: &Path, attach: Attach) -> Result<ContainerSta
             break;
         }
     }
+    drop(attached);
     if config.auto_remove {
         super::remove_dir(dir);
+        super::release_address(dir, &config);
         // Docker's `--rm` takes the container's anonymous volumes with it.
         super::remove_anonymous_volumes(dir, &config);
     }

@@ -89,6 +89,10 @@ pub struct ContainerConfig {
     /// `-p`: served by the monitor's proxy into the container's network namespace.
     #[serde(default)]
     pub ports: Vec<super::ports::PortMapping>,
+    /// `--network bridge|NAME`: its address there (the sandbox joins the namespace its monitor
+    /// plugs into the network's bridge).
+    #[serde(default)]
+    pub attachment: Option<crate::networks::Attachment>,
 }
 
 /// Where a container is in its life.
