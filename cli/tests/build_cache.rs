@@ -503,3 +503,137 @@ fn a_registry_garbage_collection_keeps_every_blob_of_a_cache() {
     assert!(!err.contains("warning"), "{err}");
     assert_eq!(run_and_cached(&out).0, 0, "{err}");
 }
+
+/// The `N cache layers downloaded` figure of a build's summary.
+fn cache_layers_downloaded(out: &std::process::Output) -> usize {
+    let err = stderr(out);
+    let summary = err
+        .lines()
+        .find(|l| l.starts_with("built "))
+        .unwrap_or_else(|| panic!("no summary:\n{err}"));
+    let (head, _) = summary
+        .split_once(" cache layers downloaded")
+        .unwrap_or_else(|| panic!("no download figure:\n{err}"));
+    head.rsplit(' ').next().unwrap().parse().unwrap()
+}
+
+/// Import is lazy: a rebuild whose every step hits the cache downloads no layer, its push to the
+/// cache's registry mounts them, and its result is the first machine's image; `kiln run` of it
+/// then fetches what it needs; a rebuild with one file changed downloads only the layers below
+/// the step that runs again.
+#[test]
+fn a_cached_rebuild_downloads_no_layer_and_a_changed_one_only_what_runs() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let cache = format!("{reg}/{}:cache", unique("lazy-cache"));
+    let out_dir = tempfile::tempdir().unwrap();
+    let iid = |name: &str| out_dir.path().join(name);
+
+    let first = Kiln::new();
+    let ctx1 = context("lazy-one-", &base, "2020-01-01 00:00:00");
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--cache-to",
+            &format!("type=registry,ref={cache},mode=max"),
+            "--iidfile",
+            iid("one").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "first machine's build with --cache-to");
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{cache}"),
+        ],
+    );
+    let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    let cache_layers = manifest["layers"].as_array().unwrap().len();
+
+    // Another machine pushes the cached result to another repository of the registry.
+    let second = Kiln::new();
+    let ctx2 = context("lazy-two-", &base, "2024-06-30 12:34:56");
+    let image = format!("{reg}/{}:1", unique("lazy-image"));
+    let out = build(
+        &second,
+        ctx2.path(),
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+            "-t",
+            &image,
+            "--push",
+            "--iidfile",
+            iid("two").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "second machine's cached build and push");
+    let err = stderr(&out);
+    assert_eq!(run_and_cached(&out).0, 0, "every step is cached:\n{err}");
+    assert_eq!(
+        cache_layers_downloaded(&out),
+        0,
+        "a cached build with a push to the cache's registry downloads no layer:\n{err}"
+    );
+    let id = std::fs::read_to_string(iid("one")).unwrap();
+    assert_eq!(std::fs::read_to_string(iid("two")).unwrap(), id);
+    // The registry has the whole image: skopeo reads its config by the layers' digests.
+    let pushed = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ],
+    );
+    assert!(pushed.contains("\"diff_ids\""), "{pushed}");
+    let pushed_raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ],
+    );
+    let pushed_manifest: serde_json::Value = serde_json::from_str(&pushed_raw).unwrap();
+    assert_eq!(
+        pushed_manifest["config"]["digest"].as_str(),
+        Some(id.trim())
+    );
+
+    // The files are fetched when a container needs them.
+    let run = second.run(&["run", "--rm", &image, "cat", "/out", "/final"]);
+    assert_ok(&run, "kiln run of the lazily imported image");
+    assert_eq!(stdout(&run), "hello from a\nran-final-42\n");
+    assert_ok(
+        &second.run(&["check"]),
+        "kiln check of a store with lazy layers",
+    );
+
+    // One file of the final stage changed: its COPY and the RUN after it run, on the layers
+    // below them; the build stage's own layers stay in the registry.
+    let third = Kiln::new();
+    let ctx3 = context("lazy-three-", &base, "2024-06-30 12:34:56");
+    std::fs::write(ctx3.path().join("b.txt"), "bee changed\n").unwrap();
+    let out = build(
+        &third,
+        ctx3.path(),
+        &["--cache-from", &format!("type=registry,ref={cache}")],
+    );
+    assert_ok(&out, "third machine's build with one file changed");
+    let err = stderr(&out);
+    assert_eq!(run_and_cached(&out).0, 2, "{err}");
+    assert_eq!(count(&err, "ran-final-42"), 1, "{err}");
+    let downloaded = cache_layers_downloaded(&out);
+    assert!(downloaded > 0, "the steps that ran needed layers:\n{err}");
+    assert!(
+        downloaded + 2 <= cache_layers,
+        "{downloaded} of the cache's {cache_layers} layers downloaded, the build stage's among them:\n{err}"
+    );
+}

@@ -4,17 +4,18 @@
 //! The format (docs/architecture.md, "Build cache export"): an OCI image manifest whose config
 //! (`application/vnd.kiln.cache.config.v1+json`) lists each step's key with the indexes of the
 //! layers that make its result, bottom-up, and whose layers are those layers, each the diff of
-//! a snapshot against its parent as images' layers are. Import is eager: every record's layers
-//! are fetched and unpacked before the solve, which then finds the keys in the local index.
+//! a snapshot against its parent as images' layers are. Import is lazy: every record's key is
+//! recorded with snapshots that are empty until something reads them (`kiln_solver::lazy`), so
+//! a step that is cached downloads nothing.
 
 use anyhow::{bail, Context, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
-use kiln_cache::{CachedResult, LayerInfo, SnapshotId, Store};
+use kiln_cache::{CachedResult, SnapshotId, Store};
 use kiln_exporter::{Compression, LayerOptions};
 use kiln_registry::{Reference, RegistryClient};
+use kiln_solver::lazy::{BlobSource, LazyLayer};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub(crate) const CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
@@ -246,6 +247,16 @@ fn collect(
 /// The layer of one snapshot: an image's own blob, or the snapshot's diff as the exporter
 /// makes it.
 fn layer_record(store: &Store, snap: SnapshotId, opts: &LayerOptions) -> Result<LayerRecord> {
+    if let Some(l) = kiln_solver::lazy::lazy_layer(store, snap)? {
+        // Imported and never filled: its snapshot is empty, the blob is the layer.
+        return Ok(LayerRecord {
+            digest: l.digest,
+            diff_id: l.diff_id,
+            size: l.size,
+            media_type: l.media_type,
+            image: l.image,
+        });
+    }
     if kiln_solver::images::is_image_layer(store, snap)? {
         // Re-compressed variants carry `;kiln.` parameters; the image's own blob does not.
         let original = store
@@ -308,6 +319,12 @@ pub(crate) async fn export(
         let spec = spec.clone();
         tokio::task::spawn_blocking(move || collect(&store, &keys, &roots, &spec)).await??
     };
+    // Layers imported lazily and never needed are not in the store yet.
+    for l in &exported.layers {
+        kiln_solver::lazy::fetch_blob(store, registry, &l.digest)
+            .await
+            .with_context(|| format!("cannot fetch the cache layer `{}`", l.digest))?;
+    }
     let (config_digest, config_size) = store.content().put_bytes(&exported.config)?;
     let config_digest = config_digest.to_string();
     let manifest = manifest_bytes(&config_digest, config_size, &exported.layers);
@@ -468,44 +485,41 @@ impl Source<'_> {
         }
     }
 
-    /// Puts a blob into the local content store (verified) unless it is there.
-    async fn fetch_into(&self, store: &Store, l: &LayerRecord) -> Result<()> {
-        if store.content().has(&l.digest) {
-            return Ok(());
-        }
-        let mut w = store.content().writer()?;
+    /// Where this source's blobs are, for the lazy snapshots that need them.
+    fn blob_source(&self) -> BlobSource {
         match self {
-            Source::Registry(client, r) => {
-                // The registry client writes asynchronously; the blob goes through a file in
-                // the store's tmp dir, removed by the guard, then into the verifying writer.
-                let tmp = TempPath(store.tmp_dir().join(format!(
-                    "cache-import-{}-{}",
-                    std::process::id(),
-                    l.digest.trim_start_matches("sha256:")
-                )));
-                let mut f = tokio::fs::File::create(&tmp.0)
-                    .await
-                    .with_context(|| format!("cannot create `{}`", tmp.0.display()))?;
-                client
-                    .fetch_blob_with(r, &l.digest, Some(l.size), &mut f, None)
-                    .await?;
-                tokio::io::AsyncWriteExt::flush(&mut f).await?;
-                std::io::copy(&mut std::fs::File::open(&tmp.0)?, &mut w)?;
+            Source::Registry(_, r) => {
+                BlobSource::Registry(format!("{}/{}", r.registry, r.repository))
             }
+            // Absolute, so that a later `kiln run` from another directory finds it.
             Source::Local(dir) => {
-                let p = blob_path(dir, &l.digest)?;
-                let mut f = std::fs::File::open(&p)
-                    .with_context(|| format!("cannot read `{}`", p.display()))?;
-                std::io::copy(&mut f, &mut w)?;
+                BlobSource::Local(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
             }
         }
-        w.commit(Some(&l.digest))?;
+    }
+
+    /// Checks, without reading it, that a layer's blob is there: a directory's blob has the
+    /// size the cache says. A registry is trusted to hold what its manifest references.
+    fn check_blob(&self, l: &LayerRecord) -> Result<()> {
+        if let Source::Local(dir) = self {
+            let p = blob_path(dir, &l.digest)?;
+            let len = std::fs::metadata(&p)
+                .with_context(|| format!("cannot read `{}`", p.display()))?
+                .len();
+            if len != l.size {
+                bail!(
+                    "the blob `{}` is {len} bytes, the cache says {}",
+                    p.display(),
+                    l.size
+                );
+            }
+        }
         Ok(())
     }
 }
 
-/// Imports one cache: records whose keys the local index lacks get their layers fetched and
-/// unpacked and are recorded. Returns how many steps were imported.
+/// Imports one cache: records whose keys the local index lacks are recorded, on snapshots that
+/// their layers fill when something needs them. Returns how many steps were imported.
 pub(crate) async fn import(
     store: &Store,
     registry: &RegistryClient,
@@ -561,7 +575,7 @@ pub(crate) async fn import(
         // The snapshots this record makes, removed (newest first) if it fails half-way: they
         // would be named by nothing. The other records are still imported.
         let mut pending: Vec<SnapshotId> = Vec::new();
-        let top = import_record(store, &source, &config, rec, &mut made, &mut pending).await;
+        let top = import_record(store, &source, &config, rec, &mut made, &mut pending);
         let top = match top {
             Ok(top) => top,
             Err(e) => {
@@ -594,9 +608,9 @@ pub(crate) async fn import(
     }
 }
 
-/// Makes the snapshot chain of one record, reusing what this import or an earlier pull made
-/// (a snapshot is named by the chain ID of its layers' diff IDs, as pulled images' are).
-async fn import_record(
+/// Makes the (lazy) snapshot chain of one record, reusing what this import or an earlier pull
+/// made (a snapshot is named by the chain ID of its layers' diff IDs, as pulled images' are).
+fn import_record(
     store: &Store,
     source: &Source<'_>,
     config: &CacheConfig,
@@ -631,11 +645,15 @@ async fn import_record(
         let snap = match known {
             Some(s) => s,
             None => {
-                source.fetch_into(store, l).await?;
-                let store2 = store.clone();
-                let l2 = l.clone();
-                let snap =
-                    tokio::task::spawn_blocking(move || unpack(&store2, parent, &l2)).await??;
+                source.check_blob(l)?;
+                let layer = LazyLayer {
+                    digest: l.digest.clone(),
+                    diff_id: l.diff_id.clone(),
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                    image: l.image,
+                };
+                let snap = kiln_solver::lazy::create(store, parent, &layer, &source.blob_source())?;
                 pending.push(snap);
                 if l.image {
                     store.index().meta_put(&chain_key, &snap.0.to_string())?;
@@ -647,47 +665,6 @@ async fn import_record(
         parent = Some(snap);
     }
     Ok(parent)
-}
-
-/// A file removed when dropped.
-struct TempPath(PathBuf);
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn unpack(store: &Store, parent: Option<SnapshotId>, l: &LayerRecord) -> Result<SnapshotId> {
-    let file = store.content().open(&l.digest)?;
-    let r = std::io::BufReader::with_capacity(1 << 20, file);
-    let reader: Box<dyn Read> = match Compression::from_media_type(&l.media_type) {
-        Some(Compression::Gzip) => Box::new(flate2::read::GzDecoder::new(r)),
-        Some(Compression::Zstd) => Box::new(zstd::stream::read::Decoder::new(r)?),
-        _ => Box::new(r),
-    };
-    let snap = store.snapshots().unpack_layer(parent, reader)?;
-    // A built layer is recorded under the exporter's key for it (media type and differ), so a
-    // later export of this snapshot with the same compression reuses the blob; an image's layer
-    // under its plain media type, as a pull records it.
-    let media_type = if l.image {
-        l.media_type.clone()
-    } else {
-        format!("{};kiln.differ=1", l.media_type)
-    };
-    store.snapshots().set_layer(
-        snap,
-        LayerInfo {
-            diff_id: l.diff_id.clone(),
-            digest: l.digest.clone(),
-            size: l.size,
-            media_type,
-        },
-    )?;
-    if l.image {
-        kiln_solver::images::mark_image_layer(store, snap)?;
-    }
-    Ok(snap)
 }
 
 #[cfg(test)]

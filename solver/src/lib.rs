@@ -20,6 +20,7 @@ mod glob;
 pub mod images;
 mod inflight;
 mod inroot;
+pub mod lazy;
 mod mounts;
 mod nocache;
 mod ops;
@@ -522,6 +523,15 @@ impl VertexTask {
         if !fresh {
             if let Some(hit) = cached_result(store, &key)? {
                 return Ok(self.cached(key, hit.snapshot, hit.created_unix));
+            }
+        }
+        // The step runs, or its selection key reads what it selects: a lazily imported cache
+        // layer below an input is filled now, and only then.
+        for input in &inputs {
+            if let Output::Snapshot(s) = input.output {
+                lazy::materialize(store, &self.solver.inner.registry, s)
+                    .await
+                    .map_err(|e| self.failed(Arc::new(e)))?;
             }
         }
         // The op's own key missed: what it selects of a stage may still be the same bytes as
