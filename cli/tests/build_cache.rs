@@ -359,6 +359,29 @@ fn several_caches_share_one_local_directory_under_tags() {
     assert_ok(&out, "import tag b");
     assert!(!stderr(&out).contains("other-42"), "{}", stderr(&out));
     assert_eq!(run_and_cached(&out).0, 0, "{}", stderr(&out));
+
+    // BuildKit's `digest=` picks a manifest of the directory whatever its tag.
+    let b_digest = index["manifests"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| m["annotations"]["org.opencontainers.image.ref.name"] == "b")
+        .unwrap()["digest"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let third = Kiln::new();
+    let out = build(
+        &third,
+        ctx_b.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={},digest={b_digest}", cache_dir.display()),
+        ],
+    );
+    assert_ok(&out, "import by digest");
+    assert!(!stderr(&out).contains("other-42"), "{}", stderr(&out));
+    assert_eq!(run_and_cached(&out).0, 0, "{}", stderr(&out));
 }
 
 /// Regression: a record whose layer could not be fetched left the snapshots made for it behind,

@@ -31,8 +31,13 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub enum CacheLocation {
     /// `type=registry,ref=REF`.
     Registry(String),
-    /// `type=local,dest=DIR` / `src=DIR`, under a tag of the layout's index.
-    Local { dir: PathBuf, tag: String },
+    /// `type=local,dest=DIR` / `src=DIR`, under a tag of the layout's index, or (`src` with
+    /// `digest=`) the manifest of that digest.
+    Local {
+        dir: PathBuf,
+        tag: String,
+        digest: Option<String>,
+    },
 }
 
 /// One `--cache-to` or `--cache-from`.
@@ -52,7 +57,14 @@ impl std::fmt::Display for CacheLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CacheLocation::Registry(r) => write!(f, "`{r}`"),
-            CacheLocation::Local { dir, tag } => write!(f, "`{}` (tag `{tag}`)", dir.display()),
+            CacheLocation::Local {
+                dir,
+                digest: Some(d),
+                ..
+            } => write!(f, "`{}` (manifest `{d}`)", dir.display()),
+            CacheLocation::Local { dir, tag, .. } => {
+                write!(f, "`{}` (tag `{tag}`)", dir.display())
+            }
         }
     }
 }
@@ -96,9 +108,17 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
                 bail!("`{flag} {s}`: `type=local` needs `{dir_key}=DIRECTORY`");
             };
             let tag = kv.remove("tag").unwrap_or("latest").to_string();
+            // BuildKit's `digest=`: import the manifest of that digest, whatever its tag.
+            let digest = match (export, kv.remove("digest")) {
+                (true, Some(_)) => bail!("`{flag} {s}`: `digest` selects a cache to import; it is for `--cache-from`"),
+                (false, Some(d)) if blob_path(Path::new(dir), d).is_ok() => Some(d.to_string()),
+                (false, Some(d)) => bail!("`{flag} {s}`: `digest` is `sha256:` and 64 hex digits, not `{d}`"),
+                (_, None) => None,
+            };
             CacheLocation::Local {
                 dir: PathBuf::from(dir),
                 tag,
+                digest,
             }
         }
         "" => bail!("`{flag} {s}`: give the cache's `type=registry` or `type=local`"),
@@ -351,7 +371,7 @@ pub(crate) async fn export(
                 .push_manifest(reference, MANIFEST_MEDIA_TYPE, &manifest)
                 .await?;
         }
-        CacheLocation::Local { dir, tag } => {
+        CacheLocation::Local { dir, tag, .. } => {
             let mut blobs: Vec<String> = exported.layers.iter().map(|l| l.digest.clone()).collect();
             blobs.push(config_digest.clone());
             write_layout(store, dir, tag, &blobs, &manifest)?;
@@ -427,9 +447,18 @@ enum Source<'a> {
 }
 
 impl Source<'_> {
-    async fn manifest(&self, tag: &str) -> Result<Vec<u8>> {
+    /// The cache manifest: the registry's reference, or the layout's `tag` (or `digest`).
+    async fn manifest(&self, tag: &str, digest: Option<&str>) -> Result<Vec<u8>> {
         match self {
             Source::Registry(client, r) => Ok(client.fetch_manifest(r).await?.bytes),
+            Source::Local(dir) if digest.is_some() => {
+                let digest = digest.unwrap_or_default();
+                let p = blob_path(dir, digest)?;
+                let size = std::fs::metadata(&p)
+                    .with_context(|| format!("the cache directory has no manifest `{digest}`"))?
+                    .len();
+                self.blob_bytes(digest, size).await
+            }
             Source::Local(dir) => {
                 let index_path = dir.join("index.json");
                 let bytes = std::fs::read(&index_path)
@@ -525,14 +554,17 @@ pub(crate) async fn import(
     registry: &RegistryClient,
     spec: &CacheSpec,
 ) -> Result<usize> {
-    let (source, tag) = match &spec.location {
+    let (source, tag, digest) = match &spec.location {
         CacheLocation::Registry(r) => (
             Source::Registry(registry, Reference::parse(r)?),
             String::new(),
+            None,
         ),
-        CacheLocation::Local { dir, tag } => (Source::Local(dir.clone()), tag.clone()),
+        CacheLocation::Local { dir, tag, digest } => {
+            (Source::Local(dir.clone()), tag.clone(), digest.as_deref())
+        }
     };
-    let manifest: serde_json::Value = serde_json::from_slice(&source.manifest(&tag).await?)
+    let manifest: serde_json::Value = serde_json::from_slice(&source.manifest(&tag, digest).await?)
         .context("the cache manifest is not JSON")?;
     let config_desc = &manifest["config"];
     if config_desc["mediaType"].as_str() != Some(CONFIG_MEDIA_TYPE) {
@@ -682,10 +714,22 @@ mod tests {
             s.location,
             CacheLocation::Local {
                 dir: "/tmp/c".into(),
-                tag: "latest".into()
+                tag: "latest".into(),
+                digest: None,
             }
         );
         assert!(!s.mode_max);
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let s = parse_cache_spec(&format!("type=local,src=/c,digest={d}"), false).unwrap();
+        assert_eq!(
+            s.location,
+            CacheLocation::Local {
+                dir: "/c".into(),
+                tag: "latest".into(),
+                digest: Some(d),
+            }
+        );
+        assert!(parse_cache_spec("type=local,src=/c,digest=sha256:../x", false).is_err());
         let s = parse_cache_spec("r:5/img:1", false).unwrap();
         assert_eq!(s.location, CacheLocation::Registry("r:5/img:1".into()));
         let s = parse_cache_spec(
