@@ -660,3 +660,75 @@ fn a_cached_rebuild_downloads_no_layer_and_a_changed_one_only_what_runs() {
         "{downloaded} of the cache's {cache_layers} layers downloaded, the build stage's among them:\n{err}"
     );
 }
+
+/// `image-manifest=false,oci-mediatypes=false`: the cache is written as BuildKit's default form
+/// with Docker media types (a manifest list of the layers and the config), and read back.
+#[test]
+fn a_cache_written_as_a_docker_manifest_list_is_read_back() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let cache = format!("{reg}/{}:cache", unique("list-cache"));
+    let out_dir = tempfile::tempdir().unwrap();
+    let iid = |name: &str| out_dir.path().join(name);
+    let first = Kiln::new();
+    let ctx1 = context("list-one-", &base, "2020-01-01 00:00:00");
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--cache-to",
+            &format!(
+                "type=registry,ref={cache},mode=max,image-manifest=false,oci-mediatypes=false"
+            ),
+            "--iidfile",
+            iid("one").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "export as a manifest list");
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{cache}"),
+        ],
+    );
+    let list: serde_json::Value = serde_json::from_str(&raw).unwrap();
+    assert_eq!(
+        list["mediaType"],
+        "application/vnd.docker.distribution.manifest.list.v2+json"
+    );
+    let entries = list["manifests"].as_array().unwrap();
+    assert_eq!(
+        entries.last().unwrap()["mediaType"],
+        "application/vnd.kiln.cache.config.v1+json"
+    );
+    assert!(
+        entries[..entries.len() - 1]
+            .iter()
+            .all(|e| e["mediaType"] == "application/vnd.docker.image.rootfs.diff.tar.gzip"),
+        "{raw}"
+    );
+
+    let second = Kiln::new();
+    let ctx2 = context("list-two-", &base, "2024-06-30 12:34:56");
+    let out = build(
+        &second,
+        ctx2.path(),
+        &[
+            "--cache-from",
+            &format!("type=registry,ref={cache}"),
+            "--iidfile",
+            iid("two").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "import of the manifest list");
+    let err = stderr(&out);
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(run_and_cached(&out).0, 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(iid("one")).unwrap(),
+        std::fs::read_to_string(iid("two")).unwrap()
+    );
+}

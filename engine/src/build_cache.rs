@@ -21,6 +21,8 @@ use std::path::{Path, PathBuf};
 pub(crate) const CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
 const ARTIFACT_TYPE: &str = "application/vnd.kiln.cache.v1";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_LIST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// The largest cache manifest or config read (a config of 100,000 steps is ~30 MB).
 const MAX_DOCUMENT: u64 = 64 << 20;
 const PARALLEL_UPLOADS: usize = 4;
@@ -51,6 +53,11 @@ pub struct CacheSpec {
     pub compression: Compression,
     /// `compression-level=N`; `None` is the compressor's default.
     pub compression_level: Option<i32>,
+    /// `oci-mediatypes=false`: Docker media types (a manifest list, Docker layer types).
+    pub oci_mediatypes: bool,
+    /// `image-manifest=false`: an index listing the layers and the config, as BuildKit's
+    /// default registry cache; `true` (kiln's default): one image manifest.
+    pub image_manifest: bool,
 }
 
 impl std::fmt::Display for CacheLocation {
@@ -80,6 +87,8 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
             ignore_error: false,
             compression: Compression::Gzip,
             compression_level: None,
+            oci_mediatypes: true,
+            image_manifest: true,
         });
     }
     let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
@@ -95,6 +104,8 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
         ignore_error: false,
         compression: Compression::Gzip,
         compression_level: None,
+        oci_mediatypes: true,
+        image_manifest: true,
     };
     let kind = kv.remove("type").unwrap_or("");
     spec.location = match kind {
@@ -155,14 +166,23 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
             anyhow::anyhow!("`{flag} {s}`: `compression-level` is a number, not `{l}`")
         })?);
     }
-    // kiln always writes OCI media types and an image manifest (BuildKit's `image-manifest=true`
-    // form): asking for exactly that is fine, asking for the other form is not supported.
-    for (k, want) in [("oci-mediatypes", "true"), ("image-manifest", "true")] {
+    for (k, field) in [
+        ("oci-mediatypes", &mut spec.oci_mediatypes),
+        ("image-manifest", &mut spec.image_manifest),
+    ] {
         if let Some(v) = kv.remove(k) {
-            if v != want {
-                bail!("`{flag} {s}`: only `{k}={want}` is supported (kiln writes one OCI image manifest)");
-            }
+            *field = match v {
+                "true" => true,
+                "false" => false,
+                _ => bail!("`{flag} {s}`: `{k}` is `true` or `false`, not `{v}`"),
+            };
         }
+    }
+    if spec.image_manifest && !spec.oci_mediatypes {
+        bail!("`{flag} {s}`: `image-manifest=true` needs `oci-mediatypes=true`; add `image-manifest=false` for Docker media types");
+    }
+    if !spec.oci_mediatypes && spec.compression == Compression::Zstd {
+        bail!("`{flag} {s}`: zstd layers have no Docker media type; use `oci-mediatypes=true`");
     }
     if let Some((k, _)) = kv.into_iter().next() {
         bail!("`{flag} {s}`: the option `{k}` is not supported");
@@ -309,6 +329,50 @@ fn descriptor(media_type: &str, digest: &str, size: u64) -> serde_json::Value {
     serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size })
 }
 
+/// The cache's top document and its media type: one image manifest (`image-manifest=true`), or
+/// an index whose entries are the layers, then the config, as BuildKit writes its default form.
+fn top_document(
+    config_digest: &str,
+    config_size: u64,
+    layers: &[LayerRecord],
+    spec: &CacheSpec,
+) -> (Vec<u8>, &'static str) {
+    if spec.image_manifest {
+        return (
+            manifest_bytes(config_digest, config_size, layers),
+            MANIFEST_MEDIA_TYPE,
+        );
+    }
+    let layer_type = |m: &str| -> String {
+        if spec.oci_mediatypes {
+            return m.to_string();
+        }
+        match Compression::from_media_type(m) {
+            Some(Compression::Gzip) => "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
+            Some(Compression::Uncompressed) => {
+                "application/vnd.docker.image.rootfs.diff.tar".into()
+            }
+            _ => m.to_string(),
+        }
+    };
+    let mut manifests: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| descriptor(&layer_type(&l.media_type), &l.digest, l.size))
+        .collect();
+    manifests.push(descriptor(CONFIG_MEDIA_TYPE, config_digest, config_size));
+    let media_type = if spec.oci_mediatypes {
+        OCI_INDEX_MEDIA_TYPE
+    } else {
+        DOCKER_LIST_MEDIA_TYPE
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": manifests,
+    });
+    (serde_json::to_vec(&index).unwrap_or_default(), media_type)
+}
+
 fn manifest_bytes(config_digest: &str, config_size: u64, layers: &[LayerRecord]) -> Vec<u8> {
     let m = serde_json::json!({
         "schemaVersion": 2,
@@ -347,7 +411,8 @@ pub(crate) async fn export(
     }
     let (config_digest, config_size) = store.content().put_bytes(&exported.config)?;
     let config_digest = config_digest.to_string();
-    let manifest = manifest_bytes(&config_digest, config_size, &exported.layers);
+    let (manifest, manifest_type) =
+        top_document(&config_digest, config_size, &exported.layers, spec);
     match &spec.location {
         CacheLocation::Registry(r) => {
             let reference = Reference::parse(r)?;
@@ -368,13 +433,13 @@ pub(crate) async fn export(
                 .push_blob(reference, &config_digest, config_size, &path)
                 .await?;
             registry
-                .push_manifest(reference, MANIFEST_MEDIA_TYPE, &manifest)
+                .push_manifest(reference, manifest_type, &manifest)
                 .await?;
         }
         CacheLocation::Local { dir, tag, .. } => {
             let mut blobs: Vec<String> = exported.layers.iter().map(|l| l.digest.clone()).collect();
             blobs.push(config_digest.clone());
-            write_layout(store, dir, tag, &blobs, &manifest)?;
+            write_layout(store, dir, tag, &blobs, &manifest, manifest_type)?;
         }
     }
     Ok(())
@@ -398,6 +463,7 @@ fn write_layout(
     tag: &str,
     blobs: &[String],
     manifest: &[u8],
+    manifest_type: &str,
 ) -> Result<()> {
     std::fs::create_dir_all(dir.join("blobs").join("sha256"))
         .with_context(|| format!("cannot create the cache directory `{}`", dir.display()))?;
@@ -423,8 +489,10 @@ fn write_layout(
         .and_then(|v| v.get("manifests")?.as_array().cloned())
         .unwrap_or_default();
     entries.retain(|e| e["annotations"][REF_NAME].as_str() != Some(tag));
-    let mut entry = descriptor(MANIFEST_MEDIA_TYPE, &manifest_digest, manifest.len() as u64);
-    entry["artifactType"] = ARTIFACT_TYPE.into();
+    let mut entry = descriptor(manifest_type, &manifest_digest, manifest.len() as u64);
+    if manifest_type == MANIFEST_MEDIA_TYPE {
+        entry["artifactType"] = ARTIFACT_TYPE.into();
+    }
     entry["annotations"] = serde_json::json!({ REF_NAME: tag });
     entries.push(entry);
     let index = serde_json::json!({
@@ -566,7 +634,14 @@ pub(crate) async fn import(
     };
     let manifest: serde_json::Value = serde_json::from_slice(&source.manifest(&tag, digest).await?)
         .context("the cache manifest is not JSON")?;
-    let config_desc = &manifest["config"];
+    // An index (`image-manifest=false`) lists the config among its entries.
+    let config_desc = match manifest["manifests"].as_array() {
+        Some(entries) => entries
+            .iter()
+            .find(|e| e["mediaType"].as_str() == Some(CONFIG_MEDIA_TYPE))
+            .unwrap_or(&serde_json::Value::Null),
+        None => &manifest["config"],
+    };
     if config_desc["mediaType"].as_str() != Some(CONFIG_MEDIA_TYPE) {
         bail!(
             "not a kiln build cache (its config is `{}`, not `{CONFIG_MEDIA_TYPE}`)",
@@ -741,7 +816,15 @@ mod tests {
             (s.compression, s.compression_level),
             (Compression::Zstd, Some(9))
         );
+        let s = parse_cache_spec(
+            "type=registry,ref=x,image-manifest=false,oci-mediatypes=false",
+            true,
+        )
+        .unwrap();
+        assert!(!s.image_manifest && !s.oci_mediatypes);
         for bad in [
+            "type=registry,ref=x,image-manifest=false,oci-mediatypes=false,compression=zstd",
+            "type=registry,ref=x,image-manifest=maybe",
             "type=registry,ref=x,oci-mediatypes=false",
             "type=registry,ref=x,compression-level=high",
             "type=local,src=/x",
