@@ -103,6 +103,10 @@ impl Store {
                 return Ok(Some(d));
             }
             if !self.content().has(&d) {
+                if self.index().remote_blob_get(&d)?.is_some() && !corrupt.contains(&d) {
+                    // A lazily imported cache layer: fetched when something needs its bytes.
+                    continue;
+                }
                 if required || corrupt.contains(&d) {
                     return Ok(Some(d));
                 }
@@ -148,6 +152,12 @@ impl Store {
 
     /// Removes, per snapshot, the recorded layer blobs that are not stored; returns how many.
     fn drop_dangling_layer_records(&self) -> Result<usize, CacheError> {
+        let remote: HashSet<String> = self
+            .index()
+            .meta_list()?
+            .into_iter()
+            .filter_map(|(k, _)| Some(k.strip_prefix("remote-blob:")?.to_string()))
+            .collect();
         let db = &self.snapshots().db;
         let mut changed: HashMap<u64, Vec<LayerInfo>> = HashMap::new();
         let mut removed = 0;
@@ -165,7 +175,7 @@ impl Store {
                 let before = list.len();
                 let kept: Vec<LayerInfo> = list
                     .into_iter()
-                    .filter(|l| self.content().has(&l.digest))
+                    .filter(|l| self.content().has(&l.digest) || remote.contains(&l.digest))
                     .collect();
                 if kept.len() != before {
                     removed += before - kept.len();

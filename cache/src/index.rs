@@ -406,6 +406,8 @@ impl CacheIndex {
 
 /// `meta` rows that belong to a snapshot: removed by GC with it.
 const SNAPSHOT_META: &str = "snapshot/";
+/// `meta` rows naming where a blob missing from the content store can be fetched.
+const REMOTE_BLOB: &str = "remote-blob:";
 /// `meta` rows naming a result's key by another key: removed by GC with the result.
 const RESULT_ALIAS: &str = "result-alias/";
 
@@ -429,6 +431,22 @@ impl CacheIndex {
         value: &str,
     ) -> Result<(), CacheError> {
         self.meta_put(&format!("{SNAPSHOT_META}{id}/{name}"), value)
+    }
+
+    /// Forgets a value memoised for snapshot `id` (a lazy snapshot once it is filled).
+    pub fn snapshot_meta_remove(&self, id: SnapshotId, name: &str) -> Result<(), CacheError> {
+        self.meta_remove(&format!("{SNAPSHOT_META}{id}/{name}"))
+    }
+
+    /// Records that the blob `digest` is not in the content store but can be fetched from
+    /// `source` (a lazily imported build cache's layer): `kiln check` keeps what names it.
+    pub fn remote_blob_put(&self, digest: &str, source: &str) -> Result<(), CacheError> {
+        self.meta_put(&format!("{REMOTE_BLOB}{digest}"), source)
+    }
+
+    /// Where the blob `digest` can be fetched from, if it was recorded as remote.
+    pub fn remote_blob_get(&self, digest: &str) -> Result<Option<String>, CacheError> {
+        self.meta_get(&format!("{REMOTE_BLOB}{digest}"))
     }
 
     /// The result key that `alias` names, if recorded.

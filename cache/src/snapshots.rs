@@ -517,6 +517,26 @@ impl Snapshots {
         Ok(snap)
     }
 
+    /// Fills `id`, a snapshot made empty (a lazily imported layer), with an uncompressed layer
+    /// tar. The files are unpacked beside its `fs` directory and synced, then renamed over the
+    /// empty one: a reader sees the snapshot empty or whole, never half-written.
+    pub fn fill(&self, id: SnapshotId, tar: impl io::Read) -> Result<(), CacheError> {
+        let fs_dir = self.fs_dir(id);
+        let staging = self.snapshot_dir(id).join("fs.filling");
+        if staging.exists() {
+            fs::remove_dir_all(&staging)
+                .map_err(CacheError::io("remove a half-filled snapshot", &staging))?;
+        }
+        fs::create_dir(&staging).map_err(CacheError::io("create snapshot dir", &staging))?;
+        let filled = crate::unpack::unpack(&staging, tar).and_then(|_| sync_fs(&staging));
+        if let Err(e) = filled {
+            let _ = fs::remove_dir_all(&staging);
+            return Err(e);
+        }
+        // rename(2) replaces an empty directory; a filled one (a second filler won) is an error.
+        fs::rename(&staging, &fs_dir).map_err(CacheError::io("fill snapshot", &fs_dir))
+    }
+
     /// Flushes a snapshot's file system to disk, so a result may be recorded for it.
     pub fn sync(&self, id: SnapshotId) -> Result<(), CacheError> {
         sync_fs(&self.fs_dir(id))

@@ -884,11 +884,15 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
         println!("{}", result.config_digest);
     } else {
         eprintln!(
-            "built {} in {:.1}s ({} steps run, {} cached){}",
+            "built {} in {:.1}s ({} steps run, {} cached{}){}",
             result.manifest_digest,
             started.elapsed().as_secs_f64(),
             result.executed,
             result.cached,
+            match result.cache_layers_fetched {
+                Some(n) => format!(", {n} cache layers downloaded"),
+                None => String::new(),
+            },
             if b.tags.is_empty() {
                 String::new()
             } else {

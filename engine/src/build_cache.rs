@@ -4,22 +4,25 @@
 //! The format (docs/architecture.md, "Build cache export"): an OCI image manifest whose config
 //! (`application/vnd.kiln.cache.config.v1+json`) lists each step's key with the indexes of the
 //! layers that make its result, bottom-up, and whose layers are those layers, each the diff of
-//! a snapshot against its parent as images' layers are. Import is eager: every record's layers
-//! are fetched and unpacked before the solve, which then finds the keys in the local index.
+//! a snapshot against its parent as images' layers are. Import is lazy: every record's key is
+//! recorded with snapshots that are empty until something reads them (`kiln_solver::lazy`), so
+//! a step that is cached downloads nothing.
 
 use anyhow::{bail, Context, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
-use kiln_cache::{CachedResult, LayerInfo, SnapshotId, Store};
+use kiln_cache::{CachedResult, SnapshotId, Store};
 use kiln_exporter::{Compression, LayerOptions};
 use kiln_registry::{Reference, RegistryClient};
+use kiln_solver::lazy::{BlobSource, LazyLayer};
 use sha2::{Digest as _, Sha256};
 use std::collections::{BTreeMap, HashMap};
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 pub(crate) const CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
 const ARTIFACT_TYPE: &str = "application/vnd.kiln.cache.v1";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const OCI_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
+const DOCKER_LIST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// The largest cache manifest or config read (a config of 100,000 steps is ~30 MB).
 const MAX_DOCUMENT: u64 = 64 << 20;
 const PARALLEL_UPLOADS: usize = 4;
@@ -30,8 +33,13 @@ const REF_NAME: &str = "org.opencontainers.image.ref.name";
 pub enum CacheLocation {
     /// `type=registry,ref=REF`.
     Registry(String),
-    /// `type=local,dest=DIR` / `src=DIR`, under a tag of the layout's index.
-    Local { dir: PathBuf, tag: String },
+    /// `type=local,dest=DIR` / `src=DIR`, under a tag of the layout's index, or (`src` with
+    /// `digest=`) the manifest of that digest.
+    Local {
+        dir: PathBuf,
+        tag: String,
+        digest: Option<String>,
+    },
 }
 
 /// One `--cache-to` or `--cache-from`.
@@ -45,13 +53,25 @@ pub struct CacheSpec {
     pub compression: Compression,
     /// `compression-level=N`; `None` is the compressor's default.
     pub compression_level: Option<i32>,
+    /// `oci-mediatypes=false`: Docker media types (a manifest list, Docker layer types).
+    pub oci_mediatypes: bool,
+    /// `image-manifest=false`: an index listing the layers and the config, as BuildKit's
+    /// default registry cache; `true` (kiln's default): one image manifest.
+    pub image_manifest: bool,
 }
 
 impl std::fmt::Display for CacheLocation {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             CacheLocation::Registry(r) => write!(f, "`{r}`"),
-            CacheLocation::Local { dir, tag } => write!(f, "`{}` (tag `{tag}`)", dir.display()),
+            CacheLocation::Local {
+                dir,
+                digest: Some(d),
+                ..
+            } => write!(f, "`{}` (manifest `{d}`)", dir.display()),
+            CacheLocation::Local { dir, tag, .. } => {
+                write!(f, "`{}` (tag `{tag}`)", dir.display())
+            }
         }
     }
 }
@@ -67,6 +87,8 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
             ignore_error: false,
             compression: Compression::Gzip,
             compression_level: None,
+            oci_mediatypes: true,
+            image_manifest: true,
         });
     }
     let mut kv: BTreeMap<&str, &str> = BTreeMap::new();
@@ -82,6 +104,8 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
         ignore_error: false,
         compression: Compression::Gzip,
         compression_level: None,
+        oci_mediatypes: true,
+        image_manifest: true,
     };
     let kind = kv.remove("type").unwrap_or("");
     spec.location = match kind {
@@ -95,9 +119,17 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
                 bail!("`{flag} {s}`: `type=local` needs `{dir_key}=DIRECTORY`");
             };
             let tag = kv.remove("tag").unwrap_or("latest").to_string();
+            // BuildKit's `digest=`: import the manifest of that digest, whatever its tag.
+            let digest = match (export, kv.remove("digest")) {
+                (true, Some(_)) => bail!("`{flag} {s}`: `digest` selects a cache to import; it is for `--cache-from`"),
+                (false, Some(d)) if blob_path(Path::new(dir), d).is_ok() => Some(d.to_string()),
+                (false, Some(d)) => bail!("`{flag} {s}`: `digest` is `sha256:` and 64 hex digits, not `{d}`"),
+                (_, None) => None,
+            };
             CacheLocation::Local {
                 dir: PathBuf::from(dir),
                 tag,
+                digest,
             }
         }
         "" => bail!("`{flag} {s}`: give the cache's `type=registry` or `type=local`"),
@@ -134,14 +166,23 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
             anyhow::anyhow!("`{flag} {s}`: `compression-level` is a number, not `{l}`")
         })?);
     }
-    // kiln always writes OCI media types and an image manifest (BuildKit's `image-manifest=true`
-    // form): asking for exactly that is fine, asking for the other form is not supported.
-    for (k, want) in [("oci-mediatypes", "true"), ("image-manifest", "true")] {
+    for (k, field) in [
+        ("oci-mediatypes", &mut spec.oci_mediatypes),
+        ("image-manifest", &mut spec.image_manifest),
+    ] {
         if let Some(v) = kv.remove(k) {
-            if v != want {
-                bail!("`{flag} {s}`: only `{k}={want}` is supported (kiln writes one OCI image manifest)");
-            }
+            *field = match v {
+                "true" => true,
+                "false" => false,
+                _ => bail!("`{flag} {s}`: `{k}` is `true` or `false`, not `{v}`"),
+            };
         }
+    }
+    if spec.image_manifest && !spec.oci_mediatypes {
+        bail!("`{flag} {s}`: `image-manifest=true` needs `oci-mediatypes=true`; add `image-manifest=false` for Docker media types");
+    }
+    if !spec.oci_mediatypes && spec.compression == Compression::Zstd {
+        bail!("`{flag} {s}`: zstd layers have no Docker media type; use `oci-mediatypes=true`");
     }
     if let Some((k, _)) = kv.into_iter().next() {
         bail!("`{flag} {s}`: the option `{k}` is not supported");
@@ -246,6 +287,16 @@ fn collect(
 /// The layer of one snapshot: an image's own blob, or the snapshot's diff as the exporter
 /// makes it.
 fn layer_record(store: &Store, snap: SnapshotId, opts: &LayerOptions) -> Result<LayerRecord> {
+    if let Some(l) = kiln_solver::lazy::lazy_layer(store, snap)? {
+        // Imported and never filled: its snapshot is empty, the blob is the layer.
+        return Ok(LayerRecord {
+            digest: l.digest,
+            diff_id: l.diff_id,
+            size: l.size,
+            media_type: l.media_type,
+            image: l.image,
+        });
+    }
     if kiln_solver::images::is_image_layer(store, snap)? {
         // Re-compressed variants carry `;kiln.` parameters; the image's own blob does not.
         let original = store
@@ -278,6 +329,50 @@ fn descriptor(media_type: &str, digest: &str, size: u64) -> serde_json::Value {
     serde_json::json!({ "mediaType": media_type, "digest": digest, "size": size })
 }
 
+/// The cache's top document and its media type: one image manifest (`image-manifest=true`), or
+/// an index whose entries are the layers, then the config, as BuildKit writes its default form.
+fn top_document(
+    config_digest: &str,
+    config_size: u64,
+    layers: &[LayerRecord],
+    spec: &CacheSpec,
+) -> (Vec<u8>, &'static str) {
+    if spec.image_manifest {
+        return (
+            manifest_bytes(config_digest, config_size, layers),
+            MANIFEST_MEDIA_TYPE,
+        );
+    }
+    let layer_type = |m: &str| -> String {
+        if spec.oci_mediatypes {
+            return m.to_string();
+        }
+        match Compression::from_media_type(m) {
+            Some(Compression::Gzip) => "application/vnd.docker.image.rootfs.diff.tar.gzip".into(),
+            Some(Compression::Uncompressed) => {
+                "application/vnd.docker.image.rootfs.diff.tar".into()
+            }
+            _ => m.to_string(),
+        }
+    };
+    let mut manifests: Vec<serde_json::Value> = layers
+        .iter()
+        .map(|l| descriptor(&layer_type(&l.media_type), &l.digest, l.size))
+        .collect();
+    manifests.push(descriptor(CONFIG_MEDIA_TYPE, config_digest, config_size));
+    let media_type = if spec.oci_mediatypes {
+        OCI_INDEX_MEDIA_TYPE
+    } else {
+        DOCKER_LIST_MEDIA_TYPE
+    };
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": media_type,
+        "manifests": manifests,
+    });
+    (serde_json::to_vec(&index).unwrap_or_default(), media_type)
+}
+
 fn manifest_bytes(config_digest: &str, config_size: u64, layers: &[LayerRecord]) -> Vec<u8> {
     let m = serde_json::json!({
         "schemaVersion": 2,
@@ -308,9 +403,16 @@ pub(crate) async fn export(
         let spec = spec.clone();
         tokio::task::spawn_blocking(move || collect(&store, &keys, &roots, &spec)).await??
     };
+    // Layers imported lazily and never needed are not in the store yet.
+    for l in &exported.layers {
+        kiln_solver::lazy::fetch_blob(store, registry, &l.digest)
+            .await
+            .with_context(|| format!("cannot fetch the cache layer `{}`", l.digest))?;
+    }
     let (config_digest, config_size) = store.content().put_bytes(&exported.config)?;
     let config_digest = config_digest.to_string();
-    let manifest = manifest_bytes(&config_digest, config_size, &exported.layers);
+    let (manifest, manifest_type) =
+        top_document(&config_digest, config_size, &exported.layers, spec);
     match &spec.location {
         CacheLocation::Registry(r) => {
             let reference = Reference::parse(r)?;
@@ -331,13 +433,13 @@ pub(crate) async fn export(
                 .push_blob(reference, &config_digest, config_size, &path)
                 .await?;
             registry
-                .push_manifest(reference, MANIFEST_MEDIA_TYPE, &manifest)
+                .push_manifest(reference, manifest_type, &manifest)
                 .await?;
         }
-        CacheLocation::Local { dir, tag } => {
+        CacheLocation::Local { dir, tag, .. } => {
             let mut blobs: Vec<String> = exported.layers.iter().map(|l| l.digest.clone()).collect();
             blobs.push(config_digest.clone());
-            write_layout(store, dir, tag, &blobs, &manifest)?;
+            write_layout(store, dir, tag, &blobs, &manifest, manifest_type)?;
         }
     }
     Ok(())
@@ -361,6 +463,7 @@ fn write_layout(
     tag: &str,
     blobs: &[String],
     manifest: &[u8],
+    manifest_type: &str,
 ) -> Result<()> {
     std::fs::create_dir_all(dir.join("blobs").join("sha256"))
         .with_context(|| format!("cannot create the cache directory `{}`", dir.display()))?;
@@ -386,8 +489,10 @@ fn write_layout(
         .and_then(|v| v.get("manifests")?.as_array().cloned())
         .unwrap_or_default();
     entries.retain(|e| e["annotations"][REF_NAME].as_str() != Some(tag));
-    let mut entry = descriptor(MANIFEST_MEDIA_TYPE, &manifest_digest, manifest.len() as u64);
-    entry["artifactType"] = ARTIFACT_TYPE.into();
+    let mut entry = descriptor(manifest_type, &manifest_digest, manifest.len() as u64);
+    if manifest_type == MANIFEST_MEDIA_TYPE {
+        entry["artifactType"] = ARTIFACT_TYPE.into();
+    }
     entry["annotations"] = serde_json::json!({ REF_NAME: tag });
     entries.push(entry);
     let index = serde_json::json!({
@@ -410,9 +515,18 @@ enum Source<'a> {
 }
 
 impl Source<'_> {
-    async fn manifest(&self, tag: &str) -> Result<Vec<u8>> {
+    /// The cache manifest: the registry's reference, or the layout's `tag` (or `digest`).
+    async fn manifest(&self, tag: &str, digest: Option<&str>) -> Result<Vec<u8>> {
         match self {
             Source::Registry(client, r) => Ok(client.fetch_manifest(r).await?.bytes),
+            Source::Local(dir) if digest.is_some() => {
+                let digest = digest.unwrap_or_default();
+                let p = blob_path(dir, digest)?;
+                let size = std::fs::metadata(&p)
+                    .with_context(|| format!("the cache directory has no manifest `{digest}`"))?
+                    .len();
+                self.blob_bytes(digest, size).await
+            }
             Source::Local(dir) => {
                 let index_path = dir.join("index.json");
                 let bytes = std::fs::read(&index_path)
@@ -468,59 +582,66 @@ impl Source<'_> {
         }
     }
 
-    /// Puts a blob into the local content store (verified) unless it is there.
-    async fn fetch_into(&self, store: &Store, l: &LayerRecord) -> Result<()> {
-        if store.content().has(&l.digest) {
-            return Ok(());
-        }
-        let mut w = store.content().writer()?;
+    /// Where this source's blobs are, for the lazy snapshots that need them.
+    fn blob_source(&self) -> BlobSource {
         match self {
-            Source::Registry(client, r) => {
-                // The registry client writes asynchronously; the blob goes through a file in
-                // the store's tmp dir, removed by the guard, then into the verifying writer.
-                let tmp = TempPath(store.tmp_dir().join(format!(
-                    "cache-import-{}-{}",
-                    std::process::id(),
-                    l.digest.trim_start_matches("sha256:")
-                )));
-                let mut f = tokio::fs::File::create(&tmp.0)
-                    .await
-                    .with_context(|| format!("cannot create `{}`", tmp.0.display()))?;
-                client
-                    .fetch_blob_with(r, &l.digest, Some(l.size), &mut f, None)
-                    .await?;
-                tokio::io::AsyncWriteExt::flush(&mut f).await?;
-                std::io::copy(&mut std::fs::File::open(&tmp.0)?, &mut w)?;
+            Source::Registry(_, r) => {
+                BlobSource::Registry(format!("{}/{}", r.registry, r.repository))
             }
+            // Absolute, so that a later `kiln run` from another directory finds it.
             Source::Local(dir) => {
-                let p = blob_path(dir, &l.digest)?;
-                let mut f = std::fs::File::open(&p)
-                    .with_context(|| format!("cannot read `{}`", p.display()))?;
-                std::io::copy(&mut f, &mut w)?;
+                BlobSource::Local(std::path::absolute(dir).unwrap_or_else(|_| dir.clone()))
             }
         }
-        w.commit(Some(&l.digest))?;
+    }
+
+    /// Checks, without reading it, that a layer's blob is there: a directory's blob has the
+    /// size the cache says. A registry is trusted to hold what its manifest references.
+    fn check_blob(&self, l: &LayerRecord) -> Result<()> {
+        if let Source::Local(dir) = self {
+            let p = blob_path(dir, &l.digest)?;
+            let len = std::fs::metadata(&p)
+                .with_context(|| format!("cannot read `{}`", p.display()))?
+                .len();
+            if len != l.size {
+                bail!(
+                    "the blob `{}` is {len} bytes, the cache says {}",
+                    p.display(),
+                    l.size
+                );
+            }
+        }
         Ok(())
     }
 }
 
-/// Imports one cache: records whose keys the local index lacks get their layers fetched and
-/// unpacked and are recorded. Returns how many steps were imported.
+/// Imports one cache: records whose keys the local index lacks are recorded, on snapshots that
+/// their layers fill when something needs them. Returns how many steps were imported.
 pub(crate) async fn import(
     store: &Store,
     registry: &RegistryClient,
     spec: &CacheSpec,
 ) -> Result<usize> {
-    let (source, tag) = match &spec.location {
+    let (source, tag, digest) = match &spec.location {
         CacheLocation::Registry(r) => (
             Source::Registry(registry, Reference::parse(r)?),
             String::new(),
+            None,
         ),
-        CacheLocation::Local { dir, tag } => (Source::Local(dir.clone()), tag.clone()),
+        CacheLocation::Local { dir, tag, digest } => {
+            (Source::Local(dir.clone()), tag.clone(), digest.as_deref())
+        }
     };
-    let manifest: serde_json::Value = serde_json::from_slice(&source.manifest(&tag).await?)
+    let manifest: serde_json::Value = serde_json::from_slice(&source.manifest(&tag, digest).await?)
         .context("the cache manifest is not JSON")?;
-    let config_desc = &manifest["config"];
+    // An index (`image-manifest=false`) lists the config among its entries.
+    let config_desc = match manifest["manifests"].as_array() {
+        Some(entries) => entries
+            .iter()
+            .find(|e| e["mediaType"].as_str() == Some(CONFIG_MEDIA_TYPE))
+            .unwrap_or(&serde_json::Value::Null),
+        None => &manifest["config"],
+    };
     if config_desc["mediaType"].as_str() != Some(CONFIG_MEDIA_TYPE) {
         bail!(
             "not a kiln build cache (its config is `{}`, not `{CONFIG_MEDIA_TYPE}`)",
@@ -561,7 +682,7 @@ pub(crate) async fn import(
         // The snapshots this record makes, removed (newest first) if it fails half-way: they
         // would be named by nothing. The other records are still imported.
         let mut pending: Vec<SnapshotId> = Vec::new();
-        let top = import_record(store, &source, &config, rec, &mut made, &mut pending).await;
+        let top = import_record(store, &source, &config, rec, &mut made, &mut pending);
         let top = match top {
             Ok(top) => top,
             Err(e) => {
@@ -594,9 +715,9 @@ pub(crate) async fn import(
     }
 }
 
-/// Makes the snapshot chain of one record, reusing what this import or an earlier pull made
-/// (a snapshot is named by the chain ID of its layers' diff IDs, as pulled images' are).
-async fn import_record(
+/// Makes the (lazy) snapshot chain of one record, reusing what this import or an earlier pull
+/// made (a snapshot is named by the chain ID of its layers' diff IDs, as pulled images' are).
+fn import_record(
     store: &Store,
     source: &Source<'_>,
     config: &CacheConfig,
@@ -631,11 +752,15 @@ async fn import_record(
         let snap = match known {
             Some(s) => s,
             None => {
-                source.fetch_into(store, l).await?;
-                let store2 = store.clone();
-                let l2 = l.clone();
-                let snap =
-                    tokio::task::spawn_blocking(move || unpack(&store2, parent, &l2)).await??;
+                source.check_blob(l)?;
+                let layer = LazyLayer {
+                    digest: l.digest.clone(),
+                    diff_id: l.diff_id.clone(),
+                    size: l.size,
+                    media_type: l.media_type.clone(),
+                    image: l.image,
+                };
+                let snap = kiln_solver::lazy::create(store, parent, &layer, &source.blob_source())?;
                 pending.push(snap);
                 if l.image {
                     store.index().meta_put(&chain_key, &snap.0.to_string())?;
@@ -647,47 +772,6 @@ async fn import_record(
         parent = Some(snap);
     }
     Ok(parent)
-}
-
-/// A file removed when dropped.
-struct TempPath(PathBuf);
-
-impl Drop for TempPath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-fn unpack(store: &Store, parent: Option<SnapshotId>, l: &LayerRecord) -> Result<SnapshotId> {
-    let file = store.content().open(&l.digest)?;
-    let r = std::io::BufReader::with_capacity(1 << 20, file);
-    let reader: Box<dyn Read> = match Compression::from_media_type(&l.media_type) {
-        Some(Compression::Gzip) => Box::new(flate2::read::GzDecoder::new(r)),
-        Some(Compression::Zstd) => Box::new(zstd::stream::read::Decoder::new(r)?),
-        _ => Box::new(r),
-    };
-    let snap = store.snapshots().unpack_layer(parent, reader)?;
-    // A built layer is recorded under the exporter's key for it (media type and differ), so a
-    // later export of this snapshot with the same compression reuses the blob; an image's layer
-    // under its plain media type, as a pull records it.
-    let media_type = if l.image {
-        l.media_type.clone()
-    } else {
-        format!("{};kiln.differ=1", l.media_type)
-    };
-    store.snapshots().set_layer(
-        snap,
-        LayerInfo {
-            diff_id: l.diff_id.clone(),
-            digest: l.digest.clone(),
-            size: l.size,
-            media_type,
-        },
-    )?;
-    if l.image {
-        kiln_solver::images::mark_image_layer(store, snap)?;
-    }
-    Ok(snap)
 }
 
 #[cfg(test)]
@@ -705,10 +789,22 @@ mod tests {
             s.location,
             CacheLocation::Local {
                 dir: "/tmp/c".into(),
-                tag: "latest".into()
+                tag: "latest".into(),
+                digest: None,
             }
         );
         assert!(!s.mode_max);
+        let d = format!("sha256:{}", "ab".repeat(32));
+        let s = parse_cache_spec(&format!("type=local,src=/c,digest={d}"), false).unwrap();
+        assert_eq!(
+            s.location,
+            CacheLocation::Local {
+                dir: "/c".into(),
+                tag: "latest".into(),
+                digest: Some(d),
+            }
+        );
+        assert!(parse_cache_spec("type=local,src=/c,digest=sha256:../x", false).is_err());
         let s = parse_cache_spec("r:5/img:1", false).unwrap();
         assert_eq!(s.location, CacheLocation::Registry("r:5/img:1".into()));
         let s = parse_cache_spec(
@@ -720,7 +816,15 @@ mod tests {
             (s.compression, s.compression_level),
             (Compression::Zstd, Some(9))
         );
+        let s = parse_cache_spec(
+            "type=registry,ref=x,image-manifest=false,oci-mediatypes=false",
+            true,
+        )
+        .unwrap();
+        assert!(!s.image_manifest && !s.oci_mediatypes);
         for bad in [
+            "type=registry,ref=x,image-manifest=false,oci-mediatypes=false,compression=zstd",
+            "type=registry,ref=x,image-manifest=maybe",
             "type=registry,ref=x,oci-mediatypes=false",
             "type=registry,ref=x,compression-level=high",
             "type=local,src=/x",

@@ -62,9 +62,24 @@ pub(crate) fn rfc3339(unix: i64) -> String {
     )
 }
 
+/// The diff ID of the empty tar (a step that changed nothing).
+const EMPTY_TAR_DIFF_ID: &str =
+    "sha256:5f70bf18a086007016e948b04aed3b82103a36bea41755b6cddfaf10ace3c6ef";
+
 /// The layer of one snapshot. An image layer (pulled or imported) keeps its original blob; a
 /// built one is exported uncompressed (once: the exporter records the blob per snapshot).
 fn layer_of(store: &Store, snap: SnapshotId, epoch: Option<i64>) -> Result<LayerBlob> {
+    if let Some(l) = kiln_solver::lazy::lazy_layer(store, snap)? {
+        // A lazily imported cache layer not filled yet: the image names its blob as it is (an
+        // image's config needs only the diff ID), and a push mounts it from where it is.
+        return Ok(LayerBlob {
+            empty: l.diff_id == EMPTY_TAR_DIFF_ID,
+            diff_id: l.diff_id,
+            digest: l.digest,
+            size: l.size,
+            media_type: l.media_type,
+        });
+    }
     if kiln_solver::images::is_image_layer(store, snap)? {
         // The blob the image came with: recorded under a plain media type (re-compressed
         // variants carry `;kiln.` parameters).

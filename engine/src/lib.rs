@@ -133,6 +133,9 @@ pub struct BuildResult {
     pub media_type: String,
     pub executed: usize,
     pub cached: usize,
+    /// With `--cache-from`: how many layers of the imported caches were downloaded (import is
+    /// lazy: only those a step that ran, or an output, needed).
+    pub cache_layers_fetched: Option<usize>,
     /// `Dockerfile:LINE: message` warnings from the frontend.
     pub warnings: Vec<String>,
     /// What the config file's GC policy collected after the build, when it ran.
@@ -383,6 +386,7 @@ impl Engine {
             Default::default();
         locals.insert("context".into(), local);
         locals.extend(named.locals);
+        let fetched_before = kiln_solver::lazy::blobs_fetched();
         // A cache that cannot be read is not the build's failure: it goes on cold.
         for spec in &req.cache_from {
             if let Err(e) = build_cache::import(&self.store, self.solver.registry(), spec).await {
@@ -474,6 +478,8 @@ impl Engine {
             media_type: delivered.image.media_type,
             executed: solved.executed,
             cached: solved.cached,
+            cache_layers_fetched: (!req.cache_from.is_empty())
+                .then(|| kiln_solver::lazy::blobs_fetched().saturating_sub(fetched_before)),
             warnings,
             collected: None,
         })

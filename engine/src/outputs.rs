@@ -361,6 +361,16 @@ pub(crate) async fn deliver(
             created: image.created.clone(),
         })?;
     }
+    // Only the store and a push of the layers as they are can name a lazily imported cache
+    // layer without its bytes; any other output fills the result's snapshots first.
+    let needs_bytes = all.iter().any(|out| match &out.kind {
+        // Compressed layers stay as they are unless `force-compression=true`.
+        OutputKind::Image { .. } => out.format.force,
+        _ => true,
+    });
+    if let (true, Some(top)) = (needs_bytes, image.chain.last()) {
+        kiln_solver::lazy::materialize(&store, engine.solver.registry(), *top).await?;
+    }
     for out in &all {
         let fmt = &out.format;
         let desc = match &out.kind {

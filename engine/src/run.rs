@@ -134,6 +134,10 @@ pub(crate) async fn create(
     let store2 = store.clone();
     let image2 = image.clone();
     let top = tokio::task::spawn_blocking(move || images::unpack(&store2, &image2)).await??;
+    if let Some(t) = top {
+        // Layers of a lazily imported build cache are filled now that their files are needed.
+        kiln_solver::lazy::materialize(store, solver.registry(), t).await?;
+    }
     let cfg = image.config.config().clone().unwrap_or_default();
     let argv = command_line(
         cfg.entrypoint().as_deref().unwrap_or(&[]),

@@ -199,9 +199,24 @@ impl Engine {
                                 as kiln_registry::Progress
                         }),
                     };
-                    let done = registry
+                    // A lazily imported cache layer is not here: mounted from the cache's
+                    // repository when the registry is the same, else fetched first.
+                    let lazy = !store.content().has(&digest)
+                        && store.index().remote_blob_get(&digest)?.is_some();
+                    if lazy && opts.mount_from.is_none() {
+                        kiln_solver::lazy::fetch_blob(&store, &registry, &digest).await?;
+                    }
+                    let mut pushed = registry
                         .push_blob_with(&dest, &digest, size, &path, &opts)
-                        .await
+                        .await;
+                    if pushed.is_err() && lazy && !store.content().has(&digest) {
+                        // The mount was refused and there was nothing to upload.
+                        kiln_solver::lazy::fetch_blob(&store, &registry, &digest).await?;
+                        pushed = registry
+                            .push_blob_with(&dest, &digest, size, &path, &opts)
+                            .await;
+                    }
+                    let done = pushed
                         .with_context(|| format!("cannot push blob `{digest}` to `{dest}`"))?;
                     images::record_blob_source(&store, &dest, &digest)?;
                     anyhow::Ok(done)

@@ -692,22 +692,14 @@ impl RegistryClient {
         opts: &PushOptions,
     ) -> Result<PushedBlob, RegistryError> {
         digest::validate(digest)?;
-        let meta = tokio::fs::metadata(path)
-            .await
-            .map_err(|source| RegistryError::ReadFile {
-                action: "push".to_string(),
-                reference: r.to_string(),
-                path: path.to_path_buf(),
-                source,
-            })?;
-        if meta.len() != size {
-            return Err(RegistryError::FileSizeMismatch {
-                reference: r.to_string(),
-                path: path.to_path_buf(),
-                digest: digest.to_string(),
-                expected: size,
-                actual: meta.len(),
-            });
+        // A blob that can be mounted need not be here (a lazily imported cache layer): the file
+        // is checked once an upload is certain.
+        let mounting = opts
+            .mount_from
+            .as_deref()
+            .is_some_and(|from| from != r.repository);
+        if !mounting {
+            check_upload_file(r, digest, size, path).await?;
         }
         // Asking with push access up front gets a token good for the upload too.
         if self.head_blob(r, digest, Access::Push, "push").await? {
@@ -778,6 +770,10 @@ impl RegistryClient {
         }
         if resp.status() != StatusCode::ACCEPTED {
             return Err(self.fail(&start, resp, "upload endpoint").await);
+        }
+        if mounting.is_some() {
+            // The registry would not mount it: the blob is uploaded after all.
+            check_upload_file(r, digest, size, path).await?;
         }
         let mut location = self.upload_location(&start, &resp)?;
         // The last byte is reported only once the registry has accepted the blob, so nothing
@@ -1579,6 +1575,33 @@ async fn error_detail(mut resp: Response) -> String {
         short.push('…');
     }
     format!(": {short}")
+}
+
+/// Checks that the file to upload as blob `digest` is there and has the blob's size.
+async fn check_upload_file(
+    r: &Reference,
+    digest: &str,
+    size: u64,
+    path: &Path,
+) -> Result<(), RegistryError> {
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|source| RegistryError::ReadFile {
+            action: "push".to_string(),
+            reference: r.to_string(),
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if meta.len() != size {
+        return Err(RegistryError::FileSizeMismatch {
+            reference: r.to_string(),
+            path: path.to_path_buf(),
+            digest: digest.to_string(),
+            expected: size,
+            actual: meta.len(),
+        });
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -385,7 +385,7 @@ pub fn blob_source(
 
 /// Downloads a blob into the content store. Nothing is stored unless its digest and size match;
 /// a blob that arrives damaged despite the client's own resumes is downloaded once more.
-async fn fetch_blob(
+pub(crate) async fn fetch_blob(
     store: &Store,
     registry: &RegistryClient,
     reference: &Reference,
@@ -532,7 +532,18 @@ pub async fn ensure_layers_with(
                 let d = d.clone();
                 Arc::new(move |done: u64| p(&d, done, size)) as Progress
             });
-            async move { fetch_blob(store, registry, &reference, &d, Some(size), per_blob).await }
+            async move {
+                // A lazily imported cache layer is fetched from the cache it came with.
+                if store
+                    .index()
+                    .remote_blob_get(&d)
+                    .map_err(SolveError::from)?
+                    .is_some()
+                {
+                    return crate::lazy::fetch_blob(store, registry, &d).await;
+                }
+                fetch_blob(store, registry, &reference, &d, Some(size), per_blob).await
+            }
         })
         .buffer_unordered(PARALLEL_LAYERS)
         .try_collect::<Vec<()>>()
@@ -619,7 +630,7 @@ pub fn unpack(store: &Store, image: &ImageRef) -> Result<Option<SnapshotId>, Sol
     Ok(parent)
 }
 
-fn decompressor<'a>(
+pub(crate) fn decompressor<'a>(
     image: &str,
     media_type: &str,
     r: impl Read + 'a,

@@ -20,6 +20,7 @@ mod glob;
 pub mod images;
 mod inflight;
 mod inroot;
+pub mod lazy;
 mod mounts;
 mod nocache;
 mod ops;
@@ -314,6 +315,14 @@ struct VertexResult {
 
 type VertexFuture = Shared<BoxFuture<'static, Result<Arc<VertexResult>, Arc<SolveError>>>>;
 
+/// What a step's key look-up found.
+enum Lookup {
+    /// The step's result: a cache hit, or a source resolved in place.
+    Done(Arc<VertexResult>),
+    /// A miss: the key (and whether the step must run regardless of the cache), no output yet.
+    Miss(Arc<VertexResult>),
+}
+
 #[derive(Default)]
 struct Counters {
     executed: usize,
@@ -391,20 +400,50 @@ impl Solver {
         // Dropping `tasks` (the solve returned, failed or was dropped) aborts every vertex still
         // running, which kills its sandbox.
         let mut tasks = AbortOnDrop(Vec::new());
+        // Keys are looked up top-down, as BuildKit does: a step's key needs only its inputs'
+        // keys, so every vertex first computes its key and looks it up; a miss waits until a
+        // step that runs (or a root) demands its result, and only then demands its inputs'. A
+        // final stage found in the cache so never runs the stages below it (`mode=min` caches).
+        let mut keyed: HashMap<String, VertexFuture> = HashMap::new();
+        let mut demands: HashMap<String, Arc<tokio::sync::watch::Sender<bool>>> = HashMap::new();
         for (idx, op) in def.ops.iter().enumerate() {
             if !needed.contains(&idx) {
                 continue;
             }
             let digest = op.digest();
-            let inputs: Vec<VertexFuture> =
-                op.inputs
-                    .iter()
-                    .map(|i| {
-                        futures.get(&i.digest).cloned().ok_or_else(|| {
-                            SolveError::Graph(format!("dangling input {}", i.digest))
-                        })
-                    })
-                    .collect::<Result<_, _>>()?;
+            let dangling = |d: &str| SolveError::Graph(format!("dangling input {d}"));
+            let inputs: Vec<VertexFuture> = op
+                .inputs
+                .iter()
+                .map(|i| {
+                    futures
+                        .get(&i.digest)
+                        .cloned()
+                        .ok_or_else(|| dangling(&i.digest))
+                })
+                .collect::<Result<_, _>>()?;
+            let input_keys: Vec<VertexFuture> = op
+                .inputs
+                .iter()
+                .map(|i| {
+                    keyed
+                        .get(&i.digest)
+                        .cloned()
+                        .ok_or_else(|| dangling(&i.digest))
+                })
+                .collect::<Result<_, _>>()?;
+            let input_demands: Vec<Arc<tokio::sync::watch::Sender<bool>>> = op
+                .inputs
+                .iter()
+                .map(|i| {
+                    demands
+                        .get(&i.digest)
+                        .cloned()
+                        .ok_or_else(|| dangling(&i.digest))
+                })
+                .collect::<Result<_, _>>()?;
+            let (demand, mut demanded) = tokio::sync::watch::channel(false);
+            demands.insert(digest.clone(), Arc::new(demand));
             let meta = metadata
                 .get(digest.as_str())
                 .map(|m| (*m).clone())
@@ -422,7 +461,33 @@ impl Solver {
                 prefetched: prefetch.for_op(&digest),
             };
             let (done, result) = futures::channel::oneshot::channel();
+            let (key_done, key_result) = futures::channel::oneshot::channel();
             tasks.0.push(tokio::spawn(async move {
+                let looked_up = match futures::future::try_join_all(input_keys).await {
+                    Ok(keys) => task.look_up(keys).await.map_err(Arc::new),
+                    Err(e) => Err(e),
+                };
+                let provisional = match looked_up {
+                    Ok(Lookup::Done(r)) => {
+                        let _ = key_done.send(Ok(r.clone()));
+                        let _ = done.send(Ok(r));
+                        return;
+                    }
+                    Ok(Lookup::Miss(p)) => p,
+                    Err(e) => {
+                        let _ = key_done.send(Err(e.clone()));
+                        let _ = done.send(Err(e));
+                        return;
+                    }
+                };
+                let _ = key_done.send(Ok(provisional));
+                // Nothing needs this step's result until a step that runs (or a root) says so.
+                if demanded.wait_for(|d| *d).await.is_err() {
+                    return;
+                }
+                for d in &input_demands {
+                    d.send_replace(true);
+                }
                 // All inputs at once, so independent branches run in parallel; the first failure
                 // returns here at once and the solve cancels everything still running.
                 let r = match futures::future::try_join_all(inputs).await {
@@ -431,6 +496,16 @@ impl Solver {
                 };
                 let _ = done.send(r);
             }));
+            let key_fut = async move {
+                key_result.await.unwrap_or_else(|_| {
+                    Err(Arc::new(SolveError::Op(
+                        "the step's task ended without a key".into(),
+                    )))
+                })
+            }
+            .boxed()
+            .shared();
+            keyed.insert(digest.clone(), key_fut);
             let fut = async move {
                 result.await.unwrap_or_else(|_| {
                     Err(Arc::new(SolveError::Op(
@@ -441,6 +516,11 @@ impl Solver {
             .boxed()
             .shared();
             futures.insert(digest, fut);
+        }
+        for root in &roots {
+            if let Some(d) = demands.get(&root.digest) {
+                d.send_replace(true);
+            }
         }
         let mut results = Vec::with_capacity(roots.len());
         for root in &roots {
@@ -574,6 +654,35 @@ impl VertexTask {
         }
     }
 
+    /// Computes the step's key from its inputs' keys (`inputs` may be provisional: a miss's
+    /// key without its output) and looks it up: a hit, or a source read or fetched on every
+    /// build, is the step's result; a miss is the key with which [`VertexTask::run`] continues
+    /// once the step's result is demanded.
+    async fn look_up(&self, inputs: Vec<Arc<VertexResult>>) -> Result<Lookup, SolveError> {
+        let store = &self.solver.inner.store;
+        let op = ops::of(&self.op);
+        let key = op.cache_key(self, &inputs).await?;
+        if let Some(resolved) = op.resolve(self, &key) {
+            return resolved.await.map(Lookup::Done);
+        }
+        let fresh = self.meta.ignore_cache || inputs.iter().any(|i| i.fresh);
+        if !fresh {
+            if let Some(hit) = cached_result(store, &key)? {
+                return Ok(Lookup::Done(self.cached(
+                    key,
+                    hit.snapshot,
+                    hit.created_unix,
+                )));
+            }
+        }
+        Ok(Lookup::Miss(Arc::new(VertexResult {
+            key,
+            output: Output::Scratch,
+            created_unix: 0,
+            fresh,
+        })))
+    }
+
     async fn run(self, inputs: Vec<Arc<VertexResult>>) -> Result<Arc<VertexResult>, SolveError> {
         let store = &self.solver.inner.store;
         let op = ops::of(&self.op);
@@ -585,6 +694,15 @@ impl VertexTask {
         if !fresh {
             if let Some(hit) = cached_result(store, &key)? {
                 return Ok(self.cached(key, hit.snapshot, hit.created_unix));
+            }
+        }
+        // The step runs, or its selection key reads what it selects: a lazily imported cache
+        // layer below an input is filled now, and only then.
+        for input in &inputs {
+            if let Output::Snapshot(s) = input.output {
+                lazy::materialize(store, &self.solver.inner.registry, s)
+                    .await
+                    .map_err(|e| self.failed(Arc::new(e)))?;
             }
         }
         // The op's own key missed: what it selects of a stage may still be the same bytes as
