@@ -678,6 +678,15 @@ fn cross_compiling_dockerfile_shares_its_build_stage_across_platforms() {
     assert_eq!(read("linux_arm64/arch"), "aarch64\n");
     assert_eq!(read("linux_arm64/tool"), "built on x86_64 for arm64\n");
     assert_eq!(read("linux_amd64/deps"), "deps\n");
+    for dir in ["linux_amd64", "linux_arm64"] {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let meta = std::fs::metadata(local.join(dir)).unwrap();
+        assert_eq!(
+            (meta.permissions().mode() & 0o7777, meta.mtime()),
+            (0o755, 0),
+            "{dir}: as BuildKit's local exporter makes it"
+        );
+    }
 
     // `type=tar`: the same split inside one tar, each platform's top directory 0755 and dated
     // the epoch, as BuildKit's tar exporter writes it.

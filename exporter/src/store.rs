@@ -310,12 +310,7 @@ pub fn write_split_rootfs_tar(
         .prefix(".kiln-rootfs-")
         .tempdir_in(&tmp)
         .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
-    for (name, chain) in parts {
-        let dir = staging.path().join(name);
-        write_rootfs(store, chain, &dir)?;
-        split_dir_metadata(&dir, source_date_epoch)
-            .map_err(|e| ExportError::write(format!("`{}`", dir.display()), e))?;
-    }
+    write_split_rootfs(store, parts, staging.path(), source_date_epoch)?;
     let opts = LayerOptions {
         compression: Compression::Uncompressed,
         source_date_epoch,
@@ -324,6 +319,24 @@ pub fn write_split_rootfs_tar(
     write_dest(dest, |out| {
         crate::layer::write_layer_tar(staging.path(), out, &opts)
     })
+}
+
+/// Writes the final file systems of several platforms' images into `dest`, each in its own
+/// directory (`dest/linux_amd64`, named by the caller), as BuildKit's local exporter splits a
+/// multi-platform build: each directory 0755 with the mtime `source_date_epoch` (or 0).
+pub fn write_split_rootfs(
+    store: &Store,
+    parts: &[(String, Vec<SnapshotId>)],
+    dest: &Path,
+    source_date_epoch: Option<i64>,
+) -> Result<(), ExportError> {
+    for (name, chain) in parts {
+        let dir = dest.join(name);
+        write_rootfs(store, chain, &dir)?;
+        split_dir_metadata(&dir, source_date_epoch)
+            .map_err(|e| ExportError::write(format!("`{}`", dir.display()), e))?;
+    }
+    Ok(())
 }
 
 /// BuildKit's platform directory: mode 0755, mtime the epoch or 0, whatever the image's root has.

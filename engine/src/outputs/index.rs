@@ -35,6 +35,14 @@ pub(crate) fn check_multi_platform(outputs: &[OutputSpec], platforms: &[Platform
     Ok(())
 }
 
+/// Each platform's directory name in a split output (`linux_amd64`) and its snapshot chain.
+fn split_parts(images: &[(Platform, ExportedImage)]) -> Vec<(String, Vec<kiln_cache::SnapshotId>)> {
+    images
+        .iter()
+        .map(|(p, i)| (crate::platforms::split_dir_name(p), i.chain.clone()))
+        .collect()
+}
+
 /// The variants made so far, per platform (see [`image_variant`]).
 type Made = Vec<Vec<(VariantOptions, ImageDescriptor)>>;
 
@@ -158,22 +166,18 @@ pub(crate) async fn deliver_platforms(
                 write_oci(&store, index, names, tags, dest, OciForm::Layout).await?;
             }
             (OutputKind::Local { dest }, _) => {
-                for (platform, image) in images {
-                    let d = dest.join(crate::platforms::split_dir_name(platform));
-                    let (s, chain) = (store.clone(), image.chain.clone());
-                    tokio::task::spawn_blocking(move || {
-                        kiln_exporter::write_rootfs(&s, &chain, &d).with_context(|| {
-                            format!("cannot write the file system to `{}`", d.display())
-                        })
+                let parts = split_parts(images);
+                let epoch = images.first().and_then(|(_, i)| i.epoch);
+                let (s, d) = (store.clone(), dest.clone());
+                tokio::task::spawn_blocking(move || {
+                    kiln_exporter::write_split_rootfs(&s, &parts, &d, epoch).with_context(|| {
+                        format!("cannot write the file system to `{}`", d.display())
                     })
-                    .await??;
-                }
+                })
+                .await??;
             }
             (OutputKind::Tar { dest }, _) => {
-                let parts: Vec<(String, Vec<kiln_cache::SnapshotId>)> = images
-                    .iter()
-                    .map(|(p, i)| (crate::platforms::split_dir_name(p), i.chain.clone()))
-                    .collect();
+                let parts = split_parts(images);
                 let epoch = images.first().and_then(|(_, i)| i.epoch);
                 let (s, d) = (store.clone(), dest.clone());
                 tokio::task::spawn_blocking(move || {
