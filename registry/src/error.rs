@@ -171,4 +171,25 @@ pub enum RegistryError {
 
     #[error("Docker config `{path}`: {detail}")]
     Config { path: PathBuf, detail: String },
+
+    /// Reading or writing the Docker config failed. The I/O error is printed in the text only
+    /// (as a `source()` too, `{:#}` would print it twice).
+    #[error("Docker config `{path}`: {what}: {cause}")]
+    ConfigIo {
+        path: PathBuf,
+        /// `cannot read it`, `cannot write it`.
+        what: &'static str,
+        cause: std::io::Error,
+    },
+
+    /// A credential helper could not be started or talked to.
+    #[error("`{helper} {verb}` for `{registry}`: {what}: {cause}")]
+    CredentialHelperIo {
+        helper: String,
+        verb: String,
+        registry: String,
+        /// `cannot start it`, `talking to it failed`.
+        what: &'static str,
+        cause: std::io::Error,
+    },
 }
