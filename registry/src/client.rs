@@ -556,7 +556,7 @@ impl RegistryClient {
         let write_err = |source| RegistryError::WriteBlob {
             reference: r.to_string(),
             digest: digest.to_string(),
-            source,
+            cause: source,
         };
         let too_long = |actual| RegistryError::SizeMismatch {
             reference: r.to_string(),
@@ -698,7 +698,7 @@ impl RegistryClient {
                 action: "push".to_string(),
                 reference: r.to_string(),
                 path: path.to_path_buf(),
-                source,
+                cause: source,
             })?;
         if meta.len() != size {
             return Err(RegistryError::FileSizeMismatch {
@@ -1293,7 +1293,7 @@ impl RegistryClient {
                         action: call.action.to_string(),
                         reference: call.reference.to_string(),
                         path: path.clone(),
-                        source,
+                        cause: source,
                     };
                     let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
                     file.seek(std::io::SeekFrom::Start(*offset))

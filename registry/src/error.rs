@@ -132,13 +132,12 @@ pub enum RegistryError {
         path: PathBuf,
     },
 
-    #[error("{action} `{reference}`: cannot read `{path}`: {source}")]
+    #[error("{action} `{reference}`: cannot read `{path}`: {cause}")]
     ReadFile {
         action: String,
         reference: String,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error(
@@ -153,12 +152,11 @@ pub enum RegistryError {
         actual: u64,
     },
 
-    #[error("pull `{reference}`: writing blob `{digest}` failed: {source}")]
+    #[error("pull `{reference}`: writing blob `{digest}` failed: {cause}")]
     WriteBlob {
         reference: String,
         digest: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("`{helper} {verb}` for `{registry}`: {detail}")]
