@@ -204,7 +204,7 @@ impl<R: io::Read> VerifyingReader<R> {
         io::copy(&mut self, &mut io::sink()).map_err(|e| CacheError::Io {
             action: "read blob",
             path: PathBuf::from(&self.digest),
-            source: e,
+            cause: e,
         })?;
         let actual = sha256_digest(&std::mem::take(&mut self.hasher).finalize());
         if actual != self.digest {

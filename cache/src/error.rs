@@ -7,12 +7,11 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
     /// A file-system call failed.
-    #[error("cannot {action} `{}`: {source}", path.display())]
+    #[error("cannot {action} `{}`: {cause}", path.display())]
     Io {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        cause: io::Error,
     },
 
     /// Another process owns the store root, and the caller would not wait.
@@ -57,12 +56,11 @@ pub enum CacheError {
     BlobNotFound { digest: String },
 
     /// The redb index failed.
-    #[error("cache index `{}`: cannot {action}: {source}; if the file is corrupt, move it away and the cache is rebuilt", path.display())]
+    #[error("cache index `{}`: cannot {action}: {cause}; if the file is corrupt, move it away and the cache is rebuilt", path.display())]
     Db {
         action: &'static str,
         path: PathBuf,
-        #[source]
-        source: Box<redb::Error>,
+        cause: Box<redb::Error>,
     },
 
     /// A record in the index or a file of the store does not parse.
@@ -123,12 +121,11 @@ pub enum CacheError {
     MountRequest { target: PathBuf, reason: String },
 
     /// The mount or unmount syscall failed.
-    #[error("{action} at `{}` failed: {source}; kiln needs root (or CAP_SYS_ADMIN), overlayfs, and a `KILN_ROOT` that is not itself on overlayfs", target.display())]
+    #[error("{action} at `{}` failed: {cause}; kiln needs root (or CAP_SYS_ADMIN), overlayfs, and a `KILN_ROOT` that is not itself on overlayfs", target.display())]
     Mount {
         action: &'static str,
         target: PathBuf,
-        #[source]
-        source: nix::Error,
+        cause: nix::Error,
     },
 
     /// A file asked for through a snapshot chain is not a regular file.
@@ -151,7 +148,7 @@ impl CacheError {
             CacheError::Io {
                 action,
                 path,
-                source,
+                cause: source,
             }
         }
     }
@@ -160,7 +157,7 @@ impl CacheError {
     pub fn is_disk_full(&self) -> bool {
         match self {
             CacheError::DiskFull { .. } => true,
-            CacheError::Io { source, .. } => is_disk_full(source),
+            CacheError::Io { cause: source, .. } => is_disk_full(source),
             _ => false,
         }
     }
@@ -180,7 +177,7 @@ impl CacheError {
             CacheError::Db {
                 action,
                 path,
-                source: Box::new(e),
+                cause: Box::new(e),
             }
         }
     }
@@ -233,5 +230,18 @@ impl std::fmt::Display for LockHolder {
             (Some(pid), true) => write!(f, "process {pid}"),
             (None, _) => f.write_str("another process"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_io_error_reads_once_in_a_chain() {
+        let e = CacheError::io("read", "/store/x")(io::Error::from(io::ErrorKind::NotFound));
+        // The cause is in the text; were it the source too, `{:#}` would print it twice.
+        assert!(std::error::Error::source(&e).is_none());
+        assert_eq!(e.to_string(), "cannot read `/store/x`: entity not found");
     }
 }

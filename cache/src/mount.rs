@@ -56,7 +56,7 @@ impl Mounter for RealMounter {
             .map_err(|source| CacheError::Mount {
                 action: "overlay mount",
                 target: target.clone(),
-                source,
+                cause: source,
             }),
             MountRequest::OverlayLayers {
                 target,
@@ -78,7 +78,7 @@ impl Mounter for RealMounter {
                 .map_err(|e| CacheError::Mount {
                     action: "bind mount",
                     target: target.clone(),
-                    source: e,
+                    cause: e,
                 })?;
                 // A bind mount ignores MS_RDONLY and MS_NODEV on creation; it takes a remount.
                 let mut flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_NODEV;
@@ -90,7 +90,7 @@ impl Mounter for RealMounter {
                     return Err(CacheError::Mount {
                         action: "nodev remount",
                         target: target.clone(),
-                        source: e,
+                        cause: e,
                     });
                 }
                 Ok(())
@@ -103,7 +103,7 @@ impl Mounter for RealMounter {
             CacheError::Mount {
                 action: "unmount",
                 target: target.to_path_buf(),
-                source,
+                cause: source,
             }
         })
     }
@@ -137,7 +137,7 @@ fn fsconfig_overlay(
                 OverlayStep::Move => "move_mount of the overlay",
             },
             target: target.to_path_buf(),
-            source: nix::Error::from_raw(source.raw_os_error().unwrap_or(0)),
+            cause: nix::Error::from_raw(source.raw_os_error().unwrap_or(0)),
         },
     })
 }

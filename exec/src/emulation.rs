@@ -341,7 +341,7 @@ fn qemu_confs(dir: &Path) -> Result<Vec<QemuConf>, ExecError> {
             return Err(ExecError::Io {
                 what: "cannot read",
                 path: dir.to_path_buf(),
-                source,
+                cause: source,
             })
         }
     };

@@ -77,25 +77,25 @@ pub enum ExecError {
     },
 
     /// A file or directory on the host could not be used.
-    #[error("{what} `{path}`: {source}")]
+    #[error("{what} `{path}`: {cause}")]
     Io {
         /// What was being done.
         what: &'static str,
         /// The path concerned.
         path: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// The sandbox helper process could not be started.
-    #[error("cannot start the sandbox helper `{exe}`: {source}; set `KILN_SANDBOX_EXE` to a kiln binary")]
+    #[error(
+        "cannot start the sandbox helper `{exe}`: {cause}; set `KILN_SANDBOX_EXE` to a kiln binary"
+    )]
     Spawn {
         /// The executable that was re-executed.
         exe: PathBuf,
         /// The cause.
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     /// The sandbox could not set up the container (mounts, ids, working directory...).

@@ -49,7 +49,7 @@ fn write(dir: &Path, name: &str, text: &str) -> Result<PathBuf, ExecError> {
     std::fs::write(&path, text).map_err(|source| ExecError::Io {
         what: "cannot write",
         path: path.clone(),
-        source,
+        cause: source,
     })?;
     Ok(path)
 }

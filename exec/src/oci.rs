@@ -192,7 +192,11 @@ fn refuse_device_nodes(spec: &mut Spec) -> Result<(), ExecError> {
 
 fn io(what: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> ExecError {
     let path = path.to_path_buf();
-    move |source| ExecError::Io { what, path, source }
+    move |source| ExecError::Io {
+        what,
+        path,
+        cause: source,
+    }
 }
 
 /// What [`prepare`] set up: the mounted root, the bundle and the created mount points.
@@ -582,7 +586,7 @@ pub(crate) async fn run(
     let status = child.wait().await.map_err(|source| ExecError::Io {
         what: "cannot wait for the OCI runtime",
         path: PathBuf::from(binary),
-        source,
+        cause: source,
     })?;
     drop(alive);
     // `run` (not detached) deletes the container when its process exits; a runtime killed by a

@@ -202,7 +202,7 @@ pub fn reexec_rootless_if_unprivileged() -> Result<Option<i32>, ExecError> {
     let exe = std::fs::read_link("/proc/self/exe").map_err(|source| ExecError::Io {
         what: "cannot find the current executable",
         path: PathBuf::from("/proc/self/exe"),
-        source,
+        cause: source,
     })?;
     let (ready_r, ready_w) = pipe()?;
     let (go_r, go_w) = pipe()?;

@@ -77,7 +77,7 @@ pub async fn run(
         .map_err(|source| ExecError::Io {
             what: "cannot create the sandbox state directory",
             path: config.state_dir.clone(),
-            source,
+            cause: source,
         })?;
     let mut config = config;
     crate::etc::provide(&mut config.spec, &config.state_dir, config.network)?;
@@ -93,7 +93,7 @@ pub async fn run(
             return Err(ExecError::Io {
                 what: "cannot remove the old sandbox result",
                 path: result_path,
-                source,
+                cause: source,
             })
         }
     }
@@ -115,7 +115,7 @@ pub async fn run(
 
     let spawn_err = |e: nix::Error| ExecError::Spawn {
         exe: exe.clone(),
-        source: e.into(),
+        cause: e.into(),
     };
     let (read_end, write_end) = child_pipe().map_err(spawn_err)?;
     let (engine_end, alive) = child_pipe().map_err(spawn_err)?;
@@ -130,7 +130,7 @@ pub async fn run(
     inherit(cmd.as_std_mut(), [read_fd, engine_end.as_raw_fd()]);
     let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
         exe: exe.clone(),
-        source,
+        cause: source,
     })?;
     drop(read_end);
     drop(engine_end);
@@ -152,7 +152,7 @@ pub async fn run(
     let status = child.wait().await.map_err(|source| ExecError::Io {
         what: "cannot wait for the sandbox helper",
         path: exe.clone(),
-        source,
+        cause: source,
     })?;
     // A write error only means the helper died early; its status and result tell why.
     let _ = writer.await;
@@ -244,7 +244,7 @@ pub fn enter(req: EnterRequest) -> Result<i32, ExecError> {
     })?;
     let spawn_err = |e: nix::Error| ExecError::Spawn {
         exe: exe.clone(),
-        source: e.into(),
+        cause: e.into(),
     };
     let (read_end, write_end) = child_pipe().map_err(spawn_err)?;
     let mut cmd = std::process::Command::new(&exe);
@@ -253,7 +253,7 @@ pub fn enter(req: EnterRequest) -> Result<i32, ExecError> {
     inherit(&mut cmd, [read_end.as_raw_fd()]);
     let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
         exe: exe.clone(),
-        source,
+        cause: source,
     })?;
     drop(read_end);
     // A write error only means the helper died early; its status says how.
@@ -261,7 +261,7 @@ pub fn enter(req: EnterRequest) -> Result<i32, ExecError> {
     let status = child.wait().map_err(|source| ExecError::Io {
         what: "cannot wait for the exec helper",
         path: exe.clone(),
-        source,
+        cause: source,
     })?;
     Ok(match (status.code(), status.signal()) {
         (Some(code), _) => code,

@@ -19,7 +19,7 @@ pub(crate) fn sandbox_exe() -> Result<PathBuf, ExecError> {
     std::env::current_exe().map_err(|source| ExecError::Io {
         what: "cannot find the current executable",
         path: PathBuf::from("/proc/self/exe"),
-        source,
+        cause: source,
     })
 }
 

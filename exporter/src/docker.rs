@@ -154,7 +154,7 @@ pub(crate) fn docker_archive_to<W: Write>(
 
     let manifest = serde_json::to_vec(&entries).map_err(|source| ExportError::Json {
         what: "the docker archive manifest",
-        source,
+        cause: source,
     })?;
     let mut e = Entry::new(b"manifest.json", Kind::Regular);
     e.size = manifest.len() as u64;

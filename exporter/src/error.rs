@@ -5,14 +5,14 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExportError {
-    #[error("snapshot directory `{path}` is missing or not a directory: {source}; check that the snapshot still exists (it may have been garbage-collected)")]
-    SnapshotDir { path: PathBuf, source: io::Error },
+    #[error("snapshot directory `{path}` is missing or not a directory: {cause}; check that the snapshot still exists (it may have been garbage-collected)")]
+    SnapshotDir { path: PathBuf, cause: io::Error },
 
-    #[error("cannot {op} `{path}`: {source}; check that the path exists and is readable")]
+    #[error("cannot {op} `{path}`: {cause}; check that the path exists and is readable")]
     Read {
         op: &'static str,
         path: PathBuf,
-        source: io::Error,
+        cause: io::Error,
     },
 
     #[error("`{path}` changed while it was being archived ({expected} bytes expected, {got} read); export again when nothing writes to the snapshot")]
@@ -29,8 +29,8 @@ pub enum ExportError {
         minor: u64,
     },
 
-    #[error("cannot write {what}: {source}; check free space and permissions of the destination")]
-    Write { what: String, source: io::Error },
+    #[error("cannot write {what}: {cause}; check free space and permissions of the destination")]
+    Write { what: String, cause: io::Error },
 
     #[error("cannot write {what}: the disk is full; free space (`kiln prune` removes unused snapshots and blobs) or write to a larger disk")]
     DiskFull { what: String },
@@ -45,10 +45,10 @@ pub enum ExportError {
         layer: String,
     },
 
-    #[error("cannot encode {what} as JSON: {source}")]
+    #[error("cannot encode {what} as JSON: {cause}")]
     Json {
         what: &'static str,
-        source: serde_json::Error,
+        cause: serde_json::Error,
     },
 
     #[error("invalid OCI data in {what}: {detail}")]
@@ -96,7 +96,7 @@ impl ExportError {
         ExportError::Read {
             op,
             path: path.into(),
-            source,
+            cause: source,
         }
     }
 
@@ -106,7 +106,7 @@ impl ExportError {
         }
         ExportError::Write {
             what: what.into(),
-            source,
+            cause: source,
         }
     }
 }

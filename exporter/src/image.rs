@@ -114,8 +114,14 @@ pub(crate) fn canonical_json(
     value: &impl Serialize,
     what: &'static str,
 ) -> Result<Vec<u8>, ExportError> {
-    let v = serde_json::to_value(value).map_err(|source| ExportError::Json { what, source })?;
-    serde_json::to_vec(&sort_keys(v)).map_err(|source| ExportError::Json { what, source })
+    let v = serde_json::to_value(value).map_err(|source| ExportError::Json {
+        what,
+        cause: source,
+    })?;
+    serde_json::to_vec(&sort_keys(v)).map_err(|source| ExportError::Json {
+        what,
+        cause: source,
+    })
 }
 
 fn sort_keys(v: serde_json::Value) -> serde_json::Value {
@@ -173,8 +179,10 @@ pub(crate) fn config_bytes_with_extras(
         return canonical_json(config, "the image config");
     }
     let what = "the image config";
-    let mut v =
-        serde_json::to_value(config).map_err(|source| ExportError::Json { what, source })?;
+    let mut v = serde_json::to_value(config).map_err(|source| ExportError::Json {
+        what,
+        cause: source,
+    })?;
     if let Some(obj) = v.as_object_mut() {
         let inner = obj
             .entry("config")

@@ -248,12 +248,12 @@ fn tar_dir<W: Write>(
 ) -> Result<(bool, W), ExportError> {
     let md = fs::symlink_metadata(dir).map_err(|source| ExportError::SnapshotDir {
         path: dir.to_path_buf(),
-        source,
+        cause: source,
     })?;
     if !md.is_dir() {
         return Err(ExportError::SnapshotDir {
             path: dir.to_path_buf(),
-            source: io::Error::other("not a directory"),
+            cause: io::Error::other("not a directory"),
         });
     }
     let mut w = Walker {

@@ -157,7 +157,7 @@ fn docker_manifest_json(config: &str, layers: &[String]) -> Result<Vec<u8>, Expo
     };
     serde_json::to_vec(&[entry]).map_err(|source| ExportError::Json {
         what: "the archive's manifest.json",
-        source,
+        cause: source,
     })
 }
 

@@ -29,12 +29,12 @@ fn werr(path: &Path) -> impl FnOnce(io::Error) -> ExportError + '_ {
 fn apply_layer(src_root: &Path, dest_root: &Path) -> Result<(), ExportError> {
     let md = fs::symlink_metadata(src_root).map_err(|source| ExportError::SnapshotDir {
         path: src_root.to_path_buf(),
-        source,
+        cause: source,
     })?;
     if !md.is_dir() {
         return Err(ExportError::SnapshotDir {
             path: src_root.to_path_buf(),
-            source: io::Error::other("not a directory"),
+            cause: io::Error::other("not a directory"),
         });
     }
     // Directory metadata is set last, deepest first, since adding children changes mtimes.

@@ -24,12 +24,20 @@ pub type OpDigest = String;
 /// Errors from decoding or validating a definition.
 #[derive(Debug, thiserror::Error)]
 pub enum LlbError {
+    /// The prost error is printed in the text only: as a `source()` too, `{:#}` would print it
+    /// twice.
     #[error("cannot decode LLB definition: {0}")]
-    Decode(#[from] prost::DecodeError),
+    Decode(prost::DecodeError),
     #[error("op `{op}` references input `{input}` which is not defined before it")]
     DanglingInput { op: OpDigest, input: OpDigest },
     #[error("definition has no root")]
     NoRoot,
+}
+
+impl From<prost::DecodeError> for LlbError {
+    fn from(e: prost::DecodeError) -> Self {
+        LlbError::Decode(e)
+    }
 }
 
 impl Op {

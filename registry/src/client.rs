@@ -556,7 +556,7 @@ impl RegistryClient {
         let write_err = |source| RegistryError::WriteBlob {
             reference: r.to_string(),
             digest: digest.to_string(),
-            source,
+            cause: source,
         };
         let too_long = |actual| RegistryError::SizeMismatch {
             reference: r.to_string(),
@@ -1289,7 +1289,7 @@ impl RegistryClient {
                         action: call.action.to_string(),
                         reference: call.reference.to_string(),
                         path: path.clone(),
-                        source,
+                        cause: source,
                     };
                     let mut file = tokio::fs::File::open(path).await.map_err(read_err)?;
                     file.seek(std::io::SeekFrom::Start(*offset))
@@ -1590,7 +1590,7 @@ async fn check_upload_file(
             action: "push".to_string(),
             reference: r.to_string(),
             path: path.to_path_buf(),
-            source,
+            cause: source,
         })?;
     if meta.len() != size {
         return Err(RegistryError::FileSizeMismatch {

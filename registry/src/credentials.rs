@@ -129,6 +129,13 @@ async fn run_helper(
         registry: registry.to_string(),
         detail,
     };
+    let helper_io = |what: &'static str, cause: std::io::Error| RegistryError::CredentialHelperIo {
+        helper: program.clone(),
+        verb: verb.to_string(),
+        registry: registry.to_string(),
+        what,
+        cause,
+    };
     let mut child = tokio::process::Command::new(&program)
         .arg(verb)
         .stdin(Stdio::piped())
@@ -137,11 +144,11 @@ async fn run_helper(
         .kill_on_drop(true)
         .spawn()
         .map_err(|e| {
-            fail(if e.kind() == std::io::ErrorKind::NotFound {
-                format!("`{program}` is not on the PATH: install it or remove it from the Docker config")
+            if e.kind() == std::io::ErrorKind::NotFound {
+                fail(format!("`{program}` is not on the PATH: install it or remove it from the Docker config"))
             } else {
-                format!("cannot start it: {e}")
-            })
+                helper_io("cannot start it", e)
+            }
         })?;
     let run = async {
         if let Some(mut stdin) = child.stdin.take() {
@@ -167,7 +174,7 @@ async fn run_helper(
                 HELPER_TIMEOUT.as_secs()
             ))
         })?
-        .map_err(|e| fail(format!("talking to it failed: {e}")))?;
+        .map_err(|e| helper_io("talking to it failed", e))?;
     if status.success() {
         return Ok(Some(out));
     }
@@ -249,7 +256,11 @@ fn read_config_value(path: &Path) -> Result<serde_json::Value, RegistryError> {
             }
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(serde_json::json!({})),
-        Err(e) => Err(bad(format!("cannot read it: {e}"))),
+        Err(cause) => Err(RegistryError::ConfigIo {
+            path: path.to_path_buf(),
+            what: "cannot read it",
+            cause,
+        }),
     }
 }
 
@@ -261,12 +272,19 @@ fn write_config_value(path: &Path, v: &serde_json::Value) -> Result<(), Registry
         path: path.to_path_buf(),
         detail,
     };
+    let config_io = |what: &'static str| {
+        move |cause| RegistryError::ConfigIo {
+            path: path.to_path_buf(),
+            what,
+            cause,
+        }
+    };
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(|e| bad(format!("cannot create its directory: {e}")))?;
+        .map_err(config_io("cannot create its directory"))?;
     let tmp = dir.join(format!(".config.json.{}.tmp", std::process::id()));
     let text = serde_json::to_vec_pretty(v).map_err(|e| bad(e.to_string()))?;
     let write = || -> std::io::Result<()> {
@@ -283,7 +301,7 @@ fn write_config_value(path: &Path, v: &serde_json::Value) -> Result<(), Registry
     };
     write().map_err(|e| {
         let _ = std::fs::remove_file(&tmp);
-        bad(format!("cannot write it: {e}"))
+        config_io("cannot write it")(e)
     })
 }
 

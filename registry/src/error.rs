@@ -132,13 +132,12 @@ pub enum RegistryError {
         path: PathBuf,
     },
 
-    #[error("{action} `{reference}`: cannot read `{path}`: {source}")]
+    #[error("{action} `{reference}`: cannot read `{path}`: {cause}")]
     ReadFile {
         action: String,
         reference: String,
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error(
@@ -153,12 +152,11 @@ pub enum RegistryError {
         actual: u64,
     },
 
-    #[error("pull `{reference}`: writing blob `{digest}` failed: {source}")]
+    #[error("pull `{reference}`: writing blob `{digest}` failed: {cause}")]
     WriteBlob {
         reference: String,
         digest: String,
-        #[source]
-        source: std::io::Error,
+        cause: std::io::Error,
     },
 
     #[error("`{helper} {verb}` for `{registry}`: {detail}")]
@@ -171,4 +169,25 @@ pub enum RegistryError {
 
     #[error("Docker config `{path}`: {detail}")]
     Config { path: PathBuf, detail: String },
+
+    /// Reading or writing the Docker config failed. The I/O error is printed in the text only
+    /// (as a `source()` too, `{:#}` would print it twice).
+    #[error("Docker config `{path}`: {what}: {cause}")]
+    ConfigIo {
+        path: PathBuf,
+        /// `cannot read it`, `cannot write it`.
+        what: &'static str,
+        cause: std::io::Error,
+    },
+
+    /// A credential helper could not be started or talked to.
+    #[error("`{helper} {verb}` for `{registry}`: {what}: {cause}")]
+    CredentialHelperIo {
+        helper: String,
+        verb: String,
+        registry: String,
+        /// `cannot start it`, `talking to it failed`.
+        what: &'static str,
+        cause: std::io::Error,
+    },
 }

@@ -56,14 +56,19 @@ struct Download {
 async fn download(store: &Store, s: &SourceOp) -> Result<Download, SolveError> {
     let url = s.identifier.as_str();
     let fail = |what: String| SolveError::Op(format!("download `{url}`: {what}"));
-    let http = |what: &str| {
-        let what = format!("download `{url}`{what}");
-        move |source| SolveError::Http { what, source }
+    // Made only on failure: two of them sit on the per-chunk path.
+    let http = |what: &str, source| SolveError::Http {
+        what: format!("download `{url}`{what}"),
+        source,
+    };
+    let io = |what: &str, source| SolveError::Io {
+        what: format!("download `{url}`: {what}"),
+        source,
     };
     let client = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(30))
         .build()
-        .map_err(http(""))?;
+        .map_err(|e| http("", e))?;
     let mut resp = client.get(url).send().await.map_err(|e| {
         SolveError::hinted(
             format!("download `{url}`"),
@@ -96,9 +101,7 @@ async fn download(store: &Store, s: &SourceOp) -> Result<Download, SolveError> {
     let mut file = tempfile::Builder::new()
         .prefix("http-")
         .tempfile_in(store.tmp_dir())
-        .map_err(SolveError::io(format!(
-            "download `{url}`: cannot make a temp file"
-        )))?;
+        .map_err(|e| io("cannot make a temp file", e))?;
     let mut sha = sha2::Sha256::new();
     let mut sha384 = checksum_algo(s)
         .filter(|a| *a == "sha384")
@@ -109,7 +112,7 @@ async fn download(store: &Store, s: &SourceOp) -> Result<Download, SolveError> {
     while let Some(chunk) = resp
         .chunk()
         .await
-        .map_err(http(": the transfer broke off"))?
+        .map_err(|e| http(": the transfer broke off", e))?
     {
         sha.update(&chunk);
         if let Some(h) = sha384.as_mut() {
@@ -118,9 +121,8 @@ async fn download(store: &Store, s: &SourceOp) -> Result<Download, SolveError> {
         if let Some(h) = sha512.as_mut() {
             h.update(&chunk);
         }
-        file.write_all(&chunk).map_err(SolveError::io(format!(
-            "download `{url}`: cannot write the temp file"
-        )))?;
+        file.write_all(&chunk)
+            .map_err(|e| io("cannot write the temp file", e))?;
     }
     let sha256 = format!("sha256:{}", hex::encode(sha.finalize()));
     if let Some(want) = attr(s, HTTP_CHECKSUM) {
