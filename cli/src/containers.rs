@@ -59,10 +59,14 @@ pub(crate) struct RunArgs {
     /// network) or the name of a network from `kiln network create`.
     #[arg(long)]
     network: Option<String>,
-    /// Publish a container's TCP port on the host: [IP:]HOST_PORT:CONTAINER_PORT[/tcp] (IP
-    /// 0.0.0.0 when not given); the container gets a network namespace of its own.
+    /// Publish a container's port on the host: [IP:][HOST_PORT:]CONTAINER_PORT[/tcp|/udp] (IP
+    /// 0.0.0.0 when not given, a free port when HOST_PORT is); the container gets a network
+    /// namespace of its own.
     #[arg(short = 'p', long = "publish")]
     publish: Vec<String>,
+    /// Publish every port the image exposes on a free host port (`kiln port` shows which).
+    #[arg(short = 'P', long = "publish-all")]
+    publish_all: bool,
     /// What runs the container: builtin (kiln's sandbox), runc or crun.
     #[arg(long, default_value = "builtin")]
     runtime: String,
@@ -149,7 +153,7 @@ fn request(r: RunArgs) -> Result<(RunRequest, bool)> {
         ports.push(containers::parse_publish(p)?);
     }
     let (network_none, bridge_network) = match r.network.as_deref() {
-        None => (!ports.is_empty(), None),
+        None => (!ports.is_empty() || r.publish_all, None),
         Some("host" | "default") => (false, None),
         Some("none") => (true, None),
         Some("") => bail!("`--network` needs a value: host, none, bridge or a network's name"),
@@ -201,6 +205,7 @@ fn request(r: RunArgs) -> Result<(RunRequest, bool)> {
         platform: r.platform,
         mounts,
         ports,
+        publish_all: r.publish_all,
     };
     Ok((req, r.detach))
 }
@@ -368,7 +373,14 @@ fn ports_text(c: &Container) -> String {
         .unwrap_or(&[]);
     ports
         .iter()
-        .map(|p| format!("{}->{}/tcp ", p.host_addr(), p.container_port))
+        .map(|p| {
+            format!(
+                "{}->{}/{} ",
+                p.host_addr(),
+                p.container_port,
+                p.protocol.as_str()
+            )
+        })
         .collect::<String>()
         .trim_end()
         .replace(' ', ", ")
@@ -389,7 +401,8 @@ pub(crate) fn ps(root: &Path, a: PsArgs) -> Result<i32> {
     );
     for c in shown {
         println!(
-            "{:<14}{:<20}{:<24}{:<24}{:<36}{:<24}{}",
+            // A space after the ports always: a long list must not run into the name.
+            "{:<14}{:<20}{:<24}{:<24}{:<36}{:<23} {}",
             c.short_id(),
             cut(&c.image(), 19),
             cut(&format!("\"{}\"", c.command()), 23),
@@ -665,4 +678,54 @@ pub(crate) fn container(root: &Path, c: ContainerCommand) -> Result<i32> {
             Ok(0)
         }
     }
+}
+
+#[derive(clap::Args)]
+pub(crate) struct PortArgs {
+    container: String,
+    /// Only this container port: PORT, PORT/tcp or PORT/udp.
+    port: Option<String>,
+}
+
+/// `kiln port C [PORT]`: `80/tcp -> 127.0.0.1:5170` lines, as `docker port` prints them.
+pub(crate) fn port(root: &Path, a: PortArgs) -> Result<i32> {
+    let c = containers::find(root, &a.container)?;
+    let wanted: Option<(u16, &str)> = match &a.port {
+        None => None,
+        Some(p) => {
+            let (n, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
+            let n = n
+                .parse()
+                .ok()
+                .filter(|_| matches!(proto, "tcp" | "udp"))
+                .with_context(|| format!("invalid port `{p}`: give PORT, PORT/tcp or PORT/udp"))?;
+            Some((n, proto))
+        }
+    };
+    let ports = c
+        .config
+        .as_ref()
+        .map(|cfg| cfg.ports.clone())
+        .unwrap_or_default();
+    let shown: Vec<_> = ports
+        .iter()
+        .filter(|p| {
+            wanted.is_none_or(|(n, proto)| n == p.container_port && proto == p.protocol.as_str())
+        })
+        .collect();
+    if let (Some((n, proto)), true) = (wanted, shown.is_empty()) {
+        anyhow::bail!(
+            "no public port `{n}/{proto}` published for container `{}`",
+            c.name()
+        );
+    }
+    for p in shown {
+        println!(
+            "{}/{} -> {}",
+            p.container_port,
+            p.protocol.as_str(),
+            p.host_addr()
+        );
+    }
+    Ok(0)
 }

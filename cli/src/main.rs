@@ -83,6 +83,8 @@ enum Command {
     /// Manage volumes.
     #[command(subcommand)]
     Volume(volumes::VolumeCommand),
+    /// List a container's published ports.
+    Port(containers::PortArgs),
     /// Manage bridge networks.
     #[command(subcommand)]
     Network(networks::NetworkCommand),
@@ -407,6 +409,7 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         | Command::Container(_)
         | Command::Volume(_)
         | Command::Network(_)
+        | Command::Port(_)
         | Command::Setup(_) => None,
     }
 }
@@ -502,6 +505,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         Command::Container(c) => return containers::container(&root, c),
         Command::Volume(c) => return volumes::volume(&root, c),
         Command::Network(c) => return networks::network(&root, c),
+        Command::Port(a) => return containers::port(&root, a),
         _ => {}
     }
     let engine = engine.context("no store was opened for this command")?;

@@ -214,7 +214,7 @@ fn kill_start_and_exit_codes_follow_docker() {
 }
 
 #[test]
-fn start_attach_passes_on_the_new_output_and_the_exit_code() {
+fn foreground_output_is_logged_and_start_attach_passes_on_the_new_output_and_the_exit_code() {
     let k = Kiln::with_busybox();
     let out = k.run(&[
         "run",
@@ -226,12 +226,23 @@ fn start_attach_passes_on_the_new_output_and_the_exit_code() {
         "echo out; echo err >&2; exit 4",
     ]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert_eq!(
+        (stdout(&out).as_str(), stderr(&out).as_str()),
+        ("out\n", "err\n")
+    );
+    // A foreground container's output is logged too, as Docker's.
+    let logs = k.run(&["logs", "a"]);
+    assert_eq!(
+        (stdout(&logs).as_str(), stderr(&logs).as_str()),
+        ("out\n", "err\n")
+    );
     let out = k.run(&["start", "-a", "a"]);
     assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
     assert_eq!(stdout(&out), "out\n");
     assert_eq!(stderr(&out), "err\n");
     // Once more: only what this start wrote, not the earlier run's output.
     assert_eq!(stdout(&k.run(&["start", "-a", "a"])), "out\n");
+    assert_eq!(stdout(&k.run(&["logs", "a"])), "out\nout\nout\n");
     let out = k.run(&["start", "-a", "a", "b"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(
@@ -409,7 +420,8 @@ fn prune_keeps_the_snapshots_of_a_container_whose_image_is_gone() {
     assert_ok(&k.run(&["prune"]), "kiln prune");
     assert_ok(&k.run(&["start", "keep"]), "kiln start after prune");
     assert_eq!(stdout(&k.run(&["wait", "keep"])).trim(), "0");
-    assert_eq!(stdout(&k.run(&["logs", "keep"])), "built\n");
+    // The foreground run's output and the restarted one's: both are logged, as in Docker.
+    assert_eq!(stdout(&k.run(&["logs", "keep"])), "built\nbuilt\n");
 }
 
 /// Drives `kiln run -it` through a real pty (python3's `pty`): the command sees a terminal of

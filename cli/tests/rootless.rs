@@ -444,3 +444,17 @@ fn rootless_volumes_binds_and_published_ports_work() {
         "from the host\nseeded\nkept\ndata\nrootless page\n"
     );
 }
+
+#[test]
+fn rootless_bridge_networks_are_refused_in_one_line() {
+    let Some(user) = User::create() else { return };
+    let out = user.sh(
+        "sh \"$MKROOTFS\" rootfs >/dev/null; \"$K\" import rootfs busybox:latest >/dev/null; \
+         \"$K\" run --rm --network bridge busybox true",
+        HOST_PATH,
+    );
+    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("bridge networks need root"), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+}

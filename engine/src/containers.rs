@@ -11,7 +11,10 @@ mod state;
 
 pub use logs::{LogLine, DEFAULT_LOG_MAX_SIZE};
 pub use monitor::monitor_main_if_requested;
-pub use ports::{check_free as check_ports_free, parse_publish, PortMapping};
+pub use ports::{
+    check_free as check_ports_free, choose_free as choose_free_ports, parse_publish, PortMapping,
+    Protocol,
+};
 pub use state::{ContainerConfig, ContainerState, MountKind, MountRecord, RestartPolicy, Status};
 
 pub use nix::sys::signal::Signal;
@@ -644,7 +647,7 @@ fn port_bindings(ports: &[PortMapping]) -> serde_json::Value {
     let mut map = serde_json::Map::new();
     for p in ports {
         let entry = map
-            .entry(format!("{}/tcp", p.container_port))
+            .entry(format!("{}/{}", p.container_port, p.protocol.as_str()))
             .or_insert_with(|| serde_json::json!([]));
         if let Some(list) = entry.as_array_mut() {
             list.push(serde_json::json!({"HostIp": p.host_ip.to_string(), "HostPort": p.host_port.to_string()}));

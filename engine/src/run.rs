@@ -63,6 +63,8 @@ pub struct RunRequest {
     /// `-p`: the container gets a network namespace of its own (as `--network none`), which
     /// the ports reach through its monitor's proxy.
     pub ports: Vec<crate::containers::PortMapping>,
+    /// `-P`: every TCP port the image exposes, on a free host port each.
+    pub publish_all: bool,
 }
 
 /// A container `Engine::create_container` made: run it in the foreground or detached
@@ -172,11 +174,46 @@ pub(crate) async fn create(
         read("/etc/passwd")?.as_deref(),
         read("/etc/group")?.as_deref(),
     )?;
-    if !req.ports.is_empty() {
-        if !req.network_none && req.bridge_network.is_none() {
+    let mut ports = req.ports.clone();
+    if req.publish_all && (req.network_none || req.bridge_network.is_some()) {
+        // `-P`: every port the image exposes; on the host's network there is nothing to
+        // publish, as Docker ignores it there.
+        let mut exposed: Vec<(u16, crate::containers::Protocol)> = cfg
+            .exposed_ports()
+            .iter()
+            .flatten()
+            .filter_map(|p| {
+                let (n, proto) = p.split_once('/').unwrap_or((p.as_str(), "tcp"));
+                let proto = match proto {
+                    "tcp" => crate::containers::Protocol::Tcp,
+                    "udp" => crate::containers::Protocol::Udp,
+                    _ => return None,
+                };
+                Some((n.parse().ok()?, proto))
+            })
+            .collect();
+        exposed.sort_by_key(|(n, p)| (*n, p.as_str()));
+        for (container_port, protocol) in exposed {
+            if !ports
+                .iter()
+                .any(|p| p.container_port == container_port && p.protocol == protocol)
+            {
+                ports.push(crate::containers::PortMapping {
+                    host_ip: std::net::Ipv4Addr::UNSPECIFIED.into(),
+                    host_port: 0,
+                    container_port,
+                    protocol,
+                });
+            }
+        }
+    }
+    let network_none = req.network_none;
+    if !ports.is_empty() {
+        if !network_none && req.bridge_network.is_none() {
             bail!("`-p` publishes ports of a container with a network of its own: drop `--network host`");
         }
-        crate::containers::check_ports_free(&req.ports)?;
+        crate::containers::choose_free_ports(&mut ports)?;
+        crate::containers::check_ports_free(&ports)?;
     }
     let bridged = match &req.bridge_network {
         Some(n) => {
@@ -185,7 +222,7 @@ pub(crate) async fn create(
         }
         None => None,
     };
-    let network = if req.network_none || bridged.is_some() {
+    let network = if network_none || bridged.is_some() {
         kiln_exec::Network::None
     } else {
         kiln_exec::Network::Host
@@ -324,7 +361,7 @@ pub(crate) async fn create(
         security_opt: req.security_opt.clone(),
         extra_hosts: req.add_hosts.clone(),
         mounts,
-        ports: req.ports.clone(),
+        ports,
         attachment: attachment.clone(),
     };
     if let Err(e) = crate::containers::write_json(&dir, crate::containers::CONFIG_FILE, &config) {

@@ -93,6 +93,9 @@ pub enum Stdio {
     Null,
     /// stdin from `/dev/null`; stdout and stderr delivered to the [`OutputSink`].
     Piped,
+    /// The caller's stdin; stdout and stderr delivered to the [`OutputSink`] (a foreground
+    /// container, whose output is logged as it is shown).
+    InputPiped,
 }
 
 impl Stdio {
@@ -111,6 +114,11 @@ impl Stdio {
             ),
             Stdio::Piped => (
                 std::process::Stdio::null(),
+                std::process::Stdio::piped(),
+                std::process::Stdio::piped(),
+            ),
+            Stdio::InputPiped => (
+                std::process::Stdio::inherit(),
                 std::process::Stdio::piped(),
                 std::process::Stdio::piped(),
             ),

@@ -37,6 +37,10 @@ const PACKAGES: &[(&str, &str)] = &[
     // (engine/src/networks/commands.rs, cli/tests/networks.rs).
     ("iproute2", "/usr/sbin/ip"),
     ("iptables", "/usr/sbin/iptables"),
+    // A static UDP echo server for the `-p .../udp` test (cli/tests/ports.rs), as the
+    // start benchmark's `/now` (benches/run-container.sh).
+    ("gcc", "/usr/bin/gcc"),
+    ("libc6-dev", "/usr/lib/x86_64-linux-gnu/libc.a"),
 ];
 
 /// Where the set-up puts Debian's arm64 `busybox-static` binary, from which the tests make an

@@ -99,6 +99,27 @@ impl OutputSink for LogWriter {
     }
 }
 
+/// A foreground container's output: shown on this process's stdout and stderr as it comes,
+/// and logged, so that `kiln logs` of a container run without `-d` has it too (as Docker's).
+pub(crate) struct ShownAndLogged(pub(crate) LogWriter);
+
+impl OutputSink for ShownAndLogged {
+    fn output(&mut self, stream: OutputStream, data: &[u8]) {
+        // A closed stdout (`kiln run ... | head`) must not stop the container or its log.
+        let _ = match stream {
+            OutputStream::Stdout => {
+                let mut out = std::io::stdout().lock();
+                out.write_all(data).and_then(|()| out.flush())
+            }
+            OutputStream::Stderr => {
+                let mut err = std::io::stderr().lock();
+                err.write_all(data).and_then(|()| err.flush())
+            }
+        };
+        self.0.output(stream, data);
+    }
+}
+
 impl Drop for LogWriter {
     fn drop(&mut self) {
         for s in 0..2 {

@@ -4,7 +4,7 @@
 //! A detached container's monitor is `kiln __kiln-monitor DIR`, a new session of its own; a
 //! foreground `kiln run` is its own container's monitor (and the container dies with it).
 
-use super::logs::LogWriter;
+use super::logs::{LogWriter, ShownAndLogged};
 use super::state::{self, ContainerState, Status};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -139,8 +139,14 @@ pub(crate) async fn supervise(dir: &Path, attach: Attach) -> Result<ContainerSta
         // The pid file tells `kiln run -d` (and `kiln kill`) that this run's sandbox exists.
         let _ = std::fs::remove_file(state::sandbox_state_dir(dir).join(kiln_exec::PID_FILE));
         state::write_json(dir, state::STATE_FILE, &st)?;
+        // With a terminal the command writes to it directly (and nothing is logged).
+        let shown = attach == Attach::Caller && !config.tty;
         let sink: Option<Box<dyn kiln_exec::OutputSink>> = match attach {
-            Attach::Caller => None,
+            Attach::Caller if config.tty => None,
+            Attach::Caller => Some(Box::new(ShownAndLogged(LogWriter::open(
+                dir,
+                config.log_max_size,
+            )))),
             Attach::Log => Some(Box::new(LogWriter::open(dir, config.log_max_size))),
         };
         let outcome = kiln_exec::run(
@@ -149,6 +155,7 @@ pub(crate) async fn supervise(dir: &Path, attach: Attach) -> Result<ContainerSta
                 rootfs: config.rootfs.clone(),
                 network: config.network,
                 stdio: match attach {
+                    Attach::Caller if shown => kiln_exec::Stdio::InputPiped,
                     Attach::Caller => kiln_exec::Stdio::Inherit,
                     Attach::Log => kiln_exec::Stdio::Piped,
                 },
