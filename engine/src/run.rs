@@ -132,6 +132,14 @@ pub(crate) async fn create(
             bail!("cannot run `{}`, an image for {made_for}: {why}", req.image);
         }
     }
+    // Layers of a lazily imported build cache (a built image's) come from that cache, not from
+    // the image's name.
+    for l in image.manifest.layers() {
+        let d = l.digest().to_string();
+        if !store.content().has(&d) && store.index().remote_blob_get(&d)?.is_some() {
+            kiln_solver::lazy::fetch_blob(store, solver.registry(), &d).await?;
+        }
+    }
     images::ensure_layers(store, solver.registry(), &image).await?;
     let store2 = store.clone();
     let image2 = image.clone();

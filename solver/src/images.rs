@@ -532,18 +532,7 @@ pub async fn ensure_layers_with(
                 let d = d.clone();
                 Arc::new(move |done: u64| p(&d, done, size)) as Progress
             });
-            async move {
-                // A lazily imported cache layer is fetched from the cache it came with.
-                if store
-                    .index()
-                    .remote_blob_get(&d)
-                    .map_err(SolveError::from)?
-                    .is_some()
-                {
-                    return crate::lazy::fetch_blob(store, registry, &d).await;
-                }
-                fetch_blob(store, registry, &reference, &d, Some(size), per_blob).await
-            }
+            async move { fetch_blob(store, registry, &reference, &d, Some(size), per_blob).await }
         })
         .buffer_unordered(PARALLEL_LAYERS)
         .try_collect::<Vec<()>>()
