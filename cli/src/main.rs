@@ -1,6 +1,7 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
 mod containers;
+mod daemon;
 mod debug;
 mod flags;
 mod images;
@@ -8,6 +9,7 @@ mod interrupt;
 mod login;
 mod progress;
 mod transfer;
+mod version;
 mod volumes;
 
 use anyhow::{bail, Context, Result};
@@ -46,6 +48,10 @@ struct Cli {
     /// /etc/kiln/kiln.toml as root, $XDG_CONFIG_HOME/kiln/kiln.toml otherwise, when it exists.
     #[arg(long, env = "KILN_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The kiln daemon to run the command through, `unix:///PATH` (see `kiln daemon`); without
+    /// it the engine runs in this process.
+    #[arg(long, env = "KILN_HOST", global = true, value_name = "ADDR")]
+    host: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -134,6 +140,10 @@ enum Command {
     /// Prepare this host for kiln (as root).
     #[command(subcommand)]
     Setup(SetupCommand),
+    /// Serve the store to `kiln --host` clients (the daemon holds the store's lock).
+    Daemon(daemon::DaemonArgs),
+    /// Show the version of this client and, with `--host`, of the daemon.
+    Version,
 }
 
 #[derive(Subcommand)]
@@ -318,7 +328,12 @@ fn main() {
     // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
     // with its store under $XDG_DATA_HOME/kiln. Setting up the host needs no engine, and a
     // user namespace's root could not do it anyway: it says to run as root instead.
-    let needs_engine = !matches!(cli.command, Command::Setup(_));
+    // Through a daemon, only the daemon needs it.
+    let needs_engine = match &cli.command {
+        Command::Setup(_) | Command::Version => false,
+        Command::Daemon(_) | Command::Login(_) | Command::Logout(_) => true,
+        _ => cli.host.is_none(),
+    };
     match needs_engine
         .then(kiln_exec::reexec_rootless_if_unprivileged)
         .unwrap_or(Ok(None))
@@ -380,6 +395,7 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         Command::Prune(_) => Some("kiln prune"),
         Command::System(SystemCommand::Df { .. }) => Some("kiln system df"),
         Command::Check => Some("kiln check"),
+        Command::Daemon(_) => Some("kiln daemon"),
         Command::Debug(d) if d.needs_store() => Some("kiln debug llb --resolve"),
         Command::Tag(_) => Some("kiln tag"),
         Command::Rmi(_) => Some("kiln rmi"),
@@ -402,7 +418,8 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         | Command::Inspect(_)
         | Command::Container(_)
         | Command::Volume(_)
-        | Command::Setup(_) => None,
+        | Command::Setup(_)
+        | Command::Version => None,
     }
 }
 
@@ -412,6 +429,9 @@ fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
     let Some(command) = store_writer(&cli.command) else {
         return Ok(None);
     };
+    if cli.host.is_some() && !matches!(cli.command, Command::Daemon(_)) {
+        return Ok(None);
+    }
     let jobs = match &cli.command {
         Command::Build(b) => b.jobs,
         _ => 0,
@@ -465,6 +485,17 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 }
 
 async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
+    if let Command::Version = cli.command {
+        return version::run(cli.host.as_deref()).await;
+    }
+    if let Some(host) = &cli.host {
+        if !matches!(
+            cli.command,
+            Command::Daemon(_) | Command::Login(_) | Command::Logout(_) | Command::Setup(_)
+        ) {
+            return remote_main(&cli.command, host).await;
+        }
+    }
     if let Command::Debug(d) = cli.command {
         return debug::run(d, engine.as_ref()).await;
     }
@@ -572,10 +603,20 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
             Ok(if clean { 0 } else { 1 })
         }
         Command::Pull(p) => transfer::pull(&engine, p).await,
+        Command::Daemon(d) => daemon::run(engine, d).await,
         Command::Push(p) => transfer::push(&engine, p).await,
         // Handled above, without the store's lock.
         _ => Ok(0),
     }
+}
+
+/// A command with `--host`: run through the daemon.
+async fn remote_main(command: &Command, host: &str) -> Result<i32> {
+    let name = store_writer(command).unwrap_or("this command");
+    bail!(
+        "`{name}` does not run through a daemon yet: run it without `--host` and `KILN_HOST` on \
+         the daemon's machine (with the daemon at `{host}` stopped)"
+    )
 }
 
 /// `kiln setup emulators`: registers QEMU's handlers and says what it did with each.
