@@ -8,14 +8,14 @@ mod images;
 mod interrupt;
 mod login;
 mod progress;
+mod remote;
 mod transfer;
 mod version;
 mod volumes;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use kiln_engine::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec};
-use std::collections::BTreeMap;
+use kiln_engine::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -493,7 +493,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
             cli.command,
             Command::Daemon(_) | Command::Login(_) | Command::Logout(_) | Command::Setup(_)
         ) {
-            return remote_main(&cli.command, host).await;
+            return remote_main(cli.command, host).await;
         }
     }
     if let Command::Debug(d) = cli.command {
@@ -611,8 +611,11 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
 }
 
 /// A command with `--host`: run through the daemon.
-async fn remote_main(command: &Command, host: &str) -> Result<i32> {
-    let name = store_writer(command).unwrap_or("this command");
+async fn remote_main(command: Command, host: &str) -> Result<i32> {
+    if let Command::Build(b) = command {
+        return remote::build(host, *b).await;
+    }
+    let name = store_writer(&command).unwrap_or("this command");
     bail!(
         "`{name}` does not run through a daemon yet: run it without `--host` and `KILN_HOST` on \
          the daemon's machine (with the daemon at `{host}` stopped)"
@@ -650,15 +653,7 @@ fn setup_emulators() -> Result<i32> {
 }
 
 fn prune_summary(r: &kiln_engine::PruneReport) -> String {
-    format!(
-        "removed {} cache mounts, {} cache results, {} snapshots, {} blobs ({} bytes); freed {}",
-        r.cache_mounts,
-        r.results,
-        r.snapshots,
-        r.blobs,
-        r.blob_bytes,
-        kiln_engine::human_size(r.bytes_freed)
-    )
+    r.summary()
 }
 
 /// `kiln system df`, laid out as `docker system df`.
@@ -704,25 +699,6 @@ fn df_table(u: &kiln_engine::StoreUsage, bytes: bool) -> String {
     out
 }
 
-/// `--output` specs and the `--push` shortcut (the daemon parses BuildKit's syntax).
-fn parse_outputs(b: &BuildArgs) -> Result<Vec<OutputSpec>> {
-    let mut outputs = b
-        .outputs
-        .iter()
-        .map(|o| OutputSpec::parse(o))
-        .collect::<Result<Vec<_>>>()?;
-    if b.push {
-        if b.tags.is_empty() {
-            bail!("`--push` needs a name to push to: add `-t REGISTRY/NAME[:TAG]`");
-        }
-        outputs.push(OutputSpec::new(kiln_engine::OutputKind::Image {
-            names: b.tags.clone(),
-            push: true,
-        }));
-    }
-    Ok(outputs)
-}
-
 /// `--metadata-file`: the keys `docker buildx build --metadata-file` writes for an image.
 fn write_metadata(
     path: &std::path::Path,
@@ -745,93 +721,40 @@ fn write_metadata(
     std::fs::write(path, text).with_context(|| format!("cannot write `{}`", path.display()))
 }
 
-/// The engine's request for `kiln build` flags (also used by `kiln debug llb`).
-fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
-    let mut build_args = BTreeMap::new();
-    for a in &b.build_args {
-        match a.split_once('=') {
-            Some((k, v)) => {
-                build_args.insert(k.to_string(), v.to_string());
-            }
-            None => {
-                if let Ok(v) = std::env::var(a) {
-                    build_args.insert(a.clone(), v);
-                }
-            }
-        }
-    }
-    let outputs = parse_outputs(b)?;
-    let build_contexts = b
-        .build_contexts
-        .iter()
-        .map(|c| kiln_engine::parse_build_context(c))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(BuildRequest {
+/// `kiln build`'s flags as typed.
+fn build_flags(b: &BuildArgs) -> kiln_engine::BuildFlags {
+    kiln_engine::BuildFlags {
         context: b.context.clone(),
-        dockerfile: b.file.clone(),
-        build_args,
-        target: b.target.clone(),
+        file: b.file.clone(),
         tags: b.tags.clone(),
-        outputs,
+        labels: b.labels.clone(),
+        build_args: b.build_args.clone(),
+        target: b.target.clone(),
+        build_contexts: b.build_contexts.clone(),
+        outputs: b.outputs.clone(),
+        push: b.push,
         no_cache: b.no_cache,
-        no_cache_filter: b.no_cache_filter.clone(),
-        build_contexts,
-        secrets: kiln_engine::Secrets(
-            b.secrets
-                .iter()
-                .map(|s| kiln_engine::parse_secret(s))
-                .collect::<Result<_>>()?,
-        ),
-        ssh: b
-            .ssh
-            .iter()
-            .map(|s| kiln_engine::parse_ssh(s))
-            .collect::<Result<_>>()?,
-        network_none: kiln_engine::parse_network(&b.network)?,
-        runtime: b.runtime.parse()?,
-        limits: kiln_exec::Limits {
-            shm_size: b
-                .shm_size
-                .as_deref()
-                .map(kiln_exec::parse_shm_size)
-                .transpose()?,
-            ulimits: b
-                .ulimits
-                .iter()
-                .map(|u| kiln_exec::parse_ulimit(u))
-                .collect::<Result<_, _>>()?,
-            extra_hosts: b
-                .add_hosts
-                .iter()
-                .map(|h| kiln_exec::parse_add_host(h))
-                .collect::<Result<_, _>>()?,
-            ..kiln_exec::Limits::parse(
-                b.memory.as_deref(),
-                b.cpus.as_deref(),
-                b.pids_limit.as_deref(),
-            )?
-        },
         pull: b.pull,
         platform: b.platform.clone(),
-        labels: b
-            .labels
-            .iter()
-            .map(|l| match l.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => bail!("`--label {l}` is not KEY=VALUE"),
-            })
-            .collect::<Result<_>>()?,
-        cache_from: b
-            .cache_from
-            .iter()
-            .map(|s| kiln_engine::parse_cache_spec(s, false))
-            .collect::<Result<_>>()?,
-        cache_to: b
-            .cache_to
-            .iter()
-            .map(|s| kiln_engine::parse_cache_spec(s, true))
-            .collect::<Result<_>>()?,
-    })
+        no_cache_filter: b.no_cache_filter.clone(),
+        cache_to: b.cache_to.clone(),
+        cache_from: b.cache_from.clone(),
+        secrets: b.secrets.clone(),
+        ssh: b.ssh.clone(),
+        network: b.network.clone(),
+        runtime: b.runtime.clone(),
+        memory: b.memory.clone(),
+        cpus: b.cpus.clone(),
+        pids_limit: b.pids_limit.clone(),
+        shm_size: b.shm_size.clone(),
+        ulimits: b.ulimits.clone(),
+        add_hosts: b.add_hosts.clone(),
+    }
+}
+
+/// The engine's request for `kiln build` flags (also used by `kiln debug llb`).
+fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
+    build_flags(b).request(&|k| std::env::var(k).ok())
 }
 
 /// `kiln build -` and `-f -`: stdin as the context or the Dockerfile; the returned input must
@@ -901,6 +824,21 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
     drop(running);
     finish();
     let result = result?;
+    let collected = result
+        .collected
+        .as_ref()
+        .filter(|r| r.results + r.snapshots + r.blobs + r.cache_mounts > 0)
+        .map(|r| r.summary());
+    report_build(&b, &result, collected.as_deref(), started)
+}
+
+/// What a finished build prints and writes (the same embedded and through a daemon).
+fn report_build(
+    b: &BuildArgs,
+    result: &kiln_engine::BuildResult,
+    collected: Option<&str>,
+    started: std::time::Instant,
+) -> Result<i32> {
     for w in &result.warnings {
         eprintln!("warning: {w}");
     }
@@ -920,18 +858,16 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
             }
         );
     }
-    if let Some(r) = &result.collected {
-        if r.results + r.snapshots + r.blobs + r.cache_mounts > 0 {
-            eprintln!("gc (config file `[gc]`): {}", prune_summary(r));
-        }
+    if let Some(summary) = collected {
+        eprintln!("gc (config file `[gc]`): {summary}");
     }
-    if let Some(f) = b.iidfile {
+    if let Some(f) = &b.iidfile {
         // Docker's image ID: the config digest.
-        std::fs::write(&f, &result.config_digest)
+        std::fs::write(f, &result.config_digest)
             .with_context(|| format!("cannot write `{}`", f.display()))?;
     }
     if let Some(f) = &b.metadata_file {
-        write_metadata(f, &result, &b.tags)?;
+        write_metadata(f, result, &b.tags)?;
     }
     Ok(0)
 }

@@ -2,7 +2,12 @@
 //! `unix:///PATH` address; each service's calls are methods of [`Client`], one module per
 //! service, returning plain types so the cli needs no gRPC.
 
+mod build;
 mod system;
+
+pub use build::{ContextSynced, LocalContext, RemoteBuild};
+/// The API's messages, for the build session's request and events.
+pub use kiln_api::v1 as api;
 
 pub use system::VersionInfo;
 
@@ -25,6 +30,16 @@ pub enum ClientError {
     },
     #[error("the kiln daemon answered: {}", .0.message())]
     Call(#[from] tonic::Status),
+    #[error("the kiln daemon ended the build session without saying how the build ended")]
+    SessionClosed,
+    #[error("the kiln daemon broke the build session's protocol: {0}")]
+    Protocol(&'static str),
+    #[error("cannot read the context `{}`: {source}", dir.display())]
+    Context {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A connection to one daemon.

@@ -2,11 +2,13 @@
 //! clients share one store and one engine. The services are the `kiln.v1` ones of `kiln-api`;
 //! each listener (a unix socket, [`Listener`]) serves all of them.
 
+mod build;
 mod listen;
 mod system;
 
 pub use listen::{ListenError, Listener};
 
+use kiln_api::v1::builder_server::BuilderServer;
 use kiln_api::v1::system_server::SystemServer;
 use kiln_engine::Engine;
 use std::future::Future;
@@ -32,12 +34,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let stop = CancellationToken::new();
-    let system = system::SystemService::new(engine);
+    let system = system::SystemService::new(engine.clone());
+    let builder = build::BuildService::new(engine, stop.clone());
     let mut servers = Vec::new();
     for listener in listeners {
         let addr = listener.addr().to_string();
-        let router =
-            tonic::transport::Server::builder().add_service(SystemServer::new(system.clone()));
+        let router = tonic::transport::Server::builder()
+            .add_service(SystemServer::new(system.clone()))
+            .add_service(BuilderServer::new(builder.clone()));
         let stopped = stop.clone().cancelled_owned();
         servers.push(tokio::spawn(async move {
             router
