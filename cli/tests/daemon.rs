@@ -371,3 +371,77 @@ fn concurrent_clients_all_succeed_and_an_identical_step_runs_once() {
         "the shared step ran more than once: {rands:?}"
     );
 }
+
+#[test]
+fn dockerfile_outside_the_context_on_stdin_and_named_contexts_go_through_the_daemon() {
+    let ctx = temp_context("kiln-daemon-ctx-", &[("a.txt", "main context\n")]);
+    let other = temp_context(
+        "kiln-daemon-named-",
+        &[
+            ("b.txt", "named context\n"),
+            ("skip.txt", "x"),
+            (".dockerignore", "skip.txt\n"),
+        ],
+    );
+    let outside = tempfile::tempdir().unwrap();
+    let dockerfile = "FROM busybox\nCOPY a.txt /a.txt\nCOPY --from=extra . /extra/\nRUN cat /a.txt /extra/b.txt && ls /extra\n";
+    std::fs::write(outside.path().join("build.Dockerfile"), dockerfile).unwrap();
+    let d = Daemon::start(Kiln::with_busybox());
+    let named = format!("extra={}", other.path().display());
+    let file = outside.path().join("build.Dockerfile");
+    let out = remote_build(
+        &d,
+        ctx.path(),
+        &["-f", file.to_str().unwrap(), "--build-context", &named],
+    );
+    assert_ok(&out, "-f outside the context with --build-context");
+    let text = stderr(&out);
+    assert!(text.contains(" main context\n"), "{text}");
+    assert!(text.contains(" named context\n"), "{text}");
+    assert!(
+        !text.contains("skip.txt"),
+        "the named context's .dockerignore was not applied: {text}"
+    );
+    let mut child = d
+        .client()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "-f",
+            "-",
+            "--build-context",
+            &named,
+        ])
+        .arg(ctx.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dockerfile.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out, "-f - through the daemon");
+    assert!(
+        stderr(&out).contains("(0 steps run, 4 cached)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_unknown_build_flag_value_fails_before_anything_is_sent() {
+    let ctx = temp_context("kiln-daemon-ctx-", &[("Dockerfile", "FROM busybox\n")]);
+    let embedded = Kiln::new();
+    let mine = build(&embedded, ctx.path(), &["--network", "bridge"]);
+    let d = Daemon::start(Kiln::new());
+    let out = remote_build(&d, ctx.path(), &["--network", "bridge"]);
+    assert_eq!(out.status.code(), mine.status.code());
+    assert_eq!(stderr(&out).lines().last(), stderr(&mine).lines().last());
+}

@@ -129,12 +129,26 @@ impl Session {
         // The key locks are held until the build ends: it reads the mirrors.
         let mut held = Vec::new();
         let mut mirrors = Vec::new();
+        // The client sends every context's entries before it answers for files.
+        let mut listed = Vec::new();
         for (i, c) in start.contexts.iter().enumerate() {
             check_key(&c.shared_key)?;
-            let lock = self.service.key_lock(&c.shared_key);
-            held.push(lock.lock_owned().await);
+            listed.push(self.entries(i as u32).await?);
+        }
+        let mut keys: Vec<&str> = start
+            .contexts
+            .iter()
+            .map(|c| c.shared_key.as_str())
+            .collect();
+        // In one order, so two sessions sharing keys cannot each hold one the other waits for.
+        keys.sort_unstable();
+        keys.dedup();
+        for key in keys {
+            held.push(self.service.key_lock(key).lock_owned().await);
+        }
+        for (i, (c, entries)) in start.contexts.iter().zip(listed).enumerate() {
             let dir = sessions.join(&c.shared_key);
-            self.sync(i as u32, &dir).await?;
+            self.sync(i as u32, &dir, entries).await?;
             mirrors.push(dir);
         }
         let mut secrets = HashMap::new();
@@ -167,8 +181,8 @@ impl Session {
         send(&self.tx, ServerMsg::Finished(finished))
     }
 
-    /// Makes the mirror at `dir` equal to the client's context number `context`.
-    async fn sync(&mut self, context: u32, dir: &Path) -> Result<(), Status> {
+    /// The entries of the client's context number `context`.
+    async fn entries(&mut self, context: u32) -> Result<Vec<kiln_api::v1::Entry>, Status> {
         let mut entries = Vec::new();
         loop {
             match self.next().await? {
@@ -185,6 +199,16 @@ impl Session {
                 }
             }
         }
+        Ok(entries)
+    }
+
+    /// Makes the mirror at `dir` equal to `entries`, the client's context number `context`.
+    async fn sync(
+        &mut self,
+        context: u32,
+        dir: &Path,
+        entries: Vec<kiln_api::v1::Entry>,
+    ) -> Result<(), Status> {
         let total = entries.len() as u64;
         let root = dir.to_path_buf();
         let plan = blocking(move || mirror::plan(&root, entries)).await?;
