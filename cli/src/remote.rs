@@ -21,13 +21,22 @@ pub(crate) async fn build(host: &str, b: BuildArgs) -> Result<i32> {
     if !b.ssh.is_empty() {
         bail!("`--ssh` does not work through a daemon yet: build without `--host`");
     }
-    for o in &request.outputs {
-        if !matches!(o.kind, OutputKind::Image { .. }) {
-            bail!(
-                "`--output` to a file or directory does not work through a daemon yet: build \
-                 without `--host`, or push the image (`--push`) and pull it"
-            );
-        }
+    // Outputs to files are written here, from what the daemon sends back (as BuildKit's
+    // client does).
+    let mut outputs = Vec::new();
+    for (i, o) in request.outputs.iter().enumerate() {
+        let (dest, dir) = match &o.kind {
+            OutputKind::Image { .. } => continue,
+            OutputKind::Local { dest } | OutputKind::OciDir { dest, .. } => (dest, true),
+            OutputKind::Tar { dest }
+            | OutputKind::OciArchive { dest, .. }
+            | OutputKind::DockerArchive { dest, .. } => (dest, false),
+        };
+        outputs.push(kiln_client::LocalOutput {
+            index: i as u32,
+            dest: dest.clone(),
+            dir,
+        });
     }
     if b.context == Path::new("-") {
         bail!("a context on stdin does not work through a daemon yet: give a directory");
@@ -142,6 +151,7 @@ pub(crate) async fn build(host: &str, b: BuildArgs) -> Result<i32> {
     let remote = kiln_client::RemoteBuild {
         start,
         contexts,
+        outputs,
         secrets: request.secrets.0.clone(),
     };
     let client = kiln_client::Client::connect(host).await?;

@@ -445,3 +445,51 @@ fn an_unknown_build_flag_value_fails_before_anything_is_sent() {
     assert_eq!(out.status.code(), mine.status.code());
     assert_eq!(stderr(&out).lines().last(), stderr(&mine).lines().last());
 }
+
+#[test]
+fn local_and_tar_outputs_are_written_on_the_client_side() {
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN mkdir -p /out/sub && echo made-by-run > /out/sub/f && ln -s sub/f /out/link\n",
+        )],
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    let tarfile = dir.path().join("fs.tar");
+    let out = remote_build(
+        &d,
+        ctx.path(),
+        &[
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+            "-o",
+            &format!("type=tar,dest={}", tarfile.display()),
+        ],
+    );
+    assert_ok(&out, "build with local and tar outputs through the daemon");
+    assert_eq!(
+        std::fs::read_to_string(local.join("out/sub/f")).unwrap(),
+        "made-by-run\n"
+    );
+    assert_eq!(
+        std::fs::read_link(local.join("out/link")).unwrap(),
+        std::path::Path::new("sub/f")
+    );
+    assert!(local.join("bin/busybox").is_file());
+    let listing = tool("tar", &["-tf", tarfile.to_str().unwrap()]);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.trim_start_matches("./") == "out/sub/f"),
+        "{listing}"
+    );
+    // Nothing of it is left in the daemon's store.
+    let left = tool(
+        "find",
+        &[d.store.root.path().to_str().unwrap(), "-name", "output-*"],
+    );
+    assert_eq!(left, "");
+}

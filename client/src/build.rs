@@ -31,10 +31,19 @@ pub struct LocalContext {
     pub always: Vec<String>,
 }
 
+/// An `--output` the client writes: output number `index` of the build's outputs (as the
+/// flags list them) goes to `dest` (`-`: stdout), a directory when `dir`.
+pub struct LocalOutput {
+    pub index: u32,
+    pub dest: PathBuf,
+    pub dir: bool,
+}
+
 /// One build through the daemon. `start.contexts` lists `contexts` in the same order.
 pub struct RemoteBuild {
     pub start: BuildStart,
     pub contexts: Vec<LocalContext>,
+    pub outputs: Vec<LocalOutput>,
     /// `--secret` values by id, read by the client; sent when the daemon asks.
     pub secrets: HashMap<String, Vec<u8>>,
 }
@@ -93,6 +102,7 @@ impl Client {
             }
             listed
         };
+        let mut writing: HashMap<u32, Sink> = HashMap::new();
         loop {
             let Some(msg) = response.message().await? else {
                 return Err(ClientError::SessionClosed);
@@ -118,7 +128,76 @@ impl Client {
                 Some(ServerMsg::Event(e)) => on_event(e),
                 Some(ServerMsg::Synced(s)) => on_synced(&s),
                 Some(ServerMsg::Finished(f)) => return Ok(f),
+                Some(ServerMsg::Output(o)) => {
+                    let out = build.outputs.iter().find(|l| l.index == o.output).ok_or(
+                        ClientError::Protocol("an output the client did not ask for"),
+                    )?;
+                    let sink = match writing.entry(o.output) {
+                        std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                        std::collections::hash_map::Entry::Vacant(e) => e.insert(Sink::open(out)?),
+                    };
+                    sink.write(&o.data).map_err(|e| output_error(out, e))?;
+                    if o.eof {
+                        if let Some(sink) = writing.remove(&o.output) {
+                            sink.finish(out).map_err(|e| output_error(out, e))?;
+                        }
+                    }
+                }
                 None => return Err(ClientError::Protocol("an empty message")),
+            }
+        }
+    }
+}
+
+fn output_error(out: &LocalOutput, source: std::io::Error) -> ClientError {
+    ClientError::Output {
+        dest: out.dest.clone(),
+        source,
+    }
+}
+
+/// Where an output's bytes go while they arrive.
+enum Sink {
+    Stdout,
+    File(std::fs::File),
+    /// A directory output's tar, unpacked at the end.
+    Tar(tempfile::NamedTempFile),
+}
+
+impl Sink {
+    fn open(out: &LocalOutput) -> Result<Sink, ClientError> {
+        let opened = if out.dir {
+            tempfile::NamedTempFile::new().map(Sink::Tar)
+        } else if out.dest == Path::new("-") {
+            Ok(Sink::Stdout)
+        } else {
+            std::fs::File::create(&out.dest).map(Sink::File)
+        };
+        opened.map_err(|e| output_error(out, e))
+    }
+
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        use std::io::Write;
+        match self {
+            Sink::Stdout => std::io::stdout().lock().write_all(data),
+            Sink::File(f) => f.write_all(data),
+            Sink::Tar(t) => t.write_all(data),
+        }
+    }
+
+    fn finish(self, out: &LocalOutput) -> std::io::Result<()> {
+        use std::io::{Seek, Write};
+        match self {
+            Sink::Stdout => std::io::stdout().lock().flush(),
+            Sink::File(f) => f.sync_all(),
+            Sink::Tar(mut t) => {
+                t.as_file_mut().rewind()?;
+                std::fs::create_dir_all(&out.dest)?;
+                let mut archive = tar::Archive::new(t.as_file_mut());
+                archive.set_preserve_permissions(true);
+                archive.set_preserve_mtime(true);
+                archive.set_overwrite(true);
+                archive.unpack(&out.dest)
             }
         }
     }

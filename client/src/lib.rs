@@ -5,7 +5,7 @@
 mod build;
 mod system;
 
-pub use build::{ContextSynced, LocalContext, RemoteBuild};
+pub use build::{ContextSynced, LocalContext, LocalOutput, RemoteBuild};
 /// The API's messages, for the build session's request and events.
 pub use kiln_api::v1 as api;
 
@@ -34,6 +34,12 @@ pub enum ClientError {
     SessionClosed,
     #[error("the kiln daemon broke the build session's protocol: {0}")]
     Protocol(&'static str),
+    #[error("cannot write the output `{}`: {source}", dest.display())]
+    Output {
+        dest: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the context `{}`: {source}", dir.display())]
     Context {
         dir: PathBuf,

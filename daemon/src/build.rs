@@ -8,10 +8,10 @@ mod mirror;
 use kiln_api::v1::{
     build_client_message::Msg as ClientMsg, build_server_message::Msg as ServerMsg,
     build_start::Dockerfile, builder_server::Builder, progress_event::Kind, BuildClientMessage,
-    BuildFinished, BuildServerMessage, BuildStart, ContextSynced, FileRequest, ProgressEvent,
-    SecretRequest,
+    BuildFinished, BuildServerMessage, BuildStart, ContextSynced, FileRequest, OutputData,
+    ProgressEvent, SecretRequest,
 };
-use kiln_engine::{Engine, Event};
+use kiln_engine::{Engine, Event, OutputKind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -302,7 +302,7 @@ async fn build(
             t.replace(mirror.as_str(), display)
         })
     };
-    let request = match request(start, mirrors, secrets, scratch) {
+    let (request, outputs) = match request(start, mirrors, secrets, scratch) {
         Ok(r) => r,
         Err(e) => {
             return BuildFinished {
@@ -312,7 +312,18 @@ async fn build(
         }
     };
     let sink = Arc::new(EventSink { tx: tx.clone() });
-    match engine.build(request, sink).await {
+    let built = engine.build(request, sink).await;
+    if built.is_ok() {
+        for (index, path, dir) in outputs {
+            if let Err(e) = send_output(tx, index, path, dir).await {
+                return BuildFinished {
+                    error: format!("cannot send output {index} to the client: {e}"),
+                    ..BuildFinished::default()
+                };
+            }
+        }
+    }
+    match built {
         Ok(r) => BuildFinished {
             error: String::new(),
             manifest_digest: r.manifest_digest,
@@ -334,14 +345,62 @@ async fn build(
     }
 }
 
+/// Bytes per `OutputData` message.
+const CHUNK: usize = 1 << 20;
+
+/// Streams output `index` from `path` (a directory goes as a tar) to the client.
+async fn send_output(tx: &Outbound, index: u32, path: PathBuf, dir: bool) -> anyhow::Result<()> {
+    let file = if dir {
+        let tar = path.with_extension("tar");
+        let (src, dst) = (path.clone(), tar.clone());
+        tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+            let mut b = tar::Builder::new(std::fs::File::create(&dst)?);
+            b.follow_symlinks(false);
+            b.append_dir_all(".", &src)?;
+            b.into_inner()?.sync_all()?;
+            Ok(())
+        })
+        .await??;
+        tar
+    } else {
+        path
+    };
+    let mut f = tokio::fs::File::open(&file).await?;
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let mut n = 0;
+        while n < CHUNK {
+            match tokio::io::AsyncReadExt::read(&mut f, &mut buf[n..]).await? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        let eof = n < CHUNK;
+        send(
+            tx,
+            ServerMsg::Output(OutputData {
+                output: index,
+                data: buf[..n].to_vec(),
+                eof,
+            }),
+        )?;
+        if eof {
+            return Ok(());
+        }
+    }
+}
+
+/// What the client writes of a build: (output index, where the daemon wrote it, a directory).
+type ClientOutputs = Vec<(u32, PathBuf, bool)>;
+
 /// The engine's request: the client's flags parsed as the embedded cli parses them, over the
-/// mirrors.
+/// mirrors; outputs to files go to `scratch`, to be sent to the client.
 fn request(
     start: &BuildStart,
     mirrors: &[PathBuf],
     secrets: HashMap<String, Vec<u8>>,
     scratch: &Path,
-) -> anyhow::Result<kiln_engine::BuildRequest> {
+) -> anyhow::Result<(kiln_engine::BuildRequest, ClientOutputs)> {
     let f = start.flags.clone().unwrap_or_default();
     let main = mirrors
         .first()
@@ -405,7 +464,20 @@ fn request(
         }
     })?;
     request.secrets = kiln_engine::Secrets(secrets);
-    Ok(request)
+    let mut outputs = Vec::new();
+    for (i, o) in request.outputs.iter_mut().enumerate() {
+        let here = scratch.join(format!("output-{i}"));
+        let (dest, dir) = match &mut o.kind {
+            OutputKind::Image { .. } => continue,
+            OutputKind::Local { dest } | OutputKind::OciDir { dest, .. } => (dest, true),
+            OutputKind::Tar { dest }
+            | OutputKind::OciArchive { dest, .. }
+            | OutputKind::DockerArchive { dest, .. } => (dest, false),
+        };
+        *dest = here.clone();
+        outputs.push((i as u32, here, dir));
+    }
+    Ok((request, outputs))
 }
 
 fn mirror_path_check(rel: &str) -> anyhow::Result<()> {
