@@ -8,7 +8,7 @@ use std::sync::Arc;
 pub(crate) struct DaemonArgs {
     /// An address to listen on, `unix:///PATH`; may be repeated.
     #[arg(long = "addr", default_value = "unix:///run/kiln/kiln.sock")]
-    addrs: Vec<String>,
+    pub(crate) addrs: Vec<String>,
 }
 
 pub(crate) async fn run(engine: Engine, args: DaemonArgs) -> Result<i32> {

@@ -423,11 +423,19 @@ fn store_writer(command: &Command) -> Option<&'static str> {
     }
 }
 
+/// How `kiln daemon` names itself in the store's lock, followed by its addresses.
+const DAEMON_LOCK_NAME: &str = "kiln daemon ";
+
 /// Opens the engine for a command that changes the store, waiting for another kiln that holds
 /// it as `--lock-timeout` says and saying once for whom it waits.
 fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
     let Some(command) = store_writer(&cli.command) else {
         return Ok(None);
+    };
+    // The daemon names its addresses in the lock, so an embedded kiln can point at them.
+    let command = match &cli.command {
+        Command::Daemon(d) => format!("{DAEMON_LOCK_NAME}{}", d.addrs.join(" ")),
+        _ => command.to_string(),
     };
     if cli.host.is_some() && !matches!(cli.command, Command::Daemon(_)) {
         return Ok(None);
@@ -454,8 +462,23 @@ fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
             gc: config.gc,
         },
         wait,
-        command,
+        &command,
         &mut |holder| {
+            // A daemon holds its store until it stops: waiting would be waiting forever.
+            if let Some(addrs) = holder.command.strip_prefix(DAEMON_LOCK_NAME) {
+                let addr = addrs.split_whitespace().next().unwrap_or("ADDR");
+                eprintln!(
+                    "error: the store `{}` is served by a kiln daemon (process {}): run the \
+                     command through it with `kiln --host {addr} ...` (or `KILN_HOST={addr}`), \
+                     or stop the daemon",
+                    root.display(),
+                    holder
+                        .pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                );
+                std::process::exit(1);
+            }
             eprintln!(
                 "waiting for the store `{}`: {holder} holds it",
                 root.display()

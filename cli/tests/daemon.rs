@@ -48,7 +48,19 @@ fn the_daemon_holds_the_store_and_an_embedded_kiln_says_so() {
         !out.status.success(),
         "an embedded prune ran beside the daemon"
     );
-    assert!(stderr(&out).contains("kiln daemon"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("(kiln daemon {})", d.addr)),
+        "{}",
+        stderr(&out)
+    );
+    // Without a timeout it would wait for ever: it says where the daemon is instead.
+    let out = d.store.cmd().args(["prune"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let want = format!(
+        "run the command through it with `kiln --host {} ...`",
+        d.addr
+    );
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
 }
 
 #[test]
