@@ -223,8 +223,27 @@ impl Session {
             send(&self.tx, ServerMsg::Files(FileRequest { context, paths }))?;
         }
         for &i in &plan.wanted.clone() {
+            let ClientMsg::File(first) = self.next().await? else {
+                return Err(Status::invalid_argument("expected file data"));
+            };
+            received += first.data.len() as u64;
             let p = plan.clone();
-            let mut incoming = blocking(move || p.receive(i)).await?;
+            if first.eof {
+                // Most files come in one piece: one trip to a blocking thread for all of it.
+                blocking(move || {
+                    let mut incoming = p.receive(i)?;
+                    p.write(&mut incoming, &first.data)?;
+                    p.finish(incoming)
+                })
+                .await?;
+                continue;
+            }
+            let mut incoming = blocking(move || {
+                let mut incoming = p.receive(i)?;
+                p.write(&mut incoming, &first.data)?;
+                Ok(incoming)
+            })
+            .await?;
             loop {
                 let ClientMsg::File(data) = self.next().await? else {
                     return Err(Status::invalid_argument("expected file data"));
