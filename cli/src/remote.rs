@@ -18,9 +18,6 @@ pub(crate) async fn build(host: &str, b: BuildArgs) -> Result<i32> {
     // Checked here first, so a bad flag fails as it does embedded, and the secrets are read
     // from this machine.
     let request = flags.request(&|k| std::env::var(k).ok())?;
-    if !b.ssh.is_empty() {
-        bail!("`--ssh` does not work through a daemon yet: build without `--host`");
-    }
     // Outputs to files are written here, from what the daemon sends back (as BuildKit's
     // client does).
     let mut outputs = Vec::new();
@@ -147,12 +144,18 @@ pub(crate) async fn build(host: &str, b: BuildArgs) -> Result<i32> {
         contexts: synced,
         dockerfile: Some(dockerfile),
         secret_ids,
+        ssh_ids: {
+            let mut ids: Vec<String> = request.ssh.keys().cloned().collect();
+            ids.sort();
+            ids
+        },
     };
     let remote = kiln_client::RemoteBuild {
         start,
         contexts,
         outputs,
         secrets: request.secrets.0.clone(),
+        ssh: request.ssh.clone(),
     };
     let client = kiln_client::Client::connect(host).await?;
     let renderer = if b.quiet {

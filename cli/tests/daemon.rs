@@ -505,3 +505,63 @@ fn local_and_tar_outputs_are_written_on_the_client_side() {
     );
     assert_eq!(left, "");
 }
+
+#[test]
+fn ssh_agent_connections_are_relayed_to_the_clients_agent() {
+    use std::io::{Read, Write};
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent_sock = agent_dir.path().join("agent.sock");
+    let agent = std::os::unix::net::UnixListener::bind(&agent_sock).unwrap();
+    // The client's "agent": answers `pong` to `ping`.
+    let answered = std::thread::spawn(move || {
+        let (mut conn, _) = agent.accept().unwrap();
+        let mut got = [0u8; 4];
+        conn.read_exact(&mut got).unwrap();
+        conn.write_all(b"pong").unwrap();
+        got
+    });
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && sleep 3 && echo ssh-step-done\n",
+        )],
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let spec = format!("default={}", agent_sock.display());
+    let client = d
+        .client()
+        .args(["build", "--progress", "plain", "--ssh", &spec])
+        .arg(ctx.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The daemon's socket for the id, as a step sees it: connect as a step would.
+    let root = d.store.root.path().to_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let socket = loop {
+        let found = tool("find", &[&root, "-name", "ssh-0.sock"]);
+        if let Some(line) = found.lines().next() {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ssh socket appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut step = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    step.write_all(b"ping").unwrap();
+    let mut reply = [0u8; 4];
+    step.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"pong");
+    assert_eq!(&answered.join().unwrap(), b"ping");
+    let out = client.wait_with_output().unwrap();
+    assert_ok(&out, "build with --ssh through the daemon");
+    assert!(
+        stderr(&out).contains(" ssh-step-done\n"),
+        "{}",
+        stderr(&out)
+    );
+}

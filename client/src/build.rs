@@ -6,7 +6,7 @@ use crate::{Client, ClientError};
 use kiln_api::v1::{
     build_client_message::Msg as ClientMsg, build_server_message::Msg as ServerMsg,
     builder_client::BuilderClient, BuildClientMessage, BuildFinished, BuildStart, ContextEntries,
-    Entry, EntryKind, FileData, ProgressEvent, SecretValue,
+    Entry, EntryKind, FileData, ProgressEvent, SecretValue, SshData,
 };
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -46,6 +46,8 @@ pub struct RemoteBuild {
     pub outputs: Vec<LocalOutput>,
     /// `--secret` values by id, read by the client; sent when the daemon asks.
     pub secrets: HashMap<String, Vec<u8>>,
+    /// `--ssh` agent sockets by id, connected when a step connects to the daemon's.
+    pub ssh: HashMap<String, PathBuf>,
 }
 
 /// What a context sync cost, as the daemon reports it.
@@ -103,6 +105,7 @@ impl Client {
             listed
         };
         let mut writing: HashMap<u32, Sink> = HashMap::new();
+        let mut agents: HashMap<u32, tokio::net::unix::OwnedWriteHalf> = HashMap::new();
         loop {
             let Some(msg) = response.message().await? else {
                 return Err(ClientError::SessionClosed);
@@ -128,6 +131,58 @@ impl Client {
                 Some(ServerMsg::Event(e)) => on_event(e),
                 Some(ServerMsg::Synced(s)) => on_synced(&s),
                 Some(ServerMsg::Finished(f)) => return Ok(f),
+                Some(ServerMsg::SshOpen(open)) => {
+                    let conn = open.conn;
+                    let agent = match build.ssh.get(&open.id) {
+                        Some(path) => tokio::net::UnixStream::connect(path).await.ok(),
+                        None => None,
+                    };
+                    let Some(agent) = agent else {
+                        // No agent: the step's connection is closed, as an agent refusing it.
+                        let close = SshData {
+                            conn,
+                            data: Vec::new(),
+                            close: true,
+                        };
+                        send(&tx, ClientMsg::SshData(close)).await?;
+                        continue;
+                    };
+                    let (mut read, write) = agent.into_split();
+                    agents.insert(conn, write);
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        let mut buf = vec![0u8; 32 * 1024];
+                        loop {
+                            let n = read.read(&mut buf).await.unwrap_or(0);
+                            let msg = SshData {
+                                conn,
+                                data: buf[..n].to_vec(),
+                                close: n == 0,
+                            };
+                            let sent = tx
+                                .send(BuildClientMessage {
+                                    msg: Some(ClientMsg::SshData(msg)),
+                                })
+                                .await;
+                            if sent.is_err() || n == 0 {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Some(ServerMsg::SshData(d)) => {
+                    use tokio::io::AsyncWriteExt;
+                    if d.close {
+                        if let Some(mut w) = agents.remove(&d.conn) {
+                            let _ = w.shutdown().await;
+                        }
+                    } else if let Some(w) = agents.get_mut(&d.conn) {
+                        if w.write_all(&d.data).await.is_err() {
+                            agents.remove(&d.conn);
+                        }
+                    }
+                }
                 Some(ServerMsg::Output(o)) => {
                     let out = build.outputs.iter().find(|l| l.index == o.output).ok_or(
                         ClientError::Protocol("an output the client did not ask for"),

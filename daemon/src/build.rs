@@ -4,6 +4,7 @@
 //! stream ending (Ctrl-C, a killed client) drops the build, which cancels its steps.
 
 mod mirror;
+mod ssh;
 
 use kiln_api::v1::{
     build_client_message::Msg as ClientMsg, build_server_message::Msg as ServerMsg,
@@ -45,7 +46,7 @@ impl BuildService {
     }
 }
 
-type Outbound = UnboundedSender<Result<BuildServerMessage, Status>>;
+pub(super) type Outbound = UnboundedSender<Result<BuildServerMessage, Status>>;
 
 #[tonic::async_trait]
 impl Builder for BuildService {
@@ -104,7 +105,7 @@ fn check_key(key: &str) -> Result<(), Status> {
     }
 }
 
-fn send(tx: &Outbound, msg: ServerMsg) -> Result<(), Status> {
+pub(super) fn send(tx: &Outbound, msg: ServerMsg) -> Result<(), Status> {
     tx.send(Ok(BuildServerMessage { msg: Some(msg) }))
         .map_err(|_| Status::cancelled("the client went away"))
 }
@@ -164,19 +165,28 @@ impl Session {
                 _ => return Err(Status::invalid_argument(format!("expected secret `{id}`"))),
             }
         }
-        // From here on the client only listens: its side ending is the cancel signal.
+        let scratch = tempdir_in(&self.service.engine.store().tmp_dir())?;
+        let (proxy, ssh) = ssh::listen(&start.ssh_ids, scratch.path(), &self.tx)
+            .map_err(|e| Status::internal(format!("cannot make the `--ssh` sockets: {e}")))?;
+        // From here on the client sends only `--ssh` bytes: its side ending is the cancel
+        // signal.
         let gone = CancellationToken::new();
         let watcher = gone.clone();
         let mut inbound = self.inbound;
+        let relays = proxy.relays.clone();
         tokio::spawn(async move {
-            while let Some(Ok(_)) = inbound.next().await {}
+            while let Some(Ok(m)) = inbound.next().await {
+                if let Some(ClientMsg::SshData(d)) = m.msg {
+                    relays.deliver(d);
+                }
+            }
             watcher.cancel();
         });
-        let scratch = tempdir_in(&self.service.engine.store().tmp_dir())?;
         let finished = tokio::select! {
-            f = build(&self.service.engine, &start, &mirrors, secrets, scratch.path(), &self.tx) => f,
+            f = build(&self.service.engine, &start, &mirrors, secrets, ssh, scratch.path(), &self.tx) => f,
             _ = gone.cancelled() => return Ok(()),
         };
+        drop(proxy);
         drop(held);
         send(&self.tx, ServerMsg::Finished(finished))
     }
@@ -307,6 +317,7 @@ async fn build(
     start: &BuildStart,
     mirrors: &[PathBuf],
     secrets: HashMap<String, Vec<u8>>,
+    ssh: HashMap<String, PathBuf>,
     scratch: &Path,
     tx: &Outbound,
 ) -> BuildFinished {
@@ -321,7 +332,7 @@ async fn build(
             t.replace(mirror.as_str(), display)
         })
     };
-    let (request, outputs) = match request(start, mirrors, secrets, scratch) {
+    let (request, outputs) = match request(start, mirrors, secrets, ssh, scratch) {
         Ok(r) => r,
         Err(e) => {
             return BuildFinished {
@@ -418,6 +429,7 @@ fn request(
     start: &BuildStart,
     mirrors: &[PathBuf],
     secrets: HashMap<String, Vec<u8>>,
+    ssh: HashMap<String, PathBuf>,
     scratch: &Path,
 ) -> anyhow::Result<(kiln_engine::BuildRequest, ClientOutputs)> {
     let f = start.flags.clone().unwrap_or_default();
@@ -483,6 +495,7 @@ fn request(
         }
     })?;
     request.secrets = kiln_engine::Secrets(secrets);
+    request.ssh = ssh;
     let mut outputs = Vec::new();
     for (i, o) in request.outputs.iter_mut().enumerate() {
         let here = scratch.join(format!("output-{i}"));
