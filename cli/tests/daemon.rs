@@ -565,3 +565,72 @@ fn ssh_agent_connections_are_relayed_to_the_clients_agent() {
         stderr(&out)
     );
 }
+
+#[test]
+fn a_git_context_is_checked_out_by_the_daemon_and_a_stdin_tar_is_sent_as_a_context() {
+    let repo = GitRepo::new();
+    repo.commit(
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt\n",
+            ),
+            ("a.txt", "from the repository\n"),
+        ],
+        "first",
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let out = d
+        .client()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            &format!("{}#main", repo.url()),
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&out, "git context through the daemon");
+    assert!(
+        stderr(&out).contains(" from the repository\n"),
+        "{}",
+        stderr(&out)
+    );
+    // A context tar on stdin.
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY b.txt /b.txt\nRUN cat /b.txt\n",
+            ),
+            ("b.txt", "from a tar on stdin\n"),
+        ],
+    );
+    let tar = tool(
+        "tar",
+        &["-cf", "-", "-C", ctx.path().to_str().unwrap(), "."],
+    );
+    let mut child = d
+        .client()
+        .args(["build", "--progress", "plain", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(tar.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out, "context tar on stdin through the daemon");
+    assert!(
+        stderr(&out).contains(" from a tar on stdin\n"),
+        "{}",
+        stderr(&out)
+    );
+}

@@ -433,13 +433,28 @@ fn request(
     scratch: &Path,
 ) -> anyhow::Result<(kiln_engine::BuildRequest, ClientOutputs)> {
     let f = start.flags.clone().unwrap_or_default();
-    let main = mirrors
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("the client sent no build context"))?;
+    if let Some(url) = &start.git_context {
+        anyhow::ensure!(kiln_engine::is_git_context(url), "`{url}` is not a git URL");
+    }
+    // The main context: the git URL the engine checks out, or the first mirror.
+    let (main, named) = match &start.git_context {
+        Some(url) => (PathBuf::from(url), 0),
+        None => (
+            mirrors
+                .first()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("the client sent no build context"))?,
+            1,
+        ),
+    };
     let dockerfile = match &start.dockerfile {
         Some(Dockerfile::DockerfilePath(rel)) => {
             mirror_path_check(rel)?;
-            main.join(rel)
+            // In a git context, the engine finds it in the checkout.
+            Some(match &start.git_context {
+                Some(_) => PathBuf::from(rel),
+                None => main.join(rel),
+            })
         }
         Some(Dockerfile::DockerfileText(t)) => {
             mirror_path_check(&t.name)?;
@@ -449,17 +464,17 @@ fn request(
             if let Some(ignore) = &t.dockerignore {
                 std::fs::write(scratch.join(format!("{}.dockerignore", t.name)), ignore)?;
             }
-            path
+            Some(path)
         }
-        None => main.join("Dockerfile"),
+        None => None,
     };
     let mut build_contexts = f.build_contexts.clone();
-    for (c, m) in start.contexts.iter().zip(mirrors).skip(1) {
+    for (c, m) in start.contexts.iter().zip(mirrors).skip(named) {
         build_contexts.push(format!("{}={}", c.name, m.display()));
     }
     let flags = kiln_engine::BuildFlags {
-        context: main.clone(),
-        file: Some(dockerfile),
+        context: main,
+        file: dockerfile,
         tags: f.tags,
         labels: f.labels,
         build_args: f.build_args,
