@@ -634,3 +634,101 @@ fn a_git_context_is_checked_out_by_the_daemon_and_a_stdin_tar_is_sent_as_a_conte
         stderr(&out)
     );
 }
+
+#[test]
+fn ctrl_c_in_the_client_stops_its_step_and_exits_130_as_embedded() {
+    let marker = unique("kiln-daemon-sigint");
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nRUN sleep 3600 && echo {marker}\n"),
+        )],
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let client = d
+        .client()
+        .args(["build", "--progress", "plain", ctx.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while host_processes_with(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tool("kill", &["-INT", &client.id().to_string()]);
+    let sent = std::time::Instant::now();
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("error: the build was interrupted"),
+        "{}",
+        stderr(&out)
+    );
+    while !host_processes_with(&marker).is_empty() {
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "the step still runs after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn json_progress_through_the_daemon_has_the_embedded_events() {
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo json-line\nRUN echo second\n",
+        )],
+    );
+    // The kinds and names of the events, in order, without times.
+    let events = |out: &std::process::Output| -> Vec<String> {
+        stderr(out)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                let mut v = v;
+                if let Some(o) = v.as_object_mut() {
+                    o.retain(|k, _| !["step_time", "elapsed", "time"].contains(&k.as_str()));
+                }
+                v.to_string()
+            })
+            .collect()
+    };
+    let k = Kiln::with_busybox();
+    let mine = k
+        .cmd()
+        .args([
+            "build",
+            "--no-cache",
+            "--progress",
+            "json",
+            ctx.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&mine, "embedded json build");
+    let d = Daemon::start(k);
+    let out = d
+        .client()
+        .args([
+            "build",
+            "--no-cache",
+            "--progress",
+            "json",
+            ctx.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&out, "json build through the daemon");
+    let (a, b) = (events(&mine), events(&out));
+    assert!(a.len() >= 4, "{}", stderr(&mine));
+    assert_eq!(a, b);
+}
