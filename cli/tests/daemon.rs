@@ -732,3 +732,42 @@ fn json_progress_through_the_daemon_has_the_embedded_events() {
     assert!(a.len() >= 4, "{}", stderr(&mine));
     assert_eq!(a, b);
 }
+
+#[test]
+fn sigterm_stops_the_daemon_and_its_running_build() {
+    let marker = unique("kiln-daemon-term");
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nRUN sleep 3600 && echo {marker}\n"),
+        )],
+    );
+    let mut d = Daemon::start(Kiln::with_busybox());
+    let client = d
+        .client()
+        .args(["build", "--progress", "plain", ctx.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while host_processes_with(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = d
+        .stop(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the daemon did not stop:\n{}", d.log_text()));
+    assert!(status.success(), "{status}");
+    assert!(
+        host_processes_with(&marker).is_empty(),
+        "the step outlived the daemon"
+    );
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("shutting down"), "{}", stderr(&out));
+}
