@@ -22,6 +22,9 @@ use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
 
+/// Entries of one context the daemon accepts (a few hundred bytes each in memory).
+const MAX_ENTRIES: usize = 4_000_000;
+
 #[derive(Clone)]
 pub(crate) struct BuildService {
     engine: Arc<Engine>,
@@ -46,7 +49,7 @@ impl BuildService {
     }
 }
 
-pub(super) type Outbound = UnboundedSender<Result<BuildServerMessage, Status>>;
+type Outbound = UnboundedSender<Result<BuildServerMessage, Status>>;
 
 #[tonic::async_trait]
 impl Builder for BuildService {
@@ -105,7 +108,7 @@ fn check_key(key: &str) -> Result<(), Status> {
     }
 }
 
-pub(super) fn send(tx: &Outbound, msg: ServerMsg) -> Result<(), Status> {
+fn send(tx: &Outbound, msg: ServerMsg) -> Result<(), Status> {
     tx.send(Ok(BuildServerMessage { msg: Some(msg) }))
         .map_err(|_| Status::cancelled("the client went away"))
 }
@@ -198,6 +201,12 @@ impl Session {
             match self.next().await? {
                 ClientMsg::Entries(e) if e.context == context => {
                     entries.extend(e.entries);
+                    // A client may not make the daemon hold unbounded metadata.
+                    if entries.len() > MAX_ENTRIES {
+                        return Err(Status::resource_exhausted(format!(
+                            "a context of more than {MAX_ENTRIES} entries cannot be sent"
+                        )));
+                    }
                     if e.last {
                         break;
                     }
