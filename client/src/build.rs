@@ -77,7 +77,8 @@ impl Client {
             .await?
             .into_inner();
         // The walk runs beside the daemon's answers; the lists are kept to check its requests.
-        let contexts: Vec<(PathBuf, HashSet<String>)> = {
+        // Each context's directory and its files with the sizes listed.
+        let contexts: Vec<(PathBuf, HashMap<String, u64>)> = {
             let mut listed = Vec::new();
             for (i, c) in build.contexts.into_iter().enumerate() {
                 let dir = c.dir.clone();
@@ -90,7 +91,7 @@ impl Client {
                 let files = entries
                     .iter()
                     .filter(|e| e.kind() == EntryKind::File)
-                    .map(|e| e.path.clone())
+                    .map(|e| (e.path.clone(), e.size))
                     .collect();
                 let mut batches = entries.chunks(BATCH).peekable();
                 if batches.peek().is_none() {
@@ -116,12 +117,12 @@ impl Client {
                         .get(req.context as usize)
                         .ok_or(ClientError::Protocol("a file of an unknown context"))?;
                     for path in req.paths {
-                        if !files.contains(&path) {
+                        let Some(&size) = files.get(&path) else {
                             return Err(ClientError::Protocol(
                                 "the daemon asked for a file the client did not list",
                             ));
-                        }
-                        send_file(&tx, dir, &path).await?;
+                        };
+                        send_file(&tx, dir, &path, size).await?;
                     }
                 }
                 Some(ServerMsg::Secret(req)) => {
@@ -266,23 +267,26 @@ fn entries_msg(context: usize, entries: Vec<Entry>, last: bool) -> ClientMsg {
     })
 }
 
-/// Sends one listed file in chunks; opened without following a symlink put in its place since
-/// the walk.
+/// Sends one listed file in chunks, at most the `size` listed (a file growing since the walk is
+/// cut there; the next build sends it whole); opened without following a symlink put in its
+/// place since the walk.
 async fn send_file(
     tx: &mpsc::Sender<BuildClientMessage>,
     dir: &Path,
     rel: &str,
+    size: u64,
 ) -> Result<(), ClientError> {
     let path = dir.join(rel);
     let err = |source| ClientError::Context {
         dir: path.clone(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(O_NOFOLLOW)
         .open(&path)
         .map_err(err)?;
+    let mut file = file.take(size);
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = read_full(&mut file, &mut buf).map_err(err)?;
@@ -304,7 +308,7 @@ async fn send_file(
 /// `O_NOFOLLOW` on Linux (the same on every architecture kiln builds for).
 const O_NOFOLLOW: i32 = 0o400000;
 
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {
