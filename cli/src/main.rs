@@ -1,6 +1,7 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
 mod containers;
+mod daemon;
 mod debug;
 mod flags;
 mod images;
@@ -8,13 +9,14 @@ mod interrupt;
 mod login;
 mod networks;
 mod progress;
+mod remote;
 mod transfer;
+mod version;
 mod volumes;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use kiln_engine::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec};
-use std::collections::BTreeMap;
+use kiln_engine::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,6 +49,10 @@ struct Cli {
     /// /etc/kiln/kiln.toml as root, $XDG_CONFIG_HOME/kiln/kiln.toml otherwise, when it exists.
     #[arg(long, env = "KILN_CONFIG", global = true, value_name = "FILE")]
     config: Option<PathBuf>,
+    /// The kiln daemon to run the command through, `unix:///PATH` (see `kiln daemon`); without
+    /// it the engine runs in this process.
+    #[arg(long, env = "KILN_HOST", global = true, value_name = "ADDR")]
+    host: Option<String>,
     #[command(subcommand)]
     command: Command,
 }
@@ -140,6 +146,10 @@ enum Command {
     /// Prepare this host for kiln (as root).
     #[command(subcommand)]
     Setup(SetupCommand),
+    /// Serve the store to `kiln --host` clients (the daemon holds the store's lock).
+    Daemon(daemon::DaemonArgs),
+    /// Show the version of this client and, with `--host`, of the daemon.
+    Version,
 }
 
 #[derive(Subcommand)]
@@ -324,7 +334,12 @@ fn main() {
     // Unprivileged, the engine runs again in a user namespace where it is root (rootless mode),
     // with its store under $XDG_DATA_HOME/kiln. Setting up the host needs no engine, and a
     // user namespace's root could not do it anyway: it says to run as root instead.
-    let needs_engine = !matches!(cli.command, Command::Setup(_));
+    // Through a daemon, only the daemon needs it.
+    let needs_engine = match &cli.command {
+        Command::Setup(_) | Command::Version => false,
+        Command::Daemon(_) | Command::Login(_) | Command::Logout(_) => true,
+        _ => cli.host.is_none(),
+    };
     match needs_engine
         .then(kiln_exec::reexec_rootless_if_unprivileged)
         .unwrap_or(Ok(None))
@@ -386,6 +401,7 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         Command::Prune(_) => Some("kiln prune"),
         Command::System(SystemCommand::Df { .. }) => Some("kiln system df"),
         Command::Check => Some("kiln check"),
+        Command::Daemon(_) => Some("kiln daemon"),
         Command::Debug(d) if d.needs_store() => Some("kiln debug llb --resolve"),
         Command::Tag(_) => Some("kiln tag"),
         Command::Rmi(_) => Some("kiln rmi"),
@@ -410,9 +426,13 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         | Command::Volume(_)
         | Command::Network(_)
         | Command::Port(_)
-        | Command::Setup(_) => None,
+        | Command::Setup(_)
+        | Command::Version => None,
     }
 }
+
+/// How `kiln daemon` names itself in the store's lock, followed by its addresses.
+const DAEMON_LOCK_NAME: &str = "kiln daemon ";
 
 /// Opens the engine for a command that changes the store, waiting for another kiln that holds
 /// it as `--lock-timeout` says and saying once for whom it waits.
@@ -420,6 +440,14 @@ fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
     let Some(command) = store_writer(&cli.command) else {
         return Ok(None);
     };
+    // The daemon names its addresses in the lock, so an embedded kiln can point at them.
+    let command = match &cli.command {
+        Command::Daemon(d) => format!("{DAEMON_LOCK_NAME}{}", d.addrs.join(" ")),
+        _ => command.to_string(),
+    };
+    if cli.host.is_some() && !matches!(cli.command, Command::Daemon(_)) {
+        return Ok(None);
+    }
     let jobs = match &cli.command {
         Command::Build(b) => b.jobs,
         _ => 0,
@@ -442,8 +470,23 @@ fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
             gc: config.gc,
         },
         wait,
-        command,
+        &command,
         &mut |holder| {
+            // A daemon holds its store until it stops: waiting would be waiting forever.
+            if let Some(addrs) = holder.command.strip_prefix(DAEMON_LOCK_NAME) {
+                let addr = addrs.split_whitespace().next().unwrap_or("ADDR");
+                eprintln!(
+                    "error: the store `{}` is served by a kiln daemon (process {}): run the \
+                     command through it with `kiln --host {addr} ...` (or `KILN_HOST={addr}`), \
+                     or stop the daemon",
+                    root.display(),
+                    holder
+                        .pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                );
+                std::process::exit(1);
+            }
             eprintln!(
                 "waiting for the store `{}`: {holder} holds it",
                 root.display()
@@ -473,6 +516,17 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 }
 
 async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
+    if let Command::Version = cli.command {
+        return version::run(cli.host.as_deref()).await;
+    }
+    if let Some(host) = &cli.host {
+        if !matches!(
+            cli.command,
+            Command::Daemon(_) | Command::Login(_) | Command::Logout(_) | Command::Setup(_)
+        ) {
+            return remote_main(cli.command, host).await;
+        }
+    }
     if let Command::Debug(d) = cli.command {
         return debug::run(d, engine.as_ref()).await;
     }
@@ -590,10 +644,23 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
             Ok(if clean { 0 } else { 1 })
         }
         Command::Pull(p) => transfer::pull(&engine, p).await,
+        Command::Daemon(d) => daemon::run(engine, d).await,
         Command::Push(p) => transfer::push(&engine, p).await,
         // Handled above, without the store's lock.
         _ => Ok(0),
     }
+}
+
+/// A command with `--host`: run through the daemon.
+async fn remote_main(command: Command, host: &str) -> Result<i32> {
+    if let Command::Build(b) = command {
+        return remote::build(host, *b).await;
+    }
+    let name = store_writer(&command).unwrap_or("this command");
+    bail!(
+        "`{name}` does not run through a daemon yet: run it without `--host` and `KILN_HOST` on \
+         the daemon's machine (with the daemon at `{host}` stopped)"
+    )
 }
 
 /// `kiln setup emulators`: registers QEMU's handlers and says what it did with each.
@@ -627,15 +694,7 @@ fn setup_emulators() -> Result<i32> {
 }
 
 fn prune_summary(r: &kiln_engine::PruneReport) -> String {
-    format!(
-        "removed {} cache mounts, {} cache results, {} snapshots, {} blobs ({} bytes); freed {}",
-        r.cache_mounts,
-        r.results,
-        r.snapshots,
-        r.blobs,
-        r.blob_bytes,
-        kiln_engine::human_size(r.bytes_freed)
-    )
+    r.summary()
 }
 
 /// `kiln system df`, laid out as `docker system df`.
@@ -681,25 +740,6 @@ fn df_table(u: &kiln_engine::StoreUsage, bytes: bool) -> String {
     out
 }
 
-/// `--output` specs and the `--push` shortcut (the daemon parses BuildKit's syntax).
-fn parse_outputs(b: &BuildArgs) -> Result<Vec<OutputSpec>> {
-    let mut outputs = b
-        .outputs
-        .iter()
-        .map(|o| OutputSpec::parse(o))
-        .collect::<Result<Vec<_>>>()?;
-    if b.push {
-        if b.tags.is_empty() {
-            bail!("`--push` needs a name to push to: add `-t REGISTRY/NAME[:TAG]`");
-        }
-        outputs.push(OutputSpec::new(kiln_engine::OutputKind::Image {
-            names: b.tags.clone(),
-            push: true,
-        }));
-    }
-    Ok(outputs)
-}
-
 /// `--metadata-file`: the keys `docker buildx build --metadata-file` writes for an image.
 fn write_metadata(
     path: &std::path::Path,
@@ -725,99 +765,46 @@ fn write_metadata(
     std::fs::write(path, text).with_context(|| format!("cannot write `{}`", path.display()))
 }
 
-/// The engine's request for `kiln build` flags (also used by `kiln debug llb`).
-fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
-    let mut build_args = BTreeMap::new();
-    for a in &b.build_args {
-        match a.split_once('=') {
-            Some((k, v)) => {
-                build_args.insert(k.to_string(), v.to_string());
-            }
-            None => {
-                if let Ok(v) = std::env::var(a) {
-                    build_args.insert(a.clone(), v);
-                }
-            }
-        }
-    }
-    let outputs = parse_outputs(b)?;
-    let build_contexts = b
-        .build_contexts
-        .iter()
-        .map(|c| kiln_engine::parse_build_context(c))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(BuildRequest {
+/// `kiln build`'s flags as typed.
+fn build_flags(b: &BuildArgs) -> kiln_engine::BuildFlags {
+    kiln_engine::BuildFlags {
         context: b.context.clone(),
-        dockerfile: b.file.clone(),
-        build_args,
-        target: b.target.clone(),
+        file: b.file.clone(),
         tags: b.tags.clone(),
-        outputs,
+        labels: b.labels.clone(),
+        build_args: b.build_args.clone(),
+        target: b.target.clone(),
+        build_contexts: b.build_contexts.clone(),
+        outputs: b.outputs.clone(),
+        push: b.push,
         no_cache: b.no_cache,
-        no_cache_filter: b.no_cache_filter.clone(),
-        build_contexts,
-        secrets: kiln_engine::Secrets(
-            b.secrets
-                .iter()
-                .map(|s| kiln_engine::parse_secret(s))
-                .collect::<Result<_>>()?,
-        ),
-        ssh: b
-            .ssh
-            .iter()
-            .map(|s| kiln_engine::parse_ssh(s))
-            .collect::<Result<_>>()?,
-        network_none: kiln_engine::parse_network(&b.network)?,
-        runtime: b.runtime.parse()?,
-        limits: kiln_exec::Limits {
-            shm_size: b
-                .shm_size
-                .as_deref()
-                .map(kiln_exec::parse_shm_size)
-                .transpose()?,
-            ulimits: b
-                .ulimits
-                .iter()
-                .map(|u| kiln_exec::parse_ulimit(u))
-                .collect::<Result<_, _>>()?,
-            extra_hosts: b
-                .add_hosts
-                .iter()
-                .map(|h| kiln_exec::parse_add_host(h))
-                .collect::<Result<_, _>>()?,
-            ..kiln_exec::Limits::parse(
-                b.memory.as_deref(),
-                b.cpus.as_deref(),
-                b.pids_limit.as_deref(),
-            )?
-        },
         pull: b.pull,
         platform: b.platform.clone(),
-        labels: b
-            .labels
-            .iter()
-            .map(|l| match l.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => bail!("`--label {l}` is not KEY=VALUE"),
-            })
-            .collect::<Result<_>>()?,
-        cache_from: b
-            .cache_from
-            .iter()
-            .map(|s| kiln_engine::parse_cache_spec(s, false))
-            .collect::<Result<_>>()?,
-        cache_to: b
-            .cache_to
-            .iter()
-            .map(|s| kiln_engine::parse_cache_spec(s, true))
-            .collect::<Result<_>>()?,
-    })
+        no_cache_filter: b.no_cache_filter.clone(),
+        cache_to: b.cache_to.clone(),
+        cache_from: b.cache_from.clone(),
+        secrets: b.secrets.clone(),
+        ssh: b.ssh.clone(),
+        network: b.network.clone(),
+        runtime: b.runtime.clone(),
+        memory: b.memory.clone(),
+        cpus: b.cpus.clone(),
+        pids_limit: b.pids_limit.clone(),
+        shm_size: b.shm_size.clone(),
+        ulimits: b.ulimits.clone(),
+        add_hosts: b.add_hosts.clone(),
+    }
+}
+
+/// The engine's request for `kiln build` flags (also used by `kiln debug llb`).
+fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
+    build_flags(b).request(&|k| std::env::var(k).ok())
 }
 
 /// `kiln build -` and `-f -`: stdin as the context or the Dockerfile; the returned input must
 /// outlive the build.
 fn stdin_input(
-    engine: &Engine,
+    tmp: &Path,
     b: &BuildArgs,
     request: &mut BuildRequest,
 ) -> Result<Option<kiln_engine::StdinInput>> {
@@ -834,7 +821,7 @@ fn stdin_input(
     } else {
         kiln_engine::StdinKind::ContextOrDockerfile
     };
-    let input = engine.stdin_input(kind, &mut std::io::stdin().lock())?;
+    let input = kiln_engine::read_stdin_input(tmp, kind, &mut std::io::stdin().lock())?;
     if b.context == dash {
         request.context = input.context();
     }
@@ -846,7 +833,7 @@ fn stdin_input(
 
 async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
     let mut request = build_request(&b)?;
-    let _stdin = stdin_input(engine, &b, &mut request)?;
+    let _stdin = stdin_input(&engine.store().tmp_dir(), &b, &mut request)?;
     // `-q`: no progress at all; a failure still says which step failed and shows its output.
     let renderer = if b.quiet {
         None
@@ -881,6 +868,21 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
     drop(running);
     finish();
     let result = result?;
+    let collected = result
+        .collected
+        .as_ref()
+        .filter(|r| r.results + r.snapshots + r.blobs + r.cache_mounts > 0)
+        .map(|r| r.summary());
+    report_build(&b, &result, collected.as_deref(), started)
+}
+
+/// What a finished build prints and writes (the same embedded and through a daemon).
+fn report_build(
+    b: &BuildArgs,
+    result: &kiln_engine::BuildResult,
+    collected: Option<&str>,
+    started: std::time::Instant,
+) -> Result<i32> {
     for w in &result.warnings {
         eprintln!("warning: {w}");
     }
@@ -904,18 +906,16 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
             }
         );
     }
-    if let Some(r) = &result.collected {
-        if r.results + r.snapshots + r.blobs + r.cache_mounts > 0 {
-            eprintln!("gc (config file `[gc]`): {}", prune_summary(r));
-        }
+    if let Some(summary) = collected {
+        eprintln!("gc (config file `[gc]`): {summary}");
     }
-    if let Some(f) = b.iidfile {
+    if let Some(f) = &b.iidfile {
         // Docker's image ID: the config digest.
-        std::fs::write(&f, &result.config_digest)
+        std::fs::write(f, &result.config_digest)
             .with_context(|| format!("cannot write `{}`", f.display()))?;
     }
     if let Some(f) = &b.metadata_file {
-        write_metadata(f, &result, &b.tags)?;
+        write_metadata(f, result, &b.tags)?;
     }
     Ok(0)
 }

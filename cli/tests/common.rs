@@ -110,6 +110,8 @@ impl Kiln {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
         c.env("KILN_ROOT", self.root.path())
+            // Embedded, whatever the environment says.
+            .env_remove("KILN_HOST")
             .env_remove("KILN_PROGRESS")
             .stdin(Stdio::null());
         c
@@ -510,4 +512,107 @@ pub fn run_sh(k: &Kiln, runtime: &str, script: &str) -> Output {
         "-c",
         script,
     ])
+}
+
+/// A `kiln daemon` serving a store on a private unix socket: started by the test, stopped
+/// (SIGTERM, then SIGKILL after 10 s) when dropped. Its stderr goes to `log`.
+pub struct Daemon {
+    pub store: Kiln,
+    pub addr: String,
+    pub log: PathBuf,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Daemon {
+    /// Starts `kiln daemon` over `store` (seed it first: the daemon then holds its lock) and
+    /// waits until its socket answers.
+    pub fn start(store: Kiln) -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("kiln-daemon-")
+            .tempdir()
+            .expect("temp dir");
+        let socket = dir.path().join("kiln.sock");
+        let addr = format!("unix://{}", socket.display());
+        let log = dir.path().join("daemon.log");
+        let child = store
+            .cmd()
+            .args(["daemon", "--addr", &addr])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("daemon log"))
+            .spawn()
+            .expect("start kiln daemon");
+        let mut d = Daemon {
+            store,
+            addr,
+            log,
+            child,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+            if let Ok(Some(status)) = d.child.try_wait() {
+                panic!("kiln daemon exited with {status}:\n{}", d.log_text());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "kiln daemon did not listen within 30 s:\n{}",
+                d.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    /// `kiln` as a client of this daemon (`KILN_HOST`), with a store of its own that it must
+    /// not need.
+    pub fn client(&self) -> Command {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
+        c.env("KILN_HOST", &self.addr)
+            .env("KILN_ROOT", self.store.root.path().join("not-the-clients"))
+            .env_remove("KILN_PROGRESS")
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.client().args(args).output().expect("run kiln client")
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits (at most `timeout`) for the daemon to exit; its exit status.
+    pub fn stop(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.stop(Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
 }

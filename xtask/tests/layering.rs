@@ -7,7 +7,13 @@ use std::path::Path;
 
 /// The arrows of docs/architecture.md: crate directory → kiln crates it may use.
 const ALLOWED: &[(&str, &[&str])] = &[
-    ("cli", &["kiln-engine", "kiln-exec"]),
+    (
+        "cli",
+        &["kiln-engine", "kiln-exec", "kiln-client", "kiln-daemon"],
+    ),
+    ("daemon", &["kiln-api", "kiln-engine"]),
+    ("client", &["kiln-api"]),
+    ("api", &[]),
     (
         "engine",
         &[
