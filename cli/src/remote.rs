@@ -215,6 +215,7 @@ pub(crate) async fn build(host: &str, b: BuildArgs) -> Result<i32> {
         media_type: f.media_type,
         executed: f.executed as usize,
         cached: f.cached as usize,
+        cache_layers_fetched: f.cache_layers_fetched.map(|n| n as usize),
         warnings: f.warnings,
         collected: None,
     };

@@ -371,6 +371,7 @@ async fn build(
             media_type: r.media_type,
             executed: r.executed as u64,
             cached: r.cached as u64,
+            cache_layers_fetched: r.cache_layers_fetched.map(|n| n as u64),
             warnings: r.warnings.into_iter().map(unmirror).collect(),
             collected: r
                 .collected
