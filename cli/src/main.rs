@@ -8,6 +8,7 @@ mod images;
 mod interrupt;
 mod login;
 mod progress;
+mod source;
 mod transfer;
 mod version;
 mod volumes;
@@ -15,6 +16,7 @@ mod volumes;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kiln_engine::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec};
+use source::StoreSource;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -52,6 +54,16 @@ struct Cli {
     /// it the engine runs in this process.
     #[arg(long, env = "KILN_HOST", global = true, value_name = "ADDR")]
     host: Option<String>,
+    /// TLS certificate: the client's for a `tcp://` `--host`, the daemon's for its `tcp://`
+    /// `--addr`.
+    #[arg(long, env = "KILN_TLSCERT", global = true, value_name = "FILE")]
+    tlscert: Option<PathBuf>,
+    /// The key of `--tlscert`.
+    #[arg(long, env = "KILN_TLSKEY", global = true, value_name = "FILE")]
+    tlskey: Option<PathBuf>,
+    /// The CA certificate the other side's certificate must be signed by.
+    #[arg(long, env = "KILN_TLSCACERT", global = true, value_name = "FILE")]
+    tlscacert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -445,24 +457,110 @@ fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
         cli.config.as_deref(),
         &kiln_engine::default_config_path(is_root()),
     )?;
-    let engine = Engine::open_locked(
-        root,
-        EngineOptions {
-            jobs,
-            insecure_registries: cli.insecure_registries.clone(),
-            registries: config.registries,
-            gc: config.gc,
-        },
-        wait,
-        command,
-        &mut |holder| {
-            eprintln!(
-                "waiting for the store `{}`: {holder} holds it",
-                root.display()
-            )
-        },
-    )?;
-    Ok(Some(engine))
+    let options = EngineOptions {
+        jobs,
+        insecure_registries: cli.insecure_registries.clone(),
+        registries: config.registries,
+        gc: config.gc,
+    };
+    // The daemon names its first address in the lock, so that a kiln that finds the store
+    // taken can say where to send the command instead.
+    let command = match &cli.command {
+        Command::Daemon(d) => format!("{command} {}", d.first_addr()),
+        _ => command.to_string(),
+    };
+    let mut say_waiting = |holder: &kiln_engine::LockHolder| {
+        eprintln!(
+            "waiting for the store `{}`: {holder} holds it",
+            root.display()
+        )
+    };
+    // A daemon holds the store until it is stopped: waiting for it would hang, so the command
+    // fails at once, saying how to run it through the daemon. Other holders are waited for.
+    let first = match wait {
+        LockWait::Never => {
+            return open_or_name_daemon(root, options, wait, &command, &mut say_waiting).map(Some)
+        }
+        _ => open_or_name_daemon(
+            root,
+            options.clone(),
+            LockWait::Never,
+            &command,
+            &mut |_| {},
+        ),
+    };
+    match first {
+        Ok(engine) => Ok(Some(engine)),
+        Err(e) if e.downcast_ref::<DaemonHolds>().is_some() => Err(e),
+        Err(_) => Ok(Some(Engine::open_locked(
+            root,
+            options,
+            wait,
+            &command,
+            &mut say_waiting,
+        )?)),
+    }
+}
+
+/// The store is held by a `kiln daemon`.
+#[derive(Debug)]
+struct DaemonHolds {
+    root: PathBuf,
+    pid: Option<u32>,
+    addr: String,
+}
+
+impl std::fmt::Display for DaemonHolds {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pid = self
+            .pid
+            .map(|p| format!(" (process {p})"))
+            .unwrap_or_default();
+        write!(
+            f,
+            "the store `{}` is held by the kiln daemon{pid}: run the command through it with `--host {}`",
+            self.root.display(),
+            self.addr
+        )
+    }
+}
+
+impl std::error::Error for DaemonHolds {}
+
+/// Opens the store; when a daemon holds it, fails with [`DaemonHolds`].
+fn open_or_name_daemon(
+    root: &Path,
+    options: EngineOptions,
+    wait: LockWait,
+    command: &str,
+    on_wait: &mut dyn FnMut(&kiln_engine::LockHolder),
+) -> Result<Engine> {
+    let e = match Engine::open_locked(root, options, wait, command, on_wait) {
+        Ok(engine) => return Ok(engine),
+        Err(e) => e,
+    };
+    let holder = match e.downcast_ref::<kiln_engine::CacheError>() {
+        Some(kiln_engine::CacheError::Locked { holder, .. })
+        | Some(kiln_engine::CacheError::LockTimeout { holder, .. })
+            if holder.command.starts_with("kiln daemon") =>
+        {
+            holder.clone()
+        }
+        _ => return Err(e),
+    };
+    let addr = holder
+        .command
+        .strip_prefix("kiln daemon")
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+        .unwrap_or(daemon::DEFAULT_ROOT_ADDR)
+        .to_string();
+    Err(DaemonHolds {
+        root: root.to_path_buf(),
+        pid: holder.pid,
+        addr,
+    }
+    .into())
 }
 
 /// `--lock-timeout`: `0`, `500ms`, `30s`, `5m`, `1h`, or a number of seconds.
@@ -485,15 +583,20 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 }
 
 async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
+    let tls = kiln_client::TlsFiles {
+        cert: cli.tlscert.clone(),
+        key: cli.tlskey.clone(),
+        ca: cli.tlscacert.clone(),
+    };
     if let Command::Version = cli.command {
-        return version::run(cli.host.as_deref()).await;
+        return version::run(cli.host.as_deref(), &tls).await;
     }
     if let Some(host) = &cli.host {
         if !matches!(
             cli.command,
             Command::Daemon(_) | Command::Login(_) | Command::Logout(_) | Command::Setup(_)
         ) {
-            return remote_main(&cli.command, host).await;
+            return remote_main(cli.command, host, &tls).await;
         }
     }
     if let Command::Debug(d) = cli.command {
@@ -514,7 +617,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
     // Images are listed, and containers read and signalled, without the store's lock.
     match cli.command {
         Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => {
-            return images::list(&root, &a)
+            return images::list(&StoreSource::Unlocked(&root), &a).await
         }
         Command::Ps(a) => return containers::ps(&root, a),
         Command::Logs(a) => return containers::logs(&root, a),
@@ -556,21 +659,9 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
             println!("{digest}");
             Ok(0)
         }
-        Command::Prune(p) => {
-            let r = engine
-                .prune(kiln_engine::PruneOptions {
-                    all: p.all,
-                    keep_storage: p.keep_storage,
-                    unused_for: p.filter.into_iter().min(),
-                })
-                .await?;
-            println!("{}", prune_summary(&r));
-            Ok(0)
-        }
+        Command::Prune(p) => prune(&StoreSource::Engine(&engine), p).await,
         Command::System(SystemCommand::Df { bytes }) => {
-            let u = engine.disk_usage().await?;
-            print!("{}", df_table(&u, bytes));
-            Ok(0)
+            system_df(&StoreSource::Engine(&engine), bytes).await
         }
         Command::Check => {
             let r = engine.check().await?;
@@ -603,20 +694,74 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
             Ok(if clean { 0 } else { 1 })
         }
         Command::Pull(p) => transfer::pull(&engine, p).await,
-        Command::Daemon(d) => daemon::run(engine, d).await,
+        Command::Daemon(d) => {
+            let tls = d.tls_files(cli.tlscert, cli.tlskey, cli.tlscacert)?;
+            daemon::run(engine, d, tls).await
+        }
         Command::Push(p) => transfer::push(&engine, p).await,
         // Handled above, without the store's lock.
         _ => Ok(0),
     }
 }
 
-/// A command with `--host`: run through the daemon.
-async fn remote_main(command: &Command, host: &str) -> Result<i32> {
-    let name = store_writer(command).unwrap_or("this command");
-    bail!(
-        "`{name}` does not run through a daemon yet: run it without `--host` and `KILN_HOST` on \
-         the daemon's machine (with the daemon at `{host}` stopped)"
-    )
+/// A command with `--host`: run through the daemon. The others say in one line that they do
+/// not, and end with 125 as a command kiln could not run does.
+async fn remote_main(command: Command, host: &str, tls: &kiln_client::TlsFiles) -> Result<i32> {
+    let remote = |client| StoreSource::Daemon(client);
+    match command {
+        Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            images::list(&remote(&client), &a).await
+        }
+        Command::Prune(p) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            prune(&remote(&client), p).await
+        }
+        Command::System(SystemCommand::Df { bytes }) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            system_df(&remote(&client), bytes).await
+        }
+        other => {
+            let name = store_writer(&other)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("kiln {}", command_name()));
+            eprintln!(
+                "error: `{name}` does not run through a daemon yet: run it without `--host` and \
+                 `KILN_HOST` (the daemon at `{host}` holds the store: stop it first)"
+            );
+            Ok(125)
+        }
+    }
+}
+
+/// The subcommand's name as the user typed it (parsed again: only its error path needs it).
+fn command_name() -> String {
+    use clap::CommandFactory;
+    Cli::command()
+        .try_get_matches()
+        .ok()
+        .and_then(|m| m.subcommand_name().map(str::to_string))
+        .unwrap_or_else(|| "this command".to_string())
+}
+
+/// `kiln prune`: removes build cache and says what it freed.
+async fn prune(source: &StoreSource<'_>, p: PruneArgs) -> Result<i32> {
+    let r = source
+        .prune(kiln_engine::PruneOptions {
+            all: p.all,
+            keep_storage: p.keep_storage,
+            unused_for: p.filter.into_iter().min(),
+        })
+        .await?;
+    println!("{}", prune_summary(&r));
+    Ok(0)
+}
+
+/// `kiln system df`.
+async fn system_df(source: &StoreSource<'_>, bytes: bool) -> Result<i32> {
+    let u = source.disk_usage().await?;
+    print!("{}", df_table(&u, bytes));
+    Ok(0)
 }
 
 /// `kiln setup emulators`: registers QEMU's handlers and says what it did with each.

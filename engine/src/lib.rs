@@ -30,7 +30,7 @@ pub use images::{
     ImageSummary, Removed,
 };
 pub use kiln_cache::{human_size, parse_size, KindUsage, StoreUsage};
-pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
+pub use kiln_cache::{CacheError, ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};

@@ -1,0 +1,103 @@
+//! Where a store command's data comes from: this process's store, or a daemon's (`--host`).
+//! The commands format the same engine types either way, so their output does not depend on it.
+
+use anyhow::{Context, Result};
+use kiln_engine::{Engine, ImageSummary, KindUsage, PruneOptions, PruneReport, StoreUsage};
+use std::path::Path;
+
+pub(crate) enum StoreSource<'a> {
+    /// The store at `root`, read without its lock (`kiln images`).
+    Unlocked(&'a Path),
+    /// The store this process opened (and holds).
+    Engine(&'a Engine),
+    /// A daemon's store.
+    Daemon(&'a kiln_client::Client),
+}
+
+impl StoreSource<'_> {
+    /// Every image of the store, named ones first, that passes every `--filter` spec.
+    pub(crate) async fn images(&self, filters: &[String]) -> Result<Vec<ImageSummary>> {
+        let parsed = filters
+            .iter()
+            .map(|f| kiln_engine::ImageFilter::parse(f))
+            .collect::<Result<Vec<_>>>()?;
+        let all = match self {
+            StoreSource::Unlocked(root) => kiln_engine::all_images(root)?,
+            StoreSource::Engine(engine) => kiln_engine::all_images(engine.store().root())?,
+            StoreSource::Daemon(client) => {
+                // The daemon applies the filters; they were checked above, so a wrong one is
+                // reported as embedded `kiln` reports it.
+                return Ok(client
+                    .list_images(filters)
+                    .await?
+                    .into_iter()
+                    .map(|i| ImageSummary {
+                        name: i.name,
+                        id: i.id,
+                        manifest_digest: i.manifest_digest,
+                        manifest_size: i.manifest_size,
+                        media_type: i.media_type,
+                        created: i.created,
+                        size: i.size,
+                    })
+                    .collect());
+            }
+        };
+        Ok(kiln_engine::ImageFilter::select(&parsed, all))
+    }
+
+    /// The store's disk usage by kind.
+    pub(crate) async fn disk_usage(&self) -> Result<StoreUsage> {
+        match self {
+            StoreSource::Unlocked(_) => unlocked(),
+            StoreSource::Engine(engine) => engine.disk_usage().await,
+            StoreSource::Daemon(client) => {
+                let u = client.disk_usage().await?;
+                let kind = |k: kiln_client::KindUsage| KindUsage {
+                    count: usize::try_from(k.count).unwrap_or(usize::MAX),
+                    bytes: k.bytes,
+                    reclaimable: k.reclaimable,
+                };
+                Ok(StoreUsage {
+                    images: kind(u.images),
+                    build_cache: kind(u.build_cache),
+                    cache_mounts: kind(u.cache_mounts),
+                    other: u.other,
+                    total: u.total,
+                })
+            }
+        }
+    }
+
+    /// Removes build cache as `kiln prune` says.
+    pub(crate) async fn prune(&self, opts: PruneOptions) -> Result<PruneReport> {
+        match self {
+            StoreSource::Unlocked(_) => unlocked(),
+            StoreSource::Engine(engine) => engine.prune(opts).await,
+            StoreSource::Daemon(client) => {
+                let r = client
+                    .prune(kiln_client::PruneRequestOptions {
+                        all: opts.all,
+                        keep_storage: opts.keep_storage,
+                        unused_for: opts.unused_for,
+                    })
+                    .await?;
+                let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+                Ok(PruneReport {
+                    cache_mounts: count(r.cache_mounts),
+                    results: count(r.results),
+                    snapshots: count(r.snapshots),
+                    blobs: count(r.blobs),
+                    blob_bytes: r.blob_bytes,
+                    bytes_freed: r.bytes_freed,
+                })
+            }
+        }
+    }
+}
+
+/// A command that changes or measures the store was given no lock: a bug of the cli's, not
+/// the user's.
+fn unlocked<T>() -> Result<T> {
+    None.context("no store was opened for this command")
+}
