@@ -6,6 +6,9 @@ use prost as _;
 use tonic_prost as _;
 
 /// The `kiln.v1` package: every service of the daemon.
+// Generated code: a message's oneof holds its variants inline (the build session's first
+// message is large, and sent once).
+#[allow(clippy::large_enum_variant)]
 pub mod v1 {
     tonic::include_proto!("kiln.v1");
 }

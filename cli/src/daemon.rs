@@ -6,14 +6,14 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 /// Where a root daemon listens when given no `--addr`.
-pub(crate) const DEFAULT_ROOT_ADDR: &str = "unix:///run/kiln/kiln.sock";
+const DEFAULT_ROOT_ADDR: &str = "unix:///run/kiln/kiln.sock";
 
 #[derive(clap::Args)]
 pub(crate) struct DaemonArgs {
     /// An address to listen on, `unix:///PATH`; may be repeated. Default:
     /// `unix:///run/kiln/kiln.sock` as root, `unix://$XDG_RUNTIME_DIR/kiln/kiln.sock` rootless.
     #[arg(long = "addr")]
-    addrs: Vec<String>,
+    pub(crate) addrs: Vec<String>,
     /// Serve `tcp://` addresses without TLS: anyone who reaches the port controls the daemon.
     #[arg(long)]
     insecure_tcp: bool,
@@ -21,7 +21,7 @@ pub(crate) struct DaemonArgs {
 
 impl DaemonArgs {
     /// The addresses to listen on: those given, or the default one.
-    fn addrs(&self) -> Vec<String> {
+    pub(crate) fn addrs(&self) -> Vec<String> {
         if self.addrs.is_empty() {
             vec![default_addr()]
         } else {
@@ -43,11 +43,6 @@ impl DaemonArgs {
                 "`kiln daemon` needs all of `--tlscert`, `--tlskey` and `--tlscacert` for mutual TLS, or none of them"
             ),
         }
-    }
-
-    /// The address clients are told to use.
-    pub(crate) fn first_addr(&self) -> String {
-        self.addrs().remove(0)
     }
 }
 

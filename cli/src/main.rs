@@ -8,6 +8,7 @@ mod images;
 mod interrupt;
 mod login;
 mod progress;
+mod remote;
 mod source;
 mod transfer;
 mod version;
@@ -15,9 +16,8 @@ mod volumes;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
-use kiln_engine::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait, OutputSpec};
+use kiln_engine::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait};
 use source::StoreSource;
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -435,11 +435,19 @@ fn store_writer(command: &Command) -> Option<&'static str> {
     }
 }
 
+/// How `kiln daemon` names itself in the store's lock, followed by its addresses.
+const DAEMON_LOCK_NAME: &str = "kiln daemon ";
+
 /// Opens the engine for a command that changes the store, waiting for another kiln that holds
 /// it as `--lock-timeout` says and saying once for whom it waits.
 fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
     let Some(command) = store_writer(&cli.command) else {
         return Ok(None);
+    };
+    // The daemon names its addresses in the lock, so an embedded kiln can point at them.
+    let command = match &cli.command {
+        Command::Daemon(d) => format!("{DAEMON_LOCK_NAME}{}", d.addrs().join(" ")),
+        _ => command.to_string(),
     };
     if cli.host.is_some() && !matches!(cli.command, Command::Daemon(_)) {
         return Ok(None);
@@ -457,110 +465,39 @@ fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
         cli.config.as_deref(),
         &kiln_engine::default_config_path(is_root()),
     )?;
-    let options = EngineOptions {
-        jobs,
-        insecure_registries: cli.insecure_registries.clone(),
-        registries: config.registries,
-        gc: config.gc,
-    };
-    // The daemon names its first address in the lock, so that a kiln that finds the store
-    // taken can say where to send the command instead.
-    let command = match &cli.command {
-        Command::Daemon(d) => format!("{command} {}", d.first_addr()),
-        _ => command.to_string(),
-    };
-    let mut say_waiting = |holder: &kiln_engine::LockHolder| {
-        eprintln!(
-            "waiting for the store `{}`: {holder} holds it",
-            root.display()
-        )
-    };
-    // A daemon holds the store until it is stopped: waiting for it would hang, so the command
-    // fails at once, saying how to run it through the daemon. Other holders are waited for.
-    let first = match wait {
-        LockWait::Never => {
-            return open_or_name_daemon(root, options, wait, &command, &mut say_waiting).map(Some)
-        }
-        _ => open_or_name_daemon(
-            root,
-            options.clone(),
-            LockWait::Never,
-            &command,
-            &mut |_| {},
-        ),
-    };
-    match first {
-        Ok(engine) => Ok(Some(engine)),
-        Err(e) if e.downcast_ref::<DaemonHolds>().is_some() => Err(e),
-        Err(_) => Ok(Some(Engine::open_locked(
-            root,
-            options,
-            wait,
-            &command,
-            &mut say_waiting,
-        )?)),
-    }
-}
-
-/// The store is held by a `kiln daemon`.
-#[derive(Debug)]
-struct DaemonHolds {
-    root: PathBuf,
-    pid: Option<u32>,
-    addr: String,
-}
-
-impl std::fmt::Display for DaemonHolds {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let pid = self
-            .pid
-            .map(|p| format!(" (process {p})"))
-            .unwrap_or_default();
-        write!(
-            f,
-            "the store `{}` is held by the kiln daemon{pid}: run the command through it with `--host {}`",
-            self.root.display(),
-            self.addr
-        )
-    }
-}
-
-impl std::error::Error for DaemonHolds {}
-
-/// Opens the store; when a daemon holds it, fails with [`DaemonHolds`].
-fn open_or_name_daemon(
-    root: &Path,
-    options: EngineOptions,
-    wait: LockWait,
-    command: &str,
-    on_wait: &mut dyn FnMut(&kiln_engine::LockHolder),
-) -> Result<Engine> {
-    let e = match Engine::open_locked(root, options, wait, command, on_wait) {
-        Ok(engine) => return Ok(engine),
-        Err(e) => e,
-    };
-    let holder = match e.downcast_ref::<kiln_engine::CacheError>() {
-        Some(kiln_engine::CacheError::Locked { holder, .. })
-        | Some(kiln_engine::CacheError::LockTimeout { holder, .. })
-            if holder.command.starts_with("kiln daemon") =>
-        {
-            holder.clone()
-        }
-        _ => return Err(e),
-    };
-    let addr = holder
-        .command
-        .strip_prefix("kiln daemon")
-        .map(str::trim)
-        .filter(|a| !a.is_empty())
-        .unwrap_or(daemon::DEFAULT_ROOT_ADDR)
-        .to_string();
-    Err(DaemonHolds {
-        root: root.to_path_buf(),
-        pid: holder.pid,
-        addr,
-    }
-    .into())
+    let engine = Engine::open_locked(
+        root,
+        EngineOptions {
+            jobs,
+            insecure_registries: cli.insecure_registries.clone(),
+            registries: config.registries,
+            gc: config.gc,
+        },
+        wait,
+        &command,
+        &mut |holder| {
+            // A daemon holds its store until it stops: waiting would be waiting forever.
+            if let Some(addrs) = holder.command.strip_prefix(DAEMON_LOCK_NAME) {
+                let addr = addrs.split_whitespace().next().unwrap_or("ADDR");
+                eprintln!(
+                    "error: the store `{}` is served by a kiln daemon (process {}): run the \
+                     command through it with `kiln --host {addr} ...` (or `KILN_HOST={addr}`), \
+                     or stop the daemon",
+                    root.display(),
+                    holder
+                        .pid
+                        .map(|p| p.to_string())
+                        .unwrap_or_else(|| "?".into()),
+                );
+                std::process::exit(1);
+            }
+            eprintln!(
+                "waiting for the store `{}`: {holder} holds it",
+                root.display()
+            )
+        },
+    )?;
+    Ok(Some(engine))
 }
 
 /// `--lock-timeout`: `0`, `500ms`, `30s`, `5m`, `1h`, or a number of seconds.
@@ -709,6 +646,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
 async fn remote_main(command: Command, host: &str, tls: &kiln_client::TlsFiles) -> Result<i32> {
     let remote = |client| StoreSource::Daemon(client);
     match command {
+        Command::Build(b) => remote::build(host, tls, *b).await,
         Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => {
             let client = kiln_client::Client::connect(host, Some(tls)).await?;
             images::list(&remote(&client), &a).await
@@ -795,15 +733,7 @@ fn setup_emulators() -> Result<i32> {
 }
 
 fn prune_summary(r: &kiln_engine::PruneReport) -> String {
-    format!(
-        "removed {} cache mounts, {} cache results, {} snapshots, {} blobs ({} bytes); freed {}",
-        r.cache_mounts,
-        r.results,
-        r.snapshots,
-        r.blobs,
-        r.blob_bytes,
-        kiln_engine::human_size(r.bytes_freed)
-    )
+    r.summary()
 }
 
 /// `kiln system df`, laid out as `docker system df`.
@@ -849,25 +779,6 @@ fn df_table(u: &kiln_engine::StoreUsage, bytes: bool) -> String {
     out
 }
 
-/// `--output` specs and the `--push` shortcut (the daemon parses BuildKit's syntax).
-fn parse_outputs(b: &BuildArgs) -> Result<Vec<OutputSpec>> {
-    let mut outputs = b
-        .outputs
-        .iter()
-        .map(|o| OutputSpec::parse(o))
-        .collect::<Result<Vec<_>>>()?;
-    if b.push {
-        if b.tags.is_empty() {
-            bail!("`--push` needs a name to push to: add `-t REGISTRY/NAME[:TAG]`");
-        }
-        outputs.push(OutputSpec::new(kiln_engine::OutputKind::Image {
-            names: b.tags.clone(),
-            push: true,
-        }));
-    }
-    Ok(outputs)
-}
-
 /// `--metadata-file`: the keys `docker buildx build --metadata-file` writes for an image.
 fn write_metadata(
     path: &std::path::Path,
@@ -890,93 +801,40 @@ fn write_metadata(
     std::fs::write(path, text).with_context(|| format!("cannot write `{}`", path.display()))
 }
 
-/// The engine's request for `kiln build` flags (also used by `kiln debug llb`).
-fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
-    let mut build_args = BTreeMap::new();
-    for a in &b.build_args {
-        match a.split_once('=') {
-            Some((k, v)) => {
-                build_args.insert(k.to_string(), v.to_string());
-            }
-            None => {
-                if let Ok(v) = std::env::var(a) {
-                    build_args.insert(a.clone(), v);
-                }
-            }
-        }
-    }
-    let outputs = parse_outputs(b)?;
-    let build_contexts = b
-        .build_contexts
-        .iter()
-        .map(|c| kiln_engine::parse_build_context(c))
-        .collect::<Result<Vec<_>>>()?;
-    Ok(BuildRequest {
+/// `kiln build`'s flags as typed.
+fn build_flags(b: &BuildArgs) -> kiln_engine::BuildFlags {
+    kiln_engine::BuildFlags {
         context: b.context.clone(),
-        dockerfile: b.file.clone(),
-        build_args,
-        target: b.target.clone(),
+        file: b.file.clone(),
         tags: b.tags.clone(),
-        outputs,
+        labels: b.labels.clone(),
+        build_args: b.build_args.clone(),
+        target: b.target.clone(),
+        build_contexts: b.build_contexts.clone(),
+        outputs: b.outputs.clone(),
+        push: b.push,
         no_cache: b.no_cache,
-        no_cache_filter: b.no_cache_filter.clone(),
-        build_contexts,
-        secrets: kiln_engine::Secrets(
-            b.secrets
-                .iter()
-                .map(|s| kiln_engine::parse_secret(s))
-                .collect::<Result<_>>()?,
-        ),
-        ssh: b
-            .ssh
-            .iter()
-            .map(|s| kiln_engine::parse_ssh(s))
-            .collect::<Result<_>>()?,
-        network_none: kiln_engine::parse_network(&b.network)?,
-        runtime: b.runtime.parse()?,
-        limits: kiln_exec::Limits {
-            shm_size: b
-                .shm_size
-                .as_deref()
-                .map(kiln_exec::parse_shm_size)
-                .transpose()?,
-            ulimits: b
-                .ulimits
-                .iter()
-                .map(|u| kiln_exec::parse_ulimit(u))
-                .collect::<Result<_, _>>()?,
-            extra_hosts: b
-                .add_hosts
-                .iter()
-                .map(|h| kiln_exec::parse_add_host(h))
-                .collect::<Result<_, _>>()?,
-            ..kiln_exec::Limits::parse(
-                b.memory.as_deref(),
-                b.cpus.as_deref(),
-                b.pids_limit.as_deref(),
-            )?
-        },
         pull: b.pull,
         platform: b.platform.clone(),
-        labels: b
-            .labels
-            .iter()
-            .map(|l| match l.split_once('=') {
-                Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
-                _ => bail!("`--label {l}` is not KEY=VALUE"),
-            })
-            .collect::<Result<_>>()?,
-        cache_from: b
-            .cache_from
-            .iter()
-            .map(|s| kiln_engine::parse_cache_spec(s, false))
-            .collect::<Result<_>>()?,
-        cache_to: b
-            .cache_to
-            .iter()
-            .map(|s| kiln_engine::parse_cache_spec(s, true))
-            .collect::<Result<_>>()?,
-    })
+        no_cache_filter: b.no_cache_filter.clone(),
+        cache_to: b.cache_to.clone(),
+        cache_from: b.cache_from.clone(),
+        secrets: b.secrets.clone(),
+        ssh: b.ssh.clone(),
+        network: b.network.clone(),
+        runtime: b.runtime.clone(),
+        memory: b.memory.clone(),
+        cpus: b.cpus.clone(),
+        pids_limit: b.pids_limit.clone(),
+        shm_size: b.shm_size.clone(),
+        ulimits: b.ulimits.clone(),
+        add_hosts: b.add_hosts.clone(),
+    }
+}
+
+/// The engine's request for `kiln build` flags (also used by `kiln debug llb`).
+fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
+    build_flags(b).request(&|k| std::env::var(k).ok())
 }
 
 /// `kiln build -` and `-f -`: stdin as the context or the Dockerfile; the returned input must
@@ -1046,6 +904,21 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
     drop(running);
     finish();
     let result = result?;
+    let collected = result
+        .collected
+        .as_ref()
+        .filter(|r| r.results + r.snapshots + r.blobs + r.cache_mounts > 0)
+        .map(|r| r.summary());
+    report_build(&b, &result, collected.as_deref(), started)
+}
+
+/// What a finished build prints and writes (the same embedded and through a daemon).
+fn report_build(
+    b: &BuildArgs,
+    result: &kiln_engine::BuildResult,
+    collected: Option<&str>,
+    started: std::time::Instant,
+) -> Result<i32> {
     for w in &result.warnings {
         eprintln!("warning: {w}");
     }
@@ -1065,18 +938,16 @@ async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
             }
         );
     }
-    if let Some(r) = &result.collected {
-        if r.results + r.snapshots + r.blobs + r.cache_mounts > 0 {
-            eprintln!("gc (config file `[gc]`): {}", prune_summary(r));
-        }
+    if let Some(summary) = collected {
+        eprintln!("gc (config file `[gc]`): {summary}");
     }
-    if let Some(f) = b.iidfile {
+    if let Some(f) = &b.iidfile {
         // Docker's image ID: the config digest.
-        std::fs::write(&f, &result.config_digest)
+        std::fs::write(f, &result.config_digest)
             .with_context(|| format!("cannot write `{}`", f.display()))?;
     }
     if let Some(f) = &b.metadata_file {
-        write_metadata(f, &result, &b.tags)?;
+        write_metadata(f, result, &b.tags)?;
     }
     Ok(0)
 }

@@ -48,7 +48,19 @@ fn the_daemon_holds_the_store_and_an_embedded_kiln_says_so() {
         !out.status.success(),
         "an embedded prune ran beside the daemon"
     );
-    assert!(stderr(&out).contains("kiln daemon"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains(&format!("(kiln daemon {})", d.addr)),
+        "{}",
+        stderr(&out)
+    );
+    // Without a timeout it would wait for ever: it says where the daemon is instead.
+    let out = d.store.cmd().args(["prune"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let want = format!(
+        "run the command through it with `kiln --host {} ...`",
+        d.addr
+    );
+    assert!(stderr(&out).contains(&want), "{}", stderr(&out));
 }
 
 #[test]
@@ -68,6 +80,177 @@ fn a_second_daemon_on_a_live_socket_is_refused_and_sigterm_stops_the_first() {
     assert!(status.success(), "{status}\n{}", d.log_text());
 }
 
+/// The daemon's report of each context sync (`KILN_LOG=kiln=debug`): (entries, files
+/// requested, bytes received, removed) of the main context.
+fn synced(out: &std::process::Output) -> (u64, u64, u64, u64) {
+    let text = stderr(out);
+    let line = text
+        .lines()
+        .find(|l| l.contains("context synced") && l.contains("context=0"))
+        .unwrap_or_else(|| panic!("no sync report in:\n{text}"));
+    let field = |name: &str| -> u64 {
+        let at = line
+            .find(&format!("{name}="))
+            .unwrap_or_else(|| panic!("no `{name}` in {line}"));
+        line[at + name.len() + 1..]
+            .chars()
+            .take_while(|c| c.is_ascii_digit())
+            .collect::<String>()
+            .parse()
+            .unwrap()
+    };
+    (
+        field("entries"),
+        field("files_requested"),
+        field("bytes_received"),
+        field("removed"),
+    )
+}
+
+fn remote_build(d: &Daemon, ctx: &std::path::Path, extra: &[&str]) -> std::process::Output {
+    let mut args = vec!["build", "--progress", "plain"];
+    args.extend_from_slice(extra);
+    args.push(ctx.to_str().unwrap());
+    d.client()
+        .env("KILN_LOG", "kiln=debug")
+        .env("NO_COLOR", "1")
+        .args(&args)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn a_build_through_the_daemon_gives_the_embedded_image_and_output() {
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt\n",
+            ),
+            ("a.txt", "hello from the client\n"),
+        ],
+    );
+    // One store, so both builds start from the same base image.
+    let k = Kiln::with_busybox();
+    let id = |c: &mut std::process::Command| {
+        let out = c
+            .env("SOURCE_DATE_EPOCH", "0")
+            .args(["build", "-q", "--no-cache", ctx.path().to_str().unwrap()])
+            .output()
+            .unwrap();
+        assert_ok(&out, "kiln build -q");
+        stdout(&out)
+    };
+    let embedded = id(&mut k.cmd());
+    let d = Daemon::start(k);
+    assert_eq!(id(&mut d.client()), embedded, "image IDs differ");
+    let out = remote_build(&d, ctx.path(), &["--no-cache"]);
+    assert_ok(&out, "plain build through the daemon");
+    let text = stderr(&out);
+    assert!(text.contains("#4 [3/3] RUN cat /a.txt\n"), "{text}");
+    assert!(text.contains(" hello from the client\n"), "{text}");
+    assert!(text.contains("(3 steps run, 0 cached)"), "{text}");
+}
+
+#[test]
+fn a_rebuild_sends_only_what_changed() {
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY . /ctx\n"),
+            ("a.txt", "aaaa"),
+            ("sub/b.txt", "bbbbbbbb"),
+            ("ignored.log", "not sent"),
+            (".dockerignore", "*.log\n"),
+        ],
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let out = remote_build(&d, ctx.path(), &[]);
+    assert_ok(&out, "first build");
+    // Dockerfile, .dockerignore, a.txt, sub, sub/b.txt: not ignored.log.
+    let (entries, files, bytes, _) = synced(&out);
+    assert_eq!((entries, files), (5, 4), "{}", stderr(&out));
+    assert_eq!(bytes, (25 + 6 + 4 + 8) as u64);
+    let out = remote_build(&d, ctx.path(), &[]);
+    assert_ok(&out, "no-op rebuild");
+    assert_eq!(
+        synced(&out),
+        (5, 0, 0, 0),
+        "a no-op rebuild sent file content"
+    );
+    assert!(
+        stderr(&out).contains("(0 steps run, 2 cached)"),
+        "{}",
+        stderr(&out)
+    );
+    std::fs::write(ctx.path().join("sub/b.txt"), "changed!!").unwrap();
+    std::fs::remove_file(ctx.path().join("a.txt")).unwrap();
+    let out = remote_build(&d, ctx.path(), &[]);
+    assert_ok(&out, "rebuild after a change");
+    assert_eq!(synced(&out), (4, 1, 9, 1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("(1 steps run, 1 cached)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_failing_build_through_the_daemon_fails_as_embedded() {
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo about to fail && exit 3\n",
+        )],
+    );
+    let embedded = Kiln::with_busybox();
+    let mine = build(&embedded, ctx.path(), &[]);
+    let d = Daemon::start(Kiln::with_busybox());
+    let out = remote_build(&d, ctx.path(), &[]);
+    assert_eq!(out.status.code(), mine.status.code());
+    assert_eq!(out.status.code(), Some(1));
+    // The error and what follows it (the step's last output lines).
+    let error = |o: &std::process::Output| {
+        let text = stderr(o);
+        let at = text
+            .rfind("\nerror: ")
+            .unwrap_or_else(|| panic!("no error in:\n{text}"));
+        text[at..].to_string()
+    };
+    assert_eq!(error(&out), error(&mine));
+    assert!(error(&out).contains("exit code: 3"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_secret_reaches_run_and_not_the_daemons_disk() {
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=secret,id=tok cat /run/secrets/tok | wc -c > /len\nRUN cat /len\n",
+        )],
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let value = "s3cr3t-value-7f1e9c";
+    std::fs::write(dir.path().join("tok"), value).unwrap();
+    let d = Daemon::start(Kiln::with_busybox());
+    let src = format!("id=tok,src={}", dir.path().join("tok").display());
+    let out = remote_build(&d, ctx.path(), &["--secret", &src]);
+    assert_ok(&out, "build with a secret through the daemon");
+    assert!(
+        stderr(&out).contains(&format!(" {}\n", value.len())),
+        "{}",
+        stderr(&out)
+    );
+    let grep = std::process::Command::new("grep")
+        .args(["-r", "-l", value, d.store.root.path().to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&grep), "", "the secret is on the daemon's disk");
+}
+
 #[test]
 fn without_a_daemon_the_client_says_where_it_looked() {
     let dir = tempfile::tempdir().unwrap();
@@ -80,4 +263,245 @@ fn without_a_daemon_the_client_says_where_it_looked() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn a_killed_client_cancels_its_build_within_2s_and_another_client_still_builds() {
+    let marker = unique("kiln-daemon-cancel");
+    let slow = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nRUN sleep 3600 && echo {marker}\n"),
+        )],
+    );
+    let quick = temp_context(
+        "kiln-daemon-ctx-",
+        &[("Dockerfile", "FROM busybox\nRUN echo second client\n")],
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let mut client = d
+        .client()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            slow.path().to_str().unwrap(),
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while host_processes_with(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    client.kill().unwrap();
+    client.wait().unwrap();
+    let killed = std::time::Instant::now();
+    while !host_processes_with(&marker).is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(2),
+            "the step still runs {:?} after its client was killed: {:?}",
+            killed.elapsed(),
+            host_processes_with(&marker)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = remote_build(&d, quick.path(), &[]);
+    assert_ok(&out, "a second client's build");
+    assert!(
+        stderr(&out).contains(" second client\n"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn concurrent_clients_all_succeed_and_an_identical_step_runs_once() {
+    const CLIENTS: usize = 10;
+    let d = Daemon::start(Kiln::with_busybox());
+    let shared =
+        "RUN sleep 1 && echo shared-step-ran && head -c 16 /dev/urandom | od -An -tx1 > /rand\n";
+    let contexts: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            temp_context(
+                "kiln-daemon-ctx-",
+                &[(
+                    "Dockerfile",
+                    &format!("FROM busybox\n{shared}RUN echo client {i} > /who\n"),
+                )],
+            )
+        })
+        .collect();
+    let started: Vec<_> = contexts
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            d.client()
+                .env("KILN_LOG", "kiln=debug")
+                .args(["build", "--progress", "plain", "-t", &format!("client{i}")])
+                .arg(c.path())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let outs: Vec<_> = started
+        .into_iter()
+        .map(|c| c.wait_with_output().unwrap())
+        .collect();
+    let mut ran = 0;
+    for (i, out) in outs.iter().enumerate() {
+        assert_ok(out, &format!("client {i}"));
+        let text = stderr(out);
+        assert!(text.contains(&format!("RUN echo client {i}")), "{text}");
+        // Each client sees the shared step (it ran, or joined the one running, or hit the
+        // cache), and its output came from one run.
+        ran += usize::from(text.contains(" shared-step-ran\n"));
+    }
+    assert!(ran >= 1, "no client saw the shared step's output");
+    // One run: the step's random bytes are the same in every client's image.
+    let mut d = d;
+    d.stop(Duration::from_secs(10)).expect("the daemon stops");
+    let rands: std::collections::HashSet<String> = (0..CLIENTS)
+        .map(|i| {
+            let out = d
+                .store
+                .run(&["run", "--rm", &format!("client{i}"), "cat", "/rand"]);
+            assert_ok(&out, "kiln run");
+            stdout(&out)
+        })
+        .collect();
+    assert_eq!(
+        rands.len(),
+        1,
+        "the shared step ran more than once: {rands:?}"
+    );
+}
+
+#[test]
+fn dockerfile_outside_the_context_on_stdin_and_named_contexts_go_through_the_daemon() {
+    let ctx = temp_context("kiln-daemon-ctx-", &[("a.txt", "main context\n")]);
+    let other = temp_context(
+        "kiln-daemon-named-",
+        &[
+            ("b.txt", "named context\n"),
+            ("skip.txt", "x"),
+            (".dockerignore", "skip.txt\n"),
+        ],
+    );
+    let outside = tempfile::tempdir().unwrap();
+    let dockerfile = "FROM busybox\nCOPY a.txt /a.txt\nCOPY --from=extra . /extra/\nRUN cat /a.txt /extra/b.txt && ls /extra\n";
+    std::fs::write(outside.path().join("build.Dockerfile"), dockerfile).unwrap();
+    let d = Daemon::start(Kiln::with_busybox());
+    let named = format!("extra={}", other.path().display());
+    let file = outside.path().join("build.Dockerfile");
+    let out = remote_build(
+        &d,
+        ctx.path(),
+        &["-f", file.to_str().unwrap(), "--build-context", &named],
+    );
+    assert_ok(&out, "-f outside the context with --build-context");
+    let text = stderr(&out);
+    assert!(text.contains(" main context\n"), "{text}");
+    assert!(text.contains(" named context\n"), "{text}");
+    assert!(
+        !text.contains("skip.txt"),
+        "the named context's .dockerignore was not applied: {text}"
+    );
+    let mut child = d
+        .client()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "-f",
+            "-",
+            "--build-context",
+            &named,
+        ])
+        .arg(ctx.path())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(dockerfile.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out, "-f - through the daemon");
+    assert!(
+        stderr(&out).contains("(0 steps run, 4 cached)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn an_unknown_build_flag_value_fails_before_anything_is_sent() {
+    let ctx = temp_context("kiln-daemon-ctx-", &[("Dockerfile", "FROM busybox\n")]);
+    let embedded = Kiln::new();
+    let mine = build(&embedded, ctx.path(), &["--network", "bridge"]);
+    let d = Daemon::start(Kiln::new());
+    let out = remote_build(&d, ctx.path(), &["--network", "bridge"]);
+    assert_eq!(out.status.code(), mine.status.code());
+    assert_eq!(stderr(&out).lines().last(), stderr(&mine).lines().last());
+}
+
+#[test]
+fn local_and_tar_outputs_are_written_on_the_client_side() {
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN mkdir -p /out/sub && echo made-by-run > /out/sub/f && ln -s sub/f /out/link\n",
+        )],
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let dir = tempfile::tempdir().unwrap();
+    let local = dir.path().join("local");
+    let tarfile = dir.path().join("fs.tar");
+    let out = remote_build(
+        &d,
+        ctx.path(),
+        &[
+            "-o",
+            &format!("type=local,dest={}", local.display()),
+            "-o",
+            &format!("type=tar,dest={}", tarfile.display()),
+        ],
+    );
+    assert_ok(&out, "build with local and tar outputs through the daemon");
+    assert_eq!(
+        std::fs::read_to_string(local.join("out/sub/f")).unwrap(),
+        "made-by-run\n"
+    );
+    assert_eq!(
+        std::fs::read_link(local.join("out/link")).unwrap(),
+        std::path::Path::new("sub/f")
+    );
+    assert!(local.join("bin/busybox").is_file());
+    let listing = tool("tar", &["-tf", tarfile.to_str().unwrap()]);
+    assert!(
+        listing
+            .lines()
+            .any(|l| l.trim_start_matches("./") == "out/sub/f"),
+        "{listing}"
+    );
+    // Nothing of it is left in the daemon's store.
+    let left = tool(
+        "find",
+        &[d.store.root.path().to_str().unwrap(), "-name", "output-*"],
+    );
+    assert_eq!(left, "");
 }

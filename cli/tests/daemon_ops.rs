@@ -108,10 +108,10 @@ fn an_embedded_kiln_fails_at_once_on_a_store_a_daemon_holds_and_names_it() {
     assert_eq!(
         stderr(&out).trim_end(),
         format!(
-            "error: the store `{}` is held by the kiln daemon (process {}): run the command through it with `--host {}`",
+            "error: the store `{}` is served by a kiln daemon (process {}): run the command through it with `kiln --host {addr} ...` (or `KILN_HOST={addr}`), or stop the daemon",
             d.store.root.path().display(),
             d.pid(),
-            d.addr
+            addr = d.addr
         )
     );
 }

@@ -2,7 +2,12 @@
 //! `unix:///PATH` or (mutual TLS) `tcp://HOST:PORT` address; each service's calls are methods of [`Client`], one module per
 //! service, returning plain types so the cli needs no gRPC.
 
+mod build;
 mod system;
+
+pub use build::{ContextSynced, LocalContext, LocalOutput, RemoteBuild};
+/// The API's messages, for the build session's request and events.
+pub use kiln_api::v1 as api;
 
 pub use system::{DiskUsage, Image, KindUsage, PruneOutcome, PruneRequestOptions, VersionInfo};
 
@@ -37,6 +42,22 @@ pub enum ClientError {
     },
     #[error("the kiln daemon answered: {}", .0.message())]
     Call(#[from] tonic::Status),
+    #[error("the kiln daemon ended the build session without saying how the build ended")]
+    SessionClosed,
+    #[error("the kiln daemon broke the build session's protocol: {0}")]
+    Protocol(&'static str),
+    #[error("cannot write the output `{}`: {source}", dest.display())]
+    Output {
+        dest: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the context `{}`: {source}", dir.display())]
+    Context {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// The client's `--tlscert`, `--tlskey` (its identity) and `--tlscacert` (the CA the daemon's

@@ -3,6 +3,7 @@
 //! each listener ([`Listener`]: a unix socket, a tcp port with mutual TLS, a socket systemd
 //! passed) serves all of them, and the gRPC health service.
 
+mod build;
 mod listen;
 mod system;
 
@@ -10,6 +11,7 @@ pub use listen::{ListenError, Listener, TlsFiles};
 
 use listen::Socket;
 
+use kiln_api::v1::builder_server::BuilderServer;
 use kiln_api::v1::system_server::SystemServer;
 use kiln_engine::Engine;
 use std::future::Future;
@@ -42,7 +44,8 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let stop = CancellationToken::new();
-    let system = system::SystemService::new(engine);
+    let system = system::SystemService::new(engine.clone());
+    let build = build::BuildService::new(engine, stop.clone());
     // gRPC health checking: the server ("") and `kiln.v1.System` serve until shutdown.
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -63,7 +66,8 @@ pub async fn serve(
         }
         let router = builder
             .add_service(health_service.clone())
-            .add_service(SystemServer::new(system.clone()));
+            .add_service(SystemServer::new(system.clone()))
+            .add_service(BuilderServer::new(build.clone()));
         let stopped = stop.clone().cancelled_owned();
         servers.spawn(async move {
             let served = match socket {

@@ -316,11 +316,16 @@ pub(crate) async fn export(
             let reference = Reference::parse(r)?;
             // A few uploads at once: most layers of a cache are small, so round trips dominate.
             let reference = &reference;
-            futures::stream::iter(exported.layers.iter().map(|l| async move {
-                let path = store.content().path(&l.digest)?;
-                registry
-                    .push_blob(reference, &l.digest, l.size, &path)
-                    .await?;
+            // Owned digests: a closure over borrowed records makes the build's future `Send` for
+            // one lifetime only, which `tokio::spawn` (the daemon's) cannot accept.
+            let layers: Vec<(String, u64)> = exported
+                .layers
+                .iter()
+                .map(|l| (l.digest.clone(), l.size))
+                .collect();
+            futures::stream::iter(layers.into_iter().map(|(digest, size)| async move {
+                let path = store.content().path(&digest)?;
+                registry.push_blob(reference, &digest, size, &path).await?;
                 anyhow::Ok(())
             }))
             .buffer_unordered(PARALLEL_UPLOADS)

@@ -3,7 +3,9 @@
 //! service will wrap the same type.
 
 mod build_cache;
+mod build_flags;
 mod changes;
+mod client_context;
 mod config;
 pub mod containers;
 mod context;
@@ -22,6 +24,10 @@ mod transfer;
 pub mod volumes;
 
 pub use build_cache::{parse_cache_spec, CacheLocation, CacheSpec};
+pub use build_flags::BuildFlags;
+pub use client_context::{
+    client_context, client_named_context, ClientContext, ClientDockerfile, IgnoreRules,
+};
 pub use config::{default_config_path, parse_duration, Config, GcPolicy};
 pub use context::parse_build_context;
 pub use debug::{debug_llb, debug_llb_resolved, debug_parse};
@@ -30,7 +36,7 @@ pub use images::{
     ImageSummary, Removed,
 };
 pub use kiln_cache::{human_size, parse_size, KindUsage, StoreUsage};
-pub use kiln_cache::{CacheError, ImageRecord, LockHolder, LockWait};
+pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
@@ -119,6 +125,9 @@ pub struct BuildRequest {
     pub cache_from: Vec<CacheSpec>,
     /// `--cache-to`: where to export this build's cache after it.
     pub cache_to: Vec<CacheSpec>,
+    /// `SOURCE_DATE_EPOCH` of the environment the build was asked from (a `--build-arg` of
+    /// that name wins).
+    pub source_date_epoch: Option<String>,
 }
 
 /// What a build produced.
@@ -393,7 +402,7 @@ impl Engine {
                 roots,
             )
             .await?;
-        let epoch = outputs::source_date_epoch(&req.build_args)?;
+        let epoch = outputs::source_date_epoch(&req.build_args, req.source_date_epoch.as_deref())?;
         let mut images = Vec::with_capacity(platforms.len());
         let mut final_roots = Vec::new();
         for ((platform, compiled), (root, created_unix)) in

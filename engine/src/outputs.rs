@@ -230,11 +230,14 @@ fn split_csv(s: &str) -> Result<Vec<String>> {
     Ok(out.into_iter().filter(|f| !f.is_empty()).collect())
 }
 
-/// `SOURCE_DATE_EPOCH` from `--build-arg`, else from the environment.
-pub(crate) fn source_date_epoch(build_args: &BTreeMap<String, String>) -> Result<Option<i64>> {
+/// `SOURCE_DATE_EPOCH` from `--build-arg`, else from the caller's environment (`from_env`).
+pub(crate) fn source_date_epoch(
+    build_args: &BTreeMap<String, String>,
+    from_env: Option<&str>,
+) -> Result<Option<i64>> {
     let raw = match build_args.get("SOURCE_DATE_EPOCH") {
         Some(v) => Some(v.clone()),
-        None => std::env::var("SOURCE_DATE_EPOCH").ok(),
+        None => from_env.map(str::to_string),
     };
     match raw.as_deref().map(str::trim) {
         None | Some("") => Ok(None),
@@ -571,8 +574,8 @@ mod tests {
     fn epoch_comes_from_build_args_first() {
         let mut args = BTreeMap::new();
         args.insert("SOURCE_DATE_EPOCH".to_string(), "1700000000".to_string());
-        assert_eq!(source_date_epoch(&args).unwrap(), Some(1_700_000_000));
+        assert_eq!(source_date_epoch(&args, None).unwrap(), Some(1_700_000_000));
         args.insert("SOURCE_DATE_EPOCH".to_string(), "yesterday".to_string());
-        assert!(source_date_epoch(&args).is_err());
+        assert!(source_date_epoch(&args, None).is_err());
     }
 }

@@ -33,6 +33,21 @@ pub struct PruneReport {
     pub bytes_freed: u64,
 }
 
+impl PruneReport {
+    /// One line for the user, as `kiln prune` prints it.
+    pub fn summary(&self) -> String {
+        format!(
+            "removed {} cache mounts, {} cache results, {} snapshots, {} blobs ({} bytes); freed {}",
+            self.cache_mounts,
+            self.results,
+            self.snapshots,
+            self.blobs,
+            self.blob_bytes,
+            kiln_cache::human_size(self.bytes_freed)
+        )
+    }
+}
+
 impl From<GcReport> for PruneReport {
     fn from(r: GcReport) -> Self {
         PruneReport {
