@@ -353,3 +353,78 @@ fn a_socket_systemd_passes_is_served_and_left_in_place() {
     assert!(status.success(), "{status}");
     assert!(socket.exists(), "the daemon removed systemd's socket file");
 }
+
+/// Starts `kiln --host … build` of a Dockerfile whose RUN step sleeps `secs` (one length per
+/// test, so tests running at once tell their steps apart), and returns once the step runs (its
+/// sandbox's `sleep` is a process of this machine).
+fn start_long_build(d: &Daemon, secs: &str) -> (std::process::Child, tempfile::TempDir) {
+    let ctx = temp_context(
+        "kiln-dops-",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nRUN sleep {secs}\nRUN echo done > /done\n"),
+        )],
+    );
+    let child = d
+        .client()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "long:1",
+            ctx.path().to_str().unwrap(),
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while processes_running(&["sleep", secs]).is_empty() {
+        assert!(Instant::now() < deadline, "the RUN step did not start");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    (child, ctx)
+}
+
+#[test]
+fn sigterm_during_a_run_step_stops_the_daemon_cleanly_and_a_new_one_builds_again() {
+    let mut d = Daemon::start(Kiln::with_busybox());
+    let (mut client, ctx) = start_long_build(&d, "7");
+    let started = Instant::now();
+    let status = d
+        .stop(Duration::from_secs(15))
+        .expect("daemon stops on SIGTERM");
+    assert!(status.success(), "{status}\n{}", d.log_text());
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "took {:?}",
+        started.elapsed()
+    );
+    let _ = client.wait();
+    let k = d.take_store();
+    assert_no_mounts_of(&k);
+    assert_ok(
+        &k.run(&["--lock-timeout", "0", "check"]),
+        "kiln check after SIGTERM",
+    );
+    let d = Daemon::start(k);
+    let out = d.run(&["build", "--progress", "plain", ctx.path().to_str().unwrap()]);
+    assert_ok(&out, "the same build on a restarted daemon");
+}
+
+#[test]
+fn kill_9_during_a_run_step_leaves_a_store_a_new_daemon_builds_on() {
+    let mut d = Daemon::start(Kiln::with_busybox());
+    let (mut client, ctx) = start_long_build(&d, "8");
+    d.kill9();
+    let _ = client.wait();
+    let k = d.take_store();
+    assert_ok(
+        &k.run(&["--lock-timeout", "0", "check"]),
+        "kiln check after kill -9",
+    );
+    let d = Daemon::start(k);
+    let out = d.run(&["build", "--progress", "plain", ctx.path().to_str().unwrap()]);
+    assert_ok(&out, "the same build on a restarted daemon");
+}
