@@ -630,12 +630,12 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
                 && r.snapshots_removed.is_empty();
             Ok(if clean { 0 } else { 1 })
         }
-        Command::Pull(p) => transfer::pull(&engine, p).await,
+        Command::Pull(p) => transfer::pull(&StoreSource::Engine(&engine), p).await,
         Command::Daemon(d) => {
             let tls = d.tls_files(cli.tlscert, cli.tlskey, cli.tlscacert)?;
             daemon::run(engine, d, tls).await
         }
-        Command::Push(p) => transfer::push(&engine, p).await,
+        Command::Push(p) => transfer::push(&StoreSource::Engine(&engine), p).await,
         // Handled above, without the store's lock.
         _ => Ok(0),
     }
@@ -658,6 +658,14 @@ async fn remote_main(command: Command, host: &str, tls: &kiln_client::TlsFiles) 
         Command::System(SystemCommand::Df { bytes }) => {
             let client = kiln_client::Client::connect(host, Some(tls)).await?;
             system_df(&remote(&client), bytes).await
+        }
+        Command::Pull(p) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            transfer::pull(&remote(&client), p).await
+        }
+        Command::Push(p) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            transfer::push(&remote(&client), p).await
         }
         other => {
             let name = store_writer(&other)

@@ -2,7 +2,10 @@
 //! The commands format the same engine types either way, so their output does not depend on it.
 
 use anyhow::{Context, Result};
-use kiln_engine::{Engine, ImageSummary, KindUsage, PruneOptions, PruneReport, StoreUsage};
+use kiln_engine::{
+    BlobProgress, Engine, ImageSummary, KindUsage, PruneOptions, PruneReport, PullOptions,
+    PushReport, StoreUsage,
+};
 use std::path::Path;
 
 pub(crate) enum StoreSource<'a> {
@@ -92,6 +95,55 @@ impl StoreSource<'_> {
                     bytes_freed: r.bytes_freed,
                 })
             }
+        }
+    }
+}
+
+impl StoreSource<'_> {
+    /// Pulls `reference` (`opts.progress` told of each blob's bytes); the pulled digest.
+    pub(crate) async fn pull(&self, reference: &str, opts: PullOptions) -> Result<String> {
+        match self {
+            StoreSource::Unlocked(_) => unlocked(),
+            StoreSource::Engine(engine) => engine.pull_with(reference, opts).await,
+            StoreSource::Daemon(client) => {
+                let mut progress = forward(opts.progress);
+                Ok(client
+                    .pull(reference, opts.platform, opts.all_platforms, &mut progress)
+                    .await?)
+            }
+        }
+    }
+
+    /// Pushes the stored image `name` to `reference` (default: `name`).
+    pub(crate) async fn push(
+        &self,
+        name: &str,
+        reference: Option<&str>,
+        progress: Option<BlobProgress>,
+    ) -> Result<PushReport> {
+        match self {
+            StoreSource::Unlocked(_) => unlocked(),
+            StoreSource::Engine(engine) => engine.push_with(name, reference, progress).await,
+            StoreSource::Daemon(client) => {
+                let r = client.push(name, reference, &mut forward(progress)).await?;
+                let count = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+                Ok(PushReport {
+                    digest: r.digest,
+                    uploaded: count(r.uploaded),
+                    already_present: count(r.already_present),
+                    mounted: count(r.mounted),
+                    platform_manifests: count(r.platform_manifests),
+                })
+            }
+        }
+    }
+}
+
+/// The daemon's progress events, given to the renderer an embedded transfer reports to.
+fn forward(progress: Option<BlobProgress>) -> impl FnMut(&str, u64, u64) + Send {
+    move |digest, done, total| {
+        if let Some(p) = &progress {
+            p(digest, done, total)
         }
     }
 }

@@ -428,3 +428,59 @@ fn kill_9_during_a_run_step_leaves_a_store_a_new_daemon_builds_on() {
     let out = d.run(&["build", "--progress", "plain", ctx.path().to_str().unwrap()]);
     assert_ok(&out, "the same build on a restarted daemon");
 }
+
+#[test]
+fn push_and_pull_through_the_daemon_print_what_embedded_kiln_prints() {
+    let (registry, _guard) = registry();
+    let through_daemon = format!("{registry}/{}:1", unique("dops-daemon"));
+    let embedded_ref = format!("{registry}/{}:1", unique("dops-embedded"));
+    let mut d = Daemon::start(Kiln::with_busybox());
+    let pushed = d.run(&[
+        "--insecure-registry",
+        &registry,
+        "push",
+        "--progress",
+        "plain",
+        "busybox",
+        &through_daemon,
+    ]);
+    assert_ok(&pushed, "kiln --host push");
+    let pulled = d.run(&["pull", "--progress", "plain", &through_daemon]);
+    assert_ok(&pulled, "kiln --host pull");
+    assert_eq!(
+        stdout(&pulled),
+        stdout(&pushed),
+        "the pulled digest is the pushed one"
+    );
+    let listed = stdout(&d.run(&["images", "-q"]));
+    assert!(listed.contains(&through_daemon), "{listed}");
+    let missing = d.run(&["push", "nothing-here"]);
+    d.stop(Duration::from_secs(10)).expect("daemon stops");
+    let k = d.take_store();
+    let embedded = k.run(&[
+        "--insecure-registry",
+        &registry,
+        "push",
+        "--progress",
+        "plain",
+        "busybox",
+        &embedded_ref,
+    ]);
+    assert_ok(&embedded, "embedded kiln push");
+    assert_eq!(stdout(&pushed), stdout(&embedded));
+    // The progress lines are the embedded ones; the summary's counts differ only because the
+    // second push mounts the blobs the first uploaded.
+    let progress = |out: &std::process::Output| {
+        let text = stderr(out);
+        let (blobs, rest): (Vec<&str>, Vec<&str>) =
+            text.lines().partition(|l| l.starts_with("blobs: "));
+        assert_eq!(blobs.len(), 1, "{text}");
+        let mut rest: Vec<String> = rest.into_iter().map(str::to_string).collect();
+        // Blobs go up at once: they finish in any order.
+        rest.sort();
+        rest
+    };
+    assert_eq!(progress(&pushed), progress(&embedded));
+    let missing_embedded = k.run(&["push", "nothing-here"]);
+    assert_eq!(missing.status.code(), missing_embedded.status.code());
+}

@@ -9,7 +9,10 @@ pub use build::{ContextSynced, LocalContext, LocalOutput, RemoteBuild};
 /// The API's messages, for the build session's request and events.
 pub use kiln_api::v1 as api;
 
-pub use system::{DiskUsage, Image, KindUsage, PruneOutcome, PruneRequestOptions, VersionInfo};
+pub use system::{
+    DiskUsage, Image, KindUsage, Progress, PruneOutcome, PruneRequestOptions, PushOutcome,
+    VersionInfo,
+};
 
 use std::path::PathBuf;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};

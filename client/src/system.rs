@@ -1,8 +1,9 @@
-//! The `System` service's calls: what the daemon is and what its store holds.
+//! The `System` service's calls: what the daemon is, what its store holds, pull and push.
 
 use crate::{Client, ClientError};
 use kiln_api::v1::{
-    system_client::SystemClient, DiskUsageRequest, ListImagesRequest, PruneRequest, VersionRequest,
+    system_client::SystemClient, transfer_event::Event, DiskUsageRequest, ListImagesRequest,
+    PruneRequest, PullRequest, PushRequest, TransferEvent, VersionRequest,
 };
 use std::time::Duration;
 
@@ -64,7 +65,87 @@ pub struct PruneOutcome {
     pub bytes_freed: u64,
 }
 
+/// What the daemon's push did (`System.Push`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct PushOutcome {
+    pub digest: String,
+    pub uploaded: u64,
+    pub already_present: u64,
+    pub mounted: u64,
+    pub platform_manifests: u64,
+}
+
+/// Called with each blob's bytes done and total as a pull or push goes.
+pub type Progress<'a> = &'a mut (dyn FnMut(&str, u64, u64) + Send);
+
+/// Feeds a transfer's progress events to `progress` and returns its last event.
+async fn follow(
+    mut stream: tonic::Streaming<TransferEvent>,
+    progress: Progress<'_>,
+) -> Result<Event, ClientError> {
+    while let Some(message) = stream.message().await? {
+        match message.event {
+            Some(Event::Blob(b)) => progress(&b.digest, b.done, b.total),
+            Some(end) => return Ok(end),
+            None => {}
+        }
+    }
+    Err(ClientError::Protocol(
+        "the transfer ended without saying how",
+    ))
+}
+
 impl Client {
+    /// Pulls `reference` into the daemon's store (`System.Pull`); the pulled digest.
+    pub async fn pull(
+        &self,
+        reference: &str,
+        platform: Option<String>,
+        all_platforms: bool,
+        progress: Progress<'_>,
+    ) -> Result<String, ClientError> {
+        let stream = self
+            .system()
+            .pull(PullRequest {
+                reference: reference.to_string(),
+                platform,
+                all_platforms,
+            })
+            .await?
+            .into_inner();
+        match follow(stream, progress).await? {
+            Event::PullDone(d) => Ok(d.digest),
+            _ => Err(ClientError::Protocol("a pull ended as a push")),
+        }
+    }
+
+    /// Pushes the daemon's image `name` to `reference` (default: `name`) (`System.Push`).
+    pub async fn push(
+        &self,
+        name: &str,
+        reference: Option<&str>,
+        progress: Progress<'_>,
+    ) -> Result<PushOutcome, ClientError> {
+        let stream = self
+            .system()
+            .push(PushRequest {
+                name: name.to_string(),
+                reference: reference.map(str::to_string),
+            })
+            .await?
+            .into_inner();
+        match follow(stream, progress).await? {
+            Event::PushDone(d) => Ok(PushOutcome {
+                digest: d.digest,
+                uploaded: d.uploaded,
+                already_present: d.already_present,
+                mounted: d.mounted,
+                platform_manifests: d.platform_manifests,
+            }),
+            _ => Err(ClientError::Protocol("a push ended as a pull")),
+        }
+    }
+
     fn system(&self) -> SystemClient<tonic::transport::Channel> {
         SystemClient::new(self.channel.clone())
     }

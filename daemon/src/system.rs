@@ -2,13 +2,16 @@
 //! prune).
 
 use kiln_api::v1::{
-    system_server::System, DiskUsageRequest, DiskUsageResponse, Image, KindUsage,
-    ListImagesRequest, ListImagesResponse, PruneRequest, PruneResponse, VersionRequest,
+    system_server::System, transfer_event::Event, BlobProgress, DiskUsageRequest,
+    DiskUsageResponse, Image, KindUsage, ListImagesRequest, ListImagesResponse, PruneRequest,
+    PruneResponse, PullDone, PullRequest, PushDone, PushRequest, TransferEvent, VersionRequest,
     VersionResponse,
 };
 use kiln_engine::{Engine, ImageFilter};
 use std::sync::Arc;
 use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
 use tonic::{Request, Response, Status};
 
 /// The API version this daemon speaks: the proto package.
@@ -30,8 +33,83 @@ fn failed(e: impl std::fmt::Display) -> Status {
     Status::unknown(format!("{e:#}"))
 }
 
+/// The stream of a pull or push: progress events, then the end.
+type Transfer = UnboundedReceiverStream<Result<TransferEvent, Status>>;
+
+/// Runs `work` (a pull or push reporting blob progress to the callback it is given) and streams
+/// its progress and end to the client. The queue is unbounded because the callback may run on
+/// any thread, runtime or not, and must not block the transfer; a client reads as fast as the
+/// registry sends. The work is dropped when the client goes away, as Ctrl-C drops it embedded.
+fn transfer<F, Fut>(work: F) -> Transfer
+where
+    F: FnOnce(kiln_engine::BlobProgress) -> Fut,
+    Fut: std::future::Future<Output = Result<Event, Status>> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    let progress_tx = tx.clone();
+    let progress: kiln_engine::BlobProgress =
+        Arc::new(move |digest: &str, done: u64, total: u64| {
+            let event = Event::Blob(BlobProgress {
+                digest: digest.to_string(),
+                done,
+                total,
+            });
+            let _ = progress_tx.send(Ok(TransferEvent { event: Some(event) }));
+        });
+    let fut = work(progress);
+    tokio::spawn(async move {
+        tokio::select! {
+            ended = fut => {
+                let _ = tx.send(ended.map(|e| TransferEvent { event: Some(e) }));
+            }
+            _ = tx.closed() => {}
+        }
+    });
+    UnboundedReceiverStream::new(rx)
+}
+
 #[tonic::async_trait]
 impl System for SystemService {
+    type PullStream = Transfer;
+    type PushStream = Transfer;
+
+    async fn pull(&self, request: Request<PullRequest>) -> Result<Response<Transfer>, Status> {
+        let r = request.into_inner();
+        let engine = self.engine.clone();
+        Ok(Response::new(transfer(move |progress| async move {
+            let digest = engine
+                .pull_with(
+                    &r.reference,
+                    kiln_engine::PullOptions {
+                        platform: r.platform,
+                        progress: Some(progress),
+                        all_platforms: r.all_platforms,
+                    },
+                )
+                .await
+                .map_err(failed)?;
+            Ok(Event::PullDone(PullDone { digest }))
+        })))
+    }
+
+    async fn push(&self, request: Request<PushRequest>) -> Result<Response<Transfer>, Status> {
+        let r = request.into_inner();
+        let engine = self.engine.clone();
+        Ok(Response::new(transfer(move |progress| async move {
+            let report = engine
+                .push_with(&r.name, r.reference.as_deref(), Some(progress))
+                .await
+                .map_err(failed)?;
+            Ok(Event::PushDone(PushDone {
+                digest: report.digest,
+                uploaded: report.uploaded as u64,
+                already_present: report.already_present as u64,
+                mounted: report.mounted as u64,
+                platform_manifests: report.platform_manifests as u64,
+            }))
+        })))
+    }
+
     async fn version(
         &self,
         _: Request<VersionRequest>,
