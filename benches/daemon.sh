@@ -132,9 +132,9 @@ while [ "$builds" -lt 40 ]; do
 done
 busy_rss=$(rss_kb)
 
-median() { sort -n | awk '{ a[NR] = $1 } END { if (NR == 0) print "FAIL"; else print a[int((NR + 1) / 2)] }'; }
+median() { sort -n | awk '{ a[NR] = $1 } END { if (NR == 0) print "-"; else print a[int((NR + 1) / 2)] }'; }
 med() { awk -v t="$1" -v c="$2" '$1 == t && $2 == c && $3 != "FAIL" { print $3 }' "$results" | median; }
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "FAIL" || b == "FAIL" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "-" || b == "-" || b == 0) print "-"; else printf "%.2fx", a / b }'; }
 printf '\n%-12s %10s %10s %10s %14s %14s\n' CASE embedded daemon buildkit daemon/buildkit daemon/embedded
 for c in noop incremental chain-x8; do
     e=$(med embedded "$c"); d=$(med daemon "$c"); b=$(med buildkit "$c")
