@@ -134,3 +134,49 @@ pub async fn serve(
     }
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+
+    #[tokio::test]
+    async fn health_checks_say_serving_and_shutdown_removes_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("store"), Default::default()).unwrap();
+        let path = dir.path().join("kiln.sock");
+        let listener = Listener::bind(&format!("unix://{}", path.display()), None, false).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve(Arc::new(engine), vec![listener], async {
+            let _ = stop_rx.await;
+        }));
+        let socket = path.clone();
+        let channel = tonic::transport::Endpoint::from_static("http://kiln.sock")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        for service in ["", "kiln.v1.System"] {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.to_string(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            assert_eq!(status, ServingStatus::Serving as i32, "service `{service}`");
+        }
+        stop_tx.send(()).unwrap();
+        served.await.unwrap().unwrap();
+        assert!(!path.exists(), "the socket file outlived the daemon");
+    }
+}
