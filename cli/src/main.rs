@@ -848,7 +848,7 @@ fn build_request(b: &BuildArgs) -> Result<BuildRequest> {
 /// `kiln build -` and `-f -`: stdin as the context or the Dockerfile; the returned input must
 /// outlive the build.
 fn stdin_input(
-    engine: &Engine,
+    tmp: &Path,
     b: &BuildArgs,
     request: &mut BuildRequest,
 ) -> Result<Option<kiln_engine::StdinInput>> {
@@ -865,7 +865,7 @@ fn stdin_input(
     } else {
         kiln_engine::StdinKind::ContextOrDockerfile
     };
-    let input = engine.stdin_input(kind, &mut std::io::stdin().lock())?;
+    let input = kiln_engine::read_stdin_input(tmp, kind, &mut std::io::stdin().lock())?;
     if b.context == dash {
         request.context = input.context();
     }
@@ -877,7 +877,7 @@ fn stdin_input(
 
 async fn build(engine: &Engine, b: BuildArgs) -> Result<i32> {
     let mut request = build_request(&b)?;
-    let _stdin = stdin_input(engine, &b, &mut request)?;
+    let _stdin = stdin_input(&engine.store().tmp_dir(), &b, &mut request)?;
     // `-q`: no progress at all; a failure still says which step failed and shows its output.
     let renderer = if b.quiet {
         None

@@ -7,7 +7,6 @@ use anyhow::{bail, Context, Result};
 use kiln_client::api;
 use kiln_engine::{ClientDockerfile, Event, OutputKind, ProgressSink, Stream};
 use std::hash::{Hash, Hasher};
-use std::io::Read;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,9 +17,6 @@ pub(crate) async fn build(host: &str, tls: &kiln_client::TlsFiles, b: BuildArgs)
     // Checked here first, so a bad flag fails as it does embedded, and the secrets are read
     // from this machine.
     let request = flags.request(&|k| std::env::var(k).ok())?;
-    if !b.ssh.is_empty() {
-        bail!("`--ssh` does not work through a daemon yet: build without `--host`");
-    }
     // Outputs to files are written here, from what the daemon sends back (as BuildKit's
     // client does).
     let mut outputs = Vec::new();
@@ -38,65 +34,65 @@ pub(crate) async fn build(host: &str, tls: &kiln_client::TlsFiles, b: BuildArgs)
             dir,
         });
     }
-    if b.context == Path::new("-") {
-        bail!("a context on stdin does not work through a daemon yet: give a directory");
-    }
-    let stdin_dockerfile = b.file.as_deref() == Some(Path::new("-"));
     let mut main_request = request.clone();
-    let mut stdin_text = None;
-    if stdin_dockerfile {
-        let mut text = String::new();
-        std::io::stdin()
-            .read_to_string(&mut text)
-            .context("cannot read the Dockerfile from stdin")?;
-        stdin_text = Some(text);
-        // Read from the context's default place for the checks; the text replaces it below.
-        main_request.dockerfile = None;
-    }
-    let main = if stdin_text.is_some() {
-        // The Dockerfile comes from stdin: the context need not have one.
-        let dir = main_request.context.canonicalize().with_context(|| {
-            format!(
-                "build context `{}` does not exist: pass an existing directory",
-                main_request.context.display()
-            )
-        })?;
-        let (_, rules) = kiln_engine::client_named_context("", dir.to_str().unwrap_or(""))?;
-        kiln_engine::ClientContext {
-            dir,
-            dockerfile: ClientDockerfile::Outside {
-                name: "Dockerfile".to_string(),
-                text: String::new(),
-                dockerignore: None,
-            },
-            rules,
+    // `kiln build -` and `-f -`: read here as embedded, then sent as any context or Dockerfile.
+    let _stdin = crate::stdin_input(&std::env::temp_dir(), &b, &mut main_request)?;
+    // A git context is checked out by the daemon, as BuildKit does.
+    let git = main_request
+        .context
+        .to_str()
+        .filter(|c| kiln_engine::is_git_context(c))
+        .map(str::to_string);
+    let mut contexts = Vec::new();
+    let mut synced = Vec::new();
+    let dockerfile = match &git {
+        Some(_) => match &main_request.dockerfile {
+            None => None,
+            // An absolute path (`-f -` included) is a file of this machine, as embedded.
+            Some(f) if f.is_absolute() => {
+                let text = std::fs::read(f)
+                    .with_context(|| format!("cannot read the Dockerfile `{}`", f.display()))?;
+                Some(api::build_start::Dockerfile::DockerfileText(
+                    api::DockerfileText {
+                        name: dockerfile_name(f),
+                        text,
+                        dockerignore: None,
+                    },
+                ))
+            }
+            // A relative one is a path in the repository, as embedded.
+            Some(f) => Some(api::build_start::Dockerfile::DockerfilePath(
+                f.to_string_lossy().into_owned(),
+            )),
+        },
+        None => {
+            let main = kiln_engine::client_context(&main_request)?;
+            let mut always = vec![".dockerignore".to_string()];
+            let dockerfile = match main.dockerfile {
+                ClientDockerfile::InContext(rel) => {
+                    always.push(format!("{rel}.dockerignore"));
+                    always.push(rel.clone());
+                    api::build_start::Dockerfile::DockerfilePath(rel)
+                }
+                ClientDockerfile::Outside {
+                    name,
+                    text,
+                    dockerignore,
+                } => api::build_start::Dockerfile::DockerfileText(api::DockerfileText {
+                    name,
+                    text: text.into_bytes(),
+                    dockerignore,
+                }),
+            };
+            synced.push(api::SyncedContext {
+                name: String::new(),
+                shared_key: shared_key("", &main.dir),
+                display: b.context.display().to_string(),
+            });
+            contexts.push(local_context(main.dir, main.rules, always));
+            Some(dockerfile)
         }
-    } else {
-        kiln_engine::client_context(&main_request)?
     };
-    let mut always = vec![".dockerignore".to_string()];
-    let dockerfile = match main.dockerfile {
-        ClientDockerfile::InContext(rel) => {
-            always.push(format!("{rel}.dockerignore"));
-            always.push(rel.clone());
-            api::build_start::Dockerfile::DockerfilePath(rel)
-        }
-        ClientDockerfile::Outside {
-            name,
-            text,
-            dockerignore,
-        } => api::build_start::Dockerfile::DockerfileText(api::DockerfileText {
-            name,
-            text: stdin_text.unwrap_or(text).into_bytes(),
-            dockerignore,
-        }),
-    };
-    let mut contexts = vec![local_context(main.dir.clone(), main.rules, always)];
-    let mut synced = vec![api::SyncedContext {
-        name: String::new(),
-        shared_key: shared_key("", &main.dir),
-        display: b.context.display().to_string(),
-    }];
     let mut passed_contexts = Vec::new();
     for spec in &b.build_contexts {
         let (name, value) = kiln_engine::parse_build_context(spec)?;
@@ -145,14 +141,21 @@ pub(crate) async fn build(host: &str, tls: &kiln_client::TlsFiles, b: BuildArgs)
             build_contexts: passed_contexts,
         }),
         contexts: synced,
-        dockerfile: Some(dockerfile),
+        dockerfile,
+        git_context: git,
         secret_ids,
+        ssh_ids: {
+            let mut ids: Vec<String> = request.ssh.keys().cloned().collect();
+            ids.sort();
+            ids
+        },
     };
     let remote = kiln_client::RemoteBuild {
         start,
         contexts,
         outputs,
         secrets: request.secrets.0.clone(),
+        ssh: request.ssh.clone(),
     };
     let client = kiln_client::Client::connect(host, Some(tls)).await?;
     let renderer = if b.quiet {
@@ -216,6 +219,14 @@ pub(crate) async fn build(host: &str, tls: &kiln_client::TlsFiles, b: BuildArgs)
         collected: None,
     };
     crate::report_build(&b, &result, f.collected.as_deref(), started)
+}
+
+/// A Dockerfile's file name, `Dockerfile` when it has none.
+fn dockerfile_name(f: &Path) -> String {
+    f.file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("Dockerfile")
+        .to_string()
 }
 
 fn local_context(

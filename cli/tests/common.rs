@@ -110,6 +110,8 @@ impl Kiln {
     pub fn cmd(&self) -> Command {
         let mut c = Command::new(env!("CARGO_BIN_EXE_kiln"));
         c.env("KILN_ROOT", self.root.path())
+            // Embedded, whatever the environment says.
+            .env_remove("KILN_HOST")
             .env_remove("KILN_PROGRESS")
             .stdin(Stdio::null());
         c

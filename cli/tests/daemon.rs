@@ -505,3 +505,269 @@ fn local_and_tar_outputs_are_written_on_the_client_side() {
     );
     assert_eq!(left, "");
 }
+
+#[test]
+fn ssh_agent_connections_are_relayed_to_the_clients_agent() {
+    use std::io::{Read, Write};
+    let agent_dir = tempfile::tempdir().unwrap();
+    let agent_sock = agent_dir.path().join("agent.sock");
+    let agent = std::os::unix::net::UnixListener::bind(&agent_sock).unwrap();
+    // The client's "agent": answers `pong` to `ping`.
+    let answered = std::thread::spawn(move || {
+        let (mut conn, _) = agent.accept().unwrap();
+        let mut got = [0u8; 4];
+        conn.read_exact(&mut got).unwrap();
+        conn.write_all(b"pong").unwrap();
+        got
+    });
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN --mount=type=ssh test -S \"$SSH_AUTH_SOCK\" && sleep 3 && echo ssh-step-done\n",
+        )],
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let spec = format!("default={}", agent_sock.display());
+    let client = d
+        .client()
+        .args(["build", "--progress", "plain", "--ssh", &spec])
+        .arg(ctx.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The daemon's socket for the id, as a step sees it: connect as a step would.
+    let root = d.store.root.path().to_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let socket = loop {
+        let found = tool("find", &[&root, "-name", "ssh-0.sock"]);
+        if let Some(line) = found.lines().next() {
+            break line.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no ssh socket appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut step = std::os::unix::net::UnixStream::connect(&socket).unwrap();
+    step.write_all(b"ping").unwrap();
+    let mut reply = [0u8; 4];
+    step.read_exact(&mut reply).unwrap();
+    assert_eq!(&reply, b"pong");
+    assert_eq!(&answered.join().unwrap(), b"ping");
+    let out = client.wait_with_output().unwrap();
+    assert_ok(&out, "build with --ssh through the daemon");
+    assert!(
+        stderr(&out).contains(" ssh-step-done\n"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn a_git_context_is_checked_out_by_the_daemon_and_a_stdin_tar_is_sent_as_a_context() {
+    let repo = GitRepo::new();
+    repo.commit(
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY a.txt /a.txt\nRUN cat /a.txt\n",
+            ),
+            ("a.txt", "from the repository\n"),
+        ],
+        "first",
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let out = d
+        .client()
+        .args([
+            "build",
+            "--progress",
+            "plain",
+            &format!("{}#main", repo.url()),
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&out, "git context through the daemon");
+    assert!(
+        stderr(&out).contains(" from the repository\n"),
+        "{}",
+        stderr(&out)
+    );
+    // A context tar on stdin.
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[
+            (
+                "Dockerfile",
+                "FROM busybox\nCOPY b.txt /b.txt\nRUN cat /b.txt\n",
+            ),
+            ("b.txt", "from a tar on stdin\n"),
+        ],
+    );
+    let tar = tool(
+        "tar",
+        &["-cf", "-", "-C", ctx.path().to_str().unwrap(), "."],
+    );
+    let mut child = d
+        .client()
+        .args(["build", "--progress", "plain", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(tar.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_ok(&out, "context tar on stdin through the daemon");
+    assert!(
+        stderr(&out).contains(" from a tar on stdin\n"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn ctrl_c_in_the_client_stops_its_step_and_exits_130_as_embedded() {
+    let marker = unique("kiln-daemon-sigint");
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nRUN sleep 3600 && echo {marker}\n"),
+        )],
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let client = d
+        .client()
+        .args(["build", "--progress", "plain", ctx.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while host_processes_with(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    tool("kill", &["-INT", &client.id().to_string()]);
+    let sent = std::time::Instant::now();
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("error: the build was interrupted"),
+        "{}",
+        stderr(&out)
+    );
+    while !host_processes_with(&marker).is_empty() {
+        assert!(
+            sent.elapsed() < Duration::from_secs(2),
+            "the step still runs after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn json_progress_through_the_daemon_has_the_embedded_events() {
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            "FROM busybox\nRUN echo json-line\nRUN echo second\n",
+        )],
+    );
+    // The kinds and names of the events, in order, without times.
+    let events = |out: &std::process::Output| -> Vec<String> {
+        stderr(out)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .map(|v| {
+                let mut v = v;
+                if let Some(o) = v.as_object_mut() {
+                    o.retain(|k, _| !["step_time", "elapsed", "time"].contains(&k.as_str()));
+                }
+                v.to_string()
+            })
+            .collect()
+    };
+    let k = Kiln::with_busybox();
+    let mine = k
+        .cmd()
+        .args([
+            "build",
+            "--no-cache",
+            "--progress",
+            "json",
+            ctx.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&mine, "embedded json build");
+    let d = Daemon::start(k);
+    let out = d
+        .client()
+        .args([
+            "build",
+            "--no-cache",
+            "--progress",
+            "json",
+            ctx.path().to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert_ok(&out, "json build through the daemon");
+    let (a, b) = (events(&mine), events(&out));
+    assert!(a.len() >= 4, "{}", stderr(&mine));
+    assert_eq!(a, b);
+}
+
+#[test]
+fn sigterm_stops_the_daemon_and_its_running_build() {
+    let marker = unique("kiln-daemon-term");
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[(
+            "Dockerfile",
+            &format!("FROM busybox\nRUN sleep 3600 && echo {marker}\n"),
+        )],
+    );
+    let mut d = Daemon::start(Kiln::with_busybox());
+    let client = d
+        .client()
+        .args(["build", "--progress", "plain", ctx.path().to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    while host_processes_with(&marker).is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the step never started"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = d
+        .stop(Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("the daemon did not stop:\n{}", d.log_text()));
+    assert!(status.success(), "{status}");
+    assert!(
+        host_processes_with(&marker).is_empty(),
+        "the step outlived the daemon"
+    );
+    let out = client.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("shutting down"), "{}", stderr(&out));
+}

@@ -6,7 +6,7 @@ use crate::{Client, ClientError};
 use kiln_api::v1::{
     build_client_message::Msg as ClientMsg, build_server_message::Msg as ServerMsg,
     builder_client::BuilderClient, BuildClientMessage, BuildFinished, BuildStart, ContextEntries,
-    Entry, EntryKind, FileData, ProgressEvent, SecretValue,
+    Entry, EntryKind, FileData, ProgressEvent, SecretValue, SshData,
 };
 use std::collections::{HashMap, HashSet};
 use std::io::Read;
@@ -46,6 +46,8 @@ pub struct RemoteBuild {
     pub outputs: Vec<LocalOutput>,
     /// `--secret` values by id, read by the client; sent when the daemon asks.
     pub secrets: HashMap<String, Vec<u8>>,
+    /// `--ssh` agent sockets by id, connected when a step connects to the daemon's.
+    pub ssh: HashMap<String, PathBuf>,
 }
 
 /// What a context sync cost, as the daemon reports it.
@@ -75,7 +77,8 @@ impl Client {
             .await?
             .into_inner();
         // The walk runs beside the daemon's answers; the lists are kept to check its requests.
-        let contexts: Vec<(PathBuf, HashSet<String>)> = {
+        // Each context's directory and its files with the sizes listed.
+        let contexts: Vec<(PathBuf, HashMap<String, u64>)> = {
             let mut listed = Vec::new();
             for (i, c) in build.contexts.into_iter().enumerate() {
                 let dir = c.dir.clone();
@@ -88,7 +91,7 @@ impl Client {
                 let files = entries
                     .iter()
                     .filter(|e| e.kind() == EntryKind::File)
-                    .map(|e| e.path.clone())
+                    .map(|e| (e.path.clone(), e.size))
                     .collect();
                 let mut batches = entries.chunks(BATCH).peekable();
                 if batches.peek().is_none() {
@@ -103,6 +106,7 @@ impl Client {
             listed
         };
         let mut writing: HashMap<u32, Sink> = HashMap::new();
+        let mut agents: HashMap<u32, tokio::net::unix::OwnedWriteHalf> = HashMap::new();
         loop {
             let Some(msg) = response.message().await? else {
                 return Err(ClientError::SessionClosed);
@@ -113,12 +117,12 @@ impl Client {
                         .get(req.context as usize)
                         .ok_or(ClientError::Protocol("a file of an unknown context"))?;
                     for path in req.paths {
-                        if !files.contains(&path) {
+                        let Some(&size) = files.get(&path) else {
                             return Err(ClientError::Protocol(
                                 "the daemon asked for a file the client did not list",
                             ));
-                        }
-                        send_file(&tx, dir, &path).await?;
+                        };
+                        send_file(&tx, dir, &path, size).await?;
                     }
                 }
                 Some(ServerMsg::Secret(req)) => {
@@ -128,6 +132,58 @@ impl Client {
                 Some(ServerMsg::Event(e)) => on_event(e),
                 Some(ServerMsg::Synced(s)) => on_synced(&s),
                 Some(ServerMsg::Finished(f)) => return Ok(f),
+                Some(ServerMsg::SshOpen(open)) => {
+                    let conn = open.conn;
+                    let agent = match build.ssh.get(&open.id) {
+                        Some(path) => tokio::net::UnixStream::connect(path).await.ok(),
+                        None => None,
+                    };
+                    let Some(agent) = agent else {
+                        // No agent: the step's connection is closed, as an agent refusing it.
+                        let close = SshData {
+                            conn,
+                            data: Vec::new(),
+                            close: true,
+                        };
+                        send(&tx, ClientMsg::SshData(close)).await?;
+                        continue;
+                    };
+                    let (mut read, write) = agent.into_split();
+                    agents.insert(conn, write);
+                    let tx = tx.clone();
+                    tokio::spawn(async move {
+                        use tokio::io::AsyncReadExt;
+                        let mut buf = vec![0u8; 32 * 1024];
+                        loop {
+                            let n = read.read(&mut buf).await.unwrap_or(0);
+                            let msg = SshData {
+                                conn,
+                                data: buf[..n].to_vec(),
+                                close: n == 0,
+                            };
+                            let sent = tx
+                                .send(BuildClientMessage {
+                                    msg: Some(ClientMsg::SshData(msg)),
+                                })
+                                .await;
+                            if sent.is_err() || n == 0 {
+                                return;
+                            }
+                        }
+                    });
+                }
+                Some(ServerMsg::SshData(d)) => {
+                    use tokio::io::AsyncWriteExt;
+                    if d.close {
+                        if let Some(mut w) = agents.remove(&d.conn) {
+                            let _ = w.shutdown().await;
+                        }
+                    } else if let Some(w) = agents.get_mut(&d.conn) {
+                        if w.write_all(&d.data).await.is_err() {
+                            agents.remove(&d.conn);
+                        }
+                    }
+                }
                 Some(ServerMsg::Output(o)) => {
                     let out = build.outputs.iter().find(|l| l.index == o.output).ok_or(
                         ClientError::Protocol("an output the client did not ask for"),
@@ -211,23 +267,26 @@ fn entries_msg(context: usize, entries: Vec<Entry>, last: bool) -> ClientMsg {
     })
 }
 
-/// Sends one listed file in chunks; opened without following a symlink put in its place since
-/// the walk.
+/// Sends one listed file in chunks, at most the `size` listed (a file growing since the walk is
+/// cut there; the next build sends it whole); opened without following a symlink put in its
+/// place since the walk.
 async fn send_file(
     tx: &mpsc::Sender<BuildClientMessage>,
     dir: &Path,
     rel: &str,
+    size: u64,
 ) -> Result<(), ClientError> {
     let path = dir.join(rel);
     let err = |source| ClientError::Context {
         dir: path.clone(),
         source,
     };
-    let mut file = std::fs::OpenOptions::new()
+    let file = std::fs::OpenOptions::new()
         .read(true)
         .custom_flags(O_NOFOLLOW)
         .open(&path)
         .map_err(err)?;
+    let mut file = file.take(size);
     let mut buf = vec![0u8; CHUNK];
     loop {
         let n = read_full(&mut file, &mut buf).map_err(err)?;
@@ -249,7 +308,7 @@ async fn send_file(
 /// `O_NOFOLLOW` on Linux (the same on every architecture kiln builds for).
 const O_NOFOLLOW: i32 = 0o400000;
 
-fn read_full(f: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+fn read_full(f: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
     let mut n = 0;
     while n < buf.len() {
         match f.read(&mut buf[n..])? {

@@ -4,6 +4,7 @@
 //! stream ending (Ctrl-C, a killed client) drops the build, which cancels its steps.
 
 mod mirror;
+mod ssh;
 
 use kiln_api::v1::{
     build_client_message::Msg as ClientMsg, build_server_message::Msg as ServerMsg,
@@ -20,6 +21,9 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
+
+/// Entries of one context the daemon accepts (a few hundred bytes each in memory).
+const MAX_ENTRIES: usize = 4_000_000;
 
 #[derive(Clone)]
 pub(crate) struct BuildService {
@@ -164,19 +168,28 @@ impl Session {
                 _ => return Err(Status::invalid_argument(format!("expected secret `{id}`"))),
             }
         }
-        // From here on the client only listens: its side ending is the cancel signal.
+        let scratch = tempdir_in(&self.service.engine.store().tmp_dir())?;
+        let (proxy, ssh) = ssh::listen(&start.ssh_ids, scratch.path(), &self.tx)
+            .map_err(|e| Status::internal(format!("cannot make the `--ssh` sockets: {e}")))?;
+        // From here on the client sends only `--ssh` bytes: its side ending is the cancel
+        // signal.
         let gone = CancellationToken::new();
         let watcher = gone.clone();
         let mut inbound = self.inbound;
+        let relays = proxy.relays.clone();
         tokio::spawn(async move {
-            while let Some(Ok(_)) = inbound.next().await {}
+            while let Some(Ok(m)) = inbound.next().await {
+                if let Some(ClientMsg::SshData(d)) = m.msg {
+                    relays.deliver(d);
+                }
+            }
             watcher.cancel();
         });
-        let scratch = tempdir_in(&self.service.engine.store().tmp_dir())?;
         let finished = tokio::select! {
-            f = build(&self.service.engine, &start, &mirrors, secrets, scratch.path(), &self.tx) => f,
+            f = build(&self.service.engine, &start, &mirrors, secrets, ssh, scratch.path(), &self.tx) => f,
             _ = gone.cancelled() => return Ok(()),
         };
+        drop(proxy);
         drop(held);
         send(&self.tx, ServerMsg::Finished(finished))
     }
@@ -188,6 +201,12 @@ impl Session {
             match self.next().await? {
                 ClientMsg::Entries(e) if e.context == context => {
                     entries.extend(e.entries);
+                    // A client may not make the daemon hold unbounded metadata.
+                    if entries.len() > MAX_ENTRIES {
+                        return Err(Status::resource_exhausted(format!(
+                            "a context of more than {MAX_ENTRIES} entries cannot be sent"
+                        )));
+                    }
                     if e.last {
                         break;
                     }
@@ -307,6 +326,7 @@ async fn build(
     start: &BuildStart,
     mirrors: &[PathBuf],
     secrets: HashMap<String, Vec<u8>>,
+    ssh: HashMap<String, PathBuf>,
     scratch: &Path,
     tx: &Outbound,
 ) -> BuildFinished {
@@ -321,7 +341,7 @@ async fn build(
             t.replace(mirror.as_str(), display)
         })
     };
-    let (request, outputs) = match request(start, mirrors, secrets, scratch) {
+    let (request, outputs) = match request(start, mirrors, secrets, ssh, scratch) {
         Ok(r) => r,
         Err(e) => {
             return BuildFinished {
@@ -418,16 +438,32 @@ fn request(
     start: &BuildStart,
     mirrors: &[PathBuf],
     secrets: HashMap<String, Vec<u8>>,
+    ssh: HashMap<String, PathBuf>,
     scratch: &Path,
 ) -> anyhow::Result<(kiln_engine::BuildRequest, ClientOutputs)> {
     let f = start.flags.clone().unwrap_or_default();
-    let main = mirrors
-        .first()
-        .ok_or_else(|| anyhow::anyhow!("the client sent no build context"))?;
+    if let Some(url) = &start.git_context {
+        anyhow::ensure!(kiln_engine::is_git_context(url), "`{url}` is not a git URL");
+    }
+    // The main context: the git URL the engine checks out, or the first mirror.
+    let (main, named) = match &start.git_context {
+        Some(url) => (PathBuf::from(url), 0),
+        None => (
+            mirrors
+                .first()
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("the client sent no build context"))?,
+            1,
+        ),
+    };
     let dockerfile = match &start.dockerfile {
         Some(Dockerfile::DockerfilePath(rel)) => {
             mirror_path_check(rel)?;
-            main.join(rel)
+            // In a git context, the engine finds it in the checkout.
+            Some(match &start.git_context {
+                Some(_) => PathBuf::from(rel),
+                None => main.join(rel),
+            })
         }
         Some(Dockerfile::DockerfileText(t)) => {
             mirror_path_check(&t.name)?;
@@ -437,17 +473,17 @@ fn request(
             if let Some(ignore) = &t.dockerignore {
                 std::fs::write(scratch.join(format!("{}.dockerignore", t.name)), ignore)?;
             }
-            path
+            Some(path)
         }
-        None => main.join("Dockerfile"),
+        None => None,
     };
     let mut build_contexts = f.build_contexts.clone();
-    for (c, m) in start.contexts.iter().zip(mirrors).skip(1) {
+    for (c, m) in start.contexts.iter().zip(mirrors).skip(named) {
         build_contexts.push(format!("{}={}", c.name, m.display()));
     }
     let flags = kiln_engine::BuildFlags {
-        context: main.clone(),
-        file: Some(dockerfile),
+        context: main,
+        file: dockerfile,
         tags: f.tags,
         labels: f.labels,
         build_args: f.build_args,
@@ -483,6 +519,7 @@ fn request(
         }
     })?;
     request.secrets = kiln_engine::Secrets(secrets);
+    request.ssh = ssh;
     let mut outputs = Vec::new();
     for (i, o) in request.outputs.iter_mut().enumerate() {
         let here = scratch.join(format!("output-{i}"));

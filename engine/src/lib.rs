@@ -39,6 +39,7 @@ pub use kiln_cache::{human_size, parse_size, KindUsage, StoreUsage};
 pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;
+pub use kiln_solver::is_git_context;
 pub use kiln_solver::{Event, NoProgress, ProgressSink, Stream};
 pub use load::Loaded;
 pub use run::{
@@ -46,7 +47,7 @@ pub use run::{
     MountRecord, RunRequest,
 };
 pub use sandbox_opts::{parse_network, parse_secret, parse_ssh, Secrets};
-pub use stdin::{StdinInput, StdinKind};
+pub use stdin::{read_stdin_input, StdinInput, StdinKind};
 pub use store_gc::{PruneOptions, PruneReport};
 pub use transfer::{login, logout, PullOptions, PushReport};
 

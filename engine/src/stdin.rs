@@ -43,45 +43,48 @@ fn looks_like_archive(head: &[u8]) -> bool {
 impl Engine {
     /// Reads `input` (stdin) as `kind` says into a directory under the store's `tmp/`.
     pub fn stdin_input(&self, kind: StdinKind, input: &mut dyn Read) -> Result<StdinInput> {
-        let tmp = self.store().tmp_dir();
-        std::fs::create_dir_all(&tmp)
-            .with_context(|| format!("cannot create `{}`", tmp.display()))?;
-        let dir = tempfile::Builder::new()
-            .prefix("stdin-")
-            .tempdir_in(&tmp)
-            .with_context(|| format!("cannot create a directory in `{}`", tmp.display()))?;
-        let context = dir.path().join("context");
-        std::fs::create_dir(&context)
-            .with_context(|| format!("cannot create `{}`", context.display()))?;
-        let mut head = Vec::with_capacity(512);
-        input
-            .take(512)
-            .read_to_end(&mut head)
-            .context("cannot read the build input from stdin")?;
-        let mut rest = io::Cursor::new(head.clone()).chain(input);
-        if kind == StdinKind::ContextOrDockerfile && looks_like_archive(&head) {
-            unpack(&mut rest, &context)?;
-            return Ok(StdinInput {
-                dir,
-                dockerfile: None,
-            });
-        }
-        if head.is_empty() {
-            bail!("stdin is empty: pipe a Dockerfile or a context tar into `kiln build -`");
-        }
-        let path = dir.path().join("Dockerfile");
-        let mut text = Vec::new();
-        // A Dockerfile is text: 16 MiB is far beyond any real one.
-        rest.take(16 << 20)
-            .read_to_end(&mut text)
-            .context("cannot read the Dockerfile from stdin")?;
-        std::fs::write(&path, &text)
-            .with_context(|| format!("cannot write `{}`", path.display()))?;
-        Ok(StdinInput {
-            dir,
-            dockerfile: Some(path),
-        })
+        read_stdin_input(&self.store().tmp_dir(), kind, input)
     }
+}
+
+/// Reads `input` (stdin) as `kind` says into a new directory under `tmp` (a `--host` client
+/// reads it so, then sends it as any context).
+pub fn read_stdin_input(tmp: &Path, kind: StdinKind, input: &mut dyn Read) -> Result<StdinInput> {
+    std::fs::create_dir_all(tmp).with_context(|| format!("cannot create `{}`", tmp.display()))?;
+    let dir = tempfile::Builder::new()
+        .prefix("stdin-")
+        .tempdir_in(tmp)
+        .with_context(|| format!("cannot create a directory in `{}`", tmp.display()))?;
+    let context = dir.path().join("context");
+    std::fs::create_dir(&context)
+        .with_context(|| format!("cannot create `{}`", context.display()))?;
+    let mut head = Vec::with_capacity(512);
+    input
+        .take(512)
+        .read_to_end(&mut head)
+        .context("cannot read the build input from stdin")?;
+    let mut rest = io::Cursor::new(head.clone()).chain(input);
+    if kind == StdinKind::ContextOrDockerfile && looks_like_archive(&head) {
+        unpack(&mut rest, &context)?;
+        return Ok(StdinInput {
+            dir,
+            dockerfile: None,
+        });
+    }
+    if head.is_empty() {
+        bail!("stdin is empty: pipe a Dockerfile or a context tar into `kiln build -`");
+    }
+    let path = dir.path().join("Dockerfile");
+    let mut text = Vec::new();
+    // A Dockerfile is text: 16 MiB is far beyond any real one.
+    rest.take(16 << 20)
+        .read_to_end(&mut text)
+        .context("cannot read the Dockerfile from stdin")?;
+    std::fs::write(&path, &text).with_context(|| format!("cannot write `{}`", path.display()))?;
+    Ok(StdinInput {
+        dir,
+        dockerfile: Some(path),
+    })
 }
 
 /// Unpacks a context tar into `dest`. The tar crate refuses entries that would land outside

@@ -100,11 +100,15 @@ pub(crate) fn plan(root: &Path, entries: Vec<Entry>) -> Result<Plan, MirrorError
                 }
                 chown(&path, e, true)?;
             }
-            EntryKind::File => {
-                if !existing.is_some_and(|m| unchanged(&m, e)) {
-                    wanted.push(i);
+            EntryKind::File => match existing {
+                Some(m) if same_content(&m, e) => {
+                    // Only the owner changed (or the daemon may not set it): no bytes needed.
+                    if m.uid() != e.uid || m.gid() != e.gid {
+                        chown(&path, e, false)?;
+                    }
                 }
-            }
+                _ => wanted.push(i),
+            },
         }
     }
     Ok(Plan {
@@ -158,18 +162,18 @@ fn remove_unlisted(
     Ok(())
 }
 
-fn unchanged(m: &std::fs::Metadata, e: &Entry) -> bool {
+/// Whether the mirror's file has the client's content, as its metadata tells (the owner is
+/// compared apart: it changes without new bytes).
+fn same_content(m: &std::fs::Metadata, e: &Entry) -> bool {
     m.file_type().is_file()
         && m.len() == e.size
         && m.mtime() == e.mtime_sec
         && m.mtime_nsec() == i64::from(e.mtime_nsec)
         && m.mode() & 0o7777 == e.mode & 0o7777
-        && m.uid() == e.uid
-        && m.gid() == e.gid
 }
 
 /// Gives `path` the client's owner; a daemon that may not (rootless, an unmapped id) keeps its
-/// own, and the file is then asked for again next time, which is correct, only slower.
+/// own.
 fn chown(path: &Path, e: &Entry, is_link: bool) -> Result<(), MirrorError> {
     let r = if is_link {
         std::os::unix::fs::lchown(path, Some(e.uid), Some(e.gid))
@@ -415,5 +419,20 @@ mod tests {
         changed[1].mtime_sec += 1;
         let p = plan(&root, changed).unwrap();
         assert_eq!(p.wanted, vec![1]);
+    }
+
+    #[test]
+    fn an_owner_change_alone_needs_no_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("m");
+        let mut f = entry("f", EntryKind::File, 3);
+        receive_all(&plan(&root, vec![f.clone()]).unwrap(), b"abc");
+        f.uid = 4242;
+        f.gid = 4343;
+        let p = plan(&root, vec![f]).unwrap();
+        assert!(p.wanted.is_empty(), "the content was asked for again");
+        // Applied in place (the tests run as root).
+        let m = std::fs::metadata(root.join("f")).unwrap();
+        assert_eq!((m.uid(), m.gid()), (4242, 4343));
     }
 }
