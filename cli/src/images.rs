@@ -2,10 +2,11 @@
 //! and the `image` group (`ls`, `inspect`, `rm`, `tag`, `history`, `save`, `load`, `prune`).
 
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
+use crate::source::StoreSource;
 use anyhow::{bail, Result};
-use kiln_engine::{Engine, ImageFilter, Loaded, Removed};
+use kiln_engine::{Engine, Loaded, Removed};
 
 #[derive(clap::Args)]
 pub(crate) struct ImagesArgs {
@@ -138,15 +139,10 @@ pub(crate) async fn image(engine: &Engine, c: ImageCommand) -> Result<i32> {
     }
 }
 
-/// `kiln images`: reads the image layout without the store's lock, so it answers while a build
-/// runs.
-pub(crate) fn list(root: &Path, a: &ImagesArgs) -> Result<i32> {
-    let filters = a
-        .filters
-        .iter()
-        .map(|f| ImageFilter::parse(f))
-        .collect::<Result<Vec<_>>>()?;
-    let images = ImageFilter::select(&filters, kiln_engine::all_images(root)?);
+/// `kiln images`: embedded, reads the image layout without the store's lock, so it answers
+/// while a build runs.
+pub(crate) async fn list(source: &StoreSource<'_>, a: &ImagesArgs) -> Result<i32> {
+    let images = source.images(&a.filters).await?;
     if a.quiet {
         for i in images {
             println!("{}", i.name.as_deref().unwrap_or(&i.id));

@@ -10,6 +10,7 @@ mod login;
 mod networks;
 mod progress;
 mod remote;
+mod source;
 mod transfer;
 mod version;
 mod volumes;
@@ -17,6 +18,7 @@ mod volumes;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use kiln_engine::{BuildRequest, Engine, EngineOptions, ImportRequest, LockWait};
+use source::StoreSource;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -53,6 +55,16 @@ struct Cli {
     /// it the engine runs in this process.
     #[arg(long, env = "KILN_HOST", global = true, value_name = "ADDR")]
     host: Option<String>,
+    /// TLS certificate: the client's for a `tcp://` `--host`, the daemon's for its `tcp://`
+    /// `--addr`.
+    #[arg(long, env = "KILN_TLSCERT", global = true, value_name = "FILE")]
+    tlscert: Option<PathBuf>,
+    /// The key of `--tlscert`.
+    #[arg(long, env = "KILN_TLSKEY", global = true, value_name = "FILE")]
+    tlskey: Option<PathBuf>,
+    /// The CA certificate the other side's certificate must be signed by.
+    #[arg(long, env = "KILN_TLSCACERT", global = true, value_name = "FILE")]
+    tlscacert: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -442,7 +454,7 @@ fn open_engine(cli: &Cli, root: &Path) -> Result<Option<Engine>> {
     };
     // The daemon names its addresses in the lock, so an embedded kiln can point at them.
     let command = match &cli.command {
-        Command::Daemon(d) => format!("{DAEMON_LOCK_NAME}{}", d.addrs.join(" ")),
+        Command::Daemon(d) => format!("{DAEMON_LOCK_NAME}{}", d.addrs().join(" ")),
         _ => command.to_string(),
     };
     if cli.host.is_some() && !matches!(cli.command, Command::Daemon(_)) {
@@ -516,15 +528,20 @@ fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
 }
 
 async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
+    let tls = kiln_client::TlsFiles {
+        cert: cli.tlscert.clone(),
+        key: cli.tlskey.clone(),
+        ca: cli.tlscacert.clone(),
+    };
     if let Command::Version = cli.command {
-        return version::run(cli.host.as_deref()).await;
+        return version::run(cli.host.as_deref(), &tls).await;
     }
     if let Some(host) = &cli.host {
         if !matches!(
             cli.command,
             Command::Daemon(_) | Command::Login(_) | Command::Logout(_) | Command::Setup(_)
         ) {
-            return remote_main(cli.command, host).await;
+            return remote_main(cli.command, host, &tls).await;
         }
     }
     if let Command::Debug(d) = cli.command {
@@ -545,7 +562,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
     // Images are listed, and containers read and signalled, without the store's lock.
     match cli.command {
         Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => {
-            return images::list(&root, &a)
+            return images::list(&StoreSource::Unlocked(&root), &a).await
         }
         Command::Ps(a) => return containers::ps(&root, a),
         Command::Logs(a) => return containers::logs(&root, a),
@@ -589,21 +606,9 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
             println!("{digest}");
             Ok(0)
         }
-        Command::Prune(p) => {
-            let r = engine
-                .prune(kiln_engine::PruneOptions {
-                    all: p.all,
-                    keep_storage: p.keep_storage,
-                    unused_for: p.filter.into_iter().min(),
-                })
-                .await?;
-            println!("{}", prune_summary(&r));
-            Ok(0)
-        }
+        Command::Prune(p) => prune(&StoreSource::Engine(&engine), p).await,
         Command::System(SystemCommand::Df { bytes }) => {
-            let u = engine.disk_usage().await?;
-            print!("{}", df_table(&u, bytes));
-            Ok(0)
+            system_df(&StoreSource::Engine(&engine), bytes).await
         }
         Command::Check => {
             let r = engine.check().await?;
@@ -643,24 +648,84 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
                 && r.meta_rows_removed == 0;
             Ok(if clean { 0 } else { 1 })
         }
-        Command::Pull(p) => transfer::pull(&engine, p).await,
-        Command::Daemon(d) => daemon::run(engine, d).await,
-        Command::Push(p) => transfer::push(&engine, p).await,
+        Command::Pull(p) => transfer::pull(&StoreSource::Engine(&engine), p).await,
+        Command::Daemon(d) => {
+            let tls = d.tls_files(cli.tlscert, cli.tlskey, cli.tlscacert)?;
+            daemon::run(engine, d, tls).await
+        }
+        Command::Push(p) => transfer::push(&StoreSource::Engine(&engine), p).await,
         // Handled above, without the store's lock.
         _ => Ok(0),
     }
 }
 
-/// A command with `--host`: run through the daemon.
-async fn remote_main(command: Command, host: &str) -> Result<i32> {
-    if let Command::Build(b) = command {
-        return remote::build(host, *b).await;
+/// A command with `--host`: run through the daemon. The others say in one line that they do
+/// not, and end with 125 as a command kiln could not run does.
+async fn remote_main(command: Command, host: &str, tls: &kiln_client::TlsFiles) -> Result<i32> {
+    let remote = |client| StoreSource::Daemon(client);
+    match command {
+        Command::Build(b) => remote::build(host, tls, *b).await,
+        Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            images::list(&remote(&client), &a).await
+        }
+        Command::Prune(p) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            prune(&remote(&client), p).await
+        }
+        Command::System(SystemCommand::Df { bytes }) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            system_df(&remote(&client), bytes).await
+        }
+        Command::Pull(p) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            transfer::pull(&remote(&client), p).await
+        }
+        Command::Push(p) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            transfer::push(&remote(&client), p).await
+        }
+        other => {
+            let name = store_writer(&other)
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("kiln {}", command_name()));
+            eprintln!(
+                "error: `{name}` does not run through a daemon yet: run it without `--host` and \
+                 `KILN_HOST` (the daemon at `{host}` holds the store: stop it first)"
+            );
+            Ok(125)
+        }
     }
-    let name = store_writer(&command).unwrap_or("this command");
-    bail!(
-        "`{name}` does not run through a daemon yet: run it without `--host` and `KILN_HOST` on \
-         the daemon's machine (with the daemon at `{host}` stopped)"
-    )
+}
+
+/// The subcommand's name as the user typed it (parsed again: only its error path needs it).
+fn command_name() -> String {
+    use clap::CommandFactory;
+    Cli::command()
+        .try_get_matches()
+        .ok()
+        .and_then(|m| m.subcommand_name().map(str::to_string))
+        .unwrap_or_else(|| "this command".to_string())
+}
+
+/// `kiln prune`: removes build cache and says what it freed.
+async fn prune(source: &StoreSource<'_>, p: PruneArgs) -> Result<i32> {
+    let r = source
+        .prune(kiln_engine::PruneOptions {
+            all: p.all,
+            keep_storage: p.keep_storage,
+            unused_for: p.filter.into_iter().min(),
+        })
+        .await?;
+    println!("{}", prune_summary(&r));
+    Ok(0)
+}
+
+/// `kiln system df`.
+async fn system_df(source: &StoreSource<'_>, bytes: bool) -> Result<i32> {
+    let u = source.disk_usage().await?;
+    print!("{}", df_table(&u, bytes));
+    Ok(0)
 }
 
 /// `kiln setup emulators`: registers QEMU's handlers and says what it did with each.

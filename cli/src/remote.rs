@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 /// Runs `b` on the daemon at `host`; the exit code, as an embedded build would end.
-pub(crate) async fn build(host: &str, b: BuildArgs) -> Result<i32> {
+pub(crate) async fn build(host: &str, tls: &kiln_client::TlsFiles, b: BuildArgs) -> Result<i32> {
     let flags = crate::build_flags(&b);
     // Checked here first, so a bad flag fails as it does embedded, and the secrets are read
     // from this machine.
@@ -157,7 +157,7 @@ pub(crate) async fn build(host: &str, b: BuildArgs) -> Result<i32> {
         secrets: request.secrets.0.clone(),
         ssh: request.ssh.clone(),
     };
-    let client = kiln_client::Client::connect(host).await?;
+    let client = kiln_client::Client::connect(host, Some(tls)).await?;
     let renderer = if b.quiet {
         None
     } else {

@@ -1,9 +1,10 @@
 //! `kiln pull` and `kiln push`: arguments, and byte progress per blob (a bar each on a
 //! terminal; one line per finished blob otherwise).
 
+use crate::source::StoreSource;
 use anyhow::Result;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
-use kiln_engine::{BlobProgress, Engine, PullOptions};
+use kiln_engine::{BlobProgress, PullOptions};
 use std::collections::{HashMap, HashSet};
 use std::io::IsTerminal;
 use std::sync::{Arc, Mutex};
@@ -34,10 +35,10 @@ pub(crate) struct PushArgs {
     reference: Option<String>,
 }
 
-pub(crate) async fn pull(engine: &Engine, a: PullArgs) -> Result<i32> {
+pub(crate) async fn pull(source: &StoreSource<'_>, a: PullArgs) -> Result<i32> {
     let bars = Bars::new(&a.progress, "pulled")?;
-    let digest = engine
-        .pull_with(
+    let digest = source
+        .pull(
             &a.reference,
             PullOptions {
                 platform: a.platform,
@@ -51,10 +52,10 @@ pub(crate) async fn pull(engine: &Engine, a: PullArgs) -> Result<i32> {
     Ok(0)
 }
 
-pub(crate) async fn push(engine: &Engine, a: PushArgs) -> Result<i32> {
+pub(crate) async fn push(source: &StoreSource<'_>, a: PushArgs) -> Result<i32> {
     let bars = Bars::new(&a.progress, "pushed")?;
-    let report = engine
-        .push_with(&a.name, a.reference.as_deref(), Some(bars.callback()))
+    let report = source
+        .push(&a.name, a.reference.as_deref(), Some(bars.callback()))
         .await;
     bars.finish();
     let report = report?;

@@ -2,14 +2,17 @@
 
 use anyhow::Result;
 
-pub(crate) async fn run(host: Option<&str>) -> Result<i32> {
+pub(crate) async fn run(host: Option<&str>, tls: &kiln_client::TlsFiles) -> Result<i32> {
     println!("Client:");
     println!(" Version:      {}", env!("CARGO_PKG_VERSION"));
     println!(" API version:  {}", kiln_client::API_VERSION);
     let Some(host) = host else {
         return Ok(0);
     };
-    let server = kiln_client::Client::connect(host).await?.version().await?;
+    let server = kiln_client::Client::connect(host, Some(tls))
+        .await?
+        .version()
+        .await?;
     println!("Server:");
     println!(" Address:      {host}");
     println!(" Version:      {}", server.version);

@@ -528,20 +528,43 @@ impl Daemon {
     /// Starts `kiln daemon` over `store` (seed it first: the daemon then holds its lock) and
     /// waits until its socket answers.
     pub fn start(store: Kiln) -> Daemon {
+        Daemon::start_with(store, None, &[], &[])
+    }
+
+    /// Starts `LAUNCHER… kiln daemon ARGS` over `store` and waits until `addr` accepts (`None`:
+    /// a private unix socket, given as `--addr`; otherwise `ARGS` say where to listen).
+    pub fn start_with(store: Kiln, addr: Option<&str>, args: &[&str], launcher: &[&str]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("kiln-daemon-")
             .tempdir()
             .expect("temp dir");
         let socket = dir.path().join("kiln.sock");
-        let addr = format!("unix://{}", socket.display());
         let log = dir.path().join("daemon.log");
-        let child = store
-            .cmd()
-            .args(["daemon", "--addr", &addr])
+        let mut cmd = match launcher.split_first() {
+            None => store.cmd(),
+            Some((program, rest)) => {
+                let mut c = Command::new(program);
+                c.args(rest)
+                    .arg(env!("CARGO_BIN_EXE_kiln"))
+                    .env("KILN_ROOT", store.root.path())
+                    .env_remove("KILN_PROGRESS")
+                    .stdin(Stdio::null());
+                c
+            }
+        };
+        cmd.arg("daemon");
+        let addr = match addr {
+            Some(a) => a.to_string(),
+            None => {
+                let a = format!("unix://{}", socket.display());
+                cmd.args(["--addr", &a]);
+                a
+            }
+        };
+        cmd.args(args)
             .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log).expect("daemon log"))
-            .spawn()
-            .expect("start kiln daemon");
+            .stderr(std::fs::File::create(&log).expect("daemon log"));
+        let child = cmd.spawn().expect("start kiln daemon");
         let mut d = Daemon {
             store,
             addr,
@@ -550,7 +573,7 @@ impl Daemon {
             _dir: dir,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        while !d.accepts() {
             if let Ok(Some(status)) = d.child.try_wait() {
                 panic!("kiln daemon exited with {status}:\n{}", d.log_text());
             }
@@ -562,6 +585,19 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(20));
         }
         d
+    }
+
+    /// Whether the daemon's address takes connections.
+    pub fn accepts(&self) -> bool {
+        match self.addr.strip_prefix("tcp://") {
+            Some(hostport) => TcpStream::connect(hostport).is_ok(),
+            None => std::os::unix::net::UnixStream::connect(self.socket_path()).is_ok(),
+        }
+    }
+
+    /// The socket file of a `unix://` daemon.
+    pub fn socket_path(&self) -> PathBuf {
+        PathBuf::from(self.addr.strip_prefix("unix://").unwrap_or(&self.addr))
     }
 
     /// `kiln` as a client of this daemon (`KILN_HOST`), with a store of its own that it must
@@ -585,6 +621,17 @@ impl Daemon {
 
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The store, for a next daemon or embedded kiln once this one has stopped.
+    pub fn take_store(&mut self) -> Kiln {
+        std::mem::replace(&mut self.store, Kiln::new())
+    }
+
+    /// Kills the daemon with SIGKILL and reaps it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Sends SIGTERM and waits (at most `timeout`) for the daemon to exit; its exit status.

@@ -1,18 +1,23 @@
 //! kiln-daemon: the [`Engine`] served over gRPC (`kiln daemon`), so that many `kiln --host`
 //! clients share one store and one engine. The services are the `kiln.v1` ones of `kiln-api`;
-//! each listener (a unix socket, [`Listener`]) serves all of them.
+//! each listener ([`Listener`]: a unix socket, a tcp port with mutual TLS, a socket systemd
+//! passed) serves all of them, and the gRPC health service.
 
 mod build;
 mod listen;
 mod system;
 
-pub use listen::{ListenError, Listener};
+pub use listen::{ListenError, Listener, TlsFiles};
+
+use listen::Socket;
 
 use kiln_api::v1::builder_server::BuilderServer;
 use kiln_api::v1::system_server::SystemServer;
 use kiln_engine::Engine;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tokio_util::sync::CancellationToken;
 
 /// Why the daemon stopped serving before it was told to.
@@ -26,8 +31,13 @@ pub enum ServeError {
     },
 }
 
+/// How long open calls may take to end after shutdown is asked for; then they are dropped
+/// (a build is canceled as when its client goes away).
+const GRACE: Duration = Duration::from_secs(2);
+
 /// Serves the engine on every listener until `shutdown` resolves (or one listener fails), then
-/// stops taking connections and returns once the open calls have ended.
+/// stops taking connections, gives the open calls [`GRACE`] to end, and returns. Socket files
+/// the listeners made are removed.
 pub async fn serve(
     engine: Arc<Engine>,
     listeners: Vec<Listener>,
@@ -35,43 +45,138 @@ pub async fn serve(
 ) -> Result<(), ServeError> {
     let stop = CancellationToken::new();
     let system = system::SystemService::new(engine.clone());
-    let builder = build::BuildService::new(engine, stop.clone());
-    let mut servers = Vec::new();
+    let build = build::BuildService::new(engine, stop.clone());
+    // gRPC health checking: the server ("") and `kiln.v1.System` serve until shutdown.
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SystemServer<system::SystemService>>()
+        .await;
+    let mut servers = tokio::task::JoinSet::new();
     for listener in listeners {
         let addr = listener.addr().to_string();
-        let router = tonic::transport::Server::builder()
+        let (socket, tls, socket_file) = listener.into_parts();
+        let mut builder = tonic::transport::Server::builder();
+        if let Some(tls) = tls {
+            builder = builder
+                .tls_config(tls)
+                .map_err(|source| ServeError::Transport {
+                    addr: addr.clone(),
+                    source,
+                })?;
+        }
+        let router = builder
+            .add_service(health_service.clone())
             .add_service(SystemServer::new(system.clone()))
-            .add_service(BuilderServer::new(builder.clone()));
+            .add_service(BuilderServer::new(build.clone()));
         let stopped = stop.clone().cancelled_owned();
-        servers.push(tokio::spawn(async move {
-            router
-                .serve_with_incoming_shutdown(listener.incoming(), stopped)
-                .await
-                .map_err(|source| ServeError::Transport { addr, source })
-        }));
+        servers.spawn(async move {
+            let served = match socket {
+                Socket::Unix(s) => {
+                    router
+                        .serve_with_incoming_shutdown(UnixListenerStream::new(s), stopped)
+                        .await
+                }
+                Socket::Tcp(s) => {
+                    router
+                        .serve_with_incoming_shutdown(TcpListenerStream::new(s), stopped)
+                        .await
+                }
+            };
+            drop(socket_file);
+            served.map_err(|source| ServeError::Transport { addr, source })
+        });
     }
-    let waiter = stop.clone();
-    tokio::spawn(async move {
-        shutdown.await;
-        waiter.cancel();
-    });
+    let mut shutdown = std::pin::pin!(shutdown);
     let mut result = Ok(());
-    for server in servers {
-        let ended = match server.await {
-            Ok(r) => r,
-            // A server task panicked: its listener is gone; say so as a transport failure would.
-            Err(e) => {
-                tracing::error!("a listener's server stopped: {e}");
-                Ok(())
+    loop {
+        tokio::select! {
+            _ = &mut shutdown, if !stop.is_cancelled() => {
+                stop.cancel();
+                health
+                    .set_service_status("", tonic_health::ServingStatus::NotServing)
+                    .await;
+                health
+                    .set_not_serving::<SystemServer<system::SystemService>>()
+                    .await;
+                break;
             }
-        };
-        if let Err(e) = ended {
-            // One listener failing stops them all: a daemon half-served is worse than none.
-            stop.cancel();
-            if result.is_ok() {
-                result = Err(e);
-            }
+            ended = servers.join_next() => match ended {
+                None => return result,
+                Some(Ok(Ok(()))) => {}
+                Some(Ok(Err(e))) => {
+                    // One listener failing stops them all: a daemon half-served is worse
+                    // than none.
+                    if result.is_ok() {
+                        result = Err(e);
+                    }
+                    stop.cancel();
+                    break;
+                }
+                Some(Err(e)) => tracing::error!("a listener's server stopped: {e}"),
+            },
         }
     }
+    let drained = tokio::time::timeout(GRACE, async {
+        while let Some(ended) = servers.join_next().await {
+            if let Ok(Err(e)) = ended {
+                tracing::error!("{e}");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!(
+            "calls still open {} s after shutdown was asked for: dropped",
+            GRACE.as_secs()
+        );
+        // Aborting the servers drops their listeners, and so removes their socket files.
+        servers.shutdown().await;
+    }
     result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tonic_health::pb::{
+        health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
+    };
+
+    #[tokio::test]
+    async fn health_checks_say_serving_and_shutdown_removes_the_socket() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = Engine::open(&dir.path().join("store"), Default::default()).unwrap();
+        let path = dir.path().join("kiln.sock");
+        let listener = Listener::bind(&format!("unix://{}", path.display()), None, false).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve(Arc::new(engine), vec![listener], async {
+            let _ = stop_rx.await;
+        }));
+        let socket = path.clone();
+        let channel = tonic::transport::Endpoint::from_static("http://kiln.sock")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .unwrap();
+        let mut health = HealthClient::new(channel);
+        for service in ["", "kiln.v1.System"] {
+            let status = health
+                .check(HealthCheckRequest {
+                    service: service.to_string(),
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .status;
+            assert_eq!(status, ServingStatus::Serving as i32, "service `{service}`");
+        }
+        stop_tx.send(()).unwrap();
+        served.await.unwrap().unwrap();
+        assert!(!path.exists(), "the socket file outlived the daemon");
+    }
 }
