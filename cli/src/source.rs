@@ -42,6 +42,7 @@ impl StoreSource<'_> {
                         media_type: i.media_type,
                         created: i.created,
                         size: i.size,
+                        platforms: i.platforms,
                     })
                     .collect());
             }

@@ -44,6 +44,8 @@ pub struct Image {
     pub media_type: String,
     pub created: Option<String>,
     pub size: u64,
+    /// An index's platforms, or the config's `os/arch` for a single image.
+    pub platforms: Vec<String>,
 }
 
 /// What `kiln prune` asks the daemon to remove.
@@ -203,6 +205,7 @@ impl Client {
                 media_type: i.media_type,
                 created: i.created,
                 size: i.size,
+                platforms: i.platforms,
             })
             .collect())
     }

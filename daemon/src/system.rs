@@ -166,6 +166,7 @@ impl System for SystemService {
                 media_type: i.media_type,
                 created: i.created,
                 size: i.size,
+                platforms: i.platforms,
             })
             .collect();
         Ok(Response::new(ListImagesResponse { images }))
