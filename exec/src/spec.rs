@@ -42,7 +42,9 @@ pub fn join_network_namespace(spec: &mut Spec, path: &std::path::Path) -> Result
     let ns = namespaces
         .iter_mut()
         .find(|n| n.typ() == LinuxNamespaceType::Network)
-        .ok_or_else(|| ExecError::InvalidConfig("the spec has no network namespace to join".into()))?;
+        .ok_or_else(|| {
+            ExecError::InvalidConfig("the spec has no network namespace to join".into())
+        })?;
     ns.set_path(Some(path.to_path_buf()));
     linux.set_namespaces(Some(namespaces));
     spec.set_linux(Some(linux));
