@@ -29,8 +29,9 @@ const MAX_ENTRIES: usize = 4_000_000;
 pub(crate) struct BuildService {
     engine: Arc<Engine>,
     /// One lock per shared key: two builds of one context key do not write its mirror at once
-    /// (the second waits, then syncs over what the first left).
-    keys: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>>,
+    /// (the second waits, then syncs over what the first left). It guards the digest of the
+    /// listing the mirror last became, so an unchanged context costs no walk of the mirror.
+    keys: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ListingDigest>>>>>>,
     stop: CancellationToken,
 }
 
@@ -43,10 +44,25 @@ impl BuildService {
         }
     }
 
-    fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<()>> {
+    fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<Option<ListingDigest>>> {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         keys.entry(key.to_string()).or_default().clone()
     }
+}
+
+/// The SHA-256 of a context's entries as the client sent them: collision-resistant, since a
+/// client that shares a key must not make the daemon skip another client's changes.
+type ListingDigest = [u8; 32];
+
+fn listing_digest(entries: &[kiln_api::v1::Entry]) -> ListingDigest {
+    use prost::Message;
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for e in entries {
+        // Length-delimited, so entries cannot run into each other.
+        h.update(e.encode_length_delimited_to_vec());
+    }
+    h.finalize().into()
 }
 
 type Outbound = UnboundedSender<Result<BuildServerMessage, Status>>;
@@ -147,12 +163,15 @@ impl Session {
         // In one order, so two sessions sharing keys cannot each hold one the other waits for.
         keys.sort_unstable();
         keys.dedup();
+        let mut by_key = HashMap::new();
         for key in keys {
+            by_key.insert(key, held.len());
             held.push(self.service.key_lock(key).lock_owned().await);
         }
         for (i, (c, entries)) in start.contexts.iter().zip(listed).enumerate() {
             let dir = sessions.join(&c.shared_key);
-            self.sync(i as u32, &dir, entries).await?;
+            let synced = &mut *held[by_key[c.shared_key.as_str()]];
+            self.sync(i as u32, &dir, entries, synced).await?;
             mirrors.push(dir);
         }
         let mut secrets = HashMap::new();
@@ -222,13 +241,32 @@ impl Session {
     }
 
     /// Makes the mirror at `dir` equal to `entries`, the client's context number `context`.
+    /// `synced` is the digest of the listing the mirror last became in this daemon: the same
+    /// listing again needs no walk of the mirror (only this daemon writes it, under the key's
+    /// lock; a restart starts without digests, so a mirror left half-synced is walked).
     async fn sync(
         &mut self,
         context: u32,
         dir: &Path,
         entries: Vec<kiln_api::v1::Entry>,
+        synced: &mut Option<ListingDigest>,
     ) -> Result<(), Status> {
         let total = entries.len() as u64;
+        let digest = listing_digest(&entries);
+        if *synced == Some(digest) && dir.is_dir() {
+            return send(
+                &self.tx,
+                ServerMsg::Synced(ContextSynced {
+                    context,
+                    entries: total,
+                    files_requested: 0,
+                    bytes_received: 0,
+                    removed: 0,
+                }),
+            );
+        }
+        // Until this sync completes, the mirror is not any listing's.
+        *synced = None;
         let root = dir.to_path_buf();
         let plan = blocking(move || mirror::plan(&root, entries)).await?;
         let plan = Arc::new(plan);
@@ -293,7 +331,9 @@ impl Session {
                 bytes_received: received,
                 removed: plan.removed,
             }),
-        )
+        )?;
+        *synced = Some(digest);
+        Ok(())
     }
 }
 
