@@ -31,7 +31,7 @@ pub(crate) struct BuildService {
     /// One lock per shared key: two builds of one context key do not write its mirror at once
     /// (the second waits, then syncs over what the first left). It guards the digest of the
     /// listing the mirror last became, so an unchanged context costs no walk of the mirror.
-    keys: Arc<Mutex<HashMap<String, Arc<tokio::sync::Mutex<Option<ListingDigest>>>>>>,
+    keys: Arc<Mutex<HashMap<String, KeyLock>>>,
     stop: CancellationToken,
 }
 
@@ -44,7 +44,7 @@ impl BuildService {
         }
     }
 
-    fn key_lock(&self, key: &str) -> Arc<tokio::sync::Mutex<Option<ListingDigest>>> {
+    fn key_lock(&self, key: &str) -> KeyLock {
         let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
         keys.entry(key.to_string()).or_default().clone()
     }
@@ -64,6 +64,9 @@ fn listing_digest(entries: &[kiln_api::v1::Entry]) -> ListingDigest {
     }
     h.finalize().into()
 }
+
+/// A shared key's lock, guarding the digest of the listing its mirror last became.
+type KeyLock = Arc<tokio::sync::Mutex<Option<ListingDigest>>>;
 
 type Outbound = UnboundedSender<Result<BuildServerMessage, Status>>;
 
