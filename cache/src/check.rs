@@ -204,8 +204,8 @@ impl Store {
         Ok(removed)
     }
 
-    /// Removes the `meta` rows of snapshots and results no longer recorded (dropped above, or
-    /// left by an older kiln or a crash between two writes); returns how many. A memo of a
+    /// Removes the `meta` rows of snapshots and results no longer recorded (left by an older
+    /// kiln, which removed records and their rows in two writes); returns how many. A memo of a
     /// missing snapshot is harmless until its id is reused, an alias to a missing result is a
     /// look-up that always misses: neither should stay.
     fn drop_dangling_meta(&self) -> Result<usize, CacheError> {
@@ -352,6 +352,9 @@ mod tests {
         index.put("key-kept", &result).unwrap();
         index.snapshot_meta_put(kept, "sum/a", "x").unwrap();
         index.snapshot_meta_put(gone, "sum/a", "y").unwrap();
+        // Left by an older kiln, which removed snapshots without their memos.
+        let never = crate::SnapshotId(gone.0 + 100);
+        index.snapshot_meta_put(never, "sum/a", "w").unwrap();
         index.alias_put("selection/1", "key-kept").unwrap();
         index
             .alias_put("selection/2", "key-never-recorded")
@@ -367,6 +370,7 @@ mod tests {
             Some("x")
         );
         assert_eq!(index.snapshot_meta_get(gone, "sum/a").unwrap(), None);
+        assert_eq!(index.snapshot_meta_get(never, "sum/a").unwrap(), None);
         assert_eq!(
             index.alias_get("selection/1").unwrap().as_deref(),
             Some("key-kept")

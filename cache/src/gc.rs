@@ -426,15 +426,10 @@ impl Store {
         for d in drop_blobs.iter().filter(|d| !named_by_records.contains(*d)) {
             self.content().remove(d)?;
         }
-        // b. results, then snapshot records with their layer records (one transaction), then
-        //    their directories: a record never outlives what it names;
+        // b. results with their aliases, then snapshot records with their layer records and
+        //    memos (each one transaction), then their directories: a record never outlives what
+        //    it names;
         self.index().remove_many(&report.results_removed)?;
-        // What was memoised for the snapshots and the aliases of the results goes with them.
-        let owned = self.index().meta_owned_by(
-            &drop_snaps.iter().copied().collect(),
-            &report.results_removed.iter().map(String::as_str).collect(),
-        )?;
-        self.index().meta_remove_many(&owned)?;
         snaps.remove_many(&drop_snaps)?;
         self.index().forget_unused_records()?;
         // c. the blobs only those records named;

@@ -1,7 +1,7 @@
 //! The redb index: cache keys → results, snapshot records, layer info, checksum memo and small
 //! metadata, each in its own table. Every write transaction commits durably.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -306,6 +306,8 @@ impl CacheIndex {
                 used.remove(key.as_str())
                     .map_err(self.db.err("remove used"))?;
             }
+            let keys: HashSet<&str> = keys.iter().map(String::as_str).collect();
+            remove_meta_of(&self.db, &txn, &HashSet::new(), &keys)?;
         }
         self.db.commit(txn)
     }
@@ -460,27 +462,6 @@ impl CacheIndex {
         self.meta_put(&format!("{RESULT_ALIAS}{alias}"), key)
     }
 
-    /// The `meta` rows that belong to one of `snapshots` or alias one of `results`.
-    pub(crate) fn meta_owned_by(
-        &self,
-        snapshots: &std::collections::HashSet<SnapshotId>,
-        results: &std::collections::HashSet<&str>,
-    ) -> Result<Vec<String>, CacheError> {
-        Ok(self
-            .meta_list()?
-            .into_iter()
-            .filter(|(k, v)| {
-                let snap = k
-                    .strip_prefix(SNAPSHOT_META)
-                    .and_then(|rest| rest.split('/').next())
-                    .and_then(|id| id.parse().ok())
-                    .is_some_and(|id| snapshots.contains(&SnapshotId(id)));
-                snap || (k.starts_with(RESULT_ALIAS) && results.contains(v.as_str()))
-            })
-            .map(|(k, _)| k)
-            .collect())
-    }
-
     /// The `meta` rows that outlived what they are about: a snapshot's memo whose snapshot is
     /// not in `live_snapshots`, an alias whose result key is not in `live_results`.
     pub(crate) fn meta_dangling(
@@ -519,6 +500,38 @@ impl CacheIndex {
         }
         self.db.commit(txn)
     }
+}
+
+/// Removes, inside `txn`, the `meta` rows that belong to the snapshots `snapshots` (their memos)
+/// or name one of the results `results` (their aliases). Done in the transaction that removes
+/// those records, so a process killed at any point never leaves a row naming what is gone.
+pub(crate) fn remove_meta_of(
+    db: &Db,
+    txn: &redb::WriteTransaction,
+    snapshots: &HashSet<u64>,
+    results: &HashSet<&str>,
+) -> Result<(), CacheError> {
+    if snapshots.is_empty() && results.is_empty() {
+        return Ok(());
+    }
+    let mut table = txn.open_table(META).map_err(db.err("open meta"))?;
+    let mut doomed = Vec::new();
+    for item in table.iter().map_err(db.err("list meta"))? {
+        let (k, v) = item.map_err(db.err("list meta"))?;
+        let (k, v) = (k.value(), v.value());
+        let of_snapshot = k
+            .strip_prefix(SNAPSHOT_META)
+            .and_then(|rest| rest.split('/').next())
+            .and_then(|id| id.parse::<u64>().ok())
+            .is_some_and(|id| snapshots.contains(&id));
+        if of_snapshot || (k.starts_with(RESULT_ALIAS) && results.contains(v)) {
+            doomed.push(k.to_string());
+        }
+    }
+    for k in doomed {
+        table.remove(k.as_str()).map_err(db.err("remove meta"))?;
+    }
+    Ok(())
 }
 
 /// A snapshot's number; small so overlay option strings stay short.
@@ -593,6 +606,27 @@ mod tests {
         };
         assert!(idx.put_aliased("k2", &missing, Some("other")).is_err());
         assert_eq!(idx.alias_get("other").unwrap(), None);
+    }
+
+    // A GC killed between removing results and removing their aliases left aliases naming
+    // results that were gone (`kiln check` found 8 such rows): both go in one transaction now.
+    #[test]
+    fn removing_a_result_removes_its_aliases_in_the_same_commit() {
+        let (_d, idx) = index();
+        let r = CachedResult {
+            snapshot: None,
+            created_unix: 1,
+        };
+        idx.put_aliased("gone", &r, Some("by-content-of-gone"))
+            .unwrap();
+        idx.put_aliased("kept", &r, Some("by-content-of-kept"))
+            .unwrap();
+        idx.remove_many(&["gone".to_string()]).unwrap();
+        assert_eq!(idx.alias_get("by-content-of-gone").unwrap(), None);
+        assert_eq!(
+            idx.alias_get("by-content-of-kept").unwrap().as_deref(),
+            Some("kept")
+        );
     }
 
     #[test]

@@ -13,7 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::digest::{validate_digest, Digest};
 use crate::index::{
-    decode_record, Db, SnapshotId, SnapshotRecord, COUNTERS, LAYERS, REMOVING, RESULTS, SNAPSHOTS,
+    decode_record, remove_meta_of, Db, SnapshotId, SnapshotRecord, COUNTERS, LAYERS, REMOVING,
+    RESULTS, SNAPSHOTS,
 };
 use crate::mount::{self, MountGuard, Mounter};
 use crate::unpack::{OPAQUE_XATTR, USER_OPAQUE_XATTR};
@@ -377,11 +378,13 @@ impl Snapshots {
                     stale.push(k.value().to_string());
                 }
             }
-            for k in stale {
+            for k in &stale {
                 results
                     .remove(k.as_str())
                     .map_err(self.db.err("remove a result"))?;
             }
+            let stale: std::collections::HashSet<&str> = stale.iter().map(String::as_str).collect();
+            remove_meta_of(&self.db, &txn, &doomed, &stale)?;
             // The directories go after the commit; until they are gone, the journal says so.
             let mut removing = txn
                 .open_table(REMOVING)
@@ -766,6 +769,37 @@ mod tests {
         );
         assert!(fake.log.lock().unwrap().is_empty());
         drop(snaps.mount(&chain[1..], None, &target).unwrap());
+    }
+
+    #[test]
+    fn removing_a_snapshot_removes_its_memos_its_results_and_their_aliases_at_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = fake_store(dir.path());
+        let snaps = store.snapshots();
+        let idx = store.index();
+        let gone = snaps.create(None).unwrap();
+        let kept = snaps.create(None).unwrap();
+        for (id, key) in [(gone, "on-gone"), (kept, "on-kept")] {
+            let r = crate::CachedResult {
+                snapshot: Some(id),
+                created_unix: 1,
+            };
+            idx.put_aliased(key, &r, Some(&format!("alias-{key}")))
+                .unwrap();
+            idx.snapshot_meta_put(id, "checksum", key).unwrap();
+        }
+        snaps.remove(gone).unwrap();
+        assert_eq!(idx.get("on-gone").unwrap(), None);
+        assert_eq!(idx.alias_get("alias-on-gone").unwrap(), None);
+        assert_eq!(idx.snapshot_meta_get(gone, "checksum").unwrap(), None);
+        assert_eq!(
+            idx.alias_get("alias-on-kept").unwrap().as_deref(),
+            Some("on-kept")
+        );
+        assert_eq!(
+            idx.snapshot_meta_get(kept, "checksum").unwrap().as_deref(),
+            Some("on-kept")
+        );
     }
 
     #[test]
