@@ -65,8 +65,29 @@ fn listing_digest(entries: &[kiln_api::v1::Entry]) -> ListingDigest {
     h.finalize().into()
 }
 
-/// A shared key's lock, guarding the digest of the listing its mirror last became.
-type KeyLock = Arc<tokio::sync::Mutex<Option<ListingDigest>>>;
+/// A shared key's lock, guarding what the daemon knows of its mirror.
+type KeyLock = Arc<tokio::sync::Mutex<MirrorState>>;
+
+/// What the daemon knows of a mirror it wrote.
+#[derive(Default)]
+struct MirrorState {
+    /// The digest of the listing the mirror last became (`None`: unknown, or half-synced).
+    listing: Option<ListingDigest>,
+    /// Changed whenever the mirror is written: the engine's checksums of the mirror hold while
+    /// it is the same (see `BuildRequest::context_fingerprints`).
+    fingerprint: [u8; 32],
+}
+
+impl MirrorState {
+    /// A fingerprint no mirror of this daemon process had before (the engine keeps checksums
+    /// by fingerprint in this process only).
+    fn renew(&mut self) {
+        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.fingerprint = [0; 32];
+        self.fingerprint[..8].copy_from_slice(&n.to_le_bytes());
+    }
+}
 
 type Outbound = UnboundedSender<Result<BuildServerMessage, Status>>;
 
@@ -152,6 +173,7 @@ impl Session {
         // The key locks are held until the build ends: it reads the mirrors.
         let mut held = Vec::new();
         let mut mirrors = Vec::new();
+        let mut vouched = HashMap::new();
         // The client sends every context's entries before it answers for files.
         let mut listed = Vec::new();
         for (i, c) in start.contexts.iter().enumerate() {
@@ -173,8 +195,10 @@ impl Session {
         }
         for (i, (c, entries)) in start.contexts.iter().zip(listed).enumerate() {
             let dir = sessions.join(&c.shared_key);
-            let synced = &mut *held[by_key[c.shared_key.as_str()]];
-            self.sync(i as u32, &dir, entries, synced).await?;
+            let state = &mut *held[by_key[c.shared_key.as_str()]];
+            self.sync(i as u32, &dir, entries, state).await?;
+            // Unwritten until the key's lock is released, after the build.
+            vouched.insert(dir.clone(), state.fingerprint);
             mirrors.push(dir);
         }
         let mut secrets = HashMap::new();
@@ -208,7 +232,7 @@ impl Session {
             watcher.cancel();
         });
         let finished = tokio::select! {
-            f = build(&self.service.engine, &start, &mirrors, secrets, ssh, scratch.path(), &self.tx) => f,
+            f = build(&self.service.engine, &start, &mirrors, vouched, secrets, ssh, scratch.path(), &self.tx) => f,
             _ = gone.cancelled() => return Ok(()),
         };
         drop(proxy);
@@ -244,19 +268,19 @@ impl Session {
     }
 
     /// Makes the mirror at `dir` equal to `entries`, the client's context number `context`.
-    /// `synced` is the digest of the listing the mirror last became in this daemon: the same
-    /// listing again needs no walk of the mirror (only this daemon writes it, under the key's
-    /// lock; a restart starts without digests, so a mirror left half-synced is walked).
+    /// `state.listing` is the digest of the listing the mirror last became in this daemon: the
+    /// same listing again needs no walk of the mirror (only this daemon writes it, under the
+    /// key's lock; a restart starts without digests, so a mirror left half-synced is walked).
     async fn sync(
         &mut self,
         context: u32,
         dir: &Path,
         entries: Vec<kiln_api::v1::Entry>,
-        synced: &mut Option<ListingDigest>,
+        state: &mut MirrorState,
     ) -> Result<(), Status> {
         let total = entries.len() as u64;
         let digest = listing_digest(&entries);
-        if *synced == Some(digest) && dir.is_dir() {
+        if state.listing == Some(digest) && dir.is_dir() {
             return send(
                 &self.tx,
                 ServerMsg::Synced(ContextSynced {
@@ -268,8 +292,10 @@ impl Session {
                 }),
             );
         }
-        // Until this sync completes, the mirror is not any listing's.
-        *synced = None;
+        // Until this sync completes, the mirror is not any listing's; and from its first write
+        // on, checksums of it are not what they were.
+        state.listing = None;
+        state.renew();
         let root = dir.to_path_buf();
         let plan = blocking(move || mirror::plan(&root, entries)).await?;
         let plan = Arc::new(plan);
@@ -335,7 +361,7 @@ impl Session {
                 removed: plan.removed,
             }),
         )?;
-        *synced = Some(digest);
+        state.listing = Some(digest);
         Ok(())
     }
 }
@@ -364,10 +390,12 @@ fn tempdir_in(dir: &Path) -> Result<tempfile::TempDir, Status> {
 
 /// Runs the build and says how it ended; the messages name the client's directories, not the
 /// mirrors.
+#[allow(clippy::too_many_arguments)]
 async fn build(
     engine: &Engine,
     start: &BuildStart,
     mirrors: &[PathBuf],
+    vouched: HashMap<PathBuf, [u8; 32]>,
     secrets: HashMap<String, Vec<u8>>,
     ssh: HashMap<String, PathBuf>,
     scratch: &Path,
@@ -385,7 +413,10 @@ async fn build(
         })
     };
     let (request, outputs) = match request(start, mirrors, secrets, ssh, scratch) {
-        Ok(r) => r,
+        Ok((mut r, outputs)) => {
+            r.context_fingerprints = vouched;
+            (r, outputs)
+        }
         Err(e) => {
             return BuildFinished {
                 error: unmirror(format!("{e:#}")),

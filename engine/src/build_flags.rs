@@ -128,6 +128,8 @@ impl BuildFlags {
                 .map(|s| crate::parse_cache_spec(s, true))
                 .collect::<Result<_>>()?,
             source_date_epoch: env("SOURCE_DATE_EPOCH"),
+            // Only the daemon vouches for its directories; it adds them after.
+            context_fingerprints: Default::default(),
         })
     }
 

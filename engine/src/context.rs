@@ -15,14 +15,45 @@ use std::sync::{Arc, Mutex};
 pub(crate) struct ContextDir {
     root: PathBuf,
     matcher: IgnoreMatcher,
+    /// The caller's vouched value with the rules (see [`BuildRequest::context_fingerprints`]).
+    fingerprint: Option<[u8; 32]>,
 }
 
 impl ContextDir {
-    pub(crate) fn new(root: PathBuf, patterns: &[String]) -> Result<Self> {
+    pub(crate) fn new(
+        root: PathBuf,
+        patterns: &[String],
+        vouched: Option<[u8; 32]>,
+    ) -> Result<Self> {
         let matcher =
             IgnoreMatcher::new(patterns).map_err(|e| anyhow::anyhow!("`.dockerignore`: {e}"))?;
-        Ok(ContextDir { root, matcher })
+        let fingerprint = vouched.map(|v| {
+            use sha2::Digest;
+            let mut h = sha2::Sha256::new();
+            h.update(b"kiln-context-fingerprint-v1\0");
+            h.update(v);
+            for p in patterns {
+                h.update((p.len() as u64).to_le_bytes());
+                h.update(p.as_bytes());
+            }
+            h.finalize().into()
+        });
+        Ok(ContextDir {
+            root,
+            matcher,
+            fingerprint,
+        })
     }
+}
+
+/// The value the caller vouches for `dir` with (a canonical directory), if any.
+pub(crate) fn vouched(fingerprints: &HashMap<PathBuf, [u8; 32]>, dir: &Path) -> Option<[u8; 32]> {
+    fingerprints
+        .iter()
+        .find(|(given, _)| {
+            given.as_path() == dir || given.canonicalize().ok().as_deref() == Some(dir)
+        })
+        .map(|(_, v)| *v)
 }
 
 impl kiln_solver::LocalContext for ContextDir {
@@ -36,6 +67,10 @@ impl kiln_solver::LocalContext for ContextDir {
 
     fn may_reinclude(&self) -> bool {
         self.matcher.has_exceptions()
+    }
+
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        self.fingerprint
     }
 }
 
@@ -374,7 +409,10 @@ pub(crate) struct NamedContexts {
 
 /// Reads `--build-context` values: `docker-image://REF` or a local directory. A local directory's
 /// own `.dockerignore` applies to it.
-pub(crate) fn named_contexts(specs: &[(String, String)]) -> Result<NamedContexts> {
+pub(crate) fn named_contexts(
+    specs: &[(String, String)],
+    fingerprints: &HashMap<PathBuf, [u8; 32]>,
+) -> Result<NamedContexts> {
     let mut out = NamedContexts::default();
     for (name, value) in specs {
         if name.is_empty() {
@@ -413,7 +451,11 @@ pub(crate) fn named_contexts(specs: &[(String, String)]) -> Result<NamedContexts
         let local = format!("named:{name}");
         out.locals.insert(
             local.clone(),
-            std::sync::Arc::new(ContextDir::new(dir, &patterns)?),
+            std::sync::Arc::new(ContextDir::new(
+                dir.clone(),
+                &patterns,
+                vouched(fingerprints, &dir),
+            )?),
         );
         out.contexts
             .insert(name.clone(), kiln_frontend::NamedContext::Local(local));
@@ -593,7 +635,7 @@ mod tests {
             ("img".to_string(), "docker-image://alpine:3.20".to_string()),
             ("src".to_string(), dir.display().to_string()),
         ];
-        let n = named_contexts(&specs).unwrap();
+        let n = named_contexts(&specs, &HashMap::new()).unwrap();
         assert_eq!(
             n.contexts["img"],
             kiln_frontend::NamedContext::Image("alpine:3.20".into())
@@ -603,12 +645,15 @@ mod tests {
             kiln_frontend::NamedContext::Local("named:src".into())
         );
         assert!(n.locals.contains_key("named:src"));
-        let err = named_contexts(&[("x".into(), "git://example/repo".into())])
-            .err()
-            .map(|e| e.to_string())
-            .unwrap_or_default();
+        let err = named_contexts(
+            &[("x".into(), "git://example/repo".into())],
+            &HashMap::new(),
+        )
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
         assert!(err.contains("not supported"), "{err}");
-        let err = named_contexts(&[("x".into(), "/does/not/exist".into())])
+        let err = named_contexts(&[("x".into(), "/does/not/exist".into())], &HashMap::new())
             .err()
             .map(|e| format!("{e:#}"))
             .unwrap_or_default();

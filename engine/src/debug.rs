@@ -75,7 +75,7 @@ fn llb_json<R: kiln_frontend::ImageResolver>(
     let (dockerfile, text) = context::read_dockerfile(req, &context_dir)?;
     let dockerfile_name = context::dockerfile_name(&dockerfile);
     let ignore_patterns = context::read_dockerignore(&context_dir, &req.context, &dockerfile)?;
-    let named = context::named_contexts(&req.build_contexts)?;
+    let named = context::named_contexts(&req.build_contexts, &req.context_fingerprints)?;
     let mut warnings: Vec<String> = Vec::new();
     let mut graphs = Vec::with_capacity(platforms.len());
     let mut images = Vec::with_capacity(platforms.len());

@@ -130,6 +130,10 @@ pub struct BuildRequest {
     /// `SOURCE_DATE_EPOCH` of the environment the build was asked from (a `--build-arg` of
     /// that name wins).
     pub source_date_epoch: Option<String>,
+    /// Context directories whose caller vouches for them (the daemon's mirrors): a directory
+    /// given again with the same value holds the same files, so its checksums are not walked
+    /// again. Keyed by the directory as given in `context` or `build_contexts`.
+    pub context_fingerprints: std::collections::HashMap<PathBuf, [u8; 32]>,
 }
 
 /// What a build produced.
@@ -328,8 +332,9 @@ impl Engine {
         let local = Arc::new(context::ContextDir::new(
             context_dir.clone(),
             &ignore_patterns,
+            context::vouched(&req.context_fingerprints, &context_dir),
         )?);
-        let named = context::named_contexts(&req.build_contexts)?;
+        let named = context::named_contexts(&req.build_contexts, &req.context_fingerprints)?;
         let platforms =
             platforms::target_platforms(req.platform.as_deref(), self.solver.platform())?;
         if platforms.len() > 1 {

@@ -22,6 +22,13 @@ pub trait LocalContext: Send + Sync {
     /// True when an excluded directory may still hold re-included files (`!` patterns), so the
     /// walk has to enter it.
     fn may_reinclude(&self) -> bool;
+    /// A value the owner of the directory vouches for: whenever it is the same, so are the
+    /// files and the exclusion rules (a daemon's context mirror, written only between builds
+    /// and given a new value each time). Checksums of such a context are kept in memory and
+    /// not computed again; `None` (a directory anyone may change) walks it every time.
+    fn fingerprint(&self) -> Option<[u8; 32]> {
+        None
+    }
 }
 
 /// One entry of a context walk.

@@ -220,9 +220,56 @@ pub(crate) fn selectors(op: &Op, index: i64) -> Vec<Selector> {
     }
 }
 
+/// Checksums of contexts that have a [`LocalContext::fingerprint`], by the fingerprint and the
+/// selectors: such a context is the same whenever its fingerprint is, so a long-lived process
+/// (the daemon) answers an unchanged context without walking it.
+static FINGERPRINTED: std::sync::Mutex<Option<HashMap<[u8; 32], (String, Stats)>>> =
+    std::sync::Mutex::new(None);
+
+/// How many checksums [`FINGERPRINTED`] keeps; past it, it starts again empty (a few hundred
+/// bytes each).
+const FINGERPRINTED_MAX: usize = 4096;
+
 /// The checksum of what `selectors` pick from the context (see `docs/cache-keys.md`), and what
-/// computing it cost.
+/// computing it cost (for a fingerprinted context seen before: the files its first checksum
+/// checked, none read).
 pub(crate) fn checksum(
+    ctx: &dyn LocalContext,
+    selectors: &[Selector],
+    store: &Store,
+) -> Result<(String, Stats), SolveError> {
+    let Some(fingerprint) = ctx.fingerprint() else {
+        return checksum_walking(ctx, selectors, store);
+    };
+    let mut h = blake3::Hasher::new();
+    h.update(b"kiln-fingerprinted-sum-v1\0");
+    h.update(&fingerprint);
+    for (src, follow) in selectors {
+        h.update(&(src.len() as u64).to_le_bytes());
+        h.update(src.as_bytes());
+        h.update(&[u8::from(*follow)]);
+    }
+    let key: [u8; 32] = h.finalize().into();
+    let memo = || FINGERPRINTED.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((sum, stats)) = memo().get_or_insert_with(HashMap::new).get(&key) {
+        let stats = Stats {
+            files: stats.files,
+            hashed: 0,
+            bytes: 0,
+        };
+        return Ok((sum.clone(), stats));
+    }
+    let (sum, stats) = checksum_walking(ctx, selectors, store)?;
+    let mut memo = memo();
+    let map = memo.get_or_insert_with(HashMap::new);
+    if map.len() >= FINGERPRINTED_MAX {
+        map.clear();
+    }
+    map.insert(key, (sum.clone(), stats));
+    Ok((sum, stats))
+}
+
+fn checksum_walking(
     ctx: &dyn LocalContext,
     selectors: &[Selector],
     store: &Store,
@@ -281,5 +328,54 @@ mod tests {
         assert_eq!(selectors(&exec_mounting(&["/a[1].txt"]), 1), vec![sel("")]);
         // An input no mount reads (here the root filesystem's) is read whole, as before.
         assert_eq!(selectors(&two, 2), vec![sel("")]);
+    }
+
+    struct Vouched {
+        root: std::path::PathBuf,
+        fingerprint: Option<[u8; 32]>,
+    }
+
+    impl LocalContext for Vouched {
+        fn root(&self) -> &std::path::Path {
+            &self.root
+        }
+        fn excluded(&self, _: &str) -> bool {
+            false
+        }
+        fn may_reinclude(&self) -> bool {
+            false
+        }
+        fn fingerprint(&self) -> Option<[u8; 32]> {
+            self.fingerprint
+        }
+    }
+
+    #[test]
+    fn a_context_with_the_same_fingerprint_is_not_walked_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("store")).unwrap();
+        let root = dir.path().join("ctx");
+        std::fs::create_dir(&root).unwrap();
+        std::fs::write(root.join("a"), "one").unwrap();
+        let mut unique = [7u8; 32];
+        unique[..8].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
+        let ctx = |fingerprint| Vouched {
+            root: root.clone(),
+            fingerprint,
+        };
+        let all = [sel("/")];
+        let (first, stats) = checksum(&ctx(Some(unique)), &all, &store).unwrap();
+        assert_eq!((stats.files, stats.hashed), (1, 1));
+        // What the owner vouches for is believed: a change behind its back is not seen...
+        std::fs::write(root.join("a"), "two").unwrap();
+        let (again, stats) = checksum(&ctx(Some(unique)), &all, &store).unwrap();
+        assert_eq!(again, first);
+        assert_eq!((stats.files, stats.hashed), (1, 0));
+        // ...until it gives a new fingerprint, or none.
+        unique[31] ^= 1;
+        let (renewed, _) = checksum(&ctx(Some(unique)), &all, &store).unwrap();
+        let (walked, _) = checksum(&ctx(None), &all, &store).unwrap();
+        assert_ne!(renewed, first);
+        assert_eq!(renewed, walked);
     }
 }
