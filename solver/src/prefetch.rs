@@ -223,8 +223,10 @@ pub(crate) fn selectors(op: &Op, index: i64) -> Vec<Selector> {
 /// Checksums of contexts that have a [`LocalContext::fingerprint`], by the fingerprint and the
 /// selectors: such a context is the same whenever its fingerprint is, so a long-lived process
 /// (the daemon) answers an unchanged context without walking it.
-static FINGERPRINTED: std::sync::Mutex<Option<HashMap<[u8; 32], (String, Stats)>>> =
-    std::sync::Mutex::new(None);
+static FINGERPRINTED: std::sync::Mutex<Option<SumsByFingerprint>> = std::sync::Mutex::new(None);
+
+/// A checksum and what computing it cost, by a hash of the fingerprint and the selectors.
+type SumsByFingerprint = HashMap<[u8; 32], (String, Stats)>;
 
 /// How many checksums [`FINGERPRINTED`] keeps; past it, it starts again empty (a few hundred
 /// bytes each).
