@@ -608,7 +608,7 @@ impl Snapshots {
                 .insert(id.0, bytes.as_slice())
                 .map_err(self.db.err("write layer info"))?;
         }
-        self.db.commit(txn)
+        self.db.commit_lazily(txn)
     }
 
     /// The layer blobs known for a snapshot (empty when none).
