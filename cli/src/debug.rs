@@ -53,13 +53,33 @@ pub(crate) async fn run(cmd: DebugCommand, engine: Option<&kiln_engine::Engine>)
             } else {
                 kiln_engine::debug_llb(&req)?
             };
-            if let Some(warnings) = doc.get("warnings").and_then(|w| w.as_array()) {
-                for w in warnings.iter().filter_map(|w| w.as_str()) {
-                    eprintln!("warning: {w}");
-                }
-            }
-            println!("{}", serde_json::to_string_pretty(&doc)?);
+            print_llb(&doc)?;
         }
     }
     Ok(0)
+}
+
+/// `kiln --host ADDR debug llb --resolve`: resolved by the daemon, from its store.
+pub(crate) async fn run_remote(
+    cmd: DebugCommand,
+    host: &str,
+    tls: &kiln_client::TlsFiles,
+) -> Result<i32> {
+    let DebugCommand::Llb(a) = cmd else {
+        return run(cmd, None).await;
+    };
+    let doc = crate::remote::debug_llb(host, tls, &a.build).await?;
+    print_llb(&doc)?;
+    Ok(0)
+}
+
+/// Prints a `debug llb` document: its warnings on stderr, the JSON on stdout.
+fn print_llb(doc: &serde_json::Value) -> Result<()> {
+    if let Some(warnings) = doc.get("warnings").and_then(|w| w.as_array()) {
+        for w in warnings.iter().filter_map(|w| w.as_str()) {
+            eprintln!("warning: {w}");
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(doc)?);
+    Ok(())
 }

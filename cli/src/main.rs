@@ -685,6 +685,9 @@ async fn remote_main(command: Command, host: &str, tls: &kiln_client::TlsFiles) 
             let client = kiln_client::Client::connect(host, Some(tls)).await?;
             transfer::push(&remote(&client), p).await
         }
+        // Only `--resolve` reads the store; the rest never leaves this machine.
+        Command::Debug(d) if d.needs_store() => debug::run_remote(d, host, tls).await,
+        Command::Debug(d) => debug::run(d, None).await,
         other => {
             let name = store_writer(&other)
                 .map(str::to_string)

@@ -771,3 +771,62 @@ fn sigterm_stops_the_daemon_and_its_running_build() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("shutting down"), "{}", stderr(&out));
 }
+
+#[test]
+fn debug_llb_resolve_through_the_daemon_prints_what_embedded_prints() {
+    // The Dockerfile in a directory `.dockerignore` leaves out, a named context, a build arg:
+    // everything the graph depends on crosses the session.
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[
+            (
+                "docker/Dockerfile",
+                "FROM busybox\nARG GREETING\nCOPY --from=extra x /x\nCOPY app /app\n\
+                 RUN echo \"$GREETING\"\n",
+            ),
+            ("app/main.txt", "main"),
+            ("secret.key", "not sent"),
+            (".dockerignore", "docker\n*.key\n"),
+        ],
+    );
+    let extra = temp_context("kiln-daemon-extra-", &[("x", "x")]);
+    let extra_flag = format!("extra={}", extra.path().display());
+    let dockerfile = ctx.path().join("docker/Dockerfile");
+    let dockerfile = dockerfile.to_str().unwrap();
+    let args = |resolve: bool| {
+        let mut a = vec!["debug", "llb"];
+        if resolve {
+            a.push("--resolve");
+        }
+        a.extend([
+            "-f",
+            dockerfile,
+            "--build-arg",
+            "GREETING=hi",
+            "--build-context",
+            &extra_flag,
+            ctx.path().to_str().unwrap(),
+        ]);
+        a.into_iter().map(str::to_string).collect::<Vec<_>>()
+    };
+    let k = Kiln::with_busybox();
+    let embedded = k.cmd().args(args(true)).output().unwrap();
+    assert_ok(&embedded, "embedded debug llb --resolve");
+    let d = Daemon::start(k);
+    let remote = d.client().args(args(true)).output().unwrap();
+    assert_ok(&remote, "debug llb --resolve through the daemon");
+    assert_eq!(stdout(&remote), stdout(&embedded));
+    // Resolved from the daemon's store: the base image's digest shows, unlike without it.
+    let unresolved = d.client().args(args(false)).output().unwrap();
+    assert_ok(&unresolved, "debug llb without --resolve through --host");
+    assert_ne!(stdout(&unresolved), stdout(&remote));
+    assert!(stdout(&remote).contains("@sha256:"), "{}", stdout(&remote));
+    // A build of the same context through the daemon is not disturbed by the debug session's
+    // Dockerfile-only state.
+    let out = remote_build(
+        &d,
+        ctx.path(),
+        &["-f", dockerfile, "--build-context", &extra_flag],
+    );
+    assert_ok(&out, "build after debug llb");
+}

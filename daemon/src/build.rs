@@ -201,6 +201,11 @@ impl Session {
             vouched.insert(dir.clone(), state.fingerprint);
             mirrors.push(dir);
         }
+        if start.debug_llb {
+            let finished = debug_llb(&self.service.engine, &start, &mirrors).await;
+            drop(held);
+            return send(&self.tx, ServerMsg::Finished(finished));
+        }
         let mut secrets = HashMap::new();
         for id in &start.secret_ids {
             send(
@@ -388,6 +393,43 @@ fn tempdir_in(dir: &Path) -> Result<tempfile::TempDir, Status> {
         })
 }
 
+/// Replaces the mirrors' paths in `text` by the client's names for them.
+fn unmirror(start: &BuildStart, mirrors: &[PathBuf], text: String) -> String {
+    start.contexts.iter().zip(mirrors).fold(text, |t, (c, m)| {
+        t.replace(&m.display().to_string(), &c.display)
+    })
+}
+
+/// `kiln debug llb --resolve` through the daemon: the graph compiled over the mirrors (which
+/// hold the Dockerfile and `.dockerignore` files), base images resolved from this store.
+async fn debug_llb(engine: &Engine, start: &BuildStart, mirrors: &[PathBuf]) -> BuildFinished {
+    let failed = |e: anyhow::Error| BuildFinished {
+        error: unmirror(start, mirrors, format!("{e:#}")),
+        ..BuildFinished::default()
+    };
+    let scratch = match tempdir_in(&engine.store().tmp_dir()) {
+        Ok(s) => s,
+        Err(e) => return failed(anyhow::anyhow!("{}", e.message())),
+    };
+    let (request, _) = match request(
+        start,
+        mirrors,
+        HashMap::new(),
+        HashMap::new(),
+        scratch.path(),
+    ) {
+        Ok(r) => r,
+        Err(e) => return failed(e),
+    };
+    match kiln_engine::debug_llb_resolved(engine, &request).await {
+        Ok(doc) => BuildFinished {
+            llb_json: unmirror(start, mirrors, doc.to_string()),
+            ..BuildFinished::default()
+        },
+        Err(e) => failed(e),
+    }
+}
+
 /// Runs the build and says how it ended; the messages name the client's directories, not the
 /// mirrors.
 #[allow(clippy::too_many_arguments)]
@@ -401,17 +443,7 @@ async fn build(
     scratch: &Path,
     tx: &Outbound,
 ) -> BuildFinished {
-    let rename: Vec<(String, String)> = start
-        .contexts
-        .iter()
-        .zip(mirrors)
-        .map(|(c, m)| (m.display().to_string(), c.display.clone()))
-        .collect();
-    let unmirror = |text: String| {
-        rename.iter().fold(text, |t, (mirror, display)| {
-            t.replace(mirror.as_str(), display)
-        })
-    };
+    let unmirror = |text: String| unmirror(start, mirrors, text);
     let (request, outputs) = match request(start, mirrors, secrets, ssh, scratch) {
         Ok((mut r, outputs)) => {
             r.context_fingerprints = vouched;
@@ -451,6 +483,7 @@ async fn build(
                 .collected
                 .filter(|c| c.results + c.snapshots + c.blobs + c.cache_mounts > 0)
                 .map(|c| c.summary()),
+            llb_json: String::new(),
         },
         Err(e) => BuildFinished {
             error: unmirror(format!("{e:#}")),
