@@ -10,9 +10,12 @@ use kiln_engine::{Engine, Loaded, Removed};
 
 #[derive(clap::Args)]
 pub(crate) struct ImagesArgs {
-    /// Only print names (the ID for an image without a name).
+    /// Only print image IDs, one line per listed image (as `docker images -q`).
     #[arg(short, long)]
     quiet: bool,
+    /// Print whole image IDs (`sha256:...`), not their first 12 hex digits.
+    #[arg(long)]
+    no_trunc: bool,
     /// Only images that pass: `dangling=true|false`, `reference=PATTERN` (`app`, `app:1.*`).
     #[arg(short = 'f', long = "filter")]
     filters: Vec<String>,
@@ -143,9 +146,16 @@ pub(crate) async fn image(engine: &Engine, c: ImageCommand) -> Result<i32> {
 /// while a build runs.
 pub(crate) async fn list(source: &StoreSource<'_>, a: &ImagesArgs) -> Result<i32> {
     let images = source.images(&a.filters).await?;
+    let id = |id: &str| {
+        if a.no_trunc {
+            id.to_string()
+        } else {
+            kiln_engine::short_id(id).to_string()
+        }
+    };
     if a.quiet {
         for i in images {
-            println!("{}", i.name.as_deref().unwrap_or(&i.id));
+            println!("{}", id(&i.id));
         }
         return Ok(0);
     }
@@ -158,7 +168,7 @@ pub(crate) async fn list(source: &StoreSource<'_>, a: &ImagesArgs) -> Result<i32
         println!(
             "{:<50} {:<14} {:<14} {:<25} {:<10} {}",
             i.name.as_deref().unwrap_or("<none>"),
-            kiln_engine::short_id(&i.id),
+            id(&i.id),
             kiln_engine::short_id(&i.manifest_digest),
             i.created.as_deref().unwrap_or(""),
             human_size(i.size),

@@ -24,6 +24,20 @@ fn lines(s: &str) -> Vec<String> {
     s.lines().map(str::to_string).collect()
 }
 
+/// The NAME column of `kiln images ARGS`.
+fn names(k: &Kiln, args: &[&str]) -> Vec<String> {
+    let mut all = vec!["images"];
+    all.extend_from_slice(args);
+    let out = k.run(&all);
+    assert_ok(&out, "kiln images");
+    stdout(&out)
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
 fn inspect(k: &Kiln, image: &str) -> serde_json::Value {
     let out = k.run(&["image", "inspect", image]);
     assert_ok(&out, &format!("kiln image inspect {image}"));
@@ -37,12 +51,22 @@ fn a_rebuilt_tag_leaves_a_dangling_image_that_filters_and_prune_see() {
     let first = build_as(&k, "app:1", "FROM busybox\nRUN echo one > /v\n");
     let second = build_as(&k, "app:1", "FROM busybox\nRUN echo two > /v\n");
     assert_ne!(first, second);
+    // `-q` prints IDs as Docker does: 12 hex digits, or whole with `--no-trunc`.
     let dangling = stdout(&k.run(&["images", "-q", "--filter", "dangling=true"]));
-    assert_eq!(lines(&dangling), vec![first.clone()]);
+    assert_eq!(lines(&dangling), vec![first[7..19].to_string()]);
+    let whole = stdout(&k.run(&["images", "-q", "--no-trunc", "--filter", "dangling=true"]));
+    assert_eq!(lines(&whole), vec![first.clone()]);
     let named = stdout(&k.run(&["images", "-q", "--filter", "dangling=false"]));
     assert_eq!(
         lines(&named),
         vec![
+            second[7..19].to_string(),
+            inspect(&k, "busybox")["Id"].as_str().unwrap()[7..19].to_string()
+        ]
+    );
+    assert_eq!(
+        names(&k, &["--filter", "dangling=false"]),
+        [
             "docker.io/library/app:1",
             "docker.io/library/busybox:latest"
         ]
@@ -83,10 +107,14 @@ fn tag_and_rmi_untag_first_and_delete_with_the_last_name() {
         v["RepoTags"],
         serde_json::json!(["app:1", "me/other:2", "third:latest"])
     );
-    let filtered = stdout(&k.run(&["images", "-q", "--filter", "reference=me/*"]));
-    assert_eq!(lines(&filtered), vec!["docker.io/me/other:2"]);
-    let filtered = stdout(&k.run(&["images", "-q", "--filter", "reference=app"]));
-    assert_eq!(lines(&filtered), vec!["docker.io/library/app:1"]);
+    assert_eq!(
+        names(&k, &["--filter", "reference=me/*"]),
+        ["docker.io/me/other:2"]
+    );
+    assert_eq!(
+        names(&k, &["--filter", "reference=app"]),
+        ["docker.io/library/app:1"]
+    );
 
     // By ID, an image with several names stays unless forced.
     let out = k.run(&["rmi", &id]);
@@ -104,10 +132,7 @@ fn tag_and_rmi_untag_first_and_delete_with_the_last_name() {
         stdout(&out),
         format!("Untagged: app:1\nUntagged: me/other:2\nDeleted: {id}\n")
     );
-    assert_eq!(
-        lines(&stdout(&k.run(&["images", "-q"]))),
-        vec!["docker.io/library/busybox:latest"]
-    );
+    assert_eq!(names(&k, &[]), ["docker.io/library/busybox:latest"]);
 
     // Unknown names: one line each, the others still removed, exit code 1.
     assert_ok(&k.run(&["tag", "busybox", "spare"]), "tag spare");
@@ -133,7 +158,7 @@ fn rmi_keeps_an_image_a_container_was_made_from() {
     assert!(stderr(&out).contains("container"), "{}", stderr(&out));
     // Neither does prune -a take it.
     assert_ok(&k.run(&["image", "prune", "-a"]), "image prune -a");
-    assert!(stdout(&k.run(&["images", "-q"])).contains("app:1"));
+    assert!(names(&k, &[]).contains(&"docker.io/library/app:1".to_string()));
     assert_ok(&k.run(&["rmi", "-f", "app:1"]), "kiln rmi -f");
 }
 
@@ -229,7 +254,7 @@ fn save_is_read_by_skopeo_and_load_brings_the_same_images_back() {
     assert_ok(&out, "kiln load of an unnamed image");
     assert_eq!(stdout(&out), format!("Loaded image ID: {app}\n"));
     assert_eq!(
-        stdout(&k3.run(&["images", "-q", "--filter", "dangling=true"])),
+        stdout(&k3.run(&["images", "-q", "--no-trunc", "--filter", "dangling=true"])),
         format!("{app}\n")
     );
 }

@@ -93,9 +93,11 @@ fn from_a_docker_hub_image_resolves_through_the_first_mirror_that_has_it() {
         ]),
         "pull python:3.12 through the mirror",
     );
-    let images = stdout(&k2.run(&["images", "-q"]));
+    let images = stdout(&k2.run(&["images"]));
     assert!(
-        images.lines().any(|l| l == "docker.io/library/python:3.12"),
+        images
+            .lines()
+            .any(|l| l.starts_with("docker.io/library/python:3.12 ")),
         "{images}"
     );
 
