@@ -46,6 +46,11 @@ pub(crate) fn disk_usage(path: &Path, seen: &mut Seen) -> io::Result<u64> {
     Ok(total)
 }
 
+/// Bytes allocated to the directory tree at `path`, as `du -s` counts them (each inode once).
+pub fn dir_usage(path: &Path) -> io::Result<u64> {
+    disk_usage(path, &mut Seen::new())
+}
+
 /// Parses a size as `--keep-storage` and `gc.keep-storage` take it: a number of bytes with an
 /// optional unit, `b`, `k`/`kb`/`kib`, `m`/`mb`/`mib`, `g`/`gb`/`gib`, `t`/`tb`/`tib` (powers of
 /// 1024, as Docker's `--keep-storage` reads them), e.g. `512m`, `10GB`, `1.5g`.

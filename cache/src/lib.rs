@@ -34,7 +34,7 @@ use std::sync::Arc;
 pub use check::CheckReport;
 pub use content::{BlobWriter, ContentStore, VerifyingReader};
 pub use digest::{validate_digest, Digest};
-pub use du::{human_size, parse_size};
+pub use du::{dir_usage, human_size, parse_size};
 pub use error::{CacheError, LockHolder};
 pub use gc::{GcOptions, GcReport, CACHE_MOUNTS_DIR};
 pub use images::{

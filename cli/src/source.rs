@@ -94,6 +94,7 @@ impl StoreSource<'_> {
                     blobs: count(r.blobs),
                     blob_bytes: r.blob_bytes,
                     bytes_freed: r.bytes_freed,
+                    context_mirrors: count(r.context_mirrors),
                 })
             }
         }

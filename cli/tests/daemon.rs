@@ -847,3 +847,37 @@ fn debug_llb_resolve_through_the_daemon_prints_what_embedded_prints() {
     );
     assert_ok(&out, "build after debug llb");
 }
+
+#[test]
+fn prune_all_through_the_daemon_removes_idle_context_mirrors() {
+    let ctx = temp_context(
+        "kiln-daemon-ctx-",
+        &[
+            ("Dockerfile", "FROM busybox\nCOPY . /ctx\n"),
+            ("a.txt", "aaaa"),
+        ],
+    );
+    let d = Daemon::start(Kiln::with_busybox());
+    let out = remote_build(&d, ctx.path(), &[]);
+    assert_ok(&out, "first build");
+    let sessions = d.store.root.path().join("sessions");
+    let mirrors = || std::fs::read_dir(&sessions).unwrap().count();
+    assert_eq!(mirrors(), 1);
+    // `until` spares a mirror synced a moment ago.
+    let out = d.run(&["prune", "--filter", "until=1h"]);
+    assert_ok(&out, "kiln --host prune --filter until=1h");
+    assert_eq!(mirrors(), 1, "{}", stdout(&out));
+    let out = d.run(&["prune", "--all"]);
+    assert_ok(&out, "kiln --host prune --all");
+    assert!(
+        stdout(&out).contains(", 1 clients' context mirrors; freed "),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(mirrors(), 0);
+    // The next build sends its whole context again, and builds.
+    let out = remote_build(&d, ctx.path(), &[]);
+    assert_ok(&out, "build after the prune");
+    let (entries, files, _, _) = synced(&out);
+    assert_eq!((entries, files), (2, 2), "{}", stderr(&out));
+}

@@ -65,6 +65,8 @@ pub struct PruneOutcome {
     pub blobs: u64,
     pub blob_bytes: u64,
     pub bytes_freed: u64,
+    /// The clients' context mirrors the daemon removed.
+    pub context_mirrors: u64,
 }
 
 /// What the daemon's push did (`System.Push`).
@@ -230,6 +232,7 @@ impl Client {
             blobs: r.blobs,
             blob_bytes: r.blob_bytes,
             bytes_freed: r.bytes_freed,
+            context_mirrors: r.context_mirrors,
         })
     }
 }

@@ -6,6 +6,7 @@
 mod mirror;
 mod ssh;
 
+use crate::sessions::{ListingDigest, MirrorState, Sessions};
 use kiln_api::v1::{
     build_client_message::Msg as ClientMsg, build_server_message::Msg as ServerMsg,
     build_start::Dockerfile, builder_server::Builder, progress_event::Kind, BuildClientMessage,
@@ -15,7 +16,7 @@ use kiln_api::v1::{
 use kiln_engine::{Engine, Event, OutputKind};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
@@ -28,31 +29,27 @@ const MAX_ENTRIES: usize = 4_000_000;
 #[derive(Clone)]
 pub(crate) struct BuildService {
     engine: Arc<Engine>,
-    /// One lock per shared key: two builds of one context key do not write its mirror at once
-    /// (the second waits, then syncs over what the first left). It guards the digest of the
-    /// listing the mirror last became, so an unchanged context costs no walk of the mirror.
-    keys: Arc<Mutex<HashMap<String, KeyLock>>>,
+    /// The mirrors, with one lock per shared key: two builds of one context key do not write
+    /// its mirror at once (the second waits, then syncs over what the first left). It guards
+    /// the digest of the listing the mirror last became, so an unchanged context costs no
+    /// walk of the mirror.
+    sessions: Arc<Sessions>,
     stop: CancellationToken,
 }
 
 impl BuildService {
-    pub(crate) fn new(engine: Arc<Engine>, stop: CancellationToken) -> BuildService {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        sessions: Arc<Sessions>,
+        stop: CancellationToken,
+    ) -> BuildService {
         BuildService {
             engine,
-            keys: Arc::default(),
+            sessions,
             stop,
         }
     }
-
-    fn key_lock(&self, key: &str) -> KeyLock {
-        let mut keys = self.keys.lock().unwrap_or_else(|e| e.into_inner());
-        keys.entry(key.to_string()).or_default().clone()
-    }
 }
-
-/// The SHA-256 of a context's entries as the client sent them: collision-resistant, since a
-/// client that shares a key must not make the daemon skip another client's changes.
-type ListingDigest = [u8; 32];
 
 fn listing_digest(entries: &[kiln_api::v1::Entry]) -> ListingDigest {
     use prost::Message;
@@ -63,30 +60,6 @@ fn listing_digest(entries: &[kiln_api::v1::Entry]) -> ListingDigest {
         h.update(e.encode_length_delimited_to_vec());
     }
     h.finalize().into()
-}
-
-/// A shared key's lock, guarding what the daemon knows of its mirror.
-type KeyLock = Arc<tokio::sync::Mutex<MirrorState>>;
-
-/// What the daemon knows of a mirror it wrote.
-#[derive(Default)]
-struct MirrorState {
-    /// The digest of the listing the mirror last became (`None`: unknown, or half-synced).
-    listing: Option<ListingDigest>,
-    /// Changed whenever the mirror is written: the engine's checksums of the mirror hold while
-    /// it is the same (see `BuildRequest::context_fingerprints`).
-    fingerprint: [u8; 32],
-}
-
-impl MirrorState {
-    /// A fingerprint no mirror of this daemon process had before (the engine keeps checksums
-    /// by fingerprint in this process only).
-    fn renew(&mut self) {
-        static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        self.fingerprint = [0; 32];
-        self.fingerprint[..8].copy_from_slice(&n.to_le_bytes());
-    }
 }
 
 type Outbound = UnboundedSender<Result<BuildServerMessage, Status>>;
@@ -169,7 +142,6 @@ impl Session {
                 "a build session starts with `BuildStart`",
             ));
         };
-        let sessions = self.service.engine.store().root().join("sessions");
         // The key locks are held until the build ends: it reads the mirrors.
         let mut held = Vec::new();
         let mut mirrors = Vec::new();
@@ -191,12 +163,13 @@ impl Session {
         let mut by_key = HashMap::new();
         for key in keys {
             by_key.insert(key, held.len());
-            held.push(self.service.key_lock(key).lock_owned().await);
+            held.push(self.service.sessions.lock(key).lock_owned().await);
         }
         for (i, (c, entries)) in start.contexts.iter().zip(listed).enumerate() {
-            let dir = sessions.join(&c.shared_key);
+            let dir = self.service.sessions.dir(&c.shared_key);
             let state = &mut *held[by_key[c.shared_key.as_str()]];
             self.sync(i as u32, &dir, entries, state).await?;
+            state.last_used = Some(std::time::SystemTime::now());
             // Unwritten until the key's lock is released, after the build.
             vouched.insert(dir.clone(), state.fingerprint);
             mirrors.push(dir);

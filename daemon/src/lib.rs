@@ -5,6 +5,7 @@
 
 mod build;
 mod listen;
+mod sessions;
 mod system;
 
 pub use listen::{ListenError, Listener, TlsFiles};
@@ -44,8 +45,9 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let stop = CancellationToken::new();
-    let system = system::SystemService::new(engine.clone());
-    let build = build::BuildService::new(engine, stop.clone());
+    let sessions = Arc::new(sessions::Sessions::new(engine.store().root()));
+    let system = system::SystemService::new(engine.clone(), sessions.clone());
+    let build = build::BuildService::new(engine, sessions, stop.clone());
     // gRPC health checking: the server ("") and `kiln.v1.System` serve until shutdown.
     let (health, health_service) = tonic_health::server::health_reporter();
     health

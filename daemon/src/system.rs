@@ -1,6 +1,7 @@
 //! The `System` service: what the daemon is (its version) and its store (disk usage, images,
 //! prune).
 
+use crate::sessions::Sessions;
 use kiln_api::v1::{
     system_server::System, transfer_event::Event, BlobProgress, DiskUsageRequest,
     DiskUsageResponse, Image, KindUsage, ListImagesRequest, ListImagesResponse, PruneRequest,
@@ -20,11 +21,13 @@ pub(crate) const API_VERSION: &str = "kiln.v1";
 #[derive(Clone)]
 pub(crate) struct SystemService {
     engine: Arc<Engine>,
+    /// The clients' context mirrors, which `Prune` removes too.
+    sessions: Arc<Sessions>,
 }
 
 impl SystemService {
-    pub(crate) fn new(engine: Arc<Engine>) -> SystemService {
-        SystemService { engine }
+    pub(crate) fn new(engine: Arc<Engine>, sessions: Arc<Sessions>) -> SystemService {
+        SystemService { engine, sessions }
     }
 }
 
@@ -177,22 +180,35 @@ impl System for SystemService {
         request: Request<PruneRequest>,
     ) -> Result<Response<PruneResponse>, Status> {
         let r = request.into_inner();
+        let unused_for = r.unused_for_ms.map(Duration::from_millis);
         let report = self
             .engine
             .prune(kiln_engine::PruneOptions {
                 all: r.all,
                 keep_storage: r.keep_storage,
-                unused_for: r.unused_for_ms.map(Duration::from_millis),
+                unused_for,
             })
             .await
             .map_err(failed)?;
+        // The mirrors are the daemon's own build cache of its clients' contexts: `--all` and
+        // `until` take those no session holds (`--keep-storage` weighs the store's cache only).
+        let sessions = self.sessions.clone();
+        let scratch = self.engine.store().tmp_dir();
+        let mirrors = tokio::task::spawn_blocking(move || {
+            std::fs::create_dir_all(&scratch)?;
+            sessions.prune(r.all, unused_for, &scratch)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("the prune of the context mirrors stopped: {e}")))?
+        .map_err(|e| Status::internal(format!("cannot remove a client's context mirror: {e}")))?;
         Ok(Response::new(PruneResponse {
             cache_mounts: report.cache_mounts as u64,
             results: report.results as u64,
             snapshots: report.snapshots as u64,
             blobs: report.blobs as u64,
             blob_bytes: report.blob_bytes,
-            bytes_freed: report.bytes_freed,
+            bytes_freed: report.bytes_freed + mirrors.bytes,
+            context_mirrors: mirrors.mirrors as u64,
         }))
     }
 }

@@ -36,7 +36,7 @@ pub use images::{
     all_images, familiar_parts, inspect_image_at, short_id, HistoryEntry, ImageFilter,
     ImageSummary, Removed,
 };
-pub use kiln_cache::{human_size, parse_size, KindUsage, StoreUsage};
+pub use kiln_cache::{dir_usage, human_size, parse_size, KindUsage, StoreUsage};
 pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;
 pub use kiln_solver::images::BlobProgress;

@@ -31,13 +31,19 @@ pub struct PruneReport {
     pub blob_bytes: u64,
     /// Disk space freed, as `du` counts it.
     pub bytes_freed: u64,
+    /// The clients' context mirrors a daemon removed (none embedded: only a daemon has them).
+    pub context_mirrors: usize,
 }
 
 impl PruneReport {
     /// One line for the user, as `kiln prune` prints it.
     pub fn summary(&self) -> String {
+        let mirrors = match self.context_mirrors {
+            0 => String::new(),
+            n => format!(", {n} clients' context mirrors"),
+        };
         format!(
-            "removed {} cache mounts, {} cache results, {} snapshots, {} blobs ({} bytes); freed {}",
+            "removed {} cache mounts, {} cache results, {} snapshots, {} blobs ({} bytes){mirrors}; freed {}",
             self.cache_mounts,
             self.results,
             self.snapshots,
@@ -57,6 +63,7 @@ impl From<GcReport> for PruneReport {
             blobs: r.blobs_removed.len(),
             blob_bytes: r.blob_bytes_freed,
             bytes_freed: r.bytes_freed,
+            context_mirrors: 0,
         }
     }
 }
