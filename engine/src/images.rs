@@ -469,6 +469,18 @@ impl Engine {
                 Named::Name(n) => vec![n],
                 Named::Id => vec![],
             };
+            // Layers of a lazily imported build cache (a built image's) are fetched from that
+            // cache now that their bytes are needed, as `kiln run` and `kiln push` do.
+            let manifest = parse_json(&read_blob(&root, &desc.manifest_digest)?, "the manifest")?;
+            for layer in manifest["layers"].as_array().into_iter().flatten() {
+                let Some(d) = layer["digest"].as_str() else {
+                    continue;
+                };
+                let store = self.store();
+                if !store.content().has(d) && store.index().remote_blob_get(d)?.is_some() {
+                    kiln_solver::lazy::fetch_blob(store, self.solver.registry(), d).await?;
+                }
+            }
             images.push((desc, names));
         }
         let (store, dest) = (self.store().clone(), dest.to_path_buf());
