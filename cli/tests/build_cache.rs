@@ -577,16 +577,20 @@ fn a_cached_rebuild_downloads_no_layer_and_a_changed_one_only_what_runs() {
     let manifest: serde_json::Value = serde_json::from_str(&raw).unwrap();
     let cache_layers = manifest["layers"].as_array().unwrap().len();
 
-    // Another machine pushes the cached result to another repository of the registry.
+    // Another machine pushes the cached result to another repository of the registry, and
+    // exports the cache again to a third: both mount the layers, none is downloaded.
     let second = Kiln::new();
     let ctx2 = context("lazy-two-", &base, "2024-06-30 12:34:56");
     let image = format!("{reg}/{}:1", unique("lazy-image"));
+    let cache_again = format!("{reg}/{}:cache", unique("lazy-cache-again"));
     let out = build(
         &second,
         ctx2.path(),
         &[
             "--cache-from",
             &format!("type=registry,ref={cache}"),
+            "--cache-to",
+            &format!("type=registry,ref={cache_again},mode=max"),
             "-t",
             &image,
             "--push",
@@ -600,7 +604,25 @@ fn a_cached_rebuild_downloads_no_layer_and_a_changed_one_only_what_runs() {
     assert_eq!(
         cache_layers_downloaded(&out),
         0,
-        "a cached build with a push to the cache's registry downloads no layer:\n{err}"
+        "a cached build with a push and a cache export to the cache's registry downloads no layer:\n{err}"
+    );
+    let raw_again = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{cache_again}"),
+        ],
+    );
+    let again: serde_json::Value = serde_json::from_str(&raw_again).unwrap();
+    // What this solve reached of the cache (the final stage's steps), made of its layers.
+    let again = again["layers"].as_array().unwrap();
+    let first_layers = manifest["layers"].as_array().unwrap();
+    assert!(!again.is_empty(), "{raw_again}");
+    assert!(
+        again.iter().all(|l| first_layers.contains(l)),
+        "{raw_again}"
     );
     let id = std::fs::read_to_string(iid("one")).unwrap();
     assert_eq!(std::fs::read_to_string(iid("two")).unwrap(), id);

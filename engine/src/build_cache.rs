@@ -403,11 +403,14 @@ pub(crate) async fn export(
         let spec = spec.clone();
         tokio::task::spawn_blocking(move || collect(&store, &keys, &roots, &spec)).await??
     };
-    // Layers imported lazily and never needed are not in the store yet.
-    for l in &exported.layers {
-        kiln_solver::lazy::fetch_blob(store, registry, &l.digest)
-            .await
-            .with_context(|| format!("cannot fetch the cache layer `{}`", l.digest))?;
+    // Layers imported lazily and never needed are not in the store yet: a directory needs
+    // their bytes, a registry mounts them from where they are when it can.
+    if !matches!(spec.location, CacheLocation::Registry(_)) {
+        for l in &exported.layers {
+            kiln_solver::lazy::fetch_blob(store, registry, &l.digest)
+                .await
+                .with_context(|| format!("cannot fetch the cache layer `{}`", l.digest))?;
+        }
     }
     let (config_digest, config_size) = store.content().put_bytes(&exported.config)?;
     let config_digest = config_digest.to_string();
@@ -426,8 +429,9 @@ pub(crate) async fn export(
                 .map(|l| (l.digest.clone(), l.size))
                 .collect();
             futures::stream::iter(layers.into_iter().map(|(digest, size)| async move {
-                let path = store.content().path(&digest)?;
-                registry.push_blob(reference, &digest, size, &path).await?;
+                crate::transfer::push_stored_blob(store, registry, reference, &digest, size, None)
+                    .await
+                    .with_context(|| format!("cannot export the cache layer `{digest}`"))?;
                 anyhow::Ok(())
             }))
             .buffer_unordered(PARALLEL_UPLOADS)

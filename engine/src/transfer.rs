@@ -11,6 +11,7 @@ use kiln_registry::{
 use kiln_solver::images::{self, BlobProgress};
 
 use crate::{normalize_name, Engine};
+use kiln_cache::Store;
 use kiln_exporter::{ManifestFormat, VariantOptions};
 
 /// The manifest or index a push names last.
@@ -189,37 +190,12 @@ impl Engine {
                 let store = self.store.clone();
                 let progress = progress.clone();
                 async move {
-                    let path = store.content().path(&digest)?;
-                    let mount_from = images::blob_source(&store, &dest.registry, &digest)?;
-                    let opts = PushOptions {
-                        mount_from,
-                        progress: progress.map(|p| {
-                            let d = digest.clone();
-                            std::sync::Arc::new(move |done: u64| p(&d, done, size))
-                                as kiln_registry::Progress
-                        }),
-                    };
-                    // A lazily imported cache layer is not here: mounted from the cache's
-                    // repository when the registry is the same, else fetched first.
-                    let lazy = !store.content().has(&digest)
-                        && store.index().remote_blob_get(&digest)?.is_some();
-                    if lazy && opts.mount_from.is_none() {
-                        kiln_solver::lazy::fetch_blob(&store, &registry, &digest).await?;
-                    }
-                    let mut pushed = registry
-                        .push_blob_with(&dest, &digest, size, &path, &opts)
-                        .await;
-                    if pushed.is_err() && lazy && !store.content().has(&digest) {
-                        // The mount was refused and there was nothing to upload.
-                        kiln_solver::lazy::fetch_blob(&store, &registry, &digest).await?;
-                        pushed = registry
-                            .push_blob_with(&dest, &digest, size, &path, &opts)
-                            .await;
-                    }
-                    let done = pushed
-                        .with_context(|| format!("cannot push blob `{digest}` to `{dest}`"))?;
-                    images::record_blob_source(&store, &dest, &digest)?;
-                    anyhow::Ok(done)
+                    let progress = progress.map(|p| {
+                        let d = digest.clone();
+                        std::sync::Arc::new(move |done: u64| p(&d, done, size))
+                            as kiln_registry::Progress
+                    });
+                    push_stored_blob(&store, &registry, &dest, &digest, size, progress).await
                 }
             })
             .buffer_unordered(PARALLEL_UPLOADS)
@@ -302,4 +278,41 @@ pub async fn logout(registry: &str) -> Result<(String, bool)> {
     let host = kiln_registry::registry_host(registry);
     let removed = kiln_registry::erase_login(&host).await?;
     Ok((host, removed))
+}
+
+/// Pushes the stored blob `digest` to `dest`: mounted from a repository of the same registry
+/// that has it when kiln knows one, else uploaded. A lazily imported cache layer (not in the
+/// store) is then fetched only when it cannot be mounted. Records `dest` as a source of the
+/// blob, for the next push's mount.
+pub(crate) async fn push_stored_blob(
+    store: &Store,
+    registry: &RegistryClient,
+    dest: &Reference,
+    digest: &str,
+    size: u64,
+    progress: Option<kiln_registry::Progress>,
+) -> Result<PushedBlob> {
+    let path = store.content().path(digest)?;
+    let mount_from = images::blob_source(store, &dest.registry, digest)?;
+    let opts = PushOptions {
+        mount_from,
+        progress,
+    };
+    let lazy = !store.content().has(digest) && store.index().remote_blob_get(digest)?.is_some();
+    if lazy && opts.mount_from.is_none() {
+        kiln_solver::lazy::fetch_blob(store, registry, digest).await?;
+    }
+    let mut pushed = registry
+        .push_blob_with(dest, digest, size, &path, &opts)
+        .await;
+    if pushed.is_err() && lazy && !store.content().has(digest) {
+        // The mount was refused and there was nothing to upload.
+        kiln_solver::lazy::fetch_blob(store, registry, digest).await?;
+        pushed = registry
+            .push_blob_with(dest, digest, size, &path, &opts)
+            .await;
+    }
+    let done = pushed.with_context(|| format!("cannot push blob `{digest}` to `{dest}`"))?;
+    images::record_blob_source(store, dest, digest)?;
+    Ok(done)
 }
