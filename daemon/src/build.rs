@@ -6,6 +6,7 @@
 mod mirror;
 mod ssh;
 
+use crate::OpenBuilds;
 use kiln_api::v1::{
     build_client_message::Msg as ClientMsg, build_server_message::Msg as ServerMsg,
     build_start::Dockerfile, builder_server::Builder, progress_event::Kind, BuildClientMessage,
@@ -33,14 +34,20 @@ pub(crate) struct BuildService {
     /// listing the mirror last became, so an unchanged context costs no walk of the mirror.
     keys: Arc<Mutex<HashMap<String, KeyLock>>>,
     stop: CancellationToken,
+    open: OpenBuilds,
 }
 
 impl BuildService {
-    pub(crate) fn new(engine: Arc<Engine>, stop: CancellationToken) -> BuildService {
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        stop: CancellationToken,
+        open: OpenBuilds,
+    ) -> BuildService {
         BuildService {
             engine,
             keys: Arc::default(),
             stop,
+            open,
         }
     }
 
@@ -102,7 +109,9 @@ impl Builder for BuildService {
         let inbound = request.into_inner();
         let (tx, rx) = unbounded_channel();
         let service = self.clone();
+        let open = self.open.open();
         tokio::spawn(async move {
+            let _open = open;
             let out = tx.clone();
             let stop = service.stop.clone();
             let session = Session {
