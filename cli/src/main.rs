@@ -5,6 +5,7 @@ mod daemon;
 mod debug;
 mod flags;
 mod images;
+mod info;
 mod interrupt;
 mod login;
 mod networks;
@@ -38,7 +39,7 @@ struct Cli {
     insecure_registries: Vec<String>,
     /// How long a command that changes the store (build, run, import, pull, push, prune) waits
     /// for another kiln process that holds it: `30s`, `5m`, `1h`, `500ms`; `0` fails at once.
-    /// Default: wait as long as it takes. `kiln images` never waits.
+    /// Default: wait as long as it takes. `kiln images` and `kiln info` never wait.
     #[arg(
         long = "lock-timeout",
         env = "KILN_LOCK_TIMEOUT",
@@ -162,6 +163,8 @@ enum Command {
     Daemon(daemon::DaemonArgs),
     /// Show the version of this client and, with `--host`, of the daemon.
     Version,
+    /// Show what the engine (embedded, or the daemon of `--host`), its host and its store are.
+    Info(info::InfoArgs),
 }
 
 #[derive(Subcommand)]
@@ -402,7 +405,8 @@ fn main() {
 }
 
 /// What a command that changes the store calls itself in the lock file; `None` for the
-/// commands that need no lock (credentials, `kiln images`, debug output without `--resolve`).
+/// commands that need no lock (credentials, `kiln images`, `kiln info`, debug output without
+/// `--resolve`).
 fn store_writer(command: &Command) -> Option<&'static str> {
     match command {
         Command::Build(_) => Some("kiln build"),
@@ -422,6 +426,7 @@ fn store_writer(command: &Command) -> Option<&'static str> {
         Command::Load(_) => Some("kiln load"),
         Command::Image(c) => c.store_writer(),
         Command::Images(_)
+        | Command::Info(_)
         | Command::Login(_)
         | Command::Logout(_)
         | Command::Debug(_)
@@ -559,11 +564,13 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         return setup_emulators();
     }
     let root = cli.root.clone().unwrap_or_else(default_root);
-    // Images are listed, and containers read and signalled, without the store's lock.
+    // Images are listed, the engine's facts read, and containers read and signalled, without
+    // the store's lock.
     match cli.command {
         Command::Images(a) | Command::Image(images::ImageCommand::Ls(a)) => {
             return images::list(&StoreSource::Unlocked(&root), &a).await
         }
+        Command::Info(a) => return info::run(&StoreSource::Unlocked(&root), a).await,
         Command::Ps(a) => return containers::ps(&root, a),
         Command::Logs(a) => return containers::logs(&root, a),
         Command::Stop(a) => return Ok(containers::stop(&root, a)),
@@ -676,6 +683,10 @@ async fn remote_main(command: Command, host: &str, tls: &kiln_client::TlsFiles) 
         Command::System(SystemCommand::Df { bytes }) => {
             let client = kiln_client::Client::connect(host, Some(tls)).await?;
             system_df(&remote(&client), bytes).await
+        }
+        Command::Info(a) => {
+            let client = kiln_client::Client::connect(host, Some(tls)).await?;
+            info::run(&remote(&client), a).await
         }
         Command::Pull(p) => {
             let client = kiln_client::Client::connect(host, Some(tls)).await?;

@@ -3,8 +3,8 @@
 
 use anyhow::{Context, Result};
 use kiln_engine::{
-    BlobProgress, Engine, ImageSummary, KindUsage, PruneOptions, PruneReport, PullOptions,
-    PushReport, StoreUsage,
+    BlobProgress, DaemonInfo, Engine, ImageSummary, KindUsage, PruneOptions, PruneReport,
+    PullOptions, PushReport, StoreUsage, SystemInfo,
 };
 use std::path::Path;
 
@@ -48,6 +48,42 @@ impl StoreSource<'_> {
             }
         };
         Ok(kiln_engine::ImageFilter::select(&parsed, all))
+    }
+
+    /// `kiln info`'s facts of the engine, its host and its store (and of the daemon serving
+    /// it, if one does).
+    pub(crate) async fn info(&self) -> Result<SystemInfo> {
+        // A few small files: read in place, as `images` reads the store's index.
+        match self {
+            StoreSource::Unlocked(root) => kiln_engine::system_info(root),
+            StoreSource::Engine(engine) => kiln_engine::system_info(engine.store().root()),
+            StoreSource::Daemon(client) => {
+                let i = client.info().await?;
+                Ok(SystemInfo {
+                    version: i.version,
+                    platform: i.platform,
+                    emulated_platforms: i.emulated_platforms,
+                    runtimes: i.runtimes,
+                    store_root: i.store_root,
+                    images: i.images,
+                    image_names: i.image_names,
+                    dangling_images: i.dangling_images,
+                    containers: i.containers,
+                    containers_running: i.containers_running,
+                    rootless: i.rootless,
+                    kernel_release: i.kernel_release,
+                    operating_system: i.operating_system,
+                    cpus: i.cpus,
+                    memory_bytes: i.memory_bytes,
+                    daemon: Some(DaemonInfo {
+                        pid: i.pid,
+                        api_version: i.api_version,
+                        addresses: i.addresses,
+                        builds_running: i.builds_running,
+                    }),
+                })
+            }
+        }
     }
 
     /// The store's disk usage by kind.

@@ -489,3 +489,159 @@ fn push_and_pull_through_the_daemon_print_what_embedded_kiln_prints() {
     let missing_embedded = k.run(&["push", "nothing-here"]);
     assert_eq!(missing.status.code(), missing_embedded.status.code());
 }
+
+/// `kiln info --format json`'s object, after checking the command succeeded.
+fn info_json(out: &std::process::Output, what: &str) -> serde_json::Value {
+    assert_ok(out, what);
+    serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{what}: not JSON ({e}):\n{}", stdout(out)))
+}
+
+/// The server's counts of images and names.
+fn image_counts(info: &serde_json::Value) -> (u64, u64, u64) {
+    let n = |k: &str| {
+        info["server"][k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no `{k}`: {info}"))
+    };
+    (n("images"), n("image_names"), n("dangling_images"))
+}
+
+/// `kiln info`'s text without the lines that say which engine answered.
+fn without_engine_lines(text: &str) -> String {
+    text.lines()
+        .filter(|l| !l.starts_with(" Engine: ") && !l.starts_with("  "))
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+#[test]
+fn info_through_the_daemon_gives_the_facts_embedded_kiln_gives() {
+    let k = seeded_store();
+    let embedded = info_json(&k.run(&["info", "--format", "json"]), "kiln info");
+    assert!(embedded["server"]["daemon"].is_null(), "{embedded}");
+    assert_eq!(
+        embedded["server"]["store_root"],
+        k.root.path().display().to_string()
+    );
+    // busybox and app:1.
+    assert_eq!(image_counts(&embedded), (2, 2, 0));
+    let embedded_text = k.run(&["info"]);
+    assert_ok(&embedded_text, "kiln info");
+    assert!(
+        stdout(&embedded_text).contains("\nServer:\n Engine: embedded (this process)\n"),
+        "{}",
+        stdout(&embedded_text)
+    );
+
+    let d = Daemon::start(k);
+    let mut remote = info_json(&d.run(&["info", "--format", "json"]), "kiln --host info");
+    // The daemon's own facts are the only ones an embedded kiln cannot have.
+    let daemon = remote["server"]["daemon"].take();
+    assert_eq!(daemon["pid"], d.pid(), "{daemon}");
+    assert_eq!(daemon["api_version"], "kiln.v1", "{daemon}");
+    assert_eq!(daemon["addresses"], serde_json::json!([d.addr]), "{daemon}");
+    assert_eq!(daemon["builds_running"], 0, "{daemon}");
+    assert_eq!(remote, embedded);
+
+    // The same layout, the engine's lines aside.
+    let remote_text = d.run(&["info"]);
+    assert_ok(&remote_text, "kiln --host info");
+    let text = stdout(&remote_text);
+    assert!(
+        text.contains(&format!(
+            "\nServer:\n Engine: daemon\n  PID: {}\n  API Version: kiln.v1\n  Addresses: {}\n  \
+             Builds Running: 0\n Containers: 0\n",
+            d.pid(),
+            d.addr
+        )),
+        "{text}"
+    );
+    assert_eq!(
+        without_engine_lines(&text),
+        without_engine_lines(&stdout(&embedded_text))
+    );
+
+    // A new image built through the daemon counts once, on both sides; the embedded read of
+    // the store the daemon holds needs no lock.
+    let ctx = temp_context(
+        "kiln-dops-",
+        &[("Dockerfile", "FROM busybox\nRUN echo other > /other\n")],
+    );
+    assert_ok(
+        &d.run(&[
+            "build",
+            "--progress",
+            "plain",
+            "-t",
+            "other:1",
+            ctx.path().to_str().unwrap(),
+        ]),
+        "kiln --host build",
+    );
+    let remote = info_json(&d.run(&["info", "--format", "json"]), "kiln --host info");
+    assert_eq!(image_counts(&remote), (3, 3, 0));
+    let beside = info_json(
+        &d.store.run(&["info", "--format", "json"]),
+        "embedded kiln info beside the daemon",
+    );
+    assert_eq!(image_counts(&beside), (3, 3, 0));
+    assert!(beside["server"]["daemon"].is_null(), "{beside}");
+}
+
+#[test]
+fn info_counts_a_second_name_as_a_name_not_an_image() {
+    let k = seeded_store();
+    assert_ok(&k.run(&["tag", "app:1", "app:2"]), "kiln tag");
+    let embedded = info_json(&k.run(&["info", "--format", "json"]), "kiln info");
+    assert_eq!(image_counts(&embedded), (2, 3, 0));
+    let d = Daemon::start(k);
+    let remote = info_json(&d.run(&["info", "--format", "json"]), "kiln --host info");
+    assert_eq!(image_counts(&remote), (2, 3, 0));
+}
+
+#[test]
+fn info_counts_the_builds_a_daemon_runs() {
+    let d = Daemon::start(Kiln::with_busybox());
+    let (mut client, _ctx) = start_long_build(&d, "11");
+    let during = info_json(&d.run(&["info", "--format", "json"]), "kiln --host info");
+    assert_eq!(during["server"]["daemon"]["builds_running"], 1, "{during}");
+    // The client going away ends its session, and the count with it.
+    let _ = client.kill();
+    let _ = client.wait();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let after = info_json(&d.run(&["info", "--format", "json"]), "kiln --host info");
+        if after["server"]["daemon"]["builds_running"] == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the build is still counted: {after}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    kill_survivors(&["sleep", "11"]);
+}
+
+#[test]
+fn info_refuses_an_unknown_format_by_the_flags_name_before_reaching_a_daemon() {
+    let k = Kiln::new();
+    let embedded = k.run(&["info", "--format", "yaml"]);
+    let remote = k
+        .cmd()
+        .env("KILN_HOST", "unix:///nonexistent/kiln.sock")
+        .args(["info", "--format", "yaml"])
+        .output()
+        .unwrap();
+    for (out, what) in [(&embedded, "embedded"), (&remote, "--host")] {
+        assert_eq!(out.status.code(), Some(2), "{what}: {}", stderr(out));
+        let err = stderr(out);
+        assert!(
+            err.contains("--format")
+                && err.contains("`yaml` is not a format of `kiln info`: write `--format json`"),
+            "{what}: {err}"
+        );
+        assert!(stdout(out).is_empty(), "{what}: {}", stdout(out));
+    }
+}

@@ -11,7 +11,7 @@ pub use kiln_api::v1 as api;
 
 pub use system::{
     DiskUsage, Image, KindUsage, Progress, PruneOutcome, PruneRequestOptions, PushOutcome,
-    VersionInfo,
+    ServerInfo, VersionInfo,
 };
 
 use std::path::PathBuf;

@@ -2,8 +2,8 @@
 
 use crate::{Client, ClientError};
 use kiln_api::v1::{
-    system_client::SystemClient, transfer_event::Event, DiskUsageRequest, ListImagesRequest,
-    PruneRequest, PullRequest, PushRequest, TransferEvent, VersionRequest,
+    system_client::SystemClient, transfer_event::Event, DiskUsageRequest, InfoRequest,
+    ListImagesRequest, PruneRequest, PullRequest, PushRequest, TransferEvent, VersionRequest,
 };
 use std::time::Duration;
 
@@ -13,6 +13,36 @@ pub struct VersionInfo {
     pub version: String,
     pub api_version: String,
     pub platform: String,
+}
+
+/// What the daemon, its host and its store are (`System.Info`), as `kiln info` shows them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServerInfo {
+    pub version: String,
+    pub api_version: String,
+    pub platform: String,
+    /// Platforms the host runs through a binfmt_misc emulator.
+    pub emulated_platforms: Vec<String>,
+    pub runtimes: Vec<String>,
+    /// The store's directory on the daemon's machine.
+    pub store_root: String,
+    /// Distinct images, named or dangling.
+    pub images: u64,
+    pub image_names: u64,
+    pub dangling_images: u64,
+    pub containers: u64,
+    pub containers_running: u64,
+    pub rootless: bool,
+    pub kernel_release: String,
+    pub operating_system: String,
+    pub cpus: u64,
+    pub memory_bytes: u64,
+    /// The daemon's process id.
+    pub pid: u32,
+    /// The addresses it serves.
+    pub addresses: Vec<String>,
+    /// Build sessions open now.
+    pub builds_running: u64,
 }
 
 /// One kind of the store (`kiln system df`'s row).
@@ -161,6 +191,32 @@ impl Client {
             version: v.version,
             api_version: v.api_version,
             platform: v.platform,
+        })
+    }
+
+    /// What the daemon, its host and its store are (`System.Info`).
+    pub async fn info(&self) -> Result<ServerInfo, ClientError> {
+        let i = self.system().info(InfoRequest {}).await?.into_inner();
+        Ok(ServerInfo {
+            version: i.version,
+            api_version: i.api_version,
+            platform: i.platform,
+            emulated_platforms: i.emulated_platforms,
+            runtimes: i.runtimes,
+            store_root: i.store_root,
+            images: i.images,
+            image_names: i.image_names,
+            dangling_images: i.dangling_images,
+            containers: i.containers,
+            containers_running: i.containers_running,
+            rootless: i.rootless,
+            kernel_release: i.kernel_release,
+            operating_system: i.operating_system,
+            cpus: i.cpus,
+            memory_bytes: i.memory_bytes,
+            pid: i.pid,
+            addresses: i.addresses,
+            builds_running: i.builds_running,
         })
     }
 

@@ -7,6 +7,7 @@ mod mirror;
 mod ssh;
 
 use crate::sessions::{ListingDigest, MirrorState, Sessions};
+use crate::OpenBuilds;
 use kiln_api::v1::{
     build_client_message::Msg as ClientMsg, build_server_message::Msg as ServerMsg,
     build_start::Dockerfile, builder_server::Builder, progress_event::Kind, BuildClientMessage,
@@ -35,6 +36,7 @@ pub(crate) struct BuildService {
     /// walk of the mirror.
     sessions: Arc<Sessions>,
     stop: CancellationToken,
+    open: OpenBuilds,
 }
 
 impl BuildService {
@@ -42,11 +44,13 @@ impl BuildService {
         engine: Arc<Engine>,
         sessions: Arc<Sessions>,
         stop: CancellationToken,
+        open: OpenBuilds,
     ) -> BuildService {
         BuildService {
             engine,
             sessions,
             stop,
+            open,
         }
     }
 }
@@ -75,7 +79,9 @@ impl Builder for BuildService {
         let inbound = request.into_inner();
         let (tx, rx) = unbounded_channel();
         let service = self.clone();
+        let open = self.open.open();
         tokio::spawn(async move {
+            let _open = open;
             let out = tx.clone();
             let stop = service.stop.clone();
             let session = Session {

@@ -16,6 +16,7 @@ use kiln_api::v1::builder_server::BuilderServer;
 use kiln_api::v1::system_server::SystemServer;
 use kiln_engine::Engine;
 use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
@@ -32,6 +33,30 @@ pub enum ServeError {
     },
 }
 
+/// The build sessions open now, for `kiln info`: each holds an [`OpenBuild`] while it runs.
+#[derive(Clone, Default)]
+struct OpenBuilds(Arc<AtomicU64>);
+
+impl OpenBuilds {
+    fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    fn open(&self) -> OpenBuild {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        OpenBuild(self.0.clone())
+    }
+}
+
+/// One open build session; dropping it (the session ended, however) counts it out.
+struct OpenBuild(Arc<AtomicU64>);
+
+impl Drop for OpenBuild {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// How long open calls may take to end after shutdown is asked for; then they are dropped
 /// (a build is canceled as when its client goes away).
 const GRACE: Duration = Duration::from_secs(2);
@@ -45,9 +70,12 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
     let stop = CancellationToken::new();
+    let builds = OpenBuilds::default();
+    let addresses = listeners.iter().map(|l| l.addr().to_string()).collect();
     let sessions = Arc::new(sessions::Sessions::new(engine.store().root()));
-    let system = system::SystemService::new(engine.clone(), sessions.clone());
-    let build = build::BuildService::new(engine, sessions, stop.clone());
+    let system =
+        system::SystemService::new(engine.clone(), sessions.clone(), addresses, builds.clone());
+    let build = build::BuildService::new(engine, sessions, stop.clone(), builds);
     // gRPC health checking: the server ("") and `kiln.v1.System` serve until shutdown.
     let (health, health_service) = tonic_health::server::health_reporter();
     health
@@ -144,6 +172,53 @@ mod tests {
         health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest,
     };
 
+    /// A channel to the unix socket at `path`.
+    async fn connect(path: &std::path::Path) -> tonic::transport::Channel {
+        let socket = path.to_path_buf();
+        tonic::transport::Endpoint::from_static("http://kiln.sock")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let socket = socket.clone();
+                async move {
+                    let stream = tokio::net::UnixStream::connect(socket).await?;
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+                }
+            }))
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn info_names_this_daemon_its_addresses_and_its_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = dir.path().join("store");
+        let engine = Engine::open(&store, Default::default()).unwrap();
+        let path = dir.path().join("kiln.sock");
+        let addr = format!("unix://{}", path.display());
+        let listener = Listener::bind(&addr, None, false).unwrap();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve(Arc::new(engine), vec![listener], async {
+            let _ = stop_rx.await;
+        }));
+        let mut system = kiln_api::v1::system_client::SystemClient::new(connect(&path).await);
+        let info = system
+            .info(kiln_api::v1::InfoRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(info.pid, std::process::id());
+        assert_eq!(info.addresses, vec![addr]);
+        assert_eq!(info.api_version, system::API_VERSION);
+        assert_eq!(info.builds_running, 0);
+        assert_eq!((info.images, info.containers), (0, 0));
+        assert_eq!(
+            info.store_root,
+            std::fs::canonicalize(&store).unwrap().display().to_string()
+        );
+        assert_eq!(info.runtimes.first().map(String::as_str), Some("builtin"));
+        stop_tx.send(()).unwrap();
+        served.await.unwrap().unwrap();
+    }
+
     #[tokio::test]
     async fn health_checks_say_serving_and_shutdown_removes_the_socket() {
         let dir = tempfile::tempdir().unwrap();
@@ -154,18 +229,7 @@ mod tests {
         let served = tokio::spawn(serve(Arc::new(engine), vec![listener], async {
             let _ = stop_rx.await;
         }));
-        let socket = path.clone();
-        let channel = tonic::transport::Endpoint::from_static("http://kiln.sock")
-            .connect_with_connector(tower::service_fn(move |_| {
-                let socket = socket.clone();
-                async move {
-                    let stream = tokio::net::UnixStream::connect(socket).await?;
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
-                }
-            }))
-            .await
-            .unwrap();
-        let mut health = HealthClient::new(channel);
+        let mut health = HealthClient::new(connect(&path).await);
         for service in ["", "kiln.v1.System"] {
             let status = health
                 .check(HealthCheckRequest {

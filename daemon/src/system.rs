@@ -1,12 +1,13 @@
-//! The `System` service: what the daemon is (its version) and its store (disk usage, images,
-//! prune).
+//! The `System` service: what the daemon is (its version, `kiln info`'s facts) and its store
+//! (disk usage, images, prune, pull, push).
 
 use crate::sessions::Sessions;
+use crate::OpenBuilds;
 use kiln_api::v1::{
     system_server::System, transfer_event::Event, BlobProgress, DiskUsageRequest,
-    DiskUsageResponse, Image, KindUsage, ListImagesRequest, ListImagesResponse, PruneRequest,
-    PruneResponse, PullDone, PullRequest, PushDone, PushRequest, TransferEvent, VersionRequest,
-    VersionResponse,
+    DiskUsageResponse, Image, InfoRequest, InfoResponse, KindUsage, ListImagesRequest,
+    ListImagesResponse, PruneRequest, PruneResponse, PullDone, PullRequest, PushDone, PushRequest,
+    TransferEvent, VersionRequest, VersionResponse,
 };
 use kiln_engine::{Engine, ImageFilter};
 use std::sync::Arc;
@@ -23,11 +24,24 @@ pub(crate) struct SystemService {
     engine: Arc<Engine>,
     /// The clients' context mirrors, which `Prune` removes too.
     sessions: Arc<Sessions>,
+    /// The addresses this daemon serves, for `kiln info`.
+    addresses: Arc<Vec<String>>,
+    builds: OpenBuilds,
 }
 
 impl SystemService {
-    pub(crate) fn new(engine: Arc<Engine>, sessions: Arc<Sessions>) -> SystemService {
-        SystemService { engine, sessions }
+    pub(crate) fn new(
+        engine: Arc<Engine>,
+        sessions: Arc<Sessions>,
+        addresses: Vec<String>,
+        builds: OpenBuilds,
+    ) -> SystemService {
+        SystemService {
+            engine,
+            sessions,
+            addresses: Arc::new(addresses),
+            builds,
+        }
     }
 }
 
@@ -121,6 +135,36 @@ impl System for SystemService {
             version: env!("CARGO_PKG_VERSION").to_string(),
             api_version: API_VERSION.to_string(),
             platform: format!("{}/{}", std::env::consts::OS, go_arch()),
+        }))
+    }
+
+    async fn info(&self, _: Request<InfoRequest>) -> Result<Response<InfoResponse>, Status> {
+        let root = self.engine.store().root().to_path_buf();
+        // The same reads as embedded `kiln info`; they block on small files only.
+        let i = tokio::task::spawn_blocking(move || kiln_engine::system_info(&root))
+            .await
+            .map_err(|e| Status::internal(e.to_string()))?
+            .map_err(failed)?;
+        Ok(Response::new(InfoResponse {
+            version: i.version,
+            api_version: API_VERSION.to_string(),
+            platform: i.platform,
+            emulated_platforms: i.emulated_platforms,
+            runtimes: i.runtimes,
+            store_root: i.store_root,
+            images: i.images,
+            image_names: i.image_names,
+            dangling_images: i.dangling_images,
+            containers: i.containers,
+            containers_running: i.containers_running,
+            rootless: i.rootless,
+            kernel_release: i.kernel_release,
+            operating_system: i.operating_system,
+            cpus: i.cpus,
+            memory_bytes: i.memory_bytes,
+            pid: std::process::id(),
+            addresses: self.addresses.to_vec(),
+            builds_running: self.builds.count(),
         }))
     }
 

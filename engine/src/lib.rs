@@ -13,6 +13,7 @@ mod debug;
 mod diskfull;
 mod export;
 mod images;
+mod info;
 mod load;
 pub mod networks;
 mod outputs;
@@ -36,6 +37,7 @@ pub use images::{
     all_images, familiar_parts, inspect_image_at, short_id, HistoryEntry, ImageFilter,
     ImageSummary, Removed,
 };
+pub use info::{system_info, DaemonInfo, SystemInfo};
 pub use kiln_cache::{dir_usage, human_size, parse_size, KindUsage, StoreUsage};
 pub use kiln_cache::{ImageRecord, LockHolder, LockWait};
 pub use kiln_registry::LoginStore;

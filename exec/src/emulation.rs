@@ -48,11 +48,33 @@ pub enum Emulation {
 /// How a program for GOARCH `architecture` runs through the handlers in `dir`
 /// ([`binfmt_misc_dir`] for the host's).
 pub fn emulation_for(dir: &Path, architecture: &str) -> Emulation {
-    let Some(header) = elf_header(architecture) else {
-        return Emulation::UnknownArchitecture;
-    };
+    match elf_header(architecture) {
+        Some(header) => emulation_among(&read_handlers(dir), &header),
+        None => Emulation::UnknownArchitecture,
+    }
+}
+
+/// The GOARCH architectures (of those kiln knows the ELF machine of) whose programs run in a
+/// sandbox through the handlers in `dir`: [`Emulation::Ready`] for each, in kiln's order of
+/// architectures. The host's own architecture is among them only if a handler claims it.
+pub fn emulated_architectures(dir: &Path) -> Vec<&'static str> {
+    let handlers = read_handlers(dir);
+    MACHINES
+        .iter()
+        .filter(|m| {
+            matches!(
+                emulation_among(&handlers, &m.elf_header()),
+                Emulation::Ready { .. }
+            )
+        })
+        .map(|m| m.architecture)
+        .collect()
+}
+
+/// The handlers listed in `dir`, by name; none when it cannot be read.
+fn read_handlers(dir: &Path) -> Vec<(String, Handler)> {
     let Ok(entries) = std::fs::read_dir(dir) else {
-        return Emulation::Missing;
+        return Vec::new();
     };
     let mut names: Vec<String> = entries
         .flatten()
@@ -62,24 +84,29 @@ pub fn emulation_for(dir: &Path, architecture: &str) -> Emulation {
     // The kernel tries the most recently registered handler first; a stable order is the best a
     // reader of the directory can do, and two handlers for one machine are rare.
     names.sort();
+    names
+        .into_iter()
+        .filter_map(|name| {
+            let text = std::fs::read_to_string(dir.join(&name)).ok()?;
+            Some((name, Handler::parse(&text)?))
+        })
+        .collect()
+}
+
+/// How a program starting with `header` runs through `handlers`.
+fn emulation_among(handlers: &[(String, Handler)], header: &[u8; 20]) -> Emulation {
     let mut without_f = None;
-    for name in names {
-        let Ok(text) = std::fs::read_to_string(dir.join(&name)) else {
-            continue;
-        };
-        let Some(h) = Handler::parse(&text) else {
-            continue;
-        };
-        if !h.enabled || !h.matches(&header) {
+    for (name, h) in handlers {
+        if !h.enabled || !h.matches(header) {
             continue;
         }
         if h.flags.contains('F') {
             return Emulation::Ready {
-                handler: name,
-                interpreter: h.interpreter,
+                handler: name.clone(),
+                interpreter: h.interpreter.clone(),
             };
         }
-        without_f.get_or_insert(name);
+        without_f.get_or_insert_with(|| name.clone());
     }
     match without_f {
         Some(handler) => Emulation::NotFixBinary { handler },
@@ -87,39 +114,70 @@ pub fn emulation_for(dir: &Path, architecture: &str) -> Emulation {
     }
 }
 
-/// The first 20 bytes of an executable ELF file for GOARCH `architecture`: what binfmt_misc
-/// handlers match (class, byte order, `e_type`, `e_machine`).
+/// An architecture's ELF identity: what binfmt_misc handlers match.
+struct Machine {
+    /// Its GOARCH name.
+    architecture: &'static str,
+    /// EI_CLASS: 1 = 32-bit, 2 = 64-bit.
+    class: u8,
+    /// EI_DATA: 1 = little, 2 = big endian.
+    data: u8,
+    /// e_machine.
+    machine: u16,
+}
+
+const fn m(architecture: &'static str, class: u8, data: u8, machine: u16) -> Machine {
+    Machine {
+        architecture,
+        class,
+        data,
+        machine,
+    }
+}
+
+/// Every architecture kiln knows the ELF machine of.
+const MACHINES: &[Machine] = &[
+    m("amd64", 2, 1, 62),
+    m("386", 1, 1, 3),
+    m("arm64", 2, 1, 183),
+    m("arm", 1, 1, 40),
+    m("ppc64le", 2, 1, 21),
+    m("ppc64", 2, 2, 21),
+    m("s390x", 2, 2, 22),
+    m("riscv64", 2, 1, 243),
+    m("mips64le", 2, 1, 8),
+    m("mips64", 2, 2, 8),
+    m("mipsle", 1, 1, 8),
+    m("mips", 1, 2, 8),
+    m("loong64", 2, 1, 258),
+];
+
+impl Machine {
+    /// The first 20 bytes of an executable ELF file for it (class, byte order, `e_type`,
+    /// `e_machine`).
+    fn elf_header(&self) -> [u8; 20] {
+        let mut h = [0u8; 20];
+        h[..4].copy_from_slice(b"\x7fELF");
+        h[4] = self.class;
+        h[5] = self.data;
+        h[6] = 1;
+        let (e_type, e_machine) = if self.data == 1 {
+            (2u16.to_le_bytes(), self.machine.to_le_bytes())
+        } else {
+            (2u16.to_be_bytes(), self.machine.to_be_bytes())
+        };
+        h[16..18].copy_from_slice(&e_type);
+        h[18..20].copy_from_slice(&e_machine);
+        h
+    }
+}
+
+/// The first 20 bytes of an executable ELF file for GOARCH `architecture`.
 fn elf_header(architecture: &str) -> Option<[u8; 20]> {
-    // (EI_CLASS: 1 = 32-bit, 2 = 64-bit; EI_DATA: 1 = little, 2 = big endian; e_machine)
-    let (class, data, machine): (u8, u8, u16) = match architecture {
-        "amd64" => (2, 1, 62),
-        "386" => (1, 1, 3),
-        "arm64" => (2, 1, 183),
-        "arm" => (1, 1, 40),
-        "ppc64le" => (2, 1, 21),
-        "ppc64" => (2, 2, 21),
-        "s390x" => (2, 2, 22),
-        "riscv64" => (2, 1, 243),
-        "mips64le" => (2, 1, 8),
-        "mips64" => (2, 2, 8),
-        "mipsle" => (1, 1, 8),
-        "mips" => (1, 2, 8),
-        "loong64" => (2, 1, 258),
-        _ => return None,
-    };
-    let mut h = [0u8; 20];
-    h[..4].copy_from_slice(b"\x7fELF");
-    h[4] = class;
-    h[5] = data;
-    h[6] = 1;
-    let (e_type, e_machine) = if data == 1 {
-        (2u16.to_le_bytes(), machine.to_le_bytes())
-    } else {
-        (2u16.to_be_bytes(), machine.to_be_bytes())
-    };
-    h[16..18].copy_from_slice(&e_type);
-    h[18..20].copy_from_slice(&e_machine);
-    Some(h)
+    MACHINES
+        .iter()
+        .find(|m| m.architecture == architecture)
+        .map(Machine::elf_header)
 }
 
 /// One registered handler, as `/proc/sys/fs/binfmt_misc/NAME` shows it.
@@ -484,6 +542,17 @@ mod tests {
         assert_eq!(emulation_for(d.path(), "arm64"), Emulation::Missing);
         let missing = d.path().join("nothing-here");
         assert_eq!(emulation_for(&missing, "arm64"), Emulation::Missing);
+    }
+
+    #[test]
+    fn emulated_architectures_are_those_a_ready_handler_runs() {
+        let d = dir_with(&[
+            ("qemu-aarch64", listing("POCF", true)),
+            ("qemu-arm", "enabled\ninterpreter /x\nflags: OP\noffset 0\nmagic 7f454c4601010100000000000000000002002800\n".into()),
+        ]);
+        // The arm handler lacks `F`: it would not run inside a sandbox.
+        assert_eq!(emulated_architectures(d.path()), vec!["arm64"]);
+        assert!(emulated_architectures(&d.path().join("nothing-here")).is_empty());
     }
 
     #[test]

@@ -48,12 +48,12 @@ use std::path::PathBuf;
 
 pub use cgroups::{format_size, parse_shm_size, parse_size, Limits, DEFAULT_PIDS_LIMIT};
 pub use emulation::{
-    binfmt_misc_dir, emulation_for, register_qemu_handlers, Emulation, Registration,
-    RegistrationOutcome, BINFMT_MISC_DIR, QEMU_BINFMT_CONF_DIR,
+    binfmt_misc_dir, emulated_architectures, emulation_for, register_qemu_handlers, Emulation,
+    Registration, RegistrationOutcome, BINFMT_MISC_DIR, QEMU_BINFMT_CONF_DIR,
 };
 pub use error::ExecError;
 pub use extras::{parse_add_host, parse_ulimit, Ulimit};
-pub use oci::Runtime;
+pub use oci::{installed_runtimes, Runtime};
 pub use rootless::{
     has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged, rootless_store_dir,
 };

@@ -117,6 +117,18 @@ pub(crate) fn delete_command(binary: &str, runtime_root: &Path, id: &str) -> std
     cmd
 }
 
+/// The runtimes `--runtime` can use on this host: the built-in sandbox always, then each OCI
+/// runtime kiln knows by name (`runc`, `crun`) that PATH has, found as a run would find it.
+pub fn installed_runtimes() -> Vec<Runtime> {
+    let mut found = vec![Runtime::Builtin];
+    for name in ["runc", "crun"] {
+        if locate(name).is_some() {
+            found.push(Runtime::Oci(name.to_string()));
+        }
+    }
+    found
+}
+
 /// The runtime `binary` as the watcher will run it: a path, or the first match in PATH.
 fn locate(binary: &str) -> Option<PathBuf> {
     let is_exe = |p: &Path| {
