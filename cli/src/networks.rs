@@ -33,6 +33,12 @@ pub(crate) enum NetworkCommand {
         #[arg(required = true)]
         networks: Vec<String>,
     },
+    /// Remove every user network no container is attached to.
+    Prune {
+        /// Accepted for Docker's sake: kiln does not ask.
+        #[arg(short, long)]
+        force: bool,
+    },
     /// Show networks as JSON, as `docker network inspect` does.
     Inspect {
         #[arg(required = true)]
@@ -105,6 +111,17 @@ pub(crate) fn network(root: &Path, c: NetworkCommand) -> Result<i32> {
                 }
             }
             Ok(code)
+        }
+        NetworkCommand::Prune { force: _ } => {
+            let lock = networks::lock(root)?;
+            let removed = networks::prune(&lock, root)?;
+            if !removed.is_empty() {
+                println!("Deleted Networks:");
+                for n in &removed {
+                    println!("{n}");
+                }
+            }
+            Ok(0)
         }
         NetworkCommand::Inspect { networks: names } => {
             let mut out = Vec::new();

@@ -264,3 +264,44 @@ fn bad_network_requests_are_one_clear_line() {
         stderr(&out)
     );
 }
+
+#[test]
+fn network_prune_removes_the_unused_user_networks_only() {
+    let k = Kiln::with_busybox();
+    for (name, subnet) in [("t6", "10.236.0.0/24"), ("t7", "10.237.0.0/24")] {
+        let out = k.run(&["network", "create", "--subnet", subnet, name]);
+        assert_ok(&out, "kiln network create");
+    }
+    let _t6 = Network { k: &k, name: "t6" };
+    let _t7 = Network { k: &k, name: "t7" };
+    let unused_bridge = bridge_of(&k, "t7");
+    let out = k.run(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "t6",
+        "busybox",
+        "sleep",
+        "60",
+    ]);
+    assert_ok(&out, "a container on t6");
+
+    let out = k.run(&["network", "prune", "-f"]);
+    assert_ok(&out, "kiln network prune");
+    assert_eq!(stdout(&out), "Deleted Networks:\nt7\n");
+    assert!(!std::path::Path::new("/sys/class/net")
+        .join(&unused_bridge)
+        .exists());
+    let ls = stdout(&k.run(&["network", "ls"]));
+    assert!(ls.lines().any(|l| l.contains(" t6 ")), "{ls}");
+    assert!(ls.lines().any(|l| l.contains(" bridge ")), "{ls}");
+
+    // Once its container is removed, the network is unused too.
+    assert_ok(&k.run(&["rm", "-f", "web"]), "kiln rm -f web");
+    let out = k.run(&["network", "prune", "-f"]);
+    assert_eq!(stdout(&out), "Deleted Networks:\nt6\n");
+    let out = k.run(&["network", "prune", "-f"]);
+    assert_eq!(stdout(&out), "", "nothing left to prune");
+}

@@ -357,6 +357,19 @@ pub fn remove(_lock: &NetworksLock, root: &Path, query: &str) -> Result<String> 
     Ok(net.name)
 }
 
+/// `kiln network prune`: removes every user network no container (running or not) is attached
+/// to, as `kiln network rm` would; returns their names. The pre-defined ones stay.
+pub fn prune(lock: &NetworksLock, root: &Path) -> Result<Vec<String>> {
+    let mut removed = Vec::new();
+    for net in list_existing(root) {
+        if predefined(&net.name) || !leases(root, &net).is_empty() {
+            continue;
+        }
+        removed.push(remove(lock, root, &net.name)?);
+    }
+    Ok(removed)
+}
+
 /// `kiln network inspect`: the network as `docker network inspect` shows one.
 pub fn inspect(root: &Path, net: &NetworkRecord) -> serde_json::Value {
     let containers: serde_json::Map<String, serde_json::Value> = leases(root, net)
