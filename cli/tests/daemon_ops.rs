@@ -645,3 +645,57 @@ fn info_refuses_an_unknown_format_by_the_flags_name_before_reaching_a_daemon() {
         assert!(stdout(out).is_empty(), "{what}: {}", stdout(out));
     }
 }
+
+#[test]
+fn a_rootless_daemon_serves_under_xdg_runtime_dir_and_removes_its_socket() {
+    // `nobody`, through util-linux's setpriv: the daemon as an unprivileged user, without
+    // `--addr`, on a store of that user's.
+    let home = tempfile::tempdir().unwrap();
+    let run = home.path().join("run");
+    let root = home.path().join("root");
+    for d in [&run, &root] {
+        std::fs::create_dir(d).unwrap();
+    }
+    for p in [home.path(), &run, &root] {
+        std::os::unix::fs::chown(p, Some(65534), Some(65534)).unwrap();
+    }
+    let as_nobody = || {
+        let mut c = Command::new("setpriv");
+        c.args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+            .arg(env!("CARGO_BIN_EXE_kiln"))
+            .env_clear()
+            .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
+            .env("HOME", home.path())
+            .env("XDG_RUNTIME_DIR", &run)
+            .env("KILN_ROOT", &root);
+        c
+    };
+    let mut daemon = as_nobody()
+        .arg("daemon")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let socket = run.join("kiln/kiln.sock");
+    let started = Instant::now();
+    while !socket.exists() && started.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(socket.exists(), "no socket at {}", socket.display());
+    let meta = std::fs::metadata(&socket).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 65534);
+    let out = as_nobody()
+        .args(["--host", &format!("unix://{}", socket.display()), "version"])
+        .output()
+        .unwrap();
+    assert_ok(&out, "kiln --host version as the daemon's user");
+    assert!(stdout(&out).contains("Server:"), "{}", stdout(&out));
+    // SIGTERM: the daemon ends cleanly and takes its socket with it.
+    let killed = Command::new("kill")
+        .args(["-TERM", &daemon.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let status = daemon.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(!socket.exists());
+}
