@@ -83,7 +83,7 @@ fn builds_started_together_on_one_store_failed_with_store_is_locked() {
             finish(child, &format!("concurrent build {i}"));
         }
     }
-    let out = k.run(&["images", "--quiet"]);
+    let out = k.run(&["images"]);
     assert_ok(&out, "kiln images");
     let names = stdout(&out);
     for i in 0..8 {
@@ -126,7 +126,7 @@ fn kiln_images_failed_while_a_build_held_the_store() {
         "the build was not running any more: the test proves nothing"
     );
     finish(holder, "the build holding the store");
-    let out = k.run(&["images", "--quiet"]);
+    let out = k.run(&["images"]);
     assert!(stdout(&out).contains("docker.io/library/slow:latest"));
 }
 
@@ -327,7 +327,7 @@ fn build_platform_ran_the_host_base_and_labelled_it_another_platform() {
         err.contains(&format!("is an image for {host} only, not {foreign}")),
         "{err}"
     );
-    let images = stdout(&k2.run(&["images", "--quiet"]));
+    let images = stdout(&k2.run(&["images"]));
     assert!(!images.contains("library/lie"), "{images}");
 
     // Cross-building as BuildKit does still works: RUN on the build platform, the result for

@@ -235,7 +235,7 @@ fn kiln_check_drops_a_corrupt_blob_and_the_image_and_a_pull_recovers() {
         "{report}"
     );
     assert!(!path.exists(), "the corrupt blob was kept");
-    let listed = stdout(&k2.run(&["images", "--quiet"]));
+    let listed = stdout(&k2.run(&["images"]));
     assert!(!listed.contains(&name), "{listed}");
     assert_ok(&k2.run(&["check"]), "a second check finds nothing");
 
@@ -425,7 +425,7 @@ fn disk_full_during_a_pull_said_broken_pipe() {
     let err = stderr(&out);
     assert!(err.contains("the disk is full"), "{err}");
     assert!(!err.contains("broken pipe"), "{err}");
-    assert!(!stdout(&k.run(&["images", "--quiet"])).contains("noise"));
+    assert!(!stdout(&k.run(&["images"])).contains("noise"));
     assert_eq!(
         std::fs::read_dir(k.root.path().join("tmp"))
             .unwrap()
@@ -467,7 +467,7 @@ fn a_pull_killed_mid_layer_listed_an_image_whose_layer_is_missing() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
-    let listed = stdout(&k.run(&["images", "--quiet"]));
+    let listed = stdout(&k.run(&["images"]));
     assert!(
         !listed.contains("kiln-test-big-noise"),
         "an image without its layer is listed:\n{listed}"
