@@ -17,9 +17,18 @@ const EMPTY_MIRROR: &str = "127.0.0.1:5126";
 /// Nothing listens here: a mirror that is down.
 const DEAD_MIRROR: &str = "127.0.0.1:5196";
 
+/// A mirror that serves Docker Hub's repositories under a path prefix, as a Harbor proxy
+/// project does: `hub-proxy/library/python`.
+const PREFIXED_MIRROR: &str = "127.0.0.1:5156";
+
 /// Pushes a busybox image carrying `/mirror-marker` (so an image pulled from anywhere else
 /// would show) to `MIRROR` as `library/python:3.12`.
 fn seed_mirror() {
+    seed(&format!("{MIRROR}/library/python:3.12"));
+}
+
+/// Pushes the marked image to `dest`.
+fn seed(dest: &str) {
     let k = Kiln::with_busybox();
     let ctx = temp_context(
         "kiln-mirror-",
@@ -32,11 +41,34 @@ fn seed_mirror() {
         &build(&k, ctx.path(), &["-t", "seed"]),
         "build the seed image",
     );
-    let dest = format!("{MIRROR}/library/python:3.12");
     assert_ok(
-        &k.run(&["push", "--progress", "plain", "seed", &dest]),
+        &k.run(&["push", "--progress", "plain", "seed", dest]),
         "push to the mirror",
     );
+}
+
+#[test]
+fn a_mirror_with_a_path_prefix_is_asked_under_it() {
+    let _mirror = RegistryGuard::start_at(PREFIXED_MIRROR);
+    seed(&format!("{PREFIXED_MIRROR}/hub-proxy/library/python:3.12"));
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &format!("[registry.\"docker.io\"]\nmirrors = [\"{PREFIXED_MIRROR}/hub-proxy\"]\n"),
+    );
+    let k = Kiln::new();
+    let out = k.run(&[
+        "--config",
+        &config,
+        "pull",
+        "--progress",
+        "plain",
+        "python:3.12",
+    ]);
+    assert_ok(&out, "pull python:3.12 through the prefixed mirror");
+    let out = k.run(&["run", "--rm", "python:3.12", "cat", "/mirror-marker"]);
+    assert_ok(&out, "run the pulled image");
+    assert_eq!(stdout(&out).trim(), "served-by-the-mirror");
 }
 
 fn write_config(dir: &Path, text: &str) -> String {

@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [registry."docker.io"]
-//! mirrors = ["mirror.internal:5000"]   # tried in order, then docker.io itself
+//! mirrors = ["mirror.internal:5000", "harbor.internal/hub-proxy"]   # in order, then docker.io
 //!
 //! [registry."mirror.internal:5000"]
 //! http = true                          # plain http (loopback always may)
@@ -136,7 +136,7 @@ impl Config {
             })?;
             let mut mirrors = Vec::new();
             for m in &entry.mirrors {
-                let mirror = registry_name(m).with_context(|| {
+                let (mirror, prefix) = mirror_name(m).with_context(|| {
                     format!(
                         "config file `{}`: `[registry.\"{name}\"]` mirror `{m}`",
                         path.display()
@@ -145,7 +145,10 @@ impl Config {
                 if m.starts_with("http://") {
                     plain_mirrors.push(mirror.clone());
                 }
-                mirrors.push(mirror);
+                mirrors.push(match prefix {
+                    Some(p) => format!("{mirror}/{p}"),
+                    None => mirror,
+                });
             }
             let mut ca_certs = Vec::new();
             for ca in &entry.ca {
@@ -228,6 +231,34 @@ fn registry_name(text: &str) -> Result<String> {
     Ok(kiln_registry::registry_host(bare))
 }
 
+/// A mirror: `host[:port]` with an optional repository path prefix (`harbor.internal/proxy`,
+/// as BuildKit's mirrors take it: `/v2/proxy/<repository>` is asked).
+fn mirror_name(text: &str) -> Result<(String, Option<String>)> {
+    let bare = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .unwrap_or(text)
+        .trim_end_matches('/');
+    let Some((host, prefix)) = bare.split_once('/') else {
+        return Ok((registry_name(text)?, None));
+    };
+    let plain = prefix.split('/').all(|part| {
+        !part.is_empty()
+            && part != "."
+            && part != ".."
+            && part
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "._-".contains(c))
+    });
+    if !plain {
+        bail!(
+            "`{text}` is not a mirror: write `host[:port]` or `host[:port]/path`, the path in \
+             lowercase letters, digits, `.`, `_` and `-`"
+        );
+    }
+    Ok((registry_name(host)?, Some(prefix.to_string())))
+}
+
 /// `30s`, `30m`, `48h`, `7d`, or a number of seconds: the `--filter until=` and
 /// `gc.keep-duration` syntax (Go's durations plus days).
 pub fn parse_duration(text: &str) -> Option<Duration> {
@@ -298,8 +329,12 @@ keep-duration = "7d"
         );
         let e = err("[gc]\nkeep-duration = \"soon\"\n");
         assert!(e.contains("keep-duration"), "{e}");
-        let e = err("[registry.\"docker.io\"]\nmirrors = [\"host/path\"]\n");
-        assert!(e.contains("without a path"), "{e}");
+        let e = err("[registry.\"docker.io\"]\nmirrors = [\"host/../up\"]\n");
+        assert!(e.contains("is not a mirror"), "{e}");
+        let e = err("[registry.\"docker.io\"]\nmirrors = [\"host/Path\"]\n");
+        assert!(e.contains("lowercase"), "{e}");
+        let e = err("[registry.\"docker.io\"]\nmirrors = [\"/path\"]\n");
+        assert!(e.contains("not a registry"), "{e}");
         let e = err("[registry.\"docker.io\"]\nca = [\"/nope/ca.pem\"]\n");
         assert!(e.contains("/nope/ca.pem"), "{e}");
         let e = err("[registry.\"docker.io\"]\n[registry.\"index.docker.io\"]\n");

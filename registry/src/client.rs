@@ -336,7 +336,8 @@ impl RegistryClient {
     }
 
     /// Where a pull of `r` is tried, in order: its registry's mirrors (same repository and
-    /// tag or digest), then the registry itself.
+    /// tag or digest, under the mirror's path prefix when it has one, as BuildKit's
+    /// `mirrors = ["host/prefix"]`), then the registry itself.
     fn pull_sources(&self, r: &Reference) -> Vec<Reference> {
         let mut out: Vec<Reference> = self
             .inner
@@ -345,9 +346,17 @@ impl RegistryClient {
             .map(|h| h.mirrors.as_slice())
             .unwrap_or_default()
             .iter()
-            .filter(|m| **m != r.registry && !self.mirror_is_dead(m))
-            .map(|m| Reference {
-                registry: m.clone(),
+            .map(|m| match m.split_once('/') {
+                Some((host, prefix)) => (host, Some(prefix)),
+                None => (m.as_str(), None),
+            })
+            .filter(|(host, _)| *host != r.registry && !self.mirror_is_dead(host))
+            .map(|(host, prefix)| Reference {
+                registry: host.to_string(),
+                repository: match prefix {
+                    Some(p) => format!("{p}/{}", r.repository),
+                    None => r.repository.clone(),
+                },
                 ..r.clone()
             })
             .collect();
@@ -1647,6 +1656,7 @@ mod tests {
                 "mirror-a:5000".into(),
                 "docker.io".into(),
                 "mirror-b".into(),
+                "harbor.internal/v2-proxy/hub".into(),
             ],
             ..HostOptions::default()
         };
@@ -1672,8 +1682,16 @@ mod tests {
             vec![
                 "mirror-a:5000/library/python:3.12",
                 "mirror-b/library/python:3.12",
+                "harbor.internal/v2-proxy/hub/library/python:3.12",
                 "docker.io/library/python:3.12",
             ]
+        );
+        // A path prefix goes after `/v2/`, as BuildKit sends it.
+        assert_eq!(
+            c.url(&c.pull_sources(&r)[2], "manifests/3.12")
+                .unwrap()
+                .as_str(),
+            "https://harbor.internal/v2/v2-proxy/hub/library/python/manifests/3.12"
         );
         assert_eq!(
             c.url(&c.pull_sources(&r)[1], "manifests/3.12")
@@ -1690,7 +1708,7 @@ mod tests {
             detail: "refused".into(),
         };
         c.mirror_failed(&c.pull_sources(&r)[0], &r, &e);
-        assert_eq!(c.pull_sources(&r).len(), 2);
+        assert_eq!(c.pull_sources(&r).len(), 3);
         // Other registries have no mirrors.
         let other = Reference::parse("ghcr.io/a/b:1").unwrap();
         assert_eq!(c.pull_sources(&other), vec![other]);
