@@ -973,3 +973,43 @@ fn an_image_without_an_inline_cache_is_a_warning_and_inline_needs_an_image() {
         stderr(&out)
     );
 }
+
+/// An OCI layout directory holding an image with an inline cache is a cache too
+/// (`type=local,src=DIR,tag=TAG`), read as lazily as a registry's.
+#[test]
+fn an_inline_cache_is_read_from_an_oci_layout_directory() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let layout = tempfile::tempdir().unwrap();
+    let first = Kiln::new();
+    let ctx1 = inline_context("inline-layout-one-", &base);
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--cache-to",
+            "type=inline",
+            "-t",
+            "inline-layout:7",
+            "--output",
+            &format!("type=oci,dest={},tar=false", layout.path().display()),
+        ],
+    );
+    assert_ok(&out, "build into an OCI layout with an inline cache");
+
+    let second = Kiln::new();
+    let ctx2 = inline_context("inline-layout-two-", &base);
+    let out = build(
+        &second,
+        ctx2.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={},tag=7", layout.path().display()),
+        ],
+    );
+    assert_ok(&out, "build with the layout's image as its cache");
+    let err = stderr(&out);
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(run_and_cached(&out).0, 0, "every step is cached:\n{err}");
+    assert_eq!(cache_layers_downloaded(&out), 0, "{err}");
+}
