@@ -1013,3 +1013,83 @@ fn an_inline_cache_is_read_from_an_oci_layout_directory() {
     assert_eq!(run_and_cached(&out).0, 0, "every step is cached:\n{err}");
     assert_eq!(cache_layers_downloaded(&out), 0, "{err}");
 }
+
+/// A multi-platform build with `--cache-to type=inline` writes each platform's records into that
+/// platform's config; `--cache-from` of the index imports the entries of the platforms built.
+#[test]
+fn each_platform_of_an_index_carries_its_own_inline_cache() {
+    let (reg, _guard) = registry();
+    let k = Kiln::with_busybox();
+    k.import_arm64_busybox("busybox-arm64");
+    let base = format!("{reg}/{}", unique("inline-multi-base"));
+    assert_ok(
+        &k.run(&["push", "busybox", &format!("{base}-amd64:1")]),
+        "push the amd64 base",
+    );
+    assert_ok(
+        &k.run(&["push", "busybox-arm64", &format!("{base}-arm64:1")]),
+        "push the arm64 base",
+    );
+    // No RUN: nothing needs an emulator.
+    let dockerfile = format!("FROM {base}-$TARGETARCH:1\nCOPY a.txt /a.txt\nCOPY b.txt /b.txt\n");
+    let files = [
+        ("Dockerfile", dockerfile.as_str()),
+        ("a.txt", "aye\n"),
+        ("b.txt", "bee\n"),
+    ];
+    let app = format!("{reg}/{}:multi", unique("inline-multi"));
+    let first = Kiln::new();
+    let ctx1 = temp_context("inline-multi-one-", &files);
+    let platforms = "linux/amd64,linux/arm64";
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--platform",
+            platforms,
+            "--cache-to",
+            "type=inline",
+            "-t",
+            &app,
+            "--push",
+        ],
+    );
+    assert_ok(&out, "multi-platform build with --cache-to type=inline");
+    let mut configs = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let raw = tool(
+            "skopeo",
+            &[
+                "--override-arch",
+                arch,
+                "inspect",
+                "--config",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{app}"),
+            ],
+        );
+        let config: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(config["architecture"], arch, "{raw}");
+        let records = config["kiln.cache.v1"]["records"].as_array().unwrap();
+        assert!(records.len() >= 3, "{raw}");
+        configs.push(config);
+    }
+    assert_ne!(
+        configs[0]["kiln.cache.v1"], configs[1]["kiln.cache.v1"],
+        "each platform's steps have their own keys"
+    );
+
+    let second = Kiln::new();
+    let ctx2 = temp_context("inline-multi-two-", &files);
+    let out = build(
+        &second,
+        ctx2.path(),
+        &["--platform", platforms, "--cache-from", &app],
+    );
+    assert_ok(&out, "multi-platform build with the index as its cache");
+    let err = stderr(&out);
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(run_and_cached(&out).0, 0, "every step is cached:\n{err}");
+    assert_eq!(cache_layers_downloaded(&out), 0, "{err}");
+}
