@@ -7,6 +7,10 @@
 //! a snapshot against its parent as images' layers are. Import is lazy: every record's key is
 //! recorded with snapshots that are empty until something reads them (`kiln_solver::lazy`), so
 //! a step that is cached downloads nothing.
+//!
+//! `--cache-to type=inline` writes the records into the built image's config instead
+//! (`kiln.cache.v1`, [`inline_cache`]), naming the image's own layers; `--cache-from IMAGE`
+//! reads such an image ([`inline_config`]) through the same lazy import.
 
 use anyhow::{bail, Context, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
