@@ -266,12 +266,12 @@ struct BuildArgs {
     /// Do not use the cache for these stages (and what uses them): STAGE[,STAGE...].
     #[arg(long = "no-cache-filter", value_delimiter = ',')]
     no_cache_filter: Vec<String>,
-    /// Export the build cache: type=registry,ref=REF[,mode=min|max][,ignore-error=true] or
-    /// type=local,dest=DIR[,tag=TAG]. May be repeated.
+    /// Export the build cache: type=registry,ref=REF[,mode=min|max][,ignore-error=true],
+    /// type=local,dest=DIR[,tag=TAG], or type=inline (in the image's config). May be repeated.
     #[arg(long = "cache-to")]
     cache_to: Vec<String>,
     /// Import a build cache: type=registry,ref=REF, type=local,src=DIR[,tag=TAG], or an image
-    /// reference. May be repeated; tried in order.
+    /// reference (a kiln cache, or an image with an inline cache). May be repeated; tried in order.
     #[arg(long = "cache-from")]
     cache_from: Vec<String>,
     /// A secret for `RUN --mount=type=secret`: id=ID,src=FILE or id=ID,env=VAR. May be repeated.

@@ -637,6 +637,11 @@ fn a_cached_rebuild_downloads_no_layer_and_a_changed_one_only_what_runs() {
         ],
     );
     assert!(pushed.contains("\"diff_ids\""), "{pushed}");
+    // No `--cache-to type=inline`: no inline cache.
+    assert!(
+        pushed_config(&image).get("kiln.cache.v1").is_none(),
+        "{pushed}"
+    );
     let pushed_raw = tool(
         "skopeo",
         &[
@@ -767,4 +772,324 @@ fn a_cache_written_as_a_docker_manifest_list_is_read_back() {
         std::fs::read_to_string(iid("one")).unwrap(),
         std::fs::read_to_string(iid("two")).unwrap()
     );
+}
+
+const INLINE_DOCKERFILE: &str = "FROM BASE
+COPY a.txt /a.txt
+RUN cat /a.txt > /out && echo ran-one-$((40+2))
+COPY b.txt /b.txt
+RUN cat /b.txt >> /out && echo ran-two-$((40+2))
+";
+
+fn inline_context(prefix: &str, base: &str) -> tempfile::TempDir {
+    temp_context(
+        prefix,
+        &[
+            ("Dockerfile", &INLINE_DOCKERFILE.replace("BASE", base)),
+            ("a.txt", "aye\n"),
+            ("b.txt", "bee\n"),
+        ],
+    )
+}
+
+/// The pushed config as it is (without `--raw`, skopeo prints only the fields it knows).
+fn pushed_config(image: &str) -> serde_json::Value {
+    let raw = tool(
+        "skopeo",
+        &[
+            "inspect",
+            "--config",
+            "--raw",
+            "--tls-verify=false",
+            &format!("docker://{image}"),
+        ],
+    );
+    serde_json::from_str(&raw).unwrap()
+}
+
+/// `--cache-to type=inline`: the records go into the pushed image's config, naming its own
+/// layers; another machine's `--cache-from IMAGE` hits every step without downloading a layer
+/// and makes the same image, and with one file changed runs only the steps after it.
+#[test]
+fn an_inline_cache_rides_in_the_image_and_another_machine_hits_it() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let app = format!("{reg}/{}:1", unique("inline-app"));
+    let out_dir = tempfile::tempdir().unwrap();
+    let iid = |name: &str| out_dir.path().join(name);
+
+    let first = Kiln::new();
+    let ctx1 = inline_context("inline-one-", &base);
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--cache-to",
+            "type=inline",
+            "-t",
+            &app,
+            "--push",
+            "--iidfile",
+            iid("one").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "first machine's build with --cache-to type=inline");
+    assert!(!stderr(&out).contains("warning"), "{}", stderr(&out));
+    let config = pushed_config(&app);
+    let layers = config["rootfs"]["diff_ids"].as_array().unwrap().len();
+    let records = config["kiln.cache.v1"]["records"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no inline cache in the config: {config}"));
+    // FROM, two COPYs and two RUNs, each naming a prefix of the image's layers.
+    assert!(records.len() >= 4, "{config}");
+    let mut longest = 0;
+    for r in records {
+        let idx: Vec<u64> = r["layers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i.as_u64().unwrap())
+            .collect();
+        assert_eq!(idx, (0..idx.len() as u64).collect::<Vec<_>>(), "{config}");
+        assert!(idx.len() <= layers, "{config}");
+        longest = longest.max(idx.len());
+    }
+    assert_eq!(
+        longest, layers,
+        "the last step's record is the whole image: {config}"
+    );
+    let id1 = std::fs::read_to_string(iid("one")).unwrap();
+
+    // Another machine (a fresh store) with the image as its cache: nothing runs, nothing is
+    // downloaded, and the same image (its own inline cache included) comes out.
+    let second = Kiln::new();
+    let ctx2 = inline_context("inline-two-", &base);
+    let app2 = format!("{reg}/{}:2", unique("inline-app-again"));
+    let out = build(
+        &second,
+        ctx2.path(),
+        &[
+            "--cache-from",
+            &app,
+            "--cache-to",
+            "type=inline",
+            "-t",
+            &app2,
+            "--push",
+            "--iidfile",
+            iid("two").to_str().unwrap(),
+        ],
+    );
+    assert_ok(&out, "second machine's build with --cache-from IMAGE");
+    let err = stderr(&out);
+    assert!(!err.contains("warning"), "{err}");
+    assert!(!err.contains("-42"), "a RUN ran again:\n{err}");
+    let (ran, cached) = run_and_cached(&out);
+    assert_eq!(ran, 0, "every step is cached:\n{err}");
+    assert!(cached >= 4, "{err}");
+    assert_eq!(cache_layers_downloaded(&out), 0, "{err}");
+    assert_eq!(
+        std::fs::read_to_string(iid("two")).unwrap(),
+        id1,
+        "the first machine's image:\n{config}\nthe second's:\n{}",
+        pushed_config(&app2)
+    );
+    // Its files come from the first machine's image when a container needs them.
+    let run = second.run(&["run", "--rm", &app2, "cat", "/out"]);
+    assert_ok(&run, "kiln run of the image built from the inline cache");
+    assert_eq!(stdout(&run), "aye\nbee\n");
+
+    // One file changed: its COPY and the RUN after it run, the steps below are cached.
+    let third = Kiln::new();
+    let ctx3 = inline_context("inline-three-", &base);
+    std::fs::write(ctx3.path().join("b.txt"), "bee changed\n").unwrap();
+    let out = build(
+        &third,
+        ctx3.path(),
+        &["--cache-from", &format!("type=registry,ref={app}")],
+    );
+    assert_ok(&out, "third machine's build with one file changed");
+    let err = stderr(&out);
+    assert_eq!(run_and_cached(&out).0, 2, "{err}");
+    assert_eq!(count(&err, "ran-one-42"), 0, "{err}");
+    assert_eq!(count(&err, "ran-two-42"), 1, "{err}");
+}
+
+/// Without `type=inline` an image's config has no inline cache, and `--cache-from` of such an
+/// image builds cold with one warning naming it; `type=inline` with no image to carry it, or
+/// with `mode=max`, says so.
+#[test]
+fn an_image_without_an_inline_cache_is_a_warning_and_inline_needs_an_image() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let app = format!("{reg}/{}:1", unique("no-inline-app"));
+    let k = Kiln::new();
+    let ctx = inline_context("no-inline-", &base);
+    let out = build(&k, ctx.path(), &["-t", &app, "--push"]);
+    assert_ok(&out, "build and push without an inline cache");
+    let config = pushed_config(&app);
+    assert!(config.get("kiln.cache.v1").is_none(), "{config}");
+
+    let other = Kiln::new();
+    let out = build(&other, ctx.path(), &["--cache-from", &app]);
+    assert_ok(
+        &out,
+        "build with an image without an inline cache as its cache",
+    );
+    let err = stderr(&out);
+    assert_eq!(count(&err, "warning"), 1, "{err}");
+    assert_eq!(count(&err, &format!("`{app}`")), 1, "{err}");
+    assert!(err.contains("--cache-to type=inline"), "{err}");
+    assert_eq!(count(&err, "ran-one-42"), 1, "{err}");
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let out = build(
+        &other,
+        ctx.path(),
+        &[
+            "--cache-to",
+            "type=inline",
+            "--output",
+            &format!("type=local,dest={}", out_dir.path().display()),
+        ],
+    );
+    assert_ok(&out, "type=inline with a local output");
+    assert_eq!(
+        count(&stderr(&out), "no cache is written"),
+        1,
+        "{}",
+        stderr(&out)
+    );
+    let out = build(
+        &other,
+        ctx.path(),
+        &["--cache-to", "type=inline,mode=max", "-t", "inline-max:1"],
+    );
+    assert_ok(&out, "type=inline,mode=max");
+    assert_eq!(
+        count(&stderr(&out), "`mode=min` is written"),
+        1,
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// An OCI layout directory holding an image with an inline cache is a cache too
+/// (`type=local,src=DIR,tag=TAG`), read as lazily as a registry's.
+#[test]
+fn an_inline_cache_is_read_from_an_oci_layout_directory() {
+    let (reg, _guard) = registry();
+    let base = push_base(&reg);
+    let layout = tempfile::tempdir().unwrap();
+    let first = Kiln::new();
+    let ctx1 = inline_context("inline-layout-one-", &base);
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--cache-to",
+            "type=inline",
+            "-t",
+            "inline-layout:7",
+            "--output",
+            &format!("type=oci,dest={},tar=false", layout.path().display()),
+        ],
+    );
+    assert_ok(&out, "build into an OCI layout with an inline cache");
+
+    let second = Kiln::new();
+    let ctx2 = inline_context("inline-layout-two-", &base);
+    let out = build(
+        &second,
+        ctx2.path(),
+        &[
+            "--cache-from",
+            &format!("type=local,src={},tag=7", layout.path().display()),
+        ],
+    );
+    assert_ok(&out, "build with the layout's image as its cache");
+    let err = stderr(&out);
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(run_and_cached(&out).0, 0, "every step is cached:\n{err}");
+    assert_eq!(cache_layers_downloaded(&out), 0, "{err}");
+}
+
+/// A multi-platform build with `--cache-to type=inline` writes each platform's records into that
+/// platform's config; `--cache-from` of the index imports the entries of the platforms built.
+#[test]
+fn each_platform_of_an_index_carries_its_own_inline_cache() {
+    let (reg, _guard) = registry();
+    let k = Kiln::with_busybox();
+    k.import_arm64_busybox("busybox-arm64");
+    let base = format!("{reg}/{}", unique("inline-multi-base"));
+    assert_ok(
+        &k.run(&["push", "busybox", &format!("{base}-amd64:1")]),
+        "push the amd64 base",
+    );
+    assert_ok(
+        &k.run(&["push", "busybox-arm64", &format!("{base}-arm64:1")]),
+        "push the arm64 base",
+    );
+    // No RUN: nothing needs an emulator.
+    let dockerfile = format!("FROM {base}-$TARGETARCH:1\nCOPY a.txt /a.txt\nCOPY b.txt /b.txt\n");
+    let files = [
+        ("Dockerfile", dockerfile.as_str()),
+        ("a.txt", "aye\n"),
+        ("b.txt", "bee\n"),
+    ];
+    let app = format!("{reg}/{}:multi", unique("inline-multi"));
+    let first = Kiln::new();
+    let ctx1 = temp_context("inline-multi-one-", &files);
+    let platforms = "linux/amd64,linux/arm64";
+    let out = build(
+        &first,
+        ctx1.path(),
+        &[
+            "--platform",
+            platforms,
+            "--cache-to",
+            "type=inline",
+            "-t",
+            &app,
+            "--push",
+        ],
+    );
+    assert_ok(&out, "multi-platform build with --cache-to type=inline");
+    let mut configs = Vec::new();
+    for arch in ["amd64", "arm64"] {
+        let raw = tool(
+            "skopeo",
+            &[
+                "--override-arch",
+                arch,
+                "inspect",
+                "--config",
+                "--raw",
+                "--tls-verify=false",
+                &format!("docker://{app}"),
+            ],
+        );
+        let config: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        assert_eq!(config["architecture"], arch, "{raw}");
+        let records = config["kiln.cache.v1"]["records"].as_array().unwrap();
+        assert!(records.len() >= 3, "{raw}");
+        configs.push(config);
+    }
+    assert_ne!(
+        configs[0]["kiln.cache.v1"], configs[1]["kiln.cache.v1"],
+        "each platform's steps have their own keys"
+    );
+
+    let second = Kiln::new();
+    let ctx2 = temp_context("inline-multi-two-", &files);
+    let out = build(
+        &second,
+        ctx2.path(),
+        &["--platform", platforms, "--cache-from", &app],
+    );
+    assert_ok(&out, "multi-platform build with the index as its cache");
+    let err = stderr(&out);
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(run_and_cached(&out).0, 0, "every step is cached:\n{err}");
+    assert_eq!(cache_layers_downloaded(&out), 0, "{err}");
 }

@@ -7,6 +7,10 @@
 //! a snapshot against its parent as images' layers are. Import is lazy: every record's key is
 //! recorded with snapshots that are empty until something reads them (`kiln_solver::lazy`), so
 //! a step that is cached downloads nothing.
+//!
+//! `--cache-to type=inline` writes the records into the built image's config instead
+//! (`kiln.cache.v1`, [`inline_cache`]), naming the image's own layers; `--cache-from IMAGE`
+//! reads such an image ([`inline_config`]) through the same lazy import.
 
 use anyhow::{bail, Context, Result};
 use futures::{StreamExt as _, TryStreamExt as _};
@@ -19,8 +23,13 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 pub(crate) const CONFIG_MEDIA_TYPE: &str = "application/vnd.kiln.cache.config.v1+json";
+/// The image config field of an inline cache (`--cache-to type=inline`): kiln's records, whose
+/// layers are the image's own (BuildKit's `moby.buildkit.cache.v0` holds BuildKit's instead).
+pub(crate) const INLINE_KEY: &str = "kiln.cache.v1";
 const ARTIFACT_TYPE: &str = "application/vnd.kiln.cache.v1";
 const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
+const IMAGE_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
+const DOCKER_IMAGE_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const OCI_INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 const DOCKER_LIST_MEDIA_TYPE: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 /// The largest cache manifest or config read (a config of 100,000 steps is ~30 MB).
@@ -40,6 +49,8 @@ pub enum CacheLocation {
         tag: String,
         digest: Option<String>,
     },
+    /// `type=inline`: the records go into the built image's config, naming its own layers.
+    Inline,
 }
 
 /// One `--cache-to` or `--cache-from`.
@@ -72,6 +83,7 @@ impl std::fmt::Display for CacheLocation {
             CacheLocation::Local { dir, tag, .. } => {
                 write!(f, "`{}` (tag `{tag}`)", dir.display())
             }
+            CacheLocation::Inline => write!(f, "`type=inline`"),
         }
     }
 }
@@ -132,9 +144,13 @@ pub fn parse_cache_spec(s: &str, export: bool) -> Result<CacheSpec> {
                 digest,
             }
         }
-        "" => bail!("`{flag} {s}`: give the cache's `type=registry` or `type=local`"),
+        "inline" if export => CacheLocation::Inline,
+        "inline" => bail!(
+            "`{flag} {s}`: `type=inline` is for `--cache-to`; import an image's inline cache with `--cache-from IMAGE`"
+        ),
+        "" => bail!("`{flag} {s}`: give the cache's `type=registry`, `type=local` or `type=inline`"),
         other => bail!(
-            "`{flag} {s}`: the cache type `{other}` is not supported; use `type=registry` or `type=local`"
+            "`{flag} {s}`: the cache type `{other}` is not supported; use `type=registry`, `type=local` or `type=inline`"
         ),
     };
     if let Some(m) = kv.remove("mode") {
@@ -210,7 +226,7 @@ struct LayerRecord {
     image: bool,
 }
 
-#[derive(serde::Serialize, serde::Deserialize)]
+#[derive(serde::Serialize, serde::Deserialize, Clone, Debug, PartialEq, Eq)]
 struct StepRecord {
     /// The step's cache key (docs/cache-keys.md).
     key: String,
@@ -218,6 +234,169 @@ struct StepRecord {
     created_unix: u64,
     /// Indexes into `layers`, bottom-up: the result's snapshot chain. Empty: an empty result.
     layers: Vec<usize>,
+}
+
+/// The `kiln.cache.v1` field of an image config (`--cache-to type=inline`): the records of the
+/// steps whose result is in the image's snapshot chain, each naming a prefix of the image's
+/// layers (indexes into `rootfs.diff_ids` and the manifest's `layers`), so that the image's
+/// own blobs are the cache's and nothing else is stored or pushed.
+#[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq, Eq)]
+struct InlineCache {
+    records: Vec<StepRecord>,
+    /// Indexes of the layers that are a base image's own blobs (`LayerRecord::image`).
+    #[serde(default)]
+    image_layers: Vec<usize>,
+}
+
+/// The indexes into the image's layers of a result whose snapshot chain (bottom-up) is
+/// `chain`: `None` unless it is a prefix of the image's chain `image`, whose layers are one per
+/// snapshot in the same order.
+fn inline_layers(chain: &[SnapshotId], image: &[SnapshotId]) -> Option<Vec<usize>> {
+    (chain.len() <= image.len() && image[..chain.len()] == *chain)
+        .then(|| (0..chain.len()).collect())
+}
+
+/// The inline cache of an image whose result is `root` (`None`: `FROM scratch` with no step
+/// that made files): the records of `keys` whose result is in the image's chain (`mode=min`).
+/// Sorted by key, so that the same build gives the same config, and so the same image ID, on
+/// any machine.
+pub(crate) fn inline_cache(
+    store: &Store,
+    keys: &[String],
+    root: Option<SnapshotId>,
+) -> Result<serde_json::Value> {
+    let mut image: Vec<SnapshotId> = match root {
+        Some(r) => store.snapshots().chain(r)?,
+        None => Vec::new(),
+    };
+    image.reverse();
+    let mut records: Vec<StepRecord> = Vec::new();
+    for key in keys {
+        let Some(hit) = store.index().get(key)? else {
+            continue;
+        };
+        let Some(s) = hit.snapshot.filter(|s| image.contains(s)) else {
+            continue;
+        };
+        let mut chain = store.snapshots().chain(s)?;
+        chain.reverse();
+        let Some(layers) = inline_layers(&chain, &image) else {
+            continue;
+        };
+        records.push(StepRecord {
+            key: key.clone(),
+            created_unix: hit.created_unix,
+            layers,
+        });
+    }
+    records.sort_by(|a, b| a.key.cmp(&b.key));
+    records.dedup_by(|a, b| a.key == b.key);
+    let mut image_layers = Vec::new();
+    for (i, snap) in image.iter().enumerate() {
+        if kiln_solver::images::is_image_layer(store, *snap)? {
+            image_layers.push(i);
+        }
+    }
+    Ok(serde_json::to_value(InlineCache {
+        records,
+        image_layers,
+    })?)
+}
+
+/// Whether this build writes an inline cache (`--cache-to type=inline`): only into an image,
+/// so a build with no image output warns and writes none (BuildKit ignores it then), and only
+/// `mode=min`, the image's own steps (a warning for `mode=max`, as BuildKit's).
+pub(crate) fn inline_wanted(
+    cache_to: &[CacheSpec],
+    tags: &[String],
+    outputs: &[crate::OutputSpec],
+    warnings: &mut Vec<String>,
+) -> bool {
+    let Some(spec) = cache_to
+        .iter()
+        .find(|s| s.location == CacheLocation::Inline)
+    else {
+        return false;
+    };
+    let image_output = !tags.is_empty()
+        || outputs.iter().any(|o| {
+            !matches!(
+                o.kind,
+                crate::OutputKind::Local { .. } | crate::OutputKind::Tar { .. }
+            )
+        });
+    if !image_output {
+        warnings.push(
+            "`--cache-to type=inline`: this build makes no image, so no cache is written; add `-t NAME`, `--push` or `--output type=image`".to_string(),
+        );
+        return false;
+    }
+    if spec.mode_max {
+        warnings.push(
+            "`--cache-to type=inline,mode=max`: an inline cache holds the image's own steps only, so `mode=min` is written; use `type=registry` for `mode=max`".to_string(),
+        );
+    }
+    true
+}
+
+/// The cache config of an image manifest whose config holds an inline cache: the layers are the
+/// manifest's (digest, size, media type) with the config's diff IDs. A record naming a layer the
+/// image does not have is left out, with a warning in the second value.
+fn inline_config(
+    manifest: &serde_json::Value,
+    config: &serde_json::Value,
+) -> Result<(CacheConfig, Vec<String>)> {
+    let field = &config[INLINE_KEY];
+    if field.is_null() {
+        bail!("not a kiln build cache: the image holds no `{INLINE_KEY}` (a build with `--cache-to type=inline` makes one)");
+    }
+    let inline: InlineCache = serde_json::from_value(field.clone())
+        .with_context(|| format!("the image's `{INLINE_KEY}` is not valid"))?;
+    let descs = manifest["layers"]
+        .as_array()
+        .context("the image manifest has no `layers`")?;
+    let diff_ids = config["rootfs"]["diff_ids"]
+        .as_array()
+        .context("the image config has no `rootfs.diff_ids`")?;
+    if descs.len() != diff_ids.len() {
+        bail!(
+            "the image has {} layers and its config {} diff IDs",
+            descs.len(),
+            diff_ids.len()
+        );
+    }
+    let mut layers = Vec::with_capacity(descs.len());
+    for (i, (d, id)) in descs.iter().zip(diff_ids).enumerate() {
+        let (Some(digest), Some(size), Some(media_type), Some(diff_id)) = (
+            d["digest"].as_str(),
+            d["size"].as_u64(),
+            d["mediaType"].as_str(),
+            id.as_str(),
+        ) else {
+            bail!("the image's layer {i} has no digest, size, media type or diff ID");
+        };
+        layers.push(LayerRecord {
+            digest: digest.to_string(),
+            diff_id: diff_id.to_string(),
+            size,
+            media_type: media_type.to_string(),
+            image: inline.image_layers.contains(&i),
+        });
+    }
+    let mut warnings = Vec::new();
+    let mut records = Vec::with_capacity(inline.records.len());
+    for rec in inline.records {
+        if let Some(bad) = rec.layers.iter().find(|&&i| i >= layers.len()) {
+            warnings.push(format!(
+                "the inline cache record `{}` names layer {bad} of an image of {} layers; that step is not imported",
+                rec.key,
+                layers.len()
+            ));
+            continue;
+        }
+        records.push(rec);
+    }
+    Ok((CacheConfig { layers, records }, warnings))
 }
 
 /// A cache ready to be written: the config and the blobs, all in the local content store.
@@ -396,6 +575,10 @@ pub(crate) async fn export(
     roots: &[SnapshotId],
     spec: &CacheSpec,
 ) -> Result<()> {
+    if spec.location == CacheLocation::Inline {
+        // Written into the image's config as it was made (`inline_cache`).
+        return Ok(());
+    }
     let exported = {
         let store = store.clone();
         let keys = keys.to_vec();
@@ -445,6 +628,7 @@ pub(crate) async fn export(
                 .push_manifest(reference, manifest_type, &manifest)
                 .await?;
         }
+        CacheLocation::Inline => {}
         CacheLocation::Local { dir, tag, .. } => {
             let mut blobs: Vec<String> = exported.layers.iter().map(|l| l.digest.clone()).collect();
             blobs.push(config_digest.clone());
@@ -556,6 +740,16 @@ impl Source<'_> {
         }
     }
 
+    /// A manifest named by its digest (an image index's entry).
+    async fn manifest_by_digest(&self, digest: &str, size: u64) -> Result<Vec<u8>> {
+        match self {
+            Source::Registry(client, r) => {
+                Ok(client.fetch_manifest(&r.with_digest(digest)).await?.bytes)
+            }
+            Source::Local(_) => self.blob_bytes(digest, size).await,
+        }
+    }
+
     /// A small blob (a manifest, a config) read whole: `size` is what its descriptor says, and
     /// more than [`MAX_DOCUMENT`] is refused before anything is read.
     async fn blob_bytes(&self, digest: &str, size: u64) -> Result<Vec<u8>> {
@@ -624,13 +818,24 @@ impl Source<'_> {
     }
 }
 
+/// What an import did.
+#[derive(Debug, Default)]
+pub(crate) struct Imported {
+    /// Steps recorded.
+    pub steps: usize,
+    /// Records left out of an inline cache (a layer index out of range), one line each.
+    pub warnings: Vec<String>,
+}
+
 /// Imports one cache: records whose keys the local index lacks are recorded, on snapshots that
-/// their layers fill when something needs them. Returns how many steps were imported.
+/// their layers fill when something needs them. The cache is kiln's cache manifest (or index),
+/// or an image (an index: the entries of `platforms`) whose config holds an inline cache.
 pub(crate) async fn import(
     store: &Store,
     registry: &RegistryClient,
     spec: &CacheSpec,
-) -> Result<usize> {
+    platforms: &[kiln_registry::Platform],
+) -> Result<Imported> {
     let (source, tag, digest) = match &spec.location {
         CacheLocation::Registry(r) => (
             Source::Registry(registry, Reference::parse(r)?),
@@ -640,9 +845,56 @@ pub(crate) async fn import(
         CacheLocation::Local { dir, tag, digest } => {
             (Source::Local(dir.clone()), tag.clone(), digest.as_deref())
         }
+        CacheLocation::Inline => bail!("`type=inline` is for `--cache-to`"),
     };
     let manifest: serde_json::Value = serde_json::from_slice(&source.manifest(&tag, digest).await?)
         .context("the cache manifest is not JSON")?;
+    let mut imported = Imported::default();
+    if let Some(entries) = manifest["manifests"].as_array() {
+        if !entries
+            .iter()
+            .any(|e| e["mediaType"].as_str() == Some(CONFIG_MEDIA_TYPE))
+        {
+            // An image index: each platform this build makes has its own image, with its own
+            // records, since its own steps made it.
+            let mut found = false;
+            for platform in platforms {
+                let Some(entry) = entries.iter().find(|e| {
+                    let p = &e["platform"];
+                    let entry = kiln_registry::Platform {
+                        os: p["os"].as_str().unwrap_or_default().to_string(),
+                        architecture: p["architecture"].as_str().unwrap_or_default().to_string(),
+                        variant: p["variant"].as_str().map(str::to_string),
+                    };
+                    platform.matches(&entry)
+                }) else {
+                    continue;
+                };
+                found = true;
+                let digest = entry["digest"]
+                    .as_str()
+                    .context("an entry of the image index has no digest")?;
+                let size = entry["size"].as_u64().unwrap_or(MAX_DOCUMENT);
+                let bytes = source.manifest_by_digest(digest, size).await?;
+                let m: serde_json::Value = serde_json::from_slice(&bytes)
+                    .with_context(|| format!("the image manifest `{digest}` is not JSON"))?;
+                let (config, warnings) = image_cache_config(&source, &m).await?;
+                imported.warnings.extend(warnings);
+                imported.steps += import_config(store, &source, &config)?;
+            }
+            if !found {
+                bail!(
+                    "the image index has no image for {}",
+                    platforms
+                        .iter()
+                        .map(|p| format!("`{p}`"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+            }
+            return Ok(imported);
+        }
+    }
     // An index (`image-manifest=false`) lists the config among its entries.
     let config_desc = match manifest["manifests"].as_array() {
         Some(entries) => entries
@@ -651,10 +903,17 @@ pub(crate) async fn import(
             .unwrap_or(&serde_json::Value::Null),
         None => &manifest["config"],
     };
-    if config_desc["mediaType"].as_str() != Some(CONFIG_MEDIA_TYPE) {
+    let config_type = config_desc["mediaType"].as_str();
+    if matches!(config_type, Some(IMAGE_CONFIG | DOCKER_IMAGE_CONFIG)) {
+        let (config, warnings) = image_cache_config(&source, &manifest).await?;
+        imported.warnings.extend(warnings);
+        imported.steps += import_config(store, &source, &config)?;
+        return Ok(imported);
+    }
+    if config_type != Some(CONFIG_MEDIA_TYPE) {
         bail!(
             "not a kiln build cache (its config is `{}`, not `{CONFIG_MEDIA_TYPE}`)",
-            config_desc["mediaType"].as_str().unwrap_or("missing")
+            config_type.unwrap_or("missing")
         );
     }
     let config_digest = config_desc["digest"]
@@ -666,6 +925,29 @@ pub(crate) async fn import(
     let config: CacheConfig =
         serde_json::from_slice(&source.blob_bytes(config_digest, config_size).await?)
             .context("the cache config is not valid")?;
+    imported.steps += import_config(store, &source, &config)?;
+    Ok(imported)
+}
+
+/// The cache config of an image manifest whose config holds an inline cache.
+async fn image_cache_config(
+    source: &Source<'_>,
+    manifest: &serde_json::Value,
+) -> Result<(CacheConfig, Vec<String>)> {
+    let desc = &manifest["config"];
+    let digest = desc["digest"]
+        .as_str()
+        .context("the image manifest has no config digest")?;
+    let size = desc["size"]
+        .as_u64()
+        .context("the image manifest has no config size")?;
+    let config: serde_json::Value = serde_json::from_slice(&source.blob_bytes(digest, size).await?)
+        .context("the image config is not JSON")?;
+    inline_config(manifest, &config)
+}
+
+/// Records the records of `config` whose keys the local index lacks. Returns how many.
+fn import_config(store: &Store, source: &Source<'_>, config: &CacheConfig) -> Result<usize> {
     for l in &config.layers {
         if Compression::from_media_type(&l.media_type).is_none() {
             bail!(
@@ -691,7 +973,7 @@ pub(crate) async fn import(
         // The snapshots this record makes, removed (newest first) if it fails half-way: they
         // would be named by nothing. The other records are still imported.
         let mut pending: Vec<SnapshotId> = Vec::new();
-        let top = import_record(store, &source, &config, rec, &mut made, &mut pending);
+        let top = import_record(store, source, config, rec, &mut made, &mut pending);
         let top = match top {
             Ok(top) => top,
             Err(e) => {
@@ -844,6 +1126,82 @@ mod tests {
         ] {
             assert!(parse_cache_spec(bad, true).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn inline_records_name_a_prefix_of_the_image_layers() {
+        let ids = |v: &[u64]| v.iter().map(|&i| SnapshotId(i)).collect::<Vec<_>>();
+        let image = ids(&[3, 7, 9]);
+        assert_eq!(inline_layers(&ids(&[3]), &image), Some(vec![0]));
+        assert_eq!(inline_layers(&ids(&[3, 7, 9]), &image), Some(vec![0, 1, 2]));
+        assert_eq!(inline_layers(&[], &image), Some(vec![]));
+        // Not a prefix (another base, or a longer chain): left out.
+        assert_eq!(inline_layers(&ids(&[7, 9]), &image), None);
+        assert_eq!(inline_layers(&ids(&[3, 8]), &image), None);
+        assert_eq!(inline_layers(&ids(&[3, 7, 9, 11]), &image), None);
+    }
+
+    #[test]
+    fn inline_config_maps_indexes_to_the_manifest_and_skips_out_of_range() {
+        let d = |c: char| format!("sha256:{}", c.to_string().repeat(64));
+        let manifest = serde_json::json!({
+            "layers": [
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d('a'), "size": 10},
+                {"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": d('b'), "size": 20},
+            ]
+        });
+        let config = serde_json::json!({
+            "rootfs": {"type": "layers", "diff_ids": [d('c'), d('e')]},
+            INLINE_KEY: {
+                "records": [
+                    {"key": "k1", "created_unix": 5, "layers": [0]},
+                    {"key": "k2", "created_unix": 6, "layers": [0, 1]},
+                    {"key": "k3", "created_unix": 7, "layers": [0, 1, 2]},
+                    {"key": "k4", "created_unix": 8, "layers": [18446744073709551615u64]},
+                ],
+                "image_layers": [0],
+            },
+        });
+        let (cache, warnings) = inline_config(&manifest, &config).unwrap();
+        assert_eq!(cache.layers.len(), 2);
+        assert_eq!(
+            (
+                cache.layers[1].digest.as_str(),
+                cache.layers[1].diff_id.as_str(),
+                cache.layers[1].size
+            ),
+            (d('b').as_str(), d('e').as_str(), 20)
+        );
+        assert!(cache.layers[0].image && !cache.layers[1].image);
+        let keys: Vec<&str> = cache.records.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(keys, ["k1", "k2"]);
+        assert_eq!(warnings.len(), 2, "{warnings:?}");
+        assert!(warnings[0].contains("`k3`"), "{warnings:?}");
+
+        // No field: not a cache, and the message says how to make one.
+        let plain = serde_json::json!({"rootfs": {"diff_ids": [d('c'), d('e')]}});
+        let e = inline_config(&manifest, &plain).err().unwrap();
+        assert!(format!("{e:#}").contains("--cache-to type=inline"), "{e:#}");
+        // Layers and diff IDs that disagree are refused, not indexed.
+        let short =
+            serde_json::json!({"rootfs": {"diff_ids": [d('c')]}, INLINE_KEY: {"records": []}});
+        assert!(inline_config(&manifest, &short).is_err());
+    }
+
+    #[test]
+    fn inline_is_a_cache_to_type() {
+        assert_eq!(
+            parse_cache_spec("type=inline", true).unwrap().location,
+            CacheLocation::Inline
+        );
+        assert!(parse_cache_spec("type=inline", false).is_err());
+        let mut w = Vec::new();
+        let to = vec![parse_cache_spec("type=inline,mode=max", true).unwrap()];
+        assert!(!inline_wanted(&to, &[], &[], &mut w));
+        assert_eq!(w.len(), 1, "{w:?}");
+        w.clear();
+        assert!(inline_wanted(&to, &["a:1".to_string()], &[], &mut w));
+        assert!(w[0].contains("mode=min"), "{w:?}");
     }
 
     #[test]

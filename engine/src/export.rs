@@ -117,6 +117,7 @@ pub(crate) async fn export_image(
     root_created_unix: u64,
     mut config: ImageConfiguration,
     extras: &serde_json::Map<String, serde_json::Value>,
+    top: &serde_json::Map<String, serde_json::Value>,
     epoch: Option<i64>,
 ) -> Result<ExportedImage> {
     let chain: Vec<SnapshotId> = match root {
@@ -173,7 +174,13 @@ pub(crate) async fn export_image(
         .build()
         .context("cannot build the image rootfs")?;
     config.set_rootfs(rootfs);
-    let desc = kiln_exporter::write_image_with_extras(store, &config, extras, &layers)?;
+    // Top-level fields (an inline build cache) only when asked for: every other image keeps
+    // the config, and so the ID, it always had.
+    let desc = if top.is_empty() {
+        kiln_exporter::write_image_with_extras(store, &config, extras, &layers)?
+    } else {
+        kiln_exporter::write_image_with_fields(store, &config, extras, top, &layers)?
+    };
     Ok(ExportedImage {
         manifest_digest: desc.manifest_digest,
         manifest_size: desc.manifest_size,

@@ -406,13 +406,21 @@ impl Engine {
         let fetched_before = kiln_solver::lazy::blobs_fetched();
         // A cache that cannot be read is not the build's failure: it goes on cold.
         for spec in &req.cache_from {
-            if let Err(e) = build_cache::import(&self.store, self.solver.registry(), spec).await {
-                warnings.push(format!(
+            match build_cache::import(&self.store, self.solver.registry(), spec, &platforms).await {
+                Ok(imported) => warnings.extend(
+                    imported
+                        .warnings
+                        .into_iter()
+                        .map(|w| format!("the build cache {}: {w}", spec.location)),
+                ),
+                Err(e) => warnings.push(format!(
                     "cannot import the build cache {}: {e:#}; the steps it lacks are built",
                     spec.location
-                ));
+                )),
             }
         }
+        let inline =
+            build_cache::inline_wanted(&req.cache_to, &req.tags, &req.outputs, &mut warnings);
         let solved = self
             .solver
             .solve_roots(
@@ -447,12 +455,29 @@ impl Engine {
                 config.set_labels(Some(labels));
                 image_config.set_config(Some(config));
             }
+            // `--cache-to type=inline`: this platform's records, in its own config.
+            let mut top = serde_json::Map::new();
+            if inline {
+                let snap = match &root {
+                    kiln_solver::Output::Snapshot(s) => Some(*s),
+                    _ => None,
+                };
+                let store = self.store.clone();
+                let keys = solved.looked_up_keys.clone();
+                let cache = tokio::task::spawn_blocking(move || {
+                    build_cache::inline_cache(&store, &keys, snap)
+                })
+                .await?
+                .context("cannot make the inline build cache (`--cache-to type=inline`)")?;
+                top.insert(build_cache::INLINE_KEY.to_string(), cache);
+            }
             let image = export::export_image(
                 &self.store,
                 &root,
                 created_unix,
                 image_config,
                 &compiled.config_extras,
+                &top,
                 epoch,
             )
             .await

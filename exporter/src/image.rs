@@ -159,6 +159,18 @@ pub(crate) fn config_bytes_with_extras(
     extras: &serde_json::Map<String, serde_json::Value>,
     layers: &[LayerBlob],
 ) -> Result<Vec<u8>, ExportError> {
+    config_bytes_with_fields(config, extras, &serde_json::Map::new(), layers)
+}
+
+/// Like [`config_bytes_with_extras`], with `top` merged into the config's top level (kiln's
+/// inline build cache, `kiln.cache.v1`, sits there as BuildKit's `moby.buildkit.cache.v0`
+/// does). With both maps empty the bytes are [`config_bytes`]'s.
+pub(crate) fn config_bytes_with_fields(
+    config: &ImageConfiguration,
+    extras: &serde_json::Map<String, serde_json::Value>,
+    top: &serde_json::Map<String, serde_json::Value>,
+    layers: &[LayerBlob],
+) -> Result<Vec<u8>, ExportError> {
     let ids = config.rootfs().diff_ids();
     if ids.len() != layers.len() {
         return Err(ExportError::LayerCount {
@@ -175,7 +187,7 @@ pub(crate) fn config_bytes_with_extras(
             });
         }
     }
-    if extras.is_empty() {
+    if extras.is_empty() && top.is_empty() {
         return canonical_json(config, "the image config");
     }
     let what = "the image config";
@@ -194,6 +206,9 @@ pub(crate) fn config_bytes_with_extras(
             for (k, val) in extras {
                 inner.insert(k.clone(), val.clone());
             }
+        }
+        for (k, val) in top {
+            obj.insert(k.clone(), val.clone());
         }
     }
     canonical_json(&v, what)

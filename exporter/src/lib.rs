@@ -27,7 +27,8 @@ pub use layer::{
 };
 pub use store::{
     export_layer, save_docker_archive, tag_image, write_docker_archive, write_image,
-    write_image_as, write_image_with_extras, write_oci_archive, write_oci_dir, write_rootfs,
-    write_rootfs_tar, write_split_rootfs, write_split_rootfs_tar, ManifestFormat,
+    write_image_as, write_image_with_extras, write_image_with_fields, write_oci_archive,
+    write_oci_dir, write_rootfs, write_rootfs_tar, write_split_rootfs, write_split_rootfs_tar,
+    ManifestFormat,
 };
 pub use variant::{image_variant, layer_variant, VariantOptions};

@@ -8,7 +8,8 @@ use oci_spec::image::ImageConfiguration;
 
 use crate::error::ExportError;
 use crate::image::{
-    config_bytes_with_extras, manifest_bytes, ImageDescriptor, DOCKER_MANIFEST, MEDIA_MANIFEST,
+    config_bytes_with_extras, config_bytes_with_fields, manifest_bytes, ImageDescriptor,
+    DOCKER_MANIFEST, MEDIA_MANIFEST,
 };
 use crate::layer::{pipe_layer, Compression, LayerBlob, LayerOptions};
 use crate::{docker, layout, rootfs};
@@ -129,7 +130,29 @@ pub fn write_image_as(
 ) -> Result<ImageDescriptor, ExportError> {
     let oci = format == ManifestFormat::Oci;
     let config = config_bytes_with_extras(config, extras, layers)?;
-    let (config_digest, config_size) = store.content().put_bytes(&config)?;
+    write_config_and_manifest(store, &config, layers, oci)
+}
+
+/// [`write_image_with_extras`] with fields `top` on the config's top level too (kiln's inline
+/// build cache, `kiln.cache.v1`).
+pub fn write_image_with_fields(
+    store: &Store,
+    config: &ImageConfiguration,
+    extras: &serde_json::Map<String, serde_json::Value>,
+    top: &serde_json::Map<String, serde_json::Value>,
+    layers: &[LayerBlob],
+) -> Result<ImageDescriptor, ExportError> {
+    let config = config_bytes_with_fields(config, extras, top, layers)?;
+    write_config_and_manifest(store, &config, layers, true)
+}
+
+fn write_config_and_manifest(
+    store: &Store,
+    config: &[u8],
+    layers: &[LayerBlob],
+    oci: bool,
+) -> Result<ImageDescriptor, ExportError> {
+    let (config_digest, config_size) = store.content().put_bytes(config)?;
     let manifest = manifest_bytes(&config_digest, config_size, layers, oci)?;
     let (manifest_digest, manifest_size) = store.content().put_bytes(&manifest)?;
     Ok(ImageDescriptor {

@@ -285,6 +285,10 @@ pub struct RootsOutput {
     /// The cache keys of the steps this solve resolved (ran or found cached), for a cache
     /// export: each names its result in the store's index.
     pub keys: Vec<String>,
+    /// `keys` and the keys of the steps below a hit, computed and looked up but never needed:
+    /// an inline cache records every step of the image, whichever of them this solve reached
+    /// (a key may name no result; the caller checks the index).
+    pub looked_up_keys: Vec<String>,
 }
 
 /// The scheduler. Cheap to clone; one per engine.
@@ -554,11 +558,19 @@ impl Solver {
             .collect();
         keys.sort();
         keys.dedup();
+        let mut looked_up_keys: Vec<String> = keyed
+            .values()
+            .filter_map(|f| f.peek()?.as_ref().ok().map(|r| r.key.clone()))
+            .chain(keys.iter().cloned())
+            .collect();
+        looked_up_keys.sort();
+        looked_up_keys.dedup();
         Ok(RootsOutput {
             roots: results,
             executed: c.0,
             cached: c.1,
             keys,
+            looked_up_keys,
         })
     }
 }
