@@ -473,12 +473,9 @@ impl Engine {
             // cache now that their bytes are needed, as `kiln run` and `kiln push` do.
             let manifest = parse_json(&read_blob(&root, &desc.manifest_digest)?, "the manifest")?;
             for layer in manifest["layers"].as_array().into_iter().flatten() {
-                let Some(d) = layer["digest"].as_str() else {
-                    continue;
-                };
-                let store = self.store();
-                if !store.content().has(d) && store.index().remote_blob_get(d)?.is_some() {
-                    kiln_solver::lazy::fetch_blob(store, self.solver.registry(), d).await?;
+                if let Some(d) = layer["digest"].as_str() {
+                    kiln_solver::lazy::fetch_if_lazy(self.store(), self.solver.registry(), d)
+                        .await?;
                 }
             }
             images.push((desc, names));

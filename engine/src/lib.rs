@@ -10,6 +10,7 @@ mod config;
 pub mod containers;
 mod context;
 mod debug;
+mod dir_lock;
 mod diskfull;
 mod export;
 mod images;

@@ -12,14 +12,13 @@ pub(crate) use attach::{attach, check_possible, unbind, Attached, NETNS_FILE};
 pub use subnet::Subnet;
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 const META_FILE: &str = "network.json";
 const LEASES_DIR: &str = "leases";
-const LOCK_FILE: &str = ".lock";
 /// Docker's name for the network `kiln run --network bridge` uses.
 pub const DEFAULT_NETWORK: &str = "bridge";
 /// Where a container's hosts file starts listing the other containers of its network.
@@ -75,18 +74,7 @@ fn networks_dir(root: &Path) -> PathBuf {
 
 /// Takes `networks/.lock` (waiting for another holder).
 pub fn lock(root: &Path) -> Result<NetworksLock> {
-    let dir = networks_dir(root);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
-    let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open `{}`", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map(NetworksLock)
-        .map_err(|(_, e)| anyhow::anyhow!("cannot lock `{}`: {e}", path.display()))
+    crate::dir_lock::lock(&networks_dir(root)).map(NetworksLock)
 }
 
 /// The names `--network` gives a meaning of its own: no network of the store has them.

@@ -135,10 +135,7 @@ pub(crate) async fn create(
     // Layers of a lazily imported build cache (a built image's) come from that cache, not from
     // the image's name.
     for l in image.manifest.layers() {
-        let d = l.digest().to_string();
-        if !store.content().has(&d) && store.index().remote_blob_get(&d)?.is_some() {
-            kiln_solver::lazy::fetch_blob(store, solver.registry(), &d).await?;
-        }
+        kiln_solver::lazy::fetch_if_lazy(store, solver.registry(), l.digest().as_ref()).await?;
     }
     images::ensure_layers(store, solver.registry(), &image).await?;
     let store2 = store.clone();

@@ -298,7 +298,7 @@ pub(crate) async fn push_stored_blob(
         mount_from,
         progress,
     };
-    let lazy = !store.content().has(digest) && store.index().remote_blob_get(digest)?.is_some();
+    let lazy = kiln_solver::lazy::is_lazy(store, digest)?;
     if lazy && opts.mount_from.is_none() {
         kiln_solver::lazy::fetch_blob(store, registry, digest).await?;
     }

@@ -5,13 +5,12 @@
 //! goes through `containers::remove_volume`.
 
 use anyhow::{bail, Context, Result};
-use nix::fcntl::{Flock, FlockArg};
+use nix::fcntl::Flock;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 const DATA_DIR: &str = "_data";
 const META_FILE: &str = "volume.json";
-const LOCK_FILE: &str = ".lock";
 
 /// What `volume.json` records about a volume.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
@@ -42,18 +41,7 @@ fn volumes_dir(root: &Path) -> PathBuf {
 
 /// Takes `volumes/.lock` (waiting for another holder).
 pub fn lock(root: &Path) -> Result<VolumesLock> {
-    let dir = volumes_dir(root);
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create `{}`", dir.display()))?;
-    let path = dir.join(LOCK_FILE);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("cannot open `{}`", path.display()))?;
-    Flock::lock(file, FlockArg::LockExclusive)
-        .map(VolumesLock)
-        .map_err(|(_, e)| anyhow::anyhow!("cannot lock `{}`: {e}", path.display()))
+    crate::dir_lock::lock(&volumes_dir(root)).map(VolumesLock)
 }
 
 /// Docker's rule for volume names: `[a-zA-Z0-9][a-zA-Z0-9_.-]+`.

@@ -297,6 +297,19 @@ pub fn write_rootfs_tar(
     dest: &Path,
     source_date_epoch: Option<i64>,
 ) -> Result<(), ExportError> {
+    tar_of_staged(store, dest, source_date_epoch, |staging| {
+        write_rootfs(store, chain, staging)
+    })
+}
+
+/// Makes a file system in a staging directory of the store's `tmp/` with `fill`, then writes
+/// it as one plain tar to `dest` (or stdout for `-`), mtimes clamped to `source_date_epoch`.
+fn tar_of_staged(
+    store: &Store,
+    dest: &Path,
+    source_date_epoch: Option<i64>,
+    fill: impl FnOnce(&Path) -> Result<(), ExportError>,
+) -> Result<(), ExportError> {
     let tmp = store.tmp_dir();
     std::fs::create_dir_all(&tmp)
         .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
@@ -304,7 +317,7 @@ pub fn write_rootfs_tar(
         .prefix(".kiln-rootfs-")
         .tempdir_in(&tmp)
         .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
-    write_rootfs(store, chain, staging.path())?;
+    fill(staging.path())?;
     let opts = LayerOptions {
         compression: Compression::Uncompressed,
         source_date_epoch,
@@ -326,21 +339,8 @@ pub fn write_split_rootfs_tar(
     dest: &Path,
     source_date_epoch: Option<i64>,
 ) -> Result<(), ExportError> {
-    let tmp = store.tmp_dir();
-    std::fs::create_dir_all(&tmp)
-        .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
-    let staging = tempfile::Builder::new()
-        .prefix(".kiln-rootfs-")
-        .tempdir_in(&tmp)
-        .map_err(|e| ExportError::write(format!("`{}`", tmp.display()), e))?;
-    write_split_rootfs(store, parts, staging.path(), source_date_epoch)?;
-    let opts = LayerOptions {
-        compression: Compression::Uncompressed,
-        source_date_epoch,
-        level: None,
-    };
-    write_dest(dest, |out| {
-        crate::layer::write_layer_tar(staging.path(), out, &opts)
+    tar_of_staged(store, dest, source_date_epoch, |staging| {
+        write_split_rootfs(store, parts, staging, source_date_epoch)
     })
 }
 

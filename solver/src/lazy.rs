@@ -168,6 +168,26 @@ async fn fill(
     Ok(true)
 }
 
+/// Fetches `digest` from the build cache it was imported from when it is a lazy layer there
+/// (its bytes are needed now: `kiln run`, `kiln save`); a blob the store has, or that no cache
+/// names, is left alone.
+pub async fn fetch_if_lazy(
+    store: &Store,
+    registry: &RegistryClient,
+    digest: &str,
+) -> Result<(), SolveError> {
+    if is_lazy(store, digest)? {
+        fetch_blob(store, registry, digest).await?;
+    }
+    Ok(())
+}
+
+/// Whether `digest` is a layer of a lazily imported build cache: not in the content store, and
+/// recorded as fetchable from that cache.
+pub fn is_lazy(store: &Store, digest: &str) -> Result<bool, SolveError> {
+    Ok(!store.content().has(digest) && store.index().remote_blob_get(digest)?.is_some())
+}
+
 /// Puts the blob `digest` into the content store from where its `remote-blob:` row says it is,
 /// unless it is there. Digest and size are checked before anything is stored.
 pub async fn fetch_blob(
