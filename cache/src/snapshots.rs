@@ -1,6 +1,7 @@
 //! Snapshots: one directory of changes per snapshot (`snapshots/<id>/fs`, overlay whiteout
 //! form) plus a parent recorded in the index; chains, mounts, layer info and merged reads.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -545,8 +546,21 @@ impl Snapshots {
     /// directories above it; any other one with one `syncfs`, which also waits for every other
     /// writer's dirty data on the file system (a peer's writeback cost a small step tens of ms).
     pub fn sync(&self, id: SnapshotId) -> Result<(), CacheError> {
+        self.sync_with_durable_links(id, &HashSet::new())
+    }
+
+    /// [`Snapshots::sync`] of a snapshot in which the files at the absolute paths `durable` are
+    /// hard links to files of a snapshot already synced: their data and inodes are on disk, so
+    /// only the directories naming them are synced, and they do not count towards the size
+    /// that makes the sync one `syncfs`. (An `fsync` of each such link costs a disk cache flush
+    /// each: 200 of them took 30-70 ms where the directories' took 1-2 ms.)
+    pub fn sync_with_durable_links(
+        &self,
+        id: SnapshotId,
+        durable: &HashSet<PathBuf>,
+    ) -> Result<(), CacheError> {
         let fs_dir = self.fs_dir(id);
-        let Some(entries) = small_plain_tree(&fs_dir, SYNC_ONE_BY_ONE)? else {
+        let Some(entries) = small_plain_tree(&fs_dir, SYNC_ONE_BY_ONE, durable)? else {
             return sync_fs(&fs_dir);
         };
         let snapshot_dir = fs_dir.parent().map(Path::to_path_buf);
@@ -658,10 +672,15 @@ fn decode_layers(db: &Db, id: SnapshotId, bytes: &[u8]) -> Result<Vec<LayerInfo>
 /// Snapshots with at most this many entries are synced file by file (see [`Snapshots::sync`]).
 const SYNC_ONE_BY_ONE: usize = 64;
 
-/// The entries below `dir` in walk order (each directory before what it holds), when there
-/// are at most `limit` and all are regular files or directories; `None` otherwise (a symlink's
-/// or a device node's inode is not written by syncing its directory).
-fn small_plain_tree(dir: &Path, limit: usize) -> Result<Option<Vec<PathBuf>>, CacheError> {
+/// The entries below `dir` to sync, in walk order (each directory before what it holds): all
+/// but the regular files in `durable`, when there are at most `limit` of them and every entry
+/// is a regular file or a directory; `None` otherwise (a symlink's or a device node's inode is
+/// not written by syncing its directory).
+fn small_plain_tree(
+    dir: &Path,
+    limit: usize,
+    durable: &HashSet<PathBuf>,
+) -> Result<Option<Vec<PathBuf>>, CacheError> {
     let mut out = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
@@ -670,13 +689,19 @@ fn small_plain_tree(dir: &Path, limit: usize) -> Result<Option<Vec<PathBuf>>, Ca
             let kind = entry
                 .file_type()
                 .map_err(CacheError::io("stat", &entry.path()))?;
-            if !(kind.is_file() || kind.is_dir()) || out.len() == limit {
+            if !(kind.is_file() || kind.is_dir()) {
                 return Ok(None);
             }
+            let path = entry.path();
             if kind.is_dir() {
-                stack.push(entry.path());
+                stack.push(path.clone());
+            } else if durable.contains(&path) {
+                continue;
             }
-            out.push(entry.path());
+            if out.len() == limit {
+                return Ok(None);
+            }
+            out.push(path);
         }
     }
     Ok(Some(out))
@@ -863,7 +888,9 @@ mod tests {
         let fs_dir = snaps.fs_dir(small);
         fs::create_dir_all(fs_dir.join("app/sub")).unwrap();
         fs::write(fs_dir.join("app/sub/f"), "x").unwrap();
-        let tree = small_plain_tree(&fs_dir, SYNC_ONE_BY_ONE).unwrap().unwrap();
+        let tree = small_plain_tree(&fs_dir, SYNC_ONE_BY_ONE, &HashSet::new())
+            .unwrap()
+            .unwrap();
         assert_eq!(tree.len(), 3, "{tree:?}");
         // Each directory comes before what it holds, so syncing in reverse goes bottom-up.
         assert!(
@@ -873,7 +900,7 @@ mod tests {
         snaps.sync(small).unwrap();
         // A symlink (or a whiteout device) needs its own inode written: the whole file system.
         std::os::unix::fs::symlink("f", fs_dir.join("app/link")).unwrap();
-        assert!(small_plain_tree(&fs_dir, SYNC_ONE_BY_ONE)
+        assert!(small_plain_tree(&fs_dir, SYNC_ONE_BY_ONE, &HashSet::new())
             .unwrap()
             .is_none());
         snaps.sync(small).unwrap();
@@ -882,10 +909,40 @@ mod tests {
         for i in 0..=SYNC_ONE_BY_ONE {
             fs::write(snaps.fs_dir(large).join(format!("f{i}")), "x").unwrap();
         }
-        assert!(small_plain_tree(&snaps.fs_dir(large), SYNC_ONE_BY_ONE)
+        assert!(
+            small_plain_tree(&snaps.fs_dir(large), SYNC_ONE_BY_ONE, &HashSet::new())
+                .unwrap()
+                .is_none()
+        );
+        snaps.sync(large).unwrap();
+    }
+
+    #[test]
+    fn links_to_a_synced_snapshot_are_left_to_their_directories_and_not_counted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = fake_store(dir.path());
+        let snaps = store.snapshots();
+        let old = snaps.create(None).unwrap();
+        let new = snaps.create(None).unwrap();
+        let (old_dir, new_dir) = (snaps.fs_dir(old), snaps.fs_dir(new));
+        fs::create_dir_all(new_dir.join("app")).unwrap();
+        let mut durable = HashSet::new();
+        for i in 0..2 * SYNC_ONE_BY_ONE {
+            let f = format!("f{i}");
+            fs::write(old_dir.join(&f), "x").unwrap();
+            fs::hard_link(old_dir.join(&f), new_dir.join("app").join(&f)).unwrap();
+            durable.insert(new_dir.join("app").join(&f));
+        }
+        fs::write(new_dir.join("app/changed"), "y").unwrap();
+        let tree = small_plain_tree(&new_dir, SYNC_ONE_BY_ONE, &durable)
+            .unwrap()
+            .unwrap();
+        assert_eq!(tree, [new_dir.join("app"), new_dir.join("app/changed")]);
+        snaps.sync_with_durable_links(new, &durable).unwrap();
+        // Without knowing they are links, the same tree is too large to sync one by one.
+        assert!(small_plain_tree(&new_dir, SYNC_ONE_BY_ONE, &HashSet::new())
             .unwrap()
             .is_none());
-        snaps.sync(large).unwrap();
     }
 
     #[test]

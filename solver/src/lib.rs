@@ -864,9 +864,9 @@ impl VertexTask {
         let owned = snapshot
             .filter(|_| op.owns_snapshot())
             .map(|s| self.solver.inner.store.snapshots().adopt(s));
-        if let Some(snap) = snapshot {
-            // The index must never name a snapshot whose files a crash could lose: one syncfs of
-            // the snapshot's file system per step, before the result is recorded.
+        if let Some(snap) = snapshot.filter(|_| !op.syncs_its_snapshot()) {
+            // The index must never name a snapshot whose files a crash could lose: its files
+            // are synced before the result is recorded (`Snapshots::sync`).
             let store = self.solver.inner.store.clone();
             let started = std::time::Instant::now();
             tokio::task::spawn_blocking(move || store.snapshots().sync(snap))

@@ -64,6 +64,12 @@ pub(crate) trait Operation: Send + Sync {
         false
     }
 
+    /// Whether [`Operation::execute`] makes its snapshot durable itself; otherwise the solver
+    /// syncs it before recording the result.
+    fn syncs_its_snapshot(&self) -> bool {
+        false
+    }
+
     /// Called once the result `snap` is recorded under the step's key.
     fn recorded(&self, _v: &VertexTask, _inputs: &Inputs, _snap: SnapshotId) {}
 }

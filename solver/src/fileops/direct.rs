@@ -57,10 +57,11 @@ impl Held {
 }
 
 /// What [`finish`] placed, when it was given the index: the new snapshot's manifest entries
-/// (`reuse`), and how many files were hard-linked from the earlier snapshot.
+/// (`reuse`), and the files hard-linked from the earlier snapshot (which is durable, so only
+/// the directories naming them need syncing).
 pub(crate) struct Placed {
     pub files: Vec<(String, [u8; 32])>,
-    pub linked: usize,
+    pub linked: Vec<PathBuf>,
 }
 
 /// Through the mounted overlay at `root`: when `c` copies exactly one directory of `source`

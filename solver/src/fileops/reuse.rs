@@ -38,7 +38,6 @@ use std::collections::HashMap;
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 /// The manifest's file name, beside the snapshot's `fs` directory.
@@ -200,7 +199,8 @@ pub(super) struct Plan<'a> {
     /// The memo's content hash of each leaf's source, by leaf index (regular files only).
     hashes: Vec<Option<[u8; 32]>>,
     recorded: Mutex<Vec<(String, [u8; 32])>>,
-    linked: AtomicUsize,
+    /// The destinations that were hard-linked from `previous`.
+    linked: Mutex<Vec<PathBuf>>,
 }
 
 impl<'a> Plan<'a> {
@@ -233,7 +233,7 @@ impl<'a> Plan<'a> {
             previous,
             hashes,
             recorded: Mutex::new(Vec::new()),
-            linked: AtomicUsize::new(0),
+            linked: Mutex::new(Vec::new()),
         })
     }
 
@@ -243,9 +243,9 @@ impl<'a> Plan<'a> {
         }
     }
 
-    /// The new snapshot's manifest entries, and how many files were linked.
-    pub(super) fn finish(self) -> (Vec<(String, [u8; 32])>, usize) {
-        let linked = self.linked.into_inner();
+    /// The new snapshot's manifest entries, and the files that were linked.
+    pub(super) fn finish(self) -> (Vec<(String, [u8; 32])>, Vec<PathBuf>) {
+        let linked = self.linked.into_inner().unwrap_or_default();
         let files = self.recorded.into_inner().unwrap_or_default();
         (files, linked)
     }
@@ -263,7 +263,9 @@ impl Place for Plan<'_> {
         let hash = self.hashes.get(i).copied().flatten();
         if let (Some(h), Some(prev)) = (hash, self.previous) {
             if l.fresh && prev.files.get(&l.frel) == Some(&h) && link(prev, l, owner, mode)? {
-                self.linked.fetch_add(1, Ordering::Relaxed);
+                if let Ok(mut linked) = self.linked.lock() {
+                    linked.push(l.dst.clone());
+                }
                 self.record(&l.frel, h);
                 return Ok(());
             }
@@ -420,7 +422,7 @@ mod tests {
         std::os::unix::fs::symlink("sub/f0", data.join("link")).unwrap();
 
         let (a, placed) = copy_into_snapshot(&store, &ctx, -1);
-        assert_eq!((placed.linked, placed.files.len()), (0, 41));
+        assert_eq!((placed.linked.len(), placed.files.len()), (0, 41));
         let fa = store.snapshots().fs_dir(a).join("data");
 
         // One file's content changes; another keeps its content but gets a new mtime.
@@ -429,7 +431,8 @@ mod tests {
         filetime::set_file_mtime(data.join("same-content"), t).unwrap();
         let (b, placed) = copy_into_snapshot(&store, &ctx, -1);
         assert_eq!(
-            placed.linked, 39,
+            placed.linked.len(),
+            39,
             "all but the changed and the touched file"
         );
         assert_eq!(placed.files.len(), 41, "every file is in the new manifest");
@@ -454,7 +457,7 @@ mod tests {
 
         // A `--chmod` the earlier files do not have: nothing may be linked.
         let (c, placed) = copy_into_snapshot(&store, &ctx, 0o600);
-        assert_eq!(placed.linked, 0);
+        assert_eq!(placed.linked.len(), 0);
         let fc = store.snapshots().fs_dir(c).join("data");
         assert_eq!(
             std::fs::metadata(fc.join("sub/f1")).unwrap().mode() & 0o7777,

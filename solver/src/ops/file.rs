@@ -30,6 +30,11 @@ impl Operation for File<'_> {
         true
     }
 
+    /// `file_op` syncs its snapshot: it knows which files are links to a durable snapshot.
+    fn syncs_its_snapshot(&self) -> bool {
+        true
+    }
+
     /// Later runs of this COPY link their unchanged files from this snapshot.
     fn recorded(&self, v: &VertexTask, inputs: &Inputs, snap: SnapshotId) {
         let identity = copy_identity(v, inputs);
@@ -75,6 +80,7 @@ fn file_op(
     // Removed again unless the op succeeds.
     let made = snaps.create_mutable(parent).map_err(SolveError::from)?;
     let snap = made.id();
+    let mut linked = std::collections::HashSet::new();
     let result = (|| {
         let tmp = tempfile::Builder::new()
             .prefix("fileop-")
@@ -186,14 +192,24 @@ fn file_op(
                 tracing::debug!(
                     %snap,
                     from = ?previous.as_ref().map(|p| p.snap),
-                    linked = placed.linked,
+                    linked = placed.linked.len(),
                     recorded = placed.files.len(),
                     "direct COPY placed"
                 );
                 fileops::reuse::write_manifest(store, snap, &dest, placed.files)?;
+                linked.extend(placed.linked);
             }
         }
         Ok(())
     })();
-    result.map(|()| Output::Snapshot(made.commit()))
+    // The index must never name a snapshot whose files a crash could lose. The files linked
+    // from the earlier run's snapshot (recorded, so synced) need only their directories synced.
+    let started = std::time::Instant::now();
+    result.and_then(|()| {
+        snaps
+            .sync_with_durable_links(snap, &linked)
+            .map_err(SolveError::from)
+    })?;
+    tracing::debug!(%snap, linked = linked.len(), elapsed = ?started.elapsed(), "snapshot synced");
+    Ok(Output::Snapshot(made.commit()))
 }
