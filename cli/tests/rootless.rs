@@ -1,6 +1,7 @@
 //! End-to-end tests of rootless mode: kiln run by an unprivileged user (created here with
 //! `useradd`, removed afterwards) builds and runs images in a user namespace of its own, with
 //! its store under `$XDG_DATA_HOME/kiln`. The test itself needs root, as CI has it.
+//! Loopback ports 5143 and 5182-5183 are this file's.
 
 mod common;
 
@@ -445,16 +446,52 @@ fn rootless_volumes_binds_and_published_ports_work() {
     );
 }
 
+/// A rootless container on the default `bridge` network gets an address of its own and a
+/// `pasta` to the host: its gateway reaches a server the test runs on the host's 127.0.0.1,
+/// and a port it publishes on 127.0.0.1 serves a page. A user-defined network (containers
+/// reaching each other) needs root and is refused in one line.
 #[test]
-fn rootless_bridge_networks_are_refused_in_one_line() {
+fn rootless_bridge_containers_get_their_network_from_pasta() {
     let Some(user) = User::create() else { return };
+    if !Path::new("/dev/net/tun").exists() {
+        println!("skipped: no /dev/net/tun for `pasta`");
+        return;
+    }
+    let www = tempfile::tempdir().unwrap();
+    std::fs::write(www.path().join("index.html"), "page on the host\n").unwrap();
+    let mut server = Command::new("busybox")
+        .args(["httpd", "-f", "-p", "127.0.0.1:5182", "-h"])
+        .arg(www.path())
+        .spawn()
+        .unwrap();
     let out = user.sh(
-        "sh \"$MKROOTFS\" rootfs >/dev/null; \"$K\" import rootfs busybox:latest >/dev/null; \
-         \"$K\" run --rm --network bridge busybox true",
+        "set -e; sh \"$MKROOTFS\" rootfs >/dev/null; \"$K\" import rootfs busybox:latest >/dev/null; \
+         \"$K\" run --rm --network bridge busybox sh -c \
+           'ip -4 -o addr show eth0 | grep -q \" 172\\.\" && echo addressed; \
+            gw=$(ip route | awk \"/^default/ {print \\$3}\"); wget -q -O- http://$gw:5182/'; \
+         \"$K\" run -d --name web --network bridge -p 127.0.0.1:5183:80 busybox \
+           sh -c 'mkdir /www; echo page in the container > /www/index.html; exec httpd -f -p 80 -h /www' >/dev/null; \
+         i=0; until busybox wget -q -O- http://127.0.0.1:5183/ 2>/dev/null; do \
+           i=$((i+1)); [ $i -lt 200 ] || exit 9; sleep 0.1; done; \
+         \"$K\" rm -f web >/dev/null; \
+         i=0; while pgrep -u \"$(id -u)\" -x pasta >/dev/null; do \
+           i=$((i+1)); [ $i -lt 50 ] || { echo pasta left running; exit 8; }; sleep 0.1; done",
+        HOST_PATH,
+    );
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_ok(&out, "rootless --network bridge");
+    assert_eq!(
+        stdout(&out),
+        "addressed\npage on the host\npage in the container\n"
+    );
+
+    let out = user.sh(
+        "\"$K\" network create t1 >/dev/null && \"$K\" run --rm --network t1 busybox true",
         HOST_PATH,
     );
     assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
     let err = stderr(&out);
-    assert!(err.contains("bridge networks need root"), "{err}");
+    assert!(err.contains("network `t1` needs root"), "{err}");
     assert_eq!(err.lines().count(), 1, "{err}");
 }

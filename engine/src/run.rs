@@ -222,8 +222,9 @@ pub(crate) async fn create(
     }
     let bridged = match &req.bridge_network {
         Some(n) => {
-            crate::networks::check_possible()?;
-            Some(crate::networks::find(store.root(), n)?)
+            let net = crate::networks::find(store.root(), n)?;
+            crate::networks::check_possible(&net)?;
+            Some(net)
         }
         None => None,
     };

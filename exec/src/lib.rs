@@ -55,7 +55,8 @@ pub use error::ExecError;
 pub use extras::{parse_add_host, parse_ulimit, Ulimit};
 pub use oci::{installed_runtimes, Runtime};
 pub use rootless::{
-    has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged, rootless_store_dir,
+    find_program, has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged,
+    rootless_store_dir,
 };
 pub use run::{enter, run, EnterRequest};
 pub use seccomp_profile::default_seccomp;

@@ -72,7 +72,8 @@ fn user_name(uid: u32) -> Option<String> {
     })
 }
 
-fn in_path(tool: &str) -> Option<PathBuf> {
+/// Where `tool` is in `PATH` (the first regular file of that name), if anywhere.
+pub fn find_program(tool: &str) -> Option<PathBuf> {
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
         .unwrap_or_default()
@@ -99,7 +100,7 @@ fn plan(kind: &str, id: u32, name: Option<&str>) -> Plan {
     let range = std::fs::read_to_string(file)
         .ok()
         .and_then(|t| subordinate_range(&t, name, id));
-    match (range, in_path(tool)) {
+    match (range, find_program(tool)) {
         (Some(range), Some(tool)) => Plan::Helper { tool, range },
         _ => Plan::Single,
     }

@@ -37,6 +37,9 @@ const PACKAGES: &[(&str, &str)] = &[
     // (engine/src/networks/commands.rs, cli/tests/networks.rs).
     ("iproute2", "/usr/sbin/ip"),
     ("iptables", "/usr/sbin/iptables"),
+    // Rootless containers on `--network bridge` get their network from `pasta`
+    // (engine/src/networks/attach.rs, cli/tests/rootless.rs).
+    ("passt", "/usr/bin/pasta"),
     // A static UDP echo server for the `-p .../udp` test (cli/tests/ports.rs), as the
     // start benchmark's `/now` (benches/run-container.sh).
     ("gcc", "/usr/bin/gcc"),
@@ -108,7 +111,26 @@ fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
         // Debian's package may start its own registry on :5000; ours runs on its own port.
     }
+    tun_for_everyone()?;
     arm64_busybox()
+}
+
+/// `pasta` makes a rootless container's interface with `/dev/net/tun`, which Debian's udev
+/// rules make mode 0666; some machines (these VMs among them) leave it 0600, root's only, so
+/// the rootless network tests could not run.
+fn tun_for_everyone() -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tun = Path::new("/dev/net/tun");
+    let Ok(meta) = std::fs::metadata(tun) else {
+        println!("xtask: no /dev/net/tun: the rootless network tests will say they are skipped");
+        return Ok(());
+    };
+    if meta.permissions().mode() & 0o666 != 0o666 {
+        println!("xtask: making /dev/net/tun mode 0666, as Debian's udev rules do");
+        std::fs::set_permissions(tun, std::fs::Permissions::from_mode(0o666))
+            .context("cannot chmod /dev/net/tun")?;
+    }
+    Ok(())
 }
 
 /// Puts Debian's `busybox-static:arm64` binary at [`ARM64_BUSYBOX`]: downloaded, not installed,

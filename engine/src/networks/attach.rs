@@ -1,18 +1,29 @@
 //! A container's network namespace on a bridge network: made and plugged in by its monitor
 //! before the sandbox starts (which joins it by path), and taken down when the monitor ends.
+//!
+//! As root the namespace gets a veth pair into the network's Linux bridge. Rootless kiln can
+//! make neither bridges nor veth pairs on the host, so there each container of the default
+//! `bridge` network is connected to the host by its own `pasta` (Debian's `passt`), a userland
+//! network stack, as rootless Podman does: it gets the address kiln leased it, outbound
+//! traffic goes out through `pasta`'s sockets, and its gateway address reaches the host's
+//! loopback. Containers cannot reach each other that way, so user-defined networks need root.
 
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
 use super::commands::{self, Host, Plug};
-use super::Attachment;
+use super::{Attachment, NetworkRecord};
 
 /// The namespace file in a container's directory (a bind mount of the namespace).
 pub(crate) const NETNS_FILE: &str = "netns";
+/// Where a rootless container's `pasta` writes its process id, in the container's directory.
+const PASTA_PID_FILE: &str = "pasta.pid";
 
-/// A plugged-in namespace; dropping it destroys the namespace and with it the veth pair.
+/// A plugged-in namespace; dropping it destroys the namespace and with it the veth pair (or
+/// stops its `pasta`).
 pub(crate) struct Attached {
     netns: PathBuf,
+    pasta: Option<nix::unistd::Pid>,
 }
 
 impl Attached {
@@ -24,6 +35,14 @@ impl Attached {
 impl Drop for Attached {
     fn drop(&mut self) {
         unbind(&self.netns);
+        // `pasta` quits by itself once the namespace file is gone; this is in case it did not
+        // see that (its process id is checked to still be a `pasta` first).
+        if let Some(pid) = self.pasta {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            if comm.trim_end() == "pasta" || comm.trim_end() == "passt" {
+                let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+            }
+        }
     }
 }
 
@@ -43,12 +62,37 @@ fn host_root() -> bool {
         })
 }
 
-/// Fails with what to do instead when bridge networks cannot work here.
-pub(crate) fn check_possible() -> Result<()> {
-    if !host_root() {
-        bail!("bridge networks need root: rootless kiln does not drive `pasta` or `slirp4netns` yet; use `--network host`, `--network none`, or `-p` (which works without a bridge)");
+/// Fails with what to do instead when containers cannot join `net` here: rootless, a
+/// user-defined network, or no usable `pasta`.
+pub(crate) fn check_possible(net: &NetworkRecord) -> Result<()> {
+    if host_root() {
+        return Ok(());
     }
-    Ok(())
+    if net.user_defined() {
+        bail!("network `{}` needs root: rootless kiln connects each container to the host with its own `pasta`, so containers cannot reach each other; use `--network bridge` (the default network), `--network host` or `--network none`", net.name);
+    }
+    check_pasta_usable(&kiln_exec::find_program("pasta"), Path::new(TUN_DEVICE))
+}
+
+/// The device `pasta` makes its tap interface with.
+const TUN_DEVICE: &str = "/dev/net/tun";
+
+/// Whether `pasta` (found at `pasta`) can make a tap interface with `tun`.
+fn check_pasta_usable(pasta: &Option<PathBuf>, tun: &Path) -> Result<()> {
+    if pasta.is_none() {
+        bail!("rootless containers on `--network bridge` get their network from `pasta`, which is not installed: install Debian's `passt`, or use `--network host` or `--network none`");
+    }
+    match std::fs::OpenOptions::new().read(true).write(true).open(tun) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => bail!(
+            "rootless containers on `--network bridge` need `{}` to be readable and writable by you, as `pasta` makes their interface with it: run `chmod 0666 {0}` as root (Debian's udev rules set that mode), or use `--network host` or `--network none`",
+            tun.display()
+        ),
+        Err(e) => bail!(
+            "rootless containers on `--network bridge` need `{}`, which cannot be opened ({e}): load the `tun` module, or use `--network host` or `--network none`",
+            tun.display()
+        ),
+    }
 }
 
 /// A new network namespace, bound at `path` so that it outlives the thread that made it.
@@ -86,7 +130,9 @@ fn new_namespace(path: &Path) -> Result<()> {
 /// Makes the container at `dir` a network namespace plugged into its network's bridge (made
 /// first if missing).
 pub(crate) fn attach(dir: &Path, a: &Attachment) -> Result<Attached> {
-    check_possible()?;
+    if !host_root() {
+        return attach_through_pasta(dir, a);
+    }
     let root = dir
         .parent()
         .and_then(Path::parent)
@@ -97,7 +143,7 @@ pub(crate) fn attach(dir: &Path, a: &Attachment) -> Result<Attached> {
         .unwrap_or("container");
     let netns = dir.join(NETNS_FILE);
     new_namespace(&netns)?;
-    let attached = Attached { netns };
+    let attached = Attached { netns, pasta: None };
     {
         // Two containers starting at once must not both make the bridge.
         let _lock = super::lock(root)?;
@@ -119,4 +165,81 @@ pub(crate) fn attach(dir: &Path, a: &Attachment) -> Result<Attached> {
     )
     .with_context(|| format!("cannot plug the container into network `{}`", a.network))?;
     Ok(attached)
+}
+
+/// Rootless: makes the container at `dir` a network namespace connected to the host by a
+/// `pasta` of its own, with the address and gateway kiln leased it.
+fn attach_through_pasta(dir: &Path, a: &Attachment) -> Result<Attached> {
+    if a.network != super::DEFAULT_NETWORK {
+        bail!(
+            "network `{}` needs root: rootless kiln connects containers to the default `bridge` network only",
+            a.network
+        );
+    }
+    let netns = dir.join(NETNS_FILE);
+    new_namespace(&netns)?;
+    let mut attached = Attached { netns, pasta: None };
+    let pid_file = dir.join(PASTA_PID_FILE);
+    let _ = std::fs::remove_file(&pid_file);
+    let (ip, prefix, gateway) = (
+        a.ip.to_string(),
+        a.prefix.to_string(),
+        a.gateway.to_string(),
+    );
+    let out = std::process::Command::new("pasta")
+        .args(["--config-net", "--quiet", "--netns"])
+        .arg(attached.path())
+        .args(["--ns-ifname", "eth0", "-a", &ip, "-n", &prefix, "-g", &gateway])
+        // Ports are published by kiln's own proxies (`-p`) only, never by `pasta` forwarding
+        // whatever the container happens to listen on.
+        .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none", "--pid"])
+        .arg(&pid_file)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .output()
+        .map_err(|e| {
+            if e.kind() == std::io::ErrorKind::NotFound {
+                anyhow::anyhow!("`pasta` is not installed: rootless containers on `--network bridge` need it (`apt-get install passt`)")
+            } else {
+                anyhow::anyhow!("cannot start `pasta`: {e}")
+            }
+        })?;
+    // Once it has daemonized, `pasta` has configured the namespace.
+    attached.pasta = std::fs::read_to_string(&pid_file)
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok())
+        .map(nix::unistd::Pid::from_raw);
+    if !out.status.success() {
+        let err = String::from_utf8_lossy(&out.stderr);
+        let err = err
+            .lines()
+            .filter(|l| !l.contains("syslog"))
+            .collect::<Vec<_>>()
+            .join("; ");
+        bail!(
+            "`pasta` could not connect the container to the host ({}): {err}",
+            out.status
+        );
+    }
+    Ok(attached)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_pasta_or_a_closed_tun_device_says_what_to_do() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = check_pasta_usable(&None, Path::new("/dev/null")).unwrap_err();
+        assert!(
+            err.to_string().contains("install Debian's `passt`"),
+            "{err}"
+        );
+        let pasta = Some(dir.path().join("pasta"));
+        let err = check_pasta_usable(&pasta, &dir.path().join("tun")).unwrap_err();
+        assert!(err.to_string().contains("load the `tun` module"), "{err}");
+        assert!(check_pasta_usable(&pasta, Path::new("/dev/null")).is_ok());
+    }
 }
