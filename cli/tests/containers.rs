@@ -482,6 +482,57 @@ print("exit", os.waitstatus_to_exitcode(status))
     assert!(text.trim_end().ends_with("exit 5"), "{text}");
 }
 
+/// `docker run -dit IMG sh` is the usual way to keep a container up to `exec` into: its shell
+/// gets a terminal of its own and an input that stays open, so it waits instead of exiting at
+/// once (as kiln's did, with `/dev/null` for input). `-di` keeps a reader waiting the same way,
+/// and a `-t` container's terminal output is what its log holds, line ends as a terminal
+/// writes them (`\r\n`), as in Docker.
+#[test]
+fn detached_dit_shells_stay_up_and_a_t_containers_terminal_is_logged() {
+    let k = Kiln::with_busybox();
+    run_detached(&k, &["-it", "--name", "shell", "busybox", "sh"]);
+    run_detached(
+        &k,
+        &[
+            "-i",
+            "--name",
+            "reader",
+            "busybox",
+            "sh",
+            "-c",
+            "read x; echo got $x",
+        ],
+    );
+    run_detached(
+        &k,
+        &[
+            "-t",
+            "--name",
+            "term",
+            "busybox",
+            "sh",
+            "-c",
+            "test -t 0 && echo IS-TTY; stty size; ps -o pid,tty | awk -v me=$$ '$1 == me { print ($2 == \"?\") ? \"no ctty\" : \"ctty\" }'",
+        ],
+    );
+    assert_eq!(stdout(&k.run(&["wait", "term"])).trim(), "0");
+    // On a terminal of its own (80x24 until a client attaches), its controlling terminal.
+    assert_eq!(
+        stdout(&k.run(&["logs", "term"])),
+        "IS-TTY\r\n24 80\r\nctty\r\n"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(status(&k, "shell"), "running");
+    assert_eq!(status(&k, "reader"), "running");
+    let out = k.run(&["exec", "shell", "echo", "inside"]);
+    assert_ok(&out, "kiln exec into the -dit shell");
+    assert_eq!(stdout(&out), "inside\n");
+    // Stopped, the shell exits as Docker's does on SIGTERM (sh ignores it; the kill follows).
+    assert_ok(&k.run(&["stop", "-t", "1", "shell"]), "kiln stop");
+    assert_eq!(status(&k, "shell"), "exited");
+    assert_ok(&k.run(&["rm", "-f", "shell", "reader", "term"]), "kiln rm");
+}
+
 #[test]
 fn signals_to_a_foreground_kiln_run_reach_its_command() {
     let k = Kiln::with_busybox();

@@ -41,9 +41,11 @@ mod seccomp_profile;
 mod spawn;
 mod spec;
 mod stubs;
+mod terminal;
 mod user;
 mod wire;
 
+use std::os::fd::OwnedFd;
 use std::path::PathBuf;
 
 pub use cgroups::{format_size, parse_shm_size, parse_size, Limits, DEFAULT_PIDS_LIMIT};
@@ -97,34 +99,64 @@ pub enum Stdio {
     /// The caller's stdin; stdout and stderr delivered to the [`OutputSink`] (a foreground
     /// container, whose output is logged as it is shown).
     InputPiped,
+    /// stdin a pipe nobody writes to, held open until the command ends (`docker run -d -i`: a
+    /// command reading its input waits instead of seeing end of file); stdout and stderr
+    /// delivered to the [`OutputSink`].
+    HeldInput,
+    /// A new pseudo-terminal for all three, and the command's controlling terminal (`-t`
+    /// without a caller's terminal); what the command writes to it is delivered to the
+    /// [`OutputSink`] as stdout, as with Docker.
+    Terminal,
+}
+
+/// What [`Stdio::apply_to`] keeps on this side until the command ends.
+#[derive(Default)]
+pub(crate) struct HeldStdio {
+    /// [`Stdio::Terminal`]'s master end, read as the command's output.
+    pub terminal: Option<OwnedFd>,
+    /// [`Stdio::HeldInput`]'s write end.
+    pub input: Option<OwnedFd>,
 }
 
 impl Stdio {
     /// Set `cmd`'s stdin, stdout and stderr as this says.
-    pub(crate) fn apply_to(self, cmd: &mut tokio::process::Command) {
+    pub(crate) fn apply_to(
+        self,
+        cmd: &mut tokio::process::Command,
+    ) -> Result<HeldStdio, ExecError> {
+        use std::process::Stdio as S;
+        let mut held = HeldStdio::default();
         let (stdin, stdout, stderr) = match self {
-            Stdio::Inherit => (
-                std::process::Stdio::inherit(),
-                std::process::Stdio::inherit(),
-                std::process::Stdio::inherit(),
-            ),
-            Stdio::Null => (
-                std::process::Stdio::null(),
-                std::process::Stdio::null(),
-                std::process::Stdio::null(),
-            ),
-            Stdio::Piped => (
-                std::process::Stdio::null(),
-                std::process::Stdio::piped(),
-                std::process::Stdio::piped(),
-            ),
-            Stdio::InputPiped => (
-                std::process::Stdio::inherit(),
-                std::process::Stdio::piped(),
-                std::process::Stdio::piped(),
-            ),
+            Stdio::Inherit => (S::inherit(), S::inherit(), S::inherit()),
+            Stdio::Null => (S::null(), S::null(), S::null()),
+            Stdio::Piped => (S::null(), S::piped(), S::piped()),
+            Stdio::InputPiped => (S::inherit(), S::piped(), S::piped()),
+            Stdio::HeldInput => {
+                let (read_end, write_end) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)
+                    .map_err(|e| ExecError::Io {
+                        what: "cannot make the container's input pipe",
+                        path: "pipe".into(),
+                        cause: e.into(),
+                    })?;
+                held.input = Some(write_end);
+                (S::from(read_end), S::piped(), S::piped())
+            }
+            Stdio::Terminal => {
+                let pty = terminal::open()?;
+                let dup = |fd: &OwnedFd| {
+                    fd.try_clone().map_err(|cause| ExecError::Io {
+                        what: "cannot share the container's terminal",
+                        path: "/dev/ptmx".into(),
+                        cause,
+                    })
+                };
+                let (a, b) = (dup(&pty.slave)?, dup(&pty.slave)?);
+                held.terminal = Some(pty.master);
+                (S::from(pty.slave), S::from(a), S::from(b))
+            }
         };
         cmd.stdin(stdin).stdout(stdout).stderr(stderr);
+        Ok(held)
     }
 }
 

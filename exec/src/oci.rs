@@ -573,7 +573,13 @@ pub(crate) async fn run(
     let exe = crate::spawn::sandbox_exe()?;
     let mut cmd = tokio::process::Command::new(&exe);
     cmd.args(watch::args(&watch, &located, &runtime_args));
-    stdio.apply_to(&mut cmd);
+    let held = match stdio.apply_to(&mut cmd) {
+        Ok(h) => h,
+        Err(e) => {
+            container.finished = true;
+            return Err(e);
+        }
+    };
     cmd.kill_on_drop(true);
     crate::spawn::inherit(cmd.as_std_mut(), [engine_end.as_raw_fd()]);
     // The watcher (and so the runtime it starts) is in the step's cgroup before it execs.
@@ -581,6 +587,8 @@ pub(crate) async fn run(
         cg.join_before_exec(cmd.as_std_mut());
     }
     let spawned = cmd.spawn();
+    // With it go this side's copies of a terminal's slave end (see `crate::run`).
+    drop(cmd);
     drop(engine_end);
     let mut child = match spawned {
         Ok(c) => c,
@@ -594,13 +602,14 @@ pub(crate) async fn run(
     };
     crate::spawn::record_pid(&state_dir, child.id());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    crate::spawn::pump_output(stdout, stderr, &mut sink).await;
+    crate::spawn::pump_stdio(held.terminal, stdout, stderr, &mut sink).await;
     let status = child.wait().await.map_err(|source| ExecError::Io {
         what: "cannot wait for the OCI runtime",
         path: PathBuf::from(binary),
         cause: source,
     })?;
     drop(alive);
+    drop(held.input);
     // `run` (not detached) deletes the container when its process exits; a runtime killed by a
     // signal may not have: then the guard deletes it.
     container.finished = status.code().is_some();

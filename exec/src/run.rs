@@ -5,7 +5,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 
-use crate::spawn::{child_pipe, inherit, pump_output, sandbox_exe};
+use crate::spawn::{child_pipe, inherit, sandbox_exe};
 use crate::wire::{WireConfig, WireResult, RESULT_FILE, SANDBOX_ARG, SCRATCH_DIR};
 use crate::{ExecError, OutputSink, RunOutcome, SandboxConfig};
 
@@ -106,6 +106,7 @@ pub async fn run(
         rootfs: config.rootfs,
         network: config.network,
         state_dir: config.state_dir,
+        own_terminal: config.stdio == crate::Stdio::Terminal,
     };
     let wire_state_dir = wire.state_dir.clone();
     let payload = serde_json::to_vec(&wire).map_err(|cause| ExecError::Json {
@@ -125,13 +126,16 @@ pub async fn run(
     cmd.arg(SANDBOX_ARG)
         .arg(read_fd.to_string())
         .arg(engine_end.as_raw_fd().to_string());
-    config.stdio.apply_to(&mut cmd);
+    let held = config.stdio.apply_to(&mut cmd)?;
     cmd.kill_on_drop(true);
     inherit(cmd.as_std_mut(), [read_fd, engine_end.as_raw_fd()]);
     let mut child = cmd.spawn().map_err(|source| ExecError::Spawn {
         exe: exe.clone(),
         cause: source,
     })?;
+    // With it go this side's copies of a terminal's slave end: the master then hangs up once
+    // the sandbox is gone.
+    drop(cmd);
     drop(read_end);
     drop(engine_end);
     crate::spawn::record_pid(&wire_state_dir, child.id());
@@ -147,7 +151,7 @@ pub async fn run(
 
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    pump_output(stdout, stderr, &mut sink).await;
+    crate::spawn::pump_stdio(held.terminal, stdout, stderr, &mut sink).await;
 
     let status = child.wait().await.map_err(|source| ExecError::Io {
         what: "cannot wait for the sandbox helper",
@@ -159,6 +163,7 @@ pub async fn run(
     // Held until the helper is gone: its closing (this process exiting, however) is what tells
     // the helper to take the step down.
     drop(alive);
+    drop(held.input);
 
     let exit_code = match (status.code(), status.signal()) {
         (Some(code), _) => code,

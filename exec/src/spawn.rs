@@ -56,11 +56,32 @@ pub(crate) fn inherit<const N: usize>(cmd: &mut std::process::Command, fds: [i32
     }
 }
 
-pub(crate) async fn pump_output(
+/// Delivers the command's output to `sink`: what it writes to its `terminal` (the master end
+/// of [`crate::Stdio::Terminal`]'s pseudo-terminal) when it has one, else its pipes.
+pub(crate) async fn pump_stdio(
+    terminal: Option<std::os::fd::OwnedFd>,
     stdout: Option<tokio::process::ChildStdout>,
     stderr: Option<tokio::process::ChildStderr>,
     sink: &mut Option<Box<dyn OutputSink>>,
 ) {
+    match terminal {
+        // Read on a blocking thread: the read ends with EIO once every slave end is closed.
+        Some(master) => {
+            let master = tokio::fs::File::from_std(std::fs::File::from(master));
+            pump_output(Some(master), None::<tokio::process::ChildStderr>, sink).await;
+        }
+        None => pump_output(stdout, stderr, sink).await,
+    }
+}
+
+pub(crate) async fn pump_output<O, E>(
+    stdout: Option<O>,
+    stderr: Option<E>,
+    sink: &mut Option<Box<dyn OutputSink>>,
+) where
+    O: tokio::io::AsyncRead + Unpin,
+    E: tokio::io::AsyncRead + Unpin,
+{
     let mut out = stdout;
     let mut err = stderr;
     let mut out_buf = vec![0u8; 32 * 1024];

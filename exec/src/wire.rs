@@ -23,6 +23,10 @@ pub(crate) struct WireConfig {
     pub rootfs: RootFs,
     pub network: Network,
     pub state_dir: PathBuf,
+    /// The command's stdin is a new pseudo-terminal of its own ([`crate::Stdio::Terminal`]):
+    /// it starts a session with it as controlling terminal (never with a caller's).
+    #[serde(default)]
+    pub own_terminal: bool,
 }
 
 #[derive(Debug, Default, serde::Serialize, serde::Deserialize)]

@@ -157,6 +157,10 @@ pub(crate) async fn supervise(dir: &Path, attach: Attach) -> Result<ContainerSta
                 stdio: match attach {
                     Attach::Caller if shown => kiln_exec::Stdio::InputPiped,
                     Attach::Caller => kiln_exec::Stdio::Inherit,
+                    // As Docker's: `-t` gets a terminal of its own, `-i` an input that stays
+                    // open (so `run -dit IMG sh` keeps its shell), and the output is logged.
+                    Attach::Log if config.tty => kiln_exec::Stdio::Terminal,
+                    Attach::Log if config.interactive => kiln_exec::Stdio::HeldInput,
                     Attach::Log => kiln_exec::Stdio::Piped,
                 },
                 state_dir: state::sandbox_state_dir(dir),

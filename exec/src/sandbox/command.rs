@@ -19,9 +19,14 @@ use crate::wire::SETUP_FAILED;
 pub(crate) const SETUP_ERROR: &[u8] = b"S";
 
 /// Become the command. Returns only on failure, with the exit code to use.
-pub(crate) fn exec(process: &Process, seccomp: Option<&LinuxSeccomp>, status: OwnedFd) -> i32 {
+pub(crate) fn exec(
+    process: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+    own_terminal: bool,
+    status: OwnedFd,
+) -> i32 {
     signals::reset_for_exec();
-    match prepare(process, seccomp) {
+    match prepare(process, seccomp, own_terminal) {
         Err(msg) => {
             let mut f = std::fs::File::from(status);
             let mut report = SETUP_ERROR.to_vec();
@@ -44,11 +49,31 @@ struct Prepared {
     path_var: String,
 }
 
+/// A command with a pseudo-terminal of its own on stdin starts a session with it as its
+/// controlling terminal, so that the terminal's Ctrl-C, resize and hang-up reach its foreground
+/// process group, as under `docker run -t`.
+fn take_terminal() -> Result<(), String> {
+    nix::unistd::setsid().map_err(|e| format!("cannot start a session for the terminal: {e}"))?;
+    // SAFETY: TIOCSCTTY with 0 (never steal a terminal another session holds) on fd 0 changes
+    // only this process's session.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(format!(
+            "cannot make the container's terminal its controlling terminal: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    Ok(())
+}
+
 fn cstring(s: &str, what: &str) -> Result<CString, String> {
     CString::new(s).map_err(|_| format!("{what} `{}` contains a NUL byte", s.escape_debug()))
 }
 
-fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared, String> {
+fn prepare(
+    process: &Process,
+    seccomp: Option<&LinuxSeccomp>,
+    own_terminal: bool,
+) -> Result<Prepared, String> {
     let args = process.args().as_deref().unwrap_or(&[]);
     let Some(arg0) = args.first() else {
         return Err("`process.args` is empty".into());
@@ -69,6 +94,9 @@ fn prepare(process: &Process, seccomp: Option<&LinuxSeccomp>) -> Result<Prepared
         .unwrap_or(DEFAULT_PATH)
         .to_string();
 
+    if own_terminal {
+        take_terminal()?;
+    }
     // Compiled while we may still allocate freely; loaded below at the last possible moment.
     let filters = seccomp.map(super::seccomp_filter::compile).transpose()?;
     let no_new_privs = process.no_new_privileges() == Some(true);

@@ -137,7 +137,7 @@ fn enter(fd_arg: Option<OsString>) -> Result<i32, String> {
         Err(e) => Err(format!("cannot fork the command: {e}")),
         Ok(ForkResult::Child) => {
             drop(status_r);
-            let code = command::exec(&process, config.seccomp.as_ref(), status_w);
+            let code = command::exec(&process, config.seccomp.as_ref(), false, status_w);
             std::process::exit(code);
         }
         Ok(ForkResult::Parent { child }) => {

@@ -260,7 +260,7 @@ fn start_command(config: &WireConfig, result: &ResultFile, created: Vec<PathBuf>
                 .linux()
                 .as_ref()
                 .and_then(|l| l.seccomp().as_ref());
-            let code = command::exec(process, seccomp, status_w);
+            let code = command::exec(process, seccomp, config.own_terminal, status_w);
             std::process::exit(code);
         }
         Ok(ForkResult::Parent { child }) => {
