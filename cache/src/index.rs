@@ -1,15 +1,15 @@
 //! The redb index: cache keys → results, snapshot records, layer info, checksum memo and small
 //! metadata, each in its own table. Every write transaction commits durably, except those that
-//! only save work (cache results, layer records, use times): they commit without waiting for the
-//! disk, and the next durable commit (any other write, or closing the store) carries them. A
-//! crash before it loses that work and nothing else: what they name was made durable first, so
-//! no record ever names what is not on disk.
+//! only save work (cache results, layer records, use times, the checksum memo, link-reuse
+//! hints): they commit without waiting for the disk, and the next durable commit (any other
+//! write, or closing the store) carries them. A crash before it loses that work and nothing
+//! else: what they name was made durable first, so no record ever names what is not on disk.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use redb::{Database, ReadableTable, TableDefinition};
+use redb::{Database, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use crate::CacheError;
@@ -51,7 +51,11 @@ impl Db {
             path: path.to_path_buf(),
             lazy: std::sync::atomic::AtomicBool::new(false),
         };
-        // Create every table up front so read transactions never meet a missing one.
+        // Create every table up front so read transactions never meet a missing one; a store
+        // that has them all is not written (a durable commit costs every command an fdatasync).
+        if this.has_every_table()? {
+            return Ok(this);
+        }
         let txn = this.begin_write()?;
         {
             let err = CacheError::db("create tables", path);
@@ -73,6 +77,27 @@ impl Db {
         }
         this.commit(txn)?;
         Ok(this)
+    }
+
+    fn has_every_table(&self) -> Result<bool, CacheError> {
+        let txn = self.begin_read()?;
+        let names: HashSet<String> = txn
+            .list_tables()
+            .map_err(CacheError::db("list tables", &self.path))?
+            .map(|t| t.name().to_string())
+            .collect();
+        Ok([
+            RESULTS.name(),
+            SNAPSHOTS.name(),
+            LAYERS.name(),
+            MEMO.name(),
+            META.name(),
+            COUNTERS.name(),
+            USED.name(),
+            REMOVING.name(),
+        ]
+        .iter()
+        .all(|n| names.contains(*n)))
     }
 
     pub(crate) fn begin_write(&self) -> Result<redb::WriteTransaction, CacheError> {
@@ -404,7 +429,8 @@ impl CacheIndex {
                     .map_err(self.db.err("write memo"))?;
             }
         }
-        self.db.commit(txn)
+        // Keyed by the file's `stat`: losing an entry costs a re-hash, never a wrong sum.
+        self.db.commit_lazily(txn)
     }
 
     /// Reads a small string value.
@@ -417,6 +443,11 @@ impl CacheIndex {
 
     /// Writes a small string value, replacing any old one.
     pub fn meta_put(&self, key: &str, value: &str) -> Result<(), CacheError> {
+        let txn = self.meta_insert(key, value)?;
+        self.db.commit(txn)
+    }
+
+    fn meta_insert(&self, key: &str, value: &str) -> Result<redb::WriteTransaction, CacheError> {
         let txn = self.db.begin_write()?;
         {
             let mut table = txn.open_table(META).map_err(self.db.err("open meta"))?;
@@ -424,7 +455,14 @@ impl CacheIndex {
                 .insert(key, value)
                 .map_err(self.db.err("write meta"))?;
         }
-        self.db.commit(txn)
+        Ok(txn)
+    }
+
+    /// [`CacheIndex::meta_put`] for a hint whose loss in a crash costs only work (the snapshot
+    /// a COPY may link files from): committed lazily, as cache results are.
+    pub fn meta_put_hint(&self, key: &str, value: &str) -> Result<(), CacheError> {
+        let txn = self.meta_insert(key, value)?;
+        self.db.commit_lazily(txn)
     }
 
     /// All small string values, sorted by key.

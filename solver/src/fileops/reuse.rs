@@ -77,7 +77,7 @@ pub(crate) fn remember(store: &Store, identity: &str, snap: SnapshotId) -> Resul
     }
     store
         .index()
-        .meta_put(&format!("{META_PREFIX}{identity}"), &snap.0.to_string())
+        .meta_put_hint(&format!("{META_PREFIX}{identity}"), &snap.0.to_string())
         .map_err(SolveError::from)
 }
 
