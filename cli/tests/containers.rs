@@ -425,7 +425,9 @@ fn prune_keeps_the_snapshots_of_a_container_whose_image_is_gone() {
 }
 
 /// Drives `kiln run -it` through a real pty (python3's `pty`): the command sees a terminal of
-/// the size set on the pty, is told of a resize, gets Ctrl-C, and its exit code is kiln's.
+/// the size set on the pty, is told of a resize, gets Ctrl-C, and its exit code is kiln's; what
+/// it wrote is in its log too, as with Docker (it has a terminal of its own, relayed to the
+/// caller's), and the caller's terminal has its modes back afterwards.
 #[test]
 fn run_it_gives_a_real_terminal_with_resize_ctrl_c_and_the_exit_code() {
     if !installed("python3", "python3") {
@@ -438,10 +440,11 @@ kiln, root = sys.argv[1], sys.argv[2]
 os.environ["KILN_ROOT"] = root
 pid, fd = pty.fork()
 if pid == 0:
-    os.execv(kiln, [kiln, "run", "-it", "--rm", "busybox", "sh", "-c",
-        'test -t 0 && echo IS-TTY; trap "stty size" WINCH; trap "echo got-int; exit 5" INT; '
+    os.execv(kiln, [kiln, "run", "-it", "--name", "tty", "busybox", "sh", "-c",
+        'test -t 0 && echo IS-TTY; stty size; trap "stty size" WINCH; trap "echo got-int; exit 5" INT; '
         'echo ready; while :; do sleep 1; done'])
 fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
+cooked = termios.tcgetattr(fd)
 out, step, deadline = b"", 0, time.time() + 30
 while time.time() < deadline:
     r, _, _ = select.select([fd], [], [], 0.2)
@@ -462,6 +465,7 @@ while time.time() < deadline:
         step = 2
 _, status = os.waitpid(pid, 0)
 sys.stdout.write(out.decode(errors="replace"))
+print("modes back" if termios.tcgetattr(fd) == cooked else "modes changed")
 print("exit", os.waitstatus_to_exitcode(status))
 "#;
     let out = std::process::Command::new("python3")
@@ -479,7 +483,15 @@ print("exit", os.waitstatus_to_exitcode(status))
         text.contains("got-int"),
         "Ctrl-C reached the command: {text}"
     );
+    assert!(text.contains("33 101"), "the size set before the start: {text}");
+    assert!(text.contains("modes back"), "{text}");
     assert!(text.trim_end().ends_with("exit 5"), "{text}");
+    let log = stdout(&k.run(&["logs", "tty"]));
+    assert!(
+        log.starts_with("IS-TTY\r\n33 101\r\nready\r\n") && log.contains("40 120\r\n"),
+        "{log:?}"
+    );
+    assert_ok(&k.run(&["rm", "tty"]), "kiln rm");
 }
 
 /// `docker run -dit IMG sh` is the usual way to keep a container up to `exec` into: its shell

@@ -103,10 +103,14 @@ pub enum Stdio {
     /// command reading its input waits instead of seeing end of file); stdout and stderr
     /// delivered to the [`OutputSink`].
     HeldInput,
-    /// A new pseudo-terminal for all three, and the command's controlling terminal (`-t`
-    /// without a caller's terminal); what the command writes to it is delivered to the
-    /// [`OutputSink`] as stdout, as with Docker.
+    /// A new pseudo-terminal for all three, and the command's controlling terminal (`-t` of a
+    /// detached container); what the command writes to it is delivered to the [`OutputSink`]
+    /// as stdout, as with Docker.
     Terminal,
+    /// [`Stdio::Terminal`] relayed to the caller's own (`-t` in the foreground): the caller's
+    /// window size is mirrored onto it and, with `input` (`-i`), the caller's terminal is put in
+    /// raw mode and its keys relayed, so the output can be shown and logged at once.
+    CallerTerminal { input: bool },
 }
 
 /// What [`Stdio::apply_to`] keeps on this side until the command ends.
@@ -116,9 +120,16 @@ pub(crate) struct HeldStdio {
     pub terminal: Option<OwnedFd>,
     /// [`Stdio::HeldInput`]'s write end.
     pub input: Option<OwnedFd>,
+    /// [`Stdio::CallerTerminal`]: relay the caller's terminal (and its input, when true).
+    pub relay: Option<bool>,
 }
 
 impl Stdio {
+    /// Whether the command gets a pseudo-terminal of its own (and a session around it).
+    pub(crate) fn own_terminal(self) -> bool {
+        matches!(self, Stdio::Terminal | Stdio::CallerTerminal { .. })
+    }
+
     /// Set `cmd`'s stdin, stdout and stderr as this says.
     pub(crate) fn apply_to(
         self,
@@ -141,7 +152,10 @@ impl Stdio {
                 held.input = Some(write_end);
                 (S::from(read_end), S::piped(), S::piped())
             }
-            Stdio::Terminal => {
+            Stdio::Terminal | Stdio::CallerTerminal { .. } => {
+                if let Stdio::CallerTerminal { input } = self {
+                    held.relay = Some(input);
+                }
                 let pty = terminal::open()?;
                 let dup = |fd: &OwnedFd| {
                     fd.try_clone().map_err(|cause| ExecError::Io {

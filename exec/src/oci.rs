@@ -602,7 +602,7 @@ pub(crate) async fn run(
     };
     crate::spawn::record_pid(&state_dir, child.id());
     let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
-    crate::spawn::pump_stdio(held.terminal, stdout, stderr, &mut sink).await;
+    crate::spawn::pump_stdio(held.terminal, held.relay, stdout, stderr, &mut sink).await;
     let status = child.wait().await.map_err(|source| ExecError::Io {
         what: "cannot wait for the OCI runtime",
         path: PathBuf::from(binary),

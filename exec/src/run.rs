@@ -106,7 +106,7 @@ pub async fn run(
         rootfs: config.rootfs,
         network: config.network,
         state_dir: config.state_dir,
-        own_terminal: config.stdio == crate::Stdio::Terminal,
+        own_terminal: config.stdio.own_terminal(),
     };
     let wire_state_dir = wire.state_dir.clone();
     let payload = serde_json::to_vec(&wire).map_err(|cause| ExecError::Json {
@@ -151,7 +151,7 @@ pub async fn run(
 
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
-    crate::spawn::pump_stdio(held.terminal, stdout, stderr, &mut sink).await;
+    crate::spawn::pump_stdio(held.terminal, held.relay, stdout, stderr, &mut sink).await;
 
     let status = child.wait().await.map_err(|source| ExecError::Io {
         what: "cannot wait for the sandbox helper",

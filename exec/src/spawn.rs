@@ -57,9 +57,11 @@ pub(crate) fn inherit<const N: usize>(cmd: &mut std::process::Command, fds: [i32
 }
 
 /// Delivers the command's output to `sink`: what it writes to its `terminal` (the master end
-/// of [`crate::Stdio::Terminal`]'s pseudo-terminal) when it has one, else its pipes.
+/// of [`crate::Stdio::Terminal`]'s pseudo-terminal) when it has one, relaying the caller's
+/// terminal to it meanwhile when `relay` says so, else its pipes.
 pub(crate) async fn pump_stdio(
     terminal: Option<std::os::fd::OwnedFd>,
+    relay: Option<bool>,
     stdout: Option<tokio::process::ChildStdout>,
     stderr: Option<tokio::process::ChildStderr>,
     sink: &mut Option<Box<dyn OutputSink>>,
@@ -67,8 +69,18 @@ pub(crate) async fn pump_stdio(
     match terminal {
         // Read on a blocking thread: the read ends with EIO once every slave end is closed.
         Some(master) => {
+            // Without the relay the output is still shown and logged; only keys and resizes
+            // would not reach the command.
+            let relay = relay.and_then(|input| {
+                crate::terminal::CallerRelay::start(&master, input)
+                    .map_err(|e| {
+                        eprintln!("warning: keys and window size will not reach the container: {e}")
+                    })
+                    .ok()
+            });
             let master = tokio::fs::File::from_std(std::fs::File::from(master));
             pump_output(Some(master), None::<tokio::process::ChildStderr>, sink).await;
+            drop(relay);
         }
         None => pump_output(stdout, stderr, sink).await,
     }

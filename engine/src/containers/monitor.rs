@@ -139,10 +139,13 @@ pub(crate) async fn supervise(dir: &Path, attach: Attach) -> Result<ContainerSta
         // The pid file tells `kiln run -d` (and `kiln kill`) that this run's sandbox exists.
         let _ = std::fs::remove_file(state::sandbox_state_dir(dir).join(kiln_exec::PID_FILE));
         state::write_json(dir, state::STATE_FILE, &st)?;
-        // With a terminal the command writes to it directly (and nothing is logged).
-        let shown = attach == Attach::Caller && !config.tty;
+        // With `-t` the command gets a terminal of its own, relayed to the caller's, so its
+        // output is logged as Docker's is. The OCI runtimes start it without one (they would
+        // want a console socket), so there it writes to the caller's directly, unlogged.
+        let relayed = config.tty && matches!(runtime, kiln_exec::Runtime::Builtin);
+        let shown = attach == Attach::Caller && (!config.tty || relayed);
         let sink: Option<Box<dyn kiln_exec::OutputSink>> = match attach {
-            Attach::Caller if config.tty => None,
+            Attach::Caller if config.tty && !relayed => None,
             Attach::Caller => Some(Box::new(ShownAndLogged(LogWriter::open(
                 dir,
                 config.log_max_size,
@@ -155,6 +158,9 @@ pub(crate) async fn supervise(dir: &Path, attach: Attach) -> Result<ContainerSta
                 rootfs: config.rootfs.clone(),
                 network: config.network,
                 stdio: match attach {
+                    Attach::Caller if relayed => kiln_exec::Stdio::CallerTerminal {
+                        input: config.interactive,
+                    },
                     Attach::Caller if shown => kiln_exec::Stdio::InputPiped,
                     Attach::Caller => kiln_exec::Stdio::Inherit,
                     // As Docker's: `-t` gets a terminal of its own, `-i` an input that stays
