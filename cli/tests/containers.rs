@@ -483,7 +483,10 @@ print("exit", os.waitstatus_to_exitcode(status))
         text.contains("got-int"),
         "Ctrl-C reached the command: {text}"
     );
-    assert!(text.contains("33 101"), "the size set before the start: {text}");
+    assert!(
+        text.contains("33 101"),
+        "the size set before the start: {text}"
+    );
     assert!(text.contains("modes back"), "{text}");
     assert!(text.trim_end().ends_with("exit 5"), "{text}");
     let log = stdout(&k.run(&["logs", "tty"]));

@@ -291,6 +291,23 @@ pub fn signal(c: &Container, sig: nix::sys::signal::Signal) -> Result<()> {
     if state::parent_of(pid) != Some(c.state.monitor_pid) {
         return Err(not_running());
     }
+    // Under an OCI runtime the container's first process (a static init that forwards what
+    // it gets, and whose death takes the pid namespace down) is signalled directly, as
+    // `runc kill` does: the runtime process between it and the helper forwards nothing.
+    let oci = c.config.as_ref().filter(|cfg| cfg.runtime != "builtin");
+    if let Some(cfg) = oci {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let state_dir = state::sandbox_state_dir(&c.dir);
+        let init = loop {
+            match kiln_exec::oci_container_pid(&cfg.runtime, &state_dir) {
+                Some(p) => break p,
+                None if Instant::now() > deadline => return Err(not_running()),
+                None => std::thread::sleep(Duration::from_millis(5)),
+            }
+        };
+        return nix::sys::signal::kill(nix::unistd::Pid::from_raw(init as i32), sig)
+            .with_context(|| format!("cannot signal container `{}`", c.name()));
+    }
     // SIGKILL cannot be forwarded: it goes to the sandbox's init (the helper's child), whose
     // death takes the container down and lets the helper report 137, as Docker does.
     // Just after a start the init may still be setting up: killed then it reports nothing,
@@ -360,13 +377,6 @@ pub fn exec(c: &Container, opts: ExecOptions) -> Result<i32> {
         .config
         .as_ref()
         .with_context(|| format!("container `{}` is not running", c.name()))?;
-    if cfg.runtime != "builtin" {
-        bail!(
-            "`kiln exec` works in containers of kiln's own sandbox; `{}` runs under `{}`",
-            c.name(),
-            cfg.runtime
-        );
-    }
     if opts.command.is_empty() {
         bail!("`kiln exec` needs a command to run after the container's name");
     }
@@ -387,9 +397,16 @@ pub fn exec(c: &Container, opts: ExecOptions) -> Result<i32> {
     // wrong namespaces. Wait until its result file says the set-up is done.
     let result = state::sandbox_state_dir(&c.dir).join(kiln_exec::RESULT_FILE);
     let deadline = Instant::now() + Duration::from_secs(10);
+    let builtin = cfg.runtime == "builtin";
     let init_pid = loop {
-        let init = state::children_of(helper).first().copied();
-        let set_up = std::fs::metadata(&result).is_ok_and(|m| m.len() > 0);
+        // Under an OCI runtime its `state` says when the container runs, and its pid.
+        let (init, set_up) = if builtin {
+            let init = state::children_of(helper).first().copied();
+            (init, std::fs::metadata(&result).is_ok_and(|m| m.len() > 0))
+        } else {
+            let pid = kiln_exec::oci_container_pid(&cfg.runtime, &state::sandbox_state_dir(&c.dir));
+            (pid, pid.is_some())
+        };
         match init {
             Some(pid) if set_up => break pid,
             _ if Instant::now() > deadline => return Err(not_running()),

@@ -55,7 +55,7 @@ pub use emulation::{
 };
 pub use error::ExecError;
 pub use extras::{parse_add_host, parse_ulimit, Ulimit};
-pub use oci::{installed_runtimes, Runtime};
+pub use oci::{installed_runtimes, oci_container_pid, Runtime};
 pub use rootless::{
     find_program, has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged,
     rootless_store_dir,

@@ -117,6 +117,38 @@ pub(crate) fn delete_command(binary: &str, runtime_root: &Path, id: &str) -> std
     cmd
 }
 
+/// The pid of the first process of the container the OCI runtime `binary` runs for the sandbox
+/// whose state directory is `state_dir` (`kiln exec` joins its namespaces), from the runtime's
+/// own `state` of it; `None` when no container of it is running.
+pub fn oci_container_pid(binary: &str, state_dir: &Path) -> Option<u32> {
+    let runtime_root = state_dir.join(RUNTIME_ROOT);
+    let id = std::fs::read_dir(&runtime_root)
+        .ok()?
+        .filter_map(Result::ok)
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find(|n| n.starts_with("kiln-"))?;
+    let mut cmd = std::process::Command::new(locate(binary)?);
+    cmd.args(global_args(binary))
+        .arg("--root")
+        .arg(&runtime_root)
+        .args(["state", &id])
+        .stdin(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    if cgroups::crun_needs_hiding(binary) {
+        cgroups::hide_unified_controllers(&mut cmd);
+    }
+    let out = cmd.output().ok()?;
+    let state: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+    if state["status"] != "running" {
+        return None;
+    }
+    state["pid"]
+        .as_u64()
+        .and_then(|p| u32::try_from(p).ok())
+        .filter(|p| *p > 0)
+}
+
 /// The runtimes `--runtime` can use on this host: the built-in sandbox always, then each OCI
 /// runtime kiln knows by name (`runc`, `crun`) that PATH has, found as a run would find it.
 pub fn installed_runtimes() -> Vec<Runtime> {
