@@ -237,7 +237,7 @@ async fn run_inner(engine: Engine, r: RunArgs) -> Result<i32> {
         .await;
         let _ = closing.await;
         started??;
-        println!("{}", created.id);
+        outln!("{}", created.id);
         return Ok(0);
     }
     let forwarder = tokio::spawn(forward_signals(created.dir.clone(), tty));
@@ -391,16 +391,21 @@ pub(crate) fn ps(root: &Path, a: PsArgs) -> Result<i32> {
     let shown = all.iter().filter(|c| a.all || c.state.is_running());
     if a.quiet {
         for c in shown {
-            println!("{}", c.short_id());
+            outln!("{}", c.short_id());
         }
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<14}{:<20}{:<24}{:<24}{:<36}{:<24}NAMES",
-        "CONTAINER ID", "IMAGE", "COMMAND", "CREATED", "STATUS", "PORTS"
+        "CONTAINER ID",
+        "IMAGE",
+        "COMMAND",
+        "CREATED",
+        "STATUS",
+        "PORTS"
     );
     for c in shown {
-        println!(
+        outln!(
             // A space after the ports always: a long list must not run into the name.
             "{:<14}{:<20}{:<24}{:<24}{:<36}{:<23} {}",
             c.short_id(),
@@ -454,7 +459,7 @@ fn each(root: &Path, names: &[String], f: &dyn Fn(&Container) -> Result<()>) -> 
     let mut code = 0;
     for n in names {
         match containers::find(root, n).and_then(|c| f(&c)) {
-            Ok(()) => println!("{n}"),
+            Ok(()) => outln!("{n}"),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 code = 1;
@@ -562,7 +567,7 @@ pub(crate) fn wait(root: &Path, a: WaitArgs) -> i32 {
     for n in &a.containers {
         let found = containers::find(root, n).and_then(|c| containers::wait(&c));
         match found {
-            Ok(exit) => println!("{exit}"),
+            Ok(exit) => outln!("{exit}"),
             Err(e) => {
                 eprintln!("error: {e:#}");
                 code = 1;
@@ -648,7 +653,7 @@ pub(crate) fn inspect(root: &Path, a: InspectArgs) -> Result<i32> {
             },
         }
     }
-    println!("{}", serde_json::to_string_pretty(&shown)?);
+    outln!("{}", serde_json::to_string_pretty(&shown)?);
     Ok(code)
 }
 
@@ -671,9 +676,9 @@ pub(crate) fn container(root: &Path, c: ContainerCommand) -> Result<i32> {
     match c {
         ContainerCommand::Prune { force: _ } => {
             let removed = containers::prune(root)?;
-            println!("Deleted Containers:");
+            outln!("Deleted Containers:");
             for id in &removed {
-                println!("{id}");
+                outln!("{id}");
             }
             Ok(0)
         }
@@ -720,7 +725,7 @@ pub(crate) fn port(root: &Path, a: PortArgs) -> Result<i32> {
         );
     }
     for p in shown {
-        println!(
+        outln!(
             "{}/{} -> {}",
             p.container_port,
             p.protocol.as_str(),

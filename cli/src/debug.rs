@@ -43,7 +43,7 @@ pub(crate) async fn run(cmd: DebugCommand, engine: Option<&kiln_engine::Engine>)
             for w in warnings {
                 eprintln!("warning: {w}");
             }
-            print!("{dump}");
+            out!("{dump}");
         }
         DebugCommand::Llb(a) => {
             let req = crate::build_request(&a.build)?;
@@ -80,6 +80,6 @@ fn print_llb(doc: &serde_json::Value) -> Result<()> {
             eprintln!("warning: {w}");
         }
     }
-    println!("{}", serde_json::to_string_pretty(doc)?);
+    outln!("{}", serde_json::to_string_pretty(doc)?);
     Ok(())
 }

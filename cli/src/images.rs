@@ -155,17 +155,21 @@ pub(crate) async fn list(source: &StoreSource<'_>, a: &ImagesArgs) -> Result<i32
     };
     if a.quiet {
         for i in images {
-            println!("{}", id(&i.id));
+            outln!("{}", id(&i.id));
         }
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<50} {:<14} {:<14} {:<25} {:<10} PLATFORMS",
-        "NAME", "IMAGE ID", "DIGEST", "CREATED", "SIZE"
+        "NAME",
+        "IMAGE ID",
+        "DIGEST",
+        "CREATED",
+        "SIZE"
     );
     for i in images {
         // An index's ID and size are those of the image for this host (else its first).
-        println!(
+        outln!(
             "{:<50} {:<14} {:<14} {:<25} {:<10} {}",
             i.name.as_deref().unwrap_or("<none>"),
             id(&i.id),
@@ -192,8 +196,8 @@ pub(crate) fn rmi(engine: &Engine, a: RmiArgs) -> Result<i32> {
             Ok(done) => {
                 for d in done {
                     match d {
-                        Removed::Untagged(n) => println!("Untagged: {n}"),
-                        Removed::Deleted(id) => println!("Deleted: {id}"),
+                        Removed::Untagged(n) => outln!("Untagged: {n}"),
+                        Removed::Deleted(id) => outln!("Deleted: {id}"),
                     }
                 }
             }
@@ -218,7 +222,7 @@ fn inspect(engine: &Engine, a: InspectArgs) -> Result<i32> {
             }
         }
     }
-    println!("{}", serde_json::to_string_pretty(&out)?);
+    outln!("{}", serde_json::to_string_pretty(&out)?);
     Ok(code)
 }
 
@@ -229,12 +233,15 @@ pub(crate) fn history(engine: &Engine, a: HistoryArgs) -> Result<i32> {
         .unwrap_or_default()
         .to_string();
     if a.quiet {
-        println!("{}", kiln_engine::short_id(&id));
+        outln!("{}", kiln_engine::short_id(&id));
         return Ok(0);
     }
-    println!(
+    outln!(
         "{:<14} {:<22} {:<46} {:<10} COMMENT",
-        "IMAGE", "CREATED", "CREATED BY", "SIZE"
+        "IMAGE",
+        "CREATED",
+        "CREATED BY",
+        "SIZE"
     );
     for (n, e) in entries.iter().enumerate() {
         // As Docker's: only the top step is an image of its own.
@@ -249,7 +256,7 @@ pub(crate) fn history(engine: &Engine, a: HistoryArgs) -> Result<i32> {
         } else {
             format!("{}…", by.chars().take(44).collect::<String>())
         };
-        println!(
+        outln!(
             "{:<14} {:<22} {:<46} {:<10} {}",
             image,
             e.created,
@@ -287,9 +294,9 @@ pub(crate) async fn load(engine: &Engine, a: LoadArgs) -> Result<i32> {
             match l {
                 Loaded::Named(n) => {
                     let (repo, tag) = kiln_engine::familiar_parts(&n);
-                    println!("Loaded image: {repo}:{tag}");
+                    outln!("Loaded image: {repo}:{tag}");
                 }
-                Loaded::Unnamed(id) => println!("Loaded image ID: {id}"),
+                Loaded::Unnamed(id) => outln!("Loaded image ID: {id}"),
             }
         }
     }
@@ -300,12 +307,12 @@ fn prune(engine: &Engine, a: PruneArgs) -> Result<i32> {
     let _ = a.force;
     let removed = engine.prune_images(a.all)?;
     if !removed.is_empty() {
-        println!("Deleted Images:");
+        outln!("Deleted Images:");
         for id in &removed {
-            println!("deleted: {id}");
+            outln!("deleted: {id}");
         }
     }
-    println!(
+    outln!(
         "{} images removed; `kiln prune` frees the layers no other image or build uses",
         removed.len()
     );

@@ -33,8 +33,8 @@ fn parse_format(s: &str) -> std::result::Result<Format, String> {
 pub(crate) async fn run(source: &StoreSource<'_>, a: InfoArgs) -> Result<i32> {
     let server = source.info().await?;
     match a.format {
-        Format::Text => print!("{}", text(&server)),
-        Format::Json => println!("{}", json(&server)),
+        Format::Text => out!("{}", text(&server)),
+        Format::Json => outln!("{}", json(&server)),
     }
     Ok(0)
 }

@@ -67,14 +67,14 @@ pub(crate) async fn login(a: LoginArgs, insecure_registries: &[String]) -> Resul
     let (host, stored) =
         kiln_engine::login(&a.registry, &username, &password, insecure_registries).await?;
     eprintln!("credentials for `{host}` stored in {stored}");
-    println!("Login Succeeded");
+    outln!("Login Succeeded");
     Ok(0)
 }
 
 pub(crate) async fn logout(a: LogoutArgs) -> Result<i32> {
     let (host, removed) = kiln_engine::logout(&a.registry).await?;
     if removed {
-        println!("Removed login credentials for {host}");
+        outln!("Removed login credentials for {host}");
     } else {
         eprintln!("not logged in to `{host}`");
     }

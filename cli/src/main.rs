@@ -1,5 +1,22 @@
 //! The `kiln` command: parses arguments, opens the engine in-process and renders progress.
 
+/// `println!` for what a command prints on stdout, which ends kiln quietly when stdout is a
+/// closed pipe (`kiln images | head -1`), as a process killed by SIGPIPE does, where
+/// `println!` panics. (SIGPIPE itself stays ignored: a write to a dead helper's pipe must be an
+/// error kiln reports, not its death.)
+macro_rules! outln {
+    ($($arg:tt)*) => {
+        $crate::stdout::write(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+/// `print!` with [`outln!`]'s handling of a closed stdout.
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::stdout::write(format_args!($($arg)*))
+    };
+}
+
 mod containers;
 mod daemon;
 mod debug;
@@ -12,6 +29,7 @@ mod networks;
 mod progress;
 mod remote;
 mod source;
+mod stdout;
 mod transfer;
 mod version;
 mod volumes;
@@ -610,7 +628,7 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
                     platform,
                 })
                 .await?;
-            println!("{digest}");
+            outln!("{digest}");
             Ok(0)
         }
         Command::Prune(p) => prune(&StoreSource::Engine(&engine), p).await,
@@ -620,26 +638,26 @@ async fn real_main(cli: Cli, engine: Option<Engine>) -> Result<i32> {
         Command::Check => {
             let r = engine.check().await?;
             for (digest, actual) in &r.corrupt_blobs {
-                println!("corrupt blob `{digest}` (its content hashes to `{actual}`): removed");
+                outln!("corrupt blob `{digest}` (its content hashes to `{actual}`): removed");
             }
             for (name, digest) in &r.images_removed {
-                println!(
+                outln!(
                     "image `{name}` needs blob `{digest}`, which is not stored: removed; pull, import or build it again"
                 );
             }
             if !r.snapshots_removed.is_empty() {
-                println!(
+                outln!(
                     "{} snapshot records without their directory: removed",
                     r.snapshots_removed.len()
                 );
             }
             if r.meta_rows_removed > 0 {
-                println!(
+                outln!(
                     "{} memo and alias rows naming a snapshot or cache result that is gone: removed",
                     r.meta_rows_removed
                 );
             }
-            println!(
+            outln!(
                 "checked {} blobs: {} corrupt, {} images removed, {} layer records removed, {} snapshots removed, {} memo and alias rows removed",
                 r.blobs_checked,
                 r.corrupt_blobs.len(),
@@ -731,14 +749,14 @@ async fn prune(source: &StoreSource<'_>, p: PruneArgs) -> Result<i32> {
             unused_for: p.filter.into_iter().min(),
         })
         .await?;
-    println!("{}", prune_summary(&r));
+    outln!("{}", prune_summary(&r));
     Ok(0)
 }
 
 /// `kiln system df`.
 async fn system_df(source: &StoreSource<'_>, bytes: bool) -> Result<i32> {
     let u = source.disk_usage().await?;
-    print!("{}", df_table(&u, bytes));
+    out!("{}", df_table(&u, bytes));
     Ok(0)
 }
 
@@ -754,7 +772,7 @@ fn setup_emulators() -> Result<i32> {
             kiln_exec::RegistrationOutcome::Replaced => "registered again (with the `F` flag)",
             kiln_exec::RegistrationOutcome::AlreadyRegistered => "already registered",
         };
-        println!(
+        outln!(
             "{}: {what}, interpreter `{}`",
             r.handler,
             r.interpreter.display()
@@ -764,7 +782,7 @@ fn setup_emulators() -> Result<i32> {
         .iter()
         .filter(|r| r.outcome != kiln_exec::RegistrationOutcome::AlreadyRegistered)
         .count();
-    println!(
+    outln!(
         "{} emulators in `{}` ({new} newly registered)",
         done.len(),
         binfmt.display()
@@ -966,7 +984,7 @@ fn report_build(
         eprintln!("warning: {w}");
     }
     if b.quiet {
-        println!("{}", result.config_digest);
+        outln!("{}", result.config_digest);
     } else {
         eprintln!(
             "built {} in {:.1}s ({} steps run, {} cached{}){}",

@@ -59,22 +59,25 @@ pub(crate) fn network(root: &Path, c: NetworkCommand) -> Result<i32> {
             }
             let lock = networks::lock(root)?;
             let n = networks::create(&lock, root, &name, subnet.as_deref(), gateway.as_deref())?;
-            println!("{}", n.id);
+            outln!("{}", n.id);
             Ok(0)
         }
         NetworkCommand::Ls { quiet } => {
             let all = networks::list(root)?;
             if !quiet {
-                println!(
+                outln!(
                     "{:<14}{:<20}{:<10}{:<10}SUBNET",
-                    "NETWORK ID", "NAME", "DRIVER", "SCOPE"
+                    "NETWORK ID",
+                    "NAME",
+                    "DRIVER",
+                    "SCOPE"
                 );
             }
             for n in &all {
                 if quiet {
-                    println!("{}", &n.id[..12]);
+                    outln!("{}", &n.id[..12]);
                 } else {
-                    println!(
+                    outln!(
                         "{:<14}{:<20}{:<10}{:<10}{}",
                         &n.id[..12],
                         n.name,
@@ -87,7 +90,7 @@ pub(crate) fn network(root: &Path, c: NetworkCommand) -> Result<i32> {
             if !quiet {
                 // Docker lists these two as well; they are no records of the store.
                 for name in ["host", "none"] {
-                    println!(
+                    outln!(
                         "{:<14}{:<20}{:<10}{:<10}",
                         "-",
                         name,
@@ -103,7 +106,7 @@ pub(crate) fn network(root: &Path, c: NetworkCommand) -> Result<i32> {
             let mut code = 0;
             for n in &names {
                 match networks::remove(&lock, root, n) {
-                    Ok(_) => println!("{n}"),
+                    Ok(_) => outln!("{n}"),
                     Err(e) => {
                         eprintln!("error: {e:#}");
                         code = 1;
@@ -116,9 +119,9 @@ pub(crate) fn network(root: &Path, c: NetworkCommand) -> Result<i32> {
             let lock = networks::lock(root)?;
             let removed = networks::prune(&lock, root)?;
             if !removed.is_empty() {
-                println!("Deleted Networks:");
+                outln!("Deleted Networks:");
                 for n in &removed {
-                    println!("{n}");
+                    outln!("{n}");
                 }
             }
             Ok(0)
@@ -135,7 +138,7 @@ pub(crate) fn network(root: &Path, c: NetworkCommand) -> Result<i32> {
                     }
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?);
             Ok(code)
         }
     }

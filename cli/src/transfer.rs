@@ -48,7 +48,7 @@ pub(crate) async fn pull(source: &StoreSource<'_>, a: PullArgs) -> Result<i32> {
         )
         .await;
     bars.finish();
-    println!("{}", digest?);
+    outln!("{}", digest?);
     Ok(0)
 }
 
@@ -69,7 +69,7 @@ pub(crate) async fn push(source: &StoreSource<'_>, a: PushArgs) -> Result<i32> {
         "blobs: {} uploaded, {} already there, {} mounted from another repository",
         report.uploaded, report.already_present, report.mounted
     );
-    println!("{}", report.digest);
+    outln!("{}", report.digest);
     Ok(0)
 }
 

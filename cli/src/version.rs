@@ -3,9 +3,9 @@
 use anyhow::Result;
 
 pub(crate) async fn run(host: Option<&str>, tls: &kiln_client::TlsFiles) -> Result<i32> {
-    println!("Client:");
-    println!(" Version:      {}", env!("CARGO_PKG_VERSION"));
-    println!(" API version:  {}", kiln_client::API_VERSION);
+    outln!("Client:");
+    outln!(" Version:      {}", env!("CARGO_PKG_VERSION"));
+    outln!(" API version:  {}", kiln_client::API_VERSION);
     let Some(host) = host else {
         return Ok(0);
     };
@@ -13,10 +13,10 @@ pub(crate) async fn run(host: Option<&str>, tls: &kiln_client::TlsFiles) -> Resu
         .await?
         .version()
         .await?;
-    println!("Server:");
-    println!(" Address:      {host}");
-    println!(" Version:      {}", server.version);
-    println!(" API version:  {}", server.api_version);
-    println!(" Platform:     {}", server.platform);
+    outln!("Server:");
+    outln!(" Address:      {host}");
+    outln!(" Version:      {}", server.version);
+    outln!(" API version:  {}", server.api_version);
+    outln!(" Platform:     {}", server.platform);
     Ok(0)
 }

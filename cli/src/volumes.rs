@@ -45,19 +45,19 @@ pub(crate) fn volume(root: &Path, c: VolumeCommand) -> Result<i32> {
         VolumeCommand::Create { name } => {
             let lock = volumes::lock(root)?;
             let v = volumes::create(&lock, root, name.as_deref())?;
-            println!("{}", v.name);
+            outln!("{}", v.name);
             Ok(0)
         }
         VolumeCommand::Ls { quiet } => {
             let all = volumes::list(root)?;
             if !quiet {
-                println!("DRIVER    VOLUME NAME");
+                outln!("DRIVER    VOLUME NAME");
             }
             for v in all {
                 if quiet {
-                    println!("{}", v.name);
+                    outln!("{}", v.name);
                 } else {
-                    println!("{:<10}{}", "local", v.name);
+                    outln!("{:<10}{}", "local", v.name);
                 }
             }
             Ok(0)
@@ -73,7 +73,7 @@ pub(crate) fn volume(root: &Path, c: VolumeCommand) -> Result<i32> {
                     continue;
                 }
                 match containers::remove_volume(&lock, root, n) {
-                    Ok(()) => println!("{n}"),
+                    Ok(()) => outln!("{n}"),
                     Err(e) => {
                         eprintln!("error: {e:#}");
                         code = 1;
@@ -94,15 +94,15 @@ pub(crate) fn volume(root: &Path, c: VolumeCommand) -> Result<i32> {
                     }
                 }
             }
-            println!("{}", serde_json::to_string_pretty(&out)?);
+            outln!("{}", serde_json::to_string_pretty(&out)?);
             Ok(code)
         }
         VolumeCommand::Prune { all, force: _ } => {
             let lock = volumes::lock(root)?;
             let removed = containers::prune_volumes(&lock, root, all)?;
-            println!("Deleted Volumes:");
+            outln!("Deleted Volumes:");
             for n in &removed {
-                println!("{n}");
+                outln!("{n}");
             }
             Ok(0)
         }

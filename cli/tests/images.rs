@@ -351,3 +351,25 @@ fn inspect_of_a_name_that_is_no_container_showed_nothing() {
     let v: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(v.as_array().map(Vec::len), Some(1), "{v}");
 }
+
+/// `kiln image inspect busybox | head -1` made kiln panic (`failed printing to stdout: Broken
+/// pipe`) with a backtrace once `head` had gone. It now ends quietly, with the status of a
+/// writer killed by SIGPIPE (141), as `git` and coreutils do.
+#[test]
+fn a_closed_stdout_pipe_ends_kiln_quietly_not_with_a_panic() {
+    let k = Kiln::with_busybox();
+    for args in [&["image", "inspect", "busybox"][..], &["images"][..]] {
+        let (read_end, write_end) = std::io::pipe().unwrap();
+        // The reader is gone before kiln writes a byte.
+        drop(read_end);
+        let out = k
+            .cmd()
+            .args(args)
+            .stdout(std::process::Stdio::from(write_end))
+            .output()
+            .unwrap();
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(141), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{args:?}: {err}");
+    }
+}
