@@ -4,6 +4,7 @@
 //! stream ending (Ctrl-C, a killed client) drops the build, which cancels its steps.
 
 mod mirror;
+mod outbound;
 mod ssh;
 
 use crate::sessions::{ListingDigest, MirrorState, Sessions};
@@ -11,15 +12,14 @@ use crate::OpenBuilds;
 use kiln_api::v1::{
     build_client_message::Msg as ClientMsg, build_server_message::Msg as ServerMsg,
     build_start::Dockerfile, builder_server::Builder, progress_event::Kind, BuildClientMessage,
-    BuildFinished, BuildServerMessage, BuildStart, ContextSynced, FileRequest, OutputData,
-    ProgressEvent, SecretRequest,
+    BuildFinished, BuildStart, ContextSynced, FileRequest, OutputData, ProgressEvent,
+    SecretRequest,
 };
 use kiln_engine::{Engine, Event, OutputKind};
+use outbound::{Outbound, OutboundStream};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
-use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::StreamExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status, Streaming};
@@ -66,18 +66,16 @@ fn listing_digest(entries: &[kiln_api::v1::Entry]) -> ListingDigest {
     h.finalize().into()
 }
 
-type Outbound = UnboundedSender<Result<BuildServerMessage, Status>>;
-
 #[tonic::async_trait]
 impl Builder for BuildService {
-    type BuildStream = UnboundedReceiverStream<Result<BuildServerMessage, Status>>;
+    type BuildStream = OutboundStream;
 
     async fn build(
         &self,
         request: Request<Streaming<BuildClientMessage>>,
     ) -> Result<Response<Self::BuildStream>, Status> {
         let inbound = request.into_inner();
-        let (tx, rx) = unbounded_channel();
+        let (tx, rx) = outbound::channel();
         let service = self.clone();
         let open = self.open.open();
         tokio::spawn(async move {
@@ -92,15 +90,22 @@ impl Builder for BuildService {
             tokio::select! {
                 r = session.run() => {
                     if let Err(status) = r {
-                        let _ = out.send(Err(status));
+                        out.fail(status);
                     }
                 }
                 _ = stop.cancelled() => {
-                    let _ = out.send(Err(Status::unavailable("the kiln daemon is shutting down")));
+                    out.fail(Status::unavailable("the kiln daemon is shutting down"));
                 }
             }
+            let dropped = out.dropped_events();
+            if dropped > 0 {
+                tracing::warn!(
+                    dropped,
+                    "a client read its build's progress too slowly: events were dropped"
+                );
+            }
         });
-        Ok(Response::new(UnboundedReceiverStream::new(rx)))
+        Ok(Response::new(rx))
     }
 }
 
@@ -128,8 +133,7 @@ fn check_key(key: &str) -> Result<(), Status> {
 }
 
 fn send(tx: &Outbound, msg: ServerMsg) -> Result<(), Status> {
-    tx.send(Ok(BuildServerMessage { msg: Some(msg) }))
-        .map_err(|_| Status::cancelled("the client went away"))
+    tx.send(msg)
 }
 
 impl Session {
@@ -502,14 +506,12 @@ async fn send_output(tx: &Outbound, index: u32, path: PathBuf, dir: bool) -> any
             }
         }
         let eof = n < CHUNK;
-        send(
-            tx,
-            ServerMsg::Output(OutputData {
-                output: index,
-                data: buf[..n].to_vec(),
-                eof,
-            }),
-        )?;
+        tx.send_bulk(ServerMsg::Output(OutputData {
+            output: index,
+            data: buf[..n].to_vec(),
+            eof,
+        }))
+        .await?;
         if eof {
             return Ok(());
         }

@@ -101,7 +101,7 @@ pub(super) fn listen(
                             data: buf[..n].to_vec(),
                             close: n == 0,
                         };
-                        if send(&out, ServerMsg::SshData(msg)).is_err() || n == 0 {
+                        if out.send_bulk(ServerMsg::SshData(msg)).await.is_err() || n == 0 {
                             return;
                         }
                     }
