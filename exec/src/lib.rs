@@ -238,6 +238,9 @@ pub fn sandbox_main_if_requested() {
     if mode.as_deref() == Some(std::ffi::OsStr::new(sandbox::enter::ENTER_ARG)) {
         std::process::exit(sandbox::enter::main(args.next()));
     }
+    if mode.as_deref() == Some(std::ffi::OsStr::new(rootless::KEEPER_ARG)) {
+        rootless::keeper_main();
+    }
     if mode.as_deref() != Some(std::ffi::OsStr::new(wire::SANDBOX_ARG)) {
         return;
     }

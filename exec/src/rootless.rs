@@ -9,6 +9,13 @@
 //! The maps of a user namespace must be written from outside it, and the re-executed kiln must
 //! already be root in it when it execs (or it loses its capabilities), so the child stops
 //! between `unshare` and `exec` until this process has written them.
+//!
+//! Every rootless kiln of a store shares one user namespace, as rootless Podman's do (its
+//! "pause" process): the first one makes it and starts a *keeper* in it (`kiln
+//! __kiln-userns-keeper`, a process that only waits), recorded with its start time in
+//! `<store>/userns-keeper`; the next ones join it with `setns`, each with a mount namespace of
+//! its own. Network namespaces made by one kiln (a user-defined network's) are then usable by
+//! the next, as they belong to the same user namespace. The keeper lives until it is killed.
 
 use std::io::{Read, Write};
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -179,6 +186,73 @@ pub fn rootless_store_dir() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".local/share/kiln"))
 }
 
+/// Hidden first argument that makes kiln the user namespace's keeper.
+pub(crate) const KEEPER_ARG: &str = "__kiln-userns-keeper";
+/// The keeper's record in the store: `PID START_TIME`.
+const KEEPER_FILE: &str = "userns-keeper";
+
+/// The keeper: a session of its own, waiting forever, so that its user namespace lives on.
+pub(crate) fn keeper_main() -> ! {
+    let _ = nix::unistd::setsid();
+    loop {
+        nix::unistd::pause();
+    }
+}
+
+/// A live process's start time (clock ticks since boot), the guard against a reused pid;
+/// `None` for a zombie, whose user namespace can still be opened but must not be joined.
+fn start_time(pid: i32) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = text[text.rfind(')')? + 1..].split_whitespace();
+    if matches!(fields.next(), Some("Z" | "X")) {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
+}
+
+/// The recorded keeper's user namespace, opened, when the keeper still runs.
+fn live_keeper(store: &std::path::Path) -> Option<OwnedFd> {
+    let text = std::fs::read_to_string(store.join(KEEPER_FILE)).ok()?;
+    let mut f = text.split_whitespace();
+    let pid: i32 = f.next()?.parse().ok()?;
+    let started: u64 = f.next()?.parse().ok()?;
+    if start_time(pid)? != started {
+        return None;
+    }
+    let ns = std::fs::File::open(format!("/proc/{pid}/ns/user")).ok()?;
+    // Still the same process (its start time once more, now that the namespace is open).
+    (start_time(pid)? == started).then(|| OwnedFd::from(ns))
+}
+
+/// Starts a keeper in the user namespace `ns` and records it in `store`.
+fn start_keeper(exe: &std::path::Path, store: &std::path::Path, ns: &OwnedFd) {
+    let ns_fd = ns.as_raw_fd();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(KEEPER_ARG)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: runs in the forked child before exec; setns is async-signal-safe and `ns_fd`
+    // stays open in the parent across the spawn.
+    unsafe {
+        cmd.pre_exec(move || {
+            if libc::setns(ns_fd, libc::CLONE_NEWUSER) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let Ok(child) = cmd.spawn() else {
+        return;
+    };
+    let pid = child.id() as i32;
+    // Not waited for: it outlives this process and is then reaped by init.
+    drop(child);
+    if let Some(started) = start_time(pid) {
+        let _ = std::fs::write(store.join(KEEPER_FILE), format!("{pid} {started}\n"));
+    }
+}
+
 /// Call first thing in `main()` (after [`crate::sandbox_main_if_requested`]), before any thread
 /// starts. As root it returns `Ok(None)` at once. Unprivileged, it runs this same command again
 /// in a new user and mount namespace where the caller is root, waits for it and returns
@@ -211,10 +285,25 @@ pub fn reexec_rootless_if_unprivileged() -> Result<Option<i32>, ExecError> {
 
     let mut cmd = std::process::Command::new(&exe);
     cmd.args(std::env::args_os().skip(1)).env(CHILD_ENV, "1");
+    let store = std::env::var_os("KILN_ROOT")
+        .map(PathBuf::from)
+        .or_else(rootless_store_dir);
     if std::env::var_os("KILN_ROOT").is_none() {
-        if let Some(dir) = rootless_store_dir() {
+        if let Some(dir) = &store {
             cmd.env("KILN_ROOT", dir);
         }
+    }
+    // One kiln at a time finds (or makes) the store's user namespace, so that two first runs
+    // do not make two.
+    let lock = store.as_deref().and_then(|s| {
+        std::fs::create_dir_all(s).ok()?;
+        let f = std::fs::File::create(s.join(format!("{KEEPER_FILE}.lock"))).ok()?;
+        nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
+    });
+    let joined = store.as_deref().and_then(live_keeper);
+    if let Some(ns) = joined {
+        drop(lock);
+        return run_joined(cmd, &ns);
     }
     let parent = std::process::id() as libc::pid_t;
     // SAFETY: runs in the forked child before exec and only makes async-signal-safe syscalls
@@ -239,14 +328,20 @@ pub fn reexec_rootless_if_unprivileged() -> Result<Option<i32>, ExecError> {
             Ok(())
         });
     }
-    // The maps are written by a thread, as `spawn` returns only once the child has exec'd.
-    let mapper = std::thread::spawn(move || -> Result<(), String> {
+    // The maps are written by a thread, as `spawn` returns only once the child has exec'd. It
+    // opens the mapped namespace before the child may go (and end), for the keeper.
+    let mapper = std::thread::spawn(move || -> Result<Option<OwnedFd>, String> {
         let mut ready = std::fs::File::from(ready_r);
         let mut pid = [0u8; 4];
         let result = ready
             .read_exact(&mut pid)
             .map_err(|_| STOPPED.to_string())
-            .and_then(|()| write_maps(i32::from_ne_bytes(pid), uid, gid, &uids, &gids));
+            .and_then(|()| write_maps(i32::from_ne_bytes(pid), uid, gid, &uids, &gids))
+            .map(|()| {
+                std::fs::File::open(format!("/proc/{}/ns/user", i32::from_ne_bytes(pid)))
+                    .ok()
+                    .map(OwnedFd::from)
+            });
         let mut go = std::fs::File::from(go_w);
         let _ = go.write_all(if result.is_ok() { b"g" } else { b"x" });
         result
@@ -258,16 +353,52 @@ pub fn reexec_rootless_if_unprivileged() -> Result<Option<i32>, ExecError> {
     let mapped = mapper
         .join()
         .unwrap_or_else(|_| Err("the id mapper thread panicked".into()));
-    let mut child = match (spawned, mapped) {
-        (Ok(c), Ok(())) => c,
+    let child = match (spawned, mapped) {
+        (Ok(c), Ok(ns)) => {
+            if let (Some(ns), Some(store)) = (ns, &store) {
+                start_keeper(&exe, store, &ns);
+            }
+            c
+        }
         (Err(e), Err(msg)) if msg == STOPPED => return Err(no_namespace(e)),
         (_, Err(msg)) => {
             return Err(ExecError::Rootless(format!(
                 "cannot map your ids into the user namespace: {msg}"
             )))
         }
-        (Err(e), Ok(())) => return Err(no_namespace(e)),
+        (Err(e), Ok(_)) => return Err(no_namespace(e)),
     };
+    drop(lock);
+    wait_for(child)
+}
+
+/// Runs `cmd` (this command again) in the user namespace `ns` that an earlier kiln made, with
+/// a mount namespace of its own.
+fn run_joined(mut cmd: std::process::Command, ns: &OwnedFd) -> Result<Option<i32>, ExecError> {
+    let ns_fd = ns.as_raw_fd();
+    let parent = std::process::id() as libc::pid_t;
+    // SAFETY: runs in the forked child before exec and only makes async-signal-safe syscalls
+    // (prctl, getppid, setns, unshare) on integers and a descriptor the parent keeps open.
+    unsafe {
+        cmd.pre_exec(move || {
+            crate::spawn::die_with_parent(parent)?;
+            if libc::setns(ns_fd, libc::CLONE_NEWUSER) != 0 || libc::unshare(libc::CLONE_NEWNS) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().map_err(|e| {
+        ExecError::Rootless(format!(
+            "cannot join the user namespace of this store's earlier rootless kiln: {e}"
+        ))
+    })?;
+    wait_for(child)
+}
+
+/// Waits for the re-executed kiln, passing on signals, and returns its exit code.
+fn wait_for(mut child: std::process::Child) -> Result<Option<i32>, ExecError> {
     CHILD.store(child.id() as i32, Ordering::SeqCst);
     // Ctrl-C reaches the child through the terminal's process group; a `kill` of this process
     // is passed on.
