@@ -237,7 +237,7 @@ fn rootless_without_subordinate_ids_runs_as_root_and_explains_other_users() {
     // The store's user namespace keeps the maps it was made with (by the import, with the
     // subordinate ranges) until its keeper is stopped; then the next kiln makes a new one.
     let out = user.sh(
-        "pkill -x -u \"$(id -u)\" -f '.*__kiln-userns-keeper'",
+        "kill $(cut -d' ' -f1 \"$XDG_DATA_HOME/kiln/userns-keeper\")",
         HOST_PATH,
     );
     assert_ok(&out, "stop the user namespace's keeper");
@@ -460,8 +460,10 @@ fn rootless_volumes_binds_and_published_ports_work() {
 
 /// A rootless container on the default `bridge` network gets an address of its own and a
 /// `pasta` to the host: its gateway reaches a server the test runs on the host's 127.0.0.1,
-/// and a port it publishes on 127.0.0.1 serves a page. A user-defined network (containers
-/// reaching each other) needs root and is refused in one line.
+/// and a port it publishes on 127.0.0.1 serves a page. On a user-defined network, whose bridge
+/// lives in the network's keeper with one `pasta` to the host, containers reach each other by
+/// name, the host's loopback through 198.51.100.1, and publish ports; `network rm` stops the
+/// keeper and its `pasta`.
 #[test]
 fn rootless_bridge_containers_get_their_network_from_pasta() {
     let Some(user) = User::create() else { return };
@@ -476,7 +478,7 @@ fn rootless_bridge_containers_get_their_network_from_pasta() {
         .arg(www.path())
         .spawn()
         .unwrap();
-    let out = user.sh(
+    let default = user.sh(
         "set -e; sh \"$MKROOTFS\" rootfs >/dev/null; \"$K\" import rootfs busybox:latest >/dev/null; \
          \"$K\" run --rm --network bridge busybox sh -c \
            'ip -4 -o addr show eth0 | grep -q \" 172\\.\" && echo addressed; \
@@ -490,20 +492,29 @@ fn rootless_bridge_containers_get_their_network_from_pasta() {
            i=$((i+1)); [ $i -lt 50 ] || { echo pasta left running; exit 8; }; sleep 0.1; done",
         HOST_PATH,
     );
-    let _ = server.kill();
-    let _ = server.wait();
-    assert_ok(&out, "rootless --network bridge");
-    assert_eq!(
-        stdout(&out),
-        "addressed\npage on the host\npage in the container\n"
-    );
-
-    let out = user.sh(
-        "\"$K\" network create t1 >/dev/null && \"$K\" run --rm --network t1 busybox true",
+    let named = user.sh(
+        "set -e; \"$K\" network create t1 >/dev/null; \
+         \"$K\" run -d --name named --network t1 -p 127.0.0.1:5183:80 busybox \
+           sh -c 'mkdir /www; echo page by name > /www/index.html; exec httpd -f -p 80 -h /www' >/dev/null; \
+         \"$K\" run --rm --network t1 busybox sh -c \
+           'i=0; until wget -q -O- http://named/ 2>/dev/null; do i=$((i+1)); [ $i -lt 100 ] || exit 9; sleep 0.1; done; \
+            wget -q -O- http://198.51.100.1:5182/'; \
+         busybox wget -q -O- http://127.0.0.1:5183/ | sed 's/by name/published/'; \
+         \"$K\" rm -f named >/dev/null; \"$K\" network rm t1 >/dev/null; \
+         i=0; while ps -u \"$(id -u)\" -o stat=,comm= | awk '$1 !~ /^Z/ && $2 ~ /^pass/' | grep -q .; do \
+           i=$((i+1)); [ $i -lt 50 ] || { echo pasta left running; exit 8; }; sleep 0.1; done",
         HOST_PATH,
     );
-    assert_eq!(out.status.code(), Some(125), "{}", stderr(&out));
-    let err = stderr(&out);
-    assert!(err.contains("network `t1` needs root"), "{err}");
-    assert_eq!(err.lines().count(), 1, "{err}");
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_ok(&default, "rootless --network bridge");
+    assert_eq!(
+        stdout(&default),
+        "addressed\npage on the host\npage in the container\n"
+    );
+    assert_ok(&named, "rootless user-defined network");
+    assert_eq!(
+        stdout(&named),
+        "page by name\npage on the host\npage published\n"
+    );
 }

@@ -339,8 +339,10 @@ pub fn remove(_lock: &NetworksLock, root: &Path, query: &str) -> Result<String> 
             if many { "them" } else { "it" },
         );
     }
-    commands::remove_bridge(&mut commands::Host, &net.bridge, net.subnet)?;
     let dir = networks_dir(root).join(&net.name);
+    // Rootless, the bridge and its rules live in the network's keeper and go with it.
+    attach::stop_keeper(&dir);
+    commands::remove_bridge(&mut commands::Host, &net.bridge, net.subnet)?;
     std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove `{}`", dir.display()))?;
     Ok(net.name)
 }

@@ -12,7 +12,7 @@
 //!
 //! Every rootless kiln of a store shares one user namespace, as rootless Podman's do (its
 //! "pause" process): the first one makes it and starts a *keeper* in it (`kiln
-//! __kiln-userns-keeper`, a process that only waits), recorded with its start time in
+//! __kiln-keeper`, a process that only waits), recorded with its start time in
 //! `<store>/userns-keeper`; the next ones join it with `setns`, each with a mount namespace of
 //! its own. Network namespaces made by one kiln (a user-defined network's) are then usable by
 //! the next, as they belong to the same user namespace. The keeper lives until it is killed.
@@ -186,8 +186,9 @@ pub fn rootless_store_dir() -> Option<PathBuf> {
         .map(|h| PathBuf::from(h).join(".local/share/kiln"))
 }
 
-/// Hidden first argument that makes kiln the user namespace's keeper.
-pub(crate) const KEEPER_ARG: &str = "__kiln-userns-keeper";
+/// Hidden first argument that makes kiln a keeper: a process that only waits, so that the
+/// namespaces it is in live on (the store's user namespace, a rootless network's).
+pub(crate) const KEEPER_ARG: &str = "__kiln-keeper";
 /// The keeper's record in the store: `PID START_TIME`.
 const KEEPER_FILE: &str = "userns-keeper";
 
@@ -222,6 +223,29 @@ fn live_keeper(store: &std::path::Path) -> Option<OwnedFd> {
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/user")).ok()?;
     // Still the same process (its start time once more, now that the namespace is open).
     (start_time(pid)? == started).then(|| OwnedFd::from(ns))
+}
+
+/// Starts a keeper in a new network namespace (a rootless user-defined network's, which its
+/// containers' veth pairs and its `pasta` join); returns its pid. It lives until killed.
+pub fn spawn_network_keeper() -> std::io::Result<u32> {
+    let exe = std::fs::read_link("/proc/self/exe")?;
+    let mut cmd = std::process::Command::new(exe);
+    cmd.arg(KEEPER_ARG)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    // SAFETY: runs in the forked child before exec; unshare is async-signal-safe.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let child = cmd.spawn()?;
+    // Not waited for: it outlives this process and is then reaped by init.
+    Ok(child.id())
 }
 
 /// Starts a keeper in the user namespace `ns` and records it in `store`.

@@ -38,12 +38,18 @@ impl Drop for Attached {
         // `pasta` quits by itself once the namespace file is gone; this is in case it did not
         // see that (its process id is checked to still be a `pasta` first).
         if let Some(pid) = self.pasta {
-            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-            if comm.trim_end() == "pasta" || comm.trim_end() == "passt" {
+            if runs(pid.as_raw(), &["pasta", "passt"]) {
                 let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
             }
         }
     }
+}
+
+/// Whether process `pid` runs a program whose name starts with one of `names` (`passt.avx2`
+/// is `pasta` too): a recorded pid may have been reused by the time it is signalled.
+fn runs(pid: i32, names: &[&str]) -> bool {
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+    names.iter().any(|n| comm.trim_end().starts_with(n))
 }
 
 /// Unmounts and removes a namespace file (a no-op for one that is not there).
@@ -62,14 +68,11 @@ fn host_root() -> bool {
         })
 }
 
-/// Fails with what to do instead when containers cannot join `net` here: rootless, a
-/// user-defined network, or no usable `pasta`.
-pub(crate) fn check_possible(net: &NetworkRecord) -> Result<()> {
+/// Fails with what to do instead when containers cannot join a network here: rootless
+/// without a usable `pasta`.
+pub(crate) fn check_possible(_net: &NetworkRecord) -> Result<()> {
     if host_root() {
         return Ok(());
-    }
-    if net.user_defined() {
-        bail!("network `{}` needs root: rootless kiln connects each container to the host with its own `pasta`, so containers cannot reach each other; use `--network bridge` (the default network), `--network host` or `--network none`", net.name);
     }
     check_pasta_usable(&kiln_exec::find_program("pasta"), Path::new(TUN_DEVICE))
 }
@@ -168,13 +171,11 @@ pub(crate) fn attach(dir: &Path, a: &Attachment) -> Result<Attached> {
 }
 
 /// Rootless: makes the container at `dir` a network namespace connected to the host by a
-/// `pasta` of its own, with the address and gateway kiln leased it.
+/// `pasta` of its own, with the address and gateway kiln leased it (the default network), or
+/// plugged into its user-defined network's bridge inside that network's keeper.
 fn attach_through_pasta(dir: &Path, a: &Attachment) -> Result<Attached> {
     if a.network != super::DEFAULT_NETWORK {
-        bail!(
-            "network `{}` needs root: rootless kiln connects containers to the default `bridge` network only",
-            a.network
-        );
+        return attach_to_kept_network(dir, a);
     }
     let netns = dir.join(NETNS_FILE);
     new_namespace(&netns)?;
@@ -186,27 +187,44 @@ fn attach_through_pasta(dir: &Path, a: &Attachment) -> Result<Attached> {
         a.prefix.to_string(),
         a.gateway.to_string(),
     );
+    let address = [
+        "--ns-ifname",
+        "eth0",
+        "-a",
+        &ip,
+        "-n",
+        &prefix,
+        "-g",
+        &gateway,
+    ];
+    attached.pasta = start_pasta(attached.path(), &address, &pid_file)?;
+    Ok(attached)
+}
+
+/// Runs `pasta` into the network namespace at `netns` with `extra` options, writing its pid
+/// to `pid_file`; returns once it has configured the namespace (it then runs in the
+/// background).
+fn start_pasta(netns: &Path, extra: &[&str], pid_file: &Path) -> Result<Option<nix::unistd::Pid>> {
     let out = std::process::Command::new("pasta")
         .args(["--config-net", "--quiet", "--netns"])
-        .arg(attached.path())
-        .args(["--ns-ifname", "eth0", "-a", &ip, "-n", &prefix, "-g", &gateway])
+        .arg(netns)
+        .args(extra)
         // Ports are published by kiln's own proxies (`-p`) only, never by `pasta` forwarding
         // whatever the container happens to listen on.
         .args(["-t", "none", "-u", "none", "-T", "none", "-U", "none", "--pid"])
-        .arg(&pid_file)
+        .arg(pid_file)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .output()
         .map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
-                anyhow::anyhow!("`pasta` is not installed: rootless containers on `--network bridge` need it (`apt-get install passt`)")
+                anyhow::anyhow!("`pasta` is not installed: rootless containers on bridge networks need it (`apt-get install passt`)")
             } else {
                 anyhow::anyhow!("cannot start `pasta`: {e}")
             }
         })?;
-    // Once it has daemonized, `pasta` has configured the namespace.
-    attached.pasta = std::fs::read_to_string(&pid_file)
+    let pid = std::fs::read_to_string(pid_file)
         .ok()
         .and_then(|p| p.trim().parse::<i32>().ok())
         .map(nix::unistd::Pid::from_raw);
@@ -218,10 +236,141 @@ fn attach_through_pasta(dir: &Path, a: &Attachment) -> Result<Attached> {
             .collect::<Vec<_>>()
             .join("; ");
         bail!(
-            "`pasta` could not connect the container to the host ({}): {err}",
+            "`pasta` could not connect the network to the host ({}): {err}",
             out.status
         );
     }
+    Ok(pid)
+}
+
+/// A rootless user-defined network's keeper: the process whose network namespace holds the
+/// network's bridge and NAT and is connected to the host by the network's `pasta`
+/// (`networks/<name>/keeper`: `PID START_TIME`).
+const KEEPER_FILE: &str = "keeper";
+/// The keeper's own address towards the host, and its gateway there, which `pasta` maps to the
+/// host's loopback: from TEST-NET-2 (reserved for documentation), so that they never clash
+/// with the host's own networks; where traffic really goes is `pasta`'s sockets on the host.
+const KEPT_ADDRESS: &str = "198.51.100.2";
+const KEPT_GATEWAY: &str = "198.51.100.1";
+const NETWORK_PASTA_PID_FILE: &str = "pasta.pid";
+
+/// The live keeper of the network whose directory is `net_dir`: its pid.
+fn live_keeper(net_dir: &Path) -> Option<u32> {
+    let text = std::fs::read_to_string(net_dir.join(KEEPER_FILE)).ok()?;
+    let mut f = text.split_whitespace();
+    let pid: u32 = f.next()?.parse().ok()?;
+    let started: u64 = f.next()?.parse().ok()?;
+    (crate::containers::process_start_time(pid)? == started).then_some(pid)
+}
+
+/// The network's keeper (started, with its bridge, NAT and `pasta`, when there is none):
+/// its pid. Called under the networks lock.
+fn ensure_keeper(net_dir: &Path, a: &Attachment) -> Result<u32> {
+    if let Some(pid) = live_keeper(net_dir) {
+        return Ok(pid);
+    }
+    let pid = kiln_exec::spawn_network_keeper()
+        .with_context(|| format!("cannot start the keeper of network `{}`", a.network))?;
+    let started = crate::containers::process_start_time(pid)
+        .with_context(|| format!("the keeper of network `{}` ended at once", a.network))?;
+    let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
+    let set_up = (|| -> Result<()> {
+        use commands::Commands;
+        let mut inside = commands::InNamespace { ns: &ns };
+        inside.run("ip", &["link", "set", "lo", "up"], None, None)?;
+        commands::ensure_bridge(&mut inside, &a.bridge, a.gateway, a.subnet)?;
+        // `pasta` cannot open another process's `/proc/PID/ns/net` (it drops what that
+        // needs first), but opens a bind mount of it: one in this process's mount namespace,
+        // which `pasta` inherits, and told to outlive it.
+        let bound = net_dir.join(NETNS_FILE);
+        unbind(&bound);
+        std::fs::File::create(&bound)
+            .with_context(|| format!("cannot create `{}`", bound.display()))?;
+        nix::mount::mount(
+            Some(&ns),
+            &bound,
+            None::<&str>,
+            nix::mount::MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .with_context(|| format!("cannot bind the network namespace at `{}`", bound.display()))?;
+        let address = ["-a", KEPT_ADDRESS, "-n", "24", "-g", KEPT_GATEWAY];
+        start_pasta(
+            &bound,
+            &[&["--no-netns-quit"][..], &address].concat(),
+            &net_dir.join(NETWORK_PASTA_PID_FILE),
+        )?;
+        Ok(())
+    })();
+    if let Err(e) = set_up {
+        stop_keeper_pid(net_dir, pid);
+        return Err(e.context(format!("cannot set up network `{}`", a.network)));
+    }
+    std::fs::write(net_dir.join(KEEPER_FILE), format!("{pid} {started}\n"))
+        .with_context(|| format!("cannot record the keeper of network `{}`", a.network))?;
+    Ok(pid)
+}
+
+/// Stops the keeper process `pid` of the network at `net_dir`, and its `pasta`.
+fn stop_keeper_pid(net_dir: &Path, pid: u32) {
+    let pasta = std::fs::read_to_string(net_dir.join(NETWORK_PASTA_PID_FILE))
+        .ok()
+        .and_then(|p| p.trim().parse::<i32>().ok());
+    for p in [Some(pid as i32), pasta].into_iter().flatten() {
+        if runs(p, &["pasta", "passt", "kiln"]) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(p),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _ = std::fs::remove_file(net_dir.join(KEEPER_FILE));
+    let _ = std::fs::remove_file(net_dir.join(NETWORK_PASTA_PID_FILE));
+    unbind(&net_dir.join(NETNS_FILE));
+}
+
+/// Stops a rootless network's keeper and `pasta`, if it has them (`kiln network rm`).
+pub(crate) fn stop_keeper(net_dir: &Path) {
+    if let Some(pid) = live_keeper(net_dir) {
+        stop_keeper_pid(net_dir, pid);
+    }
+}
+
+/// Rootless, a user-defined network: the container's namespace gets a veth pair into the
+/// network's bridge, which lives in the network's keeper (one `pasta` connects it to the
+/// host), so the network's containers reach each other as on a root bridge.
+fn attach_to_kept_network(dir: &Path, a: &Attachment) -> Result<Attached> {
+    let root = dir
+        .parent()
+        .and_then(Path::parent)
+        .with_context(|| format!("`{}` is not in a store", dir.display()))?;
+    let net_dir = super::networks_dir(root).join(&a.network);
+    let keeper = {
+        let _lock = super::lock(root)?;
+        ensure_keeper(&net_dir, a)?
+    };
+    let id = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("container");
+    let netns = dir.join(NETNS_FILE);
+    new_namespace(&netns)?;
+    let attached = Attached { netns, pasta: None };
+    let ns = PathBuf::from(format!("/proc/{keeper}/ns/net"));
+    let host_end = format!("kv{}", &id[..id.len().min(12)]);
+    commands::plug(
+        &mut commands::InNamespace { ns: &ns },
+        &Plug {
+            netns: attached.path(),
+            host_end: &host_end,
+            host_pid: keeper,
+            bridge: &a.bridge,
+            ip: a.ip,
+            prefix: a.prefix,
+            gateway: a.gateway,
+        },
+    )
+    .with_context(|| format!("cannot plug the container into network `{}`", a.network))?;
     Ok(attached)
 }
 

@@ -110,6 +110,42 @@ impl Commands for Host {
     }
 }
 
+/// Runs every command inside the network namespace at `ns` (a rootless user-defined network's
+/// keeper's, where its bridge and NAT live), unless a command names another one.
+pub(crate) struct InNamespace<'a> {
+    pub ns: &'a Path,
+}
+
+impl Commands for InNamespace<'_> {
+    fn run(
+        &mut self,
+        program: &str,
+        args: &[&str],
+        stdin: Option<&str>,
+        netns: Option<&Path>,
+    ) -> Result<()> {
+        Host.run(program, args, stdin, netns.or(Some(self.ns)))
+    }
+
+    fn succeeds(&mut self, program: &str, args: &[&str]) -> bool {
+        Host.run(program, args, None, Some(self.ns)).is_ok()
+    }
+
+    fn link_exists(&mut self, name: &str) -> bool {
+        !name.contains('/') && self.succeeds("ip", &["link", "show", "dev", name])
+    }
+
+    fn enable_forwarding(&mut self) -> Result<()> {
+        // A network namespace's sysctls are its own: written from inside it.
+        Host.run(
+            "sh",
+            &["-c", "echo 1 > /proc/sys/net/ipv4/ip_forward"],
+            None,
+            Some(self.ns),
+        )
+    }
+}
+
 /// The iptables rules of a bridge: masquerade what leaves the subnet by another device, and
 /// let the bridge's traffic through `FORWARD` (whose policy Docker's hosts set to drop).
 fn rules(bridge: &str, subnet: Subnet) -> Vec<Vec<String>> {
