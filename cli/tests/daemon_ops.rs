@@ -698,4 +698,10 @@ fn a_rootless_daemon_serves_under_xdg_runtime_dir_and_removes_its_socket() {
     let status = daemon.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!socket.exists());
+    // The keeper of the store's user namespace stays for the next rootless kiln: stopped here,
+    // with the test's store.
+    let keeper = std::fs::read_to_string(root.join("userns-keeper")).unwrap_or_default();
+    if let Some(pid) = keeper.split_whitespace().next() {
+        let _ = Command::new("kill").args(["-KILL", pid]).status();
+    }
 }
