@@ -1,7 +1,7 @@
 //! The redb index: cache keys → results, snapshot records, layer info, checksum memo and small
 //! metadata, each in its own table. Every write transaction commits durably, except those that
 //! only save work (cache results, layer records, use times, the checksum memo, link-reuse
-//! hints): they commit without waiting for the disk, and the next durable commit (any other
+//! hints, new snapshots' records): they commit without waiting for the disk, and the next durable commit (any other
 //! write, or closing the store) carries them. A crash before it loses that work and nothing
 //! else: what they name was made durable first, so no record ever names what is not on disk.
 

@@ -219,7 +219,10 @@ impl Snapshots {
                 .insert(id.0, bytes.as_slice())
                 .map_err(self.db.err("write a snapshot"))?;
         }
-        self.db.commit(txn)?;
+        // Lazily: a crash that loses the record (and the counter) leaves a directory no record
+        // names, which the next snapshot given this number removes first (above); whatever
+        // names the snapshot commits after it, so it is lost with it.
+        self.db.commit_lazily(txn)?;
         Ok(id)
     }
 
@@ -943,6 +946,23 @@ mod tests {
         assert!(small_plain_tree(&new_dir, SYNC_ONE_BY_ONE, &HashSet::new())
             .unwrap()
             .is_none());
+    }
+
+    #[test]
+    fn a_directory_whose_record_a_crash_lost_is_replaced_by_the_next_snapshot_of_its_number() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = fake_store(dir.path());
+        let snaps = store.snapshots();
+        let kept = snaps.create(None).unwrap();
+        // What a crash after a lazy record commit leaves: the next number's directory, with
+        // files, and no record (nor counter) naming it.
+        let next = SnapshotId(kept.0 + 1);
+        fs::create_dir_all(snaps.fs_dir(next).join("half")).unwrap();
+        fs::write(snaps.fs_dir(next).join("half/written"), "x").unwrap();
+        assert!(!snaps.exists(next).unwrap());
+        let made = snaps.create(None).unwrap();
+        assert_eq!(made, next);
+        assert_eq!(fs::read_dir(snaps.fs_dir(made)).unwrap().count(), 0);
     }
 
     #[test]
