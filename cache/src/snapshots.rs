@@ -571,20 +571,14 @@ impl Snapshots {
             .as_deref()
             .and_then(Path::parent)
             .map(Path::to_path_buf);
-        // Files first, then their directories bottom-up, so each entry is on disk before the
-        // directory that names it.
-        for path in entries
+        let all: Vec<&Path> = entries
             .iter()
-            .rev()
-            .chain(std::iter::once(&fs_dir))
-            .chain(snapshot_dir.iter())
-            .chain(snapshots_dir.iter())
-        {
-            fs::File::open(path)
-                .and_then(|f| f.sync_all())
-                .map_err(CacheError::io("sync", path))?;
-        }
-        Ok(())
+            .map(PathBuf::as_path)
+            .chain(std::iter::once(fs_dir.as_path()))
+            .chain(snapshot_dir.as_deref())
+            .chain(snapshots_dir.as_deref())
+            .collect();
+        sync_concurrently(&all)
     }
 
     /// Reads a regular file through a chain (top first) as overlayfs would show it, following
@@ -708,6 +702,39 @@ fn small_plain_tree(
         }
     }
     Ok(Some(out))
+}
+
+/// Threads [`sync_concurrently`] spreads its `fsync`s over.
+const SYNC_THREADS: usize = 8;
+
+/// `fsync`s every path, several at once: concurrent `fsync`s share the file system's journal
+/// commits and the disk's cache flushes, where one after another each waits for its own (on
+/// these ext4 VMs 11 of them one by one took about 2 ms each). Their order does not matter:
+/// the snapshot is recorded only once all have returned, and a crash before that leaves a
+/// snapshot no record names.
+fn sync_concurrently(paths: &[&Path]) -> Result<(), CacheError> {
+    let sync = |p: &Path| {
+        fs::File::open(p)
+            .and_then(|f| f.sync_all())
+            .map_err(CacheError::io("sync", p))
+    };
+    if paths.len() <= 1 {
+        return paths.iter().try_for_each(|p| sync(p));
+    }
+    let chunk = paths.len().div_ceil(SYNC_THREADS);
+    std::thread::scope(|scope| {
+        let workers: Vec<_> = paths
+            .chunks(chunk)
+            .map(|part| scope.spawn(move || part.iter().try_for_each(|p| sync(p))))
+            .collect();
+        workers.into_iter().try_for_each(|w| {
+            w.join().unwrap_or_else(|_| {
+                Err(CacheError::io("sync", Path::new("snapshot"))(
+                    io::Error::other("a sync thread panicked"),
+                ))
+            })
+        })
+    })
 }
 
 fn sync_fs(dir: &Path) -> Result<(), CacheError> {
