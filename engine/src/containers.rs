@@ -359,11 +359,6 @@ pub fn kill(c: &Container, sig: Signal) -> Result<()> {
     Ok(())
 }
 
-/// A live process's start time (clock ticks since boot), the guard against a reused pid.
-pub(crate) fn process_start_time(pid: u32) -> Option<u64> {
-    state::live_start_time(pid)
-}
-
 /// `kiln exec`'s options.
 #[derive(Clone, Debug, Default)]
 pub struct ExecOptions {

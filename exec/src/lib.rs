@@ -57,8 +57,8 @@ pub use error::ExecError;
 pub use extras::{parse_add_host, parse_ulimit, Ulimit};
 pub use oci::{installed_runtimes, oci_container_pid, Runtime};
 pub use rootless::{
-    find_program, has_subordinate_ids, in_user_namespace, reexec_rootless_if_unprivileged,
-    rootless_store_dir, spawn_network_keeper,
+    find_program, has_subordinate_ids, in_user_namespace, live_keeper, record_keeper,
+    reexec_rootless_if_unprivileged, rootless_store_dir, spawn_network_keeper,
 };
 pub use run::{enter, run, EnterRequest};
 pub use seccomp_profile::default_seccomp;

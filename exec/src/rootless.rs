@@ -211,18 +211,31 @@ fn start_time(pid: i32) -> Option<u64> {
     fields.nth(18)?.parse().ok()
 }
 
-/// The recorded keeper's user namespace, opened, when the keeper still runs.
-fn live_keeper(store: &std::path::Path) -> Option<OwnedFd> {
-    let text = std::fs::read_to_string(store.join(KEEPER_FILE)).ok()?;
+/// Records keeper `pid` at `path` as `PID START_TIME`, so that a reused pid is never taken
+/// for it.
+pub fn record_keeper(path: &std::path::Path, pid: u32) -> std::io::Result<()> {
+    let started = start_time(pid as i32).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("process {pid} ended"))
+    })?;
+    std::fs::write(path, format!("{pid} {started}\n"))
+}
+
+/// The pid of the keeper recorded at `path`, when it still runs.
+pub fn live_keeper(path: &std::path::Path) -> Option<u32> {
+    let text = std::fs::read_to_string(path).ok()?;
     let mut f = text.split_whitespace();
-    let pid: i32 = f.next()?.parse().ok()?;
+    let pid: u32 = f.next()?.parse().ok()?;
     let started: u64 = f.next()?.parse().ok()?;
-    if start_time(pid)? != started {
-        return None;
-    }
+    (start_time(pid as i32)? == started).then_some(pid)
+}
+
+/// The recorded keeper's user namespace, opened, when the keeper still runs.
+fn live_user_namespace(store: &std::path::Path) -> Option<OwnedFd> {
+    let path = store.join(KEEPER_FILE);
+    let pid = live_keeper(&path)?;
     let ns = std::fs::File::open(format!("/proc/{pid}/ns/user")).ok()?;
-    // Still the same process (its start time once more, now that the namespace is open).
-    (start_time(pid)? == started).then(|| OwnedFd::from(ns))
+    // Still the same process, now that the namespace is open.
+    (live_keeper(&path)? == pid).then(|| OwnedFd::from(ns))
 }
 
 /// Starts a keeper in a new network namespace (a rootless user-defined network's, which its
@@ -272,9 +285,7 @@ fn start_keeper(exe: &std::path::Path, store: &std::path::Path, ns: &OwnedFd) {
     let pid = child.id() as i32;
     // Not waited for: it outlives this process and is then reaped by init.
     drop(child);
-    if let Some(started) = start_time(pid) {
-        let _ = std::fs::write(store.join(KEEPER_FILE), format!("{pid} {started}\n"));
-    }
+    let _ = record_keeper(&store.join(KEEPER_FILE), pid as u32);
 }
 
 /// Call first thing in `main()` (after [`crate::sandbox_main_if_requested`]), before any thread
@@ -324,7 +335,7 @@ pub fn reexec_rootless_if_unprivileged() -> Result<Option<i32>, ExecError> {
         let f = std::fs::File::create(s.join(format!("{KEEPER_FILE}.lock"))).ok()?;
         nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive).ok()
     });
-    let joined = store.as_deref().and_then(live_keeper);
+    let joined = store.as_deref().and_then(live_user_namespace);
     if let Some(ns) = joined {
         drop(lock);
         return run_joined(cmd, &ns);

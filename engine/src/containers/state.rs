@@ -172,15 +172,6 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
     stat_fields(pid)?.get(19)?.parse().ok()
 }
 
-/// [`start_time`] of a process that has not exited (a zombie's is `None`).
-pub(crate) fn live_start_time(pid: u32) -> Option<u64> {
-    let fields = stat_fields(pid)?;
-    if matches!(fields.first().map(String::as_str), Some("Z" | "X")) {
-        return None;
-    }
-    fields.get(19)?.parse().ok()
-}
-
 /// A process's parent pid.
 pub(crate) fn parent_of(pid: u32) -> Option<u32> {
     stat_fields(pid)?.get(1)?.parse().ok()

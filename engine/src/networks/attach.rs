@@ -254,25 +254,14 @@ const KEPT_ADDRESS: &str = "198.51.100.2";
 const KEPT_GATEWAY: &str = "198.51.100.1";
 const NETWORK_PASTA_PID_FILE: &str = "pasta.pid";
 
-/// The live keeper of the network whose directory is `net_dir`: its pid.
-fn live_keeper(net_dir: &Path) -> Option<u32> {
-    let text = std::fs::read_to_string(net_dir.join(KEEPER_FILE)).ok()?;
-    let mut f = text.split_whitespace();
-    let pid: u32 = f.next()?.parse().ok()?;
-    let started: u64 = f.next()?.parse().ok()?;
-    (crate::containers::process_start_time(pid)? == started).then_some(pid)
-}
-
 /// The network's keeper (started, with its bridge, NAT and `pasta`, when there is none):
 /// its pid. Called under the networks lock.
 fn ensure_keeper(net_dir: &Path, a: &Attachment) -> Result<u32> {
-    if let Some(pid) = live_keeper(net_dir) {
+    if let Some(pid) = kiln_exec::live_keeper(&net_dir.join(KEEPER_FILE)) {
         return Ok(pid);
     }
     let pid = kiln_exec::spawn_network_keeper()
         .with_context(|| format!("cannot start the keeper of network `{}`", a.network))?;
-    let started = crate::containers::process_start_time(pid)
-        .with_context(|| format!("the keeper of network `{}` ended at once", a.network))?;
     let ns = PathBuf::from(format!("/proc/{pid}/ns/net"));
     let set_up = (|| -> Result<()> {
         use commands::Commands;
@@ -306,8 +295,11 @@ fn ensure_keeper(net_dir: &Path, a: &Attachment) -> Result<u32> {
         stop_keeper_pid(net_dir, pid);
         return Err(e.context(format!("cannot set up network `{}`", a.network)));
     }
-    std::fs::write(net_dir.join(KEEPER_FILE), format!("{pid} {started}\n"))
-        .with_context(|| format!("cannot record the keeper of network `{}`", a.network))?;
+    if let Err(e) = kiln_exec::record_keeper(&net_dir.join(KEEPER_FILE), pid) {
+        stop_keeper_pid(net_dir, pid);
+        return Err(e)
+            .with_context(|| format!("cannot record the keeper of network `{}`", a.network));
+    }
     Ok(pid)
 }
 
@@ -331,7 +323,7 @@ fn stop_keeper_pid(net_dir: &Path, pid: u32) {
 
 /// Stops a rootless network's keeper and `pasta`, if it has them (`kiln network rm`).
 pub(crate) fn stop_keeper(net_dir: &Path) {
-    if let Some(pid) = live_keeper(net_dir) {
+    if let Some(pid) = kiln_exec::live_keeper(&net_dir.join(KEEPER_FILE)) {
         stop_keeper_pid(net_dir, pid);
     }
 }
