@@ -98,10 +98,11 @@ impl Outbound {
             {
                 break;
             }
-            if self.tx.is_closed() {
-                return Err(gone());
+            // A client that went away (its stream dropped) must not leave this waiting for room.
+            tokio::select! {
+                _ = drained => {}
+                _ = self.tx.closed() => return Err(gone()),
             }
-            drained.await;
         }
         self.queue_item(size, Ok(msg))
     }
@@ -188,5 +189,26 @@ mod tests {
         }
         sending.await.unwrap();
         assert_eq!(chunks, 64);
+    }
+
+    #[tokio::test]
+    async fn a_sender_waiting_for_room_ends_when_the_client_goes() {
+        let (out, stream) = channel();
+        let sender = out.clone();
+        let sending = tokio::spawn(async move {
+            loop {
+                if let Err(e) = sender.send_bulk(chunk()).await {
+                    return e.code();
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!sending.is_finished(), "it waits for room");
+        drop(stream);
+        let code = tokio::time::timeout(Duration::from_secs(5), sending)
+            .await
+            .expect("the waiting sender ended")
+            .unwrap();
+        assert_eq!(code, tonic::Code::Cancelled);
     }
 }
