@@ -223,7 +223,10 @@ pub(crate) async fn run(engine: Engine, r: RunArgs) -> i32 {
 
 async fn run_inner(engine: Engine, r: RunArgs) -> Result<i32> {
     let (req, detach) = request(r)?;
-    let tty = req.tty;
+    // Under an OCI runtime a `-t` command writes to the caller's terminal itself, and the
+    // runtime (in the terminal's process group) passes Ctrl-C on; the built-in runtime gives it
+    // a terminal of its own, and Ctrl-C reaches it as a byte (`-it`) or through this process.
+    let terminal_signals_it = req.tty && !matches!(req.runtime, kiln_exec::Runtime::Builtin);
     let created = engine.create_container(req).await?;
     // The container needs nothing more from the store: other kiln commands may use it now.
     // Closing the index syncs it to disk (tens of milliseconds), so it is closed while the
@@ -240,7 +243,7 @@ async fn run_inner(engine: Engine, r: RunArgs) -> Result<i32> {
         outln!("{}", created.id);
         return Ok(0);
     }
-    let forwarder = tokio::spawn(forward_signals(created.dir.clone(), tty));
+    let forwarder = tokio::spawn(forward_signals(created.dir.clone(), terminal_signals_it));
     let st = containers::run_foreground(&created.dir).await;
     forwarder.abort();
     let _ = closing.await;
@@ -259,9 +262,9 @@ async fn run_inner(engine: Engine, r: RunArgs) -> Result<i32> {
 
 /// Passes the signals `kiln run` gets on to its foreground container, as `docker run`'s
 /// sig-proxy does, instead of dying of them (which would take the container down with its exit
-/// code). With `-t`, Ctrl-C and Ctrl-backslash already reach the command from the terminal (it
-/// is in the terminal's foreground process group): they are not sent twice.
-async fn forward_signals(dir: PathBuf, tty: bool) {
+/// code). When `terminal_signals_it`, Ctrl-C and Ctrl-backslash already reach the command from
+/// the terminal: they are not sent twice.
+async fn forward_signals(dir: PathBuf, terminal_signals_it: bool) {
     use tokio::signal::unix::{signal, SignalKind};
     let kinds = [
         (SignalKind::interrupt(), containers::Signal::SIGINT),
@@ -291,7 +294,7 @@ async fn forward_signals(dir: PathBuf, tty: bool) {
             sig,
             containers::Signal::SIGINT | containers::Signal::SIGQUIT
         );
-        if tty && from_terminal {
+        if terminal_signals_it && from_terminal {
             continue;
         }
         let dir = dir.clone();

@@ -548,6 +548,55 @@ fn detached_dit_shells_stay_up_and_a_t_containers_terminal_is_logged() {
     assert_ok(&k.run(&["rm", "-f", "shell", "reader", "term"]), "kiln rm");
 }
 
+/// `kiln run -t` without `-i`: the caller's terminal stays in its own mode, so Ctrl-C there
+/// signals kiln, which passes it on to the command (on its own terminal, in a session of its
+/// own), as `docker run`'s sig-proxy does.
+#[test]
+fn run_t_without_i_passes_ctrl_c_on_to_the_command() {
+    if !installed("python3", "python3") {
+        return;
+    }
+    let k = Kiln::with_busybox();
+    let script = r#"
+import os, pty, sys, time, select
+kiln, root = sys.argv[1], sys.argv[2]
+os.environ["KILN_ROOT"] = root
+pid, fd = pty.fork()
+if pid == 0:
+    os.execv(kiln, [kiln, "run", "-t", "--rm", "busybox", "sh", "-c",
+        'trap "echo got-int; exit 6" INT; echo ready; while :; do sleep 1; done'])
+out, sent, deadline = b"", False, time.time() + 30
+while time.time() < deadline:
+    r, _, _ = select.select([fd], [], [], 0.2)
+    if r:
+        try:
+            data = os.read(fd, 1024)
+        except OSError:
+            break
+        if not data:
+            break
+        out += data
+    if not sent and b"ready" in out:
+        time.sleep(0.3)
+        os.write(fd, b"\x03")
+        sent = True
+_, status = os.waitpid(pid, 0)
+sys.stdout.write(out.decode(errors="replace"))
+print("exit", os.waitstatus_to_exitcode(status))
+"#;
+    let out = std::process::Command::new("python3")
+        .args(["-c", script, env!("CARGO_BIN_EXE_kiln")])
+        .arg(k.root.path())
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert!(
+        text.contains("got-int"),
+        "Ctrl-C reached the command: {text}"
+    );
+    assert!(text.trim_end().ends_with("exit 6"), "{text}");
+}
+
 #[test]
 fn signals_to_a_foreground_kiln_run_reach_its_command() {
     let k = Kiln::with_busybox();
