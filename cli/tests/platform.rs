@@ -376,11 +376,13 @@ fn push_busybox_index(k: &Kiln, reg: &str) -> String {
          "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
     std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
     let dest = format!("{reg}/{}:multi", unique("busybox-index"));
+    // Digests kept as the layout has them: see `registry.rs`, `push_two_platform_index`.
     tool(
         "skopeo",
         &[
             "copy",
             "--all",
+            "--preserve-digests",
             "--dest-tls-verify=false",
             &format!("oci:{}:multi", layout.display()),
             &format!("docker://{dest}"),

@@ -187,11 +187,16 @@ fn push_two_platform_index(k: &Kiln, reg: &str) -> MultiArch {
          "annotations": {"org.opencontainers.image.ref.name": "multi"}}]});
     std::fs::write(layout.join("index.json"), top.to_string()).unwrap();
     let dest = format!("{reg}/{}:multi", unique("multiarch"));
+    // `--preserve-digests`: skopeo otherwise puts a compressed blob it has seen in this
+    // registry (its blob info cache learns them from earlier tests' pulls of kiln's pushes) in
+    // place of the layout's uncompressed layer, rewriting the manifests whose digests the
+    // tests compare (a full `cargo xtask test` run failed that way, this binary alone did not).
     tool(
         "skopeo",
         &[
             "copy",
             "--all",
+            "--preserve-digests",
             "--dest-tls-verify=false",
             &format!("oci:{}:multi", layout.display()),
             &format!("docker://{dest}"),
