@@ -242,50 +242,44 @@ fn live_user_namespace(store: &std::path::Path) -> Option<OwnedFd> {
 /// containers' veth pairs and its `pasta` join); returns its pid. It lives until killed.
 pub fn spawn_network_keeper() -> std::io::Result<u32> {
     let exe = std::fs::read_link("/proc/self/exe")?;
+    // SAFETY: unshare is async-signal-safe.
+    spawn_keeper(&exe, || unsafe { libc::unshare(libc::CLONE_NEWNET) })
+}
+
+/// Spawns `exe` as a keeper, after `enter` (a namespace call, run in the forked child before
+/// exec) succeeded; returns its pid. Not waited for: it outlives this process and is then
+/// reaped by init.
+fn spawn_keeper(
+    exe: &std::path::Path,
+    enter: impl Fn() -> libc::c_int + Send + Sync + 'static,
+) -> std::io::Result<u32> {
     let mut cmd = std::process::Command::new(exe);
     cmd.arg(KEEPER_ARG)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
-    // SAFETY: runs in the forked child before exec; unshare is async-signal-safe.
+    // SAFETY: runs in the forked child before exec; `enter` makes one async-signal-safe call.
     unsafe {
-        cmd.pre_exec(|| {
-            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+        cmd.pre_exec(move || {
+            if enter() != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    let child = cmd.spawn()?;
-    // Not waited for: it outlives this process and is then reaped by init.
-    Ok(child.id())
+    Ok(cmd.spawn()?.id())
 }
 
 /// Starts a keeper in the user namespace `ns` and records it in `store`.
 fn start_keeper(exe: &std::path::Path, store: &std::path::Path, ns: &OwnedFd) {
     let ns_fd = ns.as_raw_fd();
-    let mut cmd = std::process::Command::new(exe);
-    cmd.arg(KEEPER_ARG)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    // SAFETY: runs in the forked child before exec; setns is async-signal-safe and `ns_fd`
-    // stays open in the parent across the spawn.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(ns_fd, libc::CLONE_NEWUSER) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let Ok(child) = cmd.spawn() else {
+    // SAFETY: setns is async-signal-safe; `ns_fd` stays open in the parent across the spawn.
+    let Ok(pid) = spawn_keeper(exe, move || unsafe {
+        libc::setns(ns_fd, libc::CLONE_NEWUSER)
+    }) else {
         return;
     };
-    let pid = child.id() as i32;
-    // Not waited for: it outlives this process and is then reaped by init.
-    drop(child);
-    let _ = record_keeper(&store.join(KEEPER_FILE), pid as u32);
+    let _ = record_keeper(&store.join(KEEPER_FILE), pid);
 }
 
 /// Call first thing in `main()` (after [`crate::sandbox_main_if_requested`]), before any thread

@@ -136,10 +136,30 @@ pub(crate) fn attach(dir: &Path, a: &Attachment) -> Result<Attached> {
     if !host_root() {
         return attach_through_pasta(dir, a);
     }
-    let root = dir
-        .parent()
+    {
+        // Two containers starting at once must not both make the bridge.
+        let _lock = super::lock(store_of(dir)?)?;
+        commands::ensure_bridge(&mut Host, &a.bridge, a.gateway, a.subnet)
+            .with_context(|| format!("cannot set up the bridge of network `{}`", a.network))?;
+    }
+    plug_new_namespace(dir, a, &mut Host, std::process::id())
+}
+
+/// The store a container directory is in (`<store>/containers/<id>`).
+fn store_of(dir: &Path) -> Result<&Path> {
+    dir.parent()
         .and_then(Path::parent)
-        .with_context(|| format!("`{}` is not in a store", dir.display()))?;
+        .with_context(|| format!("`{}` is not in a store", dir.display()))
+}
+
+/// Makes the container at `dir` a network namespace with a veth pair into `a`'s bridge, which
+/// is in the network namespace of process `host_pid` and reached through `cmds`.
+fn plug_new_namespace(
+    dir: &Path,
+    a: &Attachment,
+    cmds: &mut dyn commands::Commands,
+    host_pid: u32,
+) -> Result<Attached> {
     let id = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -147,19 +167,13 @@ pub(crate) fn attach(dir: &Path, a: &Attachment) -> Result<Attached> {
     let netns = dir.join(NETNS_FILE);
     new_namespace(&netns)?;
     let attached = Attached { netns, pasta: None };
-    {
-        // Two containers starting at once must not both make the bridge.
-        let _lock = super::lock(root)?;
-        commands::ensure_bridge(&mut Host, &a.bridge, a.gateway, a.subnet)
-            .with_context(|| format!("cannot set up the bridge of network `{}`", a.network))?;
-    }
     let host_end = format!("kv{}", &id[..id.len().min(12)]);
     commands::plug(
-        &mut Host,
+        cmds,
         &Plug {
             netns: attached.path(),
             host_end: &host_end,
-            host_pid: std::process::id(),
+            host_pid,
             bridge: &a.bridge,
             ip: a.ip,
             prefix: a.prefix,
@@ -332,38 +346,14 @@ pub(crate) fn stop_keeper(net_dir: &Path) {
 /// network's bridge, which lives in the network's keeper (one `pasta` connects it to the
 /// host), so the network's containers reach each other as on a root bridge.
 fn attach_to_kept_network(dir: &Path, a: &Attachment) -> Result<Attached> {
-    let root = dir
-        .parent()
-        .and_then(Path::parent)
-        .with_context(|| format!("`{}` is not in a store", dir.display()))?;
+    let root = store_of(dir)?;
     let net_dir = super::networks_dir(root).join(&a.network);
     let keeper = {
         let _lock = super::lock(root)?;
         ensure_keeper(&net_dir, a)?
     };
-    let id = dir
-        .file_name()
-        .and_then(|n| n.to_str())
-        .unwrap_or("container");
-    let netns = dir.join(NETNS_FILE);
-    new_namespace(&netns)?;
-    let attached = Attached { netns, pasta: None };
     let ns = PathBuf::from(format!("/proc/{keeper}/ns/net"));
-    let host_end = format!("kv{}", &id[..id.len().min(12)]);
-    commands::plug(
-        &mut commands::InNamespace { ns: &ns },
-        &Plug {
-            netns: attached.path(),
-            host_end: &host_end,
-            host_pid: keeper,
-            bridge: &a.bridge,
-            ip: a.ip,
-            prefix: a.prefix,
-            gateway: a.gateway,
-        },
-    )
-    .with_context(|| format!("cannot plug the container into network `{}`", a.network))?;
-    Ok(attached)
+    plug_new_namespace(dir, a, &mut commands::InNamespace { ns: &ns }, keeper)
 }
 
 #[cfg(test)]
