@@ -424,28 +424,38 @@ fn prune_keeps_the_snapshots_of_a_container_whose_image_is_gone() {
     assert_eq!(stdout(&k.run(&["logs", "keep"])), "built\nbuilt\n");
 }
 
-/// Drives `kiln run -it` through a real pty (python3's `pty`): the command sees a terminal of
-/// the size set on the pty, is told of a resize, gets Ctrl-C, and its exit code is kiln's; what
-/// it wrote is in its log too, as with Docker (it has a terminal of its own, relayed to the
-/// caller's), and the caller's terminal has its modes back afterwards.
-#[test]
-fn run_it_gives_a_real_terminal_with_resize_ctrl_c_and_the_exit_code() {
-    if !installed("python3", "python3") {
-        return;
-    }
-    let k = Kiln::with_busybox();
+/// What [`drive_through_a_pty`] does, in order, once the previous step is done.
+enum PtyStep {
+    /// Wait until the output holds this text.
+    Await(&'static str),
+    /// Pause 0.3 s (for the command to reach its `trap`s), then set the pty's window size.
+    Resize(u16, u16),
+    /// Pause 0.3 s, then type this.
+    Type(&'static str),
+}
+
+/// Runs `kiln ARGS` on a real pty (python3's `pty`), 33x101 at the start, and takes `steps`;
+/// returns the pty's output, then `modes back` or `modes changed` (whether the terminal has
+/// the modes it had before kiln ran), then `exit CODE`.
+fn drive_through_a_pty(k: &Kiln, args: &[&str], steps: &[PtyStep]) -> String {
+    let steps: Vec<serde_json::Value> = steps
+        .iter()
+        .map(|s| match s {
+            PtyStep::Await(t) => serde_json::json!(["await", t]),
+            PtyStep::Resize(r, c) => serde_json::json!(["resize", r, c]),
+            PtyStep::Type(t) => serde_json::json!(["type", t]),
+        })
+        .collect();
     let script = r#"
-import os, pty, sys, time, select, struct, fcntl, termios
-kiln, root = sys.argv[1], sys.argv[2]
+import json, os, pty, sys, time, select, struct, fcntl, termios
+kiln, root, args, steps = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), json.loads(sys.argv[4])
 os.environ["KILN_ROOT"] = root
 pid, fd = pty.fork()
 if pid == 0:
-    os.execv(kiln, [kiln, "run", "-it", "--name", "tty", "busybox", "sh", "-c",
-        'test -t 0 && echo IS-TTY; stty size; trap "stty size" WINCH; trap "echo got-int; exit 5" INT; '
-        'echo ready; while :; do sleep 1; done'])
+    os.execv(kiln, [kiln] + args)
 fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 33, 101, 0, 0))
 cooked = termios.tcgetattr(fd)
-out, step, deadline = b"", 0, time.time() + 30
+out, deadline = b"", time.time() + 30
 while time.time() < deadline:
     r, _, _ = select.select([fd], [], [], 0.2)
     if r:
@@ -456,13 +466,15 @@ while time.time() < deadline:
         if not data:
             break
         out += data
-    if step == 0 and b"ready\r\n" in out:
+    while steps and steps[0][0] != "await":
+        step = steps.pop(0)
         time.sleep(0.3)
-        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))
-        step = 1
-    elif step == 1 and b"40 120" in out:
-        os.write(fd, b"\x03")
-        step = 2
+        if step[0] == "resize":
+            fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", step[1], step[2], 0, 0))
+        else:
+            os.write(fd, step[1].encode())
+    if steps and steps[0][1].encode() in out:
+        steps.pop(0)
 _, status = os.waitpid(pid, 0)
 sys.stdout.write(out.decode(errors="replace"))
 print("modes back" if termios.tcgetattr(fd) == cooked else "modes changed")
@@ -471,9 +483,43 @@ print("exit", os.waitstatus_to_exitcode(status))
     let out = std::process::Command::new("python3")
         .args(["-c", script, env!("CARGO_BIN_EXE_kiln")])
         .arg(k.root.path())
+        .arg(serde_json::to_string(args).unwrap())
+        .arg(serde_json::Value::Array(steps).to_string())
         .output()
         .unwrap();
-    let text = stdout(&out);
+    stdout(&out)
+}
+
+/// Drives `kiln run -it` through a real pty (python3's `pty`): the command sees a terminal of
+/// the size set on the pty, is told of a resize, gets Ctrl-C, and its exit code is kiln's; what
+/// it wrote is in its log too, as with Docker (it has a terminal of its own, relayed to the
+/// caller's), and the caller's terminal has its modes back afterwards.
+#[test]
+fn run_it_gives_a_real_terminal_with_resize_ctrl_c_and_the_exit_code() {
+    if !installed("python3", "python3") {
+        return;
+    }
+    let k = Kiln::with_busybox();
+    let text = drive_through_a_pty(
+        &k,
+        &[
+            "run",
+            "-it",
+            "--name",
+            "tty",
+            "busybox",
+            "sh",
+            "-c",
+            "test -t 0 && echo IS-TTY; stty size; trap 'stty size' WINCH; \
+             trap 'echo got-int; exit 5' INT; echo ready; while :; do sleep 1; done",
+        ],
+        &[
+            PtyStep::Await("ready\r\n"),
+            PtyStep::Resize(40, 120),
+            PtyStep::Await("40 120"),
+            PtyStep::Type("\x03"),
+        ],
+    );
     assert!(text.contains("IS-TTY"), "{text}");
     assert!(
         text.contains("40 120"),
@@ -557,39 +603,19 @@ fn run_t_without_i_passes_ctrl_c_on_to_the_command() {
         return;
     }
     let k = Kiln::with_busybox();
-    let script = r#"
-import os, pty, sys, time, select
-kiln, root = sys.argv[1], sys.argv[2]
-os.environ["KILN_ROOT"] = root
-pid, fd = pty.fork()
-if pid == 0:
-    os.execv(kiln, [kiln, "run", "-t", "--rm", "busybox", "sh", "-c",
-        'trap "echo got-int; exit 6" INT; echo ready; while :; do sleep 1; done'])
-out, sent, deadline = b"", False, time.time() + 30
-while time.time() < deadline:
-    r, _, _ = select.select([fd], [], [], 0.2)
-    if r:
-        try:
-            data = os.read(fd, 1024)
-        except OSError:
-            break
-        if not data:
-            break
-        out += data
-    if not sent and b"ready" in out:
-        time.sleep(0.3)
-        os.write(fd, b"\x03")
-        sent = True
-_, status = os.waitpid(pid, 0)
-sys.stdout.write(out.decode(errors="replace"))
-print("exit", os.waitstatus_to_exitcode(status))
-"#;
-    let out = std::process::Command::new("python3")
-        .args(["-c", script, env!("CARGO_BIN_EXE_kiln")])
-        .arg(k.root.path())
-        .output()
-        .unwrap();
-    let text = stdout(&out);
+    let text = drive_through_a_pty(
+        &k,
+        &[
+            "run",
+            "-t",
+            "--rm",
+            "busybox",
+            "sh",
+            "-c",
+            "trap 'echo got-int; exit 6' INT; echo ready; while :; do sleep 1; done",
+        ],
+        &[PtyStep::Await("ready"), PtyStep::Type("\x03")],
+    );
     assert!(
         text.contains("got-int"),
         "Ctrl-C reached the command: {text}"
